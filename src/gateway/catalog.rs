@@ -1,0 +1,141 @@
+//! Read-only views of the config: OpenAI's `GET /v1/models` and MLflow's endpoint listings
+//! (`GET /api/2.0/endpoints/[{name}]`, legacy `GET /api/2.0/gateway/routes/[{name}]`), in the
+//! exact shapes their clients parse. No credential or origin URL ever appears here.
+
+use serde_json::{json, Value};
+
+use crate::gateway::config::{Config, Endpoint, TrafficRoute};
+use crate::gateway::error::{GatewayError, Result};
+
+/// Entries per page of MLflow listings; `page_token` is the decimal offset of the next page.
+const PAGE_SIZE: usize = 50;
+
+pub fn models(config: &Config) -> Value {
+    let data: Vec<Value> = config
+        .order
+        .iter()
+        .map(|name| {
+            let owner = config.endpoint(name).map_or("gateway", |e| e.provider.name());
+            json!({"id": name, "object": "model", "created": 0, "owned_by": owner})
+        })
+        .collect();
+    json!({"object": "list", "data": data})
+}
+
+fn endpoint_view(e: &Endpoint, key: &str) -> Value {
+    json!({
+        "name": e.name,
+        key: e.endpoint_type.as_str(),
+        "model": {"name": e.model, "provider": e.provider.name()},
+        "endpoint_url": format!("/gateway/{}/invocations", e.name),
+        "limit": e.limit,
+    })
+}
+
+fn route_view(r: &TrafficRoute, key: &str) -> Value {
+    let destinations: Vec<Value> =
+        r.destinations.iter().map(|(name, pct)| json!({"name": name, "traffic_percentage": pct})).collect();
+    json!({
+        "name": r.name,
+        key: r.task_type.as_str(),
+        // MLflow's client requires a model object; a route has destinations instead.
+        "model": {"name": null, "provider": "traffic_route"},
+        "endpoint_url": format!("/gateway/{}/invocations", r.name),
+        "limit": null,
+        "routing_strategy": "TRAFFIC_SPLIT",
+        "destinations": destinations,
+    })
+}
+
+fn view(config: &Config, name: &str, key: &str) -> Option<Value> {
+    match config.endpoint(name) {
+        Some(e) => Some(endpoint_view(e, key)),
+        None => config.routes.get(name).map(|r| route_view(r, key)),
+    }
+}
+
+fn page(config: &Config, query: &str, list_key: &str, type_key: &str) -> Result<Value> {
+    let token = query.split('&').find_map(|pair| pair.strip_prefix("page_token=")).unwrap_or("");
+    let start: usize = if token.is_empty() {
+        0
+    } else {
+        token.parse().map_err(|_| GatewayError::bad_request("invalid_page_token", format!("invalid page_token \"{token}\"")))?
+    };
+    let items: Vec<Value> =
+        config.order.iter().skip(start).take(PAGE_SIZE).filter_map(|name| view(config, name, type_key)).collect();
+    let mut out = json!({ list_key: items });
+    if start + PAGE_SIZE < config.order.len() {
+        out["next_page_token"] = Value::String((start + PAGE_SIZE).to_string());
+    }
+    Ok(out)
+}
+
+fn one(config: &Config, name: &str, type_key: &str) -> Result<Value> {
+    view(config, name, type_key).ok_or_else(|| {
+        GatewayError::not_found("endpoint_not_found", format!("no endpoint named \"{name}\""))
+    })
+}
+
+pub fn endpoints(config: &Config, query: &str) -> Result<Value> {
+    page(config, query, "endpoints", "endpoint_type")
+}
+
+pub fn endpoint(config: &Config, name: &str) -> Result<Value> {
+    one(config, name, "endpoint_type")
+}
+
+pub fn legacy_routes(config: &Config, query: &str) -> Result<Value> {
+    page(config, query, "routes", "route_type")
+}
+
+pub fn legacy_route(config: &Config, name: &str) -> Result<Value> {
+    one(config, name, "route_type")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(n: usize) -> Config {
+        let endpoints: Vec<Value> = (0..n)
+            .map(|i| {
+                json!({"name": format!("e{i}"), "endpoint_type": "llm/v1/chat",
+                       "model": {"provider": "openai", "name": "gpt-4o-mini",
+                                 "config": {"openai_api_key": "$SECRET", "openai_api_base": "http://secret-origin/v1"}},
+                       "limit": {"calls": 5, "renewal_period": "minute"}})
+            })
+            .collect();
+        Config::from_value(json!({"endpoints": endpoints,
+            "routes": [{"name": "split", "task_type": "llm/v1/chat",
+                        "destinations": [{"name": "e0", "traffic_percentage": 100}]}]}))
+        .unwrap()
+    }
+
+    #[test]
+    fn endpoint_view_matches_mlflow_and_hides_config() {
+        let c = config(1);
+        let e = endpoint(&c, "e0").unwrap();
+        assert_eq!(
+            e,
+            json!({"name": "e0", "endpoint_type": "llm/v1/chat", "model": {"name": "gpt-4o-mini", "provider": "openai"},
+                   "endpoint_url": "/gateway/e0/invocations", "limit": {"calls": 5, "renewal_period": "minute"}})
+        );
+        assert!(!e.to_string().contains("secret"));
+        assert_eq!(legacy_route(&c, "e0").unwrap()["route_type"], "llm/v1/chat");
+        assert_eq!(endpoint(&c, "split").unwrap()["destinations"][0]["name"], "e0");
+        assert_eq!(endpoint(&c, "nope").unwrap_err().code, "endpoint_not_found");
+    }
+
+    #[test]
+    fn listing_pages_with_tokens() {
+        let c = config(120);
+        let first = endpoints(&c, "").unwrap();
+        assert_eq!(first["endpoints"].as_array().unwrap().len(), 50);
+        assert_eq!(first["next_page_token"], "50");
+        let last = endpoints(&c, "page_token=100").unwrap();
+        assert_eq!(last["endpoints"].as_array().unwrap().len(), 21); // 20 endpoints + the route
+        assert!(last.get("next_page_token").is_none());
+        assert_eq!(endpoints(&c, "page_token=x").unwrap_err().code, "invalid_page_token");
+        assert_eq!(models(&c)["data"].as_array().unwrap().len(), 121);
+    }
+}

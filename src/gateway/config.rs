@@ -1,0 +1,637 @@
+//! Typed configuration. The snapshot in KV (`config:active`) is JSON in the MLflow AI Gateway
+//! config shape — `endpoints:` (`name`, `endpoint_type`, `model: {provider, name, config}`,
+//! `limit`), the legacy `routes:` + `route_type` spelling, and traffic routes (`routes:` with
+//! `destinations`) — plus our extensions (`origins`, `residency`, `regions`, `settings`). It is
+//! parsed into loose `raw` structs first, then checked field by field into the typed `Config`,
+//! so every problem is reported with its path and, where possible, a suggestion. The same
+//! checks run in `gatewayctl validate` and when an isolate loads the config.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::gateway::providers::Provider;
+
+/// The KV entry holding the active snapshot.
+pub const ACTIVE_KEY: &str = "config:active";
+
+#[derive(Debug)]
+pub struct Config {
+    pub version: String,
+    pub endpoints: HashMap<String, Arc<Endpoint>>,
+    pub routes: HashMap<String, Arc<TrafficRoute>>,
+    /// Endpoint and route names in config order (for listings).
+    pub order: Vec<String>,
+    /// Region name → the client locations it covers.
+    pub regions: Vec<Region>,
+    pub default_region: Option<String>,
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointType {
+    Chat,
+    Completions,
+    Embeddings,
+    /// A classic (non-LLM) MLflow model behind `mlflow models serve`.
+    Predict,
+}
+
+impl EndpointType {
+    pub const ALL: [(&'static str, EndpointType); 4] = [
+        ("llm/v1/chat", EndpointType::Chat),
+        ("llm/v1/completions", EndpointType::Completions),
+        ("llm/v1/embeddings", EndpointType::Embeddings),
+        ("mlflow/v1/predict", EndpointType::Predict),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointType::Chat => "llm/v1/chat",
+            EndpointType::Completions => "llm/v1/completions",
+            EndpointType::Embeddings => "llm/v1/embeddings",
+            EndpointType::Predict => "mlflow/v1/predict",
+        }
+    }
+
+    fn parse(path: &str, value: &str, issues: &mut Issues) -> Option<EndpointType> {
+        let found = Self::ALL.iter().find(|(s, _)| *s == value).map(|(_, t)| *t);
+        if found.is_none() {
+            let names: Vec<&str> = Self::ALL.iter().map(|(s, _)| *s).collect();
+            issues.unknown(path, "endpoint type", value, &names);
+        }
+        found
+    }
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub name: String,
+    pub endpoint_type: EndpointType,
+    pub provider: Provider,
+    /// Provider-side model name (`model.name`); the client's `model` never reaches the provider.
+    pub model: String,
+    /// Defaults merged under the client's fields.
+    pub parameters: Map<String, Value>,
+    /// MLflow's `limit: {calls, renewal_period}`, kept as given.
+    pub limit: Option<Value>,
+    /// Where requests go, in no particular order; routing orders them per request. Never empty:
+    /// without `origins` in config it holds the provider's default base URL.
+    pub origins: Vec<Origin>,
+    /// Requests never leave this region, not even on failover.
+    pub residency: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub url: String,
+    pub region: Option<String>,
+    /// Share among origins of equal preference (default 1).
+    pub weight: u32,
+}
+
+/// A traffic-split route: one name, several endpoints of one type, percentages summing to 100.
+#[derive(Debug)]
+pub struct TrafficRoute {
+    pub name: String,
+    pub task_type: EndpointType,
+    /// (endpoint name, percentage), in config order.
+    pub destinations: Vec<(String, u32)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Region {
+    pub name: String,
+    /// Cloudflare continent codes (`EU`, `NA`, ...).
+    pub continents: Vec<String>,
+    /// ISO 3166 country codes; a country match wins over a continent match.
+    pub countries: Vec<String>,
+}
+
+/// Gateway-wide knobs, all with safe defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Requests with a larger body get 413 before parsing.
+    pub max_body_bytes: usize,
+    /// Largest origin response the gateway buffers (non-streaming).
+    pub max_response_bytes: usize,
+    /// Per-attempt timeout for the response head.
+    pub origin_timeout_ms: u64,
+    /// Budget for all attempts of one request, failover included.
+    pub total_timeout_ms: u64,
+    /// How long an isolate reuses a parsed config before reading KV again.
+    pub config_ttl_ms: u64,
+    /// Request header naming the client's region, for hosts without geo data (Spin). Off when
+    /// empty; only picks among origins, never overrides a residency pin.
+    pub region_header: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_body_bytes: 1 << 20,
+            max_response_bytes: 16 << 20,
+            origin_timeout_ms: 60_000,
+            total_timeout_ms: 120_000,
+            config_ttl_ms: 5_000,
+            region_header: String::new(),
+        }
+    }
+}
+
+/// One problem found in a config, located by path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Collects issues while a config is checked.
+#[derive(Default)]
+pub struct Issues(pub Vec<ConfigIssue>);
+
+impl Issues {
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigIssue { path: path.into(), message: message.into() });
+    }
+
+    /// `field: unknown X "v" (did you mean "w"?)` when a close candidate exists.
+    pub fn unknown(&mut self, path: impl Into<String>, what: &str, value: &str, candidates: &[&str]) {
+        let hint = match did_you_mean(value, candidates) {
+            Some(s) => format!(" (did you mean \"{s}\"?)"),
+            None => format!(" (expected one of: {})", candidates.join(", ")),
+        };
+        self.push(path, format!("unknown {what} \"{value}\"{hint}"));
+    }
+
+    /// Deserializes `value` into `T`, recording serde's complaint at `path` on failure.
+    fn parse<T: serde::de::DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T> {
+        serde_json::from_value(value).map_err(|e| self.push(path, e.to_string())).ok()
+    }
+}
+
+mod raw {
+    use serde::Deserialize;
+    use serde_json::{Map, Value};
+
+    pub const TOP_LEVEL: &[&str] = &["version", "endpoints", "routes", "regions", "default_region", "settings"];
+
+    #[derive(Deserialize)]
+    pub struct Config {
+        #[serde(default)]
+        pub version: Option<Value>,
+        #[serde(default)]
+        pub endpoints: Vec<Value>,
+        #[serde(default)]
+        pub routes: Vec<Value>,
+        #[serde(default)]
+        pub regions: Map<String, Value>,
+        #[serde(default)]
+        pub default_region: Option<String>,
+        #[serde(default)]
+        pub settings: Option<Value>,
+        #[serde(flatten)]
+        pub other: Map<String, Value>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Endpoint {
+        pub name: String,
+        /// `route_type` in MLflow's legacy `routes:` spelling.
+        #[serde(alias = "route_type")]
+        pub endpoint_type: String,
+        pub model: Model,
+        #[serde(default)]
+        pub parameters: Map<String, Value>,
+        #[serde(default)]
+        pub limit: Option<Value>,
+        #[serde(default)]
+        pub origins: Vec<Origin>,
+        #[serde(default)]
+        pub residency: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Model {
+        pub provider: String,
+        #[serde(default)]
+        pub name: Option<String>,
+        #[serde(default)]
+        pub config: Map<String, Value>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Origin {
+        pub url: String,
+        #[serde(default)]
+        pub region: Option<String>,
+        #[serde(default)]
+        pub weight: Option<u32>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct TrafficRoute {
+        pub name: String,
+        pub task_type: String,
+        pub destinations: Vec<Destination>,
+        #[serde(default)]
+        pub routing_strategy: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Destination {
+        pub name: String,
+        pub traffic_percentage: u32,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Region {
+        #[serde(default)]
+        pub continents: Vec<String>,
+        #[serde(default)]
+        pub countries: Vec<String>,
+    }
+}
+
+impl Config {
+    /// Parses and checks a JSON snapshot; on failure returns every issue found.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, Vec<ConfigIssue>> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| vec![ConfigIssue { path: String::new(), message: format!("not valid JSON: {e}") }])?;
+        Config::from_value(value)
+    }
+
+    pub fn from_value(value: Value) -> Result<Config, Vec<ConfigIssue>> {
+        let mut issues = Issues::default();
+        let Some(raw) = issues.parse::<raw::Config>("", value) else { return Err(issues.0) };
+        for key in raw.other.keys() {
+            issues.unknown(key.as_str(), "top-level field", key, raw::TOP_LEVEL);
+        }
+        let version = match raw.version {
+            None => String::new(),
+            Some(Value::String(s)) => s,
+            Some(Value::Number(n)) => n.to_string(),
+            Some(_) => {
+                issues.push("version", "must be a string or a number");
+                String::new()
+            }
+        };
+        let settings = match raw.settings {
+            None => Settings::default(),
+            Some(v) => issues.parse("settings", v).unwrap_or_default(),
+        };
+
+        let mut regions = Vec::new();
+        for (name, value) in raw.regions {
+            let path = format!("regions.{name}");
+            if let Some(r) = issues.parse::<raw::Region>(&path, value) {
+                regions.push(Region { name, continents: upper(r.continents), countries: upper(r.countries) });
+            }
+        }
+        let region_names: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
+        if let Some(region) = &raw.default_region {
+            check_region("default_region", region, &region_names, &mut issues);
+        }
+
+        // Endpoints come from `endpoints:` and from legacy `routes:` entries (`route_type`);
+        // `routes:` entries with `destinations` are traffic routes.
+        let mut endpoint_values: Vec<(String, Value)> =
+            raw.endpoints.into_iter().enumerate().map(|(i, v)| (format!("endpoints[{i}]"), v)).collect();
+        let mut route_values = Vec::new();
+        for (i, value) in raw.routes.into_iter().enumerate() {
+            let path = format!("routes[{i}]");
+            if value.get("destinations").is_some() {
+                route_values.push((path, value));
+            } else {
+                endpoint_values.push((path, value));
+            }
+        }
+
+        let mut endpoints = HashMap::new();
+        let mut order = Vec::new();
+        for (path, value) in endpoint_values {
+            let Some(endpoint) = check_endpoint(&path, value, &region_names, &mut issues) else { continue };
+            if endpoints.contains_key(&endpoint.name) {
+                issues.push(format!("{path}.name"), format!("duplicate endpoint name \"{}\"", endpoint.name));
+                continue;
+            }
+            order.push(endpoint.name.clone());
+            endpoints.insert(endpoint.name.clone(), Arc::new(endpoint));
+        }
+
+        let mut routes = HashMap::new();
+        for (path, value) in route_values {
+            let Some(route) = check_route(&path, value, &endpoints, &mut issues) else { continue };
+            if endpoints.contains_key(&route.name) || routes.contains_key(&route.name) {
+                issues.push(format!("{path}.name"), format!("duplicate name \"{}\" (endpoint and route names share one namespace)", route.name));
+                continue;
+            }
+            order.push(route.name.clone());
+            routes.insert(route.name.clone(), Arc::new(route));
+        }
+
+        if issues.0.is_empty() {
+            Ok(Config { version, endpoints, routes, order, regions, default_region: raw.default_region, settings })
+        } else {
+            Err(issues.0)
+        }
+    }
+
+    pub fn endpoint(&self, name: &str) -> Option<&Arc<Endpoint>> {
+        self.endpoints.get(name)
+    }
+
+    /// The region a client location falls in: country match first, then continent.
+    pub fn region_of(&self, country: Option<&str>, continent: Option<&str>) -> Option<&str> {
+        let by = |code: Option<&str>, pick: fn(&Region) -> &Vec<String>| {
+            let code = code?;
+            self.regions.iter().find(|r| pick(r).iter().any(|c| c.eq_ignore_ascii_case(code))).map(|r| r.name.as_str())
+        };
+        by(country, |r| &r.countries).or_else(|| by(continent, |r| &r.continents))
+    }
+}
+
+fn check_region(path: &str, region: &str, known: &[&str], issues: &mut Issues) {
+    if !known.contains(&region) {
+        issues.unknown(path, "region", region, known);
+    }
+}
+
+fn upper(codes: Vec<String>) -> Vec<String> {
+    codes.into_iter().map(|c| c.to_ascii_uppercase()).collect()
+}
+
+fn check_endpoint(path: &str, value: Value, regions: &[&str], issues: &mut Issues) -> Option<Endpoint> {
+    let raw: raw::Endpoint = issues.parse(path, value)?;
+    let before = issues.0.len();
+    if !valid_name(&raw.name) {
+        issues.push(
+            format!("{path}.name"),
+            format!("\"{}\" is not a valid endpoint name (letters, digits, '_', '-', '.'; 1-64 chars)", raw.name),
+        );
+    }
+    let endpoint_type = EndpointType::parse(&format!("{path}.endpoint_type"), &raw.endpoint_type, issues);
+    let provider = Provider::from_config(&format!("{path}.model"), &raw.model.provider, &raw.model.config, issues);
+    let model = raw.model.name.unwrap_or_default();
+    if model.is_empty() && provider.as_ref().is_some_and(Provider::needs_model_name) {
+        issues.push(format!("{path}.model.name"), "is required for this provider");
+    }
+    let mut origins = Vec::new();
+    for (i, o) in raw.origins.into_iter().enumerate() {
+        if !(o.url.starts_with("http://") || o.url.starts_with("https://")) {
+            issues.push(format!("{path}.origins[{i}].url"), format!("\"{}\" must start with http:// or https://", o.url));
+        }
+        if o.weight == Some(0) {
+            issues.push(format!("{path}.origins[{i}].weight"), "must be at least 1 (remove the origin to disable it)");
+        }
+        if let Some(region) = &o.region {
+            check_region(&format!("{path}.origins[{i}].region"), region, regions, issues);
+        }
+        origins.push(Origin { url: o.url, region: o.region, weight: o.weight.unwrap_or(1) });
+    }
+    if let Some(pin) = &raw.residency {
+        check_region(&format!("{path}.residency"), pin, regions, issues);
+        if !origins.iter().any(|o| o.region.as_ref() == Some(pin)) {
+            issues.push(format!("{path}.residency"), format!("no origin of this endpoint is in region \"{pin}\""));
+        }
+    }
+    if issues.0.len() != before {
+        return None;
+    }
+    let provider = provider?;
+    if origins.is_empty() {
+        origins.push(Origin { url: provider.default_base().to_string(), region: None, weight: 1 });
+    }
+    Some(Endpoint {
+        name: raw.name,
+        endpoint_type: endpoint_type?,
+        provider,
+        model,
+        parameters: raw.parameters,
+        limit: raw.limit,
+        origins,
+        residency: raw.residency,
+    })
+}
+
+fn check_route(
+    path: &str,
+    value: Value,
+    endpoints: &HashMap<String, Arc<Endpoint>>,
+    issues: &mut Issues,
+) -> Option<TrafficRoute> {
+    let raw: raw::TrafficRoute = issues.parse(path, value)?;
+    let before = issues.0.len();
+    if !valid_name(&raw.name) {
+        issues.push(format!("{path}.name"), format!("\"{}\" is not a valid route name", raw.name));
+    }
+    let task_type = EndpointType::parse(&format!("{path}.task_type"), &raw.task_type, issues);
+    if let Some(strategy) = raw.routing_strategy.as_deref().filter(|s| *s != "TRAFFIC_SPLIT") {
+        issues.unknown(format!("{path}.routing_strategy"), "routing strategy", strategy, &["TRAFFIC_SPLIT"]);
+    }
+    if raw.destinations.is_empty() {
+        issues.push(format!("{path}.destinations"), "needs at least one destination");
+    }
+    let names: Vec<&str> = endpoints.keys().map(String::as_str).collect();
+    for (i, d) in raw.destinations.iter().enumerate() {
+        match endpoints.get(&d.name) {
+            None => issues.unknown(format!("{path}.destinations[{i}].name"), "endpoint", &d.name, &names),
+            Some(e) if Some(e.endpoint_type) != task_type && task_type.is_some() => issues.push(
+                format!("{path}.destinations[{i}].name"),
+                format!("endpoint \"{}\" is {}, but the route's task_type is {}", d.name, e.endpoint_type.as_str(), raw.task_type),
+            ),
+            Some(_) => {}
+        }
+    }
+    let total: u32 = raw.destinations.iter().map(|d| d.traffic_percentage).sum();
+    if !raw.destinations.is_empty() && total != 100 {
+        issues.push(format!("{path}.destinations"), format!("traffic_percentage values sum to {total}, not 100"));
+    }
+    if issues.0.len() != before {
+        return None;
+    }
+    Some(TrafficRoute {
+        name: raw.name,
+        task_type: task_type?,
+        destinations: raw.destinations.into_iter().map(|d| (d.name, d.traffic_percentage)).collect(),
+    })
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// A `$NAME` reference resolved through the host's secrets, or a literal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Env(String),
+    Literal(String),
+}
+
+impl SecretRef {
+    pub fn parse(value: &str) -> SecretRef {
+        match value.strip_prefix('$') {
+            Some(name) if !name.is_empty() => SecretRef::Env(name.to_string()),
+            _ => SecretRef::Literal(value.to_string()),
+        }
+    }
+}
+
+/// Closest candidate by edit distance, if it is close enough to be a likely typo.
+pub fn did_you_mean<'a>(value: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(value, c), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn chat_endpoint(provider: &str) -> Value {
+        json!({"name": "chat", "endpoint_type": "llm/v1/chat",
+               "model": {"provider": provider, "name": "gpt-4o-mini",
+                         "config": {"openai_api_key": "$OPENAI_API_KEY"}}})
+    }
+
+    #[test]
+    fn parses_mlflow_shaped_endpoint() {
+        let config = Config::from_value(json!({"version": 3, "endpoints": [chat_endpoint("openai")]})).unwrap();
+        assert_eq!(config.version, "3");
+        let chat = config.endpoint("chat").unwrap();
+        assert_eq!(chat.endpoint_type, EndpointType::Chat);
+        assert_eq!(chat.model, "gpt-4o-mini");
+    }
+
+    #[test]
+    fn unknown_provider_is_reported_with_path_and_suggestion() {
+        let issues =
+            Config::from_value(json!({"endpoints": [chat_endpoint("openai"), chat_endpoint("opena")]})).unwrap_err();
+        assert_eq!(issues.len(), 1);
+        assert_eq!(
+            issues[0].to_string(),
+            "endpoints[1].model.provider: unknown provider \"opena\" (did you mean \"openai\"?)"
+        );
+    }
+
+    #[test]
+    fn reports_every_issue() {
+        let issues = Config::from_value(json!({
+            "endpoints": [
+                {"name": "a b", "endpoint_type": "llm/v1/chatt", "model": {"provider": "openai", "name": "m"}},
+                chat_endpoint("openai"),
+                chat_endpoint("openai"),
+            ],
+            "extra": 1
+        }))
+        .unwrap_err();
+        let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        assert!(text.iter().any(|t| t.starts_with("extra: unknown top-level field")), "{text:?}");
+        assert!(text.iter().any(|t| t.starts_with("endpoints[0].name:")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains("did you mean \"llm/v1/chat\"")), "{text:?}");
+        assert!(text.iter().any(|t| t == "endpoints[2].name: duplicate endpoint name \"chat\""), "{text:?}");
+    }
+
+    #[test]
+    fn legacy_routes_and_traffic_routes() {
+        let config = Config::from_value(json!({
+            "routes": [
+                {"name": "chat", "route_type": "llm/v1/chat",
+                 "model": {"provider": "openai", "name": "a", "config": {"openai_api_key": "k"}}},
+                {"name": "chat2", "route_type": "llm/v1/chat",
+                 "model": {"provider": "openai", "name": "b", "config": {"openai_api_key": "k"}}},
+                {"name": "split", "task_type": "llm/v1/chat", "routing_strategy": "TRAFFIC_SPLIT",
+                 "destinations": [{"name": "chat", "traffic_percentage": 80}, {"name": "chat2", "traffic_percentage": 20}]}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(config.order, ["chat", "chat2", "split"]);
+        assert_eq!(config.routes["split"].destinations, [("chat".to_string(), 80), ("chat2".to_string(), 20)]);
+    }
+
+    #[test]
+    fn traffic_route_issues() {
+        let issues = Config::from_value(json!({
+            "endpoints": [chat_endpoint("openai")],
+            "routes": [{"name": "split", "task_type": "llm/v1/embeddings",
+                        "destinations": [{"name": "chat", "traffic_percentage": 50}, {"name": "chta", "traffic_percentage": 20}]}]
+        }))
+        .unwrap_err();
+        let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        assert!(text.contains(&"routes[0].destinations: traffic_percentage values sum to 70, not 100".to_string()), "{text:?}");
+        assert!(text.iter().any(|t| t.starts_with("routes[0].destinations[0].name: endpoint \"chat\" is llm/v1/chat")), "{text:?}");
+        assert!(text.iter().any(|t| t.starts_with("routes[0].destinations[1].name: unknown endpoint \"chta\" (did you mean \"chat\"?)")), "{text:?}");
+    }
+
+    #[test]
+    fn regions_origins_and_residency() {
+        let mut endpoint = chat_endpoint("openai");
+        endpoint["origins"] = json!([{"url": "http://eu.test/v1", "region": "eu"}, {"url": "http://us.test/v1", "region": "us", "weight": 3}]);
+        endpoint["residency"] = json!("eu");
+        let config = Config::from_value(json!({
+            "regions": {"eu": {"continents": ["EU"], "countries": ["gb"]}, "us": {"continents": ["NA"]}},
+            "endpoints": [endpoint]
+        }))
+        .unwrap();
+        let chat = config.endpoint("chat").unwrap();
+        assert_eq!(chat.origins[1], Origin { url: "http://us.test/v1".into(), region: Some("us".into()), weight: 3 });
+        assert_eq!(config.region_of(Some("GB"), Some("XX")), Some("eu"));
+        assert_eq!(config.region_of(Some("US"), Some("NA")), Some("us"));
+        assert_eq!(config.region_of(None, None), None);
+
+        let mut bad = chat_endpoint("openai");
+        bad["origins"] = json!([{"url": "eu.test", "region": "europe"}]);
+        bad["residency"] = json!("us");
+        let issues = Config::from_value(json!({"regions": {"eu": {}, "us": {}}, "endpoints": [bad]})).unwrap_err();
+        let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        assert!(text.contains(&"endpoints[0].origins[0].url: \"eu.test\" must start with http:// or https://".to_string()), "{text:?}");
+        assert!(text.iter().any(|t| t.starts_with("endpoints[0].origins[0].region: unknown region \"europe\"")), "{text:?}");
+        assert!(text.contains(&"endpoints[0].residency: no origin of this endpoint is in region \"us\"".to_string()), "{text:?}");
+    }
+
+    #[test]
+    fn secret_refs() {
+        assert_eq!(SecretRef::parse("$OPENAI_API_KEY"), SecretRef::Env("OPENAI_API_KEY".into()));
+        assert_eq!(SecretRef::parse("sk-literal"), SecretRef::Literal("sk-literal".into()));
+        assert_eq!(SecretRef::parse("$"), SecretRef::Literal("$".into()));
+    }
+}

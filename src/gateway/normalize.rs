@@ -1,0 +1,106 @@
+//! Request parsing and normalization: the body is parsed once, bounded first.
+
+use http::HeaderMap;
+use serde_json::{Map, Value};
+
+use crate::gateway::error::{GatewayError, Result};
+
+/// Parses a JSON object body, refusing bodies over `limit` bytes before parsing.
+pub fn parse_json_object(body: &[u8], limit: usize) -> Result<Map<String, Value>> {
+    if body.len() > limit {
+        return Err(GatewayError::payload_too_large(limit));
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(GatewayError::bad_request("invalid_json", "request body is empty; expected a JSON object"));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(GatewayError::bad_request("invalid_json", "request body must be a JSON object")),
+        Err(e) => Err(GatewayError::bad_request("invalid_json", format!("request body is not valid JSON: {e}"))),
+    }
+}
+
+/// Applies endpoint `parameters` as defaults: the client's own fields win.
+pub fn apply_defaults(body: &mut Map<String, Value>, defaults: &Map<String, Value>) {
+    for (key, value) in defaults {
+        if !body.contains_key(key) {
+            body.insert(key.clone(), value.clone());
+        }
+    }
+}
+
+/// The canonical form of a request body: keys sorted (serde_json's map is ordered), no
+/// insignificant whitespace, numbers in serde's one spelling. Hashes, cache keys and traffic
+/// splits use it, so equal requests stay equal however the client formatted them.
+pub fn canonical(body: &Map<String, Value>) -> Vec<u8> {
+    serde_json::to_vec(body).unwrap_or_default()
+}
+
+/// A stable 64-bit hash of the canonical body (traffic splits, weighted origin choice).
+pub fn request_hash(body: &Map<String, Value>) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(canonical(body));
+    u64::from_le_bytes(digest[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// The client's `x-request-id` when it is short and printable, so traces line up; else none.
+pub fn client_request_id(headers: &HeaderMap) -> Option<&str> {
+    let id = headers.get("x-request-id")?.to_str().ok()?;
+    let ok = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic());
+    ok.then_some(id)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+    use serde_json::json;
+
+    #[test]
+    fn rejects_bad_bodies_with_clear_errors() {
+        assert_eq!(parse_json_object(b"{}", 1).unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
+        let e = parse_json_object(b"{\"a\":", 100).unwrap_err();
+        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_json"));
+        assert!(e.message.contains("line 1"), "{}", e.message);
+        assert_eq!(parse_json_object(b"[1]", 100).unwrap_err().message, "request body must be a JSON object");
+        assert_eq!(parse_json_object(b"  ", 100).unwrap_err().code, "invalid_json");
+        assert_eq!(parse_json_object(b"{\"a\":1}", 100).unwrap()["a"], 1);
+    }
+
+    #[test]
+    fn defaults_do_not_override_client_fields() {
+        let mut body = json!({"temperature": 0.2}).as_object().unwrap().clone();
+        apply_defaults(&mut body, json!({"temperature": 1, "max_tokens": 50}).as_object().unwrap());
+        assert_eq!(Value::Object(body), json!({"temperature": 0.2, "max_tokens": 50}));
+    }
+
+    #[test]
+    fn canonical_form_ignores_formatting_and_key_order() {
+        let a = parse_json_object(br#"{"b": 1, "a": {"y": [1, 2.50], "x": null}}"#, 1000).unwrap();
+        let b = parse_json_object(br#"{"a":{"x":null,"y":[1,2.5]},"b":1}"#, 1000).unwrap();
+        assert_eq!(canonical(&a), br#"{"a":{"x":null,"y":[1,2.5]},"b":1}"#);
+        assert_eq!(request_hash(&a), request_hash(&b));
+        let c = parse_json_object(br#"{"b": 2}"#, 1000).unwrap();
+        assert_ne!(request_hash(&a), request_hash(&c));
+    }
+
+    #[test]
+    fn request_id_is_sanitized() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", "abc-123".parse().unwrap());
+        assert_eq!(client_request_id(&h), Some("abc-123"));
+        h.insert("x-request-id", "has space".parse().unwrap());
+        assert_eq!(client_request_id(&h), None);
+        assert_eq!(hex(&[0, 255, 16]), "00ff10");
+    }
+}

@@ -1,0 +1,488 @@
+//! The request lifecycle, top to bottom (DESIGN.md §2). Each phase is a plain function call
+//! on data; the host only supplies ports and moves bytes in and out.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use crate::gateway::catalog;
+use crate::gateway::config::{Config, Endpoint, EndpointType, Origin, ACTIVE_KEY};
+use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::normalize::{self, hex};
+use crate::gateway::ports::{Ports, UpstreamError};
+use crate::gateway::providers::{anthropic, openai, truncate, Call, Operation, Reply, StreamMode, StreamTranslator};
+use crate::gateway::routing::{self, ApiRoute};
+use crate::gateway::stream::StreamPump;
+
+/// A response body: bytes the gateway produced, or the origin's body streamed through —
+/// untouched, or rewritten chunk by chunk by a `StreamPump` the host drives.
+pub enum ResponseBody<B> {
+    Full(Vec<u8>),
+    Stream(B),
+    Translated(B, StreamPump),
+}
+
+/// The pipeline's answer: the response to send now, and work for after it is sent.
+pub struct Exchange<B> {
+    pub response: Response<ResponseBody<B>>,
+    pub deferred: Deferred,
+}
+
+/// After-response work (the Background port as data). Today: the log line.
+pub struct Deferred {
+    pub log: LogRecord,
+}
+
+impl Deferred {
+    /// Runs the work and returns the structured log line for the host to emit.
+    pub async fn complete<P: Ports>(self, _ports: &P) -> String {
+        serde_json::to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// One structured log line per request. Holds no secret: no key, no credential, and the
+/// origin only as scheme://host:port (query strings may carry provider keys).
+#[derive(Debug, Default, Serialize)]
+pub struct LogRecord {
+    pub ts: u64,
+    pub request_id: String,
+    pub method: String,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The origin that answered (or the last one tried).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// Every origin tried, in order, with its outcome.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptLog>,
+    pub status: u16,
+    pub latency_ms: u64,
+    pub stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AttemptLog {
+    pub origin: String,
+    /// `ok`, `http_<status>`, `connect_error`, `timeout`.
+    pub outcome: String,
+}
+
+/// Where the client is, as far as the host knows.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    /// ISO country code (Cloudflare `request.cf.country`).
+    pub country: Option<String>,
+    /// Continent code (Cloudflare `request.cf.continent`).
+    pub continent: Option<String>,
+    /// A region name fixed by the deployment (e.g. a Spin variable), when there is no geo data.
+    pub region: Option<String>,
+}
+
+/// The API dialect a client speaks: how its request is read and its answer written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    /// OpenAI-compatible: `model` in the body names the endpoint.
+    OpenAi(Operation),
+    /// MLflow invocations: the path names the endpoint, whose type decides the operation.
+    Mlflow,
+    /// Anthropic Messages (`/v1/messages`), served by chat endpoints.
+    Anthropic,
+}
+
+struct ConfigMemo {
+    raw: Vec<u8>,
+    config: Rc<Config>,
+    fetched_at: u64,
+}
+
+/// Per-isolate state: a short-lived memo of the parsed config. Everything else is in KV.
+#[derive(Default)]
+pub struct Gateway {
+    config: RefCell<Option<ConfigMemo>>,
+}
+
+/// What forwarding produced: the origin's response and which origin gave it.
+struct Forwarded<B> {
+    response: Response<B>,
+    origin: String,
+}
+
+impl Gateway {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub async fn handle<P: Ports>(&self, ports: &P, request: Request<Vec<u8>>, client: &ClientInfo) -> Exchange<P::Body> {
+        let started = ports.now_ms();
+        let request_id = match normalize::client_request_id(request.headers()) {
+            Some(id) => id.to_string(),
+            None => {
+                let mut bytes = [0u8; 12];
+                ports.random_bytes(&mut bytes);
+                hex(&bytes)
+            }
+        };
+        let mut log = LogRecord {
+            ts: started,
+            request_id,
+            method: request.method().to_string(),
+            path: request.uri().path().to_string(),
+            ..LogRecord::default()
+        };
+
+        let mut response = match self.process(ports, request, client, &mut log).await {
+            Ok(response) => response,
+            Err(error) => {
+                log.error = Some(error.code);
+                error_response(&error)
+            }
+        };
+        let headers = response.headers_mut();
+        if let Ok(id) = HeaderValue::from_str(&log.request_id) {
+            headers.insert("x-request-id", id);
+        }
+        if let Some(origin) = log.origin.as_deref().and_then(|o| HeaderValue::from_str(o).ok()) {
+            headers.insert("x-gateway-origin", origin);
+        }
+        if !log.attempts.is_empty() {
+            headers.insert("x-gateway-attempts", HeaderValue::from(log.attempts.len()));
+        }
+        if let Some(endpoint) = log.endpoint.as_deref().and_then(|e| HeaderValue::from_str(e).ok()) {
+            headers.insert("x-gateway-endpoint", endpoint);
+        }
+        log.status = response.status().as_u16();
+        log.latency_ms = ports.now_ms().saturating_sub(started);
+        Exchange { response, deferred: Deferred { log } }
+    }
+
+    async fn process<P: Ports>(
+        &self,
+        ports: &P,
+        request: Request<Vec<u8>>,
+        client: &ClientInfo,
+        log: &mut LogRecord,
+    ) -> Result<Response<ResponseBody<P::Body>>> {
+        let route = routing::match_route(request.method(), request.uri().path())?;
+        if route == ApiRoute::Health {
+            return Ok(json_response(StatusCode::OK, &json!({"status": "OK"})));
+        }
+        let config = self.config(ports).await?;
+        let query = request.uri().query().unwrap_or("");
+        let (name, dialect) = match route {
+            ApiRoute::Health => unreachable!("answered above"),
+            ApiRoute::ListModels => return Ok(json_response(StatusCode::OK, &catalog::models(&config))),
+            ApiRoute::ListEndpoints => return catalog::endpoints(&config, query).map(ok_json),
+            ApiRoute::GetEndpoint(name) => return catalog::endpoint(&config, &name).map(ok_json),
+            ApiRoute::ListLegacyRoutes => return catalog::legacy_routes(&config, query).map(ok_json),
+            ApiRoute::GetLegacyRoute(name) => return catalog::legacy_route(&config, &name).map(ok_json),
+            ApiRoute::OpenAi(op) => (None, Dialect::OpenAi(op)),
+            ApiRoute::Invocations(name) => (Some(name), Dialect::Mlflow),
+            ApiRoute::AnthropicMessages => (None, Dialect::Anthropic),
+        };
+        let (parts, body) = request.into_parts();
+        self.invoke(ports, &config, dialect, name, &body, &parts.headers, client, log).await
+    }
+
+    /// One model call: read → resolve → normalize → choose origins → forward → answer.
+    #[allow(clippy::too_many_arguments)] // the phases' inputs, passed plainly
+    async fn invoke<P: Ports>(
+        &self,
+        ports: &P,
+        config: &Config,
+        dialect: Dialect,
+        path_name: Option<String>,
+        body: &[u8],
+        headers: &HeaderMap,
+        client: &ClientInfo,
+        log: &mut LogRecord,
+    ) -> Result<Response<ResponseBody<P::Body>>> {
+        // Read the request in the client's dialect into the internal (OpenAI) shape.
+        let mut body = normalize::parse_json_object(body, config.settings.max_body_bytes)?;
+        if dialect == Dialect::Anthropic {
+            body = anthropic::messages_request_to_openai(body)?;
+        }
+        let name = match path_name {
+            Some(name) => {
+                body.remove("model"); // MLflow ignores it; the path names the endpoint
+                name
+            }
+            None => take_model(&mut body)?,
+        };
+
+        // Resolve the endpoint (a traffic route picks by the request's hash).
+        let hash = normalize::request_hash(&body);
+        let wanted = match dialect {
+            Dialect::OpenAi(op) => Some(routing::endpoint_type_for(op)),
+            Dialect::Anthropic => Some(EndpointType::Chat),
+            Dialect::Mlflow => None,
+        };
+        let resolved = routing::resolve(config, &name, wanted, hash)?;
+        let endpoint = resolved.endpoint;
+        log.endpoint = Some(endpoint.name.clone());
+        log.route = resolved.route;
+        log.provider = Some(endpoint.provider.name());
+        let op = routing::operation_for(endpoint.endpoint_type);
+
+        // Normalize.
+        normalize::apply_defaults(&mut body, &endpoint.parameters);
+        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        log.stream = stream;
+
+        // Choose origins.
+        let region = client_region(config, client, headers);
+        log.region = region.clone();
+        let origins = routing::order_origins(&endpoint, region.as_deref(), hash);
+
+        // Forward, failing over.
+        let now_ms = ports.now_ms();
+        let mode = if stream { endpoint.provider.stream_mode(op, &endpoint.model, now_ms) } else { StreamMode::Buffered };
+        let upstream_stream = stream && !matches!(mode, StreamMode::Buffered);
+        let forwarded = forward(ports, config, &endpoint, &origins, op, body, upstream_stream, log).await?;
+        log.origin = Some(forwarded.origin);
+
+        // Answer in the client's dialect.
+        let (parts, upstream_body) = forwarded.response.into_parts();
+        let is_sse = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let to_client = (dialect == Dialect::Anthropic).then(|| anthropic::OpenAiStreamToMessages::new(&endpoint.model));
+        if parts.status.is_success() && is_sse && upstream_stream {
+            let mut stages: Vec<StreamTranslator> = Vec::new();
+            if let StreamMode::Translate(translator) = mode {
+                stages.push(translator);
+            }
+            stages.extend(to_client.map(StreamTranslator::OpenAiToAnthropic));
+            let body = if stages.is_empty() {
+                ResponseBody::Stream(upstream_body)
+            } else {
+                ResponseBody::Translated(upstream_body, StreamPump::new(stages))
+            };
+            return Ok(sse_response(body));
+        }
+
+        let bytes = ports.read_body(upstream_body, config.settings.max_response_bytes).await.map_err(|e| {
+            GatewayError::bad_gateway("origin_bad_response", format!("reading the origin's response failed: {e:?}"))
+        })?;
+        let reply = Reply { op, status: parts.status, body: &bytes, model: &endpoint.model, now_ms };
+        let translated = endpoint.provider.translate_response(reply).map_err(|e| match retry_after(&parts.headers) {
+            Some(seconds) if e.status == StatusCode::TOO_MANY_REQUESTS => e.with_retry_after(seconds),
+            _ => e,
+        })?;
+        if stream && matches!(op, Operation::Chat | Operation::Completions) {
+            // The origin could not stream: replay the whole answer as the stream the client expects.
+            let replay = openai::completion_to_sse(op, &translated.body)?;
+            let replay = match to_client {
+                Some(t) => StreamPump::new(vec![StreamTranslator::OpenAiToAnthropic(t)]).run(&replay),
+                None => replay,
+            };
+            return Ok(sse_response(ResponseBody::Full(replay)));
+        }
+        let out = match dialect {
+            Dialect::Anthropic => anthropic::openai_response_to_messages(&translated.body)?,
+            _ => translated.body,
+        };
+        let mut response = Response::new(ResponseBody::Full(out));
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Ok(response)
+    }
+
+    /// The active config, memoized per isolate for `settings.config_ttl_ms`.
+    async fn config<P: Ports>(&self, ports: &P) -> Result<Rc<Config>> {
+        let now = ports.now_ms();
+        if let Some(memo) = &*self.config.borrow() {
+            if now.saturating_sub(memo.fetched_at) < memo.config.settings.config_ttl_ms {
+                return Ok(memo.config.clone());
+            }
+        }
+        let Some(raw) = ports.get(ACTIVE_KEY).await? else {
+            *self.config.borrow_mut() = None;
+            return Err(GatewayError::not_configured(
+                "config_missing",
+                format!("the gateway has no configuration: KV entry \"{ACTIVE_KEY}\" is missing"),
+            ));
+        };
+        let mut memo = self.config.borrow_mut();
+        if let Some(memo) = memo.as_mut().filter(|m| m.raw == raw) {
+            memo.fetched_at = now;
+            return Ok(memo.config.clone());
+        }
+        let config = Config::from_json(&raw).map_err(|issues| {
+            let first = issues.first().map(ToString::to_string).unwrap_or_default();
+            GatewayError::not_configured(
+                "config_invalid",
+                format!("KV entry \"{ACTIVE_KEY}\" is invalid ({} issue(s)); first: {first}", issues.len()),
+            )
+        })?;
+        let config = Rc::new(config);
+        *memo = Some(ConfigMemo { raw, config: config.clone(), fetched_at: now });
+        Ok(config)
+    }
+}
+
+/// Sends `body` to each origin in turn until one answers usefully. Connect errors, timeouts,
+/// 429 and 5xx move on to the next origin (the last origin's answer is returned as it is);
+/// 4xx never does: the request itself is wrong. All attempts share `total_timeout_ms`.
+#[allow(clippy::too_many_arguments)] // the phase's inputs, passed plainly
+async fn forward<P: Ports>(
+    ports: &P,
+    config: &Config,
+    endpoint: &Endpoint,
+    origins: &[&Origin],
+    op: Operation,
+    body: Map<String, Value>,
+    stream: bool,
+    log: &mut LogRecord,
+) -> Result<Forwarded<P::Body>> {
+    let settings = &config.settings;
+    let deadline = ports.now_ms() + settings.total_timeout_ms;
+    let mut body = Some(body);
+    let mut last_error = None;
+    for (i, origin) in origins.iter().enumerate() {
+        let remaining = deadline.saturating_sub(ports.now_ms());
+        if remaining == 0 {
+            last_error = Some(GatewayError::gateway_timeout(format!(
+                "no origin answered within the total deadline of {} ms",
+                settings.total_timeout_ms
+            )));
+            break;
+        }
+        let is_last = i + 1 == origins.len();
+        let body = if is_last { body.take().unwrap_or_default() } else { body.clone().unwrap_or_default() };
+        let call = Call { op, model: &endpoint.model, body, base_url: &origin.url, stream, now_ms: ports.now_ms() };
+        let request = endpoint.provider.build_request(call, ports)?;
+        let label = origin_label(request.uri(), origin.region.as_deref());
+        let timeout = settings.origin_timeout_ms.min(remaining);
+        let outcome = match ports.send(request, timeout).await {
+            Ok(response) => {
+                let status = response.status();
+                let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+                let outcome = if status.is_success() { "ok".to_string() } else { format!("http_{}", status.as_u16()) };
+                log.attempts.push(AttemptLog { origin: label.clone(), outcome });
+                if !retryable || is_last {
+                    return Ok(Forwarded { response, origin: label });
+                }
+                GatewayError::bad_gateway("origin_error", format!("origin returned HTTP {}", status.as_u16()))
+            }
+            Err(UpstreamError::Timeout) => {
+                log.attempts.push(AttemptLog { origin: label.clone(), outcome: "timeout".into() });
+                GatewayError::gateway_timeout(format!("origin did not answer within {timeout} ms"))
+            }
+            Err(UpstreamError::Connect(reason) | UpstreamError::Body(reason)) => {
+                log.attempts.push(AttemptLog { origin: label.clone(), outcome: "connect_error".into() });
+                GatewayError::bad_gateway("origin_unreachable", format!("origin unreachable: {}", truncate(&reason, 200)))
+            }
+        };
+        log.origin = Some(label);
+        last_error = Some(outcome);
+    }
+    let error = last_error.unwrap_or_else(|| GatewayError::not_configured("no_origin", "the endpoint has no origin"));
+    Err(match &endpoint.residency {
+        // Never fall back outside the pinned region: say why nothing answered.
+        Some(region) => GatewayError::not_configured(
+            "region_unavailable",
+            format!(
+                "no origin in region \"{region}\" is available ({} tried; last: {})",
+                origins.len(),
+                error.message
+            ),
+        ),
+        None if origins.len() > 1 => {
+            GatewayError { message: format!("all {} origins failed; last: {}", origins.len(), error.message), ..error }
+        }
+        None => error,
+    })
+}
+
+/// Takes the OpenAI `model` field out of the body: it names our endpoint, not the provider's model.
+fn take_model(body: &mut Map<String, Value>) -> Result<String> {
+    match body.remove("model") {
+        Some(Value::String(name)) => Ok(name),
+        Some(_) => Err(GatewayError::bad_request("invalid_model", "`model` must be a string naming an endpoint")),
+        None => Err(GatewayError::bad_request("missing_model", "`model` is required: name a configured endpoint")),
+    }
+}
+
+/// The client's region: fixed by the deployment, else from geo data via the config's region
+/// map, else from the configured request header, else the config's default.
+fn client_region(config: &Config, client: &ClientInfo, headers: &HeaderMap) -> Option<String> {
+    if let Some(region) = &client.region {
+        return Some(region.clone());
+    }
+    if let Some(region) = config.region_of(client.country.as_deref(), client.continent.as_deref()) {
+        return Some(region.to_string());
+    }
+    let header = &config.settings.region_header;
+    let from_header = (!header.is_empty())
+        .then(|| headers.get(header.as_str())?.to_str().ok())
+        .flatten()
+        .filter(|r| config.regions.iter().any(|known| known.name == *r));
+    from_header.map(str::to_owned).or_else(|| config.default_region.clone())
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()
+}
+
+fn sse_response<B>(body: ResponseBody<B>) -> Response<ResponseBody<B>> {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn ok_json<B>(value: Value) -> Response<ResponseBody<B>> {
+    json_response(StatusCode::OK, &value)
+}
+
+/// `scheme://host:port` of an origin URL (plus its region): enough to tell origins apart,
+/// nothing secret — paths and queries may carry keys.
+fn origin_label(uri: &http::Uri, region: Option<&str>) -> String {
+    let base = match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) => {
+            format!("{scheme}://{}", authority.as_str().rsplit('@').next().unwrap_or(""))
+        }
+        _ => String::new(),
+    };
+    match region {
+        Some(region) => format!("{base} ({region})"),
+        None => base,
+    }
+}
+
+pub fn json_response<B>(status: StatusCode, value: &Value) -> Response<ResponseBody<B>> {
+    let body = serde_json::to_vec(value).expect("a Value always serializes");
+    let mut response = Response::new(ResponseBody::Full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+pub fn error_response<B>(error: &GatewayError) -> Response<ResponseBody<B>> {
+    let mut response = Response::new(ResponseBody::Full(error.body()));
+    *response.status_mut() = error.status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(seconds) = error.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;

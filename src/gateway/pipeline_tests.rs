@@ -1,0 +1,153 @@
+use super::*;
+use crate::gateway::testing::{block_on, MemoryHost};
+use http::Method;
+
+const CONFIG: &str = r#"{"version": "t1", "settings": {"config_ttl_ms": 1000}, "endpoints": [
+  {"name": "chat", "endpoint_type": "llm/v1/chat",
+   "model": {"provider": "openai", "name": "gpt-4o-mini",
+             "config": {"openai_api_key": "$OPENAI_API_KEY", "openai_api_base": "http://origin.test/v1"}},
+   "parameters": {"temperature": 0.5}},
+  {"name": "embed", "endpoint_type": "llm/v1/embeddings",
+   "model": {"provider": "openai", "name": "text-embedding-3-small",
+             "config": {"openai_api_key": "$OPENAI_API_KEY", "openai_api_base": "http://origin.test/v1"}}}
+]}"#;
+
+fn ok_origin(_: &Request<Vec<u8>>) -> std::result::Result<Response<Vec<u8>>, UpstreamError> {
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(br#"{"id":"c1","object":"chat.completion","choices":[]}"#.to_vec())
+        .unwrap())
+}
+
+fn host() -> MemoryHost {
+    MemoryHost::new(ok_origin).with_secret("OPENAI_API_KEY", "sk-secret-value").with_kv(ACTIVE_KEY, CONFIG)
+}
+
+fn post(path: &str, body: &str) -> Request<Vec<u8>> {
+    Request::builder().method(Method::POST).uri(path).body(body.as_bytes().to_vec()).unwrap()
+}
+
+fn run(host: &MemoryHost, request: Request<Vec<u8>>) -> (StatusCode, Value, Exchange<Vec<u8>>) {
+    let mut exchange = block_on(Gateway::new().handle(host, request, &ClientInfo::default()));
+    let status = exchange.response.status();
+    let body = match std::mem::replace(exchange.response.body_mut(), ResponseBody::Full(Vec::new())) {
+        ResponseBody::Full(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ResponseBody::Stream(bytes) => Value::String(String::from_utf8(bytes).unwrap()),
+        ResponseBody::Translated(bytes, mut pump) => {
+            let mut out = pump.chunk(&bytes);
+            out.extend(pump.end());
+            Value::String(String::from_utf8(out).unwrap())
+        }
+    };
+    (status, body, exchange)
+}
+
+#[test]
+fn forwards_chat_with_provider_model_defaults_and_fresh_credentials() {
+    let host = host();
+    let mut request = post("/v1/chat/completions", r#"{"model":"chat","messages":[{"role":"user","content":"hi"}]}"#);
+    request.headers_mut().insert("authorization", "Bearer client-key".parse().unwrap());
+    let (status, body, exchange) = run(&host, request);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["id"], "c1");
+    let sent = host.sent.borrow();
+    assert_eq!(sent[0].uri(), "http://origin.test/v1/chat/completions");
+    assert_eq!(sent[0].headers()["authorization"], "Bearer sk-secret-value");
+    let forwarded: Value = serde_json::from_slice(sent[0].body()).unwrap();
+    assert_eq!(forwarded["model"], "gpt-4o-mini");
+    assert_eq!(forwarded["temperature"], 0.5);
+    assert_eq!(exchange.deferred.log.endpoint.as_deref(), Some("chat"));
+    assert_eq!(exchange.deferred.log.origin.as_deref(), Some("http://origin.test"));
+}
+
+#[test]
+fn errors_have_documented_status_and_shape() {
+    let cases = [
+        (post("/v1/chat/completions", "{not json"), StatusCode::BAD_REQUEST, "invalid_json"),
+        (post("/v1/chat/completions", r#"{"model":"nope"}"#), StatusCode::NOT_FOUND, "model_not_found"),
+        (post("/v1/embeddings", r#"{"model":"chat","input":"x"}"#), StatusCode::BAD_REQUEST, "endpoint_type_mismatch"),
+        (post("/v1/chat/completions", r#"{"messages":[]}"#), StatusCode::BAD_REQUEST, "missing_model"),
+        (post("/v2/unknown", "{}"), StatusCode::NOT_FOUND, "route_not_found"),
+    ];
+    for (request, status, code) in cases {
+        let (got, body, _) = run(&host(), request);
+        assert_eq!((got, body["error"]["code"].as_str()), (status, Some(code)), "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+}
+
+#[test]
+fn missing_config_is_503_naming_the_kv_entry() {
+    let host = MemoryHost::new(ok_origin);
+    let (status, body, _) = run(&host, post("/v1/chat/completions", r#"{"model":"chat"}"#));
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body["error"]["message"].as_str().unwrap().contains("config:active"));
+}
+
+#[test]
+fn unreachable_origin_is_502_and_timeout_504() {
+    let host = MemoryHost::new(|_| Err(UpstreamError::Connect("connection refused".into())))
+        .with_secret("OPENAI_API_KEY", "k")
+        .with_kv(ACTIVE_KEY, CONFIG);
+    let (status, body, _) = run(&host, post("/v1/chat/completions", r#"{"model":"chat"}"#));
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_GATEWAY, Some("origin_unreachable")));
+
+    let host =
+        MemoryHost::new(|_| Err(UpstreamError::Timeout)).with_secret("OPENAI_API_KEY", "k").with_kv(ACTIVE_KEY, CONFIG);
+    let (status, _, _) = run(&host, post("/v1/chat/completions", r#"{"model":"chat"}"#));
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+}
+
+#[test]
+fn streams_sse_through_untouched() {
+    let host = MemoryHost::new(|_| {
+        Ok(Response::builder().header("content-type", "text/event-stream").body(b"data: [DONE]\n\n".to_vec()).unwrap())
+    })
+    .with_secret("OPENAI_API_KEY", "k")
+    .with_kv(ACTIVE_KEY, CONFIG);
+    let (status, body, exchange) = run(&host, post("/v1/chat/completions", r#"{"model":"chat","stream":true}"#));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, Value::String("data: [DONE]\n\n".into()));
+    assert!(exchange.deferred.log.stream);
+}
+
+#[test]
+fn config_memo_expires_and_notices_removal() {
+    let host = host();
+    let gateway = Gateway::new();
+    let chat = || post("/v1/chat/completions", r#"{"model":"chat"}"#);
+    assert_eq!(block_on(gateway.handle(&host, chat(), &ClientInfo::default())).response.status(), StatusCode::OK);
+    host.kv.borrow_mut().clear();
+    // Within the memo TTL the isolate still serves the config it has.
+    assert_eq!(block_on(gateway.handle(&host, chat(), &ClientInfo::default())).response.status(), StatusCode::OK);
+    host.advance(1001);
+    assert_eq!(block_on(gateway.handle(&host, chat(), &ClientInfo::default())).response.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[test]
+fn request_id_echoed_or_generated_and_log_has_no_secret() {
+    let mut request = post("/v1/chat/completions", r#"{"model":"chat"}"#);
+    request.headers_mut().insert("x-request-id", "trace-1".parse().unwrap());
+    request.headers_mut().insert("authorization", "Bearer client-key".parse().unwrap());
+    let host = host();
+    let exchange = block_on(Gateway::new().handle(&host, request, &ClientInfo::default()));
+    assert_eq!(exchange.response.headers()["x-request-id"], "trace-1");
+    let line = block_on(exchange.deferred.complete(&host));
+    assert!(line.contains("\"request_id\":\"trace-1\""), "{line}");
+    assert!(!line.contains("sk-secret-value") && !line.contains("client-key"), "{line}");
+
+    let exchange = block_on(Gateway::new().handle(&host, post("/health", ""), &ClientInfo::default()));
+    assert_eq!(exchange.response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(exchange.response.headers()["x-request-id"].len(), 24);
+}
+
+#[test]
+fn health_and_models() {
+    let host = host();
+    let get = |path: &str| Request::builder().uri(path).body(Vec::new()).unwrap();
+    let (status, body, _) = run(&host, get("/health"));
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "OK"})));
+    let (_, body, _) = run(&host, get("/v1/models"));
+    assert_eq!(body["data"][0]["id"], "chat");
+    assert_eq!(body["data"][1]["id"], "embed");
+}

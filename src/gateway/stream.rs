@@ -1,0 +1,62 @@
+//! Driving a translated stream: the host feeds the origin's body chunks in as they arrive and
+//! writes out what comes back. Parsing and translation stay here, in the core.
+//!
+//! A pump is a chain of stages, each an SSE parser plus a translator; stage N's output is
+//! stage N+1's input. That composes, e.g., Gemini → OpenAI chunks → Anthropic events for an
+//! Anthropic client of a Gemini endpoint, with each translator written once.
+
+use crate::gateway::providers::sse::SseParser;
+use crate::gateway::providers::{StreamTranslate, StreamTranslator, Usage};
+
+pub struct StreamPump {
+    stages: Vec<(SseParser, StreamTranslator)>,
+    finished: bool,
+}
+
+impl StreamPump {
+    pub fn new(translators: Vec<StreamTranslator>) -> Self {
+        StreamPump { stages: translators.into_iter().map(|t| (SseParser::new(), t)).collect(), finished: false }
+    }
+
+    /// Translates one chunk of origin bytes; may return nothing while an event is incomplete.
+    pub fn chunk(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut data = bytes.to_vec();
+        for (parser, translator) in &mut self.stages {
+            let mut out = Vec::new();
+            for event in parser.push(&data) {
+                translator.event(&event, &mut out);
+            }
+            data = out;
+        }
+        data
+    }
+
+    /// The origin body ended (or failed): flush and close the client's stream properly.
+    pub fn end(&mut self) -> Vec<u8> {
+        if std::mem::replace(&mut self.finished, true) {
+            return Vec::new();
+        }
+        let mut data = Vec::new();
+        for (parser, translator) in &mut self.stages {
+            let mut out = Vec::new();
+            for event in parser.push(&data).into_iter().chain(parser.finish()) {
+                translator.event(&event, &mut out);
+            }
+            translator.finish(&mut out);
+            data = out;
+        }
+        data
+    }
+
+    /// A whole body at once (a replayed answer).
+    pub fn run(mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = self.chunk(bytes);
+        out.extend(self.end());
+        out
+    }
+
+    /// Usage reported by the origin's stream (the first stage sees the origin's events).
+    pub fn usage(&self) -> Option<Usage> {
+        self.stages.first().and_then(|(_, t)| t.usage())
+    }
+}

@@ -1,0 +1,128 @@
+//! In-memory ports for native unit tests and the pipeline benchmark. Not used by any host.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use http::{Request, Response};
+
+use crate::gateway::error::Result;
+use crate::gateway::ports::{Clock, Kv, Secrets, Upstream, UpstreamError};
+
+type Origin = Box<dyn Fn(&Request<Vec<u8>>) -> std::result::Result<Response<Vec<u8>>, UpstreamError>>;
+
+pub struct MemoryHost {
+    pub kv: RefCell<BTreeMap<String, Vec<u8>>>,
+    pub secrets: HashMap<String, String>,
+    pub now_ms: Cell<u64>,
+    origin: Origin,
+    /// Requests sent to the origin, in order (only when `record` is on).
+    pub sent: RefCell<Vec<Request<Vec<u8>>>>,
+    pub record: bool,
+    rng: Cell<u64>,
+}
+
+impl MemoryHost {
+    /// A host whose origin answers every request with `origin(request)`.
+    pub fn new(
+        origin: impl Fn(&Request<Vec<u8>>) -> std::result::Result<Response<Vec<u8>>, UpstreamError> + 'static,
+    ) -> Self {
+        MemoryHost {
+            kv: RefCell::default(),
+            secrets: HashMap::new(),
+            now_ms: Cell::new(1_700_000_000_000),
+            origin: Box::new(origin),
+            sent: RefCell::default(),
+            record: true,
+            rng: Cell::new(0x9e37_79b9_7f4a_7c15),
+        }
+    }
+
+    pub fn with_secret(mut self, name: &str, value: &str) -> Self {
+        self.secrets.insert(name.into(), value.into());
+        self
+    }
+
+    pub fn with_kv(self, key: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.kv.borrow_mut().insert(key.into(), value.into());
+        self
+    }
+
+    pub fn advance(&self, ms: u64) {
+        self.now_ms.set(self.now_ms.get() + ms);
+    }
+}
+
+impl Kv for MemoryHost {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.kv.borrow().get(key).cloned())
+    }
+    async fn put(&self, key: &str, value: &[u8], _ttl_secs: Option<u64>) -> Result<()> {
+        self.kv.borrow_mut().insert(key.into(), value.to_vec());
+        Ok(())
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.kv.borrow_mut().remove(key);
+        Ok(())
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self.kv.borrow().keys().filter(|k| k.starts_with(prefix)).cloned().collect())
+    }
+}
+
+impl Upstream for MemoryHost {
+    type Body = Vec<u8>;
+    async fn send(
+        &self,
+        request: Request<Vec<u8>>,
+        _timeout_ms: u64,
+    ) -> std::result::Result<Response<Vec<u8>>, UpstreamError> {
+        let response = (self.origin)(&request);
+        if self.record {
+            self.sent.borrow_mut().push(request);
+        }
+        response
+    }
+    async fn read_body(&self, body: Vec<u8>, limit: usize) -> std::result::Result<Vec<u8>, UpstreamError> {
+        if body.len() > limit {
+            return Err(UpstreamError::Body(format!("body exceeds {limit} bytes")));
+        }
+        Ok(body)
+    }
+}
+
+impl Secrets for MemoryHost {
+    fn secret(&self, name: &str) -> Option<String> {
+        self.secrets.get(name).cloned()
+    }
+}
+
+impl Clock for MemoryHost {
+    fn now_ms(&self) -> u64 {
+        self.now_ms.get()
+    }
+    fn random_bytes(&self, buf: &mut [u8]) {
+        // xorshift: deterministic test randomness, never used by a real host.
+        for b in buf {
+            let mut x = self.rng.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.rng.set(x);
+            *b = x as u8;
+        }
+    }
+}
+
+/// Polls a future to completion. The in-memory ports never return `Pending`.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+}

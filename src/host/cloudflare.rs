@@ -1,0 +1,232 @@
+//! Cloudflare Workers adapter (`worker` crate): fetch event, KV namespace `KV`, secrets and
+//! vars, `waitUntil` for after-response work. Translation only; the rules live in the core.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
+use futures_util::StreamExt;
+use http::{HeaderName, HeaderValue, Request};
+use worker::{event, AbortController, Context, Env, Fetch, HttpRequest, KvStore, RequestInit, Response};
+
+use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::pipeline::{error_response, ClientInfo};
+use crate::gateway::ports::{Clock, Kv, Secrets, Upstream, UpstreamError};
+use crate::gateway::stream::StreamPump;
+use crate::gateway::{Gateway, ResponseBody};
+
+/// Bodies above this are refused before the config (and its own, lower limit) is even read.
+const HARD_BODY_LIMIT: usize = 32 << 20;
+const KV_BINDING: &str = "KV";
+
+thread_local! {
+    // One per isolate: the config memo survives across requests in the same isolate.
+    static GATEWAY: Rc<Gateway> = Rc::new(Gateway::new());
+}
+
+struct CloudflareHost {
+    env: Env,
+    kv: Option<KvStore>,
+}
+
+#[event(fetch)]
+async fn fetch(request: HttpRequest, env: Env, ctx: Context) -> worker::Result<Response> {
+    let kv = env.kv(KV_BINDING).ok();
+    let host = Rc::new(CloudflareHost { env, kv });
+    let gateway = GATEWAY.with(Rc::clone);
+
+    let client = ClientInfo {
+        country: request.extensions().get::<worker::Cf>().and_then(|cf| cf.country()),
+        continent: request.extensions().get::<worker::Cf>().and_then(|cf| cf.continent()),
+        region: None,
+    };
+    let (parts, body) = request.into_parts();
+    let exchange = match read_request_body(body).await {
+        Ok(bytes) => gateway.handle(&*host, Request::from_parts(parts, bytes), &client).await,
+        Err(error) => return to_worker_response(error_response(&error)),
+    };
+    let deferred = exchange.deferred;
+    let after = host.clone();
+    ctx.wait_until(async move {
+        let line = deferred.complete(&*after).await;
+        worker::console_log!("{line}");
+    });
+    to_worker_response(exchange.response)
+}
+
+async fn read_request_body(mut body: worker::Body) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
+            GatewayError::bad_request("body_read_failed", format!("reading the request body failed: {e}"))
+        })?;
+        if bytes.len() + chunk.len() > HARD_BODY_LIMIT {
+            return Err(GatewayError::payload_too_large(HARD_BODY_LIMIT));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+fn to_worker_response(response: http::Response<ResponseBody<Response>>) -> worker::Result<Response> {
+    let (parts, body) = response.into_parts();
+    let response = match body {
+        ResponseBody::Full(bytes) => Response::from_bytes(bytes)?,
+        // The origin's ReadableStream goes back to the client untouched: no copy, no buffering.
+        ResponseBody::Stream(upstream) => Response::from_body(upstream.body().clone())?,
+        ResponseBody::Translated(mut upstream, pump) => Response::from_stream(translate(upstream.stream()?, pump))?,
+    };
+    let headers = worker::Headers::new();
+    for (name, value) in &parts.headers {
+        if let Ok(value) = value.to_str() {
+            headers.append(name.as_str(), value)?;
+        }
+    }
+    Ok(response.with_status(parts.status.as_u16()).with_headers(headers))
+}
+
+/// The origin's chunks rewritten by the core's pump, then its closing bytes.
+fn translate(
+    upstream: worker::ByteStream,
+    pump: StreamPump,
+) -> impl futures_util::Stream<Item = worker::Result<Vec<u8>>> {
+    futures_util::stream::unfold(Some((upstream, pump)), |state| async move {
+        let (mut upstream, mut pump) = state?;
+        loop {
+            match upstream.next().await {
+                Some(Ok(chunk)) => {
+                    let out = pump.chunk(&chunk);
+                    if !out.is_empty() {
+                        return Some((Ok(out), Some((upstream, pump))));
+                    }
+                }
+                // End or a broken origin stream: the pump closes the client stream cleanly.
+                Some(Err(_)) | None => return Some((Ok(pump.end()), None)),
+            }
+        }
+    })
+}
+
+fn kv_error(e: impl std::fmt::Display) -> GatewayError {
+    GatewayError::internal("kv_error", format!("KV operation failed: {e}"))
+}
+
+impl CloudflareHost {
+    fn store(&self) -> Result<&KvStore> {
+        self.kv.as_ref().ok_or_else(|| {
+            GatewayError::not_configured("kv_unbound", format!("no KV namespace bound as \"{KV_BINDING}\""))
+        })
+    }
+}
+
+impl Kv for CloudflareHost {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.store()?.get(key).bytes().await.map_err(kv_error)
+    }
+
+    async fn put(&self, key: &str, value: &[u8], ttl_secs: Option<u64>) -> Result<()> {
+        let mut put = self.store()?.put_bytes(key, value).map_err(kv_error)?;
+        if let Some(ttl) = ttl_secs {
+            put = put.expiration_ttl(ttl.max(60)); // Cloudflare's minimum TTL
+        }
+        put.execute().await.map_err(kv_error)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.store()?.delete(key).await.map_err(kv_error)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let store = self.store()?;
+        let mut keys = Vec::new();
+        let mut cursor = None;
+        loop {
+            let mut list = store.list().prefix(prefix.to_string());
+            if let Some(c) = cursor.take() {
+                list = list.cursor(c);
+            }
+            let page = list.execute().await.map_err(kv_error)?;
+            keys.extend(page.keys.into_iter().map(|k| k.name));
+            match page.cursor {
+                Some(c) if !page.list_complete => cursor = Some(c),
+                _ => return Ok(keys),
+            }
+        }
+    }
+}
+
+impl Upstream for CloudflareHost {
+    type Body = Response;
+
+    async fn send(
+        &self,
+        request: Request<Vec<u8>>,
+        timeout_ms: u64,
+    ) -> std::result::Result<http::Response<Response>, UpstreamError> {
+        let (parts, body) = request.into_parts();
+        let headers = worker::Headers::new();
+        for (name, value) in &parts.headers {
+            let value = value.to_str().map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            headers.append(name.as_str(), value).map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        }
+        let mut init = RequestInit::new();
+        init.with_method(worker::Method::from(parts.method.to_string())).with_headers(headers);
+        if !body.is_empty() {
+            init.with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
+        }
+        let request = worker::Request::new_with_init(&parts.uri.to_string(), &init)
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+
+        // The timeout covers the response head; aborting also cancels the origin request.
+        let controller = AbortController::default();
+        let signal = controller.signal();
+        let fetch = Fetch::Request(request);
+        let sent = std::pin::pin!(fetch.send_with_signal(&signal));
+        let timer = worker::Delay::from(Duration::from_millis(timeout_ms));
+        let response = match select(sent, timer).await {
+            Either::Left((result, _)) => result.map_err(|e| UpstreamError::Connect(e.to_string()))?,
+            Either::Right(_) => {
+                controller.abort();
+                return Err(UpstreamError::Timeout);
+            }
+        };
+
+        let mut builder = http::Response::builder().status(response.status_code());
+        for (name, value) in response.headers().entries() {
+            if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+                builder = builder.header(name, value);
+            }
+        }
+        builder.body(response).map_err(|e| UpstreamError::Body(e.to_string()))
+    }
+
+    async fn read_body(&self, mut body: Response, limit: usize) -> std::result::Result<Vec<u8>, UpstreamError> {
+        let declared = body.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(UpstreamError::Body(format!("response exceeds {limit} bytes")));
+        }
+        // One arrayBuffer() call: far cheaper than crossing into JS per chunk.
+        let bytes = body.bytes().await.map_err(|e| UpstreamError::Body(e.to_string()))?;
+        if bytes.len() > limit {
+            return Err(UpstreamError::Body(format!("response exceeds {limit} bytes")));
+        }
+        Ok(bytes)
+    }
+}
+
+impl Secrets for CloudflareHost {
+    fn secret(&self, name: &str) -> Option<String> {
+        self.env.secret(name).map(|s| s.to_string()).or_else(|_| self.env.var(name).map(|v| v.to_string())).ok()
+    }
+}
+
+impl Clock for CloudflareHost {
+    fn now_ms(&self) -> u64 {
+        worker::Date::now().as_millis()
+    }
+
+    fn random_bytes(&self, buf: &mut [u8]) {
+        // crypto.getRandomValues; it cannot fail for small buffers inside a worker.
+        getrandom::getrandom(buf).expect("crypto.getRandomValues is available in workers");
+    }
+}

@@ -1,0 +1,279 @@
+//! Spin adapter (`spin-sdk` 5.2, WASI 0.2 component): incoming HTTP, the default key-value
+//! store, variables for secrets, outbound `wasi:http`. After-response work (the log line) runs
+//! inline once the response body is finished — Spin has no `waitUntil`.
+
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderName, HeaderValue, Request};
+use spin_sdk::http::{Fields, IncomingRequest, OutgoingResponse, ResponseOutparam};
+use spin_sdk::http_component;
+use spin_sdk::key_value::Store;
+use spin_sdk::wit::wasi::http0_2_0::outgoing_handler;
+use spin_sdk::wit::wasi::http0_2_0::types::{
+    ErrorCode, IncomingResponse, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
+};
+
+use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::pipeline::{error_response, ClientInfo};
+use crate::gateway::ports::{Clock, Kv, Secrets, Upstream, UpstreamError};
+use crate::gateway::{Gateway, ResponseBody};
+
+/// Bodies above this are refused before the config (and its own, lower limit) is even read.
+const HARD_BODY_LIMIT: usize = 32 << 20;
+
+thread_local! {
+    // One per component instance; Spin may reuse an instance across requests.
+    static GATEWAY: Rc<Gateway> = Rc::new(Gateway::new());
+}
+
+struct SpinHost {
+    store: std::result::Result<Store, String>,
+}
+
+/// The origin's response, kept alive while its body streams (dropping it cancels the request).
+pub struct SpinBody(IncomingResponse);
+
+#[http_component]
+async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+    let host = SpinHost { store: Store::open_default().map_err(|e| e.to_string()) };
+    let gateway = GATEWAY.with(Rc::clone);
+
+    // Spin has no geo data; a deployment can fix its region with the `gateway_region` variable.
+    let client = ClientInfo { region: spin_sdk::variables::get("gateway_region").ok(), ..ClientInfo::default() };
+    let exchange = match to_http_request(request).await {
+        Ok(request) => gateway.handle(&host, request, &client).await,
+        Err(error) => {
+            write_response(error_response(&error), response_out).await;
+            return;
+        }
+    };
+    write_response(exchange.response, response_out).await;
+    let line = exchange.deferred.complete(&host).await;
+    eprintln!("{line}");
+}
+
+async fn to_http_request(request: IncomingRequest) -> Result<Request<Vec<u8>>> {
+    let mut builder = Request::builder()
+        .method(spin_method(&request.method()))
+        .uri(request.path_with_query().unwrap_or_else(|| "/".into()));
+    for (name, value) in request.headers().entries() {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            builder = builder.header(name, value);
+        }
+    }
+    let mut body = Vec::new();
+    let mut stream = request.into_body_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            GatewayError::bad_request("body_read_failed", format!("reading the request body failed: {e}"))
+        })?;
+        if body.len() + chunk.len() > HARD_BODY_LIMIT {
+            return Err(GatewayError::payload_too_large(HARD_BODY_LIMIT));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    builder.body(body).map_err(|e| GatewayError::bad_request("bad_request", e.to_string()))
+}
+
+fn spin_method(method: &Method) -> http::Method {
+    match method {
+        Method::Get => http::Method::GET,
+        Method::Post => http::Method::POST,
+        Method::Put => http::Method::PUT,
+        Method::Delete => http::Method::DELETE,
+        Method::Patch => http::Method::PATCH,
+        Method::Head => http::Method::HEAD,
+        Method::Options => http::Method::OPTIONS,
+        Method::Connect => http::Method::CONNECT,
+        Method::Trace => http::Method::TRACE,
+        Method::Other(other) => http::Method::from_bytes(other.as_bytes()).unwrap_or(http::Method::GET),
+    }
+}
+
+async fn write_response(response: http::Response<ResponseBody<SpinBody>>, out: ResponseOutparam) {
+    let (parts, body) = response.into_parts();
+    let headers: Vec<(String, Vec<u8>)> =
+        parts.headers.iter().map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec())).collect();
+    let Ok(fields) = Fields::from_list(&headers) else { return };
+    let outgoing = OutgoingResponse::new(fields);
+    let _ = outgoing.set_status_code(parts.status.as_u16());
+    let mut sink = outgoing.take_body();
+    out.set(outgoing);
+    match body {
+        ResponseBody::Full(bytes) => {
+            let _ = sink.send(bytes).await;
+        }
+        ResponseBody::Stream(SpinBody(upstream)) => {
+            // Forward each chunk as it arrives: no buffering of streamed answers.
+            let mut chunks = upstream.take_body_stream();
+            while let Some(Ok(chunk)) = chunks.next().await {
+                if sink.send(chunk).await.is_err() {
+                    break; // client went away; dropping `upstream` cancels the origin request
+                }
+            }
+        }
+        ResponseBody::Translated(SpinBody(upstream), mut pump) => {
+            let mut chunks = upstream.take_body_stream();
+            loop {
+                let out = match chunks.next().await {
+                    Some(Ok(chunk)) => pump.chunk(&chunk),
+                    // End or a broken origin stream: the pump closes the client stream cleanly.
+                    Some(Err(_)) | None => {
+                        let _ = sink.send(pump.end()).await;
+                        break;
+                    }
+                };
+                if !out.is_empty() && sink.send(out).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn kv_error(e: impl std::fmt::Display) -> GatewayError {
+    GatewayError::internal("kv_error", format!("key-value operation failed: {e}"))
+}
+
+impl SpinHost {
+    fn store(&self) -> Result<&Store> {
+        self.store.as_ref().map_err(|e| kv_error(format!("cannot open the default store: {e}")))
+    }
+}
+
+impl Kv for SpinHost {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.store()?.get(key).map_err(kv_error)
+    }
+
+    async fn put(&self, key: &str, value: &[u8], _ttl_secs: Option<u64>) -> Result<()> {
+        // Spin's key-value interface has no TTL; readers check expiry stored in the value.
+        self.store()?.set(key, value).map_err(kv_error)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.store()?.delete(key).map_err(kv_error)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let keys = self.store()?.get_keys().map_err(kv_error)?;
+        Ok(keys.into_iter().filter(|k| k.starts_with(prefix)).collect())
+    }
+}
+
+impl Upstream for SpinHost {
+    type Body = SpinBody;
+
+    async fn send(
+        &self,
+        request: Request<Vec<u8>>,
+        timeout_ms: u64,
+    ) -> std::result::Result<http::Response<SpinBody>, UpstreamError> {
+        let (parts, body) = request.into_parts();
+        let headers: Vec<(String, Vec<u8>)> =
+            parts.headers.iter().map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec())).collect();
+        let fields = Fields::from_list(&headers).map_err(|e| UpstreamError::Connect(format!("bad header: {e:?}")))?;
+        let outgoing = OutgoingRequest::new(fields);
+        let uri = &parts.uri;
+        let scheme = match uri.scheme_str() {
+            Some("https") => Scheme::Https,
+            _ => Scheme::Http,
+        };
+        let invalid = |_| UpstreamError::Connect(format!("invalid origin URL {uri}"));
+        outgoing.set_method(&to_spin_method(&parts.method)).map_err(invalid)?;
+        outgoing.set_scheme(Some(&scheme)).map_err(invalid)?;
+        outgoing.set_authority(uri.authority().map(|a| a.as_str())).map_err(invalid)?;
+        outgoing.set_path_with_query(uri.path_and_query().map(|p| p.as_str())).map_err(invalid)?;
+
+        let options = RequestOptions::new();
+        let timeout = Some(Duration::from_millis(timeout_ms).as_nanos() as u64);
+        let _ = options.set_connect_timeout(timeout);
+        let _ = options.set_first_byte_timeout(timeout);
+
+        let outgoing_body = outgoing.body().map_err(|_| UpstreamError::Connect("request body unavailable".into()))?;
+        let pending = outgoing_handler::handle(outgoing, Some(options)).map_err(upstream_error)?;
+        {
+            let stream =
+                outgoing_body.write().map_err(|_| UpstreamError::Connect("request body unavailable".into()))?;
+            for chunk in body.chunks(4096) {
+                stream
+                    .blocking_write_and_flush(chunk)
+                    .map_err(|e| UpstreamError::Connect(format!("sending body: {e:?}")))?;
+            }
+        }
+        OutgoingBody::finish(outgoing_body, None).map_err(upstream_error)?;
+
+        let response = std::future::poll_fn(|cx| match pending.get() {
+            Some(result) => std::task::Poll::Ready(result),
+            None => {
+                spin_executor::push_waker(pending.subscribe(), cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+        .map_err(|()| UpstreamError::Connect("response already taken".into()))?
+        .map_err(upstream_error)?;
+
+        let mut builder = http::Response::builder().status(response.status());
+        for (name, value) in response.headers().entries() {
+            if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+                builder = builder.header(name, value);
+            }
+        }
+        builder.body(SpinBody(response)).map_err(|e| UpstreamError::Body(e.to_string()))
+    }
+
+    async fn read_body(&self, body: SpinBody, limit: usize) -> std::result::Result<Vec<u8>, UpstreamError> {
+        let mut bytes = Vec::new();
+        let mut chunks = body.0.take_body_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| UpstreamError::Body(e.to_string()))?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(UpstreamError::Body(format!("response exceeds {limit} bytes")));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
+}
+
+fn to_spin_method(method: &http::Method) -> Method {
+    match *method {
+        http::Method::GET => Method::Get,
+        http::Method::POST => Method::Post,
+        http::Method::PUT => Method::Put,
+        http::Method::DELETE => Method::Delete,
+        http::Method::PATCH => Method::Patch,
+        http::Method::HEAD => Method::Head,
+        http::Method::OPTIONS => Method::Options,
+        _ => Method::Other(method.to_string()),
+    }
+}
+
+fn upstream_error(code: ErrorCode) -> UpstreamError {
+    match code {
+        ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout | ErrorCode::HttpResponseTimeout => {
+            UpstreamError::Timeout
+        }
+        other => UpstreamError::Connect(format!("{other:?}")),
+    }
+}
+
+impl Secrets for SpinHost {
+    fn secret(&self, name: &str) -> Option<String> {
+        // Spin variable names are lower case: `$OPENAI_API_KEY` reads variable `openai_api_key`.
+        spin_sdk::variables::get(&name.to_ascii_lowercase()).ok()
+    }
+}
+
+impl Clock for SpinHost {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn random_bytes(&self, buf: &mut [u8]) {
+        getrandom::getrandom(buf).expect("wasi:random is available to every component");
+    }
+}

@@ -372,7 +372,8 @@ async fn forward<P: Ports>(
                 let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
                 let outcome = if status.is_success() { "ok".to_string() } else { format!("http_{}", status.as_u16()) };
                 log.attempts.push(AttemptLog { origin: label.clone(), outcome });
-                if !retryable || is_last {
+                // A pinned endpoint reports "region unavailable" rather than the last error.
+                if !retryable || (is_last && endpoint.residency.is_none()) {
                     return Ok(Forwarded { response, origin: label });
                 }
                 GatewayError::bad_gateway("origin_error", format!("origin returned HTTP {}", status.as_u16()))
@@ -416,21 +417,25 @@ fn take_model(body: &mut Map<String, Value>) -> Result<String> {
     }
 }
 
-/// The client's region: fixed by the deployment, else from geo data via the config's region
-/// map, else from the configured request header, else the config's default.
+/// The client's region: fixed by the deployment, else the configured request header (the
+/// client's own preference; it only orders allowed origins, never lifts a residency pin),
+/// else geo data through the config's region map, else the config's default.
 fn client_region(config: &Config, client: &ClientInfo, headers: &HeaderMap) -> Option<String> {
     if let Some(region) = &client.region {
         return Some(region.clone());
-    }
-    if let Some(region) = config.region_of(client.country.as_deref(), client.continent.as_deref()) {
-        return Some(region.to_string());
     }
     let header = &config.settings.region_header;
     let from_header = (!header.is_empty())
         .then(|| headers.get(header.as_str())?.to_str().ok())
         .flatten()
         .filter(|r| config.regions.iter().any(|known| known.name == *r));
-    from_header.map(str::to_owned).or_else(|| config.default_region.clone())
+    if let Some(region) = from_header {
+        return Some(region.to_string());
+    }
+    config
+        .region_of(client.country.as_deref(), client.continent.as_deref())
+        .map(str::to_owned)
+        .or_else(|| config.default_region.clone())
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<u64> {

@@ -151,3 +151,108 @@ fn health_and_models() {
     assert_eq!(body["data"][0]["id"], "chat");
     assert_eq!(body["data"][1]["id"], "embed");
 }
+
+const REGIONAL: &str = r#"{"regions": {"eu": {"continents": ["EU"]}, "us": {"continents": ["NA"]}},
+  "settings": {"region_header": "x-gateway-region"},
+  "endpoints": [
+    {"name": "ha", "endpoint_type": "llm/v1/chat",
+     "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$OPENAI_API_KEY"}},
+     "origins": [{"url": "http://down.eu/v1", "region": "eu"}, {"url": "http://up.us/v1", "region": "us"}]},
+    {"name": "pinned", "endpoint_type": "llm/v1/chat", "residency": "eu",
+     "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$OPENAI_API_KEY"}},
+     "origins": [{"url": "http://down.eu/v1", "region": "eu"}, {"url": "http://up.us/v1", "region": "us"}]},
+    {"name": "busy", "endpoint_type": "llm/v1/chat",
+     "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$OPENAI_API_KEY"}},
+     "origins": [{"url": "http://busy.eu/v1", "region": "eu"}, {"url": "http://bad.us/v1", "region": "us"}]}
+  ]}"#;
+
+/// `down.*` refuses connections, `busy.*` answers 429, `bad.*` answers 400, `up.*` works.
+fn regional_host() -> MemoryHost {
+    MemoryHost::new(|request| {
+        let host = request.uri().host().unwrap_or_default();
+        let status = match host.split('.').next() {
+            Some("down") => return Err(UpstreamError::Connect("connection refused".into())),
+            Some("busy") => 429,
+            Some("bad") => 400,
+            _ => 200,
+        };
+        Ok(Response::builder().status(status).header("retry-after", "7").body(br#"{"id":"x"}"#.to_vec()).unwrap())
+    })
+    .with_secret("OPENAI_API_KEY", "k")
+    .with_kv(ACTIVE_KEY, REGIONAL)
+}
+
+fn chat_in(model: &str, region: &str) -> Request<Vec<u8>> {
+    let mut request = post("/v1/chat/completions", &format!(r#"{{"model":"{model}"}}"#));
+    request.headers_mut().insert("x-gateway-region", region.parse().unwrap());
+    request
+}
+
+#[test]
+fn fails_over_to_the_next_region_and_reports_attempts() {
+    let host = regional_host();
+    let (status, _, exchange) = run(&host, chat_in("ha", "eu"));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(exchange.response.headers()["x-gateway-origin"], "http://up.us (us)");
+    assert_eq!(exchange.response.headers()["x-gateway-attempts"], "2");
+    let outcomes: Vec<&str> = exchange.deferred.log.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["connect_error", "ok"]);
+    assert_eq!(exchange.deferred.log.region.as_deref(), Some("eu"));
+}
+
+#[test]
+fn residency_pin_answers_503_instead_of_leaving_the_region() {
+    let host = regional_host();
+    let (status, body, _) = run(&host, chat_in("pinned", "us"));
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "region_unavailable");
+    assert!(body["error"]["message"].as_str().unwrap().contains("\"eu\""));
+    assert!(host.sent.borrow().iter().all(|r| r.uri().host() == Some("down.eu")));
+}
+
+#[test]
+fn retries_429_but_not_4xx_and_keeps_the_last_answer() {
+    let host = regional_host();
+    let (status, body, exchange) = run(&host, chat_in("busy", "eu"));
+    // eu answered 429 → moved on; us answered 400 → returned as is, no further retry.
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "origin_rejected");
+    assert_eq!(exchange.deferred.log.attempts.len(), 2);
+}
+
+#[test]
+fn mlflow_invocations_and_traffic_routes() {
+    let config = r#"{"endpoints": [
+        {"name": "a", "endpoint_type": "llm/v1/chat", "model": {"provider": "openai", "name": "model-a", "config": {"openai_api_key": "k", "openai_api_base": "http://o/v1"}}},
+        {"name": "b", "endpoint_type": "llm/v1/chat", "model": {"provider": "openai", "name": "model-b", "config": {"openai_api_key": "k", "openai_api_base": "http://o/v1"}}}],
+      "routes": [{"name": "ab", "task_type": "llm/v1/chat", "destinations": [{"name": "a", "traffic_percentage": 50}, {"name": "b", "traffic_percentage": 50}]}]}"#;
+    let host = MemoryHost::new(|request| {
+        let sent: Value = serde_json::from_slice(request.body()).unwrap();
+        Ok(Response::new(serde_json::to_vec(&json!({"model": sent["model"]})).unwrap()))
+    })
+    .with_kv(ACTIVE_KEY, config);
+    let (status, body, _) = run(&host, post("/gateway/a/invocations", r#"{"messages":[],"model":"ignored"}"#));
+    assert_eq!((status, body["model"].as_str()), (StatusCode::OK, Some("model-a")));
+    // The same request always takes the same branch; different requests spread over both.
+    let pick = |i: u32| {
+        let (_, body, exchange) = run(&host, post("/endpoints/ab/invocations", &format!(r#"{{"messages":[],"n":{i}}}"#)));
+        assert_eq!(exchange.deferred.log.route.as_deref(), Some("ab"));
+        body["model"].as_str().unwrap().to_string()
+    };
+    assert_eq!(pick(1), pick(1));
+    let seen: std::collections::HashSet<String> = (0..40).map(pick).collect();
+    assert_eq!(seen.len(), 2);
+}
+
+#[test]
+fn mlflow_endpoint_listing() {
+    let host = host();
+    let get = |path: &str| Request::builder().uri(path).body(Vec::new()).unwrap();
+    let (status, body, _) = run(&host, get("/api/2.0/endpoints/"));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["endpoints"][0]["endpoint_url"], "/gateway/chat/invocations");
+    let (_, body, _) = run(&host, get("/api/2.0/endpoints/embed"));
+    assert_eq!(body["model"], json!({"name": "text-embedding-3-small", "provider": "openai"}));
+    let (status, _, _) = run(&host, get("/api/2.0/gateway/routes/nope"));
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

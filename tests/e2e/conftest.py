@@ -1,34 +1,41 @@
-"""Fixtures: one mock origin and both compiled hosts per session; every test that takes
-`gw` runs once per host, so the report lists each case as `[workerd]` and `[spin]`."""
+"""Fixtures: the mock origins, a real `mlflow models serve`, and both compiled hosts per
+session. Every test that takes `gw` runs once per host, so the report lists each case as
+`[workerd]` and `[spin]`.
+
+The gateway config is an MLflow AI Gateway YAML (tests/e2e/gateway.yaml, origin URLs filled
+in) that goes through `gatewayctl validate` and `gatewayctl render` into KV, exactly as an
+operator's would."""
+import json
 import secrets as pysecrets
+import subprocess
 
 import pytest
 
-from harness import MockOrigin, SpinHost, WorkerdHost, new_workdir
+from harness import BIN, MlflowModelServer, MockOrigin, SpinHost, WorkerdHost, new_workdir
 
-# Generated per run so the log checks can prove it never leaks.
+# Generated per run so the log checks can prove they never leak.
 PROVIDER_SECRET = "sk-e2e-" + pysecrets.token_hex(12)
-CLOSED_PORT_URL = "http://127.0.0.1:9/v1"  # discard port: nothing listens, connect is refused
+SECRETS = {
+    "OPENAI_API_KEY": PROVIDER_SECRET,
+    "ANTHROPIC_API_KEY": PROVIDER_SECRET + "-anthropic",
+    "GEMINI_API_KEY": PROVIDER_SECRET + "-gemini",
+}
+CLOSED_PORT_URL = "http://127.0.0.1:9"  # discard port: nothing listens, connect is refused
+TEMPLATE = __import__("pathlib").Path(__file__).with_name("gateway.yaml")
 
 
-def gateway_config(origin_url: str) -> dict:
-    def openai(name, endpoint_type, model, base):
-        return {"name": name, "endpoint_type": endpoint_type,
-                "model": {"provider": "openai", "name": model,
-                          "config": {"openai_api_key": "$OPENAI_API_KEY", "openai_api_base": base}}}
-
-    base = origin_url + "/v1"
-    return {
-        "version": "e2e-1",
-        # Short memo so KV edits show quickly; short origin timeout so the 504 case is quick.
-        "settings": {"config_ttl_ms": 1000, "origin_timeout_ms": 2000},
-        "endpoints": [
-            {**openai("chat", "llm/v1/chat", "gpt-4o-mini", base), "parameters": {"max_tokens": 64}},
-            openai("completions", "llm/v1/completions", "gpt-3.5-turbo-instruct", base),
-            openai("embeddings", "llm/v1/embeddings", "text-embedding-3-small", base),
-            openai("dead", "llm/v1/chat", "gpt-4o-mini", CLOSED_PORT_URL),
-        ],
-    }
+def render_config(workdir, urls: dict) -> dict:
+    """Fills the YAML template, validates it and renders the KV entries with gatewayctl."""
+    text = TEMPLATE.read_text()
+    for name, url in urls.items():
+        text = text.replace("{" + name + "}", url)
+    path = workdir / "gateway.yaml"
+    path.write_text(text)
+    check = subprocess.run([str(BIN / "gatewayctl"), "validate", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    out = subprocess.run([str(BIN / "gatewayctl"), "render", str(path)], capture_output=True, text=True, check=True)
+    entries = {e["key"]: e["value"] for e in json.loads(out.stdout)}
+    return json.loads(entries["config:active"])
 
 
 @pytest.fixture(scope="session")
@@ -36,16 +43,40 @@ def workdir():
     return new_workdir()
 
 
-@pytest.fixture(scope="session")
-def origin(workdir):
-    o = MockOrigin(workdir)
+def _origin(workdir, name):
+    o = MockOrigin(workdir, name)
     yield o
     o.close()
 
 
 @pytest.fixture(scope="session")
-def config(origin):
-    return gateway_config(origin.url)
+def origin(workdir):
+    yield from _origin(workdir, "main")
+
+
+@pytest.fixture(scope="session")
+def eu_origin(workdir):
+    yield from _origin(workdir, "eu")
+
+
+@pytest.fixture(scope="session")
+def us_origin(workdir):
+    yield from _origin(workdir, "us")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(workdir):
+    server = MlflowModelServer(workdir)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def config(workdir, origin, eu_origin, us_origin, mlflow_server):
+    return render_config(workdir, {
+        "origin": origin.url, "eu_origin": eu_origin.url, "us_origin": us_origin.url,
+        "mlflow": mlflow_server.url, "closed": CLOSED_PORT_URL,
+    })
 
 
 _HOSTS = {"workerd": WorkerdHost, "spin": SpinHost}
@@ -53,7 +84,7 @@ _HOSTS = {"workerd": WorkerdHost, "spin": SpinHost}
 
 @pytest.fixture(scope="session", params=list(_HOSTS))
 def gw(request, workdir, config):
-    host = _HOSTS[request.param](workdir, {"OPENAI_API_KEY": PROVIDER_SECRET})
+    host = _HOSTS[request.param](workdir, SECRETS)
     host.kv_put_json("config:active", config)
     host.config = config
     yield host
@@ -61,8 +92,8 @@ def gw(request, workdir, config):
 
 
 @pytest.fixture(autouse=True)
-def clean_origin(request):
-    if "origin" in request.fixturenames:
-        origin = request.getfixturevalue("origin")
-        origin.reset()
+def clean_origins(request):
+    for name in ("origin", "eu_origin", "us_origin"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).reset()
     yield

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -79,6 +80,48 @@ class MockOrigin:
 
     def fault(self, mode: str, **kw):
         self.control("/_mock/fault", {"mode": mode, **kw})
+
+    def close(self):
+        stop(self.proc)
+
+
+MODEL_CODE = """
+import sys
+import mlflow.pyfunc
+import pandas as pd
+
+
+class FraudScorer(mlflow.pyfunc.PythonModel):
+    # A deterministic tabular model: score = amount / 1000 + risk.
+    def predict(self, context, model_input, params=None):
+        return (model_input["amount"] / 1000.0 + model_input["risk"]).round(4).tolist()
+
+
+mlflow.pyfunc.save_model(
+    sys.argv[1],
+    python_model=FraudScorer(),
+    input_example=pd.DataFrame({"amount": [250.0], "risk": [0.1]}),
+)
+"""
+
+
+class MlflowModelServer:
+    """A real `mlflow models serve` on loopback, serving a small model this fixture logs."""
+
+    def __init__(self, workdir: Path):
+        model_dir = workdir / "fraud-model"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"file://{workdir}/mlruns", "PYTHONWARNINGS": "ignore"}
+        subprocess.run([sys.executable, "-c", MODEL_CODE, str(model_dir)], check=True, env=env,
+                       capture_output=True, timeout=300)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = workdir / "mlflow-serve.log"
+        mlflow_bin = Path(sys.executable).with_name("mlflow")
+        self.proc = subprocess.Popen(
+            [str(mlflow_bin), "models", "serve", "-m", str(model_dir), "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        wait_http(self.url + "/ping", self.proc, self.log, timeout=180)
 
     def close(self):
         stop(self.proc)

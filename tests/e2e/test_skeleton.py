@@ -76,7 +76,8 @@ def test_stream_passes_through_as_sse(gw):
 def test_models_lists_endpoints(gw):
     r = requests.get(gw.base_url + "/v1/models", timeout=10)
     assert r.status_code == 200
-    assert [m["id"] for m in r.json()["data"]] == [e["name"] for e in gw.config["endpoints"]]
+    names = [e["name"] for e in gw.config["endpoints"]] + [r["name"] for r in gw.config["routes"]]
+    assert [m["id"] for m in r.json()["data"]] == names
 
 
 def test_malformed_json_is_400(gw):

@@ -32,7 +32,9 @@ const CONFIG_KEYS: &[&str] = &["anthropic_api_key", "anthropic_version", "anthro
 /// Anthropic request fields with no OpenAI counterpart that an OpenAI-speaking client may still
 /// send; they are forwarded as-is. Every other OpenAI-only field (penalties, logprobs, seed,
 /// response_format, stream_options, ...) is dropped: Anthropic rejects unknown fields.
-const NATIVE_FIELDS: &[&str] = &["top_k", "thinking", "service_tier"];
+/// (`service_tier` and `metadata` are not among them: OpenAI has fields of those names whose
+/// values Anthropic refuses.)
+const NATIVE_FIELDS: &[&str] = &["top_k", "thinking"];
 
 #[derive(Debug)]
 pub struct Anthropic {
@@ -209,15 +211,10 @@ fn chat_to_messages(mut body: Map<String, Value>, model: &str, stream: bool) -> 
     if let Some(choice) = tool_choice.filter(|_| has_tools) {
         out.insert("tool_choice".into(), choice);
     }
-    let mut metadata = match take(&mut body, "metadata") {
-        Some(Value::Object(m)) => m,
-        _ => Map::new(),
-    };
-    if let Some(Value::String(user)) = take(&mut body, "user") {
-        metadata.insert("user_id".into(), Value::String(user));
-    }
-    if !metadata.is_empty() {
-        out.insert("metadata".into(), Value::Object(metadata));
+    // Anthropic's metadata holds `user_id` only; OpenAI's is a free-form map.
+    let metadata_user = take(&mut body, "metadata").and_then(|m| m.get("user_id").filter(|u| u.is_string()).cloned());
+    if let Some(user) = take(&mut body, "user").filter(Value::is_string).or(metadata_user) {
+        out.insert("metadata".into(), json!({"user_id": user}));
     }
     for key in NATIVE_FIELDS {
         if let Some(value) = take(&mut body, key) {
@@ -394,11 +391,8 @@ fn assistant_blocks(content: Option<Value>, tool_calls: Option<Value>, path: &st
     let mut blocks = Vec::new();
     match content {
         None => {}
-        Some(Value::String(s)) => {
-            if !s.is_empty() {
-                blocks.push(text_block(s));
-            }
-        }
+        Some(Value::String(s)) if !s.is_empty() => blocks.push(text_block(s)),
+        Some(Value::String(_)) => {}
         Some(Value::Array(parts)) => {
             for (j, part) in parts.into_iter().enumerate() {
                 let text = match &part {
@@ -512,7 +506,9 @@ fn openai_finish_reason(stop_reason: Option<&str>) -> Option<&'static str> {
 fn anthropic_usage(usage: &Value) -> Usage {
     let count = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
     Usage {
-        prompt_tokens: count("input_tokens") + count("cache_creation_input_tokens") + count("cache_read_input_tokens"),
+        prompt_tokens: count("input_tokens")
+            .saturating_add(count("cache_creation_input_tokens"))
+            .saturating_add(count("cache_read_input_tokens")),
         completion_tokens: count("output_tokens"),
     }
 }
@@ -1174,10 +1170,11 @@ impl StreamTranslate for OpenAiStreamToMessages {
         let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else { return };
         if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
             let message = error.get("message").and_then(Value::as_str).unwrap_or("origin error");
-            let kind = match error.get("type").and_then(Value::as_str) {
-                Some(kind @ ("invalid_request_error" | "rate_limit_error" | "overloaded_error")) => kind,
-                _ => "api_error",
-            };
+            let kind = error
+                .get("type")
+                .and_then(Value::as_str)
+                .filter(|k| matches!(*k, "invalid_request_error" | "rate_limit_error" | "overloaded_error"))
+                .unwrap_or("api_error");
             self.error(out, kind, message);
             return;
         }
@@ -1308,7 +1305,8 @@ pub(super) fn usage_json(usage: Usage) -> Value {
     json!({
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total(),
+        // Not `Usage::total`: origin-reported counts may be absurd, and that one can overflow.
+        "total_tokens": usage.prompt_tokens.saturating_add(usage.completion_tokens),
     })
 }
 
@@ -1435,7 +1433,7 @@ pub(super) fn write_error_chunk(out: &mut Vec<u8>, message: &str, code: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::gateway::providers::sse::SseParser;
     use crate::gateway::stream::StreamPump;
@@ -1648,8 +1646,10 @@ mod tests {
         let body = sent(json!({
             "messages": [{"role": "user", "content": "hi"}],
             "max_completion_tokens": 50, "max_tokens": 10, "temperature": 0.3, "stop": ["a", "b"],
-            "top_k": 5, "n": 1,
+            "top_k": 5, "n": 1, "metadata": {"project": "x"}, "service_tier": "flex",
         }));
+        assert!(body.get("metadata").is_none());
+        assert!(body.get("service_tier").is_none());
         assert_eq!(body["max_tokens"], 50);
         assert_eq!(body["temperature"], 0.3);
         assert_eq!(body["stop_sequences"], json!(["a", "b"]));
@@ -2273,5 +2273,141 @@ mod tests {
         assert_eq!(serde_json::from_str::<Value>(&args).unwrap(), json!({"location": "Paris"}));
         assert_eq!(d[d.len() - 2]["delta"]["stop_reason"], "tool_use");
         assert_eq!(usage, Some(Usage { prompt_tokens: 472, completion_tokens: 89 }));
+    }
+
+    // --- robustness ----------------------------------------------------------------------------
+
+    /// Every variant of `template` with one value (at any depth) replaced by a hostile one.
+    pub(crate) fn mutations(template: &Value) -> Vec<Value> {
+        fn paths(value: &Value, prefix: String, out: &mut Vec<String>) {
+            match value {
+                Value::Object(map) => map.iter().for_each(|(k, v)| {
+                    let path = format!("{prefix}/{k}");
+                    out.push(path.clone());
+                    paths(v, path, out);
+                }),
+                Value::Array(items) => items.iter().enumerate().for_each(|(i, v)| {
+                    let path = format!("{prefix}/{i}");
+                    out.push(path.clone());
+                    paths(v, path, out);
+                }),
+                _ => {}
+            }
+        }
+        let hostile = [
+            json!(null),
+            json!(-1),
+            json!(1.5e300),
+            json!(u64::MAX),
+            json!(""),
+            json!("data:;base64,"),
+            json!([]),
+            json!([null]),
+            json!({}),
+            json!(true),
+        ];
+        let mut all = Vec::new();
+        paths(template, String::new(), &mut all);
+        let mut out = Vec::new();
+        for path in all {
+            for h in &hostile {
+                let mut v = template.clone();
+                if let Some(slot) = v.pointer_mut(&path) {
+                    *slot = h.clone();
+                }
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn hostile_inputs_never_panic() {
+        let p = adapter();
+        let request = json!({
+            "messages": [
+                {"role": "system", "content": [{"type": "text", "text": "s"}]},
+                {"role": "user", "content": [{"type": "text", "text": "t"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]},
+                {"role": "assistant", "content": "a", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c", "content": "r"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "tool_choice": {"type": "function", "function": {"name": "f"}},
+            "stop": ["x"], "max_tokens": 5, "temperature": 0.5, "n": 1, "user": "u", "parallel_tool_calls": false,
+        });
+        for body in mutations(&request) {
+            if let Value::Object(body) = body {
+                let call =
+                    Call { op: Operation::Chat, model: "m", body, base_url: "http://o", stream: true, now_ms: 0 };
+                let _ = p.build_request(call, &TestSecrets);
+            }
+        }
+        let answer = json!({
+            "id": "msg", "model": "m", "stop_reason": "tool_use",
+            "content": [{"type": "text", "text": "t"}, {"type": "tool_use", "id": "i", "name": "n", "input": {"a": 1}}],
+            "usage": {"input_tokens": 1, "output_tokens": 2, "cache_read_input_tokens": 3},
+        });
+        for body in mutations(&answer) {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let _ = reply(Operation::Chat, StatusCode::OK, &bytes);
+            let _ = reply(Operation::Completions, StatusCode::BAD_REQUEST, &bytes);
+        }
+        let inbound = json!({
+            "model": "e", "max_tokens": 5, "system": [{"type": "text", "text": "s"}], "stop_sequences": ["x"],
+            "messages": [
+                {"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA"}},
+                                             {"type": "document", "source": {"type": "text", "data": "d"}}]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "i", "name": "n", "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "i", "content": [{"type": "text", "text": "r"}]}]},
+            ],
+            "tools": [{"name": "n", "input_schema": {"type": "object"}}], "tool_choice": {"type": "tool", "name": "n"},
+            "metadata": {"user_id": "u"}, "stream": true, "temperature": 1,
+        });
+        for body in mutations(&inbound) {
+            if let Value::Object(body) = body {
+                let _ = messages_request_to_openai(body);
+            }
+        }
+        let completion = json!({
+            "id": "c", "model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 2},
+            "choices": [{"finish_reason": "stop", "message": {"content": "x", "tool_calls": [{"id": "i", "function": {"name": "n", "arguments": "{}"}}]}}],
+        });
+        for body in mutations(&completion) {
+            let _ = openai_response_to_messages(&serde_json::to_vec(&body).unwrap());
+        }
+        let events: Vec<Value> = TOOL_STREAM
+            .split("\n\n")
+            .filter_map(|e| e.split_once("data: "))
+            .map(|(_, d)| serde_json::from_str(d).unwrap())
+            .collect();
+        for (i, event) in events.iter().enumerate() {
+            for mutated in mutations(event) {
+                let mut t = StreamToOpenAi::new(Operation::Chat, "m", 0);
+                let mut out = Vec::new();
+                for (j, e) in events.iter().enumerate() {
+                    let e = if i == j { &mutated } else { e };
+                    t.event(&SseEvent { event: None, data: e.to_string() }, &mut out);
+                }
+                t.finish(&mut out);
+                assert!(out.ends_with(b"data: [DONE]\n\n"));
+            }
+        }
+        let chunks: Vec<Value> = OPENAI_STREAM
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str(d).ok())
+            .collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            for mutated in mutations(chunk) {
+                let mut t = OpenAiStreamToMessages::new("m");
+                let mut out = Vec::new();
+                for (j, c) in chunks.iter().enumerate() {
+                    let c = if i == j { &mutated } else { c };
+                    t.event(&SseEvent { event: None, data: c.to_string() }, &mut out);
+                }
+                t.finish(&mut out);
+                assert!(!out.is_empty());
+            }
+        }
     }
 }

@@ -928,7 +928,7 @@ mod tests {
         assert!(has("e.config.aws_config.aws_region: is required"), "{text:?}");
         assert!(has("e.config.aws_config.aws_access_key_id: is required"), "{text:?}");
 
-        assert_eq!(issues_of(json!({}))[0], "e.config.aws_config: is required: {aws_region, aws_access_key_id, aws_secret_access_key, aws_session_token?}");
+        assert!(issues_of(json!({}))[0].starts_with("e.config.aws_config: is required: {aws_region, "));
         assert!(issues_of(json!({"aws_config": "x"}))[0].starts_with("e.config.aws_config: must be an object"));
         let text = issues_of(json!({"aws_config": {"aws_region": "$AWS_REGION", "aws_access_key_id": "a",
             "aws_secret_access_key": "b"}, "bedrock_api_base": "bedrock.local"}));

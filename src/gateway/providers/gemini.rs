@@ -503,11 +503,10 @@ fn gemini_schema(schema: &Value) -> Value {
             "const" => {
                 out.entry("enum").or_insert_with(|| json!([value]));
             }
-            "format" => {
-                if value.as_str().is_some_and(|f| SCHEMA_FORMATS.contains(&f)) {
-                    out.insert("format".into(), value.clone());
-                }
+            "format" if value.as_str().is_some_and(|f| SCHEMA_FORMATS.contains(&f)) => {
+                out.insert("format".into(), value.clone());
             }
+            "format" => {}
             key if SCHEMA_KEYS.contains(&key) => {
                 out.insert(key.into(), value.clone());
             }
@@ -583,8 +582,8 @@ fn finish_reason(reason: &str) -> &'static str {
 fn gemini_usage(meta: &Value) -> Usage {
     let count = |key: &str| meta.get(key).and_then(Value::as_u64).unwrap_or(0);
     Usage {
-        prompt_tokens: count("promptTokenCount") + count("toolUsePromptTokenCount"),
-        completion_tokens: count("candidatesTokenCount") + count("thoughtsTokenCount"),
+        prompt_tokens: count("promptTokenCount").saturating_add(count("toolUsePromptTokenCount")),
+        completion_tokens: count("candidatesTokenCount").saturating_add(count("thoughtsTokenCount")),
     }
 }
 
@@ -1379,5 +1378,53 @@ mod tests {
         );
         assert_eq!(events[5]["usage"], json!({"input_tokens": 4, "output_tokens": 3}));
         assert_eq!(usage, Some(Usage { prompt_tokens: 4, completion_tokens: 3 }));
+    }
+
+    #[test]
+    fn hostile_inputs_never_panic() {
+        use crate::gateway::providers::anthropic::tests::mutations;
+        let p = adapter();
+        let request = json!({
+            "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": [{"type": "text", "text": "t"}, {"type": "image_url", "image_url": {"url": "https://x/a.png"}},
+                                             {"type": "input_audio", "input_audio": {"data": "AA", "format": "wav"}}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "a"}], "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c", "content": "{\"a\": 1}"},
+                {"role": "function", "name": "f", "content": "r"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": ["object"], "properties": {"a": {"type": "array", "items": [{"type": "string"}]}}}}}],
+            "tool_choice": {"type": "function", "function": {"name": "f"}},
+            "response_format": {"type": "json_schema", "json_schema": {"schema": {}}},
+            "stop": "x", "max_tokens": 5, "temperature": 0.5, "n": 2,
+        });
+        for body in mutations(&request) {
+            if let Value::Object(body) = body {
+                for op in [Operation::Chat, Operation::Completions, Operation::Embeddings] {
+                    let call =
+                        Call { op, model: "m", body: body.clone(), base_url: "http://o", stream: true, now_ms: 0 };
+                    let _ = p.build_request(call, &TestSecrets);
+                }
+            }
+        }
+        let answer = json!({
+            "candidates": [{"content": {"parts": [{"text": "t", "thought": false}, {"functionCall": {"name": "n", "args": {"a": 1}}}]}, "finishReason": "STOP", "index": 0}],
+            "promptFeedback": {"blockReason": "SAFETY"},
+            "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 2},
+            "embeddings": [{"values": [0.5]}],
+            "modelVersion": "m", "responseId": "r",
+        });
+        for body in mutations(&answer) {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            for op in [Operation::Chat, Operation::Completions, Operation::Embeddings] {
+                let _ = reply(op, StatusCode::OK, &bytes);
+            }
+            let mut t = StreamToOpenAi::new(Operation::Chat, "m", 0);
+            let mut out = Vec::new();
+            t.event(&SseEvent { event: None, data: body.to_string() }, &mut out);
+            t.event(&SseEvent { event: None, data: answer.to_string() }, &mut out);
+            t.finish(&mut out);
+            assert!(out.ends_with(b"data: [DONE]\n\n"));
+        }
     }
 }

@@ -1,0 +1,322 @@
+//! Native per-request cost of the full gateway pipeline with in-memory ports.
+//!
+//! Run with `cargo bench --bench pipeline` (scripts/bench does). Prints numbers; asserts
+//! nothing. What one "request" covers: `Gateway::handle` (route, config memo, parse, resolve,
+//! normalize, build the origin request, the in-memory origin answering, read + check the
+//! answer, response headers) plus `Deferred::complete` (the JSON log line every request
+//! emits). Not covered: the host's own work (copying bytes across the JS/WASI boundary,
+//! the network), which the end-to-end section of scripts/bench measures.
+//!
+//! Built with cargo's `bench` profile, which inherits `[profile.release]` (opt-level "z",
+//! LTO, one codegen unit): the same optimisation level the shipped wasm gets.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::hint::black_box;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use edge_gateway::gateway::pipeline::ClientInfo;
+use edge_gateway::gateway::ports::UpstreamError;
+use edge_gateway::gateway::testing::{block_on, MemoryHost};
+use edge_gateway::gateway::{Gateway, ResponseBody};
+use http::{Method, Request, Response};
+
+// ---------------------------------------------------------------------------------------------
+// Allocation counting. The bench is single-threaded, so plain load+store (no locked
+// read-modify-write) keeps the counters exact and adds ~1 ns per allocation.
+
+struct Counting;
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static ALLOC_BYTES: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.store(ALLOCS.load(Relaxed) + 1, Relaxed);
+        ALLOC_BYTES.store(ALLOC_BYTES.load(Relaxed) + layout.size() as u64, Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.store(ALLOCS.load(Relaxed) + 1, Relaxed);
+        ALLOC_BYTES.store(ALLOC_BYTES.load(Relaxed) + new_size as u64, Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures: a config in the shape of examples/gateway.json, the request an OpenAI SDK sends,
+// and the answer OpenAI gives.
+
+const API_KEY: &str = "sk-bench-provider-key-0123456789abcdef";
+
+/// Same shape as examples/gateway.json (MLflow AI Gateway config), a few more endpoints so
+/// that resolving the endpoint is not a one-entry lookup.
+const CONFIG: &str = r#"{
+  "version": "bench-1",
+  "settings": {"config_ttl_ms": 5000, "origin_timeout_ms": 5000},
+  "endpoints": [
+    {"name": "chat", "endpoint_type": "llm/v1/chat",
+     "model": {"provider": "openai", "name": "gpt-4o-mini",
+               "config": {"openai_api_key": "$OPENAI_API_KEY", "openai_api_base": "http://127.0.0.1:8091/v1"}},
+     "parameters": {"max_tokens": 256}},
+    {"name": "chat-large", "endpoint_type": "llm/v1/chat",
+     "model": {"provider": "openai", "name": "gpt-4o",
+               "config": {"openai_api_key": "$OPENAI_API_KEY", "openai_api_base": "http://127.0.0.1:8091/v1"}}},
+    {"name": "completions", "endpoint_type": "llm/v1/completions",
+     "model": {"provider": "openai", "name": "gpt-3.5-turbo-instruct",
+               "config": {"openai_api_key": "$OPENAI_API_KEY", "openai_api_base": "http://127.0.0.1:8091/v1"}}},
+    {"name": "embeddings", "endpoint_type": "llm/v1/embeddings",
+     "model": {"provider": "openai", "name": "text-embedding-3-small",
+               "config": {"openai_api_key": "$OPENAI_API_KEY", "openai_api_base": "http://127.0.0.1:8091/v1"}}}
+  ]
+}"#;
+
+/// A typical ~1 KB chat request: system prompt plus a short conversation. `{N}` becomes a
+/// per-request counter so that a response cache (planned) cannot turn the forwarded path
+/// into a cache hit; the "forwarded" line in the output shows whether every request reached
+/// the origin.
+const CHAT_BODY: &str = r#"{"model":"chat","messages":[{"role":"system","content":"You are a concise assistant for an online bookshop. Answer in at most three sentences, cite the catalogue section when you recommend a book, and never invent prices or stock levels."},{"role":"user","content":"I liked The Left Hand of Darkness and A Wizard of Earthsea. What should I read next?"},{"role":"assistant","content":"You might enjoy The Dispossessed (Science Fiction, shelf 4), also by Ursula K. Le Guin, which explores an anarchist society with the same anthropological depth. For fantasy, try Tehanu (Fantasy, shelf 2), the fourth Earthsea book."},{"role":"user","content":"Thanks. Which one is shorter, and are both in stock in paperback?"},{"role":"assistant","content":"Tehanu is the shorter of the two. I cannot see live stock levels; the catalogue page of each book shows current availability."},{"role":"user","content":"Is The Dispossessed a standalone novel, or do I need to read the Hainish books in order? Request {N}."}],"temperature":0.7,"top_p":1,"n":1,"stream":false,"user":"customer-4711"}"#;
+
+/// Counter placeholder in CHAT_BODY, replaced by a fixed-width number.
+const COUNTER: &str = "{N}";
+const COUNTER_WIDTH: usize = 8;
+
+/// What OpenAI answers for such a request (non-streaming), ~800 bytes.
+const COMPLETION: &str = r#"{
+  "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
+  "object": "chat.completion",
+  "created": 1741569952,
+  "model": "gpt-4o-mini-2024-07-18",
+  "choices": [
+    {
+      "index": 0,
+      "message": {
+        "role": "assistant",
+        "content": "The Dispossessed stands on its own: it is set in the Hainish universe, but the books share only a background, so you can read it without the others. If you enjoy it, The Word for World Is Forest (Science Fiction, shelf 4) is a short follow-up.",
+        "refusal": null,
+        "annotations": []
+      },
+      "logprobs": null,
+      "finish_reason": "stop"
+    }
+  ],
+  "usage": {
+    "prompt_tokens": 164,
+    "completion_tokens": 58,
+    "total_tokens": 222,
+    "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
+  },
+  "service_tier": "default",
+  "system_fingerprint": "fp_06737a9306"
+}"#;
+
+/// The headers the official OpenAI Python SDK sends (values shortened where irrelevant).
+fn openai_client_request(method: Method, path: &str, body: Vec<u8>) -> Request<Vec<u8>> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:8787{path}"))
+        .header("host", "127.0.0.1:8787")
+        .header("accept", "application/json")
+        .header("accept-encoding", "gzip, deflate")
+        .header("authorization", "Bearer sk-client-key-for-the-gateway-0123456789")
+        .header("user-agent", "OpenAI/Python 1.54.4")
+        .header("x-stainless-lang", "python")
+        .header("x-stainless-package-version", "1.54.4")
+        .header("x-stainless-os", "Linux")
+        .header("x-stainless-arch", "x64")
+        .header("x-stainless-runtime", "CPython")
+        .header("x-stainless-runtime-version", "3.11.2")
+        .header("x-stainless-retry-count", "0")
+        .header("connection", "keep-alive");
+    if !body.is_empty() {
+        builder = builder.header("content-type", "application/json").header("content-length", body.len());
+    }
+    builder.body(body).expect("a valid request")
+}
+
+/// The in-memory origin: OpenAI's chat.completion for chat calls, 404 otherwise. Counts calls.
+fn host(forwarded: Rc<Cell<u64>>) -> MemoryHost {
+    let completion = COMPLETION.as_bytes().to_vec();
+    let mut host = MemoryHost::new(move |request: &Request<Vec<u8>>| {
+        forwarded.set(forwarded.get() + 1);
+        let ok = request.uri().path().ends_with("/chat/completions");
+        let body = if ok { completion.clone() } else { br#"{"error":{"message":"not found"}}"#.to_vec() };
+        Ok::<_, UpstreamError>(
+            Response::builder()
+                .status(if ok { 200 } else { 404 })
+                .header("content-type", "application/json")
+                .header("openai-processing-ms", "412")
+                .header("x-request-id", "req_8f5a1c2b3d4e")
+                .body(body)
+                .expect("a valid response"),
+        )
+    })
+    .with_secret("OPENAI_API_KEY", API_KEY)
+    .with_kv("config:active", CONFIG);
+    host.record = false; // keeping every sent request would grow memory and skew the timing
+    host
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurement
+
+/// One case: how to build request `i` (untimed), then run end to end through the gateway.
+struct Case<'a> {
+    name: &'a str,
+    make: Box<dyn Fn(u64) -> Request<Vec<u8>> + 'a>,
+}
+
+struct Stats {
+    iterations: u64,
+    mean_us: f64,
+    p50_us: f64,
+    p99_us: f64,
+    allocs: f64,
+    alloc_bytes: f64,
+    forwarded: u64,
+    status: u16,
+    response_bytes: usize,
+}
+
+const BATCH: u64 = 1_000;
+
+fn run_one(gateway: &Gateway, host: &MemoryHost, request: Request<Vec<u8>>) -> (u16, usize) {
+    block_on(async {
+        let exchange = gateway.handle(host, request, &ClientInfo::default()).await;
+        let status = exchange.response.status().as_u16();
+        let len = match exchange.response.body() {
+            ResponseBody::Full(bytes) => bytes.len(),
+            _ => 0,
+        };
+        let line = exchange.deferred.complete(host).await;
+        black_box(line);
+        black_box(exchange.response);
+        (status, len)
+    })
+}
+
+fn measure(case: &Case, min_iterations: u64, min_time: Duration, max_time: Duration) -> Stats {
+    let forwarded = Rc::new(Cell::new(0));
+    let host = host(forwarded.clone());
+    let gateway = Gateway::new(); // one per isolate: the config memo is warm after request 0
+
+    // Warm up: caches, branch predictors, the config memo, allocator pools.
+    let (status, response_bytes) = run_one(&gateway, &host, (case.make)(0));
+    let warm_until = Instant::now() + Duration::from_millis(300);
+    let mut i = 1;
+    while Instant::now() < warm_until {
+        black_box(run_one(&gateway, &host, (case.make)(i)));
+        i += 1;
+    }
+
+    forwarded.set(0);
+    let (mut allocs, mut alloc_bytes) = (0, 0);
+    let mut batches: Vec<f64> = Vec::new(); // µs per request, one entry per batch
+    let mut timed = Duration::ZERO;
+    let started = Instant::now();
+    let mut iterations = 0;
+    loop {
+        let elapsed = started.elapsed();
+        if elapsed >= max_time || (iterations >= min_iterations && elapsed >= min_time) {
+            break;
+        }
+        // The client builds its requests outside the clock: only the gateway is timed.
+        let requests: Vec<_> = (i..i + BATCH).map(|n| (case.make)(n)).collect();
+        i += BATCH;
+        let (allocs_before, bytes_before) = (ALLOCS.load(Relaxed), ALLOC_BYTES.load(Relaxed));
+        let t = Instant::now();
+        for request in requests {
+            black_box(run_one(&gateway, &host, request));
+        }
+        let batch = t.elapsed();
+        allocs += ALLOCS.load(Relaxed) - allocs_before;
+        alloc_bytes += ALLOC_BYTES.load(Relaxed) - bytes_before;
+        timed += batch;
+        batches.push(batch.as_secs_f64() * 1e6 / BATCH as f64);
+        iterations += BATCH;
+    }
+    let total = timed.as_secs_f64() * 1e6;
+    let allocs = allocs as f64 / iterations as f64;
+    let alloc_bytes = alloc_bytes as f64 / iterations as f64;
+    batches.sort_by(f64::total_cmp);
+    let pct = |p: f64| batches[((batches.len() - 1) as f64 * p).round() as usize];
+    Stats {
+        iterations,
+        mean_us: total / iterations as f64,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        allocs,
+        alloc_bytes,
+        forwarded: forwarded.get(),
+        status,
+        response_bytes,
+    }
+}
+
+/// CHAT_BODY with the counter filled in, built the way a client serializes a request.
+fn chat_body(template: &(String, String), i: u64) -> Vec<u8> {
+    let (head, tail) = template;
+    let mut body = Vec::with_capacity(head.len() + COUNTER_WIDTH + tail.len());
+    body.extend_from_slice(head.as_bytes());
+    body.extend_from_slice(format!("{:0width$}", i % 10u64.pow(COUNTER_WIDTH as u32), width = COUNTER_WIDTH).as_bytes());
+    body.extend_from_slice(tail.as_bytes());
+    body
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument selects cases by substring.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let min_iterations: u64 = env_or("PIPELINE_BENCH_MIN_ITERS", 200_000);
+    let min_time = Duration::from_secs_f64(env_or("PIPELINE_BENCH_MIN_SECS", 2.0));
+    let max_time = Duration::from_secs_f64(env_or("PIPELINE_BENCH_MAX_SECS", 10.0));
+
+    let (head, tail) = CHAT_BODY.split_once(COUNTER).expect("CHAT_BODY has a counter");
+    let template = (head.to_string(), tail.to_string());
+    let chat_len = chat_body(&template, 0).len();
+    let cases = [
+        Case {
+            name: "POST /v1/chat/completions (forwarded, 200)",
+            make: Box::new(|i| openai_client_request(Method::POST, "/v1/chat/completions", chat_body(&template, i))),
+        },
+        Case {
+            name: "POST /v1/chat/completions malformed JSON (400)",
+            make: Box::new(|_| {
+                openai_client_request(Method::POST, "/v1/chat/completions", br#"{"model":"chat","messages":[{"role":"user","#.to_vec())
+            }),
+        },
+        Case { name: "GET /v1/models", make: Box::new(|_| openai_client_request(Method::GET, "/v1/models", Vec::new())) },
+    ];
+
+    println!(
+        "native pipeline, in-memory ports; chat request body {chat_len} B, origin answer {} B; \
+         batches of {BATCH}, >= {min_iterations} requests and >= {:.1} s per case (cap {:.0} s)",
+        COMPLETION.len(),
+        min_time.as_secs_f64(),
+        max_time.as_secs_f64()
+    );
+    println!(
+        "{:<48} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>6} {:>7} {:>10}",
+        "case", "requests", "mean µs", "p50 µs", "p99 µs", "allocs", "alloc B", "status", "resp B", "forwarded"
+    );
+    for case in cases.iter().filter(|c| filter.as_deref().is_none_or(|f| c.name.contains(f))) {
+        let s = measure(case, min_iterations, min_time, max_time);
+        println!(
+            "{:<48} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>7.0} {:>9.0} {:>6} {:>7} {:>10}",
+            case.name, s.iterations, s.mean_us, s.p50_us, s.p99_us, s.allocs, s.alloc_bytes, s.status, s.response_bytes,
+            s.forwarded
+        );
+    }
+    println!("(p50/p99 are over per-batch means; allocs and alloc B are per request, reallocs included)");
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}

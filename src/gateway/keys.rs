@@ -1,0 +1,387 @@
+//! API keys: their format, how they are presented, and their records in KV (DESIGN.md §3).
+//!
+//! A key is `egw_` + base64url (no padding) of 32 random bytes: 47 characters, 256 bits of
+//! entropy. The plaintext exists only in the admin response that creates (or rotates) it and
+//! in the client's hands. KV holds:
+//!
+//! | entry | value |
+//! |---|---|
+//! | `key:<sha256 hex of the key>` | the JSON [`KeyRecord`] (with that same hash in `hash`) |
+//! | `keyid:<id>` | the hash, so the admin API can find a record by its id |
+//!
+//! The id (`k_` + 16 hex digits) is what logs, usage and counters name; it cannot be turned
+//! back into the key. A fast hash (SHA-256) is right here: the input is 256 random bits, so
+//! there is nothing to brute-force, unlike a password.
+
+use http::HeaderMap;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::normalize::hex;
+use crate::gateway::ports::{Clock, Kv};
+
+pub const KEY_PREFIX: &str = "egw_";
+pub const RECORD_PREFIX: &str = "key:";
+pub const INDEX_PREFIX: &str = "keyid:";
+/// Random bytes in a new key.
+pub const KEY_BYTES: usize = 32;
+/// Longest key accepted (`egw_` + 96 bytes of base64url): anything longer is not one of ours
+/// and is refused without a KV lookup.
+const MAX_KEY_CHARS: usize = 4 + 128;
+
+/// The period a USD budget renews over (UTC calendar day or month).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetPeriod {
+    Day,
+    #[default]
+    Month,
+}
+
+impl BudgetPeriod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetPeriod::Day => "day",
+            BudgetPeriod::Month => "month",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<BudgetPeriod> {
+        match value {
+            "day" => Some(BudgetPeriod::Day),
+            "month" => Some(BudgetPeriod::Month),
+            _ => None,
+        }
+    }
+}
+
+/// The KV record of one key. Never holds the key itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// `k_` + 16 hex digits; safe to log.
+    pub id: String,
+    pub tenant: String,
+    #[serde(default)]
+    pub name: String,
+    /// Endpoint (or route) names this key may call; `*` allows all, `prefix*` a family.
+    #[serde(default = "all_endpoints")]
+    pub endpoints: Vec<String>,
+    /// Requests per minute.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens (prompt + completion) per minute.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    #[serde(default)]
+    pub budget_period: BudgetPeriod,
+    /// Residency pin: requests with this key never leave this region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Unix seconds.
+    pub created: u64,
+    /// Unix seconds; the key is refused from this instant on.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    #[serde(default)]
+    pub disabled: bool,
+    /// Count this key's limits exactly (a Durable Object on Cloudflare) even when the config's
+    /// `limits.mode` is `kv`.
+    #[serde(default)]
+    pub exact: bool,
+    /// SHA-256 hex of the key; compared in constant time with the presented key's hash.
+    pub hash: String,
+}
+
+fn all_endpoints() -> Vec<String> {
+    vec!["*".to_string()]
+}
+
+/// Why a stored key is not usable. Clients are never told which (one 401 message for all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    Active,
+    Expired,
+    Disabled,
+}
+
+impl KeyRecord {
+    pub fn state(&self, now_ms: u64) -> KeyState {
+        if self.disabled {
+            KeyState::Disabled
+        } else if self.expires_at.is_some_and(|at| now_ms / 1000 >= at) {
+            KeyState::Expired
+        } else {
+            KeyState::Active
+        }
+    }
+
+    /// Whether the allow-list admits `endpoint` (`*`, an exact name, or `prefix*`).
+    pub fn allows(&self, endpoint: &str) -> bool {
+        self.endpoints.iter().any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => endpoint.starts_with(prefix),
+            None => pattern == endpoint,
+        })
+    }
+
+    /// The budget in nano-USD (the unit counters use), if any.
+    pub fn budget_nusd(&self) -> Option<u64> {
+        self.budget_usd.map(usd_to_nusd)
+    }
+
+    /// The record as the admin API shows it: everything but the hash.
+    pub fn view(&self, now_ms: u64) -> Value {
+        let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut value {
+            map.remove("hash");
+            let state = match self.state(now_ms) {
+                KeyState::Active => "active",
+                KeyState::Expired => "expired",
+                KeyState::Disabled => "revoked",
+            };
+            map.insert("state".into(), json!(state));
+        }
+        value
+    }
+}
+
+/// USD to nano-USD, rounded; negative and non-finite amounts are 0.
+pub fn usd_to_nusd(usd: f64) -> u64 {
+    if usd.is_finite() && usd > 0.0 {
+        (usd * 1e9).round().min(u64::MAX as f64) as u64
+    } else {
+        0
+    }
+}
+
+/// A fresh key: `egw_` + base64url(32 random bytes).
+pub fn generate(clock: &impl Clock) -> String {
+    let mut bytes = [0u8; KEY_BYTES];
+    clock.random_bytes(&mut bytes);
+    format!("{KEY_PREFIX}{}", base64url(&bytes))
+}
+
+/// A fresh key id: `k_` + 16 hex digits.
+pub fn new_id(clock: &impl Clock) -> String {
+    let mut bytes = [0u8; 8];
+    clock.random_bytes(&mut bytes);
+    format!("k_{}", hex(&bytes))
+}
+
+/// SHA-256 hex of a key: the name of its record.
+pub fn hash_key(key: &str) -> String {
+    hex(&Sha256::digest(key.as_bytes()))
+}
+
+pub fn record_key(hash: &str) -> String {
+    format!("{RECORD_PREFIX}{hash}")
+}
+
+pub fn index_key(id: &str) -> String {
+    format!("{INDEX_PREFIX}{id}")
+}
+
+/// Whether `key` has our shape (prefix, base64url body of 32+ bytes). Anything else is
+/// refused without a KV read.
+pub fn looks_like_key(key: &str) -> bool {
+    let Some(body) = key.strip_prefix(KEY_PREFIX) else { return false };
+    key.len() <= MAX_KEY_CHARS
+        && body.len() >= 43
+        && body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Whether a key id has our shape (`k_` + hex); ids come from URLs in the admin API.
+pub fn valid_id(id: &str) -> bool {
+    id.len() > 2 && id.len() <= 40 && id.starts_with("k_") && id[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The key the client presented: `Authorization: Bearer` (OpenAI SDKs), `x-api-key`
+/// (Anthropic SDKs), `api-key` (Azure OpenAI SDKs), in that order. Blank values count as absent.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers.get_all(http::header::AUTHORIZATION).iter().find_map(|value| {
+        let value = value.to_str().ok()?.trim();
+        let (scheme, rest) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    bearer
+        .into_iter()
+        .chain(["x-api-key", "api-key"].into_iter().filter_map(|name| headers.get(name)?.to_str().ok().map(str::trim)))
+        .find(|key| !key.is_empty())
+}
+
+/// Constant-time equality: every byte is compared whatever the first difference. Lengths are
+/// not secret here (both sides are SHA-256 hex).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The record stored under `key:<hash>`, if any.
+pub async fn load(kv: &impl Kv, hash: &str) -> Result<Option<KeyRecord>> {
+    let Some(bytes) = kv.get(&record_key(hash)).await? else { return Ok(None) };
+    serde_json::from_slice(&bytes).map(Some).map_err(|_| corrupt())
+}
+
+/// Writes the record and its id index.
+pub async fn store(kv: &impl Kv, record: &KeyRecord) -> Result<()> {
+    let bytes = serde_json::to_vec(record).map_err(|_| corrupt())?;
+    kv.put(&record_key(&record.hash), &bytes, None).await?;
+    kv.put(&index_key(&record.id), record.hash.as_bytes(), None).await
+}
+
+/// The record of key `id`, through the index.
+pub async fn by_id(kv: &impl Kv, id: &str) -> Result<Option<KeyRecord>> {
+    if !valid_id(id) {
+        return Ok(None);
+    }
+    let Some(hash) = kv.get(&index_key(id)).await? else { return Ok(None) };
+    let hash = String::from_utf8(hash).map_err(|_| corrupt())?;
+    Ok(load(kv, &hash).await?.filter(|r| r.id == id))
+}
+
+/// Every key record, oldest first.
+pub async fn list(kv: &impl Kv) -> Result<Vec<KeyRecord>> {
+    let mut records = Vec::new();
+    for name in kv.list(INDEX_PREFIX).await? {
+        if let Some(record) = by_id(kv, &name[INDEX_PREFIX.len()..]).await? {
+            records.push(record);
+        }
+    }
+    records.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+    Ok(records)
+}
+
+fn corrupt() -> GatewayError {
+    GatewayError::internal("key_record_invalid", "a stored API key record could not be read")
+}
+
+/// RFC 4648 base64url without padding.
+pub fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::testing::{block_on, MemoryHost};
+
+    fn host() -> MemoryHost {
+        MemoryHost::new(|_| Err(crate::gateway::ports::UpstreamError::Timeout))
+    }
+
+    pub fn record(hash: &str) -> KeyRecord {
+        KeyRecord {
+            id: "k_0123456789abcdef".into(),
+            tenant: "acme".into(),
+            name: "ci".into(),
+            endpoints: vec!["chat".into(), "emb-*".into()],
+            rpm: Some(5),
+            tpm: None,
+            budget_usd: Some(1.5),
+            budget_period: BudgetPeriod::Day,
+            region: None,
+            created: 1_700_000_000,
+            expires_at: Some(1_700_000_100),
+            disabled: false,
+            exact: false,
+            hash: hash.into(),
+        }
+    }
+
+    #[test]
+    fn base64url_matches_rfc4648_vectors() {
+        assert_eq!(base64url(b""), "");
+        assert_eq!(base64url(b"f"), "Zg");
+        assert_eq!(base64url(b"fo"), "Zm8");
+        assert_eq!(base64url(b"foo"), "Zm9v");
+        assert_eq!(base64url(b"foob"), "Zm9vYg");
+        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
+    }
+
+    #[test]
+    fn generated_keys_have_the_format_and_differ() {
+        let host = host();
+        let a = generate(&host);
+        let b = generate(&host);
+        assert!(a.starts_with("egw_") && a.len() == 4 + 43, "{a}");
+        assert!(looks_like_key(&a) && looks_like_key(&b));
+        assert_ne!(a, b);
+        assert_eq!(hash_key(&a).len(), 64);
+        let id = new_id(&host);
+        assert!(valid_id(&id), "{id}");
+        assert!(!looks_like_key("sk-abc") && !looks_like_key("egw_short") && !looks_like_key(&format!("{a}!")));
+        assert!(!valid_id("k_") && !valid_id("../x") && !valid_id("k_zz"));
+    }
+
+    #[test]
+    fn presented_key_from_each_sdk_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented_key(&h), None);
+        h.insert("api-key", "azure".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("azure"));
+        h.insert("x-api-key", " anthropic ".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("anthropic"));
+        h.insert("authorization", "Basic dXNlcjpwdw==".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("anthropic"), "non-bearer authorization is not a key");
+        h.insert("authorization", "bearer  openai ".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("openai"));
+        let mut blank = HeaderMap::new();
+        blank.insert("authorization", "Bearer ".parse().unwrap());
+        assert_eq!(presented_key(&blank), None);
+    }
+
+    #[test]
+    fn state_allow_list_and_view() {
+        let r = record("h");
+        assert_eq!(r.state(1_700_000_099_999), KeyState::Active);
+        assert_eq!(r.state(1_700_000_100_000), KeyState::Expired);
+        assert_eq!(KeyRecord { disabled: true, ..r.clone() }.state(0), KeyState::Disabled);
+        assert!(r.allows("chat") && r.allows("emb-small") && !r.allows("chat2") && !r.allows("embeddings"));
+        assert!(KeyRecord { endpoints: all_endpoints(), ..r.clone() }.allows("anything"));
+        let view = r.view(0);
+        assert!(view.get("hash").is_none());
+        assert_eq!(view["state"], "active");
+        assert_eq!(r.budget_nusd(), Some(1_500_000_000));
+        assert!(ct_eq(b"abc", b"abc") && !ct_eq(b"abc", b"abd") && !ct_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn store_load_index_and_list() {
+        let host = host();
+        let key = generate(&host);
+        let r = record(&hash_key(&key));
+        block_on(store(&host, &r)).unwrap();
+        let kv = host.kv.borrow().clone();
+        assert!(kv.keys().all(|k| !k.contains(&key)));
+        assert!(kv.values().all(|v| !String::from_utf8_lossy(v).contains(&key)), "plaintext never stored");
+        assert_eq!(block_on(load(&host, &r.hash)).unwrap(), Some(r.clone()));
+        assert_eq!(block_on(by_id(&host, &r.id)).unwrap(), Some(r.clone()));
+        assert_eq!(block_on(by_id(&host, "k_ffff")).unwrap(), None);
+        assert_eq!(block_on(list(&host)).unwrap(), vec![r.clone()]);
+        host.kv.borrow_mut().insert(record_key(&r.hash), b"{not json".to_vec());
+        let e = block_on(load(&host, &r.hash)).unwrap_err();
+        assert_eq!(e.status, http::StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn minimal_record_gets_defaults() {
+        let r: KeyRecord = serde_json::from_value(json!({"id": "k_01", "tenant": "t", "created": 1, "hash": "h"})).unwrap();
+        assert_eq!(r.endpoints, vec!["*"]);
+        assert_eq!(r.budget_period, BudgetPeriod::Month);
+        assert!(!r.disabled && !r.exact && r.rpm.is_none());
+    }
+}

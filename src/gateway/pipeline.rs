@@ -142,11 +142,17 @@ impl Gateway {
             ..LogRecord::default()
         };
 
+        // Anthropic SDKs read errors in Anthropic's shape; everyone else gets the OpenAI shape.
+        let anthropic_client = routing::is_anthropic_path(request.uri().path());
         let mut response = match self.process(ports, request, client, &mut log).await {
             Ok(response) => response,
             Err(error) => {
                 log.error = Some(error.code);
-                error_response(&error)
+                let mut response = error_response(&error);
+                if anthropic_client {
+                    *response.body_mut() = ResponseBody::Full(anthropic::messages_error_body(&error));
+                }
+                response
             }
         };
         let headers = response.headers_mut();

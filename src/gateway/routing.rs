@@ -55,6 +55,10 @@ pub fn match_route(method: &Method, path: &str) -> Result<ApiRoute> {
     Ok(route)
 }
 
+pub fn is_anthropic_path(path: &str) -> bool {
+    path.trim_end_matches('/') == "/v1/messages"
+}
+
 /// Percent-decodes a path segment (endpoint names are plain, but clients may encode them).
 fn decode(segment: &str) -> String {
     let bytes = segment.as_bytes();

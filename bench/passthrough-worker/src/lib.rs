@@ -1,0 +1,30 @@
+//! Pass-through worker: request in, same method/path/body to ORIGIN_URL, origin's response
+//! out. Crosses the JS/wasm boundary the same way the gateway's adapter does (body read
+//! chunk by chunk into wasm, outbound `fetch` built from Rust), so the gateway's extra cost
+//! over this worker is the pipeline itself.
+
+use futures_util::StreamExt;
+use worker::{event, js_sys, Context, Env, Fetch, Headers, HttpRequest, Request, RequestInit, Response};
+
+#[event(fetch)]
+async fn fetch(request: HttpRequest, env: Env, _ctx: Context) -> worker::Result<Response> {
+    let origin = env.var("ORIGIN_URL").map(|v| v.to_string()).unwrap_or_else(|_| "http://127.0.0.1:8091".into());
+    let (parts, mut body) = request.into_parts();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.next().await {
+        bytes.extend_from_slice(&chunk?);
+    }
+
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let headers = Headers::new();
+    let content_type = parts.headers.get("content-type").and_then(|v| v.to_str().ok());
+    headers.set("content-type", content_type.unwrap_or("application/json"))?;
+    let mut init = RequestInit::new();
+    init.with_method(worker::Method::from(parts.method.to_string())).with_headers(headers);
+    if !bytes.is_empty() {
+        init.with_body(Some(js_sys::Uint8Array::from(bytes.as_slice()).into()));
+    }
+    let outbound = Request::new_with_init(&format!("{origin}{path}"), &init)?;
+    // Returned as is: the origin's body streams back without entering wasm.
+    Fetch::Request(outbound).send().await
+}

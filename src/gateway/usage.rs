@@ -1,0 +1,773 @@
+//! Usage and cost accounting (DESIGN.md §2 step 11): after each response, the request's
+//! tokens, cost, cache flag, latency and status are added to per-key and per-tenant daily
+//! aggregates in KV and returned as fields for the structured log line.
+//!
+//! # Nothing lost, nothing double-counted
+//!
+//! KV has no atomic increment, so a read-modify-write shared by many writers loses updates.
+//! Aggregates are therefore **sharded by writer**: each isolate (Cloudflare) or component
+//! instance (Spin) picks a random shard id on first use and is the *only* writer of
+//!
+//! * `usage:<key id>:<yyyy-mm-dd>:<shard>` (`usage:public:...` for requests without a key)
+//! * `usage:tenant:<tenant>:<yyyy-mm-dd>:<shard>`
+//!
+//! It keeps each shard's running total in memory and writes the whole total (a blind `put`,
+//! no read): a write can never lose another writer's increments because there is no other
+//! writer, and rewriting a total is idempotent, so a retried write never double-counts. Writes
+//! of one shard are serialized inside the isolate (one in flight; increments that arrive
+//! meanwhile are merged and written by the next round), so an older total never overwrites a
+//! newer one. [`query`] sums the shards. Caveats: a write that fails is retried only when the
+//! next request of that shard flushes (logged in `accounting_error` until then); an isolate
+//! evicted between a response and its `waitUntil` write loses that last delta; Cloudflare
+//! `list` and reads are eventually consistent (up to ~60 s), so a query may briefly lag; on
+//! Spin every request is a fresh instance, so every request writes its own shard entries.
+//!
+//! Days are UTC, by the request's start time. Costs are integers in nano-USD (1e-9 USD), so
+//! sums are exact; the admin API shows `cost_usd`.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::gateway::config::Issues;
+use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::keys::KeyRecord;
+use crate::gateway::limits::{Admission, Counter};
+use crate::gateway::normalize::hex;
+use crate::gateway::ports::{Clock, Kv, Ports};
+use crate::gateway::providers::Usage;
+
+pub const USAGE_PREFIX: &str = "usage:";
+/// Usage shards are kept this long (where the host has TTLs).
+const KEEP_SECS: u64 = 400 * 86_400;
+const DAY_MS: u64 = 86_400_000;
+/// Longest range one usage query may cover.
+pub const MAX_QUERY_DAYS: i64 = 366;
+
+// ---------------------------------------------------------------------------------------------
+// Prices
+
+/// USD per million tokens for one model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Price {
+    pub input_per_1m: f64,
+    #[serde(default)]
+    pub output_per_1m: f64,
+}
+
+impl Price {
+    /// Cost in nano-USD: tokens × USD per 1M tokens × 1000.
+    pub fn cost_nusd(&self, usage: Usage) -> u64 {
+        let nusd = usage.prompt_tokens as f64 * self.input_per_1m * 1000.0
+            + usage.completion_tokens as f64 * self.output_per_1m * 1000.0;
+        if nusd.is_finite() && nusd > 0.0 {
+            nusd.round().min(u64::MAX as f64) as u64
+        } else {
+            0
+        }
+    }
+}
+
+/// The config's price table: `"<provider>/<model>"` (or just `"<model>"`) → [`Price`], where
+/// model is the provider-side model name (`model.name` of the endpoint).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prices(pub HashMap<String, Price>);
+
+impl Prices {
+    /// `provider/model` first, then `model` alone.
+    pub fn get(&self, provider: &str, model: &str) -> Option<Price> {
+        self.0.get(&format!("{provider}/{model}")).or_else(|| self.0.get(model)).copied()
+    }
+}
+
+/// Checks the top-level `prices` field:
+/// `{"openai/gpt-4o-mini": {"input_per_1m": 0.15, "output_per_1m": 0.6}, ...}`.
+pub fn check_prices(path: &str, value: &Value, issues: &mut Issues) -> Option<Prices> {
+    let Value::Object(map) = value else {
+        issues.push(path, "must be an object mapping \"provider/model\" to {input_per_1m, output_per_1m}");
+        return None;
+    };
+    let before = issues.0.len();
+    let mut prices = HashMap::new();
+    for (name, entry) in map {
+        let at = format!("{path}.{name}");
+        if name.is_empty() || name.len() > 200 {
+            issues.push(&at, "a price name must be \"provider/model\" or \"model\" (1-200 chars)");
+            continue;
+        }
+        let Value::Object(fields) = entry else {
+            issues.push(&at, "must be an object: {input_per_1m, output_per_1m}");
+            continue;
+        };
+        for field in fields.keys() {
+            if !["input_per_1m", "output_per_1m"].contains(&field.as_str()) {
+                issues.unknown(format!("{at}.{field}"), "price field", field, &["input_per_1m", "output_per_1m"]);
+            }
+        }
+        let mut number = |field: &str, required: bool| match fields.get(field) {
+            None if !required => Some(0.0),
+            None => {
+                issues.push(format!("{at}.{field}"), "is required (USD per million tokens)");
+                None
+            }
+            Some(v) => match v.as_f64().filter(|n| n.is_finite() && *n >= 0.0) {
+                Some(n) => Some(n),
+                None => {
+                    issues.push(format!("{at}.{field}"), "must be a number >= 0 (USD per million tokens)");
+                    None
+                }
+            },
+        };
+        let input = number("input_per_1m", true);
+        let output = number("output_per_1m", false);
+        if let (Some(input_per_1m), Some(output_per_1m)) = (input, output) {
+            prices.insert(name.clone(), Price { input_per_1m, output_per_1m });
+        }
+    }
+    (issues.0.len() == before).then_some(Prices(prices))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Aggregates
+
+/// One day's usage for one key or tenant (one shard, or the sum of shards).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DayUsage {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_nusd: u64,
+    pub cache_hits: u64,
+    /// Responses with status >= 400.
+    pub errors: u64,
+    /// Requests whose model has no price in config (cost counted as 0).
+    pub unpriced: u64,
+    /// Sum of latencies, for the average.
+    pub latency_ms: u64,
+}
+
+impl DayUsage {
+    pub fn add(&mut self, other: &DayUsage) {
+        self.requests += other.requests;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cost_nusd += other.cost_nusd;
+        self.cache_hits += other.cache_hits;
+        self.errors += other.errors;
+        self.unpriced += other.unpriced;
+        self.latency_ms += other.latency_ms;
+    }
+
+    /// The admin API's view.
+    pub fn view(&self) -> Value {
+        json!({
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "cost_usd": nusd_to_usd(self.cost_nusd),
+            "cache_hits": self.cache_hits,
+            "errors": self.errors,
+            "unpriced_requests": self.unpriced,
+            "latency_ms_avg": self.latency_ms.checked_div(self.requests).unwrap_or(0),
+        })
+    }
+}
+
+pub fn nusd_to_usd(nusd: u64) -> f64 {
+    nusd as f64 / 1e9
+}
+
+/// What one finished request contributes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageEvent {
+    /// `None`: an anonymous request to a public endpoint.
+    pub key_id: Option<String>,
+    pub tenant: Option<String>,
+    /// Request start (UTC day of the aggregate).
+    pub ts_ms: u64,
+    pub usage: Usage,
+    /// `None`: the model has no price.
+    pub cost_nusd: Option<u64>,
+    pub cache_hit: bool,
+    pub latency_ms: u64,
+    pub status: u16,
+}
+
+impl UsageEvent {
+    fn delta(&self) -> DayUsage {
+        DayUsage {
+            requests: 1,
+            prompt_tokens: self.usage.prompt_tokens,
+            completion_tokens: self.usage.completion_tokens,
+            cost_nusd: self.cost_nusd.unwrap_or(0),
+            cache_hits: u64::from(self.cache_hit),
+            errors: u64::from(self.status >= 400),
+            unpriced: u64::from(self.cost_nusd.is_none()),
+            latency_ms: self.latency_ms,
+        }
+    }
+}
+
+struct Shard {
+    total: DayUsage,
+    day: i64,
+    /// Bumped by every event; `written` is the version last stored.
+    version: u64,
+    written: u64,
+    flushing: bool,
+}
+
+/// Per-isolate usage state: this isolate's shard totals. Kept in `Gateway` as `Rc<UsageBook>`.
+#[derive(Default)]
+pub struct UsageBook {
+    shard_id: RefCell<Option<String>>,
+    shards: RefCell<HashMap<String, Shard>>,
+}
+
+impl UsageBook {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn shard_id(&self, clock: &impl Clock) -> String {
+        self.shard_id
+            .borrow_mut()
+            .get_or_insert_with(|| {
+                let mut bytes = [0u8; 8];
+                clock.random_bytes(&mut bytes);
+                hex(&bytes)
+            })
+            .clone()
+    }
+
+    /// Adds an event to this isolate's shard totals (synchronously) and returns the KV entries
+    /// to flush.
+    pub fn record(&self, clock: &impl Clock, event: &UsageEvent) -> Vec<String> {
+        let shard = self.shard_id(clock);
+        let day = days_of(event.ts_ms);
+        let date = day_string(day);
+        let mut names = vec![match &event.key_id {
+            Some(id) => format!("{USAGE_PREFIX}{id}:{date}:{shard}"),
+            None => format!("{USAGE_PREFIX}public:{date}:{shard}"),
+        }];
+        if let Some(tenant) = &event.tenant {
+            names.push(format!("{USAGE_PREFIX}tenant:{tenant}:{date}:{shard}"));
+        }
+        let delta = event.delta();
+        let mut shards = self.shards.borrow_mut();
+        for name in &names {
+            let entry = shards.entry(name.clone()).or_insert(Shard {
+                total: DayUsage::default(),
+                day,
+                version: 0,
+                written: 0,
+                flushing: false,
+            });
+            entry.total.add(&delta);
+            entry.version += 1;
+        }
+        names
+    }
+
+    /// Writes the named shards whose totals changed. One write per shard at a time; a caller
+    /// that finds a write in flight leaves its increments to that writer's next round.
+    pub async fn flush(&self, kv: &impl Kv, names: &[String]) -> Result<()> {
+        let mut result = Ok(());
+        for name in names {
+            if let Err(e) = self.flush_one(kv, name).await {
+                result = Err(e);
+            }
+        }
+        self.prune();
+        result
+    }
+
+    async fn flush_one(&self, kv: &impl Kv, name: &str) -> Result<()> {
+        {
+            let mut shards = self.shards.borrow_mut();
+            let Some(shard) = shards.get_mut(name) else { return Ok(()) };
+            if shard.flushing {
+                return Ok(());
+            }
+            shard.flushing = true;
+        }
+        loop {
+            let snapshot = {
+                let shards = self.shards.borrow();
+                match shards.get(name) {
+                    Some(s) if s.version != s.written => Some((s.total, s.version)),
+                    _ => None,
+                }
+            };
+            let Some((total, version)) = snapshot else { break };
+            let bytes = serde_json::to_vec(&total).unwrap_or_default();
+            let written = kv.put(name, &bytes, Some(KEEP_SECS)).await;
+            let mut shards = self.shards.borrow_mut();
+            let Some(shard) = shards.get_mut(name) else { break };
+            match written {
+                Ok(()) => shard.written = version,
+                Err(e) => {
+                    shard.flushing = false;
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(shard) = self.shards.borrow_mut().get_mut(name) {
+            shard.flushing = false;
+        }
+        Ok(())
+    }
+
+    /// Forgets written shards of days before yesterday (their totals are final in KV).
+    fn prune(&self) {
+        let mut shards = self.shards.borrow_mut();
+        let Some(newest) = shards.values().map(|s| s.day).max() else { return };
+        shards.retain(|_, s| s.flushing || s.version != s.written || s.day + 1 >= newest);
+    }
+
+    /// Shards held in memory (tests, diagnostics).
+    pub fn len(&self) -> usize {
+        self.shards.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// After-response work
+
+/// Everything needed after the response to account for one admitted request. Built in the
+/// pipeline once the key is authenticated, limits admitted and the endpoint resolved; carried
+/// in `Deferred`; finished by [`Accounting::complete`].
+pub struct Accounting {
+    book: Rc<UsageBook>,
+    key_id: Option<String>,
+    tenant: Option<String>,
+    price: Option<Price>,
+    started_ms: u64,
+    admission: Option<Admission>,
+}
+
+/// How the request ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// From the provider's response, or the stream's final usage; `None` counts 0 tokens.
+    pub usage: Option<Usage>,
+    pub status: u16,
+    pub latency_ms: u64,
+    pub cache_hit: bool,
+}
+
+/// The accounting fields of the structured log line (flatten into `LogRecord`). No secret:
+/// the key appears only as its id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UsageLog {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// `None` when the model has no price.
+    pub cost_usd: Option<f64>,
+    pub cache_hit: bool,
+    /// How limits were counted: `kv`, `exact`, or `none` (no limit applied).
+    pub limits: &'static str,
+    /// Counters or usage that could not be written (KV error text; never a secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accounting_error: Option<String>,
+}
+
+impl Accounting {
+    /// `price`: `config.prices.get(provider, model)` for the endpoint that serves the request.
+    pub fn new(
+        book: &Rc<UsageBook>,
+        key: Option<&KeyRecord>,
+        price: Option<Price>,
+        started_ms: u64,
+        admission: Option<Admission>,
+    ) -> Self {
+        Accounting {
+            book: book.clone(),
+            key_id: key.map(|k| k.id.clone()),
+            tenant: key.map(|k| k.tenant.clone()),
+            price,
+            started_ms,
+            admission,
+        }
+    }
+
+    /// The `x-ratelimit-*` headers of the admission, for the response.
+    pub fn apply_headers(&self, headers: &mut http::HeaderMap) {
+        if let Some(admission) = &self.admission {
+            admission.apply_headers(headers);
+        }
+    }
+
+    /// Settles the limit counters (tokens, cost) and records usage. Call it first in
+    /// `Deferred::complete`: its synchronous part (in-isolate counters) then runs as soon as
+    /// the host polls the deferred work, before any later request of the isolate is admitted.
+    pub async fn complete<P: Ports + Counter>(self, ports: &P, outcome: Outcome) -> UsageLog {
+        let usage = outcome.usage.unwrap_or_default();
+        let cost = self.price.map(|p| p.cost_nusd(usage));
+        let event = UsageEvent {
+            key_id: self.key_id.clone(),
+            tenant: self.tenant.clone(),
+            ts_ms: self.started_ms,
+            usage,
+            cost_nusd: cost,
+            cache_hit: outcome.cache_hit,
+            latency_ms: outcome.latency_ms,
+            status: outcome.status,
+        };
+        let names = self.book.record(ports, &event);
+        let limits = self.admission.as_ref().map_or("none", Admission::mode);
+        let mut errors = Vec::new();
+        if let Some(admission) = self.admission {
+            if let Err(e) = admission.settle(ports, usage.total(), cost.unwrap_or(0)).await {
+                errors.push(format!("limits: {}", e.message));
+            }
+        }
+        if let Err(e) = self.book.flush(ports, &names).await {
+            errors.push(format!("usage: {}", e.message));
+        }
+        UsageLog {
+            key_id: self.key_id,
+            tenant: self.tenant,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.total(),
+            cost_usd: cost.map(nusd_to_usd),
+            cache_hit: outcome.cache_hit,
+            limits,
+            accounting_error: (!errors.is_empty()).then(|| errors.join("; ")),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queries
+
+/// Whose usage to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject<'a> {
+    Key(&'a str),
+    Tenant(&'a str),
+}
+
+/// Sums the shards of `subject` for the UTC days `from..=to` (days since the epoch):
+/// `{"days": [{"date", ...DayUsage view}], "total": {...}}`.
+pub async fn query(kv: &impl Kv, subject: Subject<'_>, from: i64, to: i64) -> Result<Value> {
+    if to < from || to - from >= MAX_QUERY_DAYS {
+        return Err(GatewayError::bad_request(
+            "invalid_range",
+            format!("`from` must not be after `to`, and a query covers at most {MAX_QUERY_DAYS} days"),
+        ));
+    }
+    let prefix = match subject {
+        Subject::Key(id) => format!("{USAGE_PREFIX}{id}:"),
+        Subject::Tenant(t) => format!("{USAGE_PREFIX}tenant:{t}:"),
+    };
+    let mut days: BTreeMap<i64, DayUsage> = BTreeMap::new();
+    for name in kv.list(&prefix).await? {
+        let Some((date, _shard)) = name[prefix.len()..].split_once(':') else { continue };
+        let Some(day) = parse_day(date).filter(|d| (from..=to).contains(d)) else { continue };
+        let Some(bytes) = kv.get(&name).await? else { continue };
+        let Ok(shard) = serde_json::from_slice::<DayUsage>(&bytes) else { continue };
+        days.entry(day).or_default().add(&shard);
+    }
+    let mut total = DayUsage::default();
+    let list: Vec<Value> = days
+        .iter()
+        .map(|(day, usage)| {
+            total.add(usage);
+            let mut view = usage.view();
+            view["date"] = json!(day_string(*day));
+            view
+        })
+        .collect();
+    let mut out = Map::new();
+    match subject {
+        Subject::Key(id) => out.insert("key".into(), json!(id)),
+        Subject::Tenant(t) => out.insert("tenant".into(), json!(t)),
+    };
+    out.insert("from".into(), json!(day_string(from)));
+    out.insert("to".into(), json!(day_string(to)));
+    out.insert("days".into(), Value::Array(list));
+    out.insert("total".into(), total.view());
+    Ok(Value::Object(out))
+}
+
+// ---------------------------------------------------------------------------------------------
+// UTC calendar (no date crate in the wasm builds)
+
+/// Days since 1970-01-01 of a unix time in ms.
+pub fn days_of(ms: u64) -> i64 {
+    (ms / DAY_MS) as i64
+}
+
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian; H. Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The civil date of a day number.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+}
+
+/// `YYYY-MM-DD`.
+pub fn day_string(days: i64) -> String {
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Parses a strict `YYYY-MM-DD` into a day number.
+pub fn parse_day(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let part = s.get(r)?;
+        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
+    };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if !(1..=12).contains(&m) || d == 0 {
+        return None;
+    }
+    let days = days_from_civil(i64::from(y), m, d);
+    // Reject dates like 2026-02-30 by round-tripping.
+    (civil_from_days(days) == (i64::from(y), m, d)).then_some(days)
+}
+
+/// First day (day number) of the month after the one containing `days`.
+pub fn next_month_start(days: i64) -> i64 {
+    let (y, m, _) = civil_from_days(days);
+    if m == 12 {
+        days_from_civil(y + 1, 1, 1)
+    } else {
+        days_from_civil(y, m + 1, 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::ports::UpstreamError;
+    use crate::gateway::testing::{block_on, MemoryHost};
+
+    fn host() -> MemoryHost {
+        MemoryHost::new(|_| Err(UpstreamError::Timeout))
+    }
+
+    fn event(key: &str, prompt: u64, completion: u64, ts_ms: u64) -> UsageEvent {
+        UsageEvent {
+            key_id: Some(key.into()),
+            tenant: Some("acme".into()),
+            ts_ms,
+            usage: Usage { prompt_tokens: prompt, completion_tokens: completion },
+            cost_nusd: Some(prompt * 150 + completion * 600),
+            cache_hit: prompt == 0,
+            latency_ms: 10,
+            status: if completion == 0 { 500 } else { 200 },
+        }
+    }
+
+    #[test]
+    fn calendar_round_trips() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(day_string(0), "1970-01-01");
+        assert_eq!(day_string(days_of(1_700_000_000_000)), "2023-11-14");
+        for days in [-1000, 0, 59, 60, 365, 11_016, 19_782, 20_000, 50_000] {
+            assert_eq!(parse_day(&day_string(days)), Some(days));
+        }
+        assert_eq!(parse_day("2024-02-29"), Some(days_from_civil(2024, 2, 29)));
+        for bad in ["2023-02-29", "2024-13-01", "2024-1-01", "2024-01-00", "20240101xx", "abcd-ef-gh", "+024-01-01"] {
+            assert_eq!(parse_day(bad), None, "{bad}");
+        }
+        assert_eq!(next_month_start(days_from_civil(2024, 12, 31)), days_from_civil(2025, 1, 1));
+        assert_eq!(next_month_start(days_from_civil(2024, 2, 1)), days_from_civil(2024, 3, 1));
+    }
+
+    #[test]
+    fn prices_check_and_cost() {
+        let mut issues = Issues::default();
+        let prices = check_prices(
+            "prices",
+            &json!({"openai/gpt-4o-mini": {"input_per_1m": 0.15, "output_per_1m": 0.6}, "embed-x": {"input_per_1m": 0.02}}),
+            &mut issues,
+        )
+        .unwrap();
+        assert!(issues.0.is_empty());
+        let p = prices.get("openai", "gpt-4o-mini").unwrap();
+        assert_eq!(p.cost_nusd(Usage { prompt_tokens: 2, completion_tokens: 3 }), 300 + 1800);
+        assert_eq!(prices.get("azure", "embed-x").unwrap().output_per_1m, 0.0);
+        assert_eq!(prices.get("openai", "gpt-4o"), None);
+        // 1M tokens at $2.5 is exactly $2.5.
+        let big = Price { input_per_1m: 2.5, output_per_1m: 10.0 };
+        assert_eq!(big.cost_nusd(Usage { prompt_tokens: 1_000_000, completion_tokens: 0 }), 2_500_000_000);
+
+        let mut issues = Issues::default();
+        let bad = json!({"a": {"input_per_1m": -1}, "b": {"input": 1, "input_per_1m": 1}, "c": 3, "d": {}});
+        assert!(check_prices("prices", &bad, &mut issues).is_none());
+        let text: Vec<String> = issues.0.iter().map(ToString::to_string).collect();
+        assert!(text.contains(&"prices.a.input_per_1m: must be a number >= 0 (USD per million tokens)".to_string()), "{text:?}");
+        assert!(text.iter().any(|t| t.starts_with("prices.b.input: unknown price field \"input\" (did you mean")), "{text:?}");
+        assert!(text.iter().any(|t| t.starts_with("prices.c: must be an object")), "{text:?}");
+        assert!(text.contains(&"prices.d.input_per_1m: is required (USD per million tokens)".to_string()), "{text:?}");
+        let mut issues = Issues::default();
+        assert!(check_prices("prices", &json!([1]), &mut issues).is_none());
+    }
+
+    #[test]
+    fn aggregates_equal_the_sum_of_events() {
+        let host = host();
+        let book = UsageBook::new();
+        let now = host.now_ms();
+        let events = [event("k_1", 5, 7, now), event("k_1", 3, 0, now), event("k_1", 0, 4, now), event("k_2", 11, 13, now)];
+        for e in &events {
+            let names = book.record(&host, e);
+            block_on(book.flush(&host, &names)).unwrap();
+        }
+        let day = days_of(now);
+        let k1 = block_on(query(&host, Subject::Key("k_1"), day, day)).unwrap();
+        assert_eq!(k1["total"]["requests"], 3);
+        assert_eq!(k1["total"]["prompt_tokens"], 8);
+        assert_eq!(k1["total"]["completion_tokens"], 11);
+        assert_eq!(k1["total"]["cache_hits"], 1);
+        assert_eq!(k1["total"]["errors"], 1);
+        assert_eq!(k1["days"][0]["date"], day_string(day));
+        let tenant = block_on(query(&host, Subject::Tenant("acme"), day, day)).unwrap();
+        assert_eq!(tenant["total"]["prompt_tokens"], 19);
+        assert_eq!(tenant["total"]["completion_tokens"], 24);
+        let expected_cost: u64 = events.iter().map(|e| e.cost_nusd.unwrap()).sum();
+        assert_eq!(tenant["total"]["cost_usd"], json!(nusd_to_usd(expected_cost)));
+        // Outside the range: nothing.
+        let before = block_on(query(&host, Subject::Key("k_1"), day - 3, day - 1)).unwrap();
+        assert_eq!(before["total"]["requests"], 0);
+        assert!(block_on(query(&host, Subject::Key("k_1"), day, day - 1)).is_err());
+        assert!(block_on(query(&host, Subject::Key("k_1"), day - 400, day)).is_err());
+    }
+
+    /// Several isolates (books) writing the same key's day never lose or double-count, however
+    /// their writes interleave: each writes only its own shard.
+    #[test]
+    fn isolates_write_separate_shards() {
+        let host = host();
+        let books: Vec<UsageBook> = (0..3).map(|_| UsageBook::new()).collect();
+        let now = host.now_ms();
+        let mut expected = 0;
+        for round in 0..4 {
+            for (i, book) in books.iter().enumerate() {
+                let prompt = (round * 3 + i) as u64 + 1;
+                expected += prompt;
+                let names = book.record(&host, &event("k_1", prompt, 1, now));
+                if round % 2 == 0 {
+                    block_on(book.flush(&host, &names)).unwrap(); // some rounds flush late
+                }
+            }
+        }
+        for book in &books {
+            let names: Vec<String> = book.shards.borrow().keys().cloned().collect();
+            block_on(book.flush(&host, &names)).unwrap();
+        }
+        let day = days_of(now);
+        let total = block_on(query(&host, Subject::Key("k_1"), day, day)).unwrap()["total"].clone();
+        assert_eq!(total["prompt_tokens"], expected);
+        assert_eq!(total["requests"], 12);
+        // A flush of an unchanged shard writes nothing new and changes nothing.
+        let before = host.kv.borrow().clone();
+        let names: Vec<String> = books[0].shards.borrow().keys().cloned().collect();
+        block_on(books[0].flush(&host, &names)).unwrap();
+        assert_eq!(*host.kv.borrow(), before);
+    }
+
+    /// A flush that finds a write in flight leaves its delta to that writer, which writes it in
+    /// its next round: nothing is lost within an isolate.
+    #[test]
+    fn concurrent_flushes_in_one_isolate_merge() {
+        use std::cell::Cell;
+        use std::future::Future;
+        use std::pin::pin;
+        use std::task::{Context, Poll, Waker};
+
+        /// A KV whose puts stay pending for one poll, so two flushes overlap.
+        struct SlowKv<'a>(&'a MemoryHost, Cell<u32>);
+        impl Kv for SlowKv<'_> {
+            async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+                self.0.get(key).await
+            }
+            async fn put(&self, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()> {
+                self.1.set(self.1.get() + 1);
+                let mut yielded = false;
+                std::future::poll_fn(|_| {
+                    if yielded {
+                        Poll::Ready(())
+                    } else {
+                        yielded = true;
+                        Poll::Pending
+                    }
+                })
+                .await;
+                self.0.put(key, value, ttl).await
+            }
+            async fn delete(&self, key: &str) -> Result<()> {
+                self.0.delete(key).await
+            }
+            async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+                self.0.list(prefix).await
+            }
+        }
+
+        let host = host();
+        let kv = SlowKv(&host, Cell::new(0));
+        let book = UsageBook::new();
+        let now = host.now_ms();
+        let names = book.record(&host, &event("k_1", 1, 1, now));
+        let mut first = pin!(book.flush(&kv, &names));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(first.as_mut().poll(&mut cx).is_pending(), "first write in flight");
+        let names2 = book.record(&host, &event("k_1", 10, 1, now));
+        assert!(block_on(book.flush(&kv, &names2)).is_ok(), "returns at once: a write is in flight");
+        while first.as_mut().poll(&mut cx).is_pending() {}
+        let day = days_of(now);
+        let total = block_on(query(&host, Subject::Key("k_1"), day, day)).unwrap()["total"].clone();
+        assert_eq!(total["prompt_tokens"], 11);
+        assert_eq!(total["requests"], 2);
+    }
+
+    #[test]
+    fn old_days_are_pruned_once_written() {
+        let host = host();
+        let book = UsageBook::new();
+        let now = host.now_ms();
+        let names = book.record(&host, &event("k_1", 1, 1, now - 3 * DAY_MS));
+        block_on(book.flush(&host, &names)).unwrap();
+        let names = book.record(&host, &event("k_1", 1, 1, now));
+        block_on(book.flush(&host, &names)).unwrap();
+        assert_eq!(book.len(), 2, "today's key and tenant shards only");
+    }
+}

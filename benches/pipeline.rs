@@ -188,6 +188,17 @@ struct Stats {
 
 const BATCH: u64 = 1_000;
 
+#[derive(Clone, Copy)]
+struct Limits {
+    min_iterations: u64,
+    min_time: Duration,
+    max_time: Duration,
+    warm_up: Duration,
+}
+
+/// One request through the gateway, log line included. Never inlined: scripts/bench counts
+/// its instructions with callgrind (`--toggle-collect=*pipeline::run_one*`).
+#[inline(never)]
 fn run_one(gateway: &Gateway, host: &MemoryHost, request: Request<Vec<u8>>) -> (u16, usize) {
     block_on(async {
         let exchange = gateway.handle(host, request, &ClientInfo::default()).await;
@@ -196,21 +207,22 @@ fn run_one(gateway: &Gateway, host: &MemoryHost, request: Request<Vec<u8>>) -> (
             ResponseBody::Full(bytes) => bytes.len(),
             _ => 0,
         };
-        let line = exchange.deferred.complete(host).await;
+        let line = exchange.deferred.complete(host, None).await;
         black_box(line);
         black_box(exchange.response);
         (status, len)
     })
 }
 
-fn measure(case: &Case, min_iterations: u64, min_time: Duration, max_time: Duration) -> Stats {
+fn measure(case: &Case, limits: &Limits) -> Stats {
+    let Limits { min_iterations, min_time, max_time, warm_up } = *limits;
     let forwarded = Rc::new(Cell::new(0));
     let host = host(forwarded.clone());
     let gateway = Gateway::new(); // one per isolate: the config memo is warm after request 0
 
     // Warm up: caches, branch predictors, the config memo, allocator pools.
     let (status, response_bytes) = run_one(&gateway, &host, (case.make)(0));
-    let warm_until = Instant::now() + Duration::from_millis(300);
+    let warm_until = Instant::now() + warm_up;
     let mut i = 1;
     while Instant::now() < warm_until {
         black_box(run_one(&gateway, &host, (case.make)(i)));
@@ -266,7 +278,9 @@ fn chat_body(template: &(String, String), i: u64) -> Vec<u8> {
     let (head, tail) = template;
     let mut body = Vec::with_capacity(head.len() + COUNTER_WIDTH + tail.len());
     body.extend_from_slice(head.as_bytes());
-    body.extend_from_slice(format!("{:0width$}", i % 10u64.pow(COUNTER_WIDTH as u32), width = COUNTER_WIDTH).as_bytes());
+    body.extend_from_slice(
+        format!("{:0width$}", i % 10u64.pow(COUNTER_WIDTH as u32), width = COUNTER_WIDTH).as_bytes(),
+    );
     body.extend_from_slice(tail.as_bytes());
     body
 }
@@ -274,9 +288,15 @@ fn chat_body(template: &(String, String), i: u64) -> Vec<u8> {
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument selects cases by substring.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
-    let min_iterations: u64 = env_or("PIPELINE_BENCH_MIN_ITERS", 200_000);
-    let min_time = Duration::from_secs_f64(env_or("PIPELINE_BENCH_MIN_SECS", 2.0));
-    let max_time = Duration::from_secs_f64(env_or("PIPELINE_BENCH_MAX_SECS", 10.0));
+    // Defaults: >= 200k requests and >= 2 s per case, at most 10 s. scripts/bench overrides
+    // them for the callgrind pass (exact request counts, no timed warm-up).
+    let limits = Limits {
+        min_iterations: env_or("PIPELINE_BENCH_MIN_ITERS", 200_000),
+        min_time: Duration::from_secs_f64(env_or("PIPELINE_BENCH_MIN_SECS", 2.0)),
+        max_time: Duration::from_secs_f64(env_or("PIPELINE_BENCH_MAX_SECS", 10.0)),
+        warm_up: Duration::from_millis(env_or("PIPELINE_BENCH_WARMUP_MS", 300)),
+    };
+    let Limits { min_iterations, min_time, max_time, .. } = limits;
 
     let (head, tail) = CHAT_BODY.split_once(COUNTER).expect("CHAT_BODY has a counter");
     let template = (head.to_string(), tail.to_string());
@@ -289,10 +309,17 @@ fn main() {
         Case {
             name: "POST /v1/chat/completions malformed JSON (400)",
             make: Box::new(|_| {
-                openai_client_request(Method::POST, "/v1/chat/completions", br#"{"model":"chat","messages":[{"role":"user","#.to_vec())
+                openai_client_request(
+                    Method::POST,
+                    "/v1/chat/completions",
+                    br#"{"model":"chat","messages":[{"role":"user","#.to_vec(),
+                )
             }),
         },
-        Case { name: "GET /v1/models", make: Box::new(|_| openai_client_request(Method::GET, "/v1/models", Vec::new())) },
+        Case {
+            name: "GET /v1/models",
+            make: Box::new(|_| openai_client_request(Method::GET, "/v1/models", Vec::new())),
+        },
     ];
 
     println!(
@@ -307,10 +334,18 @@ fn main() {
         "case", "requests", "mean µs", "p50 µs", "p99 µs", "allocs", "alloc B", "status", "resp B", "forwarded"
     );
     for case in cases.iter().filter(|c| filter.as_deref().is_none_or(|f| c.name.contains(f))) {
-        let s = measure(case, min_iterations, min_time, max_time);
+        let s = measure(case, &limits);
         println!(
             "{:<48} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>7.0} {:>9.0} {:>6} {:>7} {:>10}",
-            case.name, s.iterations, s.mean_us, s.p50_us, s.p99_us, s.allocs, s.alloc_bytes, s.status, s.response_bytes,
+            case.name,
+            s.iterations,
+            s.mean_us,
+            s.p50_us,
+            s.p99_us,
+            s.allocs,
+            s.alloc_bytes,
+            s.status,
+            s.response_bytes,
             s.forwarded
         );
     }

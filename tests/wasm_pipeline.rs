@@ -28,8 +28,8 @@ fn host() -> MemoryHost {
 
 fn body_json(body: &ResponseBody<Vec<u8>>) -> Value {
     match body {
-        ResponseBody::Full(bytes) | ResponseBody::Stream(bytes) => serde_json::from_slice(bytes).unwrap(),
-        ResponseBody::Translated(..) => panic!("no stream translation in these cases"),
+        ResponseBody::Full(bytes) => serde_json::from_slice(bytes).unwrap(),
+        ResponseBody::Stream(..) => panic!("no streams in these cases"),
     }
 }
 

@@ -120,10 +120,11 @@ async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Result
     }
     let hash = keys::hash_key(presented);
     let now = ports.now_ms();
-    let record = match memo.get(&hash, now) {
-        Some(record) => record,
+    // A memo hit does not extend the entry: it expires MEMO_TTL_MS after the KV read.
+    let (record, fresh) = match memo.get(&hash, now) {
+        Some(record) => (record, false),
         None => match keys::load(ports, &hash).await? {
-            Some(record) => Rc::new(record),
+            Some(record) => (Rc::new(record), true),
             None => return Ok(None),
         },
     };
@@ -131,7 +132,9 @@ async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Result
         memo.forget(&hash);
         return Ok(None);
     }
-    memo.put(hash, record.clone(), now);
+    if fresh {
+        memo.put(hash, record.clone(), now);
+    }
     Ok(Some(record))
 }
 
@@ -140,8 +143,7 @@ fn missing_key() -> GatewayError {
         status: StatusCode::UNAUTHORIZED,
         kind: "invalid_request_error",
         code: "missing_api_key",
-        message: "no API key: send one as `Authorization: Bearer <key>`, `x-api-key: <key>` or `api-key: <key>`"
-            .into(),
+        message: "no API key: send one as `Authorization: Bearer <key>`, `x-api-key: <key>` or `api-key: <key>`".into(),
         retry_after: None,
     }
 }
@@ -161,7 +163,10 @@ fn endpoint_not_allowed(endpoint: &str) -> GatewayError {
         status: StatusCode::FORBIDDEN,
         kind: "permission_error",
         code: "endpoint_not_allowed",
-        message: format!("this API key may not call endpoint \"{}\"", crate::gateway::providers::truncate(endpoint, 64)),
+        message: format!(
+            "this API key may not call endpoint \"{}\"",
+            crate::gateway::providers::truncate(endpoint, 64)
+        ),
         retry_after: None,
     }
 }
@@ -170,7 +175,7 @@ fn endpoint_not_allowed(endpoint: &str) -> GatewayError {
 mod tests {
     use super::*;
     use crate::gateway::keys::BudgetPeriod;
-    use crate::gateway::ports::UpstreamError;
+    use crate::gateway::ports::{Clock, UpstreamError};
     use crate::gateway::testing::{block_on, MemoryHost};
 
     fn host() -> MemoryHost {
@@ -218,7 +223,8 @@ mod tests {
         let (key, record) = add_key(&host, &["chat"], |_| {});
         let (expired, _) = add_key(&host, &["*"], |r| r.expires_at = Some(host.now_ms() / 1000));
         let (disabled, _) = add_key(&host, &["*"], |r| r.disabled = true);
-        let auth = |h: &HeaderMap, endpoint: &str, public: bool| block_on(authenticate(&host, &memo, h, endpoint, public));
+        let auth =
+            |h: &HeaderMap, endpoint: &str, public: bool| block_on(authenticate(&host, &memo, h, endpoint, public));
 
         for h in [bearer(&key), headers("x-api-key", &key), headers("api-key", &key)] {
             assert_eq!(auth(&h, "chat", false).unwrap().unwrap().id, record.id);
@@ -259,8 +265,11 @@ mod tests {
         assert!(auth().is_ok());
         record.disabled = true;
         block_on(keys::store(&host, &record)).unwrap();
-        host.advance(MEMO_TTL_MS - 1);
-        assert!(auth().is_ok(), "memoized: still passes just inside the bound");
+        for _ in 0..4 {
+            host.advance((MEMO_TTL_MS - 1) / 4);
+            assert!(auth().is_ok(), "memoized: still passes inside the bound (hits do not extend it)");
+        }
+        host.advance((MEMO_TTL_MS - 1) % 4);
         host.advance(1);
         assert_eq!(auth().unwrap_err().code, "invalid_api_key", "refused once the bound has passed");
         host.advance(60_000);
@@ -319,7 +328,10 @@ mod tests {
         let bytes = host.kv.borrow()[&keys::record_key(&record.hash)].clone();
         host.kv.borrow_mut().insert(keys::record_key(&keys::hash_key(&other)), bytes);
         assert!(block_on(authenticate(&host, &memo, &bearer(&key), "x", false)).is_ok());
-        assert_eq!(block_on(authenticate(&host, &memo, &bearer(&other), "x", false)).unwrap_err().code, "invalid_api_key");
+        assert_eq!(
+            block_on(authenticate(&host, &memo, &bearer(&other), "x", false)).unwrap_err().code,
+            "invalid_api_key"
+        );
     }
 
     #[test]

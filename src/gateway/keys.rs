@@ -379,7 +379,8 @@ mod tests {
 
     #[test]
     fn minimal_record_gets_defaults() {
-        let r: KeyRecord = serde_json::from_value(json!({"id": "k_01", "tenant": "t", "created": 1, "hash": "h"})).unwrap();
+        let r: KeyRecord =
+            serde_json::from_value(json!({"id": "k_01", "tenant": "t", "created": 1, "hash": "h"})).unwrap();
         assert_eq!(r.endpoints, vec!["*"]);
         assert_eq!(r.budget_period, BudgetPeriod::Month);
         assert!(!r.disabled && !r.exact && r.rpm.is_none());

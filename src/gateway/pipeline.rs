@@ -13,16 +13,17 @@ use crate::gateway::config::{Config, Endpoint, EndpointType, Origin, ACTIVE_KEY}
 use crate::gateway::error::{GatewayError, Result};
 use crate::gateway::normalize::{self, hex};
 use crate::gateway::ports::{Ports, UpstreamError};
-use crate::gateway::providers::{anthropic, openai, truncate, Call, Operation, Reply, StreamMode, StreamTranslator};
+use crate::gateway::providers::{
+    anthropic, openai, truncate, Call, Operation, Reply, StreamMode, StreamTranslator, Usage,
+};
 use crate::gateway::routing::{self, ApiRoute};
-use crate::gateway::stream::StreamPump;
+use crate::gateway::stream::{StreamPump, StreamSummary};
 
-/// A response body: bytes the gateway produced, or the origin's body streamed through —
-/// untouched, or rewritten chunk by chunk by a `StreamPump` the host drives.
+/// A response body: bytes the gateway produced, or the origin's body streamed through a
+/// `StreamPump` the host drives chunk by chunk (never buffered whole).
 pub enum ResponseBody<B> {
     Full(Vec<u8>),
-    Stream(B),
-    Translated(B, StreamPump),
+    Stream(B, StreamPump),
 }
 
 /// The pipeline's answer: the response to send now, and work for after it is sent.
@@ -31,14 +32,20 @@ pub struct Exchange<B> {
     pub deferred: Deferred,
 }
 
-/// After-response work (the Background port as data). Today: the log line.
+/// After-response work (the Background port as data): accounting and the log line.
 pub struct Deferred {
     pub log: LogRecord,
 }
 
 impl Deferred {
-    /// Runs the work and returns the structured log line for the host to emit.
-    pub async fn complete<P: Ports>(self, _ports: &P) -> String {
+    /// Runs the work once the response is out and returns the structured log line for the
+    /// host to emit. `stream` is the pump's summary when the body was streamed — taken when the
+    /// stream ended or the client went away, so partial usage is still counted.
+    pub async fn complete<P: Ports>(mut self, _ports: &P, stream: Option<StreamSummary>) -> String {
+        if let Some(summary) = stream {
+            self.log.set_usage(summary.usage);
+            self.log.stream_completed = Some(summary.completed);
+        }
         serde_json::to_string(&self.log).unwrap_or_default()
     }
 }
@@ -70,6 +77,20 @@ pub struct LogRecord {
     pub stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_tokens: Option<u64>,
+    /// For streams: false when the client went away before the origin's stream ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_completed: Option<bool>,
+}
+
+impl LogRecord {
+    fn set_usage(&mut self, usage: Option<Usage>) {
+        self.prompt_tokens = usage.map(|u| u.prompt_tokens);
+        self.completion_tokens = usage.map(|u| u.completion_tokens);
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -267,17 +288,12 @@ impl Gateway {
             .is_some_and(|v| v.starts_with("text/event-stream"));
         let to_client = (dialect == Dialect::Anthropic).then(|| anthropic::OpenAiStreamToMessages::new(&endpoint.model));
         if parts.status.is_success() && is_sse && upstream_stream {
-            let mut stages: Vec<StreamTranslator> = Vec::new();
-            if let StreamMode::Translate(translator) = mode {
-                stages.push(translator);
-            }
-            stages.extend(to_client.map(StreamTranslator::OpenAiToAnthropic));
-            let body = if stages.is_empty() {
-                ResponseBody::Stream(upstream_body)
-            } else {
-                ResponseBody::Translated(upstream_body, StreamPump::new(stages))
+            let first = match mode {
+                StreamMode::Translate(translator) => translator,
+                _ => StreamTranslator::OpenAiWatch(openai::StreamWatch::new()),
             };
-            return Ok(sse_response(body));
+            let stages = std::iter::once(first).chain(to_client.map(StreamTranslator::OpenAiToAnthropic)).collect();
+            return Ok(sse_response(ResponseBody::Stream(upstream_body, StreamPump::new(stages))));
         }
 
         let bytes = ports.read_body(upstream_body, config.settings.max_response_bytes).await.map_err(|e| {
@@ -288,6 +304,7 @@ impl Gateway {
             Some(seconds) if e.status == StatusCode::TOO_MANY_REQUESTS => e.with_retry_after(seconds),
             _ => e,
         })?;
+        log.set_usage(translated.usage);
         if stream && matches!(op, Operation::Chat | Operation::Completions) {
             // The origin could not stream: replay the whole answer as the stream the client expects.
             let replay = openai::completion_to_sse(op, &translated.body)?;

@@ -32,12 +32,7 @@ fn run(host: &MemoryHost, request: Request<Vec<u8>>) -> (StatusCode, Value, Exch
     let status = exchange.response.status();
     let body = match std::mem::replace(exchange.response.body_mut(), ResponseBody::Full(Vec::new())) {
         ResponseBody::Full(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ResponseBody::Stream(bytes) => Value::String(String::from_utf8(bytes).unwrap()),
-        ResponseBody::Translated(bytes, mut pump) => {
-            let mut out = pump.chunk(&bytes);
-            out.extend(pump.end());
-            Value::String(String::from_utf8(out).unwrap())
-        }
+        ResponseBody::Stream(bytes, pump) => Value::String(String::from_utf8(pump.run(&bytes)).unwrap()),
     };
     (status, body, exchange)
 }
@@ -132,7 +127,7 @@ fn request_id_echoed_or_generated_and_log_has_no_secret() {
     let host = host();
     let exchange = block_on(Gateway::new().handle(&host, request, &ClientInfo::default()));
     assert_eq!(exchange.response.headers()["x-request-id"], "trace-1");
-    let line = block_on(exchange.deferred.complete(&host));
+    let line = block_on(exchange.deferred.complete(&host, None));
     assert!(line.contains("\"request_id\":\"trace-1\""), "{line}");
     assert!(!line.contains("sk-secret-value") && !line.contains("client-key"), "{line}");
 

@@ -8,6 +8,16 @@
 use crate::gateway::providers::sse::SseParser;
 use crate::gateway::providers::{StreamTranslate, StreamTranslator, Usage};
 
+/// What a finished (or abandoned) stream tells the after-response work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamSummary {
+    /// From the origin's usage events; partial (what was seen) if the stream did not complete.
+    pub usage: Option<Usage>,
+    /// The origin's body ended (cleanly or cut) and the client's stream was closed; false when
+    /// the client went away first.
+    pub completed: bool,
+}
+
 pub struct StreamPump {
     stages: Vec<(SseParser, StreamTranslator)>,
     finished: bool,
@@ -55,8 +65,8 @@ impl StreamPump {
         out
     }
 
-    /// Usage reported by the origin's stream (the first stage sees the origin's events).
-    pub fn usage(&self) -> Option<Usage> {
-        self.stages.first().and_then(|(_, t)| t.usage())
+    /// The first stage sees the origin's own events, so its usage is the origin's.
+    pub fn summary(&self) -> StreamSummary {
+        StreamSummary { usage: self.stages.first().and_then(|(_, t)| t.usage()), completed: self.finished }
     }
 }

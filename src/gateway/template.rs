@@ -169,7 +169,10 @@ pub fn check(path: &str, value: &Value, issues: &mut Issues) -> Option<Templates
         let at = format!("{path}.{name}");
         let before = issues.0.len();
         if !valid_name(name, 64) {
-            issues.push(at.as_str(), format!("\"{name}\" is not a valid template name (letters, digits, '_', '-', '.'; 1-64 chars)"));
+            issues.push(
+                at.as_str(),
+                format!("\"{name}\" is not a valid template name (letters, digits, '_', '-', '.'; 1-64 chars)"),
+            );
         }
         let template = check_template(&at, name, def, issues);
         match template {
@@ -245,7 +248,10 @@ fn check_template(path: &str, name: &str, def: &Value, issues: &mut Issues) -> O
                     issues.push(path, "needs `versions` (or a template body: a string, `system`/`user`, `messages`)");
                 }
             } else {
-                issues.push(path, "must be a string, an object with `versions`, or a template body (`system`/`user`, `messages`)");
+                issues.push(
+                    path,
+                    "must be a string, an object with `versions`, or a template body (`system`/`user`, `messages`)",
+                );
             }
             return None;
         }
@@ -270,7 +276,10 @@ fn check_template(path: &str, name: &str, def: &Value, issues: &mut Issues) -> O
             for (version, body) in entries {
                 let at = format!("{path}.versions.{version}");
                 if !valid_name(version, 32) {
-                    issues.push(at.as_str(), format!("\"{version}\" is not a valid version (letters, digits, '_', '-', '.'; 1-32 chars)"));
+                    issues.push(
+                        at.as_str(),
+                        format!("\"{version}\" is not a valid version (letters, digits, '_', '-', '.'; 1-32 chars)"),
+                    );
                     continue;
                 }
                 if let Some(compiled) = compile(&at, name, version, body, issues) {
@@ -452,10 +461,8 @@ pub fn render(template: &TemplateRef, variables: &Map<String, Value>) -> Result<
     let mut messages = Vec::with_capacity(compiled.parts.len());
     for (role, key) in &compiled.parts {
         let start = out.buf.len();
-        let result = compiled
-            .env
-            .get_template(key)
-            .and_then(|t| t.render_captured_to(context.clone(), &mut out).map(|_| ()));
+        let result =
+            compiled.env.get_template(key).and_then(|t| t.render_captured_to(context.clone(), &mut out).map(|_| ()));
         if let Err(e) = result {
             return Err(render_error(compiled, variables, &e, out.exceeded));
         }
@@ -465,7 +472,12 @@ pub fn render(template: &TemplateRef, variables: &Map<String, Value>) -> Result<
     Ok(RenderedPrompt { template: compiled.name.clone(), version: compiled.version.clone(), messages })
 }
 
-fn render_error(compiled: &Compiled, variables: &Map<String, Value>, e: &minijinja::Error, too_big: bool) -> GatewayError {
+fn render_error(
+    compiled: &Compiled,
+    variables: &Map<String, Value>,
+    e: &minijinja::Error,
+    too_big: bool,
+) -> GatewayError {
     let label = format!("{}@{}", compiled.name, compiled.version);
     if too_big {
         return GatewayError::bad_request(
@@ -689,7 +701,10 @@ mod tests {
             "good": "{{ x }}"
         }));
         assert_eq!(issues.len(), 1, "{issues:?}");
-        assert!(issues[0].starts_with("templates.bad.versions.1.user: template does not compile: syntax error"), "{issues:?}");
+        assert!(
+            issues[0].starts_with("templates.bad.versions.1.user: template does not compile: syntax error"),
+            "{issues:?}"
+        );
         assert!(issues[0].contains("(line 2)"), "{issues:?}");
         // A reference to the broken template is not reported again; others still resolve.
         let t = t.unwrap();
@@ -715,7 +730,10 @@ mod tests {
             "g": 5
         }));
         let has = |prefix: &str| issues.iter().any(|i| i.starts_with(prefix));
-        assert!(has("templates.a.verisons: unknown template field \"verisons\" (did you mean \"versions\"?)"), "{issues:?}");
+        assert!(
+            has("templates.a.verisons: unknown template field \"verisons\" (did you mean \"versions\"?)"),
+            "{issues:?}"
+        );
         assert!(has("templates.b.default: unknown version \"3\""), "{issues:?}");
         assert!(has("templates.c.default: is required when the versions are not all numbers"), "{issues:?}");
         assert!(has("templates.d.messages[0].role: unknown role \"usr\" (did you mean \"user\"?)"), "{issues:?}");
@@ -731,7 +749,10 @@ mod tests {
         assert!(check_ref("endpoints[1].template", "summarize@3", &t, &mut issues).is_none());
         let text: Vec<String> = issues.0.iter().map(ToString::to_string).collect();
         assert_eq!(text[0], "endpoints[0].template: unknown template \"sumarize\" (did you mean \"summarize\"?)");
-        assert!(text[1].starts_with("endpoints[1].template: unknown version of template \"summarize\" \"3\""), "{text:?}");
+        assert!(
+            text[1].starts_with("endpoints[1].template: unknown version of template \"summarize\" \"3\""),
+            "{text:?}"
+        );
         let mut issues = Issues::default();
         assert!(check_ref("x", "any", &Templates::default(), &mut issues).is_none());
         assert!(issues.0[0].message.contains("defines no `templates`"));
@@ -739,7 +760,8 @@ mod tests {
 
     #[test]
     fn missing_variables_are_all_named() {
-        let t = one(json!({"system": "Tone: {{ tone }}", "user": "{{ greeting }}, {{ name }}! {{ extra | default('') }}"}));
+        let t =
+            one(json!({"system": "Tone: {{ tone }}", "user": "{{ greeting }}, {{ name }}! {{ extra | default('') }}"}));
         let e = render(&t, &obj(json!({"greeting": "Hi"}))).unwrap_err();
         assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "missing_template_variables"));
         assert!(e.message.contains("tone") && e.message.contains("name"), "{}", e.message);
@@ -795,9 +817,10 @@ mod tests {
     #[test]
     fn values_of_every_json_type_render() {
         let t = one(json!("{{ s }} {{ i }} {{ f }} {{ b }} {{ items | join(', ') }} {{ o.k }} {{ n is none }} {% for x in items %}[{{ x }}]{% endfor %}"));
-        let vars = obj(json!({"s": "str", "i": -3, "f": 1.5, "b": true, "items": ["a", "b"], "o": {"k": "v"}, "n": null}));
-        assert_eq!(render(&t, &vars).unwrap().text(), "str -3 1.5 true a, b v true [a][b]");
-        // No HTML escaping: prompts are not HTML.
+        let vars =
+            obj(json!({"s": "str", "i": -3, "f": 1.5, "b": true, "items": ["a", "b"], "o": {"k": "v"}, "n": null}));
+        assert_eq!(render(&t, &vars).unwrap().text(), "str -3 1.5 True a, b v True [a][b]");
+        // Jinja prints booleans Python-style (`True`). No HTML escaping: prompts are not HTML.
         let t = one(json!("{{ s }}"));
         assert_eq!(render(&t, &obj(json!({"s": "<b>&'\""}))).unwrap().text(), "<b>&'\"");
     }
@@ -815,7 +838,10 @@ mod tests {
         assert!(e.message.contains("65536 bytes"), "{}", e.message);
         // Just under the limit is fine.
         let t = one(json!("{{ big }}"));
-        assert_eq!(render(&t, &obj(json!({"big": "x".repeat(MAX_OUTPUT_BYTES)}))).unwrap().text().len(), MAX_OUTPUT_BYTES);
+        assert_eq!(
+            render(&t, &obj(json!({"big": "x".repeat(MAX_OUTPUT_BYTES)}))).unwrap().text().len(),
+            MAX_OUTPUT_BYTES
+        );
     }
 
     #[test]

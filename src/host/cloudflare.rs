@@ -4,6 +4,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use futures_channel::oneshot;
 use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use http::{HeaderName, HeaderValue, Request};
@@ -12,7 +13,7 @@ use worker::{event, AbortController, Context, Env, Fetch, HttpRequest, KvStore, 
 use crate::gateway::error::{GatewayError, Result};
 use crate::gateway::pipeline::{error_response, ClientInfo};
 use crate::gateway::ports::{Clock, Kv, Secrets, Upstream, UpstreamError};
-use crate::gateway::stream::StreamPump;
+use crate::gateway::stream::{StreamPump, StreamSummary};
 use crate::gateway::{Gateway, ResponseBody};
 
 /// Bodies above this are refused before the config (and its own, lower limit) is even read.
@@ -43,15 +44,21 @@ async fn fetch(request: HttpRequest, env: Env, ctx: Context) -> worker::Result<R
     let (parts, body) = request.into_parts();
     let exchange = match read_request_body(body).await {
         Ok(bytes) => gateway.handle(&*host, Request::from_parts(parts, bytes), &client).await,
-        Err(error) => return to_worker_response(error_response(&error)),
+        Err(error) => return Ok(to_worker_response(error_response(&error))?.0),
     };
     let deferred = exchange.deferred;
+    let (response, stream_end) = to_worker_response(exchange.response)?;
     let after = host.clone();
     ctx.wait_until(async move {
-        let line = deferred.complete(&*after).await;
+        // A streamed answer is accounted once its stream ended or the client went away.
+        let summary = match stream_end {
+            Some(end) => end.await.ok(),
+            None => None,
+        };
+        let line = deferred.complete(&*after, summary).await;
         worker::console_log!("{line}");
     });
-    to_worker_response(exchange.response)
+    Ok(response)
 }
 
 async fn read_request_body(mut body: worker::Body) -> Result<Vec<u8>> {
@@ -68,13 +75,24 @@ async fn read_request_body(mut body: worker::Body) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn to_worker_response(response: http::Response<ResponseBody<Response>>) -> worker::Result<Response> {
+/// The host's response, plus for streams a receiver that yields the stream's summary once it
+/// ended or was dropped.
+fn to_worker_response(
+    response: http::Response<ResponseBody<CfBody>>,
+) -> worker::Result<(Response, Option<oneshot::Receiver<StreamSummary>>)> {
     let (parts, body) = response.into_parts();
-    let response = match body {
-        ResponseBody::Full(bytes) => Response::from_bytes(bytes)?,
-        // The origin's ReadableStream goes back to the client untouched: no copy, no buffering.
-        ResponseBody::Stream(upstream) => Response::from_body(upstream.body().clone())?,
-        ResponseBody::Translated(mut upstream, pump) => Response::from_stream(translate(upstream.stream()?, pump))?,
+    let (response, stream_end) = match body {
+        ResponseBody::Full(bytes) => (Response::from_bytes(bytes)?, None),
+        ResponseBody::Stream(mut upstream, pump) => {
+            let (tx, rx) = oneshot::channel();
+            let state = StreamState {
+                upstream: upstream.response.stream()?,
+                pump,
+                abort: Some(upstream.abort),
+                summary: Some(tx),
+            };
+            (Response::from_stream(translate(state))?, Some(rx))
+        }
     };
     let headers = worker::Headers::new();
     for (name, value) in &parts.headers {
@@ -82,26 +100,47 @@ fn to_worker_response(response: http::Response<ResponseBody<Response>>) -> worke
             headers.append(name.as_str(), value)?;
         }
     }
-    Ok(response.with_status(parts.status.as_u16()).with_headers(headers))
+    Ok((response.with_status(parts.status.as_u16()).with_headers(headers), stream_end))
+}
+
+/// A streamed origin response in flight. Dropping it — at the end, or because the client
+/// disconnected and the runtime cancelled the stream — reports the summary and, if the origin
+/// was still sending, aborts the origin request.
+struct StreamState {
+    upstream: worker::ByteStream,
+    pump: StreamPump,
+    abort: Option<AbortController>,
+    summary: Option<oneshot::Sender<StreamSummary>>,
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        let summary = self.pump.summary();
+        if !summary.completed {
+            if let Some(abort) = self.abort.take() {
+                abort.abort();
+            }
+        }
+        if let Some(tx) = self.summary.take() {
+            let _ = tx.send(summary);
+        }
+    }
 }
 
 /// The origin's chunks rewritten by the core's pump, then its closing bytes.
-fn translate(
-    upstream: worker::ByteStream,
-    pump: StreamPump,
-) -> impl futures_util::Stream<Item = worker::Result<Vec<u8>>> {
-    futures_util::stream::unfold(Some((upstream, pump)), |state| async move {
-        let (mut upstream, mut pump) = state?;
+fn translate(state: StreamState) -> impl futures_util::Stream<Item = worker::Result<Vec<u8>>> {
+    futures_util::stream::unfold(Some(state), |state| async move {
+        let mut state = state?;
         loop {
-            match upstream.next().await {
+            match state.upstream.next().await {
                 Some(Ok(chunk)) => {
-                    let out = pump.chunk(&chunk);
+                    let out = state.pump.chunk(&chunk);
                     if !out.is_empty() {
-                        return Some((Ok(out), Some((upstream, pump))));
+                        return Some((Ok(out), Some(state)));
                     }
                 }
                 // End or a broken origin stream: the pump closes the client stream cleanly.
-                Some(Err(_)) | None => return Some((Ok(pump.end()), None)),
+                Some(Err(_)) | None => return Some((Ok(state.pump.end()), None)),
             }
         }
     })
@@ -155,14 +194,20 @@ impl Kv for CloudflareHost {
     }
 }
 
+/// An origin response and the controller that can still cancel it.
+pub struct CfBody {
+    response: Response,
+    abort: AbortController,
+}
+
 impl Upstream for CloudflareHost {
-    type Body = Response;
+    type Body = CfBody;
 
     async fn send(
         &self,
         request: Request<Vec<u8>>,
         timeout_ms: u64,
-    ) -> std::result::Result<http::Response<Response>, UpstreamError> {
+    ) -> std::result::Result<http::Response<CfBody>, UpstreamError> {
         let (parts, body) = request.into_parts();
         let headers = worker::Headers::new();
         for (name, value) in &parts.headers {
@@ -197,10 +242,11 @@ impl Upstream for CloudflareHost {
                 builder = builder.header(name, value);
             }
         }
-        builder.body(response).map_err(|e| UpstreamError::Body(e.to_string()))
+        builder.body(CfBody { response, abort: controller }).map_err(|e| UpstreamError::Body(e.to_string()))
     }
 
-    async fn read_body(&self, mut body: Response, limit: usize) -> std::result::Result<Vec<u8>, UpstreamError> {
+    async fn read_body(&self, body: CfBody, limit: usize) -> std::result::Result<Vec<u8>, UpstreamError> {
+        let mut body = body.response;
         let declared = body.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > limit) {
             return Err(UpstreamError::Body(format!("response exceeds {limit} bytes")));

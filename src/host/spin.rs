@@ -17,6 +17,7 @@ use spin_sdk::wit::wasi::http0_2_0::types::{
 
 use crate::gateway::error::{GatewayError, Result};
 use crate::gateway::pipeline::{error_response, ClientInfo};
+use crate::gateway::stream::StreamSummary;
 use crate::gateway::ports::{Clock, Kv, Secrets, Upstream, UpstreamError};
 use crate::gateway::{Gateway, ResponseBody};
 
@@ -45,12 +46,12 @@ async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
     let exchange = match to_http_request(request).await {
         Ok(request) => gateway.handle(&host, request, &client).await,
         Err(error) => {
-            write_response(error_response(&error), response_out).await;
+            let _ = write_response(error_response(&error), response_out).await;
             return;
         }
     };
-    write_response(exchange.response, response_out).await;
-    let line = exchange.deferred.complete(&host).await;
+    let summary = write_response(exchange.response, response_out).await;
+    let line = exchange.deferred.complete(&host, summary).await;
     eprintln!("{line}");
 }
 
@@ -92,11 +93,15 @@ fn spin_method(method: &Method) -> http::Method {
     }
 }
 
-async fn write_response(response: http::Response<ResponseBody<SpinBody>>, out: ResponseOutparam) {
+/// Sends the response; for a stream, returns its summary once it ended or the client left.
+async fn write_response(
+    response: http::Response<ResponseBody<SpinBody>>,
+    out: ResponseOutparam,
+) -> Option<StreamSummary> {
     let (parts, body) = response.into_parts();
     let headers: Vec<(String, Vec<u8>)> =
         parts.headers.iter().map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec())).collect();
-    let Ok(fields) = Fields::from_list(&headers) else { return };
+    let Ok(fields) = Fields::from_list(&headers) else { return None };
     let outgoing = OutgoingResponse::new(fields);
     let _ = outgoing.set_status_code(parts.status.as_u16());
     let mut sink = outgoing.take_body();
@@ -104,17 +109,9 @@ async fn write_response(response: http::Response<ResponseBody<SpinBody>>, out: R
     match body {
         ResponseBody::Full(bytes) => {
             let _ = sink.send(bytes).await;
+            None
         }
-        ResponseBody::Stream(SpinBody(upstream)) => {
-            // Forward each chunk as it arrives: no buffering of streamed answers.
-            let mut chunks = upstream.take_body_stream();
-            while let Some(Ok(chunk)) = chunks.next().await {
-                if sink.send(chunk).await.is_err() {
-                    break; // client went away; dropping `upstream` cancels the origin request
-                }
-            }
-        }
-        ResponseBody::Translated(SpinBody(upstream), mut pump) => {
+        ResponseBody::Stream(SpinBody(upstream), mut pump) => {
             let mut chunks = upstream.take_body_stream();
             loop {
                 let out = match chunks.next().await {
@@ -126,9 +123,10 @@ async fn write_response(response: http::Response<ResponseBody<SpinBody>>, out: R
                     }
                 };
                 if !out.is_empty() && sink.send(out).await.is_err() {
-                    break;
+                    break; // client went away; dropping `upstream` cancels the origin request
                 }
             }
+            Some(pump.summary())
         }
     }
 }

@@ -1494,7 +1494,7 @@ pub(crate) mod tests {
         let mut out: Vec<u8> = input.iter().flat_map(|b| p.chunk(std::slice::from_ref(b))).collect();
         out.extend(p.end());
         assert_eq!(out, expected, "byte by byte");
-        (parse_sse(&expected), whole.usage())
+        (parse_sse(&expected), whole.summary().usage)
     }
 
     fn parse_sse(bytes: &[u8]) -> Vec<(Option<String>, Value)> {

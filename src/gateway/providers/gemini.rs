@@ -1257,7 +1257,7 @@ mod tests {
         events.extend(parser.finish());
         let events =
             events.into_iter().map(|e| serde_json::from_str(&e.data).unwrap_or(Value::String(e.data))).collect();
-        (events, whole.usage())
+        (events, whole.summary().usage)
     }
 
     /// What `streamGenerateContent?alt=sse` sends (the mock origin's framing, with `\r\n`).

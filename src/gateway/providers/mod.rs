@@ -75,7 +75,7 @@ pub struct Usage {
 
 impl Usage {
     pub fn total(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
+        self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 }
 
@@ -123,6 +123,8 @@ pub trait StreamTranslate {
 
 /// The stream translators, as an enum so the per-chunk path has no dynamic dispatch.
 pub enum StreamTranslator {
+    /// OpenAI format in and out: watch usage and completion, pass events through.
+    OpenAiWatch(openai::StreamWatch),
     AnthropicToOpenAi(anthropic::StreamToOpenAi),
     GeminiToOpenAi(gemini::StreamToOpenAi),
     /// For Anthropic Messages clients (`/v1/messages`) of an OpenAI-shaped stream.
@@ -132,6 +134,7 @@ pub enum StreamTranslator {
 impl StreamTranslate for StreamTranslator {
     fn event(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
         match self {
+            StreamTranslator::OpenAiWatch(t) => t.event(event, out),
             StreamTranslator::AnthropicToOpenAi(t) => t.event(event, out),
             StreamTranslator::GeminiToOpenAi(t) => t.event(event, out),
             StreamTranslator::OpenAiToAnthropic(t) => t.event(event, out),
@@ -139,6 +142,7 @@ impl StreamTranslate for StreamTranslator {
     }
     fn finish(&mut self, out: &mut Vec<u8>) {
         match self {
+            StreamTranslator::OpenAiWatch(t) => t.finish(out),
             StreamTranslator::AnthropicToOpenAi(t) => t.finish(out),
             StreamTranslator::GeminiToOpenAi(t) => t.finish(out),
             StreamTranslator::OpenAiToAnthropic(t) => t.finish(out),
@@ -146,6 +150,7 @@ impl StreamTranslate for StreamTranslator {
     }
     fn usage(&self) -> Option<Usage> {
         match self {
+            StreamTranslator::OpenAiWatch(t) => t.usage(),
             StreamTranslator::AnthropicToOpenAi(t) => t.usage(),
             StreamTranslator::GeminiToOpenAi(t) => t.usage(),
             StreamTranslator::OpenAiToAnthropic(t) => t.usage(),

@@ -5,9 +5,10 @@
 use http::{header, Request};
 use serde_json::{Map, Value};
 
+use super::sse::{self, SseEvent};
 use super::{
-    check_url, sse, finish_request, join_url, json_body, openai_usage, origin_error, parse_json, post_json, resolve_secret,
-    string_config, Adapter, Call, Operation, Reply, StreamMode, Translated,
+    check_url, finish_request, join_url, json_body, openai_usage, origin_error, parse_json, post_json, resolve_secret,
+    string_config, Adapter, Call, Operation, Reply, StreamMode, StreamTranslate, Translated, Usage,
 };
 use crate::gateway::config::{Issues, SecretRef};
 use crate::gateway::error::{GatewayError, Result};
@@ -160,6 +161,73 @@ impl Adapter for OpenAi {
 
     fn stream_mode(&self, _op: Operation, _model: &str, _now_ms: u64) -> StreamMode {
         StreamMode::Passthrough
+    }
+}
+
+/// Watches an OpenAI-format stream on its way to an OpenAI client: events pass through as
+/// they are, while usage is read from the final usage chunk (requested with
+/// `stream_options.include_usage`) and a stream the origin cut short is closed with an error
+/// event and `[DONE]` instead of just stopping.
+#[derive(Debug, Default)]
+pub struct StreamWatch {
+    usage: Option<Usage>,
+    /// Content deltas seen: a lower bound on completion tokens if the stream is cut.
+    deltas: u64,
+    finished: bool,
+    done: bool,
+}
+
+impl StreamWatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl StreamTranslate for StreamWatch {
+    fn event(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
+        if event.data == "[DONE]" {
+            self.done = true;
+            sse::write_done(out);
+            return;
+        }
+        if let Ok(chunk) = serde_json::from_str::<Value>(&event.data) {
+            if let Some(usage) = openai_usage(&chunk).filter(|_| chunk["usage"].is_object()) {
+                self.usage = Some(usage);
+            }
+            for choice in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
+                let delta = &choice["delta"];
+                if delta.get("content").and_then(Value::as_str).is_some_and(|c| !c.is_empty())
+                    || choice.get("text").and_then(Value::as_str).is_some_and(|c| !c.is_empty())
+                    || delta.get("tool_calls").is_some()
+                {
+                    self.deltas += 1;
+                }
+                if !choice["finish_reason"].is_null() {
+                    self.finished = true;
+                }
+            }
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(event.data.as_bytes());
+        out.extend_from_slice(b"\n\n");
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.done {
+            return;
+        }
+        if !self.finished {
+            let error = serde_json::json!({"error": {"message": "origin stream ended before the answer was complete",
+                "type": "upstream_error", "code": "origin_stream_cut"}});
+            sse::write_data(out, &error);
+        }
+        sse::write_done(out);
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        // Without a usage chunk (cut stream, or an origin that ignores include_usage), the
+        // content deltas seen are the best lower bound on what was generated.
+        self.usage.or((self.deltas > 0).then_some(Usage { prompt_tokens: 0, completion_tokens: self.deltas }))
     }
 }
 

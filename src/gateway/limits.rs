@@ -1,0 +1,1628 @@
+//! Rate limits and budgets (DESIGN.md §2 step 3): per key requests and tokens per minute, per
+//! endpoint MLflow `limit: {calls, renewal_period}`, per key and per tenant USD budgets per day
+//! or month. Over a limit → 429 with `Retry-After` and OpenAI's `x-ratelimit-*` headers.
+//!
+//! # Windows and rules
+//!
+//! Windows are fixed and aligned: minute/hour/second windows on the unix clock, day/month/year
+//! windows on the UTC calendar. A request is admitted when, for every counter that applies,
+//! the count *before* it is under the limit: requests `count < rpm`; tokens `used < tpm`;
+//! USD `spent < budget`. Tokens and cost are only known after the answer, so they are added
+//! after the response: the request that crosses a token or USD limit is served, and the next
+//! one is refused (as OpenAI does). A refused request is not counted.
+//!
+//! The endpoint `limit` counts per endpoint *and key* (MLflow counts per client address; the
+//! key is our client identity); requests without a key (public endpoints) share one counter
+//! per endpoint. MLflow's optional `limit.key` is accepted and ignored.
+//!
+//! # Counting modes
+//!
+//! **`kv` (default): per isolate, exact; across isolates and locations, approximate.** Each
+//! counter `rl:<key id>:<window>` is a KV entry `{requests, tokens, cost_nusd}`. An isolate
+//! keeps its own view of each counter in memory ([`Limiter`]): the last value read from KV
+//! (re-read at most every [`REFRESH_MS`]) plus the increments it admitted and has not yet
+//! written. Admission checks and increments that view **synchronously, with no await in
+//! between**, so requests interleaving in one isolate can never both take the last slot: N
+//! concurrent requests against a limit of L admit exactly L in one isolate. The increments are
+//! written to KV after the response (`waitUntil` on Cloudflare), merged: one write in flight
+//! per counter per isolate, carrying everything admitted meanwhile. What KV counting means:
+//! * KV has no atomic increment: the write is a read-modify-write (`max(KV, what this isolate
+//!   last saw) + its increments`). Two isolates flushing the same counter at the same moment
+//!   can lose one's increments: across isolates counts can be low.
+//! * Cloudflare KV is per location and eventually consistent: another location sees a write
+//!   after up to ~60 s, and an isolate sees other isolates' counts only at its next refresh.
+//!   So with I isolates (in one or many locations) admitting at once, up to about I × L
+//!   requests can pass in one window: **the limit multiplies with the number of instances.**
+//! * Cloudflare KV accepts about one write per second per key; counters of very busy keys
+//!   will see write errors (reported in the log's `accounting_error`): use `exact`.
+//! * Spin: every request is a fresh component instance, so there is no in-memory view: each
+//!   request reads the counters from the key-value store and its increments are written after
+//!   the response. Sequential requests are counted exactly when the host finishes the
+//!   accounting before answering (see the host notes); concurrent requests race on the
+//!   read-modify-write and can all pass. Spin's key-value@2.0 interface has no atomic
+//!   increment or compare-and-swap, so this cannot be made exact on it.
+//!
+//! **`exact`** (config `limits.mode: "exact"`, or a key's `exact: true`): counters live behind
+//! the [`Counter`] port — on Cloudflare one Durable Object per key (per tenant for tenant
+//! budgets), which checks and adds atomically, so the limit holds across all isolates and
+//! locations, at the cost of one Durable Object round trip before the request and one after.
+//! A host without such a counter answers `None` and the `kv` mode is used instead (the log
+//! line's `limits` field says which mode counted).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::gateway::config::Issues;
+use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::keys::{usd_to_nusd, BudgetPeriod, KeyRecord};
+use crate::gateway::ports::{Kv, Ports};
+use crate::gateway::usage::{civil_from_days, day_string, days_from_civil, days_of, next_month_start};
+
+/// How often an isolate re-reads a counter from KV to see other isolates' counts.
+pub const REFRESH_MS: u64 = 1_000;
+/// Counters kept in memory per isolate; expired ones are dropped first.
+const MAX_ENTRIES: usize = 10_000;
+/// Counters outlive their window by this much in KV (Cloudflare's minimum TTL is 60 s).
+const TTL_GRACE_SECS: u64 = 60;
+const DAY_MS: u64 = 86_400_000;
+
+// ---------------------------------------------------------------------------------------------
+// Config
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LimitsMode {
+    #[default]
+    Kv,
+    Exact,
+}
+
+/// A tenant's budget (config `limits.tenants.<name>`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TenantLimits {
+    pub budget_usd: f64,
+    pub budget_period: BudgetPeriod,
+}
+
+/// The config's top-level `limits` field:
+/// `{"mode": "kv"|"exact", "tenants": {"acme": {"budget_usd": 100, "budget_period": "month"}}}`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LimitsConfig {
+    pub mode: LimitsMode,
+    pub tenants: HashMap<String, TenantLimits>,
+}
+
+/// Checks the top-level `limits` field.
+pub fn check_limits(path: &str, value: &Value, issues: &mut Issues) -> Option<LimitsConfig> {
+    let Value::Object(map) = value else {
+        issues.push(path, "must be an object: {mode, tenants}");
+        return None;
+    };
+    let before = issues.0.len();
+    let mut config = LimitsConfig::default();
+    for (field, v) in map {
+        let at = format!("{path}.{field}");
+        match field.as_str() {
+            "mode" => match v.as_str() {
+                Some("kv") => config.mode = LimitsMode::Kv,
+                Some("exact") => config.mode = LimitsMode::Exact,
+                Some(other) => issues.unknown(at, "limits mode", other, &["kv", "exact"]),
+                None => issues.push(at, "must be \"kv\" or \"exact\""),
+            },
+            "tenants" => {
+                let Value::Object(tenants) = v else {
+                    issues.push(at, "must be an object mapping tenant names to {budget_usd, budget_period}");
+                    continue;
+                };
+                for (name, t) in tenants {
+                    let at = format!("{at}.{name}");
+                    if !valid_tenant(name) {
+                        issues.push(&at, "a tenant name has letters, digits, '_', '-', '.' (1-64 chars)");
+                    }
+                    if let Some(limits) = check_tenant(&at, t, issues) {
+                        config.tenants.insert(name.clone(), limits);
+                    }
+                }
+            }
+            other => issues.unknown(at, "limits field", other, &["mode", "tenants"]),
+        }
+    }
+    (issues.0.len() == before).then_some(config)
+}
+
+fn check_tenant(path: &str, value: &Value, issues: &mut Issues) -> Option<TenantLimits> {
+    let Value::Object(map) = value else {
+        issues.push(path, "must be an object: {budget_usd, budget_period}");
+        return None;
+    };
+    let mut budget = None;
+    let mut period = BudgetPeriod::Month;
+    let mut ok = true;
+    for (field, v) in map {
+        let at = format!("{path}.{field}");
+        match field.as_str() {
+            "budget_usd" => match v.as_f64().filter(|n| n.is_finite() && *n >= 0.0) {
+                Some(n) => budget = Some(n),
+                None => {
+                    issues.push(at, "must be a number >= 0 (USD)");
+                    ok = false;
+                }
+            },
+            "budget_period" => match v.as_str().and_then(BudgetPeriod::parse) {
+                Some(p) => period = p,
+                None => {
+                    issues.unknown(at, "budget period", v.as_str().unwrap_or("(not a string)"), &["day", "month"]);
+                    ok = false;
+                }
+            },
+            other => {
+                issues.unknown(at, "tenant limits field", other, &["budget_usd", "budget_period"]);
+                ok = false;
+            }
+        }
+    }
+    let Some(budget_usd) = budget else {
+        if ok {
+            issues.push(format!("{path}.budget_usd"), "is required");
+        }
+        return None;
+    };
+    ok.then_some(TenantLimits { budget_usd, budget_period: period })
+}
+
+/// Tenant names: letters, digits, `_`, `-`, `.`; 1-64 chars (they appear in KV entry names).
+pub fn valid_tenant(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// MLflow's `renewal_period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Second,
+    Minute,
+    Hour,
+    Day,
+    Month,
+    Year,
+}
+
+impl Period {
+    pub const ALL: [(&'static str, Period); 6] = [
+        ("second", Period::Second),
+        ("minute", Period::Minute),
+        ("hour", Period::Hour),
+        ("day", Period::Day),
+        ("month", Period::Month),
+        ("year", Period::Year),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Self::ALL.iter().find(|(_, p)| *p == self).map_or("minute", |(s, _)| s)
+    }
+
+    /// The window containing `now_ms`: an id for counter names and its end.
+    pub fn window(self, now_ms: u64) -> Window {
+        let fixed =
+            |len: u64, tag: &str| Window { id: format!("{tag}{}", now_ms / len), end_ms: (now_ms / len + 1) * len };
+        let days = days_of(now_ms);
+        let (y, m, _) = civil_from_days(days);
+        let at = |days: i64| (days.max(0) as u64) * DAY_MS;
+        match self {
+            Period::Second => fixed(1_000, "s"),
+            Period::Minute => fixed(60_000, "m"),
+            Period::Hour => fixed(3_600_000, "h"),
+            Period::Day => Window { id: day_string(days), end_ms: at(days + 1) },
+            Period::Month => Window { id: format!("{y:04}-{m:02}"), end_ms: at(next_month_start(days)) },
+            Period::Year => Window { id: format!("{y:04}"), end_ms: at(days_from_civil(y + 1, 1, 1)) },
+        }
+    }
+}
+
+impl From<BudgetPeriod> for Period {
+    fn from(p: BudgetPeriod) -> Period {
+        match p {
+            BudgetPeriod::Day => Period::Day,
+            BudgetPeriod::Month => Period::Month,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub id: String,
+    pub end_ms: u64,
+}
+
+/// An endpoint's MLflow `limit: {calls, renewal_period}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointLimit {
+    pub calls: u64,
+    pub period: Period,
+}
+
+impl EndpointLimit {
+    /// For a config that still keeps `limit` as a raw value: `None` if it is not valid.
+    pub fn from_value(value: &Value) -> Option<EndpointLimit> {
+        check_endpoint_limit("limit", value, &mut Issues::default())
+    }
+}
+
+/// Checks an endpoint's `limit` (MLflow's shape; the optional `key` is accepted and ignored).
+pub fn check_endpoint_limit(path: &str, value: &Value, issues: &mut Issues) -> Option<EndpointLimit> {
+    let Value::Object(map) = value else {
+        issues.push(path, "must be an object: {calls, renewal_period}");
+        return None;
+    };
+    let before = issues.0.len();
+    for field in map.keys() {
+        if !["calls", "renewal_period", "key"].contains(&field.as_str()) {
+            issues.unknown(format!("{path}.{field}"), "limit field", field, &["calls", "renewal_period", "key"]);
+        }
+    }
+    let calls = match map.get("calls") {
+        None => {
+            issues.push(format!("{path}.calls"), "is required");
+            None
+        }
+        Some(v) => v.as_u64().filter(|n| *n >= 1).or_else(|| {
+            issues.push(format!("{path}.calls"), "must be a whole number >= 1");
+            None
+        }),
+    };
+    let names: Vec<&str> = Period::ALL.iter().map(|(s, _)| *s).collect();
+    let period = match map.get("renewal_period") {
+        None => {
+            issues.push(format!("{path}.renewal_period"), format!("is required (one of: {})", names.join(", ")));
+            None
+        }
+        Some(Value::String(s)) => {
+            let found = Period::ALL.iter().find(|(n, _)| n == s).map(|(_, p)| *p);
+            if found.is_none() {
+                issues.unknown(format!("{path}.renewal_period"), "renewal period", s, &names);
+            }
+            found
+        }
+        Some(_) => {
+            issues.push(format!("{path}.renewal_period"), format!("must be one of: {}", names.join(", ")));
+            None
+        }
+    };
+    if issues.0.len() != before {
+        return None;
+    }
+    Some(EndpointLimit { calls: calls?, period: period? })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The counter port (exact mode)
+
+/// A counter's value: requests, tokens and nano-USD in one window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Amounts {
+    pub requests: u64,
+    pub tokens: u64,
+    pub cost_nusd: u64,
+}
+
+impl Amounts {
+    pub fn plus(self, o: Amounts) -> Amounts {
+        Amounts {
+            requests: self.requests.saturating_add(o.requests),
+            tokens: self.tokens.saturating_add(o.tokens),
+            cost_nusd: self.cost_nusd.saturating_add(o.cost_nusd),
+        }
+    }
+
+    pub fn max(self, o: Amounts) -> Amounts {
+        Amounts {
+            requests: self.requests.max(o.requests),
+            tokens: self.tokens.max(o.tokens),
+            cost_nusd: self.cost_nusd.max(o.cost_nusd),
+        }
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Amounts::default()
+    }
+}
+
+/// Limits on a counter's fields; `None` = unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Caps {
+    pub requests: Option<u64>,
+    pub tokens: Option<u64>,
+    pub cost_nusd: Option<u64>,
+}
+
+/// One counter operation: check `caps` against the current value, then add `add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterOp {
+    /// The counter, e.g. `rl:k_0123:m28333333`.
+    pub name: String,
+    #[serde(default)]
+    pub add: Amounts,
+    #[serde(default)]
+    pub caps: Caps,
+    /// When the window ends (unix ms); the counter may be dropped after that.
+    pub expires_at_ms: u64,
+}
+
+/// The answer to a batch of [`CounterOp`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterReply {
+    pub admitted: bool,
+    /// Per op: the value after adding if admitted, else the current (unchanged) value.
+    pub values: Vec<Amounts>,
+}
+
+/// Whether `current` (+ `add`) breaks `caps`: a field with a cap L breaks it when
+/// `current + max(add, 1) > L` — i.e. a request is admitted while `count < L`, a token or USD
+/// check (add 0) while `used < L`.
+pub fn violates(current: Amounts, add: Amounts, caps: Caps) -> bool {
+    let over = |cur: u64, add: u64, cap: Option<u64>| cap.is_some_and(|cap| cur.saturating_add(add.max(1)) > cap);
+    over(current.requests, add.requests, caps.requests)
+        || over(current.tokens, add.tokens, caps.tokens)
+        || over(current.cost_nusd, add.cost_nusd, caps.cost_nusd)
+}
+
+/// Applies `ops` to `current` (one value per op) all-or-nothing: if no op violates its caps,
+/// every op's `add` is added. The one rule every counter implementation uses (the in-isolate
+/// limiter, the Durable Object, tests).
+pub fn apply_ops(current: &mut [Amounts], ops: &[CounterOp]) -> CounterReply {
+    let admitted = ops.iter().zip(current.iter()).all(|(op, cur)| !violates(*cur, op.add, op.caps));
+    if admitted {
+        for (cur, op) in current.iter_mut().zip(ops) {
+            *cur = cur.plus(op.add);
+        }
+    }
+    CounterReply { admitted, values: current.to_vec() }
+}
+
+/// Exact counters shared by every instance of the gateway (Cloudflare: a Durable Object per
+/// `scope`). The ports.rs addition: `Ports` gains this as a supertrait.
+#[allow(async_fn_in_trait)] // single-threaded wasm hosts, generic callers (see ports.rs)
+pub trait Counter {
+    /// Applies `ops` atomically (see [`apply_ops`]) to the counters of `scope` (a key id,
+    /// `tenant:<name>` or `public`), consistently across all instances and locations.
+    /// `Ok(None)`: this host has no exact counter; the core then counts in KV. The default.
+    async fn count(&self, scope: &str, ops: &[CounterOp]) -> Result<Option<CounterReply>> {
+        let _ = (scope, ops);
+        Ok(None)
+    }
+}
+
+impl Counter for crate::gateway::testing::MemoryHost {}
+
+// ---------------------------------------------------------------------------------------------
+// The per-isolate limiter (kv mode)
+
+#[derive(Default)]
+struct Entry {
+    /// Best known persisted count (max of what KV returned and what this isolate wrote).
+    seen: Amounts,
+    /// Admitted here, not yet being written.
+    pending: Amounts,
+    /// Being written right now.
+    inflight: Amounts,
+    loaded_at: Option<u64>,
+    expires_at_ms: u64,
+    flushing: bool,
+    /// Bumped when a write starts and ends, so a read that overlapped a write is not applied.
+    epoch: u64,
+}
+
+impl Entry {
+    fn estimate(&self) -> Amounts {
+        self.seen.plus(self.inflight).plus(self.pending)
+    }
+}
+
+/// Per-isolate counter state for the `kv` mode. Kept in `Gateway` as `Rc<Limiter>`.
+#[derive(Default)]
+pub struct Limiter {
+    entries: RefCell<HashMap<String, Entry>>,
+}
+
+impl Limiter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Re-reads a counter from KV when this isolate has not seen it for `REFRESH_MS`.
+    async fn refresh(&self, kv: &impl Kv, name: &str, expires_at_ms: u64, now: u64) -> Result<()> {
+        let epoch = {
+            let entries = self.entries.borrow();
+            match entries.get(name) {
+                Some(e) if e.flushing => return Ok(()), // the write in flight will update `seen`
+                Some(e) if e.loaded_at.is_some_and(|at| now.saturating_sub(at) < REFRESH_MS) => return Ok(()),
+                Some(e) => e.epoch,
+                None => 0,
+            }
+        };
+        let stored = read_amounts(kv, name).await?;
+        let mut entries = self.entries.borrow_mut();
+        let entry = entries.entry(name.to_string()).or_default();
+        entry.expires_at_ms = entry.expires_at_ms.max(expires_at_ms);
+        if !entry.flushing && entry.epoch == epoch {
+            entry.seen = entry.seen.max(stored);
+            entry.loaded_at = Some(now);
+        }
+        Ok(())
+    }
+
+    fn estimate(&self, name: &str) -> Amounts {
+        self.entries.borrow().get(name).map(Entry::estimate).unwrap_or_default()
+    }
+
+    fn add_pending(&self, name: &str, amounts: Amounts, expires_at_ms: u64) {
+        let mut entries = self.entries.borrow_mut();
+        let entry = entries.entry(name.to_string()).or_default();
+        entry.pending = entry.pending.plus(amounts);
+        entry.expires_at_ms = entry.expires_at_ms.max(expires_at_ms);
+    }
+
+    /// Writes the pending increments of the named counters to KV: per counter, one write in
+    /// flight per isolate; increments admitted meanwhile go out in that writer's next round.
+    pub async fn flush(&self, kv: &impl Kv, names: &[String], now: u64) -> Result<()> {
+        let mut result = Ok(());
+        for name in names {
+            if let Err(e) = self.flush_one(kv, name, now).await {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    async fn flush_one(&self, kv: &impl Kv, name: &str, now: u64) -> Result<()> {
+        loop {
+            let (inflight, expires_at_ms) = {
+                let mut entries = self.entries.borrow_mut();
+                let Some(entry) = entries.get_mut(name) else { return Ok(()) };
+                if entry.flushing || entry.pending.is_zero() {
+                    return Ok(());
+                }
+                entry.flushing = true;
+                entry.epoch += 1;
+                entry.inflight = std::mem::take(&mut entry.pending);
+                (entry.inflight, entry.expires_at_ms)
+            };
+            let written = self.write(kv, name, inflight, expires_at_ms, now).await;
+            let mut entries = self.entries.borrow_mut();
+            let Some(entry) = entries.get_mut(name) else { return written.map(|_| ()) };
+            entry.flushing = false;
+            entry.epoch += 1;
+            entry.inflight = Amounts::default();
+            match written {
+                Ok(new) => {
+                    entry.seen = entry.seen.plus(inflight).max(new);
+                }
+                Err(e) => {
+                    entry.pending = entry.pending.plus(inflight); // the next flush retries
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        kv: &impl Kv,
+        name: &str,
+        inflight: Amounts,
+        expires_at_ms: u64,
+        now: u64,
+    ) -> Result<Amounts> {
+        let stored = read_amounts(kv, name).await?;
+        let seen = self.entries.borrow().get(name).map(|e| e.seen).unwrap_or_default();
+        // Never write less than this isolate already knew (KV reads can be stale).
+        let new = stored.max(seen).plus(inflight);
+        let ttl = expires_at_ms.saturating_sub(now) / 1000 + TTL_GRACE_SECS;
+        let bytes = serde_json::to_vec(&new).unwrap_or_default();
+        kv.put(name, &bytes, Some(ttl)).await?;
+        Ok(new)
+    }
+
+    /// Drops counters whose window ended and that have nothing left to write.
+    fn prune(&self, now: u64) {
+        let mut entries = self.entries.borrow_mut();
+        if entries.len() < 64 {
+            return;
+        }
+        let busy = |e: &Entry| e.flushing || !e.pending.is_zero();
+        entries.retain(|_, e| e.expires_at_ms > now || busy(e));
+        if entries.len() >= MAX_ENTRIES {
+            // Still full of live counters: forget the clean ones (they are re-read from KV).
+            entries.retain(|_, e| busy(e));
+        }
+    }
+
+    /// Counters held in memory (tests, diagnostics).
+    pub fn len(&self) -> usize {
+        self.entries.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+async fn read_amounts(kv: &impl Kv, name: &str) -> Result<Amounts> {
+    Ok(kv.get(name).await?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admission
+
+/// What a counter check is for (messages and headers).
+#[derive(Debug, Clone, PartialEq)]
+enum What {
+    /// Key rpm/tpm, one minute window.
+    KeyMinute {
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+    },
+    Endpoint {
+        endpoint: String,
+        limit: EndpointLimit,
+    },
+    KeyBudget {
+        budget: u64,
+        period: BudgetPeriod,
+    },
+    TenantBudget {
+        tenant: String,
+        budget: u64,
+        period: BudgetPeriod,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Check {
+    scope: String,
+    op: CounterOp,
+    what: What,
+}
+
+/// OpenAI-style rate-limit headers: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateHeaders {
+    /// (limit, remaining, ms until reset)
+    pub requests: Option<(u64, u64, u64)>,
+    pub tokens: Option<(u64, u64, u64)>,
+}
+
+impl RateHeaders {
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (kind, values) in [("requests", self.requests), ("tokens", self.tokens)] {
+            let Some((limit, remaining, reset_ms)) = values else { continue };
+            let mut put = |name: String, value: String| {
+                if let (Ok(name), Ok(value)) = (http::HeaderName::try_from(name), HeaderValue::try_from(value)) {
+                    headers.insert(name, value);
+                }
+            };
+            put(format!("x-ratelimit-limit-{kind}"), limit.to_string());
+            put(format!("x-ratelimit-remaining-{kind}"), remaining.to_string());
+            put(format!("x-ratelimit-reset-{kind}"), duration_string(reset_ms));
+        }
+    }
+}
+
+/// A refused request: the 429 (or a 5xx when a counter could not be read) and the headers to
+/// put on the error response.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub error: GatewayError,
+    pub headers: RateHeaders,
+}
+
+impl Refused {
+    pub fn apply_headers(&self, headers: &mut HeaderMap) {
+        self.headers.apply(headers);
+    }
+}
+
+impl From<GatewayError> for Refused {
+    fn from(error: GatewayError) -> Self {
+        Refused { error, headers: RateHeaders::default() }
+    }
+}
+
+/// Where a settled amount goes after the response.
+#[derive(Debug, Clone)]
+struct Target {
+    scope: String,
+    name: String,
+    expires_at_ms: u64,
+    tokens: bool,
+    cost: bool,
+    exact: bool,
+}
+
+/// An admitted request: its rate-limit headers, and the counters to settle after the response.
+pub struct Admission {
+    limiter: Rc<Limiter>,
+    targets: Vec<Target>,
+    headers: RateHeaders,
+    mode: &'static str,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission").field("mode", &self.mode).field("headers", &self.headers).finish_non_exhaustive()
+    }
+}
+
+impl Admission {
+    /// `kv`, `exact` or `none` (no limit applied), for the log line.
+    pub fn mode(&self) -> &'static str {
+        self.mode
+    }
+
+    pub fn headers(&self) -> &RateHeaders {
+        &self.headers
+    }
+
+    pub fn apply_headers(&self, headers: &mut HeaderMap) {
+        self.headers.apply(headers);
+    }
+
+    /// After the response: adds the request's tokens and cost (nano-USD) to its counters and
+    /// writes the `kv`-mode counters (this request's increments and any merged ones). The
+    /// in-memory part runs synchronously at the first poll.
+    pub async fn settle<P: Ports + Counter>(self, ports: &P, tokens: u64, cost_nusd: u64) -> Result<()> {
+        let amounts = |t: &Target| Amounts {
+            requests: 0,
+            tokens: if t.tokens { tokens } else { 0 },
+            cost_nusd: if t.cost { cost_nusd } else { 0 },
+        };
+        let mut kv_names = Vec::new();
+        for t in self.targets.iter().filter(|t| !t.exact) {
+            self.limiter.add_pending(&t.name, amounts(t), t.expires_at_ms);
+            kv_names.push(t.name.clone());
+        }
+        let now = ports.now_ms();
+        let mut result = self.limiter.flush(ports, &kv_names, now).await;
+        let mut scopes: Vec<(&str, Vec<CounterOp>)> = Vec::new();
+        for t in self.targets.iter().filter(|t| t.exact) {
+            let add = amounts(t);
+            if add.is_zero() {
+                continue;
+            }
+            let op = CounterOp { name: t.name.clone(), add, caps: Caps::default(), expires_at_ms: t.expires_at_ms };
+            match scopes.iter_mut().find(|(s, _)| *s == t.scope) {
+                Some((_, ops)) => ops.push(op),
+                None => scopes.push((&t.scope, vec![op])),
+            }
+        }
+        for (scope, ops) in scopes {
+            if let Err(e) = ports.count(scope, &ops).await {
+                result = Err(e);
+            }
+        }
+        self.limiter.prune(now);
+        result
+    }
+}
+
+/// Checks and counts one request against every limit that applies to it: the key's rpm/tpm and
+/// budget, its tenant's budget (`config.tenants`), and the endpoint's `limit`. `endpoint` is the
+/// resolved endpoint's name. Returns the admission (headers for the response, counters to
+/// settle after it) or the refusal (429 + headers). Reads counters (KV or the exact counter)
+/// but writes nothing to KV before the response.
+pub async fn admit<P: Ports + Counter>(
+    ports: &P,
+    limiter: &Rc<Limiter>,
+    config: &LimitsConfig,
+    key: Option<&KeyRecord>,
+    endpoint: &str,
+    endpoint_limit: Option<&EndpointLimit>,
+) -> std::result::Result<Admission, Refused> {
+    let now = ports.now_ms();
+    let checks = plan(config, key, endpoint, endpoint_limit, now);
+    let mut admission =
+        Admission { limiter: limiter.clone(), targets: Vec::new(), headers: RateHeaders::default(), mode: "none" };
+    if checks.is_empty() {
+        return Ok(admission);
+    }
+    let exact = config.mode == LimitsMode::Exact || key.is_some_and(|k| k.exact);
+    let mut values: Vec<Option<Amounts>> = vec![None; checks.len()];
+    let mut kv_checks: Vec<usize> = Vec::new();
+    if exact {
+        // Scopes in order: tenant budgets first (they add nothing at admission, so a refusal by
+        // a later scope leaves them unchanged), then the key's own counters.
+        let mut scopes: Vec<&str> = Vec::new();
+        for c in &checks {
+            if !scopes.contains(&c.scope.as_str()) {
+                scopes.push(&c.scope);
+            }
+        }
+        scopes.sort_by_key(|s| !s.starts_with("tenant:"));
+        for scope in scopes {
+            let idx: Vec<usize> = (0..checks.len()).filter(|i| checks[*i].scope == scope).collect();
+            let ops: Vec<CounterOp> = idx.iter().map(|i| checks[*i].op.clone()).collect();
+            match ports.count(scope, &ops).await? {
+                Some(reply) if reply.values.len() == ops.len() => {
+                    for (i, v) in idx.iter().zip(reply.values) {
+                        values[*i] = Some(v);
+                    }
+                    if !reply.admitted {
+                        return Err(refusal(&checks, &values, now));
+                    }
+                }
+                Some(_) => {
+                    return Err(
+                        GatewayError::internal("counter_error", "the exact counter answered malformed data").into()
+                    )
+                }
+                None => kv_checks.extend(idx),
+            }
+        }
+    } else {
+        kv_checks = (0..checks.len()).collect();
+    }
+
+    if !kv_checks.is_empty() {
+        for i in &kv_checks {
+            let op = &checks[*i].op;
+            limiter.refresh(ports, &op.name, op.expires_at_ms, now).await?;
+        }
+        // From here to the increments: no await, so interleaved requests see each other.
+        let ops: Vec<CounterOp> = kv_checks.iter().map(|i| checks[*i].op.clone()).collect();
+        let mut current: Vec<Amounts> = ops.iter().map(|op| limiter.estimate(&op.name)).collect();
+        let reply = apply_ops(&mut current, &ops);
+        for (i, v) in kv_checks.iter().zip(&reply.values) {
+            values[*i] = Some(*v);
+        }
+        if !reply.admitted {
+            return Err(refusal(&checks, &values, now));
+        }
+        for op in &ops {
+            limiter.add_pending(&op.name, op.add, op.expires_at_ms);
+        }
+    }
+
+    admission.mode = if kv_checks.is_empty() { "exact" } else { "kv" };
+    admission.headers = headers(&checks, &values, now);
+    admission.targets = checks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Target {
+            scope: c.scope.clone(),
+            name: c.op.name.clone(),
+            expires_at_ms: c.op.expires_at_ms,
+            tokens: c.op.caps.tokens.is_some(),
+            cost: c.op.caps.cost_nusd.is_some(),
+            exact: !kv_checks.contains(&i),
+        })
+        .collect();
+    Ok(admission)
+}
+
+/// The counters that apply to a request.
+fn plan(
+    config: &LimitsConfig,
+    key: Option<&KeyRecord>,
+    endpoint: &str,
+    endpoint_limit: Option<&EndpointLimit>,
+    now: u64,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let scope = key.map_or_else(|| "public".to_string(), |k| k.id.clone());
+    let mut push = |scope: &str, name: String, window: &Window, add: Amounts, caps: Caps, what: What| {
+        checks.push(Check {
+            scope: scope.to_string(),
+            op: CounterOp { name, add, caps, expires_at_ms: window.end_ms },
+            what,
+        })
+    };
+    let one = Amounts { requests: 1, ..Amounts::default() };
+    if let Some(k) = key {
+        if k.rpm.is_some() || k.tpm.is_some() {
+            let w = Period::Minute.window(now);
+            let caps = Caps { requests: k.rpm, tokens: k.tpm, cost_nusd: None };
+            push(&scope, format!("rl:{scope}:{}", w.id), &w, one, caps, What::KeyMinute { rpm: k.rpm, tpm: k.tpm });
+        }
+    }
+    if let Some(limit) = endpoint_limit {
+        let w = limit.period.window(now);
+        let caps = Caps { requests: Some(limit.calls), ..Caps::default() };
+        let what = What::Endpoint { endpoint: endpoint.to_string(), limit: *limit };
+        push(&scope, format!("rl:{scope}:ep:{endpoint}:{}", w.id), &w, one, caps, what);
+    }
+    if let Some(k) = key {
+        if let Some(budget) = k.budget_nusd() {
+            let w = Period::from(k.budget_period).window(now);
+            let caps = Caps { cost_nusd: Some(budget), ..Caps::default() };
+            let what = What::KeyBudget { budget, period: k.budget_period };
+            push(&scope, format!("rl:{scope}:usd:{}", w.id), &w, Amounts::default(), caps, what);
+        }
+        if let Some(t) = config.tenants.get(&k.tenant) {
+            let w = Period::from(t.budget_period).window(now);
+            let budget = usd_to_nusd(t.budget_usd);
+            let caps = Caps { cost_nusd: Some(budget), ..Caps::default() };
+            let what = What::TenantBudget { tenant: k.tenant.clone(), budget, period: t.budget_period };
+            let tscope = format!("tenant:{}", k.tenant);
+            push(&tscope, format!("rl:{tscope}:usd:{}", w.id), &w, Amounts::default(), caps, what);
+        }
+    }
+    checks
+}
+
+/// The headers for the tightest request limit and the key's token limit.
+fn headers(checks: &[Check], values: &[Option<Amounts>], now: u64) -> RateHeaders {
+    let mut out = RateHeaders::default();
+    for (c, v) in checks.iter().zip(values) {
+        let v = v.unwrap_or_default();
+        let reset = c.op.expires_at_ms.saturating_sub(now);
+        if let Some(cap) = c.op.caps.requests {
+            let entry = (cap, cap.saturating_sub(v.requests), reset);
+            if out.requests.is_none_or(|(_, remaining, _)| entry.1 < remaining) {
+                out.requests = Some(entry);
+            }
+        }
+        if let What::KeyMinute { tpm: Some(tpm), .. } = &c.what {
+            out.tokens = Some((*tpm, tpm.saturating_sub(v.tokens), reset));
+        }
+    }
+    out
+}
+
+/// The 429 for the first check whose current value breaks its caps.
+fn refusal(checks: &[Check], values: &[Option<Amounts>], now: u64) -> Refused {
+    let headers = headers(checks, values, now);
+    let broken = checks.iter().zip(values).find(|(c, v)| v.is_some_and(|v| violates(v, c.op.add, c.op.caps)));
+    let Some((check, value)) = broken else {
+        return Refused {
+            error: GatewayError::internal("counter_error", "a limit refused the request without naming it"),
+            headers,
+        };
+    };
+    let value = value.unwrap_or_default();
+    let wait_ms = check.op.expires_at_ms.saturating_sub(now);
+    let retry_after = wait_ms.div_ceil(1000).max(1);
+    let in_time = format!("retry in {}", duration_string(wait_ms));
+    let (code, message) = match &check.what {
+        What::KeyMinute { rpm, tpm } => {
+            if rpm.is_some_and(|r| value.requests >= r) {
+                (
+                    "rate_limit_exceeded",
+                    format!("rate limit reached for this API key: {} requests per minute; {in_time}", rpm.unwrap_or(0)),
+                )
+            } else {
+                (
+                    "rate_limit_exceeded",
+                    format!(
+                        "token rate limit reached for this API key: {} tokens per minute (used {}); {in_time}",
+                        tpm.unwrap_or(0),
+                        value.tokens
+                    ),
+                )
+            }
+        }
+        What::Endpoint { endpoint, limit } => (
+            "rate_limit_exceeded",
+            format!(
+                "rate limit reached for endpoint \"{endpoint}\": {} calls per {}; {in_time}",
+                limit.calls,
+                limit.period.as_str()
+            ),
+        ),
+        What::KeyBudget { budget, period } => (
+            "budget_exceeded",
+            format!(
+                "budget exceeded: this API key has spent {} of its {} {} budget; it renews at {} UTC",
+                usd(value.cost_nusd),
+                usd(*budget),
+                daily(*period),
+                renews(check.op.expires_at_ms)
+            ),
+        ),
+        What::TenantBudget { tenant, budget, period } => (
+            "budget_exceeded",
+            format!(
+                "budget exceeded: tenant \"{tenant}\" has spent {} of its {} {} budget; it renews at {} UTC",
+                usd(value.cost_nusd),
+                usd(*budget),
+                daily(*period),
+                renews(check.op.expires_at_ms)
+            ),
+        ),
+    };
+    let kind = if code == "budget_exceeded" { "insufficient_quota" } else { "rate_limit_error" };
+    let error =
+        GatewayError { status: StatusCode::TOO_MANY_REQUESTS, kind, code, message, retry_after: Some(retry_after) };
+    Refused { error, headers }
+}
+
+fn daily(period: BudgetPeriod) -> &'static str {
+    match period {
+        BudgetPeriod::Day => "daily",
+        BudgetPeriod::Month => "monthly",
+    }
+}
+
+fn renews(end_ms: u64) -> String {
+    format!("{} 00:00", day_string(days_of(end_ms)))
+}
+
+/// `$1.50`, `$0.000123`: at least cents, at most micro-dollars.
+pub fn usd(nusd: u64) -> String {
+    let micros = nusd.div_ceil(1000);
+    let whole = micros / 1_000_000;
+    let frac = format!("{:06}", micros % 1_000_000);
+    let trimmed = frac.trim_end_matches('0');
+    let frac = if trimmed.len() < 2 { &frac[..2] } else { trimmed };
+    format!("${whole}.{frac}")
+}
+
+/// OpenAI's reset spelling: `250ms`, `7s`, `6m0s`, `1h2m3s`; whole seconds are rounded up.
+pub fn duration_string(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let s = ms.div_ceil(1000);
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, min, sec) => format!("{min}m{sec}s"),
+        (h, min, sec) => format!("{h}h{min}m{sec}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::keys::BudgetPeriod;
+    use crate::gateway::ports::{Clock, Secrets, Upstream, UpstreamError};
+    use crate::gateway::testing::{block_on, MemoryHost};
+    use serde_json::json;
+    use std::cell::Cell;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    /// A MemoryHost whose KV reads can yield once (so concurrent requests interleave at every
+    /// await, as in a Cloudflare isolate) and which can offer an exact counter (a stand-in for
+    /// the Durable Object, shared by every "isolate" using this host).
+    struct TestHost {
+        inner: MemoryHost,
+        slow: bool,
+        exact: Option<RefCell<HashMap<String, HashMap<String, Amounts>>>>,
+        exact_calls: Cell<u32>,
+    }
+
+    impl TestHost {
+        fn new() -> Self {
+            TestHost {
+                inner: MemoryHost::new(|_| Err(UpstreamError::Timeout)),
+                slow: false,
+                exact: None,
+                exact_calls: Cell::new(0),
+            }
+        }
+        fn slow(mut self) -> Self {
+            self.slow = true;
+            self
+        }
+        fn with_exact(mut self) -> Self {
+            self.exact = Some(RefCell::default());
+            self
+        }
+    }
+
+    async fn yield_once() {
+        let mut yielded = false;
+        std::future::poll_fn(|_| {
+            if yielded {
+                Poll::Ready(())
+            } else {
+                yielded = true;
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    impl Kv for TestHost {
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+            if self.slow {
+                yield_once().await;
+            }
+            self.inner.get(key).await
+        }
+        async fn put(&self, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()> {
+            if self.slow {
+                yield_once().await;
+            }
+            self.inner.put(key, value, ttl).await
+        }
+        async fn delete(&self, key: &str) -> Result<()> {
+            self.inner.delete(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+            self.inner.list(prefix).await
+        }
+    }
+    impl Upstream for TestHost {
+        type Body = Vec<u8>;
+        async fn send(
+            &self,
+            request: http::Request<Vec<u8>>,
+            timeout_ms: u64,
+        ) -> std::result::Result<http::Response<Vec<u8>>, UpstreamError> {
+            self.inner.send(request, timeout_ms).await
+        }
+        async fn read_body(&self, body: Vec<u8>, limit: usize) -> std::result::Result<Vec<u8>, UpstreamError> {
+            self.inner.read_body(body, limit).await
+        }
+    }
+    impl Secrets for TestHost {
+        fn secret(&self, name: &str) -> Option<String> {
+            self.inner.secret(name)
+        }
+    }
+    impl Clock for TestHost {
+        fn now_ms(&self) -> u64 {
+            self.inner.now_ms()
+        }
+        fn random_bytes(&self, buf: &mut [u8]) {
+            self.inner.random_bytes(buf)
+        }
+    }
+    impl Counter for TestHost {
+        async fn count(&self, scope: &str, ops: &[CounterOp]) -> Result<Option<CounterReply>> {
+            let Some(exact) = &self.exact else { return Ok(None) };
+            self.exact_calls.set(self.exact_calls.get() + 1);
+            if self.slow {
+                yield_once().await; // the round trip; the object itself is serialized
+            }
+            let mut all = exact.borrow_mut();
+            let counters = all.entry(scope.to_string()).or_default();
+            let mut current: Vec<Amounts> =
+                ops.iter().map(|op| counters.get(&op.name).copied().unwrap_or_default()).collect();
+            let reply = apply_ops(&mut current, ops);
+            if reply.admitted {
+                for (op, v) in ops.iter().zip(&reply.values) {
+                    counters.insert(op.name.clone(), *v);
+                }
+            }
+            Ok(Some(reply))
+        }
+    }
+
+    fn key(f: impl FnOnce(&mut KeyRecord)) -> KeyRecord {
+        let mut k = KeyRecord {
+            id: "k_00aa".into(),
+            tenant: "acme".into(),
+            name: String::new(),
+            endpoints: vec!["*".into()],
+            rpm: None,
+            tpm: None,
+            budget_usd: None,
+            budget_period: BudgetPeriod::Month,
+            region: None,
+            created: 0,
+            expires_at: None,
+            disabled: false,
+            exact: false,
+            hash: String::new(),
+        };
+        f(&mut k);
+        k
+    }
+
+    /// Starts host time at the beginning of a minute, so windows do not roll mid-test.
+    fn at_minute_start(host: &TestHost) {
+        let now = host.now_ms();
+        host.inner.advance(60_000 - now % 60_000);
+    }
+
+    fn admit_one(
+        host: &TestHost,
+        limiter: &Rc<Limiter>,
+        config: &LimitsConfig,
+        key: Option<&KeyRecord>,
+        limit: Option<&EndpointLimit>,
+    ) -> std::result::Result<Admission, Refused> {
+        block_on(admit(host, limiter, config, key, "chat", limit))
+    }
+
+    fn header_map(h: &RateHeaders) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        h.apply(&mut map);
+        map
+    }
+
+    /// Polls all futures round-robin until every one is done: requests interleaving at each
+    /// await in one single-threaded isolate.
+    fn run_interleaved<'a, T>(mut futures: Vec<Pin<Box<dyn Future<Output = T> + 'a>>>) -> Vec<T> {
+        let mut out: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+        let mut cx = Context::from_waker(Waker::noop());
+        while out.iter().any(Option::is_none) {
+            for (i, f) in futures.iter_mut().enumerate() {
+                if out[i].is_none() {
+                    if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                        out[i] = Some(v);
+                    }
+                }
+            }
+        }
+        out.into_iter().map(Option::unwrap).collect()
+    }
+
+    #[test]
+    fn rpm_admits_five_then_429_with_headers_then_renews() {
+        let host = TestHost::new();
+        at_minute_start(&host);
+        let limiter = Rc::new(Limiter::new());
+        let config = LimitsConfig::default();
+        let k = key(|k| k.rpm = Some(5));
+        for i in 0..5u64 {
+            let a = admit_one(&host, &limiter, &config, Some(&k), None).unwrap();
+            assert_eq!(a.mode(), "kv");
+            let h = header_map(a.headers());
+            assert_eq!(h["x-ratelimit-limit-requests"], "5");
+            assert_eq!(h["x-ratelimit-remaining-requests"], (4 - i).to_string().as_str());
+            let reset = if i == 0 { "1m0s".to_string() } else { format!("{}s", 60 - i) };
+            assert_eq!(h["x-ratelimit-reset-requests"], reset.as_str());
+            block_on(a.settle(&host, 10, 0)).unwrap();
+            host.inner.advance(1_000);
+        }
+        let refused = admit_one(&host, &limiter, &config, Some(&k), None).unwrap_err();
+        assert_eq!(refused.error.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.error.code, "rate_limit_exceeded");
+        assert_eq!(refused.error.retry_after, Some(55));
+        assert!(refused.error.message.contains("5 requests per minute"), "{}", refused.error.message);
+        let h = header_map(&refused.headers);
+        assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+        assert_eq!(h["x-ratelimit-reset-requests"], "55s");
+        // The refused request was not counted; KV holds the 5 admitted ones and their tokens.
+        let w = Period::Minute.window(host.now_ms());
+        let stored: Amounts = serde_json::from_slice(&host.inner.kv.borrow()[&format!("rl:k_00aa:{}", w.id)]).unwrap();
+        assert_eq!(stored, Amounts { requests: 5, tokens: 0, cost_nusd: 0 }, "tokens only counted where a tpm applies");
+        host.inner.advance(55_000);
+        assert!(admit_one(&host, &limiter, &config, Some(&k), None).is_ok(), "next window");
+    }
+
+    #[test]
+    fn concurrent_requests_in_one_isolate_admit_exactly_the_limit() {
+        let host = TestHost::new().slow();
+        at_minute_start(&host);
+        let limiter = Rc::new(Limiter::new());
+        let config = LimitsConfig::default();
+        let k = key(|k| k.rpm = Some(5));
+        let futures: Vec<Pin<Box<dyn Future<Output = bool> + '_>>> = (0..12)
+            .map(|_| {
+                let limiter = limiter.clone();
+                let (host, config, k) = (&host, &config, &k);
+                Box::pin(async move {
+                    match admit(host, &limiter, config, Some(k), "chat", None).await {
+                        Ok(a) => {
+                            a.settle(host, 0, 0).await.unwrap();
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                }) as Pin<Box<dyn Future<Output = bool>>>
+            })
+            .collect();
+        let admitted = run_interleaved(futures).into_iter().filter(|a| *a).count();
+        assert_eq!(admitted, 5);
+        let w = Period::Minute.window(host.now_ms());
+        let stored: Amounts = serde_json::from_slice(&host.inner.kv.borrow()[&format!("rl:k_00aa:{}", w.id)]).unwrap();
+        assert_eq!(stored.requests, 5, "every increment written, none lost to interleaved writes");
+    }
+
+    #[test]
+    fn kv_mode_multiplies_across_isolates_exact_mode_does_not() {
+        // Two isolates (two limiters) admitting at once before either has written: kv mode
+        // lets each take the whole limit — the documented failure exact mode avoids.
+        let host = TestHost::new();
+        at_minute_start(&host);
+        let config = LimitsConfig::default();
+        let k = key(|k| k.rpm = Some(3));
+        let isolates = [Rc::new(Limiter::new()), Rc::new(Limiter::new())];
+        let mut held = Vec::new();
+        for limiter in &isolates {
+            for _ in 0..3 {
+                held.push(admit_one(&host, limiter, &config, Some(&k), None).unwrap());
+            }
+        }
+        assert_eq!(held.len(), 6);
+
+        let host = TestHost::new().with_exact();
+        at_minute_start(&host);
+        let exact = key(|k| {
+            k.rpm = Some(3);
+            k.exact = true;
+        });
+        let mut admitted = 0;
+        for limiter in &isolates {
+            for _ in 0..3 {
+                if let Ok(a) = admit_one(&host, limiter, &config, Some(&exact), None) {
+                    assert_eq!(a.mode(), "exact");
+                    admitted += 1;
+                }
+            }
+        }
+        assert_eq!(admitted, 3);
+        assert!(host.inner.kv.borrow().keys().all(|k| !k.starts_with("rl:")), "exact counters never touch KV");
+    }
+
+    #[test]
+    fn exact_mode_concurrent_and_config_wide() {
+        let host = TestHost::new().with_exact().slow();
+        at_minute_start(&host);
+        let config = LimitsConfig { mode: LimitsMode::Exact, ..LimitsConfig::default() };
+        let k = key(|k| k.rpm = Some(4));
+        let futures: Vec<Pin<Box<dyn Future<Output = bool> + '_>>> = (0..10)
+            .map(|i| {
+                // Every request in its own "isolate".
+                let limiter = Rc::new(Limiter::new());
+                let (host, config, k) = (&host, &config, &k);
+                let _ = i;
+                Box::pin(async move { admit(host, &limiter, config, Some(k), "chat", None).await.is_ok() })
+                    as Pin<Box<dyn Future<Output = bool>>>
+            })
+            .collect();
+        assert_eq!(run_interleaved(futures).into_iter().filter(|a| *a).count(), 4);
+    }
+
+    #[test]
+    fn exact_mode_falls_back_to_kv_when_the_host_has_no_counter() {
+        let host = TestHost::new();
+        let config = LimitsConfig { mode: LimitsMode::Exact, ..LimitsConfig::default() };
+        let limiter = Rc::new(Limiter::new());
+        let a = admit_one(&host, &limiter, &config, Some(&key(|k| k.rpm = Some(1))), None).unwrap();
+        assert_eq!(a.mode(), "kv");
+    }
+
+    #[test]
+    fn token_limit_trips_on_the_request_after_the_one_that_crosses_it() {
+        let host = TestHost::new();
+        at_minute_start(&host);
+        let limiter = Rc::new(Limiter::new());
+        let config = LimitsConfig::default();
+        let k = key(|k| k.tpm = Some(25));
+        // 10 tokens each: used before = 0, 10, 20 → admitted; 30 → refused.
+        for used in [0u64, 10, 20] {
+            let a = admit_one(&host, &limiter, &config, Some(&k), None).unwrap();
+            let h = header_map(a.headers());
+            assert_eq!(h["x-ratelimit-limit-tokens"], "25");
+            assert_eq!(h["x-ratelimit-remaining-tokens"], (25 - used).to_string().as_str());
+            assert!(h.get("x-ratelimit-limit-requests").is_none(), "no request limit on this key");
+            block_on(a.settle(&host, 10, 0)).unwrap();
+        }
+        let refused = admit_one(&host, &limiter, &config, Some(&k), None).unwrap_err();
+        assert_eq!(refused.error.code, "rate_limit_exceeded");
+        assert!(refused.error.message.contains("25 tokens per minute (used 30)"), "{}", refused.error.message);
+        assert_eq!(header_map(&refused.headers)["x-ratelimit-remaining-tokens"], "0");
+    }
+
+    #[test]
+    fn key_budget_trips_on_the_right_request_and_renews_next_period() {
+        let host = TestHost::new();
+        let limiter = Rc::new(Limiter::new());
+        let config = LimitsConfig::default();
+        let k = key(|k| {
+            k.budget_usd = Some(0.001);
+            k.budget_period = BudgetPeriod::Day;
+        });
+        // $0.0004 per request: spent before = 0, .0004, .0008 → admitted; .0012 → refused.
+        for _ in 0..3 {
+            let a = admit_one(&host, &limiter, &config, Some(&k), None).unwrap();
+            block_on(a.settle(&host, 7, 400_000)).unwrap();
+        }
+        let refused = admit_one(&host, &limiter, &config, Some(&k), None).unwrap_err();
+        assert_eq!((refused.error.status, refused.error.code), (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded"));
+        assert!(
+            refused.error.message.contains("spent $0.0012 of its $0.001 daily budget"),
+            "{}",
+            refused.error.message
+        );
+        assert!(refused.error.retry_after.unwrap() <= 86_400);
+        // A new isolate (or Spin's fresh instance) reads the same spend from KV.
+        let fresh = Rc::new(Limiter::new());
+        assert!(admit_one(&host, &fresh, &config, Some(&k), None).is_err());
+        host.inner.advance(86_400_000);
+        assert!(admit_one(&host, &limiter, &config, Some(&k), None).is_ok(), "renewed the next day");
+    }
+
+    #[test]
+    fn tenant_budget_applies_to_all_its_keys() {
+        let host = TestHost::new();
+        let limiter = Rc::new(Limiter::new());
+        let mut config = LimitsConfig::default();
+        config.tenants.insert("acme".into(), TenantLimits { budget_usd: 1.0, budget_period: BudgetPeriod::Month });
+        let a = key(|k| k.id = "k_01".into());
+        let b = key(|k| k.id = "k_02".into());
+        let first = admit_one(&host, &limiter, &config, Some(&a), None).unwrap();
+        block_on(first.settle(&host, 0, 1_000_000_000)).unwrap();
+        let refused = admit_one(&host, &limiter, &config, Some(&b), None).unwrap_err();
+        assert_eq!(refused.error.code, "budget_exceeded");
+        assert!(
+            refused.error.message.contains("tenant \"acme\" has spent $1.00 of its $1.00 monthly budget"),
+            "{}",
+            refused.error.message
+        );
+        let other = key(|k| k.tenant = "other".into());
+        assert!(admit_one(&host, &limiter, &config, Some(&other), None).is_ok());
+    }
+
+    #[test]
+    fn tenant_budget_in_exact_mode_uses_its_own_scope() {
+        let host = TestHost::new().with_exact();
+        let limiter = Rc::new(Limiter::new());
+        let mut config = LimitsConfig { mode: LimitsMode::Exact, ..LimitsConfig::default() };
+        config.tenants.insert("acme".into(), TenantLimits { budget_usd: 1.0, budget_period: BudgetPeriod::Month });
+        let k = key(|k| k.rpm = Some(10));
+        let a = admit_one(&host, &limiter, &config, Some(&k), None).unwrap();
+        assert_eq!(a.mode(), "exact");
+        block_on(a.settle(&host, 5, 2_000_000_000)).unwrap();
+        let exact = host.exact.as_ref().unwrap().borrow();
+        assert!(exact.contains_key("tenant:acme") && exact.contains_key("k_00aa"), "{:?}", exact.keys());
+        drop(exact);
+        let refused = admit_one(&host, &limiter, &config, Some(&k), None).unwrap_err();
+        assert_eq!(refused.error.code, "budget_exceeded");
+        // The refusal came from the tenant scope before the key's counter was touched.
+        let exact = host.exact.as_ref().unwrap().borrow();
+        let requests: u64 = exact["k_00aa"].values().map(|a| a.requests).sum();
+        assert_eq!(requests, 1);
+    }
+
+    #[test]
+    fn endpoint_limit_per_key_and_for_public_requests() {
+        let host = TestHost::new();
+        let now = host.now_ms();
+        host.inner.advance(3_600_000 - now % 3_600_000);
+        let limiter = Rc::new(Limiter::new());
+        let config = LimitsConfig::default();
+        let limit = EndpointLimit { calls: 2, period: Period::Hour };
+        let k = key(|_| {});
+        for _ in 0..2 {
+            let a = admit_one(&host, &limiter, &config, Some(&k), Some(&limit)).unwrap();
+            assert_eq!(header_map(a.headers())["x-ratelimit-reset-requests"], "1h0m0s");
+        }
+        let refused = admit_one(&host, &limiter, &config, Some(&k), Some(&limit)).unwrap_err();
+        assert!(refused.error.message.contains("endpoint \"chat\": 2 calls per hour"), "{}", refused.error.message);
+        assert_eq!(refused.error.retry_after, Some(3600));
+        // Another key has its own count; anonymous requests share one.
+        assert!(admit_one(&host, &limiter, &config, Some(&key(|k| k.id = "k_bb".into())), Some(&limit)).is_ok());
+        assert!(admit_one(&host, &limiter, &config, None, Some(&limit)).is_ok());
+        assert!(admit_one(&host, &limiter, &config, None, Some(&limit)).is_ok());
+        assert!(admit_one(&host, &limiter, &config, None, Some(&limit)).is_err());
+    }
+
+    #[test]
+    fn tightest_request_limit_is_reported() {
+        let host = TestHost::new();
+        at_minute_start(&host);
+        let limiter = Rc::new(Limiter::new());
+        let k = key(|k| k.rpm = Some(100));
+        let limit = EndpointLimit { calls: 3, period: Period::Minute };
+        let a = admit_one(&host, &limiter, &LimitsConfig::default(), Some(&k), Some(&limit)).unwrap();
+        let h = header_map(a.headers());
+        assert_eq!(
+            (&h["x-ratelimit-limit-requests"], &h["x-ratelimit-remaining-requests"]),
+            (&"3".parse::<HeaderValue>().unwrap(), &"2".parse::<HeaderValue>().unwrap())
+        );
+    }
+
+    #[test]
+    fn no_limits_means_no_counters_and_no_kv_traffic() {
+        let host = TestHost::new();
+        let limiter = Rc::new(Limiter::new());
+        let a = admit_one(&host, &limiter, &LimitsConfig::default(), Some(&key(|_| {})), None).unwrap();
+        assert_eq!(a.mode(), "none");
+        assert!(header_map(a.headers()).is_empty());
+        block_on(a.settle(&host, 100, 100)).unwrap();
+        assert!(host.inner.kv.borrow().is_empty());
+        assert!(limiter.is_empty());
+    }
+
+    #[test]
+    fn other_isolates_counts_are_seen_after_a_refresh() {
+        let host = TestHost::new();
+        at_minute_start(&host);
+        let config = LimitsConfig::default();
+        let k = key(|k| k.rpm = Some(4));
+        let (a, b) = (Rc::new(Limiter::new()), Rc::new(Limiter::new()));
+        assert!(admit_one(&host, &b, &config, Some(&k), None).is_ok()); // b has now read the counter
+        for _ in 0..3 {
+            let adm = admit_one(&host, &a, &config, Some(&k), None).unwrap();
+            block_on(adm.settle(&host, 0, 0)).unwrap();
+        }
+        // b still trusts its memory (1 admitted) until REFRESH_MS has passed…
+        assert!(admit_one(&host, &b, &config, Some(&k), None).is_ok());
+        host.inner.advance(REFRESH_MS);
+        // …then sees a's 3 (+ its own 2 pending): 5 >= 4.
+        assert!(admit_one(&host, &b, &config, Some(&k), None).is_err());
+    }
+
+    #[test]
+    fn a_stale_kv_read_never_undoes_this_isolates_counts() {
+        let host = TestHost::new();
+        at_minute_start(&host);
+        let config = LimitsConfig::default();
+        let k = key(|k| k.rpm = Some(10));
+        let limiter = Rc::new(Limiter::new());
+        for _ in 0..3 {
+            let adm = admit_one(&host, &limiter, &config, Some(&k), None).unwrap();
+            block_on(adm.settle(&host, 0, 0)).unwrap();
+        }
+        let w = Period::Minute.window(host.now_ms());
+        let name = format!("rl:k_00aa:{}", w.id);
+        // KV answers an old value (eventual consistency).
+        host.inner.kv.borrow_mut().insert(name.clone(), br#"{"requests":1}"#.to_vec());
+        host.inner.advance(REFRESH_MS);
+        let adm = admit_one(&host, &limiter, &config, Some(&k), None).unwrap();
+        assert_eq!(header_map(adm.headers())["x-ratelimit-remaining-requests"], "6");
+        block_on(adm.settle(&host, 0, 0)).unwrap();
+        let stored: Amounts = serde_json::from_slice(&host.inner.kv.borrow()[&name]).unwrap();
+        assert_eq!(stored.requests, 4);
+    }
+
+    #[test]
+    fn failed_writes_are_retried_by_the_next_flush() {
+        struct FailingPut(TestHost, Cell<bool>);
+        impl Kv for FailingPut {
+            async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+                self.0.get(key).await
+            }
+            async fn put(&self, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()> {
+                if self.1.get() {
+                    return Err(GatewayError::internal("kv_error", "KV operation failed: boom"));
+                }
+                self.0.put(key, value, ttl).await
+            }
+            async fn delete(&self, key: &str) -> Result<()> {
+                self.0.delete(key).await
+            }
+            async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+                self.0.list(prefix).await
+            }
+        }
+        let host = TestHost::new();
+        at_minute_start(&host);
+        let kv = FailingPut(TestHost::new(), Cell::new(true));
+        let limiter = Limiter::new();
+        let name = "rl:k:m1".to_string();
+        limiter.add_pending(&name, Amounts { requests: 2, ..Amounts::default() }, u64::MAX);
+        assert!(block_on(limiter.flush(&kv, std::slice::from_ref(&name), 0)).is_err());
+        assert_eq!(limiter.estimate(&name).requests, 2, "kept in memory");
+        kv.1.set(false);
+        limiter.add_pending(&name, Amounts { requests: 1, ..Amounts::default() }, u64::MAX);
+        block_on(limiter.flush(&kv, std::slice::from_ref(&name), 0)).unwrap();
+        let stored: Amounts = serde_json::from_slice(&kv.0.inner.kv.borrow()[&name]).unwrap();
+        assert_eq!(stored.requests, 3);
+        assert_eq!(limiter.estimate(&name).requests, 3);
+    }
+
+    #[test]
+    fn windows() {
+        let t = crate::gateway::usage::days_from_civil(2024, 12, 31) as u64 * DAY_MS + 3_723_004; // 01:02:03.004
+        assert_eq!(Period::Second.window(t).end_ms, t - 4 + 1000);
+        assert_eq!(Period::Minute.window(t).end_ms, t - 3_004 + 60_000);
+        assert_eq!(Period::Hour.window(t).end_ms, t - 123_004 + 3_600_000);
+        assert_eq!(Period::Day.window(t), Window { id: "2024-12-31".into(), end_ms: t - 3_723_004 + DAY_MS });
+        let month = Period::Month.window(t);
+        assert_eq!(month.id, "2024-12");
+        assert_eq!(month.end_ms, crate::gateway::usage::days_from_civil(2025, 1, 1) as u64 * DAY_MS);
+        assert_eq!(Period::Year.window(t).id, "2024");
+        assert_eq!(Period::Year.window(t).end_ms, month.end_ms);
+        assert_ne!(Period::Minute.window(t).id, Period::Minute.window(t + 60_000).id);
+    }
+
+    #[test]
+    fn apply_ops_is_all_or_nothing() {
+        let ops = vec![
+            CounterOp {
+                name: "a".into(),
+                add: Amounts { requests: 1, ..Amounts::default() },
+                caps: Caps { requests: Some(2), ..Caps::default() },
+                expires_at_ms: 0,
+            },
+            CounterOp {
+                name: "b".into(),
+                add: Amounts::default(),
+                caps: Caps { cost_nusd: Some(10), ..Caps::default() },
+                expires_at_ms: 0,
+            },
+        ];
+        let mut current =
+            vec![Amounts { requests: 1, ..Amounts::default() }, Amounts { cost_nusd: 10, ..Amounts::default() }];
+        let reply = apply_ops(&mut current, &ops);
+        assert!(!reply.admitted);
+        assert_eq!(current[0].requests, 1, "nothing added when one op refuses");
+        current[1].cost_nusd = 9;
+        assert!(apply_ops(&mut current, &ops).admitted);
+        assert_eq!(current[0].requests, 2);
+        assert!(!apply_ops(&mut current, &ops).admitted, "2 of 2 used");
+        // A cap of 0 blocks.
+        assert!(violates(Amounts::default(), Amounts::default(), Caps { requests: Some(0), ..Caps::default() }));
+        // Wire shape for the Durable Object.
+        let wire = serde_json::to_value(&ops[1]).unwrap();
+        assert_eq!(wire["caps"]["cost_nusd"], 10);
+        let back: CounterOp = serde_json::from_value(wire).unwrap();
+        assert_eq!(back, ops[1]);
+    }
+
+    #[test]
+    fn config_checks() {
+        let mut issues = Issues::default();
+        let config = check_limits(
+            "limits",
+            &json!({"mode": "exact", "tenants": {"acme": {"budget_usd": 50, "budget_period": "day"}}}),
+            &mut issues,
+        )
+        .unwrap();
+        assert_eq!(config.mode, LimitsMode::Exact);
+        assert_eq!(config.tenants["acme"], TenantLimits { budget_usd: 50.0, budget_period: BudgetPeriod::Day });
+
+        let mut issues = Issues::default();
+        let bad = json!({"mode": "exakt", "tenants": {"a b": {"budget_usd": 1}, "t": {"budget_usd": -1, "budget_periode": "day"}, "u": {}}, "x": 1});
+        assert!(check_limits("limits", &bad, &mut issues).is_none());
+        let text: Vec<String> = issues.0.iter().map(ToString::to_string).collect();
+        assert!(
+            text.contains(&"limits.mode: unknown limits mode \"exakt\" (did you mean \"exact\"?)".to_string()),
+            "{text:?}"
+        );
+        assert!(text.iter().any(|t| t.starts_with("limits.tenants.a b: a tenant name")), "{text:?}");
+        assert!(text.contains(&"limits.tenants.t.budget_usd: must be a number >= 0 (USD)".to_string()), "{text:?}");
+        assert!(text.iter().any(|t| t.starts_with("limits.tenants.t.budget_periode: unknown tenant limits field \"budget_periode\" (did you mean \"budget_period\"?)")), "{text:?}");
+        assert!(text.contains(&"limits.tenants.u.budget_usd: is required".to_string()), "{text:?}");
+        assert!(text.iter().any(|t| t.starts_with("limits.x: unknown limits field")), "{text:?}");
+
+        let mut issues = Issues::default();
+        let limit = check_endpoint_limit(
+            "endpoints[0].limit",
+            &json!({"calls": 10, "renewal_period": "minute", "key": "x"}),
+            &mut issues,
+        );
+        assert_eq!(limit, Some(EndpointLimit { calls: 10, period: Period::Minute }));
+        let mut issues = Issues::default();
+        assert!(check_endpoint_limit(
+            "e.limit",
+            &json!({"calls": 0, "renewal_period": "minit", "cals": 1}),
+            &mut issues
+        )
+        .is_none());
+        let text: Vec<String> = issues.0.iter().map(ToString::to_string).collect();
+        assert!(text.contains(&"e.limit.calls: must be a whole number >= 1".to_string()), "{text:?}");
+        assert!(
+            text.contains(
+                &"e.limit.renewal_period: unknown renewal period \"minit\" (did you mean \"minute\"?)".to_string()
+            ),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t.starts_with("e.limit.cals: unknown limit field \"cals\" (did you mean \"calls\"?)")),
+            "{text:?}"
+        );
+        assert_eq!(
+            EndpointLimit::from_value(&json!({"calls": 5, "renewal_period": "day"})),
+            Some(EndpointLimit { calls: 5, period: Period::Day })
+        );
+        assert_eq!(EndpointLimit::from_value(&json!("5/minute")), None);
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(duration_string(250), "250ms");
+        assert_eq!(duration_string(1000), "1s");
+        assert_eq!(duration_string(6_500), "7s");
+        assert_eq!(duration_string(360_000), "6m0s");
+        assert_eq!(duration_string(3_723_000), "1h2m3s");
+        assert_eq!(usd(1_500_000_000), "$1.50");
+        assert_eq!(usd(400_000), "$0.0004");
+        assert_eq!(usd(0), "$0.00");
+        assert_eq!(usd(123), "$0.000001");
+    }
+}

@@ -658,6 +658,38 @@ mod tests {
                 totals[i] += d.as_nanos();
             }
         }
+        // Guard variants, same body.
+        let body0 = {
+            let mut body = normalize::parse_json_object(&raw, 1 << 20).unwrap();
+            let vars = template::extract_variables(&mut body);
+            template::apply(template::render(&tref, &vars).unwrap(), Operation::Chat, &mut body).unwrap();
+            body
+        };
+        for (name, config) in [
+            ("literal deny", json!({"deny": [{"id": "codename", "pattern": "project falcon"}]})),
+            ("regex deny", json!({"deny": [{"id": "key", "pattern": "BEGIN [A-Z ]*PRIVATE KEY", "regex": true}]})),
+            ("injection", json!({"injection": "flag"})),
+            ("email", json!({"redact": ["email"]})),
+            ("phone", json!({"redact": ["phone"]})),
+            ("card", json!({"redact": ["card"]})),
+            ("iban", json!({"redact": ["iban"]})),
+            ("limits", json!({"max_messages": 50, "max_chars": 20000})),
+        ] {
+            let g = guard::check("g", &config, &mut issues).unwrap();
+            let t = Instant::now();
+            for _ in 0..n {
+                let mut body = body0.clone();
+                sink += usize::from(guard::apply_input(&g, &mut body).unwrap().flagged);
+            }
+            let clone = Instant::now();
+            for _ in 0..n {
+                let body = body0.clone();
+                sink += body.len();
+            }
+            let base = clone.elapsed();
+            let spent = (clone - t).saturating_sub(base);
+            println!("{name:>32}: {:>8.2} µs", spent.as_nanos() as f64 / n as f64 / 1000.0);
+        }
         let names = [
             "parse JSON",
             "template (extract+render+apply)",

@@ -122,6 +122,8 @@ pub struct Settings {
     pub origin_timeout_ms: u64,
     /// Budget for all attempts of one request, failover included.
     pub total_timeout_ms: u64,
+    /// How long an origin that failed repeatedly is tried only as a last resort.
+    pub breaker_cooldown_ms: u64,
     /// How long an isolate reuses a parsed config before reading KV again.
     pub config_ttl_ms: u64,
     /// Request header naming the client's region, for hosts without geo data (Spin). Off when
@@ -136,6 +138,7 @@ impl Default for Settings {
             max_response_bytes: 16 << 20,
             origin_timeout_ms: 60_000,
             total_timeout_ms: 120_000,
+            breaker_cooldown_ms: 10_000,
             config_ttl_ms: 5_000,
             region_header: String::new(),
         }

@@ -65,7 +65,7 @@ enum Matcher {
     Ascii(Vec<u8>),
     /// Non-ASCII literal, compared char by char in lowercase, stored lowercased.
     Unicode(Vec<char>),
-    Regex(Regex),
+    Regex(Pattern),
 }
 
 #[derive(Debug)]
@@ -74,7 +74,7 @@ enum Redactor {
     Phone,
     Card,
     Iban,
-    Custom { id: String, regex: Regex, placeholder: String },
+    Custom { id: String, regex: Pattern, placeholder: String },
 }
 
 impl Redactor {
@@ -174,7 +174,27 @@ fn positive(path: &str, value: &Value, issues: &mut Issues) -> Option<usize> {
     }
 }
 
-fn compile_regex(path: &str, pattern: &str, case_insensitive: bool, issues: &mut Issues) -> Option<Regex> {
+/// A compiled regex plus a literal every match contains, when one can be read off the pattern:
+/// texts without it skip the (comparatively slow) regex scan.
+#[derive(Debug)]
+struct Pattern {
+    regex: Regex,
+    /// Lowercase; matched ASCII case-insensitively (a superset of what the regex can match).
+    required: Option<Vec<u8>>,
+}
+
+impl Pattern {
+    fn may_match(&self, text: &str) -> bool {
+        self.required.as_deref().is_none_or(|lit| contains_ascii_ci(text.as_bytes(), lit))
+    }
+
+    fn is_match(&self, text: &str) -> bool {
+        self.may_match(text) && self.regex.is_match(text)
+    }
+}
+
+fn compile_regex(path: &str, pattern: &str, case_insensitive: bool, issues: &mut Issues) -> Option<Pattern> {
+    let required = required_literal(pattern).map(|l| l.to_ascii_lowercase());
     RegexBuilder::new(pattern)
         .case_insensitive(case_insensitive)
         .size_limit(1 << 20)
@@ -185,6 +205,136 @@ fn compile_regex(path: &str, pattern: &str, case_insensitive: bool, issues: &mut
             issues.push(path, format!("invalid regular expression: {message}"));
         })
         .ok()
+        .map(|regex| Pattern { regex, required })
+}
+
+/// The longest literal (3+ bytes) that every match of `pattern` must contain, read off the
+/// pattern's top level: runs of plain characters, cut at anything else (classes, groups,
+/// escapes like `\d`, optional or repeated characters). `None` when there is no such run or
+/// the pattern has a top-level `|` or verbose mode: then the regex always runs.
+fn required_literal(pattern: &str) -> Option<Vec<u8>> {
+    let p = pattern.as_bytes();
+    let mut i = 0;
+    while let Some(at) = pattern[i..].find("(?") {
+        let flags = &pattern[i + at + 2..];
+        let end = flags.find([':', ')']).unwrap_or(flags.len());
+        if flags[..end].contains('x') {
+            return None;
+        }
+        i += at + 2;
+    }
+    let mut runs: Vec<Vec<u8>> = Vec::new();
+    let mut run: Vec<u8> = Vec::new();
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            b'|' | b')' | b']' | b'*' | b'+' | b'?' | b'{' | b'}' => return None,
+            b'(' => {
+                runs.push(std::mem::take(&mut run));
+                let mut depth = 0usize;
+                loop {
+                    match *p.get(i)? {
+                        b'\\' => i += 1,
+                        b'[' => {
+                            i = skip_class(p, i)?;
+                            continue;
+                        }
+                        b'(' => depth += 1,
+                        b')' => depth -= 1,
+                        _ => {}
+                    }
+                    i += 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                i = skip_quantifier(p, i)?;
+            }
+            b'[' => {
+                runs.push(std::mem::take(&mut run));
+                i = skip_quantifier(p, skip_class(p, i)?)?;
+            }
+            b'.' | b'^' | b'$' => {
+                runs.push(std::mem::take(&mut run));
+                i = skip_quantifier(p, i + 1)?;
+            }
+            b'\\' => {
+                let next = *p.get(i + 1)?;
+                if next.is_ascii_punctuation() {
+                    i = literal(p, i + 1, 1, &mut run, &mut runs)?;
+                } else {
+                    // A class, an assertion or a character escape: not a plain literal.
+                    runs.push(std::mem::take(&mut run));
+                    i += 2;
+                    if p.get(i) == Some(&b'{') {
+                        i += p[i..].iter().position(|&c| c == b'}')? + 1;
+                    } else {
+                        i += match next {
+                            b'x' => 2,
+                            b'u' => 4,
+                            b'U' => 8,
+                            b'0'..=b'9' => return None,
+                            _ => 0,
+                        };
+                    }
+                    i = skip_quantifier(p, i)?;
+                }
+            }
+            _ => {
+                let width = pattern[i..].chars().next()?.len_utf8();
+                i = literal(p, i, width, &mut run, &mut runs)?;
+            }
+        }
+    }
+    runs.push(run);
+    runs.into_iter().filter(|r| r.len() >= 3).max_by_key(Vec::len)
+}
+
+/// One literal character of `width` bytes at `i`: kept in the run unless a quantifier makes
+/// it optional (`*`, `?`, `{`); `+` keeps it but ends the run. Returns the next index.
+fn literal(p: &[u8], i: usize, width: usize, run: &mut Vec<u8>, runs: &mut Vec<Vec<u8>>) -> Option<usize> {
+    let unit = p.get(i..i + width)?;
+    match p.get(i + width) {
+        Some(b'*' | b'?' | b'{') => runs.push(std::mem::take(run)),
+        Some(b'+') => {
+            run.extend_from_slice(unit);
+            runs.push(std::mem::take(run));
+        }
+        _ => run.extend_from_slice(unit),
+    }
+    skip_quantifier(p, i + width)
+}
+
+/// Skips a quantifier (`*`, `+`, `?`, `{m,n}`, each possibly lazy) at `i`.
+fn skip_quantifier(p: &[u8], mut i: usize) -> Option<usize> {
+    match p.get(i) {
+        Some(b'*' | b'+' | b'?') => i += 1,
+        Some(b'{') => i += p[i..].iter().position(|&c| c == b'}')? + 1,
+        _ => return Some(i),
+    }
+    if p.get(i) == Some(&b'?') {
+        i += 1;
+    }
+    Some(i)
+}
+
+/// Skips a bracketed class starting at `i` (`[`), nested classes and escapes included.
+fn skip_class(p: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    if p.get(j) == Some(&b'^') {
+        j += 1;
+    }
+    if p.get(j) == Some(&b']') {
+        j += 1;
+    }
+    loop {
+        match *p.get(j)? {
+            b'\\' => j += 2,
+            b'[' => j = skip_class(p, j)?,
+            b']' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
 }
 
 fn rule_id(path: &str, rule: &Map<String, Value>, ids: &mut Vec<String>, issues: &mut Issues) -> Option<String> {
@@ -485,9 +635,13 @@ fn contains_ascii_ci(hay: &[u8], needle: &[u8]) -> bool {
     if hay.len() < needle.len() {
         return false;
     }
-    let upper = first.to_ascii_uppercase();
-    (0..=hay.len() - needle.len())
-        .any(|i| (hay[i] == first || hay[i] == upper) && hay[i..i + needle.len()].eq_ignore_ascii_case(needle))
+    let last = needle.len() - 1;
+    let (upper, end) = (first.to_ascii_uppercase(), needle[last]);
+    (0..=hay.len() - needle.len()).any(|i| {
+        (hay[i] == first || hay[i] == upper)
+            && hay[i + last].eq_ignore_ascii_case(&end)
+            && hay[i..i + needle.len()].eq_ignore_ascii_case(needle)
+    })
 }
 
 fn lower(c: char) -> char {
@@ -528,11 +682,12 @@ fn redact(redactors: &[Redactor], text: &mut String, counts: &mut BTreeMap<Strin
             Redactor::Phone => find_phones(text, &mut add),
             Redactor::Card => find_cards(text, &mut add),
             Redactor::Iban => find_ibans(text, &mut add),
-            Redactor::Custom { regex, .. } => {
-                for m in regex.find_iter(text).filter(|m| !m.is_empty()) {
+            Redactor::Custom { regex, .. } if regex.may_match(text) => {
+                for m in regex.regex.find_iter(text).filter(|m| !m.is_empty()) {
                     add(m.start(), m.end());
                 }
             }
+            Redactor::Custom { .. } => {}
         }
     }
     if spans.is_empty() {
@@ -698,9 +853,8 @@ fn find_phones(text: &str, add: &mut dyn FnMut(usize, usize)) {
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
-        let boundary = i == 0 || !(is_word(b[i - 1]) || matches!(b[i - 1], b'.' | b',' | b'-' | b'+' | b'/' | b'@'));
         let opens = c.is_ascii_digit() || (matches!(c, b'+' | b'(') && b.get(i + 1).is_some_and(u8::is_ascii_digit));
-        if !boundary || !opens {
+        if !opens || (i > 0 && (is_word(b[i - 1]) || matches!(b[i - 1], b'.' | b',' | b'-' | b'+' | b'/' | b'@'))) {
             i += 1;
             continue;
         }
@@ -922,13 +1076,39 @@ fn matches_slots(slots: &[Slot], words: Words<'_>) -> bool {
     slot.optional && matches_slots(rest, words)
 }
 
+/// Bit `c - 'a'` set for each lowercase first letter of a phrase's first word.
+const FIRST_LETTERS: u32 = {
+    let mut mask = 0u32;
+    let mut p = 0;
+    while p < PHRASES.len() {
+        let words = PHRASES[p].1[0].words;
+        let mut w = 0;
+        while w < words.len() {
+            let word = words[w].as_bytes();
+            assert!(word.len() <= 12 && word[0].is_ascii_lowercase(), "first words: lowercase, at most 12 bytes");
+            mask |= 1 << (word[0] - b'a');
+            w += 1;
+        }
+        p += 1;
+    }
+    mask
+};
+
 /// The id of the first injection phrase found in `text`, if any.
 fn injection(text: &str) -> Option<&'static str> {
     let mut words = Words { text, at: 0 };
     while let Some(word) = words.next() {
+        let first = word.as_bytes()[0].to_ascii_lowercase();
+        if word.len() > 12 || !first.is_ascii_lowercase() || FIRST_LETTERS & (1 << (first - b'a')) == 0 {
+            continue;
+        }
+        let mut buf = [0u8; 12];
+        buf[..word.len()].copy_from_slice(word.as_bytes());
+        buf.make_ascii_lowercase();
+        let lowered = &buf[..word.len()];
         for (id, slots) in PHRASES {
             let Some((first, rest)) = slots.split_first() else { continue };
-            if first.words.iter().any(|s| s.eq_ignore_ascii_case(word)) && matches_slots(rest, words.clone()) {
+            if first.words.iter().any(|s| s.as_bytes() == lowered) && matches_slots(rest, words.clone()) {
                 return Some(id);
             }
         }
@@ -1142,6 +1322,77 @@ mod tests {
         let mut response = json!({"choices": [{"message": {"content": "bob@example.org"}}]});
         apply_output(&off, &mut response).unwrap();
         assert_eq!(response["choices"][0]["message"]["content"], "bob@example.org");
+    }
+
+    #[test]
+    fn regex_prefilter_literals() {
+        let lit = |p: &str| required_literal(p).map(|l| String::from_utf8(l).unwrap());
+        assert_eq!(lit("BEGIN [A-Z ]*PRIVATE KEY").as_deref(), Some("PRIVATE KEY"));
+        assert_eq!(lit(r"TCK-\d+").as_deref(), Some("TCK-"));
+        assert_eq!(lit(r"\bpassword\s*[:=]").as_deref(), Some("password"));
+        assert_eq!(lit("colou?r").as_deref(), Some("colo"));
+        assert_eq!(lit("ab+cdef").as_deref(), Some("cdef"));
+        assert_eq!(lit(r"api\.key\.v2").as_deref(), Some("api.key.v2"));
+        assert_eq!(lit("(?i)secret(s|z)?").as_deref(), Some("secret"));
+        for none in ["foo|barbaz", "ab", r"\d{3}-\d{2}", "(?x) s e c r e t", "[abc]{3}", "x{2}y{2}", "a*b*c*"] {
+            assert_eq!(lit(none), None, "{none}");
+        }
+        // Sound: whenever the regex matches, the literal is in the text.
+        let patterns = [
+            "BEGIN [A-Z ]*PRIVATE KEY",
+            r"TCK-\d+",
+            "colou?r",
+            "ab+cdef",
+            r"api\.key",
+            "(?i)secret(s|z)?",
+            "[x]yz{1,2}abc",
+            r"a\x41bcd",
+            r"\u{48}ello world",
+            "née?s+ café",
+            r"(a(b)c)+defg",
+            r"[\]]xyz\[",
+            "(?-i)Token[0-9]+",
+            r"\Qab",
+            "héllo+ wörld",
+            r"foo\{2\}bar",
+            r"\u0041bcde",
+            r"x\U00000041yzw",
+            r"\x{41}\x41bcd",
+        ];
+        let texts = [
+            "-----BEGIN RSA PRIVATE KEY-----",
+            "begin private key",
+            "TCK-42",
+            "color",
+            "colour",
+            "abbbcdef",
+            "API.KEY",
+            "SECRETS",
+            "yzzabc",
+            "xyzzabc",
+            "aAbcd",
+            "Abcde",
+            "xAyzw",
+            "AAbcd",
+            "Hello world",
+            "nées café",
+            "abcabcdefg",
+            "]xyz[",
+            "token9",
+            "TOKEN9",
+            "héllooo wörld",
+            "foo{2}bar",
+            "nothing here",
+        ];
+        for pattern in patterns {
+            let Ok(regex) = RegexBuilder::new(pattern).case_insensitive(true).build() else { continue };
+            let compiled = Pattern { regex, required: required_literal(pattern).map(|l| l.to_ascii_lowercase()) };
+            for text in texts {
+                if compiled.regex.is_match(text) {
+                    assert!(compiled.may_match(text), "prefilter of {pattern:?} rejects {text:?}");
+                }
+            }
+        }
     }
 
     #[test]

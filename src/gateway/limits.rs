@@ -1075,6 +1075,9 @@ mod tests {
         fn random_bytes(&self, buf: &mut [u8]) {
             self.inner.random_bytes(buf)
         }
+        async fn sleep(&self, ms: u64) {
+            self.inner.sleep(ms).await
+        }
     }
     impl Counter for TestHost {
         async fn count(&self, scope: &str, ops: &[CounterOp]) -> Result<Option<CounterReply>> {
@@ -1124,6 +1127,7 @@ mod tests {
         host.inner.advance(60_000 - now % 60_000);
     }
 
+    #[allow(clippy::result_large_err)] // mirrors `admit`'s signature
     fn admit_one(
         host: &TestHost,
         limiter: &Rc<Limiter>,

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod guard;
 pub mod keys;
 pub mod limits;

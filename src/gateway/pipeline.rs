@@ -9,12 +9,13 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::gateway::catalog;
-use crate::gateway::config::{Config, Endpoint, EndpointType, Origin, ACTIVE_KEY};
+use crate::gateway::config::{Config, EndpointType, ACTIVE_KEY};
 use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::forward::{self, Attempt, Breaker};
 use crate::gateway::normalize::{self, hex};
-use crate::gateway::ports::{Ports, UpstreamError};
+use crate::gateway::ports::Ports;
 use crate::gateway::providers::{
-    anthropic, openai, truncate, Call, Operation, Reply, StreamMode, StreamTranslator, Usage,
+    anthropic, openai, Operation, Reply, StreamMode, StreamTranslator, Usage,
 };
 use crate::gateway::routing::{self, ApiRoute};
 use crate::gateway::stream::{StreamPump, StreamSummary};
@@ -132,12 +133,7 @@ struct ConfigMemo {
 #[derive(Default)]
 pub struct Gateway {
     config: RefCell<Option<ConfigMemo>>,
-}
-
-/// What forwarding produced: the origin's response and which origin gave it.
-struct Forwarded<B> {
-    response: Response<B>,
-    origin: String,
+    breaker: Breaker,
 }
 
 impl Gateway {
@@ -276,7 +272,8 @@ impl Gateway {
         let now_ms = ports.now_ms();
         let mode = if stream { endpoint.provider.stream_mode(op, &endpoint.model, now_ms) } else { StreamMode::Buffered };
         let upstream_stream = stream && !matches!(mode, StreamMode::Buffered);
-        let forwarded = forward(ports, config, &endpoint, &origins, op, body, upstream_stream, log).await?;
+        let attempt = Attempt { endpoint: &endpoint, op, stream: upstream_stream };
+        let forwarded = forward::forward(ports, config, &self.breaker, &origins, attempt, body, log).await?;
         log.origin = Some(forwarded.origin);
 
         // Answer in the client's dialect.
@@ -356,81 +353,6 @@ impl Gateway {
     }
 }
 
-/// Sends `body` to each origin in turn until one answers usefully. Connect errors, timeouts,
-/// 429 and 5xx move on to the next origin (the last origin's answer is returned as it is);
-/// 4xx never does: the request itself is wrong. All attempts share `total_timeout_ms`.
-#[allow(clippy::too_many_arguments)] // the phase's inputs, passed plainly
-async fn forward<P: Ports>(
-    ports: &P,
-    config: &Config,
-    endpoint: &Endpoint,
-    origins: &[&Origin],
-    op: Operation,
-    body: Map<String, Value>,
-    stream: bool,
-    log: &mut LogRecord,
-) -> Result<Forwarded<P::Body>> {
-    let settings = &config.settings;
-    let deadline = ports.now_ms() + settings.total_timeout_ms;
-    let mut body = Some(body);
-    let mut last_error = None;
-    for (i, origin) in origins.iter().enumerate() {
-        let remaining = deadline.saturating_sub(ports.now_ms());
-        if remaining == 0 {
-            last_error = Some(GatewayError::gateway_timeout(format!(
-                "no origin answered within the total deadline of {} ms",
-                settings.total_timeout_ms
-            )));
-            break;
-        }
-        let is_last = i + 1 == origins.len();
-        let body = if is_last { body.take().unwrap_or_default() } else { body.clone().unwrap_or_default() };
-        let call = Call { op, model: &endpoint.model, body, base_url: &origin.url, stream, now_ms: ports.now_ms() };
-        let request = endpoint.provider.build_request(call, ports)?;
-        let label = origin_label(request.uri(), origin.region.as_deref());
-        let timeout = settings.origin_timeout_ms.min(remaining);
-        let outcome = match ports.send(request, timeout).await {
-            Ok(response) => {
-                let status = response.status();
-                let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-                let outcome = if status.is_success() { "ok".to_string() } else { format!("http_{}", status.as_u16()) };
-                log.attempts.push(AttemptLog { origin: label.clone(), outcome });
-                // A pinned endpoint reports "region unavailable" rather than the last error.
-                if !retryable || (is_last && endpoint.residency.is_none()) {
-                    return Ok(Forwarded { response, origin: label });
-                }
-                GatewayError::bad_gateway("origin_error", format!("origin returned HTTP {}", status.as_u16()))
-            }
-            Err(UpstreamError::Timeout) => {
-                log.attempts.push(AttemptLog { origin: label.clone(), outcome: "timeout".into() });
-                GatewayError::gateway_timeout(format!("origin did not answer within {timeout} ms"))
-            }
-            Err(UpstreamError::Connect(reason) | UpstreamError::Body(reason)) => {
-                log.attempts.push(AttemptLog { origin: label.clone(), outcome: "connect_error".into() });
-                GatewayError::bad_gateway("origin_unreachable", format!("origin unreachable: {}", truncate(&reason, 200)))
-            }
-        };
-        log.origin = Some(label);
-        last_error = Some(outcome);
-    }
-    let error = last_error.unwrap_or_else(|| GatewayError::not_configured("no_origin", "the endpoint has no origin"));
-    Err(match &endpoint.residency {
-        // Never fall back outside the pinned region: say why nothing answered.
-        Some(region) => GatewayError::not_configured(
-            "region_unavailable",
-            format!(
-                "no origin in region \"{region}\" is available ({} tried; last: {})",
-                origins.len(),
-                error.message
-            ),
-        ),
-        None if origins.len() > 1 => {
-            GatewayError { message: format!("all {} origins failed; last: {}", origins.len(), error.message), ..error }
-        }
-        None => error,
-    })
-}
-
 /// Takes the OpenAI `model` field out of the body: it names our endpoint, not the provider's model.
 fn take_model(body: &mut Map<String, Value>) -> Result<String> {
     match body.remove("model") {
@@ -477,20 +399,6 @@ fn ok_json<B>(value: Value) -> Response<ResponseBody<B>> {
     json_response(StatusCode::OK, &value)
 }
 
-/// `scheme://host:port` of an origin URL (plus its region): enough to tell origins apart,
-/// nothing secret — paths and queries may carry keys.
-fn origin_label(uri: &http::Uri, region: Option<&str>) -> String {
-    let base = match (uri.scheme_str(), uri.authority()) {
-        (Some(scheme), Some(authority)) => {
-            format!("{scheme}://{}", authority.as_str().rsplit('@').next().unwrap_or(""))
-        }
-        _ => String::new(),
-    };
-    match region {
-        Some(region) => format!("{base} ({region})"),
-        None => base,
-    }
-}
 
 pub fn json_response<B>(status: StatusCode, value: &Value) -> Response<ResponseBody<B>> {
     let body = serde_json::to_vec(value).expect("a Value always serializes");

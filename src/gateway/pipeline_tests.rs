@@ -1,5 +1,6 @@
 use super::*;
 use crate::gateway::testing::{block_on, MemoryHost};
+use crate::gateway::ports::UpstreamError;
 use http::Method;
 
 const CONFIG: &str = r#"{"version": "t1", "settings": {"config_ttl_ms": 1000}, "endpoints": [
@@ -250,4 +251,43 @@ fn mlflow_endpoint_listing() {
     assert_eq!(body["model"], json!({"name": "text-embedding-3-small", "provider": "openai"}));
     let (status, _, _) = run(&host, get("/api/2.0/gateway/routes/nope"));
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn honours_retry_after_on_the_last_origin_when_it_fits_the_deadline() {
+    let config = r#"{"endpoints": [{"name": "c", "endpoint_type": "llm/v1/chat",
+        "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "k", "openai_api_base": "http://o/v1"}}}]}"#;
+    let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+    let seen = calls.clone();
+    let host = MemoryHost::new(move |_| {
+        seen.set(seen.get() + 1);
+        let status = if seen.get() == 1 { 429 } else { 200 };
+        Ok(Response::builder().status(status).header("retry-after", "2").body(br#"{"id":"ok"}"#.to_vec()).unwrap())
+    })
+    .with_kv(ACTIVE_KEY, config);
+    let before = host.now_ms.get();
+    let (status, body, exchange) = run(&host, post("/v1/chat/completions", r#"{"model":"c"}"#));
+    assert_eq!((status, body["id"].as_str()), (StatusCode::OK, Some("ok")));
+    assert_eq!(calls.get(), 2);
+    assert!(host.now_ms.get() - before >= 2000, "waited out Retry-After");
+    assert_eq!(exchange.deferred.log.attempts.len(), 2);
+}
+
+#[test]
+fn breaker_skips_an_origin_that_keeps_failing() {
+    let host = regional_host();
+    let gateway = Gateway::new();
+    let tried_down = || host.sent.borrow().iter().filter(|r| r.uri().host() == Some("down.eu")).count();
+    for _ in 0..3 {
+        let e = block_on(gateway.handle(&host, chat_in("ha", "eu"), &ClientInfo::default()));
+        assert_eq!(e.response.status(), StatusCode::OK);
+    }
+    assert_eq!(tried_down(), 3);
+    // Open now: the failing origin goes last, so the healthy one answers first time.
+    let e = block_on(gateway.handle(&host, chat_in("ha", "eu"), &ClientInfo::default()));
+    assert_eq!(e.response.headers()["x-gateway-attempts"], "1");
+    assert_eq!(tried_down(), 3);
+    host.advance(10_001);
+    block_on(gateway.handle(&host, chat_in("ha", "eu"), &ClientInfo::default()));
+    assert_eq!(tried_down(), 4, "after the cool-down it is tried again");
 }

@@ -52,6 +52,8 @@ pub trait Clock {
     fn now_ms(&self) -> u64;
     /// Cryptographically secure random bytes (request ids, keys).
     fn random_bytes(&self, buf: &mut [u8]);
+    /// Waits `ms` (a `Retry-After` the gateway honours itself).
+    async fn sleep(&self, ms: u64);
 }
 
 /// Everything a host provides. The Background port of DESIGN.md is not a trait: the pipeline

@@ -114,6 +114,9 @@ impl Clock for MemoryHost {
             *b = x as u8;
         }
     }
+    async fn sleep(&self, ms: u64) {
+        self.advance(ms);
+    }
 }
 
 /// Polls a future to completion. The in-memory ports never return `Pending`.

@@ -275,4 +275,8 @@ impl Clock for CloudflareHost {
         // crypto.getRandomValues; it cannot fail for small buffers inside a worker.
         getrandom::getrandom(buf).expect("crypto.getRandomValues is available in workers");
     }
+
+    async fn sleep(&self, ms: u64) {
+        worker::Delay::from(Duration::from_millis(ms)).await;
+    }
 }

@@ -274,4 +274,17 @@ impl Clock for SpinHost {
     fn random_bytes(&self, buf: &mut [u8]) {
         getrandom::getrandom(buf).expect("wasi:random is available to every component");
     }
+
+    async fn sleep(&self, ms: u64) {
+        use wasi::clocks::monotonic_clock;
+        let deadline = monotonic_clock::now().saturating_add(ms.saturating_mul(1_000_000));
+        std::future::poll_fn(|cx| {
+            if monotonic_clock::now() >= deadline {
+                return std::task::Poll::Ready(());
+            }
+            spin_executor::push_waker(monotonic_clock::subscribe_instant(deadline), cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await
+    }
 }

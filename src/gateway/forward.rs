@@ -1,0 +1,213 @@
+//! Forwarding with failover: origins are tried in the order routing chose, skipping those a
+//! per-isolate circuit breaker has marked down, within one total deadline.
+//!
+//! Retryable: connect errors, timeouts, 429 and 5xx (the next origin is tried; a 429 on the
+//! last origin is retried after its `Retry-After` when that fits the deadline). Never 4xx: the
+//! request itself is wrong. Never once the response head was accepted: from then on bytes may
+//! already be on their way to the client.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use http::{header, Response, StatusCode};
+use serde_json::{Map, Value};
+
+use crate::gateway::config::{Config, Endpoint, Origin};
+use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::pipeline::{AttemptLog, LogRecord};
+use crate::gateway::ports::{Ports, UpstreamError};
+use crate::gateway::providers::{truncate, Call, Operation};
+
+/// Consecutive failures after which an origin is skipped for the cool-down.
+const BREAKER_THRESHOLD: u32 = 3;
+/// Longest `Retry-After` the gateway waits out itself (it still has to fit the deadline).
+const MAX_RETRY_AFTER_MS: u64 = 10_000;
+
+/// What one forwarded call is.
+#[derive(Clone, Copy)]
+pub struct Attempt<'a> {
+    pub endpoint: &'a Endpoint,
+    pub op: Operation,
+    pub stream: bool,
+}
+
+/// The origin's response and which origin gave it.
+pub struct Forwarded<B> {
+    pub response: Response<B>,
+    pub origin: String,
+}
+
+/// Per-isolate origin health: an origin that failed `BREAKER_THRESHOLD` times in a row is
+/// tried last for `settings.breaker_cooldown_ms`. Hosts that instantiate per request (Spin
+/// under `wasmtime serve`) start fresh every time, so there it only acts within a request.
+#[derive(Default)]
+pub struct Breaker {
+    origins: RefCell<HashMap<String, Health>>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Health {
+    failures: u32,
+    open_until: u64,
+}
+
+impl Breaker {
+    fn is_open(&self, url: &str, now: u64) -> bool {
+        self.origins.borrow().get(url).is_some_and(|h| h.open_until > now)
+    }
+
+    fn record(&self, url: &str, ok: bool, now: u64, cooldown_ms: u64) {
+        let mut origins = self.origins.borrow_mut();
+        if ok {
+            origins.remove(url);
+            return;
+        }
+        let health = origins.entry(url.to_string()).or_default();
+        health.failures += 1;
+        if health.failures >= BREAKER_THRESHOLD {
+            health.open_until = now + cooldown_ms;
+        }
+    }
+}
+
+/// Sends `body` to each origin in turn until one answers usefully.
+pub async fn forward<P: Ports>(
+    ports: &P,
+    config: &Config,
+    breaker: &Breaker,
+    origins: &[&Origin],
+    attempt: Attempt<'_>,
+    body: Map<String, Value>,
+    log: &mut LogRecord,
+) -> Result<Forwarded<P::Body>> {
+    let settings = &config.settings;
+    let endpoint = attempt.endpoint;
+    let started = ports.now_ms();
+    let deadline = started + settings.total_timeout_ms;
+    // Healthy origins first; origins the breaker marked down stay as a last resort.
+    let (mut order, down): (Vec<&Origin>, Vec<&Origin>) =
+        origins.iter().copied().partition(|o| !breaker.is_open(&o.url, started));
+    order.extend(down);
+
+    let mut last_error = None;
+    let mut waited_for_retry_after = false;
+    let mut i = 0;
+    while i < order.len() {
+        let origin = order[i];
+        let now = ports.now_ms();
+        let remaining = deadline.saturating_sub(now);
+        if remaining == 0 {
+            last_error = Some(GatewayError::gateway_timeout(format!(
+                "no origin answered within the total deadline of {} ms",
+                settings.total_timeout_ms
+            )));
+            break;
+        }
+        let is_last = i + 1 == order.len();
+        let call = Call {
+            op: attempt.op,
+            model: &endpoint.model,
+            body: body.clone(),
+            base_url: &origin.url,
+            stream: attempt.stream,
+            now_ms: now,
+        };
+        let request = endpoint.provider.build_request(call, ports)?;
+        let label = origin_label(request.uri(), origin.region.as_deref());
+        let timeout = settings.origin_timeout_ms.min(remaining);
+        let error = match ports.send(request, timeout).await {
+            Ok(response) => {
+                let status = response.status();
+                let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+                let outcome = if status.is_success() { "ok".to_string() } else { format!("http_{}", status.as_u16()) };
+                log.attempts.push(AttemptLog { origin: label.clone(), outcome });
+                breaker.record(&origin.url, !status.is_server_error(), ports.now_ms(), settings.breaker_cooldown_ms);
+                if !retryable {
+                    return Ok(Forwarded { response, origin: label });
+                }
+                // The last origin asked us to come back shortly: wait once if that fits.
+                let wait_ms = retry_after_ms(response.headers()).filter(|ms| *ms <= MAX_RETRY_AFTER_MS);
+                if let Some(ms) = wait_ms.filter(|ms| is_last && !waited_for_retry_after && ms + 1 < remaining) {
+                    waited_for_retry_after = true;
+                    ports.sleep(ms).await;
+                    continue;
+                }
+                // A pinned endpoint reports "region unavailable" rather than the last error.
+                if is_last && endpoint.residency.is_none() {
+                    return Ok(Forwarded { response, origin: label });
+                }
+                GatewayError::bad_gateway("origin_error", format!("origin returned HTTP {}", status.as_u16()))
+            }
+            Err(UpstreamError::Timeout) => {
+                log.attempts.push(AttemptLog { origin: label.clone(), outcome: "timeout".into() });
+                breaker.record(&origin.url, false, ports.now_ms(), settings.breaker_cooldown_ms);
+                GatewayError::gateway_timeout(format!("origin did not answer within {timeout} ms"))
+            }
+            Err(UpstreamError::Connect(reason) | UpstreamError::Body(reason)) => {
+                log.attempts.push(AttemptLog { origin: label.clone(), outcome: "connect_error".into() });
+                breaker.record(&origin.url, false, ports.now_ms(), settings.breaker_cooldown_ms);
+                GatewayError::bad_gateway("origin_unreachable", format!("origin unreachable: {}", truncate(&reason, 200)))
+            }
+        };
+        log.origin = Some(label);
+        last_error = Some(error);
+        i += 1;
+    }
+    let error = last_error.unwrap_or_else(|| GatewayError::not_configured("no_origin", "the endpoint has no origin"));
+    Err(match &endpoint.residency {
+        // Never fall back outside the pinned region: say why nothing answered.
+        Some(region) => GatewayError::not_configured(
+            "region_unavailable",
+            format!("no origin in region \"{region}\" is available ({} tried; last: {})", order.len(), error.message),
+        ),
+        None if order.len() > 1 => {
+            GatewayError { message: format!("all {} origins failed; last: {}", order.len(), error.message), ..error }
+        }
+        None => error,
+    })
+}
+
+fn retry_after_ms(headers: &http::HeaderMap) -> Option<u64> {
+    let seconds: u64 = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    seconds.checked_mul(1000)
+}
+
+/// `scheme://host:port` of an origin URL (plus its region): enough to tell origins apart,
+/// nothing secret — paths and queries may carry keys.
+pub fn origin_label(uri: &http::Uri, region: Option<&str>) -> String {
+    let base = match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) => {
+            format!("{scheme}://{}", authority.as_str().rsplit('@').next().unwrap_or(""))
+        }
+        _ => String::new(),
+    };
+    match region {
+        Some(region) => format!("{base} ({region})"),
+        None => base,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_opens_after_repeated_failures_and_closes_on_success() {
+        let b = Breaker::default();
+        for _ in 0..BREAKER_THRESHOLD - 1 {
+            b.record("u", false, 0, 1000);
+        }
+        assert!(!b.is_open("u", 0));
+        b.record("u", false, 0, 1000);
+        assert!(b.is_open("u", 999));
+        assert!(!b.is_open("u", 1000));
+        b.record("u", true, 5, 1000);
+        assert!(!b.is_open("u", 5));
+    }
+
+    #[test]
+    fn labels_hide_paths_and_credentials() {
+        let uri: http::Uri = "https://user:pw@api.example.com:8443/v1/x?key=secret".parse().unwrap();
+        assert_eq!(origin_label(&uri, Some("eu")), "https://api.example.com:8443 (eu)");
+    }
+}

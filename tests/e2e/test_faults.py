@@ -1,0 +1,128 @@
+"""Origin faults (issue 6): each mock-origin fault mode gives the documented client outcome on
+both hosts — a status with the JSON error, or a clean SSE close — with no panic and nothing
+hanging past the deadline."""
+import concurrent.futures
+import json
+import time
+
+import openai
+import pytest
+import requests
+
+CHAT = {"model": "chat", "messages": [{"role": "user", "content": "fault tolerance test"}]}
+
+
+def post(gw, body, timeout=20, **kw):
+    return requests.post(f"{gw.base_url}/v1/chat/completions", json=body, timeout=timeout, **kw)
+
+
+def error_of(r, status):
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    return r.json()["error"]
+
+
+def sse_events(r):
+    return [line[6:] for line in r.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+
+
+@pytest.mark.parametrize("mode,status,code", [
+    ("status_500", 502, "origin_error"),
+    ("status_503", 502, "origin_error"),
+    ("malformed_json", 502, "origin_bad_response"),
+    ("wrong_content_type", 502, "origin_bad_response"),
+    ("reset", 502, "origin_unreachable"),
+])
+def test_fault_gives_documented_error(gw, origin, mode, status, code):
+    origin.fault(mode, times=1)
+    err = error_of(post(gw, CHAT), status)
+    assert err["code"] == code, err
+    assert "sk-e2e" not in err["message"]
+    assert post(gw, CHAT).status_code == 200  # and the next request is fine
+
+
+def test_hang_is_cut_at_the_origin_timeout(gw, origin):
+    origin.fault("hang", times=1)
+    started = time.time()
+    assert error_of(post(gw, CHAT), 504)["code"] == "origin_timeout"
+    assert time.time() - started < 6  # origin_timeout_ms is 2 s
+
+
+def test_429_retry_after_is_waited_out_within_the_deadline(gw, origin):
+    origin.fault("status_429", times=1, retry_after=1)
+    started = time.time()
+    r = post(gw, CHAT)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-gateway-attempts"] == "2"
+    assert time.time() - started >= 1.0
+
+
+def test_429_beyond_the_deadline_is_passed_on_with_retry_after(gw, origin):
+    origin.fault("status_429", times=1, retry_after=30)  # longer than total_timeout_ms
+    r = post(gw, CHAT)
+    err = error_of(r, 429)
+    assert err["code"] == "origin_rate_limited"
+    assert r.headers["retry-after"] == "30"
+
+
+def test_slow_stream_is_not_buffered(gw, origin):
+    origin.fault("slow_stream", times=1, delay_ms=300)
+    started = time.time()
+    r = post(gw, {**CHAT, "stream": True}, stream=True)
+    arrivals = []
+    for line in r.iter_lines(decode_unicode=True):
+        if line.startswith("data: "):
+            arrivals.append(time.time() - started)
+    # Events arrive spread out as the origin sends them, not all at once at the end.
+    assert len(arrivals) >= 5
+    assert arrivals[0] < arrivals[-1] - 0.9, arrivals
+
+
+@pytest.mark.parametrize("model", ["chat", "claude", "gemini"])
+def test_cut_stream_ends_with_a_clean_error_event(gw, origin, model):
+    origin.fault("cut_stream", times=1)
+    r = post(gw, {**CHAT, "model": model, "stream": True}, stream=True)
+    assert r.status_code == 200
+    events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    errors = [json.loads(e)["error"] for e in events[:-1] if "error" in json.loads(e)]
+    assert len(errors) == 1 and errors[0]["code"] == "origin_stream_cut", events
+
+
+def test_openai_sdk_raises_on_a_cut_stream(gw, origin):
+    client = openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key="x", max_retries=0)
+    origin.fault("cut_stream", times=1)
+    with pytest.raises(openai.APIError):
+        for _ in client.chat.completions.create(model="chat", messages=CHAT["messages"], stream=True):
+            pass
+
+
+def test_failover_under_load_loses_nothing(gw, us_origin):
+    """200 requests, sequential and concurrent, to an endpoint whose first origin refuses
+    connections: every one succeeds, and the tokens the log lines account equal exactly what
+    the healthy origin reported."""
+    marker = f"load-{gw.name}-{time.time_ns()}"
+    body = {"model": "failover", "messages": [{"role": "user", "content": "load test words"}]}
+    headers = {"x-gateway-region": "eu"}
+
+    def one(i):
+        r = requests.post(f"{gw.base_url}/v1/chat/completions", json=body, timeout=30,
+                          headers={**headers, "x-request-id": f"{marker}-{i}"})
+        return r.status_code
+
+    statuses = [one(i) for i in range(100)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses += list(pool.map(one, range(100, 200)))
+    assert statuses == [200] * 200
+    reported = us_origin.stats()["usage"]
+    assert reported["prompt_tokens"] == 200 * 3 and reported["completion_tokens"] == 200 * 4
+
+    deadline = time.time() + 15
+    while True:
+        lines = [json.loads(l[l.index("{"):]) for l in gw.log_text().splitlines() if marker in l]
+        if len(lines) == 200 or time.time() > deadline:
+            break
+        time.sleep(0.3)
+    assert len(lines) == 200
+    assert sum(l["prompt_tokens"] for l in lines) == reported["prompt_tokens"]
+    assert sum(l["completion_tokens"] for l in lines) == reported["completion_tokens"]

@@ -1051,19 +1051,27 @@ struct Words<'a> {
     at: usize,
 }
 
+/// ASCII letters, digits and `'`.
+const WORD_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = b.is_ascii_alphanumeric() || b == b'\'';
+        c += 1;
+    }
+    table
+};
+
 impl<'a> Iterator for Words<'a> {
     type Item = &'a str;
     fn next(&mut self) -> Option<&'a str> {
-        let b = self.text.as_bytes();
-        let word = |c: u8| c.is_ascii_alphanumeric() || c == b'\'';
-        while self.at < b.len() && !word(b[self.at]) {
-            self.at += 1;
-        }
-        let start = self.at;
-        while self.at < b.len() && word(b[self.at]) {
-            self.at += 1;
-        }
-        (start < self.at).then(|| &self.text[start..self.at])
+        let rest = self.text.as_bytes().get(self.at..)?;
+        let start = rest.iter().position(|&c| WORD_BYTES[usize::from(c)])?;
+        let len = rest[start..].iter().position(|&c| !WORD_BYTES[usize::from(c)]).unwrap_or(rest.len() - start);
+        let word = self.text.get(self.at + start..self.at + start + len);
+        self.at += start + len;
+        word
     }
 }
 
@@ -1076,9 +1084,11 @@ fn matches_slots(slots: &[Slot], words: Words<'_>) -> bool {
     slot.optional && matches_slots(rest, words)
 }
 
-/// Bit `c - 'a'` set for each lowercase first letter of a phrase's first word.
-const FIRST_LETTERS: u32 = {
-    let mut mask = 0u32;
+/// Bit `(letter - 'a') * 13 + length` set for each phrase's possible first words: most words
+/// of a text are ruled out by one bit test before any string comparison.
+const FIRST_KEYS: [u64; 6] = {
+    assert!(PHRASES.len() <= 32, "phrase sets are u32 bit sets");
+    let mut keys = [0u64; 6];
     let mut p = 0;
     while p < PHRASES.len() {
         let words = PHRASES[p].1[0].words;
@@ -1086,29 +1096,54 @@ const FIRST_LETTERS: u32 = {
         while w < words.len() {
             let word = words[w].as_bytes();
             assert!(word.len() <= 12 && word[0].is_ascii_lowercase(), "first words: lowercase, at most 12 bytes");
-            mask |= 1 << (word[0] - b'a');
+            let bit = (word[0] - b'a') as usize * 13 + word.len();
+            keys[bit / 64] |= 1 << (bit % 64);
             w += 1;
         }
         p += 1;
     }
-    mask
+    keys
 };
+
+/// Every phrase's possible first words, sorted, each with the bit set of its phrases.
+fn first_words() -> &'static [(&'static str, u32)] {
+    static TABLE: std::sync::OnceLock<Vec<(&'static str, u32)>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table: Vec<(&'static str, u32)> = Vec::new();
+        for (i, (_, slots)) in PHRASES.iter().enumerate() {
+            for &word in slots[0].words {
+                match table.iter_mut().find(|(w, _)| *w == word) {
+                    Some((_, phrases)) => *phrases |= 1 << i,
+                    None => table.push((word, 1 << i)),
+                }
+            }
+        }
+        table.sort_unstable();
+        table
+    })
+}
 
 /// The id of the first injection phrase found in `text`, if any.
 fn injection(text: &str) -> Option<&'static str> {
     let mut words = Words { text, at: 0 };
     while let Some(word) = words.next() {
         let first = word.as_bytes()[0].to_ascii_lowercase();
-        if word.len() > 12 || !first.is_ascii_lowercase() || FIRST_LETTERS & (1 << (first - b'a')) == 0 {
+        if word.len() > 12 || !first.is_ascii_lowercase() {
+            continue;
+        }
+        let bit = usize::from(first - b'a') * 13 + word.len();
+        if FIRST_KEYS[bit / 64] & (1 << (bit % 64)) == 0 {
             continue;
         }
         let mut buf = [0u8; 12];
         buf[..word.len()].copy_from_slice(word.as_bytes());
         buf.make_ascii_lowercase();
         let lowered = &buf[..word.len()];
-        for (id, slots) in PHRASES {
-            let Some((first, rest)) = slots.split_first() else { continue };
-            if first.words.iter().any(|s| s.as_bytes() == lowered) && matches_slots(rest, words.clone()) {
+        let table = first_words();
+        let Ok(found) = table.binary_search_by(|(w, _)| w.as_bytes().cmp(lowered)) else { continue };
+        let phrases = table[found].1;
+        for (i, (id, slots)) in PHRASES.iter().enumerate() {
+            if phrases & (1 << i) != 0 && matches_slots(&slots[1..], words.clone()) {
                 return Some(id);
             }
         }

@@ -20,7 +20,9 @@ SECRETS = {
     "ANTHROPIC_API_KEY": PROVIDER_SECRET + "-anthropic",
     "GEMINI_API_KEY": PROVIDER_SECRET + "-gemini",
 }
-CLOSED_PORT_URL = "http://127.0.0.1:9"  # discard port: nothing listens, connect is refused
+# Discard and echo ports: nothing listens, connect is refused.
+CLOSED_PORT_URL = "http://127.0.0.1:9"
+OTHER_CLOSED_PORT_URL = "http://127.0.0.1:7"
 TEMPLATE = __import__("pathlib").Path(__file__).with_name("gateway.yaml")
 
 
@@ -75,7 +77,7 @@ def mlflow_server(workdir):
 def config(workdir, origin, eu_origin, us_origin, mlflow_server):
     return render_config(workdir, {
         "origin": origin.url, "eu_origin": eu_origin.url, "us_origin": us_origin.url,
-        "mlflow": mlflow_server.url, "closed": CLOSED_PORT_URL,
+        "mlflow": mlflow_server.url, "closed": CLOSED_PORT_URL, "closed_other": OTHER_CLOSED_PORT_URL,
     })
 
 

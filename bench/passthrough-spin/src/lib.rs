@@ -8,14 +8,16 @@ use spin_sdk::http_component;
 async fn handle(request: Request) -> anyhow::Result<Response> {
     let origin = std::env::var("ORIGIN_URL").unwrap_or_else(|_| "http://127.0.0.1:8091".into());
     let url = format!("{origin}{}", request.path_and_query().unwrap_or("/"));
-    let content_type = request.header("content-type").and_then(|v| v.as_str()).unwrap_or("application/json").to_string();
-    let method = request.method().clone();
-    let outgoing = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", content_type)
-        .body(request.into_body()) // the whole body, read by the SDK before `handle` runs
-        .build();
+    let mut outgoing = Request::builder();
+    outgoing.method(request.method().clone()).uri(url);
+    // The headers an OpenAI-style origin needs: the body's type and the caller's credential.
+    for name in ["content-type", "authorization"] {
+        if let Some(value) = request.header(name).and_then(|v| v.as_str()) {
+            outgoing.header(name, value);
+        }
+    }
+    // The whole body, read by the SDK before `handle` runs.
+    let outgoing = outgoing.body(request.into_body()).build();
     let response: Response = spin_sdk::http::send(outgoing).await?;
     Ok(response)
 }

@@ -16,9 +16,13 @@ async fn fetch(request: HttpRequest, env: Env, _ctx: Context) -> worker::Result<
     }
 
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    // The headers an OpenAI-style origin needs: the body's type and the caller's credential.
     let headers = Headers::new();
-    let content_type = parts.headers.get("content-type").and_then(|v| v.to_str().ok());
-    headers.set("content-type", content_type.unwrap_or("application/json"))?;
+    for name in ["content-type", "authorization"] {
+        if let Some(value) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
+            headers.set(name, value)?;
+        }
+    }
     let mut init = RequestInit::new();
     init.with_method(worker::Method::from(parts.method.to_string())).with_headers(headers);
     if !bytes.is_empty() {

@@ -130,3 +130,36 @@ def test_failover_under_load_loses_nothing(gw, us_origin):
         assert sum(len(l["attempts"]) == 1 for l in lines) >= 150
     assert sum(l["prompt_tokens"] for l in lines) == reported["prompt_tokens"]
     assert sum(l["completion_tokens"] for l in lines) == reported["completion_tokens"]
+
+
+def wait_log(gw, request_id, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        lines = [l for l in gw.log_text().splitlines() if request_id in l]
+        if lines:
+            return json.loads(lines[0][lines[0].index("{"):])
+        time.sleep(0.2)
+    raise AssertionError(f"no log line for {request_id}")
+
+
+def test_client_disconnect_mid_stream_records_partial_usage(gw, origin):
+    origin.fault("slow_stream", times=1, delay_ms=400)
+    rid = f"disconnect-{gw.name}-{time.time_ns()}"
+    body = {**CHAT, "messages": [{"role": "user", "content": " ".join(["word"] * 30)}], "stream": True}
+    r = post(gw, body, stream=True, headers={"x-request-id": rid})
+    got = 0
+    for line in r.iter_lines(decode_unicode=True):
+        if line.startswith("data: "):
+            got += 1
+            if got == 4:
+                break
+    r.close()  # the client goes away mid-answer
+    record = wait_log(gw, rid)
+    assert record["stream"] is True and record["stream_completed"] is False
+    # What the client was sent is still accounted (content deltas, the origin never sent usage).
+    assert 1 <= record["completion_tokens"] < 31
+    # The origin request was cancelled: the origin saw its stream abandoned mid-way.
+    deadline = time.time() + 10
+    while origin.stats()["streams_abandoned"] == 0 and time.time() < deadline:
+        time.sleep(0.2)
+    assert origin.stats()["streams_abandoned"] == 1

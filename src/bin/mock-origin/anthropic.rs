@@ -11,10 +11,7 @@ const DEFAULT_MODEL: &str = "mock-model";
 
 /// Anthropic's error body.
 pub fn error(status: StatusCode, kind: &str, message: &str) -> Reply {
-    Reply::json(
-        status,
-        &json!({ "type": "error", "error": { "type": kind, "message": message } }),
-    )
+    Reply::json(status, &json!({ "type": "error", "error": { "type": kind, "message": message } }))
 }
 
 /// The error Anthropic answers for a failure injected with `status`.
@@ -79,8 +76,7 @@ fn build_prompt(request: &Map<String, Value>, messages: &[Value]) -> Prompt {
         }
     }
     prompt.ends_with_user_text = messages.last().is_some_and(|m| {
-        m.get("role").and_then(Value::as_str) == Some("user")
-            && content_text(m.get("content")).is_some()
+        m.get("role").and_then(Value::as_str) == Some("user") && content_text(m.get("content")).is_some()
     });
     prompt
 }
@@ -91,12 +87,7 @@ fn first_tool(request: &Map<String, Value>) -> Option<&str> {
     if choice.and_then(Value::as_str) == Some("none") {
         return None;
     }
-    request
-        .get("tools")?
-        .as_array()?
-        .first()?
-        .get("name")?
-        .as_str()
+    request.get("tools")?.as_array()?.first()?.get("name")?.as_str()
 }
 
 fn stop_reason(finish: &Finish) -> (&'static str, Option<&str>) {
@@ -110,18 +101,10 @@ fn stop_reason(finish: &Finish) -> (&'static str, Option<&str>) {
 /// `POST /v1/messages`.
 pub fn messages(ctx: &Ctx<'_>) -> Reply {
     if ctx.header("x-api-key").is_none() {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            "x-api-key header is required",
-        );
+        return error(StatusCode::UNAUTHORIZED, "authentication_error", "x-api-key header is required");
     }
     if ctx.header("anthropic-version").is_none() {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            "anthropic-version header is required",
-        );
+        return error(StatusCode::UNAUTHORIZED, "authentication_error", "anthropic-version header is required");
     }
     let Some(request) = ctx.json_object() else {
         return invalid("There was an error parsing the body of your request: invalid JSON");
@@ -141,29 +124,18 @@ pub fn messages(ctx: &Ctx<'_>) -> Reply {
         stop: request
             .get("stop_sequences")
             .and_then(Value::as_array)
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(|s| s.as_str().map(str::to_owned))
-                    .collect()
-            })
+            .map(|items| items.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
             .unwrap_or_default(),
         tool: first_tool(&request),
     };
     let output = text::respond(&prompt, &options);
-    let usage = Usage {
-        prompt: prompt.input_tokens,
-        completion: output.tokens(),
-    };
+    let usage = Usage { prompt: prompt.input_tokens, completion: output.tokens() };
     let name = ctx.state.name();
     let serial = ctx.state.next_id();
     let message = MessageMeta {
         id: format!("msg_{name}_{serial}"),
         tool_id: format!("toolu_{name}_{serial}"),
-        model: request
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or(DEFAULT_MODEL),
+        model: request.get("model").and_then(Value::as_str).unwrap_or(DEFAULT_MODEL),
     };
     let reply = if request.get("stream").and_then(Value::as_bool) == Some(true) {
         Reply::stream(sse::CONTENT_TYPE, message.events(&output, usage))
@@ -199,11 +171,9 @@ impl MessageMeta<'_> {
                 let (reason, sequence) = stop_reason(finish);
                 (json!([{ "type": "text", "text": text }]), reason, sequence)
             }
-            Output::ToolCall { name, input, .. } => (
-                json!([{ "type": "tool_use", "id": self.tool_id, "name": name, "input": input }]),
-                "tool_use",
-                None,
-            ),
+            Output::ToolCall { name, input, .. } => {
+                (json!([{ "type": "tool_use", "id": self.tool_id, "name": name, "input": input }]), "tool_use", None)
+            }
         };
         self.message(
             content,
@@ -214,15 +184,8 @@ impl MessageMeta<'_> {
 
     /// The Messages streaming event sequence.
     fn events(&self, output: &Output, usage: Usage) -> Vec<bytes::Bytes> {
-        let start = self.message(
-            json!([]),
-            (None, None),
-            json!({ "input_tokens": usage.prompt, "output_tokens": 1 }),
-        );
-        let mut events = vec![sse::event(
-            "message_start",
-            &json!({ "type": "message_start", "message": start }),
-        )];
+        let start = self.message(json!([]), (None, None), json!({ "input_tokens": usage.prompt, "output_tokens": 1 }));
+        let mut events = vec![sse::event("message_start", &json!({ "type": "message_start", "message": start }))];
         let (block, deltas, reason, sequence) = match output {
             Output::Text { text, finish } => {
                 let (reason, sequence) = stop_reason(finish);
@@ -230,16 +193,9 @@ impl MessageMeta<'_> {
                     .into_iter()
                     .map(|piece| json!({ "type": "text_delta", "text": piece }))
                     .collect();
-                (
-                    json!({ "type": "text", "text": "" }),
-                    deltas,
-                    reason,
-                    sequence,
-                )
+                (json!({ "type": "text", "text": "" }), deltas, reason, sequence)
             }
-            Output::ToolCall {
-                name, arguments, ..
-            } => {
+            Output::ToolCall { name, arguments, .. } => {
                 let deltas: Vec<Value> = text::pieces(arguments)
                     .into_iter()
                     .map(|piece| json!({ "type": "input_json_delta", "partial_json": piece }))
@@ -261,10 +217,7 @@ impl MessageMeta<'_> {
                 &json!({ "type": "content_block_delta", "index": 0, "delta": delta }),
             ));
         }
-        events.push(sse::event(
-            "content_block_stop",
-            &json!({ "type": "content_block_stop", "index": 0 }),
-        ));
+        events.push(sse::event("content_block_stop", &json!({ "type": "content_block_stop", "index": 0 })));
         events.push(sse::event(
             "message_delta",
             &json!({
@@ -273,10 +226,7 @@ impl MessageMeta<'_> {
                 "usage": { "output_tokens": usage.completion },
             }),
         ));
-        events.push(sse::event(
-            "message_stop",
-            &json!({ "type": "message_stop" }),
-        ));
+        events.push(sse::event("message_stop", &json!({ "type": "message_stop" })));
         events
     }
 }
@@ -310,30 +260,14 @@ mod tests {
     fn stop_reasons() {
         assert_eq!(stop_reason(&Finish::Stop), ("end_turn", None));
         assert_eq!(stop_reason(&Finish::MaxTokens), ("max_tokens", None));
-        assert_eq!(
-            stop_reason(&Finish::StopSequence("X".into())),
-            ("stop_sequence", Some("X"))
-        );
+        assert_eq!(stop_reason(&Finish::StopSequence("X".into())), ("stop_sequence", Some("X")));
     }
 
     #[test]
     fn stream_has_the_documented_event_order() {
-        let meta = MessageMeta {
-            id: "msg_1".into(),
-            tool_id: "toolu_1".into(),
-            model: "m",
-        };
-        let output = Output::Text {
-            text: "echo: hi there".into(),
-            finish: Finish::Stop,
-        };
-        let events = meta.events(
-            &output,
-            Usage {
-                prompt: 2,
-                completion: 3,
-            },
-        );
+        let meta = MessageMeta { id: "msg_1".into(), tool_id: "toolu_1".into(), model: "m" };
+        let output = Output::Text { text: "echo: hi there".into(), finish: Finish::Stop };
+        let events = meta.events(&output, Usage { prompt: 2, completion: 3 });
         let names: Vec<String> = events
             .iter()
             .map(|e| {

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -46,17 +48,19 @@ pub struct Chunks {
     cut_after: Option<usize>,
     sent: usize,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// Counts streams whose client went away before the last chunk (see `/_mock/stats`).
+    abandoned: Option<Arc<AtomicU64>>,
 }
 
 impl Chunks {
     pub fn new(chunks: Vec<Bytes>) -> Self {
-        Chunks {
-            chunks: chunks.into_iter(),
-            gap: None,
-            cut_after: None,
-            sent: 0,
-            sleep: None,
-        }
+        Chunks { chunks: chunks.into_iter(), gap: None, cut_after: None, sent: 0, sleep: None, abandoned: None }
+    }
+
+    /// Counts this stream in `counter` if it is dropped before its last chunk was sent.
+    pub fn watched(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.abandoned = Some(counter);
+        self
     }
 
     /// Waits `gap` between consecutive chunks.
@@ -73,9 +77,7 @@ impl Chunks {
 
     /// Completes once `duration` has elapsed since the first call.
     fn wait(&mut self, cx: &mut Context<'_>, duration: Duration) -> Poll<()> {
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(duration)));
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(duration)));
         ready!(sleep.as_mut().poll(cx));
         self.sleep = None;
         Poll::Ready(())
@@ -98,14 +100,22 @@ impl Chunks {
     }
 }
 
+impl Drop for Chunks {
+    fn drop(&mut self) {
+        let cut = self.cut_after.is_some_and(|n| self.sent >= n);
+        if !self.chunks.as_slice().is_empty() && !cut {
+            if let Some(counter) = &self.abandoned {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 impl Body for MockBody {
     type Data = Bytes;
     type Error = StreamCut;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, StreamCut>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamCut>>> {
         match self.get_mut() {
             MockBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             MockBody::Chunks(chunks) => chunks.poll_next(cx),
@@ -115,9 +125,7 @@ impl Body for MockBody {
     fn is_end_stream(&self) -> bool {
         match self {
             MockBody::Full(bytes) => bytes.is_none(),
-            MockBody::Chunks(chunks) => {
-                chunks.cut_after.is_none() && chunks.chunks.as_slice().is_empty()
-            }
+            MockBody::Chunks(chunks) => chunks.cut_after.is_none() && chunks.chunks.as_slice().is_empty(),
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use http::header::HeaderValue;
@@ -76,8 +76,7 @@ pub fn body_json(body: &[u8]) -> Value {
     if body.is_empty() {
         return Value::Null;
     }
-    serde_json::from_slice(body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+    serde_json::from_slice(body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
 }
 
 #[derive(Default)]
@@ -95,6 +94,8 @@ pub struct State {
     origin_header: Option<HeaderValue>,
     ids: AtomicU64,
     inner: Mutex<Inner>,
+    /// Streams whose client disconnected before the end (a gateway cancelling upstream).
+    abandoned: Arc<AtomicU64>,
 }
 
 impl State {
@@ -103,6 +104,7 @@ impl State {
             origin_header: HeaderValue::from_str(&name).ok(),
             name,
             ids: AtomicU64::new(0),
+            abandoned: Arc::default(),
             inner: Mutex::default(),
         }
     }
@@ -124,9 +126,7 @@ impl State {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the counters inconsistent
         // in a way that matters for a mock, so recover from poisoning.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn record(&self, request: Recorded) {
@@ -172,6 +172,11 @@ impl State {
 
     fn reset(&self) {
         *self.lock() = Inner::default();
+        self.abandoned.store(0, Ordering::Relaxed);
+    }
+
+    pub fn abandoned_streams(&self) -> Arc<AtomicU64> {
+        self.abandoned.clone()
     }
 
     fn requests_json(&self) -> Value {
@@ -186,6 +191,7 @@ impl State {
             "name": self.name,
             "count": inner.count,
             "by_path": inner.by_path,
+            "streams_abandoned": self.abandoned.load(Ordering::Relaxed),
             "usage": {
                 "prompt_tokens": inner.usage.prompt,
                 "completion_tokens": inner.usage.completion,
@@ -224,18 +230,13 @@ pub fn handle(state: &State, method: &Method, path: &str, body: &[u8]) -> Reply 
         (&Method::GET, "/_mock/requests") => Reply::ok_json(&state.requests_json()),
         (&Method::GET, "/_mock/stats") => Reply::ok_json(&state.stats_json()),
         (&Method::GET, "/_mock/fault") => Reply::ok_json(&state.fault_json()),
-        (&Method::GET, "/_mock/health") => {
-            Reply::ok_json(&json!({ "status": "ok", "name": state.name() }))
-        }
+        (&Method::GET, "/_mock/health") => Reply::ok_json(&json!({ "status": "ok", "name": state.name() })),
         (&Method::POST, "/_mock/reset") => {
             state.reset();
             Reply::ok_json(&json!({ "ok": true }))
         }
         (&Method::POST, "/_mock/fault") => state.arm(body),
-        _ => control_error(
-            StatusCode::NOT_FOUND,
-            &format!("no control endpoint {method} {path}"),
-        ),
+        _ => control_error(StatusCode::NOT_FOUND, &format!("no control endpoint {method} {path}")),
     }
 }
 
@@ -282,10 +283,7 @@ mod tests {
 
     #[test]
     fn repeated_headers_are_joined() {
-        let headers = vec![
-            ("a".to_owned(), "1".to_owned()),
-            ("a".to_owned(), "2".to_owned()),
-        ];
+        let headers = vec![("a".to_owned(), "1".to_owned()), ("a".to_owned(), "2".to_owned())];
         assert_eq!(headers_json(&headers), json!({"a": "1, 2"}));
     }
 }

@@ -61,9 +61,7 @@ pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
 
 /// Seconds since the Unix epoch, for `created` fields.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Token usage this origin reported in a response.
@@ -96,13 +94,7 @@ impl Reply {
 
     /// A complete body of any content type.
     pub fn full(status: StatusCode, content_type: &'static str, body: Bytes) -> Self {
-        Reply {
-            status,
-            content_type,
-            headers: Vec::new(),
-            payload: Payload::Full(body),
-            usage: Usage::default(),
-        }
+        Reply { status, content_type, headers: Vec::new(), payload: Payload::Full(body), usage: Usage::default() }
     }
 
     pub fn ok_json(value: &Value) -> Self {

@@ -128,25 +128,19 @@ impl Armed {
 fn number(value: Option<&Value>) -> Result<Option<u64>, String> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| format!("expected a non-negative integer, got {n}")),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("expected a non-negative integer, got {s:?}")),
+        Some(Value::Number(n)) => {
+            n.as_u64().map(Some).ok_or_else(|| format!("expected a non-negative integer, got {n}"))
+        }
+        Some(Value::String(s)) => {
+            s.trim().parse().map(Some).map_err(|_| format!("expected a non-negative integer, got {s:?}"))
+        }
         Some(other) => Err(format!("expected a non-negative integer, got {other}")),
     }
 }
 
 /// Parses the body of `POST /_mock/fault`; `Ok(None)` clears the fault.
 pub fn parse_config(body: &Value) -> Result<Option<Armed>, String> {
-    let mode = body
-        .get("mode")
-        .and_then(Value::as_str)
-        .ok_or("missing \"mode\"")?;
+    let mode = body.get("mode").and_then(Value::as_str).ok_or("missing \"mode\"")?;
     if mode == "none" {
         return Ok(None);
     }
@@ -156,21 +150,14 @@ pub fn parse_config(body: &Value) -> Result<Option<Armed>, String> {
     if remaining == Some(0) {
         return Ok(None);
     }
-    let fault = Fault {
-        mode,
-        delay: field("delay_ms")?.map(Duration::from_millis),
-        retry_after: field("retry_after")?,
-    };
+    let fault =
+        Fault { mode, delay: field("delay_ms")?.map(Duration::from_millis), retry_after: field("retry_after")? };
     let path = match body.get("path") {
         None | Some(Value::Null) => None,
         Some(Value::String(p)) => Some(p.clone()),
         Some(_) => return Err("\"path\" must be a string prefix".into()),
     };
-    Ok(Some(Armed {
-        fault,
-        remaining,
-        path,
-    }))
+    Ok(Some(Armed { fault, remaining, path }))
 }
 
 /// The per-request override: `x-mock-fault` (+ `x-mock-delay-ms`,
@@ -186,10 +173,7 @@ pub fn from_headers(headers: &HeaderMap) -> Result<Option<Option<Fault>>, String
     let mode = Mode::parse(&mode.to_ascii_lowercase()).ok_or_else(|| unknown_mode(mode))?;
     let header_number = |name: &str| {
         non_empty_header(headers, name)
-            .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| format!("{name}: expected a non-negative integer, got {v:?}"))
-            })
+            .map(|v| v.parse::<u64>().map_err(|_| format!("{name}: expected a non-negative integer, got {v:?}")))
             .transpose()
     };
     Ok(Some(Some(Fault {
@@ -201,10 +185,7 @@ pub fn from_headers(headers: &HeaderMap) -> Result<Option<Option<Fault>>, String
 
 fn unknown_mode(mode: &str) -> String {
     let known: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
-    format!(
-        "unknown fault mode {mode:?}; expected none or one of {}",
-        known.join(", ")
-    )
+    format!("unknown fault mode {mode:?}; expected none or one of {}", known.join(", "))
 }
 
 #[cfg(test)]
@@ -237,11 +218,7 @@ mod tests {
     #[test]
     fn stream_faults_match_streams_only() {
         let armed = |mode| Armed {
-            fault: Fault {
-                mode,
-                delay: None,
-                retry_after: None,
-            },
+            fault: Fault { mode, delay: None, retry_after: None },
             remaining: None,
             path: Some("/v1/".into()),
         };
@@ -257,10 +234,7 @@ mod tests {
         assert_eq!(from_headers(&headers), Ok(None));
         headers.insert("x-mock-fault", HeaderValue::from_static("delay"));
         headers.insert("x-mock-delay-ms", HeaderValue::from_static("25"));
-        let fault = from_headers(&headers)
-            .expect("valid")
-            .expect("present")
-            .expect("fault");
+        let fault = from_headers(&headers).expect("valid").expect("present").expect("fault");
         assert_eq!(fault.mode, Mode::Delay);
         assert_eq!(fault.delay_or_default(), Duration::from_millis(25));
         headers.insert("x-mock-fault", HeaderValue::from_static("none"));

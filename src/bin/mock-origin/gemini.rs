@@ -15,25 +15,18 @@ const MAX_CANDIDATES: u64 = 8;
 
 /// Google's error body.
 pub fn error(status: StatusCode, message: &str, code_name: &str) -> Reply {
-    Reply::json(
-        status,
-        &json!({ "error": { "code": status.as_u16(), "message": message, "status": code_name } }),
-    )
+    Reply::json(status, &json!({ "error": { "code": status.as_u16(), "message": message, "status": code_name } }))
 }
 
 /// The error Gemini answers for a failure injected with `status`.
 pub fn fault_error(status: StatusCode) -> Reply {
     match status {
-        StatusCode::TOO_MANY_REQUESTS => error(
-            status,
-            "Resource has been exhausted (e.g. check quota).",
-            "RESOURCE_EXHAUSTED",
-        ),
-        StatusCode::SERVICE_UNAVAILABLE => error(
-            status,
-            "The model is overloaded. Please try again later.",
-            "UNAVAILABLE",
-        ),
+        StatusCode::TOO_MANY_REQUESTS => {
+            error(status, "Resource has been exhausted (e.g. check quota).", "RESOURCE_EXHAUSTED")
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            error(status, "The model is overloaded. Please try again later.", "UNAVAILABLE")
+        }
         _ => error(
             status,
             "An internal error has occurred. Please retry or report in \
@@ -54,22 +47,14 @@ fn field<'v>(object: &'v Value, camel: &str, snake: &str) -> Option<&'v Value> {
 
 /// Text parts of a `Content`, joined with a space.
 fn parts_text(content: &Value) -> Option<String> {
-    let texts: Vec<&str> = content
-        .get("parts")?
-        .as_array()?
-        .iter()
-        .filter_map(|part| part.get("text").and_then(Value::as_str))
-        .collect();
+    let texts: Vec<&str> =
+        content.get("parts")?.as_array()?.iter().filter_map(|part| part.get("text").and_then(Value::as_str)).collect();
     (!texts.is_empty()).then(|| texts.join(" "))
 }
 
 fn is_user(content: &Value) -> bool {
     // `role` may be omitted for single-turn requests; it then means "user".
-    content
-        .get("role")
-        .and_then(Value::as_str)
-        .unwrap_or("user")
-        == "user"
+    content.get("role").and_then(Value::as_str).unwrap_or("user") == "user"
 }
 
 fn build_prompt(request: &Value, contents: &[Value]) -> Prompt {
@@ -87,9 +72,7 @@ fn build_prompt(request: &Value, contents: &[Value]) -> Prompt {
             }
         }
     }
-    prompt.ends_with_user_text = contents
-        .last()
-        .is_some_and(|c| is_user(c) && parts_text(c).is_some());
+    prompt.ends_with_user_text = contents.last().is_some_and(|c| is_user(c) && parts_text(c).is_some());
     prompt
 }
 
@@ -103,18 +86,13 @@ fn first_tool(request: &Value) -> Option<&str> {
         return None;
     }
     request.get("tools")?.as_array()?.iter().find_map(|tool| {
-        field(tool, "functionDeclarations", "function_declarations")?
-            .as_array()?
-            .first()?
-            .get("name")?
-            .as_str()
+        field(tool, "functionDeclarations", "function_declarations")?.as_array()?.first()?.get("name")?.as_str()
     })
 }
 
 /// Checks the API key (`x-goog-api-key` or `?key=`).
 fn authorize(ctx: &Ctx<'_>) -> Result<(), Reply> {
-    let has_key = ctx.header("x-goog-api-key").is_some()
-        || ctx.query_param("key").is_some_and(|k| !k.is_empty());
+    let has_key = ctx.header("x-goog-api-key").is_some() || ctx.query_param("key").is_some_and(|k| !k.is_empty());
     if has_key {
         Ok(())
     } else {
@@ -155,11 +133,7 @@ pub fn handle(ctx: &Ctx<'_>, model_action: &str) -> Reply {
 }
 
 pub fn not_found(ctx: &Ctx<'_>) -> Reply {
-    error(
-        StatusCode::NOT_FOUND,
-        &format!("Method not found: {} {}", ctx.method, ctx.path),
-        "NOT_FOUND",
-    )
+    error(StatusCode::NOT_FOUND, &format!("Method not found: {} {}", ctx.method, ctx.path), "NOT_FOUND")
 }
 
 fn finish_reason(finish: &Finish) -> &'static str {
@@ -181,30 +155,16 @@ fn generate(ctx: &Ctx<'_>, model: &str, request: &Value, stream: Option<bool>) -
         max_tokens: config_field("maxOutputTokens", "max_output_tokens").and_then(Value::as_u64),
         stop: config_field("stopSequences", "stop_sequences")
             .and_then(Value::as_array)
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(|s| s.as_str().map(str::to_owned))
-                    .collect()
-            })
+            .map(|items| items.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
             .unwrap_or_default(),
         tool: first_tool(request),
     };
-    let candidates = config_field("candidateCount", "candidate_count")
-        .and_then(Value::as_u64)
-        .unwrap_or(1)
-        .clamp(1, MAX_CANDIDATES);
+    let candidates =
+        config_field("candidateCount", "candidate_count").and_then(Value::as_u64).unwrap_or(1).clamp(1, MAX_CANDIDATES);
     let output = text::respond(&prompt, &options);
-    let usage = Usage {
-        prompt: prompt.input_tokens,
-        completion: output.tokens() * candidates,
-    };
-    let response = ResponseMeta {
-        model,
-        id: format!("{}-{}", ctx.state.name(), ctx.state.next_id()),
-        candidates,
-        usage,
-    };
+    let usage = Usage { prompt: prompt.input_tokens, completion: output.tokens() * candidates };
+    let response =
+        ResponseMeta { model, id: format!("{}-{}", ctx.state.name(), ctx.state.next_id()), candidates, usage };
     let (parts, finish) = match &output {
         Output::Text { text, finish } => {
             let pieces = text::pieces(text);
@@ -215,10 +175,9 @@ fn generate(ctx: &Ctx<'_>, model: &str, request: &Value, stream: Option<bool>) -
             };
             (parts, finish_reason(finish))
         }
-        Output::ToolCall { name, input, .. } => (
-            vec![json!({ "functionCall": { "name": name, "args": input } })],
-            "STOP",
-        ),
+        Output::ToolCall { name, input, .. } => {
+            (vec![json!({ "functionCall": { "name": name, "args": input } })], "STOP")
+        }
     };
     let Some(alt_sse) = stream else {
         let whole = match &output {
@@ -238,18 +197,12 @@ fn generate(ctx: &Ctx<'_>, model: &str, request: &Value, stream: Option<bool>) -
         // Without `alt=sse` the stream is one JSON array, sent element by element.
         let mut chunks: Vec<Bytes> = objects
             .enumerate()
-            .map(|(i, object)| {
-                Bytes::from(format!("{}{object}", if i == 0 { "[" } else { ",\r\n" }))
-            })
+            .map(|(i, object)| Bytes::from(format!("{}{object}", if i == 0 { "[" } else { ",\r\n" })))
             .collect();
         chunks.push(Bytes::from_static(b"]"));
         chunks
     };
-    let content_type = if alt_sse {
-        sse::CONTENT_TYPE
-    } else {
-        "application/json"
-    };
+    let content_type = if alt_sse { sse::CONTENT_TYPE } else { "application/json" };
     Reply::stream(content_type, chunks).with_usage(usage)
 }
 
@@ -290,17 +243,9 @@ impl ResponseMeta<'_> {
 }
 
 fn count_tokens(request: &Value) -> Reply {
-    let nested = field(
-        request,
-        "generateContentRequest",
-        "generate_content_request",
-    );
+    let nested = field(request, "generateContentRequest", "generate_content_request");
     let source = nested.unwrap_or(request);
-    let contents = source
-        .get("contents")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let contents = source.get("contents").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     let prompt = build_prompt(source, contents);
     Reply::ok_json(&json!({ "totalTokens": prompt.input_tokens }))
 }
@@ -313,9 +258,8 @@ fn dimensions(request: &Value) -> usize {
 
 /// `{"values": [...]}` for one `EmbedContentRequest`.
 fn embed_one(request: &Value) -> Result<Value, Reply> {
-    let content = request
-        .get("content")
-        .ok_or_else(|| invalid("* EmbedContentRequest.content: content is not specified"))?;
+    let content =
+        request.get("content").ok_or_else(|| invalid("* EmbedContentRequest.content: content is not specified"))?;
     let text = parts_text(content).unwrap_or_default();
     let values = embed::embedding(&text, dimensions(request));
     Ok(json!({ "values": embed::to_json(&values) }))
@@ -332,11 +276,7 @@ fn batch_embed(request: &Value) -> Reply {
     let Some(requests) = request.get("requests").and_then(Value::as_array) else {
         return invalid("* BatchEmbedContentsRequest.requests: requests is not specified");
     };
-    match requests
-        .iter()
-        .map(embed_one)
-        .collect::<Result<Vec<_>, _>>()
-    {
+    match requests.iter().map(embed_one).collect::<Result<Vec<_>, _>>() {
         Ok(embeddings) => Reply::ok_json(&json!({ "embeddings": embeddings })),
         Err(reply) => reply,
     }

@@ -61,17 +61,10 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => {
-                (flag.to_owned(), Some(value.to_owned()))
-            }
+            Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value.to_owned())),
             _ => (arg, None),
         };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
+        let mut value = || inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--addr" => {
                 let raw = value()?;
@@ -97,10 +90,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("mock-origin: cannot start the runtime: {e}");
@@ -151,17 +141,10 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>) {
     // Small request/response exchanges: do not wait for Nagle.
     let _ = stream.set_nodelay(true);
     let flags = Arc::new(ConnFlags::default());
-    let io = TokioIo::new(Conn {
-        stream,
-        flags: Arc::clone(&flags),
-    });
-    let service =
-        service_fn(move |request| router::handle(Arc::clone(&state), Arc::clone(&flags), request));
+    let io = TokioIo::new(Conn { stream, flags: Arc::clone(&flags) });
+    let service = service_fn(move |request| router::handle(Arc::clone(&state), Arc::clone(&flags), request));
     // Errors here are client disconnects and injected faults; nothing to report.
-    let _ = http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(io, service)
-        .await;
+    let _ = http1::Builder::new().keep_alive(true).serve_connection(io, service).await;
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -203,21 +186,13 @@ impl Drop for Conn {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -254,23 +229,14 @@ mod tests {
     fn defaults() {
         assert_eq!(
             parse(&[]),
-            Ok(Command::Run(Args {
-                addr: "127.0.0.1:0".parse().expect("addr"),
-                name: "mock".into(),
-            }))
+            Ok(Command::Run(Args { addr: "127.0.0.1:0".parse().expect("addr"), name: "mock".into() }))
         );
     }
 
     #[test]
     fn flags_with_separate_or_inline_values() {
-        let expected = Command::Run(Args {
-            addr: "127.0.0.1:9000".parse().expect("addr"),
-            name: "primary".into(),
-        });
-        assert_eq!(
-            parse(&["--addr", "127.0.0.1:9000", "--name", "primary"]),
-            Ok(expected)
-        );
+        let expected = Command::Run(Args { addr: "127.0.0.1:9000".parse().expect("addr"), name: "primary".into() });
+        assert_eq!(parse(&["--addr", "127.0.0.1:9000", "--name", "primary"]), Ok(expected));
         let inline = parse(&["--addr=127.0.0.1:9000", "--name=primary"]);
         assert!(matches!(inline, Ok(Command::Run(ref a)) if a.name == "primary"));
     }

@@ -28,11 +28,7 @@ impl Flavor<'_> {
     fn model(&self, request: &Map<String, Value>) -> String {
         match self {
             Flavor::Azure { deployment } => (*deployment).to_owned(),
-            Flavor::OpenAi => request
-                .get("model")
-                .and_then(Value::as_str)
-                .unwrap_or(DEFAULT_MODEL)
-                .to_owned(),
+            Flavor::OpenAi => request.get("model").and_then(Value::as_str).unwrap_or(DEFAULT_MODEL).to_owned(),
         }
     }
 }
@@ -56,12 +52,9 @@ pub fn fault_error(status: StatusCode) -> Reply {
             "requests",
             Some("rate_limit_exceeded"),
         ),
-        StatusCode::SERVICE_UNAVAILABLE => error(
-            status,
-            "The engine is currently overloaded, please try again later.",
-            "server_error",
-            None,
-        ),
+        StatusCode::SERVICE_UNAVAILABLE => {
+            error(status, "The engine is currently overloaded, please try again later.", "server_error", None)
+        }
         _ => error(
             status,
             "The server had an error while processing your request. Sorry about that!",
@@ -73,12 +66,7 @@ pub fn fault_error(status: StatusCode) -> Reply {
 
 /// 404 for an unknown route.
 pub fn not_found(ctx: &Ctx<'_>) -> Reply {
-    error(
-        StatusCode::NOT_FOUND,
-        &format!("Invalid URL ({} {})", ctx.method, ctx.path),
-        "invalid_request_error",
-        None,
-    )
+    error(StatusCode::NOT_FOUND, &format!("Invalid URL ({} {})", ctx.method, ctx.path), "invalid_request_error", None)
 }
 
 fn invalid_json() -> Reply {
@@ -152,10 +140,7 @@ fn content_text(content: Option<&Value>) -> Option<String> {
     match content? {
         Value::String(s) => Some(s.clone()),
         Value::Array(parts) => {
-            let texts: Vec<&str> = parts
-                .iter()
-                .filter_map(|part| part.get("text").and_then(Value::as_str))
-                .collect();
+            let texts: Vec<&str> = parts.iter().filter_map(|part| part.get("text").and_then(Value::as_str)).collect();
             (!texts.is_empty()).then(|| texts.join(" "))
         }
         _ => None,
@@ -173,8 +158,7 @@ fn prompt_from_messages(messages: &[Value]) -> Prompt {
         }
     }
     prompt.ends_with_user_text = messages.last().is_some_and(|m| {
-        m.get("role").and_then(Value::as_str) == Some("user")
-            && content_text(m.get("content")).is_some()
+        m.get("role").and_then(Value::as_str) == Some("user") && content_text(m.get("content")).is_some()
     });
     prompt
 }
@@ -185,29 +169,20 @@ fn first_tool(request: &Map<String, Value>) -> Option<&str> {
         return None;
     }
     let tool = request.get("tools")?.as_array()?.first()?;
-    tool.pointer("/function/name")
-        .or_else(|| tool.get("name"))
-        .and_then(Value::as_str)
+    tool.pointer("/function/name").or_else(|| tool.get("name")).and_then(Value::as_str)
 }
 
 /// `stop`: a string or a list of strings.
 fn stop_sequences(value: Option<&Value>) -> Vec<String> {
     match value {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|s| s.as_str().map(str::to_owned))
-            .collect(),
+        Some(Value::Array(items)) => items.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect(),
         _ => Vec::new(),
     }
 }
 
 fn choice_count(request: &Map<String, Value>) -> u64 {
-    request
-        .get("n")
-        .and_then(Value::as_u64)
-        .unwrap_or(1)
-        .clamp(1, MAX_CHOICES)
+    request.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, MAX_CHOICES)
 }
 
 fn wants_stream(request: &Map<String, Value>) -> bool {
@@ -215,11 +190,7 @@ fn wants_stream(request: &Map<String, Value>) -> bool {
 }
 
 fn include_usage(request: &Map<String, Value>) -> bool {
-    request
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        == Some(true)
+    request.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool) == Some(true)
 }
 
 fn usage_json(usage: Usage) -> Value {
@@ -279,31 +250,20 @@ pub fn chat(ctx: &Ctx<'_>, flavor: Flavor<'_>) -> Reply {
     };
     let prompt = prompt_from_messages(messages);
     let options = Options {
-        max_tokens: request
-            .get("max_completion_tokens")
-            .or_else(|| request.get("max_tokens"))
-            .and_then(Value::as_u64),
+        max_tokens: request.get("max_completion_tokens").or_else(|| request.get("max_tokens")).and_then(Value::as_u64),
         stop: stop_sequences(request.get("stop")),
         tool: first_tool(&request),
     };
     let output = text::respond(&prompt, &options);
     let n = choice_count(&request);
-    let usage = Usage {
-        prompt: prompt.input_tokens,
-        completion: output.tokens() * n,
-    };
+    let usage = Usage { prompt: prompt.input_tokens, completion: output.tokens() * n };
     let meta = Meta::new(ctx, "chatcmpl", flavor.model(&request));
     if wants_stream(&request) {
         return stream_chat(&meta, &output, n, include_usage(&request), usage);
     }
     let (message, finish) = match &output {
-        Output::Text { text, finish } => (
-            json!({ "role": "assistant", "content": text }),
-            finish_reason(finish),
-        ),
-        Output::ToolCall {
-            name, arguments, ..
-        } => (
+        Output::Text { text, finish } => (json!({ "role": "assistant", "content": text }), finish_reason(finish)),
+        Output::ToolCall { name, arguments, .. } => (
             json!({
                 "role": "assistant",
                 "content": null,
@@ -317,9 +277,7 @@ pub fn chat(ctx: &Ctx<'_>, flavor: Flavor<'_>) -> Reply {
         ),
     };
     let choices: Vec<Value> = (0..n)
-        .map(|index| {
-            json!({ "index": index, "message": message, "logprobs": null, "finish_reason": finish })
-        })
+        .map(|index| json!({ "index": index, "message": message, "logprobs": null, "finish_reason": finish }))
         .collect();
     let mut body = meta.object("chat.completion", Value::Array(choices));
     body["usage"] = usage_json(usage);
@@ -345,19 +303,13 @@ fn stream_chat(meta: &Meta, output: &Output, n: u64, with_usage: bool, usage: Us
     for index in 0..n {
         match output {
             Output::Text { text, finish } => {
-                events.push(chunk(
-                    index,
-                    json!({ "role": "assistant", "content": "" }),
-                    None,
-                ));
+                events.push(chunk(index, json!({ "role": "assistant", "content": "" }), None));
                 for piece in text::pieces(text) {
                     events.push(chunk(index, json!({ "content": piece }), None));
                 }
                 events.push(chunk(index, json!({}), Some(finish_reason(finish))));
             }
-            Output::ToolCall {
-                name, arguments, ..
-            } => {
+            Output::ToolCall { name, arguments, .. } => {
                 let start = json!({
                     "role": "assistant",
                     "content": null,
@@ -395,13 +347,10 @@ fn stream_chat(meta: &Meta, output: &Output, n: u64, with_usage: bool, usage: Us
 fn prompts(value: &Value) -> Vec<String> {
     match value {
         Value::String(s) => vec![s.clone()],
-        Value::Array(items) if items.iter().all(Value::is_string) => items
-            .iter()
-            .filter_map(|s| s.as_str().map(str::to_owned))
-            .collect(),
-        Value::Array(items) if items.iter().all(Value::is_array) => {
-            items.iter().map(Value::to_string).collect()
+        Value::Array(items) if items.iter().all(Value::is_string) => {
+            items.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()
         }
+        Value::Array(items) if items.iter().all(Value::is_array) => items.iter().map(Value::to_string).collect(),
         other => vec![other.to_string()],
     }
 }
@@ -438,13 +387,9 @@ pub fn completions(ctx: &Ctx<'_>, flavor: Flavor<'_>) -> Reply {
         for (index, (reply, finish)) in answers.iter().enumerate() {
             let choice = |text: &str, finish: Option<&str>| json!([{ "text": text, "index": index, "logprobs": null, "finish_reason": finish }]);
             for piece in text::pieces(reply) {
-                events.push(sse::data(
-                    &meta.object("text_completion", choice(piece, None)),
-                ));
+                events.push(sse::data(&meta.object("text_completion", choice(piece, None))));
             }
-            events.push(sse::data(
-                &meta.object("text_completion", choice("", Some(finish))),
-            ));
+            events.push(sse::data(&meta.object("text_completion", choice("", Some(finish)))));
         }
         let reported = if with_usage {
             let mut last = meta.object("text_completion", json!([]));
@@ -494,21 +439,15 @@ pub fn embeddings(ctx: &Ctx<'_>, flavor: Flavor<'_>) -> Reply {
             .collect(),
         other => vec![(other.to_string(), 1)],
     };
-    let dimensions = request
-        .get("dimensions")
-        .and_then(Value::as_u64)
-        .map_or(embed::DEFAULT_DIMENSIONS, |d| d as usize);
+    let dimensions =
+        request.get("dimensions").and_then(Value::as_u64).map_or(embed::DEFAULT_DIMENSIONS, |d| d as usize);
     let base64 = request.get("encoding_format").and_then(Value::as_str) == Some("base64");
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
         .map(|(index, (text, _))| {
             let values = embed::embedding(text, dimensions);
-            let embedding = if base64 {
-                json!(embed::to_base64(&values))
-            } else {
-                embed::to_json(&values)
-            };
+            let embedding = if base64 { json!(embed::to_base64(&values)) } else { embed::to_json(&values) };
             json!({ "object": "embedding", "index": index, "embedding": embedding })
         })
         .collect();
@@ -519,10 +458,7 @@ pub fn embeddings(ctx: &Ctx<'_>, flavor: Flavor<'_>) -> Reply {
         "model": flavor.model(&request),
         "usage": { "prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens },
     });
-    Reply::ok_json(&body).with_usage(Usage {
-        prompt: prompt_tokens,
-        completion: 0,
-    })
+    Reply::ok_json(&body).with_usage(Usage { prompt: prompt_tokens, completion: 0 })
 }
 
 fn model_json(id: &str) -> Value {

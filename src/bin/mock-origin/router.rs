@@ -81,10 +81,7 @@ impl Provider {
 
 /// `{model}:{action}` for Gemini paths (`/v1beta/models/...` or `/v1/models/...:x`).
 fn gemini_path(path: &str) -> Option<&str> {
-    path.strip_prefix("/v1beta/models/").or_else(|| {
-        path.strip_prefix("/v1/models/")
-            .filter(|rest| rest.contains(':'))
-    })
+    path.strip_prefix("/v1beta/models/").or_else(|| path.strip_prefix("/v1/models/").filter(|rest| rest.contains(':')))
 }
 
 /// The hyper service: one call per request.
@@ -110,27 +107,14 @@ pub async fn handle(
         return Ok(into_response(&state, reply, |c| c));
     }
 
-    state.record(Recorded::new(
-        &parts.method,
-        path,
-        query,
-        &parts.headers,
-        body.clone(),
-    ));
+    state.record(Recorded::new(&parts.method, path, query, &parts.headers, body.clone()));
     let header_fault = match fault::from_headers(&parts.headers) {
         Ok(fault) => fault,
         Err(message) => {
             return Ok(into_response(&state, provider.bad_request(&message), |c| c));
         }
     };
-    let ctx = Ctx {
-        method: &parts.method,
-        path,
-        query,
-        headers: &parts.headers,
-        body: &body,
-        state: &state,
-    };
+    let ctx = Ctx { method: &parts.method, path, query, headers: &parts.headers, body: &body, state: &state };
     let reply = dispatch(&ctx);
     let fault = match header_fault {
         Some(fault) => fault,
@@ -146,13 +130,7 @@ pub async fn handle(
 fn dispatch(ctx: &Ctx<'_>) -> Reply {
     let path = ctx.path;
     if path == "/echo" || path.starts_with("/echo/") {
-        let request = Recorded::new(
-            ctx.method,
-            path,
-            ctx.query,
-            ctx.headers,
-            Bytes::copy_from_slice(ctx.body),
-        );
+        let request = Recorded::new(ctx.method, path, ctx.query, ctx.headers, Bytes::copy_from_slice(ctx.body));
         return Reply::ok_json(&request.to_json());
     }
     let post = ctx.method == Method::POST;
@@ -224,8 +202,7 @@ async fn apply(
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             let mut error = provider.fault_error(status);
-            let retry = fault.mode == Mode::Status429
-                || (fault.mode == Mode::Status503 && fault.retry_after.is_some());
+            let retry = fault.mode == Mode::Status429 || (fault.mode == Mode::Status503 && fault.retry_after.is_some());
             if retry {
                 let seconds = HeaderValue::from(fault.retry_after_or_default());
                 error = error.with_header(RETRY_AFTER, seconds);
@@ -240,9 +217,7 @@ async fn apply(
         Mode::MalformedJson => {
             let truncated = match reply.payload {
                 Payload::Full(bytes) if bytes.len() > 1 => bytes.slice(..bytes.len() / 2),
-                _ => Bytes::from_static(
-                    b"{\"id\":\"mock\",\"choices\":[{\"message\":{\"content\":\"tru",
-                ),
+                _ => Bytes::from_static(b"{\"id\":\"mock\",\"choices\":[{\"message\":{\"content\":\"tru"),
             };
             let reply = Reply::full(StatusCode::OK, "application/json", truncated);
             Ok(into_response(state, reply, |c| c))
@@ -256,24 +231,16 @@ async fn apply(
 }
 
 /// Sends `reply` as answered, counting the usage it reports.
-fn deliver(
-    state: &State,
-    reply: Reply,
-    shape: impl FnOnce(Chunks) -> Chunks,
-) -> Response<MockBody> {
+fn deliver(state: &State, reply: Reply, shape: impl FnOnce(Chunks) -> Chunks) -> Response<MockBody> {
     state.add_usage(reply.usage);
     into_response(state, reply, shape)
 }
 
-fn into_response(
-    state: &State,
-    reply: Reply,
-    shape: impl FnOnce(Chunks) -> Chunks,
-) -> Response<MockBody> {
+fn into_response(state: &State, reply: Reply, shape: impl FnOnce(Chunks) -> Chunks) -> Response<MockBody> {
     let streaming = reply.is_stream();
     let body = match reply.payload {
         Payload::Full(bytes) => MockBody::full(bytes),
-        Payload::Stream(chunks) => MockBody::Chunks(shape(Chunks::new(chunks))),
+        Payload::Stream(chunks) => MockBody::Chunks(shape(Chunks::new(chunks).watched(state.abandoned_streams()))),
     };
     let mut response = Response::new(body);
     *response.status_mut() = reply.status;
@@ -298,15 +265,9 @@ mod tests {
     #[test]
     fn error_shape_follows_the_path() {
         assert_eq!(Provider::of("/v1/chat/completions"), Provider::OpenAi);
-        assert_eq!(
-            Provider::of("/openai/deployments/d/embeddings"),
-            Provider::OpenAi
-        );
+        assert_eq!(Provider::of("/openai/deployments/d/embeddings"), Provider::OpenAi);
         assert_eq!(Provider::of("/v1/messages"), Provider::Anthropic);
-        assert_eq!(
-            Provider::of("/v1beta/models/g:generateContent"),
-            Provider::Gemini
-        );
+        assert_eq!(Provider::of("/v1beta/models/g:generateContent"), Provider::Gemini);
         assert_eq!(Provider::of("/v1/models/g:embedContent"), Provider::Gemini);
         assert_eq!(Provider::of("/v1/models/gpt-4o"), Provider::OpenAi);
     }

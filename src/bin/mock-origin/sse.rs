@@ -42,10 +42,7 @@ mod tests {
 
     #[test]
     fn data_frame() {
-        assert_eq!(
-            data(&json!({"a": 1})),
-            Bytes::from_static(b"data: {\"a\":1}\n\n")
-        );
+        assert_eq!(data(&json!({"a": 1})), Bytes::from_static(b"data: {\"a\":1}\n\n"));
     }
 
     #[test]

@@ -140,11 +140,7 @@ pub fn respond(prompt: &Prompt, options: &Options<'_>) -> Output {
     if let Some(name) = options.tool {
         if prompt.ends_with_user_text && wants_tool(&prompt.last_user_text) {
             let input = json!({ "text": prompt.last_user_text });
-            return Output::ToolCall {
-                name: name.to_owned(),
-                arguments: input.to_string(),
-                input,
-            };
+            return Output::ToolCall { name: name.to_owned(), arguments: input.to_string(), input };
         }
     }
     let (text, finish) = limit(&echo(&prompt.last_user_text), options);
@@ -159,11 +155,7 @@ pub fn respond(prompt: &Prompt, options: &Options<'_>) -> Output {
 pub fn limit(reply: &str, options: &Options<'_>) -> (String, Finish) {
     let mut text = reply;
     let mut finish = Finish::Stop;
-    let searched_from = if reply.starts_with(ECHO_PREFIX) {
-        ECHO_PREFIX.len()
-    } else {
-        0
-    };
+    let searched_from = if reply.starts_with(ECHO_PREFIX) { ECHO_PREFIX.len() } else { 0 };
     let earliest = options
         .stop
         .iter()
@@ -191,11 +183,7 @@ mod tests {
     use super::*;
 
     fn prompt(text: &str) -> Prompt {
-        Prompt {
-            input_tokens: count_words(text),
-            last_user_text: text.to_owned(),
-            ends_with_user_text: true,
-        }
+        Prompt { input_tokens: count_words(text), last_user_text: text.to_owned(), ends_with_user_text: true }
     }
 
     #[test]
@@ -229,72 +217,36 @@ mod tests {
     #[test]
     fn echoes_the_last_user_text() {
         let out = respond(&prompt("hello world"), &Options::default());
-        assert_eq!(
-            out,
-            Output::Text {
-                text: "echo: hello world".into(),
-                finish: Finish::Stop
-            }
-        );
+        assert_eq!(out, Output::Text { text: "echo: hello world".into(), finish: Finish::Stop });
         assert_eq!(out.tokens(), 3);
     }
 
     #[test]
     fn max_tokens_truncates() {
-        let options = Options {
-            max_tokens: Some(2),
-            ..Options::default()
-        };
+        let options = Options { max_tokens: Some(2), ..Options::default() };
         let out = respond(&prompt("one two three"), &options);
-        assert_eq!(
-            out,
-            Output::Text {
-                text: "echo: one".into(),
-                finish: Finish::MaxTokens
-            }
-        );
+        assert_eq!(out, Output::Text { text: "echo: one".into(), finish: Finish::MaxTokens });
     }
 
     #[test]
     fn stop_sequence_cuts_before_the_sequence() {
-        let options = Options {
-            stop: vec!["three".into(), "two".into()],
-            ..Options::default()
-        };
+        let options = Options { stop: vec!["three".into(), "two".into()], ..Options::default() };
         let (text, finish) = limit("echo: one two three", &options);
         assert_eq!(text, "echo: one ");
         assert_eq!(finish, Finish::StopSequence("two".into()));
 
-        let in_prefix = Options {
-            stop: vec!["o".into()],
-            ..Options::default()
-        };
-        assert_eq!(
-            limit("echo: one two", &in_prefix),
-            ("echo: ".to_owned(), Finish::StopSequence("o".into()))
-        );
+        let in_prefix = Options { stop: vec!["o".into()], ..Options::default() };
+        assert_eq!(limit("echo: one two", &in_prefix), ("echo: ".to_owned(), Finish::StopSequence("o".into())));
 
-        let tight = Options {
-            max_tokens: Some(1),
-            ..options
-        };
-        assert_eq!(
-            limit("echo: one two three", &tight),
-            ("echo:".to_owned(), Finish::MaxTokens)
-        );
+        let tight = Options { max_tokens: Some(1), ..options };
+        assert_eq!(limit("echo: one two three", &tight), ("echo:".to_owned(), Finish::MaxTokens));
     }
 
     #[test]
     fn tool_call_only_when_asked_and_tools_present() {
-        let options = Options {
-            tool: Some("lookup"),
-            ..Options::default()
-        };
+        let options = Options { tool: Some("lookup"), ..Options::default() };
         let out = respond(&prompt("please Call Tool now"), &options);
-        let Output::ToolCall {
-            name, arguments, ..
-        } = &out
-        else {
+        let Output::ToolCall { name, arguments, .. } = &out else {
             panic!("expected a tool call, got {out:?}");
         };
         assert_eq!(name, "lookup");
@@ -306,9 +258,6 @@ mod tests {
 
         let mut after_result = prompt("call tool");
         after_result.ends_with_user_text = false;
-        assert!(matches!(
-            respond(&after_result, &options),
-            Output::Text { .. }
-        ));
+        assert!(matches!(respond(&after_result, &options), Output::Text { .. }));
     }
 }

@@ -172,6 +172,9 @@ fn host(forwarded: Rc<Cell<u64>>) -> MemoryHost {
 struct Case<'a> {
     name: &'a str,
     make: Box<dyn Fn(u64) -> Request<Vec<u8>> + 'a>,
+    /// A new `Gateway` per request: the config is read from KV and parsed every time, as
+    /// when every request gets a fresh instance (`wasmtime serve`, Spin).
+    cold: bool,
 }
 
 struct Stats {
@@ -199,7 +202,15 @@ struct Limits {
 /// One request through the gateway, log line included. Never inlined: scripts/bench counts
 /// its instructions with callgrind (`--toggle-collect=*pipeline::run_one*`).
 #[inline(never)]
-fn run_one(gateway: &Gateway, host: &MemoryHost, request: Request<Vec<u8>>) -> (u16, usize) {
+fn run_one(warm: Option<&Gateway>, host: &MemoryHost, request: Request<Vec<u8>>) -> (u16, usize) {
+    let fresh;
+    let gateway = match warm {
+        Some(gateway) => gateway,
+        None => {
+            fresh = Gateway::new();
+            &fresh
+        }
+    };
     block_on(async {
         let exchange = gateway.handle(host, request, &ClientInfo::default()).await;
         let status = exchange.response.status().as_u16();
@@ -219,13 +230,14 @@ fn measure(case: &Case, limits: &Limits) -> Stats {
     let forwarded = Rc::new(Cell::new(0));
     let host = host(forwarded.clone());
     let gateway = Gateway::new(); // one per isolate: the config memo is warm after request 0
+    let warm = (!case.cold).then_some(&gateway);
 
     // Warm up: caches, branch predictors, the config memo, allocator pools.
-    let (status, response_bytes) = run_one(&gateway, &host, (case.make)(0));
+    let (status, response_bytes) = run_one(warm, &host, (case.make)(0));
     let warm_until = Instant::now() + warm_up;
     let mut i = 1;
     while Instant::now() < warm_until {
-        black_box(run_one(&gateway, &host, (case.make)(i)));
+        black_box(run_one(warm, &host, (case.make)(i)));
         i += 1;
     }
 
@@ -246,7 +258,7 @@ fn measure(case: &Case, limits: &Limits) -> Stats {
         let (allocs_before, bytes_before) = (ALLOCS.load(Relaxed), ALLOC_BYTES.load(Relaxed));
         let t = Instant::now();
         for request in requests {
-            black_box(run_one(&gateway, &host, request));
+            black_box(run_one(warm, &host, request));
         }
         let batch = t.elapsed();
         allocs += ALLOCS.load(Relaxed) - allocs_before;
@@ -305,6 +317,12 @@ fn main() {
         Case {
             name: "POST /v1/chat/completions (forwarded, 200)",
             make: Box::new(|i| openai_client_request(Method::POST, "/v1/chat/completions", chat_body(&template, i))),
+            cold: false,
+        },
+        Case {
+            name: "  same, new isolate per request (config parsed)",
+            make: Box::new(|i| openai_client_request(Method::POST, "/v1/chat/completions", chat_body(&template, i))),
+            cold: true,
         },
         Case {
             name: "POST /v1/chat/completions malformed JSON (400)",
@@ -315,10 +333,12 @@ fn main() {
                     br#"{"model":"chat","messages":[{"role":"user","#.to_vec(),
                 )
             }),
+            cold: false,
         },
         Case {
             name: "GET /v1/models",
             make: Box::new(|_| openai_client_request(Method::GET, "/v1/models", Vec::new())),
+            cold: false,
         },
     ];
 

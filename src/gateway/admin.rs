@@ -316,8 +316,13 @@ async fn apply_config<P: Ports>(ports: &P, body: &[u8], dry_run: bool, audit: &m
 }
 
 async fn stored_versions<P: Ports>(ports: &P) -> Result<Vec<String>> {
-    let mut versions: Vec<String> =
-        ports.list(VERSION_PREFIX).await?.into_iter().map(|k| k[VERSION_PREFIX.len()..].to_string()).collect();
+    let mut versions: Vec<String> = ports
+        .list(VERSION_PREFIX)
+        .await?
+        .iter()
+        .filter_map(|k| k.strip_prefix(VERSION_PREFIX))
+        .map(str::to_string)
+        .collect();
     versions.sort();
     Ok(versions)
 }

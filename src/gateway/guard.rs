@@ -18,8 +18,6 @@
 //! is redacted. Text is read from chat `messages` (string content and text parts), completions
 //! `prompt` and embeddings `input`; nothing else in the body is touched.
 
-use std::collections::BTreeMap;
-
 use regex_lite::{Regex, RegexBuilder};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -113,9 +111,9 @@ impl Redactor {
 /// What the guard did, for the log line: rule ids with counts, never matched text.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct GuardReport {
-    /// Redaction rule id → number of spans replaced.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub redacted: BTreeMap<String, u32>,
+    /// (redaction rule id, number of spans replaced), sorted by id; serialized as an object.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_map")]
+    pub redacted: Vec<(String, u32)>,
     /// A prompt-injection phrase was seen and the mode is `flag`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub flagged: bool,
@@ -128,6 +126,20 @@ impl GuardReport {
     pub fn is_empty(&self) -> bool {
         self.redacted.is_empty() && !self.flagged
     }
+
+    /// How many spans rule `id` redacted.
+    pub fn count(&self, id: &str) -> u32 {
+        self.redacted.iter().find(|(r, _)| r == id).map_or(0, |(_, n)| *n)
+    }
+}
+
+fn as_map<S: serde::Serializer>(pairs: &[(String, u32)], s: S) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(pairs.len()))?;
+    for (id, n) in pairs {
+        map.serialize_entry(id, n)?;
+    }
+    map.end()
 }
 
 /// Checks an endpoint's `guardrails:` at `path` (e.g. `endpoints[0].guardrails`) and compiles
@@ -160,7 +172,15 @@ pub fn check(path: &str, value: &Value, issues: &mut Issues) -> Option<Guardrail
             _ => issues.unknown(at, "guardrails field", key, FIELDS),
         }
     }
-    g.redact.sort_by_key(Redactor::rank); // stable: custom rules keep their config order
+    // Built-ins first, most specific first; custom rules keep their config order.
+    let mut unordered: Vec<Option<Redactor>> = std::mem::take(&mut g.redact).into_iter().map(Some).collect();
+    for rank in 0..=4 {
+        for slot in unordered.iter_mut() {
+            if let Some(r) = slot.take_if(|r| r.rank() == rank) {
+                g.redact.push(r);
+            }
+        }
+    }
     (issues.0.len() == before).then_some(g)
 }
 
@@ -408,7 +428,7 @@ fn check_deny(path: &str, value: &Value, issues: &mut Issues) -> Vec<DenyRule> {
         } else if pattern.is_ascii() {
             Matcher::Ascii(pattern.to_ascii_lowercase().into_bytes())
         } else {
-            Matcher::Unicode(pattern.chars().map(lower).collect())
+            Matcher::Unicode(pattern.chars().map(lower_char).collect())
         };
         out.push(DenyRule { id, matcher });
     }
@@ -644,20 +664,54 @@ fn contains_ascii_ci(hay: &[u8], needle: &[u8]) -> bool {
     })
 }
 
-fn lower(c: char) -> char {
-    let mut l = c.to_lowercase();
-    match (l.next(), l.next()) {
-        (Some(one), None) => one,
-        _ => c,
-    }
+/// Simple lowercase mapping for ASCII, Latin-1, Latin Extended-A, Greek and basic Cyrillic,
+/// computed rather than looked up: std's Unicode case tables cost ~20 KB of wasm. Other
+/// characters map to themselves.
+pub(crate) fn lower_char(c: char) -> char {
+    let u = c as u32;
+    let mapped = match u {
+        0x41..=0x5A | 0xC0..=0xD6 | 0xD8..=0xDE | 0x391..=0x3A1 | 0x3A3..=0x3AB | 0x410..=0x42F => u + 0x20,
+        0x400..=0x40F => u + 0x50,
+        0x130 => 0x69,
+        0x178 => 0xFF,
+        0x386 => 0x3AC,
+        0x388..=0x38A => u + 0x25,
+        0x38C => 0x3CC,
+        0x38E..=0x38F => u + 0x3F,
+        0x100..=0x12F | 0x132..=0x137 | 0x14A..=0x177 if u.is_multiple_of(2) => u + 1,
+        0x139..=0x148 | 0x179..=0x17E if !u.is_multiple_of(2) => u + 1,
+        _ => u,
+    };
+    char::from_u32(mapped).unwrap_or(c)
+}
+
+/// The inverse of [`lower_char`] (plus `ı`, final `ς` and long `ſ`).
+pub(crate) fn upper_char(c: char) -> char {
+    let u = c as u32;
+    let mapped = match u {
+        0x61..=0x7A | 0xE0..=0xF6 | 0xF8..=0xFE | 0x3B1..=0x3C1 | 0x3C3..=0x3CB | 0x430..=0x44F => u - 0x20,
+        0x450..=0x45F => u - 0x50,
+        0xFF => 0x178,
+        0x131 => 0x49,
+        0x17F => 0x53,
+        0x3C2 => 0x3A3,
+        0x3AC => 0x386,
+        0x3AD..=0x3AF => u - 0x25,
+        0x3CC => 0x38C,
+        0x3CD..=0x3CE => u - 0x3F,
+        0x101..=0x12F | 0x133..=0x137 | 0x14B..=0x177 if !u.is_multiple_of(2) => u - 1,
+        0x13A..=0x148 | 0x17A..=0x17E if u.is_multiple_of(2) => u - 1,
+        _ => u,
+    };
+    char::from_u32(mapped).unwrap_or(c)
 }
 
 fn contains_unicode_ci(hay: &str, needle: &[char]) -> bool {
     let Some(&first) = needle.first() else { return false };
     hay.char_indices().any(|(i, c)| {
-        lower(c) == first && {
+        lower_char(c) == first && {
             let mut rest = hay[i..].chars();
-            needle.iter().all(|n| rest.next().is_some_and(|c| lower(c) == *n))
+            needle.iter().all(|n| rest.next().is_some_and(|c| lower_char(c) == *n))
         }
     })
 }
@@ -666,7 +720,7 @@ fn contains_unicode_ci(hay: &str, needle: &[char]) -> bool {
 
 /// Replaces every detected span in `text` with its placeholder, counting per rule. Allocates
 /// only when something is found.
-fn redact(redactors: &[Redactor], text: &mut String, counts: &mut BTreeMap<String, u32>) {
+fn redact(redactors: &[Redactor], text: &mut String, counts: &mut Vec<(String, u32)>) {
     if redactors.is_empty() || text.is_empty() {
         return;
     }
@@ -674,7 +728,8 @@ fn redact(redactors: &[Redactor], text: &mut String, counts: &mut BTreeMap<Strin
     for (index, redactor) in redactors.iter().enumerate() {
         let mut add = |start: usize, end: usize| {
             if !spans.iter().any(|&(s, e, _)| start < e && s < end) {
-                spans.push((start, end, index));
+                let at = spans.partition_point(|&(s, _, _)| s < start);
+                spans.insert(at, (start, end, index)); // kept in text order
             }
         };
         match redactor {
@@ -693,7 +748,6 @@ fn redact(redactors: &[Redactor], text: &mut String, counts: &mut BTreeMap<Strin
     if spans.is_empty() {
         return;
     }
-    spans.sort_unstable();
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
     for &(start, end, index) in &spans {
@@ -701,11 +755,9 @@ fn redact(redactors: &[Redactor], text: &mut String, counts: &mut BTreeMap<Strin
         out.push_str(&text[at..start]);
         out.push_str(redactor.placeholder());
         at = end;
-        match counts.get_mut(redactor.id()) {
-            Some(n) => *n += 1,
-            None => {
-                counts.insert(redactor.id().to_string(), 1);
-            }
+        match counts.binary_search_by(|(id, _)| id.as_str().cmp(redactor.id())) {
+            Ok(i) => counts[i].1 += 1,
+            Err(i) => counts.insert(i, (redactor.id().to_string(), 1)),
         }
     }
     out.push_str(&text[at..]);
@@ -1112,13 +1164,12 @@ fn first_words() -> &'static [(&'static str, u32)] {
         let mut table: Vec<(&'static str, u32)> = Vec::new();
         for (i, (_, slots)) in PHRASES.iter().enumerate() {
             for &word in slots[0].words {
-                match table.iter_mut().find(|(w, _)| *w == word) {
-                    Some((_, phrases)) => *phrases |= 1 << i,
-                    None => table.push((word, 1 << i)),
+                match table.binary_search_by(|(w, _)| w.cmp(&word)) {
+                    Ok(at) => table[at].1 |= 1 << i,
+                    Err(at) => table.insert(at, (word, 1 << i)),
                 }
             }
         }
-        table.sort_unstable();
         table
     })
 }
@@ -1251,7 +1302,7 @@ mod tests {
         assert_eq!(redacted(&g, "not an email: a@b, x@y.z, @home"), "not an email: a@b, x@y.z, @home");
         let mut body = chat("a@example.com b@example.com 5500 0000 0000 0004");
         let report = apply_input(&g, &mut body).unwrap();
-        assert_eq!(report.redacted, BTreeMap::from([("card".to_string(), 1), ("email".to_string(), 2)]));
+        assert_eq!(report.redacted, [("card".to_string(), 1), ("email".to_string(), 2)]);
         assert_eq!(serde_json::to_value(&report).unwrap(), json!({"redacted": {"card": 1, "email": 2}}));
     }
 
@@ -1347,7 +1398,7 @@ mod tests {
             json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Write to bob@example.org"}}]});
         let report = apply_output(&g, &mut response).unwrap();
         assert_eq!(response["choices"][0]["message"]["content"], "Write to [EMAIL]");
-        assert_eq!(report.redacted["email"], 1);
+        assert_eq!(report.count("email"), 1);
         let mut response = json!({"choices": [{"index": 0, "text": "the s3cr3t is out"}]});
         let e = apply_output(&g, &mut response).unwrap_err();
         assert_eq!((e.status, e.code), (StatusCode::UNPROCESSABLE_ENTITY, "output_denied"));
@@ -1426,6 +1477,30 @@ mod tests {
                 if compiled.regex.is_match(text) {
                     assert!(compiled.may_match(text), "prefilter of {pattern:?} rejects {text:?}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn case_mapping_agrees_with_unicode() {
+        for u in 0..0x500u32 {
+            let Some(c) = char::from_u32(u) else { continue };
+            let std_lower: Vec<char> = c.to_lowercase().collect();
+            let std_upper: Vec<char> = c.to_uppercase().collect();
+            if lower_char(c) != c && u != 0x130 {
+                // (U+0130's full lowercase is two chars; its simple lowercase is `i`.)
+                assert_eq!(std_lower, [lower_char(c)], "lower {c:?} U+{u:04X}");
+            }
+            if upper_char(c) != c {
+                assert_eq!(std_upper, [upper_char(c)], "upper {c:?} U+{u:04X}");
+            }
+            // Full coverage of ASCII, Latin-1, Latin Extended-A, basic Greek and Cyrillic.
+            let covered = u < 0x180 || (0x386..=0x3CE).contains(&u) || (0x400..=0x45F).contains(&u);
+            if covered && std_lower.len() == 1 && u != 0x130 {
+                assert_eq!(lower_char(c), std_lower[0], "lower {c:?} U+{u:04X}");
+            }
+            if covered && std_upper.len() == 1 && !matches!(u, 0xB5 | 0x390 | 0x3B0) {
+                assert_eq!(upper_char(c), std_upper[0], "upper {c:?} U+{u:04X}");
             }
         }
     }

@@ -249,7 +249,8 @@ pub async fn by_id(kv: &impl Kv, id: &str) -> Result<Option<KeyRecord>> {
 pub async fn list(kv: &impl Kv) -> Result<Vec<KeyRecord>> {
     let mut records = Vec::new();
     for name in kv.list(INDEX_PREFIX).await? {
-        if let Some(record) = by_id(kv, &name[INDEX_PREFIX.len()..]).await? {
+        let Some(id) = name.strip_prefix(INDEX_PREFIX) else { continue };
+        if let Some(record) = by_id(kv, id).await? {
             records.push(record);
         }
     }
@@ -283,7 +284,7 @@ mod tests {
         MemoryHost::new(|_| Err(crate::gateway::ports::UpstreamError::Timeout))
     }
 
-    pub fn record(hash: &str) -> KeyRecord {
+    fn record(hash: &str) -> KeyRecord {
         KeyRecord {
             id: "k_0123456789abcdef".into(),
             tenant: "acme".into(),

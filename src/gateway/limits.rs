@@ -35,19 +35,27 @@
 //!   requests can pass in one window: **the limit multiplies with the number of instances.**
 //! * Cloudflare KV accepts about one write per second per key; counters of very busy keys
 //!   will see write errors (reported in the log's `accounting_error`): use `exact`.
-//! * Spin: every request is a fresh component instance, so there is no in-memory view: each
-//!   request reads the counters from the key-value store and its increments are written after
-//!   the response. Sequential requests are counted exactly when the host finishes the
-//!   accounting before answering (see the host notes); concurrent requests race on the
-//!   read-modify-write and can all pass. Spin's key-value@2.0 interface has no atomic
-//!   increment or compare-and-swap, so this cannot be made exact on it.
+//! * Spin: every request is a fresh component instance, so there is no in-memory view
+//!   (`Counter::keeps_state` is false): each request reads its counters from the key-value
+//!   store and writes its request increment *before* it is forwarded (tokens and cost after
+//!   the answer). Sequential requests are counted exactly when the host finishes the
+//!   accounting before answering (see the host notes). Concurrent requests race on the
+//!   read-modify-write: a burst that arrives together can all pass (measured in the e2e
+//!   suite: 15 of 15 against a limit of 5). Spin's key-value@2.0 interface has no atomic
+//!   increment or compare-and-swap, so the `kv` mode cannot be exact there; use `exact`.
 //!
 //! **`exact`** (config `limits.mode: "exact"`, or a key's `exact: true`): counters live behind
-//! the [`Counter`] port — on Cloudflare one Durable Object per key (per tenant for tenant
-//! budgets), which checks and adds atomically, so the limit holds across all isolates and
-//! locations, at the cost of one Durable Object round trip before the request and one after.
-//! A host without such a counter answers `None` and the `kv` mode is used instead (the log
-//! line's `limits` field says which mode counted).
+//! the [`Counter`] port, which checks and adds a request's counters atomically:
+//! * Cloudflare: one Durable Object per key (per tenant for tenant budgets), so the limit
+//!   holds across all isolates and locations, at the cost of one Durable Object round trip
+//!   before the request and one after (`src/host/cloudflare_counter.rs`).
+//! * Spin: [`locked_count`], a lock in the key-value store (Fischer's algorithm) around a
+//!   read-check-write of the same KV counters. Exact under a stated timing assumption (no
+//!   store write stalls longer than [`LOCK_SETTLE_MS`]); costs at least 50 ms per limited
+//!   request and serializes one key's requests (about 20 per second per key).
+//!
+//! A host without an exact counter answers `None` and the `kv` mode is used instead; the log
+//! line's `limits` field says which mode counted.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -397,9 +405,107 @@ pub trait Counter {
         let _ = (scope, ops);
         Ok(None)
     }
+
+    /// Whether this host's in-memory state outlives a request (Cloudflare: the isolate does;
+    /// Spin: every request is a fresh instance). Without it, `kv`-mode request increments are
+    /// written before the request is forwarded instead of after the response: nothing in
+    /// memory would merge them, and a write that waits for the answer leaves every request
+    /// in flight meanwhile uncounted.
+    fn keeps_state(&self) -> bool {
+        true
+    }
 }
 
 impl Counter for crate::gateway::testing::MemoryHost {}
+
+/// How long a `locked_count` caller waits after writing the lock before reading it back.
+pub const LOCK_SETTLE_MS: u64 = 50;
+/// A lock older than this is treated as abandoned (its holder died).
+const LOCK_LEASE_MS: u64 = 2_000;
+/// A caller gives up (503) after waiting this long for the lock.
+const LOCK_WAIT_MS: u64 = 10_000;
+const LOCK_POLL_MS: u64 = 10;
+
+#[derive(Serialize, Deserialize)]
+struct LockValue {
+    id: String,
+    at: u64,
+}
+
+/// Exact counting for hosts with neither a Durable Object nor an atomic increment, over a
+/// **linearizable** key-value store — one where a read sees every write completed before it
+/// (Spin's SQLite or Redis stores on one node, the e2e test host's files; *not* Cloudflare KV,
+/// which is eventually consistent). A Spin host's `Counter::count` can simply call this.
+///
+/// The counters of `scope` are guarded by a lock entry `lock:<scope>` taken with Fischer's
+/// algorithm: wait until the lock is free (or older than its 2 s lease), write our random id,
+/// wait [`LOCK_SETTLE_MS`], read it back; if it is still ours we hold it. Under the lock the
+/// counters (`{requests, tokens, cost_nusd}` entries, the same as the `kv` mode's) are read,
+/// checked and written with [`apply_ops`], then the lock is released.
+///
+/// What it guarantees, plainly: mutual exclusion *if* no caller takes longer than
+/// `LOCK_SETTLE_MS` (50 ms) between reading the lock as free and its own write completing — a
+/// timing assumption, not an atomic operation: a host stalled longer than that can let two
+/// callers in. Costs: at least 50 ms per call, and calls on one scope are serialized (at most
+/// ~20 per second per key). Fails with 503 `counter_busy` after waiting 10 s for the lock.
+pub async fn locked_count<P: Kv + crate::gateway::ports::Clock>(
+    ports: &P,
+    scope: &str,
+    ops: &[CounterOp],
+) -> Result<CounterReply> {
+    let lock = format!("lock:{scope}");
+    let mut id = [0u8; 8];
+    ports.random_bytes(&mut id);
+    let id = crate::gateway::normalize::hex(&id);
+    let started = ports.now_ms();
+    loop {
+        let now = ports.now_ms();
+        if now.saturating_sub(started) > LOCK_WAIT_MS {
+            return Err(GatewayError::not_configured(
+                "counter_busy",
+                "the rate-limit counter stayed locked; retry shortly",
+            )
+            .with_retry_after(1));
+        }
+        let holder = ports.get(&lock).await?.and_then(|b| serde_json::from_slice::<LockValue>(&b).ok());
+        if holder.is_some_and(|h| ports.now_ms().saturating_sub(h.at) < LOCK_LEASE_MS) {
+            ports.sleep(LOCK_POLL_MS).await;
+            continue;
+        }
+        let mine = serde_json::to_vec(&LockValue { id: id.clone(), at: ports.now_ms() }).unwrap_or_default();
+        ports.put(&lock, &mine, Some(TTL_GRACE_SECS)).await?;
+        ports.sleep(LOCK_SETTLE_MS).await;
+        let holder = ports.get(&lock).await?.and_then(|b| serde_json::from_slice::<LockValue>(&b).ok());
+        if holder.is_some_and(|h| h.id == id) {
+            break;
+        }
+    }
+    let result = locked_section(ports, ops).await;
+    // Release, unless our lease ran out and someone else holds it now.
+    let holder = ports.get(&lock).await.ok().flatten().and_then(|b| serde_json::from_slice::<LockValue>(&b).ok());
+    if holder.is_some_and(|h| h.id == id) {
+        let _ = ports.delete(&lock).await;
+    }
+    result
+}
+
+async fn locked_section<P: Kv + crate::gateway::ports::Clock>(ports: &P, ops: &[CounterOp]) -> Result<CounterReply> {
+    let mut current = Vec::with_capacity(ops.len());
+    for op in ops {
+        current.push(read_amounts(ports, &op.name).await?);
+    }
+    let reply = apply_ops(&mut current, ops);
+    if reply.admitted {
+        let now = ports.now_ms();
+        for (op, value) in ops.iter().zip(&reply.values) {
+            if !op.add.is_zero() {
+                let ttl = op.expires_at_ms.saturating_sub(now) / 1000 + TTL_GRACE_SECS;
+                ports.put(&op.name, &serde_json::to_vec(value).unwrap_or_default(), Some(ttl)).await?;
+            }
+        }
+    }
+    Ok(reply)
+}
 
 // ---------------------------------------------------------------------------------------------
 // The per-isolate limiter (kv mode)
@@ -787,6 +893,11 @@ pub async fn admit<P: Ports + Counter>(
         for op in &ops {
             limiter.add_pending(&op.name, op.add, op.expires_at_ms);
         }
+        if !ports.keeps_state() {
+            // A failed write stays pending; `settle` retries it and reports the error.
+            let names: Vec<String> = ops.iter().map(|op| op.name.clone()).collect();
+            let _ = limiter.flush(ports, &names, now).await;
+        }
     }
 
     admission.mode = if kv_checks.is_empty() { "exact" } else { "kv" };
@@ -996,6 +1107,8 @@ mod tests {
         slow: bool,
         exact: Option<RefCell<HashMap<String, HashMap<String, Amounts>>>>,
         exact_calls: Cell<u32>,
+        /// Exact counting by `locked_count` over this host's KV (as a Spin host does).
+        locked: bool,
     }
 
     impl TestHost {
@@ -1005,6 +1118,7 @@ mod tests {
                 slow: false,
                 exact: None,
                 exact_calls: Cell::new(0),
+                locked: false,
             }
         }
         fn slow(mut self) -> Self {
@@ -1076,11 +1190,17 @@ mod tests {
             self.inner.random_bytes(buf)
         }
         async fn sleep(&self, ms: u64) {
-            self.inner.sleep(ms).await
+            self.inner.sleep(ms).await;
+            if self.slow {
+                yield_once().await;
+            }
         }
     }
     impl Counter for TestHost {
         async fn count(&self, scope: &str, ops: &[CounterOp]) -> Result<Option<CounterReply>> {
+            if self.locked {
+                return locked_count(self, scope, ops).await.map(Some);
+            }
             let Some(exact) = &self.exact else { return Ok(None) };
             self.exact_calls.set(self.exact_calls.get() + 1);
             if self.slow {
@@ -1277,6 +1397,61 @@ mod tests {
             })
             .collect();
         assert_eq!(run_interleaved(futures).into_iter().filter(|a| *a).count(), 4);
+    }
+
+    #[test]
+    fn locked_counting_over_kv_admits_exactly_the_limit() {
+        // A Spin-like host: no state between requests, exact counting by the KV lock.
+        let mut host = TestHost::new().slow();
+        host.locked = true;
+        at_minute_start(&host);
+        let config = LimitsConfig::default();
+        let k = key(|k| {
+            k.rpm = Some(4);
+            k.exact = true;
+        });
+        let futures: Vec<Pin<Box<dyn Future<Output = bool> + '_>>> = (0..10)
+            .map(|_| {
+                let limiter = Rc::new(Limiter::new());
+                let (host, config, k) = (&host, &config, &k);
+                Box::pin(async move {
+                    match admit(host, &limiter, config, Some(k), "chat", None).await {
+                        Ok(a) => {
+                            assert_eq!(a.mode(), "exact");
+                            a.settle(host, 3, 0).await.unwrap();
+                            true
+                        }
+                        Err(r) => {
+                            assert_eq!(r.error.code, "rate_limit_exceeded");
+                            false
+                        }
+                    }
+                }) as Pin<Box<dyn Future<Output = bool>>>
+            })
+            .collect();
+        assert_eq!(run_interleaved(futures).into_iter().filter(|a| *a).count(), 4);
+        assert!(host.inner.kv.borrow().keys().all(|k| !k.starts_with("lock:")), "locks released");
+        let w = Period::Minute.window(host.now_ms());
+        let stored: Amounts = serde_json::from_slice(&host.inner.kv.borrow()[&format!("rl:k_00aa:{}", w.id)]).unwrap();
+        assert_eq!(stored.requests, 4);
+    }
+
+    #[test]
+    fn an_abandoned_lock_is_broken_after_its_lease() {
+        let host = TestHost::new();
+        let stale = serde_json::to_vec(&LockValue { id: "dead".into(), at: host.now_ms() }).unwrap();
+        host.inner.kv.borrow_mut().insert("lock:k_1".into(), stale);
+        let op = CounterOp {
+            name: "rl:k_1:m1".into(),
+            add: Amounts { requests: 1, ..Amounts::default() },
+            caps: Caps { requests: Some(1), ..Caps::default() },
+            expires_at_ms: u64::MAX,
+        };
+        let started = host.now_ms();
+        let reply = block_on(locked_count(&host, "k_1", std::slice::from_ref(&op))).unwrap();
+        assert!(reply.admitted);
+        assert!(host.now_ms() - started >= LOCK_LEASE_MS, "waited for the lease");
+        assert!(!block_on(locked_count(&host, "k_1", &[op])).unwrap().admitted);
     }
 
     #[test]

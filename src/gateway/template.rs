@@ -1,4 +1,4 @@
-//! Prompt templates (DESIGN.md §2 step 6), rendered with minijinja.
+//! Prompt templates (DESIGN.md §2 step 6): Jinja templates, rendered by the small engine below.
 //!
 //! Config shapes:
 //! - top-level `templates: {NAME: {versions: {"1": T, "2": T}, default: "2"}}`, or the shorthand
@@ -11,16 +11,13 @@
 //! registry and the prompt engineering UI use Jinja's double braces), which is exactly Jinja.
 //!
 //! Templates are compiled once, when the config is checked (the config is memoized per
-//! isolate); a request only renders. Rendering is sandboxed: no loader (no file or network
-//! access), no includes/imports/macros (those minijinja features are not compiled in), a fuel
-//! budget per render (bounded time) and a bounded output (bounded memory).
+//! isolate); a request only renders. Rendering is sandboxed: the engine has no loader, no
+//! includes/imports/macros and no functions (nothing reaches outside the variables it is
+//! given), a step budget per render (bounded time) and a bounded output (bounded memory).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::io;
 use std::sync::Arc;
 
-use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 use serde_json::{Map, Value};
 
 use crate::gateway::config::Issues;
@@ -28,8 +25,8 @@ use crate::gateway::error::{GatewayError, Result};
 use crate::gateway::normalize::hex;
 use crate::gateway::providers::Operation;
 
-/// Instruction budget of one render (minijinja fuel). A plain prompt with a few variables uses
-/// well under 100; a loop over a 1,000-item list about 10,000.
+/// Step budget of one render (every node and expression evaluated costs one). A plain prompt
+/// with a few variables uses well under 100; a loop over a 1,000-item list about 10,000.
 pub const MAX_FUEL: u64 = 100_000;
 /// Largest rendered prompt, all messages together.
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -85,14 +82,16 @@ const API_FIELDS: &[&str] = &[
 /// The `templates:` section: every template by name, compiled.
 #[derive(Debug, Default)]
 pub struct Templates {
-    templates: HashMap<String, Template>,
+    /// (name, template), in config order. Configs hold a handful: a list beats a map, in
+    /// code size too.
+    templates: Vec<(String, Template)>,
     /// Names whose definition had issues (already reported): references to them stay quiet.
-    broken: HashSet<String>,
+    broken: Vec<String>,
 }
 
 #[derive(Debug)]
 struct Template {
-    versions: BTreeMap<String, TemplateRef>,
+    versions: Vec<(String, TemplateRef)>,
     default: String,
 }
 
@@ -103,9 +102,8 @@ pub struct TemplateRef(Arc<Compiled>);
 struct Compiled {
     name: String,
     version: String,
-    env: Environment<'static>,
-    /// (role, name of the part's template in `env`), in message order.
-    parts: Vec<(&'static str, String)>,
+    /// (role, compiled content), in message order.
+    parts: Vec<(&'static str, jinja::Program)>,
     /// Top-level variables the template may read, sorted (static analysis at compile time).
     variables: Vec<String>,
 }
@@ -177,10 +175,10 @@ pub fn check(path: &str, value: &Value, issues: &mut Issues) -> Option<Templates
         let template = check_template(&at, name, def, issues);
         match template {
             Some(t) if issues.0.len() == before => {
-                out.templates.insert(name.clone(), t);
+                out.templates.push((name.clone(), t));
             }
             _ => {
-                out.broken.insert(name.clone());
+                out.broken.push(name.clone());
             }
         }
     }
@@ -194,12 +192,11 @@ pub fn check_ref(path: &str, reference: &str, templates: &Templates, issues: &mu
         Some((name, version)) => (name, Some(version)),
         None => (reference, None),
     };
-    if templates.broken.contains(name) {
+    if templates.broken.iter().any(|b| b == name) {
         return None; // its own issues are reported at its definition
     }
-    let Some(template) = templates.templates.get(name) else {
-        let mut names: Vec<&str> = templates.templates.keys().map(String::as_str).collect();
-        names.sort_unstable();
+    let Some((_, template)) = templates.templates.iter().find(|(n, _)| n == name) else {
+        let names: Vec<&str> = templates.templates.iter().map(|(n, _)| n.as_str()).collect();
         if names.is_empty() {
             issues.push(path, format!("unknown template \"{name}\" (the config defines no `templates`)"));
         } else {
@@ -208,10 +205,10 @@ pub fn check_ref(path: &str, reference: &str, templates: &Templates, issues: &mu
         return None;
     };
     let version = version.unwrap_or(&template.default);
-    match template.versions.get(version) {
-        Some(compiled) => Some(compiled.clone()),
+    match template.versions.iter().find(|(v, _)| v == version) {
+        Some((_, compiled)) => Some(compiled.clone()),
         None => {
-            let versions: Vec<&str> = template.versions.keys().map(String::as_str).collect();
+            let versions: Vec<&str> = template.versions.iter().map(|(v, _)| v.as_str()).collect();
             issues.unknown(path, &format!("version of template \"{name}\""), version, &versions);
             None
         }
@@ -256,7 +253,7 @@ fn check_template(path: &str, name: &str, def: &Value, issues: &mut Issues) -> O
             return None;
         }
         let compiled = compile(path, name, "1", def, issues)?;
-        return Some(Template { versions: BTreeMap::from([("1".to_string(), compiled)]), default: "1".into() });
+        return Some(Template { versions: vec![("1".to_string(), compiled)], default: "1".into() });
     }
 
     let def = def.as_object()?;
@@ -270,7 +267,7 @@ fn check_template(path: &str, name: &str, def: &Value, issues: &mut Issues) -> O
             issues.push(format!("{path}.description"), "must be a string");
         }
     }
-    let mut versions = BTreeMap::new();
+    let mut versions = Vec::new();
     match def.get("versions") {
         Some(Value::Object(entries)) if !entries.is_empty() => {
             for (version, body) in entries {
@@ -283,7 +280,7 @@ fn check_template(path: &str, name: &str, def: &Value, issues: &mut Issues) -> O
                     continue;
                 }
                 if let Some(compiled) = compile(&at, name, version, body, issues) {
-                    versions.insert(version.clone(), compiled);
+                    versions.push((version.clone(), compiled));
                 }
             }
         }
@@ -320,8 +317,7 @@ fn check_template(path: &str, name: &str, def: &Value, issues: &mut Issues) -> O
 }
 
 /// Compiles one template body (string, `{system?, user?}` or `{messages}`) into its own
-/// environment. Every problem is reported at its path, compile errors with minijinja's
-/// message and line.
+/// program. Every problem is reported at its path, compile errors with the line.
 fn compile(path: &str, name: &str, version: &str, body: &Value, issues: &mut Issues) -> Option<TemplateRef> {
     // (path of the source, role, source)
     let mut sources: Vec<(String, &'static str, &str)> = Vec::new();
@@ -375,24 +371,19 @@ fn compile(path: &str, name: &str, version: &str, body: &Value, issues: &mut Iss
             }
         }
         Value::Object(o) => {
-            for (key, value) in o {
-                let role = match key.as_str() {
-                    "system" => "system",
-                    "user" => "user",
-                    _ => {
-                        let mut known: Vec<&str> = BODY_FIELDS.to_vec();
-                        known.extend_from_slice(TEMPLATE_FIELDS);
-                        issues.unknown(format!("{path}.{key}"), "template field", key, &known);
-                        continue;
-                    }
-                };
-                match value {
-                    Value::String(s) => sources.push((format!("{path}.{key}"), role, s)),
-                    _ => issues.push(format!("{path}.{key}"), "must be a string (a template)"),
-                }
+            for key in o.keys().filter(|k| *k != "system" && *k != "user") {
+                let mut known: Vec<&str> = BODY_FIELDS.to_vec();
+                known.extend_from_slice(TEMPLATE_FIELDS);
+                issues.unknown(format!("{path}.{key}"), "template field", key, &known);
             }
             // `system` before `user`, whatever the map order.
-            sources.sort_by_key(|(_, role, _)| *role != "system");
+            for role in ["system", "user"] {
+                match o.get(role) {
+                    Some(Value::String(s)) => sources.push((format!("{path}.{role}"), role, s)),
+                    Some(_) => issues.push(format!("{path}.{role}"), "must be a string (a template)"),
+                    None => {}
+                }
+            }
             if sources.is_empty() && !o.is_empty() {
                 return None;
             }
@@ -406,93 +397,60 @@ fn compile(path: &str, name: &str, version: &str, body: &Value, issues: &mut Iss
         return None;
     }
 
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
-    env.set_auto_escape_callback(|_| AutoEscape::None);
-    env.set_fuel(Some(MAX_FUEL));
-    let globals: HashSet<String> = env.globals().map(|(name, _)| name.to_string()).collect();
     let mut parts = Vec::new();
-    let mut variables = BTreeSet::new();
+    let mut variables = Vec::new();
     let mut ok = true;
-    for (i, (at, role, source)) in sources.into_iter().enumerate() {
-        let key = format!("{i}:{role}");
-        if let Err(e) = env.add_template_owned(key.clone(), source.to_string()) {
-            issues.push(at, format!("template does not compile: {}", compile_error(&e)));
-            ok = false;
-            continue;
+    for (at, role, source) in sources {
+        match jinja::compile(source) {
+            Ok(program) => {
+                program.variables(&mut variables);
+                parts.push((role, program));
+            }
+            Err(e) => {
+                issues.push(at, format!("template does not compile: syntax error: {} (line {})", e.message, e.line));
+                ok = false;
+            }
         }
-        if let Ok(t) = env.get_template(&key) {
-            variables.extend(t.undeclared_variables(false).into_iter().filter(|v| !globals.contains(v)));
-        }
-        parts.push((role, key));
     }
     if !ok {
         return None;
     }
-    Some(TemplateRef(Arc::new(Compiled {
-        name: name.to_string(),
-        version: version.to_string(),
-        env,
-        parts,
-        variables: variables.into_iter().collect(),
-    })))
-}
-
-/// minijinja's message without our internal template name, with the line.
-fn compile_error(e: &minijinja::Error) -> String {
-    let what = match e.detail() {
-        Some(detail) => format!("{}: {detail}", e.kind()),
-        None => e.kind().to_string(),
-    };
-    match e.line() {
-        Some(line) => format!("{what} (line {line})"),
-        None => what,
-    }
+    Some(TemplateRef(Arc::new(Compiled { name: name.to_string(), version: version.to_string(), parts, variables })))
 }
 
 /// Renders `template` with `variables`. Undefined variables are a 400 that names every
 /// missing one; the fuel budget and the output size are bounded (400s naming the limit).
 pub fn render(template: &TemplateRef, variables: &Map<String, Value>) -> Result<RenderedPrompt> {
     let compiled = &*template.0;
-    let context = minijinja::Value::from(
-        variables.iter().map(|(k, v)| (k.clone(), to_jinja(v))).collect::<BTreeMap<String, minijinja::Value>>(),
-    );
-    let mut out = Bounded { buf: Vec::new(), limit: MAX_OUTPUT_BYTES, exceeded: false };
+    let mut limits = jinja::Limits { fuel: MAX_FUEL, output: MAX_OUTPUT_BYTES };
+    let mut out = String::new();
     let mut messages = Vec::with_capacity(compiled.parts.len());
-    for (role, key) in &compiled.parts {
-        let start = out.buf.len();
-        let result =
-            compiled.env.get_template(key).and_then(|t| t.render_captured_to(context.clone(), &mut out).map(|_| ()));
-        if let Err(e) = result {
-            return Err(render_error(compiled, variables, &e, out.exceeded));
-        }
-        let content = String::from_utf8_lossy(&out.buf[start..]).into_owned();
-        messages.push(serde_json::json!({"role": role, "content": content}));
+    for (role, program) in &compiled.parts {
+        let start = out.len();
+        jinja::render(program, variables, &mut out, &mut limits).map_err(|e| render_error(compiled, variables, &e))?;
+        messages.push(serde_json::json!({"role": role, "content": &out[start..]}));
     }
     Ok(RenderedPrompt { template: compiled.name.clone(), version: compiled.version.clone(), messages })
 }
 
-fn render_error(
-    compiled: &Compiled,
-    variables: &Map<String, Value>,
-    e: &minijinja::Error,
-    too_big: bool,
-) -> GatewayError {
+fn render_error(compiled: &Compiled, variables: &Map<String, Value>, e: &jinja::Error) -> GatewayError {
     let label = format!("{}@{}", compiled.name, compiled.version);
-    if too_big {
-        return GatewayError::bad_request(
+    match e.kind {
+        jinja::Kind::TooLarge => GatewayError::bad_request(
             "template_output_too_large",
             format!("the prompt rendered from template \"{label}\" exceeds the limit of {MAX_OUTPUT_BYTES} bytes"),
-        );
-    }
-    match e.kind() {
-        ErrorKind::UndefinedError => {
+        ),
+        jinja::Kind::Fuel => GatewayError::bad_request(
+            "template_too_expensive",
+            format!("rendering template \"{label}\" exceeded its budget of {MAX_FUEL} steps"),
+        ),
+        jinja::Kind::Undefined => {
             let missing: Vec<&str> =
                 compiled.variables.iter().map(String::as_str).filter(|v| !variables.contains_key(*v)).collect();
             if missing.is_empty() {
                 GatewayError::bad_request(
                     "template_render_failed",
-                    format!("rendering template \"{label}\" failed: {}", compile_error(e)),
+                    format!("rendering template \"{label}\" failed: {} (line {})", e.message, e.line),
                 )
             } else {
                 GatewayError::bad_request(
@@ -504,53 +462,9 @@ fn render_error(
                 )
             }
         }
-        ErrorKind::OutOfFuel => GatewayError::bad_request(
-            "template_too_expensive",
-            format!("rendering template \"{label}\" exceeded its budget of {MAX_FUEL} steps"),
-        ),
-        _ => GatewayError::bad_request(
+        jinja::Kind::Syntax | jinja::Kind::Invalid => GatewayError::bad_request(
             "template_render_failed",
-            format!("rendering template \"{label}\" failed: {}", compile_error(e)),
-        ),
-    }
-}
-
-/// An output sink that refuses to grow past `limit` bytes (checked per write, so a runaway
-/// template stops at the limit instead of filling memory first).
-struct Bounded {
-    buf: Vec<u8>,
-    limit: usize,
-    exceeded: bool,
-}
-
-impl io::Write for Bounded {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.buf.len() + data.len() > self.limit {
-            self.exceeded = true;
-            return Err(io::Error::other("rendered output too large"));
-        }
-        self.buf.extend_from_slice(data);
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-fn to_jinja(value: &Value) -> minijinja::Value {
-    match value {
-        Value::Null => minijinja::Value::from(()),
-        Value::Bool(b) => minijinja::Value::from(*b),
-        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => minijinja::Value::from(i),
-            (None, Some(u)) => minijinja::Value::from(u),
-            _ => minijinja::Value::from(n.as_f64().unwrap_or(0.0)),
-        },
-        Value::String(s) => minijinja::Value::from(s.as_str()),
-        Value::Array(items) => items.iter().map(to_jinja).collect(),
-        Value::Object(map) => minijinja::Value::from(
-            map.iter().map(|(k, v)| (k.clone(), to_jinja(v))).collect::<BTreeMap<String, minijinja::Value>>(),
+            format!("rendering template \"{label}\" failed: {} (line {})", e.message, e.line),
         ),
     }
 }
@@ -618,6 +532,1242 @@ fn valid_name(name: &str, max: usize) -> bool {
     !name.is_empty()
         && name.len() <= max
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// A small Jinja engine: the subset prompt templates use, in a few KB of wasm (minijinja
+/// costs 140-225 KB gzipped, more than a third of the worker's budget).
+///
+/// Supported: `{{ expr }}`, `{% if %}/{% elif %}/{% else %}/{% endif %}`,
+/// `{% for x in xs %}` / `{% for k, v in obj.items() %}` (with `loop.index`, `index0`,
+/// `revindex`, `revindex0`, `first`, `last`, `length`, and `{% else %}`), `{# comments #}`,
+/// `{% raw %}`, whitespace control (`{%-`, `-%}`, ...), and one trailing newline dropped as
+/// Jinja does. Expressions: variables, `.attr`, `[index]`, string/number/boolean/none/list
+/// literals, `~`, `==`, `!=`, `<`, `<=`, `>`, `>=`, `in`, `not in`, `and`, `or`, `not`,
+/// `is [not] defined|undefined|none|string|number|boolean|mapping|sequence`, `.items()`,
+/// `.keys()`, `.values()`, and the filters `default`/`d`, `upper`, `lower`, `capitalize`,
+/// `title`, `trim`, `join`, `length`/`count`, `first`, `last`, `replace`, `string`, `tojson`
+/// (case filters map Latin, Greek and Cyrillic letters; other scripts stay as they are).
+/// Everything else (`set`, macros, includes, ...) is a compile error: nothing can reach
+/// outside the variables it is given.
+///
+/// Undefined values follow minijinja's "semi-strict" rule: printing, iterating or filtering an
+/// undefined value is an error (a missing variable), testing it (`if x`, `x is defined`,
+/// `x | default(...)`, `x == ...`) is not.
+mod jinja {
+    use std::borrow::Cow;
+
+    use serde_json::{Map, Value};
+
+    use crate::gateway::guard::{lower_char, upper_char};
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Kind {
+        Syntax,
+        Undefined,
+        Fuel,
+        TooLarge,
+        Invalid,
+    }
+
+    #[derive(Debug)]
+    pub struct Error {
+        pub kind: Kind,
+        pub message: String,
+        pub line: usize,
+    }
+
+    fn error<T>(kind: Kind, line: usize, message: impl Into<String>) -> Result<T, Error> {
+        Err(Error { kind, message: message.into(), line })
+    }
+
+    /// Deepest nesting of blocks and expressions the parser accepts.
+    const MAX_DEPTH: usize = 48;
+
+    #[derive(Debug)]
+    pub struct Program {
+        nodes: Vec<Node>,
+    }
+
+    #[derive(Debug)]
+    enum Node {
+        Text(String),
+        Print(Expr, usize),
+        If(Vec<(Expr, Vec<Node>)>, Vec<Node>),
+        For { targets: Vec<String>, iter: Expr, body: Vec<Node>, otherwise: Vec<Node>, line: usize },
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Filter {
+        Default,
+        Upper,
+        Lower,
+        Capitalize,
+        Title,
+        Trim,
+        Join,
+        Length,
+        First,
+        Last,
+        Replace,
+        String,
+        ToJson,
+    }
+
+    /// name, filter, min args, max args
+    const FILTERS: &[(&str, Filter, usize, usize)] = &[
+        ("default", Filter::Default, 0, 2),
+        ("d", Filter::Default, 0, 2),
+        ("upper", Filter::Upper, 0, 0),
+        ("lower", Filter::Lower, 0, 0),
+        ("capitalize", Filter::Capitalize, 0, 0),
+        ("title", Filter::Title, 0, 0),
+        ("trim", Filter::Trim, 0, 0),
+        ("join", Filter::Join, 0, 1),
+        ("length", Filter::Length, 0, 0),
+        ("count", Filter::Length, 0, 0),
+        ("first", Filter::First, 0, 0),
+        ("last", Filter::Last, 0, 0),
+        ("replace", Filter::Replace, 2, 2),
+        ("string", Filter::String, 0, 0),
+        ("tojson", Filter::ToJson, 0, 1),
+    ];
+
+    const TESTS: &[&str] = &["defined", "undefined", "none", "string", "number", "boolean", "mapping", "sequence"];
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Cmp {
+        Eq,
+        Ne,
+        Lt,
+        Le,
+        Gt,
+        Ge,
+        In,
+        NotIn,
+    }
+
+    #[derive(Debug)]
+    enum Expr {
+        Lit(Value),
+        List(Vec<Expr>),
+        Var(String),
+        Attr(Box<Expr>, String),
+        Index(Box<Expr>, Box<Expr>),
+        /// `.items()`, `.keys()`, `.values()`
+        Method(Box<Expr>, &'static str),
+        Filter(Box<Expr>, Filter, Vec<Expr>),
+        Test(Box<Expr>, &'static str, bool),
+        Not(Box<Expr>),
+        And(Box<Expr>, Box<Expr>),
+        Or(Box<Expr>, Box<Expr>),
+        Cmp(Box<Expr>, Cmp, Box<Expr>),
+        Concat(Box<Expr>, Box<Expr>),
+    }
+
+    // ---- lexing ---------------------------------------------------------------------
+
+    enum Seg<'s> {
+        Text(Cow<'s, str>),
+        Print(&'s str, usize),
+        Tag(&'s str, usize),
+    }
+
+    fn line_at(src: &str, at: usize) -> usize {
+        1 + src.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count()
+    }
+
+    /// Where the tag opened at `from` closes: the index of `close`, skipping string literals.
+    fn find_close(src: &str, from: usize, close: &str) -> Option<usize> {
+        let b = src.as_bytes();
+        let mut i = from;
+        let mut quote: Option<u8> = None;
+        while i < b.len() {
+            match quote {
+                Some(_) if b[i] == b'\\' => i += 1,
+                Some(q) if b[i] == q => quote = None,
+                Some(_) => {}
+                None if b[i] == b'"' || b[i] == b'\'' => quote = Some(b[i]),
+                None if b[i..].starts_with(close.as_bytes()) => return Some(i),
+                None => {}
+            }
+            i += 1;
+        }
+        None
+    }
+
+    fn segments(src: &str) -> Result<Vec<Seg<'_>>, Error> {
+        let src = src.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(src);
+        let b = src.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        let mut trim_next = false;
+        loop {
+            let mut start = i;
+            let open = loop {
+                match b[start..].iter().position(|&c| c == b'{') {
+                    None => break None,
+                    Some(p) => {
+                        start += p;
+                        match b.get(start + 1) {
+                            Some(c @ (b'{' | b'%' | b'#')) => break Some(*c),
+                            _ => start += 1,
+                        }
+                    }
+                }
+            };
+            let Some(open) = open else {
+                let text = &src[i..];
+                let text = if trim_next { text.trim_start() } else { text };
+                if !text.is_empty() {
+                    out.push(Seg::Text(Cow::Borrowed(text)));
+                }
+                return Ok(out);
+            };
+            let line = line_at(src, start);
+            let minus = b.get(start + 2) == Some(&b'-');
+            let mut text = &src[i..start];
+            if trim_next {
+                text = text.trim_start();
+            }
+            if minus {
+                text = text.trim_end();
+            }
+            if !text.is_empty() {
+                out.push(Seg::Text(Cow::Borrowed(text)));
+            }
+            let inner_start = start + 2 + usize::from(minus);
+            let close = match open {
+                b'{' => "}}",
+                b'%' => "%}",
+                _ => "#}",
+            };
+            let found = if open == b'#' {
+                src[inner_start..].find(close).map(|p| p + inner_start)
+            } else {
+                find_close(src, inner_start, close)
+            };
+            let Some(end) = found else {
+                let what = match open {
+                    b'{' => "`{{` is never closed with `}}`",
+                    b'%' => "`{%` is never closed with `%}`",
+                    _ => "`{#` is never closed with `#}`",
+                };
+                return error(Kind::Syntax, line, what);
+            };
+            trim_next = end > inner_start && b[end - 1] == b'-';
+            let inner = &src[inner_start..end - usize::from(trim_next)];
+            i = end + 2;
+            match open {
+                b'{' => out.push(Seg::Print(inner, line)),
+                b'%' if inner.trim() == "raw" => {
+                    // Verbatim up to `{% endraw %}`.
+                    let mut search = i;
+                    let (raw_end, after) = loop {
+                        let Some(p) = src[search..].find("{%") else {
+                            return error(Kind::Syntax, line, "`{% raw %}` is never closed with `{% endraw %}`");
+                        };
+                        let tag_start = search + p;
+                        let Some(tag_end) = src[tag_start + 2..].find("%}").map(|q| q + tag_start + 2) else {
+                            return error(Kind::Syntax, line, "`{% raw %}` is never closed with `{% endraw %}`");
+                        };
+                        if src[tag_start + 2..tag_end].trim_matches(|c: char| c == '-' || c.is_whitespace()) == "endraw"
+                        {
+                            break (tag_start, tag_end + 2);
+                        }
+                        search = tag_start + 2;
+                    };
+                    let mut raw = &src[i..raw_end];
+                    if trim_next {
+                        raw = raw.trim_start();
+                    }
+                    if src[raw_end + 2..].starts_with('-') {
+                        raw = raw.trim_end();
+                    }
+                    if !raw.is_empty() {
+                        out.push(Seg::Text(Cow::Owned(raw.to_string())));
+                    }
+                    trim_next = src[..after - 2].ends_with('-');
+                    i = after;
+                }
+                b'%' => out.push(Seg::Tag(inner, line)),
+                _ => {}
+            }
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq)]
+    enum Tok {
+        Ident(String),
+        Str(String),
+        Num(Value),
+        Op(&'static str),
+    }
+
+    const OPS: &[&str] = &["==", "!=", "<=", ">=", "<", ">", "(", ")", "[", "]", ",", ".", "|", "~", "-"];
+
+    fn tokens(src: &str, line: usize) -> Result<Vec<Tok>, Error> {
+        let b = src.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            let c = b[i];
+            if c.is_ascii_whitespace() {
+                i += 1;
+            } else if c.is_ascii_alphabetic() || c == b'_' {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                out.push(Tok::Ident(src[start..i].to_string()));
+            } else if c.is_ascii_digit() {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'_') {
+                    i += 1;
+                }
+                let float = b.get(i) == Some(&b'.') && b.get(i + 1).is_some_and(u8::is_ascii_digit);
+                if float {
+                    i += 1;
+                    while i < b.len() && b[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                }
+                let text = src[start..i].replace('_', "");
+                let value = if float {
+                    serde_json::from_str::<Value>(&text).ok().filter(Value::is_number)
+                } else {
+                    text.parse::<i64>().ok().map(Value::from)
+                };
+                match value {
+                    Some(v) => out.push(Tok::Num(v)),
+                    None => return error(Kind::Syntax, line, format!("invalid number `{text}`")),
+                }
+            } else if c == b'"' || c == b'\'' {
+                let mut s = String::new();
+                let mut chars = src[i + 1..].char_indices();
+                let mut closed = None;
+                while let Some((j, ch)) = chars.next() {
+                    match ch {
+                        '\\' => match chars.next() {
+                            Some((_, 'n')) => s.push('\n'),
+                            Some((_, 't')) => s.push('\t'),
+                            Some((_, 'r')) => s.push('\r'),
+                            Some((_, other)) => s.push(other),
+                            None => break,
+                        },
+                        ch if ch as u32 == u32::from(c) => {
+                            closed = Some(i + 1 + j + 1);
+                            break;
+                        }
+                        ch => s.push(ch),
+                    }
+                }
+                let Some(end) = closed else { return error(Kind::Syntax, line, "unterminated string") };
+                out.push(Tok::Str(s));
+                i = end;
+            } else if let Some(op) = OPS.iter().find(|op| b[i..].starts_with(op.as_bytes())) {
+                out.push(Tok::Op(op));
+                i += op.len();
+            } else {
+                let ch = src[i..].chars().next().unwrap_or('?');
+                return error(Kind::Syntax, line, format!("unexpected character `{ch}`"));
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- parsing --------------------------------------------------------------------
+
+    struct ExprParser {
+        toks: Vec<Tok>,
+        at: usize,
+        line: usize,
+        depth: usize,
+    }
+
+    impl ExprParser {
+        fn new(src: &str, line: usize) -> Result<Self, Error> {
+            Ok(ExprParser { toks: tokens(src, line)?, at: 0, line, depth: 0 })
+        }
+
+        fn peek(&self) -> Option<&Tok> {
+            self.toks.get(self.at)
+        }
+
+        fn is_op(&self, op: &str) -> bool {
+            matches!(self.peek(), Some(Tok::Op(o)) if *o == op)
+        }
+
+        fn is_word(&self, word: &str) -> bool {
+            matches!(self.peek(), Some(Tok::Ident(w)) if w == word)
+        }
+
+        fn eat_op(&mut self, op: &str) -> bool {
+            let hit = self.is_op(op);
+            self.at += usize::from(hit);
+            hit
+        }
+
+        fn eat_word(&mut self, word: &str) -> bool {
+            let hit = self.is_word(word);
+            self.at += usize::from(hit);
+            hit
+        }
+
+        fn fail<T>(&self, expected: &str) -> Result<T, Error> {
+            let found = match self.peek() {
+                None => "the end of the tag".to_string(),
+                Some(Tok::Ident(w)) => format!("`{w}`"),
+                Some(Tok::Str(s)) => format!("string {s:?}"),
+                Some(Tok::Num(n)) => format!("`{n}`"),
+                Some(Tok::Op(o)) => format!("`{o}`"),
+            };
+            error(Kind::Syntax, self.line, format!("expected {expected}, found {found}"))
+        }
+
+        fn expect_op(&mut self, op: &str) -> Result<(), Error> {
+            if self.eat_op(op) {
+                Ok(())
+            } else {
+                self.fail(&format!("`{op}`"))
+            }
+        }
+
+        fn ident(&mut self) -> Result<String, Error> {
+            match self.peek() {
+                Some(Tok::Ident(w)) => {
+                    let w = w.clone();
+                    self.at += 1;
+                    Ok(w)
+                }
+                _ => self.fail("a name"),
+            }
+        }
+
+        fn end(&self) -> Result<(), Error> {
+            if self.at == self.toks.len() {
+                Ok(())
+            } else {
+                self.fail("the end of the tag")
+            }
+        }
+
+        fn expr(&mut self) -> Result<Expr, Error> {
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return error(Kind::Syntax, self.line, "expression nested too deeply");
+            }
+            let mut left = self.and()?;
+            while self.eat_word("or") {
+                left = Expr::Or(Box::new(left), Box::new(self.and()?));
+            }
+            self.depth -= 1;
+            Ok(left)
+        }
+
+        fn and(&mut self) -> Result<Expr, Error> {
+            let mut left = self.not()?;
+            while self.eat_word("and") {
+                left = Expr::And(Box::new(left), Box::new(self.not()?));
+            }
+            Ok(left)
+        }
+
+        fn not(&mut self) -> Result<Expr, Error> {
+            if self.eat_word("not") {
+                self.depth += 1;
+                if self.depth > MAX_DEPTH {
+                    return error(Kind::Syntax, self.line, "expression nested too deeply");
+                }
+                let inner = self.not()?;
+                self.depth -= 1;
+                return Ok(Expr::Not(Box::new(inner)));
+            }
+            self.compare()
+        }
+
+        fn compare(&mut self) -> Result<Expr, Error> {
+            let left = self.concat()?;
+            let op = match self.peek() {
+                Some(Tok::Op("==")) => Cmp::Eq,
+                Some(Tok::Op("!=")) => Cmp::Ne,
+                Some(Tok::Op("<")) => Cmp::Lt,
+                Some(Tok::Op("<=")) => Cmp::Le,
+                Some(Tok::Op(">")) => Cmp::Gt,
+                Some(Tok::Op(">=")) => Cmp::Ge,
+                Some(Tok::Ident(w)) if w == "in" => Cmp::In,
+                Some(Tok::Ident(w))
+                    if w == "not" && matches!(self.toks.get(self.at + 1), Some(Tok::Ident(i)) if i == "in") =>
+                {
+                    self.at += 1;
+                    Cmp::NotIn
+                }
+                _ => return Ok(left),
+            };
+            self.at += 1;
+            Ok(Expr::Cmp(Box::new(left), op, Box::new(self.concat()?)))
+        }
+
+        fn concat(&mut self) -> Result<Expr, Error> {
+            let mut left = self.filtered()?;
+            while self.eat_op("~") {
+                left = Expr::Concat(Box::new(left), Box::new(self.filtered()?));
+            }
+            Ok(left)
+        }
+
+        fn filtered(&mut self) -> Result<Expr, Error> {
+            let mut e = self.postfix()?;
+            while self.eat_op("|") {
+                let name = self.ident()?;
+                let Some(&(_, filter, min, max)) = FILTERS.iter().find(|(n, ..)| *n == name) else {
+                    let names: Vec<&str> = FILTERS.iter().map(|(n, ..)| *n).collect();
+                    return error(
+                        Kind::Syntax,
+                        self.line,
+                        format!("unknown filter `{name}` (available: {})", names.join(", ")),
+                    );
+                };
+                let args = if self.is_op("(") { self.args()? } else { Vec::new() };
+                if args.len() < min || args.len() > max {
+                    return error(
+                        Kind::Syntax,
+                        self.line,
+                        format!("filter `{name}` takes {min} to {max} arguments, not {}", args.len()),
+                    );
+                }
+                e = Expr::Filter(Box::new(e), filter, args);
+            }
+            if self.eat_word("is") {
+                let negated = self.eat_word("not");
+                let name = self.ident()?;
+                let Some(test) = TESTS.iter().find(|t| **t == name) else {
+                    return error(
+                        Kind::Syntax,
+                        self.line,
+                        format!("unknown test `{name}` (available: {})", TESTS.join(", ")),
+                    );
+                };
+                e = Expr::Test(Box::new(e), test, negated);
+            }
+            Ok(e)
+        }
+
+        fn args(&mut self) -> Result<Vec<Expr>, Error> {
+            self.expect_op("(")?;
+            let mut args = Vec::new();
+            if !self.eat_op(")") {
+                loop {
+                    args.push(self.expr()?);
+                    if self.eat_op(")") {
+                        break;
+                    }
+                    self.expect_op(",")?;
+                }
+            }
+            Ok(args)
+        }
+
+        fn postfix(&mut self) -> Result<Expr, Error> {
+            let mut e = self.primary()?;
+            loop {
+                if self.eat_op(".") {
+                    let name = match self.peek() {
+                        Some(Tok::Num(n)) if n.is_u64() => {
+                            let index = n.clone();
+                            self.at += 1;
+                            e = Expr::Index(Box::new(e), Box::new(Expr::Lit(index)));
+                            continue;
+                        }
+                        _ => self.ident()?,
+                    };
+                    if self.is_op("(") {
+                        let method = match name.as_str() {
+                            "items" => "items",
+                            "keys" => "keys",
+                            "values" => "values",
+                            _ => {
+                                return error(
+                                    Kind::Syntax,
+                                    self.line,
+                                    format!("unknown method `{name}()` (available: items, keys, values)"),
+                                )
+                            }
+                        };
+                        if !self.args()?.is_empty() {
+                            return error(Kind::Syntax, self.line, format!("`{name}()` takes no arguments"));
+                        }
+                        e = Expr::Method(Box::new(e), method);
+                    } else {
+                        e = Expr::Attr(Box::new(e), name);
+                    }
+                } else if self.eat_op("[") {
+                    let index = self.expr()?;
+                    self.expect_op("]")?;
+                    e = Expr::Index(Box::new(e), Box::new(index));
+                } else {
+                    return Ok(e);
+                }
+            }
+        }
+
+        fn primary(&mut self) -> Result<Expr, Error> {
+            let Some(tok) = self.peek().cloned() else { return self.fail("an expression") };
+            self.at += 1;
+            Ok(match tok {
+                Tok::Str(s) => Expr::Lit(Value::String(s)),
+                Tok::Num(n) => Expr::Lit(n),
+                Tok::Op("-") => match self.peek().cloned() {
+                    Some(Tok::Num(n)) => {
+                        self.at += 1;
+                        let negated = match (n.as_i64(), n.as_f64()) {
+                            (Some(i), _) => Value::from(-i),
+                            (None, Some(f)) => serde_json::Number::from_f64(-f).map_or(Value::Null, Value::Number),
+                            _ => Value::Null,
+                        };
+                        Expr::Lit(negated)
+                    }
+                    _ => return self.fail("a number after `-`"),
+                },
+                Tok::Op("(") => {
+                    let e = self.expr()?;
+                    self.expect_op(")")?;
+                    e
+                }
+                Tok::Op("[") => {
+                    let mut items = Vec::new();
+                    if !self.eat_op("]") {
+                        loop {
+                            items.push(self.expr()?);
+                            if self.eat_op("]") {
+                                break;
+                            }
+                            self.expect_op(",")?;
+                        }
+                    }
+                    Expr::List(items)
+                }
+                Tok::Ident(w) => match w.as_str() {
+                    "true" | "True" => Expr::Lit(Value::Bool(true)),
+                    "false" | "False" => Expr::Lit(Value::Bool(false)),
+                    "none" | "None" => Expr::Lit(Value::Null),
+                    "and" | "or" | "not" | "in" | "is" => {
+                        self.at -= 1;
+                        return self.fail("an expression");
+                    }
+                    _ => Expr::Var(w),
+                },
+                Tok::Op(_) => {
+                    self.at -= 1;
+                    return self.fail("an expression");
+                }
+            })
+        }
+    }
+
+    struct Parser<'s> {
+        segs: std::vec::IntoIter<Seg<'s>>,
+        depth: usize,
+    }
+
+    /// How a block ended: the closing tag's name, its remaining source, its line.
+    type End<'s> = Option<(String, &'s str, usize)>;
+
+    impl<'s> Parser<'s> {
+        fn block(&mut self, ends: &[&str]) -> Result<(Vec<Node>, End<'s>), Error> {
+            let mut nodes = Vec::new();
+            while let Some(seg) = self.segs.next() {
+                match seg {
+                    Seg::Text(t) => nodes.push(Node::Text(t.into_owned())),
+                    Seg::Print(src, line) => {
+                        let mut p = ExprParser::new(src, line)?;
+                        let e = p.expr()?;
+                        p.end()?;
+                        nodes.push(Node::Print(e, line));
+                    }
+                    Seg::Tag(src, line) => {
+                        let src = src.trim();
+                        let (name, rest) = src.split_once(|c: char| c.is_whitespace()).unwrap_or((src, ""));
+                        if ends.contains(&name) {
+                            return Ok((nodes, Some((name.to_string(), rest, line))));
+                        }
+                        self.depth += 1;
+                        if self.depth > MAX_DEPTH {
+                            return error(Kind::Syntax, line, "blocks nested too deeply");
+                        }
+                        match name {
+                            "if" => nodes.push(self.if_block(rest, line)?),
+                            "for" => nodes.push(self.for_block(rest, line)?),
+                            "endif" | "endfor" | "elif" | "else" => {
+                                return error(Kind::Syntax, line, format!("unexpected `{{% {name} %}}`"));
+                            }
+                            "set" | "macro" | "call" | "include" | "import" | "from" | "extends" | "block"
+                            | "filter" | "with" | "autoescape" => {
+                                return error(
+                                    Kind::Syntax,
+                                    line,
+                                    format!("`{{% {name} %}}` is not supported in prompt templates"),
+                                );
+                            }
+                            _ => return error(Kind::Syntax, line, format!("unknown tag `{name}`")),
+                        }
+                        self.depth -= 1;
+                    }
+                }
+            }
+            Ok((nodes, None))
+        }
+
+        fn condition(src: &str, line: usize) -> Result<Expr, Error> {
+            let mut p = ExprParser::new(src, line)?;
+            let e = p.expr()?;
+            p.end()?;
+            Ok(e)
+        }
+
+        fn if_block(&mut self, src: &str, line: usize) -> Result<Node, Error> {
+            let mut branches = vec![];
+            let mut condition = Self::condition(src, line)?;
+            loop {
+                let (body, end) = self.block(&["elif", "else", "endif"])?;
+                branches.push((condition, body));
+                match end {
+                    Some((name, rest, at)) if name == "elif" => condition = Self::condition(rest, at)?,
+                    Some((name, rest, at)) if name == "else" => {
+                        if !rest.trim().is_empty() {
+                            return error(Kind::Syntax, at, "`{% else %}` takes nothing");
+                        }
+                        let (otherwise, end) = self.block(&["endif"])?;
+                        if end.is_none() {
+                            return error(Kind::Syntax, line, "`{% if %}` is never closed with `{% endif %}`");
+                        }
+                        return Ok(Node::If(branches, otherwise));
+                    }
+                    Some(_) => return Ok(Node::If(branches, Vec::new())),
+                    None => return error(Kind::Syntax, line, "`{% if %}` is never closed with `{% endif %}`"),
+                }
+            }
+        }
+
+        fn for_block(&mut self, src: &str, line: usize) -> Result<Node, Error> {
+            let mut p = ExprParser::new(src, line)?;
+            let mut targets = vec![p.ident()?];
+            if p.eat_op(",") {
+                targets.push(p.ident()?);
+            }
+            if !p.eat_word("in") {
+                return p.fail("`in`");
+            }
+            let iter = p.expr()?;
+            p.end()?;
+            let (body, end) = self.block(&["else", "endfor"])?;
+            let otherwise = match end {
+                Some((name, _, _)) if name == "else" => {
+                    let (otherwise, end) = self.block(&["endfor"])?;
+                    if end.is_none() {
+                        return error(Kind::Syntax, line, "`{% for %}` is never closed with `{% endfor %}`");
+                    }
+                    otherwise
+                }
+                Some(_) => Vec::new(),
+                None => return error(Kind::Syntax, line, "`{% for %}` is never closed with `{% endfor %}`"),
+            };
+            Ok(Node::For { targets, iter, body, otherwise, line })
+        }
+    }
+
+    pub fn compile(src: &str) -> Result<Program, Error> {
+        let mut parser = Parser { segs: segments(src)?.into_iter(), depth: 0 };
+        let (nodes, _) = parser.block(&[])?;
+        Ok(Program { nodes })
+    }
+
+    // ---- analysis -------------------------------------------------------------------
+
+    impl Program {
+        /// Adds the top-level variables the template may read (loop variables excluded) to
+        /// `out`, kept sorted and without duplicates.
+        pub fn variables(&self, out: &mut Vec<String>) {
+            let mut bound = Vec::new();
+            walk_nodes(&self.nodes, &mut bound, out);
+        }
+    }
+
+    fn walk_nodes(nodes: &[Node], bound: &mut Vec<String>, out: &mut Vec<String>) {
+        for node in nodes {
+            match node {
+                Node::Text(_) => {}
+                Node::Print(e, _) => walk_expr(e, bound, out),
+                Node::If(branches, otherwise) => {
+                    for (c, body) in branches {
+                        walk_expr(c, bound, out);
+                        walk_nodes(body, bound, out);
+                    }
+                    walk_nodes(otherwise, bound, out);
+                }
+                Node::For { targets, iter, body, otherwise, .. } => {
+                    walk_expr(iter, bound, out);
+                    let mark = bound.len();
+                    bound.extend(targets.iter().cloned());
+                    bound.push("loop".to_string());
+                    walk_nodes(body, bound, out);
+                    bound.truncate(mark);
+                    walk_nodes(otherwise, bound, out);
+                }
+            }
+        }
+    }
+
+    fn walk_expr(e: &Expr, bound: &[String], out: &mut Vec<String>) {
+        match e {
+            Expr::Lit(_) => {}
+            Expr::Var(name) => {
+                if !bound.contains(name) {
+                    if let Err(at) = out.binary_search(name) {
+                        out.insert(at, name.clone());
+                    }
+                }
+            }
+            Expr::List(items) => items.iter().for_each(|i| walk_expr(i, bound, out)),
+            Expr::Attr(e, _) | Expr::Method(e, _) | Expr::Test(e, ..) | Expr::Not(e) => walk_expr(e, bound, out),
+            Expr::Filter(e, _, args) => {
+                walk_expr(e, bound, out);
+                args.iter().for_each(|a| walk_expr(a, bound, out));
+            }
+            Expr::Index(a, b) | Expr::And(a, b) | Expr::Or(a, b) | Expr::Cmp(a, _, b) | Expr::Concat(a, b) => {
+                walk_expr(a, bound, out);
+                walk_expr(b, bound, out);
+            }
+        }
+    }
+
+    // ---- evaluation -----------------------------------------------------------------
+
+    type Val<'a> = Option<Cow<'a, Value>>;
+
+    pub struct Limits {
+        pub fuel: u64,
+        pub output: usize,
+    }
+
+    struct Render<'a> {
+        vars: &'a Map<String, Value>,
+        scopes: Vec<(&'a str, Cow<'a, Value>)>,
+        fuel: u64,
+        out: &'a mut String,
+        limit: usize,
+        line: usize,
+    }
+
+    /// Renders `program` into `out` (appending), within the fuel and output limits.
+    pub fn render(
+        program: &Program,
+        vars: &Map<String, Value>,
+        out: &mut String,
+        limits: &mut Limits,
+    ) -> Result<(), Error> {
+        let limit = limits.output;
+        let mut r = Render { vars, scopes: Vec::new(), fuel: limits.fuel, out, limit, line: 1 };
+        let result = r.nodes(&program.nodes);
+        limits.fuel = r.fuel;
+        result
+    }
+
+    /// How an expression reads in messages: `user.name`, `items[0]`, or `value`.
+    fn describe(e: &Expr) -> String {
+        match e {
+            Expr::Var(name) => name.clone(),
+            Expr::Attr(e, name) => format!("{}.{name}", describe(e)),
+            Expr::Index(e, i) => match &**i {
+                Expr::Lit(v) => format!("{}[{v}]", describe(e)),
+                _ => format!("{}[...]", describe(e)),
+            },
+            Expr::Filter(e, ..) | Expr::Method(e, _) => describe(e),
+            _ => "value".to_string(),
+        }
+    }
+
+    /// The text of a value: strings as they are, booleans and null as Jinja prints them,
+    /// lists and objects as JSON.
+    fn text(v: &Value) -> Cow<'_, str> {
+        match v {
+            Value::String(s) => Cow::Borrowed(s),
+            Value::Null => Cow::Borrowed("None"),
+            Value::Bool(true) => Cow::Borrowed("True"),
+            Value::Bool(false) => Cow::Borrowed("False"),
+            Value::Number(n) => Cow::Owned(n.to_string()),
+            other => Cow::Owned(serde_json::to_string(other).unwrap_or_default()),
+        }
+    }
+
+    fn truthy(v: &Val<'_>) -> bool {
+        match v.as_deref() {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::Object(o)) => !o.is_empty(),
+        }
+    }
+
+    fn child<'a>(v: Cow<'a, Value>, pick: impl Fn(&Value) -> Option<&Value>) -> Val<'a> {
+        match v {
+            Cow::Borrowed(b) => pick(b).map(Cow::Borrowed),
+            Cow::Owned(o) => pick(&o).cloned().map(Cow::Owned),
+        }
+    }
+
+    fn equal(a: &Val<'_>, b: &Val<'_>) -> bool {
+        match (a.as_deref(), b.as_deref()) {
+            (Some(Value::Number(x)), Some(Value::Number(y))) => x.as_f64() == y.as_f64(),
+            (x, y) => x == y,
+        }
+    }
+
+    impl<'a> Render<'a> {
+        fn burn(&mut self) -> Result<(), Error> {
+            match self.fuel.checked_sub(1) {
+                Some(left) => {
+                    self.fuel = left;
+                    Ok(())
+                }
+                None => error(Kind::Fuel, self.line, "the template ran out of fuel"),
+            }
+        }
+
+        fn write(&mut self, s: &str) -> Result<(), Error> {
+            if self.out.len() + s.len() > self.limit {
+                return error(Kind::TooLarge, self.line, "output too large");
+            }
+            self.out.push_str(s);
+            Ok(())
+        }
+
+        fn nodes(&mut self, nodes: &'a [Node]) -> Result<(), Error> {
+            for node in nodes {
+                self.burn()?;
+                match node {
+                    Node::Text(t) => self.write(t)?,
+                    Node::Print(e, line) => {
+                        self.line = *line;
+                        match self.eval(e)? {
+                            Some(v) => self.write(&text(&v))?,
+                            None => return error(Kind::Undefined, *line, format!("`{}` is undefined", describe(e))),
+                        }
+                    }
+                    Node::If(branches, otherwise) => {
+                        let mut taken = false;
+                        for (condition, body) in branches {
+                            if truthy(&self.eval(condition)?) {
+                                self.nodes(body)?;
+                                taken = true;
+                                break;
+                            }
+                        }
+                        if !taken {
+                            self.nodes(otherwise)?;
+                        }
+                    }
+                    Node::For { targets, iter, body, otherwise, line } => {
+                        self.line = *line;
+                        let Some(items) = self.eval(iter)? else {
+                            return error(Kind::Undefined, *line, format!("`{}` is undefined", describe(iter)));
+                        };
+                        let items: Vec<Cow<'a, Value>> = match items {
+                            Cow::Borrowed(Value::Array(a)) => a.iter().map(Cow::Borrowed).collect(),
+                            Cow::Owned(Value::Array(a)) => a.into_iter().map(Cow::Owned).collect(),
+                            Cow::Borrowed(Value::Object(o)) => {
+                                o.keys().map(|k| Cow::Owned(Value::String(k.clone()))).collect()
+                            }
+                            Cow::Owned(Value::Object(o)) => {
+                                o.into_iter().map(|(k, _)| Cow::Owned(Value::String(k))).collect()
+                            }
+                            Cow::Borrowed(Value::String(s)) => {
+                                s.chars().map(|c| Cow::Owned(Value::String(c.to_string()))).collect()
+                            }
+                            Cow::Owned(Value::String(s)) => {
+                                s.chars().map(|c| Cow::Owned(Value::String(c.to_string()))).collect()
+                            }
+                            other => {
+                                return error(
+                                    Kind::Invalid,
+                                    *line,
+                                    format!("`{}` ({}) cannot be iterated", describe(iter), text(&other)),
+                                );
+                            }
+                        };
+                        if items.is_empty() {
+                            self.nodes(otherwise)?;
+                            continue;
+                        }
+                        let length = items.len();
+                        for (i, item) in items.into_iter().enumerate() {
+                            self.burn()?;
+                            let mark = self.scopes.len();
+                            if targets.len() == 2 {
+                                let pair = |n| {
+                                    child(item.clone(), |v| {
+                                        v.as_array().filter(|a| a.len() == 2).and_then(|a| a.get(n))
+                                    })
+                                };
+                                let (Some(k), Some(v)) = (pair(0), pair(1)) else {
+                                    return error(
+                                        Kind::Invalid,
+                                        *line,
+                                        "cannot unpack into two names: use `for k, v in obj.items()`",
+                                    );
+                                };
+                                self.scopes.push((&targets[0], k));
+                                self.scopes.push((&targets[1], v));
+                            } else {
+                                self.scopes.push((&targets[0], item));
+                            }
+                            let mut info = Map::new();
+                            info.insert("index".into(), (i + 1).into());
+                            info.insert("index0".into(), i.into());
+                            info.insert("revindex".into(), (length - i).into());
+                            info.insert("revindex0".into(), (length - i - 1).into());
+                            info.insert("first".into(), (i == 0).into());
+                            info.insert("last".into(), (i + 1 == length).into());
+                            info.insert("length".into(), length.into());
+                            self.scopes.push(("loop", Cow::Owned(Value::Object(info))));
+                            let result = self.nodes(body);
+                            self.scopes.truncate(mark);
+                            result?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        fn lookup(&self, name: &str) -> Val<'a> {
+            if let Some((_, v)) = self.scopes.iter().rev().find(|(n, _)| *n == name) {
+                return Some(v.clone());
+            }
+            self.vars.get(name).map(Cow::Borrowed)
+        }
+
+        fn defined(&self, v: Val<'a>, e: &Expr) -> Result<Cow<'a, Value>, Error> {
+            v.map_or_else(|| error(Kind::Undefined, self.line, format!("`{}` is undefined", describe(e))), Ok)
+        }
+
+        fn eval(&mut self, e: &'a Expr) -> Result<Val<'a>, Error> {
+            self.burn()?;
+            Ok(match e {
+                Expr::Lit(v) => Some(Cow::Borrowed(v)),
+                Expr::List(items) => {
+                    let mut out = Vec::with_capacity(items.len());
+                    for item in items {
+                        let v = self.eval(item)?;
+                        out.push(self.defined(v, item)?.into_owned());
+                    }
+                    Some(Cow::Owned(Value::Array(out)))
+                }
+                Expr::Var(name) => self.lookup(name),
+                Expr::Attr(base, name) => self.eval(base)?.and_then(|v| child(v, |v| v.get(name.as_str()))),
+                Expr::Index(base, index) => {
+                    let base = self.eval(base)?;
+                    let index = self.eval(index)?;
+                    match (base, index.as_deref()) {
+                        (Some(base), Some(Value::Number(n))) => child(base, |v| {
+                            let a = v.as_array()?;
+                            let i = n.as_i64()?;
+                            let i = if i < 0 { a.len().checked_sub(i.unsigned_abs() as usize)? } else { i as usize };
+                            a.get(i)
+                        }),
+                        (Some(base), Some(Value::String(k))) => child(base, |v| v.get(k.as_str())),
+                        _ => None,
+                    }
+                }
+                Expr::Method(base, method) => {
+                    let v = self.eval(base)?;
+                    let v = self.defined(v, base)?;
+                    let Some(obj) = v.as_object() else {
+                        return error(
+                            Kind::Invalid,
+                            self.line,
+                            format!("`{}` has no method `{method}()`", describe(base)),
+                        );
+                    };
+                    let list: Vec<Value> = match *method {
+                        "items" => {
+                            obj.iter().map(|(k, v)| Value::Array(vec![Value::String(k.clone()), v.clone()])).collect()
+                        }
+                        "keys" => obj.keys().map(|k| Value::String(k.clone())).collect(),
+                        _ => obj.values().cloned().collect(),
+                    };
+                    Some(Cow::Owned(Value::Array(list)))
+                }
+                Expr::Filter(base, filter, args) => {
+                    let v = self.eval(base)?;
+                    let mut values = Vec::with_capacity(args.len());
+                    for arg in args {
+                        values.push(self.eval(arg)?);
+                    }
+                    self.filter(v, base, *filter, values)?
+                }
+                Expr::Test(base, test, negated) => {
+                    let v = self.eval(base)?;
+                    let hit = match (*test, v.as_deref()) {
+                        ("defined", v) => v.is_some(),
+                        ("undefined", v) => v.is_none(),
+                        ("none", v) => matches!(v, Some(Value::Null)),
+                        ("string", v) => matches!(v, Some(Value::String(_))),
+                        ("number", v) => matches!(v, Some(Value::Number(_))),
+                        ("boolean", v) => matches!(v, Some(Value::Bool(_))),
+                        ("mapping", v) => matches!(v, Some(Value::Object(_))),
+                        (_, v) => matches!(v, Some(Value::Array(_))),
+                    };
+                    Some(Cow::Owned(Value::Bool(hit != *negated)))
+                }
+                Expr::Not(e) => Some(Cow::Owned(Value::Bool(!truthy(&self.eval(e)?)))),
+                Expr::And(a, b) => {
+                    let left = self.eval(a)?;
+                    if truthy(&left) {
+                        self.eval(b)?
+                    } else {
+                        left
+                    }
+                }
+                Expr::Or(a, b) => {
+                    let left = self.eval(a)?;
+                    if truthy(&left) {
+                        left
+                    } else {
+                        self.eval(b)?
+                    }
+                }
+                Expr::Concat(a, b) => {
+                    let left = self.eval(a)?;
+                    let left = self.defined(left, a)?;
+                    let right = self.eval(b)?;
+                    let right = self.defined(right, b)?;
+                    Some(Cow::Owned(Value::String(format!("{}{}", text(&left), text(&right)))))
+                }
+                Expr::Cmp(a, op, b) => {
+                    let left = self.eval(a)?;
+                    let right = self.eval(b)?;
+                    Some(Cow::Owned(Value::Bool(self.compare(left, a, *op, right, b)?)))
+                }
+            })
+        }
+
+        fn compare(&self, left: Val<'a>, a: &Expr, op: Cmp, right: Val<'a>, b: &Expr) -> Result<bool, Error> {
+            match op {
+                Cmp::Eq => return Ok(equal(&left, &right)),
+                Cmp::Ne => return Ok(!equal(&left, &right)),
+                _ => {}
+            }
+            let left = self.defined(left, a)?;
+            let right = self.defined(right, b)?;
+            if let Cmp::In | Cmp::NotIn = op {
+                let found = match (&*left, &*right) {
+                    (Value::String(needle), Value::String(hay)) => hay.contains(needle.as_str()),
+                    (needle, Value::Array(items)) => {
+                        items.iter().any(|i| equal(&Some(Cow::Borrowed(i)), &Some(Cow::Borrowed(needle))))
+                    }
+                    (Value::String(key), Value::Object(o)) => o.contains_key(key),
+                    _ => {
+                        return error(
+                            Kind::Invalid,
+                            self.line,
+                            format!("cannot look for {} in `{}`", text(&left), describe(b)),
+                        )
+                    }
+                };
+                return Ok(found == (op == Cmp::In));
+            }
+            let ordering = match (&*left, &*right) {
+                (Value::Number(x), Value::Number(y)) => x.as_f64().partial_cmp(&y.as_f64()),
+                (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+                _ => None,
+            };
+            let Some(ordering) = ordering else {
+                return error(
+                    Kind::Invalid,
+                    self.line,
+                    format!("cannot compare `{}` with `{}`", describe(a), describe(b)),
+                );
+            };
+            Ok(match op {
+                Cmp::Lt => ordering.is_lt(),
+                Cmp::Le => ordering.is_le(),
+                Cmp::Gt => ordering.is_gt(),
+                _ => ordering.is_ge(),
+            })
+        }
+
+        fn filter(&self, v: Val<'a>, base: &Expr, filter: Filter, args: Vec<Val<'a>>) -> Result<Val<'a>, Error> {
+            if filter == Filter::Default {
+                let fallback = args.first().cloned().flatten().unwrap_or(Cow::Owned(Value::String(String::new())));
+                let use_fallback = v.is_none() || (truthy(args.get(1).unwrap_or(&None)) && !truthy(&v));
+                return Ok(if use_fallback { Some(fallback) } else { v });
+            }
+            let v = self.defined(v, base)?;
+            let arg = |i: usize| -> Result<String, Error> {
+                match args.get(i) {
+                    Some(Some(a)) => Ok(text(a).into_owned()),
+                    Some(None) => error(Kind::Undefined, self.line, "a filter argument is undefined"),
+                    None => Ok(String::new()),
+                }
+            };
+            let string = |s: String| Ok(Some(Cow::Owned(Value::String(s))));
+            match filter {
+                Filter::Upper => string(text(&v).chars().map(upper_char).collect()),
+                Filter::Lower => string(text(&v).chars().map(lower_char).collect()),
+                Filter::Capitalize => {
+                    let mut chars = text(&v).chars().map(lower_char).collect::<Vec<_>>();
+                    if let Some(first) = chars.first_mut() {
+                        *first = upper_char(*first);
+                    }
+                    string(chars.into_iter().collect())
+                }
+                Filter::Title => {
+                    let mut out = String::new();
+                    let mut start = true;
+                    for c in text(&v).chars() {
+                        out.push(if start { upper_char(c) } else { lower_char(c) });
+                        start = !(c.is_ascii_alphanumeric() || (c as u32) >= 0xC0);
+                    }
+                    string(out)
+                }
+                Filter::Trim => string(text(&v).trim().to_string()),
+                Filter::String => string(text(&v).into_owned()),
+                Filter::Replace => string(text(&v).replace(&arg(0)?, &arg(1)?)),
+                Filter::ToJson => string(serde_json::to_string(&*v).unwrap_or_default()),
+                Filter::Join => match &*v {
+                    Value::Array(items) => string(items.iter().map(|i| text(i)).collect::<Vec<_>>().join(&arg(0)?)),
+                    other => string(text(other).into_owned()),
+                },
+                Filter::Length => {
+                    let n = match &*v {
+                        Value::String(s) => s.chars().count(),
+                        Value::Array(a) => a.len(),
+                        Value::Object(o) => o.len(),
+                        _ => return error(Kind::Invalid, self.line, format!("`{}` has no length", describe(base))),
+                    };
+                    Ok(Some(Cow::Owned(Value::from(n))))
+                }
+                Filter::First | Filter::Last => {
+                    let last = filter == Filter::Last;
+                    if let Some(s) = v.as_str() {
+                        let c = if last { s.chars().next_back() } else { s.chars().next() };
+                        return Ok(c.map(|c| Cow::Owned(Value::String(c.to_string()))));
+                    }
+                    Ok(child(v, |v| {
+                        let a = v.as_array()?;
+                        if last {
+                            a.last()
+                        } else {
+                            a.first()
+                        }
+                    }))
+                }
+                Filter::Default => Ok(Some(v)), // handled above
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -827,40 +1977,177 @@ mod tests {
 
     #[test]
     fn fuel_and_output_limits_trip() {
-        let t = one(json!("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"));
-        let e = render(&t, &Map::new()).unwrap_err();
+        let t = one(json!("{% for a in xs %}{% for b in xs %}{{ b }}{% endfor %}{% endfor %}"));
+        let xs: Vec<Value> = (0..1000).map(|_| Value::from("")).collect();
+        let e = render(&t, &obj(json!({ "xs": xs }))).unwrap_err();
         assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "template_too_expensive"));
         assert!(e.message.contains(&MAX_FUEL.to_string()), "{}", e.message);
 
-        let t = one(json!("{% for i in range(100) %}{{ big }}{% endfor %}"));
-        let e = render(&t, &obj(json!({"big": "x".repeat(1000)}))).unwrap_err();
+        let t = one(json!("{% for i in xs %}{{ big }}{% endfor %}"));
+        let xs: Vec<Value> = (0..100).map(Value::from).collect();
+        let e = render(&t, &obj(json!({"big": "x".repeat(1000), "xs": xs}))).unwrap_err();
         assert_eq!(e.code, "template_output_too_large");
         assert!(e.message.contains("65536 bytes"), "{}", e.message);
-        // Just under the limit is fine.
+        // Just under the limit is fine; the limit covers all messages together.
         let t = one(json!("{{ big }}"));
         assert_eq!(
             render(&t, &obj(json!({"big": "x".repeat(MAX_OUTPUT_BYTES)}))).unwrap().text().len(),
             MAX_OUTPUT_BYTES
         );
+        let t = one(json!({"system": "{{ big }}", "user": "{{ big }}"}));
+        let e = render(&t, &obj(json!({"big": "x".repeat(MAX_OUTPUT_BYTES / 2 + 1)}))).unwrap_err();
+        assert_eq!(e.code, "template_output_too_large");
     }
 
     #[test]
-    fn no_file_access_and_runtime_errors_are_400() {
-        // No loader: includes cannot reach anything.
+    fn unsupported_tags_and_unknown_filters_fail_at_compile_time() {
         let mut issues = Issues::default();
-        let t = check_inline("p", &json!("{% include '/etc/passwd' %}"), &mut issues);
-        if let Some(t) = t {
-            let e = render(&t, &Map::new()).unwrap_err();
-            assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        } else {
-            assert!(!issues.0.is_empty());
+        for (i, source) in [
+            "{% include '/etc/passwd' %}",
+            "{% set x = 1 %}",
+            "{{ x | nosuchfilter }}",
+            "{{ range(10) }}",
+            "{{ x is odd }}",
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert!(check_inline(&format!("e[{i}]"), &json!(source), &mut issues).is_none(), "{source}");
         }
-        let t = one(json!("{{ x | nosuchfilter }}"));
-        let e = render(&t, &obj(json!({"x": 1}))).unwrap_err();
-        assert_eq!(e.code, "template_render_failed");
-        assert!(e.message.contains("unknown filter"), "{}", e.message);
-        let t = one(json!("{{ x.y.z }}"));
+        let text: Vec<String> = issues.0.iter().map(ToString::to_string).collect();
+        assert!(text[0].contains("`{% include %}` is not supported"), "{text:?}");
+        assert!(text[1].contains("`{% set %}` is not supported"), "{text:?}");
+        assert!(text[2].contains("unknown filter `nosuchfilter`"), "{text:?}");
+        assert!(text[3].contains("expected the end of the tag, found `(`"), "{text:?}");
+        assert!(text[4].contains("unknown test `odd`"), "{text:?}");
+    }
+
+    #[test]
+    fn runtime_errors_are_400_with_line() {
+        let t = one(json!("a\n{{ x.y.z }}"));
         let e = render(&t, &obj(json!({"x": {}}))).unwrap_err();
-        assert_eq!(e.code, "template_render_failed");
+        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "template_render_failed"));
+        assert!(e.message.contains("`x.y.z` is undefined (line 2)"), "{}", e.message);
+        let t = one(json!("{% for i in n %}{% endfor %}"));
+        let e = render(&t, &obj(json!({"n": 5}))).unwrap_err();
+        assert!(e.message.contains("`n` (5) cannot be iterated"), "{}", e.message);
+        let t = one(json!("{% if a < b %}{% endif %}"));
+        assert_eq!(render(&t, &obj(json!({"a": 1, "b": "x"}))).unwrap_err().code, "template_render_failed");
+    }
+
+    fn render_str(source: &str, vars: Value) -> String {
+        render(&one(json!(source)), &obj(vars)).unwrap().text()
+    }
+
+    #[test]
+    fn engine_statements() {
+        let vars =
+            json!({"items": ["a", "b", "c"], "user": {"name": "Ann", "tags": ["x"]}, "empty": [], "mode": "brief"});
+        assert_eq!(
+            render_str(
+                "{% for i in items %}{{ loop.index }}{{ i }}{% if not loop.last %},{% endif %}{% endfor %}",
+                vars.clone()
+            ),
+            "1a,2b,3c"
+        );
+        assert_eq!(render_str("{% for i in empty %}x{% else %}none{% endfor %}", vars.clone()), "none");
+        assert_eq!(
+            render_str("{% for k, v in user.items() %}{{ k }}={{ v }};{% endfor %}", vars.clone()),
+            "name=Ann;tags=[\"x\"];"
+        );
+        assert_eq!(render_str("{% for k in user %}{{ k }} {% endfor %}", vars.clone()), "name tags ");
+        assert_eq!(
+            render_str("{% if mode == 'long' %}L{% elif mode == 'brief' %}B{% else %}?{% endif %}", vars.clone()),
+            "B"
+        );
+        assert_eq!(render_str("{% if missing %}yes{% else %}no{% endif %}", vars.clone()), "no");
+        assert_eq!(render_str("{% if missing is defined or 'a' in items %}in{% endif %}", vars.clone()), "in");
+        assert_eq!(render_str("{% if 'z' not in items and items|length >= 3 %}ok{% endif %}", vars.clone()), "ok");
+        assert_eq!(render_str("{{ items[0] }}{{ items[-1] }}{{ user['name'] }}{{ items.1 }}", vars.clone()), "acAnnb");
+        assert_eq!(
+            render_str("{# note #}a {{- ' b ' -}} c{% raw %}{{ not }}{% endraw %}", vars.clone()),
+            "a b c{{ not }}"
+        );
+        assert_eq!(render_str("line\n  {%- if true %} x{% endif %}\n", vars.clone()), "line x");
+        assert_eq!(render_str("{{ \"say \\\"hi\\\"\\n\" }}", vars.clone()), "say \"hi\"\n");
+        assert_eq!(render_str("{{ [1, 2.5, -3, true, none] }}", vars), "[1,2.5,-3,true,null]");
+    }
+
+    #[test]
+    fn engine_filters() {
+        let vars = json!({"s": "  hello World  ", "xs": ["a", "b"], "n": 3, "o": {"k": [1]}});
+        assert_eq!(
+            render_str(
+                "{{ s | trim | upper }}|{{ s | trim | lower }}|{{ s | trim | title }}|{{ 'hELLO' | capitalize }}",
+                vars.clone()
+            ),
+            "HELLO WORLD|hello world|Hello World|Hello"
+        );
+        assert_eq!(render_str("{{ xs | join(', ') }}|{{ xs | join }}|{{ xs | length }}|{{ s | length }}|{{ xs | first }}{{ xs | last }}", vars.clone()), "a, b|ab|2|15|ab");
+        assert_eq!(
+            render_str("{{ o | tojson }}|{{ n | string ~ '!' }}|{{ 'a-b' | replace('-', '+') }}", vars.clone()),
+            "{\"k\":[1]}|3!|a+b"
+        );
+        assert_eq!(
+            render_str(
+                "{{ missing | default('dflt') }}|{{ '' | default('e', true) }}|{{ missing | d }}|{{ n | default(5) }}",
+                vars
+            ),
+            "dflt|e||3"
+        );
+    }
+
+    #[test]
+    fn engine_syntax_errors() {
+        for (source, expected) in [
+            ("{% if x %}open", "`{% if %}` is never closed with `{% endif %}` (line 1)"),
+            ("a\n{% for x in %}", "expected an expression, found the end of the tag (line 2)"),
+            ("{{ x ", "`{{` is never closed"),
+            ("{% endif %}", "unexpected `{% endif %}`"),
+            ("{% frobnicate %}", "unknown tag `frobnicate`"),
+            ("{{ 'unterminated }}", "`{{` is never closed"),
+            ("{{ x | join(1, 2) }}", "filter `join` takes 0 to 1 arguments, not 2"),
+            ("{{ x.upper() }}", "unknown method `upper()`"),
+            ("{{ x @ y }}", "unexpected character `@`"),
+            ("{% raw %}never closed", "`{% raw %}` is never closed"),
+        ] {
+            let mut issues = Issues::default();
+            assert!(check_inline("p", &json!(source), &mut issues).is_none(), "{source}");
+            let message = issues.0[0].to_string();
+            assert!(message.contains(expected), "{source}: {message}");
+        }
+        let deep = format!("{}x{}", "{% if a %}".repeat(100), "{% endif %}".repeat(100));
+        let mut issues = Issues::default();
+        assert!(check_inline("p", &json!(deep), &mut issues).is_none());
+        assert!(issues.0[0].message.contains("nested too deeply"));
+        let deep = format!("{{{{ {}x{} }}}}", "(".repeat(100), ")".repeat(100));
+        assert!(check_inline("p", &json!(deep), &mut issues).is_none());
+        let deep = format!("{{{{ {}x }}}}", "not ".repeat(100));
+        assert!(check_inline("p", &json!(deep), &mut issues).is_none());
+    }
+
+    #[test]
+    fn engine_never_panics() {
+        // Random splices of template fragments: compile and render must return, never panic.
+        let pieces = [
+            "{{", "}}", "{%", "%}", "{#", "#}", "-", " if ", " for ", " in ", " endif ", " endfor ", " else ", "x",
+            "xs", "'s", "\"", "(", ")", "[", "]", ".", "|", " default", " join", "loop", ".index", "1", "-1", "==",
+            " not ", " is ", " defined", "~", ",", "é", "\n", " raw ", " endraw ", ".items()", "0.5", "_",
+        ];
+        let vars = obj(json!({"x": "v", "xs": [1, {"a": 2}], "s": null}));
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..5000 {
+            let mut source = String::new();
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            for i in 0..(seed % 12) {
+                source.push_str(pieces[((seed >> (i * 5)) % pieces.len() as u64) as usize]);
+            }
+            if let Ok(program) = jinja::compile(&source) {
+                let mut out = String::new();
+                let _ = jinja::render(&program, &vars, &mut out, &mut jinja::Limits { fuel: 1000, output: 1000 });
+            }
+        }
     }
 }

@@ -20,7 +20,9 @@
 //! next request of that shard flushes (logged in `accounting_error` until then); an isolate
 //! evicted between a response and its `waitUntil` write loses that last delta; Cloudflare
 //! `list` and reads are eventually consistent (up to ~60 s), so a query may briefly lag; on
-//! Spin every request is a fresh instance, so every request writes its own shard entries.
+//! Spin every request is a fresh instance, so every request writes its own shard entries, and
+//! Spin's `list` reads every key of the store: queries slow down as shards accumulate (the
+//! follow-up is compacting a finished day's shards into one entry; not done yet).
 //!
 //! Days are UTC, by the request's start time. Costs are integers in nano-USD (1e-9 USD), so
 //! sums are exact; the admin API shows `cost_usd`.
@@ -478,7 +480,7 @@ pub async fn query(kv: &impl Kv, subject: Subject<'_>, from: i64, to: i64) -> Re
     };
     let mut days: BTreeMap<i64, DayUsage> = BTreeMap::new();
     for name in kv.list(&prefix).await? {
-        let Some((date, _shard)) = name[prefix.len()..].split_once(':') else { continue };
+        let Some((date, _shard)) = name.strip_prefix(&prefix).and_then(|rest| rest.split_once(':')) else { continue };
         let Some(day) = parse_day(date).filter(|d| (from..=to).contains(d)) else { continue };
         let Some(bytes) = kv.get(&name).await? else { continue };
         let Ok(shard) = serde_json::from_slice::<DayUsage>(&bytes) else { continue };

@@ -28,6 +28,8 @@ pub struct Config {
     pub regions: Vec<Region>,
     pub default_region: Option<String>,
     pub settings: Settings,
+    pub prices: crate::gateway::usage::Prices,
+    pub limits: crate::gateway::limits::LimitsConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +84,7 @@ pub struct Endpoint {
     pub origins: Vec<Origin>,
     /// Requests never leave this region, not even on failover.
     pub residency: Option<String>,
+    pub public: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,7 +193,7 @@ mod raw {
     use serde::Deserialize;
     use serde_json::{Map, Value};
 
-    pub const TOP_LEVEL: &[&str] = &["version", "endpoints", "routes", "regions", "default_region", "settings"];
+    pub const TOP_LEVEL: &[&str] = &["version", "endpoints", "routes", "regions", "default_region", "settings", "prices", "limits"];
 
     #[derive(Deserialize)]
     pub struct Config {
@@ -206,6 +209,10 @@ mod raw {
         pub default_region: Option<String>,
         #[serde(default)]
         pub settings: Option<Value>,
+        #[serde(default)]
+        pub prices: Option<Value>,
+        #[serde(default)]
+        pub limits: Option<Value>,
         #[serde(flatten)]
         pub other: Map<String, Value>,
     }
@@ -226,6 +233,8 @@ mod raw {
         pub origins: Vec<Origin>,
         #[serde(default)]
         pub residency: Option<String>,
+        #[serde(default)]
+        pub public: bool,
     }
 
     #[derive(Deserialize)]
@@ -352,8 +361,16 @@ impl Config {
             routes.insert(route.name.clone(), Arc::new(route));
         }
 
+        let prices = match &raw.prices {
+            Some(v) => crate::gateway::usage::check_prices("prices", v, &mut issues).unwrap_or_default(),
+            None => Default::default(),
+        };
+        let limits = match &raw.limits {
+            Some(v) => crate::gateway::limits::check_limits("limits", v, &mut issues).unwrap_or_default(),
+            None => Default::default(),
+        };
         if issues.0.is_empty() {
-            Ok(Config { version, endpoints, routes, order, regions, default_region: raw.default_region, settings })
+            Ok(Config { version, endpoints, routes, order, regions, default_region: raw.default_region, settings, prices, limits })
         } else {
             Err(issues.0)
         }
@@ -411,6 +428,9 @@ fn check_endpoint(path: &str, value: Value, regions: &[&str], issues: &mut Issue
         }
         origins.push(Origin { url: o.url, region: o.region, weight: o.weight.unwrap_or(1) });
     }
+    if let Some(limit) = &raw.limit {
+        crate::gateway::limits::check_endpoint_limit(&format!("{path}.limit"), limit, issues);
+    }
     if let Some(pin) = &raw.residency {
         check_region(&format!("{path}.residency"), pin, regions, issues);
         if !origins.iter().any(|o| o.region.as_ref() == Some(pin)) {
@@ -433,6 +453,7 @@ fn check_endpoint(path: &str, value: Value, regions: &[&str], issues: &mut Issue
         limit: raw.limit,
         origins,
         residency: raw.residency,
+        public: raw.public,
     })
 }
 

@@ -8,7 +8,10 @@ use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::gateway::catalog;
+use crate::gateway::auth::{self, AuthMemo};
+use crate::gateway::limits::{self, EndpointLimit, Limiter, RateHeaders};
+use crate::gateway::usage::{Accounting, Outcome, UsageBook, UsageLog};
+use crate::gateway::{admin, catalog};
 use crate::gateway::config::{Config, EndpointType, ACTIVE_KEY};
 use crate::gateway::error::{GatewayError, Result};
 use crate::gateway::forward::{self, Attempt, Breaker};
@@ -36,16 +39,32 @@ pub struct Exchange<B> {
 /// After-response work (the Background port as data): accounting and the log line.
 pub struct Deferred {
     pub log: LogRecord,
+    pub accounting: Option<Accounting>,
+    pub audit: Option<String>,
 }
 
 impl Deferred {
     /// Runs the work once the response is out and returns the structured log line for the
     /// host to emit. `stream` is the pump's summary when the body was streamed — taken when the
     /// stream ended or the client went away, so partial usage is still counted.
-    pub async fn complete<P: Ports>(mut self, _ports: &P, stream: Option<StreamSummary>) -> String {
+    pub async fn complete<P: Ports>(mut self, ports: &P, stream: Option<StreamSummary>) -> String {
+        if let Some(audit) = self.audit {
+            return audit;
+        }
         if let Some(summary) = stream {
             self.log.set_usage(summary.usage);
             self.log.stream_completed = Some(summary.completed);
+        }
+        if let Some(accounting) = self.accounting {
+            let usage = match (self.log.prompt_tokens, self.log.completion_tokens) {
+                (None, None) => None,
+                (p, c) => Some(Usage { prompt_tokens: p.unwrap_or(0), completion_tokens: c.unwrap_or(0) }),
+            };
+            let outcome = Outcome { usage, status: self.log.status, latency_ms: self.log.latency_ms, cache_hit: false };
+            let mut fields = accounting.complete(ports, outcome).await;
+            self.log.tenant = fields.tenant.take();
+            fields.key_id = None;
+            self.log.accounting = Some(fields);
         }
         serde_json::to_string(&self.log).unwrap_or_default()
     }
@@ -85,6 +104,14 @@ pub struct LogRecord {
     /// For streams: false when the client went away before the origin's stream ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_completed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub accounting: Option<UsageLog>,
+    #[serde(skip)]
+    pub rate_headers: RateHeaders,
 }
 
 impl LogRecord {
@@ -134,6 +161,9 @@ struct ConfigMemo {
 pub struct Gateway {
     config: RefCell<Option<ConfigMemo>>,
     breaker: Breaker,
+    auth: AuthMemo,
+    limiter: Rc<Limiter>,
+    usage: Rc<UsageBook>,
 }
 
 impl Gateway {
@@ -159,9 +189,17 @@ impl Gateway {
             ..LogRecord::default()
         };
 
+        let path = request.uri().path();
+        if path == "/admin" || path.starts_with("/admin/") {
+            let answer = admin::handle(ports, &self.auth, &request).await;
+            log.status = answer.status.as_u16();
+            let audit = Some(answer.audit.clone());
+            return Exchange { response: answer.into_response(), deferred: Deferred { log, accounting: None, audit } };
+        }
+        let mut accounting = None;
         // Anthropic SDKs read errors in Anthropic's shape; everyone else gets the OpenAI shape.
         let anthropic_client = routing::is_anthropic_path(request.uri().path());
-        let mut response = match self.process(ports, request, client, &mut log).await {
+        let mut response = match self.process(ports, request, client, &mut log, &mut accounting).await {
             Ok(response) => response,
             Err(error) => {
                 log.error = Some(error.code);
@@ -173,6 +211,7 @@ impl Gateway {
             }
         };
         let headers = response.headers_mut();
+        log.rate_headers.apply(headers);
         if let Ok(id) = HeaderValue::from_str(&log.request_id) {
             headers.insert("x-request-id", id);
         }
@@ -187,7 +226,7 @@ impl Gateway {
         }
         log.status = response.status().as_u16();
         log.latency_ms = ports.now_ms().saturating_sub(started);
-        Exchange { response, deferred: Deferred { log } }
+        Exchange { response, deferred: Deferred { log, accounting, audit: None } }
     }
 
     async fn process<P: Ports>(
@@ -196,6 +235,7 @@ impl Gateway {
         request: Request<Vec<u8>>,
         client: &ClientInfo,
         log: &mut LogRecord,
+        accounting: &mut Option<Accounting>,
     ) -> Result<Response<ResponseBody<P::Body>>> {
         let route = routing::match_route(request.method(), request.uri().path())?;
         if route == ApiRoute::Health {
@@ -215,7 +255,7 @@ impl Gateway {
             ApiRoute::AnthropicMessages => (None, Dialect::Anthropic),
         };
         let (parts, body) = request.into_parts();
-        self.invoke(ports, &config, dialect, name, &body, &parts.headers, client, log).await
+        self.invoke(ports, &config, dialect, name, &body, &parts.headers, client, log, accounting).await
     }
 
     /// One model call: read → resolve → normalize → choose origins → forward → answer.
@@ -230,6 +270,7 @@ impl Gateway {
         headers: &HeaderMap,
         client: &ClientInfo,
         log: &mut LogRecord,
+        accounting: &mut Option<Accounting>,
     ) -> Result<Response<ResponseBody<P::Body>>> {
         // Read the request in the client's dialect into the internal (OpenAI) shape.
         let mut body = normalize::parse_json_object(body, config.settings.max_body_bytes)?;
@@ -257,6 +298,24 @@ impl Gateway {
         log.route = resolved.route;
         log.provider = Some(endpoint.provider.name());
         let op = routing::operation_for(endpoint.endpoint_type);
+
+        // Authenticate, authorize, limit.
+        let key = auth::authenticate(ports, &self.auth, headers, &name, endpoint.public).await?;
+        log.key_id = key.as_ref().map(|k| k.id.clone());
+        let endpoint_limit = endpoint.limit.as_ref().and_then(EndpointLimit::from_value);
+        let admission =
+            match limits::admit(ports, &self.limiter, &config.limits, key.as_deref(), &endpoint.name, endpoint_limit.as_ref())
+                .await
+            {
+                Ok(admission) => admission,
+                Err(refused) => {
+                    log.rate_headers = refused.headers.clone();
+                    return Err(refused.error);
+                }
+            };
+        log.rate_headers = admission.headers().clone();
+        let price = config.prices.get(endpoint.provider.name(), &endpoint.model);
+        *accounting = Some(Accounting::new(&self.usage, key.as_deref(), price, log.ts, Some(admission)));
 
         // Normalize.
         normalize::apply_defaults(&mut body, &endpoint.parameters);

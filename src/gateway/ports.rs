@@ -59,5 +59,5 @@ pub trait Clock {
 /// Everything a host provides. The Background port of DESIGN.md is not a trait: the pipeline
 /// returns its after-response work as data (`pipeline::Deferred`) and each host decides when
 /// to run it (Cloudflare: `waitUntil`; Spin: after the response body is written).
-pub trait Ports: Kv + Upstream + Secrets + Clock {}
-impl<T: Kv + Upstream + Secrets + Clock> Ports for T {}
+pub trait Ports: Kv + Upstream + Secrets + Clock + crate::gateway::limits::Counter {}
+impl<T: Kv + Upstream + Secrets + Clock + crate::gateway::limits::Counter> Ports for T {}

@@ -280,3 +280,13 @@ impl Clock for CloudflareHost {
         worker::Delay::from(Duration::from_millis(ms)).await;
     }
 }
+
+impl crate::gateway::limits::Counter for CloudflareHost {
+    async fn count(
+        &self,
+        scope: &str,
+        ops: &[crate::gateway::limits::CounterOp],
+    ) -> Result<Option<crate::gateway::limits::CounterReply>> {
+        super::cloudflare_counter::count(&self.env, scope, ops).await.map(Some)
+    }
+}

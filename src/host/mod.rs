@@ -4,3 +4,5 @@
 pub mod cloudflare;
 #[cfg(feature = "spin")]
 pub mod spin;
+#[cfg(feature = "cloudflare")]
+pub mod cloudflare_counter;

@@ -50,9 +50,26 @@ async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
             return;
         }
     };
-    let summary = write_response(exchange.response, response_out).await;
-    let line = exchange.deferred.complete(&host, summary).await;
-    eprintln!("{line}");
+    // Spin keeps no state between requests (an instance per request) and has no waitUntil: a
+    // buffered answer is accounted before it is sent, so the next request sees its counts.
+    if matches!(exchange.response.body(), ResponseBody::Full(_)) {
+        let line = exchange.deferred.complete(&host, None).await;
+        let _ = write_response(exchange.response, response_out).await;
+        emit(&line);
+    } else {
+        let summary = write_response(exchange.response, response_out).await;
+        let line = exchange.deferred.complete(&host, summary).await;
+        emit(&line);
+    }
+}
+
+/// Writes one log line with a single write, so lines of concurrent requests never interleave.
+fn emit(line: &str) {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(line.len() + 1);
+    out.extend_from_slice(line.as_bytes());
+    out.push(b'\n');
+    let _ = std::io::stderr().write_all(&out);
 }
 
 async fn to_http_request(request: IncomingRequest) -> Result<Request<Vec<u8>>> {
@@ -286,5 +303,20 @@ impl Clock for SpinHost {
             std::task::Poll::Pending
         })
         .await
+    }
+}
+
+impl crate::gateway::limits::Counter for SpinHost {
+    /// Exact mode: the key-value store is linearizable on one Spin node, so a KV lock works.
+    async fn count(
+        &self,
+        scope: &str,
+        ops: &[crate::gateway::limits::CounterOp],
+    ) -> Result<Option<crate::gateway::limits::CounterReply>> {
+        crate::gateway::limits::locked_count(self, scope, ops).await.map(Some)
+    }
+
+    fn keeps_state(&self) -> bool {
+        false
     }
 }

@@ -1,9 +1,10 @@
-"""Helpers for the issue-4 suite (test_keys.py): the admin API, gatewayctl, and the config
-additions those tests need (merge them into conftest.gateway_config with `add_keys_config`)."""
+"""Helpers for the issue-4 suite (test_keys.py): the admin API, gatewayctl, and the price
+table of the e2e config (tests/e2e/gateway.yaml, which also holds the keyed-* endpoints)."""
 import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import requests
 
@@ -15,38 +16,14 @@ GATEWAYCTL = BIN / "gatewayctl"
 # MEMO_TTL_MS). Local KV has no propagation delay, so this is the whole bound here.
 MEMO_BOUND_S = 5.0
 
-# USD per 1M tokens. `priced-model` is deliberately expensive so budgets trip in a few calls.
-PRICES = {
-    "openai/gpt-4o-mini": {"input_per_1m": 0.15, "output_per_1m": 0.6},
-    "openai/text-embedding-3-small": {"input_per_1m": 0.02},
-    "openai/gpt-3.5-turbo-instruct": {"input_per_1m": 1.5, "output_per_1m": 2.0},
-    "openai/priced-model": {"input_per_1m": 1000, "output_per_1m": 2000},
-}
+def _prices() -> dict:
+    """The price table of tests/e2e/gateway.yaml, for computing expected costs."""
+    import yaml  # mlflow depends on PyYAML
+    text = (Path(__file__).with_name("gateway.yaml")).read_text()
+    return yaml.safe_load(text.replace("$", ""))["prices"]
 
 
-def keys_endpoints(origin_url: str) -> list:
-    """Endpoints that need a key (never `public`), so these tests do not depend on how the
-    skeleton's endpoints are exposed."""
-    def openai(name, endpoint_type, model):
-        return {"name": name, "endpoint_type": endpoint_type,
-                "model": {"provider": "openai", "name": model,
-                          "config": {"openai_api_key": "$OPENAI_API_KEY", "openai_api_base": origin_url + "/v1"}}}
-
-    return [
-        openai("keyed-chat", "llm/v1/chat", "gpt-4o-mini"),
-        openai("keyed-embeddings", "llm/v1/embeddings", "text-embedding-3-small"),
-        openai("keyed-completions", "llm/v1/completions", "gpt-3.5-turbo-instruct"),
-        {**openai("keyed-limited", "llm/v1/chat", "gpt-4o-mini"), "limit": {"calls": 3, "renewal_period": "minute"}},
-        openai("keyed-priced", "llm/v1/chat", "priced-model"),
-    ]
-
-
-def add_keys_config(config: dict, origin_url: str) -> dict:
-    """The e2e config plus what test_keys.py needs: the keyed endpoints and a price table."""
-    config = dict(config)
-    config["endpoints"] = list(config.get("endpoints", [])) + keys_endpoints(origin_url)
-    config["prices"] = {**config.get("prices", {}), **PRICES}
-    return config
+PRICES = _prices()
 
 
 def price_of(model: str) -> dict:

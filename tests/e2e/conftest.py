@@ -15,7 +15,9 @@ from harness import BIN, MlflowModelServer, MockOrigin, SpinHost, WorkerdHost, n
 
 # Generated per run so the log checks can prove they never leak.
 PROVIDER_SECRET = "sk-e2e-" + pysecrets.token_hex(12)
+ADMIN_TOKEN = "adm-e2e-" + pysecrets.token_hex(16)
 SECRETS = {
+    "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
     "OPENAI_API_KEY": PROVIDER_SECRET,
     "ANTHROPIC_API_KEY": PROVIDER_SECRET + "-anthropic",
     "GEMINI_API_KEY": PROVIDER_SECRET + "-gemini",

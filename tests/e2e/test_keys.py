@@ -1,7 +1,7 @@
 """API keys, limits, budgets, usage, the admin API and gatewayctl (issue 4), on both hosts.
 
-Needs the keyed endpoints and the price table of `admin_client.add_keys_config` in the e2e
-config, and the host secret GATEWAY_ADMIN_TOKEN = conftest.ADMIN_TOKEN."""
+Uses the keyed-* endpoints and the price table of tests/e2e/gateway.yaml, and the host secret
+GATEWAY_ADMIN_TOKEN = conftest.ADMIN_TOKEN."""
 import json
 import re
 import threading

@@ -12,7 +12,7 @@ use edge_gateway::gateway::{Gateway, ResponseBody};
 use http::{Request, Response, StatusCode};
 use serde_json::Value;
 
-const CONFIG: &str = r#"{"endpoints": [{"name": "chat", "endpoint_type": "llm/v1/chat",
+const CONFIG: &str = r#"{"endpoints": [{"name": "chat", "public": true, "endpoint_type": "llm/v1/chat",
   "model": {"provider": "openai", "name": "gpt-4o-mini",
             "config": {"openai_api_key": "$OPENAI_API_KEY", "openai_api_base": "http://origin.test/v1"}}}]}"#;
 

@@ -4,11 +4,11 @@ use crate::gateway::ports::UpstreamError;
 use http::Method;
 
 const CONFIG: &str = r#"{"version": "t1", "settings": {"config_ttl_ms": 1000}, "endpoints": [
-  {"name": "chat", "endpoint_type": "llm/v1/chat",
+  {"name": "chat", "public": true, "endpoint_type": "llm/v1/chat",
    "model": {"provider": "openai", "name": "gpt-4o-mini",
              "config": {"openai_api_key": "$OPENAI_API_KEY", "openai_api_base": "http://origin.test/v1"}},
    "parameters": {"temperature": 0.5}},
-  {"name": "embed", "endpoint_type": "llm/v1/embeddings",
+  {"name": "embed", "public": true, "endpoint_type": "llm/v1/embeddings",
    "model": {"provider": "openai", "name": "text-embedding-3-small",
              "config": {"openai_api_key": "$OPENAI_API_KEY", "openai_api_base": "http://origin.test/v1"}}}
 ]}"#;
@@ -151,13 +151,13 @@ fn health_and_models() {
 const REGIONAL: &str = r#"{"regions": {"eu": {"continents": ["EU"]}, "us": {"continents": ["NA"]}},
   "settings": {"region_header": "x-gateway-region"},
   "endpoints": [
-    {"name": "ha", "endpoint_type": "llm/v1/chat",
+    {"name": "ha", "public": true, "endpoint_type": "llm/v1/chat",
      "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$OPENAI_API_KEY"}},
      "origins": [{"url": "http://down.eu/v1", "region": "eu"}, {"url": "http://up.us/v1", "region": "us"}]},
-    {"name": "pinned", "endpoint_type": "llm/v1/chat", "residency": "eu",
+    {"name": "pinned", "public": true, "endpoint_type": "llm/v1/chat", "residency": "eu",
      "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$OPENAI_API_KEY"}},
      "origins": [{"url": "http://down.eu/v1", "region": "eu"}, {"url": "http://up.us/v1", "region": "us"}]},
-    {"name": "busy", "endpoint_type": "llm/v1/chat",
+    {"name": "busy", "public": true, "endpoint_type": "llm/v1/chat",
      "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$OPENAI_API_KEY"}},
      "origins": [{"url": "http://busy.eu/v1", "region": "eu"}, {"url": "http://bad.us/v1", "region": "us"}]}
   ]}"#;
@@ -219,8 +219,8 @@ fn retries_429_but_not_4xx_and_keeps_the_last_answer() {
 #[test]
 fn mlflow_invocations_and_traffic_routes() {
     let config = r#"{"endpoints": [
-        {"name": "a", "endpoint_type": "llm/v1/chat", "model": {"provider": "openai", "name": "model-a", "config": {"openai_api_key": "k", "openai_api_base": "http://o/v1"}}},
-        {"name": "b", "endpoint_type": "llm/v1/chat", "model": {"provider": "openai", "name": "model-b", "config": {"openai_api_key": "k", "openai_api_base": "http://o/v1"}}}],
+        {"name": "a", "public": true, "endpoint_type": "llm/v1/chat", "model": {"provider": "openai", "name": "model-a", "config": {"openai_api_key": "k", "openai_api_base": "http://o/v1"}}},
+        {"name": "b", "public": true, "endpoint_type": "llm/v1/chat", "model": {"provider": "openai", "name": "model-b", "config": {"openai_api_key": "k", "openai_api_base": "http://o/v1"}}}],
       "routes": [{"name": "ab", "task_type": "llm/v1/chat", "destinations": [{"name": "a", "traffic_percentage": 50}, {"name": "b", "traffic_percentage": 50}]}]}"#;
     let host = MemoryHost::new(|request| {
         let sent: Value = serde_json::from_slice(request.body()).unwrap();
@@ -255,7 +255,7 @@ fn mlflow_endpoint_listing() {
 
 #[test]
 fn honours_retry_after_on_the_last_origin_when_it_fits_the_deadline() {
-    let config = r#"{"endpoints": [{"name": "c", "endpoint_type": "llm/v1/chat",
+    let config = r#"{"endpoints": [{"name": "c", "public": true, "endpoint_type": "llm/v1/chat",
         "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "k", "openai_api_base": "http://o/v1"}}}]}"#;
     let calls = std::rc::Rc::new(std::cell::Cell::new(0));
     let seen = calls.clone();

@@ -55,6 +55,11 @@ static GLOBAL: Counting = Counting;
 // and the answer OpenAI gives.
 
 const API_KEY: &str = "sk-bench-provider-key-0123456789abcdef";
+/// The gateway's admin token (host secret): the bench creates its client key with it.
+const ADMIN_TOKEN_SECRET: &str = "GATEWAY_ADMIN_TOKEN";
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
+/// Sent when the admin API hands out no key (the status column then shows what happened).
+const FALLBACK_CLIENT_KEY: &str = "sk-client-key-for-the-gateway-0123456789";
 
 /// Same shape as examples/gateway.json (MLflow AI Gateway config), a few more endpoints so
 /// that resolving the endpoint is not a one-entry lookup.
@@ -118,15 +123,16 @@ const COMPLETION: &str = r#"{
   "system_fingerprint": "fp_06737a9306"
 }"#;
 
-/// The headers the official OpenAI Python SDK sends (values shortened where irrelevant).
-fn openai_client_request(method: Method, path: &str, body: Vec<u8>) -> Request<Vec<u8>> {
+/// The headers the official OpenAI Python SDK sends (values shortened where irrelevant);
+/// `key` is the gateway API key the client was given.
+fn openai_client_request(method: Method, path: &str, key: &str, body: Vec<u8>) -> Request<Vec<u8>> {
     let mut builder = Request::builder()
         .method(method)
         .uri(format!("http://127.0.0.1:8787{path}"))
         .header("host", "127.0.0.1:8787")
         .header("accept", "application/json")
         .header("accept-encoding", "gzip, deflate")
-        .header("authorization", "Bearer sk-client-key-for-the-gateway-0123456789")
+        .header("authorization", format!("Bearer {key}"))
         .header("user-agent", "OpenAI/Python 1.54.4")
         .header("x-stainless-lang", "python")
         .header("x-stainless-package-version", "1.54.4")
@@ -160,9 +166,33 @@ fn host(forwarded: Rc<Cell<u64>>) -> MemoryHost {
         )
     })
     .with_secret("OPENAI_API_KEY", API_KEY)
+    .with_secret(ADMIN_TOKEN_SECRET, ADMIN_TOKEN)
     .with_kv("config:active", CONFIG);
     host.record = false; // keeping every sent request would grow memory and skew the timing
     host
+}
+
+/// Creates a client API key the way an operator does (`POST /admin/keys`, as `gatewayctl keys
+/// create` sends it): a key for every endpoint, no limits. Returns the key and the admin
+/// API's status; without an admin API (or on refusal) the fallback key and that status.
+fn provision_key(host: &MemoryHost) -> (String, u16) {
+    let body = br#"{"tenant":"bench","name":"pipeline-bench","endpoints":["*"]}"#.to_vec();
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("http://127.0.0.1:8787/admin/keys")
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .expect("a valid request");
+    let exchange = block_on(Gateway::new().handle(host, request, &ClientInfo::default()));
+    let status = exchange.response.status().as_u16();
+    let key = match exchange.response.body() {
+        ResponseBody::Full(bytes) => serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|v| v.get("key").and_then(|k| k.as_str()).map(str::to_owned)),
+        _ => None,
+    };
+    (key.unwrap_or_else(|| FALLBACK_CLIENT_KEY.to_string()), status)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -171,7 +201,7 @@ fn host(forwarded: Rc<Cell<u64>>) -> MemoryHost {
 /// One case: how to build request `i` (untimed), then run end to end through the gateway.
 struct Case<'a> {
     name: &'a str,
-    make: Box<dyn Fn(u64) -> Request<Vec<u8>> + 'a>,
+    make: Box<dyn Fn(u64, &str) -> Request<Vec<u8>> + 'a>,
     /// A new `Gateway` per request: the config is read from KV and parsed every time, as
     /// when every request gets a fresh instance (`wasmtime serve`, Spin).
     cold: bool,
@@ -229,15 +259,16 @@ fn measure(case: &Case, limits: &Limits) -> Stats {
     let Limits { min_iterations, min_time, max_time, warm_up } = *limits;
     let forwarded = Rc::new(Cell::new(0));
     let host = host(forwarded.clone());
+    let (key, _) = provision_key(&host);
     let gateway = Gateway::new(); // one per isolate: the config memo is warm after request 0
     let warm = (!case.cold).then_some(&gateway);
 
     // Warm up: caches, branch predictors, the config memo, allocator pools.
-    let (status, response_bytes) = run_one(warm, &host, (case.make)(0));
+    let (status, response_bytes) = run_one(warm, &host, (case.make)(0, &key));
     let warm_until = Instant::now() + warm_up;
     let mut i = 1;
     while Instant::now() < warm_until {
-        black_box(run_one(warm, &host, (case.make)(i)));
+        black_box(run_one(warm, &host, (case.make)(i, &key)));
         i += 1;
     }
 
@@ -253,7 +284,7 @@ fn measure(case: &Case, limits: &Limits) -> Stats {
             break;
         }
         // The client builds its requests outside the clock: only the gateway is timed.
-        let requests: Vec<_> = (i..i + BATCH).map(|n| (case.make)(n)).collect();
+        let requests: Vec<_> = (i..i + BATCH).map(|n| (case.make)(n, &key)).collect();
         i += BATCH;
         let (allocs_before, bytes_before) = (ALLOCS.load(Relaxed), ALLOC_BYTES.load(Relaxed));
         let t = Instant::now();
@@ -316,20 +347,25 @@ fn main() {
     let cases = [
         Case {
             name: "POST /v1/chat/completions (forwarded, 200)",
-            make: Box::new(|i| openai_client_request(Method::POST, "/v1/chat/completions", chat_body(&template, i))),
+            make: Box::new(|i, key| {
+                openai_client_request(Method::POST, "/v1/chat/completions", key, chat_body(&template, i))
+            }),
             cold: false,
         },
         Case {
             name: "  same, new isolate per request (config parsed)",
-            make: Box::new(|i| openai_client_request(Method::POST, "/v1/chat/completions", chat_body(&template, i))),
+            make: Box::new(|i, key| {
+                openai_client_request(Method::POST, "/v1/chat/completions", key, chat_body(&template, i))
+            }),
             cold: true,
         },
         Case {
             name: "POST /v1/chat/completions malformed JSON (400)",
-            make: Box::new(|_| {
+            make: Box::new(|_, key| {
                 openai_client_request(
                     Method::POST,
                     "/v1/chat/completions",
+                    key,
                     br#"{"model":"chat","messages":[{"role":"user","#.to_vec(),
                 )
             }),
@@ -337,7 +373,7 @@ fn main() {
         },
         Case {
             name: "GET /v1/models",
-            make: Box::new(|_| openai_client_request(Method::GET, "/v1/models", Vec::new())),
+            make: Box::new(|_, key| openai_client_request(Method::GET, "/v1/models", key, Vec::new())),
             cold: false,
         },
     ];
@@ -348,6 +384,11 @@ fn main() {
         COMPLETION.len(),
         min_time.as_secs_f64(),
         max_time.as_secs_f64()
+    );
+    let (_, key_status) = provision_key(&host(Rc::default()));
+    println!(
+        "client API key: POST /admin/keys answered {key_status}{}",
+        if key_status == 201 { " (key for all endpoints, no limits)" } else { "; requests carry a placeholder key" }
     );
     println!(
         "{:<48} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>6} {:>7} {:>10}",

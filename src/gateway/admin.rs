@@ -20,7 +20,7 @@
 
 use http::{Method, Request, StatusCode};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::gateway::auth::AuthMemo;
@@ -181,6 +181,7 @@ async fn route<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<u8>>,
         ["keys", _, "revoke"] => ("keys.revoke", Method::POST),
         ["keys", _, "rotate"] => ("keys.rotate", Method::POST),
         ["usage"] => ("usage.get", Method::GET),
+        ["cache", "purge"] => ("cache.purge", Method::POST),
         _ => {
             return Err(GatewayError::not_found(
                 "route_not_found",
@@ -210,8 +211,36 @@ async fn route<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<u8>>,
         "keys.get" => get_key(ports, key_id.as_deref().unwrap_or("")).await,
         "keys.revoke" => revoke_key(ports, memo, key_id.as_deref().unwrap_or(""), audit).await,
         "keys.rotate" => rotate_key(ports, memo, key_id.as_deref().unwrap_or(""), audit).await,
+        "cache.purge" => purge_cache(ports, body).await,
         _ => get_usage(ports, &query, audit).await,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cache
+
+/// `POST /admin/cache/purge {"tenant"?, "endpoint"?, "shared"?: bool}`: deletes the cached
+/// answers of a tenant (or the shared ones), of an endpoint, or both; `{}` purges everything.
+async fn purge_cache<P: Ports>(ports: &P, body: &[u8]) -> Handled {
+    use crate::gateway::cache::{self, Scope};
+    let spec = if body.is_empty() { Value::Object(Map::new()) } else { parse_json(body, "the purge request")? };
+    let field = |name: &str| spec.get(name).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let scope = match (field("tenant"), spec.get("shared").and_then(Value::as_bool).unwrap_or(false)) {
+        (Some(_), true) => {
+            return Err(GatewayError::bad_request("invalid_purge", "give `tenant` or `shared: true`, not both").into())
+        }
+        (Some(tenant), false) => Some(Scope::Tenant(tenant)),
+        (None, true) => Some(Scope::Shared),
+        (None, false) => None,
+    };
+    let endpoint = field("endpoint");
+    let keys = ports.list(&cache::purge_prefix(scope, endpoint)).await?;
+    let mut purged = 0u64;
+    for key in keys.iter().filter(|k| cache::purge_matches(k, scope, endpoint)) {
+        ports.delete(key).await?;
+        purged += 1;
+    }
+    Ok((StatusCode::OK, json!({"purged": purged})))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::gateway::cache::{self, CachePolicy};
+use crate::gateway::guard::{self, Guardrails};
 use crate::gateway::providers::Provider;
+use crate::gateway::template::{self, TemplateRef, Templates};
 
 /// The KV entry holding the active snapshot.
 pub const ACTIVE_KEY: &str = "config:active";
@@ -84,7 +87,18 @@ pub struct Endpoint {
     pub origins: Vec<Origin>,
     /// Requests never leave this region, not even on failover.
     pub residency: Option<String>,
+    /// No API key needed (a key that is sent is still attributed and limited).
     pub public: bool,
+    /// Ceilings for numeric request fields (e.g. `max_tokens`), applied after defaults.
+    pub clamps: Map<String, Value>,
+    /// Fields forced whatever the client sent.
+    pub overrides: Map<String, Value>,
+    /// The prompt template the endpoint renders (`template: name[@version]` or MLflow's
+    /// `prompt_template`).
+    pub template: Option<TemplateRef>,
+    pub guardrails: Guardrails,
+    /// Deterministic-response caching; `None` is the default policy (`auto`).
+    pub cache: CachePolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,7 +207,8 @@ mod raw {
     use serde::Deserialize;
     use serde_json::{Map, Value};
 
-    pub const TOP_LEVEL: &[&str] = &["version", "endpoints", "routes", "regions", "default_region", "settings", "prices", "limits"];
+    pub const TOP_LEVEL: &[&str] =
+        &["version", "endpoints", "routes", "regions", "default_region", "settings", "prices", "limits", "templates"];
 
     #[derive(Deserialize)]
     pub struct Config {
@@ -213,6 +228,8 @@ mod raw {
         pub prices: Option<Value>,
         #[serde(default)]
         pub limits: Option<Value>,
+        #[serde(default)]
+        pub templates: Option<Value>,
         #[serde(flatten)]
         pub other: Map<String, Value>,
     }
@@ -235,6 +252,19 @@ mod raw {
         pub residency: Option<String>,
         #[serde(default)]
         pub public: bool,
+        /// Numeric ceilings (e.g. `{max_tokens: 512}`): the issue's "limits as clamps".
+        #[serde(default)]
+        pub limits: Map<String, Value>,
+        #[serde(default)]
+        pub overrides: Map<String, Value>,
+        #[serde(default)]
+        pub template: Option<String>,
+        #[serde(default)]
+        pub prompt_template: Option<Value>,
+        #[serde(default)]
+        pub guardrails: Option<Value>,
+        #[serde(default)]
+        pub cache: Option<Value>,
     }
 
     #[derive(Deserialize)]
@@ -324,6 +354,11 @@ impl Config {
             check_region("default_region", region, &region_names, &mut issues);
         }
 
+        let templates = match &raw.templates {
+            Some(v) => template::check("templates", v, &mut issues).unwrap_or_default(),
+            None => Templates::default(),
+        };
+
         // Endpoints come from `endpoints:` and from legacy `routes:` entries (`route_type`);
         // `routes:` entries with `destinations` are traffic routes.
         let mut endpoint_values: Vec<(String, Value)> =
@@ -341,7 +376,7 @@ impl Config {
         let mut endpoints = HashMap::new();
         let mut order = Vec::new();
         for (path, value) in endpoint_values {
-            let Some(endpoint) = check_endpoint(&path, value, &region_names, &mut issues) else { continue };
+            let Some(endpoint) = check_endpoint(&path, value, &region_names, &templates, &mut issues) else { continue };
             if endpoints.contains_key(&endpoint.name) {
                 issues.push(format!("{path}.name"), format!("duplicate endpoint name \"{}\"", endpoint.name));
                 continue;
@@ -400,7 +435,13 @@ fn upper(codes: Vec<String>) -> Vec<String> {
     codes.into_iter().map(|c| c.to_ascii_uppercase()).collect()
 }
 
-fn check_endpoint(path: &str, value: Value, regions: &[&str], issues: &mut Issues) -> Option<Endpoint> {
+fn check_endpoint(
+    path: &str,
+    value: Value,
+    regions: &[&str],
+    templates: &Templates,
+    issues: &mut Issues,
+) -> Option<Endpoint> {
     let raw: raw::Endpoint = issues.parse(path, value)?;
     let before = issues.0.len();
     if !valid_name(&raw.name) {
@@ -431,6 +472,31 @@ fn check_endpoint(path: &str, value: Value, regions: &[&str], issues: &mut Issue
     if let Some(limit) = &raw.limit {
         crate::gateway::limits::check_endpoint_limit(&format!("{path}.limit"), limit, issues);
     }
+    for (key, value) in &raw.limits {
+        if !value.is_number() {
+            issues.push(format!("{path}.limits.{key}"), "must be a number (a ceiling for that request field)");
+        }
+    }
+    let template = match (&raw.template, &raw.prompt_template) {
+        (Some(_), Some(_)) => {
+            issues.push(format!("{path}.prompt_template"), "set either `template` or `prompt_template`, not both");
+            None
+        }
+        (Some(reference), None) => template::check_ref(&format!("{path}.template"), reference, templates, issues),
+        (None, Some(inline)) => template::check_inline(&format!("{path}.prompt_template"), inline, issues),
+        (None, None) => None,
+    };
+    if template.is_some() && matches!(endpoint_type, Some(EndpointType::Embeddings | EndpointType::Predict)) {
+        issues.push(format!("{path}.template"), "only chat and completions endpoints render prompt templates");
+    }
+    let guardrails = match &raw.guardrails {
+        Some(v) => guard::check(&format!("{path}.guardrails"), v, issues).unwrap_or_default(),
+        None => Guardrails::default(),
+    };
+    let cache = match &raw.cache {
+        Some(v) => cache::check(&format!("{path}.cache"), v, issues).unwrap_or_default(),
+        None => CachePolicy::default(),
+    };
     if let Some(pin) = &raw.residency {
         check_region(&format!("{path}.residency"), pin, regions, issues);
         if !origins.iter().any(|o| o.region.as_ref() == Some(pin)) {
@@ -454,6 +520,11 @@ fn check_endpoint(path: &str, value: Value, regions: &[&str], issues: &mut Issue
         origins,
         residency: raw.residency,
         public: raw.public,
+        clamps: raw.limits,
+        overrides: raw.overrides,
+        template,
+        guardrails,
+        cache,
     })
 }
 

@@ -20,12 +20,37 @@ pub fn parse_json_object(body: &[u8], limit: usize) -> Result<Map<String, Value>
     }
 }
 
-/// Applies endpoint `parameters` as defaults: the client's own fields win.
-pub fn apply_defaults(body: &mut Map<String, Value>, defaults: &Map<String, Value>) {
+/// The endpoint's rules on request fields, in order: `parameters` as defaults (the client's
+/// own fields win), `limits` as ceilings on numbers, `overrides` forced. The output-token
+/// limit has one spelling afterwards: `max_completion_tokens` folds into `max_tokens` (the
+/// smaller wins if both are sent), which every adapter reads.
+pub fn apply_endpoint_rules(
+    body: &mut Map<String, Value>,
+    defaults: &Map<String, Value>,
+    ceilings: &Map<String, Value>,
+    overrides: &Map<String, Value>,
+) {
+    if let Some(completion) = body.remove("max_completion_tokens") {
+        let folded = match (body.get("max_tokens").and_then(Value::as_f64), completion.as_f64()) {
+            (Some(a), Some(b)) if a <= b => body["max_tokens"].clone(),
+            _ => completion,
+        };
+        body.insert("max_tokens".into(), folded);
+    }
     for (key, value) in defaults {
         if !body.contains_key(key) {
             body.insert(key.clone(), value.clone());
         }
+    }
+    for (key, ceiling) in ceilings {
+        if let (Some(given), Some(max)) = (body.get(key).and_then(Value::as_f64), ceiling.as_f64()) {
+            if given > max {
+                body.insert(key.clone(), ceiling.clone());
+            }
+        }
+    }
+    for (key, value) in overrides {
+        body.insert(key.clone(), value.clone());
     }
 }
 
@@ -77,11 +102,29 @@ mod tests {
         assert_eq!(parse_json_object(b"{\"a\":1}", 100).unwrap()["a"], 1);
     }
 
+    fn rules(body: Value, defaults: Value, ceilings: Value, overrides: Value) -> Value {
+        let mut body = body.as_object().unwrap().clone();
+        let map = |v: Value| v.as_object().unwrap().clone();
+        apply_endpoint_rules(&mut body, &map(defaults), &map(ceilings), &map(overrides));
+        Value::Object(body)
+    }
+
     #[test]
-    fn defaults_do_not_override_client_fields() {
-        let mut body = json!({"temperature": 0.2}).as_object().unwrap().clone();
-        apply_defaults(&mut body, json!({"temperature": 1, "max_tokens": 50}).as_object().unwrap());
-        assert_eq!(Value::Object(body), json!({"temperature": 0.2, "max_tokens": 50}));
+    fn defaults_clamps_and_overrides() {
+        let out = rules(json!({"temperature": 0.2}), json!({"temperature": 1, "max_tokens": 50}), json!({}), json!({}));
+        assert_eq!(out, json!({"temperature": 0.2, "max_tokens": 50}), "client fields win over defaults");
+        let out = rules(json!({"max_tokens": 9000, "top_p": 0.5}), json!({}), json!({"max_tokens": 512, "top_p": 1}), json!({}));
+        assert_eq!(out, json!({"max_tokens": 512, "top_p": 0.5}), "ceilings cap, never raise");
+        let out = rules(json!({"user": "x", "temperature": 2}), json!({}), json!({}), json!({"temperature": 0}));
+        assert_eq!(out, json!({"user": "x", "temperature": 0}), "overrides are forced");
+    }
+
+    #[test]
+    fn output_token_limit_has_one_spelling() {
+        let out = rules(json!({"max_completion_tokens": 100}), json!({"max_tokens": 50}), json!({"max_tokens": 80}), json!({}));
+        assert_eq!(out, json!({"max_tokens": 80}));
+        let out = rules(json!({"max_completion_tokens": 100, "max_tokens": 30}), json!({}), json!({}), json!({}));
+        assert_eq!(out, json!({"max_tokens": 30}));
     }
 
     #[test]

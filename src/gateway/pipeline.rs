@@ -11,8 +11,9 @@ use serde_json::{json, Map, Value};
 use crate::gateway::auth::{self, AuthMemo};
 use crate::gateway::limits::{self, EndpointLimit, Limiter, RateHeaders};
 use crate::gateway::usage::{Accounting, Outcome, UsageBook, UsageLog};
-use crate::gateway::{admin, catalog};
-use crate::gateway::config::{Config, EndpointType, ACTIVE_KEY};
+use crate::gateway::guard::{self, GuardReport};
+use crate::gateway::{admin, cache, catalog, template};
+use crate::gateway::config::{Config, Endpoint, EndpointType, ACTIVE_KEY};
 use crate::gateway::error::{GatewayError, Result};
 use crate::gateway::forward::{self, Attempt, Breaker};
 use crate::gateway::normalize::{self, hex};
@@ -39,8 +40,16 @@ pub struct Exchange<B> {
 /// After-response work (the Background port as data): accounting and the log line.
 pub struct Deferred {
     pub log: LogRecord,
-    pub accounting: Option<Accounting>,
+    pub pending: Pending,
     pub audit: Option<String>,
+}
+
+/// Work a request leaves for after its response: filled in by the phases as they run.
+#[derive(Default)]
+pub struct Pending {
+    pub accounting: Option<Accounting>,
+    /// A deterministic answer to store: (KV key, encoded entry, TTL seconds).
+    pub cache_fill: Option<(String, Vec<u8>, u64)>,
 }
 
 impl Deferred {
@@ -55,12 +64,18 @@ impl Deferred {
             self.log.set_usage(summary.usage);
             self.log.stream_completed = Some(summary.completed);
         }
-        if let Some(accounting) = self.accounting {
+        if let Some((key, entry, ttl)) = self.pending.cache_fill.take() {
+            if let Err(e) = ports.put(&key, &entry, Some(ttl)).await {
+                self.log.cache_error = Some(e.code);
+            }
+        }
+        if let Some(accounting) = self.pending.accounting {
             let usage = match (self.log.prompt_tokens, self.log.completion_tokens) {
                 (None, None) => None,
                 (p, c) => Some(Usage { prompt_tokens: p.unwrap_or(0), completion_tokens: c.unwrap_or(0) }),
             };
-            let outcome = Outcome { usage, status: self.log.status, latency_ms: self.log.latency_ms, cache_hit: false };
+            let cache_hit = self.log.cache == Some(cache::Status::Hit.as_str());
+            let outcome = Outcome { usage, status: self.log.status, latency_ms: self.log.latency_ms, cache_hit };
             let mut fields = accounting.complete(ports, outcome).await;
             self.log.tenant = fields.tenant.take();
             fields.key_id = None;
@@ -104,6 +119,19 @@ pub struct LogRecord {
     /// For streams: false when the client went away before the origin's stream ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_completed: Option<bool>,
+    /// `name@version` of the rendered prompt template.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Input guardrail effects (rule ids and counts, never the matched text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard_output: Option<GuardReport>,
+    /// HIT, MISS or BYPASS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_error: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -194,12 +222,13 @@ impl Gateway {
             let answer = admin::handle(ports, &self.auth, &request).await;
             log.status = answer.status.as_u16();
             let audit = Some(answer.audit.clone());
-            return Exchange { response: answer.into_response(), deferred: Deferred { log, accounting: None, audit } };
+            let deferred = Deferred { log, pending: Pending::default(), audit };
+            return Exchange { response: answer.into_response(), deferred };
         }
-        let mut accounting = None;
+        let mut pending = Pending::default();
         // Anthropic SDKs read errors in Anthropic's shape; everyone else gets the OpenAI shape.
         let anthropic_client = routing::is_anthropic_path(request.uri().path());
-        let mut response = match self.process(ports, request, client, &mut log, &mut accounting).await {
+        let mut response = match self.process(ports, request, client, &mut log, &mut pending).await {
             Ok(response) => response,
             Err(error) => {
                 log.error = Some(error.code);
@@ -224,9 +253,18 @@ impl Gateway {
         if let Some(endpoint) = log.endpoint.as_deref().and_then(|e| HeaderValue::from_str(e).ok()) {
             headers.insert("x-gateway-endpoint", endpoint);
         }
+        if let Some(version) = log.template.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
+            headers.insert("x-gateway-template-version", version);
+        }
+        if let Some(status) = log.cache {
+            headers.insert(cache::STATUS_HEADER, HeaderValue::from_static(status));
+        }
+        if log.guard.as_ref().is_some_and(|g| g.flagged) {
+            headers.insert("x-gateway-guard", HeaderValue::from_static("flagged"));
+        }
         log.status = response.status().as_u16();
         log.latency_ms = ports.now_ms().saturating_sub(started);
-        Exchange { response, deferred: Deferred { log, accounting, audit: None } }
+        Exchange { response, deferred: Deferred { log, pending, audit: None } }
     }
 
     async fn process<P: Ports>(
@@ -235,7 +273,7 @@ impl Gateway {
         request: Request<Vec<u8>>,
         client: &ClientInfo,
         log: &mut LogRecord,
-        accounting: &mut Option<Accounting>,
+        pending: &mut Pending,
     ) -> Result<Response<ResponseBody<P::Body>>> {
         let route = routing::match_route(request.method(), request.uri().path())?;
         if route == ApiRoute::Health {
@@ -255,7 +293,7 @@ impl Gateway {
             ApiRoute::AnthropicMessages => (None, Dialect::Anthropic),
         };
         let (parts, body) = request.into_parts();
-        self.invoke(ports, &config, dialect, name, &body, &parts.headers, client, log, accounting).await
+        self.invoke(ports, &config, dialect, name, &body, &parts.headers, client, log, pending).await
     }
 
     /// One model call: read → resolve → normalize → choose origins → forward → answer.
@@ -270,7 +308,7 @@ impl Gateway {
         headers: &HeaderMap,
         client: &ClientInfo,
         log: &mut LogRecord,
-        accounting: &mut Option<Accounting>,
+        pending: &mut Pending,
     ) -> Result<Response<ResponseBody<P::Body>>> {
         // Read the request in the client's dialect into the internal (OpenAI) shape.
         let mut body = normalize::parse_json_object(body, config.settings.max_body_bytes)?;
@@ -315,12 +353,34 @@ impl Gateway {
             };
         log.rate_headers = admission.headers().clone();
         let price = config.prices.get(endpoint.provider.name(), &endpoint.model);
-        *accounting = Some(Accounting::new(&self.usage, key.as_deref(), price, log.ts, Some(admission)));
+        pending.accounting = Some(Accounting::new(&self.usage, key.as_deref(), price, log.ts, Some(admission)));
 
-        // Normalize.
-        normalize::apply_defaults(&mut body, &endpoint.parameters);
+        // Render the prompt template, normalize, guard the input.
+        let template_version = match &endpoint.template {
+            Some(t) => {
+                let variables = template::extract_variables(&mut body);
+                let rendered = template::render(t, &variables)?;
+                let label = rendered.label();
+                template::apply(rendered, op, &mut body)?;
+                Some(label)
+            }
+            None => None,
+        };
+        log.template = template_version.clone();
+        normalize::apply_endpoint_rules(&mut body, &endpoint.parameters, &endpoint.clamps, &endpoint.overrides);
         let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
         log.stream = stream;
+        log.guard = Some(guard::apply_input(&endpoint.guardrails, &mut body)?).filter(|r| !r.is_empty());
+
+        // Answer deterministic requests from the cache.
+        let tenant = key.as_ref().map_or(PUBLIC_TENANT, |k| k.tenant.as_str());
+        let cache_key = match cache_phase(ports, &endpoint, op, &body, headers, tenant, template_version.as_deref(), log)
+            .await?
+        {
+            CacheLookup::Hit(entry) => return answer_from_cache(&entry, stream, dialect, &endpoint.model),
+            CacheLookup::Fill(key) => Some(key),
+            CacheLookup::Skip => None,
+        };
 
         // Choose origins.
         let region = client_region(config, client, headers);
@@ -361,9 +421,24 @@ impl Gateway {
             _ => e,
         })?;
         log.set_usage(translated.usage);
+        let mut out = translated.body;
+        if endpoint.guardrails.output {
+            out = guard_output(&endpoint.guardrails, out, log)?;
+        }
+        if let Some(key) = cache_key {
+            let entry = cache::Entry {
+                created_ms: now_ms,
+                ttl_secs: endpoint.cache.ttl_secs,
+                endpoint: endpoint.name.clone(),
+                op,
+                body: out.clone(),
+                usage: translated.usage,
+            };
+            pending.cache_fill = Some((key, entry.encode(), endpoint.cache.ttl_secs));
+        }
         if stream && matches!(op, Operation::Chat | Operation::Completions) {
             // The origin could not stream: replay the whole answer as the stream the client expects.
-            let replay = openai::completion_to_sse(op, &translated.body)?;
+            let replay = openai::completion_to_sse(op, &out)?;
             let replay = match to_client {
                 Some(t) => StreamPump::new(vec![StreamTranslator::OpenAiToAnthropic(t)]).run(&replay),
                 None => replay,
@@ -371,8 +446,8 @@ impl Gateway {
             return Ok(sse_response(ResponseBody::Full(replay)));
         }
         let out = match dialect {
-            Dialect::Anthropic => anthropic::openai_response_to_messages(&translated.body)?,
-            _ => translated.body,
+            Dialect::Anthropic => anthropic::openai_response_to_messages(&out)?,
+            _ => out,
         };
         let mut response = Response::new(ResponseBody::Full(out));
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -410,6 +485,87 @@ impl Gateway {
         *memo = Some(ConfigMemo { raw, config: config.clone(), fetched_at: now });
         Ok(config)
     }
+}
+
+/// The tenant of requests to public endpoints made without a key (for cache scoping).
+const PUBLIC_TENANT: &str = "public";
+
+enum CacheLookup {
+    Hit(cache::Entry),
+    /// Not cached yet: store the answer under this key.
+    Fill(String),
+    /// Not cacheable, or the client said `no-store`.
+    Skip,
+}
+
+/// Looks a deterministic request up in the cache (DESIGN §4); records HIT/MISS/BYPASS.
+#[allow(clippy::too_many_arguments)] // the phase's inputs, passed plainly
+async fn cache_phase<P: Ports>(
+    ports: &P,
+    endpoint: &Endpoint,
+    op: Operation,
+    body: &Map<String, Value>,
+    headers: &HeaderMap,
+    tenant: &str,
+    template_version: Option<&str>,
+    log: &mut LogRecord,
+) -> Result<CacheLookup> {
+    let directive = cache::directive(headers);
+    if !cache::cacheable(op, body, &endpoint.cache) || !directive.lookup() {
+        log.cache = Some(cache::Status::Bypass.as_str());
+        let fill = directive.fill() && cache::cacheable(op, body, &endpoint.cache);
+        return Ok(if fill { CacheLookup::Fill(cache_key(endpoint, tenant, template_version, body)) } else { CacheLookup::Skip });
+    }
+    let key = cache_key(endpoint, tenant, template_version, body);
+    // A failing cache read is a miss, never an error: the origin can still answer.
+    let entry = ports.get(&key).await.ok().flatten().and_then(|bytes| cache::Entry::decode(&bytes));
+    if let Some(entry) = entry.filter(|e| e.fresh(ports.now_ms())) {
+        log.cache = Some(cache::Status::Hit.as_str());
+        log.set_usage(None); // nothing was generated for this request
+        return Ok(CacheLookup::Hit(entry));
+    }
+    log.cache = Some(cache::Status::Miss.as_str());
+    Ok(if directive.fill() { CacheLookup::Fill(key) } else { CacheLookup::Skip })
+}
+
+fn cache_key(endpoint: &Endpoint, tenant: &str, template_version: Option<&str>, body: &Map<String, Value>) -> String {
+    let scope = endpoint.cache.scope(tenant);
+    cache::key(scope, &endpoint.name, endpoint.provider.name(), &endpoint.model, template_version, &cache::key_body(body))
+}
+
+/// A cached answer in the client's dialect; a streaming client gets it replayed as SSE.
+fn answer_from_cache<B>(entry: &cache::Entry, stream: bool, dialect: Dialect, model: &str) -> Result<Response<ResponseBody<B>>> {
+    let stream = stream && matches!(entry.op, Operation::Chat | Operation::Completions);
+    let body = cache::replay(entry, stream)?;
+    if stream {
+        let body = match dialect {
+            Dialect::Anthropic => {
+                let to_client = anthropic::OpenAiStreamToMessages::new(model);
+                StreamPump::new(vec![StreamTranslator::OpenAiToAnthropic(to_client)]).run(&body)
+            }
+            _ => body,
+        };
+        return Ok(sse_response(ResponseBody::Full(body)));
+    }
+    let body = match dialect {
+        Dialect::Anthropic => anthropic::openai_response_to_messages(&body)?,
+        _ => body,
+    };
+    let mut response = Response::new(ResponseBody::Full(body));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+/// Output guardrails on a buffered answer (redaction and deny rules on the completion).
+fn guard_output(guardrails: &guard::Guardrails, body: Vec<u8>, log: &mut LogRecord) -> Result<Vec<u8>> {
+    let mut value: Value = serde_json::from_slice(&body)
+        .map_err(|e| GatewayError::bad_gateway("origin_bad_response", format!("answer is not JSON: {e}")))?;
+    let report = guard::apply_output(guardrails, &mut value)?;
+    if report.is_empty() {
+        return Ok(body);
+    }
+    log.guard_output = Some(report);
+    serde_json::to_vec(&value).map_err(|e| GatewayError::internal("encode_failed", e.to_string()))
 }
 
 /// Takes the OpenAI `model` field out of the body: it names our endpoint, not the provider's model.

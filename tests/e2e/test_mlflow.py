@@ -14,7 +14,7 @@ def client(gw):
 
 def test_list_endpoints_matches_the_config(client, gw):
     endpoints = {e.name: e for e in client.list_endpoints()}
-    assert set(endpoints) == {e["name"] for e in gw.config["endpoints"]} | {"split"}
+    assert set(endpoints) == {e["name"] for e in gw.config["endpoints"]} | {r["name"] for r in gw.config["routes"]}
     chat = endpoints["chat"]
     assert chat.endpoint_type == "llm/v1/chat"
     assert chat.model.name == "gpt-4o-mini" and chat.model.provider == "openai"

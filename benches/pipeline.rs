@@ -4,8 +4,10 @@
 //! nothing. What one "request" covers: `Gateway::handle` (route, config memo, parse, resolve,
 //! normalize, build the origin request, the in-memory origin answering, read + check the
 //! answer, response headers) plus `Deferred::complete` (the JSON log line every request
-//! emits). Not covered: the host's own work (copying bytes across the JS/WASI boundary,
-//! the network), which the end-to-end section of scripts/bench measures.
+//! emits, plus the after-response accounting). The client holds an API key created through
+//! the admin API before timing starts, as an operator would create it. Not covered: the
+//! host's own work (copying bytes across the JS/WASI boundary, the network), which the
+//! end-to-end section of scripts/bench measures.
 //!
 //! Built with cargo's `bench` profile, which inherits `[profile.release]` (opt-level "z",
 //! LTO, one codegen unit): the same optimisation level the shipped wasm gets.
@@ -198,12 +200,16 @@ fn provision_key(host: &MemoryHost) -> (String, u16) {
 // ---------------------------------------------------------------------------------------------
 // Measurement
 
+/// Builds request `i` carrying client key `key`.
+type MakeRequest<'a> = Box<dyn Fn(u64, &str) -> Request<Vec<u8>> + 'a>;
+
 /// One case: how to build request `i` (untimed), then run end to end through the gateway.
 struct Case<'a> {
     name: &'a str,
-    make: Box<dyn Fn(u64, &str) -> Request<Vec<u8>> + 'a>,
-    /// A new `Gateway` per request: the config is read from KV and parsed every time, as
-    /// when every request gets a fresh instance (`wasmtime serve`, Spin).
+    make: MakeRequest<'a>,
+    /// A new `Gateway` per request: the config and the client key are read from KV (and the
+    /// config parsed) every time, as when every request gets a fresh instance (`wasmtime
+    /// serve`, Spin).
     cold: bool,
 }
 
@@ -353,7 +359,7 @@ fn main() {
             cold: false,
         },
         Case {
-            name: "  same, new isolate per request (config parsed)",
+            name: "  same, new isolate per request (cold memos)",
             make: Box::new(|i, key| {
                 openai_client_request(Method::POST, "/v1/chat/completions", key, chat_body(&template, i))
             }),

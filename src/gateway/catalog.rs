@@ -59,7 +59,9 @@ fn page(config: &Config, query: &str, list_key: &str, type_key: &str) -> Result<
     let start: usize = if token.is_empty() {
         0
     } else {
-        token.parse().map_err(|_| GatewayError::bad_request("invalid_page_token", format!("invalid page_token \"{token}\"")))?
+        token
+            .parse()
+            .map_err(|_| GatewayError::bad_request("invalid_page_token", format!("invalid page_token \"{token}\"")))?
     };
     let items: Vec<Value> =
         config.order.iter().skip(start).take(PAGE_SIZE).filter_map(|name| view(config, name, type_key)).collect();
@@ -71,9 +73,8 @@ fn page(config: &Config, query: &str, list_key: &str, type_key: &str) -> Result<
 }
 
 fn one(config: &Config, name: &str, type_key: &str) -> Result<Value> {
-    view(config, name, type_key).ok_or_else(|| {
-        GatewayError::not_found("endpoint_not_found", format!("no endpoint named \"{name}\""))
-    })
+    view(config, name, type_key)
+        .ok_or_else(|| GatewayError::not_found("endpoint_not_found", format!("no endpoint named \"{name}\"")))
 }
 
 pub fn endpoints(config: &Config, query: &str) -> Result<Value> {

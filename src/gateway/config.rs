@@ -389,7 +389,10 @@ impl Config {
         for (path, value) in route_values {
             let Some(route) = check_route(&path, value, &endpoints, &mut issues) else { continue };
             if endpoints.contains_key(&route.name) || routes.contains_key(&route.name) {
-                issues.push(format!("{path}.name"), format!("duplicate name \"{}\" (endpoint and route names share one namespace)", route.name));
+                issues.push(
+                    format!("{path}.name"),
+                    format!("duplicate name \"{}\" (endpoint and route names share one namespace)", route.name),
+                );
                 continue;
             }
             order.push(route.name.clone());
@@ -405,7 +408,17 @@ impl Config {
             None => Default::default(),
         };
         if issues.0.is_empty() {
-            Ok(Config { version, endpoints, routes, order, regions, default_region: raw.default_region, settings, prices, limits })
+            Ok(Config {
+                version,
+                endpoints,
+                routes,
+                order,
+                regions,
+                default_region: raw.default_region,
+                settings,
+                prices,
+                limits,
+            })
         } else {
             Err(issues.0)
         }
@@ -459,7 +472,8 @@ fn check_endpoint(
     let mut origins = Vec::new();
     for (i, o) in raw.origins.into_iter().enumerate() {
         if !(o.url.starts_with("http://") || o.url.starts_with("https://")) {
-            issues.push(format!("{path}.origins[{i}].url"), format!("\"{}\" must start with http:// or https://", o.url));
+            issues
+                .push(format!("{path}.origins[{i}].url"), format!("\"{}\" must start with http:// or https://", o.url));
         }
         if o.weight == Some(0) {
             issues.push(format!("{path}.origins[{i}].weight"), "must be at least 1 (remove the origin to disable it)");
@@ -552,7 +566,12 @@ fn check_route(
             None => issues.unknown(format!("{path}.destinations[{i}].name"), "endpoint", &d.name, &names),
             Some(e) if Some(e.endpoint_type) != task_type && task_type.is_some() => issues.push(
                 format!("{path}.destinations[{i}].name"),
-                format!("endpoint \"{}\" is {}, but the route's task_type is {}", d.name, e.endpoint_type.as_str(), raw.task_type),
+                format!(
+                    "endpoint \"{}\" is {}, but the route's task_type is {}",
+                    d.name,
+                    e.endpoint_type.as_str(),
+                    raw.task_type
+                ),
             ),
             Some(_) => {}
         }
@@ -692,9 +711,20 @@ mod tests {
         }))
         .unwrap_err();
         let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
-        assert!(text.contains(&"routes[0].destinations: traffic_percentage values sum to 70, not 100".to_string()), "{text:?}");
-        assert!(text.iter().any(|t| t.starts_with("routes[0].destinations[0].name: endpoint \"chat\" is llm/v1/chat")), "{text:?}");
-        assert!(text.iter().any(|t| t.starts_with("routes[0].destinations[1].name: unknown endpoint \"chta\" (did you mean \"chat\"?)")), "{text:?}");
+        assert!(
+            text.contains(&"routes[0].destinations: traffic_percentage values sum to 70, not 100".to_string()),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t.starts_with("routes[0].destinations[0].name: endpoint \"chat\" is llm/v1/chat")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t
+                    .starts_with("routes[0].destinations[1].name: unknown endpoint \"chta\" (did you mean \"chat\"?)")),
+            "{text:?}"
+        );
     }
 
     #[test]
@@ -718,9 +748,18 @@ mod tests {
         bad["residency"] = json!("us");
         let issues = Config::from_value(json!({"regions": {"eu": {}, "us": {}}, "endpoints": [bad]})).unwrap_err();
         let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
-        assert!(text.contains(&"endpoints[0].origins[0].url: \"eu.test\" must start with http:// or https://".to_string()), "{text:?}");
-        assert!(text.iter().any(|t| t.starts_with("endpoints[0].origins[0].region: unknown region \"europe\"")), "{text:?}");
-        assert!(text.contains(&"endpoints[0].residency: no origin of this endpoint is in region \"us\"".to_string()), "{text:?}");
+        assert!(
+            text.contains(&"endpoints[0].origins[0].url: \"eu.test\" must start with http:// or https://".to_string()),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t.starts_with("endpoints[0].origins[0].region: unknown region \"europe\"")),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(&"endpoints[0].residency: no origin of this endpoint is in region \"us\"".to_string()),
+            "{text:?}"
+        );
     }
 
     #[test]

@@ -146,7 +146,10 @@ pub async fn forward<P: Ports>(
             Err(UpstreamError::Connect(reason) | UpstreamError::Body(reason)) => {
                 log.attempts.push(AttemptLog { origin: label.clone(), outcome: "connect_error".into() });
                 breaker.record(&origin.url, false, ports.now_ms(), settings.breaker_cooldown_ms);
-                GatewayError::bad_gateway("origin_unreachable", format!("origin unreachable: {}", truncate(&reason, 200)))
+                GatewayError::bad_gateway(
+                    "origin_unreachable",
+                    format!("origin unreachable: {}", truncate(&reason, 200)),
+                )
             }
         };
         log.origin = Some(label);

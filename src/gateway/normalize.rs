@@ -113,7 +113,12 @@ mod tests {
     fn defaults_clamps_and_overrides() {
         let out = rules(json!({"temperature": 0.2}), json!({"temperature": 1, "max_tokens": 50}), json!({}), json!({}));
         assert_eq!(out, json!({"temperature": 0.2, "max_tokens": 50}), "client fields win over defaults");
-        let out = rules(json!({"max_tokens": 9000, "top_p": 0.5}), json!({}), json!({"max_tokens": 512, "top_p": 1}), json!({}));
+        let out = rules(
+            json!({"max_tokens": 9000, "top_p": 0.5}),
+            json!({}),
+            json!({"max_tokens": 512, "top_p": 1}),
+            json!({}),
+        );
         assert_eq!(out, json!({"max_tokens": 512, "top_p": 0.5}), "ceilings cap, never raise");
         let out = rules(json!({"user": "x", "temperature": 2}), json!({}), json!({}), json!({"temperature": 0}));
         assert_eq!(out, json!({"user": "x", "temperature": 0}), "overrides are forced");
@@ -121,7 +126,12 @@ mod tests {
 
     #[test]
     fn output_token_limit_has_one_spelling() {
-        let out = rules(json!({"max_completion_tokens": 100}), json!({"max_tokens": 50}), json!({"max_tokens": 80}), json!({}));
+        let out = rules(
+            json!({"max_completion_tokens": 100}),
+            json!({"max_tokens": 50}),
+            json!({"max_tokens": 80}),
+            json!({}),
+        );
         assert_eq!(out, json!({"max_tokens": 80}));
         let out = rules(json!({"max_completion_tokens": 100, "max_tokens": 30}), json!({}), json!({}), json!({}));
         assert_eq!(out, json!({"max_tokens": 30}));

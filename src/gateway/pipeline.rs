@@ -9,20 +9,18 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::gateway::auth::{self, AuthMemo};
-use crate::gateway::limits::{self, EndpointLimit, Limiter, RateHeaders};
-use crate::gateway::usage::{Accounting, Outcome, UsageBook, UsageLog};
-use crate::gateway::guard::{self, GuardReport};
-use crate::gateway::{admin, cache, catalog, template};
 use crate::gateway::config::{Config, Endpoint, EndpointType, ACTIVE_KEY};
 use crate::gateway::error::{GatewayError, Result};
 use crate::gateway::forward::{self, Attempt, Breaker};
+use crate::gateway::guard::{self, GuardReport};
+use crate::gateway::limits::{self, EndpointLimit, Limiter, RateHeaders};
 use crate::gateway::normalize::{self, hex};
 use crate::gateway::ports::Ports;
-use crate::gateway::providers::{
-    anthropic, openai, Operation, Reply, StreamMode, StreamTranslator, Usage,
-};
+use crate::gateway::providers::{anthropic, openai, Operation, Reply, StreamMode, StreamTranslator, Usage};
 use crate::gateway::routing::{self, ApiRoute};
 use crate::gateway::stream::{StreamPump, StreamSummary};
+use crate::gateway::usage::{Accounting, Outcome, UsageBook, UsageLog};
+use crate::gateway::{admin, cache, catalog, template};
 
 /// A response body: bytes the gateway produced, or the origin's body streamed through a
 /// `StreamPump` the host drives chunk by chunk (never buffered whole).
@@ -199,7 +197,12 @@ impl Gateway {
         Self::default()
     }
 
-    pub async fn handle<P: Ports>(&self, ports: &P, request: Request<Vec<u8>>, client: &ClientInfo) -> Exchange<P::Body> {
+    pub async fn handle<P: Ports>(
+        &self,
+        ports: &P,
+        request: Request<Vec<u8>>,
+        client: &ClientInfo,
+    ) -> Exchange<P::Body> {
         let started = ports.now_ms();
         let request_id = match normalize::client_request_id(request.headers()) {
             Some(id) => id.to_string(),
@@ -323,14 +326,15 @@ impl Gateway {
             None => take_model(&mut body)?,
         };
 
-        // Resolve the endpoint (a traffic route picks by the request's hash).
-        let hash = normalize::request_hash(&body);
+        // Resolve the endpoint. The request's hash (a SHA-256 of its canonical form) picks a
+        // traffic route's destination and a weighted origin; most requests need neither.
+        let route_hash = config.routes.contains_key(&name).then(|| normalize::request_hash(&body));
         let wanted = match dialect {
             Dialect::OpenAi(op) => Some(routing::endpoint_type_for(op)),
             Dialect::Anthropic => Some(EndpointType::Chat),
             Dialect::Mlflow => None,
         };
-        let resolved = routing::resolve(config, &name, wanted, hash)?;
+        let resolved = routing::resolve(config, &name, wanted, route_hash.unwrap_or(0))?;
         let endpoint = resolved.endpoint;
         log.endpoint = Some(endpoint.name.clone());
         log.route = resolved.route;
@@ -341,16 +345,22 @@ impl Gateway {
         let key = auth::authenticate(ports, &self.auth, headers, &name, endpoint.public).await?;
         log.key_id = key.as_ref().map(|k| k.id.clone());
         let endpoint_limit = endpoint.limit.as_ref().and_then(EndpointLimit::from_value);
-        let admission =
-            match limits::admit(ports, &self.limiter, &config.limits, key.as_deref(), &endpoint.name, endpoint_limit.as_ref())
-                .await
-            {
-                Ok(admission) => admission,
-                Err(refused) => {
-                    log.rate_headers = refused.headers.clone();
-                    return Err(refused.error);
-                }
-            };
+        let admission = match limits::admit(
+            ports,
+            &self.limiter,
+            &config.limits,
+            key.as_deref(),
+            &endpoint.name,
+            endpoint_limit.as_ref(),
+        )
+        .await
+        {
+            Ok(admission) => admission,
+            Err(refused) => {
+                log.rate_headers = refused.headers.clone();
+                return Err(refused.error);
+            }
+        };
         log.rate_headers = admission.headers().clone();
         let price = config.prices.get(endpoint.provider.name(), &endpoint.model);
         pending.accounting = Some(Accounting::new(&self.usage, key.as_deref(), price, log.ts, Some(admission)));
@@ -374,22 +384,27 @@ impl Gateway {
 
         // Answer deterministic requests from the cache.
         let tenant = key.as_ref().map_or(PUBLIC_TENANT, |k| k.tenant.as_str());
-        let cache_key = match cache_phase(ports, &endpoint, op, &body, headers, tenant, template_version.as_deref(), log)
-            .await?
-        {
-            CacheLookup::Hit(entry) => return answer_from_cache(&entry, stream, dialect, &endpoint.model),
-            CacheLookup::Fill(key) => Some(key),
-            CacheLookup::Skip => None,
-        };
+        let cache_key =
+            match cache_phase(ports, &endpoint, op, &body, headers, tenant, template_version.as_deref(), log).await? {
+                CacheLookup::Hit(entry) => return answer_from_cache(&entry, stream, dialect, &endpoint.model),
+                CacheLookup::Fill(key) => Some(key),
+                CacheLookup::Skip => None,
+            };
 
         // Choose origins.
         let region = client_region(config, client, headers);
         log.region = region.clone();
+        let hash = match route_hash {
+            Some(hash) => hash,
+            None if endpoint.origins.len() > 1 => normalize::request_hash(&body),
+            None => 0,
+        };
         let origins = routing::order_origins(&endpoint, region.as_deref(), hash);
 
         // Forward, failing over.
         let now_ms = ports.now_ms();
-        let mode = if stream { endpoint.provider.stream_mode(op, &endpoint.model, now_ms) } else { StreamMode::Buffered };
+        let mode =
+            if stream { endpoint.provider.stream_mode(op, &endpoint.model, now_ms) } else { StreamMode::Buffered };
         let upstream_stream = stream && !matches!(mode, StreamMode::Buffered);
         let attempt = Attempt { endpoint: &endpoint, op, stream: upstream_stream };
         let forwarded = forward::forward(ports, config, &self.breaker, &origins, attempt, body, log).await?;
@@ -402,7 +417,8 @@ impl Gateway {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
-        let to_client = (dialect == Dialect::Anthropic).then(|| anthropic::OpenAiStreamToMessages::new(&endpoint.model));
+        let to_client =
+            (dialect == Dialect::Anthropic).then(|| anthropic::OpenAiStreamToMessages::new(&endpoint.model));
         if parts.status.is_success() && is_sse && upstream_stream {
             let first = match mode {
                 StreamMode::Translate(translator) => translator,
@@ -416,10 +432,11 @@ impl Gateway {
             GatewayError::bad_gateway("origin_bad_response", format!("reading the origin's response failed: {e:?}"))
         })?;
         let reply = Reply { op, status: parts.status, body: &bytes, model: &endpoint.model, now_ms };
-        let translated = endpoint.provider.translate_response(reply).map_err(|e| match retry_after(&parts.headers) {
-            Some(seconds) if e.status == StatusCode::TOO_MANY_REQUESTS => e.with_retry_after(seconds),
-            _ => e,
-        })?;
+        let translated =
+            endpoint.provider.translate_response(reply).map_err(|e| match retry_after(&parts.headers) {
+                Some(seconds) if e.status == StatusCode::TOO_MANY_REQUESTS => e.with_retry_after(seconds),
+                _ => e,
+            })?;
         log.set_usage(translated.usage);
         let mut out = translated.body;
         if endpoint.guardrails.output {
@@ -514,7 +531,11 @@ async fn cache_phase<P: Ports>(
     if !cache::cacheable(op, body, &endpoint.cache) || !directive.lookup() {
         log.cache = Some(cache::Status::Bypass.as_str());
         let fill = directive.fill() && cache::cacheable(op, body, &endpoint.cache);
-        return Ok(if fill { CacheLookup::Fill(cache_key(endpoint, tenant, template_version, body)) } else { CacheLookup::Skip });
+        return Ok(if fill {
+            CacheLookup::Fill(cache_key(endpoint, tenant, template_version, body))
+        } else {
+            CacheLookup::Skip
+        });
     }
     let key = cache_key(endpoint, tenant, template_version, body);
     // A failing cache read is a miss, never an error: the origin can still answer.
@@ -530,11 +551,23 @@ async fn cache_phase<P: Ports>(
 
 fn cache_key(endpoint: &Endpoint, tenant: &str, template_version: Option<&str>, body: &Map<String, Value>) -> String {
     let scope = endpoint.cache.scope(tenant);
-    cache::key(scope, &endpoint.name, endpoint.provider.name(), &endpoint.model, template_version, &cache::key_body(body))
+    cache::key(
+        scope,
+        &endpoint.name,
+        endpoint.provider.name(),
+        &endpoint.model,
+        template_version,
+        &cache::key_body(body),
+    )
 }
 
 /// A cached answer in the client's dialect; a streaming client gets it replayed as SSE.
-fn answer_from_cache<B>(entry: &cache::Entry, stream: bool, dialect: Dialect, model: &str) -> Result<Response<ResponseBody<B>>> {
+fn answer_from_cache<B>(
+    entry: &cache::Entry,
+    stream: bool,
+    dialect: Dialect,
+    model: &str,
+) -> Result<Response<ResponseBody<B>>> {
     let stream = stream && matches!(entry.op, Operation::Chat | Operation::Completions);
     let body = cache::replay(entry, stream)?;
     if stream {
@@ -613,7 +646,6 @@ fn sse_response<B>(body: ResponseBody<B>) -> Response<ResponseBody<B>> {
 fn ok_json<B>(value: Value) -> Response<ResponseBody<B>> {
     json_response(StatusCode::OK, &value)
 }
-
 
 pub fn json_response<B>(status: StatusCode, value: &Value) -> Response<ResponseBody<B>> {
     let body = serde_json::to_vec(value).expect("a Value always serializes");

@@ -1,6 +1,6 @@
 use super::*;
-use crate::gateway::testing::{block_on, MemoryHost};
 use crate::gateway::ports::UpstreamError;
+use crate::gateway::testing::{block_on, MemoryHost};
 use http::Method;
 
 const CONFIG: &str = r#"{"version": "t1", "settings": {"config_ttl_ms": 1000}, "endpoints": [
@@ -117,7 +117,10 @@ fn config_memo_expires_and_notices_removal() {
     // Within the memo TTL the isolate still serves the config it has.
     assert_eq!(block_on(gateway.handle(&host, chat(), &ClientInfo::default())).response.status(), StatusCode::OK);
     host.advance(1001);
-    assert_eq!(block_on(gateway.handle(&host, chat(), &ClientInfo::default())).response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        block_on(gateway.handle(&host, chat(), &ClientInfo::default())).response.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }
 
 #[test]
@@ -231,7 +234,8 @@ fn mlflow_invocations_and_traffic_routes() {
     assert_eq!((status, body["model"].as_str()), (StatusCode::OK, Some("model-a")));
     // The same request always takes the same branch; different requests spread over both.
     let pick = |i: u32| {
-        let (_, body, exchange) = run(&host, post("/endpoints/ab/invocations", &format!(r#"{{"messages":[],"n":{i}}}"#)));
+        let (_, body, exchange) =
+            run(&host, post("/endpoints/ab/invocations", &format!(r#"{{"messages":[],"n":{i}}}"#)));
         assert_eq!(exchange.deferred.log.route.as_deref(), Some("ab"));
         body["model"].as_str().unwrap().to_string()
     };

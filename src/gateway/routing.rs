@@ -134,7 +134,11 @@ pub fn resolve(config: &Config, name: &str, wanted: Option<EndpointType>, reques
     if let Some(wanted) = wanted.filter(|w| *w != endpoint.endpoint_type) {
         return Err(GatewayError::bad_request(
             "endpoint_type_mismatch",
-            format!("endpoint \"{name}\" is {}, but this API needs {}", endpoint.endpoint_type.as_str(), wanted.as_str()),
+            format!(
+                "endpoint \"{name}\" is {}, but this API needs {}",
+                endpoint.endpoint_type.as_str(),
+                wanted.as_str()
+            ),
         ));
     }
     Ok(Resolved { endpoint, route })
@@ -184,8 +188,14 @@ mod tests {
     fn routes_by_method_and_path() {
         assert_eq!(match_route(&Method::GET, "/health").unwrap(), ApiRoute::Health);
         assert_eq!(match_route(&Method::POST, "/v1/chat/completions/").unwrap(), ApiRoute::OpenAi(Operation::Chat));
-        assert_eq!(match_route(&Method::POST, "/gateway/my%2Dchat/invocations").unwrap(), ApiRoute::Invocations("my-chat".into()));
-        assert_eq!(match_route(&Method::POST, "/endpoints/chat/invocations").unwrap(), ApiRoute::Invocations("chat".into()));
+        assert_eq!(
+            match_route(&Method::POST, "/gateway/my%2Dchat/invocations").unwrap(),
+            ApiRoute::Invocations("my-chat".into())
+        );
+        assert_eq!(
+            match_route(&Method::POST, "/endpoints/chat/invocations").unwrap(),
+            ApiRoute::Invocations("chat".into())
+        );
         assert_eq!(match_route(&Method::GET, "/api/2.0/endpoints/").unwrap(), ApiRoute::ListEndpoints);
         assert_eq!(match_route(&Method::GET, "/api/2.0/endpoints/chat").unwrap(), ApiRoute::GetEndpoint("chat".into()));
         assert_eq!(match_route(&Method::GET, "/api/2.0/gateway/routes/").unwrap(), ApiRoute::ListLegacyRoutes);
@@ -215,7 +225,10 @@ mod tests {
         let e = resolve(&config, "a", Some(EndpointType::Embeddings), 0).err().unwrap();
         assert_eq!(e.code, "endpoint_type_mismatch");
         let e = resolve(&config, "splt", None, 0).err().unwrap();
-        assert_eq!((e.status, e.message.as_str()), (StatusCode::NOT_FOUND, "no endpoint named \"splt\" (did you mean \"split\"?)"));
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (StatusCode::NOT_FOUND, "no endpoint named \"splt\" (did you mean \"split\"?)")
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 #[cfg(feature = "cloudflare")]
 pub mod cloudflare;
-#[cfg(feature = "spin")]
-pub mod spin;
 #[cfg(feature = "cloudflare")]
 pub mod cloudflare_counter;
+#[cfg(feature = "spin")]
+pub mod spin;

@@ -17,8 +17,8 @@ use spin_sdk::wit::wasi::http0_2_0::types::{
 
 use crate::gateway::error::{GatewayError, Result};
 use crate::gateway::pipeline::{error_response, ClientInfo};
-use crate::gateway::stream::StreamSummary;
 use crate::gateway::ports::{Clock, Kv, Secrets, Upstream, UpstreamError};
+use crate::gateway::stream::StreamSummary;
 use crate::gateway::{Gateway, ResponseBody};
 
 /// Bodies above this are refused before the config (and its own, lower limit) is even read.

@@ -9,6 +9,9 @@ import openai
 import pytest
 import requests
 
+import conftest
+from admin_client import Admin
+
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "fault tolerance test"}]}
 
 
@@ -99,11 +102,13 @@ def test_openai_sdk_raises_on_a_cut_stream(gw, origin):
 
 def test_failover_under_load_loses_nothing(gw, us_origin):
     """200 requests, sequential and concurrent, to an endpoint whose first origin refuses
-    connections: every one succeeds, and the tokens the log lines account equal exactly what
-    the healthy origin reported."""
+    connections: every one succeeds, and the usage aggregates (and the log lines) equal
+    exactly what the healthy origin reported."""
     marker = f"load-{gw.name}-{time.time_ns()}"
+    admin = Admin(gw, conftest.ADMIN_TOKEN)
+    key = admin.create_key(tenant=marker, endpoints=["failover-load"])
     body = {"model": "failover-load", "messages": [{"role": "user", "content": "load test words"}]}
-    headers = {"x-gateway-region": "eu"}
+    headers = {"x-gateway-region": "eu", "authorization": f"Bearer {key['key']}"}
 
     def one(i):
         r = requests.post(f"{gw.base_url}/v1/chat/completions", json=body, timeout=30,
@@ -130,6 +135,14 @@ def test_failover_under_load_loses_nothing(gw, us_origin):
         assert sum(len(l["attempts"]) == 1 for l in lines) >= 150
     assert sum(l["prompt_tokens"] for l in lines) == reported["prompt_tokens"]
     assert sum(l["completion_tokens"] for l in lines) == reported["completion_tokens"]
+    deadline = time.time() + 15
+    while True:
+        total = admin.usage(key=key["id"])["total"]
+        if total["requests"] == 200 or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert (total["requests"], total["prompt_tokens"], total["completion_tokens"]) == (
+        200, reported["prompt_tokens"], reported["completion_tokens"])
 
 
 def wait_log(gw, request_id, timeout=15):

@@ -241,9 +241,7 @@ pub fn completion_to_sse(op: Operation, body: &[u8]) -> Result<Vec<u8>> {
     let created = value.get("created").cloned().unwrap_or(Value::from(0));
     let model = value.get("model").cloned().unwrap_or(Value::Null);
     let choices = value.get("choices").and_then(Value::as_array).cloned().unwrap_or_default();
-    let chunk = |object: &str, choices: Value| {
-        serde_json::json!({"id": id, "object": object, "created": created, "model": model, "choices": choices})
-    };
+    let chunk = |object: &str, choices: Value| serde_json::json!({"id": id, "object": object, "created": created, "model": model, "choices": choices});
     for choice in &choices {
         let index = choice.get("index").cloned().unwrap_or(Value::from(0));
         let finish = choice.get("finish_reason").cloned().unwrap_or(Value::Null);
@@ -383,7 +381,8 @@ mod tests {
         let sse = completion_to_sse(Operation::Chat, &serde_json::to_vec(&body).unwrap()).unwrap();
         let mut parser = super::super::sse::SseParser::new();
         let events = parser.push(&sse);
-        let data: Vec<Value> = events.iter().filter(|e| e.data != "[DONE]").map(|e| serde_json::from_str(&e.data).unwrap()).collect();
+        let data: Vec<Value> =
+            events.iter().filter(|e| e.data != "[DONE]").map(|e| serde_json::from_str(&e.data).unwrap()).collect();
         assert_eq!(events.last().unwrap().data, "[DONE]");
         assert_eq!(data[1]["choices"][0]["delta"]["content"], "hi there");
         assert_eq!(data[2]["choices"][0]["finish_reason"], "stop");

@@ -236,7 +236,7 @@ struct Limits {
 }
 
 /// One request through the gateway, log line included. Never inlined: scripts/bench counts
-/// its instructions with callgrind (`--toggle-collect=*pipeline::run_one*`).
+/// its instructions with callgrind (`--toggle-collect=pipeline::run_one`).
 #[inline(never)]
 fn run_one(warm: Option<&Gateway>, host: &MemoryHost, request: Request<Vec<u8>>) -> (u16, usize) {
     let fresh;

@@ -124,7 +124,7 @@ def test_failover_under_load_loses_nothing(gw, us_origin):
 
     deadline = time.time() + 15
     while True:
-        lines = [json.loads(l[l.index("{"):]) for l in gw.log_text().splitlines() if marker in l]
+        lines = [json.loads(l[l.index("{"):]) for l in gw.log_text().splitlines() if f'"request_id":"{marker}' in l]
         if len(lines) == 200 or time.time() > deadline:
             break
         time.sleep(0.3)

@@ -28,7 +28,7 @@ use crate::gateway::config::{did_you_mean, Config, ACTIVE_KEY};
 use crate::gateway::error::{GatewayError, Result};
 use crate::gateway::keys::{self, BudgetPeriod, KeyRecord};
 use crate::gateway::limits::valid_tenant;
-use crate::gateway::normalize::hex;
+use crate::gateway::normalize::{hex, percent_decode};
 use crate::gateway::pipeline::{json_response, ResponseBody};
 use crate::gateway::ports::Ports;
 use crate::gateway::usage::{self, days_of, parse_day, Subject};
@@ -702,37 +702,13 @@ fn query_params(query: &str) -> Vec<(String, String)> {
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
+            (percent_decode(k, true), percent_decode(v, true))
         })
         .collect()
 }
 
 fn query_value<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
     query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b'+', _, _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -174,7 +174,6 @@ fn endpoint_not_allowed(endpoint: &str) -> GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::keys::BudgetPeriod;
     use crate::gateway::ports::{Clock, UpstreamError};
     use crate::gateway::testing::{block_on, MemoryHost};
 
@@ -188,18 +187,10 @@ mod tests {
         let mut record = KeyRecord {
             id: keys::new_id(host),
             tenant: "acme".into(),
-            name: String::new(),
             endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
-            rpm: None,
-            tpm: None,
-            budget_usd: None,
-            budget_period: BudgetPeriod::Month,
-            region: None,
             created: host.now_ms() / 1000,
-            expires_at: None,
-            disabled: false,
-            exact: false,
             hash: keys::hash_key(&key),
+            ..Default::default()
         };
         f(&mut record);
         block_on(keys::store(host, &record)).unwrap();
@@ -288,18 +279,9 @@ mod tests {
         let record = KeyRecord {
             id: "k_aa".into(),
             tenant: "t".into(),
-            name: String::new(),
             endpoints: vec!["*".into()],
-            rpm: None,
-            tpm: None,
-            budget_usd: None,
-            budget_period: BudgetPeriod::Month,
-            region: None,
-            created: 0,
-            expires_at: None,
-            disabled: false,
-            exact: false,
             hash: keys::hash_key(&key),
+            ..Default::default()
         };
         block_on(keys::store(&host, &record)).unwrap();
         assert!(auth().is_ok());
@@ -337,22 +319,8 @@ mod tests {
     #[test]
     fn memo_is_bounded() {
         let memo = AuthMemo::new(1000);
-        let record = Rc::new(KeyRecord {
-            id: "k_aa".into(),
-            tenant: "t".into(),
-            name: String::new(),
-            endpoints: vec![],
-            rpm: None,
-            tpm: None,
-            budget_usd: None,
-            budget_period: BudgetPeriod::Month,
-            region: None,
-            created: 0,
-            expires_at: None,
-            disabled: false,
-            exact: false,
-            hash: String::new(),
-        });
+        let record =
+            Rc::new(KeyRecord { id: "k_aa".into(), tenant: "t".into(), endpoints: vec![], ..Default::default() });
         for i in 0..MEMO_MAX + 10 {
             memo.put(format!("h{i}"), record.clone(), 0);
         }

@@ -58,7 +58,7 @@ impl BudgetPeriod {
 }
 
 /// The KV record of one key. Never holds the key itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeyRecord {
     /// `k_` + 16 hex digits; safe to log.
     pub id: String,

@@ -1221,22 +1221,8 @@ mod tests {
     }
 
     fn key(f: impl FnOnce(&mut KeyRecord)) -> KeyRecord {
-        let mut k = KeyRecord {
-            id: "k_00aa".into(),
-            tenant: "acme".into(),
-            name: String::new(),
-            endpoints: vec!["*".into()],
-            rpm: None,
-            tpm: None,
-            budget_usd: None,
-            budget_period: BudgetPeriod::Month,
-            region: None,
-            created: 0,
-            expires_at: None,
-            disabled: false,
-            exact: false,
-            hash: String::new(),
-        };
+        let mut k =
+            KeyRecord { id: "k_00aa".into(), tenant: "acme".into(), endpoints: vec!["*".into()], ..Default::default() };
         f(&mut k);
         k
     }

@@ -7,6 +7,7 @@ use http::Method;
 
 use crate::gateway::config::{did_you_mean, Config, Endpoint, EndpointType, Origin};
 use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::normalize::percent_decode;
 use crate::gateway::providers::Operation;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,12 +42,12 @@ pub fn match_route(method: &Method, path: &str) -> Result<ApiRoute> {
         ["v1", "embeddings"] => (ApiRoute::OpenAi(Operation::Embeddings), Method::POST),
         ["v1", "messages"] => (ApiRoute::AnthropicMessages, Method::POST),
         ["endpoints" | "gateway", name, "invocations"] if !name.is_empty() => {
-            (ApiRoute::Invocations(decode(name)), Method::POST)
+            (ApiRoute::Invocations(percent_decode(name, false)), Method::POST)
         }
         ["api", "2.0", "endpoints"] => (ApiRoute::ListEndpoints, Method::GET),
-        ["api", "2.0", "endpoints", name] => (ApiRoute::GetEndpoint(decode(name)), Method::GET),
+        ["api", "2.0", "endpoints", name] => (ApiRoute::GetEndpoint(percent_decode(name, false)), Method::GET),
         ["api", "2.0", "gateway", "routes"] => (ApiRoute::ListLegacyRoutes, Method::GET),
-        ["api", "2.0", "gateway", "routes", name] => (ApiRoute::GetLegacyRoute(decode(name)), Method::GET),
+        ["api", "2.0", "gateway", "routes", name] => (ApiRoute::GetLegacyRoute(percent_decode(name, false)), Method::GET),
         _ => return Err(GatewayError::not_found("route_not_found", format!("no route for {method} {path}"))),
     };
     if *method != allowed {
@@ -57,27 +58,6 @@ pub fn match_route(method: &Method, path: &str) -> Result<ApiRoute> {
 
 pub fn is_anthropic_path(path: &str) -> bool {
     path.trim_end_matches('/') == "/v1/messages"
-}
-
-/// Percent-decodes a path segment (endpoint names are plain, but clients may encode them).
-fn decode(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 pub fn operation_for(endpoint_type: EndpointType) -> Operation {

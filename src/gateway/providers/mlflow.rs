@@ -10,15 +10,13 @@
 
 use http::Request;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 
 use super::{
-    bad_response, check_url, finish_request, join_url, json_body, origin_error, parse_json, post_json, string_config,
-    Adapter, Call, Operation, Reply, StreamMode, Translated,
+    bad_response, embedding_data, finish_request, join_url, json_body, origin_error, parse_json, post_json,
+    string_config, synthetic_id, take_server_url, Adapter, Call, Operation, Reply, StreamMode, Translated,
 };
 use crate::gateway::config::{did_you_mean, Issues};
 use crate::gateway::error::{GatewayError, Result};
-use crate::gateway::normalize::hex;
 use crate::gateway::ports::Secrets;
 
 const CONFIG_KEYS: &[&str] = &["model_server_url"];
@@ -36,14 +34,8 @@ impl ModelServing {
     pub fn from_config(path: &str, config: &Map<String, Value>, issues: &mut Issues) -> Option<ModelServing> {
         let before = issues.0.len();
         let mut values = string_config(path, "mlflow-model-serving", config, CONFIG_KEYS, issues);
-        let url = values.remove("model_server_url");
-        match &url {
-            None => issues.push(
-                format!("{path}.model_server_url"),
-                "is required (the scoring server's base URL, e.g. \"http://127.0.0.1:5000\")",
-            ),
-            Some(url) => check_url(path, "model_server_url", url, issues),
-        }
+        let hint = "the scoring server's base URL, e.g. \"http://127.0.0.1:5000\"";
+        let url = take_server_url(path, "model_server_url", hint, &mut values, issues);
         if issues.0.len() != before {
             return None;
         }
@@ -90,15 +82,6 @@ pub fn validate_scoring_request(body: &Map<String, Value>) -> Result<()> {
         return Err(GatewayError::bad_request("invalid_scoring_request", "\"params\" must be a JSON object"));
     }
     Ok(())
-}
-
-/// A response id for answers that carry none: unique enough per answer, and deterministic.
-pub(crate) fn synthetic_id(prefix: &str, body: &[u8], now_ms: u64) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(now_ms.to_be_bytes());
-    hasher.update(body);
-    let digest = hasher.finalize();
-    format!("{prefix}-{}", hex(&digest[..12]))
 }
 
 /// `{"inputs": [...], "params": {...}}`: `key`'s value (wrapped in a list unless it is one)
@@ -281,11 +264,7 @@ impl Adapter for ModelServing {
                 })
             }
             Operation::Embeddings => {
-                let data: Vec<Value> = embedding_predictions(&value)?
-                    .into_iter()
-                    .enumerate()
-                    .map(|(index, embedding)| json!({"object": "embedding", "embedding": embedding, "index": index}))
-                    .collect();
+                let data = embedding_data(embedding_predictions(&value)?);
                 json!({
                     "object": "list", "data": data, "model": model,
                     "usage": {"prompt_tokens": null, "total_tokens": null},
@@ -304,64 +283,37 @@ impl Adapter for ModelServing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::providers::test_support::{self, call, config_issues, sent, NO_SECRETS};
     use http::StatusCode;
 
-    struct NoSecrets;
-    impl Secrets for NoSecrets {
-        fn secret(&self, _name: &str) -> Option<String> {
-            None
-        }
-    }
-
     fn adapter() -> ModelServing {
-        let mut issues = Issues::default();
-        let config = json!({"model_server_url": "http://127.0.0.1:5001/"});
-        let p = ModelServing::from_config("c", config.as_object().unwrap(), &mut issues);
-        assert!(issues.0.is_empty(), "{:?}", issues.0);
-        p.unwrap()
+        test_support::adapter(ModelServing::from_config, json!({"model_server_url": "http://127.0.0.1:5001/"}))
     }
 
     fn build(op: Operation, body: Value) -> Result<Request<Vec<u8>>> {
         let p = adapter();
-        let call = Call {
-            op,
-            model: "",
-            body: body.as_object().unwrap().clone(),
-            base_url: p.default_base(),
-            stream: false,
-            now_ms: 0,
-        };
-        p.build_request(call, &NoSecrets)
-    }
-
-    fn sent(req: &Request<Vec<u8>>) -> Value {
-        serde_json::from_slice(req.body()).unwrap()
+        p.build_request(call(op, "", body, p.default_base(), false, 0), &NO_SECRETS)
     }
 
     fn translate(op: Operation, status: StatusCode, body: &[u8]) -> Result<Value> {
         let reply = Reply { op, status, body, model: "my-model", now_ms: 1_700_000_000_123 };
         adapter().translate_response(reply).map(|t| {
             assert!(t.usage.is_none());
-            serde_json::from_slice(&t.body).unwrap()
+            test_support::parsed(t).0
         })
     }
 
     #[test]
     fn config_requires_an_http_url_and_suggests_typos() {
-        let mut issues = Issues::default();
-        let config = json!({"model_server_uri": "http://x"});
-        assert!(ModelServing::from_config("e.config", config.as_object().unwrap(), &mut issues).is_none());
-        let text: Vec<String> = issues.0.iter().map(ToString::to_string).collect();
+        let text = config_issues(ModelServing::from_config, json!({"model_server_uri": "http://x"}));
         assert!(text
             .iter()
             .any(|t| t.starts_with("e.config.model_server_uri: unknown")
                 && t.contains("did you mean \"model_server_url\"")));
         assert!(text.iter().any(|t| t.starts_with("e.config.model_server_url: is required")), "{text:?}");
 
-        let mut issues = Issues::default();
-        let config = json!({"model_server_url": "localhost:5000"});
-        assert!(ModelServing::from_config("e.config", config.as_object().unwrap(), &mut issues).is_none());
-        assert!(issues.0[0].to_string().starts_with("e.config.model_server_url: \"localhost:5000\" must start"));
+        let text = config_issues(ModelServing::from_config, json!({"model_server_url": "localhost:5000"}));
+        assert!(text[0].starts_with("e.config.model_server_url: \"localhost:5000\" must start"));
     }
 
     #[test]

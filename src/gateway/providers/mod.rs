@@ -12,11 +12,15 @@ pub mod mlflow;
 pub mod openai;
 pub mod sse;
 
+use std::collections::HashMap;
+
 use http::{Request, StatusCode};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::gateway::config::{Issues, SecretRef};
 use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::normalize::hex;
 use crate::gateway::ports::Secrets;
 use sse::SseEvent;
 
@@ -279,8 +283,8 @@ pub fn string_config(
     config: &Map<String, Value>,
     known: &[&str],
     issues: &mut Issues,
-) -> std::collections::HashMap<String, String> {
-    let mut out = std::collections::HashMap::new();
+) -> HashMap<String, String> {
+    let mut out = HashMap::new();
     for (key, value) in config {
         if !known.contains(&key.as_str()) {
             issues.unknown(format!("{path}.{key}"), &format!("{provider} config key"), key, known);
@@ -304,6 +308,57 @@ pub fn check_url(path: &str, key: &str, url: &str, issues: &mut Issues) {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         issues.push(format!("{path}.{key}"), format!("\"{url}\" must start with http:// or https://"));
     }
+}
+
+/// Takes a required credential key out of `string_config`'s `values`, reporting it missing or
+/// empty. (A key that is present but not a string was already reported by `string_config`.)
+pub fn take_api_key(
+    path: &str,
+    key: &str,
+    config: &Map<String, Value>,
+    values: &mut HashMap<String, String>,
+    issues: &mut Issues,
+) -> Option<String> {
+    let api_key = values.remove(key);
+    match api_key.as_deref() {
+        None if !config.contains_key(key) => {
+            issues.push(format!("{path}.{key}"), "is required (use a \"$SECRET_NAME\" reference)")
+        }
+        Some("") => issues.push(format!("{path}.{key}"), "must not be empty"),
+        _ => {}
+    }
+    api_key
+}
+
+/// Takes an optional base-URL key out of `string_config`'s `values`, checking it with `check_url`.
+pub fn take_base_url(
+    path: &str,
+    key: &str,
+    values: &mut HashMap<String, String>,
+    issues: &mut Issues,
+) -> Option<String> {
+    let url = values.remove(key);
+    if let Some(url) = &url {
+        check_url(path, key, url, issues);
+    }
+    url
+}
+
+/// Takes a required server URL out of `string_config`'s `values`, checking it with `check_url`;
+/// `hint` says what the URL is in the "is required" message.
+pub fn take_server_url(
+    path: &str,
+    key: &str,
+    hint: &str,
+    values: &mut HashMap<String, String>,
+    issues: &mut Issues,
+) -> Option<String> {
+    let url = values.remove(key);
+    match &url {
+        None => issues.push(format!("{path}.{key}"), format!("is required ({hint})")),
+        Some(url) => check_url(path, key, url, issues),
+    }
+    url
 }
 
 /// Best-effort extraction of an error message from an origin's error body, for the client.
@@ -355,6 +410,39 @@ pub fn openai_usage(body: &Value) -> Option<Usage> {
     })
 }
 
+/// The `usage` object of an OpenAI answer (`Usage::total` saturates: origin counts may be absurd).
+pub fn usage_json(usage: Usage) -> Value {
+    json!({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total()})
+}
+
+/// The assistant `message` of a `chat.completion` choice; `tool_calls` only when there are some.
+pub fn assistant_message(text: Option<String>, tool_calls: Vec<Value>) -> Value {
+    let mut message = json!({"role": "assistant", "content": text});
+    if let (false, Some(m)) = (tool_calls.is_empty(), message.as_object_mut()) {
+        m.insert("tool_calls".into(), Value::Array(tool_calls));
+    }
+    message
+}
+
+/// The `data` list of an OpenAI embeddings answer, one item per vector.
+pub fn embedding_data<T: serde::Serialize>(vectors: impl IntoIterator<Item = T>) -> Vec<Value> {
+    vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, embedding)| json!({"object": "embedding", "embedding": embedding, "index": index}))
+        .collect()
+}
+
+/// A response id for answers that carry none: unique enough per answer, and deterministic.
+pub(crate) fn synthetic_id(prefix: &str, body: &[u8], now_ms: u64) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(now_ms.to_be_bytes());
+    hasher.update(body);
+    let digest = hasher.finalize();
+    format!("{prefix}-{}", hex(&digest[..12]))
+}
+
 /// A `POST {url}` request with a JSON content type; `url` is validated.
 pub fn post_json(url: &str) -> http::request::Builder {
     Request::builder().method(http::Method::POST).uri(url).header(http::header::CONTENT_TYPE, "application/json")
@@ -381,4 +469,62 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
 /// `base` joined with `path`, tolerating a trailing slash on `base`.
 pub fn join_url(base: &str, path: &str) -> String {
     format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+}
+
+/// Test scaffolding shared by the provider files' tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// Host secrets for tests: a fixed list of `(name, value)`; every other name is unset.
+    pub(crate) struct TestSecrets(pub &'static [(&'static str, &'static str)]);
+
+    impl Secrets for TestSecrets {
+        fn secret(&self, name: &str) -> Option<String> {
+            self.0.iter().find(|(n, _)| *n == name).map(|(_, value)| value.to_string())
+        }
+    }
+
+    /// A host with no secrets at all.
+    pub(crate) const NO_SECRETS: TestSecrets = TestSecrets(&[]);
+
+    /// A provider's `from_config`.
+    pub(crate) type FromConfig<P> = fn(&str, &Map<String, Value>, &mut Issues) -> Option<P>;
+
+    /// The adapter `from_config` makes of `config` (at path `c`), which must raise no issue.
+    pub(crate) fn adapter<P>(from_config: FromConfig<P>, config: Value) -> P {
+        let mut issues = Issues::default();
+        let p = from_config("c", config.as_object().unwrap(), &mut issues);
+        assert!(issues.0.is_empty(), "{:?}", issues.0);
+        p.unwrap()
+    }
+
+    /// The issues `from_config` reports for `config` at path `e.config`, which it must refuse.
+    pub(crate) fn config_issues<P>(from_config: FromConfig<P>, config: Value) -> Vec<String> {
+        let mut issues = Issues::default();
+        assert!(from_config("e.config", config.as_object().unwrap(), &mut issues).is_none());
+        issues.0.iter().map(ToString::to_string).collect()
+    }
+
+    /// A call of `op` with `body` (a JSON object).
+    pub(crate) fn call<'a>(
+        op: Operation,
+        model: &'a str,
+        body: Value,
+        base_url: &'a str,
+        stream: bool,
+        now_ms: u64,
+    ) -> Call<'a> {
+        Call { op, model, body: body.as_object().unwrap().clone(), base_url, stream, now_ms }
+    }
+
+    /// The JSON body of a built origin request.
+    pub(crate) fn sent(req: &Request<Vec<u8>>) -> Value {
+        serde_json::from_slice(req.body()).unwrap()
+    }
+
+    /// A translated answer's body, parsed, and its usage.
+    pub(crate) fn parsed(t: Translated) -> (Value, Option<Usage>) {
+        (serde_json::from_slice(&t.body).unwrap(), t.usage)
+    }
 }

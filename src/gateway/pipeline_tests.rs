@@ -295,3 +295,39 @@ fn breaker_skips_an_origin_that_keeps_failing() {
     block_on(gateway.handle(&host, chat_in("ha", "eu"), &ClientInfo::default()));
     assert_eq!(tried_down(), 4, "after the cool-down it is tried again");
 }
+
+#[test]
+fn hostile_input_gets_a_4xx_never_a_panic() {
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let bodies: Vec<String> = vec![
+        String::new(),
+        "null".into(),
+        "\u{0}\u{ffff}".into(),
+        deep,
+        r#"{"model": ["chat"]}"#.into(),
+        r#"{"model": "chat", "messages": "nope"}"#.into(),
+        r#"{"model": "chat", "messages": [{"role": 7, "content": {"x": 1}}], "max_tokens": -1e308}"#.into(),
+        r#"{"model": "chat", "stream": "yes", "n": 1e400}"#.into(),
+        r#"{"model": "embed", "input": [[[[1]]]], "temperature": "hot"}"#.into(),
+        r#"{"model": "chat", "system": [{"type": "image"}], "max_tokens": 1, "messages": [{"role": "user", "content": [{"type": "tool_result"}]}]}"#.into(),
+    ];
+    let paths = [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/messages",
+        "/endpoints/chat/invocations",
+        "/gateway/embed/invocations",
+        "/gateway/%ff%fe/invocations",
+    ];
+    let host = host();
+    for path in paths {
+        for body in &bodies {
+            let (status, json, _) = run(&host, post(path, body));
+            assert!(status.is_client_error() || status.is_success(), "{path} {body:.40}: {status} {json}");
+            if status.is_client_error() {
+                assert!(json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{path}: {json}");
+            }
+        }
+    }
+}

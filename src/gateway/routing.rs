@@ -47,7 +47,9 @@ pub fn match_route(method: &Method, path: &str) -> Result<ApiRoute> {
         ["api", "2.0", "endpoints"] => (ApiRoute::ListEndpoints, Method::GET),
         ["api", "2.0", "endpoints", name] => (ApiRoute::GetEndpoint(percent_decode(name, false)), Method::GET),
         ["api", "2.0", "gateway", "routes"] => (ApiRoute::ListLegacyRoutes, Method::GET),
-        ["api", "2.0", "gateway", "routes", name] => (ApiRoute::GetLegacyRoute(percent_decode(name, false)), Method::GET),
+        ["api", "2.0", "gateway", "routes", name] => {
+            (ApiRoute::GetLegacyRoute(percent_decode(name, false)), Method::GET)
+        }
         _ => return Err(GatewayError::not_found("route_not_found", format!("no route for {method} {path}"))),
     };
     if *method != allowed {

@@ -16,9 +16,9 @@ use serde_json::{json, Map, Value};
 
 use super::sse::{self, SseEvent};
 use super::{
-    bad_response, check_url, finish_request, join_url, json_body, openai_usage, origin_error, parse_json, post_json,
-    resolve_secret, string_config, Adapter, Call, Operation, Reply, StreamMode, StreamTranslate, StreamTranslator,
-    Translated, Usage,
+    assistant_message, bad_response, finish_request, join_url, json_body, openai_usage, parse_json, post_json,
+    resolve_secret, string_config, take_api_key, take_base_url, usage_json, Adapter, Call, Operation, Reply,
+    StreamMode, StreamTranslate, StreamTranslator, Translated, Usage,
 };
 use crate::gateway::config::{Issues, SecretRef};
 use crate::gateway::error::{GatewayError, Result};
@@ -47,14 +47,7 @@ impl Anthropic {
     pub fn from_config(path: &str, config: &Map<String, Value>, issues: &mut Issues) -> Option<Anthropic> {
         let before = issues.0.len();
         let mut values = string_config(path, "anthropic", config, CONFIG_KEYS, issues);
-        let api_key = values.remove("anthropic_api_key");
-        match api_key.as_deref() {
-            None if !config.contains_key("anthropic_api_key") => {
-                issues.push(format!("{path}.anthropic_api_key"), "is required (use a \"$SECRET_NAME\" reference)")
-            }
-            Some("") => issues.push(format!("{path}.anthropic_api_key"), "must not be empty"),
-            _ => {}
-        }
+        let api_key = take_api_key(path, "anthropic_api_key", config, &mut values, issues);
         let version = values.remove("anthropic_version");
         if version.as_deref().is_some_and(|v| v.trim().is_empty()) {
             issues.push(
@@ -62,10 +55,7 @@ impl Anthropic {
                 format!("must not be empty (leave it out for \"{DEFAULT_VERSION}\")"),
             );
         }
-        let api_base = values.remove("anthropic_api_base");
-        if let Some(base) = &api_base {
-            check_url(path, "anthropic_api_base", base, issues);
-        }
+        let api_base = take_base_url(path, "anthropic_api_base", &mut values, issues);
         if issues.0.len() != before {
             return None;
         }
@@ -101,11 +91,8 @@ impl Adapter for Anthropic {
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {
-        let Reply { op, status, body, model, now_ms } = reply;
-        if !status.is_success() {
-            return Err(origin_error(status, body));
-        }
-        let value = parse_json(body)?;
+        let Reply { op, model, now_ms, .. } = reply;
+        let value = reply.success_json()?;
         let blocks = value.get("content").and_then(Value::as_array).ok_or_else(|| bad_response("no content list"))?;
         let mut text: Option<String> = None;
         let mut tool_calls = Vec::new();
@@ -1301,15 +1288,6 @@ pub(super) fn data_url(url: &str) -> Option<(&str, &str)> {
     Some((media_type, data))
 }
 
-pub(super) fn usage_json(usage: Usage) -> Value {
-    json!({
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        // Not `Usage::total`: origin-reported counts may be absurd, and that one can overflow.
-        "total_tokens": usage.prompt_tokens.saturating_add(usage.completion_tokens),
-    })
-}
-
 /// One choice of an OpenAI answer.
 pub(super) struct OpenAiChoice {
     pub index: u64,
@@ -1338,10 +1316,7 @@ pub(super) fn openai_answer(
                     "finish_reason": c.finish_reason,
                 });
             }
-            let mut message = json!({"role": "assistant", "content": c.text});
-            if let (false, Some(m)) = (c.tool_calls.is_empty(), message.as_object_mut()) {
-                m.insert("tool_calls".into(), Value::Array(c.tool_calls));
-            }
+            let message = assistant_message(c.text, c.tool_calls);
             json!({"index": c.index, "message": message, "logprobs": null, "finish_reason": c.finish_reason})
         })
         .collect();
@@ -1436,36 +1411,28 @@ pub(super) fn write_error_chunk(out: &mut Vec<u8>, message: &str, code: &str) {
 pub(crate) mod tests {
     use super::*;
     use crate::gateway::providers::sse::SseParser;
+    use crate::gateway::providers::test_support::{self, TestSecrets};
     use crate::gateway::stream::StreamPump;
     use http::StatusCode;
 
     const NOW: u64 = 1_700_000_000_123;
-
-    struct TestSecrets;
-    impl Secrets for TestSecrets {
-        fn secret(&self, name: &str) -> Option<String> {
-            (name == "ANTHROPIC_API_KEY").then(|| "sk-ant-test".to_string())
-        }
-    }
+    const SECRETS: TestSecrets = TestSecrets(&[("ANTHROPIC_API_KEY", "sk-ant-test")]);
 
     fn object(value: Value) -> Map<String, Value> {
         value.as_object().cloned().unwrap()
     }
 
     fn adapter() -> Anthropic {
-        let mut issues = Issues::default();
-        let p = Anthropic::from_config("c", &object(json!({"anthropic_api_key": "$ANTHROPIC_API_KEY"})), &mut issues);
-        assert!(issues.0.is_empty(), "{:?}", issues.0);
-        p.unwrap()
+        test_support::adapter(Anthropic::from_config, json!({"anthropic_api_key": "$ANTHROPIC_API_KEY"}))
     }
 
     fn call(op: Operation, body: Value, stream: bool) -> Call<'static> {
-        Call { op, model: "claude-sonnet-4-5", body: object(body), base_url: DEFAULT_BASE, stream, now_ms: NOW }
+        test_support::call(op, "claude-sonnet-4-5", body, DEFAULT_BASE, stream, NOW)
     }
 
     fn request(op: Operation, body: Value, stream: bool) -> Result<(Request<Vec<u8>>, Value)> {
-        let req = adapter().build_request(call(op, body, stream), &TestSecrets)?;
-        let sent = serde_json::from_slice(req.body()).unwrap();
+        let req = adapter().build_request(call(op, body, stream), &SECRETS)?;
+        let sent = test_support::sent(&req);
         Ok((req, sent))
     }
 
@@ -1753,11 +1720,11 @@ pub(crate) mod tests {
     fn missing_secret_is_a_config_error() {
         let mut issues = Issues::default();
         let p = Anthropic::from_config("c", &object(json!({"anthropic_api_key": "$NOPE"})), &mut issues).unwrap();
-        let e = p.build_request(call(Operation::Chat, json!({"messages": []}), false), &TestSecrets);
+        let e = p.build_request(call(Operation::Chat, json!({"messages": []}), false), &SECRETS);
         // The request is invalid first; a valid one fails on the secret, naming only the reference.
         assert_eq!(e.unwrap_err().status, StatusCode::BAD_REQUEST);
         let body = json!({"messages": [{"role": "user", "content": "x"}]});
-        let e = p.build_request(call(Operation::Chat, body, false), &TestSecrets).unwrap_err();
+        let e = p.build_request(call(Operation::Chat, body, false), &SECRETS).unwrap_err();
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(e.message.contains("$NOPE"));
     }
@@ -2339,7 +2306,7 @@ pub(crate) mod tests {
             if let Value::Object(body) = body {
                 let call =
                     Call { op: Operation::Chat, model: "m", body, base_url: "http://o", stream: true, now_ms: 0 };
-                let _ = p.build_request(call, &TestSecrets);
+                let _ = p.build_request(call, &SECRETS);
             }
         }
         let answer = json!({

@@ -16,10 +16,10 @@ use http::{header, Request};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::mlflow::synthetic_id;
 use super::{
-    bad_response, check_url, finish_request, join_url, json_body, origin_error, parse_json, post_json, resolve_secret,
-    string_config, Adapter, Call, Operation, Reply, StreamMode, Translated, Usage,
+    assistant_message, bad_response, check_url, embedding_list, finish_request, join_url, json_body, post_json,
+    resolve_secret, string_config, synthetic_id, usage_json, Adapter, Call, Operation, Reply, StreamMode, Translated,
+    Usage,
 };
 use crate::gateway::config::{Issues, SecretRef};
 use crate::gateway::error::{GatewayError, Result};
@@ -558,11 +558,6 @@ fn converse_answer(value: &Value) -> Result<(Option<String>, Vec<Value>, &'stati
     Ok((text, tool_calls, finish_reason(value.get("stopReason").and_then(Value::as_str)), usage))
 }
 
-fn usage_json(usage: Usage) -> Value {
-    json!({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total()})
-}
-
 fn embeddings_answer(value: &Value) -> Result<(Vec<Value>, Usage)> {
     if let Some(embedding @ Value::Array(_)) = value.get("embedding") {
         let tokens = value.get("inputTextTokenCount").and_then(Value::as_u64).unwrap_or(0);
@@ -634,20 +629,14 @@ impl Adapter for Bedrock {
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {
-        let Reply { op, status, body, model, now_ms } = reply;
-        if !status.is_success() {
-            // Bedrock errors are `{"message": "..."}` with the exception name in a header.
-            return Err(origin_error(status, body));
-        }
-        let value = parse_json(body)?;
+        let Reply { op, body, model, now_ms, .. } = reply;
+        // Bedrock errors are `{"message": "..."}` with the exception name in a header.
+        let value = reply.success_json()?;
         let created = now_ms / 1000;
         let (translated, usage) = match op {
             Operation::Chat => {
                 let (text, tool_calls, finish, usage) = converse_answer(&value)?;
-                let mut message = json!({"role": "assistant", "content": text});
-                if let (false, Some(obj)) = (tool_calls.is_empty(), message.as_object_mut()) {
-                    obj.insert("tool_calls".into(), Value::Array(tool_calls));
-                }
+                let message = assistant_message(text, tool_calls);
                 let answer = json!({
                     "id": synthetic_id("chatcmpl", body, now_ms), "object": "chat.completion", "created": created,
                     "model": model, "choices": [{"index": 0, "message": message, "finish_reason": finish}],
@@ -668,16 +657,7 @@ impl Adapter for Bedrock {
             }
             Operation::Embeddings => {
                 let (vectors, usage) = embeddings_answer(&value)?;
-                let data: Vec<Value> = vectors
-                    .into_iter()
-                    .enumerate()
-                    .map(|(index, embedding)| json!({"object": "embedding", "embedding": embedding, "index": index}))
-                    .collect();
-                let answer = json!({
-                    "object": "list", "data": data, "model": model,
-                    "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total()},
-                });
-                (answer, usage)
+                (embedding_list(vectors, model, usage), usage)
             }
             Operation::Predict => return Err(bad_response("bedrock does not serve predictions")),
         };
@@ -693,19 +673,14 @@ impl Adapter for Bedrock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::providers::test_support::{self, call, config_issues, parsed, sent, TestSecrets};
     use http::StatusCode;
 
-    struct TestSecrets;
-    impl Secrets for TestSecrets {
-        fn secret(&self, name: &str) -> Option<String> {
-            match name {
-                "AWS_ACCESS_KEY_ID" => Some("AKIDEXAMPLE".into()),
-                "AWS_SECRET_ACCESS_KEY" => Some("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into()),
-                "AWS_SESSION_TOKEN" => Some("session-token".into()),
-                _ => None,
-            }
-        }
-    }
+    const SECRETS: TestSecrets = TestSecrets(&[
+        ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+        ("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+        ("AWS_SESSION_TOKEN", "session-token"),
+    ]);
 
     const MODEL: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 
@@ -715,32 +690,15 @@ mod tests {
         for (k, v) in extra.as_object().unwrap() {
             aws[k] = v.clone();
         }
-        let mut issues = Issues::default();
-        let p = Bedrock::from_config("c", json!({"aws_config": aws}).as_object().unwrap(), &mut issues);
-        assert!(issues.0.is_empty(), "{:?}", issues.0);
-        p.unwrap()
+        test_support::adapter(Bedrock::from_config, json!({"aws_config": aws}))
     }
 
     fn build(p: &Bedrock, op: Operation, model: &str, body: Value) -> Result<Request<Vec<u8>>> {
-        let call = Call {
-            op,
-            model,
-            body: body.as_object().unwrap().clone(),
-            base_url: p.default_base(),
-            stream: false,
-            now_ms: 1_440_938_160_000,
-        };
-        p.build_request(call, &TestSecrets)
-    }
-
-    fn sent(req: &Request<Vec<u8>>) -> Value {
-        serde_json::from_slice(req.body()).unwrap()
+        p.build_request(call(op, model, body, p.default_base(), false, 1_440_938_160_000), &SECRETS)
     }
 
     fn issues_of(config: Value) -> Vec<String> {
-        let mut issues = Issues::default();
-        assert!(Bedrock::from_config("e.config", config.as_object().unwrap(), &mut issues).is_none());
-        issues.0.iter().map(ToString::to_string).collect()
+        config_issues(Bedrock::from_config, config)
     }
 
     #[test]
@@ -939,7 +897,7 @@ mod tests {
     fn translate(op: Operation, status: StatusCode, body: &[u8]) -> Result<(Value, Option<Usage>)> {
         let p = adapter(json!({}));
         let reply = Reply { op, status, body, model: MODEL, now_ms: 1_700_000_000_999 };
-        p.translate_response(reply).map(|t| (serde_json::from_slice(&t.body).unwrap(), t.usage))
+        p.translate_response(reply).map(parsed)
     }
 
     #[test]

@@ -10,10 +10,10 @@
 use http::{header, Request};
 use serde_json::{json, Map, Value};
 
-use super::mlflow::synthetic_id;
 use super::{
-    bad_response, check_url, finish_request, join_url, json_body, origin_error, parse_json, post_json, resolve_secret,
-    string_config, Adapter, Call, Operation, Reply, StreamMode, Translated, Usage,
+    assistant_message, bad_response, embedding_list, finish_request, join_url, json_body, post_json, resolve_secret,
+    string_config, synthetic_id, take_base_url, usage_json, Adapter, Call, Operation, Reply, StreamMode, Translated,
+    Usage,
 };
 use crate::gateway::config::{Issues, SecretRef};
 use crate::gateway::error::{GatewayError, Result};
@@ -38,10 +38,7 @@ impl Cohere {
         if api_key.is_none() {
             issues.push(format!("{path}.cohere_api_key"), "is required (use a \"$SECRET_NAME\" reference)");
         }
-        let api_base = values.remove("cohere_api_base");
-        if let Some(base) = &api_base {
-            check_url(path, "cohere_api_base", base, issues);
-        }
+        let api_base = take_base_url(path, "cohere_api_base", &mut values, issues);
         if issues.0.len() != before {
             return None;
         }
@@ -330,11 +327,6 @@ fn chat_answer(value: &Value) -> Result<ChatAnswer> {
     })
 }
 
-fn usage_json(usage: Usage) -> Value {
-    json!({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total()})
-}
-
 impl Adapter for Cohere {
     fn default_base(&self) -> &str {
         &self.api_base
@@ -376,12 +368,9 @@ impl Adapter for Cohere {
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {
-        let Reply { op, status, body, model, now_ms } = reply;
-        if !status.is_success() {
-            // Cohere errors are `{"message": "..."}`.
-            return Err(origin_error(status, body));
-        }
-        let value = parse_json(body)?;
+        let Reply { op, body, model, now_ms, .. } = reply;
+        // Cohere errors are `{"message": "..."}`.
+        let value = reply.success_json()?;
         let created = now_ms / 1000;
         let id = |prefix: &str| match value.get("id").and_then(Value::as_str) {
             Some(id) => Value::String(id.to_string()),
@@ -390,10 +379,7 @@ impl Adapter for Cohere {
         let (translated, usage) = match op {
             Operation::Chat => {
                 let answer = chat_answer(&value)?;
-                let mut message = json!({"role": "assistant", "content": answer.text});
-                if let (false, Some(obj)) = (answer.tool_calls.is_empty(), message.as_object_mut()) {
-                    obj.insert("tool_calls".into(), Value::Array(answer.tool_calls));
-                }
+                let message = assistant_message(answer.text, answer.tool_calls);
                 let out = json!({
                     "id": id("chatcmpl"), "object": "chat.completion", "created": created, "model": model,
                     "choices": [{"index": 0, "message": message, "finish_reason": answer.finish}],
@@ -419,17 +405,8 @@ impl Adapter for Cohere {
                 else {
                     return Err(bad_response("expected {\"embeddings\": {\"float\": [[...], ...]}}"));
                 };
-                let data: Vec<Value> = vectors
-                    .iter()
-                    .enumerate()
-                    .map(|(index, e)| json!({"object": "embedding", "embedding": e, "index": index}))
-                    .collect();
                 let usage = Usage { prompt_tokens: usage_of(&value).prompt_tokens, completion_tokens: 0 };
-                let out = json!({
-                    "object": "list", "data": data, "model": model,
-                    "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total()},
-                });
-                (out, usage)
+                (embedding_list(vectors, model, usage), usage)
             }
             Operation::Predict => return Err(bad_response("cohere does not serve predictions")),
         };
@@ -445,51 +422,29 @@ impl Adapter for Cohere {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::providers::test_support::{self, call, config_issues, parsed, sent, TestSecrets};
     use http::StatusCode;
 
-    struct TestSecrets;
-    impl Secrets for TestSecrets {
-        fn secret(&self, name: &str) -> Option<String> {
-            (name == "COHERE_API_KEY").then(|| "co-test".to_string())
-        }
-    }
+    const SECRETS: TestSecrets = TestSecrets(&[("COHERE_API_KEY", "co-test")]);
 
     fn adapter() -> Cohere {
-        let mut issues = Issues::default();
-        let config = json!({"cohere_api_key": "$COHERE_API_KEY"});
-        let p = Cohere::from_config("c", config.as_object().unwrap(), &mut issues);
-        assert!(issues.0.is_empty(), "{:?}", issues.0);
-        p.unwrap()
+        test_support::adapter(Cohere::from_config, json!({"cohere_api_key": "$COHERE_API_KEY"}))
     }
 
     fn build(op: Operation, body: Value) -> Result<Request<Vec<u8>>> {
         let p = adapter();
-        let call = Call {
-            op,
-            model: "command-r-plus-08-2024",
-            body: body.as_object().unwrap().clone(),
-            base_url: p.default_base(),
-            stream: false,
-            now_ms: 0,
-        };
-        p.build_request(call, &TestSecrets)
-    }
-
-    fn sent(req: &Request<Vec<u8>>) -> Value {
-        serde_json::from_slice(req.body()).unwrap()
+        p.build_request(call(op, "command-r-plus-08-2024", body, p.default_base(), false, 0), &SECRETS)
     }
 
     fn translate(op: Operation, status: StatusCode, body: &[u8]) -> Result<(Value, Option<Usage>)> {
         let reply = Reply { op, status, body, model: "command-r-plus-08-2024", now_ms: 1_700_000_000_500 };
-        adapter().translate_response(reply).map(|t| (serde_json::from_slice(&t.body).unwrap(), t.usage))
+        adapter().translate_response(reply).map(parsed)
     }
 
     #[test]
     fn config_issues_name_their_path() {
-        let mut issues = Issues::default();
         let config = json!({"cohere_api_bse": "https://x", "cohere_api_base": "api.cohere.com"});
-        assert!(Cohere::from_config("e.config", config.as_object().unwrap(), &mut issues).is_none());
-        let text: Vec<String> = issues.0.iter().map(ToString::to_string).collect();
+        let text = config_issues(Cohere::from_config, config);
         let has = |prefix: &str| text.iter().any(|t| t.starts_with(prefix));
         assert!(has("e.config.cohere_api_bse: unknown cohere config key"), "{text:?}");
         assert!(text.iter().any(|t| t.contains("did you mean \"cohere_api_base\"")), "{text:?}");

@@ -12,8 +12,9 @@ use super::anthropic::{
 };
 use super::sse::{self, SseEvent};
 use super::{
-    bad_response, check_url, finish_request, join_url, json_body, origin_error, parse_json, post_json, resolve_secret,
-    string_config, Adapter, Call, Operation, Reply, StreamMode, StreamTranslate, StreamTranslator, Translated, Usage,
+    bad_response, embedding_list, finish_request, join_url, json_body, post_json, resolve_secret, string_config,
+    take_api_key, take_base_url, Adapter, Call, Operation, Reply, StreamMode, StreamTranslate, StreamTranslator,
+    Translated, Usage,
 };
 use crate::gateway::config::{Issues, SecretRef};
 use crate::gateway::error::Result;
@@ -57,18 +58,8 @@ impl Gemini {
     pub fn from_config(path: &str, config: &Map<String, Value>, issues: &mut Issues) -> Option<Gemini> {
         let before = issues.0.len();
         let mut values = string_config(path, "gemini", config, CONFIG_KEYS, issues);
-        let api_key = values.remove("gemini_api_key");
-        match api_key.as_deref() {
-            None if !config.contains_key("gemini_api_key") => {
-                issues.push(format!("{path}.gemini_api_key"), "is required (use a \"$SECRET_NAME\" reference)")
-            }
-            Some("") => issues.push(format!("{path}.gemini_api_key"), "must not be empty"),
-            _ => {}
-        }
-        let api_base = values.remove("gemini_api_base");
-        if let Some(base) = &api_base {
-            check_url(path, "gemini_api_base", base, issues);
-        }
+        let api_key = take_api_key(path, "gemini_api_key", config, &mut values, issues);
+        let api_base = take_base_url(path, "gemini_api_base", &mut values, issues);
         if issues.0.len() != before {
             return None;
         }
@@ -112,11 +103,8 @@ impl Adapter for Gemini {
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {
-        let Reply { op, status, body, model, now_ms } = reply;
-        if !status.is_success() {
-            return Err(origin_error(status, body));
-        }
-        let value = parse_json(body)?;
+        let Reply { op, model, now_ms, .. } = reply;
+        let value = reply.success_json()?;
         if !value.is_object() {
             return Err(bad_response("not a JSON object"));
         }
@@ -550,24 +538,17 @@ fn embeddings_to_gemini(mut body: Map<String, Value>, model: &str) -> Result<Map
 fn embeddings_answer(value: &Value, model: &str) -> Result<(Value, Option<Usage>)> {
     let embeddings =
         value.get("embeddings").and_then(Value::as_array).ok_or_else(|| bad_response("no embeddings list"))?;
-    let data = embeddings
+    let vectors = embeddings
         .iter()
-        .enumerate()
-        .map(|(index, e)| {
-            let values =
-                e.get("values").filter(|v| v.is_array()).ok_or_else(|| bad_response("an embedding without values"))?;
-            Ok(json!({"object": "embedding", "embedding": values, "index": index}))
-        })
+        .map(|e| e.get("values").filter(|v| v.is_array()).ok_or_else(|| bad_response("an embedding without values")))
         .collect::<Result<Vec<_>>>()?;
     // batchEmbedContents reports no usage today; use it if a future version does.
-    let prompt = value.get("usageMetadata").and_then(|u| u.get("promptTokenCount")).and_then(Value::as_u64);
-    let answer = json!({
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": prompt.unwrap_or(0), "total_tokens": prompt.unwrap_or(0)},
-    });
-    Ok((answer, prompt.map(|p| Usage { prompt_tokens: p, completion_tokens: 0 })))
+    let usage = value
+        .get("usageMetadata")
+        .and_then(|u| u.get("promptTokenCount"))
+        .and_then(Value::as_u64)
+        .map(|p| Usage { prompt_tokens: p, completion_tokens: 0 });
+    Ok((embedding_list(vectors, model, usage.unwrap_or_default()), usage))
 }
 
 fn finish_reason(reason: &str) -> &'static str {
@@ -788,34 +769,22 @@ impl StreamTranslate for StreamToOpenAi {
 mod tests {
     use super::*;
     use crate::gateway::providers::sse::SseParser;
+    use crate::gateway::providers::test_support::{self, config_issues, TestSecrets};
     use crate::gateway::stream::StreamPump;
     use http::StatusCode;
 
     const NOW: u64 = 1_700_000_000_123;
     const BASE: &str = "https://generativelanguage.googleapis.com/v1beta";
-
-    struct TestSecrets;
-    impl Secrets for TestSecrets {
-        fn secret(&self, name: &str) -> Option<String> {
-            (name == "GEMINI_API_KEY").then(|| "AIza-test".to_string())
-        }
-    }
-
-    fn object(value: Value) -> Map<String, Value> {
-        value.as_object().cloned().unwrap()
-    }
+    const SECRETS: TestSecrets = TestSecrets(&[("GEMINI_API_KEY", "AIza-test")]);
 
     fn adapter() -> Gemini {
-        let mut issues = Issues::default();
-        let p = Gemini::from_config("c", &object(json!({"gemini_api_key": "$GEMINI_API_KEY"})), &mut issues);
-        assert!(issues.0.is_empty(), "{:?}", issues.0);
-        p.unwrap()
+        test_support::adapter(Gemini::from_config, json!({"gemini_api_key": "$GEMINI_API_KEY"}))
     }
 
     fn request(op: Operation, body: Value, stream: bool) -> Result<(Request<Vec<u8>>, Value)> {
-        let call = Call { op, model: "gemini-2.5-flash", body: object(body), base_url: BASE, stream, now_ms: NOW };
-        let req = adapter().build_request(call, &TestSecrets)?;
-        let sent = serde_json::from_slice(req.body()).unwrap();
+        let call = test_support::call(op, "gemini-2.5-flash", body, BASE, stream, NOW);
+        let req = adapter().build_request(call, &SECRETS)?;
+        let sent = test_support::sent(&req);
         Ok((req, sent))
     }
 
@@ -828,8 +797,7 @@ mod tests {
     }
 
     fn translated(op: Operation, body: Value) -> (Value, Option<Usage>) {
-        let t = reply(op, StatusCode::OK, &serde_json::to_vec(&body).unwrap()).unwrap();
-        (serde_json::from_slice(&t.body).unwrap(), t.usage)
+        test_support::parsed(reply(op, StatusCode::OK, &serde_json::to_vec(&body).unwrap()).unwrap())
     }
 
     // --- config and requests ------------------------------------------------------------------
@@ -839,10 +807,7 @@ mod tests {
         let p = adapter();
         assert_eq!(p.default_base(), BASE);
         assert_eq!(p.api_key, SecretRef::Env("GEMINI_API_KEY".into()));
-        let mut issues = Issues::default();
-        let config = json!({"gemini_api_bse": "https://x", "gemini_api_key": ["k"]});
-        assert!(Gemini::from_config("e.config", &object(config), &mut issues).is_none());
-        let text: Vec<String> = issues.0.iter().map(ToString::to_string).collect();
+        let text = config_issues(Gemini::from_config, json!({"gemini_api_bse": "https://x", "gemini_api_key": ["k"]}));
         assert_eq!(text.len(), 2, "{text:?}");
         assert!(
             text.iter().any(|t| t.starts_with("e.config.gemini_api_bse: unknown gemini config key")
@@ -850,9 +815,8 @@ mod tests {
             "{text:?}"
         );
         assert!(text.contains(&"e.config.gemini_api_key: must be a string".to_string()), "{text:?}");
-        let mut issues = Issues::default();
-        assert!(Gemini::from_config("e.config", &Map::new(), &mut issues).is_none());
-        assert_eq!(issues.0[0].to_string(), "e.config.gemini_api_key: is required (use a \"$SECRET_NAME\" reference)");
+        let text = config_issues(Gemini::from_config, json!({}));
+        assert_eq!(text[0], "e.config.gemini_api_key: is required (use a \"$SECRET_NAME\" reference)");
     }
 
     #[test]
@@ -1403,7 +1367,7 @@ mod tests {
                 for op in [Operation::Chat, Operation::Completions, Operation::Embeddings] {
                     let call =
                         Call { op, model: "m", body: body.clone(), base_url: "http://o", stream: true, now_ms: 0 };
-                    let _ = p.build_request(call, &TestSecrets);
+                    let _ = p.build_request(call, &SECRETS);
                 }
             }
         }

@@ -9,10 +9,9 @@
 use http::Request;
 use serde_json::{json, Map, Value};
 
-use super::mlflow::synthetic_id;
 use super::{
-    bad_response, check_url, finish_request, join_url, json_body, openai_usage, origin_error, parse_json, post_json,
-    string_config, Adapter, Call, Operation, Reply, StreamMode, Translated, Usage,
+    bad_response, finish_request, join_url, json_body, openai_usage, post_json, string_config, synthetic_id,
+    take_server_url, usage_json, Adapter, Call, Operation, Reply, StreamMode, Translated, Usage,
 };
 use crate::gateway::config::Issues;
 use crate::gateway::error::{GatewayError, Result};
@@ -44,14 +43,8 @@ impl Tgi {
     pub fn from_config(path: &str, config: &Map<String, Value>, issues: &mut Issues) -> Option<Tgi> {
         let before = issues.0.len();
         let mut values = string_config(path, "huggingface-text-generation-inference", config, CONFIG_KEYS, issues);
-        let url = values.remove("hf_server_url");
-        match &url {
-            None => issues.push(
-                format!("{path}.hf_server_url"),
-                "is required (the TGI server's base URL, e.g. \"http://127.0.0.1:8080\")",
-            ),
-            Some(url) => check_url(path, "hf_server_url", url, issues),
-        }
+        let hint = "the TGI server's base URL, e.g. \"http://127.0.0.1:8080\"";
+        let url = take_server_url(path, "hf_server_url", hint, &mut values, issues);
         if issues.0.len() != before {
             return None;
         }
@@ -151,8 +144,7 @@ fn completion(value: &Value, body: &[u8], model: &str, now_ms: u64) -> Result<(V
         "id": synthetic_id("cmpl", body, now_ms), "object": "text_completion", "created": now_ms / 1000,
         "model": model,
         "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": null}],
-        "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total()},
+        "usage": usage_json(usage),
     });
     Ok((out, usage))
 }
@@ -188,12 +180,9 @@ impl Adapter for Tgi {
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {
-        let Reply { op, status, body, model, now_ms } = reply;
-        if !status.is_success() {
-            // TGI errors are `{"error": "...", "error_type": "..."}`.
-            return Err(origin_error(status, body));
-        }
-        let value = parse_json(body)?;
+        let Reply { op, body, model, now_ms, .. } = reply;
+        // TGI errors are `{"error": "...", "error_type": "..."}`.
+        let value = reply.success_json()?;
         match op {
             Operation::Completions => {
                 let (out, usage) = completion(&value, body, model, now_ms)?;
@@ -222,59 +211,32 @@ impl Adapter for Tgi {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::providers::test_support::{self, call, config_issues, parsed, sent, NO_SECRETS};
     use http::StatusCode;
 
-    struct NoSecrets;
-    impl Secrets for NoSecrets {
-        fn secret(&self, _name: &str) -> Option<String> {
-            None
-        }
-    }
-
     fn adapter() -> Tgi {
-        let mut issues = Issues::default();
-        let p = Tgi::from_config("c", json!({"hf_server_url": "http://tgi:8080"}).as_object().unwrap(), &mut issues);
-        assert!(issues.0.is_empty(), "{:?}", issues.0);
-        p.unwrap()
+        test_support::adapter(Tgi::from_config, json!({"hf_server_url": "http://tgi:8080"}))
     }
 
     fn build(op: Operation, body: Value, stream: bool) -> Result<Request<Vec<u8>>> {
         let p = adapter();
-        let call = Call {
-            op,
-            model: "",
-            body: body.as_object().unwrap().clone(),
-            base_url: p.default_base(),
-            stream,
-            now_ms: 0,
-        };
-        p.build_request(call, &NoSecrets)
-    }
-
-    fn sent(req: &Request<Vec<u8>>) -> Value {
-        serde_json::from_slice(req.body()).unwrap()
+        p.build_request(call(op, "", body, p.default_base(), stream, 0), &NO_SECRETS)
     }
 
     fn translate(op: Operation, status: StatusCode, body: &[u8]) -> Result<(Value, Option<Usage>)> {
         let reply = Reply { op, status, body, model: "tgi-model", now_ms: 1_700_000_000_000 };
-        adapter().translate_response(reply).map(|t| (serde_json::from_slice(&t.body).unwrap(), t.usage))
+        adapter().translate_response(reply).map(parsed)
     }
 
     #[test]
     fn config_issues_name_their_path() {
-        let mut issues = Issues::default();
-        let config = json!({"hf_server_uri": "http://x"});
-        assert!(Tgi::from_config("e.config", config.as_object().unwrap(), &mut issues).is_none());
-        let text: Vec<String> = issues.0.iter().map(ToString::to_string).collect();
+        let text = config_issues(Tgi::from_config, json!({"hf_server_uri": "http://x"}));
         assert!(text
             .iter()
             .any(|t| t.starts_with("e.config.hf_server_uri: unknown") && t.contains("did you mean \"hf_server_url\"")));
         assert!(text.iter().any(|t| t.starts_with("e.config.hf_server_url: is required")), "{text:?}");
-        let mut issues = Issues::default();
-        assert!(
-            Tgi::from_config("e.config", json!({"hf_server_url": "tgi"}).as_object().unwrap(), &mut issues).is_none()
-        );
-        assert!(issues.0[0].to_string().starts_with("e.config.hf_server_url: \"tgi\" must start with http"));
+        let text = config_issues(Tgi::from_config, json!({"hf_server_url": "tgi"}));
+        assert!(text[0].starts_with("e.config.hf_server_url: \"tgi\" must start with http"));
     }
 
     #[test]

@@ -12,8 +12,8 @@ use http::Request;
 use serde_json::{json, Map, Value};
 
 use super::{
-    bad_response, embedding_data, finish_request, join_url, json_body, origin_error, parse_json, post_json,
-    string_config, synthetic_id, take_server_url, Adapter, Call, Operation, Reply, StreamMode, Translated,
+    bad_response, embedding_data, finish_request, join_url, json_body, post_json, string_config, synthetic_id,
+    take_server_url, Adapter, Call, Operation, Reply, StreamMode, Translated,
 };
 use crate::gateway::config::{did_you_mean, Issues};
 use crate::gateway::error::{GatewayError, Result};
@@ -224,12 +224,9 @@ impl Adapter for ModelServing {
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {
-        let Reply { op, status, body, model, now_ms } = reply;
-        if !status.is_success() {
-            // MLflow's `{"error_code", "message"}`: 4xx keep their status, 5xx become 502.
-            return Err(origin_error(status, body));
-        }
-        let value = parse_json(body)?;
+        let Reply { op, body, model, now_ms, .. } = reply;
+        // MLflow's `{"error_code", "message"}`: 4xx keep their status, 5xx become 502.
+        let value = reply.success_json()?;
         let created = now_ms / 1000;
         // MLflow reports no token counts: its usage fields are null.
         let translated = match op {

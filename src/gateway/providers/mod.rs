@@ -71,6 +71,17 @@ pub struct Reply<'a> {
     pub now_ms: u64,
 }
 
+impl Reply<'_> {
+    /// The body of a 2xx answer as JSON: a non-2xx answer is an `origin_error`, a body that is
+    /// not JSON a `bad_response`.
+    pub fn success_json(&self) -> Result<Value> {
+        if !self.status.is_success() {
+            return Err(origin_error(self.status, self.body));
+        }
+        parse_json(self.body)
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: u64,
@@ -432,6 +443,14 @@ pub fn embedding_data<T: serde::Serialize>(vectors: impl IntoIterator<Item = T>)
         .enumerate()
         .map(|(index, embedding)| json!({"object": "embedding", "embedding": embedding, "index": index}))
         .collect()
+}
+
+/// An OpenAI embeddings answer (`"object": "list"`), one item per vector.
+pub fn embedding_list<T: serde::Serialize>(vectors: impl IntoIterator<Item = T>, model: &str, usage: Usage) -> Value {
+    json!({
+        "object": "list", "data": embedding_data(vectors), "model": model,
+        "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total()},
+    })
 }
 
 /// A response id for answers that carry none: unique enough per answer, and deterministic.

@@ -7,8 +7,8 @@ use serde_json::{Map, Value};
 
 use super::sse::{self, SseEvent};
 use super::{
-    check_url, finish_request, join_url, json_body, openai_usage, origin_error, parse_json, post_json, resolve_secret,
-    string_config, Adapter, Call, Operation, Reply, StreamMode, StreamTranslate, Translated, Usage,
+    check_url, finish_request, join_url, json_body, openai_usage, parse_json, post_json, resolve_secret, string_config,
+    Adapter, Call, Operation, Reply, StreamMode, StreamTranslate, Translated, Usage,
 };
 use crate::gateway::config::{Issues, SecretRef};
 use crate::gateway::error::{GatewayError, Result};
@@ -147,16 +147,12 @@ impl Adapter for OpenAi {
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {
-        let Reply { status, body, .. } = reply;
-        if !status.is_success() {
-            return Err(origin_error(status, body));
-        }
         // Already OpenAI-shaped: pass the bytes on; parse only to check them and read usage.
-        let value = parse_json(body)?;
+        let value = reply.success_json()?;
         if !value.is_object() {
             return Err(super::bad_response("not a JSON object"));
         }
-        Ok(Translated { body: body.to_vec(), usage: openai_usage(&value) })
+        Ok(Translated { body: reply.body.to_vec(), usage: openai_usage(&value) })
     }
 
     fn stream_mode(&self, _op: Operation, _model: &str, _now_ms: u64) -> StreamMode {
@@ -288,32 +284,25 @@ pub fn completion_to_sse(op: Operation, body: &[u8]) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::providers::test_support::{self, config_issues, TestSecrets};
     use http::StatusCode;
     use serde_json::json;
 
-    struct TestSecrets;
-    impl Secrets for TestSecrets {
-        fn secret(&self, name: &str) -> Option<String> {
-            (name == "OPENAI_API_KEY").then(|| "sk-test".to_string())
-        }
-    }
+    const SECRETS: TestSecrets = TestSecrets(&[("OPENAI_API_KEY", "sk-test")]);
 
     fn adapter(config: Value) -> OpenAi {
-        let mut issues = Issues::default();
-        let p = OpenAi::from_config("c", config.as_object().unwrap(), &mut issues);
-        assert!(issues.0.is_empty(), "{:?}", issues.0);
-        p.unwrap()
+        test_support::adapter(OpenAi::from_config, config)
     }
 
     fn call(op: Operation, base: &str, body: Value, stream: bool) -> Call<'_> {
-        Call { op, model: "gpt-4o-mini", body: body.as_object().unwrap().clone(), base_url: base, stream, now_ms: 0 }
+        test_support::call(op, "gpt-4o-mini", body, base, stream, 0)
     }
 
     #[test]
     fn builds_openai_request_with_provider_model() {
         let p = adapter(json!({"openai_api_key": "$OPENAI_API_KEY"}));
         let body = json!({"messages": [{"role": "user", "content": "hi"}]});
-        let req = p.build_request(call(Operation::Chat, "http://127.0.0.1:9/v1/", body, false), &TestSecrets).unwrap();
+        let req = p.build_request(call(Operation::Chat, "http://127.0.0.1:9/v1/", body, false), &SECRETS).unwrap();
         assert_eq!(req.uri(), "http://127.0.0.1:9/v1/chat/completions");
         assert_eq!(req.headers()["authorization"], "Bearer sk-test");
         let sent: Value = serde_json::from_slice(req.body()).unwrap();
@@ -325,7 +314,7 @@ mod tests {
     fn streaming_requests_ask_for_usage() {
         let p = adapter(json!({"openai_api_key": "$OPENAI_API_KEY"}));
         let req =
-            p.build_request(call(Operation::Chat, "http://o/v1", json!({"stream": true}), true), &TestSecrets).unwrap();
+            p.build_request(call(Operation::Chat, "http://o/v1", json!({"stream": true}), true), &SECRETS).unwrap();
         let sent: Value = serde_json::from_slice(req.body()).unwrap();
         assert_eq!(sent["stream_options"], json!({"include_usage": true}));
     }
@@ -335,8 +324,7 @@ mod tests {
         let p = adapter(json!({"openai_api_key": "$OPENAI_API_KEY", "openai_api_type": "azure",
             "openai_api_base": "https://x.openai.azure.com", "openai_deployment_name": "dep",
             "openai_api_version": "2024-06-01"}));
-        let req =
-            p.build_request(call(Operation::Embeddings, p.default_base(), json!({}), false), &TestSecrets).unwrap();
+        let req = p.build_request(call(Operation::Embeddings, p.default_base(), json!({}), false), &SECRETS).unwrap();
         assert_eq!(req.uri(), "https://x.openai.azure.com/openai/deployments/dep/embeddings?api-version=2024-06-01");
         assert_eq!(req.headers()["api-key"], "sk-test");
         assert!(!serde_json::from_slice::<Value>(req.body()).unwrap().as_object().unwrap().contains_key("model"));
@@ -345,17 +333,15 @@ mod tests {
     #[test]
     fn missing_secret_names_the_reference_only() {
         let p = adapter(json!({"openai_api_key": "$NOT_SET"}));
-        let err = p.build_request(call(Operation::Chat, "http://o", json!({}), false), &TestSecrets).unwrap_err();
+        let err = p.build_request(call(Operation::Chat, "http://o", json!({}), false), &SECRETS).unwrap_err();
         assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(err.message.contains("$NOT_SET"));
     }
 
     #[test]
     fn config_issues_name_their_path() {
-        let mut issues = Issues::default();
         let config = json!({"openai_api_key": "k", "openai_api_type": "azure", "openai_api_bse": "x"});
-        assert!(OpenAi::from_config("e.config", config.as_object().unwrap(), &mut issues).is_none());
-        let text: Vec<String> = issues.0.iter().map(ToString::to_string).collect();
+        let text = config_issues(OpenAi::from_config, config);
         assert!(
             text.iter().any(|t| t.starts_with("e.config.openai_api_bse: unknown openai config key")
                 && t.contains("did you mean \"openai_api_base\"")),

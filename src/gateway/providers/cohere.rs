@@ -12,8 +12,8 @@ use serde_json::{json, Map, Value};
 
 use super::{
     assistant_message, bad_response, embedding_list, finish_request, join_url, json_body, post_json, resolve_secret,
-    string_config, synthetic_id, take_base_url, usage_json, Adapter, Call, Operation, Reply, StreamMode, Translated,
-    Usage,
+    string_config, synthetic_id, take_api_key, take_base_url, usage_json, Adapter, Call, Operation, Reply, StreamMode,
+    Translated, Usage,
 };
 use crate::gateway::config::{Issues, SecretRef};
 use crate::gateway::error::{GatewayError, Result};
@@ -34,10 +34,7 @@ impl Cohere {
     pub fn from_config(path: &str, config: &Map<String, Value>, issues: &mut Issues) -> Option<Cohere> {
         let before = issues.0.len();
         let mut values = string_config(path, "cohere", config, CONFIG_KEYS, issues);
-        let api_key = values.remove("cohere_api_key");
-        if api_key.is_none() {
-            issues.push(format!("{path}.cohere_api_key"), "is required (use a \"$SECRET_NAME\" reference)");
-        }
+        let api_key = take_api_key(path, "cohere_api_key", config, &mut values, issues);
         let api_base = take_base_url(path, "cohere_api_base", &mut values, issues);
         if issues.0.len() != before {
             return None;

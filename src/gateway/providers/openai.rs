@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use super::sse::{self, SseEvent};
 use super::{
     check_url, finish_request, join_url, json_body, openai_usage, parse_json, post_json, resolve_secret, string_config,
-    Adapter, Call, Operation, Reply, StreamMode, StreamTranslate, Translated, Usage,
+    take_api_key, Adapter, Call, Operation, Reply, StreamMode, StreamTranslate, Translated, Usage,
 };
 use crate::gateway::config::{Issues, SecretRef};
 use crate::gateway::error::{GatewayError, Result};
@@ -56,13 +56,10 @@ impl OpenAi {
                 ApiType::OpenAi
             }
         };
-        let api_key = values.remove("openai_api_key");
+        let api_key = take_api_key(path, "openai_api_key", config, &mut values, issues);
         let api_base = values.remove("openai_api_base");
         let api_version = values.remove("openai_api_version");
         let deployment = values.remove("openai_deployment_name");
-        if api_key.is_none() {
-            issues.push(format!("{path}.openai_api_key"), "is required (use a \"$SECRET_NAME\" reference)");
-        }
         if api_type != ApiType::OpenAi {
             for (key, value) in [
                 ("openai_api_base", &api_base),

@@ -222,7 +222,14 @@ struct Shard {
     version: u64,
     written: u64,
     flushing: bool,
+    /// When this isolate last stored the shard (0: never).
+    written_at_ms: u64,
 }
+
+/// Shortest gap between two writes of one shard from one isolate. Under load a burst of
+/// requests then shares one KV write instead of one each; the writer waits the gap out inside
+/// its own after-response work (`waitUntil`), so no increment is lost.
+const MIN_WRITE_GAP_MS: u64 = 250;
 
 /// Per-isolate usage state: this isolate's shard totals. Kept in `Gateway` as `Rc<UsageBook>`.
 #[derive(Default)]
@@ -269,6 +276,7 @@ impl UsageBook {
                 version: 0,
                 written: 0,
                 flushing: false,
+                written_at_ms: 0,
             });
             entry.total.add(&delta);
             entry.version += 1;
@@ -278,7 +286,7 @@ impl UsageBook {
 
     /// Writes the named shards whose totals changed. One write per shard at a time; a caller
     /// that finds a write in flight leaves its increments to that writer's next round.
-    pub async fn flush(&self, kv: &impl Kv, names: &[String]) -> Result<()> {
+    pub async fn flush(&self, kv: &(impl Kv + Clock), names: &[String]) -> Result<()> {
         let mut result = Ok(());
         for name in names {
             if let Err(e) = self.flush_one(kv, name).await {
@@ -289,7 +297,7 @@ impl UsageBook {
         result
     }
 
-    async fn flush_one(&self, kv: &impl Kv, name: &str) -> Result<()> {
+    async fn flush_one(&self, kv: &(impl Kv + Clock), name: &str) -> Result<()> {
         {
             let mut shards = self.shards.borrow_mut();
             let Some(shard) = shards.get_mut(name) else { return Ok(()) };
@@ -299,6 +307,11 @@ impl UsageBook {
             shard.flushing = true;
         }
         loop {
+            let last = self.shards.borrow().get(name).map_or(0, |s| s.written_at_ms);
+            let wait = (last + MIN_WRITE_GAP_MS).saturating_sub(kv.now_ms());
+            if last != 0 && wait > 0 {
+                kv.sleep(wait).await; // increments arriving meanwhile join this write
+            }
             let snapshot = {
                 let shards = self.shards.borrow();
                 match shards.get(name) {
@@ -312,7 +325,10 @@ impl UsageBook {
             let mut shards = self.shards.borrow_mut();
             let Some(shard) = shards.get_mut(name) else { break };
             match written {
-                Ok(()) => shard.written = version,
+                Ok(()) => {
+                    shard.written = version;
+                    shard.written_at_ms = kv.now_ms().max(1);
+                }
                 Err(e) => {
                     shard.flushing = false;
                     return Err(e);
@@ -750,6 +766,17 @@ mod tests {
                 self.0.list(prefix).await
             }
         }
+        impl Clock for SlowKv<'_> {
+            fn now_ms(&self) -> u64 {
+                self.0.now_ms()
+            }
+            fn random_bytes(&self, buf: &mut [u8]) {
+                self.0.random_bytes(buf)
+            }
+            async fn sleep(&self, ms: u64) {
+                self.0.sleep(ms).await
+            }
+        }
 
         let host = host();
         let kv = SlowKv(&host, Cell::new(0));
@@ -766,6 +793,24 @@ mod tests {
         let total = block_on(query(&host, Subject::Key("k_1"), day, day)).unwrap()["total"].clone();
         assert_eq!(total["prompt_tokens"], 11);
         assert_eq!(total["requests"], 2);
+    }
+
+    #[test]
+    fn a_burst_shares_one_write_per_gap() {
+        let host = host();
+        let book = UsageBook::new();
+        let now = host.now_ms();
+        let names = book.record(&host, &event("k_1", 1, 1, now));
+        block_on(book.flush(&host, &names)).unwrap();
+        let written_at = host.now_ms();
+        for _ in 0..5 {
+            book.record(&host, &event("k_1", 1, 1, now));
+        }
+        block_on(book.flush(&host, &names)).unwrap();
+        assert!(host.now_ms() >= written_at + MIN_WRITE_GAP_MS, "the second write waited out the gap");
+        let day = days_of(now);
+        let total = block_on(query(&host, Subject::Key("k_1"), day, day)).unwrap()["total"].clone();
+        assert_eq!(total["requests"], 6, "nothing lost");
     }
 
     #[test]

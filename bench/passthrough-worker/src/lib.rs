@@ -1,7 +1,8 @@
 //! Pass-through worker: request in, same method/path/body to ORIGIN_URL, origin's response
-//! out. Crosses the JS/wasm boundary the same way the gateway's adapter does (body read
-//! chunk by chunk into wasm, outbound `fetch` built from Rust), so the gateway's extra cost
-//! over this worker is the pipeline itself.
+//! out. Crosses the JS/wasm boundary the way the gateway's adapter does (body read chunk by
+//! chunk into wasm, outbound `fetch` built from Rust), so the gateway's extra cost over this
+//! worker is what the gateway adds: the pipeline, reading and re-sending the origin's
+//! answer, KV, accounting and logging.
 
 use futures_util::StreamExt;
 use worker::{event, js_sys, Context, Env, Fetch, Headers, HttpRequest, Request, RequestInit, Response};

@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use http::{header, Response, StatusCode};
+use http::{header, Request, Response, StatusCode};
 use serde_json::{Map, Value};
 
 use crate::gateway::config::{Config, Endpoint, Origin};
@@ -77,7 +77,7 @@ pub async fn forward<P: Ports>(
     breaker: &Breaker,
     origins: &[&Origin],
     attempt: Attempt<'_>,
-    body: Map<String, Value>,
+    mut body: Map<String, Value>,
     log: &mut LogRecord,
 ) -> Result<Forwarded<P::Body>> {
     let settings = &config.settings;
@@ -91,6 +91,7 @@ pub async fn forward<P: Ports>(
 
     let mut last_error = None;
     let mut waited_for_retry_after = false;
+    let mut retry: Option<Request<Vec<u8>>> = None;
     let mut i = 0;
     while i < order.len() {
         let origin = order[i];
@@ -104,15 +105,25 @@ pub async fn forward<P: Ports>(
             break;
         }
         let is_last = i + 1 == order.len();
-        let call = Call {
-            op: attempt.op,
-            model: &endpoint.model,
-            body: body.clone(),
-            base_url: &origin.url,
-            stream: attempt.stream,
-            now_ms: now,
+        let request = match retry.take() {
+            Some(request) => request,
+            None => {
+                // Only a later origin needs the body again: the last one takes it.
+                let body = if is_last { std::mem::take(&mut body) } else { body.clone() };
+                let call = Call {
+                    op: attempt.op,
+                    model: &endpoint.model,
+                    body,
+                    base_url: &origin.url,
+                    stream: attempt.stream,
+                    now_ms: now,
+                };
+                endpoint.provider.build_request(call, ports)?
+            }
         };
-        let request = endpoint.provider.build_request(call, ports)?;
+        // The last origin may ask us to come back after `Retry-After`: keep the built request
+        // (bytes, cheap to copy) rather than the parsed body.
+        let retry_copy = (is_last && !waited_for_retry_after).then(|| copy_request(&request));
         let label = origin_label(request.uri(), origin.region.as_deref());
         let timeout = settings.origin_timeout_ms.min(remaining);
         let error = match ports.send(request, timeout).await {
@@ -129,6 +140,7 @@ pub async fn forward<P: Ports>(
                 let wait_ms = retry_after_ms(response.headers()).filter(|ms| *ms <= MAX_RETRY_AFTER_MS);
                 if let Some(ms) = wait_ms.filter(|ms| is_last && !waited_for_retry_after && ms + 1 < remaining) {
                     waited_for_retry_after = true;
+                    retry = retry_copy;
                     ports.sleep(ms).await;
                     continue;
                 }
@@ -168,6 +180,14 @@ pub async fn forward<P: Ports>(
         }
         None => error,
     })
+}
+
+fn copy_request(request: &Request<Vec<u8>>) -> Request<Vec<u8>> {
+    let mut copy = Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.headers_mut() = request.headers().clone();
+    copy
 }
 
 fn retry_after_ms(headers: &http::HeaderMap) -> Option<u64> {

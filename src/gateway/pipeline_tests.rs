@@ -274,6 +274,8 @@ fn honours_retry_after_on_the_last_origin_when_it_fits_the_deadline() {
     assert_eq!((status, body["id"].as_str()), (StatusCode::OK, Some("ok")));
     assert_eq!(calls.get(), 2);
     assert!(host.now_ms.get() - before >= 2000, "waited out Retry-After");
+    let sent = host.sent.borrow();
+    assert!(!sent[1].body().is_empty() && sent[0].body() == sent[1].body(), "the retry resends the same request");
     assert_eq!(exchange.deferred.log.attempts.len(), 2);
 }
 

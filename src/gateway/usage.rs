@@ -307,7 +307,11 @@ impl UsageBook {
             shard.flushing = true;
         }
         loop {
-            let last = self.shards.borrow().get(name).map_or(0, |s| s.written_at_ms);
+            let (last, dirty) =
+                self.shards.borrow().get(name).map_or((0, false), |s| (s.written_at_ms, s.version != s.written));
+            if !dirty {
+                break;
+            }
             let wait = (last + MIN_WRITE_GAP_MS).saturating_sub(kv.now_ms());
             if last != 0 && wait > 0 {
                 kv.sleep(wait).await; // increments arriving meanwhile join this write
@@ -811,6 +815,9 @@ mod tests {
         let day = days_of(now);
         let total = block_on(query(&host, Subject::Key("k_1"), day, day)).unwrap()["total"].clone();
         assert_eq!(total["requests"], 6, "nothing lost");
+        let after = host.now_ms();
+        block_on(book.flush(&host, &names)).unwrap();
+        assert_eq!(host.now_ms(), after, "nothing to write: no wait");
     }
 
     #[test]

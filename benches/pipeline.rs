@@ -81,8 +81,15 @@ const CONFIG: &str = r#"{
                "config": {"openai_api_key": "$OPENAI_API_KEY", "openai_api_base": "http://127.0.0.1:8091/v1"}}},
     {"name": "embeddings", "endpoint_type": "llm/v1/embeddings",
      "model": {"provider": "openai", "name": "text-embedding-3-small",
+               "config": {"openai_api_key": "$OPENAI_API_KEY", "openai_api_base": "http://127.0.0.1:8091/v1"}}},
+    {"name": "chat-full", "endpoint_type": "llm/v1/chat", "template": "assistant",
+     "guardrails": {"deny": [{"id": "codenames", "pattern": "project bluebird"}], "redact": ["email", "card"],
+                    "injection": "flag"},
+     "cache": {"mode": "auto", "ttl_secs": 300},
+     "model": {"provider": "openai", "name": "gpt-4o-mini",
                "config": {"openai_api_key": "$OPENAI_API_KEY", "openai_api_base": "http://127.0.0.1:8091/v1"}}}
-  ]
+  ],
+  "templates": {"assistant": {"default": "1", "versions": {"1": {"system": "Shop: {{ shop }}. Be brief."}}}}
 }"#;
 
 /// A typical ~1 KB chat request: system prompt plus a short conversation. `{N}` becomes a
@@ -334,6 +341,15 @@ fn chat_body(template: &(String, String), i: u64) -> Vec<u8> {
     body
 }
 
+/// The chat request for the `chat-full` endpoint (template + guardrails + cache): the same
+/// conversation, deterministic (`temperature: 0`), with the template's variable.
+fn full_body(chat: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(chat)
+        .replacen(r#""model":"chat""#, r#""model":"chat-full","variables":{"shop":"an online bookshop"}"#, 1)
+        .replacen(r#""temperature":0.7"#, r#""temperature":0"#, 1);
+    text.into_bytes()
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument selects cases by substring.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
@@ -364,6 +380,22 @@ fn main() {
                 openai_client_request(Method::POST, "/v1/chat/completions", key, chat_body(&template, i))
             }),
             cold: true,
+        },
+        Case {
+            name: "  + template, guardrails, cache lookup (miss)",
+            make: Box::new(|i, key| {
+                let body = full_body(&chat_body(&template, i));
+                openai_client_request(Method::POST, "/v1/chat/completions", key, body)
+            }),
+            cold: false,
+        },
+        Case {
+            name: "  same request again: cache hit",
+            make: Box::new(|_, key| {
+                let body = full_body(&chat_body(&template, 0));
+                openai_client_request(Method::POST, "/v1/chat/completions", key, body)
+            }),
+            cold: false,
         },
         Case {
             name: "POST /v1/chat/completions malformed JSON (400)",

@@ -37,23 +37,11 @@ const USAGE: &str = "usage: gatewayctl validate FILE | gatewayctl render FILE
        gatewayctl [--url URL] usage (--key ID | --tenant T) [--from YYYY-MM-DD] [--to YYYY-MM-DD]
 the gateway URL comes from --url or GATEWAY_URL, the admin token from GATEWAY_ADMIN_TOKEN";
 
-/// Flags that take a value.
-const VALUE_FLAGS: &[&str] = &[
-    "url",
-    "tenant",
-    "name",
-    "endpoints",
-    "rpm",
-    "tpm",
-    "budget-usd",
-    "budget-period",
-    "region",
-    "expires-in",
-    "expires-at",
-    "key",
-    "from",
-    "to",
-];
+/// The value flags of `keys create` (the key's spec).
+const KEY_FLAGS: &[&str] =
+    &["tenant", "name", "endpoints", "rpm", "tpm", "budget-usd", "budget-period", "region", "expires-in", "expires-at"];
+/// Other flags that take a value.
+const OTHER_VALUE_FLAGS: &[&str] = &["url", "key", "from", "to"];
 /// Flags that are switches.
 const SWITCHES: &[&str] = &["exact"];
 
@@ -115,20 +103,7 @@ fn run(args: Vec<String>) -> Result<(), String> {
             Ok(())
         }
         ["keys", "create"] => {
-            only(&[
-                "url",
-                "tenant",
-                "name",
-                "endpoints",
-                "rpm",
-                "tpm",
-                "budget-usd",
-                "budget-period",
-                "region",
-                "expires-in",
-                "expires-at",
-                "exact",
-            ])?;
+            only(&[KEY_FLAGS, &["url", "exact"]].concat())?;
             let body = key_request(&flags)?;
             let created = Client::new(&flags)?.call("POST", "/admin/keys", Some(&body))?;
             print_json(&created);
@@ -190,7 +165,7 @@ fn parse_args(args: Vec<String>) -> Result<(BTreeMap<String, String>, Vec<String
                 return Err(format!("--{name} takes no value"));
             }
             flags.insert(name, "true".into());
-        } else if VALUE_FLAGS.contains(&name.as_str()) {
+        } else if KEY_FLAGS.contains(&name.as_str()) || OTHER_VALUE_FLAGS.contains(&name.as_str()) {
             let value = match inline {
                 Some(v) => v,
                 None => args.next().ok_or_else(|| format!("--{name} needs a value"))?,

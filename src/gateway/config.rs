@@ -82,6 +82,8 @@ pub struct Endpoint {
     pub parameters: Map<String, Value>,
     /// MLflow's `limit: {calls, renewal_period}`, kept as given.
     pub limit: Option<Value>,
+    /// `limit`, checked and typed once at load (the per-request path uses this).
+    pub call_limit: Option<crate::gateway::limits::EndpointLimit>,
     /// Where requests go, in no particular order; routing orders them per request. Never empty:
     /// without `origins` in config it holds the provider's default base URL.
     pub origins: Vec<Origin>,
@@ -483,9 +485,10 @@ fn check_endpoint(
         }
         origins.push(Origin { url: o.url, region: o.region, weight: o.weight.unwrap_or(1) });
     }
-    if let Some(limit) = &raw.limit {
-        crate::gateway::limits::check_endpoint_limit(&format!("{path}.limit"), limit, issues);
-    }
+    let call_limit = raw
+        .limit
+        .as_ref()
+        .and_then(|limit| crate::gateway::limits::check_endpoint_limit(&format!("{path}.limit"), limit, issues));
     for (key, value) in &raw.limits {
         if !value.is_number() {
             issues.push(format!("{path}.limits.{key}"), "must be a number (a ceiling for that request field)");
@@ -531,6 +534,7 @@ fn check_endpoint(
         model,
         parameters: raw.parameters,
         limit: raw.limit,
+        call_limit,
         origins,
         residency: raw.residency,
         public: raw.public,

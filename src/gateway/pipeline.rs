@@ -13,7 +13,7 @@ use crate::gateway::config::{Config, Endpoint, EndpointType, ACTIVE_KEY};
 use crate::gateway::error::{GatewayError, Result};
 use crate::gateway::forward::{self, Attempt, Breaker};
 use crate::gateway::guard::{self, GuardReport};
-use crate::gateway::limits::{self, EndpointLimit, Limiter, RateHeaders};
+use crate::gateway::limits::{self, Limiter, RateHeaders};
 use crate::gateway::normalize::{self, hex};
 use crate::gateway::ports::Ports;
 use crate::gateway::providers::{anthropic, openai, Operation, Reply, StreamMode, StreamTranslator, Usage};
@@ -344,14 +344,13 @@ impl Gateway {
         // Authenticate, authorize, limit.
         let key = auth::authenticate(ports, &self.auth, headers, &name, endpoint.public).await?;
         log.key_id = key.as_ref().map(|k| k.id.clone());
-        let endpoint_limit = endpoint.limit.as_ref().and_then(EndpointLimit::from_value);
         let admission = match limits::admit(
             ports,
             &self.limiter,
             &config.limits,
             key.as_deref(),
             &endpoint.name,
-            endpoint_limit.as_ref(),
+            endpoint.call_limit.as_ref(),
         )
         .await
         {
@@ -528,9 +527,10 @@ async fn cache_phase<P: Ports>(
     log: &mut LogRecord,
 ) -> Result<CacheLookup> {
     let directive = cache::directive(headers);
-    if !cache::cacheable(op, body, &endpoint.cache) || !directive.lookup() {
+    let cacheable = cache::cacheable(op, body, &endpoint.cache);
+    if !cacheable || !directive.lookup() {
         log.cache = Some(cache::Status::Bypass.as_str());
-        let fill = directive.fill() && cache::cacheable(op, body, &endpoint.cache);
+        let fill = directive.fill() && cacheable;
         return Ok(if fill {
             CacheLookup::Fill(cache_key(endpoint, tenant, template_version, body))
         } else {

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use edge_gateway::gateway::pipeline::ClientInfo;
+use edge_gateway::gateway::ports::memory::{block_on, MemoryHost};
 use edge_gateway::gateway::ports::UpstreamError;
-use edge_gateway::gateway::testing::{block_on, MemoryHost};
 use edge_gateway::gateway::{Gateway, ResponseBody};
 use http::{Method, Request, Response};
 

@@ -7,7 +7,7 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use edge_gateway::gateway::config::ACTIVE_KEY;
 use edge_gateway::gateway::pipeline::ClientInfo;
-use edge_gateway::gateway::testing::{block_on, MemoryHost};
+use edge_gateway::gateway::ports::memory::{block_on, MemoryHost};
 use edge_gateway::gateway::{Gateway, ResponseBody};
 use http::{Request, Response, StatusCode};
 use serde_json::Value;

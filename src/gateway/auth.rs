@@ -19,7 +19,7 @@ use std::rc::Rc;
 use http::{HeaderMap, StatusCode};
 
 use crate::gateway::error::{GatewayError, Result};
-use crate::gateway::keys::{self, KeyRecord, KeyState};
+use crate::gateway::features::keys::{self, KeyRecord, KeyState};
 use crate::gateway::ports::Ports;
 
 /// How long an isolate trusts a successful lookup.
@@ -165,7 +165,7 @@ fn endpoint_not_allowed(endpoint: &str) -> GatewayError {
         code: "endpoint_not_allowed",
         message: format!(
             "this API key may not call endpoint \"{}\"",
-            crate::gateway::providers::truncate(endpoint, 64)
+            crate::gateway::util::text::truncate(endpoint, 64)
         ),
         retry_after: None,
     }
@@ -174,8 +174,8 @@ fn endpoint_not_allowed(endpoint: &str) -> GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::ports::memory::{block_on, MemoryHost};
     use crate::gateway::ports::{Clock, UpstreamError};
-    use crate::gateway::testing::{block_on, MemoryHost};
 
     fn host() -> MemoryHost {
         MemoryHost::new(|_| Err(UpstreamError::Timeout))

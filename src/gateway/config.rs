@@ -12,10 +12,11 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::gateway::cache::{self, CachePolicy};
-use crate::gateway::guard::{self, Guardrails};
+use crate::gateway::check::{ConfigIssue, Issues};
+use crate::gateway::features::cache::{self, CachePolicy};
+use crate::gateway::features::guard::{self, Guardrails};
+use crate::gateway::features::template::{self, TemplateRef, Templates};
 use crate::gateway::providers::Provider;
-use crate::gateway::template::{self, TemplateRef, Templates};
 
 /// The KV entry holding the active snapshot.
 pub const ACTIVE_KEY: &str = "config:active";
@@ -31,8 +32,8 @@ pub struct Config {
     pub regions: Vec<Region>,
     pub default_region: Option<String>,
     pub settings: Settings,
-    pub prices: crate::gateway::usage::Prices,
-    pub limits: crate::gateway::limits::LimitsConfig,
+    pub prices: crate::gateway::features::usage::Prices,
+    pub limits: crate::gateway::features::limits::LimitsConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +84,7 @@ pub struct Endpoint {
     /// MLflow's `limit: {calls, renewal_period}`, kept as given.
     pub limit: Option<Value>,
     /// `limit`, checked and typed once at load (the per-request path uses this).
-    pub call_limit: Option<crate::gateway::limits::EndpointLimit>,
+    pub call_limit: Option<crate::gateway::features::limits::EndpointLimit>,
     /// Where requests go, in no particular order; routing orders them per request. Never empty:
     /// without `origins` in config it holds the provider's default base URL.
     pub origins: Vec<Origin>,
@@ -161,47 +162,6 @@ impl Default for Settings {
             config_ttl_ms: 5_000,
             region_header: String::new(),
         }
-    }
-}
-
-/// One problem found in a config, located by path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigIssue {
-    pub path: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for ConfigIssue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-/// Collects issues while a config is checked.
-#[derive(Default)]
-pub struct Issues(pub Vec<ConfigIssue>);
-
-impl Issues {
-    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigIssue { path: path.into(), message: message.into() });
-    }
-
-    /// `field: unknown X "v" (did you mean "w"?)` when a close candidate exists.
-    pub fn unknown(&mut self, path: impl Into<String>, what: &str, value: &str, candidates: &[&str]) {
-        let hint = match did_you_mean(value, candidates) {
-            Some(s) => format!(" (did you mean \"{s}\"?)"),
-            None => format!(" (expected one of: {})", candidates.join(", ")),
-        };
-        self.push(path, format!("unknown {what} \"{value}\"{hint}"));
-    }
-
-    /// Deserializes `value` into `T`, recording serde's complaint at `path` on failure.
-    fn parse<T: serde::de::DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T> {
-        serde_json::from_value(value).map_err(|e| self.push(path, e.to_string())).ok()
     }
 }
 
@@ -402,11 +362,11 @@ impl Config {
         }
 
         let prices = match &raw.prices {
-            Some(v) => crate::gateway::usage::check_prices("prices", v, &mut issues).unwrap_or_default(),
+            Some(v) => crate::gateway::features::usage::check_prices("prices", v, &mut issues).unwrap_or_default(),
             None => Default::default(),
         };
         let limits = match &raw.limits {
-            Some(v) => crate::gateway::limits::check_limits("limits", v, &mut issues).unwrap_or_default(),
+            Some(v) => crate::gateway::features::limits::check_limits("limits", v, &mut issues).unwrap_or_default(),
             None => Default::default(),
         };
         if issues.0.is_empty() {
@@ -485,10 +445,9 @@ fn check_endpoint(
         }
         origins.push(Origin { url: o.url, region: o.region, weight: o.weight.unwrap_or(1) });
     }
-    let call_limit = raw
-        .limit
-        .as_ref()
-        .and_then(|limit| crate::gateway::limits::check_endpoint_limit(&format!("{path}.limit"), limit, issues));
+    let call_limit = raw.limit.as_ref().and_then(|limit| {
+        crate::gateway::features::limits::check_endpoint_limit(&format!("{path}.limit"), limit, issues)
+    });
     for (key, value) in &raw.limits {
         if !value.is_number() {
             issues.push(format!("{path}.limits.{key}"), "must be a number (a ceiling for that request field)");
@@ -598,46 +557,6 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-}
-
-/// A `$NAME` reference resolved through the host's secrets, or a literal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretRef {
-    Env(String),
-    Literal(String),
-}
-
-impl SecretRef {
-    pub fn parse(value: &str) -> SecretRef {
-        match value.strip_prefix('$') {
-            Some(name) if !name.is_empty() => SecretRef::Env(name.to_string()),
-            _ => SecretRef::Literal(value.to_string()),
-        }
-    }
-}
-
-/// Closest candidate by edit distance, if it is close enough to be a likely typo.
-pub fn did_you_mean<'a>(value: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|c| (edit_distance(value, c), *c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]
@@ -764,12 +683,5 @@ mod tests {
             text.contains(&"endpoints[0].residency: no origin of this endpoint is in region \"us\"".to_string()),
             "{text:?}"
         );
-    }
-
-    #[test]
-    fn secret_refs() {
-        assert_eq!(SecretRef::parse("$OPENAI_API_KEY"), SecretRef::Env("OPENAI_API_KEY".into()));
-        assert_eq!(SecretRef::parse("sk-literal"), SecretRef::Literal("sk-literal".into()));
-        assert_eq!(SecretRef::parse("$"), SecretRef::Literal("$".into()));
     }
 }

@@ -16,7 +16,9 @@ use crate::gateway::config::{Config, Endpoint, Origin};
 use crate::gateway::error::{GatewayError, Result};
 use crate::gateway::pipeline::{AttemptLog, LogRecord};
 use crate::gateway::ports::{Ports, UpstreamError};
-use crate::gateway::providers::{truncate, Call, Operation};
+use crate::gateway::providers::Call;
+use crate::gateway::types::Operation;
+use crate::gateway::util::text::truncate;
 
 /// Consecutive failures after which an origin is skipped for the cool-down.
 const BREAKER_THRESHOLD: u32 = 3;

@@ -1,25 +1,39 @@
 //! The host-agnostic core. It knows HTTP semantics and JSON and talks to the world only
 //! through the traits in `ports`; `src/host/` adapts each runtime to them.
+//!
+//! Layers, bottom to top; each module imports only from layers below it (and its own
+//! folder), which `scripts/check-layers` enforces:
+//!
+//! 1. `error`, `check`, `util`, `types`: one error type, config-check plumbing, helpers
+//! 2. `ports`: what a host provides (KV, upstream HTTP, secrets, clock, counters)
+//! 3. `features/`: keys, limits, usage, cache, guard, template, normalize
+//! 4. `wire/`, then `dialect/` (what clients speak) and `providers/` (what origins speak)
+//! 5. `config`: the typed config, composing the features' checks
+//! 6. `routing`, `auth`, `forward`, `catalog`, `admin/`
+//! 7. `pipeline/`: the request lifecycle as named phases
+
+pub mod check;
+pub mod error;
+pub mod types;
+pub mod util;
+
+pub mod ports;
+
+pub mod features;
+
+pub mod dialect;
+pub mod providers;
+pub mod wire;
+
+pub mod config;
 
 pub mod admin;
 pub mod auth;
-pub mod cache;
 pub mod catalog;
-pub mod config;
-pub mod error;
 pub mod forward;
-pub mod guard;
-pub mod keys;
-pub mod limits;
-pub mod normalize;
-pub mod pipeline;
-pub mod ports;
-pub mod providers;
 pub mod routing;
-pub mod stream;
-pub mod template;
-pub mod testing;
-pub mod usage;
+
+pub mod pipeline;
 
 pub use error::GatewayError;
 pub use pipeline::{Deferred, Exchange, Gateway, ResponseBody};

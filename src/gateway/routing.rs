@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use http::Method;
 
-use crate::gateway::config::{did_you_mean, Config, Endpoint, EndpointType, Origin};
+use crate::gateway::check::did_you_mean;
+use crate::gateway::config::{Config, Endpoint, EndpointType, Origin};
 use crate::gateway::error::{GatewayError, Result};
-use crate::gateway::normalize::percent_decode;
-use crate::gateway::providers::Operation;
+use crate::gateway::types::Operation;
+use crate::gateway::util::text::percent_decode;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiRoute {

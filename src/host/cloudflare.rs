@@ -11,9 +11,9 @@ use http::{HeaderName, HeaderValue, Request};
 use worker::{event, AbortController, Context, Env, Fetch, HttpRequest, KvStore, RequestInit, Response};
 
 use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::pipeline::stream::{StreamPump, StreamSummary};
 use crate::gateway::pipeline::{error_response, ClientInfo};
 use crate::gateway::ports::{Clock, Kv, Secrets, Upstream, UpstreamError};
-use crate::gateway::stream::{StreamPump, StreamSummary};
 use crate::gateway::{Gateway, ResponseBody};
 
 /// Bodies above this are refused before the config (and its own, lower limit) is even read.
@@ -281,12 +281,12 @@ impl Clock for CloudflareHost {
     }
 }
 
-impl crate::gateway::limits::Counter for CloudflareHost {
+impl crate::gateway::ports::counter::Counter for CloudflareHost {
     async fn count(
         &self,
         scope: &str,
-        ops: &[crate::gateway::limits::CounterOp],
-    ) -> Result<Option<crate::gateway::limits::CounterReply>> {
+        ops: &[crate::gateway::ports::counter::CounterOp],
+    ) -> Result<Option<crate::gateway::ports::counter::CounterReply>> {
         super::cloudflare_counter::count(&self.env, scope, ops).await.map(Some)
     }
 }

@@ -12,7 +12,7 @@
 //! Wiring (in `cloudflare.rs`): `mod` this file in `src/host/mod.rs` under the `cloudflare`
 //! feature, then
 //! ```ignore
-//! impl crate::gateway::limits::Counter for CloudflareHost {
+//! impl crate::gateway::ports::counter::Counter for CloudflareHost {
 //!     async fn count(&self, scope: &str, ops: &[CounterOp]) -> Result<Option<CounterReply>> {
 //!         super::cloudflare_counter::count(&self.env, scope, ops).await.map(Some)
 //!     }
@@ -37,7 +37,7 @@ use wasm_bindgen::JsValue;
 use worker::{durable_object, DurableObject, Env, Method, Request, RequestInit, Response, State};
 
 use crate::gateway::error::{GatewayError, Result};
-use crate::gateway::limits::{apply_ops, Amounts, CounterOp, CounterReply};
+use crate::gateway::ports::counter::{apply_ops, Amounts, CounterOp, CounterReply};
 
 /// The Durable Object namespace binding in `wrangler.toml`.
 pub const COUNTER_BINDING: &str = "COUNTER";

@@ -16,9 +16,9 @@ use spin_sdk::wit::wasi::http0_2_0::types::{
 };
 
 use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::pipeline::stream::StreamSummary;
 use crate::gateway::pipeline::{error_response, ClientInfo};
 use crate::gateway::ports::{Clock, Kv, Secrets, Upstream, UpstreamError};
-use crate::gateway::stream::StreamSummary;
 use crate::gateway::{Gateway, ResponseBody};
 
 /// Bodies above this are refused before the config (and its own, lower limit) is even read.
@@ -306,14 +306,14 @@ impl Clock for SpinHost {
     }
 }
 
-impl crate::gateway::limits::Counter for SpinHost {
+impl crate::gateway::ports::counter::Counter for SpinHost {
     /// Exact mode: the key-value store is linearizable on one Spin node, so a KV lock works.
     async fn count(
         &self,
         scope: &str,
-        ops: &[crate::gateway::limits::CounterOp],
-    ) -> Result<Option<crate::gateway::limits::CounterReply>> {
-        crate::gateway::limits::locked_count(self, scope, ops).await.map(Some)
+        ops: &[crate::gateway::ports::counter::CounterOp],
+    ) -> Result<Option<crate::gateway::ports::counter::CounterReply>> {
+        crate::gateway::features::limits::locked_count(self, scope, ops).await.map(Some)
     }
 
     fn keeps_state(&self) -> bool {

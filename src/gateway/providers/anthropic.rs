@@ -14,15 +14,16 @@
 use http::Request;
 use serde_json::{json, Map, Value};
 
-use super::sse::{self, SseEvent};
 use super::{
     assistant_message, bad_response, finish_request, join_url, json_body, openai_usage, parse_json, post_json,
-    resolve_secret, string_config, take_api_key, take_base_url, usage_json, Adapter, Call, Operation, Reply,
-    StreamMode, StreamTranslate, StreamTranslator, Translated, Usage,
+    resolve_secret, string_config, take_api_key, take_base_url, usage_json, Adapter, Call, Reply, StreamMode,
+    StreamTranslate, StreamTranslator, Translated,
 };
-use crate::gateway::config::{Issues, SecretRef};
+use crate::gateway::check::{Issues, SecretRef};
 use crate::gateway::error::{GatewayError, Result};
 use crate::gateway::ports::Secrets;
+use crate::gateway::types::{Operation, Usage};
+use crate::gateway::wire::sse::{self, SseEvent};
 
 const DEFAULT_BASE: &str = "https://api.anthropic.com/v1";
 const DEFAULT_VERSION: &str = "2023-06-01";
@@ -1410,9 +1411,9 @@ pub(super) fn write_error_chunk(out: &mut Vec<u8>, message: &str, code: &str) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::gateway::providers::sse::SseParser;
+    use crate::gateway::pipeline::stream::StreamPump;
     use crate::gateway::providers::test_support::{self, TestSecrets};
-    use crate::gateway::stream::StreamPump;
+    use crate::gateway::wire::sse::SseParser;
     use http::StatusCode;
 
     const NOW: u64 = 1_700_000_000_123;

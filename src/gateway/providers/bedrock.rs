@@ -18,13 +18,13 @@ use sha2::{Digest, Sha256};
 
 use super::{
     assistant_message, bad_response, check_url, embedding_list, finish_request, join_url, json_body, post_json,
-    resolve_secret, string_config, synthetic_id, usage_json, Adapter, Call, Operation, Reply, StreamMode, Translated,
-    Usage,
+    resolve_secret, string_config, synthetic_id, usage_json, Adapter, Call, Reply, StreamMode, Translated,
 };
-use crate::gateway::config::{Issues, SecretRef};
+use crate::gateway::check::{Issues, SecretRef};
 use crate::gateway::error::{GatewayError, Result};
-use crate::gateway::normalize::hex;
 use crate::gateway::ports::Secrets;
+use crate::gateway::types::{Operation, Usage};
+use crate::gateway::util::text::hex;
 
 const CONFIG_KEYS: &[&str] = &["aws_config", "bedrock_api_base"];
 const AWS_KEYS: &[&str] = &[

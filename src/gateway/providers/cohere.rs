@@ -12,12 +12,12 @@ use serde_json::{json, Map, Value};
 
 use super::{
     assistant_message, bad_response, embedding_list, finish_request, join_url, json_body, post_json, resolve_secret,
-    string_config, synthetic_id, take_api_key, take_base_url, usage_json, Adapter, Call, Operation, Reply, StreamMode,
-    Translated, Usage,
+    string_config, synthetic_id, take_api_key, take_base_url, usage_json, Adapter, Call, Reply, StreamMode, Translated,
 };
-use crate::gateway::config::{Issues, SecretRef};
+use crate::gateway::check::{Issues, SecretRef};
 use crate::gateway::error::{GatewayError, Result};
 use crate::gateway::ports::Secrets;
+use crate::gateway::types::{Operation, Usage};
 
 const DEFAULT_BASE: &str = "https://api.cohere.com";
 const CONFIG_KEYS: &[&str] = &["cohere_api_key", "cohere_api_base"];

@@ -10,15 +10,15 @@ use super::anthropic::{
     completion_prompt, data_url, image_url, invalid, max_tokens, number, parse_tool_call, stop_sequences, take,
     unsupported, write_error_chunk, ChunkWriter, OpenAiChoice,
 };
-use super::sse::{self, SseEvent};
 use super::{
     bad_response, embedding_list, finish_request, join_url, json_body, post_json, resolve_secret, string_config,
-    take_api_key, take_base_url, Adapter, Call, Operation, Reply, StreamMode, StreamTranslate, StreamTranslator,
-    Translated, Usage,
+    take_api_key, take_base_url, Adapter, Call, Reply, StreamMode, StreamTranslate, StreamTranslator, Translated,
 };
-use crate::gateway::config::{Issues, SecretRef};
+use crate::gateway::check::{Issues, SecretRef};
 use crate::gateway::error::Result;
 use crate::gateway::ports::Secrets;
+use crate::gateway::types::{Operation, Usage};
+use crate::gateway::wire::sse::{self, SseEvent};
 
 const DEFAULT_BASE: &str = "https://generativelanguage.googleapis.com/v1beta";
 const CONFIG_KEYS: &[&str] = &["gemini_api_key", "gemini_api_base"];
@@ -768,9 +768,9 @@ impl StreamTranslate for StreamToOpenAi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::providers::sse::SseParser;
+    use crate::gateway::pipeline::stream::StreamPump;
     use crate::gateway::providers::test_support::{self, config_issues, TestSecrets};
-    use crate::gateway::stream::StreamPump;
+    use crate::gateway::wire::sse::SseParser;
     use http::StatusCode;
 
     const NOW: u64 = 1_700_000_000_123;

@@ -11,11 +11,12 @@ use serde_json::{json, Map, Value};
 
 use super::{
     bad_response, finish_request, join_url, json_body, openai_usage, post_json, string_config, synthetic_id,
-    take_server_url, usage_json, Adapter, Call, Operation, Reply, StreamMode, Translated, Usage,
+    take_server_url, usage_json, Adapter, Call, Reply, StreamMode, Translated,
 };
-use crate::gateway::config::Issues;
+use crate::gateway::check::Issues;
 use crate::gateway::error::{GatewayError, Result};
 use crate::gateway::ports::Secrets;
+use crate::gateway::types::{Operation, Usage};
 
 const CONFIG_KEYS: &[&str] = &["hf_server_url"];
 /// TGI `/generate` parameters a client may send under their own names.

@@ -13,11 +13,12 @@ use serde_json::{json, Map, Value};
 
 use super::{
     bad_response, embedding_data, finish_request, join_url, json_body, post_json, string_config, synthetic_id,
-    take_server_url, Adapter, Call, Operation, Reply, StreamMode, Translated,
+    take_server_url, Adapter, Call, Reply, StreamMode, Translated,
 };
-use crate::gateway::config::{did_you_mean, Issues};
+use crate::gateway::check::{did_you_mean, Issues};
 use crate::gateway::error::{GatewayError, Result};
 use crate::gateway::ports::Secrets;
+use crate::gateway::types::Operation;
 
 const CONFIG_KEYS: &[&str] = &["model_server_url"];
 /// The scoring protocol's input keys: a request carries exactly one of them.
@@ -51,7 +52,7 @@ pub fn validate_scoring_request(body: &Map<String, Value>) -> Result<()> {
         body.keys().map(String::as_str).filter(|k| *k != "params" && !SCORING_INPUT_KEYS.contains(k)).collect();
     if !unknown.is_empty() {
         let mut names: Vec<String> =
-            unknown.iter().take(5).map(|k| format!("\"{}\"", super::truncate(k, 64))).collect();
+            unknown.iter().take(5).map(|k| format!("\"{}\"", crate::gateway::util::text::truncate(k, 64))).collect();
         if unknown.len() > 5 {
             names.push(format!("and {} more", unknown.len() - 5));
         }

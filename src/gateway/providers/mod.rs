@@ -10,7 +10,6 @@ pub mod gemini;
 pub mod huggingface;
 pub mod mlflow;
 pub mod openai;
-pub mod sse;
 
 use std::collections::HashMap;
 
@@ -18,32 +17,13 @@ use http::{Request, StatusCode};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::gateway::config::{Issues, SecretRef};
+use crate::gateway::check::{Issues, SecretRef};
 use crate::gateway::error::{GatewayError, Result};
-use crate::gateway::normalize::hex;
 use crate::gateway::ports::Secrets;
-use sse::SseEvent;
-
-/// What the client asked for, independent of the API it spoke.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    Chat,
-    Completions,
-    Embeddings,
-    /// A classic MLflow model's scoring call (`dataframe_split`, `inputs`, ...).
-    Predict,
-}
-
-impl Operation {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Chat => "chat",
-            Operation::Completions => "completions",
-            Operation::Embeddings => "embeddings",
-            Operation::Predict => "predict",
-        }
-    }
-}
+use crate::gateway::types::{Operation, Usage};
+use crate::gateway::util::text::hex;
+use crate::gateway::util::text::truncate;
+use crate::gateway::wire::sse::SseEvent;
 
 /// One origin call, in OpenAI's shape. `body` has no `model`: the endpoint's `model` is the
 /// provider-side model name.
@@ -79,18 +59,6 @@ impl Reply<'_> {
             return Err(origin_error(self.status, self.body));
         }
         parse_json(self.body)
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-}
-
-impl Usage {
-    pub fn total(&self) -> u64 {
-        self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 }
 
@@ -472,17 +440,6 @@ pub fn finish_request(builder: http::request::Builder, body: Vec<u8>) -> Result<
     builder.body(body).map_err(|e| {
         GatewayError::not_configured("bad_origin_request", format!("cannot build the origin request: {e}"))
     })
-}
-
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// `base` joined with `path`, tolerating a trailing slash on `base`.

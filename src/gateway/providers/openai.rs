@@ -5,14 +5,15 @@
 use http::{header, Request};
 use serde_json::{Map, Value};
 
-use super::sse::{self, SseEvent};
 use super::{
     check_url, finish_request, join_url, json_body, openai_usage, parse_json, post_json, resolve_secret, string_config,
-    take_api_key, Adapter, Call, Operation, Reply, StreamMode, StreamTranslate, Translated, Usage,
+    take_api_key, Adapter, Call, Reply, StreamMode, StreamTranslate, Translated,
 };
-use crate::gateway::config::{Issues, SecretRef};
+use crate::gateway::check::{Issues, SecretRef};
 use crate::gateway::error::{GatewayError, Result};
 use crate::gateway::ports::Secrets;
+use crate::gateway::types::{Operation, Usage};
+use crate::gateway::wire::sse::{self, SseEvent};
 
 const DEFAULT_BASE: &str = "https://api.openai.com/v1";
 const CONFIG_KEYS: &[&str] = &[
@@ -362,7 +363,7 @@ mod tests {
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi there"}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}});
         let sse = completion_to_sse(Operation::Chat, &serde_json::to_vec(&body).unwrap()).unwrap();
-        let mut parser = super::super::sse::SseParser::new();
+        let mut parser = crate::gateway::wire::sse::SseParser::new();
         let events = parser.push(&sse);
         let data: Vec<Value> =
             events.iter().filter(|e| e.data != "[DONE]").map(|e| serde_json::from_str(&e.data).unwrap()).collect();

@@ -1,6 +1,8 @@
 //! The request lifecycle, top to bottom (DESIGN.md §2). Each phase is a plain function call
 //! on data; the host only supplies ports and moves bytes in and out.
 
+pub mod stream;
+
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -11,16 +13,19 @@ use serde_json::{json, Map, Value};
 use crate::gateway::auth::{self, AuthMemo};
 use crate::gateway::config::{Config, Endpoint, EndpointType, ACTIVE_KEY};
 use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::features::guard::{self, GuardReport};
+use crate::gateway::features::limits::{self, Limiter, RateHeaders};
+use crate::gateway::features::normalize::{self};
+use crate::gateway::features::usage::{Accounting, Outcome, UsageBook, UsageLog};
+use crate::gateway::features::{cache, template};
 use crate::gateway::forward::{self, Attempt, Breaker};
-use crate::gateway::guard::{self, GuardReport};
-use crate::gateway::limits::{self, Limiter, RateHeaders};
-use crate::gateway::normalize::{self, hex};
+use crate::gateway::pipeline::stream::{StreamPump, StreamSummary};
 use crate::gateway::ports::Ports;
-use crate::gateway::providers::{anthropic, openai, Operation, Reply, StreamMode, StreamTranslator, Usage};
+use crate::gateway::providers::{anthropic, openai, Reply, StreamMode, StreamTranslator};
 use crate::gateway::routing::{self, ApiRoute};
-use crate::gateway::stream::{StreamPump, StreamSummary};
-use crate::gateway::usage::{Accounting, Outcome, UsageBook, UsageLog};
-use crate::gateway::{admin, cache, catalog, template};
+use crate::gateway::types::{Operation, Usage};
+use crate::gateway::util::text::hex;
+use crate::gateway::{admin, catalog};
 
 /// A response body: bytes the gateway produced, or the origin's body streamed through a
 /// `StreamPump` the host drives chunk by chunk (never buffered whole).
@@ -667,5 +672,4 @@ pub fn error_response<B>(error: &GatewayError) -> Response<ResponseBody<B>> {
 }
 
 #[cfg(test)]
-#[path = "pipeline_tests.rs"]
 mod tests;

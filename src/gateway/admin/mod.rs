@@ -24,14 +24,17 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::gateway::auth::AuthMemo;
-use crate::gateway::config::{did_you_mean, Config, ACTIVE_KEY};
+use crate::gateway::check::did_you_mean;
+use crate::gateway::config::{Config, ACTIVE_KEY};
 use crate::gateway::error::{GatewayError, Result};
-use crate::gateway::keys::{self, BudgetPeriod, KeyRecord};
-use crate::gateway::limits::valid_tenant;
-use crate::gateway::normalize::{hex, percent_decode};
+use crate::gateway::features::keys::{self, BudgetPeriod, KeyRecord};
+use crate::gateway::features::limits::valid_tenant;
+use crate::gateway::util::text::{hex, percent_decode};
+use crate::gateway::util::time::{day_string, days_of, parse_day};
+
+use crate::gateway::features::usage::{self, Subject};
 use crate::gateway::pipeline::{json_response, ResponseBody};
 use crate::gateway::ports::Ports;
-use crate::gateway::usage::{self, days_of, parse_day, Subject};
 
 /// The host secret holding the admin token.
 pub const ADMIN_TOKEN_SECRET: &str = "GATEWAY_ADMIN_TOKEN";
@@ -99,7 +102,7 @@ pub async fn handle<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<
         audit: "admin",
         action: "unknown",
         method: request.method().to_string(),
-        path: crate::gateway::providers::truncate(request.uri().path(), 200).to_string(),
+        path: crate::gateway::util::text::truncate(request.uri().path(), 200).to_string(),
         ..Audit::default()
     };
     let result = match check_token(ports, request.headers()) {
@@ -185,7 +188,7 @@ async fn route<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<u8>>,
         _ => {
             return Err(GatewayError::not_found(
                 "route_not_found",
-                format!("no admin route {method} {}", crate::gateway::providers::truncate(path, 200)),
+                format!("no admin route {method} {}", crate::gateway::util::text::truncate(path, 200)),
             )
             .into())
         }
@@ -196,7 +199,7 @@ async fn route<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<u8>>,
     }
     let key_id = segments.get(1).map(|s| s.to_string());
     if let (Some(id), true) = (&key_id, action.starts_with("keys.")) {
-        audit.key_id = Some(crate::gateway::providers::truncate(id, 40).to_string());
+        audit.key_id = Some(crate::gateway::util::text::truncate(id, 40).to_string());
     }
     match action {
         "config.get" => get_config(ports).await,
@@ -222,7 +225,7 @@ async fn route<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<u8>>,
 /// `POST /admin/cache/purge {"tenant"?, "endpoint"?, "shared"?: bool}`: deletes the cached
 /// answers of a tenant (or the shared ones), of an endpoint, or both; `{}` purges everything.
 async fn purge_cache<P: Ports>(ports: &P, body: &[u8]) -> Handled {
-    use crate::gateway::cache::{self, Scope};
+    use crate::gateway::features::cache::{self, Scope};
     let spec = if body.is_empty() { Value::Object(Map::new()) } else { parse_json(body, "the purge request")? };
     let field = |name: &str| spec.get(name).and_then(Value::as_str).filter(|s| !s.is_empty());
     let scope = match (field("tenant"), spec.get("shared").and_then(Value::as_bool).unwrap_or(false)) {
@@ -278,7 +281,7 @@ fn valid_version(v: &str) -> bool {
     !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
-fn issues_failure(what: &str, issues: Vec<crate::gateway::config::ConfigIssue>) -> Failure {
+fn issues_failure(what: &str, issues: Vec<crate::gateway::check::ConfigIssue>) -> Failure {
     let first = issues.first().map(ToString::to_string).unwrap_or_default();
     let list: Vec<Value> = issues.iter().map(|i| json!({"path": i.path, "message": i.message})).collect();
     Failure {
@@ -305,12 +308,12 @@ async fn apply_config<P: Ports>(ports: &P, body: &[u8], dry_run: bool, audit: &m
         None => {
             let mut bytes = [0u8; 3];
             ports.random_bytes(&mut bytes);
-            let v = format!("{}-{}", usage::day_string(days_of(ports.now_ms())), hex(&bytes));
+            let v = format!("{}-{}", day_string(days_of(ports.now_ms())), hex(&bytes));
             value["version"] = json!(v);
             v
         }
     };
-    audit.version = Some(crate::gateway::providers::truncate(&version, 64).to_string());
+    audit.version = Some(crate::gateway::util::text::truncate(&version, 64).to_string());
     if !valid_version(&version) {
         return Err(GatewayError::bad_request(
             "invalid_version",
@@ -372,7 +375,7 @@ async fn rollback<P: Ports>(ports: &P, body: &[u8], audit: &mut Audit) -> Handle
             )
         }
     };
-    audit.version = Some(crate::gateway::providers::truncate(&version, 64).to_string());
+    audit.version = Some(crate::gateway::util::text::truncate(&version, 64).to_string());
     let stored = if valid_version(&version) { ports.get(&format!("{VERSION_PREFIX}{version}")).await? } else { None };
     let Some(raw) = stored else {
         let known = stored_versions(ports).await?;
@@ -384,7 +387,7 @@ async fn rollback<P: Ports>(ports: &P, body: &[u8], audit: &mut Audit) -> Handle
         };
         return Err(GatewayError::not_found(
             "version_not_found",
-            format!("no stored config version \"{}\"{hint}", crate::gateway::providers::truncate(&version, 64)),
+            format!("no stored config version \"{}\"{hint}", crate::gateway::util::text::truncate(&version, 64)),
         )
         .into());
     };
@@ -437,13 +440,13 @@ fn key_spec(body: &[u8], now_ms: u64) -> std::result::Result<KeyRecord, Failure>
     let Value::Object(map) = value else {
         return Err(GatewayError::bad_request("invalid_key_request", "the key request must be a JSON object").into());
     };
-    let mut issues = crate::gateway::config::Issues::default();
+    let mut issues = crate::gateway::check::Issues::default();
     for field in map.keys() {
         if !KEY_FIELDS.contains(&field.as_str()) {
             issues.unknown(field.as_str(), "key field", field, KEY_FIELDS);
         }
     }
-    let u64_field = |name: &str, issues: &mut crate::gateway::config::Issues| match map.get(name) {
+    let u64_field = |name: &str, issues: &mut crate::gateway::check::Issues| match map.get(name) {
         None | Some(Value::Null) => None,
         Some(v) => v.as_u64().or_else(|| {
             issues.push(name, "must be a whole number >= 0");
@@ -608,7 +611,7 @@ async fn find_key<P: Ports>(ports: &P, id: &str) -> Result<KeyRecord> {
     keys::by_id(ports, id).await?.ok_or_else(|| {
         GatewayError::not_found(
             "key_not_found",
-            format!("no API key with id \"{}\"", crate::gateway::providers::truncate(id, 40)),
+            format!("no API key with id \"{}\"", crate::gateway::util::text::truncate(id, 40)),
         )
     })
 }
@@ -715,11 +718,11 @@ fn query_value<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str>
 mod tests {
     use super::*;
     use crate::gateway::auth::authenticate;
-    use crate::gateway::limits::{admit, Limiter, LimitsConfig};
+    use crate::gateway::features::limits::{admit, Limiter, LimitsConfig};
+    use crate::gateway::features::usage::{Accounting, Outcome, Price, UsageBook};
+    use crate::gateway::ports::memory::{block_on, MemoryHost};
     use crate::gateway::ports::UpstreamError;
-    use crate::gateway::providers::Usage;
-    use crate::gateway::testing::{block_on, MemoryHost};
-    use crate::gateway::usage::{Accounting, Outcome, Price, UsageBook};
+    use crate::gateway::types::Usage;
     use std::rc::Rc;
 
     const TOKEN: &str = "admin-token-e2e-0123456789";
@@ -1005,7 +1008,7 @@ mod tests {
         assert_eq!(r.body["total"]["cost_usd"], json!(expected_nusd as f64 / 1e9));
         let t = admin(&host, &memo, Method::GET, "/admin/usage?tenant=acme&from=2000-01-01&to=2000-01-02", None);
         assert_eq!(t.body["total"]["requests"], 0);
-        let today = usage::day_string(days_of(host.now_ms.get()));
+        let today = day_string(days_of(host.now_ms.get()));
         let t = admin(&host, &memo, Method::GET, &format!("/admin/usage?tenant=acme&from={today}&to={today}"), None);
         assert_eq!(t.body["total"]["prompt_tokens"], 20);
         assert_eq!(admin(&host, &memo, Method::GET, "/admin/usage", None).body["error"]["code"], "missing_subject");

@@ -65,11 +65,14 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::gateway::config::Issues;
+use crate::gateway::check::Issues;
 use crate::gateway::error::{GatewayError, Result};
-use crate::gateway::keys::{usd_to_nusd, BudgetPeriod, KeyRecord};
+use crate::gateway::features::keys::{usd_to_nusd, BudgetPeriod, KeyRecord};
+use crate::gateway::ports::counter::{apply_ops, violates, Amounts, Caps, Counter, CounterOp, CounterReply};
 use crate::gateway::ports::{Kv, Ports};
-use crate::gateway::usage::{civil_from_days, day_string, days_from_civil, days_of, next_month_start};
+use crate::gateway::util::time::{
+    civil_from_days, day_string, days_from_civil, days_of, duration_string, next_month_start,
+};
 
 /// How often an isolate re-reads a counter from KV to see other isolates' counts.
 pub const REFRESH_MS: u64 = 1_000;
@@ -307,117 +310,6 @@ pub fn check_endpoint_limit(path: &str, value: &Value, issues: &mut Issues) -> O
     Some(EndpointLimit { calls: calls?, period: period? })
 }
 
-// ---------------------------------------------------------------------------------------------
-// The counter port (exact mode)
-
-/// A counter's value: requests, tokens and nano-USD in one window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Amounts {
-    pub requests: u64,
-    pub tokens: u64,
-    pub cost_nusd: u64,
-}
-
-impl Amounts {
-    pub fn plus(self, o: Amounts) -> Amounts {
-        Amounts {
-            requests: self.requests.saturating_add(o.requests),
-            tokens: self.tokens.saturating_add(o.tokens),
-            cost_nusd: self.cost_nusd.saturating_add(o.cost_nusd),
-        }
-    }
-
-    pub fn max(self, o: Amounts) -> Amounts {
-        Amounts {
-            requests: self.requests.max(o.requests),
-            tokens: self.tokens.max(o.tokens),
-            cost_nusd: self.cost_nusd.max(o.cost_nusd),
-        }
-    }
-
-    pub fn is_zero(&self) -> bool {
-        *self == Amounts::default()
-    }
-}
-
-/// Limits on a counter's fields; `None` = unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Caps {
-    pub requests: Option<u64>,
-    pub tokens: Option<u64>,
-    pub cost_nusd: Option<u64>,
-}
-
-/// One counter operation: check `caps` against the current value, then add `add`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CounterOp {
-    /// The counter, e.g. `rl:k_0123:m28333333`.
-    pub name: String,
-    #[serde(default)]
-    pub add: Amounts,
-    #[serde(default)]
-    pub caps: Caps,
-    /// When the window ends (unix ms); the counter may be dropped after that.
-    pub expires_at_ms: u64,
-}
-
-/// The answer to a batch of [`CounterOp`]s.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CounterReply {
-    pub admitted: bool,
-    /// Per op: the value after adding if admitted, else the current (unchanged) value.
-    pub values: Vec<Amounts>,
-}
-
-/// Whether `current` (+ `add`) breaks `caps`: a field with a cap L breaks it when
-/// `current + max(add, 1) > L` — i.e. a request is admitted while `count < L`, a token or USD
-/// check (add 0) while `used < L`.
-pub fn violates(current: Amounts, add: Amounts, caps: Caps) -> bool {
-    let over = |cur: u64, add: u64, cap: Option<u64>| cap.is_some_and(|cap| cur.saturating_add(add.max(1)) > cap);
-    over(current.requests, add.requests, caps.requests)
-        || over(current.tokens, add.tokens, caps.tokens)
-        || over(current.cost_nusd, add.cost_nusd, caps.cost_nusd)
-}
-
-/// Applies `ops` to `current` (one value per op) all-or-nothing: if no op violates its caps,
-/// every op's `add` is added. The one rule every counter implementation uses (the in-isolate
-/// limiter, the Durable Object, tests).
-pub fn apply_ops(current: &mut [Amounts], ops: &[CounterOp]) -> CounterReply {
-    let admitted = ops.iter().zip(current.iter()).all(|(op, cur)| !violates(*cur, op.add, op.caps));
-    if admitted {
-        for (cur, op) in current.iter_mut().zip(ops) {
-            *cur = cur.plus(op.add);
-        }
-    }
-    CounterReply { admitted, values: current.to_vec() }
-}
-
-/// Exact counters shared by every instance of the gateway (Cloudflare: a Durable Object per
-/// `scope`). The ports.rs addition: `Ports` gains this as a supertrait.
-#[allow(async_fn_in_trait)] // single-threaded wasm hosts, generic callers (see ports.rs)
-pub trait Counter {
-    /// Applies `ops` atomically (see [`apply_ops`]) to the counters of `scope` (a key id,
-    /// `tenant:<name>` or `public`), consistently across all instances and locations.
-    /// `Ok(None)`: this host has no exact counter; the core then counts in KV. The default.
-    async fn count(&self, scope: &str, ops: &[CounterOp]) -> Result<Option<CounterReply>> {
-        let _ = (scope, ops);
-        Ok(None)
-    }
-
-    /// Whether this host's in-memory state outlives a request (Cloudflare: the isolate does;
-    /// Spin: every request is a fresh instance). Without it, `kv`-mode request increments are
-    /// written before the request is forwarded instead of after the response: nothing in
-    /// memory would merge them, and a write that waits for the answer leaves every request
-    /// in flight meanwhile uncounted.
-    fn keeps_state(&self) -> bool {
-        true
-    }
-}
-
-impl Counter for crate::gateway::testing::MemoryHost {}
-
 /// How long a `locked_count` caller waits after writing the lock before reading it back.
 pub const LOCK_SETTLE_MS: u64 = 50;
 /// A lock older than this is treated as abandoned (its holder died).
@@ -456,7 +348,7 @@ pub async fn locked_count<P: Kv + crate::gateway::ports::Clock>(
     let lock = format!("lock:{scope}");
     let mut id = [0u8; 8];
     ports.random_bytes(&mut id);
-    let id = crate::gateway::normalize::hex(&id);
+    let id = crate::gateway::util::text::hex(&id);
     let started = ports.now_ms();
     loop {
         let now = ports.now_ms();
@@ -1074,25 +966,12 @@ pub fn usd(nusd: u64) -> String {
     format!("${whole}.{frac}")
 }
 
-/// OpenAI's reset spelling: `250ms`, `7s`, `6m0s`, `1h2m3s`; whole seconds are rounded up.
-pub fn duration_string(ms: u64) -> String {
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let s = ms.div_ceil(1000);
-    match (s / 3600, s % 3600 / 60, s % 60) {
-        (0, 0, sec) => format!("{sec}s"),
-        (0, min, sec) => format!("{min}m{sec}s"),
-        (h, min, sec) => format!("{h}h{min}m{sec}s"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::keys::BudgetPeriod;
+    use crate::gateway::features::keys::BudgetPeriod;
+    use crate::gateway::ports::memory::{block_on, MemoryHost};
     use crate::gateway::ports::{Clock, Secrets, Upstream, UpstreamError};
-    use crate::gateway::testing::{block_on, MemoryHost};
     use serde_json::json;
     use std::cell::Cell;
     use std::future::Future;
@@ -1672,14 +1551,14 @@ mod tests {
 
     #[test]
     fn windows() {
-        let t = crate::gateway::usage::days_from_civil(2024, 12, 31) as u64 * DAY_MS + 3_723_004; // 01:02:03.004
+        let t = crate::gateway::util::time::days_from_civil(2024, 12, 31) as u64 * DAY_MS + 3_723_004; // 01:02:03.004
         assert_eq!(Period::Second.window(t).end_ms, t - 4 + 1000);
         assert_eq!(Period::Minute.window(t).end_ms, t - 3_004 + 60_000);
         assert_eq!(Period::Hour.window(t).end_ms, t - 123_004 + 3_600_000);
         assert_eq!(Period::Day.window(t), Window { id: "2024-12-31".into(), end_ms: t - 3_723_004 + DAY_MS });
         let month = Period::Month.window(t);
         assert_eq!(month.id, "2024-12");
-        assert_eq!(month.end_ms, crate::gateway::usage::days_from_civil(2025, 1, 1) as u64 * DAY_MS);
+        assert_eq!(month.end_ms, crate::gateway::util::time::days_from_civil(2025, 1, 1) as u64 * DAY_MS);
         assert_eq!(Period::Year.window(t).id, "2024");
         assert_eq!(Period::Year.window(t).end_ms, month.end_ms);
         assert_ne!(Period::Minute.window(t).id, Period::Minute.window(t + 60_000).id);

@@ -1,6 +1,6 @@
 use super::*;
+use crate::gateway::ports::memory::{block_on, MemoryHost};
 use crate::gateway::ports::UpstreamError;
-use crate::gateway::testing::{block_on, MemoryHost};
 use http::Method;
 
 const CONFIG: &str = r#"{"version": "t1", "settings": {"config_ttl_ms": 1000}, "endpoints": [

@@ -20,10 +20,10 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::gateway::config::Issues;
+use crate::gateway::check::Issues;
 use crate::gateway::error::{GatewayError, Result};
-use crate::gateway::normalize::hex;
-use crate::gateway::providers::Operation;
+use crate::gateway::types::Operation;
+use crate::gateway::util::text::hex;
 
 /// Step budget of one render (every node and expression evaluated costs one). A plain prompt
 /// with a few variables uses well under 100; a loop over a 1,000-item list about 10,000.
@@ -559,7 +559,7 @@ mod jinja {
 
     use serde_json::{Map, Value};
 
-    use crate::gateway::guard::{lower_char, upper_char};
+    use crate::gateway::util::text::{lower_char, upper_char};
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum Kind {

@@ -1,12 +1,17 @@
 //! The ports: everything the core needs from the world, implemented once per host
 //! (`src/host/`) and in memory for native tests (`testing.rs`). Nothing else in
-//! `src/gateway/` touches a runtime API.
+//! `src/gateway/` touches a runtime API. `memory` has in-memory versions for tests and benches.
 //!
 //! The traits use `async fn` because every host is single-threaded wasm: the futures are not
 //! `Send`, and callers are generic over the host (no `dyn`), so the lint is moot here.
 #![allow(async_fn_in_trait)]
 
 use crate::gateway::error::Result;
+
+pub mod counter;
+pub mod memory;
+
+pub use counter::Counter;
 
 /// Key-value store (Cloudflare KV namespace, Spin key-value store).
 pub trait Kv {
@@ -59,5 +64,5 @@ pub trait Clock {
 /// Everything a host provides. The Background port of DESIGN.md is not a trait: the pipeline
 /// returns its after-response work as data (`pipeline::Deferred`) and each host decides when
 /// to run it (Cloudflare: `waitUntil`; Spin: after the response body is written).
-pub trait Ports: Kv + Upstream + Secrets + Clock + crate::gateway::limits::Counter {}
-impl<T: Kv + Upstream + Secrets + Clock + crate::gateway::limits::Counter> Ports for T {}
+pub trait Ports: Kv + Upstream + Secrets + Clock + Counter {}
+impl<T: Kv + Upstream + Secrets + Clock + Counter> Ports for T {}

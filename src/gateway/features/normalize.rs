@@ -75,41 +75,6 @@ pub fn client_request_id(headers: &HeaderMap) -> Option<&str> {
     ok.then_some(id)
 }
 
-/// Percent-decodes a URL path segment or query component; `+` means a space in queries only.
-pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b'+', _, _) if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +144,5 @@ mod tests {
         assert_eq!(client_request_id(&h), Some("abc-123"));
         h.insert("x-request-id", "has space".parse().unwrap());
         assert_eq!(client_request_id(&h), None);
-        assert_eq!(hex(&[0, 255, 16]), "00ff10");
     }
 }

@@ -22,10 +22,11 @@ use http::HeaderMap;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::gateway::config::Issues;
+use crate::gateway::check::Issues;
 use crate::gateway::error::Result;
-use crate::gateway::normalize::hex;
-use crate::gateway::providers::{openai, Operation, Usage};
+use crate::gateway::providers::openai;
+use crate::gateway::types::{Operation, Usage};
+use crate::gateway::util::text::hex;
 
 /// Cloudflare KV refuses shorter TTLs.
 pub const MIN_TTL_SECS: u64 = 60;
@@ -520,13 +521,13 @@ mod tests {
     fn equal_requests_share_a_key_streaming_or_not() {
         let a = obj(json!({"temperature": 0, "messages": [{"role": "user", "content": "hi"}], "stream": true,
                            "stream_options": {"include_usage": true}}));
-        let b = crate::gateway::normalize::parse_json_object(
+        let b = crate::gateway::features::normalize::parse_json_object(
             br#"{ "messages" : [ {"content":"hi","role":"user"} ], "temperature":0 }"#,
             1000,
         )
         .unwrap();
         assert_eq!(key_body(&a), key_body(&b));
-        assert_eq!(key_body(&b), crate::gateway::normalize::canonical(&b));
+        assert_eq!(key_body(&b), crate::gateway::features::normalize::canonical(&b));
         assert_eq!(key_body(&Map::new()), b"{}");
     }
 
@@ -604,7 +605,7 @@ mod tests {
     #[test]
     #[ignore]
     fn per_request_cost() {
-        use crate::gateway::{guard, normalize, template};
+        use crate::gateway::features::{guard, normalize, template};
         use std::time::Instant;
 
         let mut issues = Issues::default();

@@ -129,3 +129,5 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
         }
     }
 }
+
+impl crate::gateway::ports::Counter for MemoryHost {}

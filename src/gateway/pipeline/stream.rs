@@ -5,8 +5,9 @@
 //! stage N+1's input. That composes, e.g., Gemini → OpenAI chunks → Anthropic events for an
 //! Anthropic client of a Gemini endpoint, with each translator written once.
 
-use crate::gateway::providers::sse::SseParser;
-use crate::gateway::providers::{StreamTranslate, StreamTranslator, Usage};
+use crate::gateway::providers::{StreamTranslate, StreamTranslator};
+use crate::gateway::types::Usage;
+use crate::gateway::wire::sse::SseParser;
 
 /// What a finished (or abandoned) stream tells the after-response work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

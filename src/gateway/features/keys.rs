@@ -19,8 +19,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::gateway::error::{GatewayError, Result};
-use crate::gateway::normalize::hex;
 use crate::gateway::ports::{Clock, Kv};
+use crate::gateway::util::text::hex;
 
 pub const KEY_PREFIX: &str = "egw_";
 pub const RECORD_PREFIX: &str = "key:";
@@ -278,7 +278,7 @@ pub fn base64url(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::testing::{block_on, MemoryHost};
+    use crate::gateway::ports::memory::{block_on, MemoryHost};
 
     fn host() -> MemoryHost {
         MemoryHost::new(|_| Err(crate::gateway::ports::UpstreamError::Timeout))

@@ -1,0 +1,127 @@
+//! Small text helpers shared across layers.
+
+/// Percent-decodes a URL path segment or query component; `+` means a space in queries only.
+pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Simple lowercase mapping for ASCII, Latin-1, Latin Extended-A, Greek and basic Cyrillic,
+/// computed rather than looked up: std's Unicode case tables cost ~20 KB of wasm. Other
+/// characters map to themselves.
+pub fn lower_char(c: char) -> char {
+    let u = c as u32;
+    let mapped = match u {
+        0x41..=0x5A | 0xC0..=0xD6 | 0xD8..=0xDE | 0x391..=0x3A1 | 0x3A3..=0x3AB | 0x410..=0x42F => u + 0x20,
+        0x400..=0x40F => u + 0x50,
+        0x130 => 0x69,
+        0x178 => 0xFF,
+        0x386 => 0x3AC,
+        0x388..=0x38A => u + 0x25,
+        0x38C => 0x3CC,
+        0x38E..=0x38F => u + 0x3F,
+        0x100..=0x12F | 0x132..=0x137 | 0x14A..=0x177 if u.is_multiple_of(2) => u + 1,
+        0x139..=0x148 | 0x179..=0x17E if !u.is_multiple_of(2) => u + 1,
+        _ => u,
+    };
+    char::from_u32(mapped).unwrap_or(c)
+}
+
+/// The inverse of [`lower_char`] (plus `ı`, final `ς` and long `ſ`).
+pub fn upper_char(c: char) -> char {
+    let u = c as u32;
+    let mapped = match u {
+        0x61..=0x7A | 0xE0..=0xF6 | 0xF8..=0xFE | 0x3B1..=0x3C1 | 0x3C3..=0x3CB | 0x430..=0x44F => u - 0x20,
+        0x450..=0x45F => u - 0x50,
+        0xFF => 0x178,
+        0x131 => 0x49,
+        0x17F => 0x53,
+        0x3C2 => 0x3A3,
+        0x3AC => 0x386,
+        0x3AD..=0x3AF => u - 0x25,
+        0x3CC => 0x38C,
+        0x3CD..=0x3CE => u - 0x3F,
+        0x101..=0x12F | 0x133..=0x137 | 0x14B..=0x177 if !u.is_multiple_of(2) => u - 1,
+        0x13A..=0x148 | 0x17A..=0x17E if u.is_multiple_of(2) => u - 1,
+        _ => u,
+    };
+    char::from_u32(mapped).unwrap_or(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_and_percent_decoding() {
+        assert_eq!(hex(&[0, 255, 16]), "00ff10");
+        assert_eq!(percent_decode("a%20b+c", true), "a b c");
+        assert_eq!(percent_decode("a%20b+c", false), "a b+c");
+        assert_eq!(truncate("h\u{e9}llo", 2), "h");
+    }
+
+    #[test]
+    fn case_mapping_agrees_with_unicode() {
+        for u in 0..0x500u32 {
+            let Some(c) = char::from_u32(u) else { continue };
+            let std_lower: Vec<char> = c.to_lowercase().collect();
+            let std_upper: Vec<char> = c.to_uppercase().collect();
+            if lower_char(c) != c && u != 0x130 {
+                // (U+0130's full lowercase is two chars; its simple lowercase is `i`.)
+                assert_eq!(std_lower, [lower_char(c)], "lower {c:?} U+{u:04X}");
+            }
+            if upper_char(c) != c {
+                assert_eq!(std_upper, [upper_char(c)], "upper {c:?} U+{u:04X}");
+            }
+            // Full coverage of ASCII, Latin-1, Latin Extended-A, basic Greek and Cyrillic.
+            let covered = u < 0x180 || (0x386..=0x3CE).contains(&u) || (0x400..=0x45F).contains(&u);
+            if covered && std_lower.len() == 1 && u != 0x130 {
+                assert_eq!(lower_char(c), std_lower[0], "lower {c:?} U+{u:04X}");
+            }
+            if covered && std_upper.len() == 1 && !matches!(u, 0xB5 | 0x390 | 0x3B0) {
+                assert_eq!(upper_char(c), std_upper[0], "upper {c:?} U+{u:04X}");
+            }
+        }
+    }
+}

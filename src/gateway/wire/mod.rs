@@ -1,0 +1,3 @@
+//! Wire-format pieces that client dialects and provider adapters share.
+
+pub mod sse;

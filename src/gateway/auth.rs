@@ -16,9 +16,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::keys::{self, KeyRecord, KeyState};
 use crate::gateway::ports::Ports;
 
@@ -139,36 +139,21 @@ async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Result
 }
 
 fn missing_key() -> GatewayError {
-    GatewayError {
-        status: StatusCode::UNAUTHORIZED,
-        kind: "invalid_request_error",
-        code: "missing_api_key",
-        message: "no API key: send one as `Authorization: Bearer <key>`, `x-api-key: <key>` or `api-key: <key>`".into(),
-        retry_after: None,
-    }
+    GatewayError::unauthorized(
+        ErrorCode::MissingApiKey,
+        "no API key: send one as `Authorization: Bearer <key>`, `x-api-key: <key>` or `api-key: <key>`",
+    )
 }
 
 fn invalid_key() -> GatewayError {
-    GatewayError {
-        status: StatusCode::UNAUTHORIZED,
-        kind: "invalid_request_error",
-        code: "invalid_api_key",
-        message: "the API key is not valid: it is unknown, expired or revoked".into(),
-        retry_after: None,
-    }
+    GatewayError::unauthorized(ErrorCode::InvalidApiKey, "the API key is not valid: it is unknown, expired or revoked")
 }
 
 fn endpoint_not_allowed(endpoint: &str) -> GatewayError {
-    GatewayError {
-        status: StatusCode::FORBIDDEN,
-        kind: "permission_error",
-        code: "endpoint_not_allowed",
-        message: format!(
-            "this API key may not call endpoint \"{}\"",
-            crate::gateway::util::text::truncate(endpoint, 64)
-        ),
-        retry_after: None,
-    }
+    GatewayError::forbidden(
+        ErrorCode::EndpointNotAllowed,
+        format!("this API key may not call endpoint \"{}\"", crate::gateway::util::text::truncate(endpoint, 64)),
+    )
 }
 
 #[cfg(test)]
@@ -176,6 +161,7 @@ mod tests {
     use super::*;
     use crate::gateway::ports::memory::{block_on, MemoryHost};
     use crate::gateway::ports::{Clock, UpstreamError};
+    use http::StatusCode;
 
     fn host() -> MemoryHost {
         MemoryHost::new(|_| Err(UpstreamError::Timeout))
@@ -221,7 +207,7 @@ mod tests {
             assert_eq!(auth(&h, "chat", false).unwrap().unwrap().id, record.id);
         }
         let e = auth(&HeaderMap::new(), "chat", false).unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::UNAUTHORIZED, "missing_api_key"));
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::UNAUTHORIZED, "missing_api_key"));
 
         let unknown = keys::generate(&host);
         let messages: Vec<GatewayError> = [unknown.as_str(), &expired, &disabled, "sk-not-ours", "egw_short"]
@@ -229,7 +215,7 @@ mod tests {
             .map(|k| auth(&bearer(k), "chat", false).unwrap_err())
             .collect();
         for e in &messages {
-            assert_eq!((e.status, e.code), (StatusCode::UNAUTHORIZED, "invalid_api_key"));
+            assert_eq!((e.status, e.code.as_str()), (StatusCode::UNAUTHORIZED, "invalid_api_key"));
             assert_eq!(e.message, messages[0].message, "one message, whatever the reason");
         }
         for (e, k) in messages.iter().zip([&unknown, &expired, &disabled]) {
@@ -237,7 +223,7 @@ mod tests {
         }
 
         let e = auth(&bearer(&key), "embeddings", false).unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::FORBIDDEN, "endpoint_not_allowed"));
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::FORBIDDEN, "endpoint_not_allowed"));
         assert!(e.message.contains("\"embeddings\""), "{}", e.message);
         assert!(!e.message.contains(&key));
 

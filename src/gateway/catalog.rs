@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use crate::gateway::config::{Config, Endpoint, TrafficRoute};
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 
 /// Entries per page of MLflow listings; `page_token` is the decimal offset of the next page.
 const PAGE_SIZE: usize = 50;
@@ -59,9 +59,9 @@ fn page(config: &Config, query: &str, list_key: &str, type_key: &str) -> Result<
     let start: usize = if token.is_empty() {
         0
     } else {
-        token
-            .parse()
-            .map_err(|_| GatewayError::bad_request("invalid_page_token", format!("invalid page_token \"{token}\"")))?
+        token.parse().map_err(|_| {
+            GatewayError::bad_request(ErrorCode::InvalidPageToken, format!("invalid page_token \"{token}\""))
+        })?
     };
     let items: Vec<Value> =
         config.order.iter().skip(start).take(PAGE_SIZE).filter_map(|name| view(config, name, type_key)).collect();
@@ -74,7 +74,7 @@ fn page(config: &Config, query: &str, list_key: &str, type_key: &str) -> Result<
 
 fn one(config: &Config, name: &str, type_key: &str) -> Result<Value> {
     view(config, name, type_key)
-        .ok_or_else(|| GatewayError::not_found("endpoint_not_found", format!("no endpoint named \"{name}\"")))
+        .ok_or_else(|| GatewayError::not_found(ErrorCode::EndpointNotFound, format!("no endpoint named \"{name}\"")))
 }
 
 pub fn endpoints(config: &Config, query: &str) -> Result<Value> {

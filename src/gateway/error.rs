@@ -1,18 +1,139 @@
 //! The one error type. Every failure anywhere in the gateway becomes a `GatewayError`, and
 //! every `GatewayError` becomes the same JSON body (OpenAI's shape, which MLflow clients also
-//! read): `{"error": {"message", "type", "code"}}`. Messages name the problem and never carry
-//! a secret: provider credentials and client keys are never formatted into one.
+//! read): `{"error": {"message", "type", "code"}}`; dialects render the same error in their
+//! client's shape. Messages name the problem and never carry a secret: provider credentials
+//! and client keys are never formatted into one. Build errors with the constructors below.
 
 use http::StatusCode;
-use serde_json::json;
+
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident = $text:literal,)*) => {
+        /// The stable, machine-readable `code` of an error (clients branch on it).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $text,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    // The client's request.
+    BadRequest = "bad_request",
+    BodyReadFailed = "body_read_failed",
+    InvalidJson = "invalid_json",
+    InvalidRequest = "invalid_request",
+    MissingField = "missing_field",
+    MissingModel = "missing_model",
+    InvalidModel = "invalid_model",
+    InvalidMessage = "invalid_message",
+    InvalidMessages = "invalid_messages",
+    InvalidTools = "invalid_tools",
+    InvalidScoringRequest = "invalid_scoring_request",
+    InvalidPageToken = "invalid_page_token",
+    UnsupportedParameter = "unsupported_parameter",
+    UnsupportedOperation = "unsupported_operation",
+    UnsupportedContent = "unsupported_content",
+    UnsupportedInput = "unsupported_input",
+    UnsupportedMediaType = "unsupported_media_type",
+    MethodNotAllowed = "method_not_allowed",
+    RequestTooLarge = "request_too_large",
+    EndpointTypeMismatch = "endpoint_type_mismatch",
+    ModelNotFound = "model_not_found",
+    EndpointNotFound = "endpoint_not_found",
+    RouteNotFound = "route_not_found",
+    // Templates and guardrails.
+    MissingTemplateVariables = "missing_template_variables",
+    PromptWithTemplate = "prompt_with_template",
+    TemplateNotSupported = "template_not_supported",
+    TemplateRenderFailed = "template_render_failed",
+    TemplateTooExpensive = "template_too_expensive",
+    TemplateOutputTooLarge = "template_output_too_large",
+    ContentDenied = "content_denied",
+    OutputDenied = "output_denied",
+    PromptInjection = "prompt_injection",
+    TooManyMessages = "too_many_messages",
+    InputTooLong = "input_too_long",
+    // Identity, limits and budgets.
+    MissingApiKey = "missing_api_key",
+    InvalidApiKey = "invalid_api_key",
+    EndpointNotAllowed = "endpoint_not_allowed",
+    RateLimitExceeded = "rate_limit_exceeded",
+    BudgetExceeded = "budget_exceeded",
+    // The admin API.
+    InvalidAdminToken = "invalid_admin_token",
+    InvalidKeyRequest = "invalid_key_request",
+    InvalidKeyId = "invalid_key_id",
+    KeyRevoked = "key_revoked",
+    InvalidTenant = "invalid_tenant",
+    InvalidDate = "invalid_date",
+    InvalidRange = "invalid_range",
+    KeyNotFound = "key_not_found",
+    VersionNotFound = "version_not_found",
+    InvalidPurge = "invalid_purge",
+    InvalidVersion = "invalid_version",
+    MissingVersion = "missing_version",
+    MissingSubject = "missing_subject",
+    VersionExists = "version_exists",
+    ConfigInvalid = "config_invalid",
+    // The gateway's own state and ports.
+    ConfigMissing = "config_missing",
+    SecretMissing = "secret_missing",
+    AdminDisabled = "admin_disabled",
+    RegionUnavailable = "region_unavailable",
+    NoOrigin = "no_origin",
+    KvError = "kv_error",
+    KvUnbound = "kv_unbound",
+    KeyRecordInvalid = "key_record_invalid",
+    CounterError = "counter_error",
+    CounterBusy = "counter_busy",
+    CounterUnbound = "counter_unbound",
+    EncodeFailed = "encode_failed",
+    // Origins.
+    BadOriginRequest = "bad_origin_request",
+    OriginUnreachable = "origin_unreachable",
+    OriginTimeout = "origin_timeout",
+    OriginError = "origin_error",
+    OriginRejected = "origin_rejected",
+    OriginRateLimited = "origin_rate_limited",
+    OriginBadResponse = "origin_bad_response",
+    OriginStreamCut = "origin_stream_cut",
+    OriginStreamError = "origin_stream_error",
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl serde::Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayError {
     pub status: StatusCode,
     /// OpenAI-style `type`, e.g. `invalid_request_error`.
     pub kind: &'static str,
-    /// Stable machine-readable `code`, e.g. `model_not_found`.
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// Seconds for a `Retry-After` header (429/503).
     pub retry_after: Option<u64>,
@@ -20,47 +141,64 @@ pub struct GatewayError {
 
 pub type Result<T, E = GatewayError> = std::result::Result<T, E>;
 
+const INVALID_REQUEST: &str = "invalid_request_error";
+
 impl GatewayError {
-    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+    /// The general constructor, for statuses taken from elsewhere (an origin's answer).
+    pub fn new(status: StatusCode, kind: &'static str, code: ErrorCode, message: impl Into<String>) -> Self {
         GatewayError { status, kind, code, message: message.into(), retry_after: None }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, message)
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, INVALID_REQUEST, code, message)
     }
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", code, message)
+    pub fn unauthorized(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, INVALID_REQUEST, code, message)
+    }
+    pub fn forbidden(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "permission_error", code, message)
+    }
+    pub fn not_found(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, INVALID_REQUEST, code, message)
     }
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method_not_allowed", message)
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, INVALID_REQUEST, ErrorCode::MethodNotAllowed, message)
+    }
+    pub fn conflict(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, INVALID_REQUEST, code, message)
     }
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
-            "request_too_large",
+            INVALID_REQUEST,
+            ErrorCode::RequestTooLarge,
             format!("request body exceeds the limit of {limit} bytes"),
         )
     }
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request_error", "unsupported_media_type", message)
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID_REQUEST, ErrorCode::UnsupportedMediaType, message)
     }
-    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error", code, message)
+    pub fn unprocessable(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, INVALID_REQUEST, code, message)
+    }
+    /// A limit refused the request (`rate_limit_error`, or `insufficient_quota` for budgets).
+    pub fn too_many_requests(code: ErrorCode, message: impl Into<String>, retry_after: u64) -> Self {
+        let kind = if code == ErrorCode::BudgetExceeded { "insufficient_quota" } else { "rate_limit_error" };
+        Self::new(StatusCode::TOO_MANY_REQUESTS, kind, code, message).with_retry_after(retry_after)
     }
     /// The gateway itself is not configured (e.g. `config:active` missing or invalid).
-    pub fn not_configured(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn not_configured(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "gateway_error", code, message)
     }
     /// The origin could not be reached or answered something we cannot use.
-    pub fn bad_gateway(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_gateway(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_GATEWAY, "upstream_error", code, message)
     }
     pub fn gateway_timeout(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::GATEWAY_TIMEOUT, "upstream_error", "origin_timeout", message)
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "upstream_error", ErrorCode::OriginTimeout, message)
     }
     /// A host port (KV, secrets) failed; never the client's fault.
-    pub fn internal(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn internal(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "gateway_error", code, message)
     }
 
@@ -69,9 +207,27 @@ impl GatewayError {
         self
     }
 
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
+    }
+
+    /// `{"error": {"message", "type", "code"}}`.
     pub fn body(&self) -> Vec<u8> {
-        let body = json!({"error": {"message": self.message, "type": self.kind, "code": self.code}});
-        serde_json::to_vec(&body).expect("a json! value always serializes")
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(serde::Serialize)]
+        struct Inner<'a> {
+            message: &'a str,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            code: ErrorCode,
+        }
+        let body = Body { error: Inner { message: &self.message, kind: self.kind, code: self.code } };
+        // Serializing strings into a Vec cannot fail.
+        serde_json::to_vec(&body).unwrap_or_default()
     }
 }
 
@@ -89,11 +245,21 @@ mod tests {
 
     #[test]
     fn body_has_openai_shape() {
-        let e = GatewayError::not_found("model_not_found", "no endpoint named \"x\"");
+        let e = GatewayError::not_found(ErrorCode::ModelNotFound, "no endpoint named \"x\"");
         let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
         assert_eq!(v["error"]["message"], "no endpoint named \"x\"");
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["code"], "model_not_found");
         assert_eq!(e.status, StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn codes_are_unique_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            let s = code.as_str();
+            assert!(seen.insert(s), "duplicate code {s}");
+            assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{s}");
+        }
     }
 }

@@ -13,7 +13,7 @@ use http::{header, Request, Response, StatusCode};
 use serde_json::{Map, Value};
 
 use crate::gateway::config::{Config, Endpoint, Origin};
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::pipeline::{AttemptLog, LogRecord};
 use crate::gateway::ports::{Ports, UpstreamError};
 use crate::gateway::providers::Call;
@@ -150,7 +150,7 @@ pub async fn forward<P: Ports>(
                 if is_last && endpoint.residency.is_none() {
                     return Ok(Forwarded { response, origin: label });
                 }
-                GatewayError::bad_gateway("origin_error", format!("origin returned HTTP {}", status.as_u16()))
+                GatewayError::bad_gateway(ErrorCode::OriginError, format!("origin returned HTTP {}", status.as_u16()))
             }
             Err(UpstreamError::Timeout) => {
                 log.attempts.push(AttemptLog { origin: label.clone(), outcome: "timeout".into() });
@@ -161,7 +161,7 @@ pub async fn forward<P: Ports>(
                 log.attempts.push(AttemptLog { origin: label.clone(), outcome: "connect_error".into() });
                 breaker.record(&origin.url, false, ports.now_ms(), settings.breaker_cooldown_ms);
                 GatewayError::bad_gateway(
-                    "origin_unreachable",
+                    ErrorCode::OriginUnreachable,
                     format!("origin unreachable: {}", truncate(&reason, 200)),
                 )
             }
@@ -170,15 +170,17 @@ pub async fn forward<P: Ports>(
         last_error = Some(error);
         i += 1;
     }
-    let error = last_error.unwrap_or_else(|| GatewayError::not_configured("no_origin", "the endpoint has no origin"));
+    let error =
+        last_error.unwrap_or_else(|| GatewayError::not_configured(ErrorCode::NoOrigin, "the endpoint has no origin"));
     Err(match &endpoint.residency {
         // Never fall back outside the pinned region: say why nothing answered.
         Some(region) => GatewayError::not_configured(
-            "region_unavailable",
+            ErrorCode::RegionUnavailable,
             format!("no origin in region \"{region}\" is available ({} tried; last: {})", order.len(), error.message),
         ),
         None if order.len() > 1 => {
-            GatewayError { message: format!("all {} origins failed; last: {}", order.len(), error.message), ..error }
+            let message = format!("all {} origins failed; last: {}", order.len(), error.message);
+            error.with_message(message)
         }
         None => error,
     })

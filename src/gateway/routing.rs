@@ -7,7 +7,7 @@ use http::Method;
 
 use crate::gateway::check::did_you_mean;
 use crate::gateway::config::{Config, Endpoint, EndpointType, Origin};
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::types::Operation;
 use crate::gateway::util::text::percent_decode;
 
@@ -51,7 +51,7 @@ pub fn match_route(method: &Method, path: &str) -> Result<ApiRoute> {
         ["api", "2.0", "gateway", "routes", name] => {
             (ApiRoute::GetLegacyRoute(percent_decode(name, false)), Method::GET)
         }
-        _ => return Err(GatewayError::not_found("route_not_found", format!("no route for {method} {path}"))),
+        _ => return Err(GatewayError::not_found(ErrorCode::RouteNotFound, format!("no route for {method} {path}"))),
     };
     if *method != allowed {
         return Err(GatewayError::method_not_allowed(format!("{path} accepts {allowed}, not {method}")));
@@ -106,17 +106,17 @@ pub fn resolve(config: &Config, name: &str, wanted: Option<EndpointType>, reques
             bucket -= percentage;
         }
         let endpoint = config.endpoint(chosen).ok_or_else(|| {
-            GatewayError::not_configured("config_invalid", format!("route \"{name}\" names a missing endpoint"))
+            GatewayError::not_configured(ErrorCode::ConfigInvalid, format!("route \"{name}\" names a missing endpoint"))
         })?;
         (endpoint.clone(), Some(route.name.clone()))
     } else {
         let names: Vec<&str> = config.order.iter().map(String::as_str).collect();
         let hint = did_you_mean(name, &names).map(|s| format!(" (did you mean \"{s}\"?)")).unwrap_or_default();
-        return Err(GatewayError::not_found("model_not_found", format!("no endpoint named \"{name}\"{hint}")));
+        return Err(GatewayError::not_found(ErrorCode::ModelNotFound, format!("no endpoint named \"{name}\"{hint}")));
     };
     if let Some(wanted) = wanted.filter(|w| *w != endpoint.endpoint_type) {
         return Err(GatewayError::bad_request(
-            "endpoint_type_mismatch",
+            ErrorCode::EndpointTypeMismatch,
             format!(
                 "endpoint \"{name}\" is {}, but this API needs {}",
                 endpoint.endpoint_type.as_str(),

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use http::{HeaderName, HeaderValue, Request};
 use worker::{event, AbortController, Context, Env, Fetch, HttpRequest, KvStore, RequestInit, Response};
 
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::pipeline::stream::{StreamPump, StreamSummary};
 use crate::gateway::pipeline::{error_response, ClientInfo};
 use crate::gateway::ports::{Clock, Kv, Secrets, Upstream, UpstreamError};
@@ -65,7 +65,7 @@ async fn read_request_body(mut body: worker::Body) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| {
-            GatewayError::bad_request("body_read_failed", format!("reading the request body failed: {e}"))
+            GatewayError::bad_request(ErrorCode::BodyReadFailed, format!("reading the request body failed: {e}"))
         })?;
         if bytes.len() + chunk.len() > HARD_BODY_LIMIT {
             return Err(GatewayError::payload_too_large(HARD_BODY_LIMIT));
@@ -147,13 +147,13 @@ fn translate(state: StreamState) -> impl futures_util::Stream<Item = worker::Res
 }
 
 fn kv_error(e: impl std::fmt::Display) -> GatewayError {
-    GatewayError::internal("kv_error", format!("KV operation failed: {e}"))
+    GatewayError::internal(ErrorCode::KvError, format!("KV operation failed: {e}"))
 }
 
 impl CloudflareHost {
     fn store(&self) -> Result<&KvStore> {
         self.kv.as_ref().ok_or_else(|| {
-            GatewayError::not_configured("kv_unbound", format!("no KV namespace bound as \"{KV_BINDING}\""))
+            GatewayError::not_configured(ErrorCode::KvUnbound, format!("no KV namespace bound as \"{KV_BINDING}\""))
         })
     }
 }

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use wasm_bindgen::JsValue;
 use worker::{durable_object, DurableObject, Env, Method, Request, RequestInit, Response, State};
 
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::counter::{apply_ops, Amounts, CounterOp, CounterReply};
 
 /// The Durable Object namespace binding in `wrangler.toml`.
@@ -60,7 +60,7 @@ struct Stored {
 pub async fn count(env: &Env, scope: &str, ops: &[CounterOp]) -> Result<CounterReply> {
     let namespace = env.durable_object(COUNTER_BINDING).map_err(|_| {
         GatewayError::not_configured(
-            "counter_unbound",
+            ErrorCode::CounterUnbound,
             format!("exact limits are configured but no Durable Object namespace is bound as \"{COUNTER_BINDING}\""),
         )
     })?;
@@ -86,7 +86,7 @@ pub async fn count(env: &Env, scope: &str, ops: &[CounterOp]) -> Result<CounterR
 }
 
 fn counter_error(e: impl std::fmt::Display) -> GatewayError {
-    GatewayError::internal("counter_error", format!("the exact rate-limit counter failed: {e}"))
+    GatewayError::internal(ErrorCode::CounterError, format!("the exact rate-limit counter failed: {e}"))
 }
 
 /// One per scope (`idFromName(scope)`).

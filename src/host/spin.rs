@@ -15,7 +15,7 @@ use spin_sdk::wit::wasi::http0_2_0::types::{
     ErrorCode, IncomingResponse, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
 };
 
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode as GwCode, GatewayError, Result};
 use crate::gateway::pipeline::stream::StreamSummary;
 use crate::gateway::pipeline::{error_response, ClientInfo};
 use crate::gateway::ports::{Clock, Kv, Secrets, Upstream, UpstreamError};
@@ -85,14 +85,14 @@ async fn to_http_request(request: IncomingRequest) -> Result<Request<Vec<u8>>> {
     let mut stream = request.into_body_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            GatewayError::bad_request("body_read_failed", format!("reading the request body failed: {e}"))
+            GatewayError::bad_request(GwCode::BodyReadFailed, format!("reading the request body failed: {e}"))
         })?;
         if body.len() + chunk.len() > HARD_BODY_LIMIT {
             return Err(GatewayError::payload_too_large(HARD_BODY_LIMIT));
         }
         body.extend_from_slice(&chunk);
     }
-    builder.body(body).map_err(|e| GatewayError::bad_request("bad_request", e.to_string()))
+    builder.body(body).map_err(|e| GatewayError::bad_request(GwCode::BadRequest, e.to_string()))
 }
 
 fn spin_method(method: &Method) -> http::Method {
@@ -149,7 +149,7 @@ async fn write_response(
 }
 
 fn kv_error(e: impl std::fmt::Display) -> GatewayError {
-    GatewayError::internal("kv_error", format!("key-value operation failed: {e}"))
+    GatewayError::internal(GwCode::KvError, format!("key-value operation failed: {e}"))
 }
 
 impl SpinHost {

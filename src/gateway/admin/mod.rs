@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::gateway::auth::AuthMemo;
 use crate::gateway::check::did_you_mean;
 use crate::gateway::config::{Config, ACTIVE_KEY};
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::keys::{self, BudgetPeriod, KeyRecord};
 use crate::gateway::features::limits::valid_tenant;
 use crate::gateway::util::text::{hex, percent_decode};
@@ -76,7 +76,7 @@ struct Audit {
     #[serde(skip_serializing_if = "Option::is_none")]
     previous: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'static str>,
+    error: Option<ErrorCode>,
 }
 
 /// A handler's answer: status + body, or an error; the audit fields it filled in either way.
@@ -138,7 +138,7 @@ pub async fn handle<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<
 fn check_token<P: Ports>(ports: &P, headers: &http::HeaderMap) -> Result<()> {
     let Some(expected) = ports.secret(ADMIN_TOKEN_SECRET).filter(|t| !t.is_empty()) else {
         return Err(GatewayError::not_configured(
-            "admin_disabled",
+            ErrorCode::AdminDisabled,
             format!("the admin API is disabled: host secret {ADMIN_TOKEN_SECRET} is not set"),
         ));
     };
@@ -154,13 +154,10 @@ fn check_token<P: Ports>(ports: &P, headers: &http::HeaderMap) -> Result<()> {
     if ok && !presented.is_empty() {
         Ok(())
     } else {
-        Err(GatewayError {
-            status: StatusCode::UNAUTHORIZED,
-            kind: "invalid_request_error",
-            code: "invalid_admin_token",
-            message: "the admin API needs `Authorization: Bearer <admin token>`; the token is missing or wrong".into(),
-            retry_after: None,
-        })
+        Err(GatewayError::unauthorized(
+            ErrorCode::InvalidAdminToken,
+            "the admin API needs `Authorization: Bearer <admin token>`; the token is missing or wrong",
+        ))
     }
 }
 
@@ -168,7 +165,7 @@ async fn route<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<u8>>,
     let path = request.uri().path().trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(2).collect(); // after "/admin"
     if !path.starts_with("/admin") || path.split('/').nth(1) != Some("admin") {
-        return Err(GatewayError::not_found("route_not_found", "admin routes live under /admin/").into());
+        return Err(GatewayError::not_found(ErrorCode::RouteNotFound, "admin routes live under /admin/").into());
     }
     let query = query_params(request.uri().query().unwrap_or(""));
     let method = request.method();
@@ -187,7 +184,7 @@ async fn route<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<u8>>,
         ["cache", "purge"] => ("cache.purge", Method::POST),
         _ => {
             return Err(GatewayError::not_found(
-                "route_not_found",
+                ErrorCode::RouteNotFound,
                 format!("no admin route {method} {}", crate::gateway::util::text::truncate(path, 200)),
             )
             .into())
@@ -230,7 +227,9 @@ async fn purge_cache<P: Ports>(ports: &P, body: &[u8]) -> Handled {
     let field = |name: &str| spec.get(name).and_then(Value::as_str).filter(|s| !s.is_empty());
     let scope = match (field("tenant"), spec.get("shared").and_then(Value::as_bool).unwrap_or(false)) {
         (Some(_), true) => {
-            return Err(GatewayError::bad_request("invalid_purge", "give `tenant` or `shared: true`, not both").into())
+            return Err(
+                GatewayError::bad_request(ErrorCode::InvalidPurge, "give `tenant` or `shared: true`, not both").into()
+            )
         }
         (Some(tenant), false) => Some(Scope::Tenant(tenant)),
         (None, true) => Some(Scope::Shared),
@@ -252,13 +251,13 @@ async fn purge_cache<P: Ports>(ports: &P, body: &[u8]) -> Handled {
 async fn get_config<P: Ports>(ports: &P) -> Handled {
     let Some(raw) = ports.get(ACTIVE_KEY).await? else {
         return Err(GatewayError::not_found(
-            "config_missing",
+            ErrorCode::ConfigMissing,
             format!("no active config: KV entry \"{ACTIVE_KEY}\" is missing"),
         )
         .into());
     };
     let mut value: Value = serde_json::from_slice(&raw).map_err(|_| {
-        GatewayError::internal("config_invalid", format!("KV entry \"{ACTIVE_KEY}\" is not valid JSON"))
+        GatewayError::internal(ErrorCode::ConfigInvalid, format!("KV entry \"{ACTIVE_KEY}\" is not valid JSON"))
     })?;
     redact_secrets(&mut value);
     Ok((StatusCode::OK, value))
@@ -266,7 +265,7 @@ async fn get_config<P: Ports>(ports: &P) -> Handled {
 
 fn parse_json(body: &[u8], what: &str) -> Result<Value> {
     serde_json::from_slice(body)
-        .map_err(|e| GatewayError::bad_request("invalid_json", format!("{what} is not valid JSON: {e}")))
+        .map_err(|e| GatewayError::bad_request(ErrorCode::InvalidJson, format!("{what} is not valid JSON: {e}")))
 }
 
 fn version_of(value: &Value) -> Option<String> {
@@ -286,7 +285,7 @@ fn issues_failure(what: &str, issues: Vec<crate::gateway::check::ConfigIssue>) -
     let list: Vec<Value> = issues.iter().map(|i| json!({"path": i.path, "message": i.message})).collect();
     Failure {
         error: GatewayError::bad_request(
-            "config_invalid",
+            ErrorCode::ConfigInvalid,
             format!("{what} has {} issue(s); first: {first}", issues.len()),
         ),
         issues: Some(Value::Array(list)),
@@ -301,7 +300,7 @@ async fn active_version<P: Ports>(ports: &P) -> Option<String> {
 async fn apply_config<P: Ports>(ports: &P, body: &[u8], dry_run: bool, audit: &mut Audit) -> Handled {
     let mut value = parse_json(body, "the config")?;
     if !value.is_object() {
-        return Err(GatewayError::bad_request("config_invalid", "the config must be a JSON object").into());
+        return Err(GatewayError::bad_request(ErrorCode::ConfigInvalid, "the config must be a JSON object").into());
     }
     let version = match version_of(&value) {
         Some(v) => v,
@@ -316,7 +315,7 @@ async fn apply_config<P: Ports>(ports: &P, body: &[u8], dry_run: bool, audit: &m
     audit.version = Some(crate::gateway::util::text::truncate(&version, 64).to_string());
     if !valid_version(&version) {
         return Err(GatewayError::bad_request(
-            "invalid_version",
+            ErrorCode::InvalidVersion,
             "`version` must be 1-64 letters, digits, '_', '-' or '.' (it names the KV entry config:v:<version>)",
         )
         .into());
@@ -328,20 +327,17 @@ async fn apply_config<P: Ports>(ports: &P, body: &[u8], dry_run: bool, audit: &m
     let name = format!("{VERSION_PREFIX}{version}");
     if let Some(existing) = ports.get(&name).await? {
         if serde_json::from_slice::<Value>(&existing).ok().as_ref() != Some(&value) {
-            return Err(GatewayError {
-                status: StatusCode::CONFLICT,
-                kind: "invalid_request_error",
-                code: "version_exists",
-                message: format!("version \"{version}\" was already applied with different content: give this config a new `version`"),
-                retry_after: None,
-            }
+            return Err(GatewayError::conflict(
+        ErrorCode::VersionExists,
+        format!("version \"{version}\" was already applied with different content: give this config a new `version`"),
+    )
             .into());
         }
     }
     let previous = active_version(ports).await;
     audit.previous = previous.clone();
     let bytes = serde_json::to_vec(&value)
-        .map_err(|_| GatewayError::internal("config_invalid", "the config could not be stored"))?;
+        .map_err(|_| GatewayError::internal(ErrorCode::ConfigInvalid, "the config could not be stored"))?;
     ports.put(&name, &bytes, None).await?;
     ports.put(ACTIVE_KEY, &bytes, None).await?;
     Ok((StatusCode::OK, json!({"version": version, "previous": previous, "endpoints": config.order})))
@@ -370,9 +366,11 @@ async fn rollback<P: Ports>(ports: &P, body: &[u8], audit: &mut Audit) -> Handle
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         _ => {
-            return Err(
-                GatewayError::bad_request("missing_version", "send {\"version\": \"<version to activate>\"}").into()
+            return Err(GatewayError::bad_request(
+                ErrorCode::MissingVersion,
+                "send {\"version\": \"<version to activate>\"}",
             )
+            .into())
         }
     };
     audit.version = Some(crate::gateway::util::text::truncate(&version, 64).to_string());
@@ -386,7 +384,7 @@ async fn rollback<P: Ports>(ports: &P, body: &[u8], audit: &mut Audit) -> Handle
             None => format!(" (known: {})", names.iter().rev().take(10).copied().collect::<Vec<_>>().join(", ")),
         };
         return Err(GatewayError::not_found(
-            "version_not_found",
+            ErrorCode::VersionNotFound,
             format!("no stored config version \"{}\"{hint}", crate::gateway::util::text::truncate(&version, 64)),
         )
         .into());
@@ -438,7 +436,9 @@ const KEY_FIELDS: &[&str] = &[
 fn key_spec(body: &[u8], now_ms: u64) -> std::result::Result<KeyRecord, Failure> {
     let value = parse_json(body, "the key request")?;
     let Value::Object(map) = value else {
-        return Err(GatewayError::bad_request("invalid_key_request", "the key request must be a JSON object").into());
+        return Err(
+            GatewayError::bad_request(ErrorCode::InvalidKeyRequest, "the key request must be a JSON object").into()
+        );
     };
     let mut issues = crate::gateway::check::Issues::default();
     for field in map.keys() {
@@ -610,7 +610,7 @@ async fn list_keys<P: Ports>(ports: &P, tenant: Option<&str>) -> Handled {
 async fn find_key<P: Ports>(ports: &P, id: &str) -> Result<KeyRecord> {
     keys::by_id(ports, id).await?.ok_or_else(|| {
         GatewayError::not_found(
-            "key_not_found",
+            ErrorCode::KeyNotFound,
             format!("no API key with id \"{}\"", crate::gateway::util::text::truncate(id, 40)),
         )
     })
@@ -634,13 +634,10 @@ async fn rotate_key<P: Ports>(ports: &P, memo: &AuthMemo, id: &str, audit: &mut 
     let mut record = find_key(ports, id).await?;
     audit.tenant = Some(record.tenant.clone());
     if record.disabled {
-        return Err(GatewayError {
-            status: StatusCode::CONFLICT,
-            kind: "invalid_request_error",
-            code: "key_revoked",
-            message: format!("API key \"{}\" is revoked; create a new key instead", record.id),
-            retry_after: None,
-        }
+        return Err(GatewayError::conflict(
+            ErrorCode::KeyRevoked,
+            format!("API key \"{}\" is revoked; create a new key instead", record.id),
+        )
         .into());
     }
     let old_hash = std::mem::take(&mut record.hash);
@@ -665,7 +662,7 @@ async fn get_usage<P: Ports>(ports: &P, query: &[(String, String)], audit: &mut 
         match query_value(query, name) {
             None => Ok(today),
             Some(s) => parse_day(s).ok_or_else(|| {
-                GatewayError::bad_request("invalid_date", format!("`{name}` must be a date YYYY-MM-DD (UTC)"))
+                GatewayError::bad_request(ErrorCode::InvalidDate, format!("`{name}` must be a date YYYY-MM-DD (UTC)"))
             }),
         }
     };
@@ -680,14 +677,16 @@ async fn get_usage<P: Ports>(ports: &P, query: &[(String, String)], audit: &mut 
             Subject::Tenant(t)
         }
         (Some(_), None) => {
-            return Err(GatewayError::bad_request("invalid_key_id", "`key` must be a key id (k_...)").into())
+            return Err(GatewayError::bad_request(ErrorCode::InvalidKeyId, "`key` must be a key id (k_...)").into())
         }
         (None, Some(_)) => {
-            return Err(GatewayError::bad_request("invalid_tenant", "`tenant` is not a valid tenant name").into())
+            return Err(
+                GatewayError::bad_request(ErrorCode::InvalidTenant, "`tenant` is not a valid tenant name").into()
+            )
         }
         _ => {
             return Err(GatewayError::bad_request(
-                "missing_subject",
+                ErrorCode::MissingSubject,
                 "give exactly one of `key=<key id>` or `tenant=<name>`",
             )
             .into())

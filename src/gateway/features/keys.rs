@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::{Clock, Kv};
 use crate::gateway::util::text::hex;
 
@@ -259,7 +259,7 @@ pub async fn list(kv: &impl Kv) -> Result<Vec<KeyRecord>> {
 }
 
 fn corrupt() -> GatewayError {
-    GatewayError::internal("key_record_invalid", "a stored API key record could not be read")
+    GatewayError::internal(ErrorCode::KeyRecordInvalid, "a stored API key record could not be read")
 }
 
 /// RFC 4648 base64url without padding.

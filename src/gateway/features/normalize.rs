@@ -3,7 +3,7 @@
 use http::HeaderMap;
 use serde_json::{Map, Value};
 
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 
 /// Parses a JSON object body, refusing bodies over `limit` bytes before parsing.
 pub fn parse_json_object(body: &[u8], limit: usize) -> Result<Map<String, Value>> {
@@ -11,12 +11,14 @@ pub fn parse_json_object(body: &[u8], limit: usize) -> Result<Map<String, Value>
         return Err(GatewayError::payload_too_large(limit));
     }
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(GatewayError::bad_request("invalid_json", "request body is empty; expected a JSON object"));
+        return Err(GatewayError::bad_request(ErrorCode::InvalidJson, "request body is empty; expected a JSON object"));
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(GatewayError::bad_request("invalid_json", "request body must be a JSON object")),
-        Err(e) => Err(GatewayError::bad_request("invalid_json", format!("request body is not valid JSON: {e}"))),
+        Ok(_) => Err(GatewayError::bad_request(ErrorCode::InvalidJson, "request body must be a JSON object")),
+        Err(e) => {
+            Err(GatewayError::bad_request(ErrorCode::InvalidJson, format!("request body is not valid JSON: {e}")))
+        }
     }
 }
 
@@ -85,7 +87,7 @@ mod tests {
     fn rejects_bad_bodies_with_clear_errors() {
         assert_eq!(parse_json_object(b"{}", 1).unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
         let e = parse_json_object(b"{\"a\":", 100).unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_json"));
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::BAD_REQUEST, "invalid_json"));
         assert!(e.message.contains("line 1"), "{}", e.message);
         assert_eq!(parse_json_object(b"[1]", 100).unwrap_err().message, "request body must be a JSON object");
         assert_eq!(parse_json_object(b"  ", 100).unwrap_err().code, "invalid_json");

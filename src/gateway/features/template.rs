@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::gateway::check::Issues;
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::types::Operation;
 use crate::gateway::util::text::hex;
 
@@ -437,11 +437,11 @@ fn render_error(compiled: &Compiled, variables: &Map<String, Value>, e: &jinja::
     let label = format!("{}@{}", compiled.name, compiled.version);
     match e.kind {
         jinja::Kind::TooLarge => GatewayError::bad_request(
-            "template_output_too_large",
+            ErrorCode::TemplateOutputTooLarge,
             format!("the prompt rendered from template \"{label}\" exceeds the limit of {MAX_OUTPUT_BYTES} bytes"),
         ),
         jinja::Kind::Fuel => GatewayError::bad_request(
-            "template_too_expensive",
+            ErrorCode::TemplateTooExpensive,
             format!("rendering template \"{label}\" exceeded its budget of {MAX_FUEL} steps"),
         ),
         jinja::Kind::Undefined => {
@@ -449,12 +449,12 @@ fn render_error(compiled: &Compiled, variables: &Map<String, Value>, e: &jinja::
                 compiled.variables.iter().map(String::as_str).filter(|v| !variables.contains_key(*v)).collect();
             if missing.is_empty() {
                 GatewayError::bad_request(
-                    "template_render_failed",
+                    ErrorCode::TemplateRenderFailed,
                     format!("rendering template \"{label}\" failed: {} (line {})", e.message, e.line),
                 )
             } else {
                 GatewayError::bad_request(
-                    "missing_template_variables",
+                    ErrorCode::MissingTemplateVariables,
                     format!(
                         "template \"{label}\" needs variables that were not provided: {} (send them as \"variables\": {{...}})",
                         missing.join(", ")
@@ -463,7 +463,7 @@ fn render_error(compiled: &Compiled, variables: &Map<String, Value>, e: &jinja::
             }
         }
         jinja::Kind::Syntax | jinja::Kind::Invalid => GatewayError::bad_request(
-            "template_render_failed",
+            ErrorCode::TemplateRenderFailed,
             format!("rendering template \"{label}\" failed: {} (line {})", e.message, e.line),
         ),
     }
@@ -503,7 +503,9 @@ pub fn apply(rendered: RenderedPrompt, op: Operation, body: &mut Map<String, Val
             match body.remove("messages") {
                 None | Some(Value::Null) => {}
                 Some(Value::Array(client)) => messages.extend(client),
-                Some(_) => return Err(GatewayError::bad_request("invalid_messages", "`messages` must be a list")),
+                Some(_) => {
+                    return Err(GatewayError::bad_request(ErrorCode::InvalidMessages, "`messages` must be a list"))
+                }
             }
             body.insert("messages".into(), Value::Array(messages));
             Ok(())
@@ -511,7 +513,7 @@ pub fn apply(rendered: RenderedPrompt, op: Operation, body: &mut Map<String, Val
         Operation::Completions => {
             if body.contains_key("prompt") {
                 return Err(GatewayError::bad_request(
-                    "prompt_with_template",
+                    ErrorCode::PromptWithTemplate,
                     format!(
                         "this endpoint builds its prompt from template \"{}\": send template variables, not `prompt`",
                         rendered.label()
@@ -522,7 +524,7 @@ pub fn apply(rendered: RenderedPrompt, op: Operation, body: &mut Map<String, Val
             Ok(())
         }
         Operation::Embeddings | Operation::Predict => Err(GatewayError::bad_request(
-            "template_not_supported",
+            ErrorCode::TemplateNotSupported,
             format!("{} requests cannot use a prompt template", op.as_str()),
         )),
     }
@@ -1914,7 +1916,7 @@ mod tests {
         let t =
             one(json!({"system": "Tone: {{ tone }}", "user": "{{ greeting }}, {{ name }}! {{ extra | default('') }}"}));
         let e = render(&t, &obj(json!({"greeting": "Hi"}))).unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "missing_template_variables"));
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::BAD_REQUEST, "missing_template_variables"));
         assert!(e.message.contains("tone") && e.message.contains("name"), "{}", e.message);
         assert!(!e.message.contains("greeting"), "{}", e.message);
         // Optional variables (default filter, `if` checks) need not be sent.
@@ -1981,7 +1983,7 @@ mod tests {
         let t = one(json!("{% for a in xs %}{% for b in xs %}{{ b }}{% endfor %}{% endfor %}"));
         let xs: Vec<Value> = (0..1000).map(|_| Value::from("")).collect();
         let e = render(&t, &obj(json!({ "xs": xs }))).unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "template_too_expensive"));
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::BAD_REQUEST, "template_too_expensive"));
         assert!(e.message.contains(&MAX_FUEL.to_string()), "{}", e.message);
 
         let t = one(json!("{% for i in xs %}{{ big }}{% endfor %}"));
@@ -2027,7 +2029,7 @@ mod tests {
     fn runtime_errors_are_400_with_line() {
         let t = one(json!("a\n{{ x.y.z }}"));
         let e = render(&t, &obj(json!({"x": {}}))).unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "template_render_failed"));
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::BAD_REQUEST, "template_render_failed"));
         assert!(e.message.contains("`x.y.z` is undefined (line 2)"), "{}", e.message);
         let t = one(json!("{% for i in n %}{% endfor %}"));
         let e = render(&t, &obj(json!({"n": 5}))).unwrap_err();

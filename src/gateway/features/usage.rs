@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::gateway::check::Issues;
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::keys::KeyRecord;
 use crate::gateway::features::limits::Admission;
 use crate::gateway::ports::Counter;
@@ -491,7 +491,7 @@ pub enum Subject<'a> {
 pub async fn query(kv: &impl Kv, subject: Subject<'_>, from: i64, to: i64) -> Result<Value> {
     if to < from || to - from >= MAX_QUERY_DAYS {
         return Err(GatewayError::bad_request(
-            "invalid_range",
+            ErrorCode::InvalidRange,
             format!("`from` must not be after `to`, and a query covers at most {MAX_QUERY_DAYS} days"),
         ));
     }

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::gateway::auth::{self, AuthMemo};
 use crate::gateway::config::{Config, Endpoint, EndpointType, ACTIVE_KEY};
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::guard::{self, GuardReport};
 use crate::gateway::features::limits::{self, Limiter, RateHeaders};
 use crate::gateway::features::normalize::{self};
@@ -114,7 +114,7 @@ pub struct LogRecord {
     pub latency_ms: u64,
     pub stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<&'static str>,
+    pub error: Option<ErrorCode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -134,7 +134,7 @@ pub struct LogRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cache_error: Option<&'static str>,
+    pub cache_error: Option<ErrorCode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -433,7 +433,10 @@ impl Gateway {
         }
 
         let bytes = ports.read_body(upstream_body, config.settings.max_response_bytes).await.map_err(|e| {
-            GatewayError::bad_gateway("origin_bad_response", format!("reading the origin's response failed: {e:?}"))
+            GatewayError::bad_gateway(
+                ErrorCode::OriginBadResponse,
+                format!("reading the origin's response failed: {e:?}"),
+            )
         })?;
         let reply = Reply { op, status: parts.status, body: &bytes, model: &endpoint.model, now_ms };
         let translated =
@@ -486,7 +489,7 @@ impl Gateway {
         let Some(raw) = ports.get(ACTIVE_KEY).await? else {
             *self.config.borrow_mut() = None;
             return Err(GatewayError::not_configured(
-                "config_missing",
+                ErrorCode::ConfigMissing,
                 format!("the gateway has no configuration: KV entry \"{ACTIVE_KEY}\" is missing"),
             ));
         };
@@ -498,7 +501,7 @@ impl Gateway {
         let config = Config::from_json(&raw).map_err(|issues| {
             let first = issues.first().map(ToString::to_string).unwrap_or_default();
             GatewayError::not_configured(
-                "config_invalid",
+                ErrorCode::ConfigInvalid,
                 format!("KV entry \"{ACTIVE_KEY}\" is invalid ({} issue(s)); first: {first}", issues.len()),
             )
         })?;
@@ -597,21 +600,25 @@ fn answer_from_cache<B>(
 /// Output guardrails on a buffered answer (redaction and deny rules on the completion).
 fn guard_output(guardrails: &guard::Guardrails, body: Vec<u8>, log: &mut LogRecord) -> Result<Vec<u8>> {
     let mut value: Value = serde_json::from_slice(&body)
-        .map_err(|e| GatewayError::bad_gateway("origin_bad_response", format!("answer is not JSON: {e}")))?;
+        .map_err(|e| GatewayError::bad_gateway(ErrorCode::OriginBadResponse, format!("answer is not JSON: {e}")))?;
     let report = guard::apply_output(guardrails, &mut value)?;
     if report.is_empty() {
         return Ok(body);
     }
     log.guard_output = Some(report);
-    serde_json::to_vec(&value).map_err(|e| GatewayError::internal("encode_failed", e.to_string()))
+    serde_json::to_vec(&value).map_err(|e| GatewayError::internal(ErrorCode::EncodeFailed, e.to_string()))
 }
 
 /// Takes the OpenAI `model` field out of the body: it names our endpoint, not the provider's model.
 fn take_model(body: &mut Map<String, Value>) -> Result<String> {
     match body.remove("model") {
         Some(Value::String(name)) => Ok(name),
-        Some(_) => Err(GatewayError::bad_request("invalid_model", "`model` must be a string naming an endpoint")),
-        None => Err(GatewayError::bad_request("missing_model", "`model` is required: name a configured endpoint")),
+        Some(_) => {
+            Err(GatewayError::bad_request(ErrorCode::InvalidModel, "`model` must be a string naming an endpoint"))
+        }
+        None => {
+            Err(GatewayError::bad_request(ErrorCode::MissingModel, "`model` is required: name a configured endpoint"))
+        }
     }
 }
 

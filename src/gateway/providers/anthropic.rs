@@ -20,7 +20,7 @@ use super::{
     StreamTranslate, StreamTranslator, Translated,
 };
 use crate::gateway::check::{Issues, SecretRef};
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::wire::sse::{self, SseEvent};
@@ -155,7 +155,7 @@ fn chat_to_messages(mut body: Map<String, Value>, model: &str, stream: bool) -> 
     if let Some(n) = take(&mut body, "n") {
         if n.as_u64() != Some(1) {
             return Err(GatewayError::unprocessable(
-                "unsupported_parameter",
+                ErrorCode::UnsupportedParameter,
                 format!("n: must be 1 for the anthropic provider (got {n})"),
             ));
         }
@@ -1208,7 +1208,7 @@ impl StreamTranslate for OpenAiStreamToMessages {
 // OpenAI-shape helpers shared with gemini.rs.
 
 pub(super) fn invalid(field: &str, problem: &str) -> GatewayError {
-    GatewayError::bad_request("invalid_request", format!("{field}: {problem}"))
+    GatewayError::bad_request(ErrorCode::InvalidRequest, format!("{field}: {problem}"))
 }
 
 pub(super) fn unsupported(provider: &str, op: Operation) -> GatewayError {
@@ -1216,7 +1216,10 @@ pub(super) fn unsupported(provider: &str, op: Operation) -> GatewayError {
         Operation::Predict => "MLflow model predictions".to_string(),
         other => format!("{} requests", other.as_str()),
     };
-    GatewayError::bad_request("unsupported_operation", format!("the {provider} provider does not support {what}"))
+    GatewayError::bad_request(
+        ErrorCode::UnsupportedOperation,
+        format!("the {provider} provider does not support {what}"),
+    )
 }
 
 /// Removes `key`, treating an explicit `null` as absent.
@@ -1265,7 +1268,7 @@ pub(super) fn completion_prompt(body: &mut Map<String, Value>, provider: &str) -
             (1, Some(Value::String(s))) => Ok(s),
             (0, _) => Err(invalid("prompt", "must not be empty")),
             (_, Some(Value::String(_))) => Err(GatewayError::unprocessable(
-                "unsupported_parameter",
+                ErrorCode::UnsupportedParameter,
                 format!("prompt: the {provider} provider takes one prompt per request"),
             )),
             _ => Err(invalid("prompt", &format!("must be a string (token arrays are not supported by {provider})"))),
@@ -1674,7 +1677,7 @@ pub(crate) mod tests {
     fn embeddings_and_predict_are_unsupported() {
         for op in [Operation::Embeddings, Operation::Predict] {
             let e = request(op, json!({"input": "x"}), false).unwrap_err();
-            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "unsupported_operation"));
+            assert_eq!((e.status, e.code.as_str()), (StatusCode::BAD_REQUEST, "unsupported_operation"));
             assert!(e.message.contains("anthropic"), "{}", e.message);
         }
         assert!(matches!(adapter().stream_mode(Operation::Embeddings, "m", 0), StreamMode::Buffered));
@@ -1815,11 +1818,11 @@ pub(crate) mod tests {
         let body =
             br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#;
         let e = reply(Operation::Chat, StatusCode::BAD_REQUEST, body).unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "origin_rejected"));
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::BAD_REQUEST, "origin_rejected"));
         assert!(e.message.contains("max_tokens: Field required"), "{}", e.message);
         let body = br#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests has exceeded your rate limit."}}"#;
         let e = reply(Operation::Chat, StatusCode::TOO_MANY_REQUESTS, body).unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::TOO_MANY_REQUESTS, "origin_rate_limited"));
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::TOO_MANY_REQUESTS, "origin_rate_limited"));
         let overloaded = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
         let e = reply(Operation::Chat, StatusCode::from_u16(529).unwrap(), overloaded).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_GATEWAY);
@@ -2124,9 +2127,11 @@ pub(crate) mod tests {
 
     #[test]
     fn messages_error_body_has_anthropic_shape() {
-        let body: Value =
-            serde_json::from_slice(&messages_error_body(&GatewayError::bad_request("x", "messages: Field required")))
-                .unwrap();
+        let body: Value = serde_json::from_slice(&messages_error_body(&GatewayError::bad_request(
+            ErrorCode::InvalidRequest,
+            "messages: Field required",
+        )))
+        .unwrap();
         assert_eq!(
             body,
             json!({"type": "error", "error": {"type": "invalid_request_error", "message": "messages: Field required"}})

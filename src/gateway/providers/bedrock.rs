@@ -21,7 +21,7 @@ use super::{
     resolve_secret, string_config, synthetic_id, usage_json, Adapter, Call, Reply, StreamMode, Translated,
 };
 use crate::gateway::check::{Issues, SecretRef};
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::util::text::hex;
@@ -246,7 +246,7 @@ fn host_header(uri: &http::Uri) -> Option<String> {
 // ---------------------------------------------------------------------------------------
 // Request translation (OpenAI → Converse / InvokeModel)
 
-fn invalid(code: &'static str, message: impl Into<String>) -> GatewayError {
+fn invalid(code: ErrorCode, message: impl Into<String>) -> GatewayError {
     GatewayError::bad_request(code, message)
 }
 
@@ -257,7 +257,7 @@ fn content_blocks(content: Option<&Value>) -> Result<Vec<Value>> {
         Some(Value::String(s)) if s.is_empty() => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![json!({"text": s})]),
         Some(Value::Array(parts)) => parts.iter().map(part_block).collect(),
-        Some(_) => Err(invalid("invalid_message", "message content must be a string or a list of parts")),
+        Some(_) => Err(invalid(ErrorCode::InvalidMessage, "message content must be a string or a list of parts")),
     }
 }
 
@@ -265,7 +265,7 @@ fn part_block(part: &Value) -> Result<Value> {
     match part.get("type").and_then(Value::as_str) {
         Some("text") | None => match part.get("text").and_then(Value::as_str) {
             Some(text) => Ok(json!({"text": text})),
-            None => Err(invalid("invalid_message", "a text content part needs a string \"text\"")),
+            None => Err(invalid(ErrorCode::InvalidMessage, "a text content part needs a string \"text\"")),
         },
         Some("image_url") => {
             let url = part.pointer("/image_url/url").and_then(Value::as_str).unwrap_or_default();
@@ -279,13 +279,13 @@ fn part_block(part: &Value) -> Result<Value> {
                     Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
                 }
                 _ => Err(invalid(
-                    "unsupported_content",
+                    ErrorCode::UnsupportedContent,
                     "Bedrock takes images as data URLs (data:image/png|jpeg|gif|webp;base64,...), not links",
                 )),
             }
         }
         other => Err(invalid(
-            "unsupported_content",
+            ErrorCode::UnsupportedContent,
             format!("content part type {} is not supported by Bedrock Converse", other.unwrap_or("(none)")),
         )),
     }
@@ -302,7 +302,7 @@ fn content_text(content: Option<&Value>) -> Result<String> {
                 }
                 out.push_str(text);
             }
-            None => return Err(invalid("unsupported_content", "system and tool messages take text only")),
+            None => return Err(invalid(ErrorCode::UnsupportedContent, "system and tool messages take text only")),
         }
     }
     Ok(out)
@@ -316,12 +316,15 @@ fn tool_use_blocks(tool_calls: Option<&Value>) -> Result<Vec<Value>> {
             let id = call.get("id").and_then(Value::as_str);
             let name = call.pointer("/function/name").and_then(Value::as_str);
             let (Some(id), Some(name)) = (id, name) else {
-                return Err(invalid("invalid_message", "each tool call needs an id and a function name"));
+                return Err(invalid(ErrorCode::InvalidMessage, "each tool call needs an id and a function name"));
             };
             let input = match call.pointer("/function/arguments") {
                 Some(Value::String(args)) if args.trim().is_empty() => json!({}),
                 Some(Value::String(args)) => serde_json::from_str::<Value>(args).map_err(|_| {
-                    invalid("invalid_message", format!("the arguments of tool call \"{id}\" are not valid JSON"))
+                    invalid(
+                        ErrorCode::InvalidMessage,
+                        format!("the arguments of tool call \"{id}\" are not valid JSON"),
+                    )
                 })?,
                 Some(Value::Object(args)) => Value::Object(args.clone()),
                 _ => json!({}),
@@ -335,7 +338,7 @@ fn tool_use_blocks(tool_calls: Option<&Value>) -> Result<Vec<Value>> {
 /// merged (Converse wants user and assistant to alternate; tool results are user turns).
 fn converse_messages(messages: Option<&Value>) -> Result<(Vec<Value>, Vec<Value>)> {
     let Some(Value::Array(messages)) = messages else {
-        return Err(invalid("missing_field", "\"messages\" must be a non-empty list"));
+        return Err(invalid(ErrorCode::MissingField, "\"messages\" must be a non-empty list"));
     };
     let mut system = Vec::new();
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
@@ -356,15 +359,18 @@ fn converse_messages(messages: Option<&Value>) -> Result<(Vec<Value>, Vec<Value>
             }
             Some("tool") => {
                 let Some(id) = message.get("tool_call_id").and_then(Value::as_str) else {
-                    return Err(invalid("invalid_message", "a tool message needs a \"tool_call_id\""));
+                    return Err(invalid(ErrorCode::InvalidMessage, "a tool message needs a \"tool_call_id\""));
                 };
                 let text = content_text(message.get("content"))?;
                 ("user", vec![json!({"toolResult": {"toolUseId": id, "content": [{"text": text}]}})])
             }
             Some(other) => {
-                return Err(invalid("invalid_message", format!("message role \"{other}\" is not supported by Bedrock")))
+                return Err(invalid(
+                    ErrorCode::InvalidMessage,
+                    format!("message role \"{other}\" is not supported by Bedrock"),
+                ))
             }
-            None => return Err(invalid("invalid_message", "each message needs a \"role\"")),
+            None => return Err(invalid(ErrorCode::InvalidMessage, "each message needs a \"role\"")),
         };
         if blocks.is_empty() {
             continue;
@@ -375,7 +381,7 @@ fn converse_messages(messages: Option<&Value>) -> Result<(Vec<Value>, Vec<Value>
         }
     }
     if turns.is_empty() {
-        return Err(invalid("missing_field", "the request has no user or assistant content"));
+        return Err(invalid(ErrorCode::MissingField, "the request has no user or assistant content"));
     }
     let messages = turns.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect();
     Ok((system, messages))
@@ -386,7 +392,7 @@ fn tool_config(body: &Map<String, Value>) -> Result<Option<Value>> {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Array(tools)) if tools.is_empty() => return Ok(None),
         Some(Value::Array(tools)) => tools,
-        Some(_) => return Err(invalid("invalid_tools", "\"tools\" must be a list")),
+        Some(_) => return Err(invalid(ErrorCode::InvalidTools, "\"tools\" must be a list")),
     };
     let specs = tools
         .iter()
@@ -395,12 +401,12 @@ fn tool_config(body: &Map<String, Value>) -> Result<Option<Value>> {
                 (tool.get("type").and_then(Value::as_str), tool.get("function").and_then(Value::as_object))
             else {
                 return Err(invalid(
-                    "invalid_tools",
+                    ErrorCode::InvalidTools,
                     "Bedrock takes {\"type\": \"function\", \"function\": {...}} tools",
                 ));
             };
             let Some(name) = function.get("name").and_then(Value::as_str) else {
-                return Err(invalid("invalid_tools", "each tool function needs a \"name\""));
+                return Err(invalid(ErrorCode::InvalidTools, "each tool function needs a \"name\""));
             };
             let schema = function
                 .get("parameters")
@@ -420,7 +426,7 @@ fn tool_config(body: &Map<String, Value>) -> Result<Option<Value>> {
         Some(Value::String(s)) if s == "required" => Some(json!({"any": {}})),
         Some(choice @ Value::Object(_)) => match choice.pointer("/function/name").and_then(Value::as_str) {
             Some(name) => Some(json!({"tool": {"name": name}})),
-            None => return Err(invalid("invalid_tools", "\"tool_choice\" must name a function")),
+            None => return Err(invalid(ErrorCode::InvalidTools, "\"tool_choice\" must name a function")),
         },
         // "none" has no Converse equivalent: the model decides.
         _ => None,
@@ -438,16 +444,16 @@ fn converse_body(op: Operation, body: &Map<String, Value>) -> Result<Value> {
                 Some(Value::String(p)) => p,
                 Some(Value::Array(ps)) if ps.len() == 1 => ps.first().and_then(Value::as_str).unwrap_or_default(),
                 Some(Value::Array(_)) => {
-                    return Err(invalid("unsupported_parameter", "Bedrock takes one prompt per request"))
+                    return Err(invalid(ErrorCode::UnsupportedParameter, "Bedrock takes one prompt per request"))
                 }
-                _ => return Err(invalid("missing_field", "\"prompt\" must be a string")),
+                _ => return Err(invalid(ErrorCode::MissingField, "\"prompt\" must be a string")),
             };
             (Vec::new(), vec![json!({"role": "user", "content": [{"text": prompt}]})])
         }
         _ => converse_messages(body.get("messages"))?,
     };
     if body.get("n").and_then(Value::as_u64).is_some_and(|n| n != 1) {
-        return Err(invalid("unsupported_parameter", "Bedrock Converse returns one choice: \"n\" must be 1"));
+        return Err(invalid(ErrorCode::UnsupportedParameter, "Bedrock Converse returns one choice: \"n\" must be 1"));
     }
     let mut out = Map::new();
     out.insert("messages".into(), Value::Array(messages));
@@ -493,9 +499,9 @@ fn embed_body(model: &str, body: &Map<String, Value>) -> Result<Value> {
         Some(Value::String(s)) => vec![s.as_str()],
         Some(Value::Array(items)) => items
             .iter()
-            .map(|i| i.as_str().ok_or_else(|| invalid("unsupported_input", "Bedrock embeds text inputs only")))
+            .map(|i| i.as_str().ok_or_else(|| invalid(ErrorCode::UnsupportedInput, "Bedrock embeds text inputs only")))
             .collect::<Result<_>>()?,
-        _ => return Err(invalid("missing_field", "\"input\" must be a string or a list of strings")),
+        _ => return Err(invalid(ErrorCode::MissingField, "\"input\" must be a string or a list of strings")),
     };
     if is_cohere_embed(model) {
         // Cohere embeddings on Bedrock take a batch.
@@ -504,10 +510,10 @@ fn embed_body(model: &str, body: &Map<String, Value>) -> Result<Value> {
     }
     let text = match inputs.as_slice() {
         [one] => *one,
-        [] => return Err(invalid("missing_field", "\"input\" is empty")),
+        [] => return Err(invalid(ErrorCode::MissingField, "\"input\" is empty")),
         _ => {
             return Err(invalid(
-                "unsupported_parameter",
+                ErrorCode::UnsupportedParameter,
                 format!("Bedrock Titan embeddings take one input per request; this request has {}", inputs.len()),
             ))
         }
@@ -582,7 +588,7 @@ impl Adapter for Bedrock {
             Operation::Embeddings => (embed_body(call.model, &call.body)?, "invoke"),
             Operation::Predict => {
                 return Err(GatewayError::bad_request(
-                    "unsupported_operation",
+                    ErrorCode::UnsupportedOperation,
                     "bedrock endpoints do not serve MLflow model predictions",
                 ))
             }
@@ -593,10 +599,10 @@ impl Adapter for Bedrock {
 
         let url = join_url(call.base_url, &format!("model/{}/{action}", uri_encode(call.model)));
         let uri: http::Uri = url.parse().map_err(|e| {
-            GatewayError::not_configured("bad_origin_request", format!("cannot build the origin request: {e}"))
+            GatewayError::not_configured(ErrorCode::BadOriginRequest, format!("cannot build the origin request: {e}"))
         })?;
         let Some(host) = host_header(&uri) else {
-            return Err(GatewayError::not_configured("bad_origin_request", "the Bedrock base URL has no host"));
+            return Err(GatewayError::not_configured(ErrorCode::BadOriginRequest, "the Bedrock base URL has no host"));
         };
         let body = json_body(&payload)?;
         let payload_hash = sha256_hex(&body);

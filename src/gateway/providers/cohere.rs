@@ -15,7 +15,7 @@ use super::{
     string_config, synthetic_id, take_api_key, take_base_url, usage_json, Adapter, Call, Reply, StreamMode, Translated,
 };
 use crate::gateway::check::{Issues, SecretRef};
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
 use crate::gateway::types::{Operation, Usage};
 
@@ -46,7 +46,7 @@ impl Cohere {
     }
 }
 
-fn invalid(code: &'static str, message: impl Into<String>) -> GatewayError {
+fn invalid(code: ErrorCode, message: impl Into<String>) -> GatewayError {
     GatewayError::bad_request(code, message)
 }
 
@@ -62,12 +62,12 @@ fn content_text(content: Option<&Value>) -> Result<String> {
                     Some(text) if matches!(part.get("type").and_then(Value::as_str), Some("text") | None) => {
                         texts.push(text)
                     }
-                    _ => return Err(invalid("unsupported_content", "this message takes text content only")),
+                    _ => return Err(invalid(ErrorCode::UnsupportedContent, "this message takes text content only")),
                 }
             }
             Ok(texts.join("\n"))
         }
-        Some(_) => Err(invalid("invalid_message", "message content must be a string or a list of parts")),
+        Some(_) => Err(invalid(ErrorCode::InvalidMessage, "message content must be a string or a list of parts")),
     }
 }
 
@@ -79,15 +79,16 @@ fn user_content(content: Option<&Value>) -> Result<Value> {
             .map(|part| match part.get("type").and_then(Value::as_str) {
                 Some("text") | None => match part.get("text").and_then(Value::as_str) {
                     Some(text) => Ok(json!({"type": "text", "text": text})),
-                    None => Err(invalid("invalid_message", "a text content part needs a string \"text\"")),
+                    None => Err(invalid(ErrorCode::InvalidMessage, "a text content part needs a string \"text\"")),
                 },
                 Some("image_url") => match part.get("image_url") {
                     Some(image @ Value::Object(_)) => Ok(json!({"type": "image_url", "image_url": image})),
-                    _ => Err(invalid("invalid_message", "an image_url part needs an \"image_url\" object")),
+                    _ => Err(invalid(ErrorCode::InvalidMessage, "an image_url part needs an \"image_url\" object")),
                 },
-                Some(other) => {
-                    Err(invalid("unsupported_content", format!("content part type {other} is not supported by Cohere")))
-                }
+                Some(other) => Err(invalid(
+                    ErrorCode::UnsupportedContent,
+                    format!("content part type {other} is not supported by Cohere"),
+                )),
             })
             .collect::<Result<Vec<_>>>()
             .map(Value::Array),
@@ -98,7 +99,7 @@ fn user_content(content: Option<&Value>) -> Result<Value> {
 /// OpenAI messages → Cohere v2 messages.
 fn cohere_messages(messages: Option<&Value>) -> Result<Vec<Value>> {
     let Some(Value::Array(messages)) = messages.filter(|m| m.as_array().is_some_and(|m| !m.is_empty())) else {
-        return Err(invalid("missing_field", "\"messages\" must be a non-empty list"));
+        return Err(invalid(ErrorCode::MissingField, "\"messages\" must be a non-empty list"));
     };
     messages
         .iter()
@@ -123,14 +124,14 @@ fn cohere_messages(messages: Option<&Value>) -> Result<Vec<Value>> {
             }
             Some("tool") => {
                 let Some(id) = message.get("tool_call_id").and_then(Value::as_str) else {
-                    return Err(invalid("invalid_message", "a tool message needs a \"tool_call_id\""));
+                    return Err(invalid(ErrorCode::InvalidMessage, "a tool message needs a \"tool_call_id\""));
                 };
                 Ok(json!({"role": "tool", "tool_call_id": id, "content": content_text(message.get("content"))?}))
             }
             Some(other) => {
-                Err(invalid("invalid_message", format!("message role \"{other}\" is not supported by Cohere")))
+                Err(invalid(ErrorCode::InvalidMessage, format!("message role \"{other}\" is not supported by Cohere")))
             }
-            None => Err(invalid("invalid_message", "each message needs a \"role\"")),
+            None => Err(invalid(ErrorCode::InvalidMessage, "each message needs a \"role\"")),
         })
         .collect()
 }
@@ -138,7 +139,7 @@ fn cohere_messages(messages: Option<&Value>) -> Result<Vec<Value>> {
 /// The Cohere v2 chat body: OpenAI sampling fields renamed, tools and formats mapped.
 fn chat_body(model: &str, body: &Map<String, Value>, messages: Vec<Value>) -> Result<Value> {
     if body.get("n").and_then(Value::as_u64).is_some_and(|n| n != 1) {
-        return Err(invalid("unsupported_parameter", "Cohere returns one choice: \"n\" must be 1"));
+        return Err(invalid(ErrorCode::UnsupportedParameter, "Cohere returns one choice: \"n\" must be 1"));
     }
     let present = |key: &str| body.get(key).filter(|v| !v.is_null()).cloned();
     let mut out = Map::new();
@@ -184,12 +185,12 @@ fn chat_body(model: &str, body: &Map<String, Value>, messages: Vec<Value>) -> Re
                 let schema = format.pointer("/json_schema/schema").cloned().unwrap_or_else(|| json!({}));
                 out.insert("response_format".into(), json!({"type": "json_object", "json_schema": schema}));
             }
-            _ => return Err(invalid("unsupported_parameter", "unknown \"response_format\" type")),
+            _ => return Err(invalid(ErrorCode::UnsupportedParameter, "unknown \"response_format\" type")),
         },
     }
     if let Some(tools) = present("tools") {
         let Value::Array(mut tools) = tools else {
-            return Err(invalid("invalid_tools", "\"tools\" must be a list"));
+            return Err(invalid(ErrorCode::InvalidTools, "\"tools\" must be a list"));
         };
         match present("tool_choice") {
             Some(Value::String(s)) if s == "required" => {
@@ -201,12 +202,12 @@ fn chat_body(model: &str, body: &Map<String, Value>, messages: Vec<Value>) -> Re
             Some(choice @ Value::Object(_)) => {
                 // One named function: offer only that tool and require a call.
                 let Some(name) = choice.pointer("/function/name").and_then(Value::as_str) else {
-                    return Err(invalid("invalid_tools", "\"tool_choice\" must name a function"));
+                    return Err(invalid(ErrorCode::InvalidTools, "\"tool_choice\" must name a function"));
                 };
                 tools.retain(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(name));
                 if tools.is_empty() {
                     return Err(invalid(
-                        "invalid_tools",
+                        ErrorCode::InvalidTools,
                         format!("\"tool_choice\" names \"{name}\", not in \"tools\""),
                     ));
                 }
@@ -227,9 +228,9 @@ fn embed_body(model: &str, body: &Map<String, Value>) -> Result<Value> {
         Some(text @ Value::String(_)) => vec![text.clone()],
         Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_string) => items.clone(),
         Some(Value::Array(items)) if !items.is_empty() => {
-            return Err(invalid("unsupported_input", "Cohere embeds text: token-id inputs are not supported"))
+            return Err(invalid(ErrorCode::UnsupportedInput, "Cohere embeds text: token-id inputs are not supported"))
         }
-        _ => return Err(invalid("missing_field", "\"input\" must be a string or a non-empty list of strings")),
+        _ => return Err(invalid(ErrorCode::MissingField, "\"input\" must be a string or a non-empty list of strings")),
     };
     let input_type = body.get("input_type").and_then(Value::as_str).unwrap_or("search_document");
     let mut out = json!({"model": model, "texts": texts, "input_type": input_type, "embedding_types": ["float"]});
@@ -342,9 +343,12 @@ impl Adapter for Cohere {
                         ps.first().and_then(Value::as_str).unwrap_or_default().to_string()
                     }
                     Some(Value::Array(_)) => {
-                        return Err(invalid("unsupported_parameter", "Cohere takes one string prompt per request"))
+                        return Err(invalid(
+                            ErrorCode::UnsupportedParameter,
+                            "Cohere takes one string prompt per request",
+                        ))
                     }
-                    _ => return Err(invalid("missing_field", "\"prompt\" must be a string")),
+                    _ => return Err(invalid(ErrorCode::MissingField, "\"prompt\" must be a string")),
                 };
                 let messages = vec![json!({"role": "user", "content": prompt})];
                 ("v2/chat", chat_body(call.model, &call.body, messages)?)
@@ -352,7 +356,7 @@ impl Adapter for Cohere {
             Operation::Embeddings => ("v2/embed", embed_body(call.model, &call.body)?),
             Operation::Predict => {
                 return Err(GatewayError::bad_request(
-                    "unsupported_operation",
+                    ErrorCode::UnsupportedOperation,
                     "cohere endpoints do not serve MLflow model predictions",
                 ))
             }

@@ -992,7 +992,7 @@ mod tests {
         let e = request(Operation::Embeddings, json!({"input": [[1, 2]]}), false).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         let e = request(Operation::Predict, json!({"inputs": [1]}), false).unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "unsupported_operation"));
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::BAD_REQUEST, "unsupported_operation"));
         assert!(e.message.contains("gemini"));
 
         assert_eq!(model_path("models/text-embedding-004"), "models/text-embedding-004");
@@ -1180,7 +1180,7 @@ mod tests {
     fn maps_origin_errors() {
         let body = br#"{"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT"}}"#;
         let e = reply(Operation::Chat, StatusCode::BAD_REQUEST, body).unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "origin_rejected"));
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::BAD_REQUEST, "origin_rejected"));
         assert!(e.message.ends_with("API key not valid. Please pass a valid API key."), "{}", e.message);
         let body = br#"{"error": {"code": 429, "message": "Resource has been exhausted (e.g. check quota).", "status": "RESOURCE_EXHAUSTED"}}"#;
         assert_eq!(

@@ -14,7 +14,7 @@ use super::{
     take_server_url, usage_json, Adapter, Call, Reply, StreamMode, Translated,
 };
 use crate::gateway::check::Issues;
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
 use crate::gateway::types::{Operation, Usage};
 
@@ -54,7 +54,7 @@ impl Tgi {
 }
 
 fn unprocessable(message: impl Into<String>) -> GatewayError {
-    GatewayError::unprocessable("unsupported_parameter", message)
+    GatewayError::unprocessable(ErrorCode::UnsupportedParameter, message)
 }
 
 /// OpenAI completions body → TGI `{"inputs", "parameters"}`.
@@ -63,10 +63,10 @@ fn generate_body(body: &Map<String, Value>) -> Result<Value> {
         Some(Value::String(p)) => p.as_str(),
         Some(Value::Array(ps)) if ps.len() == 1 => match ps.first() {
             Some(Value::String(p)) => p.as_str(),
-            _ => return Err(GatewayError::bad_request("missing_field", "\"prompt\" must be a string")),
+            _ => return Err(GatewayError::bad_request(ErrorCode::MissingField, "\"prompt\" must be a string")),
         },
         Some(Value::Array(_)) => return Err(unprocessable("TGI takes one prompt per request")),
-        _ => return Err(GatewayError::bad_request("missing_field", "\"prompt\" must be a string")),
+        _ => return Err(GatewayError::bad_request(ErrorCode::MissingField, "\"prompt\" must be a string")),
     };
     if body.contains_key("max_new_tokens") {
         return Err(unprocessable("Invalid parameter max_new_tokens. Use max_tokens instead."));
@@ -166,13 +166,13 @@ impl Adapter for Tgi {
             Operation::Completions => ("generate", generate_body(&call.body)?),
             Operation::Embeddings => {
                 return Err(GatewayError::bad_request(
-                    "unsupported_operation",
+                    ErrorCode::UnsupportedOperation,
                     "huggingface-text-generation-inference serves text generation only, not embeddings",
                 ))
             }
             Operation::Predict => {
                 return Err(GatewayError::bad_request(
-                    "unsupported_operation",
+                    ErrorCode::UnsupportedOperation,
                     "huggingface-text-generation-inference endpoints do not serve MLflow model predictions",
                 ))
             }

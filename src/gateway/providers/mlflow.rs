@@ -16,7 +16,7 @@ use super::{
     take_server_url, Adapter, Call, Reply, StreamMode, Translated,
 };
 use crate::gateway::check::{did_you_mean, Issues};
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
 use crate::gateway::types::Operation;
 
@@ -63,7 +63,7 @@ pub fn validate_scoring_request(body: &Map<String, Value>) -> Result<()> {
             .find_map(|k| did_you_mean(k, &candidates).map(|s| format!(" (\"{k}\": did you mean \"{s}\"?)")))
             .unwrap_or_default();
         return Err(GatewayError::bad_request(
-            "invalid_scoring_request",
+            ErrorCode::InvalidScoringRequest,
             format!(
                 "unexpected key(s) {} in the scoring request{hint}; it takes exactly one of {allowed}, \
                  plus an optional \"params\" object",
@@ -75,12 +75,12 @@ pub fn validate_scoring_request(body: &Map<String, Value>) -> Result<()> {
     if found.len() != 1 {
         let found = if found.is_empty() { "none of them".to_string() } else { found.join(", ") };
         return Err(GatewayError::bad_request(
-            "invalid_scoring_request",
+            ErrorCode::InvalidScoringRequest,
             format!("a scoring request needs exactly one of {allowed}; found {found}"),
         ));
     }
     if body.get("params").is_some_and(|p| !p.is_object()) {
-        return Err(GatewayError::bad_request("invalid_scoring_request", "\"params\" must be a JSON object"));
+        return Err(GatewayError::bad_request(ErrorCode::InvalidScoringRequest, "\"params\" must be a JSON object"));
     }
     Ok(())
 }
@@ -90,7 +90,7 @@ pub fn validate_scoring_request(body: &Map<String, Value>) -> Result<()> {
 fn scoring_payload(mut body: Map<String, Value>, key: &str) -> Result<Map<String, Value>> {
     let inputs = match body.remove(key) {
         None | Some(Value::Null) => {
-            return Err(GatewayError::bad_request("missing_field", format!("\"{key}\" is required")));
+            return Err(GatewayError::bad_request(ErrorCode::MissingField, format!("\"{key}\" is required")));
         }
         Some(Value::Array(items)) => items,
         Some(other) => vec![other],
@@ -116,7 +116,7 @@ fn message_text(message: &Value) -> Result<String> {
                     (Some("text") | None, Some(text)) => texts.push(text),
                     _ => {
                         return Err(GatewayError::bad_request(
-                            "unsupported_content",
+                            ErrorCode::UnsupportedContent,
                             "MLflow model serving takes text content only",
                         ))
                     }
@@ -124,7 +124,7 @@ fn message_text(message: &Value) -> Result<String> {
             }
             Ok(texts.join("\n"))
         }
-        _ => Err(GatewayError::bad_request("invalid_message", "the message needs a string \"content\"")),
+        _ => Err(GatewayError::bad_request(ErrorCode::InvalidMessage, "the message needs a string \"content\"")),
     }
 }
 
@@ -132,7 +132,7 @@ fn chat_payload(mut body: Map<String, Value>) -> Result<Map<String, Value>> {
     let message = match body.get("messages") {
         Some(Value::Array(messages)) if messages.len() > 1 => {
             return Err(GatewayError::unprocessable(
-                "too_many_messages",
+                ErrorCode::TooManyMessages,
                 format!(
                     "MLflow chat models are only capable of processing a single query at a time. \
                      The request submitted consists of {} queries.",
@@ -144,7 +144,7 @@ fn chat_payload(mut body: Map<String, Value>) -> Result<Map<String, Value>> {
         _ => None,
     };
     let Some(message) = message else {
-        return Err(GatewayError::bad_request("missing_field", "\"messages\" must be a list with one message"));
+        return Err(GatewayError::bad_request(ErrorCode::MissingField, "\"messages\" must be a list with one message"));
     };
     let content = message_text(&message)?;
     body.insert("messages".into(), Value::String(content));
@@ -324,7 +324,7 @@ mod tests {
         let req = build(Operation::Completions, json!({"prompt": ["a", "b"]})).unwrap();
         assert_eq!(sent(&req), json!({"inputs": ["a", "b"]}));
         let e = build(Operation::Completions, json!({"temperature": 1})).unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "missing_field"));
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::BAD_REQUEST, "missing_field"));
     }
 
     #[test]
@@ -361,7 +361,7 @@ mod tests {
         assert_eq!(sent(&req), body);
 
         let e = build(Operation::Predict, json!({"inputs": [1], "instances": [1]})).unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_scoring_request"));
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::BAD_REQUEST, "invalid_scoring_request"));
         assert!(e.message.contains("dataframe_split, dataframe_records, instances, inputs"), "{}", e.message);
         assert!(e.message.ends_with("found instances, inputs"), "{}", e.message);
         let e = build(Operation::Predict, json!({"params": {}})).unwrap_err();
@@ -417,7 +417,7 @@ mod tests {
             r#"not json"#,
         ] {
             let e = translate(Operation::Chat, StatusCode::OK, body.as_bytes()).unwrap_err();
-            assert_eq!((e.status, e.code), (StatusCode::BAD_GATEWAY, "origin_bad_response"), "{body}");
+            assert_eq!((e.status, e.code.as_str()), (StatusCode::BAD_GATEWAY, "origin_bad_response"), "{body}");
         }
         let e = translate(Operation::Chat, StatusCode::OK, br#"{"predictions": [1]}"#).unwrap_err();
         assert!(e.message.contains("expected {\"predictions\": [<string>, ...]}"), "{}", e.message);

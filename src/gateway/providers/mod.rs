@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::gateway::check::{Issues, SecretRef};
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::util::text::hex;
@@ -247,7 +247,7 @@ pub fn resolve_secret(secret: &SecretRef, secrets: &impl Secrets) -> Result<Stri
         SecretRef::Literal(value) => Ok(value.clone()),
         SecretRef::Env(name) => secrets.secret(name).filter(|v| !v.is_empty()).ok_or_else(|| {
             GatewayError::not_configured(
-                "secret_missing",
+                ErrorCode::SecretMissing,
                 format!("the provider credential ${name} is not set in this host's secrets"),
             )
         }),
@@ -356,18 +356,18 @@ pub fn origin_error(status: StatusCode, body: &[u8]) -> GatewayError {
         None => format!("origin returned HTTP {}", status.as_u16()),
     };
     if status == StatusCode::TOO_MANY_REQUESTS {
-        GatewayError { status, kind: "rate_limit_error", code: "origin_rate_limited", message, retry_after: None }
+        GatewayError::new(status, "rate_limit_error", ErrorCode::OriginRateLimited, message)
     } else if status.is_client_error() {
         // The request was wrong for the origin: keep the status so SDKs react alike.
-        GatewayError { status, kind: "invalid_request_error", code: "origin_rejected", message, retry_after: None }
+        GatewayError::new(status, "invalid_request_error", ErrorCode::OriginRejected, message)
     } else {
-        GatewayError::bad_gateway("origin_error", message)
+        GatewayError::bad_gateway(ErrorCode::OriginError, message)
     }
 }
 
 /// A 2xx body that is not what the provider documents.
 pub fn bad_response(what: impl std::fmt::Display) -> GatewayError {
-    GatewayError::bad_gateway("origin_bad_response", format!("origin returned an unexpected body: {what}"))
+    GatewayError::bad_gateway(ErrorCode::OriginBadResponse, format!("origin returned an unexpected body: {what}"))
 }
 
 /// Parses a 2xx JSON body or fails with `bad_response`.
@@ -377,7 +377,7 @@ pub fn parse_json(body: &[u8]) -> Result<Value> {
 
 /// A request body for the origin as JSON bytes.
 pub fn json_body(value: &impl serde::Serialize) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| GatewayError::internal("encode_failed", e.to_string()))
+    serde_json::to_vec(value).map_err(|e| GatewayError::internal(ErrorCode::EncodeFailed, e.to_string()))
 }
 
 /// The usage object of an OpenAI-shaped response, if present.
@@ -438,7 +438,7 @@ pub fn post_json(url: &str) -> http::request::Builder {
 /// Finishes a builder, mapping an invalid URL/header to a config error naming the problem.
 pub fn finish_request(builder: http::request::Builder, body: Vec<u8>) -> Result<Request<Vec<u8>>> {
     builder.body(body).map_err(|e| {
-        GatewayError::not_configured("bad_origin_request", format!("cannot build the origin request: {e}"))
+        GatewayError::not_configured(ErrorCode::BadOriginRequest, format!("cannot build the origin request: {e}"))
     })
 }
 

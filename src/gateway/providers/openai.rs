@@ -10,7 +10,7 @@ use super::{
     take_api_key, Adapter, Call, Reply, StreamMode, StreamTranslate, Translated,
 };
 use crate::gateway::check::{Issues, SecretRef};
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::wire::sse::{self, SseEvent};
@@ -98,7 +98,7 @@ impl OpenAi {
             Operation::Completions => Ok("completions"),
             Operation::Embeddings => Ok("embeddings"),
             Operation::Predict => Err(GatewayError::bad_request(
-                "unsupported_operation",
+                ErrorCode::UnsupportedOperation,
                 "openai endpoints do not serve MLflow model predictions",
             )),
         }

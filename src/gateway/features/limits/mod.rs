@@ -61,12 +61,12 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::gateway::check::Issues;
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::keys::{usd_to_nusd, BudgetPeriod, KeyRecord};
 use crate::gateway::ports::counter::{apply_ops, violates, Amounts, Caps, Counter, CounterOp, CounterReply};
 use crate::gateway::ports::{Kv, Ports};
@@ -354,7 +354,7 @@ pub async fn locked_count<P: Kv + crate::gateway::ports::Clock>(
         let now = ports.now_ms();
         if now.saturating_sub(started) > LOCK_WAIT_MS {
             return Err(GatewayError::not_configured(
-                "counter_busy",
+                ErrorCode::CounterBusy,
                 "the rate-limit counter stayed locked; retry shortly",
             )
             .with_retry_after(1));
@@ -756,9 +756,11 @@ pub async fn admit<P: Ports + Counter>(
                     }
                 }
                 Some(_) => {
-                    return Err(
-                        GatewayError::internal("counter_error", "the exact counter answered malformed data").into()
+                    return Err(GatewayError::internal(
+                        ErrorCode::CounterError,
+                        "the exact counter answered malformed data",
                     )
+                    .into())
                 }
                 None => kv_checks.extend(idx),
             }
@@ -884,7 +886,7 @@ fn refusal(checks: &[Check], values: &[Option<Amounts>], now: u64) -> Refused {
     let broken = checks.iter().zip(values).find(|(c, v)| v.is_some_and(|v| violates(v, c.op.add, c.op.caps)));
     let Some((check, value)) = broken else {
         return Refused {
-            error: GatewayError::internal("counter_error", "a limit refused the request without naming it"),
+            error: GatewayError::internal(ErrorCode::CounterError, "a limit refused the request without naming it"),
             headers,
         };
     };
@@ -896,12 +898,12 @@ fn refusal(checks: &[Check], values: &[Option<Amounts>], now: u64) -> Refused {
         What::KeyMinute { rpm, tpm } => {
             if rpm.is_some_and(|r| value.requests >= r) {
                 (
-                    "rate_limit_exceeded",
+                    ErrorCode::RateLimitExceeded,
                     format!("rate limit reached for this API key: {} requests per minute; {in_time}", rpm.unwrap_or(0)),
                 )
             } else {
                 (
-                    "rate_limit_exceeded",
+                    ErrorCode::RateLimitExceeded,
                     format!(
                         "token rate limit reached for this API key: {} tokens per minute (used {}); {in_time}",
                         tpm.unwrap_or(0),
@@ -911,7 +913,7 @@ fn refusal(checks: &[Check], values: &[Option<Amounts>], now: u64) -> Refused {
             }
         }
         What::Endpoint { endpoint, limit } => (
-            "rate_limit_exceeded",
+            ErrorCode::RateLimitExceeded,
             format!(
                 "rate limit reached for endpoint \"{endpoint}\": {} calls per {}; {in_time}",
                 limit.calls,
@@ -919,7 +921,7 @@ fn refusal(checks: &[Check], values: &[Option<Amounts>], now: u64) -> Refused {
             ),
         ),
         What::KeyBudget { budget, period } => (
-            "budget_exceeded",
+            ErrorCode::BudgetExceeded,
             format!(
                 "budget exceeded: this API key has spent {} of its {} {} budget; it renews at {} UTC",
                 usd(value.cost_nusd),
@@ -929,7 +931,7 @@ fn refusal(checks: &[Check], values: &[Option<Amounts>], now: u64) -> Refused {
             ),
         ),
         What::TenantBudget { tenant, budget, period } => (
-            "budget_exceeded",
+            ErrorCode::BudgetExceeded,
             format!(
                 "budget exceeded: tenant \"{tenant}\" has spent {} of its {} {} budget; it renews at {} UTC",
                 usd(value.cost_nusd),
@@ -939,10 +941,7 @@ fn refusal(checks: &[Check], values: &[Option<Amounts>], now: u64) -> Refused {
             ),
         ),
     };
-    let kind = if code == "budget_exceeded" { "insufficient_quota" } else { "rate_limit_error" };
-    let error =
-        GatewayError { status: StatusCode::TOO_MANY_REQUESTS, kind, code, message, retry_after: Some(retry_after) };
-    Refused { error, headers }
+    Refused { error: GatewayError::too_many_requests(code, message, retry_after), headers }
 }
 
 fn daily(period: BudgetPeriod) -> &'static str {
@@ -972,6 +971,7 @@ mod tests {
     use crate::gateway::features::keys::BudgetPeriod;
     use crate::gateway::ports::memory::{block_on, MemoryHost};
     use crate::gateway::ports::{Clock, Secrets, Upstream, UpstreamError};
+    use http::StatusCode;
     use serde_json::json;
     use std::cell::Cell;
     use std::future::Future;
@@ -1365,7 +1365,10 @@ mod tests {
             block_on(a.settle(&host, 7, 400_000)).unwrap();
         }
         let refused = admit_one(&host, &limiter, &config, Some(&k), None).unwrap_err();
-        assert_eq!((refused.error.status, refused.error.code), (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded"));
+        assert_eq!(
+            (refused.error.status, refused.error.code.as_str()),
+            (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded")
+        );
         assert!(
             refused.error.message.contains("spent $0.0012 of its $0.001 daily budget"),
             "{}",
@@ -1522,7 +1525,7 @@ mod tests {
             }
             async fn put(&self, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()> {
                 if self.1.get() {
-                    return Err(GatewayError::internal("kv_error", "KV operation failed: boom"));
+                    return Err(GatewayError::internal(ErrorCode::KvError, "KV operation failed: boom"));
                 }
                 self.0.put(key, value, ttl).await
             }

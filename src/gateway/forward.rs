@@ -10,13 +10,13 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use http::{header, Request, Response, StatusCode};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::gateway::config::{Config, Endpoint, Origin};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::pipeline::{AttemptLog, LogRecord};
 use crate::gateway::ports::{Ports, UpstreamError};
-use crate::gateway::providers::Call;
+use crate::gateway::providers::adapter::Call;
 use crate::gateway::types::Operation;
 use crate::gateway::util::text::truncate;
 
@@ -24,6 +24,14 @@ use crate::gateway::util::text::truncate;
 const BREAKER_THRESHOLD: u32 = 3;
 /// Longest `Retry-After` the gateway waits out itself (it still has to fit the deadline).
 const MAX_RETRY_AFTER_MS: u64 = 10_000;
+
+/// One origin tried, for the log line.
+#[derive(Debug, Serialize)]
+pub struct AttemptLog {
+    pub origin: String,
+    /// `ok`, `http_<status>`, `connect_error`, `timeout`.
+    pub outcome: String,
+}
 
 /// What one forwarded call is.
 #[derive(Clone, Copy)]
@@ -72,7 +80,8 @@ impl Breaker {
     }
 }
 
-/// Sends `body` to each origin in turn until one answers usefully.
+/// Sends `body` to each origin in turn until one answers usefully; every origin tried is
+/// recorded in `attempts` (the last one is the origin to blame when all failed).
 pub async fn forward<P: Ports>(
     ports: &P,
     config: &Config,
@@ -80,7 +89,7 @@ pub async fn forward<P: Ports>(
     origins: &[&Origin],
     attempt: Attempt<'_>,
     mut body: Map<String, Value>,
-    log: &mut LogRecord,
+    attempts: &mut Vec<AttemptLog>,
 ) -> Result<Forwarded<P::Body>> {
     let settings = &config.settings;
     let endpoint = attempt.endpoint;
@@ -133,7 +142,7 @@ pub async fn forward<P: Ports>(
                 let status = response.status();
                 let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
                 let outcome = if status.is_success() { "ok".to_string() } else { format!("http_{}", status.as_u16()) };
-                log.attempts.push(AttemptLog { origin: label.clone(), outcome });
+                attempts.push(AttemptLog { origin: label.clone(), outcome });
                 breaker.record(&origin.url, !status.is_server_error(), ports.now_ms(), settings.breaker_cooldown_ms);
                 if !retryable {
                     return Ok(Forwarded { response, origin: label });
@@ -153,12 +162,12 @@ pub async fn forward<P: Ports>(
                 GatewayError::bad_gateway(ErrorCode::OriginError, format!("origin returned HTTP {}", status.as_u16()))
             }
             Err(UpstreamError::Timeout) => {
-                log.attempts.push(AttemptLog { origin: label.clone(), outcome: "timeout".into() });
+                attempts.push(AttemptLog { origin: label.clone(), outcome: "timeout".into() });
                 breaker.record(&origin.url, false, ports.now_ms(), settings.breaker_cooldown_ms);
                 GatewayError::gateway_timeout(format!("origin did not answer within {timeout} ms"))
             }
             Err(UpstreamError::Connect(reason) | UpstreamError::Body(reason)) => {
-                log.attempts.push(AttemptLog { origin: label.clone(), outcome: "connect_error".into() });
+                attempts.push(AttemptLog { origin: label.clone(), outcome: "connect_error".into() });
                 breaker.record(&origin.url, false, ports.now_ms(), settings.breaker_cooldown_ms);
                 GatewayError::bad_gateway(
                     ErrorCode::OriginUnreachable,
@@ -166,7 +175,6 @@ pub async fn forward<P: Ports>(
                 )
             }
         };
-        log.origin = Some(label);
         last_error = Some(error);
         i += 1;
     }

@@ -6,11 +6,12 @@
 //!
 //! 1. `error`, `check`, `util`, `types`: one error type, config-check plumbing, helpers
 //! 2. `ports`: what a host provides (KV, upstream HTTP, secrets, clock, counters)
-//! 3. `features/`: keys, limits, usage, cache, guard, template, normalize
-//! 4. `wire/`, then `dialect/` (what clients speak) and `providers/` (what origins speak)
-//! 5. `config`: the typed config, composing the features' checks
-//! 6. `routing`, `auth`, `forward`, `catalog`, `admin/`
-//! 7. `pipeline/`: the request lifecycle as named phases
+//! 3. `wire/`: SSE framing and OpenAI's shapes (the internal lingua franca)
+//! 4. `features/`: keys, limits, usage, cache, guard, template, normalize
+//! 5. `dialect/` (what clients speak) and `providers/` (what origins speak)
+//! 6. `config`: the typed config, composing the features' checks
+//! 7. `routing`, `auth`, `forward`, `catalog`, `admin/`
+//! 8. `pipeline/`: the request lifecycle as named phases
 
 pub mod check;
 pub mod error;
@@ -19,11 +20,12 @@ pub mod util;
 
 pub mod ports;
 
+pub mod wire;
+
 pub mod features;
 
 pub mod dialect;
 pub mod providers;
-pub mod wire;
 
 pub mod config;
 
@@ -34,6 +36,9 @@ pub mod forward;
 pub mod routing;
 
 pub mod pipeline;
+
+#[cfg(test)]
+pub(crate) mod test_util;
 
 pub use error::GatewayError;
 pub use pipeline::{Deferred, Exchange, Gateway, ResponseBody};

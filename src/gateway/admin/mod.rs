@@ -33,7 +33,6 @@ use crate::gateway::util::text::{hex, percent_decode};
 use crate::gateway::util::time::{day_string, days_of, parse_day};
 
 use crate::gateway::features::usage::{self, Subject};
-use crate::gateway::pipeline::{json_response, ResponseBody};
 use crate::gateway::ports::Ports;
 
 /// The host secret holding the admin token.
@@ -47,14 +46,6 @@ pub struct AdminResponse {
     pub status: StatusCode,
     pub body: Value,
     pub audit: String,
-}
-
-impl AdminResponse {
-    pub fn into_response<B>(self) -> http::Response<ResponseBody<B>> {
-        let mut response = json_response(self.status, &self.body);
-        response.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
-        response
-    }
 }
 
 /// What the audit line records.

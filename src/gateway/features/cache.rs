@@ -24,9 +24,9 @@ use sha2::{Digest, Sha256};
 
 use crate::gateway::check::Issues;
 use crate::gateway::error::Result;
-use crate::gateway::providers::openai;
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::util::text::hex;
+use crate::gateway::wire::openai::completion_to_sse;
 
 /// Cloudflare KV refuses shorter TTLs.
 pub const MIN_TTL_SECS: u64 = 60;
@@ -386,7 +386,7 @@ impl Entry {
 /// the same answer replayed as OpenAI SSE.
 pub fn replay(entry: &Entry, stream: bool) -> Result<Vec<u8>> {
     match entry.op {
-        Operation::Chat | Operation::Completions if stream => openai::completion_to_sse(entry.op, &entry.body),
+        Operation::Chat | Operation::Completions if stream => completion_to_sse(entry.op, &entry.body),
         _ => Ok(entry.body.clone()),
     }
 }

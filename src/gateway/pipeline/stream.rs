@@ -5,9 +5,47 @@
 //! stage N+1's input. That composes, e.g., Gemini → OpenAI chunks → Anthropic events for an
 //! Anthropic client of a Gemini endpoint, with each translator written once.
 
-use crate::gateway::providers::{StreamTranslate, StreamTranslator};
+use crate::gateway::dialect::ClientStream;
+use crate::gateway::providers::ProviderStream;
 use crate::gateway::types::Usage;
-use crate::gateway::wire::sse::SseParser;
+use crate::gateway::wire::openai::StreamWatch;
+use crate::gateway::wire::sse::{SseEvent, SseParser};
+use crate::gateway::wire::stream::StreamTranslate;
+
+/// One stage of a pump: the origin's stream watched or translated into OpenAI chunks, or
+/// OpenAI chunks translated into the client's events. An enum: no dynamic dispatch per chunk.
+pub enum Stage {
+    /// An OpenAI-format stream passed through, watched for usage and a clean end.
+    Watch(StreamWatch),
+    /// A provider's own stream format into OpenAI chunks.
+    Provider(ProviderStream),
+    /// OpenAI chunks into the client's dialect.
+    Client(ClientStream),
+}
+
+impl StreamTranslate for Stage {
+    fn event(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
+        match self {
+            Stage::Watch(t) => t.event(event, out),
+            Stage::Provider(t) => t.event(event, out),
+            Stage::Client(t) => t.event(event, out),
+        }
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        match self {
+            Stage::Watch(t) => t.finish(out),
+            Stage::Provider(t) => t.finish(out),
+            Stage::Client(t) => t.finish(out),
+        }
+    }
+    fn usage(&self) -> Option<Usage> {
+        match self {
+            Stage::Watch(t) => t.usage(),
+            Stage::Provider(t) => t.usage(),
+            Stage::Client(t) => t.usage(),
+        }
+    }
+}
 
 /// What a finished (or abandoned) stream tells the after-response work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -20,12 +58,12 @@ pub struct StreamSummary {
 }
 
 pub struct StreamPump {
-    stages: Vec<(SseParser, StreamTranslator)>,
+    stages: Vec<(SseParser, Stage)>,
     finished: bool,
 }
 
 impl StreamPump {
-    pub fn new(translators: Vec<StreamTranslator>) -> Self {
+    pub fn new(translators: Vec<Stage>) -> Self {
         StreamPump { stages: translators.into_iter().map(|t| (SseParser::new(), t)).collect(), finished: false }
     }
 

@@ -1,7 +1,10 @@
 use super::*;
 use crate::gateway::ports::memory::{block_on, MemoryHost};
 use crate::gateway::ports::UpstreamError;
-use http::Method;
+use http::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::gateway::config::ACTIVE_KEY;
 
 const CONFIG: &str = r#"{"version": "t1", "settings": {"config_ttl_ms": 1000}, "endpoints": [
   {"name": "chat", "public": true, "endpoint_type": "llm/v1/chat",

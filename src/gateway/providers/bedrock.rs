@@ -16,15 +16,17 @@ use http::{header, Request};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::{
-    assistant_message, bad_response, check_url, embedding_list, finish_request, join_url, json_body, post_json,
-    resolve_secret, string_config, synthetic_id, usage_json, Adapter, Call, Reply, StreamMode, Translated,
-};
 use crate::gateway::check::{Issues, SecretRef};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
+use crate::gateway::providers::adapter::{Adapter, Call, NoTranslation, Reply, StreamMode, Translated};
+use crate::gateway::providers::common::{
+    check_url, finish_request, join_url, post_json, resolve_secret, string_config, synthetic_id,
+};
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::util::text::hex;
+use crate::gateway::wire::json::{bad_response, json_body};
+use crate::gateway::wire::openai::{assistant_message, embedding_list, usage_json};
 
 const CONFIG_KEYS: &[&str] = &["aws_config", "bedrock_api_base"];
 const AWS_KEYS: &[&str] = &[
@@ -578,6 +580,8 @@ fn embeddings_answer(value: &Value) -> Result<(Vec<Value>, Usage)> {
 }
 
 impl Adapter for Bedrock {
+    type Stream = NoTranslation;
+
     fn default_base(&self) -> &str {
         &self.api_base
     }
@@ -670,7 +674,7 @@ impl Adapter for Bedrock {
         Ok(Translated { body: json_body(&translated)?, usage: Some(usage) })
     }
 
-    fn stream_mode(&self, _op: Operation, _model: &str, _now_ms: u64) -> StreamMode {
+    fn stream_mode(&self, _op: Operation, _model: &str, _now_ms: u64) -> StreamMode<Self::Stream> {
         // ConverseStream frames events in AWS's binary event-stream encoding, not SSE.
         StreamMode::Buffered
     }

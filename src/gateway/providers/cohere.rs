@@ -10,14 +10,16 @@
 use http::{header, Request};
 use serde_json::{json, Map, Value};
 
-use super::{
-    assistant_message, bad_response, embedding_list, finish_request, join_url, json_body, post_json, resolve_secret,
-    string_config, synthetic_id, take_api_key, take_base_url, usage_json, Adapter, Call, Reply, StreamMode, Translated,
-};
 use crate::gateway::check::{Issues, SecretRef};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
+use crate::gateway::providers::adapter::{Adapter, Call, NoTranslation, Reply, StreamMode, Translated};
+use crate::gateway::providers::common::{
+    finish_request, join_url, post_json, resolve_secret, string_config, synthetic_id, take_api_key, take_base_url,
+};
 use crate::gateway::types::{Operation, Usage};
+use crate::gateway::wire::json::{bad_response, json_body};
+use crate::gateway::wire::openai::{assistant_message, embedding_list, usage_json};
 
 const DEFAULT_BASE: &str = "https://api.cohere.com";
 const CONFIG_KEYS: &[&str] = &["cohere_api_key", "cohere_api_base"];
@@ -326,6 +328,8 @@ fn chat_answer(value: &Value) -> Result<ChatAnswer> {
 }
 
 impl Adapter for Cohere {
+    type Stream = NoTranslation;
+
     fn default_base(&self) -> &str {
         &self.api_base
     }
@@ -414,7 +418,7 @@ impl Adapter for Cohere {
         Ok(Translated { body: json_body(&translated)?, usage: Some(usage) })
     }
 
-    fn stream_mode(&self, _op: Operation, _model: &str, _now_ms: u64) -> StreamMode {
+    fn stream_mode(&self, _op: Operation, _model: &str, _now_ms: u64) -> StreamMode<Self::Stream> {
         // Cohere's v2 SSE events are not OpenAI chunks and have no translator yet.
         StreamMode::Buffered
     }

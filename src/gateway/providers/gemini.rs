@@ -6,19 +6,24 @@
 use http::Request;
 use serde_json::{json, Map, Value};
 
-use super::anthropic::{
-    completion_prompt, data_url, image_url, invalid, max_tokens, number, parse_tool_call, stop_sequences, take,
-    unsupported, write_error_chunk, ChunkWriter, OpenAiChoice,
-};
-use super::{
-    bad_response, embedding_list, finish_request, join_url, json_body, post_json, resolve_secret, string_config,
-    take_api_key, take_base_url, Adapter, Call, Reply, StreamMode, StreamTranslate, StreamTranslator, Translated,
-};
+use crate::gateway::wire::openai::parse_tool_call;
+
 use crate::gateway::check::{Issues, SecretRef};
 use crate::gateway::error::Result;
 use crate::gateway::ports::Secrets;
+use crate::gateway::providers::adapter::{Adapter, Call, Reply, StreamMode, Translated};
+use crate::gateway::providers::common::{
+    finish_request, join_url, post_json, resolve_secret, string_config, take_api_key, take_base_url, unsupported,
+};
 use crate::gateway::types::{Operation, Usage};
+use crate::gateway::wire::json::{bad_response, json_body};
+use crate::gateway::wire::openai::openai_answer;
+use crate::gateway::wire::openai::{
+    completion_prompt, data_url, embedding_list, image_url, invalid, max_tokens, number, stop_sequences, take,
+    write_error_chunk, ChunkWriter, OpenAiChoice,
+};
 use crate::gateway::wire::sse::{self, SseEvent};
+use crate::gateway::wire::stream::StreamTranslate;
 
 const DEFAULT_BASE: &str = "https://generativelanguage.googleapis.com/v1beta";
 const CONFIG_KEYS: &[&str] = &["gemini_api_key", "gemini_api_base"];
@@ -80,6 +85,8 @@ fn model_path(model: &str) -> String {
 }
 
 impl Adapter for Gemini {
+    type Stream = StreamToOpenAi;
+
     fn default_base(&self) -> &str {
         &self.api_base
     }
@@ -115,11 +122,9 @@ impl Adapter for Gemini {
         Ok(Translated { body: json_body(&answer)?, usage })
     }
 
-    fn stream_mode(&self, op: Operation, model: &str, now_ms: u64) -> StreamMode {
+    fn stream_mode(&self, op: Operation, model: &str, now_ms: u64) -> StreamMode<Self::Stream> {
         match op {
-            Operation::Chat | Operation::Completions => {
-                StreamMode::Translate(StreamTranslator::GeminiToOpenAi(StreamToOpenAi::new(op, model, now_ms)))
-            }
+            Operation::Chat | Operation::Completions => StreamMode::Translate(StreamToOpenAi::new(op, model, now_ms)),
             Operation::Embeddings | Operation::Predict => StreamMode::Buffered,
         }
     }
@@ -633,7 +638,7 @@ fn generate_answer(op: Operation, value: &Value, model: &str, now_ms: u64) -> Re
     }
     let usage = value.get("usageMetadata").map(gemini_usage);
     let fallback_id = format!("gemini-{now_ms}");
-    let answer = super::anthropic::openai_answer(
+    let answer = openai_answer(
         op,
         value.get("responseId").and_then(Value::as_str).unwrap_or(&fallback_id),
         value.get("modelVersion").and_then(Value::as_str).unwrap_or(model),
@@ -768,8 +773,11 @@ impl StreamTranslate for StreamToOpenAi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::pipeline::stream::StreamPump;
+    use crate::gateway::dialect::anthropic::OpenAiStreamToMessages;
+    use crate::gateway::dialect::ClientStream;
+    use crate::gateway::pipeline::stream::{Stage, StreamPump};
     use crate::gateway::providers::test_support::{self, config_issues, TestSecrets};
+    use crate::gateway::providers::ProviderStream;
     use crate::gateway::wire::sse::SseParser;
     use http::StatusCode;
 
@@ -1196,12 +1204,12 @@ mod tests {
 
     // --- streams ------------------------------------------------------------------------------
 
-    fn to_openai(op: Operation) -> impl Fn() -> Vec<StreamTranslator> {
-        move || vec![StreamTranslator::GeminiToOpenAi(StreamToOpenAi::new(op, "gemini-2.5-flash", NOW))]
+    fn to_openai(op: Operation) -> impl Fn() -> Vec<Stage> {
+        move || vec![Stage::Provider(ProviderStream::GeminiToOpenAi(StreamToOpenAi::new(op, "gemini-2.5-flash", NOW)))]
     }
 
     /// Every split point (and byte by byte) must produce the same client bytes.
-    fn pump(make: impl Fn() -> Vec<StreamTranslator>, input: &[u8]) -> (Vec<Value>, Option<Usage>) {
+    fn pump(make: impl Fn() -> Vec<Stage>, input: &[u8]) -> (Vec<Value>, Option<Usage>) {
         let mut whole = StreamPump::new(make());
         let mut expected = whole.chunk(input);
         expected.extend(whole.end());
@@ -1322,8 +1330,7 @@ mod tests {
     fn a_messages_client_can_stream_from_gemini() {
         let chain = || {
             let mut stages = to_openai(Operation::Chat)();
-            stages
-                .push(StreamTranslator::OpenAiToAnthropic(super::super::anthropic::OpenAiStreamToMessages::new("ep")));
+            stages.push(Stage::Client(ClientStream::Anthropic(OpenAiStreamToMessages::new("ep"))));
             stages
         };
         let (events, usage) = pump(chain, TEXT_STREAM.as_bytes());
@@ -1346,7 +1353,7 @@ mod tests {
 
     #[test]
     fn hostile_inputs_never_panic() {
-        use crate::gateway::providers::anthropic::tests::mutations;
+        use crate::gateway::test_util::mutations;
         let p = adapter();
         let request = json!({
             "messages": [

@@ -9,14 +9,16 @@
 use http::Request;
 use serde_json::{json, Map, Value};
 
-use super::{
-    bad_response, finish_request, join_url, json_body, openai_usage, post_json, string_config, synthetic_id,
-    take_server_url, usage_json, Adapter, Call, Reply, StreamMode, Translated,
-};
 use crate::gateway::check::Issues;
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
+use crate::gateway::providers::adapter::{Adapter, Call, NoTranslation, Reply, StreamMode, Translated};
+use crate::gateway::providers::common::{
+    finish_request, join_url, post_json, string_config, synthetic_id, take_server_url,
+};
 use crate::gateway::types::{Operation, Usage};
+use crate::gateway::wire::json::{bad_response, json_body};
+use crate::gateway::wire::openai::{openai_usage, usage_json};
 
 const CONFIG_KEYS: &[&str] = &["hf_server_url"];
 /// TGI `/generate` parameters a client may send under their own names.
@@ -151,6 +153,8 @@ fn completion(value: &Value, body: &[u8], model: &str, now_ms: u64) -> Result<(V
 }
 
 impl Adapter for Tgi {
+    type Stream = NoTranslation;
+
     fn default_base(&self) -> &str {
         &self.server_url
     }
@@ -199,7 +203,7 @@ impl Adapter for Tgi {
         }
     }
 
-    fn stream_mode(&self, op: Operation, _model: &str, _now_ms: u64) -> StreamMode {
+    fn stream_mode(&self, op: Operation, _model: &str, _now_ms: u64) -> StreamMode<Self::Stream> {
         match op {
             // The Messages API streams OpenAI `chat.completion.chunk` SSE.
             Operation::Chat => StreamMode::Passthrough,

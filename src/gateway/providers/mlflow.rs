@@ -11,14 +11,16 @@
 use http::Request;
 use serde_json::{json, Map, Value};
 
-use super::{
-    bad_response, embedding_data, finish_request, join_url, json_body, post_json, string_config, synthetic_id,
-    take_server_url, Adapter, Call, Reply, StreamMode, Translated,
-};
 use crate::gateway::check::{did_you_mean, Issues};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
+use crate::gateway::providers::adapter::{Adapter, Call, NoTranslation, Reply, StreamMode, Translated};
+use crate::gateway::providers::common::{
+    finish_request, join_url, post_json, string_config, synthetic_id, take_server_url,
+};
 use crate::gateway::types::Operation;
+use crate::gateway::wire::json::{bad_response, json_body};
+use crate::gateway::wire::openai::embedding_data;
 
 const CONFIG_KEYS: &[&str] = &["model_server_url"];
 /// The scoring protocol's input keys: a request carries exactly one of them.
@@ -207,6 +209,8 @@ fn embedding_predictions(value: &Value) -> Result<Vec<Value>> {
 }
 
 impl Adapter for ModelServing {
+    type Stream = NoTranslation;
+
     fn default_base(&self) -> &str {
         &self.server_url
     }
@@ -272,7 +276,7 @@ impl Adapter for ModelServing {
         Ok(Translated { body: json_body(&translated)?, usage: None })
     }
 
-    fn stream_mode(&self, _op: Operation, _model: &str, _now_ms: u64) -> StreamMode {
+    fn stream_mode(&self, _op: Operation, _model: &str, _now_ms: u64) -> StreamMode<Self::Stream> {
         // `mlflow models serve` answers with one JSON body, never a stream.
         StreamMode::Buffered
     }

@@ -5,15 +5,17 @@
 use http::{header, Request};
 use serde_json::{Map, Value};
 
-use super::{
-    check_url, finish_request, join_url, json_body, openai_usage, parse_json, post_json, resolve_secret, string_config,
-    take_api_key, Adapter, Call, Reply, StreamMode, StreamTranslate, Translated,
-};
 use crate::gateway::check::{Issues, SecretRef};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
-use crate::gateway::types::{Operation, Usage};
-use crate::gateway::wire::sse::{self, SseEvent};
+use crate::gateway::providers::adapter::{Adapter, Call, NoTranslation, Reply, StreamMode, Translated};
+use crate::gateway::providers::common::{
+    check_url, finish_request, join_url, post_json, resolve_secret, string_config, take_api_key,
+};
+use crate::gateway::types::Operation;
+use crate::gateway::wire::json::bad_response;
+use crate::gateway::wire::json::json_body;
+use crate::gateway::wire::openai::openai_usage;
 
 const DEFAULT_BASE: &str = "https://api.openai.com/v1";
 const CONFIG_KEYS: &[&str] = &[
@@ -106,6 +108,8 @@ impl OpenAi {
 }
 
 impl Adapter for OpenAi {
+    type Stream = NoTranslation;
+
     fn default_base(&self) -> &str {
         &self.api_base
     }
@@ -148,141 +152,22 @@ impl Adapter for OpenAi {
         // Already OpenAI-shaped: pass the bytes on; parse only to check them and read usage.
         let value = reply.success_json()?;
         if !value.is_object() {
-            return Err(super::bad_response("not a JSON object"));
+            return Err(bad_response("not a JSON object"));
         }
         Ok(Translated { body: reply.body.to_vec(), usage: openai_usage(&value) })
     }
 
-    fn stream_mode(&self, _op: Operation, _model: &str, _now_ms: u64) -> StreamMode {
+    fn stream_mode(&self, _op: Operation, _model: &str, _now_ms: u64) -> StreamMode<Self::Stream> {
         StreamMode::Passthrough
     }
-}
-
-/// Watches an OpenAI-format stream on its way to an OpenAI client: events pass through as
-/// they are, while usage is read from the final usage chunk (requested with
-/// `stream_options.include_usage`) and a stream the origin cut short is closed with an error
-/// event and `[DONE]` instead of just stopping.
-#[derive(Debug, Default)]
-pub struct StreamWatch {
-    usage: Option<Usage>,
-    /// Content deltas seen: a lower bound on completion tokens if the stream is cut.
-    deltas: u64,
-    finished: bool,
-    done: bool,
-}
-
-impl StreamWatch {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-impl StreamTranslate for StreamWatch {
-    fn event(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
-        if event.data == "[DONE]" {
-            self.done = true;
-            sse::write_done(out);
-            return;
-        }
-        if let Ok(chunk) = serde_json::from_str::<Value>(&event.data) {
-            if let Some(usage) = openai_usage(&chunk).filter(|_| chunk["usage"].is_object()) {
-                self.usage = Some(usage);
-            }
-            for choice in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
-                let delta = &choice["delta"];
-                if delta.get("content").and_then(Value::as_str).is_some_and(|c| !c.is_empty())
-                    || choice.get("text").and_then(Value::as_str).is_some_and(|c| !c.is_empty())
-                    || delta.get("tool_calls").is_some()
-                {
-                    self.deltas += 1;
-                }
-                if !choice["finish_reason"].is_null() {
-                    self.finished = true;
-                }
-            }
-        }
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(event.data.as_bytes());
-        out.extend_from_slice(b"\n\n");
-    }
-
-    fn finish(&mut self, out: &mut Vec<u8>) {
-        if self.done {
-            return;
-        }
-        if !self.finished {
-            let error = serde_json::json!({"error": {"message": "origin stream ended before the answer was complete",
-                "type": "upstream_error", "code": "origin_stream_cut"}});
-            sse::write_data(out, &error);
-        }
-        sse::write_done(out);
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        // Without a usage chunk (cut stream, or an origin that ignores include_usage), the
-        // content deltas seen are the best lower bound on what was generated.
-        self.usage.or((self.deltas > 0).then_some(Usage { prompt_tokens: 0, completion_tokens: self.deltas }))
-    }
-}
-
-/// Replays a whole `chat.completion` / `text_completion` body as the SSE stream OpenAI would
-/// have sent (role, content, tool calls, finish reason, usage, `[DONE]`): for origins that
-/// cannot stream and for cached answers.
-pub fn completion_to_sse(op: Operation, body: &[u8]) -> Result<Vec<u8>> {
-    let value = parse_json(body)?;
-    let mut out = Vec::new();
-    let id = value.get("id").cloned().unwrap_or(Value::Null);
-    let created = value.get("created").cloned().unwrap_or(Value::from(0));
-    let model = value.get("model").cloned().unwrap_or(Value::Null);
-    let choices = value.get("choices").and_then(Value::as_array).cloned().unwrap_or_default();
-    let chunk = |object: &str, choices: Value| serde_json::json!({"id": id, "object": object, "created": created, "model": model, "choices": choices});
-    for choice in &choices {
-        let index = choice.get("index").cloned().unwrap_or(Value::from(0));
-        let finish = choice.get("finish_reason").cloned().unwrap_or(Value::Null);
-        if op == Operation::Completions {
-            let text = choice.get("text").cloned().unwrap_or(Value::from(""));
-            let c = serde_json::json!([{"index": index, "text": text, "finish_reason": finish}]);
-            sse::write_data(&mut out, &chunk("text_completion", c));
-            continue;
-        }
-        let message = choice.get("message").cloned().unwrap_or_default();
-        let role = message.get("role").cloned().unwrap_or(Value::from("assistant"));
-        let c = serde_json::json!([{"index": index, "delta": {"role": role, "content": ""}, "finish_reason": null}]);
-        sse::write_data(&mut out, &chunk("chat.completion.chunk", c));
-        if let Some(content) = message.get("content").filter(|c| !c.is_null()) {
-            let c = serde_json::json!([{"index": index, "delta": {"content": content}, "finish_reason": null}]);
-            sse::write_data(&mut out, &chunk("chat.completion.chunk", c));
-        }
-        if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
-            let calls: Vec<Value> = calls
-                .iter()
-                .enumerate()
-                .map(|(i, call)| {
-                    let mut call = call.clone();
-                    call["index"] = Value::from(i);
-                    call
-                })
-                .collect();
-            let c = serde_json::json!([{"index": index, "delta": {"tool_calls": calls}, "finish_reason": null}]);
-            sse::write_data(&mut out, &chunk("chat.completion.chunk", c));
-        }
-        let c = serde_json::json!([{"index": index, "delta": {}, "finish_reason": finish}]);
-        sse::write_data(&mut out, &chunk("chat.completion.chunk", c));
-    }
-    if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
-        let object = if op == Operation::Completions { "text_completion" } else { "chat.completion.chunk" };
-        let mut last = chunk(object, Value::Array(Vec::new()));
-        last["usage"] = usage.clone();
-        sse::write_data(&mut out, &last);
-    }
-    sse::write_done(&mut out);
-    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::gateway::providers::test_support::{self, config_issues, TestSecrets};
+    use crate::gateway::wire::openai::completion_to_sse;
+
     use http::StatusCode;
     use serde_json::json;
 

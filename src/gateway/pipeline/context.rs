@@ -1,0 +1,82 @@
+//! The state the phases work on: what an isolate keeps between requests, what one request
+//! accumulates (its log line and after-response work), and the model call being served.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use serde_json::{Map, Value};
+
+use crate::gateway::auth::AuthMemo;
+use crate::gateway::config::{Config, Endpoint};
+use crate::gateway::dialect::Dialect;
+use crate::gateway::features::keys::KeyRecord;
+use crate::gateway::features::limits::Limiter;
+use crate::gateway::features::usage::UsageBook;
+use crate::gateway::forward::Breaker;
+use crate::gateway::pipeline::account::Pending;
+use crate::gateway::pipeline::log::LogRecord;
+use crate::gateway::types::Operation;
+
+/// Where the client is, as far as the host knows.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    /// ISO country code (Cloudflare `request.cf.country`).
+    pub country: Option<String>,
+    /// Continent code (Cloudflare `request.cf.continent`).
+    pub continent: Option<String>,
+    /// A region name fixed by the deployment (e.g. a Spin variable), when there is no geo data.
+    pub region: Option<String>,
+}
+
+/// What an isolate keeps between requests: short-lived memos and counters. Everything
+/// durable is in KV.
+#[derive(Default)]
+pub struct IsolateState {
+    pub breaker: Breaker,
+    pub auth: AuthMemo,
+    pub limiter: Rc<Limiter>,
+    pub usage: Rc<UsageBook>,
+}
+
+/// One request on its way through the phases.
+pub struct RequestContext<'a> {
+    pub state: &'a IsolateState,
+    pub client: &'a ClientInfo,
+    /// The API the client speaks: how its answer and errors are written.
+    pub dialect: Dialect,
+    /// The log line, filled in by each phase.
+    pub log: LogRecord,
+    /// Work for after the response, filled in by each phase.
+    pub pending: Pending,
+}
+
+/// One model call, built by the `resolve` phase and carried through the later ones.
+pub struct ModelCall {
+    pub config: Rc<Config>,
+    /// The client's request headers (credentials, cache directives, region preference).
+    pub headers: HeaderMap,
+    pub endpoint: Arc<Endpoint>,
+    pub op: Operation,
+    /// The request in OpenAI's shape, without `model`.
+    pub body: Map<String, Value>,
+    /// SHA-256 of the canonical request, when a traffic route picked the endpoint by it.
+    pub route_hash: Option<u64>,
+    pub key: Option<Rc<KeyRecord>>,
+    /// `name@version` of the rendered prompt template.
+    pub template_version: Option<String>,
+    /// The client asked for a stream.
+    pub stream: bool,
+    /// Where a deterministic answer is stored after the response (the `cache_lookup` phase).
+    pub cache_key: Option<String>,
+}
+
+impl ModelCall {
+    /// The tenant that owns the request's cached answers and usage.
+    pub fn tenant(&self) -> &str {
+        self.key.as_ref().map_or(PUBLIC_TENANT, |k| k.tenant.as_str())
+    }
+}
+
+/// The tenant of requests to public endpoints made without a key (for cache scoping).
+pub const PUBLIC_TENANT: &str = "public";

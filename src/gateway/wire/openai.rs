@@ -1,0 +1,386 @@
+//! OpenAI's wire shapes, the gateway's internal lingua franca: answer and chunk builders,
+//! request field readers, usage, the stream watcher and the replay of a whole answer as a
+//! stream. Client dialects and provider adapters both build on these.
+
+use serde_json::{json, Map, Value};
+
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
+use crate::gateway::types::{Operation, Usage};
+use crate::gateway::wire::json::parse_json;
+use crate::gateway::wire::sse::{self, SseEvent};
+use crate::gateway::wire::stream::StreamTranslate;
+
+/// The usage object of an OpenAI-shaped response, if present.
+pub fn openai_usage(body: &Value) -> Option<Usage> {
+    let usage = body.get("usage")?;
+    Some(Usage {
+        prompt_tokens: usage.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
+        completion_tokens: usage.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0),
+    })
+}
+
+/// The `usage` object of an OpenAI answer (`Usage::total` saturates: origin counts may be absurd).
+pub fn usage_json(usage: Usage) -> Value {
+    json!({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total()})
+}
+
+/// The assistant `message` of a `chat.completion` choice; `tool_calls` only when there are some.
+pub fn assistant_message(text: Option<String>, tool_calls: Vec<Value>) -> Value {
+    let mut message = json!({"role": "assistant", "content": text});
+    if let (false, Some(m)) = (tool_calls.is_empty(), message.as_object_mut()) {
+        m.insert("tool_calls".into(), Value::Array(tool_calls));
+    }
+    message
+}
+
+/// The `data` list of an OpenAI embeddings answer, one item per vector.
+pub fn embedding_data<T: serde::Serialize>(vectors: impl IntoIterator<Item = T>) -> Vec<Value> {
+    vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, embedding)| json!({"object": "embedding", "embedding": embedding, "index": index}))
+        .collect()
+}
+
+/// An OpenAI embeddings answer (`"object": "list"`), one item per vector.
+pub fn embedding_list<T: serde::Serialize>(vectors: impl IntoIterator<Item = T>, model: &str, usage: Usage) -> Value {
+    json!({
+        "object": "list", "data": embedding_data(vectors), "model": model,
+        "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total()},
+    })
+}
+
+pub fn invalid(field: &str, problem: &str) -> GatewayError {
+    GatewayError::bad_request(ErrorCode::InvalidRequest, format!("{field}: {problem}"))
+}
+
+/// Removes `key`, treating an explicit `null` as absent.
+pub fn take(body: &mut Map<String, Value>, key: &str) -> Option<Value> {
+    body.remove(key).filter(|v| !v.is_null())
+}
+
+pub fn number(field: &str, value: &Value) -> Result<f64> {
+    value.as_f64().ok_or_else(|| invalid(field, "must be a number"))
+}
+
+/// `max_completion_tokens`, else `max_tokens`, as a positive integer.
+pub fn max_tokens(body: &mut Map<String, Value>) -> Result<Option<u64>> {
+    let newer = take(body, "max_completion_tokens");
+    let legacy = take(body, "max_tokens");
+    let (field, value) = match (newer, legacy) {
+        (Some(v), _) => ("max_completion_tokens", v),
+        (None, Some(v)) => ("max_tokens", v),
+        (None, None) => return Ok(None),
+    };
+    value.as_u64().filter(|n| *n > 0).map(Some).ok_or_else(|| invalid(field, "must be a positive integer"))
+}
+
+/// OpenAI `stop`: a string or a list of strings.
+pub fn stop_sequences(value: Option<Value>) -> Result<Vec<String>> {
+    let problem = || invalid("stop", "must be a string or a list of strings");
+    match value {
+        None => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s]),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                _ => Err(problem()),
+            })
+            .collect(),
+        Some(_) => Err(problem()),
+    }
+}
+
+/// The single prompt of a completions request (`prompt` may be a one-element list).
+pub fn completion_prompt(body: &mut Map<String, Value>, provider: &str) -> Result<String> {
+    match take(body, "prompt") {
+        Some(Value::String(s)) => Ok(s),
+        Some(Value::Array(mut items)) => match (items.len(), items.pop()) {
+            (1, Some(Value::String(s))) => Ok(s),
+            (0, _) => Err(invalid("prompt", "must not be empty")),
+            (_, Some(Value::String(_))) => Err(GatewayError::unprocessable(
+                ErrorCode::UnsupportedParameter,
+                format!("prompt: the {provider} provider takes one prompt per request"),
+            )),
+            _ => Err(invalid("prompt", &format!("must be a string (token arrays are not supported by {provider})"))),
+        },
+        Some(_) => Err(invalid("prompt", "must be a string")),
+        None => Err(invalid("prompt", "is required")),
+    }
+}
+
+/// The URL of an `image_url` part (`{"url": ...}` or a bare string).
+pub fn image_url(part: &Map<String, Value>) -> Option<&str> {
+    let value = part.get("image_url")?;
+    value.as_str().or_else(|| value.get("url").and_then(Value::as_str))
+}
+
+/// `(media type, base64 data)` of a `data:<type>;base64,<data>` URL.
+pub fn data_url(url: &str) -> Option<(&str, &str)> {
+    let (meta, data) = url.strip_prefix("data:")?.split_once(',')?;
+    let meta = meta.strip_suffix(";base64")?;
+    let media_type = meta.split(';').next().filter(|m| !m.is_empty()).unwrap_or("application/octet-stream");
+    Some((media_type, data))
+}
+
+/// One choice of an OpenAI answer.
+pub struct OpenAiChoice {
+    pub index: u64,
+    pub text: Option<String>,
+    pub tool_calls: Vec<Value>,
+    pub finish_reason: Option<&'static str>,
+}
+
+/// A `chat.completion` (or, for the completions API, `text_completion`) body.
+pub fn openai_answer(
+    op: Operation,
+    id: &str,
+    model: &str,
+    now_ms: u64,
+    choices: Vec<OpenAiChoice>,
+    usage: Option<Usage>,
+) -> Value {
+    let choices: Vec<Value> = choices
+        .into_iter()
+        .map(|c| {
+            if op == Operation::Completions {
+                return json!({
+                    "index": c.index,
+                    "text": c.text.unwrap_or_default(),
+                    "logprobs": null,
+                    "finish_reason": c.finish_reason,
+                });
+            }
+            let message = assistant_message(c.text, c.tool_calls);
+            json!({"index": c.index, "message": message, "logprobs": null, "finish_reason": c.finish_reason})
+        })
+        .collect();
+    let object = if op == Operation::Completions { "text_completion" } else { "chat.completion" };
+    let mut answer = json!({"id": id, "object": object, "created": now_ms / 1000, "model": model, "choices": choices});
+    if let (Some(usage), Some(a)) = (usage, answer.as_object_mut()) {
+        a.insert("usage".into(), usage_json(usage));
+    }
+    answer
+}
+
+/// Writes OpenAI stream chunks: `chat.completion.chunk`, or `text_completion` chunks for the
+/// completions API (which carry no role and no tool calls).
+pub struct ChunkWriter {
+    pub id: String,
+    pub model: String,
+    pub created: u64,
+    pub text_completion: bool,
+}
+
+impl ChunkWriter {
+    pub fn new(op: Operation, id: &str, model: &str, now_ms: u64) -> Self {
+        ChunkWriter {
+            id: id.to_string(),
+            model: model.to_string(),
+            created: now_ms / 1000,
+            text_completion: op == Operation::Completions,
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>, choices: Value) {
+        let object = if self.text_completion { "text_completion" } else { "chat.completion.chunk" };
+        let chunk =
+            json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices});
+        sse::write_data(out, &chunk);
+    }
+
+    fn delta(&self, out: &mut Vec<u8>, index: u64, delta: Value, finish: Option<&str>) {
+        self.write(out, json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}]));
+    }
+
+    /// The opening chunk of a choice.
+    pub fn role(&self, out: &mut Vec<u8>, index: u64) {
+        if !self.text_completion {
+            self.delta(out, index, json!({"role": "assistant", "content": ""}), None);
+        }
+    }
+
+    pub fn text(&self, out: &mut Vec<u8>, index: u64, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        if self.text_completion {
+            self.write(out, json!([{"index": index, "text": text, "logprobs": null, "finish_reason": null}]));
+        } else {
+            self.delta(out, index, json!({"content": text}), None);
+        }
+    }
+
+    /// One `delta.tool_calls[]` entry.
+    pub fn tool_call(&self, out: &mut Vec<u8>, index: u64, call: Value) {
+        if !self.text_completion {
+            self.delta(out, index, json!({"tool_calls": [call]}), None);
+        }
+    }
+
+    pub fn finish(&self, out: &mut Vec<u8>, index: u64, reason: &str) {
+        if self.text_completion {
+            self.write(out, json!([{"index": index, "text": "", "logprobs": null, "finish_reason": reason}]));
+        } else {
+            self.delta(out, index, json!({}), Some(reason));
+        }
+    }
+
+    /// The final usage chunk (`choices: []`, as OpenAI sends with `include_usage`).
+    pub fn usage(&self, out: &mut Vec<u8>, usage: Usage) {
+        let object = if self.text_completion { "text_completion" } else { "chat.completion.chunk" };
+        let chunk = json!({
+            "id": self.id, "object": object, "created": self.created, "model": self.model,
+            "choices": [], "usage": usage_json(usage),
+        });
+        sse::write_data(out, &chunk);
+    }
+}
+
+/// The error chunk a client sees when the origin's stream fails mid-answer.
+pub fn write_error_chunk(out: &mut Vec<u8>, message: &str, code: &str) {
+    sse::write_data(out, &json!({"error": {"message": message, "type": "upstream_error", "code": code}}));
+}
+
+/// Watches an OpenAI-format stream on its way to an OpenAI client: events pass through as
+/// they are, while usage is read from the final usage chunk (requested with
+/// `stream_options.include_usage`) and a stream the origin cut short is closed with an error
+/// event and `[DONE]` instead of just stopping.
+#[derive(Debug, Default)]
+pub struct StreamWatch {
+    usage: Option<Usage>,
+    /// Content deltas seen: a lower bound on completion tokens if the stream is cut.
+    deltas: u64,
+    finished: bool,
+    done: bool,
+}
+
+impl StreamWatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl StreamTranslate for StreamWatch {
+    fn event(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
+        if event.data == "[DONE]" {
+            self.done = true;
+            sse::write_done(out);
+            return;
+        }
+        if let Ok(chunk) = serde_json::from_str::<Value>(&event.data) {
+            if let Some(usage) = openai_usage(&chunk).filter(|_| chunk["usage"].is_object()) {
+                self.usage = Some(usage);
+            }
+            for choice in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
+                let delta = &choice["delta"];
+                if delta.get("content").and_then(Value::as_str).is_some_and(|c| !c.is_empty())
+                    || choice.get("text").and_then(Value::as_str).is_some_and(|c| !c.is_empty())
+                    || delta.get("tool_calls").is_some()
+                {
+                    self.deltas += 1;
+                }
+                if !choice["finish_reason"].is_null() {
+                    self.finished = true;
+                }
+            }
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(event.data.as_bytes());
+        out.extend_from_slice(b"\n\n");
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.done {
+            return;
+        }
+        if !self.finished {
+            let error = serde_json::json!({"error": {"message": "origin stream ended before the answer was complete",
+                "type": "upstream_error", "code": "origin_stream_cut"}});
+            sse::write_data(out, &error);
+        }
+        sse::write_done(out);
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        // Without a usage chunk (cut stream, or an origin that ignores include_usage), the
+        // content deltas seen are the best lower bound on what was generated.
+        self.usage.or((self.deltas > 0).then_some(Usage { prompt_tokens: 0, completion_tokens: self.deltas }))
+    }
+}
+
+/// Replays a whole `chat.completion` / `text_completion` body as the SSE stream OpenAI would
+/// have sent (role, content, tool calls, finish reason, usage, `[DONE]`): for origins that
+/// cannot stream and for cached answers.
+pub fn completion_to_sse(op: Operation, body: &[u8]) -> Result<Vec<u8>> {
+    let value = parse_json(body)?;
+    let mut out = Vec::new();
+    let id = value.get("id").cloned().unwrap_or(Value::Null);
+    let created = value.get("created").cloned().unwrap_or(Value::from(0));
+    let model = value.get("model").cloned().unwrap_or(Value::Null);
+    let choices = value.get("choices").and_then(Value::as_array).cloned().unwrap_or_default();
+    let chunk = |object: &str, choices: Value| serde_json::json!({"id": id, "object": object, "created": created, "model": model, "choices": choices});
+    for choice in &choices {
+        let index = choice.get("index").cloned().unwrap_or(Value::from(0));
+        let finish = choice.get("finish_reason").cloned().unwrap_or(Value::Null);
+        if op == Operation::Completions {
+            let text = choice.get("text").cloned().unwrap_or(Value::from(""));
+            let c = serde_json::json!([{"index": index, "text": text, "finish_reason": finish}]);
+            sse::write_data(&mut out, &chunk("text_completion", c));
+            continue;
+        }
+        let message = choice.get("message").cloned().unwrap_or_default();
+        let role = message.get("role").cloned().unwrap_or(Value::from("assistant"));
+        let c = serde_json::json!([{"index": index, "delta": {"role": role, "content": ""}, "finish_reason": null}]);
+        sse::write_data(&mut out, &chunk("chat.completion.chunk", c));
+        if let Some(content) = message.get("content").filter(|c| !c.is_null()) {
+            let c = serde_json::json!([{"index": index, "delta": {"content": content}, "finish_reason": null}]);
+            sse::write_data(&mut out, &chunk("chat.completion.chunk", c));
+        }
+        if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
+            let calls: Vec<Value> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, call)| {
+                    let mut call = call.clone();
+                    call["index"] = Value::from(i);
+                    call
+                })
+                .collect();
+            let c = serde_json::json!([{"index": index, "delta": {"tool_calls": calls}, "finish_reason": null}]);
+            sse::write_data(&mut out, &chunk("chat.completion.chunk", c));
+        }
+        let c = serde_json::json!([{"index": index, "delta": {}, "finish_reason": finish}]);
+        sse::write_data(&mut out, &chunk("chat.completion.chunk", c));
+    }
+    if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
+        let object = if op == Operation::Completions { "text_completion" } else { "chat.completion.chunk" };
+        let mut last = chunk(object, Value::Array(Vec::new()));
+        last["usage"] = usage.clone();
+        sse::write_data(&mut out, &last);
+    }
+    sse::write_done(&mut out);
+    Ok(out)
+}
+
+/// `(id, name, arguments as a JSON object)` of an OpenAI assistant tool call.
+pub fn parse_tool_call<'a>(call: &'a Value, path: &str) -> Result<(&'a str, &'a str, Value)> {
+    let id = call.get("id").and_then(Value::as_str).ok_or_else(|| invalid(&format!("{path}.id"), "is required"))?;
+    let function = call.get("function");
+    let name = function
+        .and_then(|f| f.get("name"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(&format!("{path}.function.name"), "is required"))?;
+    let input = match function.and_then(|f| f.get("arguments")) {
+        None | Some(Value::Null) => json!({}),
+        Some(Value::String(s)) if s.trim().is_empty() => json!({}),
+        Some(Value::String(s)) => serde_json::from_str(s).unwrap_or(Value::Null),
+        Some(other) => other.clone(),
+    };
+    if !input.is_object() {
+        return Err(invalid(&format!("{path}.function.arguments"), "must be a JSON object encoded as a string"));
+    }
+    Ok((id, name, input))
+}

@@ -13,6 +13,8 @@
 //! 7. `routing`, `auth`, `forward`, `catalog`, `admin/`
 //! 8. `pipeline/`: the request lifecycle as named phases
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod check;
 pub mod error;
 pub mod types;

@@ -18,72 +18,28 @@
 //! | `POST /admin/keys/{id}/rotate` | | `{key, id, ...}`: a new key for the same record; the old one stops working |
 //! | `GET /admin/usage` | `?key=<id>` or `?tenant=<name>`, `&from=YYYY-MM-DD&to=YYYY-MM-DD` (default today) | `{days: [...], total}` |
 
-use http::{Method, Request, StatusCode};
-use serde::Serialize;
-use serde_json::{json, Map, Value};
+mod answer;
+mod config;
+mod keys;
+mod routes;
+mod usage;
+
+use http::{Request, StatusCode};
 use sha2::{Digest, Sha256};
 
 use crate::gateway::auth::AuthMemo;
-use crate::gateway::check::did_you_mean;
-use crate::gateway::config::{Config, ACTIVE_KEY};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::features::keys::{self, BudgetPeriod, KeyRecord};
-use crate::gateway::features::limits::valid_tenant;
-use crate::gateway::util::text::{hex, percent_decode};
-use crate::gateway::util::time::{day_string, days_of, parse_day};
-
-use crate::gateway::features::usage::{self, Subject};
+use crate::gateway::features::keys::ct_eq;
 use crate::gateway::ports::Ports;
+use serde_json::Value;
+
+pub use answer::AdminResponse;
+use answer::{query_params, query_value, Audit, Failure, Handled};
+pub use config::{redact_secrets, VERSION_PREFIX};
+use routes::AdminRoute;
 
 /// The host secret holding the admin token.
 pub const ADMIN_TOKEN_SECRET: &str = "GATEWAY_ADMIN_TOKEN";
-/// `config:v:<version>`: every applied snapshot, for rollback.
-pub const VERSION_PREFIX: &str = "config:v:";
-
-/// What the admin API answers: a JSON body and status, plus the audit line for the host's log.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdminResponse {
-    pub status: StatusCode,
-    pub body: Value,
-    pub audit: String,
-}
-
-/// What the audit line records.
-#[derive(Debug, Default, Serialize)]
-struct Audit {
-    ts: u64,
-    audit: &'static str,
-    action: &'static str,
-    method: String,
-    path: String,
-    outcome: &'static str,
-    status: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tenant: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    version: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    previous: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<ErrorCode>,
-}
-
-/// A handler's answer: status + body, or an error; the audit fields it filled in either way.
-type Handled = std::result::Result<(StatusCode, Value), Failure>;
-
-/// An error answer; `issues` adds a list of config issues to the error body.
-struct Failure {
-    error: GatewayError,
-    issues: Option<Value>,
-}
-
-impl From<GatewayError> for Failure {
-    fn from(error: GatewayError) -> Self {
-        Failure { error, issues: None }
-    }
-}
 
 /// Serves one `/admin/*` request. `memo` is the isolate's key memo: a revoke or rotate handled
 /// here takes effect in this isolate at once (elsewhere within the bound in `auth`).
@@ -141,7 +97,7 @@ fn check_token<P: Ports>(ports: &P, headers: &http::HeaderMap) -> Result<()> {
         .map(|(_, token)| token.trim())
         .unwrap_or("");
     // Hash both sides so neither the length nor a prefix of the token leaks through timing.
-    let ok = keys::ct_eq(&Sha256::digest(presented.as_bytes()), &Sha256::digest(expected.as_bytes()));
+    let ok = ct_eq(&Sha256::digest(presented.as_bytes()), &Sha256::digest(expected.as_bytes()));
     if ok && !presented.is_empty() {
         Ok(())
     } else {
@@ -153,566 +109,45 @@ fn check_token<P: Ports>(ports: &P, headers: &http::HeaderMap) -> Result<()> {
 }
 
 async fn route<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<u8>>, audit: &mut Audit) -> Handled {
-    let path = request.uri().path().trim_end_matches('/');
-    let segments: Vec<&str> = path.split('/').skip(2).collect(); // after "/admin"
-    if !path.starts_with("/admin") || path.split('/').nth(1) != Some("admin") {
-        return Err(GatewayError::not_found(ErrorCode::RouteNotFound, "admin routes live under /admin/").into());
-    }
-    let query = query_params(request.uri().query().unwrap_or(""));
-    let method = request.method();
-    let body = request.body();
-    let (action, allowed): (&'static str, Method) = match segments.as_slice() {
-        ["config"] if method == Method::GET => ("config.get", Method::GET),
-        ["config"] => ("config.apply", Method::POST),
-        ["config", "versions"] => ("config.versions", Method::GET),
-        ["config", "rollback"] => ("config.rollback", Method::POST),
-        ["keys"] if method == Method::GET => ("keys.list", Method::GET),
-        ["keys"] => ("keys.create", Method::POST),
-        ["keys", _] => ("keys.get", Method::GET),
-        ["keys", _, "revoke"] => ("keys.revoke", Method::POST),
-        ["keys", _, "rotate"] => ("keys.rotate", Method::POST),
-        ["usage"] => ("usage.get", Method::GET),
-        ["cache", "purge"] => ("cache.purge", Method::POST),
-        _ => {
-            return Err(GatewayError::not_found(
-                ErrorCode::RouteNotFound,
-                format!("no admin route {method} {}", crate::gateway::util::text::truncate(path, 200)),
-            )
-            .into())
-        }
-    };
-    audit.action = action;
-    if *method != allowed {
-        return Err(GatewayError::method_not_allowed(format!("{path} accepts {allowed}, not {method}")).into());
-    }
-    let key_id = segments.get(1).map(|s| s.to_string());
-    if let (Some(id), true) = (&key_id, action.starts_with("keys.")) {
+    let route = AdminRoute::parse(request.method(), request.uri().path())?;
+    audit.action = route.action();
+    if let Some(id) = route.key_id() {
         audit.key_id = Some(crate::gateway::util::text::truncate(id, 40).to_string());
     }
-    match action {
-        "config.get" => get_config(ports).await,
-        "config.apply" => {
+    let query = query_params(request.uri().query().unwrap_or(""));
+    let body = request.body();
+    match route {
+        AdminRoute::GetConfig => config::get_config(ports).await,
+        AdminRoute::ApplyConfig => {
             let dry_run = query.iter().any(|(k, v)| k == "dry_run" && matches!(v.as_str(), "" | "1" | "true"));
-            apply_config(ports, body, dry_run, audit).await
+            config::apply_config(ports, body, dry_run, audit).await
         }
-        "config.versions" => versions(ports).await,
-        "config.rollback" => rollback(ports, body, audit).await,
-        "keys.list" => list_keys(ports, query_value(&query, "tenant")).await,
-        "keys.create" => create_key(ports, body, audit).await,
-        "keys.get" => get_key(ports, key_id.as_deref().unwrap_or("")).await,
-        "keys.revoke" => revoke_key(ports, memo, key_id.as_deref().unwrap_or(""), audit).await,
-        "keys.rotate" => rotate_key(ports, memo, key_id.as_deref().unwrap_or(""), audit).await,
-        "cache.purge" => purge_cache(ports, body).await,
-        _ => get_usage(ports, &query, audit).await,
+        AdminRoute::ConfigVersions => config::versions(ports).await,
+        AdminRoute::Rollback => config::rollback(ports, body, audit).await,
+        AdminRoute::ListKeys => keys::list_keys(ports, query_value(&query, "tenant")).await,
+        AdminRoute::CreateKey => keys::create_key(ports, body, audit).await,
+        AdminRoute::GetKey(id) => keys::get_key(ports, &id).await,
+        AdminRoute::RevokeKey(id) => keys::revoke_key(ports, memo, &id, audit).await,
+        AdminRoute::RotateKey(id) => keys::rotate_key(ports, memo, &id, audit).await,
+        AdminRoute::Usage => usage::get_usage(ports, &query, audit).await,
+        AdminRoute::PurgeCache => usage::purge_cache(ports, body).await,
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Cache
-
-/// `POST /admin/cache/purge {"tenant"?, "endpoint"?, "shared"?: bool}`: deletes the cached
-/// answers of a tenant (or the shared ones), of an endpoint, or both; `{}` purges everything.
-async fn purge_cache<P: Ports>(ports: &P, body: &[u8]) -> Handled {
-    use crate::gateway::features::cache::{self, Scope};
-    let spec = if body.is_empty() { Value::Object(Map::new()) } else { parse_json(body, "the purge request")? };
-    let field = |name: &str| spec.get(name).and_then(Value::as_str).filter(|s| !s.is_empty());
-    let scope = match (field("tenant"), spec.get("shared").and_then(Value::as_bool).unwrap_or(false)) {
-        (Some(_), true) => {
-            return Err(
-                GatewayError::bad_request(ErrorCode::InvalidPurge, "give `tenant` or `shared: true`, not both").into()
-            )
-        }
-        (Some(tenant), false) => Some(Scope::Tenant(tenant)),
-        (None, true) => Some(Scope::Shared),
-        (None, false) => None,
-    };
-    let endpoint = field("endpoint");
-    let keys = ports.list(&cache::purge_prefix(scope, endpoint)).await?;
-    let mut purged = 0u64;
-    for key in keys.iter().filter(|k| cache::purge_matches(k, scope, endpoint)) {
-        ports.delete(key).await?;
-        purged += 1;
-    }
-    Ok((StatusCode::OK, json!({"purged": purged})))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Config
-
-async fn get_config<P: Ports>(ports: &P) -> Handled {
-    let Some(raw) = ports.get(ACTIVE_KEY).await? else {
-        return Err(GatewayError::not_found(
-            ErrorCode::ConfigMissing,
-            format!("no active config: KV entry \"{ACTIVE_KEY}\" is missing"),
-        )
-        .into());
-    };
-    let mut value: Value = serde_json::from_slice(&raw).map_err(|_| {
-        GatewayError::internal(ErrorCode::ConfigInvalid, format!("KV entry \"{ACTIVE_KEY}\" is not valid JSON"))
-    })?;
-    redact_secrets(&mut value);
-    Ok((StatusCode::OK, value))
-}
-
-fn parse_json(body: &[u8], what: &str) -> Result<Value> {
-    serde_json::from_slice(body)
-        .map_err(|e| GatewayError::bad_request(ErrorCode::InvalidJson, format!("{what} is not valid JSON: {e}")))
-}
-
-fn version_of(value: &Value) -> Option<String> {
-    match value.get("version") {
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn valid_version(v: &str) -> bool {
-    !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-}
-
-fn issues_failure(what: &str, issues: Vec<crate::gateway::check::ConfigIssue>) -> Failure {
-    let first = issues.first().map(ToString::to_string).unwrap_or_default();
-    let list: Vec<Value> = issues.iter().map(|i| json!({"path": i.path, "message": i.message})).collect();
-    Failure {
-        error: GatewayError::bad_request(
-            ErrorCode::ConfigInvalid,
-            format!("{what} has {} issue(s); first: {first}", issues.len()),
-        ),
-        issues: Some(Value::Array(list)),
-    }
-}
-
-async fn active_version<P: Ports>(ports: &P) -> Option<String> {
-    let raw = ports.get(ACTIVE_KEY).await.ok()??;
-    version_of(&serde_json::from_slice(&raw).ok()?)
-}
-
-async fn apply_config<P: Ports>(ports: &P, body: &[u8], dry_run: bool, audit: &mut Audit) -> Handled {
-    let mut value = parse_json(body, "the config")?;
-    if !value.is_object() {
-        return Err(GatewayError::bad_request(ErrorCode::ConfigInvalid, "the config must be a JSON object").into());
-    }
-    let version = match version_of(&value) {
-        Some(v) => v,
-        None => {
-            let mut bytes = [0u8; 3];
-            ports.random_bytes(&mut bytes);
-            let v = format!("{}-{}", day_string(days_of(ports.now_ms())), hex(&bytes));
-            value["version"] = json!(v);
-            v
-        }
-    };
-    audit.version = Some(crate::gateway::util::text::truncate(&version, 64).to_string());
-    if !valid_version(&version) {
-        return Err(GatewayError::bad_request(
-            ErrorCode::InvalidVersion,
-            "`version` must be 1-64 letters, digits, '_', '-' or '.' (it names the KV entry config:v:<version>)",
-        )
-        .into());
-    }
-    let config = Config::from_value(value.clone()).map_err(|issues| issues_failure("the config", issues))?;
-    if dry_run {
-        return Ok((StatusCode::OK, json!({"valid": true, "version": version, "endpoints": config.order})));
-    }
-    let name = format!("{VERSION_PREFIX}{version}");
-    if let Some(existing) = ports.get(&name).await? {
-        if serde_json::from_slice::<Value>(&existing).ok().as_ref() != Some(&value) {
-            return Err(GatewayError::conflict(
-        ErrorCode::VersionExists,
-        format!("version \"{version}\" was already applied with different content: give this config a new `version`"),
-    )
-            .into());
-        }
-    }
-    let previous = active_version(ports).await;
-    audit.previous = previous.clone();
-    let bytes = serde_json::to_vec(&value)
-        .map_err(|_| GatewayError::internal(ErrorCode::ConfigInvalid, "the config could not be stored"))?;
-    ports.put(&name, &bytes, None).await?;
-    ports.put(ACTIVE_KEY, &bytes, None).await?;
-    Ok((StatusCode::OK, json!({"version": version, "previous": previous, "endpoints": config.order})))
-}
-
-async fn stored_versions<P: Ports>(ports: &P) -> Result<Vec<String>> {
-    let mut versions: Vec<String> = ports
-        .list(VERSION_PREFIX)
-        .await?
-        .iter()
-        .filter_map(|k| k.strip_prefix(VERSION_PREFIX))
-        .map(str::to_string)
-        .collect();
-    versions.sort();
-    Ok(versions)
-}
-
-async fn versions<P: Ports>(ports: &P) -> Handled {
-    let versions = stored_versions(ports).await?;
-    Ok((StatusCode::OK, json!({"active": active_version(ports).await, "versions": versions})))
-}
-
-async fn rollback<P: Ports>(ports: &P, body: &[u8], audit: &mut Audit) -> Handled {
-    let request = parse_json(body, "the rollback request")?;
-    let version = match request.get("version") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => {
-            return Err(GatewayError::bad_request(
-                ErrorCode::MissingVersion,
-                "send {\"version\": \"<version to activate>\"}",
-            )
-            .into())
-        }
-    };
-    audit.version = Some(crate::gateway::util::text::truncate(&version, 64).to_string());
-    let stored = if valid_version(&version) { ports.get(&format!("{VERSION_PREFIX}{version}")).await? } else { None };
-    let Some(raw) = stored else {
-        let known = stored_versions(ports).await?;
-        let names: Vec<&str> = known.iter().map(String::as_str).collect();
-        let hint = match did_you_mean(&version, &names) {
-            Some(s) => format!(" (did you mean \"{s}\"?)"),
-            None if names.is_empty() => " (no version has been applied through the admin API)".to_string(),
-            None => format!(" (known: {})", names.iter().rev().take(10).copied().collect::<Vec<_>>().join(", ")),
-        };
-        return Err(GatewayError::not_found(
-            ErrorCode::VersionNotFound,
-            format!("no stored config version \"{}\"{hint}", crate::gateway::util::text::truncate(&version, 64)),
-        )
-        .into());
-    };
-    Config::from_json(&raw).map_err(|issues| issues_failure(&format!("stored version \"{version}\""), issues))?;
-    let previous = active_version(ports).await;
-    audit.previous = previous.clone();
-    ports.put(ACTIVE_KEY, &raw, None).await?;
-    Ok((StatusCode::OK, json!({"version": version, "previous": previous})))
-}
-
-/// Replaces literal values of secret-looking fields (`*key*`, `*secret*`, `*token*`,
-/// `*password*`, `*credential*`) with `[redacted]`; `$NAME` references are kept.
-pub fn redact_secrets(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            for (name, v) in map.iter_mut() {
-                let lower = name.to_ascii_lowercase();
-                let secretish = ["key", "secret", "token", "password", "credential"].iter().any(|s| lower.contains(s));
-                match v {
-                    Value::String(s) if secretish && !s.starts_with('$') && !s.is_empty() => *s = "[redacted]".into(),
-                    _ => redact_secrets(v),
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(redact_secrets),
-        _ => {}
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Keys
-
-const KEY_FIELDS: &[&str] = &[
-    "tenant",
-    "name",
-    "endpoints",
-    "rpm",
-    "tpm",
-    "budget_usd",
-    "budget_period",
-    "region",
-    "expires_at",
-    "expires_in",
-    "exact",
-];
-
-/// Validates a key-creation request into a record (without id, hash, created).
-fn key_spec(body: &[u8], now_ms: u64) -> std::result::Result<KeyRecord, Failure> {
-    let value = parse_json(body, "the key request")?;
-    let Value::Object(map) = value else {
-        return Err(
-            GatewayError::bad_request(ErrorCode::InvalidKeyRequest, "the key request must be a JSON object").into()
-        );
-    };
-    let mut issues = crate::gateway::check::Issues::default();
-    for field in map.keys() {
-        if !KEY_FIELDS.contains(&field.as_str()) {
-            issues.unknown(field.as_str(), "key field", field, KEY_FIELDS);
-        }
-    }
-    let u64_field = |name: &str, issues: &mut crate::gateway::check::Issues| match map.get(name) {
-        None | Some(Value::Null) => None,
-        Some(v) => v.as_u64().or_else(|| {
-            issues.push(name, "must be a whole number >= 0");
-            None
-        }),
-    };
-    let tenant = match map.get("tenant").and_then(Value::as_str) {
-        Some(t) if valid_tenant(t) => t.to_string(),
-        Some(_) => {
-            issues.push("tenant", "letters, digits, '_', '-', '.'; 1-64 chars");
-            String::new()
-        }
-        None => {
-            issues.push("tenant", "is required (the tenant this key belongs to)");
-            String::new()
-        }
-    };
-    let name = match map.get("name") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) if s.len() <= 128 && !s.chars().any(char::is_control) => s.clone(),
-        Some(_) => {
-            issues.push("name", "must be a string of at most 128 printable characters");
-            String::new()
-        }
-    };
-    let endpoints = match map.get("endpoints") {
-        None | Some(Value::Null) => vec!["*".to_string()],
-        Some(Value::Array(items)) if !items.is_empty() => {
-            let mut out = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                match item.as_str() {
-                    Some(s) if valid_pattern(s) => out.push(s.to_string()),
-                    _ => issues.push(
-                        format!("endpoints[{i}]"),
-                        "must be an endpoint name, \"*\" or \"prefix*\" (letters, digits, '_', '-', '.')",
-                    ),
-                }
-            }
-            out
-        }
-        Some(_) => {
-            issues.push("endpoints", "must be a non-empty list of endpoint names (\"*\" allows all)");
-            Vec::new()
-        }
-    };
-    let rpm = u64_field("rpm", &mut issues);
-    let tpm = u64_field("tpm", &mut issues);
-    let budget_usd = match map.get("budget_usd") {
-        None | Some(Value::Null) => None,
-        Some(v) => v.as_f64().filter(|n| n.is_finite() && *n >= 0.0).or_else(|| {
-            issues.push("budget_usd", "must be a number >= 0 (USD)");
-            None
-        }),
-    };
-    let budget_period = match map.get("budget_period") {
-        None | Some(Value::Null) => BudgetPeriod::Month,
-        Some(v) => v.as_str().and_then(BudgetPeriod::parse).unwrap_or_else(|| {
-            issues.unknown("budget_period", "budget period", v.as_str().unwrap_or("(not a string)"), &["day", "month"]);
-            BudgetPeriod::Month
-        }),
-    };
-    let region = match map.get("region") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if valid_tenant(s) => Some(s.clone()),
-        Some(_) => {
-            issues.push("region", "must be a region name from the config");
-            None
-        }
-    };
-    let expires_at = match (u64_field("expires_at", &mut issues), u64_field("expires_in", &mut issues)) {
-        (Some(_), Some(_)) => {
-            issues.push("expires_in", "give either expires_at (unix seconds) or expires_in (seconds), not both");
-            None
-        }
-        (Some(at), None) => Some(at),
-        (None, Some(secs)) => Some(now_ms / 1000 + secs),
-        (None, None) => None,
-    };
-    let exact = match map.get("exact") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            issues.push("exact", "must be true or false");
-            false
-        }
-    };
-    if !issues.0.is_empty() {
-        return Err(issues_failure("the key request", issues.0));
-    }
-    Ok(KeyRecord {
-        id: String::new(),
-        tenant,
-        name,
-        endpoints,
-        rpm,
-        tpm,
-        budget_usd,
-        budget_period,
-        region,
-        created: now_ms / 1000,
-        expires_at,
-        disabled: false,
-        exact,
-        hash: String::new(),
-    })
-}
-
-fn valid_pattern(s: &str) -> bool {
-    let name = s.strip_suffix('*').unwrap_or(s);
-    s == "*"
-        || (!name.is_empty()
-            && name.len() <= 64
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
-}
-
-/// Names in the allow-list that match nothing in the active config (typos), with suggestions.
-async fn endpoint_warnings<P: Ports>(ports: &P, record: &KeyRecord) -> Vec<String> {
-    let Ok(Some(raw)) = ports.get(ACTIVE_KEY).await else { return Vec::new() };
-    let Ok(config) = Config::from_json(&raw) else { return Vec::new() };
-    let names: Vec<&str> = config.order.iter().map(String::as_str).collect();
-    let probe = KeyRecord { endpoints: Vec::new(), ..record.clone() };
-    record
-        .endpoints
-        .iter()
-        .filter(|pattern| {
-            let one = KeyRecord { endpoints: vec![(*pattern).clone()], ..probe.clone() };
-            !names.iter().any(|n| one.allows(n))
-        })
-        .map(|pattern| match did_you_mean(pattern, &names) {
-            Some(s) => format!("endpoint \"{pattern}\" is not in the active config (did you mean \"{s}\"?)"),
-            None => format!("endpoint \"{pattern}\" is not in the active config"),
-        })
-        .collect()
-}
-
-async fn create_key<P: Ports>(ports: &P, body: &[u8], audit: &mut Audit) -> Handled {
-    let mut record = key_spec(body, ports.now_ms())?;
-    audit.tenant = Some(record.tenant.clone());
-    let key = keys::generate(ports);
-    record.id = keys::new_id(ports);
-    record.hash = keys::hash_key(&key);
-    audit.key_id = Some(record.id.clone());
-    keys::store(ports, &record).await?;
-    let warnings = endpoint_warnings(ports, &record).await;
-    let mut body = record.view(ports.now_ms());
-    body["key"] = json!(key);
-    body["note"] = json!("store this key now: it is shown only once");
-    if !warnings.is_empty() {
-        body["warnings"] = json!(warnings);
-    }
-    Ok((StatusCode::CREATED, body))
-}
-
-async fn list_keys<P: Ports>(ports: &P, tenant: Option<&str>) -> Handled {
-    let now = ports.now_ms();
-    let list: Vec<Value> =
-        keys::list(ports).await?.iter().filter(|r| tenant.is_none_or(|t| r.tenant == t)).map(|r| r.view(now)).collect();
-    Ok((StatusCode::OK, json!({"keys": list})))
-}
-
-async fn find_key<P: Ports>(ports: &P, id: &str) -> Result<KeyRecord> {
-    keys::by_id(ports, id).await?.ok_or_else(|| {
-        GatewayError::not_found(
-            ErrorCode::KeyNotFound,
-            format!("no API key with id \"{}\"", crate::gateway::util::text::truncate(id, 40)),
-        )
-    })
-}
-
-async fn get_key<P: Ports>(ports: &P, id: &str) -> Handled {
-    let record = find_key(ports, id).await?;
-    Ok((StatusCode::OK, record.view(ports.now_ms())))
-}
-
-async fn revoke_key<P: Ports>(ports: &P, memo: &AuthMemo, id: &str, audit: &mut Audit) -> Handled {
-    let mut record = find_key(ports, id).await?;
-    audit.tenant = Some(record.tenant.clone());
-    record.disabled = true;
-    keys::store(ports, &record).await?;
-    memo.forget(&record.hash);
-    Ok((StatusCode::OK, record.view(ports.now_ms())))
-}
-
-async fn rotate_key<P: Ports>(ports: &P, memo: &AuthMemo, id: &str, audit: &mut Audit) -> Handled {
-    let mut record = find_key(ports, id).await?;
-    audit.tenant = Some(record.tenant.clone());
-    if record.disabled {
-        return Err(GatewayError::conflict(
-            ErrorCode::KeyRevoked,
-            format!("API key \"{}\" is revoked; create a new key instead", record.id),
-        )
-        .into());
-    }
-    let old_hash = std::mem::take(&mut record.hash);
-    let key = keys::generate(ports);
-    record.hash = keys::hash_key(&key);
-    // New record and index first, then the old record goes: the id never points nowhere.
-    keys::store(ports, &record).await?;
-    ports.delete(&keys::record_key(&old_hash)).await?;
-    memo.forget(&old_hash);
-    let mut body = record.view(ports.now_ms());
-    body["key"] = json!(key);
-    body["note"] = json!("store this key now: it is shown only once; the previous key no longer works");
-    Ok((StatusCode::OK, body))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Usage
-
-async fn get_usage<P: Ports>(ports: &P, query: &[(String, String)], audit: &mut Audit) -> Handled {
-    let today = days_of(ports.now_ms());
-    let day = |name: &str| -> Result<i64> {
-        match query_value(query, name) {
-            None => Ok(today),
-            Some(s) => parse_day(s).ok_or_else(|| {
-                GatewayError::bad_request(ErrorCode::InvalidDate, format!("`{name}` must be a date YYYY-MM-DD (UTC)"))
-            }),
-        }
-    };
-    let (from, to) = (day("from")?, day("to")?);
-    let subject = match (query_value(query, "key"), query_value(query, "tenant")) {
-        (Some(id), None) if keys::valid_id(id) => {
-            audit.key_id = Some(id.to_string());
-            Subject::Key(id)
-        }
-        (None, Some(t)) if valid_tenant(t) => {
-            audit.tenant = Some(t.to_string());
-            Subject::Tenant(t)
-        }
-        (Some(_), None) => {
-            return Err(GatewayError::bad_request(ErrorCode::InvalidKeyId, "`key` must be a key id (k_...)").into())
-        }
-        (None, Some(_)) => {
-            return Err(
-                GatewayError::bad_request(ErrorCode::InvalidTenant, "`tenant` is not a valid tenant name").into()
-            )
-        }
-        _ => {
-            return Err(GatewayError::bad_request(
-                ErrorCode::MissingSubject,
-                "give exactly one of `key=<key id>` or `tenant=<name>`",
-            )
-            .into())
-        }
-    };
-    Ok((StatusCode::OK, usage::query(ports, subject, from, to).await?))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Query strings
-
-fn query_params(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k, true), percent_decode(v, true))
-        })
-        .collect()
-}
-
-fn query_value<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::admin::config::valid_version;
     use crate::gateway::auth::authenticate;
+    use crate::gateway::features::keys;
     use crate::gateway::features::limits::{admit, Limiter, LimitsConfig};
     use crate::gateway::features::usage::{Accounting, Outcome, Price, UsageBook};
     use crate::gateway::ports::memory::{block_on, MemoryHost};
     use crate::gateway::ports::UpstreamError;
     use crate::gateway::types::Usage;
+    use crate::gateway::util::time::{day_string, days_of};
+    use http::Method;
+    use serde_json::json;
     use std::rc::Rc;
 
     const TOKEN: &str = "admin-token-e2e-0123456789";

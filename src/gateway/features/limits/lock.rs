@@ -1,0 +1,101 @@
+//! Exact counting over a linearizable key-value store with no atomic increment (Spin): a
+//! lock entry taken with Fischer's algorithm around a read-check-write of the counters.
+
+use serde::{Deserialize, Serialize};
+
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
+use crate::gateway::features::limits::limiter::{read_amounts, TTL_GRACE_SECS};
+use crate::gateway::ports::counter::{apply_ops, CounterOp, CounterReply};
+use crate::gateway::ports::Kv;
+
+/// How long a `locked_count` caller waits after writing the lock before reading it back.
+pub const LOCK_SETTLE_MS: u64 = 50;
+
+/// A lock older than this is treated as abandoned (its holder died).
+pub(super) const LOCK_LEASE_MS: u64 = 2_000;
+
+/// A caller gives up (503) after waiting this long for the lock.
+pub(super) const LOCK_WAIT_MS: u64 = 10_000;
+
+pub(super) const LOCK_POLL_MS: u64 = 10;
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct LockValue {
+    pub(super) id: String,
+    pub(super) at: u64,
+}
+
+/// Exact counting for hosts with neither a Durable Object nor an atomic increment, over a
+/// **linearizable** key-value store — one where a read sees every write completed before it
+/// (Spin's SQLite or Redis stores on one node, the e2e test host's files; *not* Cloudflare KV,
+/// which is eventually consistent). A Spin host's `Counter::count` can simply call this.
+///
+/// The counters of `scope` are guarded by a lock entry `lock:<scope>` taken with Fischer's
+/// algorithm: wait until the lock is free (or older than its 2 s lease), write our random id,
+/// wait [`LOCK_SETTLE_MS`], read it back; if it is still ours we hold it. Under the lock the
+/// counters (`{requests, tokens, cost_nusd}` entries, the same as the `kv` mode's) are read,
+/// checked and written with [`apply_ops`], then the lock is released.
+///
+/// What it guarantees, plainly: mutual exclusion *if* no caller takes longer than
+/// `LOCK_SETTLE_MS` (50 ms) between reading the lock as free and its own write completing — a
+/// timing assumption, not an atomic operation: a host stalled longer than that can let two
+/// callers in. Costs: at least 50 ms per call, and calls on one scope are serialized (at most
+/// ~20 per second per key). Fails with 503 `counter_busy` after waiting 10 s for the lock.
+pub async fn locked_count<P: Kv + crate::gateway::ports::Clock>(
+    ports: &P,
+    scope: &str,
+    ops: &[CounterOp],
+) -> Result<CounterReply> {
+    let lock = format!("lock:{scope}");
+    let mut id = [0u8; 8];
+    ports.random_bytes(&mut id);
+    let id = crate::gateway::util::text::hex(&id);
+    let started = ports.now_ms();
+    loop {
+        let now = ports.now_ms();
+        if now.saturating_sub(started) > LOCK_WAIT_MS {
+            return Err(GatewayError::not_configured(
+                ErrorCode::CounterBusy,
+                "the rate-limit counter stayed locked; retry shortly",
+            )
+            .with_retry_after(1));
+        }
+        let holder = ports.get(&lock).await?.and_then(|b| serde_json::from_slice::<LockValue>(&b).ok());
+        if holder.is_some_and(|h| ports.now_ms().saturating_sub(h.at) < LOCK_LEASE_MS) {
+            ports.sleep(LOCK_POLL_MS).await;
+            continue;
+        }
+        let mine = serde_json::to_vec(&LockValue { id: id.clone(), at: ports.now_ms() }).unwrap_or_default();
+        ports.put(&lock, &mine, Some(TTL_GRACE_SECS)).await?;
+        ports.sleep(LOCK_SETTLE_MS).await;
+        let holder = ports.get(&lock).await?.and_then(|b| serde_json::from_slice::<LockValue>(&b).ok());
+        if holder.is_some_and(|h| h.id == id) {
+            break;
+        }
+    }
+    let result = locked_section(ports, ops).await;
+    // Release, unless our lease ran out and someone else holds it now.
+    let holder = ports.get(&lock).await.ok().flatten().and_then(|b| serde_json::from_slice::<LockValue>(&b).ok());
+    if holder.is_some_and(|h| h.id == id) {
+        let _ = ports.delete(&lock).await;
+    }
+    result
+}
+
+async fn locked_section<P: Kv + crate::gateway::ports::Clock>(ports: &P, ops: &[CounterOp]) -> Result<CounterReply> {
+    let mut current = Vec::with_capacity(ops.len());
+    for op in ops {
+        current.push(read_amounts(ports, &op.name).await?);
+    }
+    let reply = apply_ops(&mut current, ops);
+    if reply.admitted {
+        let now = ports.now_ms();
+        for (op, value) in ops.iter().zip(&reply.values) {
+            if !op.add.is_zero() {
+                let ttl = op.expires_at_ms.saturating_sub(now) / 1000 + TTL_GRACE_SECS;
+                ports.put(&op.name, &serde_json::to_vec(value).unwrap_or_default(), Some(ttl)).await?;
+            }
+        }
+    }
+    Ok(reply)
+}

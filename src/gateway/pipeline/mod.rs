@@ -204,4 +204,6 @@ fn request_id<P: Ports>(ports: &P, request: &Request<Vec<u8>>) -> String {
 }
 
 #[cfg(test)]
+mod phase_tests;
+#[cfg(test)]
 mod tests;

@@ -187,8 +187,7 @@ impl Upstream for SpinHost {
         timeout_ms: u64,
     ) -> std::result::Result<http::Response<SpinBody>, UpstreamError> {
         let (parts, body) = request.into_parts();
-        let headers: Vec<(String, Vec<u8>)> =
-            parts.headers.iter().map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec())).collect();
+        let headers = outbound_headers(&parts, body.len());
         let fields = Fields::from_list(&headers).map_err(|e| UpstreamError::Connect(format!("bad header: {e:?}")))?;
         let outgoing = OutgoingRequest::new(fields);
         let uri = &parts.uri;
@@ -252,6 +251,31 @@ impl Upstream for SpinHost {
         }
         Ok(bytes)
     }
+}
+
+/// The outbound header fields, with the body framed by its length.
+///
+/// wasi:http 0.2 frames an outgoing body by the `content-length` field of the request's
+/// headers: `outgoing-request.body` reads it, wasmtime then sends `Content-Length` and enforces
+/// it (writing past it fails, and `outgoing-body.finish` short of it fails with
+/// `HTTP-request-body-size` and aborts the request). Without the field the length is unknown
+/// and hyper sends `Transfer-Encoding: chunked`, which origins that read Content-Length only
+/// (Python's `http.server`, many model servers, HTTP/1.0 servers, some WAFs) take as an empty
+/// body. The core always hands over a whole body, so its length is always known: chunked
+/// would only be right for a body streamed from the client, which the `Upstream` port has not.
+/// Bodyless GET/HEAD requests carry no length, as any HTTP client sends them.
+fn outbound_headers(parts: &http::request::Parts, body_len: usize) -> Vec<(String, Vec<u8>)> {
+    let mut headers: Vec<(String, Vec<u8>)> = parts
+        .headers
+        .iter()
+        // Framing is this function's business alone (and `transfer-encoding` is a forbidden field).
+        .filter(|(name, _)| *name != http::header::CONTENT_LENGTH && *name != http::header::TRANSFER_ENCODING)
+        .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
+        .collect();
+    if body_len > 0 || !matches!(parts.method, http::Method::GET | http::Method::HEAD) {
+        headers.push((http::header::CONTENT_LENGTH.as_str().to_string(), body_len.to_string().into_bytes()));
+    }
+    headers
 }
 
 fn to_spin_method(method: &http::Method) -> Method {

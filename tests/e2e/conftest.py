@@ -1,6 +1,6 @@
-"""Fixtures: the mock origins, a real `mlflow models serve`, and both compiled hosts per
-session. Every test that takes `gw` runs once per host, so the report lists each case as
-`[workerd]` and `[spin]`.
+"""Fixtures: the mock origins, a foreign origin on Python's http.server (py_origin.py), a
+real `mlflow models serve`, and both compiled hosts per session. Every test that takes `gw`
+runs once per host, so the report lists each case as `[workerd]` and `[spin]`.
 
 The gateway config is an MLflow AI Gateway YAML (tests/e2e/gateway.yaml, origin URLs filled
 in) that goes through `gatewayctl validate` and `gatewayctl render` into KV, exactly as an
@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from harness import BIN, MlflowModelServer, MockOrigin, SpinHost, WorkerdHost, new_workdir
+from py_origin import PyOrigin
 
 # Generated per run so the log checks can prove they never leak.
 PROVIDER_SECRET = "sk-e2e-" + pysecrets.token_hex(12)
@@ -69,6 +70,15 @@ def us_origin(workdir):
 
 
 @pytest.fixture(scope="session")
+def py_origin():
+    """The second, independent origin: Python's http.server (py_origin.py), which reads request
+    bodies by Content-Length only and frames its answers three ways."""
+    o = PyOrigin(api_key=PROVIDER_SECRET)
+    yield o
+    o.close()
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(workdir):
     server = MlflowModelServer(workdir)
     yield server
@@ -76,10 +86,11 @@ def mlflow_server(workdir):
 
 
 @pytest.fixture(scope="session")
-def config(workdir, origin, eu_origin, us_origin, mlflow_server):
+def config(workdir, origin, eu_origin, us_origin, mlflow_server, py_origin):
     return render_config(workdir, {
         "origin": origin.url, "eu_origin": eu_origin.url, "us_origin": us_origin.url,
         "mlflow": mlflow_server.url, "closed": CLOSED_PORT_URL, "closed_other": OTHER_CLOSED_PORT_URL,
+        "py_origin": py_origin.url,
     })
 
 
@@ -97,7 +108,7 @@ def gw(request, workdir, config):
 
 @pytest.fixture(autouse=True)
 def clean_origins(request):
-    for name in ("origin", "eu_origin", "us_origin"):
+    for name in ("origin", "eu_origin", "us_origin", "py_origin"):
         if name in request.fixturenames:
             request.getfixturevalue(name).reset()
     yield

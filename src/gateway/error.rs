@@ -58,6 +58,7 @@ error_codes! {
     TemplateRenderFailed = "template_render_failed",
     TemplateTooExpensive = "template_too_expensive",
     TemplateOutputTooLarge = "template_output_too_large",
+    TemplateVariableTooLarge = "template_variable_too_large",
     ContentDenied = "content_denied",
     OutputDenied = "output_denied",
     PromptInjection = "prompt_injection",

@@ -131,9 +131,10 @@ pub async fn authenticate_key<P: Ports>(
 }
 
 /// Who is calling, for requests that name no endpoint (e.g. `GET /v1/responses/{id}`): no
-/// key is the public tenant (`Ok(None)`); a key that is not valid is a 401, as anywhere.
+/// key — or a placeholder that is no gateway key at all, as SDKs of public endpoints send — is
+/// the public tenant (`Ok(None)`); an `egw_` key that is not valid is a 401, as anywhere.
 pub async fn identify<P: Ports>(ports: &P, memo: &AuthMemo, presented: Option<&str>) -> Result<Option<Rc<KeyRecord>>> {
-    let Some(presented) = presented else { return Ok(None) };
+    let Some(presented) = presented.filter(|p| p.starts_with(keys::KEY_PREFIX)) else { return Ok(None) };
     match lookup(ports, memo, presented).await? {
         Some(record) => Ok(Some(record)),
         None => Err(invalid_key()),
@@ -235,6 +236,7 @@ mod tests {
         assert_eq!(auth(Some("egw_nope")).unwrap_err().code, "invalid_api_key");
         assert_eq!(block_on(identify(&host, &memo, Some(&key))).unwrap().unwrap().tenant, "acme");
         assert!(block_on(identify(&host, &memo, None)).unwrap().is_none());
+        assert!(block_on(identify(&host, &memo, Some("sk-placeholder"))).unwrap().is_none());
         assert_eq!(block_on(identify(&host, &memo, Some("egw_nope"))).unwrap_err().status, StatusCode::UNAUTHORIZED);
     }
 

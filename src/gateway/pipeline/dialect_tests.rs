@@ -148,6 +148,10 @@ fn responses_are_created_stored_retrieved_and_continued() {
 
     let (status, got, _) = call(&host, request(Method::GET, &format!("/v1/responses/{id}"), Value::Null, None));
     assert_eq!((status, &got), (StatusCode::OK, &created));
+    // SDKs of public endpoints send a placeholder key: still the public tenant.
+    let placeholder = Some("unused-client-key");
+    let (status, _, _) = call(&host, request(Method::GET, &format!("/v1/responses/{id}"), Value::Null, placeholder));
+    assert_eq!(status, StatusCode::OK);
 
     let next = json!({"model": "chat", "input": [{"role": "user", "content": "more"}], "previous_response_id": id});
     let (status, second, _) = call(&host, request(Method::POST, "/gateway/openai/v1/responses", next, None));

@@ -54,6 +54,7 @@ const GATEWAY_PREFIXES: &[(&str, &str)] = &[
     ("/gateway/mlflow/v1/", "/v1/"),
     ("/gateway/anthropic/v1/", "/v1/"),
     ("/gateway/gemini/v1beta/", "/v1beta/"),
+    ("/gateway/gemini/v1/", "/v1beta/"),
 ];
 
 pub fn match_route(method: &Method, path: &str) -> Result<ApiRoute> {
@@ -78,7 +79,7 @@ pub fn match_route(method: &Method, path: &str) -> Result<ApiRoute> {
                 _ => (ApiRoute::GetResponse(id), Method::GET),
             }
         }
-        ["v1beta" | "v1", "models", model] | ["gateway", "gemini", "v1beta", "models", model]
+        ["v1beta" | "v1", "models", model] | ["gateway", "gemini", "v1beta" | "v1", "models", model]
             if model.contains(':') || model.to_ascii_lowercase().contains("%3a") =>
         {
             let decoded = percent_decode(model, false);
@@ -279,6 +280,8 @@ mod tests {
         assert_eq!(post("/v1beta/models/my:chat:streamGenerateContent").unwrap(), gemini("my:chat", true));
         assert_eq!(post("/v1/models/chat%3AgenerateContent").unwrap(), gemini("chat", false));
         assert_eq!(post("/gateway/gemini/v1beta/models/g:streamGenerateContent").unwrap(), gemini("g", true));
+        // google-genai 3.x speaks `v1` unless told `api_version="v1beta"`: both are served.
+        assert_eq!(post("/gateway/gemini/v1/models/g:generateContent").unwrap(), gemini("g", false));
         assert_eq!(post("/v1beta/models/chat:countTokens").unwrap_err().status, StatusCode::NOT_FOUND);
         assert_eq!(post("/v1beta/models/:generateContent").unwrap_err().status, StatusCode::NOT_FOUND);
         assert_eq!(post("/gateway/chat/mlflow/invocations").unwrap(), ApiRoute::UnifiedInvocations("chat".into()));
@@ -299,6 +302,7 @@ mod tests {
         assert!(matches!(path_dialect("/gateway/openai/v1/responses"), Dialect::Responses(_)));
         assert!(matches!(path_dialect("/v1beta/models/x:countTokens"), Dialect::Gemini(_)));
         assert!(matches!(path_dialect("/gateway/gemini/v1beta/models/x"), Dialect::Gemini(_)));
+        assert!(matches!(path_dialect("/gateway/gemini/v1/models/x:y"), Dialect::Gemini(_)));
         assert!(matches!(path_dialect("/v1/chat/completions"), Dialect::OpenAi(_)));
     }
 

@@ -28,8 +28,11 @@ def oai(gw, key="unused-client-key", base="/v1"):
     return openai.OpenAI(base_url=f"{gw.base_url}{base}", api_key=key, max_retries=0, timeout=30)
 
 
-def gemini_client(gw, key="unused-client-key", base=""):
-    return genai.Client(api_key=key, http_options=types.HttpOptions(base_url=f"{gw.base_url}{base}", timeout=30_000))
+def gemini_client(gw, key="unused-client-key", base="", api_version=None):
+    """google-genai 3.x calls `/v1/models/...` unless `api_version="v1beta"`; both are served.
+    Keep the client referenced while using it: it closes its HTTP client when collected."""
+    options = types.HttpOptions(base_url=f"{gw.base_url}{base}", timeout=30_000, api_version=api_version)
+    return genai.Client(api_key=key, http_options=options)
 
 
 def new_key(gw, tenant, endpoints=("keyed-dialects",)):
@@ -181,7 +184,8 @@ def test_responses_passthrough_to_an_origin_that_speaks_responses(gw, origin):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_google_genai_generate_content(gw, model):
-    r = gemini_client(gw).models.generate_content(
+    client = gemini_client(gw)
+    r = client.models.generate_content(
         model=model, contents="hello gemini sdk",
         config=types.GenerateContentConfig(system_instruction="be brief", max_output_tokens=50, temperature=0.3))
     assert r.text == "echo: hello gemini sdk"
@@ -193,7 +197,8 @@ def test_google_genai_generate_content(gw, model):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_google_genai_generate_content_stream(gw, model):
-    chunks = list(gemini_client(gw).models.generate_content_stream(model=model, contents="stream gemini please"))
+    client = gemini_client(gw, api_version="v1beta")
+    chunks = list(client.models.generate_content_stream(model=model, contents="stream gemini please"))
     assert "".join(c.text or "" for c in chunks) == "echo: stream gemini please"
     assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
     assert chunks[-1].usage_metadata.candidates_token_count == 4
@@ -233,7 +238,8 @@ def test_google_genai_length_and_errors(gw):
 
 def test_gemini_keys_from_header_or_query_never_logged_or_forwarded(gw, origin):
     key = new_key(gw, "dialects-g")
-    r = gemini_client(gw, key).models.generate_content(model="keyed-dialects", contents="with a header key")
+    client = gemini_client(gw, key)
+    r = client.models.generate_content(model="keyed-dialects", contents="with a header key")
     assert r.text == "echo: with a header key"
     body = {"contents": [{"parts": [{"text": "with a query key"}]}]}
     url = f"{gw.base_url}/v1beta/models/keyed-dialects:generateContent?key={key}"
@@ -289,7 +295,8 @@ def test_mlflow3_anthropic_and_gemini_routes(gw):
     assert r.content[0].text == "echo: anthropic route"
     with pytest.raises(anthropic.NotFoundError):
         claude.messages.create(model="no-such-endpoint", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    client = gemini_client(gw, base="/gateway/gemini")
-    assert client.models.generate_content(model="claude", contents="gemini route").text == "echo: gemini route"
-    chunks = client.models.generate_content_stream(model="chat", contents="gemini route stream")
-    assert "".join(c.text or "" for c in chunks) == "echo: gemini route stream"
+    for api_version in ["v1beta", None]:  # MLflow's own path, and google-genai's default
+        client = gemini_client(gw, base="/gateway/gemini", api_version=api_version)
+        assert client.models.generate_content(model="claude", contents="gemini route").text == "echo: gemini route"
+        chunks = client.models.generate_content_stream(model="chat", contents="gemini route stream")
+        assert "".join(c.text or "" for c in chunks) == "echo: gemini route stream"

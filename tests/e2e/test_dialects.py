@@ -180,6 +180,45 @@ def test_responses_passthrough_to_an_origin_that_speaks_responses(gw, origin):
         client.responses.create(model="responses-native", input="x", previous_response_id="resp_not_ours")
 
 
+def until(fn, timeout=10.0):
+    """Polls `fn` until it returns a truthy value (cache fills happen after the response)."""
+    deadline = time.time() + timeout
+    while True:
+        value = fn()
+        if value or time.time() > deadline:
+            return value
+        time.sleep(0.2)
+
+
+def test_cache_and_guardrails_apply_to_every_dialect(gw, origin):
+    """They run on the internal shape: a deterministic Responses or Gemini request is answered
+    from the cache (rendered in its own API), and the guarded endpoint's rules apply."""
+    client = oai(gw)
+    text = f"cache me {gw.name} {time.time_ns()}"
+    first = client.responses.with_raw_response.create(model="cached", input=text, temperature=0)
+    assert first.headers["x-gateway-cache"] == "MISS"
+    hit = until(lambda: (r := client.responses.with_raw_response.create(model="cached", input=text, temperature=0))
+                .headers["x-gateway-cache"] == "HIT" and r)
+    assert hit and hit.parse().output_text == first.parse().output_text == f"echo: {text}"
+    assert hit.parse().id != first.parse().id, "every response gets its own id"
+    body = {"contents": [{"parts": [{"text": text}]}], "generationConfig": {"temperature": 0}}
+    r = requests.post(f"{gw.base_url}/v1beta/models/cached:generateContent", json=body, timeout=30)
+    assert r.headers["x-gateway-cache"] == "HIT", "the same request, cached once, serves every dialect"
+    assert r.json()["candidates"][0]["content"]["parts"][0]["text"] == f"echo: {text}"
+    assert origin.stats()["by_path"]["/v1/chat/completions"] == 1
+
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model="guarded", input="tell me about Project Bluebird please")
+    assert err.value.body["code"] == "content_denied"
+    gclient = gemini_client(gw)
+    with pytest.raises(genai_errors.ClientError) as err:
+        gclient.models.generate_content(model="guarded", contents="tell me about Project Bluebird please")
+    assert err.value.code == 400 and "no-codenames" in err.value.message
+    client.responses.create(model="guarded", input="mail jane.doe@example.com")
+    sent = origin.requests()[-1]["body"]["messages"][-1]["content"]
+    assert "jane.doe@example.com" not in sent and "[EMAIL]" in sent
+
+
 # --- Gemini (google-genai) -----------------------------------------------------------------
 
 @pytest.mark.parametrize("model", MODELS)
@@ -263,7 +302,7 @@ def test_mlflow3_unified_invocations(gw):
                       json={"messages": [{"role": "user", "content": "unified chat"}]}, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == "echo: unified chat"
-    r = requests.post(f"{gw.base_url}/gateway/embeddings/mlflow/invocations", json={"input": ["a b", "c"]}, timeout=30)
+    r = requests.post(f"{gw.base_url}/gateway/embeddings/mlflow/invocations", json={"input": ["unified embeddings", "c"]}, timeout=30)
     assert r.status_code == 200, r.text
     assert [d["index"] for d in r.json()["data"]] == [0, 1]
     r = requests.post(f"{gw.base_url}/gateway/chat/mlflow/invocations", json={"prompt": "x"}, timeout=30)
@@ -281,7 +320,7 @@ def test_mlflow3_openai_style_routes_with_sdk_base_urls(gw):
     openai_base = oai(gw, base="/gateway/openai/v1")
     r = openai_base.chat.completions.create(model="claude", messages=[{"role": "user", "content": "passthrough chat"}])
     assert r.choices[0].message.content == "echo: passthrough chat"
-    e = openai_base.embeddings.create(model="embeddings", input=["alpha"], encoding_format="float")
+    e = openai_base.embeddings.create(model="embeddings", input=["mlflow3 alpha"], encoding_format="float")
     assert len(e.data[0].embedding) == 8
     resp = openai_base.responses.create(model="gemini", input="passthrough responses")
     assert resp.output_text == "echo: passthrough responses"

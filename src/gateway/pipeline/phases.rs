@@ -289,9 +289,10 @@ pub async fn respond<P: Ports>(
         _ => e,
     })?;
     let passthrough = ctx.dialect.passthrough();
-    let (mut answer, usage) = match passthrough {
-        true => responses::passthrough_answer(&translated.body)?,
-        false => (translated.body, translated.usage),
+    let (mut answer, usage) = if passthrough {
+        responses::passthrough_answer(&translated.body)?
+    } else {
+        (translated.body, translated.usage)
     };
     ctx.log.set_usage(usage);
     // Output guardrails read the internal (chat) shape; a passthrough answer is not in it.

@@ -99,7 +99,24 @@ pub async fn authenticate<P: Ports>(
     endpoint: &str,
     public: bool,
 ) -> Result<Option<Rc<KeyRecord>>> {
-    let Some(presented) = keys::presented_key(headers) else {
+    authenticate_key(ports, memo, presented(headers, None), endpoint, public).await
+}
+
+/// The key a request presents: `Authorization: Bearer`, `x-api-key` or `api-key`, else the
+/// credential its dialect found (Gemini's `x-goog-api-key` or `?key=`, on Gemini routes only).
+pub fn presented<'a>(headers: &'a HeaderMap, dialect_credential: Option<&'a str>) -> Option<&'a str> {
+    keys::presented_key(headers).or(dialect_credential.map(str::trim).filter(|k| !k.is_empty()))
+}
+
+/// `authenticate` for a key already taken from the request (see `presented`).
+pub async fn authenticate_key<P: Ports>(
+    ports: &P,
+    memo: &AuthMemo,
+    presented: Option<&str>,
+    endpoint: &str,
+    public: bool,
+) -> Result<Option<Rc<KeyRecord>>> {
+    let Some(presented) = presented else {
         return if public { Ok(None) } else { Err(missing_key()) };
     };
     let record = match lookup(ports, memo, presented).await? {
@@ -111,6 +128,17 @@ pub async fn authenticate<P: Ports>(
         return Err(endpoint_not_allowed(endpoint));
     }
     Ok(Some(record))
+}
+
+/// Who is calling, for requests that name no endpoint (e.g. `GET /v1/responses/{id}`): no
+/// key — or a placeholder that is no gateway key at all, as SDKs of public endpoints send — is
+/// the public tenant (`Ok(None)`); an `egw_` key that is not valid is a 401, as anywhere.
+pub async fn identify<P: Ports>(ports: &P, memo: &AuthMemo, presented: Option<&str>) -> Result<Option<Rc<KeyRecord>>> {
+    let Some(presented) = presented.filter(|p| p.starts_with(keys::KEY_PREFIX)) else { return Ok(None) };
+    match lookup(ports, memo, presented).await? {
+        Some(record) => Ok(Some(record)),
+        None => Err(invalid_key()),
+    }
 }
 
 /// The active record for a presented key, or `None` for any kind of invalid key.
@@ -191,6 +219,25 @@ mod tests {
 
     fn bearer(key: &str) -> HeaderMap {
         headers("authorization", &format!("Bearer {key}"))
+    }
+
+    #[test]
+    fn dialect_credentials_come_after_the_standard_headers_and_identify_needs_a_valid_key() {
+        let host = host();
+        let memo = AuthMemo::default();
+        let (key, record) = add_key(&host, &["gemini"], |_| {});
+        let none = HeaderMap::new();
+        assert_eq!(presented(&none, Some(" k ")), Some("k"));
+        assert_eq!(presented(&none, Some("  ")), None);
+        assert_eq!(presented(&bearer("std"), Some("goog")), Some("std"));
+        let auth = |p: Option<&str>| block_on(authenticate_key(&host, &memo, p, "gemini", false));
+        assert_eq!(auth(Some(&key)).unwrap().unwrap().id, record.id);
+        assert_eq!(auth(None).unwrap_err().code, "missing_api_key");
+        assert_eq!(auth(Some("egw_nope")).unwrap_err().code, "invalid_api_key");
+        assert_eq!(block_on(identify(&host, &memo, Some(&key))).unwrap().unwrap().tenant, "acme");
+        assert!(block_on(identify(&host, &memo, None)).unwrap().is_none());
+        assert!(block_on(identify(&host, &memo, Some("sk-placeholder"))).unwrap().is_none());
+        assert_eq!(block_on(identify(&host, &memo, Some("egw_nope"))).unwrap_err().status, StatusCode::UNAUTHORIZED);
     }
 
     #[test]

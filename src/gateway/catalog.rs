@@ -22,6 +22,18 @@ pub fn models(config: &Config) -> Value {
     json!({"object": "list", "data": data})
 }
 
+/// MLflow 3.x's `GET /gateway/mlflow/v1/models`: every endpoint and traffic route, sorted by
+/// name, with `owned_by: "mlflow"` (the `id` is what `model` names in the OpenAI-style routes).
+pub fn mlflow_models(config: &Config) -> Value {
+    let mut names: Vec<&String> = config.order.iter().collect();
+    names.sort();
+    let data: Vec<Value> = names
+        .into_iter()
+        .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "mlflow"}))
+        .collect();
+    json!({"object": "list", "data": data})
+}
+
 fn endpoint_view(e: &Endpoint, key: &str) -> Value {
     json!({
         "name": e.name,
@@ -138,5 +150,15 @@ mod tests {
         assert!(last.get("next_page_token").is_none());
         assert_eq!(endpoints(&c, "page_token=x").unwrap_err().code, "invalid_page_token");
         assert_eq!(models(&c)["data"].as_array().unwrap().len(), 121);
+    }
+
+    #[test]
+    fn mlflow3_models_are_sorted_and_owned_by_mlflow() {
+        let listed = mlflow_models(&config(12));
+        let ids: Vec<&str> = listed["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+        assert_eq!(ids[..4], ["e0", "e1", "e10", "e11"]);
+        assert_eq!(ids.last(), Some(&"split"));
+        assert_eq!(listed["object"], "list");
+        assert_eq!(listed["data"][0], json!({"id": "e0", "object": "model", "created": 0, "owned_by": "mlflow"}));
     }
 }

@@ -102,6 +102,9 @@ pub struct Endpoint {
     pub guardrails: Guardrails,
     /// Deterministic-response caching; `None` is the default policy (`auto`).
     pub cache: CachePolicy,
+    /// `responses: passthrough`: the origin speaks the OpenAI Responses API itself, so
+    /// `/v1/responses` requests go to its `/responses` (otherwise they are translated to chat).
+    pub responses_passthrough: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +152,8 @@ pub struct Settings {
     /// Request header naming the client's region, for hosts without geo data (Spin). Off when
     /// empty; only picks among origins, never overrides a residency pin.
     pub region_header: String,
+    /// How long stored Responses API responses stay retrievable (and continuable).
+    pub responses_ttl_secs: u64,
 }
 
 impl Default for Settings {
@@ -161,6 +166,7 @@ impl Default for Settings {
             breaker_cooldown_ms: 10_000,
             config_ttl_ms: 5_000,
             region_header: String::new(),
+            responses_ttl_secs: 30 * 24 * 3600,
         }
     }
 }
@@ -227,6 +233,8 @@ mod raw {
         pub guardrails: Option<Value>,
         #[serde(default)]
         pub cache: Option<Value>,
+        #[serde(default)]
+        pub responses: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -479,6 +487,23 @@ fn check_endpoint(
             issues.push(format!("{path}.residency"), format!("no origin of this endpoint is in region \"{pin}\""));
         }
     }
+    let responses_passthrough = match raw.responses.as_deref() {
+        None | Some("translate") => false,
+        Some("passthrough") => {
+            let speaks_responses = matches!(&provider, Some(Provider::OpenAi(p)) if !p.is_azure());
+            if !speaks_responses || endpoint_type != Some(EndpointType::Chat) {
+                issues.push(
+                    format!("{path}.responses"),
+                    "passthrough needs a chat endpoint of the openai provider (openai_api_type: openai)",
+                );
+            }
+            true
+        }
+        Some(other) => {
+            issues.unknown(format!("{path}.responses"), "responses mode", other, &["translate", "passthrough"]);
+            false
+        }
+    };
     if issues.0.len() != before {
         return None;
     }
@@ -502,6 +527,7 @@ fn check_endpoint(
         template,
         guardrails,
         cache,
+        responses_passthrough,
     })
 }
 

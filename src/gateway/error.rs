@@ -51,6 +51,12 @@ error_codes! {
     ModelNotFound = "model_not_found",
     EndpointNotFound = "endpoint_not_found",
     RouteNotFound = "route_not_found",
+    /// `GET /v1/responses/{id}`: no stored response with that id for this tenant.
+    ResponseNotFound = "response_not_found",
+    /// `previous_response_id` names no stored response of this tenant.
+    PreviousResponseNotFound = "previous_response_not_found",
+    /// A conversation continued with `previous_response_id` grew past the gateway's limit.
+    ConversationTooLong = "conversation_too_long",
     // Templates and guardrails.
     MissingTemplateVariables = "missing_template_variables",
     PromptWithTemplate = "prompt_with_template",

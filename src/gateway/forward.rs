@@ -39,6 +39,41 @@ pub struct Attempt<'a> {
     pub endpoint: &'a Endpoint,
     pub op: Operation,
     pub stream: bool,
+    /// Re-aim the provider's request at another path of its API (a Responses passthrough).
+    pub retarget: Option<&'a Retarget>,
+}
+
+/// A chat request the provider built (URL, credentials, headers), re-aimed at another path of
+/// the same OpenAI-style API with a body of its own: `…/chat/completions` → `…/responses`.
+pub struct Retarget {
+    /// Replaces the trailing `chat/completions` of the request's path.
+    pub path: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Retarget {
+    fn apply(&self, request: Request<Vec<u8>>) -> Result<Request<Vec<u8>>> {
+        let (mut parts, _) = request.into_parts();
+        let uri = parts.uri.to_string();
+        let (path, query) = match uri.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (uri.as_str(), None),
+        };
+        let cannot = || {
+            GatewayError::not_configured(
+                ErrorCode::BadOriginRequest,
+                format!("cannot send a {} request to this origin's API", self.path),
+            )
+        };
+        let base = path.strip_suffix("chat/completions").ok_or_else(cannot)?;
+        let retargeted = match query {
+            Some(query) => format!("{base}{}?{query}", self.path),
+            None => format!("{base}{}", self.path),
+        };
+        parts.uri = retargeted.parse().map_err(|_| cannot())?;
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Ok(Request::from_parts(parts, self.body.clone()))
+    }
 }
 
 /// The origin's response and which origin gave it.
@@ -129,7 +164,11 @@ pub async fn forward<P: Ports>(
                     stream: attempt.stream,
                     now_ms: now,
                 };
-                endpoint.provider.build_request(call, ports)?
+                let request = endpoint.provider.build_request(call, ports)?;
+                match attempt.retarget {
+                    Some(retarget) => retarget.apply(request)?,
+                    None => request,
+                }
             }
         };
         // The last origin may ask us to come back after `Retry-After`: keep the built request
@@ -244,5 +283,24 @@ mod tests {
     fn labels_hide_paths_and_credentials() {
         let uri: http::Uri = "https://user:pw@api.example.com:8443/v1/x?key=secret".parse().unwrap();
         assert_eq!(origin_label(&uri, Some("eu")), "https://api.example.com:8443 (eu)");
+    }
+
+    #[test]
+    fn retarget_keeps_origin_and_credentials_and_swaps_path_and_body() {
+        let built = Request::builder()
+            .method("POST")
+            .uri("http://o.test/v1/chat/completions?x=1")
+            .header("authorization", "Bearer sk")
+            .header("content-length", "2")
+            .body(b"{}".to_vec())
+            .unwrap();
+        let retarget = Retarget { path: "responses", body: b"{\"input\":\"hi\"}".to_vec() };
+        let request = retarget.apply(built).unwrap();
+        assert_eq!(request.uri(), "http://o.test/v1/responses?x=1");
+        assert_eq!(request.headers()["authorization"], "Bearer sk");
+        assert!(request.headers().get("content-length").is_none());
+        assert_eq!(request.body(), b"{\"input\":\"hi\"}");
+        let other = Request::builder().uri("http://o.test/v1/embeddings").body(Vec::new()).unwrap();
+        assert_eq!(retarget.apply(other).unwrap_err().code, "bad_origin_request");
     }
 }

@@ -7,6 +7,7 @@ use http::Method;
 
 use crate::gateway::check::did_you_mean;
 use crate::gateway::config::{Config, Endpoint, EndpointType, Origin};
+use crate::gateway::dialect::{gemini, Dialect};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::types::Operation;
 use crate::gateway::util::text::percent_decode;
@@ -20,8 +21,23 @@ pub enum ApiRoute {
     OpenAi(Operation),
     /// `POST /v1/messages`: Anthropic Messages API, served by any chat endpoint.
     AnthropicMessages,
+    /// `POST /v1/responses`: OpenAI Responses API, served by any chat endpoint.
+    CreateResponse,
+    /// `GET /v1/responses/{id}`: a stored response of the caller's tenant.
+    GetResponse(String),
+    /// `DELETE /v1/responses/{id}`
+    DeleteResponse(String),
+    /// `POST /v1beta/models/{endpoint}:generateContent|streamGenerateContent` (Gemini).
+    Gemini {
+        name: String,
+        stream: bool,
+    },
     /// `POST /endpoints/{name}/invocations`, `POST /gateway/{name}/invocations` (MLflow).
     Invocations(String),
+    /// `POST /gateway/{name}/mlflow/invocations` (MLflow 3.x): chat or embeddings, by the body.
+    UnifiedInvocations(String),
+    /// `GET /gateway/mlflow/v1/models` (MLflow 3.x's OpenAI-style listing).
+    MlflowModels,
     /// `GET /api/2.0/endpoints/` (MLflow; paginated).
     ListEndpoints,
     /// `GET /api/2.0/endpoints/{name}`
@@ -32,16 +48,58 @@ pub enum ApiRoute {
     GetLegacyRoute(String),
 }
 
+/// MLflow 3.x serves each client API under `/gateway/<api>/...` as well: the same routes.
+const GATEWAY_PREFIXES: &[(&str, &str)] = &[
+    ("/gateway/openai/v1/", "/v1/"),
+    ("/gateway/mlflow/v1/", "/v1/"),
+    ("/gateway/anthropic/v1/", "/v1/"),
+    ("/gateway/gemini/v1beta/", "/v1beta/"),
+    ("/gateway/gemini/v1/", "/v1beta/"),
+];
+
 pub fn match_route(method: &Method, path: &str) -> Result<ApiRoute> {
     let trimmed = path.trim_end_matches('/');
     let segments: Vec<&str> = trimmed.split('/').skip(1).collect();
     let (route, allowed) = match segments.as_slice() {
         ["health"] => (ApiRoute::Health, Method::GET),
         ["v1", "models"] => (ApiRoute::ListModels, Method::GET),
-        ["v1", "chat", "completions"] => (ApiRoute::OpenAi(Operation::Chat), Method::POST),
+        ["v1", "chat", "completions"] | ["gateway", "mlflow" | "openai", "v1", "chat", "completions"] => {
+            (ApiRoute::OpenAi(Operation::Chat), Method::POST)
+        }
         ["v1", "completions"] => (ApiRoute::OpenAi(Operation::Completions), Method::POST),
-        ["v1", "embeddings"] => (ApiRoute::OpenAi(Operation::Embeddings), Method::POST),
-        ["v1", "messages"] => (ApiRoute::AnthropicMessages, Method::POST),
+        ["v1", "embeddings"] | ["gateway", "openai", "v1", "embeddings"] => {
+            (ApiRoute::OpenAi(Operation::Embeddings), Method::POST)
+        }
+        ["v1", "messages"] | ["gateway", "anthropic", "v1", "messages"] => (ApiRoute::AnthropicMessages, Method::POST),
+        ["v1", "responses"] | ["gateway", "openai", "v1", "responses"] => (ApiRoute::CreateResponse, Method::POST),
+        ["v1", "responses", id] | ["gateway", "openai", "v1", "responses", id] if !id.is_empty() => {
+            let id = percent_decode(id, false);
+            match *method {
+                Method::DELETE => (ApiRoute::DeleteResponse(id), Method::DELETE),
+                _ => (ApiRoute::GetResponse(id), Method::GET),
+            }
+        }
+        ["v1beta" | "v1", "models", model] | ["gateway", "gemini", "v1beta" | "v1", "models", model]
+            if model.contains(':') || model.to_ascii_lowercase().contains("%3a") =>
+        {
+            let decoded = percent_decode(model, false);
+            let route = gemini::endpoint_and_method(&decoded).and_then(|(name, method)| {
+                let stream = match method {
+                    "generateContent" => false,
+                    "streamGenerateContent" => true,
+                    _ => return None,
+                };
+                Some(ApiRoute::Gemini { name: name.strip_prefix("models/").unwrap_or(name).to_string(), stream })
+            });
+            match route {
+                Some(route) => (route, Method::POST),
+                None => return Err(not_found(method, path)),
+            }
+        }
+        ["gateway", "mlflow", "v1", "models"] => (ApiRoute::MlflowModels, Method::GET),
+        ["gateway", name, "mlflow", "invocations"] if !name.is_empty() => {
+            (ApiRoute::UnifiedInvocations(percent_decode(name, false)), Method::POST)
+        }
         ["endpoints" | "gateway", name, "invocations"] if !name.is_empty() => {
             (ApiRoute::Invocations(percent_decode(name, false)), Method::POST)
         }
@@ -51,7 +109,7 @@ pub fn match_route(method: &Method, path: &str) -> Result<ApiRoute> {
         ["api", "2.0", "gateway", "routes", name] => {
             (ApiRoute::GetLegacyRoute(percent_decode(name, false)), Method::GET)
         }
-        _ => return Err(GatewayError::not_found(ErrorCode::RouteNotFound, format!("no route for {method} {path}"))),
+        _ => return Err(not_found(method, path)),
     };
     if *method != allowed {
         return Err(GatewayError::method_not_allowed(format!("{path} accepts {allowed}, not {method}")));
@@ -59,8 +117,27 @@ pub fn match_route(method: &Method, path: &str) -> Result<ApiRoute> {
     Ok(route)
 }
 
-pub fn is_anthropic_path(path: &str) -> bool {
-    path.trim_end_matches('/') == "/v1/messages"
+fn not_found(method: &Method, path: &str) -> GatewayError {
+    GatewayError::not_found(ErrorCode::RouteNotFound, format!("no route for {method} {path}"))
+}
+
+/// The dialect whose error shape a request to `path` gets before routing knows more (a
+/// wrong path or method under an API's prefix is still answered in that API's shape).
+pub fn path_dialect(path: &str) -> Dialect {
+    let path = GATEWAY_PREFIXES
+        .iter()
+        .find_map(|(prefix, plain)| path.strip_prefix(prefix).map(|rest| format!("{plain}{rest}")))
+        .unwrap_or_else(|| path.to_string());
+    let path = path.trim_end_matches('/');
+    if path == "/v1/messages" {
+        Dialect::Anthropic
+    } else if path == "/v1/responses" || path.starts_with("/v1/responses/") {
+        Dialect::responses()
+    } else if path.starts_with("/v1beta/") || (path.starts_with("/v1/models/") && path.contains(':')) {
+        Dialect::Gemini(gemini::Mode::Generate)
+    } else {
+        Dialect::OpenAi(Operation::Chat)
+    }
 }
 
 pub fn operation_for(endpoint_type: EndpointType) -> Operation {
@@ -185,6 +262,48 @@ mod tests {
         assert_eq!(match_route(&Method::GET, "/v1/embeddings").unwrap_err().status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(match_route(&Method::GET, "/nope").unwrap_err().status, StatusCode::NOT_FOUND);
         assert_eq!(match_route(&Method::POST, "/endpoints//invocations").unwrap_err().status, StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn routes_the_responses_gemini_and_mlflow3_apis() {
+        let post = |p: &str| match_route(&Method::POST, p);
+        assert_eq!(post("/v1/responses").unwrap(), ApiRoute::CreateResponse);
+        assert_eq!(post("/gateway/openai/v1/responses").unwrap(), ApiRoute::CreateResponse);
+        assert_eq!(match_route(&Method::GET, "/v1/responses/resp_1").unwrap(), ApiRoute::GetResponse("resp_1".into()));
+        assert_eq!(
+            match_route(&Method::DELETE, "/gateway/openai/v1/responses/resp_1").unwrap(),
+            ApiRoute::DeleteResponse("resp_1".into())
+        );
+        assert_eq!(match_route(&Method::PUT, "/v1/responses/x").unwrap_err().status, StatusCode::METHOD_NOT_ALLOWED);
+        let gemini = |name: &str, stream| ApiRoute::Gemini { name: name.into(), stream };
+        assert_eq!(post("/v1beta/models/chat:generateContent").unwrap(), gemini("chat", false));
+        assert_eq!(post("/v1beta/models/my:chat:streamGenerateContent").unwrap(), gemini("my:chat", true));
+        assert_eq!(post("/v1/models/chat%3AgenerateContent").unwrap(), gemini("chat", false));
+        assert_eq!(post("/gateway/gemini/v1beta/models/g:streamGenerateContent").unwrap(), gemini("g", true));
+        // google-genai 3.x speaks `v1` unless told `api_version="v1beta"`: both are served.
+        assert_eq!(post("/gateway/gemini/v1/models/g:generateContent").unwrap(), gemini("g", false));
+        assert_eq!(post("/v1beta/models/chat:countTokens").unwrap_err().status, StatusCode::NOT_FOUND);
+        assert_eq!(post("/v1beta/models/:generateContent").unwrap_err().status, StatusCode::NOT_FOUND);
+        assert_eq!(post("/gateway/chat/mlflow/invocations").unwrap(), ApiRoute::UnifiedInvocations("chat".into()));
+        assert_eq!(post("/gateway/mlflow/v1/chat/completions").unwrap(), ApiRoute::OpenAi(Operation::Chat));
+        assert_eq!(post("/gateway/openai/v1/chat/completions").unwrap(), ApiRoute::OpenAi(Operation::Chat));
+        assert_eq!(post("/gateway/openai/v1/embeddings").unwrap(), ApiRoute::OpenAi(Operation::Embeddings));
+        assert_eq!(post("/gateway/anthropic/v1/messages").unwrap(), ApiRoute::AnthropicMessages);
+        assert_eq!(match_route(&Method::GET, "/gateway/mlflow/v1/models").unwrap(), ApiRoute::MlflowModels);
+        // The MLflow 2.x spelling keeps working next to 3.x's.
+        assert_eq!(post("/gateway/chat/invocations").unwrap(), ApiRoute::Invocations("chat".into()));
+    }
+
+    #[test]
+    fn errors_before_routing_take_the_shape_of_the_path() {
+        assert!(matches!(path_dialect("/v1/messages"), Dialect::Anthropic));
+        assert!(matches!(path_dialect("/gateway/anthropic/v1/messages/"), Dialect::Anthropic));
+        assert!(matches!(path_dialect("/v1/responses/resp_x"), Dialect::Responses(_)));
+        assert!(matches!(path_dialect("/gateway/openai/v1/responses"), Dialect::Responses(_)));
+        assert!(matches!(path_dialect("/v1beta/models/x:countTokens"), Dialect::Gemini(_)));
+        assert!(matches!(path_dialect("/gateway/gemini/v1beta/models/x"), Dialect::Gemini(_)));
+        assert!(matches!(path_dialect("/gateway/gemini/v1/models/x:y"), Dialect::Gemini(_)));
+        assert!(matches!(path_dialect("/v1/chat/completions"), Dialect::OpenAi(_)));
     }
 
     fn config() -> Config {

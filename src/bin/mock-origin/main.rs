@@ -1,7 +1,7 @@
 //! `mock-origin`: a fake LLM provider for end-to-end tests and benchmarks.
 //!
-//! Speaks the OpenAI (and Azure OpenAI), Anthropic Messages and Gemini wire
-//! formats with deterministic replies (`echo: <last user text>`), records what
+//! Speaks the OpenAI (and Azure OpenAI, and the Responses API), Anthropic Messages
+//! and Gemini wire formats with deterministic replies (`echo: <last user text>`), records what
 //! it receives, and injects faults on demand. See `control.rs` for the
 //! `/_mock/*` control API.
 //!
@@ -18,6 +18,7 @@ mod exchange;
 mod fault;
 mod gemini;
 mod openai;
+mod responses;
 mod router;
 mod sse;
 mod text;

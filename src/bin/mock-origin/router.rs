@@ -16,7 +16,7 @@ use crate::control::{self, Recorded, State};
 use crate::exchange::{Ctx, Payload, Reply};
 use crate::fault::{self, Fault, Mode};
 use crate::openai::Flavor;
-use crate::{anthropic, gemini, openai};
+use crate::{anthropic, gemini, openai, responses};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 32 * 1024 * 1024;
@@ -151,6 +151,7 @@ fn dispatch(ctx: &Ctx<'_>) -> Reply {
         (&Method::POST, "/v1/chat/completions") => openai::chat(ctx, Flavor::OpenAi),
         (&Method::POST, "/v1/completions") => openai::completions(ctx, Flavor::OpenAi),
         (&Method::POST, "/v1/embeddings") => openai::embeddings(ctx, Flavor::OpenAi),
+        (&Method::POST, "/v1/responses") => responses::create(ctx),
         (&Method::POST, "/v1/messages") => anthropic::messages(ctx),
         (&Method::GET, "/v1/models") => openai::models(ctx),
         _ => match Provider::of(path) {

@@ -2,6 +2,7 @@
 //! log line. The pipeline hands it to the host as data (`Deferred`); each host decides when it
 //! runs (Cloudflare: `waitUntil`; Spin: after the response body is written).
 
+use crate::gateway::dialect::responses::Keep;
 use crate::gateway::features::cache;
 use crate::gateway::features::usage::{Accounting, Outcome};
 use crate::gateway::pipeline::log::LogRecord;
@@ -22,6 +23,8 @@ pub struct Pending {
     pub accounting: Option<Accounting>,
     /// A deterministic answer to store: (KV key, encoded entry, TTL seconds).
     pub cache_fill: Option<(String, Vec<u8>, u64)>,
+    /// A Responses API response to store (once it is known, for streams at their end).
+    pub keep: Option<Keep>,
 }
 
 impl Deferred {
@@ -39,6 +42,13 @@ impl Deferred {
         if let Some((key, entry, ttl)) = self.pending.cache_fill.take() {
             if let Err(e) = ports.put(&key, &entry, Some(ttl)).await {
                 self.log.cache_error = Some(e.code);
+            }
+        }
+        if let Some(keep) = self.pending.keep.take() {
+            if let Some((key, record)) = keep.encode() {
+                if let Err(e) = ports.put(&key, &record, Some(keep.ttl_secs)).await {
+                    self.log.store_error = Some(e.code);
+                }
             }
         }
         if let Some(accounting) = self.pending.accounting {

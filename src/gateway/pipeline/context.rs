@@ -56,6 +56,8 @@ pub struct ModelCall {
     pub config: Rc<Config>,
     /// The client's request headers (credentials, cache directives, region preference).
     pub headers: HeaderMap,
+    /// A key the client's dialect found outside the standard headers (Gemini's).
+    pub credential: Option<String>,
     pub endpoint: Arc<Endpoint>,
     pub op: Operation,
     /// The request in OpenAI's shape, without `model`.

@@ -56,6 +56,9 @@ pub struct LogRecord {
     pub cache: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_error: Option<ErrorCode>,
+    /// Storing a Responses API response failed (it cannot be retrieved or continued).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<ErrorCode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -2,7 +2,10 @@
 //! shape of pingora's `ProxyHttp`, as plain functions. `Gateway::handle` routes a request;
 //! `Gateway::invoke` is a model call, and reads as its phase list:
 //!
-//! resolve → admit → prepare → cache_lookup → choose_origins → forward → respond → (account)
+//! resolve → admit → recall → prepare → cache_lookup → choose_origins → forward → respond →
+//! (account)
+//!
+//! (`recall` is the Responses API's stored-response step: a no-op for other dialects.)
 //!
 //! The host only supplies ports and moves bytes in and out; `account` runs after the response
 //! is sent, when the host says (`Deferred::complete`).
@@ -12,6 +15,7 @@ pub mod context;
 pub mod log;
 pub mod phases;
 pub mod respond;
+pub mod stored;
 pub mod stream;
 
 use std::cell::RefCell;
@@ -24,7 +28,7 @@ use serde_json::json;
 use crate::gateway::admin;
 use crate::gateway::catalog;
 use crate::gateway::config::{Config, ACTIVE_KEY};
-use crate::gateway::dialect::{ClientRequest, Dialect};
+use crate::gateway::dialect::{gemini, mlflow, ClientRequest, Dialect};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::normalize;
 use crate::gateway::ports::Ports;
@@ -80,10 +84,8 @@ impl Gateway {
         if path == "/admin" || path.starts_with("/admin/") {
             return self.admin(ports, request, log).await;
         }
-        // Anthropic SDKs read errors in Anthropic's shape; everyone else gets the OpenAI shape.
-        // Until routing says more, errors are OpenAI-shaped (Anthropic-shaped on its path).
-        let dialect =
-            if routing::is_anthropic_path(path) { Dialect::Anthropic } else { Dialect::OpenAi(Operation::Chat) };
+        // Every SDK reads errors in its API's shape: until routing says more, the path decides.
+        let dialect = routing::path_dialect(path);
         let mut ctx = RequestContext { state: &self.state, client, dialect, log, pending: Pending::default() };
         let mut response = match self.serve(ports, &mut ctx, request).await {
             Ok(response) => response,
@@ -111,21 +113,42 @@ impl Gateway {
         }
         let config = self.config(ports).await?;
         let query = request.uri().query().unwrap_or("");
+        let unified = matches!(route, ApiRoute::UnifiedInvocations(_));
         let (path_name, dialect) = match route {
             ApiRoute::ListModels => return Ok(respond::ok_json(catalog::models(&config))),
+            ApiRoute::MlflowModels => return Ok(respond::ok_json(catalog::mlflow_models(&config))),
             ApiRoute::ListEndpoints => return catalog::endpoints(&config, query).map(respond::ok_json),
             ApiRoute::GetEndpoint(name) => return catalog::endpoint(&config, &name).map(respond::ok_json),
             ApiRoute::ListLegacyRoutes => return catalog::legacy_routes(&config, query).map(respond::ok_json),
             ApiRoute::GetLegacyRoute(name) => return catalog::legacy_route(&config, &name).map(respond::ok_json),
             ApiRoute::Health => return Ok(json_response(StatusCode::OK, &json!({"status": "OK"}))),
+            ApiRoute::GetResponse(id) => return stored::retrieve(ports, ctx, request.headers(), &id).await,
+            ApiRoute::DeleteResponse(id) => return stored::delete(ports, ctx, request.headers(), &id).await,
             ApiRoute::OpenAi(op) => (None, Dialect::OpenAi(op)),
             ApiRoute::Invocations(name) => (Some(name), Dialect::Mlflow),
+            // Chat or embeddings: the body decides, below.
+            ApiRoute::UnifiedInvocations(name) => (Some(name), Dialect::OpenAi(Operation::Chat)),
             ApiRoute::AnthropicMessages => (None, Dialect::Anthropic),
+            ApiRoute::CreateResponse => (None, Dialect::responses()),
+            ApiRoute::Gemini { name, stream } => {
+                let mode = gemini::mode(if stream { "streamGenerateContent" } else { "generateContent" }, query);
+                (Some(name), Dialect::Gemini(mode.unwrap_or(gemini::Mode::Generate)))
+            }
+        };
+        // Gemini clients may send their key as `x-goog-api-key` or `?key=` (never logged: the
+        // log line holds the path only).
+        let credential = match dialect {
+            Dialect::Gemini(_) => gemini::api_key(request.headers(), query),
+            _ => None,
         };
         ctx.dialect = dialect;
         let (parts, body) = request.into_parts();
         let body = normalize::parse_json_object(&body, config.settings.max_body_bytes)?;
-        let request = dialect.read(body, path_name)?;
+        if unified {
+            ctx.dialect = Dialect::OpenAi(mlflow::unified_operation(&body)?);
+        }
+        let mut request = ctx.dialect.read(body, path_name)?;
+        request.credential = credential;
         invoke(ports, ctx, config, parts.headers, request).await
     }
 
@@ -181,6 +204,7 @@ async fn invoke<P: Ports>(
 ) -> Result<Response<ResponseBody<P::Body>>> {
     let mut call = phases::resolve(ctx, config, headers, request)?;
     phases::admit(ports, ctx, &mut call).await?;
+    stored::recall(ports, ctx, &mut call).await?;
     phases::prepare(ctx, &mut call)?;
     if let Some(hit) = phases::cache_lookup(ports, ctx, &mut call).await? {
         return Ok(hit);
@@ -203,6 +227,8 @@ fn request_id<P: Ports>(ports: &P, request: &Request<Vec<u8>>) -> String {
     }
 }
 
+#[cfg(test)]
+mod dialect_tests;
 #[cfg(test)]
 mod phase_tests;
 #[cfg(test)]

@@ -7,11 +7,11 @@ use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::gateway::auth;
 use crate::gateway::config::{Config, Endpoint, Origin};
-use crate::gateway::dialect::ClientRequest;
+use crate::gateway::dialect::{responses, ClientRequest};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::usage::Accounting;
 use crate::gateway::features::{cache, guard, limits, normalize, template};
-use crate::gateway::forward::{self, Attempt, Forwarded};
+use crate::gateway::forward::{self, Attempt, Forwarded, Retarget};
 use crate::gateway::pipeline::context::{ClientInfo, ModelCall, RequestContext};
 use crate::gateway::pipeline::respond::{json_bytes, retry_after, sse_response, ResponseBody};
 use crate::gateway::pipeline::stream::{Stage, StreamPump};
@@ -19,6 +19,7 @@ use crate::gateway::ports::Ports;
 use crate::gateway::providers::adapter::{Reply, StreamMode};
 use crate::gateway::routing;
 use crate::gateway::types::Operation;
+use crate::gateway::wire::json::json_body;
 use crate::gateway::wire::openai::{completion_to_sse, StreamWatch};
 
 /// Resolve: which endpoint serves the request. The request's hash (a SHA-256 of its canonical
@@ -29,7 +30,7 @@ pub fn resolve(
     headers: HeaderMap,
     request: ClientRequest,
 ) -> Result<ModelCall> {
-    let ClientRequest { name, body } = request;
+    let ClientRequest { name, body, credential } = request;
     let route_hash = config.routes.contains_key(&name).then(|| normalize::request_hash(&body));
     let wanted = ctx.dialect.operation().map(routing::endpoint_type_for);
     let resolved = routing::resolve(&config, &name, wanted, route_hash.unwrap_or(0))?;
@@ -41,6 +42,7 @@ pub fn resolve(
         op: routing::operation_for(endpoint.endpoint_type),
         config,
         headers,
+        credential,
         endpoint,
         body,
         route_hash,
@@ -55,7 +57,8 @@ pub fn resolve(
 /// An admitted request carries its accounting (settled after the response).
 pub async fn admit<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()> {
     let endpoint = &call.endpoint;
-    let key = auth::authenticate(ports, &ctx.state.auth, &call.headers, &endpoint.name, endpoint.public).await?;
+    let presented = auth::presented(&call.headers, call.credential.as_deref());
+    let key = auth::authenticate_key(ports, &ctx.state.auth, presented, &endpoint.name, endpoint.public).await?;
     ctx.log.key_id = key.as_ref().map(|k| k.id.clone());
     let admitted = limits::admit(
         ports,
@@ -110,7 +113,8 @@ pub async fn cache_lookup<P: Ports, B>(
     call: &mut ModelCall,
 ) -> Result<Option<Response<ResponseBody<B>>>> {
     let directive = cache::directive(&call.headers);
-    let cacheable = cache::cacheable(call.op, &call.body, &call.endpoint.cache);
+    // A passthrough origin's answers are not in the internal shape: never cached.
+    let cacheable = cache::cacheable(call.op, &call.body, &call.endpoint.cache) && !ctx.dialect.passthrough();
     if !cacheable || !directive.lookup() {
         ctx.log.cache = Some(cache::Status::Bypass.as_str());
         call.cache_key = (cacheable && directive.fill()).then(|| cache_key(call));
@@ -149,9 +153,17 @@ fn answer_from_cache<B>(
     let stream = call.stream && matches!(entry.op, Operation::Chat | Operation::Completions);
     let body = cache::replay(entry, stream)?;
     if stream {
-        return Ok(sse_response(ResponseBody::Full(client_replay(ctx, call, body))));
+        return Ok(client_stream(ctx, ResponseBody::Full(client_replay(ctx, call, body))));
     }
     Ok(json_bytes(StatusCode::OK, ctx.dialect.render(body)?))
+}
+
+/// A streamed answer with the content type the client's API streams in.
+fn client_stream<B>(ctx: &RequestContext<'_>, body: ResponseBody<B>) -> Response<ResponseBody<B>> {
+    let mut response = sse_response(body);
+    let content_type = ctx.dialect.stream_content_type();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
 /// An OpenAI event stream replayed in the client's dialect.
@@ -216,7 +228,16 @@ pub async fn forward<P: Ports>(
     let endpoint = &call.endpoint;
     let mode = call.stream.then(|| endpoint.provider.stream_mode(call.op, &endpoint.model, now_ms));
     let upstream_stream = mode.as_ref().is_some_and(|m| !matches!(m, StreamMode::Buffered));
-    let attempt = Attempt { endpoint, op: call.op, stream: upstream_stream };
+    // A Responses passthrough: the provider's chat request, re-aimed at `/responses` with the
+    // prepared request in Responses form.
+    let retarget = match ctx.dialect.turn().filter(|t| t.passthrough) {
+        Some(turn) => Some(Retarget {
+            path: "responses",
+            body: json_body(&responses::passthrough_request(turn, &call.body, &endpoint.model))?,
+        }),
+        None => None,
+    };
+    let attempt = Attempt { endpoint, op: call.op, stream: upstream_stream, retarget: retarget.as_ref() };
     let body = std::mem::take(&mut call.body);
     let result =
         forward::forward(ports, &call.config, &ctx.state.breaker, origins, attempt, body, &mut ctx.log.attempts).await;
@@ -243,13 +264,19 @@ pub async fn respond<P: Ports>(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if let (Some(mode), true, true) = (upstream.mode, parts.status.is_success(), is_sse) {
-        let first = match mode {
-            StreamMode::Translate(translator) => Stage::Provider(translator),
-            _ => Stage::Watch(StreamWatch::new()),
+        let stages = match ctx.dialect.origin_stage() {
+            // The origin speaks the client's API: its own events, watched.
+            Some(own) => vec![Stage::Client(own)],
+            None => {
+                let first = match mode {
+                    StreamMode::Translate(translator) => Stage::Provider(translator),
+                    _ => Stage::Watch(StreamWatch::new()),
+                };
+                let client = ctx.dialect.stream_stage(&endpoint.model).map(Stage::Client);
+                std::iter::once(first).chain(client).collect()
+            }
         };
-        let client = ctx.dialect.stream_stage(&endpoint.model).map(Stage::Client);
-        let pump = StreamPump::new(std::iter::once(first).chain(client).collect());
-        return Ok(sse_response(ResponseBody::Stream(upstream_body, pump)));
+        return Ok(client_stream(ctx, ResponseBody::Stream(upstream_body, StreamPump::new(stages))));
     }
 
     let bytes = ports.read_body(upstream_body, call.config.settings.max_response_bytes).await.map_err(|e| {
@@ -261,9 +288,15 @@ pub async fn respond<P: Ports>(
         Some(seconds) if e.status == StatusCode::TOO_MANY_REQUESTS => e.with_retry_after(seconds),
         _ => e,
     })?;
-    ctx.log.set_usage(translated.usage);
-    let mut answer = translated.body;
-    if endpoint.guardrails.output {
+    let passthrough = ctx.dialect.passthrough();
+    let (mut answer, usage) = if passthrough {
+        responses::passthrough_answer(&translated.body)?
+    } else {
+        (translated.body, translated.usage)
+    };
+    ctx.log.set_usage(usage);
+    // Output guardrails read the internal (chat) shape; a passthrough answer is not in it.
+    if endpoint.guardrails.output && !passthrough {
         answer = guard_output(ctx, &endpoint.guardrails, answer)?;
     }
     if let Some(key) = &call.cache_key {
@@ -273,14 +306,14 @@ pub async fn respond<P: Ports>(
             endpoint: endpoint.name.clone(),
             op: call.op,
             body: answer.clone(),
-            usage: translated.usage,
+            usage,
         };
         ctx.pending.cache_fill = Some((key.clone(), entry.encode(), endpoint.cache.ttl_secs));
     }
-    if call.stream && matches!(call.op, Operation::Chat | Operation::Completions) {
+    if call.stream && matches!(call.op, Operation::Chat | Operation::Completions) && !passthrough {
         // The origin could not stream: replay the whole answer as the stream the client expects.
         let replay = completion_to_sse(call.op, &answer)?;
-        return Ok(sse_response(ResponseBody::Full(client_replay(ctx, call, replay))));
+        return Ok(client_stream(ctx, ResponseBody::Full(client_replay(ctx, call, replay))));
     }
     Ok(json_bytes(StatusCode::OK, ctx.dialect.render(answer)?))
 }

@@ -13,7 +13,7 @@ use crate::gateway::error::Result;
 use crate::gateway::ports::Secrets;
 use crate::gateway::providers::adapter::{Adapter, Call, Reply, StreamMode, Translated};
 use crate::gateway::providers::common::{
-    finish_request, join_url, post_json, resolve_secret, string_config, take_api_key, take_base_url, unsupported,
+    finish_request, join_url, keyed_config, post_json, resolve_secret, unsupported, KeySpec,
 };
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::wire::json::{bad_response, json_body};
@@ -25,8 +25,15 @@ use crate::gateway::wire::openai::{
 use crate::gateway::wire::sse::{self, SseEvent};
 use crate::gateway::wire::stream::StreamTranslate;
 
-const DEFAULT_BASE: &str = "https://generativelanguage.googleapis.com/v1beta";
-const CONFIG_KEYS: &[&str] = &["gemini_api_key", "gemini_api_base"];
+/// MLflow's `gemini_api_key`; `gemini_api_base` is our extension.
+const SPEC: KeySpec = KeySpec {
+    provider: "gemini",
+    key: "gemini_api_key",
+    key_required: true,
+    base: Some("gemini_api_base"),
+    default_base: "https://generativelanguage.googleapis.com/v1beta",
+    extra: &[],
+};
 /// Gemini request fields a client may send as-is; every other OpenAI-only field is dropped.
 const NATIVE_FIELDS: &[&str] = &["safetySettings", "cachedContent"];
 /// The JSON Schema keywords Gemini's `Schema` (an OpenAPI subset) accepts; it rejects the
@@ -61,17 +68,8 @@ pub struct Gemini {
 
 impl Gemini {
     pub fn from_config(path: &str, config: &Map<String, Value>, issues: &mut Issues) -> Option<Gemini> {
-        let before = issues.0.len();
-        let mut values = string_config(path, "gemini", config, CONFIG_KEYS, issues);
-        let api_key = take_api_key(path, "gemini_api_key", config, &mut values, issues);
-        let api_base = take_base_url(path, "gemini_api_base", &mut values, issues);
-        if issues.0.len() != before {
-            return None;
-        }
-        Some(Gemini {
-            api_key: SecretRef::parse(&api_key?),
-            api_base: api_base.unwrap_or_else(|| DEFAULT_BASE.to_string()),
-        })
+        let keyed = keyed_config(&SPEC, path, config, issues)?;
+        Some(Gemini { api_key: keyed.api_key?, api_base: keyed.api_base })
     }
 }
 
@@ -92,14 +90,9 @@ impl Adapter for Gemini {
     }
 
     fn build_request(&self, call: Call<'_>, secrets: &impl Secrets) -> Result<Request<Vec<u8>>> {
-        let generate = if call.stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
         let (action, body) = match call.op {
-            Operation::Chat => (generate, chat_to_gemini(call.body)?),
-            Operation::Completions => {
-                let mut body = call.body;
-                let prompt = completion_prompt(&mut body, "gemini")?;
-                body.insert("messages".into(), json!([{"role": "user", "content": prompt}]));
-                (generate, chat_to_gemini(body)?)
+            Operation::Chat | Operation::Completions => {
+                (generate_action(call.stream), generate_body("gemini", call.op, call.body)?)
             }
             Operation::Embeddings => ("batchEmbedContents", embeddings_to_gemini(call.body, call.model)?),
             Operation::Predict => return Err(unsupported("gemini", call.op)),
@@ -128,6 +121,24 @@ impl Adapter for Gemini {
             Operation::Embeddings | Operation::Predict => StreamMode::Buffered,
         }
     }
+}
+
+/// The `generateContent` action, or its SSE stream.
+pub(crate) fn generate_action(stream: bool) -> &'static str {
+    if stream {
+        "streamGenerateContent?alt=sse"
+    } else {
+        "generateContent"
+    }
+}
+
+/// The `GenerateContentRequest` of a chat or completions call (Gemini API and Vertex AI).
+pub(crate) fn generate_body(provider: &str, op: Operation, mut body: Map<String, Value>) -> Result<Map<String, Value>> {
+    if op == Operation::Completions {
+        let prompt = completion_prompt(&mut body, provider)?;
+        body.insert("messages".into(), json!([{"role": "user", "content": prompt}]));
+    }
+    chat_to_gemini(body)
 }
 
 /// An OpenAI chat request (without `model`) as a `GenerateContentRequest`.
@@ -603,7 +614,12 @@ fn tool_call(function_call: &Value, number: u64) -> Value {
     })
 }
 
-fn generate_answer(op: Operation, value: &Value, model: &str, now_ms: u64) -> Result<(Value, Option<Usage>)> {
+pub(crate) fn generate_answer(
+    op: Operation,
+    value: &Value,
+    model: &str,
+    now_ms: u64,
+) -> Result<(Value, Option<Usage>)> {
     let candidates = value.get("candidates").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     let mut choices = Vec::new();
     for (position, candidate) in candidates.iter().enumerate() {

@@ -169,3 +169,106 @@ impl Adapter for Databricks {
         StreamMode::Passthrough
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::ports::memory::{block_on, MemoryHost};
+    use crate::gateway::providers::test_support::{call, sent};
+    use http::{Response, StatusCode};
+    use serde_json::json;
+
+    fn databricks(config: Value) -> Databricks {
+        let mut issues = Issues::default();
+        let p = Databricks::from_config("databricks", "c", config.as_object().unwrap(), &mut issues);
+        assert!(issues.0.is_empty(), "{:?}", issues.0);
+        p.unwrap()
+    }
+
+    fn issues(config: Value) -> Vec<String> {
+        let mut issues = Issues::default();
+        assert!(Databricks::from_config("databricks", "e.config", config.as_object().unwrap(), &mut issues).is_none());
+        issues.0.iter().map(ToString::to_string).collect()
+    }
+
+    fn host() -> MemoryHost {
+        MemoryHost::new(|req| {
+            assert_eq!(req.uri().path(), "/oidc/v1/token");
+            Ok(Response::new(br#"{"access_token":"dbx-oauth","expires_in":3600,"token_type":"Bearer"}"#.to_vec()))
+        })
+        .with_secret("DATABRICKS_TOKEN", "dapi-test")
+        .with_secret("DBX_CLIENT_ID", "sp-id")
+        .with_secret("DBX_CLIENT_SECRET", "sp-secret")
+    }
+
+    fn build(p: &Databricks, host: &MemoryHost, op: Operation, model: &str, stream: bool) -> Result<Request<Vec<u8>>> {
+        p.build_request(call(op, model, json!({"messages": []}), p.default_base(), stream, host.now_ms.get()), host)
+    }
+
+    #[test]
+    fn a_personal_access_token_calls_the_serving_endpoints_api() {
+        let host = host();
+        let p = databricks(
+            json!({"host": "https://adb-1.azuredatabricks.net/serving-endpoints/", "token": "$DATABRICKS_TOKEN"}),
+        );
+        assert_eq!(p.default_base(), "https://adb-1.azuredatabricks.net");
+        block_on(p.authorize(&host, 1000)).unwrap();
+        assert!(host.sent.borrow().is_empty(), "a PAT needs no exchange");
+        let req = build(&p, &host, Operation::Chat, "databricks-meta-llama-3-3-70b-instruct", true).unwrap();
+        assert_eq!(req.uri(), "https://adb-1.azuredatabricks.net/serving-endpoints/chat/completions");
+        assert_eq!(req.headers()["authorization"], "Bearer dapi-test");
+        assert_eq!(sent(&req)["model"], "databricks-meta-llama-3-3-70b-instruct");
+        assert_eq!(sent(&req)["stream_options"], json!({"include_usage": true}));
+        let req = build(&p, &host, Operation::Embeddings, "system.ai.gte-large-en", false).unwrap();
+        assert_eq!(req.uri(), "https://adb-1.azuredatabricks.net/ai-gateway/mlflow/v1/embeddings");
+        assert_eq!(build(&p, &host, Operation::Predict, "m", false).unwrap_err().code, "unsupported_operation");
+    }
+
+    #[test]
+    fn a_service_principal_exchanges_its_secret_once() {
+        let host = host();
+        let p = databricks(json!({"host": "https://dbc-1.cloud.databricks.com", "client_id": "$DBX_CLIENT_ID",
+            "client_secret": "$DBX_CLIENT_SECRET"}));
+        assert_eq!(
+            build(&p, &host, Operation::Chat, "m", false).unwrap_err().status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        block_on(p.authorize(&host, 1000)).unwrap();
+        block_on(p.authorize(&host, 1000)).unwrap();
+        let sent_requests = host.sent.borrow();
+        assert_eq!(sent_requests.len(), 1);
+        let exchange = &sent_requests[0];
+        assert_eq!(exchange.uri(), "https://dbc-1.cloud.databricks.com/oidc/v1/token");
+        assert_eq!(
+            exchange.headers()["authorization"],
+            format!("Basic {}", STANDARD.encode("sp-id:sp-secret")).as_str()
+        );
+        assert_eq!(exchange.body().as_slice(), b"grant_type=client_credentials&scope=all-apis");
+        drop(sent_requests);
+        assert_eq!(
+            build(&p, &host, Operation::Chat, "m", false).unwrap().headers()["authorization"],
+            "Bearer dbx-oauth"
+        );
+    }
+
+    #[test]
+    fn config_issues_name_their_path() {
+        let text = issues(json!({"hots": "x"}));
+        assert!(text.iter().any(|t| t.contains("did you mean \"host\"")), "{text:?}");
+        assert!(text.iter().any(|t| t.starts_with("e.config.host: is required at the edge")), "{text:?}");
+        assert!(text.iter().any(|t| t.starts_with("e.config.token: is required at the edge")), "{text:?}");
+        assert_eq!(
+            issues(json!({"host": "https://h", "token": "t", "client_id": "i"})),
+            ["e.config.token: set either token or client_id + client_secret, not both"]
+        );
+        assert_eq!(
+            issues(json!({"host": "https://h", "client_id": "i"})),
+            ["e.config.client_secret: is required with client_id (OAuth M2M)"]
+        );
+        assert_eq!(
+            issues(json!({"host": "https://h", "client_secret": "s"})),
+            ["e.config.client_id: is required with client_secret (OAuth M2M)"]
+        );
+        assert!(issues(json!({"host": "h", "token": "t"}))[0].starts_with("e.config.host: \"h\" must start with http"));
+    }
+}

@@ -333,3 +333,124 @@ impl Provider {
         each_provider!(self, p => p.stream_mode(op, model, now_ms).map(Into::into))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// `mlflow.gateway.config.Provider` of MLflow 3.17 (26 names).
+    const MLFLOW_PROVIDERS: &[&str] = &[
+        "openai",
+        "anthropic",
+        "cohere",
+        "ai21labs",
+        "mlflow-model-serving",
+        "mosaicml",
+        "huggingface-text-generation-inference",
+        "palm",
+        "gemini",
+        "bedrock",
+        "amazon-bedrock",
+        "databricks-model-serving",
+        "databricks",
+        "mistral",
+        "togetherai",
+        "litellm",
+        "azure",
+        "groq",
+        "deepseek",
+        "xai",
+        "openrouter",
+        "ollama",
+        "vertex_ai",
+        "portkey",
+        "sap-ai-core",
+        "typesafe",
+    ];
+
+    /// A config each served provider accepts, in MLflow's field names.
+    fn served_config(name: &str) -> Value {
+        match name {
+            "openai" => json!({"openai_api_key": "$K"}),
+            "azure" => {
+                json!({"openai_api_key": "$K", "openai_api_type": "azure", "openai_api_base": "https://x.openai.azure.com",
+                "openai_deployment_name": "d", "openai_api_version": "2024-06-01"})
+            }
+            "anthropic" => json!({"anthropic_api_key": "$K"}),
+            "cohere" => json!({"cohere_api_key": "$K"}),
+            "gemini" => json!({"gemini_api_key": "$K"}),
+            "mistral" => json!({"mistral_api_key": "$K"}),
+            "togetherai" => json!({"togetherai_api_key": "$K"}),
+            "bedrock" | "amazon-bedrock" => json!({"aws_config": {"aws_region": "us-east-1"}}),
+            "databricks" | "databricks-model-serving" => json!({"host": "https://h", "token": "$K"}),
+            "vertex_ai" => json!({"vertex_project": "p", "vertex_credentials": "$K"}),
+            "huggingface-text-generation-inference" => json!({"hf_server_url": "http://tgi"}),
+            "mlflow-model-serving" => json!({"model_server_url": "http://mlflow"}),
+            "ollama" => json!({}),
+            _ => json!({"api_key": "$K"}),
+        }
+    }
+
+    #[test]
+    fn every_mlflow_provider_name_is_served_or_refused_with_a_reason() {
+        let mut served = 0;
+        for name in MLFLOW_PROVIDERS {
+            let mut issues = Issues::default();
+            let refused = REFUSED.iter().any(|(r, _)| r == name);
+            let config = served_config(name);
+            let provider = Provider::from_config("e.model", name, Some("m"), config.as_object().unwrap(), &mut issues);
+            if refused {
+                assert!(provider.is_none());
+                assert_eq!(issues.0.len(), 1, "{name}");
+                assert_eq!(issues.0[0].path, "e.model.provider");
+                assert!(issues.0[0].message.starts_with(&format!("\"{name}\" is not served: ")), "{:?}", issues.0);
+            } else {
+                assert!(issues.0.is_empty(), "{name}: {:?}", issues.0);
+                let provider = provider.unwrap();
+                assert!(known_names().contains(&provider.name()), "{name}");
+                served += 1;
+            }
+        }
+        assert_eq!(served, 20);
+        assert_eq!(REFUSED.len(), 6);
+        assert_eq!(known_names().len(), MLFLOW_PROVIDERS.len());
+        for name in known_names() {
+            assert!(MLFLOW_PROVIDERS.contains(&name), "{name} is not an MLflow provider name");
+        }
+    }
+
+    #[test]
+    fn unknown_names_get_a_suggestion() {
+        let mut issues = Issues::default();
+        assert!(Provider::from_config("e.model", "vertex-ai", None, &Map::new(), &mut issues).is_none());
+        assert_eq!(
+            issues.0[0].to_string(),
+            "e.model.provider: unknown provider \"vertex-ai\" (did you mean \"vertex_ai\"?)"
+        );
+        let mut issues = Issues::default();
+        assert!(Provider::from_config("e.model", "grok", None, &Map::new(), &mut issues).is_none());
+        assert!(issues.0[0].message.contains("did you mean \"groq\""), "{:?}", issues.0);
+    }
+
+    #[test]
+    fn azure_defaults_to_the_azure_api_type() {
+        let mut issues = Issues::default();
+        let config = json!({"openai_api_key": "$K", "openai_api_base": "https://x.openai.azure.com"});
+        let p = Provider::from_config("e.model", "azure", Some("m"), config.as_object().unwrap(), &mut issues);
+        assert!(p.is_none());
+        let text: Vec<String> = issues.0.iter().map(ToString::to_string).collect();
+        assert!(
+            text.contains(
+                &"e.model.config.openai_deployment_name: is required when openai_api_type is azure or azuread"
+                    .to_string()
+            ),
+            "{text:?}"
+        );
+        let config = served_config("azure");
+        let mut issues = Issues::default();
+        let p = Provider::from_config("e.model", "azure", None, config.as_object().unwrap(), &mut issues).unwrap();
+        assert_eq!(p.name(), "azure");
+        assert!(!p.needs_model_name());
+    }
+}

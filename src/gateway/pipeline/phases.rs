@@ -19,7 +19,7 @@ use crate::gateway::ports::Ports;
 use crate::gateway::providers::adapter::{Reply, StreamMode};
 use crate::gateway::routing;
 use crate::gateway::types::Operation;
-use crate::gateway::wire::openai::{completion_to_sse, StreamWatch};
+use crate::gateway::wire::openai::{completion_to_sse, embeddings_to_base64, wants_base64, StreamWatch};
 
 /// Resolve: which endpoint serves the request. The request's hash (a SHA-256 of its canonical
 /// form) picks a traffic route's destination; most requests need none.
@@ -203,6 +203,8 @@ pub struct Upstream<B> {
     /// The adapter's stream mode when the origin was asked to stream.
     pub mode: Option<StreamMode<crate::gateway::providers::ProviderStream>>,
     pub now_ms: u64,
+    /// The client asked for embeddings in base64 (`encoding_format: "base64"`).
+    pub base64: bool,
 }
 
 /// Forward: build the provider's request and send it, failing over across `origins`.
@@ -217,13 +219,15 @@ pub async fn forward<P: Ports>(
     let mode = call.stream.then(|| endpoint.provider.stream_mode(call.op, &endpoint.model, now_ms));
     let upstream_stream = mode.as_ref().is_some_and(|m| !matches!(m, StreamMode::Buffered));
     let attempt = Attempt { endpoint, op: call.op, stream: upstream_stream };
+    let base64 = call.op == Operation::Embeddings && wants_base64(&call.body);
+    endpoint.provider.authorize(ports, call.config.settings.origin_timeout_ms).await?;
     let body = std::mem::take(&mut call.body);
     let result =
         forward::forward(ports, &call.config, &ctx.state.breaker, origins, attempt, body, &mut ctx.log.attempts).await;
     ctx.log.origin = ctx.log.attempts.last().map(|a| a.origin.clone());
     let forwarded = result?;
     ctx.log.origin = Some(forwarded.origin.clone());
-    Ok(Upstream { forwarded, mode: mode.filter(|_| upstream_stream), now_ms })
+    Ok(Upstream { forwarded, mode: mode.filter(|_| upstream_stream), now_ms, base64 })
 }
 
 /// Respond: the origin's answer in the client's dialect — a live stream through the pump, or
@@ -237,18 +241,23 @@ pub async fn respond<P: Ports>(
 ) -> Result<Response<ResponseBody<P::Body>>> {
     let endpoint = &call.endpoint;
     let (parts, upstream_body) = upstream.forwarded.response.into_parts();
-    let is_sse = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if let (Some(mode), true, true) = (upstream.mode, parts.status.is_success(), is_sse) {
+    let is_sse = content_type(&parts.headers).is_some_and(|v| v.starts_with("text/event-stream"));
+    // Origins whose streams are not SSE (Bedrock's event stream) come with a decoder.
+    let decoder = match &upstream.mode {
+        Some(StreamMode::Translate(translator)) => translator.decoder(),
+        _ => None,
+    };
+    let is_stream = match &decoder {
+        Some(decoder) => content_type(&parts.headers).is_some_and(|v| v.starts_with(decoder.content_type())),
+        None => is_sse,
+    };
+    if let (Some(mode), true, true) = (upstream.mode, parts.status.is_success(), is_stream) {
         let first = match mode {
             StreamMode::Translate(translator) => Stage::Provider(translator),
             _ => Stage::Watch(StreamWatch::new()),
         };
         let client = ctx.dialect.stream_stage(&endpoint.model).map(Stage::Client);
-        let pump = StreamPump::new(std::iter::once(first).chain(client).collect());
+        let pump = StreamPump::new(std::iter::once(first).chain(client).collect()).with_decoder(decoder);
         return Ok(sse_response(ResponseBody::Stream(upstream_body, pump)));
     }
 
@@ -263,6 +272,9 @@ pub async fn respond<P: Ports>(
     })?;
     ctx.log.set_usage(translated.usage);
     let mut answer = translated.body;
+    if upstream.base64 {
+        answer = embeddings_to_base64(&answer)?;
+    }
     if endpoint.guardrails.output {
         answer = guard_output(ctx, &endpoint.guardrails, answer)?;
     }
@@ -283,6 +295,10 @@ pub async fn respond<P: Ports>(
         return Ok(sse_response(ResponseBody::Full(client_replay(ctx, call, replay))));
     }
     Ok(json_bytes(StatusCode::OK, ctx.dialect.render(answer)?))
+}
+
+fn content_type(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
 }
 
 /// Output guardrails on a buffered answer (redaction and deny rules on the completion).

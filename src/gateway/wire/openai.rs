@@ -72,7 +72,7 @@ pub fn embeddings_to_base64(body: &[u8]) -> Result<Vec<u8>> {
         let Some(Value::Array(numbers)) = item.get("embedding") else { continue };
         let mut bytes = Vec::with_capacity(numbers.len() * 4);
         for n in numbers {
-            let n = n.as_f64().ok_or_else(|| bad_embedding())?;
+            let n = n.as_f64().ok_or_else(bad_embedding)?;
             bytes.extend_from_slice(&(n as f32).to_le_bytes());
         }
         item["embedding"] = Value::String(STANDARD.encode(bytes));

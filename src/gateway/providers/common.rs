@@ -317,3 +317,87 @@ pub fn unsupported(provider: &str, op: Operation) -> GatewayError {
         format!("the {provider} provider does not support {what}"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const TABLE: &[Param] = &[
+        param("max_completion_tokens", "maxTokens", Shape::Count),
+        param("max_tokens", "maxTokens", Shape::Count),
+        param("temperature", "temperature", Shape::Number),
+        param("stop", "stopSequences", Shape::Stops),
+        param("seed", "random_seed", Shape::Any),
+        param("user", "", Shape::Any),
+    ];
+
+    fn object(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn parameter_tables_rename_shape_and_drop() {
+        let body = object(json!({"max_tokens": 5, "max_completion_tokens": 9, "temperature": 0.5, "stop": "END",
+            "seed": 1, "user": "u", "other": true, "top_p": null}));
+        let mut out = Map::new();
+        map_params(&body, TABLE, &mut out).unwrap();
+        assert_eq!(
+            Value::Object(out),
+            json!({"maxTokens": 9, "temperature": 0.5, "stopSequences": ["END"], "random_seed": 1})
+        );
+        let mut body = body;
+        rename_params(&mut body, TABLE).unwrap();
+        assert_eq!(
+            Value::Object(body),
+            json!({"maxTokens": 9, "temperature": 0.5, "stopSequences": ["END"], "random_seed": 1, "other": true,
+                "top_p": null})
+        );
+        let mut out = Map::new();
+        map_params(&object(json!({"stop": []})), TABLE, &mut out).unwrap();
+        assert!(out.is_empty(), "an empty stop list is left out");
+        for (bad, field) in [
+            (json!({"max_tokens": 0}), "max_tokens"),
+            (json!({"max_tokens": -3}), "max_tokens"),
+            (json!({"temperature": "hot"}), "temperature"),
+            (json!({"stop": [1]}), "stop"),
+            (json!({"stop": {}}), "stop"),
+        ] {
+            let e = map_params(&object(bad), TABLE, &mut Map::new()).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.starts_with(field), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn keyed_configs_are_declared_once() {
+        let spec = KeySpec {
+            provider: "acme",
+            key: "acme_api_key",
+            key_required: true,
+            base: Some("acme_api_base"),
+            default_base: "https://api.acme.test/v1",
+            extra: &["acme_region"],
+        };
+        let mut issues = Issues::default();
+        let keyed =
+            keyed_config(&spec, "c", &object(json!({"acme_api_key": "$ACME", "acme_region": "eu"})), &mut issues)
+                .unwrap();
+        assert_eq!(keyed.api_key, Some(SecretRef::Env("ACME".into())));
+        assert_eq!(keyed.api_base, "https://api.acme.test/v1");
+        assert_eq!(keyed.extra["acme_region"], "eu");
+        let mut issues = Issues::default();
+        let config =
+            object(json!({"acme_api_kye": "k", "acme_api_base": "ftp://x", "acme_region": 3, "acme_extra": [1]}));
+        assert!(keyed_config(&spec, "e.config", &config, &mut issues).is_none());
+        let text: Vec<String> = issues.0.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter().any(|t| t.starts_with("e.config.acme_api_kye: unknown acme config key")
+                && t.contains("did you mean \"acme_api_key\"")),
+            "{text:?}"
+        );
+        assert!(text.contains(&"e.config.acme_api_key: is required (use a \"$SECRET_NAME\" reference)".to_string()));
+        assert!(text.contains(&"e.config.acme_api_base: \"ftp://x\" must start with http:// or https://".to_string()));
+        assert!(text.iter().any(|t| t.starts_with("e.config.acme_extra: unknown acme config key")), "{text:?}");
+    }
+}

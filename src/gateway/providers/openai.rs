@@ -279,6 +279,28 @@ mod tests {
         );
     }
 
+    #[test]
+    fn fields_of_the_other_api_type_are_refused_as_mlflow_does() {
+        let text = config_issues(OpenAi::from_config, json!({"openai_api_key": "k", "openai_deployment_name": "d"}));
+        assert_eq!(text, ["e.config.openai_deployment_name: only applies when openai_api_type is azure or azuread"]);
+        let config = json!({"openai_api_key": "k", "openai_api_type": "AzureAD", "openai_api_base": "https://x",
+            "openai_deployment_name": "d", "openai_api_version": "v", "openai_organization": "org"});
+        let text = config_issues(OpenAi::from_config, config);
+        assert_eq!(text, ["e.config.openai_organization: only applies when openai_api_type is openai"]);
+        let azure = test_support::adapter(
+            OpenAi::azure_from_config,
+            json!({"openai_api_key": "$OPENAI_API_KEY", "openai_api_base": "https://x.openai.azure.com",
+                "openai_deployment_name": "d", "openai_api_version": "2024-10-21"}),
+        );
+        assert_eq!((azure.name, azure.api_type), ("azure", ApiType::Azure));
+        let req = azure.build_request(call(Operation::Chat, azure.default_base(), json!({}), true), &SECRETS).unwrap();
+        assert_eq!(
+            req.uri(),
+            "https://x.openai.azure.com/openai/deployments/d/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(req.headers()["api-key"], "sk-test");
+    }
+
     fn reply(status: StatusCode, body: &[u8]) -> Reply<'_> {
         Reply { op: Operation::Chat, status, body, model: "gpt-4o-mini", now_ms: 0 }
     }

@@ -5,12 +5,10 @@
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use rsa::pkcs1::DecodeRsaPrivateKey;
 use rsa::pkcs1v15::SigningKey;
-use rsa::pkcs8::DecodePrivateKey;
 use rsa::rand_core::{CryptoRng, RngCore};
 use rsa::signature::{RandomizedSigner, SignatureEncoding};
-use rsa::RsaPrivateKey;
+use rsa::{BigUint, RsaPrivateKey};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -100,11 +98,61 @@ impl ServiceAccount {
 fn private_key(pem: &str) -> Result<RsaPrivateKey> {
     let (label, der) = pem_body(pem).ok_or_else(|| credentials_error("private_key is not a PEM block"))?;
     let key = match label {
-        "PRIVATE KEY" => RsaPrivateKey::from_pkcs8_der(&der).map_err(|e| e.to_string()),
-        "RSA PRIVATE KEY" => RsaPrivateKey::from_pkcs1_der(&der).map_err(|e| e.to_string()),
-        other => Err(format!("a {other} block is not an RSA private key")),
+        "PRIVATE KEY" => pkcs8_rsa_key(&der),
+        "RSA PRIVATE KEY" => pkcs1_rsa_key(&der),
+        other => return Err(credentials_error(format!("private_key: a {other} block is not an RSA private key"))),
     };
-    key.map_err(|e| credentials_error(format!("private_key cannot be read ({e})")))
+    key.ok_or_else(|| credentials_error("private_key cannot be read (not a valid RSA key)"))
+}
+
+// A minimal DER reader for the two RSA private-key encodings, instead of the `der`/`pkcs8`
+// decoders (about 30 KB of wasm for what is a sequence of integers).
+
+/// `(tag, contents, rest)` of the DER item at the start of `input`.
+fn der_item(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let (bytes, after) = rest.split_at_checked(n)?;
+        rest = after;
+        bytes.iter().fold(0usize, |len, b| len << 8 | usize::from(*b))
+    };
+    let (contents, rest) = rest.split_at_checked(len)?;
+    Some((tag, contents, rest))
+}
+
+/// PKCS#8 `PrivateKeyInfo { version, AlgorithmIdentifier { rsaEncryption, NULL }, OCTET STRING }`.
+fn pkcs8_rsa_key(der: &[u8]) -> Option<RsaPrivateKey> {
+    /// 1.2.840.113549.1.1.1 (rsaEncryption).
+    const RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    let (0x30, info, _) = der_item(der)? else { return None };
+    let (0x02, _version, rest) = der_item(info)? else { return None };
+    let (0x30, algorithm, rest) = der_item(rest)? else { return None };
+    let (0x06, oid, _) = der_item(algorithm)? else { return None };
+    let (0x04, key, _) = der_item(rest)? else { return None };
+    (oid == RSA_ENCRYPTION).then(|| pkcs1_rsa_key(key)).flatten()
+}
+
+/// PKCS#1 `RSAPrivateKey { version, n, e, d, p, q, dp, dq, qinv }` (two-prime keys).
+fn pkcs1_rsa_key(der: &[u8]) -> Option<RsaPrivateKey> {
+    let (0x30, mut rest, _) = der_item(der)? else { return None };
+    let mut ints = Vec::with_capacity(9);
+    while !rest.is_empty() {
+        let (0x02, int, after) = der_item(rest)? else { return None };
+        ints.push(BigUint::from_bytes_be(int));
+        rest = after;
+    }
+    let [version, n, e, d, p, q, ..] = ints.as_slice() else { return None };
+    if ints.len() != 9 || *version != BigUint::from(0u8) {
+        return None;
+    }
+    RsaPrivateKey::from_components(n.clone(), e.clone(), d.clone(), vec![p.clone(), q.clone()]).ok()
 }
 
 /// `(label, DER)` of the first PEM block in `pem`.
@@ -262,6 +310,32 @@ pub(crate) mod tests {
         assert!(ServiceAccount::parse(&account.to_string()).unwrap_err().message.contains("token_uri"));
         account["token_uri"] = Value::Null;
         assert_eq!(ServiceAccount::parse(&account.to_string()).unwrap().token_uri, DEFAULT_TOKEN_URI);
+    }
+
+    #[test]
+    fn both_pem_encodings_and_hostile_der() {
+        use rsa::pkcs1::EncodeRsaPrivateKey;
+        let pkcs1 = test_key().to_pkcs1_der().unwrap();
+        assert_eq!(pkcs1_rsa_key(pkcs1.as_bytes()).as_ref(), Some(test_key()));
+        let pkcs8 = test_key().to_pkcs8_der().unwrap();
+        assert_eq!(pkcs8_rsa_key(pkcs8.as_bytes()).as_ref(), Some(test_key()));
+        let pem = format!(
+            "-----BEGIN RSA PRIVATE KEY-----\n{}\n-----END RSA PRIVATE KEY-----",
+            STANDARD.encode(pkcs1.as_bytes())
+        );
+        assert_eq!(&private_key(&pem).unwrap(), test_key());
+        // Truncations and flipped bytes never panic.
+        let bytes = pkcs8.as_bytes();
+        for cut in 0..bytes.len() {
+            assert!(pkcs8_rsa_key(&bytes[..cut]).is_none());
+        }
+        for at in (0..bytes.len()).step_by(3) {
+            let mut bad = bytes.to_vec();
+            bad[at] ^= 0x5a;
+            let _ = pkcs8_rsa_key(&bad);
+        }
+        assert!(der_item(&[0x30, 0x85, 1, 1, 1, 1, 1]).is_none());
+        assert!(der_item(&[0x30, 0x80]).is_none());
     }
 
     #[test]

@@ -13,14 +13,14 @@ use crate::gateway::error::Result;
 use crate::gateway::ports::Secrets;
 use crate::gateway::providers::adapter::{Adapter, Call, Reply, StreamMode, Translated};
 use crate::gateway::providers::common::{
-    finish_request, join_url, keyed_config, post_json, resolve_secret, unsupported, KeySpec,
+    finish_request, join_url, keyed_config, map_params, param, post_json, resolve_secret, unsupported, KeySpec, Param,
+    Shape,
 };
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::wire::json::{bad_response, json_body};
 use crate::gateway::wire::openai::openai_answer;
 use crate::gateway::wire::openai::{
-    completion_prompt, data_url, embedding_list, image_url, invalid, max_tokens, number, stop_sequences, take,
-    write_error_chunk, ChunkWriter, OpenAiChoice,
+    completion_prompt, data_url, embedding_list, image_url, invalid, take, write_error_chunk, ChunkWriter, OpenAiChoice,
 };
 use crate::gateway::wire::sse::{self, SseEvent};
 use crate::gateway::wire::stream::StreamTranslate;
@@ -141,6 +141,20 @@ pub(crate) fn generate_body(provider: &str, op: Operation, mut body: Map<String,
     chat_to_gemini(body)
 }
 
+/// OpenAI sampling fields → `generationConfig`.
+const GENERATION_PARAMS: &[Param] = &[
+    param("temperature", "temperature", Shape::Number),
+    param("top_p", "topP", Shape::Number),
+    param("top_k", "topK", Shape::Number),
+    param("presence_penalty", "presencePenalty", Shape::Number),
+    param("frequency_penalty", "frequencyPenalty", Shape::Number),
+    param("seed", "seed", Shape::Number),
+    param("max_completion_tokens", "maxOutputTokens", Shape::Count),
+    param("max_tokens", "maxOutputTokens", Shape::Count),
+    param("stop", "stopSequences", Shape::Stops),
+    param("n", "candidateCount", Shape::Count),
+];
+
 /// An OpenAI chat request (without `model`) as a `GenerateContentRequest`.
 fn chat_to_gemini(mut body: Map<String, Value>) -> Result<Map<String, Value>> {
     let mut out = Map::new();
@@ -156,30 +170,7 @@ fn chat_to_gemini(mut body: Map<String, Value>) -> Result<Map<String, Value>> {
     }
 
     let mut config = Map::new();
-    for (from, to) in [
-        ("temperature", "temperature"),
-        ("top_p", "topP"),
-        ("top_k", "topK"),
-        ("presence_penalty", "presencePenalty"),
-        ("frequency_penalty", "frequencyPenalty"),
-        ("seed", "seed"),
-    ] {
-        if let Some(value) = take(&mut body, from) {
-            number(from, &value)?;
-            config.insert(to.into(), value);
-        }
-    }
-    if let Some(max) = max_tokens(&mut body)? {
-        config.insert("maxOutputTokens".into(), max.into());
-    }
-    let stop = stop_sequences(take(&mut body, "stop"))?;
-    if !stop.is_empty() {
-        config.insert("stopSequences".into(), stop.into());
-    }
-    if let Some(n) = take(&mut body, "n") {
-        let n = n.as_u64().filter(|n| *n > 0).ok_or_else(|| invalid("n", "must be a positive integer"))?;
-        config.insert("candidateCount".into(), n.into());
-    }
+    map_params(&body, GENERATION_PARAMS, &mut config)?;
     if let Some(format) = take(&mut body, "response_format") {
         match format.get("type").and_then(Value::as_str) {
             Some("text") => {}

@@ -191,8 +191,8 @@ pub const REFUSED: &[(&str, &str)] = &[
     (
         "ai21labs",
         "is not served: MLflow's ai21labs provider only takes AI21's Jurassic-2 models (j2-ultra, j2-mid, j2-light) \
-         and their /complete API, which AI21 has retired; its Jamba models speak OpenAI's chat API: use provider \
-         openai with openai_api_base https://api.ai21.com/studio/v1",
+         and their /complete API, which AI21 retired on 2024-11-14; its Jamba models speak OpenAI's chat API: use \
+         provider openai with openai_api_base https://api.ai21.com/studio/v1",
     ),
     (
         "typesafe",

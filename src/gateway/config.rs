@@ -434,7 +434,13 @@ fn check_endpoint(
         );
     }
     let endpoint_type = EndpointType::parse(&format!("{path}.endpoint_type"), &raw.endpoint_type, issues);
-    let provider = Provider::from_config(&format!("{path}.model"), &raw.model.provider, &raw.model.config, issues);
+    let provider = Provider::from_config(
+        &format!("{path}.model"),
+        &raw.model.provider,
+        raw.model.name.as_deref(),
+        &raw.model.config,
+        issues,
+    );
     let model = raw.model.name.unwrap_or_default();
     if model.is_empty() && provider.as_ref().is_some_and(Provider::needs_model_name) {
         issues.push(format!("{path}.model.name"), "is required for this provider");

@@ -22,6 +22,15 @@ SECRETS = {
     "OPENAI_API_KEY": PROVIDER_SECRET,
     "ANTHROPIC_API_KEY": PROVIDER_SECRET + "-anthropic",
     "GEMINI_API_KEY": PROVIDER_SECRET + "-gemini",
+    # Provider families (test_provider_families.py). The AWS pair is AWS's documented example
+    # key, which the mock accepts; VERTEX_CREDENTIALS is added by `provider_credentials`.
+    "GROQ_API_KEY": PROVIDER_SECRET + "-groq",
+    "TOGETHERAI_API_KEY": PROVIDER_SECRET + "-together",
+    "MISTRAL_API_KEY": PROVIDER_SECRET + "-mistral",
+    "AZURE_OPENAI_API_KEY": PROVIDER_SECRET + "-azure",
+    "BEDROCK_API_KEY": PROVIDER_SECRET + "-bedrock",
+    "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+    "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
 }
 # Discard and echo ports: nothing listens, connect is refused.
 CLOSED_PORT_URL = "http://127.0.0.1:9"
@@ -94,11 +103,30 @@ def config(workdir, origin, eu_origin, us_origin, mlflow_server, py_origin):
     })
 
 
+@pytest.fixture(scope="session")
+def provider_credentials(origin):
+    """A throwaway Google service account whose token endpoint is the mock: its key file goes
+    into the hosts' secrets as VERTEX_CREDENTIALS, its public key to the mock."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    email = "e2e-gateway@e2e-project.iam.gserviceaccount.com"
+    numbers = key.public_key().public_numbers()
+    origin.control("/_mock/google/keys", {"client_email": email, "n": format(numbers.n, "x"), "e": numbers.e})
+    account = {"type": "service_account", "project_id": "e2e-project", "private_key_id": "e2e-key-1",
+               "private_key": pem, "client_email": email, "client_id": "1", "token_uri": origin.url + "/token"}
+    SECRETS["VERTEX_CREDENTIALS"] = json.dumps(account)
+    return account
+
+
 _HOSTS = {"workerd": WorkerdHost, "spin": SpinHost}
 
 
 @pytest.fixture(scope="session", params=list(_HOSTS))
-def gw(request, workdir, config):
+def gw(request, workdir, config, provider_credentials):
     host = _HOSTS[request.param](workdir, SECRETS)
     host.kv_put_json("config:active", config)
     host.config = config

@@ -109,6 +109,28 @@ pub fn messages(ctx: &Ctx<'_>) -> Reply {
     let Some(request) = ctx.json_object() else {
         return invalid("There was an error parsing the body of your request: invalid JSON");
     };
+    answer(ctx, &request)
+}
+
+/// Claude on Vertex AI (`publishers/anthropic/models/{model}:rawPredict|streamRawPredict`): the
+/// model is in the URL, `anthropic_version` in the body (and `model` must not be).
+pub fn vertex_raw_predict(ctx: &Ctx<'_>, model: &str, stream: bool) -> Reply {
+    let Some(mut request) = ctx.json_object() else {
+        return invalid("There was an error parsing the body of your request: invalid JSON");
+    };
+    if request.get("anthropic_version").and_then(Value::as_str) != Some("vertex-2023-10-16") {
+        return invalid("anthropic_version: must be \"vertex-2023-10-16\" on Vertex AI");
+    }
+    if request.contains_key("model") {
+        return invalid("model: Extra inputs are not permitted");
+    }
+    request.insert("model".into(), Value::String(model.to_owned()));
+    request.insert("stream".into(), Value::Bool(stream));
+    answer(ctx, &request)
+}
+
+fn answer(ctx: &Ctx<'_>, request: &Map<String, Value>) -> Reply {
+    let request = request.clone();
     let Some(messages) = request.get("messages").and_then(Value::as_array) else {
         return invalid("messages: Field required");
     };

@@ -9,6 +9,7 @@ use http::header::HeaderValue;
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::{json, Map, Value};
 
+use crate::creds::Creds;
 use crate::exchange::{Reply, Usage};
 use crate::fault::{self, Armed, Fault};
 
@@ -96,6 +97,8 @@ pub struct State {
     inner: Mutex<Inner>,
     /// Streams whose client disconnected before the end (a gateway cancelling upstream).
     abandoned: Arc<AtomicU64>,
+    /// Keys and tokens the auth endpoints accept (kept across `/_mock/reset`).
+    pub creds: Creds,
 }
 
 impl State {
@@ -106,6 +109,7 @@ impl State {
             ids: AtomicU64::new(0),
             abandoned: Arc::default(),
             inner: Mutex::default(),
+            creds: Creds::default(),
         }
     }
 
@@ -236,6 +240,21 @@ pub fn handle(state: &State, method: &Method, path: &str, body: &[u8]) -> Reply 
             Reply::ok_json(&json!({ "ok": true }))
         }
         (&Method::POST, "/_mock/fault") => state.arm(body),
+        (&Method::POST, "/_mock/google/keys") => {
+            // {"client_email", "n": <modulus as hex>, "e": <public exponent>}
+            let key = serde_json::from_slice::<Value>(body).ok();
+            let field = |name: &str| key.as_ref().and_then(|k| k.get(name)).cloned();
+            let result = match (field("client_email"), field("n"), field("e").and_then(|e| e.as_u64())) {
+                (Some(Value::String(email)), Some(Value::String(n)), Some(e)) => {
+                    state.creds.add_google_key(&email, &n, e)
+                }
+                _ => Err("expected {\"client_email\", \"n\" (hex), \"e\"}".into()),
+            };
+            match result {
+                Ok(()) => Reply::ok_json(&json!({ "ok": true })),
+                Err(message) => control_error(StatusCode::BAD_REQUEST, &message),
+            }
+        }
         _ => control_error(StatusCode::NOT_FOUND, &format!("no control endpoint {method} {path}")),
     }
 }

@@ -23,13 +23,15 @@ pub enum Mode {
     Status429,
     SlowStream,
     CutStream,
+    /// One byte of a streamed answer flipped (a bad event-stream checksum).
+    CorruptStream,
     MalformedJson,
     WrongContentType,
     Reset,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 10] = [
+    pub const ALL: [Mode; 11] = [
         Mode::Hang,
         Mode::Delay,
         Mode::Status500,
@@ -37,6 +39,7 @@ impl Mode {
         Mode::Status429,
         Mode::SlowStream,
         Mode::CutStream,
+        Mode::CorruptStream,
         Mode::MalformedJson,
         Mode::WrongContentType,
         Mode::Reset,
@@ -51,6 +54,7 @@ impl Mode {
             Mode::Status429 => "status_429",
             Mode::SlowStream => "slow_stream",
             Mode::CutStream => "cut_stream",
+            Mode::CorruptStream => "corrupt_stream",
             Mode::MalformedJson => "malformed_json",
             Mode::WrongContentType => "wrong_content_type",
             Mode::Reset => "reset",
@@ -63,7 +67,7 @@ impl Mode {
 
     /// Stream faults only make sense for (and only match) streaming responses.
     pub fn streams_only(self) -> bool {
-        matches!(self, Mode::SlowStream | Mode::CutStream)
+        matches!(self, Mode::SlowStream | Mode::CutStream | Mode::CorruptStream)
     }
 }
 

@@ -113,6 +113,11 @@ pub fn handle(ctx: &Ctx<'_>, model_action: &str) -> Reply {
     if let Err(reply) = authorize(ctx) {
         return reply;
     }
+    handle_authorized(ctx, model, action)
+}
+
+/// Serves `{model}:{action}` for a caller already authenticated (Vertex AI's bearer token).
+pub fn handle_authorized(ctx: &Ctx<'_>, model: &str, action: &str) -> Reply {
     let Ok(request) = serde_json::from_slice::<Value>(ctx.body) else {
         return invalid("Invalid JSON payload received. Unexpected token.");
     };

@@ -1,9 +1,11 @@
 //! `mock-origin`: a fake LLM provider for end-to-end tests and benchmarks.
 //!
-//! Speaks the OpenAI (and Azure OpenAI, and the Responses API), Anthropic Messages
-//! and Gemini wire formats with deterministic replies (`echo: <last user text>`), records what
-//! it receives, and injects faults on demand. See `control.rs` for the
-//! `/_mock/*` control API.
+//! Speaks the OpenAI (and Azure OpenAI, the Responses API, Groq-style `/openai/v1`,
+//! Mistral's strict `/mistral/v1`, Databricks' `/serving-endpoints`), Anthropic Messages,
+//! Gemini, Vertex AI (with Google's service-account token endpoint), Bedrock (SigV4-checked
+//! Converse, ConverseStream as an AWS event stream, InvokeModel) and STS wire formats with
+//! deterministic replies (`echo: <last user text>`), records what it receives, and injects
+//! faults on demand. See `control.rs` for the `/_mock/*` control API.
 //!
 //! ```text
 //! mock-origin [--addr 127.0.0.1:0] [--name NAME]
@@ -11,12 +13,15 @@
 //! Prints `listening on HOST:PORT` once bound; exits on SIGINT/SIGTERM.
 
 mod anthropic;
+mod aws;
 mod body;
 mod control;
+mod creds;
 mod embed;
 mod exchange;
 mod fault;
 mod gemini;
+mod google;
 mod openai;
 mod responses;
 mod router;

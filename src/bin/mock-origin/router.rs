@@ -16,7 +16,7 @@ use crate::control::{self, Recorded, State};
 use crate::exchange::{Ctx, Payload, Reply};
 use crate::fault::{self, Fault, Mode};
 use crate::openai::Flavor;
-use crate::{anthropic, gemini, openai, responses};
+use crate::{anthropic, aws, gemini, google, openai, responses};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 32 * 1024 * 1024;
@@ -48,13 +48,16 @@ enum Provider {
     OpenAi,
     Anthropic,
     Gemini,
+    Bedrock,
 }
 
 impl Provider {
     fn of(path: &str) -> Self {
         if path.starts_with("/v1/messages") {
             Provider::Anthropic
-        } else if path.starts_with("/v1beta/") || gemini_path(path).is_some() {
+        } else if path.starts_with("/model/") {
+            Provider::Bedrock
+        } else if path.starts_with("/v1beta/") || path.starts_with("/v1/projects/") || gemini_path(path).is_some() {
             Provider::Gemini
         } else {
             Provider::OpenAi
@@ -66,6 +69,7 @@ impl Provider {
             Provider::OpenAi => openai::fault_error(status),
             Provider::Anthropic => anthropic::fault_error(status),
             Provider::Gemini => gemini::fault_error(status),
+            Provider::Bedrock => aws::fault_error(status),
         }
     }
 
@@ -75,6 +79,7 @@ impl Provider {
             Provider::OpenAi => openai::error(status, message, "invalid_request_error", None),
             Provider::Anthropic => anthropic::error(status, "invalid_request_error", message),
             Provider::Gemini => gemini::error(status, message, "INVALID_ARGUMENT"),
+            Provider::Bedrock => aws::error(status, "ValidationException", message),
         }
     }
 }
@@ -138,6 +143,35 @@ fn dispatch(ctx: &Ctx<'_>) -> Reply {
         if let Some(rest) = path.strip_prefix("/openai/deployments/") {
             return azure(ctx, rest);
         }
+        // Groq-style bases (`https://api.groq.com/openai/v1`): the OpenAI API under a prefix.
+        if let Some(rest) = path.strip_prefix("/openai/v1/") {
+            let v1 = format!("/v1/{rest}");
+            return dispatch(&Ctx { path: &v1, ..*ctx });
+        }
+        if let Some(rest) = path.strip_prefix("/mistral/v1/") {
+            return mistral(ctx, rest);
+        }
+        if let Some(operation) = path.strip_prefix("/serving-endpoints/") {
+            return databricks(ctx, operation);
+        }
+        if let Some(rest) = path.strip_prefix("/v1/projects/") {
+            // {project}/locations/{location}/{rest}
+            let mut parts = rest.splitn(4, '/');
+            let (_project, locations, _location) = (parts.next(), parts.next(), parts.next());
+            return match (locations, parts.next()) {
+                (Some("locations"), Some(rest)) => google::vertex(ctx, rest),
+                _ => gemini::not_found(ctx),
+            };
+        }
+        if let Some(rest) = path.strip_prefix("/model/") {
+            return aws::bedrock(ctx, rest);
+        }
+        match path {
+            "/" => return aws::sts(ctx),
+            "/token" => return google::token(ctx),
+            "/oidc/v1/token" => return google::databricks_token(ctx),
+            _ => {}
+        }
         if let Some(model_action) = gemini_path(path) {
             return gemini::handle(ctx, model_action);
         }
@@ -159,6 +193,68 @@ fn dispatch(ctx: &Ctx<'_>) -> Reply {
             _ => openai::not_found(ctx),
         },
     }
+}
+
+/// Databricks' OpenAI-compatible serving endpoints (`/serving-endpoints/{operation}`).
+fn databricks(ctx: &Ctx<'_>, operation: &str) -> Reply {
+    match operation {
+        "chat/completions" => openai::chat(ctx, Flavor::OpenAi),
+        "completions" => openai::completions(ctx, Flavor::OpenAi),
+        "embeddings" => openai::embeddings(ctx, Flavor::OpenAi),
+        _ => openai::not_found(ctx),
+    }
+}
+
+/// Fields Mistral's API accepts; it refuses any other with 422 (`extra_forbidden`).
+const MISTRAL_CHAT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stream",
+    "stop",
+    "random_seed",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "presence_penalty",
+    "frequency_penalty",
+    "n",
+    "prediction",
+    "parallel_tool_calls",
+    "safe_prompt",
+    "prompt_mode",
+];
+const MISTRAL_EMBEDDING_FIELDS: &[&str] = &["model", "input", "output_dimension", "output_dtype"];
+
+/// Mistral (`/mistral/v1/...`): OpenAI's shapes, but unknown fields are refused, the seed is
+/// `random_seed`, and streams end with usage unasked.
+fn mistral(ctx: &Ctx<'_>, rest: &str) -> Reply {
+    let allowed = match rest {
+        "chat/completions" => MISTRAL_CHAT_FIELDS,
+        "embeddings" => MISTRAL_EMBEDDING_FIELDS,
+        _ => return openai::not_found(ctx),
+    };
+    let Some(mut request) = ctx.json_object() else {
+        return openai::error(StatusCode::BAD_REQUEST, "Invalid JSON", "invalid_request_error", None);
+    };
+    if let Some(extra) = request.keys().find(|k| !allowed.contains(&k.as_str())) {
+        let detail = serde_json::json!({"object": "error", "message": {"detail": [{"type": "extra_forbidden",
+            "loc": ["body", extra], "msg": "Extra inputs are not permitted"}]}, "type": "invalid_request_error",
+            "param": null, "code": null});
+        return Reply::json(StatusCode::UNPROCESSABLE_ENTITY, &detail);
+    }
+    if rest == "embeddings" {
+        if let Some(d) = request.remove("output_dimension") {
+            request.insert("dimensions".into(), d);
+        }
+        let body = serde_json::to_vec(&request).unwrap_or_default();
+        return openai::embeddings(&Ctx { body: &body, ..*ctx }, Flavor::OpenAi);
+    }
+    request.insert("stream_options".into(), serde_json::json!({"include_usage": true}));
+    let body = serde_json::to_vec(&request).unwrap_or_default();
+    openai::chat(&Ctx { body: &body, ..*ctx }, Flavor::OpenAi)
 }
 
 /// `/openai/deployments/{deployment}/{operation}`.
@@ -215,6 +311,23 @@ async fn apply(
             Ok(deliver(state, reply, |c| c.paced(gap)))
         }
         Mode::CutStream => Ok(into_response(state, reply, Chunks::cut_in_half)),
+        Mode::CorruptStream => {
+            // One flipped byte in the middle chunk: a checksum (event stream) or JSON breaks.
+            let reply = match reply.payload {
+                Payload::Stream(mut chunks) if !chunks.is_empty() => {
+                    let middle = chunks.len() / 2;
+                    let mut bytes = chunks[middle].to_vec();
+                    let at = bytes.len().saturating_sub(6);
+                    if let Some(b) = bytes.get_mut(at) {
+                        *b ^= 0x20;
+                    }
+                    chunks[middle] = Bytes::from(bytes);
+                    Reply { payload: Payload::Stream(chunks), ..reply }
+                }
+                payload => Reply { payload, ..reply },
+            };
+            Ok(deliver(state, reply, |c| c))
+        }
         Mode::MalformedJson => {
             let truncated = match reply.payload {
                 Payload::Full(bytes) if bytes.len() > 1 => bytes.slice(..bytes.len() / 2),
@@ -271,5 +384,7 @@ mod tests {
         assert_eq!(Provider::of("/v1beta/models/g:generateContent"), Provider::Gemini);
         assert_eq!(Provider::of("/v1/models/g:embedContent"), Provider::Gemini);
         assert_eq!(Provider::of("/v1/models/gpt-4o"), Provider::OpenAi);
+        assert_eq!(Provider::of("/model/amazon.titan-embed-text-v2%3A0/invoke"), Provider::Bedrock);
+        assert_eq!(Provider::of("/v1/projects/p/locations/l/publishers/google/models/g:predict"), Provider::Gemini);
     }
 }

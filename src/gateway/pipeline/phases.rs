@@ -20,7 +20,7 @@ use crate::gateway::providers::adapter::{Reply, StreamMode};
 use crate::gateway::routing;
 use crate::gateway::types::Operation;
 use crate::gateway::wire::json::json_body;
-use crate::gateway::wire::openai::{completion_to_sse, StreamWatch};
+use crate::gateway::wire::openai::{completion_to_sse, embeddings_to_base64, wants_base64, StreamWatch};
 
 /// Resolve: which endpoint serves the request. The request's hash (a SHA-256 of its canonical
 /// form) picks a traffic route's destination; most requests need none.
@@ -215,6 +215,8 @@ pub struct Upstream<B> {
     /// The adapter's stream mode when the origin was asked to stream.
     pub mode: Option<StreamMode<crate::gateway::providers::ProviderStream>>,
     pub now_ms: u64,
+    /// The client asked for embeddings in base64 (`encoding_format: "base64"`).
+    pub base64: bool,
 }
 
 /// Forward: build the provider's request and send it, failing over across `origins`.
@@ -238,13 +240,15 @@ pub async fn forward<P: Ports>(
         None => None,
     };
     let attempt = Attempt { endpoint, op: call.op, stream: upstream_stream, retarget: retarget.as_ref() };
+    let base64 = call.op == Operation::Embeddings && wants_base64(&call.body);
+    endpoint.provider.authorize(ports, call.config.settings.origin_timeout_ms).await?;
     let body = std::mem::take(&mut call.body);
     let result =
         forward::forward(ports, &call.config, &ctx.state.breaker, origins, attempt, body, &mut ctx.log.attempts).await;
     ctx.log.origin = ctx.log.attempts.last().map(|a| a.origin.clone());
     let forwarded = result?;
     ctx.log.origin = Some(forwarded.origin.clone());
-    Ok(Upstream { forwarded, mode: mode.filter(|_| upstream_stream), now_ms })
+    Ok(Upstream { forwarded, mode: mode.filter(|_| upstream_stream), now_ms, base64 })
 }
 
 /// Respond: the origin's answer in the client's dialect — a live stream through the pump, or
@@ -258,12 +262,17 @@ pub async fn respond<P: Ports>(
 ) -> Result<Response<ResponseBody<P::Body>>> {
     let endpoint = &call.endpoint;
     let (parts, upstream_body) = upstream.forwarded.response.into_parts();
-    let is_sse = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if let (Some(mode), true, true) = (upstream.mode, parts.status.is_success(), is_sse) {
+    let is_sse = content_type(&parts.headers).is_some_and(|v| v.starts_with("text/event-stream"));
+    // Origins whose streams are not SSE (Bedrock's event stream) come with a decoder.
+    let decoder = match &upstream.mode {
+        Some(StreamMode::Translate(translator)) => translator.decoder(),
+        _ => None,
+    };
+    let is_stream = match &decoder {
+        Some(decoder) => content_type(&parts.headers).is_some_and(|v| v.starts_with(decoder.content_type())),
+        None => is_sse,
+    };
+    if let (Some(mode), true, true) = (upstream.mode, parts.status.is_success(), is_stream) {
         let stages = match ctx.dialect.origin_stage() {
             // The origin speaks the client's API: its own events, watched.
             Some(own) => vec![Stage::Client(own)],
@@ -276,7 +285,8 @@ pub async fn respond<P: Ports>(
                 std::iter::once(first).chain(client).collect()
             }
         };
-        return Ok(client_stream(ctx, ResponseBody::Stream(upstream_body, StreamPump::new(stages))));
+        let pump = StreamPump::new(stages).with_decoder(decoder);
+        return Ok(client_stream(ctx, ResponseBody::Stream(upstream_body, pump)));
     }
 
     let bytes = ports.read_body(upstream_body, call.config.settings.max_response_bytes).await.map_err(|e| {
@@ -295,6 +305,9 @@ pub async fn respond<P: Ports>(
         (translated.body, translated.usage)
     };
     ctx.log.set_usage(usage);
+    if upstream.base64 {
+        answer = embeddings_to_base64(&answer)?;
+    }
     // Output guardrails read the internal (chat) shape; a passthrough answer is not in it.
     if endpoint.guardrails.output && !passthrough {
         answer = guard_output(ctx, &endpoint.guardrails, answer)?;
@@ -316,6 +329,10 @@ pub async fn respond<P: Ports>(
         return Ok(client_stream(ctx, ResponseBody::Full(client_replay(ctx, call, replay))));
     }
     Ok(json_bytes(StatusCode::OK, ctx.dialect.render(answer)?))
+}
+
+fn content_type(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
 }
 
 /// Output guardrails on a buffered answer (redaction and deny rules on the completion).

@@ -6,7 +6,7 @@
 //! Anthropic client of a Gemini endpoint, with each translator written once.
 
 use crate::gateway::dialect::ClientStream;
-use crate::gateway::providers::ProviderStream;
+use crate::gateway::providers::{ProviderStream, StreamDecoder};
 use crate::gateway::types::Usage;
 use crate::gateway::wire::openai::StreamWatch;
 use crate::gateway::wire::sse::{SseEvent, SseParser};
@@ -58,18 +58,33 @@ pub struct StreamSummary {
 }
 
 pub struct StreamPump {
+    /// Turns a non-SSE origin stream (Bedrock's event stream) into SSE for the first stage.
+    decoder: Option<StreamDecoder>,
     stages: Vec<(SseParser, Stage)>,
     finished: bool,
 }
 
 impl StreamPump {
     pub fn new(translators: Vec<Stage>) -> Self {
-        StreamPump { stages: translators.into_iter().map(|t| (SseParser::new(), t)).collect(), finished: false }
+        let stages = translators.into_iter().map(|t| (SseParser::new(), t)).collect();
+        StreamPump { decoder: None, stages, finished: false }
+    }
+
+    pub fn with_decoder(mut self, decoder: Option<StreamDecoder>) -> Self {
+        self.decoder = decoder;
+        self
     }
 
     /// Translates one chunk of origin bytes; may return nothing while an event is incomplete.
     pub fn chunk(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let mut data = bytes.to_vec();
+        let mut data = match &mut self.decoder {
+            Some(decoder) => {
+                let mut sse = Vec::new();
+                decoder.decode(bytes, &mut sse);
+                sse
+            }
+            None => bytes.to_vec(),
+        };
         for (parser, translator) in &mut self.stages {
             let mut out = Vec::new();
             for event in parser.push(&data) {
@@ -86,6 +101,9 @@ impl StreamPump {
             return Vec::new();
         }
         let mut data = Vec::new();
+        if let Some(decoder) = &mut self.decoder {
+            decoder.finish(&mut data);
+        }
         for (parser, translator) in &mut self.stages {
             let mut out = Vec::new();
             for event in parser.push(&data).into_iter().chain(parser.finish()) {

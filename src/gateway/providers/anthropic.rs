@@ -19,9 +19,7 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
 use crate::gateway::providers::adapter::{Adapter, Call, Reply, StreamMode, Translated};
 use crate::gateway::providers::common::unsupported;
-use crate::gateway::providers::common::{
-    finish_request, join_url, post_json, resolve_secret, string_config, take_api_key, take_base_url,
-};
+use crate::gateway::providers::common::{finish_request, join_url, keyed_config, post_json, resolve_secret, KeySpec};
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::wire::json::{bad_response, json_body};
 use crate::gateway::wire::openai::{
@@ -35,7 +33,15 @@ const DEFAULT_BASE: &str = "https://api.anthropic.com/v1";
 const DEFAULT_VERSION: &str = "2023-06-01";
 /// Anthropic requires `max_tokens`; OpenAI clients usually leave it out.
 const DEFAULT_MAX_TOKENS: u64 = 1024;
-const CONFIG_KEYS: &[&str] = &["anthropic_api_key", "anthropic_version", "anthropic_api_base"];
+/// MLflow's `AnthropicConfig`.
+const SPEC: KeySpec = KeySpec {
+    provider: "anthropic",
+    key: "anthropic_api_key",
+    key_required: true,
+    base: Some("anthropic_api_base"),
+    default_base: DEFAULT_BASE,
+    extra: &["anthropic_version"],
+};
 /// Anthropic request fields with no OpenAI counterpart that an OpenAI-speaking client may still
 /// send; they are forwarded as-is. Every other OpenAI-only field (penalties, logprobs, seed,
 /// response_format, stream_options, ...) is dropped: Anthropic rejects unknown fields.
@@ -52,24 +58,19 @@ pub struct Anthropic {
 
 impl Anthropic {
     pub fn from_config(path: &str, config: &Map<String, Value>, issues: &mut Issues) -> Option<Anthropic> {
-        let before = issues.0.len();
-        let mut values = string_config(path, "anthropic", config, CONFIG_KEYS, issues);
-        let api_key = take_api_key(path, "anthropic_api_key", config, &mut values, issues);
-        let version = values.remove("anthropic_version");
+        let mut keyed = keyed_config(&SPEC, path, config, issues)?;
+        let version = keyed.extra.remove("anthropic_version");
         if version.as_deref().is_some_and(|v| v.trim().is_empty()) {
             issues.push(
                 format!("{path}.anthropic_version"),
                 format!("must not be empty (leave it out for \"{DEFAULT_VERSION}\")"),
             );
-        }
-        let api_base = take_base_url(path, "anthropic_api_base", &mut values, issues);
-        if issues.0.len() != before {
             return None;
         }
         Some(Anthropic {
-            api_key: SecretRef::parse(&api_key?),
+            api_key: keyed.api_key?,
             version: version.unwrap_or_else(|| DEFAULT_VERSION.to_string()),
-            api_base: api_base.unwrap_or_else(|| DEFAULT_BASE.to_string()),
+            api_base: keyed.api_base,
         })
     }
 }
@@ -82,16 +83,7 @@ impl Adapter for Anthropic {
     }
 
     fn build_request(&self, call: Call<'_>, secrets: &impl Secrets) -> Result<Request<Vec<u8>>> {
-        let body = match call.op {
-            Operation::Chat => chat_to_messages(call.body, call.model, call.stream)?,
-            Operation::Completions => {
-                let mut body = call.body;
-                let prompt = completion_prompt(&mut body, "anthropic")?;
-                body.insert("messages".into(), json!([{"role": "user", "content": prompt}]));
-                chat_to_messages(body, call.model, call.stream)?
-            }
-            Operation::Embeddings | Operation::Predict => return Err(unsupported("anthropic", call.op)),
-        };
+        let body = messages_body("anthropic", call.op, call.body, call.model, call.stream)?;
         let key = resolve_secret(&self.api_key, secrets)?;
         let builder = post_json(&join_url(call.base_url, "messages"))
             .header("x-api-key", key)
@@ -100,40 +92,7 @@ impl Adapter for Anthropic {
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {
-        let Reply { op, model, now_ms, .. } = reply;
-        let value = reply.success_json()?;
-        let blocks = value.get("content").and_then(Value::as_array).ok_or_else(|| bad_response("no content list"))?;
-        let mut text: Option<String> = None;
-        let mut tool_calls = Vec::new();
-        for block in blocks {
-            match block.get("type").and_then(Value::as_str) {
-                Some("text") => {
-                    let piece = block.get("text").and_then(Value::as_str).unwrap_or_default();
-                    text.get_or_insert_with(String::new).push_str(piece);
-                }
-                Some("tool_use") => tool_calls.push(json!({
-                    "id": block.get("id").cloned().unwrap_or(Value::Null),
-                    "type": "function",
-                    "function": {
-                        "name": block.get("name").cloned().unwrap_or(Value::Null),
-                        "arguments": block.get("input").map_or_else(|| "{}".to_string(), Value::to_string),
-                    },
-                })),
-                _ => {} // thinking, redacted_thinking, server tool blocks: no OpenAI counterpart
-            }
-        }
-        let usage = value.get("usage").map(anthropic_usage);
-        let stop_reason = value.get("stop_reason").and_then(Value::as_str);
-        let choice = OpenAiChoice { index: 0, text, tool_calls, finish_reason: openai_finish_reason(stop_reason) };
-        let answer = openai_answer(
-            op,
-            value.get("id").and_then(Value::as_str).unwrap_or("msg_unknown"),
-            value.get("model").and_then(Value::as_str).unwrap_or(model),
-            now_ms,
-            vec![choice],
-            usage,
-        );
-        Ok(Translated { body: json_body(&answer)?, usage })
+        messages_answer(reply)
     }
 
     fn stream_mode(&self, op: Operation, model: &str, now_ms: u64) -> StreamMode<Self::Stream> {
@@ -142,6 +101,63 @@ impl Adapter for Anthropic {
             Operation::Embeddings | Operation::Predict => StreamMode::Buffered,
         }
     }
+}
+
+/// The Messages request of a chat or completions call (Anthropic's API, Claude on Vertex AI).
+pub(crate) fn messages_body(
+    provider: &str,
+    op: Operation,
+    mut body: Map<String, Value>,
+    model: &str,
+    stream: bool,
+) -> Result<Map<String, Value>> {
+    match op {
+        Operation::Chat => chat_to_messages(body, model, stream),
+        Operation::Completions => {
+            let prompt = completion_prompt(&mut body, provider)?;
+            body.insert("messages".into(), json!([{"role": "user", "content": prompt}]));
+            chat_to_messages(body, model, stream)
+        }
+        Operation::Embeddings | Operation::Predict => Err(unsupported(provider, op)),
+    }
+}
+
+/// A Messages answer as a `chat.completion` (or `text_completion`).
+pub(crate) fn messages_answer(reply: Reply<'_>) -> Result<Translated> {
+    let Reply { op, model, now_ms, .. } = reply;
+    let value = reply.success_json()?;
+    let blocks = value.get("content").and_then(Value::as_array).ok_or_else(|| bad_response("no content list"))?;
+    let mut text: Option<String> = None;
+    let mut tool_calls = Vec::new();
+    for block in blocks {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                let piece = block.get("text").and_then(Value::as_str).unwrap_or_default();
+                text.get_or_insert_with(String::new).push_str(piece);
+            }
+            Some("tool_use") => tool_calls.push(json!({
+                "id": block.get("id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {
+                    "name": block.get("name").cloned().unwrap_or(Value::Null),
+                    "arguments": block.get("input").map_or_else(|| "{}".to_string(), Value::to_string),
+                },
+            })),
+            _ => {} // thinking, redacted_thinking, server tool blocks: no OpenAI counterpart
+        }
+    }
+    let usage = value.get("usage").map(anthropic_usage);
+    let stop_reason = value.get("stop_reason").and_then(Value::as_str);
+    let choice = OpenAiChoice { index: 0, text, tool_calls, finish_reason: openai_finish_reason(stop_reason) };
+    let answer = openai_answer(
+        op,
+        value.get("id").and_then(Value::as_str).unwrap_or("msg_unknown"),
+        value.get("model").and_then(Value::as_str).unwrap_or(model),
+        now_ms,
+        vec![choice],
+        usage,
+    );
+    Ok(Translated { body: json_body(&answer)?, usage })
 }
 
 /// An OpenAI chat request (without `model`) as a Messages request for `model`.

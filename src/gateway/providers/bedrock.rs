@@ -1,34 +1,45 @@
 //! `bedrock` / `amazon-bedrock`: Amazon Bedrock Runtime. Chat and completions go through the
-//! model-agnostic Converse API (`POST /model/{modelId}/converse`); embeddings through
-//! `InvokeModel` with the Titan (or Cohere-on-Bedrock) embedding body. Requests are signed with
-//! AWS Signature Version 4, written here on `sha2` + `hmac` (no AWS SDK at the edge).
+//! model-agnostic Converse API (`POST /model/{modelId}/converse`, `/converse-stream` when
+//! streaming); embeddings through `InvokeModel` with the Titan (or Cohere-on-Bedrock) embedding
+//! body. `ConverseStream` answers in AWS's binary event-stream framing: `aws::EventStreamToSse`
+//! decodes it as it arrives (checksums checked) and `ConverseStreamToOpenAi` turns its events
+//! into OpenAI chunks.
 //!
-//! Config follows MLflow: `aws_config: {aws_region, aws_access_key_id, aws_secret_access_key,
-//! aws_session_token?}`. MLflow's `aws_role_arn` (STS AssumeRole) needs a second signed call
-//! and a credential cache per isolate, so it is refused at config time. Extension:
-//! `bedrock_api_base` (default `https://bedrock-runtime.{region}.amazonaws.com`).
+//! Config follows MLflow's `AmazonBedrockConfig`, every `aws_config` form it accepts:
+//! * `aws_bearer_token` (a Bedrock API key): `Authorization: Bearer`;
+//! * `aws_access_key_id` + `aws_secret_access_key` (+ `aws_session_token`): SigV4;
+//! * `aws_role_arn` (+ `session_length_seconds`, default 900): STS `AssumeRole`, signed with the
+//!   keys given beside it or else the host's `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`
+//!   (`AWS_SESSION_TOKEN`) secrets; the role's credentials are cached per isolate until shortly
+//!   before they expire;
+//! * `aws_region` only: AWS's environment credentials, read from the host's secrets
+//!   (`AWS_BEARER_TOKEN_BEDROCK`, else the access-key names above).
 //!
-//! Streaming is buffered: `ConverseStream` answers in AWS's binary event-stream framing
-//! (`application/vnd.amazon.eventstream`), not SSE, so it cannot use the SSE stream pump.
+//! `aws_region` is required at the edge (MLflow falls back on the SDK's region chain): it is
+//! part of the URL and of every signature. Extensions: `bedrock_api_base` (default
+//! `https://bedrock-runtime.{region}.amazonaws.com`), `sts_api_base` (default
+//! `https://sts.{region}.amazonaws.com`).
 
-use hmac::{Hmac, Mac};
 use http::{header, Request};
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::gateway::check::{Issues, SecretRef};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::ports::Secrets;
-use crate::gateway::providers::adapter::{Adapter, Call, NoTranslation, Reply, StreamMode, Translated};
+use crate::gateway::ports::{Clock, Secrets, Upstream};
+use crate::gateway::providers::adapter::{Adapter, Call, Reply, StreamMode, Translated};
+use crate::gateway::providers::aws::{self, uri_encode, AssumeRole, Credentials, KeyRefs, Scope};
 use crate::gateway::providers::common::{
-    check_url, finish_request, join_url, post_json, resolve_secret, string_config, synthetic_id,
+    check_url, finish_request, join_url, map_params, param, post_json, resolve_secret, string_config, synthetic_id,
+    Param, Shape,
 };
+use crate::gateway::providers::token::{not_authorized, TokenCache};
 use crate::gateway::types::{Operation, Usage};
-use crate::gateway::util::text::hex;
 use crate::gateway::wire::json::{bad_response, json_body};
-use crate::gateway::wire::openai::{assistant_message, embedding_list, usage_json};
+use crate::gateway::wire::openai::{assistant_message, embedding_list, usage_json, write_error_chunk, ChunkWriter};
+use crate::gateway::wire::sse::{self, SseEvent};
+use crate::gateway::wire::stream::StreamTranslate;
 
-const CONFIG_KEYS: &[&str] = &["aws_config", "bedrock_api_base"];
+const CONFIG_KEYS: &[&str] = &["aws_config", "bedrock_api_base", "sts_api_base"];
 const AWS_KEYS: &[&str] = &[
     "aws_region",
     "aws_access_key_id",
@@ -36,62 +47,78 @@ const AWS_KEYS: &[&str] = &[
     "aws_session_token",
     "aws_role_arn",
     "session_length_seconds",
+    "aws_bearer_token",
 ];
 const SERVICE: &str = "bedrock";
+/// MLflow's `AWSRole.session_length_seconds` default.
+const DEFAULT_SESSION_SECS: u64 = 15 * 60;
+/// The host secret AWS's SDKs read a Bedrock API key from.
+const BEARER_ENV: &str = "AWS_BEARER_TOKEN_BEDROCK";
+const AWS_CONFIG_SHAPE: &str = "{aws_region, and one of: aws_bearer_token | aws_access_key_id + \
+    aws_secret_access_key (+ aws_session_token) | aws_role_arn (+ session_length_seconds) | nothing more (host \
+    secrets)}";
+
+/// How Bedrock requests are authenticated (MLflow's `aws_config` forms).
+#[derive(Debug)]
+pub enum AwsAuth {
+    Bearer(SecretRef),
+    Keys(KeyRefs),
+    Role {
+        role_arn: String,
+        session_secs: u64,
+        caller: KeyRefs,
+        credentials: TokenCache<Credentials>,
+    },
+    /// Region only: the host's secrets, as AWS's environment credential provider reads them.
+    Environment,
+}
 
 #[derive(Debug)]
 pub struct Bedrock {
     pub region: String,
-    pub access_key_id: SecretRef,
-    pub secret_access_key: SecretRef,
-    pub session_token: Option<SecretRef>,
+    pub auth: AwsAuth,
     pub api_base: String,
+    pub sts_base: String,
+}
+
+/// Resolved credentials for one request.
+enum Auth {
+    Bearer(String),
+    Signed(Credentials),
 }
 
 impl Bedrock {
     pub fn from_config(path: &str, config: &Map<String, Value>, issues: &mut Issues) -> Option<Bedrock> {
         let before = issues.0.len();
-        let mut api_base = None;
-        let mut aws = None;
-        for (key, value) in config {
-            match (key.as_str(), value) {
-                ("bedrock_api_base", Value::String(base)) => {
-                    check_url(path, key, base, issues);
-                    api_base = Some(base.clone());
-                }
-                ("bedrock_api_base", _) => issues.push(format!("{path}.{key}"), "must be a string"),
-                ("aws_config", Value::Object(map)) => aws = Some(map),
-                ("aws_config", _) => issues.push(
-                    format!("{path}.{key}"),
-                    "must be an object {aws_region, aws_access_key_id, aws_secret_access_key, aws_session_token?}",
-                ),
-                _ => issues.unknown(format!("{path}.{key}"), "bedrock config key", key, CONFIG_KEYS),
+        let mut bases = config.clone();
+        let aws = bases.remove("aws_config");
+        let mut values = string_config(path, "bedrock", &bases, CONFIG_KEYS, issues);
+        let api_base = values.remove("bedrock_api_base");
+        let sts_base = values.remove("sts_api_base");
+        for (key, url) in [("bedrock_api_base", &api_base), ("sts_api_base", &sts_base)] {
+            if let Some(url) = url {
+                check_url(path, key, url, issues);
             }
         }
-        let Some(aws) = aws else {
-            if !config.contains_key("aws_config") {
-                issues.push(
-                    format!("{path}.aws_config"),
-                    "is required: {aws_region, aws_access_key_id, aws_secret_access_key, aws_session_token?}",
-                );
+        let aws = match aws {
+            Some(Value::Object(map)) => map,
+            Some(_) => {
+                issues.push(format!("{path}.aws_config"), format!("must be an object {AWS_CONFIG_SHAPE}"));
+                return None;
             }
-            return None;
+            None => {
+                issues.push(format!("{path}.aws_config"), format!("is required: {AWS_CONFIG_SHAPE}"));
+                return None;
+            }
         };
         let aws_path = format!("{path}.aws_config");
-        let mut values = string_config(&aws_path, "aws_config", aws, AWS_KEYS, issues);
-        for key in ["aws_role_arn", "session_length_seconds"] {
-            if values.remove(key).is_some() {
-                issues.push(
-                    format!("{aws_path}.{key}"),
-                    "is not supported at the edge (assuming a role needs an STS call and a credential cache); \
-                     use aws_access_key_id and aws_secret_access_key (and aws_session_token for temporary \
-                     credentials) instead",
-                );
-            }
-        }
+        let mut values = string_config(&aws_path, "aws_config", &aws, AWS_KEYS, issues);
         let region = values.remove("aws_region");
         match region.as_deref() {
-            None => issues.push(format!("{aws_path}.aws_region"), "is required (e.g. \"us-east-1\")"),
+            None => issues.push(
+                format!("{aws_path}.aws_region"),
+                "is required at the edge (e.g. \"us-east-1\"; there is no AWS region chain to fall back on)",
+            ),
             Some(r)
                 if r.is_empty() || !r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
             {
@@ -105,144 +132,125 @@ impl Bedrock {
             }
             Some(_) => {}
         }
-        let access_key_id = values.remove("aws_access_key_id");
-        let secret_access_key = values.remove("aws_secret_access_key");
-        for (key, value) in [("aws_access_key_id", &access_key_id), ("aws_secret_access_key", &secret_access_key)] {
-            if value.is_none() {
-                issues.push(
-                    format!("{aws_path}.{key}"),
-                    "is required (the edge has no AWS default credential chain; use a \"$SECRET_NAME\" reference)",
-                );
-            }
-        }
+        let auth = aws_auth(&aws_path, &mut values, issues);
         if issues.0.len() != before {
             return None;
         }
         let region = region?;
         Some(Bedrock {
             api_base: api_base.unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com")),
+            sts_base: sts_base.unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com")),
             region,
-            access_key_id: SecretRef::parse(&access_key_id?),
-            secret_access_key: SecretRef::parse(&secret_access_key?),
-            session_token: values.remove("aws_session_token").map(|t| SecretRef::parse(&t)),
+            auth: auth?,
+        })
+    }
+
+    /// For a role: assumes it unless fresh credentials are cached.
+    pub async fn authorize<P: Upstream + Secrets + Clock>(&self, ports: &P, timeout_ms: u64) -> Result<()> {
+        let AwsAuth::Role { role_arn, session_secs, caller, credentials } = &self.auth else { return Ok(()) };
+        if credentials.get(ports.now_ms()).is_some() {
+            return Ok(());
+        }
+        let caller = caller.resolve(ports)?;
+        let role = AssumeRole {
+            sts_base: &self.sts_base,
+            region: &self.region,
+            role_arn,
+            duration_secs: *session_secs,
+            caller: &caller,
+        };
+        let (assumed, expires_at) = aws::assume_role(ports, role, timeout_ms).await?;
+        credentials.put(assumed, ports.now_ms(), expires_at);
+        Ok(())
+    }
+
+    fn resolve_auth(&self, secrets: &impl Secrets, now_ms: u64) -> Result<Auth> {
+        Ok(match &self.auth {
+            AwsAuth::Bearer(token) => Auth::Bearer(resolve_secret(token, secrets)?),
+            AwsAuth::Keys(keys) => Auth::Signed(keys.resolve(secrets)?),
+            AwsAuth::Role { credentials, .. } => {
+                Auth::Signed(credentials.get(now_ms).ok_or_else(|| not_authorized("bedrock role"))?)
+            }
+            AwsAuth::Environment => match secrets.secret(BEARER_ENV).filter(|t| !t.is_empty()) {
+                Some(token) => Auth::Bearer(token),
+                None => Auth::Signed(KeyRefs::environment().resolve(secrets)?),
+            },
         })
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// AWS Signature Version 4
-
-type HmacSha256 = Hmac<Sha256>;
-
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    // HMAC takes keys of any length, so `new_from_slice` cannot fail.
-    match HmacSha256::new_from_slice(key) {
-        Ok(mut mac) => {
-            mac.update(data);
-            mac.finalize().into_bytes().into()
+/// The `aws_config` form (MLflow's `AWSBearerToken | AWSRole | AWSIdAndKey | AWSBaseConfig`).
+fn aws_auth(
+    path: &str,
+    values: &mut std::collections::HashMap<String, String>,
+    issues: &mut Issues,
+) -> Option<AwsAuth> {
+    let bearer = values.remove("aws_bearer_token");
+    let role_arn = values.remove("aws_role_arn");
+    let session = values.remove("session_length_seconds");
+    let key_id = values.remove("aws_access_key_id");
+    let secret = values.remove("aws_secret_access_key");
+    let token = values.remove("aws_session_token");
+    let keys = match (key_id, secret) {
+        (Some(id), Some(secret)) => Some(KeyRefs {
+            access_key_id: SecretRef::parse(&id),
+            secret_access_key: SecretRef::parse(&secret),
+            session_token: token.map(|t| SecretRef::parse(&t)),
+            session_token_optional: false,
+        }),
+        (Some(_), None) => {
+            issues.push(format!("{path}.aws_secret_access_key"), "is required with aws_access_key_id");
+            None
         }
-        Err(_) => [0; 32],
-    }
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
-}
-
-/// RFC 3986 percent-encoding of everything but the unreserved characters, as SigV4 wants.
-fn uri_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
+        (None, Some(_)) => {
+            issues.push(format!("{path}.aws_access_key_id"), "is required with aws_secret_access_key");
+            None
         }
-    }
-    out
-}
-
-/// SigV4's canonical URI for every service but S3: each segment of the path *as sent* is
-/// URI-encoded again, so a model id's `:` travels as `%3A` and is signed as `%253A`.
-fn canonical_uri(path: &str) -> String {
-    if path.is_empty() {
-        return "/".to_string();
-    }
-    path.split('/').map(uri_encode).collect::<Vec<_>>().join("/")
-}
-
-/// `YYYYMMDDTHHMMSSZ` for a Unix time in milliseconds (proleptic Gregorian, UTC).
-fn amz_date(now_ms: u64) -> String {
-    let secs = now_ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's days-to-civil, for non-negative day counts.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!("{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-/// One request to sign. `path` is the path exactly as it goes on the wire and `query` the
-/// already-canonical query string; `headers` are the signed headers with lowercase names.
-struct SigningRequest<'a> {
-    method: &'a str,
-    path: &'a str,
-    query: &'a str,
-    headers: &'a [(&'a str, &'a str)],
-    payload_hash: &'a str,
-    amz_date: &'a str,
-    region: &'a str,
-    service: &'a str,
-}
-
-/// The `Authorization` header value for `req` (AWS4-HMAC-SHA256).
-fn authorization(req: &SigningRequest<'_>, access_key_id: &str, secret_access_key: &str) -> String {
-    let mut headers: Vec<(String, String)> = req
-        .headers
-        .iter()
-        .map(|(name, value)| (name.to_ascii_lowercase(), value.split_whitespace().collect::<Vec<_>>().join(" ")))
-        .collect();
-    headers.sort();
-    let signed_headers = headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(";");
-    let canonical_headers: String = headers.iter().map(|(n, v)| format!("{n}:{v}\n")).collect();
-    let canonical_request = format!(
-        "{}\n{}\n{}\n{canonical_headers}\n{signed_headers}\n{}",
-        req.method,
-        canonical_uri(req.path),
-        req.query,
-        req.payload_hash
-    );
-    let date = req.amz_date.get(..8).unwrap_or(req.amz_date);
-    let scope = format!("{date}/{}/{}/aws4_request", req.region, req.service);
-    let string_to_sign =
-        format!("AWS4-HMAC-SHA256\n{}\n{scope}\n{}", req.amz_date, sha256_hex(canonical_request.as_bytes()));
-    let mut key = hmac(format!("AWS4{secret_access_key}").as_bytes(), date.as_bytes());
-    for part in [req.region, req.service, "aws4_request"] {
-        key = hmac(&key, part.as_bytes());
-    }
-    let signature = hex(&hmac(&key, string_to_sign.as_bytes()));
-    format!(
-        "AWS4-HMAC-SHA256 Credential={access_key_id}/{scope}, SignedHeaders={signed_headers}, Signature={signature}"
-    )
-}
-
-/// The `Host` header an HTTP client sends for `uri` (default ports dropped, no userinfo).
-fn host_header(uri: &http::Uri) -> Option<String> {
-    let host = uri.host()?;
-    let default_port = match uri.scheme_str() {
-        Some("https") => 443,
-        _ => 80,
+        (None, None) => {
+            if token.is_some() {
+                issues.push(
+                    format!("{path}.aws_session_token"),
+                    "goes with aws_access_key_id and aws_secret_access_key (temporary credentials)",
+                );
+            }
+            None
+        }
     };
-    Some(match uri.port_u16() {
-        Some(port) if port != default_port => format!("{host}:{port}"),
-        _ => host.to_string(),
-    })
+    if session.is_some() && role_arn.is_none() {
+        issues.push(format!("{path}.session_length_seconds"), "only applies with aws_role_arn");
+    }
+    if let Some(bearer) = bearer {
+        if keys.is_some() || role_arn.is_some() {
+            issues.push(
+                format!("{path}.aws_bearer_token"),
+                "is a credential form of its own: leave out the access keys and aws_role_arn",
+            );
+            return None;
+        }
+        return Some(AwsAuth::Bearer(SecretRef::parse(&bearer)));
+    }
+    if let Some(role_arn) = role_arn {
+        if !role_arn.starts_with("arn:") {
+            issues.push(
+                format!("{path}.aws_role_arn"),
+                format!("\"{role_arn}\" is not a role ARN (arn:aws:iam::<account>:role/<name>)"),
+            );
+        }
+        let session_secs = match session.as_deref().map(str::parse::<u64>) {
+            None => DEFAULT_SESSION_SECS,
+            Some(Ok(secs)) if (900..=43_200).contains(&secs) => secs,
+            Some(_) => {
+                issues.push(
+                    format!("{path}.session_length_seconds"),
+                    "must be a whole number of seconds from 900 to 43200 (what STS allows)",
+                );
+                DEFAULT_SESSION_SECS
+            }
+        };
+        let caller = keys.unwrap_or_else(KeyRefs::environment);
+        return Some(AwsAuth::Role { role_arn, session_secs, caller, credentials: TokenCache::default() });
+    }
+    Some(keys.map_or(AwsAuth::Environment, AwsAuth::Keys))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -439,6 +447,15 @@ fn tool_config(body: &Map<String, Value>) -> Result<Option<Value>> {
     Ok(Some(config))
 }
 
+/// OpenAI sampling fields → Converse `inferenceConfig`.
+const INFERENCE_PARAMS: &[Param] = &[
+    param("max_completion_tokens", "maxTokens", Shape::Count),
+    param("max_tokens", "maxTokens", Shape::Count),
+    param("temperature", "temperature", Shape::Number),
+    param("top_p", "topP", Shape::Number),
+    param("stop", "stopSequences", Shape::Stops),
+];
+
 fn converse_body(op: Operation, body: &Map<String, Value>) -> Result<Value> {
     let (system, messages) = match op {
         Operation::Completions => {
@@ -463,24 +480,7 @@ fn converse_body(op: Operation, body: &Map<String, Value>) -> Result<Value> {
         out.insert("system".into(), Value::Array(system));
     }
     let mut inference = Map::new();
-    let present = |key: &str| body.get(key).filter(|v| !v.is_null()).cloned();
-    if let Some(max) = present("max_completion_tokens").or_else(|| present("max_tokens")) {
-        inference.insert("maxTokens".into(), max);
-    }
-    for (from, to) in [("temperature", "temperature"), ("top_p", "topP")] {
-        if let Some(v) = present(from) {
-            inference.insert(to.into(), v);
-        }
-    }
-    match present("stop") {
-        Some(Value::String(s)) => {
-            inference.insert("stopSequences".into(), json!([s]));
-        }
-        Some(list @ Value::Array(_)) => {
-            inference.insert("stopSequences".into(), list);
-        }
-        _ => {}
-    }
+    map_params(body, INFERENCE_PARAMS, &mut inference)?;
     if !inference.is_empty() {
         out.insert("inferenceConfig".into(), Value::Object(inference));
     }
@@ -580,7 +580,7 @@ fn embeddings_answer(value: &Value) -> Result<(Vec<Value>, Usage)> {
 }
 
 impl Adapter for Bedrock {
-    type Stream = NoTranslation;
+    type Stream = ConverseStreamToOpenAi;
 
     fn default_base(&self) -> &str {
         &self.api_base
@@ -588,7 +588,10 @@ impl Adapter for Bedrock {
 
     fn build_request(&self, call: Call<'_>, secrets: &impl Secrets) -> Result<Request<Vec<u8>>> {
         let (payload, action) = match call.op {
-            Operation::Chat | Operation::Completions => (converse_body(call.op, &call.body)?, "converse"),
+            Operation::Chat | Operation::Completions => {
+                let action = if call.stream { "converse-stream" } else { "converse" };
+                (converse_body(call.op, &call.body)?, action)
+            }
             Operation::Embeddings => (embed_body(call.model, &call.body)?, "invoke"),
             Operation::Predict => {
                 return Err(GatewayError::bad_request(
@@ -597,44 +600,18 @@ impl Adapter for Bedrock {
                 ))
             }
         };
-        let access_key_id = resolve_secret(&self.access_key_id, secrets)?;
-        let secret_access_key = resolve_secret(&self.secret_access_key, secrets)?;
-        let session_token = self.session_token.as_ref().map(|t| resolve_secret(t, secrets)).transpose()?;
-
+        let auth = self.resolve_auth(secrets, call.now_ms)?;
         let url = join_url(call.base_url, &format!("model/{}/{action}", uri_encode(call.model)));
-        let uri: http::Uri = url.parse().map_err(|e| {
-            GatewayError::not_configured(ErrorCode::BadOriginRequest, format!("cannot build the origin request: {e}"))
-        })?;
-        let Some(host) = host_header(&uri) else {
-            return Err(GatewayError::not_configured(ErrorCode::BadOriginRequest, "the Bedrock base URL has no host"));
-        };
         let body = json_body(&payload)?;
-        let payload_hash = sha256_hex(&body);
-        let date = amz_date(call.now_ms);
-        let mut signed: Vec<(&str, &str)> =
-            vec![("host", &host), ("x-amz-content-sha256", &payload_hash), ("x-amz-date", &date)];
-        if let Some(token) = &session_token {
-            signed.push(("x-amz-security-token", token));
-        }
-        let request = SigningRequest {
-            method: "POST",
-            path: uri.path(),
-            query: "",
-            headers: &signed,
-            payload_hash: &payload_hash,
-            amz_date: &date,
-            region: &self.region,
-            service: SERVICE,
+        let accept = if action == "converse-stream" { aws::EVENT_STREAM } else { "application/json" };
+        let builder = post_json(&url).header(header::ACCEPT, accept);
+        let builder = match auth {
+            Auth::Bearer(token) => builder.header(header::AUTHORIZATION, format!("Bearer {token}")),
+            Auth::Signed(credentials) => {
+                let scope = Scope { region: &self.region, service: SERVICE };
+                aws::sign(builder, &url, &body, &[], &credentials, scope, call.now_ms)?
+            }
         };
-        let auth = authorization(&request, &access_key_id, &secret_access_key);
-        let mut builder = post_json(&url)
-            .header(header::ACCEPT, "application/json")
-            .header("x-amz-date", &date)
-            .header("x-amz-content-sha256", &payload_hash)
-            .header(header::AUTHORIZATION, auth);
-        if let Some(token) = &session_token {
-            builder = builder.header("x-amz-security-token", token);
-        }
         finish_request(builder, body)
     }
 
@@ -674,15 +651,131 @@ impl Adapter for Bedrock {
         Ok(Translated { body: json_body(&translated)?, usage: Some(usage) })
     }
 
-    fn stream_mode(&self, _op: Operation, _model: &str, _now_ms: u64) -> StreamMode<Self::Stream> {
-        // ConverseStream frames events in AWS's binary event-stream encoding, not SSE.
-        StreamMode::Buffered
+    fn stream_mode(&self, op: Operation, model: &str, now_ms: u64) -> StreamMode<Self::Stream> {
+        match op {
+            Operation::Chat | Operation::Completions => {
+                StreamMode::Translate(ConverseStreamToOpenAi::new(op, model, now_ms))
+            }
+            Operation::Embeddings | Operation::Predict => StreamMode::Buffered,
+        }
+    }
+}
+
+/// `ConverseStream` events (decoded from the event stream by `aws::EventStreamToSse`, named by
+/// their `:event-type`) → OpenAI chunks: `messageStart`, `contentBlockStart` (a tool use),
+/// `contentBlockDelta` (text or tool input), `messageStop` (the stop reason), `metadata`
+/// (usage), and `exception` (a mid-stream error or a framing error such as a bad checksum).
+pub struct ConverseStreamToOpenAi {
+    chunks: ChunkWriter,
+    started: bool,
+    /// Converse content block index → OpenAI `tool_calls[].index`.
+    tools: Vec<(u64, u64)>,
+    usage: Option<Usage>,
+    stopped: bool,
+    failed: bool,
+    done: bool,
+}
+
+impl ConverseStreamToOpenAi {
+    pub fn new(op: Operation, model: &str, now_ms: u64) -> Self {
+        let id = synthetic_id(if op == Operation::Completions { "cmpl" } else { "chatcmpl" }, model.as_bytes(), now_ms);
+        ConverseStreamToOpenAi {
+            chunks: ChunkWriter::new(op, &id, model, now_ms),
+            started: false,
+            tools: Vec::new(),
+            usage: None,
+            stopped: false,
+            failed: false,
+            done: false,
+        }
+    }
+
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if !std::mem::replace(&mut self.started, true) {
+            self.chunks.role(out, 0);
+        }
+    }
+}
+
+impl StreamTranslate for ConverseStreamToOpenAi {
+    fn event(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
+        if self.failed || self.done {
+            return;
+        }
+        let Ok(data) = serde_json::from_str::<Value>(&event.data) else { return };
+        let index = data.get("contentBlockIndex").and_then(Value::as_u64).unwrap_or(0);
+        match event.event.as_deref().unwrap_or_default() {
+            "messageStart" => self.start(out),
+            "contentBlockStart" => {
+                self.start(out);
+                if let Some(tool) = data.pointer("/start/toolUse") {
+                    let n = self.tools.len() as u64;
+                    self.tools.push((index, n));
+                    let call = json!({
+                        "index": n, "id": tool.get("toolUseId").cloned().unwrap_or(Value::Null), "type": "function",
+                        "function": {"name": tool.get("name").cloned().unwrap_or(Value::Null), "arguments": ""},
+                    });
+                    self.chunks.tool_call(out, 0, call);
+                }
+            }
+            "contentBlockDelta" => {
+                self.start(out);
+                let delta = data.get("delta");
+                if let Some(text) = delta.and_then(|d| d.get("text")).and_then(Value::as_str) {
+                    self.chunks.text(out, 0, text);
+                } else if let Some(input) = delta.and_then(|d| d.pointer("/toolUse/input")).and_then(Value::as_str) {
+                    let tool = self.tools.iter().find(|(block, _)| *block == index).map(|(_, n)| *n);
+                    if let Some(n) = tool.filter(|_| !input.is_empty()) {
+                        self.chunks.tool_call(out, 0, json!({"index": n, "function": {"arguments": input}}));
+                    }
+                }
+                // reasoningContent and citations have no OpenAI counterpart.
+            }
+            "messageStop" => {
+                self.start(out);
+                if !std::mem::replace(&mut self.stopped, true) {
+                    let reason = finish_reason(data.get("stopReason").and_then(Value::as_str));
+                    self.chunks.finish(out, 0, reason);
+                }
+            }
+            "metadata" => {
+                let count = |key: &str| data.pointer(&format!("/usage/{key}")).and_then(Value::as_u64);
+                if let (Some(input), Some(output)) = (count("inputTokens"), count("outputTokens")) {
+                    self.usage = Some(Usage { prompt_tokens: input, completion_tokens: output });
+                }
+            }
+            "exception" => {
+                let kind = data.get("type").and_then(Value::as_str).unwrap_or("exception");
+                let message = data.get("message").and_then(Value::as_str).unwrap_or_default();
+                write_error_chunk(out, &format!("origin stream failed ({kind}): {message}"), "origin_stream_error");
+                self.failed = true;
+            }
+            _ => {} // contentBlockStop, future event types
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        if !self.stopped && !self.failed {
+            write_error_chunk(out, "origin stream ended early", "origin_stream_cut");
+        }
+        if let Some(usage) = self.usage {
+            self.chunks.usage(out, usage);
+        }
+        sse::write_done(out);
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::providers::aws::{authorization, sha256_hex, SigningRequest};
     use crate::gateway::providers::test_support::{self, call, config_issues, parsed, sent, TestSecrets};
     use http::StatusCode;
 
@@ -709,40 +802,6 @@ mod tests {
 
     fn issues_of(config: Value) -> Vec<String> {
         config_issues(Bedrock::from_config, config)
-    }
-
-    #[test]
-    fn sigv4_get_vanilla_test_vector() {
-        // aws-sig-v4-test-suite/get-vanilla.
-        let empty_hash = sha256_hex(b"");
-        let request = SigningRequest {
-            method: "GET",
-            path: "/",
-            query: "",
-            headers: &[("host", "example.amazonaws.com"), ("x-amz-date", "20150830T123600Z")],
-            payload_hash: &empty_hash,
-            amz_date: "20150830T123600Z",
-            region: "us-east-1",
-            service: "service",
-        };
-        assert_eq!(
-            authorization(&request, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
-            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, \
-             SignedHeaders=host;x-amz-date, \
-             Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
-        );
-    }
-
-    #[test]
-    fn dates_and_uri_encoding() {
-        assert_eq!(amz_date(1_440_938_160_000), "20150830T123600Z");
-        assert_eq!(amz_date(0), "19700101T000000Z");
-        assert_eq!(amz_date(951_782_400_000), "20000229T000000Z");
-        assert_eq!(amz_date(1_709_251_199_999), "20240229T235959Z");
-        assert_eq!(amz_date(4_102_444_800_000), "21000101T000000Z");
-        assert_eq!(uri_encode("a.b-c_d~e:0/ x"), "a.b-c_d~e%3A0%2F%20x");
-        assert_eq!(canonical_uri("/model/a.b-v1%3A0/converse"), "/model/a.b-v1%253A0/converse");
-        assert_eq!(canonical_uri(""), "/");
     }
 
     #[test]
@@ -886,22 +945,299 @@ mod tests {
 
     #[test]
     fn config_issues_name_their_path() {
-        let text = issues_of(json!({"aws_config": {"aws_regon": "us-east-1", "aws_role_arn": "arn:aws:iam::1:role/x",
-            "session_length_seconds": 900}, "bedrock_api_bas": "x"}));
+        let text = issues_of(json!({"aws_config": {"aws_regon": "us-east-1", "aws_role_arn": "role/x",
+            "session_length_seconds": 60}, "bedrock_api_bas": "x"}));
         let has = |prefix: &str| text.iter().any(|t| t.starts_with(prefix));
         assert!(has("e.config.bedrock_api_bas: unknown bedrock config key"), "{text:?}");
         assert!(text.iter().any(|t| t.contains("did you mean \"aws_region\"")), "{text:?}");
-        assert!(has("e.config.aws_config.aws_role_arn: is not supported at the edge"), "{text:?}");
-        assert!(has("e.config.aws_config.session_length_seconds: is not supported"), "{text:?}");
-        assert!(has("e.config.aws_config.aws_region: is required"), "{text:?}");
-        assert!(has("e.config.aws_config.aws_access_key_id: is required"), "{text:?}");
+        assert!(has("e.config.aws_config.aws_role_arn: \"role/x\" is not a role ARN"), "{text:?}");
+        assert!(
+            has("e.config.aws_config.session_length_seconds: must be a whole number of seconds from 900"),
+            "{text:?}"
+        );
+        assert!(has("e.config.aws_config.aws_region: is required at the edge"), "{text:?}");
 
         assert!(issues_of(json!({}))[0].starts_with("e.config.aws_config: is required: {aws_region, "));
         assert!(issues_of(json!({"aws_config": "x"}))[0].starts_with("e.config.aws_config: must be an object"));
         let text = issues_of(json!({"aws_config": {"aws_region": "$AWS_REGION", "aws_access_key_id": "a",
-            "aws_secret_access_key": "b"}, "bedrock_api_base": "bedrock.local"}));
+            "aws_secret_access_key": "b"}, "bedrock_api_base": "bedrock.local", "sts_api_base": "sts"}));
         assert!(text.iter().any(|t| t.starts_with("e.config.aws_config.aws_region: \"$AWS_REGION\" is not")));
         assert!(text.iter().any(|t| t.starts_with("e.config.bedrock_api_base: \"bedrock.local\" must start")));
+        assert!(text.iter().any(|t| t.starts_with("e.config.sts_api_base: \"sts\" must start")));
+        let region = |extra: Value| {
+            let mut aws = json!({"aws_region": "us-east-1"});
+            aws.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            issues_of(json!({"aws_config": aws}))
+        };
+        assert_eq!(
+            region(json!({"aws_access_key_id": "a"})),
+            ["e.config.aws_config.aws_secret_access_key: is required with aws_access_key_id"]
+        );
+        assert_eq!(
+            region(json!({"aws_secret_access_key": "a"})),
+            ["e.config.aws_config.aws_access_key_id: is required with aws_secret_access_key"]
+        );
+        assert!(region(json!({"aws_session_token": "t"}))[0]
+            .starts_with("e.config.aws_config.aws_session_token: goes with"));
+        assert!(region(json!({"session_length_seconds": 900}))[0].contains("only applies with aws_role_arn"));
+        assert!(region(json!({"aws_bearer_token": "b", "aws_role_arn": "arn:aws:iam::1:role/r"}))[0]
+            .starts_with("e.config.aws_config.aws_bearer_token: is a credential form of its own"));
+    }
+
+    fn aws_form(aws: Value) -> Bedrock {
+        test_support::adapter(Bedrock::from_config, json!({"aws_config": aws}))
+    }
+
+    #[test]
+    fn every_mlflow_aws_config_form_is_served() {
+        let p = aws_form(json!({"aws_region": "eu-west-1", "aws_bearer_token": "$BEDROCK_KEY"}));
+        assert!(matches!(p.auth, AwsAuth::Bearer(_)));
+        let secrets = TestSecrets(&[("BEDROCK_KEY", "bedrock-api-key")]);
+        let req = p
+            .build_request(
+                call(
+                    Operation::Chat,
+                    MODEL,
+                    json!({"messages": [{"role": "user", "content": "x"}]}),
+                    p.default_base(),
+                    false,
+                    0,
+                ),
+                &secrets,
+            )
+            .unwrap();
+        assert_eq!(req.headers()["authorization"], "Bearer bedrock-api-key");
+        assert!(req.headers().get("x-amz-date").is_none());
+
+        let p = aws_form(json!({"aws_region": "eu-west-1", "aws_role_arn": "arn:aws:iam::1:role/r"}));
+        let AwsAuth::Role { session_secs, caller, .. } = &p.auth else { panic!("{:?}", p.auth) };
+        assert_eq!((*session_secs, caller), (900, &KeyRefs::environment()));
+        assert_eq!(p.sts_base, "https://sts.eu-west-1.amazonaws.com");
+
+        let p = aws_form(json!({"aws_region": "eu-west-1"}));
+        assert!(matches!(p.auth, AwsAuth::Environment));
+        // Region only: the host's AWS_* secrets, a Bedrock API key first.
+        let req = build(&p, Operation::Chat, MODEL, json!({"messages": [{"role": "user", "content": "x"}]})).unwrap();
+        assert!(req.headers()["authorization"].to_str().unwrap().contains("Credential=AKIDEXAMPLE/"));
+        assert_eq!(req.headers()["x-amz-security-token"], "session-token");
+        let keyed = TestSecrets(&[(BEARER_ENV, "abk")]);
+        let req = p
+            .build_request(
+                call(
+                    Operation::Chat,
+                    MODEL,
+                    json!({"messages": [{"role": "user", "content": "x"}]}),
+                    p.default_base(),
+                    false,
+                    0,
+                ),
+                &keyed,
+            )
+            .unwrap();
+        assert_eq!(req.headers()["authorization"], "Bearer abk");
+    }
+
+    #[test]
+    fn a_role_is_assumed_once_and_its_credentials_sign_the_call() {
+        use crate::gateway::ports::memory::{block_on, MemoryHost};
+        use http::Response;
+        let sts = r#"<AssumeRoleResponse><AssumeRoleResult><Credentials><AccessKeyId>ASIAROLE</AccessKeyId>
+            <SecretAccessKey>rolesecret</SecretAccessKey><SessionToken>roletoken</SessionToken>
+            <Expiration>2023-11-14T23:13:20Z</Expiration></Credentials></AssumeRoleResult></AssumeRoleResponse>"#;
+        let host = MemoryHost::new(move |_| Ok(Response::new(sts.as_bytes().to_vec())))
+            .with_secret("AWS_ACCESS_KEY_ID", "AKIDCALLER")
+            .with_secret("AWS_SECRET_ACCESS_KEY", "callersecret");
+        let p = aws_form(json!({"aws_region": "us-east-1", "aws_role_arn": "arn:aws:iam::1:role/r",
+            "session_length_seconds": 3600}));
+        let chat = || json!({"messages": [{"role": "user", "content": "x"}]});
+        let e =
+            p.build_request(call(Operation::Chat, MODEL, chat(), p.default_base(), false, host.now_ms.get()), &host);
+        assert_eq!(e.unwrap_err().status, StatusCode::INTERNAL_SERVER_ERROR, "not authorized yet");
+        block_on(p.authorize(&host, 1000)).unwrap();
+        block_on(p.authorize(&host, 1000)).unwrap();
+        assert_eq!(host.sent.borrow().len(), 1, "the role's credentials are cached");
+        let sts_call = host.sent.borrow()[0].headers()["authorization"].to_str().unwrap().to_string();
+        assert!(sts_call.contains("Credential=AKIDCALLER/20231114/us-east-1/sts/aws4_request"), "{sts_call}");
+        assert!(String::from_utf8_lossy(host.sent.borrow()[0].body()).contains("DurationSeconds=3600"));
+        let req = p
+            .build_request(call(Operation::Chat, MODEL, chat(), p.default_base(), false, host.now_ms.get()), &host)
+            .unwrap();
+        assert!(req.headers()["authorization"].to_str().unwrap().contains("Credential=ASIAROLE/"));
+        assert_eq!(req.headers()["x-amz-security-token"], "roletoken");
+        // Shortly before the credentials expire (an hour after 22:13:20), they are fetched again.
+        host.advance(3_600_000 - 299_000);
+        block_on(p.authorize(&host, 1000)).unwrap();
+        assert_eq!(host.sent.borrow().len(), 2);
+    }
+
+    #[test]
+    fn streaming_asks_for_converse_stream() {
+        let p = adapter(json!({}));
+        let req = p
+            .build_request(
+                call(
+                    Operation::Chat,
+                    MODEL,
+                    json!({"messages": [{"role": "user", "content": "x"}]}),
+                    p.default_base(),
+                    true,
+                    0,
+                ),
+                &SECRETS,
+            )
+            .unwrap();
+        assert!(req.uri().path().ends_with("/converse-stream"));
+        assert_eq!(req.headers()["accept"], "application/vnd.amazon.eventstream");
+    }
+
+    fn converse_stream(frames: &[(&str, Value)]) -> Vec<u8> {
+        frames
+            .iter()
+            .flat_map(|(kind, payload)| {
+                aws::encode_message(
+                    &[(":event-type", kind), (":content-type", "application/json"), (":message-type", "event")],
+                    payload.to_string().as_bytes(),
+                )
+            })
+            .collect()
+    }
+
+    /// Event-stream bytes through the decoder and the translator, at every split point.
+    fn run_stream(op: Operation, bytes: &[u8]) -> (Vec<Value>, Option<Usage>) {
+        use crate::gateway::pipeline::stream::{Stage, StreamPump};
+        use crate::gateway::providers::ProviderStream;
+        use crate::gateway::test_util::parse_sse;
+        let run = |parts: &[&[u8]]| {
+            let translator = ConverseStreamToOpenAi::new(op, MODEL, 1_700_000_000_000);
+            let provider = ProviderStream::from(translator);
+            let mut decoder = provider.decoder().unwrap();
+            let mut pump = StreamPump::new(vec![Stage::Provider(provider)]);
+            let mut out = Vec::new();
+            for part in parts {
+                let mut sse = Vec::new();
+                decoder.decode(part, &mut sse);
+                out.extend(pump.chunk(&sse));
+            }
+            let mut sse = Vec::new();
+            decoder.finish(&mut sse);
+            out.extend(pump.chunk(&sse));
+            out.extend(pump.end());
+            (out, pump.summary().usage)
+        };
+        let (whole, usage) = run(&[bytes]);
+        for split in (0..=bytes.len()).step_by(7) {
+            assert_eq!(run(&[&bytes[..split], &bytes[split..]]).0, whole, "split at {split}");
+        }
+        let events = parse_sse(&whole).into_iter().map(|(_, d)| d).collect();
+        (events, usage)
+    }
+
+    #[test]
+    fn converse_stream_becomes_openai_chunks() {
+        let bytes = converse_stream(&[
+            ("messageStart", json!({"role": "assistant"})),
+            ("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "Hello"}})),
+            ("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": " there"}})),
+            ("contentBlockStop", json!({"contentBlockIndex": 0})),
+            (
+                "contentBlockStart",
+                json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tu1", "name": "f"}}}),
+            ),
+            ("contentBlockDelta", json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"a\":"}}})),
+            ("contentBlockDelta", json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "1}"}}})),
+            ("messageStop", json!({"stopReason": "tool_use"})),
+            (
+                "metadata",
+                json!({"usage": {"inputTokens": 7, "outputTokens": 3, "totalTokens": 10}, "metrics": {"latencyMs": 5}}),
+            ),
+        ]);
+        let (events, usage) = run_stream(Operation::Chat, &bytes);
+        assert_eq!(usage, Some(Usage { prompt_tokens: 7, completion_tokens: 3 }));
+        assert_eq!(events[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+        let text: String = events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+        assert_eq!(text, "Hello there");
+        let calls: Vec<&Value> = events.iter().filter_map(|e| e["choices"][0]["delta"].get("tool_calls")).collect();
+        assert_eq!(
+            calls[0][0],
+            json!({"index": 0, "id": "tu1", "type": "function", "function": {"name": "f", "arguments": ""}})
+        );
+        let args: String = calls.iter().filter_map(|c| c[0]["function"]["arguments"].as_str()).collect();
+        assert_eq!(args, "{\"a\":1}");
+        let finishes: Vec<&Value> =
+            events.iter().map(|e| &e["choices"][0]["finish_reason"]).filter(|f| !f.is_null()).collect();
+        assert_eq!(finishes, [&json!("tool_calls")]);
+        let n = events.len();
+        assert_eq!(events[n - 2]["usage"], json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}));
+        assert_eq!(events[n - 1], json!("[DONE]"));
+        assert!(events.iter().filter(|e| e.is_object()).all(|e| e["object"] == "chat.completion.chunk"));
+
+        let (events, _) = run_stream(
+            Operation::Completions,
+            &converse_stream(&[
+                ("messageStart", json!({"role": "assistant"})),
+                ("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "Hi"}})),
+                ("messageStop", json!({"stopReason": "max_tokens"})),
+            ]),
+        );
+        assert_eq!(events[0]["object"], "text_completion");
+        assert_eq!(events[0]["choices"][0]["text"], "Hi");
+        assert_eq!(events[1]["choices"][0]["finish_reason"], "length");
+    }
+
+    #[test]
+    fn a_bad_checksum_or_a_cut_ends_the_stream_with_an_error_chunk() {
+        let mut bytes = converse_stream(&[
+            ("messageStart", json!({"role": "assistant"})),
+            ("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "Hello"}})),
+            ("messageStop", json!({"stopReason": "end_turn"})),
+        ]);
+        let n = bytes.len();
+        bytes[n - 10] ^= 0xff; // inside the last frame's payload
+        let (events, _) = run_stream(Operation::Chat, &bytes);
+        let last_two = &events[events.len() - 2..];
+        assert_eq!(last_two[0]["error"]["code"], "origin_stream_error");
+        assert!(last_two[0]["error"]["message"].as_str().unwrap().contains("checksum mismatch"), "{events:?}");
+        assert_eq!(last_two[1], json!("[DONE]"));
+        assert!(events.iter().all(|e| e["choices"][0]["finish_reason"].is_null()), "no finish after a bad frame");
+
+        let good = converse_stream(&[
+            ("messageStart", json!({"role": "assistant"})),
+            ("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "Hel"}})),
+        ]);
+        let (events, _) = run_stream(Operation::Chat, &good[..good.len() - 5]);
+        assert_eq!(events[events.len() - 2]["error"]["code"], "origin_stream_error");
+        let (events, _) = run_stream(Operation::Chat, &good);
+        assert_eq!(events[events.len() - 2]["error"]["code"], "origin_stream_cut");
+
+        let throttled = [
+            good.clone(),
+            aws::encode_message(
+                &[(":message-type", "exception"), (":exception-type", "throttlingException")],
+                br#"{"message":"slow down"}"#,
+            ),
+        ]
+        .concat();
+        let (events, _) = run_stream(Operation::Chat, &throttled);
+        let error = &events[events.len() - 2]["error"];
+        assert_eq!(error["message"], "origin stream failed (throttlingException): slow down");
+    }
+
+    #[test]
+    fn hostile_stream_events_never_panic() {
+        use crate::gateway::test_util::mutations;
+        let template = json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "t", "name": "f"}},
+            "delta": {"text": "x", "toolUse": {"input": "{}"}}, "stopReason": "end_turn",
+            "usage": {"inputTokens": 1, "outputTokens": 2}});
+        for payload in mutations(&template) {
+            for kind in
+                ["messageStart", "contentBlockStart", "contentBlockDelta", "messageStop", "metadata", "exception"]
+            {
+                let mut t = ConverseStreamToOpenAi::new(Operation::Chat, "m", 0);
+                let mut out = Vec::new();
+                t.event(&SseEvent { event: Some(kind.into()), data: payload.to_string() }, &mut out);
+                t.finish(&mut out);
+            }
+        }
     }
 
     fn translate(op: Operation, status: StatusCode, body: &[u8]) -> Result<(Value, Option<Usage>)> {

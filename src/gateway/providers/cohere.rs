@@ -15,16 +15,41 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
 use crate::gateway::providers::adapter::{Adapter, Call, NoTranslation, Reply, StreamMode, Translated};
 use crate::gateway::providers::common::{
-    finish_request, join_url, post_json, resolve_secret, string_config, synthetic_id, take_api_key, take_base_url,
+    finish_request, join_url, keyed_config, map_params, param, post_json, resolve_secret, synthetic_id, KeySpec, Param,
+    Shape,
 };
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::wire::json::{bad_response, json_body};
 use crate::gateway::wire::openai::{assistant_message, embedding_list, usage_json};
 
-const DEFAULT_BASE: &str = "https://api.cohere.com";
-const CONFIG_KEYS: &[&str] = &["cohere_api_key", "cohere_api_base"];
-/// Cohere-native chat fields a client may send through unchanged.
-const NATIVE_CHAT_FIELDS: &[&str] = &["k", "documents", "citation_options", "safety_mode", "strict_tools", "thinking"];
+/// MLflow's `cohere_api_key`; `cohere_api_base` is our extension.
+const SPEC: KeySpec = KeySpec {
+    provider: "cohere",
+    key: "cohere_api_key",
+    key_required: true,
+    base: Some("cohere_api_base"),
+    default_base: "https://api.cohere.com",
+    extra: &[],
+};
+/// OpenAI fields under Cohere v2's names, then Cohere-native chat fields a client may send
+/// through unchanged.
+const CHAT_PARAMS: &[Param] = &[
+    param("max_completion_tokens", "max_tokens", Shape::Count),
+    param("max_tokens", "max_tokens", Shape::Count),
+    param("temperature", "temperature", Shape::Number),
+    param("top_p", "p", Shape::Number),
+    param("top_k", "k", Shape::Any),
+    param("seed", "seed", Shape::Any),
+    param("frequency_penalty", "frequency_penalty", Shape::Number),
+    param("presence_penalty", "presence_penalty", Shape::Number),
+    param("stop", "stop_sequences", Shape::Stops),
+    param("k", "k", Shape::Any),
+    param("documents", "documents", Shape::Any),
+    param("citation_options", "citation_options", Shape::Any),
+    param("safety_mode", "safety_mode", Shape::Any),
+    param("strict_tools", "strict_tools", Shape::Any),
+    param("thinking", "thinking", Shape::Any),
+];
 
 #[derive(Debug)]
 pub struct Cohere {
@@ -34,17 +59,8 @@ pub struct Cohere {
 
 impl Cohere {
     pub fn from_config(path: &str, config: &Map<String, Value>, issues: &mut Issues) -> Option<Cohere> {
-        let before = issues.0.len();
-        let mut values = string_config(path, "cohere", config, CONFIG_KEYS, issues);
-        let api_key = take_api_key(path, "cohere_api_key", config, &mut values, issues);
-        let api_base = take_base_url(path, "cohere_api_base", &mut values, issues);
-        if issues.0.len() != before {
-            return None;
-        }
-        Some(Cohere {
-            api_key: SecretRef::parse(&api_key?),
-            api_base: api_base.unwrap_or_else(|| DEFAULT_BASE.to_string()),
-        })
+        let keyed = keyed_config(&SPEC, path, config, issues)?;
+        Some(Cohere { api_key: keyed.api_key?, api_base: keyed.api_base })
     }
 }
 
@@ -147,35 +163,7 @@ fn chat_body(model: &str, body: &Map<String, Value>, messages: Vec<Value>) -> Re
     let mut out = Map::new();
     out.insert("model".into(), Value::String(model.to_string()));
     out.insert("messages".into(), Value::Array(messages));
-    if let Some(max) = present("max_completion_tokens").or_else(|| present("max_tokens")) {
-        out.insert("max_tokens".into(), max);
-    }
-    for (from, to) in [
-        ("temperature", "temperature"),
-        ("top_p", "p"),
-        ("top_k", "k"),
-        ("seed", "seed"),
-        ("frequency_penalty", "frequency_penalty"),
-        ("presence_penalty", "presence_penalty"),
-    ] {
-        if let Some(v) = present(from) {
-            out.insert(to.into(), v);
-        }
-    }
-    for key in NATIVE_CHAT_FIELDS {
-        if let Some(v) = present(key) {
-            out.insert((*key).into(), v);
-        }
-    }
-    match present("stop") {
-        Some(Value::String(s)) => {
-            out.insert("stop_sequences".into(), json!([s]));
-        }
-        Some(list @ Value::Array(_)) => {
-            out.insert("stop_sequences".into(), list);
-        }
-        _ => {}
-    }
+    map_params(body, CHAT_PARAMS, &mut out)?;
     match present("response_format") {
         None => {}
         Some(format) => match format.get("type").and_then(Value::as_str) {

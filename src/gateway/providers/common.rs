@@ -11,6 +11,7 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
 use crate::gateway::types::Operation;
 use crate::gateway::util::text::{hex, truncate};
+use crate::gateway::wire::openai::{invalid, number, stop_sequences};
 
 /// Resolves a secret reference, failing with a message that names the reference, never a value.
 pub fn resolve_secret(secret: &SecretRef, secrets: &impl Secrets) -> Result<String> {
@@ -111,6 +112,143 @@ pub fn take_server_url(
     url
 }
 
+/// How a keyed provider's `model.config` is spelled: its credential field, its base-URL field
+/// and default, and any other string fields it reads. One declaration per provider replaces a
+/// hand-written `from_config` (see `keyed_config`).
+#[derive(Debug)]
+pub struct KeySpec {
+    /// The provider name, for "unknown <provider> config key" issues.
+    pub provider: &'static str,
+    /// The credential field (e.g. `cohere_api_key`, or `api_key` for the OpenAI-compatible family).
+    pub key: &'static str,
+    /// Whether the credential must be set (Ollama's may be left out).
+    pub key_required: bool,
+    /// The base-URL field, if the provider has one (MLflow's or our extension).
+    pub base: Option<&'static str>,
+    /// The provider's public API base, used when the base field is absent.
+    pub default_base: &'static str,
+    /// Other string fields the provider reads (returned in `Keyed::extra`).
+    pub extra: &'static [&'static str],
+}
+
+/// A keyed provider's checked config.
+#[derive(Debug)]
+pub struct Keyed {
+    pub api_key: Option<SecretRef>,
+    pub api_base: String,
+    /// The `KeySpec::extra` fields that were set.
+    pub extra: HashMap<String, String>,
+}
+
+/// Checks a keyed provider's `model.config` at `path`: unknown keys (with did-you-mean),
+/// non-strings, a missing or empty credential, a base URL that is not http(s). `None` when any
+/// issue was raised.
+pub fn keyed_config(spec: &KeySpec, path: &str, config: &Map<String, Value>, issues: &mut Issues) -> Option<Keyed> {
+    let before = issues.0.len();
+    let known: Vec<&str> = std::iter::once(spec.key).chain(spec.base).chain(spec.extra.iter().copied()).collect();
+    let mut values = string_config(path, spec.provider, config, &known, issues);
+    let api_key = if spec.key_required {
+        take_api_key(path, spec.key, config, &mut values, issues)
+    } else {
+        let key = values.remove(spec.key);
+        if key.as_deref() == Some("") {
+            issues.push(format!("{path}.{}", spec.key), "must not be empty (leave it out for none)");
+        }
+        key
+    };
+    let api_base = spec.base.and_then(|field| take_base_url(path, field, &mut values, issues));
+    if issues.0.len() != before {
+        return None;
+    }
+    Some(Keyed {
+        api_key: api_key.map(|k| SecretRef::parse(&k)),
+        api_base: api_base.unwrap_or_else(|| spec.default_base.to_string()),
+        extra: values,
+    })
+}
+
+/// What a mapped request field must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Anything, passed on as is.
+    Any,
+    /// A JSON number.
+    Number,
+    /// A positive integer (token counts, candidate counts).
+    Count,
+    /// OpenAI's `stop`: a string or a list of strings, sent as a list (left out when empty).
+    Stops,
+}
+
+/// One row of a provider's parameter table: the OpenAI request field `from` is sent as the
+/// provider's `to` (`""`: dropped), checked to have `shape`. Modelled on Portkey's per-provider
+/// parameter configs; rows for the same `to` are tried in order and the first present wins
+/// (`max_completion_tokens` before `max_tokens`).
+#[derive(Debug, Clone, Copy)]
+pub struct Param {
+    pub from: &'static str,
+    pub to: &'static str,
+    pub shape: Shape,
+}
+
+/// A `Param` row (`const` so tables can be `static`).
+pub const fn param(from: &'static str, to: &'static str, shape: Shape) -> Param {
+    Param { from, to, shape }
+}
+
+/// The value `p.from` holds in `body`, checked and shaped for the provider; `None` when the
+/// field is absent, `null`, an empty stop list, or dropped.
+fn mapped(p: &Param, body: &Map<String, Value>) -> Result<Option<Value>> {
+    let Some(value) = body.get(p.from).filter(|v| !v.is_null()) else { return Ok(None) };
+    if p.to.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(match p.shape {
+        Shape::Any => value.clone(),
+        Shape::Number => {
+            number(p.from, value)?;
+            value.clone()
+        }
+        Shape::Count => match value.as_u64().filter(|n| *n > 0) {
+            Some(n) => Value::from(n),
+            None => return Err(invalid(p.from, "must be a positive integer")),
+        },
+        Shape::Stops => {
+            let stops = stop_sequences(Some(value.clone()))?;
+            if stops.is_empty() {
+                return Ok(None);
+            }
+            Value::from(stops)
+        }
+    }))
+}
+
+/// Copies the fields of `body` that `table` maps into `out`, under the provider's names.
+/// Fields the table does not name are not copied (the provider's body is built field by field).
+pub fn map_params(body: &Map<String, Value>, table: &[Param], out: &mut Map<String, Value>) -> Result<()> {
+    for p in table {
+        if out.contains_key(p.to) {
+            continue;
+        }
+        if let Some(value) = mapped(p, body)? {
+            out.insert(p.to.to_string(), value);
+        }
+    }
+    Ok(())
+}
+
+/// Renames (and drops) in place the fields of an OpenAI-shaped `body` that `table` names, for
+/// origins that take OpenAI's body with a few differences; other fields pass through.
+pub fn rename_params(body: &mut Map<String, Value>, table: &[Param]) -> Result<()> {
+    let mut renamed = Map::new();
+    map_params(body, table, &mut renamed)?;
+    for p in table {
+        body.remove(p.from);
+    }
+    body.extend(renamed);
+    Ok(())
+}
+
 /// Best-effort extraction of an error message from an origin's error body, for the client.
 /// Origins put it in different places; anything unreadable falls back to the status line.
 pub fn origin_error(status: StatusCode, body: &[u8]) -> GatewayError {
@@ -134,6 +272,13 @@ pub fn origin_error(status: StatusCode, body: &[u8]) -> GatewayError {
     } else {
         GatewayError::bad_gateway(ErrorCode::OriginError, message)
     }
+}
+
+/// The text inside the first `<tag>...</tag>` of `xml` (no attributes, as AWS writes them).
+pub fn xml_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let start = xml.find(&format!("<{tag}>"))? + tag.len() + 2;
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(xml[start..end].trim())
 }
 
 /// A response id for answers that carry none: unique enough per answer, and deterministic.
@@ -171,4 +316,88 @@ pub fn unsupported(provider: &str, op: Operation) -> GatewayError {
         ErrorCode::UnsupportedOperation,
         format!("the {provider} provider does not support {what}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const TABLE: &[Param] = &[
+        param("max_completion_tokens", "maxTokens", Shape::Count),
+        param("max_tokens", "maxTokens", Shape::Count),
+        param("temperature", "temperature", Shape::Number),
+        param("stop", "stopSequences", Shape::Stops),
+        param("seed", "random_seed", Shape::Any),
+        param("user", "", Shape::Any),
+    ];
+
+    fn object(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn parameter_tables_rename_shape_and_drop() {
+        let body = object(json!({"max_tokens": 5, "max_completion_tokens": 9, "temperature": 0.5, "stop": "END",
+            "seed": 1, "user": "u", "other": true, "top_p": null}));
+        let mut out = Map::new();
+        map_params(&body, TABLE, &mut out).unwrap();
+        assert_eq!(
+            Value::Object(out),
+            json!({"maxTokens": 9, "temperature": 0.5, "stopSequences": ["END"], "random_seed": 1})
+        );
+        let mut body = body;
+        rename_params(&mut body, TABLE).unwrap();
+        assert_eq!(
+            Value::Object(body),
+            json!({"maxTokens": 9, "temperature": 0.5, "stopSequences": ["END"], "random_seed": 1, "other": true,
+                "top_p": null})
+        );
+        let mut out = Map::new();
+        map_params(&object(json!({"stop": []})), TABLE, &mut out).unwrap();
+        assert!(out.is_empty(), "an empty stop list is left out");
+        for (bad, field) in [
+            (json!({"max_tokens": 0}), "max_tokens"),
+            (json!({"max_tokens": -3}), "max_tokens"),
+            (json!({"temperature": "hot"}), "temperature"),
+            (json!({"stop": [1]}), "stop"),
+            (json!({"stop": {}}), "stop"),
+        ] {
+            let e = map_params(&object(bad), TABLE, &mut Map::new()).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.starts_with(field), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn keyed_configs_are_declared_once() {
+        let spec = KeySpec {
+            provider: "acme",
+            key: "acme_api_key",
+            key_required: true,
+            base: Some("acme_api_base"),
+            default_base: "https://api.acme.test/v1",
+            extra: &["acme_region"],
+        };
+        let mut issues = Issues::default();
+        let keyed =
+            keyed_config(&spec, "c", &object(json!({"acme_api_key": "$ACME", "acme_region": "eu"})), &mut issues)
+                .unwrap();
+        assert_eq!(keyed.api_key, Some(SecretRef::Env("ACME".into())));
+        assert_eq!(keyed.api_base, "https://api.acme.test/v1");
+        assert_eq!(keyed.extra["acme_region"], "eu");
+        let mut issues = Issues::default();
+        let config =
+            object(json!({"acme_api_kye": "k", "acme_api_base": "ftp://x", "acme_region": 3, "acme_extra": [1]}));
+        assert!(keyed_config(&spec, "e.config", &config, &mut issues).is_none());
+        let text: Vec<String> = issues.0.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter().any(|t| t.starts_with("e.config.acme_api_kye: unknown acme config key")
+                && t.contains("did you mean \"acme_api_key\"")),
+            "{text:?}"
+        );
+        assert!(text.contains(&"e.config.acme_api_key: is required (use a \"$SECRET_NAME\" reference)".to_string()));
+        assert!(text.contains(&"e.config.acme_api_base: \"ftp://x\" must start with http:// or https://".to_string()));
+        assert!(text.iter().any(|t| t.starts_with("e.config.acme_extra: unknown acme config key")), "{text:?}");
+    }
 }

@@ -13,20 +13,27 @@ use crate::gateway::error::Result;
 use crate::gateway::ports::Secrets;
 use crate::gateway::providers::adapter::{Adapter, Call, Reply, StreamMode, Translated};
 use crate::gateway::providers::common::{
-    finish_request, join_url, post_json, resolve_secret, string_config, take_api_key, take_base_url, unsupported,
+    finish_request, join_url, keyed_config, map_params, param, post_json, resolve_secret, unsupported, KeySpec, Param,
+    Shape,
 };
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::wire::json::{bad_response, json_body};
 use crate::gateway::wire::openai::openai_answer;
 use crate::gateway::wire::openai::{
-    completion_prompt, data_url, embedding_list, image_url, invalid, max_tokens, number, stop_sequences, take,
-    write_error_chunk, ChunkWriter, OpenAiChoice,
+    completion_prompt, data_url, embedding_list, image_url, invalid, take, write_error_chunk, ChunkWriter, OpenAiChoice,
 };
 use crate::gateway::wire::sse::{self, SseEvent};
 use crate::gateway::wire::stream::StreamTranslate;
 
-const DEFAULT_BASE: &str = "https://generativelanguage.googleapis.com/v1beta";
-const CONFIG_KEYS: &[&str] = &["gemini_api_key", "gemini_api_base"];
+/// MLflow's `gemini_api_key`; `gemini_api_base` is our extension.
+const SPEC: KeySpec = KeySpec {
+    provider: "gemini",
+    key: "gemini_api_key",
+    key_required: true,
+    base: Some("gemini_api_base"),
+    default_base: "https://generativelanguage.googleapis.com/v1beta",
+    extra: &[],
+};
 /// Gemini request fields a client may send as-is; every other OpenAI-only field is dropped.
 const NATIVE_FIELDS: &[&str] = &["safetySettings", "cachedContent"];
 /// The JSON Schema keywords Gemini's `Schema` (an OpenAPI subset) accepts; it rejects the
@@ -61,17 +68,8 @@ pub struct Gemini {
 
 impl Gemini {
     pub fn from_config(path: &str, config: &Map<String, Value>, issues: &mut Issues) -> Option<Gemini> {
-        let before = issues.0.len();
-        let mut values = string_config(path, "gemini", config, CONFIG_KEYS, issues);
-        let api_key = take_api_key(path, "gemini_api_key", config, &mut values, issues);
-        let api_base = take_base_url(path, "gemini_api_base", &mut values, issues);
-        if issues.0.len() != before {
-            return None;
-        }
-        Some(Gemini {
-            api_key: SecretRef::parse(&api_key?),
-            api_base: api_base.unwrap_or_else(|| DEFAULT_BASE.to_string()),
-        })
+        let keyed = keyed_config(&SPEC, path, config, issues)?;
+        Some(Gemini { api_key: keyed.api_key?, api_base: keyed.api_base })
     }
 }
 
@@ -92,14 +90,9 @@ impl Adapter for Gemini {
     }
 
     fn build_request(&self, call: Call<'_>, secrets: &impl Secrets) -> Result<Request<Vec<u8>>> {
-        let generate = if call.stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
         let (action, body) = match call.op {
-            Operation::Chat => (generate, chat_to_gemini(call.body)?),
-            Operation::Completions => {
-                let mut body = call.body;
-                let prompt = completion_prompt(&mut body, "gemini")?;
-                body.insert("messages".into(), json!([{"role": "user", "content": prompt}]));
-                (generate, chat_to_gemini(body)?)
+            Operation::Chat | Operation::Completions => {
+                (generate_action(call.stream), generate_body("gemini", call.op, call.body)?)
             }
             Operation::Embeddings => ("batchEmbedContents", embeddings_to_gemini(call.body, call.model)?),
             Operation::Predict => return Err(unsupported("gemini", call.op)),
@@ -130,6 +123,38 @@ impl Adapter for Gemini {
     }
 }
 
+/// The `generateContent` action, or its SSE stream.
+pub(crate) fn generate_action(stream: bool) -> &'static str {
+    if stream {
+        "streamGenerateContent?alt=sse"
+    } else {
+        "generateContent"
+    }
+}
+
+/// The `GenerateContentRequest` of a chat or completions call (Gemini API and Vertex AI).
+pub(crate) fn generate_body(provider: &str, op: Operation, mut body: Map<String, Value>) -> Result<Map<String, Value>> {
+    if op == Operation::Completions {
+        let prompt = completion_prompt(&mut body, provider)?;
+        body.insert("messages".into(), json!([{"role": "user", "content": prompt}]));
+    }
+    chat_to_gemini(body)
+}
+
+/// OpenAI sampling fields → `generationConfig`.
+const GENERATION_PARAMS: &[Param] = &[
+    param("temperature", "temperature", Shape::Number),
+    param("top_p", "topP", Shape::Number),
+    param("top_k", "topK", Shape::Number),
+    param("presence_penalty", "presencePenalty", Shape::Number),
+    param("frequency_penalty", "frequencyPenalty", Shape::Number),
+    param("seed", "seed", Shape::Number),
+    param("max_completion_tokens", "maxOutputTokens", Shape::Count),
+    param("max_tokens", "maxOutputTokens", Shape::Count),
+    param("stop", "stopSequences", Shape::Stops),
+    param("n", "candidateCount", Shape::Count),
+];
+
 /// An OpenAI chat request (without `model`) as a `GenerateContentRequest`.
 fn chat_to_gemini(mut body: Map<String, Value>) -> Result<Map<String, Value>> {
     let mut out = Map::new();
@@ -145,30 +170,7 @@ fn chat_to_gemini(mut body: Map<String, Value>) -> Result<Map<String, Value>> {
     }
 
     let mut config = Map::new();
-    for (from, to) in [
-        ("temperature", "temperature"),
-        ("top_p", "topP"),
-        ("top_k", "topK"),
-        ("presence_penalty", "presencePenalty"),
-        ("frequency_penalty", "frequencyPenalty"),
-        ("seed", "seed"),
-    ] {
-        if let Some(value) = take(&mut body, from) {
-            number(from, &value)?;
-            config.insert(to.into(), value);
-        }
-    }
-    if let Some(max) = max_tokens(&mut body)? {
-        config.insert("maxOutputTokens".into(), max.into());
-    }
-    let stop = stop_sequences(take(&mut body, "stop"))?;
-    if !stop.is_empty() {
-        config.insert("stopSequences".into(), stop.into());
-    }
-    if let Some(n) = take(&mut body, "n") {
-        let n = n.as_u64().filter(|n| *n > 0).ok_or_else(|| invalid("n", "must be a positive integer"))?;
-        config.insert("candidateCount".into(), n.into());
-    }
+    map_params(&body, GENERATION_PARAMS, &mut config)?;
     if let Some(format) = take(&mut body, "response_format") {
         match format.get("type").and_then(Value::as_str) {
             Some("text") => {}
@@ -603,7 +605,12 @@ fn tool_call(function_call: &Value, number: u64) -> Value {
     })
 }
 
-fn generate_answer(op: Operation, value: &Value, model: &str, now_ms: u64) -> Result<(Value, Option<Usage>)> {
+pub(crate) fn generate_answer(
+    op: Operation,
+    value: &Value,
+    model: &str,
+    now_ms: u64,
+) -> Result<(Value, Option<Usage>)> {
     let candidates = value.get("candidates").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     let mut choices = Vec::new();
     for (position, candidate) in candidates.iter().enumerate() {

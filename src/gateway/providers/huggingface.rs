@@ -14,27 +14,31 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
 use crate::gateway::providers::adapter::{Adapter, Call, NoTranslation, Reply, StreamMode, Translated};
 use crate::gateway::providers::common::{
-    finish_request, join_url, post_json, string_config, synthetic_id, take_server_url,
+    finish_request, join_url, map_params, param, post_json, string_config, synthetic_id, take_server_url, Param, Shape,
 };
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::wire::json::{bad_response, json_body};
 use crate::gateway::wire::openai::{openai_usage, usage_json};
 
 const CONFIG_KEYS: &[&str] = &["hf_server_url"];
-/// TGI `/generate` parameters a client may send under their own names.
-const NATIVE_PARAMETERS: &[&str] = &[
-    "top_k",
-    "repetition_penalty",
-    "frequency_penalty",
-    "seed",
-    "truncate",
-    "typical_p",
-    "watermark",
-    "return_full_text",
-    "do_sample",
-    "top_n_tokens",
-    "grammar",
-    "adapter_id",
+/// OpenAI fields under TGI `/generate` names, then TGI parameters a client may send under their
+/// own names. (`temperature` and `top_p` need TGI's sampling rules: see `generate_body`.)
+const PARAMETERS: &[Param] = &[
+    param("max_completion_tokens", "max_new_tokens", Shape::Count),
+    param("max_tokens", "max_new_tokens", Shape::Count),
+    param("stop", "stop", Shape::Stops),
+    param("top_k", "top_k", Shape::Any),
+    param("repetition_penalty", "repetition_penalty", Shape::Any),
+    param("frequency_penalty", "frequency_penalty", Shape::Any),
+    param("seed", "seed", Shape::Any),
+    param("truncate", "truncate", Shape::Any),
+    param("typical_p", "typical_p", Shape::Any),
+    param("watermark", "watermark", Shape::Any),
+    param("return_full_text", "return_full_text", Shape::Any),
+    param("do_sample", "do_sample", Shape::Any),
+    param("top_n_tokens", "top_n_tokens", Shape::Any),
+    param("grammar", "grammar", Shape::Any),
+    param("adapter_id", "adapter_id", Shape::Any),
 ];
 
 #[derive(Debug)]
@@ -83,10 +87,8 @@ fn generate_body(body: &Map<String, Value>) -> Result<Value> {
     }
     let present = |key: &str| body.get(key).filter(|v| !v.is_null());
     let mut parameters = Map::new();
-    if let Some(max) = present("max_completion_tokens").or_else(|| present("max_tokens")) {
-        parameters.insert("max_new_tokens".into(), max.clone());
-    }
     // TGI wants temperature > 0 and 0 < top_p < 1; 0 and 1 mean "off" (greedy, no nucleus).
+    // (A client's own `do_sample`, mapped below, wins.)
     match present("temperature").and_then(Value::as_f64) {
         Some(t) if t > 0.0 => {
             parameters.insert("temperature".into(), json!(t));
@@ -97,22 +99,12 @@ fn generate_body(body: &Map<String, Value>) -> Result<Value> {
         }
         None => {}
     }
+    if let Some(sample) = present("do_sample") {
+        parameters.insert("do_sample".into(), sample.clone());
+    }
+    map_params(body, PARAMETERS, &mut parameters)?;
     if let Some(p) = present("top_p").and_then(Value::as_f64).filter(|p| *p > 0.0 && *p < 1.0) {
         parameters.insert("top_p".into(), json!(p));
-    }
-    match present("stop") {
-        Some(Value::String(s)) => {
-            parameters.insert("stop".into(), json!([s]));
-        }
-        Some(list @ Value::Array(_)) => {
-            parameters.insert("stop".into(), list.clone());
-        }
-        _ => {}
-    }
-    for key in NATIVE_PARAMETERS {
-        if let Some(v) = present(key) {
-            parameters.insert((*key).into(), v.clone());
-        }
     }
     parameters.insert("details".into(), Value::Bool(true));
     parameters.insert("decoder_input_details".into(), Value::Bool(true));

@@ -1,16 +1,18 @@
-//! OpenAI and every OpenAI-compatible server (vLLM, Ollama, Groq, Together, Mistral,
-//! DeepSeek via `openai_api_base`), plus Azure OpenAI (`openai_api_type: azure|azuread`).
-//! The internal shape *is* OpenAI's, so translation is setting `model` and the URL.
+//! OpenAI's wire format: `openai` (and any OpenAI-compatible server via `openai_api_base`),
+//! Azure OpenAI (`openai_api_type: azure|azuread`, or MLflow's provider name `azure`), and the
+//! helpers every OpenAI-speaking adapter shares (`openai_compatible`'s table, Databricks,
+//! Vertex AI's MaaS models). The internal shape *is* OpenAI's, so translation is setting
+//! `model` and the URL.
 
 use http::{header, Request};
 use serde_json::{Map, Value};
 
 use crate::gateway::check::{Issues, SecretRef};
-use crate::gateway::error::{ErrorCode, GatewayError, Result};
+use crate::gateway::error::Result;
 use crate::gateway::ports::Secrets;
 use crate::gateway::providers::adapter::{Adapter, Call, NoTranslation, Reply, StreamMode, Translated};
 use crate::gateway::providers::common::{
-    check_url, finish_request, join_url, post_json, resolve_secret, string_config, take_api_key,
+    check_url, finish_request, join_url, post_json, resolve_secret, string_config, take_api_key, unsupported,
 };
 use crate::gateway::types::Operation;
 use crate::gateway::wire::json::bad_response;
@@ -38,6 +40,8 @@ pub enum ApiType {
 
 #[derive(Debug)]
 pub struct OpenAi {
+    /// `openai` or `azure` (MLflow registers both names for this provider).
+    pub name: &'static str,
     pub api_key: SecretRef,
     pub api_type: ApiType,
     pub api_base: String,
@@ -47,11 +51,31 @@ pub struct OpenAi {
 }
 
 impl OpenAi {
+    /// `provider: openai`.
     pub fn from_config(path: &str, config: &Map<String, Value>, issues: &mut Issues) -> Option<OpenAi> {
+        Self::named("openai", ApiType::OpenAi, path, config, issues)
+    }
+
+    /// `provider: azure`: MLflow's `OpenAIConfig` again, with `openai_api_type` defaulting to
+    /// `azure` (MLflow defaults it to `openai` under either name, which then refuses the
+    /// Azure fields; the provider's name says which API is meant).
+    pub fn azure_from_config(path: &str, config: &Map<String, Value>, issues: &mut Issues) -> Option<OpenAi> {
+        Self::named("azure", ApiType::Azure, path, config, issues)
+    }
+
+    fn named(
+        name: &'static str,
+        default_type: ApiType,
+        path: &str,
+        config: &Map<String, Value>,
+        issues: &mut Issues,
+    ) -> Option<OpenAi> {
         let before = issues.0.len();
-        let mut values = string_config(path, "openai", config, CONFIG_KEYS, issues);
-        let api_type = match values.remove("openai_api_type").as_deref() {
-            None | Some("openai") => ApiType::OpenAi,
+        let mut values = string_config(path, name, config, CONFIG_KEYS, issues);
+        // Case-insensitive, as MLflow's `OpenAIAPIType` is.
+        let api_type = match values.remove("openai_api_type").map(|t| t.to_ascii_lowercase()).as_deref() {
+            None => default_type,
+            Some("openai") => ApiType::OpenAi,
             Some("azure") => ApiType::Azure,
             Some("azuread") => ApiType::AzureAd,
             Some(other) => {
@@ -74,6 +98,15 @@ impl OpenAi {
                 }
             }
         }
+        if api_type == ApiType::OpenAi && deployment.is_some() {
+            issues.push(
+                format!("{path}.openai_deployment_name"),
+                "only applies when openai_api_type is azure or azuread",
+            );
+        }
+        if api_type != ApiType::OpenAi && values.contains_key("openai_organization") {
+            issues.push(format!("{path}.openai_organization"), "only applies when openai_api_type is openai");
+        }
         if let Some(base) = &api_base {
             check_url(path, "openai_api_base", base, issues);
         }
@@ -81,6 +114,7 @@ impl OpenAi {
             return None;
         }
         Some(OpenAi {
+            name,
             api_key: SecretRef::parse(&api_key?),
             api_type,
             api_base: api_base.unwrap_or_else(|| DEFAULT_BASE.to_string()),
@@ -93,18 +127,34 @@ impl OpenAi {
     pub fn is_azure(&self) -> bool {
         self.api_type != ApiType::OpenAi
     }
+}
 
-    fn path(op: Operation) -> Result<&'static str> {
-        match op {
-            Operation::Chat => Ok("chat/completions"),
-            Operation::Completions => Ok("completions"),
-            Operation::Embeddings => Ok("embeddings"),
-            Operation::Predict => Err(GatewayError::bad_request(
-                ErrorCode::UnsupportedOperation,
-                "openai endpoints do not serve MLflow model predictions",
-            )),
-        }
+/// The path of `op` under an OpenAI-compatible base URL.
+pub fn openai_path(provider: &str, op: Operation) -> Result<&'static str> {
+    match op {
+        Operation::Chat => Ok("chat/completions"),
+        Operation::Completions => Ok("completions"),
+        Operation::Embeddings => Ok("embeddings"),
+        Operation::Predict => Err(unsupported(provider, op)),
     }
+}
+
+/// Asks an OpenAI-compatible origin for the final usage chunk of a stream, so streamed calls
+/// are accounted like buffered ones (a client's own `stream_options` are kept).
+pub fn ask_stream_usage(body: &mut Map<String, Value>) {
+    let options = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
+    if let Some(options) = options.as_object_mut() {
+        options.entry("include_usage").or_insert(Value::Bool(true));
+    }
+}
+
+/// An OpenAI-shaped answer passed on as it is: parsed only to check it and read its usage.
+pub fn passthrough_answer(reply: Reply<'_>) -> Result<Translated> {
+    let value = reply.success_json()?;
+    if !value.is_object() {
+        return Err(bad_response("not a JSON object"));
+    }
+    Ok(Translated { body: reply.body.to_vec(), usage: openai_usage(&value) })
 }
 
 impl Adapter for OpenAi {
@@ -116,7 +166,7 @@ impl Adapter for OpenAi {
 
     fn build_request(&self, call: Call<'_>, secrets: &impl Secrets) -> Result<Request<Vec<u8>>> {
         let key = resolve_secret(&self.api_key, secrets)?;
-        let path = Self::path(call.op)?;
+        let path = openai_path(self.name, call.op)?;
         let mut body = call.body;
         let mut builder = match self.api_type {
             ApiType::OpenAi => {
@@ -136,11 +186,7 @@ impl Adapter for OpenAi {
             }
         };
         if call.stream && call.op != Operation::Embeddings {
-            // Ask for the final usage chunk so streamed calls are accounted like buffered ones.
-            let options = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
-            if let Some(options) = options.as_object_mut() {
-                options.entry("include_usage").or_insert(Value::Bool(true));
-            }
+            ask_stream_usage(&mut body);
         }
         if let Some(org) = &self.organization {
             builder = builder.header("openai-organization", org);
@@ -149,12 +195,7 @@ impl Adapter for OpenAi {
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {
-        // Already OpenAI-shaped: pass the bytes on; parse only to check them and read usage.
-        let value = reply.success_json()?;
-        if !value.is_object() {
-            return Err(bad_response("not a JSON object"));
-        }
-        Ok(Translated { body: reply.body.to_vec(), usage: openai_usage(&value) })
+        passthrough_answer(reply)
     }
 
     fn stream_mode(&self, _op: Operation, _model: &str, _now_ms: u64) -> StreamMode<Self::Stream> {
@@ -236,6 +277,28 @@ mod tests {
             ),
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn fields_of_the_other_api_type_are_refused_as_mlflow_does() {
+        let text = config_issues(OpenAi::from_config, json!({"openai_api_key": "k", "openai_deployment_name": "d"}));
+        assert_eq!(text, ["e.config.openai_deployment_name: only applies when openai_api_type is azure or azuread"]);
+        let config = json!({"openai_api_key": "k", "openai_api_type": "AzureAD", "openai_api_base": "https://x",
+            "openai_deployment_name": "d", "openai_api_version": "v", "openai_organization": "org"});
+        let text = config_issues(OpenAi::from_config, config);
+        assert_eq!(text, ["e.config.openai_organization: only applies when openai_api_type is openai"]);
+        let azure = test_support::adapter(
+            OpenAi::azure_from_config,
+            json!({"openai_api_key": "$OPENAI_API_KEY", "openai_api_base": "https://x.openai.azure.com",
+                "openai_deployment_name": "d", "openai_api_version": "2024-10-21"}),
+        );
+        assert_eq!((azure.name, azure.api_type), ("azure", ApiType::Azure));
+        let req = azure.build_request(call(Operation::Chat, azure.default_base(), json!({}), true), &SECRETS).unwrap();
+        assert_eq!(
+            req.uri(),
+            "https://x.openai.azure.com/openai/deployments/d/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(req.headers()["api-key"], "sk-test");
     }
 
     fn reply(status: StatusCode, body: &[u8]) -> Reply<'_> {

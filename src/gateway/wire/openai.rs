@@ -2,6 +2,8 @@
 //! request field readers, usage, the stream watcher and the replay of a whole answer as a
 //! stream. Client dialects and provider adapters both build on these.
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
@@ -49,6 +51,44 @@ pub fn embedding_list<T: serde::Serialize>(vectors: impl IntoIterator<Item = T>,
         "object": "list", "data": embedding_data(vectors), "model": model,
         "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total()},
     })
+}
+
+/// Whether an embeddings request asks for OpenAI's `encoding_format: "base64"`.
+pub fn wants_base64(body: &Map<String, Value>) -> bool {
+    body.get("encoding_format").and_then(Value::as_str) == Some("base64")
+}
+
+/// An embeddings answer as OpenAI writes it for `encoding_format: "base64"`: every `embedding`
+/// that is a list of numbers becomes the base64 (standard, padded) of its little-endian `f32`s.
+/// Embeddings already in base64 (an origin that honoured the field) are left as they are, so
+/// this may run on any answer.
+pub fn embeddings_to_base64(body: &[u8]) -> Result<Vec<u8>> {
+    let mut value = parse_json(body)?;
+    let Some(data) = value.get_mut("data").and_then(Value::as_array_mut) else {
+        return Ok(body.to_vec());
+    };
+    let mut changed = false;
+    for item in data {
+        let Some(Value::Array(numbers)) = item.get("embedding") else { continue };
+        let mut bytes = Vec::with_capacity(numbers.len() * 4);
+        for n in numbers {
+            let n = n.as_f64().ok_or_else(bad_embedding)?;
+            bytes.extend_from_slice(&(n as f32).to_le_bytes());
+        }
+        item["embedding"] = Value::String(STANDARD.encode(bytes));
+        changed = true;
+    }
+    if !changed {
+        return Ok(body.to_vec());
+    }
+    serde_json::to_vec(&value).map_err(|e| GatewayError::internal(ErrorCode::EncodeFailed, e.to_string()))
+}
+
+fn bad_embedding() -> GatewayError {
+    GatewayError::bad_gateway(
+        ErrorCode::OriginBadResponse,
+        "origin returned an embedding that is not a list of numbers",
+    )
 }
 
 pub fn invalid(field: &str, problem: &str) -> GatewayError {
@@ -383,4 +423,32 @@ pub fn parse_tool_call<'a>(call: &'a Value, path: &str) -> Result<(&'a str, &'a 
         return Err(invalid(&format!("{path}.function.arguments"), "must be a JSON object encoded as a string"));
     }
     Ok((id, name, input))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embeddings_in_base64_are_little_endian_f32s() {
+        let answer = br#"{"object":"list","data":[{"object":"embedding","embedding":[1.0,-2.5,0.1],"index":0},
+            {"object":"embedding","embedding":"AACAPw==","index":1}],"model":"m","usage":{"prompt_tokens":1,"total_tokens":1}}"#;
+        let out: Value = serde_json::from_slice(&embeddings_to_base64(answer).unwrap()).unwrap();
+        let first = STANDARD.decode(out["data"][0]["embedding"].as_str().unwrap()).unwrap();
+        let floats: Vec<f32> = first.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        assert_eq!(floats, [1.0, -2.5, 0.1]);
+        assert_eq!(out["data"][0]["embedding"], "AACAPwAAIMDNzMw9");
+        assert_eq!(out["data"][1]["embedding"], "AACAPw==", "already base64: kept");
+        assert_eq!(out["usage"]["total_tokens"], 1);
+        // Nothing to convert: the bytes are passed on unchanged.
+        let b64 = br#"{"data":[{"embedding":"AACAPw=="}]}"#;
+        assert_eq!(embeddings_to_base64(b64).unwrap(), b64.to_vec());
+        assert_eq!(embeddings_to_base64(b"{}").unwrap(), b"{}".to_vec());
+        assert_eq!(embeddings_to_base64(br#"{"data":[{"embedding":["x"]}]}"#).unwrap_err().code, "origin_bad_response");
+        assert_eq!(embeddings_to_base64(b"nope").unwrap_err().code, "origin_bad_response");
+        let mut body = Map::new();
+        assert!(!wants_base64(&body));
+        body.insert("encoding_format".into(), json!("base64"));
+        assert!(wants_base64(&body));
+    }
 }

@@ -1,0 +1,199 @@
+//! Credentials that cost an outbound call before the model call: OAuth2 access tokens (Vertex
+//! AI's service-account JWT bearer grant, Databricks' OAuth M2M client credentials) and AWS STS
+//! role credentials. Each provider owns a `TokenCache`, so a token is fetched once per isolate
+//! and reused until shortly before it expires; `Provider::authorize` fills it through the
+//! `Upstream` port and `build_request` (synchronous) reads it.
+
+use std::sync::Mutex;
+
+use http::{header, Request};
+use serde_json::Value;
+
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
+use crate::gateway::ports::Upstream;
+use crate::gateway::providers::common::{finish_request, origin_error, xml_text};
+use crate::gateway::util::text::truncate;
+
+/// Longest token-endpoint answer read.
+const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
+/// A token is renewed this long before it expires (or halfway through a shorter life), so a
+/// request never goes out with one that expires on the way.
+const REFRESH_MARGIN_MS: u64 = 5 * 60 * 1000;
+
+/// One cached credential and when to fetch the next.
+struct Cached<T> {
+    value: T,
+    refresh_at_ms: u64,
+}
+
+/// A per-isolate credential cache. A `Mutex` (uncontended: hosts are single-threaded) keeps
+/// `Provider` `Send + Sync`, as the config's `Arc<Endpoint>` wants.
+pub struct TokenCache<T> {
+    slot: Mutex<Option<Cached<T>>>,
+}
+
+impl<T> Default for TokenCache<T> {
+    fn default() -> Self {
+        TokenCache { slot: Mutex::new(None) }
+    }
+}
+
+impl<T> std::fmt::Debug for TokenCache<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenCache { .. }") // never a credential in a log line
+    }
+}
+
+impl<T: Clone> TokenCache<T> {
+    /// The cached credential while it is fresh at `now_ms`.
+    pub fn get(&self, now_ms: u64) -> Option<T> {
+        let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref().filter(|c| now_ms < c.refresh_at_ms).map(|c| c.value.clone())
+    }
+
+    /// Caches `value`, valid until `expires_at_ms`.
+    pub fn put(&self, value: T, now_ms: u64, expires_at_ms: u64) {
+        let life = expires_at_ms.saturating_sub(now_ms);
+        let refresh_at_ms = expires_at_ms.saturating_sub(REFRESH_MARGIN_MS.min(life / 2));
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cached { value, refresh_at_ms });
+    }
+}
+
+/// An access token as `build_request` needs it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken(pub String);
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessToken(..)")
+    }
+}
+
+/// The error when `build_request` finds no fresh credential (`Provider::authorize` was not
+/// called first, or the token expired between the two).
+pub fn not_authorized(provider: &str) -> GatewayError {
+    GatewayError::internal(
+        ErrorCode::SecretMissing,
+        format!("the {provider} credential was not obtained before the request was built"),
+    )
+}
+
+/// `application/x-www-form-urlencoded` of `pairs`.
+pub fn form_encode(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (i, (name, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        form_escape(name, &mut out);
+        out.push('=');
+        form_escape(value, &mut out);
+    }
+    out
+}
+
+fn form_escape(s: &str, out: &mut String) {
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+/// A form POST to a token endpoint.
+pub fn form_request(url: &str) -> http::request::Builder {
+    Request::builder()
+        .method(http::Method::POST)
+        .uri(url)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded; charset=utf-8")
+}
+
+/// Sends a token request and returns the body of its 2xx answer. `what` names the exchange in
+/// errors ("vertex_ai token exchange"); a refusal keeps the endpoint's own message (never the
+/// request, which carries the credential).
+pub async fn send_form<P: Upstream>(
+    ports: &P,
+    builder: http::request::Builder,
+    body: String,
+    timeout_ms: u64,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let request = finish_request(builder, body.into_bytes())?;
+    let response = ports.send(request, timeout_ms).await.map_err(|e| {
+        GatewayError::bad_gateway(
+            ErrorCode::OriginUnreachable,
+            format!("{what} failed: {}", truncate(&format!("{e:?}"), 200)),
+        )
+    })?;
+    let status = response.status();
+    let bytes = ports.read_body(response.into_body(), MAX_TOKEN_RESPONSE).await.map_err(|e| {
+        GatewayError::bad_gateway(ErrorCode::OriginBadResponse, format!("{what}: reading the answer failed: {e:?}"))
+    })?;
+    if !status.is_success() {
+        // JSON error bodies (OAuth's `error_description`, Google's, Databricks') or AWS's XML.
+        let text = String::from_utf8_lossy(&bytes);
+        let detail = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("error_description").and_then(Value::as_str).map(str::to_owned))
+            .or_else(|| xml_text(&text, "Message").map(str::to_owned));
+        let message = match detail {
+            Some(detail) => format!("{what} was refused (HTTP {}): {}", status.as_u16(), truncate(&detail, 300)),
+            None => format!("{what} was refused: {}", origin_error(status, &bytes).message),
+        };
+        return Err(GatewayError::bad_gateway(ErrorCode::OriginRejected, message));
+    }
+    Ok(bytes)
+}
+
+/// `(access_token, expires_at_ms)` of an OAuth2 token answer (RFC 6749 §5.1).
+pub fn oauth_token(body: &[u8], now_ms: u64, what: &str) -> Result<(AccessToken, u64)> {
+    let bad =
+        |problem: &str| GatewayError::bad_gateway(ErrorCode::OriginBadResponse, format!("{what} answered {problem}"));
+    let value: Value = serde_json::from_slice(body).map_err(|_| bad("something that is not JSON"))?;
+    let token = value.get("access_token").and_then(Value::as_str).filter(|t| !t.is_empty());
+    let token = token.ok_or_else(|| bad("no access_token"))?;
+    // Without expires_in, assume the usual hour.
+    let expires_in = value.get("expires_in").and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()));
+    let expires_in_ms = expires_in.unwrap_or(3600).min(86_400).saturating_mul(1000);
+    Ok((AccessToken(token.to_string()), now_ms.saturating_add(expires_in_ms)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_refreshes_before_expiry() {
+        let cache = TokenCache::default();
+        assert_eq!(cache.get(0), None);
+        cache.put(AccessToken("t".into()), 1_000, 1_000 + 3_600_000);
+        assert_eq!(cache.get(1_000), Some(AccessToken("t".into())));
+        assert_eq!(cache.get(1_000 + 3_600_000 - 300_001), Some(AccessToken("t".into())));
+        assert_eq!(cache.get(1_000 + 3_600_000 - 300_000), None);
+        // A short-lived credential is renewed halfway.
+        cache.put(AccessToken("s".into()), 0, 60_000);
+        assert_eq!(cache.get(29_999), Some(AccessToken("s".into())));
+        assert_eq!(cache.get(30_000), None);
+        assert_eq!(format!("{cache:?} {:?}", AccessToken("secret".into())), "TokenCache { .. } AccessToken(..)");
+    }
+
+    #[test]
+    fn forms_and_token_answers() {
+        assert_eq!(
+            form_encode(&[("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("a b", "x/y+z=")]),
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&a%20b=x%2Fy%2Bz%3D"
+        );
+        let (token, expires) =
+            oauth_token(br#"{"access_token":"ya29.x","expires_in":3599,"token_type":"Bearer"}"#, 10, "t").unwrap();
+        assert_eq!((token.0.as_str(), expires), ("ya29.x", 10 + 3_599_000));
+        let (_, expires) = oauth_token(br#"{"access_token":"x","expires_in":"60"}"#, 0, "t").unwrap();
+        assert_eq!(expires, 60_000);
+        for bad in [&b"<html>"[..], b"{}", br#"{"access_token":""}"#, b"[]"] {
+            let e = oauth_token(bad, 0, "vertex_ai token exchange").unwrap_err();
+            assert_eq!(e.code, "origin_bad_response");
+            assert!(e.message.starts_with("vertex_ai token exchange answered"));
+        }
+    }
+}

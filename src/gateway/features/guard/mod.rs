@@ -499,6 +499,27 @@ mod tests {
         }
     }
 
+    /// H1: digit runs of many short groups (and texts with many matches) stay linear: 6 KB of
+    /// "1 1 1 ..." was cubic in the card scan (every group pair re-counted), and every match was
+    /// checked against and inserted into a sorted list of all earlier ones (quadratic).
+    #[test]
+    fn redaction_is_linear_on_hostile_digit_runs_and_many_matches() {
+        let g = all_pii();
+        let started = std::time::Instant::now();
+        let mut body = chat(&"1 ".repeat(3_000));
+        apply_input(&g, &mut body).unwrap();
+        let mut body = chat(&"1-2 ".repeat(2_000));
+        apply_input(&g, &mut body).unwrap();
+        // Many valid matches in one text.
+        let text = "4111 1111 1111 1111 a@b.co ".repeat(4_000);
+        let mut body = chat(&text);
+        let report = apply_input(&g, &mut body).unwrap();
+        assert_eq!((report.count("card"), report.count("email")), (4_000, 4_000));
+        // Generous for an unoptimized build; the unfixed scan took minutes here.
+        let elapsed = started.elapsed();
+        assert!(elapsed < std::time::Duration::from_secs(2), "{elapsed:?}");
+    }
+
     #[test]
     fn no_panics_on_odd_input() {
         let g = guard(json!({"redact": ["email", "phone", "card", "iban"], "injection": "flag", "max_chars": 100000,

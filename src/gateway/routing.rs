@@ -9,7 +9,7 @@ use crate::gateway::check::did_you_mean;
 use crate::gateway::config::{Config, Endpoint, EndpointType, Origin};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::types::Operation;
-use crate::gateway::util::text::percent_decode;
+use crate::gateway::util::text::{percent_decode, truncate};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiRoute {
@@ -92,6 +92,9 @@ pub struct Resolved {
 /// Finds what `name` refers to; `wanted` is the type the client's API needs (None: any, as
 /// for MLflow invocations, where the endpoint decides the operation).
 pub fn resolve(config: &Config, name: &str, wanted: Option<EndpointType>, request_hash: u64) -> Result<Resolved> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(unknown_name(config, name));
+    }
     let (endpoint, route) = if let Some(endpoint) = config.endpoint(name) {
         (endpoint.clone(), None)
     } else if let Some(route) = config.routes.get(name) {
@@ -110,9 +113,7 @@ pub fn resolve(config: &Config, name: &str, wanted: Option<EndpointType>, reques
         })?;
         (endpoint.clone(), Some(route.name.clone()))
     } else {
-        let names: Vec<&str> = config.order.iter().map(String::as_str).collect();
-        let hint = did_you_mean(name, &names).map(|s| format!(" (did you mean \"{s}\"?)")).unwrap_or_default();
-        return Err(GatewayError::not_found(ErrorCode::ModelNotFound, format!("no endpoint named \"{name}\"{hint}")));
+        return Err(unknown_name(config, name));
     };
     if let Some(wanted) = wanted.filter(|w| *w != endpoint.endpoint_type) {
         return Err(GatewayError::bad_request(
@@ -125,6 +126,24 @@ pub fn resolve(config: &Config, name: &str, wanted: Option<EndpointType>, reques
         ));
     }
     Ok(Resolved { endpoint, route })
+}
+
+/// Longest endpoint or route name (config names are 1-64 chars): a longer one is refused
+/// without a lookup or a suggestion.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// The 404 for a name that is neither an endpoint nor a route: echoes at most
+/// [`MAX_NAME_LEN`] bytes of it and suggests a close name only for names that could be typos.
+fn unknown_name(config: &Config, name: &str) -> GatewayError {
+    let shown = truncate(name, MAX_NAME_LEN);
+    let ellipsis = if shown.len() < name.len() { "…" } else { "" };
+    let hint = if name.len() > MAX_NAME_LEN {
+        String::new()
+    } else {
+        let names: Vec<&str> = config.order.iter().map(String::as_str).collect();
+        did_you_mean(name, &names).map(|s| format!(" (did you mean \"{s}\"?)")).unwrap_or_default()
+    };
+    GatewayError::not_found(ErrorCode::ModelNotFound, format!("no endpoint named \"{shown}{ellipsis}\"{hint}"))
 }
 
 /// The origins to try, in order. A residency pin keeps only origins in the pinned region;
@@ -212,6 +231,23 @@ mod tests {
             (e.status, e.message.as_str()),
             (StatusCode::NOT_FOUND, "no endpoint named \"splt\" (did you mean \"split\"?)")
         );
+    }
+
+    /// H2: an unknown `model` of any length is refused without work proportional to its
+    /// length times the config, and without echoing it whole.
+    #[test]
+    fn huge_unknown_names_are_refused_cheaply_and_not_echoed() {
+        let config = config();
+        let name = "s".repeat(200_000);
+        let started = std::time::Instant::now();
+        let e = resolve(&config, &name, None, 0).err().unwrap();
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::NOT_FOUND, "model_not_found"));
+        assert!(e.message.len() < 200, "{} bytes", e.message.len());
+        assert!(!e.message.contains("did you mean"), "{}", e.message);
+        // Near misses of long names still get a hint; hopeless ones are not even compared.
+        let e = resolve(&config, "splitt", None, 0).err().unwrap();
+        assert!(e.message.contains("did you mean \"split\""), "{}", e.message);
+        assert!(started.elapsed() < std::time::Duration::from_millis(500));
     }
 
     #[test]

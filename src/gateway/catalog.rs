@@ -66,8 +66,9 @@ fn page(config: &Config, query: &str, list_key: &str, type_key: &str) -> Result<
     let items: Vec<Value> =
         config.order.iter().skip(start).take(PAGE_SIZE).filter_map(|name| view(config, name, type_key)).collect();
     let mut out = json!({ list_key: items });
-    if start + PAGE_SIZE < config.order.len() {
-        out["next_page_token"] = Value::String((start + PAGE_SIZE).to_string());
+    let next = start.saturating_add(PAGE_SIZE);
+    if next < config.order.len() {
+        out["next_page_token"] = Value::String(next.to_string());
     }
     Ok(out)
 }
@@ -125,6 +126,15 @@ mod tests {
         assert_eq!(legacy_route(&c, "e0").unwrap()["route_type"], "llm/v1/chat");
         assert_eq!(endpoint(&c, "split").unwrap()["destinations"][0]["name"], "e0");
         assert_eq!(endpoint(&c, "nope").unwrap_err().code, "endpoint_not_found");
+    }
+
+    /// L5: a page token near usize::MAX neither overflows nor loops.
+    #[test]
+    fn huge_page_tokens_are_empty_pages() {
+        let c = config(3);
+        let last = endpoints(&c, &format!("page_token={}", usize::MAX)).unwrap();
+        assert_eq!(last["endpoints"].as_array().unwrap().len(), 0);
+        assert!(last.get("next_page_token").is_none());
     }
 
     #[test]

@@ -165,6 +165,24 @@ impl Default for Settings {
     }
 }
 
+/// Longest timeout or interval a setting may hold (a day): deadlines are `now + setting`.
+const MAX_SETTING_MS: u64 = 86_400_000;
+
+impl Settings {
+    fn check(&self, issues: &mut Issues) {
+        for (name, value) in [
+            ("origin_timeout_ms", self.origin_timeout_ms),
+            ("total_timeout_ms", self.total_timeout_ms),
+            ("breaker_cooldown_ms", self.breaker_cooldown_ms),
+            ("config_ttl_ms", self.config_ttl_ms),
+        ] {
+            if value > MAX_SETTING_MS {
+                issues.push(format!("settings.{name}"), format!("must be at most {MAX_SETTING_MS} (one day, in ms)"));
+            }
+        }
+    }
+}
+
 mod raw {
     use serde::Deserialize;
     use serde_json::{Map, Value};
@@ -303,6 +321,7 @@ impl Config {
             None => Settings::default(),
             Some(v) => issues.parse("settings", v).unwrap_or_default(),
         };
+        settings.check(&mut issues);
 
         let mut regions = Vec::new();
         for (name, value) in raw.regions {
@@ -539,7 +558,8 @@ fn check_route(
             Some(_) => {}
         }
     }
-    let total: u32 = raw.destinations.iter().map(|d| d.traffic_percentage).sum();
+    // Summed in u64: u32 percentages could wrap (4294967295 + 101 = 100).
+    let total: u64 = raw.destinations.iter().map(|d| u64::from(d.traffic_percentage)).sum();
     if !raw.destinations.is_empty() && total != 100 {
         issues.push(format!("{path}.destinations"), format!("traffic_percentage values sum to {total}, not 100"));
     }
@@ -623,6 +643,23 @@ mod tests {
         .unwrap();
         assert_eq!(config.order, ["chat", "chat2", "split"]);
         assert_eq!(config.routes["split"].destinations, [("chat".to_string(), 80), ("chat2".to_string(), 20)]);
+    }
+
+    /// L5: percentages that wrap a u32 sum (4294967295 + 101 = 100) are refused.
+    #[test]
+    fn traffic_percentages_cannot_wrap_to_100() {
+        let issues = Config::from_value(json!({
+            "endpoints": [chat_endpoint("openai")],
+            "routes": [{"name": "split", "task_type": "llm/v1/chat",
+                        "destinations": [{"name": "chat", "traffic_percentage": 4294967295u64},
+                                         {"name": "chat", "traffic_percentage": 101}]}]
+        }))
+        .unwrap_err();
+        let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        assert!(text.iter().any(|t| t.contains("routes[0].destinations") && t.contains("100")), "{text:?}");
+        // Timeouts near u64::MAX are refused too (deadlines are now + timeout).
+        let issues = Config::from_value(json!({"settings": {"total_timeout_ms": u64::MAX}})).unwrap_err();
+        assert!(issues[0].to_string().starts_with("settings.total_timeout_ms"), "{issues:?}");
     }
 
     #[test]

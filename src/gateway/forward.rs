@@ -75,7 +75,7 @@ impl Breaker {
         let health = origins.entry(url.to_string()).or_default();
         health.failures += 1;
         if health.failures >= BREAKER_THRESHOLD {
-            health.open_until = now + cooldown_ms;
+            health.open_until = now.saturating_add(cooldown_ms);
         }
     }
 }
@@ -94,7 +94,7 @@ pub async fn forward<P: Ports>(
     let settings = &config.settings;
     let endpoint = attempt.endpoint;
     let started = ports.now_ms();
-    let deadline = started + settings.total_timeout_ms;
+    let deadline = started.saturating_add(settings.total_timeout_ms);
     // Healthy origins first; origins the breaker marked down stay as a last resort.
     let (mut order, down): (Vec<&Origin>, Vec<&Origin>) =
         origins.iter().copied().partition(|o| !breaker.is_open(&o.url, started));

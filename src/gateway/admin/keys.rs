@@ -120,7 +120,13 @@ pub(super) fn key_spec(body: &[u8], now_ms: u64) -> std::result::Result<KeyRecor
             None
         }
         (Some(at), None) => Some(at),
-        (None, Some(secs)) => Some(now_ms / 1000 + secs),
+        (None, Some(secs)) => match (now_ms / 1000).checked_add(secs) {
+            Some(at) => Some(at),
+            None => {
+                issues.push("expires_in", "is too large (seconds from now)");
+                None
+            }
+        },
         (None, None) => None,
     };
     let exact = match map.get("exact") {

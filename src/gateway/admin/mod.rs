@@ -385,6 +385,16 @@ mod tests {
         assert_eq!(r.body["endpoints"], json!(["*"]));
     }
 
+    /// L5: `expires_in` near u64::MAX is refused, not wrapped into the past.
+    #[test]
+    fn huge_expires_in_is_refused() {
+        let host = host();
+        let memo = AuthMemo::default();
+        let r = admin(&host, &memo, Method::POST, "/admin/keys", Some(json!({"tenant": "t", "expires_in": u64::MAX})));
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert!(r.body["issues"].to_string().contains("expires_in"), "{}", r.body);
+    }
+
     /// The pipeline's order, with the admin API around it: create a key, authenticate, admit,
     /// account for several answers; the usage API returns exactly their sum.
     #[test]

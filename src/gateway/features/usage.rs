@@ -155,14 +155,15 @@ pub struct DayUsage {
 
 impl DayUsage {
     pub fn add(&mut self, other: &DayUsage) {
-        self.requests += other.requests;
-        self.prompt_tokens += other.prompt_tokens;
-        self.completion_tokens += other.completion_tokens;
-        self.cost_nusd += other.cost_nusd;
-        self.cache_hits += other.cache_hits;
-        self.errors += other.errors;
-        self.unpriced += other.unpriced;
-        self.latency_ms += other.latency_ms;
+        // Saturating: origin-reported counts can be absurd, and a wrapped sum would undercount.
+        self.requests = self.requests.saturating_add(other.requests);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.saturating_add(other.completion_tokens);
+        self.cost_nusd = self.cost_nusd.saturating_add(other.cost_nusd);
+        self.cache_hits = self.cache_hits.saturating_add(other.cache_hits);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.unpriced = self.unpriced.saturating_add(other.unpriced);
+        self.latency_ms = self.latency_ms.saturating_add(other.latency_ms);
     }
 
     /// The admin API's view.
@@ -171,7 +172,7 @@ impl DayUsage {
             "requests": self.requests,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "total_tokens": self.prompt_tokens.saturating_add(self.completion_tokens),
             "cost_usd": nusd_to_usd(self.cost_nusd),
             "cache_hits": self.cache_hits,
             "errors": self.errors,
@@ -551,6 +552,15 @@ mod tests {
             latency_ms: 10,
             status: if completion == 0 { 500 } else { 200 },
         }
+    }
+
+    /// L5: absurd origin-reported counts saturate instead of wrapping (or panicking).
+    #[test]
+    fn day_usage_saturates() {
+        let mut day = DayUsage { prompt_tokens: u64::MAX, completion_tokens: u64::MAX, ..DayUsage::default() };
+        day.add(&DayUsage { prompt_tokens: 5, completion_tokens: 5, requests: 1, ..DayUsage::default() });
+        assert_eq!(day.prompt_tokens, u64::MAX);
+        assert_eq!(day.view()["total_tokens"], u64::MAX);
     }
 
     #[test]

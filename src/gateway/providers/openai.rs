@@ -107,6 +107,16 @@ impl OpenAi {
     }
 }
 
+/// OpenAI's reasoning model families (`o1`, `o3`, `o4`, `gpt-5`, with any suffix) accept only
+/// `max_completion_tokens`; everything else, OpenAI-compatible servers included, reads
+/// `max_tokens`.
+fn takes_max_completion_tokens(model: &str) -> bool {
+    let model = model.rsplit('/').next().unwrap_or(model).to_ascii_lowercase();
+    ["o1", "o3", "o4", "gpt-5"].iter().any(|family| {
+        model.strip_prefix(family).is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', '.', '_']))
+    })
+}
+
 impl Adapter for OpenAi {
     type Stream = NoTranslation;
 
@@ -135,6 +145,14 @@ impl Adapter for OpenAi {
                 }
             }
         };
+        // Azure endpoints may leave `model.name` empty: the deployment then names the model.
+        let family = if call.model.is_empty() { self.deployment.as_deref().unwrap_or_default() } else { call.model };
+        if call.op == Operation::Chat && takes_max_completion_tokens(family) {
+            // The gateway's internal spelling is `max_tokens`; reasoning models refuse it.
+            if let Some(limit) = body.remove("max_tokens") {
+                body.insert("max_completion_tokens".into(), limit);
+            }
+        }
         if call.stream && call.op != Operation::Embeddings {
             // Ask for the final usage chunk so streamed calls are accounted like buffered ones.
             let options = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
@@ -200,6 +218,32 @@ mod tests {
             p.build_request(call(Operation::Chat, "http://o/v1", json!({"stream": true}), true), &SECRETS).unwrap();
         let sent: Value = serde_json::from_slice(req.body()).unwrap();
         assert_eq!(sent["stream_options"], json!({"include_usage": true}));
+    }
+
+    /// M7: reasoning models (o1, o3, o4, gpt-5 families) reject `max_tokens`; they get
+    /// `max_completion_tokens`. Other models keep `max_tokens` (what OpenAI-compatible servers read).
+    #[test]
+    fn output_token_limit_uses_the_field_the_model_family_takes() {
+        let p = adapter(json!({"openai_api_key": "$OPENAI_API_KEY"}));
+        let body = json!({"messages": [], "max_tokens": 100});
+        for (model, field) in [
+            ("o1", "max_completion_tokens"),
+            ("o3-mini", "max_completion_tokens"),
+            ("o4-mini-2025-04-16", "max_completion_tokens"),
+            ("gpt-5-nano", "max_completion_tokens"),
+            ("gpt-4o-mini", "max_tokens"),
+            ("llama-3.1-8b", "max_tokens"),
+            ("o1x-not-a-family", "max_tokens"),
+        ] {
+            let call = test_support::call(Operation::Chat, model, body.clone(), "http://o/v1", false, 0);
+            let sent = test_support::sent(&p.build_request(call, &SECRETS).unwrap());
+            assert_eq!(sent[field], 100, "{model}: {sent}");
+            let other = if field == "max_tokens" { "max_completion_tokens" } else { "max_tokens" };
+            assert!(sent.get(other).is_none(), "{model}: {sent}");
+        }
+        // The legacy completions API only knows `max_tokens`.
+        let call = test_support::call(Operation::Completions, "o3-mini", body, "http://o/v1", false, 0);
+        assert_eq!(test_support::sent(&p.build_request(call, &SECRETS).unwrap())["max_tokens"], 100);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::gateway::check::did_you_mean;
 use crate::gateway::config::{Config, ACTIVE_KEY};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::keys::{self, BudgetPeriod, KeyRecord};
-use crate::gateway::features::limits::valid_tenant;
+use crate::gateway::features::limits::{valid_name, valid_tenant, TENANT_RULE};
 use crate::gateway::ports::Ports;
 
 // ---------------------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ pub(super) fn key_spec(body: &[u8], now_ms: u64) -> std::result::Result<KeyRecor
     let tenant = match map.get("tenant").and_then(Value::as_str) {
         Some(t) if valid_tenant(t) => t.to_string(),
         Some(_) => {
-            issues.push("tenant", "letters, digits, '_', '-', '.'; 1-64 chars");
+            issues.push("tenant", TENANT_RULE);
             String::new()
         }
         None => {
@@ -108,7 +108,7 @@ pub(super) fn key_spec(body: &[u8], now_ms: u64) -> std::result::Result<KeyRecor
     };
     let region = match map.get("region") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if valid_tenant(s) => Some(s.clone()),
+        Some(Value::String(s)) if valid_name(s) => Some(s.clone()),
         Some(_) => {
             issues.push("region", "must be a region name from the config");
             None

@@ -385,6 +385,22 @@ mod tests {
         assert_eq!(r.body["endpoints"], json!(["*"]));
     }
 
+    /// L1: `public` is the tenant of anonymous requests (their cache namespace): no key and no
+    /// tenant budget may take the name.
+    #[test]
+    fn tenant_public_is_reserved() {
+        let host = host();
+        let memo = AuthMemo::default();
+        let r = admin(&host, &memo, Method::POST, "/admin/keys", Some(json!({"tenant": "public"})));
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert!(r.body["issues"].to_string().contains("reserved"), "{}", r.body);
+        let mut c = config("v1");
+        c["limits"] = json!({"tenants": {"public": {"budget_usd": 1}}});
+        let r = admin(&host, &memo, Method::POST, "/admin/config", Some(c));
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert!(r.body["issues"].to_string().contains("reserved"), "{}", r.body);
+    }
+
     /// L5: `expires_in` near u64::MAX is refused, not wrapped into the past.
     #[test]
     fn huge_expires_in_is_refused() {

@@ -78,5 +78,4 @@ impl ModelCall {
     }
 }
 
-/// The tenant of requests to public endpoints made without a key (for cache scoping).
-pub const PUBLIC_TENANT: &str = "public";
+pub use crate::gateway::features::limits::PUBLIC_TENANT;

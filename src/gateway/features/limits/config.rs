@@ -58,7 +58,7 @@ pub fn check_limits(path: &str, value: &Value, issues: &mut Issues) -> Option<Li
                 for (name, t) in tenants {
                     let at = format!("{at}.{name}");
                     if !valid_tenant(name) {
-                        issues.push(&at, "a tenant name has letters, digits, '_', '-', '.' (1-64 chars)");
+                        issues.push(&at, format!("a tenant name has {TENANT_RULE}"));
                     }
                     if let Some(limits) = check_tenant(&at, t, issues) {
                         config.tenants.insert(name.clone(), limits);
@@ -111,8 +111,21 @@ fn check_tenant(path: &str, value: &Value, issues: &mut Issues) -> Option<Tenant
     ok.then_some(TenantLimits { budget_usd, budget_period: period })
 }
 
-/// Tenant names: letters, digits, `_`, `-`, `.`; 1-64 chars (they appear in KV entry names).
+/// The tenant of anonymous requests (public endpoints called without a key): their cached
+/// answers live under it, so no real tenant may take the name.
+pub const PUBLIC_TENANT: &str = "public";
+
+/// What a tenant name may be, for messages.
+pub const TENANT_RULE: &str = "letters, digits, '_', '-', '.'; 1-64 chars; \"public\" is reserved";
+
+/// Tenant names: letters, digits, `_`, `-`, `.`; 1-64 chars (they appear in KV entry names);
+/// not [`PUBLIC_TENANT`].
 pub fn valid_tenant(name: &str) -> bool {
+    valid_name(name) && name != PUBLIC_TENANT
+}
+
+/// Letters, digits, `_`, `-`, `.`; 1-64 chars.
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))

@@ -72,8 +72,8 @@ use crate::gateway::ports::Ports;
 use crate::gateway::util::time::{day_string, days_of, duration_string};
 
 pub use config::{
-    check_endpoint_limit, check_limits, valid_tenant, EndpointLimit, LimitsConfig, LimitsMode, Period, TenantLimits,
-    Window,
+    check_endpoint_limit, check_limits, valid_name, valid_tenant, EndpointLimit, LimitsConfig, LimitsMode, Period,
+    TenantLimits, Window, PUBLIC_TENANT, TENANT_RULE,
 };
 pub use limiter::{Limiter, REFRESH_MS};
 pub use lock::{locked_count, LOCK_SETTLE_MS};

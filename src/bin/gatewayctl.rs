@@ -190,7 +190,7 @@ fn load(file: &str) -> Result<Value, String> {
 
 fn check(file: &str) -> Result<(Value, Config), String> {
     let value = load(file)?;
-    match Config::from_value(value.clone()) {
+    match Config::for_storage(value.clone()) {
         Ok(config) => Ok((value, config)),
         Err(issues) => {
             let lines: Vec<String> = issues.iter().map(|i| format!("  {i}")).collect();

@@ -405,6 +405,22 @@ impl Config {
         }
     }
 
+    /// [`Config::from_value`] plus the rules for a config about to be *stored* (admin apply,
+    /// `gatewayctl validate|render|plan|apply`): credentials must be `$NAME` references, since
+    /// a literal would be copied into `config:active` and every `config:v:*` entry. (A stored
+    /// config with literals still loads: refusing it at runtime would take the gateway down.)
+    pub fn for_storage(value: Value) -> Result<Config, Vec<ConfigIssue>> {
+        let literals = literal_secrets(&value);
+        match Config::from_value(value) {
+            Ok(config) if literals.is_empty() => Ok(config),
+            Ok(_) => Err(literals),
+            Err(mut issues) => {
+                issues.extend(literals);
+                Err(issues)
+            }
+        }
+    }
+
     pub fn endpoint(&self, name: &str) -> Option<&Arc<Endpoint>> {
         self.endpoints.get(name)
     }
@@ -417,6 +433,45 @@ impl Config {
         };
         by(country, |r| &r.countries).or_else(|| by(continent, |r| &r.continents))
     }
+}
+
+/// Whether a provider config key names a credential (`*key*`, `*secret*`, `*token*`,
+/// `*password*`, `*credential*`).
+pub fn is_secret_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    ["key", "secret", "token", "password", "credential"].iter().any(|s| lower.contains(s))
+}
+
+/// Credential-named values under `model.config` of every endpoint (and legacy route) that are
+/// literals rather than `$NAME` references. The issue names the path, never the value.
+pub fn literal_secrets(value: &Value) -> Vec<ConfigIssue> {
+    fn walk(path: &str, value: &Value, out: &mut Vec<ConfigIssue>) {
+        let Value::Object(map) = value else { return };
+        for (name, v) in map {
+            let at = format!("{path}.{name}");
+            match v {
+                Value::String(s) if is_secret_name(name) && !s.is_empty() && !s.starts_with('$') => {
+                    out.push(ConfigIssue {
+                        path: at,
+                        message: "must be a \"$NAME\" reference to a host secret: a literal credential would be \
+                                  stored in config:active and every config:v:* entry"
+                            .into(),
+                    })
+                }
+                Value::Object(_) => walk(&at, v, out),
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for list in ["endpoints", "routes"] {
+        for (i, entry) in value.get(list).and_then(Value::as_array).into_iter().flatten().enumerate() {
+            if let Some(config) = entry.get("model").and_then(|m| m.get("config")) {
+                walk(&format!("{list}[{i}].model.config"), config, &mut out);
+            }
+        }
+    }
+    out
 }
 
 fn check_region(path: &str, region: &str, known: &[&str], issues: &mut Issues) {

@@ -268,21 +268,32 @@ mod tests {
     }
 
     #[test]
-    fn config_without_version_gets_one_and_literal_secrets_are_redacted() {
+    fn config_without_version_gets_one_and_literal_secrets_are_refused() {
         let host = host();
         let memo = AuthMemo::default();
         let mut c = config("x");
         c.as_object_mut().unwrap().remove("version");
-        c["endpoints"][0]["model"]["config"]["openai_api_key"] = json!("sk-live-literal");
-        let r = admin(&host, &memo, Method::POST, "/admin/config", Some(c));
+        let r = admin(&host, &memo, Method::POST, "/admin/config", Some(c.clone()));
         assert_eq!(r.status, StatusCode::OK);
         let version = r.body["version"].as_str().unwrap().to_string();
         assert!(valid_version(&version), "{version}");
         let got = admin(&host, &memo, Method::GET, "/admin/config", None).body;
         assert_eq!(got["version"], version.as_str());
+        // L3: a literal credential would be stored in config:active and every config:v:*.
+        c["endpoints"][0]["model"]["config"]["openai_api_key"] = json!("sk-live-literal");
+        c["version"] = json!("lit");
+        let r = admin(&host, &memo, Method::POST, "/admin/config", Some(c));
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert_eq!(r.body["issues"][0]["path"], "endpoints[0].model.config.openai_api_key", "{}", r.body);
+        assert!(!r.body.to_string().contains("sk-live-literal") && !r.audit.contains("sk-live-literal"));
+        assert!(host.kv.borrow().keys().all(|k| k != "config:v:lit"));
+        // A literal already in KV (written by other means) is still redacted on read.
+        let mut stored = config("old");
+        stored["endpoints"][0]["model"]["config"]["openai_api_key"] = json!("sk-live-literal");
+        host.kv.borrow_mut().insert("config:active".into(), serde_json::to_vec(&stored).unwrap());
+        let got = admin(&host, &memo, Method::GET, "/admin/config", None).body;
         assert_eq!(got["endpoints"][0]["model"]["config"]["openai_api_key"], "[redacted]");
         assert_eq!(got["endpoints"][1]["model"]["config"]["openai_api_key"], "$OPENAI_API_KEY");
-        assert!(!r.audit.contains("sk-live-literal"));
         let bad = admin(&host, &memo, Method::POST, "/admin/config", Some(json!({"version": "../x", "endpoints": []})));
         assert_eq!(bad.body["error"]["code"], "invalid_version");
         let bad = admin(&host, &memo, Method::POST, "/admin/config", Some(json!([1])));

@@ -36,6 +36,10 @@ pub struct LogRecord {
     pub stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorCode>,
+    /// What the operator needs to know about an error and the client must not see (e.g. the
+    /// config issue behind a `config_invalid`). Never a secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -109,7 +109,7 @@ impl Gateway {
         if route == ApiRoute::Health {
             return Ok(json_response(StatusCode::OK, &json!({"status": "OK"})));
         }
-        let config = self.config(ports).await?;
+        let config = self.config(ports, &mut ctx.log).await?;
         let query = request.uri().query().unwrap_or("");
         let (path_name, dialect) = match route {
             ApiRoute::ListModels => return Ok(respond::ok_json(catalog::models(&config))),
@@ -138,8 +138,10 @@ impl Gateway {
         Exchange { response, deferred: Deferred { log, pending: Pending::default(), audit: Some(answer.audit) } }
     }
 
-    /// The active config, memoized per isolate for `settings.config_ttl_ms`.
-    async fn config<P: Ports>(&self, ports: &P) -> Result<Rc<Config>> {
+    /// The active config, memoized per isolate for `settings.config_ttl_ms`. An invalid
+    /// config is a 503 whose message names no detail (clients must not learn config paths or
+    /// names); the issues go to the request's log line.
+    async fn config<P: Ports>(&self, ports: &P, log: &mut LogRecord) -> Result<Rc<Config>> {
         let now = ports.now_ms();
         if let Some(memo) = &*self.config.borrow() {
             if now.saturating_sub(memo.fetched_at) < memo.config.settings.config_ttl_ms {
@@ -160,9 +162,15 @@ impl Gateway {
         }
         let config = Config::from_json(&raw).map_err(|issues| {
             let first = issues.first().map(ToString::to_string).unwrap_or_default();
+            log.detail = Some(format!(
+                "KV entry \"{ACTIVE_KEY}\" is invalid ({} issue(s)); first: {}",
+                issues.len(),
+                crate::gateway::util::text::truncate(&first, 500)
+            ));
             GatewayError::not_configured(
                 ErrorCode::ConfigInvalid,
-                format!("KV entry \"{ACTIVE_KEY}\" is invalid ({} issue(s)); first: {first}", issues.len()),
+                "the gateway's configuration is invalid; its operator can see why in the gateway log \
+                 or with `gatewayctl validate`",
             )
         })?;
         let config = Rc::new(config);

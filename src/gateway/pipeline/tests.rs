@@ -83,6 +83,20 @@ fn missing_config_is_503_naming_the_kv_entry() {
     assert!(body["error"]["message"].as_str().unwrap().contains("config:active"));
 }
 
+/// L3: an invalid config is a 503 that names no config detail to clients; the log line has it.
+#[test]
+fn invalid_config_is_a_503_without_details_for_clients() {
+    let bad = r#"{"endpoints": [{"name": "internal-billing-chat", "endpoint_type": "llm/v1/chatt",
+        "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$K"}}}]}"#;
+    let host = MemoryHost::new(ok_origin).with_kv(ACTIVE_KEY, bad);
+    let (status, body, exchange) = run(&host, post("/v1/chat/completions", r#"{"model":"chat"}"#));
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("config_invalid")));
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("endpoints[0]") && !message.contains("internal-billing"), "{message}");
+    let line = block_on(exchange.deferred.complete(&host, None));
+    assert!(line.contains("endpoints[0].endpoint_type"), "{line}");
+}
+
 #[test]
 fn unreachable_origin_is_502_and_timeout_504() {
     let host = MemoryHost::new(|_| Err(UpstreamError::Connect("connection refused".into())))

@@ -313,7 +313,7 @@ impl crate::gateway::ports::counter::Counter for SpinHost {
         scope: &str,
         ops: &[crate::gateway::ports::counter::CounterOp],
     ) -> Result<Option<crate::gateway::ports::counter::CounterReply>> {
-        crate::gateway::features::limits::locked_count(self, scope, ops).await.map(Some)
+        crate::gateway::ports::lock::locked_count(self, scope, ops).await.map(Some)
     }
 
     fn keeps_state(&self) -> bool {

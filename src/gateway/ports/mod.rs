@@ -9,6 +9,7 @@
 use crate::gateway::error::Result;
 
 pub mod counter;
+pub mod lock;
 pub mod memory;
 
 pub use counter::Counter;

@@ -59,7 +59,6 @@
 
 mod config;
 mod limiter;
-mod lock;
 
 use std::rc::Rc;
 
@@ -71,12 +70,12 @@ use crate::gateway::ports::counter::{apply_ops, violates, Amounts, Caps, Counter
 use crate::gateway::ports::Ports;
 use crate::gateway::util::time::{day_string, days_of, duration_string};
 
+pub use crate::gateway::ports::lock::{locked_count, LOCK_SETTLE_MS};
 pub use config::{
     check_endpoint_limit, check_limits, valid_name, valid_tenant, EndpointLimit, LimitsConfig, LimitsMode, Period,
     TenantLimits, Window, PUBLIC_TENANT, TENANT_RULE,
 };
 pub use limiter::{Limiter, REFRESH_MS};
-pub use lock::{locked_count, LOCK_SETTLE_MS};
 
 // ---------------------------------------------------------------------------------------------
 // Admission
@@ -492,8 +491,8 @@ mod tests {
     use super::*;
     use crate::gateway::check::Issues;
     use crate::gateway::features::keys::BudgetPeriod;
-    use crate::gateway::features::limits::lock::{LockValue, LOCK_LEASE_MS};
     use crate::gateway::ports::counter::CounterReply;
+    use crate::gateway::ports::lock::{LockValue, LOCK_LEASE_MS};
     use crate::gateway::ports::memory::{block_on, MemoryHost};
     use crate::gateway::ports::Kv;
     use crate::gateway::ports::{Clock, Secrets, Upstream, UpstreamError};

@@ -4,25 +4,32 @@
 use serde::{Deserialize, Serialize};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::features::limits::limiter::{read_amounts, TTL_GRACE_SECS};
-use crate::gateway::ports::counter::{apply_ops, CounterOp, CounterReply};
+use crate::gateway::ports::counter::{apply_ops, Amounts, CounterOp, CounterReply};
 use crate::gateway::ports::Kv;
+
+/// Counters outlive their window by this much in KV (Cloudflare's minimum TTL is 60 s).
+pub const TTL_GRACE_SECS: u64 = 60;
+
+/// A counter stored in KV (`{requests, tokens, cost_nusd}`), or zero when absent or unreadable.
+pub async fn read_amounts(kv: &impl Kv, name: &str) -> Result<Amounts> {
+    Ok(kv.get(name).await?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default())
+}
 
 /// How long a `locked_count` caller waits after writing the lock before reading it back.
 pub const LOCK_SETTLE_MS: u64 = 50;
 
 /// A lock older than this is treated as abandoned (its holder died).
-pub(super) const LOCK_LEASE_MS: u64 = 2_000;
+pub const LOCK_LEASE_MS: u64 = 2_000;
 
 /// A caller gives up (503) after waiting this long for the lock.
-pub(super) const LOCK_WAIT_MS: u64 = 10_000;
+pub const LOCK_WAIT_MS: u64 = 10_000;
 
-pub(super) const LOCK_POLL_MS: u64 = 10;
+pub const LOCK_POLL_MS: u64 = 10;
 
 #[derive(Serialize, Deserialize)]
-pub(super) struct LockValue {
-    pub(super) id: String,
-    pub(super) at: u64,
+pub struct LockValue {
+    pub id: String,
+    pub at: u64,
 }
 
 /// Exact counting for hosts with neither a Durable Object nor an atomic increment, over a

@@ -93,6 +93,9 @@ error_codes! {
     NoOrigin = "no_origin",
     KvError = "kv_error",
     KvUnbound = "kv_unbound",
+    /// The key-value store (or exact counter) failed transiently while authenticating or
+    /// counting limits: 503 with `Retry-After` (those fail closed; the cache fails open).
+    KvUnavailable = "kv_unavailable",
     KeyRecordInvalid = "key_record_invalid",
     CounterError = "counter_error",
     CounterBusy = "counter_busy",
@@ -200,6 +203,12 @@ impl GatewayError {
     /// A host port (KV, secrets) failed; never the client's fault.
     pub fn internal(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "gateway_error", code, message)
+    }
+
+    /// A transient store failure on a path that must fail closed (auth, limits, config).
+    pub fn kv_unavailable(what: &str) -> Self {
+        Self::not_configured(ErrorCode::KvUnavailable, format!("{what} is temporarily unavailable; retry shortly"))
+            .with_retry_after(1)
     }
 
     pub fn with_retry_after(mut self, seconds: u64) -> Self {

@@ -396,6 +396,48 @@ mod tests {
         assert_eq!(r.body["endpoints"], json!(["*"]));
     }
 
+    /// M3: two rotations of one key racing (interleaved at every KV call) leave exactly one
+    /// working key, and it is the one the key list shows: no active key hides from list/revoke.
+    #[test]
+    fn racing_rotations_leave_no_hidden_active_key() {
+        use crate::gateway::ports::memory::run_interleaved;
+        use std::future::Future;
+        use std::pin::Pin;
+        let host = host();
+        let memo = AuthMemo::default();
+        let created = admin(&host, &memo, Method::POST, "/admin/keys", Some(json!({"tenant": "acme"})));
+        let (old, id) =
+            (created.body["key"].as_str().unwrap().to_string(), created.body["id"].as_str().unwrap().to_string());
+        host.kv_yield.set(true);
+        let rotate = || {
+            Request::builder()
+                .method(Method::POST)
+                .uri(format!("/admin/keys/{id}/rotate"))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Vec::new())
+                .unwrap()
+        };
+        let (a, b) = (rotate(), rotate());
+        let memos = (AuthMemo::default(), AuthMemo::default());
+        let futures: Vec<Pin<Box<dyn Future<Output = AdminResponse> + '_>>> =
+            vec![Box::pin(handle(&host, &memos.0, &a)), Box::pin(handle(&host, &memos.1, &b))];
+        let answers = run_interleaved(futures);
+        host.kv_yield.set(false);
+        let mut candidates = vec![old];
+        candidates.extend(answers.iter().filter_map(|r| r.body["key"].as_str().map(str::to_string)));
+        let live: Vec<&String> = candidates
+            .iter()
+            .filter(|k| {
+                let mut headers = http::HeaderMap::new();
+                headers.insert("authorization", format!("Bearer {k}").parse().unwrap());
+                block_on(authenticate(&host, &AuthMemo::default(), &headers, "chat", false)).is_ok()
+            })
+            .collect();
+        assert_eq!(live.len(), 1, "exactly one key works");
+        let listed = keys::by_id(&host, &id);
+        assert_eq!(block_on(listed).unwrap().unwrap().hash, keys::hash_key(live[0]), "and list/revoke see it");
+    }
+
     /// L1: `public` is the tenant of anonymous requests (their cache namespace): no key and no
     /// tenant budget may take the name.
     #[test]

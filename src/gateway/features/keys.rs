@@ -235,6 +235,11 @@ pub async fn store(kv: &impl Kv, record: &KeyRecord) -> Result<()> {
     kv.put(&index_key(&record.id), record.hash.as_bytes(), None).await
 }
 
+/// Whether the id index of `id` names the record `hash` (the one live record of that id).
+pub async fn index_names(kv: &impl Kv, id: &str, hash: &str) -> Result<bool> {
+    Ok(kv.get(&index_key(id)).await?.is_some_and(|named| named == hash.as_bytes()))
+}
+
 /// The record of key `id`, through the index.
 pub async fn by_id(kv: &impl Kv, id: &str) -> Result<Option<KeyRecord>> {
     if !valid_id(id) {

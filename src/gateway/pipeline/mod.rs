@@ -148,7 +148,19 @@ impl Gateway {
                 return Ok(memo.config.clone());
             }
         }
-        let Some(raw) = ports.get(ACTIVE_KEY).await? else {
+        let raw = match ports.get(ACTIVE_KEY).await {
+            Ok(raw) => raw,
+            // A store failure: an isolate that has a config keeps serving it; others fail
+            // closed, retryably.
+            Err(e) => {
+                log.detail = Some(format!("reading {ACTIVE_KEY} failed: {}", e.message));
+                return match &*self.config.borrow() {
+                    Some(memo) => Ok(memo.config.clone()),
+                    None => Err(GatewayError::kv_unavailable("the gateway's configuration")),
+                };
+            }
+        };
+        let Some(raw) = raw else {
             *self.config.borrow_mut() = None;
             return Err(GatewayError::not_configured(
                 ErrorCode::ConfigMissing,

@@ -97,6 +97,59 @@ fn invalid_config_is_a_503_without_details_for_clients() {
     assert!(line.contains("endpoints[0].endpoint_type"), "{line}");
 }
 
+/// Stores a key for `tenant` with `f` applied and returns its plaintext.
+fn add_key(host: &MemoryHost, f: impl FnOnce(&mut crate::gateway::features::keys::KeyRecord)) -> String {
+    use crate::gateway::features::keys;
+    let key = keys::generate(host);
+    let mut record = keys::KeyRecord {
+        id: keys::new_id(host),
+        tenant: "acme".into(),
+        endpoints: vec!["*".into()],
+        hash: keys::hash_key(&key),
+        ..Default::default()
+    };
+    f(&mut record);
+    block_on(keys::store(host, &record)).unwrap();
+    key
+}
+
+fn with_key(mut request: Request<Vec<u8>>, key: &str) -> Request<Vec<u8>> {
+    request.headers_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request
+}
+
+/// KV transient errors: limits and config fail closed (503 kv_unavailable + Retry-After; an
+/// isolate with a config memo keeps serving it), the cache fails open (a miss, the origin
+/// answers).
+#[test]
+fn kv_errors_fail_closed_for_limits_and_config_and_open_for_the_cache() {
+    let host = host();
+    let key = add_key(&host, |k| k.rpm = Some(100));
+    let chat = || with_key(post("/v1/chat/completions", r#"{"model":"chat","temperature":0}"#), &key);
+    host.kv_fail.borrow_mut().push("rl:".into());
+    let (status, body, exchange) = run(&host, chat());
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("kv_unavailable")));
+    assert_eq!(exchange.response.headers()["retry-after"], "1");
+    assert!(host.sent.borrow().is_empty(), "nothing forwarded");
+
+    *host.kv_fail.borrow_mut() = vec!["cache:".into()];
+    let (status, _, exchange) = run(&host, chat());
+    assert_eq!(status, StatusCode::OK, "the cache fails open");
+    assert_eq!(exchange.deferred.log.cache, Some("MISS"));
+
+    let gateway = Gateway::new();
+    host.kv_fail.borrow_mut().clear();
+    let anon = || post("/v1/chat/completions", r#"{"model":"chat"}"#);
+    assert_eq!(block_on(gateway.handle(&host, anon(), &ClientInfo::default())).response.status(), StatusCode::OK);
+    host.advance(1001);
+    *host.kv_fail.borrow_mut() = vec!["config:".into()];
+    let stale = block_on(gateway.handle(&host, anon(), &ClientInfo::default()));
+    assert_eq!(stale.response.status(), StatusCode::OK, "the isolate keeps its last config");
+    let (status, body, exchange) = run(&host, anon());
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("kv_unavailable")));
+    assert_eq!(exchange.response.headers()["retry-after"], "1");
+}
+
 #[test]
 fn unreachable_origin_is_502_and_timeout_504() {
     let host = MemoryHost::new(|_| Err(UpstreamError::Connect("connection refused".into())))

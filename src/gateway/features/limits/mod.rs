@@ -267,7 +267,7 @@ pub async fn admit<P: Ports + Counter>(
         for scope in scopes {
             let idx: Vec<usize> = (0..checks.len()).filter(|i| checks[*i].scope == scope).collect();
             let ops: Vec<CounterOp> = idx.iter().map(|i| checks[*i].op.clone()).collect();
-            match ports.count(scope, &ops).await? {
+            match ports.count(scope, &ops).await.map_err(unavailable)? {
                 Some(reply) if reply.values.len() == ops.len() => {
                     for (i, v) in idx.iter().zip(reply.values) {
                         values[*i] = Some(v);
@@ -293,7 +293,7 @@ pub async fn admit<P: Ports + Counter>(
     if !kv_checks.is_empty() {
         for i in &kv_checks {
             let op = &checks[*i].op;
-            limiter.refresh(ports, &op.name, op.expires_at_ms, now).await?;
+            limiter.refresh(ports, &op.name, op.expires_at_ms, now).await.map_err(unavailable)?;
         }
         // From here to the increments: no await, so interleaved requests see each other.
         let ops: Vec<CounterOp> = kv_checks.iter().map(|i| checks[*i].op.clone()).collect();
@@ -330,6 +330,16 @@ pub async fn admit<P: Ports + Counter>(
         })
         .collect();
     Ok(admission)
+}
+
+/// A store or counter failure while admitting: limits fail closed, as a retryable 503
+/// (`kv_unavailable`); a 503 the counter chose itself (busy, unbound) stays as it is.
+fn unavailable(e: GatewayError) -> GatewayError {
+    if e.status.is_server_error() && e.status != http::StatusCode::SERVICE_UNAVAILABLE {
+        GatewayError::kv_unavailable("the rate-limit counter")
+    } else {
+        e
+    }
 }
 
 /// The counters that apply to a request.

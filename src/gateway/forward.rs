@@ -39,6 +39,8 @@ pub struct Attempt<'a> {
     pub endpoint: &'a Endpoint,
     pub op: Operation,
     pub stream: bool,
+    /// The residency pin (endpoint's or key's): failures are reported as the region's.
+    pub pin: Option<&'a str>,
 }
 
 /// The origin's response and which origin gave it.
@@ -156,7 +158,7 @@ pub async fn forward<P: Ports>(
                     continue;
                 }
                 // A pinned endpoint reports "region unavailable" rather than the last error.
-                if is_last && endpoint.residency.is_none() {
+                if is_last && attempt.pin.is_none() {
                     return Ok(Forwarded { response, origin: label });
                 }
                 GatewayError::bad_gateway(ErrorCode::OriginError, format!("origin returned HTTP {}", status.as_u16()))
@@ -180,7 +182,7 @@ pub async fn forward<P: Ports>(
     }
     let error =
         last_error.unwrap_or_else(|| GatewayError::not_configured(ErrorCode::NoOrigin, "the endpoint has no origin"));
-    Err(match &endpoint.residency {
+    Err(match attempt.pin {
         // Never fall back outside the pinned region: say why nothing answered.
         Some(region) => GatewayError::not_configured(
             ErrorCode::RegionUnavailable,

@@ -146,12 +146,30 @@ fn unknown_name(config: &Config, name: &str) -> GatewayError {
     GatewayError::not_found(ErrorCode::ModelNotFound, format!("no endpoint named \"{shown}{ellipsis}\"{hint}"))
 }
 
-/// The origins to try, in order. A residency pin keeps only origins in the pinned region;
-/// origins in the client's region come first; within a group, one is picked first in
-/// proportion to its weight (by `request_hash`), the rest follow in config order.
-pub fn order_origins<'a>(endpoint: &'a Endpoint, client_region: Option<&str>, request_hash: u64) -> Vec<&'a Origin> {
-    let allowed: Vec<&Origin> = match &endpoint.residency {
-        Some(pin) => endpoint.origins.iter().filter(|o| o.region.as_ref() == Some(pin)).collect(),
+/// The residency pin a request obeys: the endpoint's and the API key's, intersected. `Err`
+/// names both when they contradict (no origin may serve the request).
+pub fn residency_pin<'a>(endpoint: Option<&'a str>, key: Option<&'a str>) -> Result<Option<&'a str>> {
+    match (endpoint, key) {
+        (Some(e), Some(k)) if e != k => Err(GatewayError::not_configured(
+            ErrorCode::RegionUnavailable,
+            format!("this API key is pinned to region \"{k}\", but the endpoint keeps its requests in \"{e}\""),
+        )),
+        (e, k) => Ok(e.or(k)),
+    }
+}
+
+/// The origins to try, in order. A residency pin (the endpoint's or the key's, see
+/// [`residency_pin`]) keeps only origins in the pinned region; origins in the client's region
+/// come first; within a group, one is picked first in proportion to its weight (by
+/// `request_hash`), the rest follow in config order.
+pub fn order_origins<'a>(
+    endpoint: &'a Endpoint,
+    client_region: Option<&str>,
+    request_hash: u64,
+    pin: Option<&str>,
+) -> Vec<&'a Origin> {
+    let allowed: Vec<&Origin> = match pin {
+        Some(pin) => endpoint.origins.iter().filter(|o| o.region.as_deref() == Some(pin)).collect(),
         None => endpoint.origins.iter().collect(),
     };
     let in_region = |o: &&Origin| client_region.is_some() && o.region.as_deref() == client_region;
@@ -285,11 +303,12 @@ mod tests {
     fn client_region_first_then_failover_elsewhere() {
         let config = regional();
         let free = config.endpoint("free").unwrap();
-        assert_eq!(urls(order_origins(free, Some("eu"), 0)), ["http://eu1/v1", "http://us1/v1", "http://us2/v1"]);
+        assert_eq!(urls(order_origins(free, Some("eu"), 0, None)), ["http://eu1/v1", "http://us1/v1", "http://us2/v1"]);
         // Weight 3 vs 1: us2 leads three times out of four.
-        let us2_first = (0..400u64).filter(|h| order_origins(free, Some("us"), *h)[0].url == "http://us2/v1").count();
+        let us2_first =
+            (0..400u64).filter(|h| order_origins(free, Some("us"), *h, None)[0].url == "http://us2/v1").count();
         assert_eq!(us2_first, 300);
-        assert_eq!(order_origins(free, Some("us"), 0).len(), 3);
+        assert_eq!(order_origins(free, Some("us"), 0, None).len(), 3);
     }
 
     #[test]
@@ -297,7 +316,7 @@ mod tests {
         let config = regional();
         let pinned = config.endpoint("pinned").unwrap();
         for region in [Some("us"), Some("eu"), None] {
-            let order = urls(order_origins(pinned, region, 1));
+            let order = urls(order_origins(pinned, region, 1, pinned.residency.as_deref()));
             assert!(order.iter().all(|u| u.starts_with("http://eu")), "{order:?}");
             assert_eq!(order.len(), 2);
         }

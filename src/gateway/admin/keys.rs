@@ -186,8 +186,31 @@ pub(super) async fn endpoint_warnings<P: Ports>(ports: &P, record: &KeyRecord) -
         .collect()
 }
 
+/// A residency pin must name a region of the active config (a typo would pin the key to no
+/// origin at all, or look like a pin while the config has no such region).
+pub(super) async fn check_region<P: Ports>(ports: &P, region: &str) -> std::result::Result<(), Failure> {
+    let config = match ports.get(ACTIVE_KEY).await? {
+        Some(raw) => Config::from_json(&raw).ok(),
+        None => None,
+    };
+    let names: Vec<&str> = config.iter().flat_map(|c| c.regions.iter().map(|r| r.name.as_str())).collect();
+    if names.contains(&region) {
+        return Ok(());
+    }
+    let mut issues = crate::gateway::check::Issues::default();
+    if names.is_empty() {
+        issues.push("region", "the active config defines no regions: a residency pin needs one");
+    } else {
+        issues.unknown("region", "region", region, &names);
+    }
+    Err(issues_failure("the key request", issues.0))
+}
+
 pub(super) async fn create_key<P: Ports>(ports: &P, body: &[u8], audit: &mut Audit) -> Handled {
     let mut record = key_spec(body, ports.now_ms())?;
+    if let Some(region) = &record.region {
+        check_region(ports, region).await?;
+    }
     audit.tenant = Some(record.tenant.clone());
     let key = keys::generate(ports);
     record.id = keys::new_id(ports);

@@ -438,6 +438,21 @@ mod tests {
         assert_eq!(block_on(listed).unwrap().unwrap().hash, keys::hash_key(live[0]), "and list/revoke see it");
     }
 
+    /// H3: a key's residency pin must name a region of the active config.
+    #[test]
+    fn key_region_is_checked_against_the_config() {
+        let host = host();
+        let memo = AuthMemo::default();
+        let mut c = config("v1");
+        c["regions"] = json!({"eu": {"continents": ["EU"]}, "us": {"continents": ["NA"]}});
+        assert_eq!(admin(&host, &memo, Method::POST, "/admin/config", Some(c)).status, StatusCode::OK);
+        let r = admin(&host, &memo, Method::POST, "/admin/keys", Some(json!({"tenant": "t", "region": "euu"})));
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert!(r.body["issues"].to_string().contains("did you mean \\\"eu\\\""), "{}", r.body);
+        let r = admin(&host, &memo, Method::POST, "/admin/keys", Some(json!({"tenant": "t", "region": "eu"})));
+        assert_eq!((r.status, &r.body["region"]), (StatusCode::CREATED, &json!("eu")));
+    }
+
     /// L1: `public` is the tenant of anonymous requests (their cache namespace): no key and no
     /// tenant budget may take the name.
     #[test]

@@ -69,6 +69,8 @@ pub struct ModelCall {
     pub stream: bool,
     /// Where a deterministic answer is stored after the response (the `cache_lookup` phase).
     pub cache_key: Option<String>,
+    /// The residency pin the request obeys (the endpoint's and the key's; `choose_origins`).
+    pub pin: Option<String>,
 }
 
 impl ModelCall {

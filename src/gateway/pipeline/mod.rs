@@ -206,7 +206,7 @@ async fn invoke<P: Ports>(
         return Ok(hit);
     }
     let endpoint = Arc::clone(&call.endpoint);
-    let origins = phases::choose_origins(ctx, &call, &endpoint);
+    let origins = phases::choose_origins(ctx, &mut call, &endpoint)?;
     let upstream = phases::forward(ports, ctx, &mut call, &origins).await?;
     phases::respond(ports, ctx, &call, upstream).await
 }

@@ -48,6 +48,7 @@ pub fn resolve(
         template_version: None,
         stream: false,
         cache_key: None,
+        pin: None,
     })
 }
 
@@ -162,18 +163,32 @@ fn client_replay(ctx: &RequestContext<'_>, call: &ModelCall, openai_sse: Vec<u8>
     }
 }
 
-/// Choose origins: the client's region first, the residency pin enforced, weights applied.
-/// (`endpoint` is the call's, held apart so the call can move on while its origins are used.)
-pub fn choose_origins<'e>(ctx: &mut RequestContext<'_>, call: &ModelCall, endpoint: &'e Endpoint) -> Vec<&'e Origin> {
+/// Choose origins: the client's region first, the residency pin (the endpoint's and the API
+/// key's) enforced, weights applied. (`endpoint` is the call's, held apart so the call can
+/// move on while its origins are used.) Sets `call.pin` for the forward phase.
+pub fn choose_origins<'e>(
+    ctx: &mut RequestContext<'_>,
+    call: &mut ModelCall,
+    endpoint: &'e Endpoint,
+) -> Result<Vec<&'e Origin>> {
     let region = client_region(&call.config, ctx.client, &call.headers);
+    let key_pin = call.key.as_ref().and_then(|k| k.region.as_deref());
+    let pin = routing::residency_pin(endpoint.residency.as_deref(), key_pin)?;
     let hash = match call.route_hash {
         Some(hash) => hash,
         None if endpoint.origins.len() > 1 => normalize::request_hash(&call.body),
         None => 0,
     };
-    let origins = routing::order_origins(endpoint, region.as_deref(), hash);
+    let origins = routing::order_origins(endpoint, region.as_deref(), hash, pin);
     ctx.log.region = region;
-    origins
+    if let (Some(pin), true) = (pin, origins.is_empty()) {
+        return Err(GatewayError::not_configured(
+            ErrorCode::RegionUnavailable,
+            format!("this API key is pinned to region \"{pin}\", and the endpoint has no origin there"),
+        ));
+    }
+    call.pin = pin.map(str::to_owned);
+    Ok(origins)
 }
 
 /// The client's region: fixed by the deployment, else the configured request header (the
@@ -216,7 +231,7 @@ pub async fn forward<P: Ports>(
     let endpoint = &call.endpoint;
     let mode = call.stream.then(|| endpoint.provider.stream_mode(call.op, &endpoint.model, now_ms));
     let upstream_stream = mode.as_ref().is_some_and(|m| !matches!(m, StreamMode::Buffered));
-    let attempt = Attempt { endpoint, op: call.op, stream: upstream_stream };
+    let attempt = Attempt { endpoint, op: call.op, stream: upstream_stream, pin: call.pin.as_deref() };
     let body = std::mem::take(&mut call.body);
     let result =
         forward::forward(ports, &call.config, &ctx.state.breaker, origins, attempt, body, &mut ctx.log.attempts).await;

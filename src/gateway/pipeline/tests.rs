@@ -279,6 +279,28 @@ fn residency_pin_answers_503_instead_of_leaving_the_region() {
     assert!(host.sent.borrow().iter().all(|r| r.uri().host() == Some("down.eu")));
 }
 
+/// H3: a key's residency pin is enforced like an endpoint's: its requests never reach an
+/// origin outside the pinned region, and a pin that contradicts the endpoint's is a 503.
+#[test]
+fn key_residency_pin_never_leaves_the_region() {
+    let host = regional_host();
+    let eu_key = add_key(&host, |k| k.region = Some("eu".into()));
+    let (status, body, _) = run(&host, with_key(chat_in("ha", "us"), &eu_key));
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("region_unavailable")));
+    assert!(!host.sent.borrow().is_empty());
+    assert!(host.sent.borrow().iter().all(|r| r.uri().host() == Some("down.eu")), "only eu origins tried");
+
+    let us_key = add_key(&host, |k| k.region = Some("us".into()));
+    host.sent.borrow_mut().clear();
+    let (status, body, _) = run(&host, with_key(chat_in("pinned", "us"), &us_key));
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("region_unavailable")));
+    assert!(host.sent.borrow().is_empty(), "the key's pin and the endpoint's exclude every origin");
+    // The same key on an endpoint with a us origin is served there.
+    let (status, _, exchange) = run(&host, with_key(chat_in("ha", "eu"), &us_key));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(exchange.deferred.log.origin.as_deref(), Some("http://up.us (us)"));
+}
+
 #[test]
 fn retries_429_but_not_4xx_and_keeps_the_last_answer() {
     let host = regional_host();

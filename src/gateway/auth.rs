@@ -135,6 +135,14 @@ pub async fn authenticate<P: Ports>(
     Ok(Some(record))
 }
 
+/// The key of a caller of a read-only listing, if it presented a valid one. Any problem
+/// (no key, an invalid one, a store failure) means no key: the listing then shows only
+/// public endpoints, which is the restrictive answer.
+pub async fn viewer<P: Ports>(ports: &P, memo: &AuthMemo, headers: &HeaderMap) -> Option<Rc<KeyRecord>> {
+    let presented = keys::presented_key(headers)?;
+    lookup(ports, memo, presented).await.ok().flatten()
+}
+
 /// The active record for a presented key, or `None` for any kind of invalid key.
 ///
 /// A record counts only while its id index (`keyid:<id>`) names it: rotations racing each

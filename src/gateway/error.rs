@@ -107,6 +107,8 @@ error_codes! {
     OriginTimeout = "origin_timeout",
     OriginError = "origin_error",
     OriginRejected = "origin_rejected",
+    /// The origin refused the gateway's own credential (its 401/403): an operator problem.
+    OriginAuthFailed = "origin_auth_failed",
     OriginRateLimited = "origin_rate_limited",
     OriginBadResponse = "origin_bad_response",
     OriginStreamCut = "origin_stream_cut",

@@ -18,7 +18,7 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::{Ports, UpstreamError};
 use crate::gateway::providers::adapter::Call;
 use crate::gateway::types::Operation;
-use crate::gateway::util::text::truncate;
+use crate::gateway::util::text::{scrub, truncate};
 
 /// Consecutive failures after which an origin is skipped for the cool-down.
 const BREAKER_THRESHOLD: u32 = 3;
@@ -29,8 +29,15 @@ const MAX_RETRY_AFTER_MS: u64 = 10_000;
 #[derive(Debug, Serialize)]
 pub struct AttemptLog {
     pub origin: String,
+    /// What clients may see of the origin (`x-gateway-origin`): its region and its index in
+    /// the endpoint's `origins`, e.g. `eu#0` (`default` when it has no region).
+    pub id: String,
     /// `ok`, `http_<status>`, `connect_error`, `timeout`.
     pub outcome: String,
+    /// The host's reason for a connect or body error, scrubbed of URLs and key-like tokens
+    /// (for the operator; clients get none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// What one forwarded call is.
@@ -47,6 +54,8 @@ pub struct Attempt<'a> {
 pub struct Forwarded<B> {
     pub response: Response<B>,
     pub origin: String,
+    /// The origin as clients may see it (see [`AttemptLog::id`]).
+    pub origin_id: String,
 }
 
 /// Per-isolate origin health: an origin that failed `BREAKER_THRESHOLD` times in a row is
@@ -138,16 +147,17 @@ pub async fn forward<P: Ports>(
         // (bytes, cheap to copy) rather than the parsed body.
         let retry_copy = (is_last && !waited_for_retry_after).then(|| copy_request(&request));
         let label = origin_label(request.uri(), origin.region.as_deref());
+        let id = origin_id(endpoint, origin);
         let timeout = settings.origin_timeout_ms.min(remaining);
         let error = match ports.send(request, timeout).await {
             Ok(response) => {
                 let status = response.status();
                 let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
                 let outcome = if status.is_success() { "ok".to_string() } else { format!("http_{}", status.as_u16()) };
-                attempts.push(AttemptLog { origin: label.clone(), outcome });
+                attempts.push(AttemptLog { origin: label.clone(), id: id.clone(), outcome, detail: None });
                 breaker.record(&origin.url, !status.is_server_error(), ports.now_ms(), settings.breaker_cooldown_ms);
                 if !retryable {
-                    return Ok(Forwarded { response, origin: label });
+                    return Ok(Forwarded { response, origin: label, origin_id: id });
                 }
                 // The last origin asked us to come back shortly: wait once if that fits.
                 let wait_ms = retry_after_ms(response.headers()).filter(|ms| *ms <= MAX_RETRY_AFTER_MS);
@@ -159,22 +169,22 @@ pub async fn forward<P: Ports>(
                 }
                 // A pinned endpoint reports "region unavailable" rather than the last error.
                 if is_last && attempt.pin.is_none() {
-                    return Ok(Forwarded { response, origin: label });
+                    return Ok(Forwarded { response, origin: label, origin_id: id });
                 }
                 GatewayError::bad_gateway(ErrorCode::OriginError, format!("origin returned HTTP {}", status.as_u16()))
             }
             Err(UpstreamError::Timeout) => {
-                attempts.push(AttemptLog { origin: label.clone(), outcome: "timeout".into() });
+                attempts.push(AttemptLog { origin: label.clone(), id, outcome: "timeout".into(), detail: None });
                 breaker.record(&origin.url, false, ports.now_ms(), settings.breaker_cooldown_ms);
                 GatewayError::gateway_timeout(format!("origin did not answer within {timeout} ms"))
             }
             Err(UpstreamError::Connect(reason) | UpstreamError::Body(reason)) => {
-                attempts.push(AttemptLog { origin: label.clone(), outcome: "connect_error".into() });
+                // The host's reason may name the origin's URL (with a key in its query): the
+                // log gets it scrubbed, the client a plain statement.
+                let detail = Some(scrub(truncate(&reason, 200)));
+                attempts.push(AttemptLog { origin: label.clone(), id, outcome: "connect_error".into(), detail });
                 breaker.record(&origin.url, false, ports.now_ms(), settings.breaker_cooldown_ms);
-                GatewayError::bad_gateway(
-                    ErrorCode::OriginUnreachable,
-                    format!("origin unreachable: {}", truncate(&reason, 200)),
-                )
+                GatewayError::bad_gateway(ErrorCode::OriginUnreachable, "origin unreachable (connection failed)")
             }
         };
         last_error = Some(error);
@@ -207,6 +217,12 @@ fn copy_request(request: &Request<Vec<u8>>) -> Request<Vec<u8>> {
 fn retry_after_ms(headers: &http::HeaderMap) -> Option<u64> {
     let seconds: u64 = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
     seconds.checked_mul(1000)
+}
+
+/// What clients may see of an origin: its region and index in the endpoint's `origins`.
+pub fn origin_id(endpoint: &Endpoint, origin: &Origin) -> String {
+    let index = endpoint.origins.iter().position(|o| std::ptr::eq(o, origin)).unwrap_or(0);
+    format!("{}#{index}", origin.region.as_deref().unwrap_or("default"))
 }
 
 /// `scheme://host:port` of an origin URL (plus its region): enough to tell origins apart,

@@ -32,6 +32,20 @@ pub enum ApiRoute {
     GetLegacyRoute(String),
 }
 
+impl ApiRoute {
+    /// A read-only view of the config (models, endpoints, legacy routes).
+    pub fn is_listing(&self) -> bool {
+        matches!(
+            self,
+            ApiRoute::ListModels
+                | ApiRoute::ListEndpoints
+                | ApiRoute::GetEndpoint(_)
+                | ApiRoute::ListLegacyRoutes
+                | ApiRoute::GetLegacyRoute(_)
+        )
+    }
+}
+
 pub fn match_route(method: &Method, path: &str) -> Result<ApiRoute> {
     let trimmed = path.trim_end_matches('/');
     let segments: Vec<&str> = trimmed.split('/').skip(1).collect();
@@ -140,7 +154,17 @@ fn unknown_name(config: &Config, name: &str) -> GatewayError {
     let hint = if name.len() > MAX_NAME_LEN {
         String::new()
     } else {
-        let names: Vec<&str> = config.order.iter().map(String::as_str).collect();
+        // Only names anyone may call: the 404 comes before authentication.
+        let public = |n: &str| config.endpoint(n).is_some_and(|e| e.public);
+        let names: Vec<&str> = config
+            .order
+            .iter()
+            .map(String::as_str)
+            .filter(|n| match config.routes.get(*n) {
+                Some(route) => route.destinations.iter().all(|(d, _)| public(d)),
+                None => public(n),
+            })
+            .collect();
         did_you_mean(name, &names).map(|s| format!(" (did you mean \"{s}\"?)")).unwrap_or_default()
     };
     GatewayError::not_found(ErrorCode::ModelNotFound, format!("no endpoint named \"{shown}{ellipsis}\"{hint}"))
@@ -226,7 +250,7 @@ mod tests {
 
     fn config() -> Config {
         let endpoint = |name: &str, model: &str| {
-            json!({"name": name, "endpoint_type": "llm/v1/chat",
+            json!({"name": name, "endpoint_type": "llm/v1/chat", "public": true,
                    "model": {"provider": "openai", "name": model, "config": {"openai_api_key": "k"}}})
         };
         Config::from_value(json!({

@@ -28,6 +28,9 @@ pub struct LogRecord {
     /// The origin that answered (or the last one tried).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// The same origin as clients see it (`x-gateway-origin`: region and index).
+    #[serde(skip)]
+    pub origin_id: Option<String>,
     /// Every origin tried, in order, with its outcome.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<AttemptLog>,

@@ -22,6 +22,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::gateway::admin;
+use crate::gateway::auth;
 use crate::gateway::catalog;
 use crate::gateway::config::{Config, ACTIVE_KEY};
 use crate::gateway::dialect::{ClientRequest, Dialect};
@@ -111,12 +112,27 @@ impl Gateway {
         }
         let config = self.config(ports, &mut ctx.log).await?;
         let query = request.uri().query().unwrap_or("");
+        if route.is_listing() {
+            // Listings show what the caller may call; any key problem means the public view.
+            let key = auth::viewer(ports, &self.state.auth, request.headers()).await;
+            let viewer = catalog::Viewer { key: key.as_deref() };
+            return match route {
+                ApiRoute::ListModels => Ok(respond::ok_json(catalog::models(&config, viewer))),
+                ApiRoute::ListEndpoints => catalog::endpoints(&config, query, viewer).map(respond::ok_json),
+                ApiRoute::GetEndpoint(name) => catalog::endpoint(&config, &name, viewer).map(respond::ok_json),
+                ApiRoute::ListLegacyRoutes => catalog::legacy_routes(&config, query, viewer).map(respond::ok_json),
+                ApiRoute::GetLegacyRoute(name) => catalog::legacy_route(&config, &name, viewer).map(respond::ok_json),
+                _ => Err(GatewayError::not_found(ErrorCode::RouteNotFound, "no such listing")),
+            };
+        }
         let (path_name, dialect) = match route {
-            ApiRoute::ListModels => return Ok(respond::ok_json(catalog::models(&config))),
-            ApiRoute::ListEndpoints => return catalog::endpoints(&config, query).map(respond::ok_json),
-            ApiRoute::GetEndpoint(name) => return catalog::endpoint(&config, &name).map(respond::ok_json),
-            ApiRoute::ListLegacyRoutes => return catalog::legacy_routes(&config, query).map(respond::ok_json),
-            ApiRoute::GetLegacyRoute(name) => return catalog::legacy_route(&config, &name).map(respond::ok_json),
+            ApiRoute::ListModels
+            | ApiRoute::ListEndpoints
+            | ApiRoute::GetEndpoint(_)
+            | ApiRoute::ListLegacyRoutes
+            | ApiRoute::GetLegacyRoute(_) => {
+                return Err(GatewayError::not_found(ErrorCode::RouteNotFound, "no such listing"))
+            }
             ApiRoute::Health => return Ok(json_response(StatusCode::OK, &json!({"status": "OK"}))),
             ApiRoute::OpenAi(op) => (None, Dialect::OpenAi(op)),
             ApiRoute::Invocations(name) => (Some(name), Dialect::Mlflow),

@@ -236,8 +236,10 @@ pub async fn forward<P: Ports>(
     let result =
         forward::forward(ports, &call.config, &ctx.state.breaker, origins, attempt, body, &mut ctx.log.attempts).await;
     ctx.log.origin = ctx.log.attempts.last().map(|a| a.origin.clone());
+    ctx.log.origin_id = ctx.log.attempts.last().map(|a| a.id.clone());
     let forwarded = result?;
     ctx.log.origin = Some(forwarded.origin.clone());
+    ctx.log.origin_id = Some(forwarded.origin_id.clone());
     Ok(Upstream { forwarded, mode: mode.filter(|_| upstream_stream), now_ms })
 }
 
@@ -268,7 +270,16 @@ pub async fn respond<P: Ports>(
     }
 
     let bytes = ports.read_body(upstream_body, call.config.settings.max_response_bytes).await.map_err(|e| {
-        GatewayError::bad_gateway(ErrorCode::OriginBadResponse, format!("reading the origin's response failed: {e:?}"))
+        let reason = match e {
+            crate::gateway::ports::UpstreamError::Timeout => "timed out".to_string(),
+            crate::gateway::ports::UpstreamError::Connect(r) | crate::gateway::ports::UpstreamError::Body(r) => {
+                crate::gateway::util::text::scrub(crate::gateway::util::text::truncate(&r, 200))
+            }
+        };
+        GatewayError::bad_gateway(
+            ErrorCode::OriginBadResponse,
+            format!("reading the origin's response failed: {reason}"),
+        )
     })?;
     let reply =
         Reply { op: call.op, status: parts.status, body: &bytes, model: &endpoint.model, now_ms: upstream.now_ms };
@@ -324,7 +335,7 @@ pub fn annotate<B>(ctx: &RequestContext<'_>, response: &mut Response<ResponseBod
         }
     };
     put("x-request-id", Some(&log.request_id));
-    put("x-gateway-origin", log.origin.as_deref());
+    put("x-gateway-origin", log.origin_id.as_deref());
     put("x-gateway-endpoint", log.endpoint.as_deref());
     put("x-gateway-template-version", log.template.as_deref());
     put(cache::STATUS_HEADER, log.cache);

@@ -262,7 +262,8 @@ fn fails_over_to_the_next_region_and_reports_attempts() {
     let host = regional_host();
     let (status, _, exchange) = run(&host, chat_in("ha", "eu"));
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(exchange.response.headers()["x-gateway-origin"], "http://up.us (us)");
+    assert_eq!(exchange.response.headers()["x-gateway-origin"], "us#1");
+    assert_eq!(exchange.deferred.log.origin.as_deref(), Some("http://up.us (us)"));
     assert_eq!(exchange.response.headers()["x-gateway-attempts"], "2");
     let outcomes: Vec<&str> = exchange.deferred.log.attempts.iter().map(|a| a.outcome.as_str()).collect();
     assert_eq!(outcomes, ["connect_error", "ok"]);
@@ -299,6 +300,46 @@ fn key_residency_pin_never_leaves_the_region() {
     let (status, _, exchange) = run(&host, with_key(chat_in("ha", "eu"), &us_key));
     assert_eq!(status, StatusCode::OK);
     assert_eq!(exchange.deferred.log.origin.as_deref(), Some("http://up.us (us)"));
+}
+
+/// L2: what unauthenticated clients and origin failures may reveal. The catalog and 404
+/// suggestions show non-public endpoints only to keys allowed them; `x-gateway-origin` names
+/// a region and an origin index, not a host; connect errors do not echo the origin's URL.
+#[test]
+fn internal_names_and_hosts_stay_internal() {
+    let config = r#"{"endpoints": [
+        {"name": "open-chat", "public": true, "endpoint_type": "llm/v1/chat",
+         "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$K", "openai_api_base": "http://origin.test/v1"}}},
+        {"name": "payroll-internal", "endpoint_type": "llm/v1/chat",
+         "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$K", "openai_api_base": "http://10.1.2.3:8000/v1"}}}]}"#;
+    let host = MemoryHost::new(ok_origin).with_secret("K", "k").with_kv(ACTIVE_KEY, config);
+    let get = |path: &str| Request::builder().uri(path).body(Vec::new()).unwrap();
+    for path in ["/v1/models", "/api/2.0/endpoints/", "/api/2.0/gateway/routes/"] {
+        let (_, body, _) = run(&host, get(path));
+        assert!(!body.to_string().contains("payroll"), "{path}: {body}");
+        assert!(body.to_string().contains("open-chat"), "{path}: {body}");
+    }
+    let (status, _, _) = run(&host, get("/api/2.0/endpoints/payroll-internal"));
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let key = add_key(&host, |k| k.endpoints = vec!["payroll-*".into()]);
+    let (_, body, _) = run(&host, with_key(get("/v1/models"), &key));
+    assert!(body.to_string().contains("payroll-internal"), "a key allowed it sees it: {body}");
+    let (_, body, _) = run(&host, post("/v1/chat/completions", r#"{"model":"payroll-internl"}"#));
+    assert!(!body.to_string().contains("payroll-internal"), "no suggestion of a non-public name: {body}");
+
+    let (status, _, exchange) = run(&host, post("/v1/chat/completions", r#"{"model":"open-chat"}"#));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(exchange.response.headers()["x-gateway-origin"], "default#0");
+    assert_eq!(exchange.deferred.log.origin.as_deref(), Some("http://origin.test"), "the log keeps the host");
+
+    let host = MemoryHost::new(|_| {
+        Err(UpstreamError::Connect("invalid origin URL http://10.1.2.3:8000/v1?key=AIzaLEAK".into()))
+    })
+    .with_secret("K", "k")
+    .with_kv(ACTIVE_KEY, config);
+    let (status, body, _) = run(&host, post("/v1/chat/completions", r#"{"model":"open-chat"}"#));
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(!body.to_string().contains("10.1.2.3") && !body.to_string().contains("AIzaLEAK"), "{body}");
 }
 
 #[test]

@@ -303,6 +303,29 @@ mod tests {
         assert!(data.iter().all(|d| d["object"] == "chat.completion.chunk" && d["id"] == "c1"));
     }
 
+    /// L2: an origin's 401/403 is about the gateway's own credential: never relayed (OpenAI's
+    /// text carries a masked fragment of the operator's key), and not a 401 the client would
+    /// take for its own key. Other origin texts are relayed without key-like tokens or URLs.
+    #[test]
+    fn origin_error_texts_leak_no_credential() {
+        let p = adapter(json!({"openai_api_key": "k"}));
+        let openai_401 = br#"{"error":{"message":"Incorrect API key provided: sk-proj-Ab12*******************************Yz9Q. You can find your API key at https://platform.openai.com/account/api-keys.","type":"invalid_request_error","code":"invalid_api_key"}}"#;
+        let e = p.translate_response(reply(StatusCode::UNAUTHORIZED, openai_401)).unwrap_err();
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::BAD_GATEWAY, "origin_auth_failed"));
+        assert!(!e.message.contains("sk-") && !e.message.contains("***"), "{}", e.message);
+        let e = p
+            .translate_response(reply(StatusCode::FORBIDDEN, br#"{"error":{"message":"key AIzaSyLEAK denied"}}"#))
+            .unwrap_err();
+        assert!(!e.message.contains("AIza"), "{}", e.message);
+        let body = br#"{"error":{"message":"model m not found at http://10.0.0.7:9000/v1 for key sk-live-0123456789abcdefghij (token ghp_abcdefghijklmnopqrstuvwxyz0123)"}}"#;
+        let e = p.translate_response(reply(StatusCode::NOT_FOUND, body)).unwrap_err();
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        for leak in ["10.0.0.7", "sk-live", "ghp_"] {
+            assert!(!e.message.contains(leak), "{leak}: {}", e.message);
+        }
+        assert!(e.message.contains("model m not found"), "{}", e.message);
+    }
+
     #[test]
     fn responses_pass_through_with_usage_and_errors_map() {
         let p = adapter(json!({"openai_api_key": "k"}));

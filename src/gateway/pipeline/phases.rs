@@ -86,6 +86,9 @@ pub async fn admit<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut
 /// overrides, and guard the input.
 pub fn prepare(ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()> {
     let endpoint = &call.endpoint;
+    // The injection heuristic reads the client's own request, every role and the template
+    // variables included; the template's messages added next are the operator's.
+    let injection = guard::check_injection(&endpoint.guardrails, &mut call.body)?;
     if let Some(t) = &endpoint.template {
         let variables = template::extract_variables(&mut call.body);
         let rendered = template::render(t, &variables)?;
@@ -97,7 +100,9 @@ pub fn prepare(ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()>
     normalize::apply_endpoint_rules(&mut call.body, &endpoint.parameters, &endpoint.clamps, &endpoint.overrides);
     call.stream = call.body.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(false);
     ctx.log.stream = call.stream;
-    let report = guard::apply_input(&endpoint.guardrails, &mut call.body)?;
+    let mut report = guard::apply_content_rules(&endpoint.guardrails, &mut call.body)?;
+    report.flagged = injection.flagged;
+    report.injection = injection.injection;
     ctx.log.guard = Some(report).filter(|r| !r.is_empty());
     Ok(())
 }

@@ -8,7 +8,7 @@ pub mod openai;
 
 use serde_json::{Map, Value};
 
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::wire::sse::SseEvent;
 use crate::gateway::wire::stream::StreamTranslate;
@@ -83,6 +83,20 @@ impl Dialect {
 pub enum ClientStream {
     /// OpenAI chunks → Anthropic Messages events.
     Anthropic(anthropic::OpenAiStreamToMessages),
+}
+
+impl ClientStream {
+    /// An error event in the client's stream format, after the stream's normal end (the
+    /// gateway stopped a stream at a budget or token cap).
+    pub fn error_event(&mut self, out: &mut Vec<u8>, kind: &str, code: ErrorCode, message: &str) {
+        match self {
+            ClientStream::Anthropic(_) => crate::gateway::wire::sse::write_event(
+                out,
+                "error",
+                &serde_json::json!({"type": "error", "error": {"type": kind, "message": format!("{message} ({code})")}}),
+            ),
+        }
+    }
 }
 
 impl StreamTranslate for ClientStream {

@@ -270,7 +270,9 @@ pub async fn respond<P: Ports>(
             _ => Stage::Watch(StreamWatch::new()),
         };
         let client = ctx.dialect.stream_stage(&endpoint.model).map(Stage::Client);
-        let pump = StreamPump::new(std::iter::once(first).chain(client).collect());
+        let pump = StreamPump::new(std::iter::once(first).chain(client).collect())
+            .metered(0)
+            .with_idle_timeout(call.config.settings.origin_timeout_ms);
         return Ok(sse_response(ResponseBody::Stream(upstream_body, pump)));
     }
 

@@ -140,10 +140,11 @@ impl Upstream for MemoryHost {
         response
     }
     async fn read_body(&self, body: Vec<u8>, limit: usize) -> std::result::Result<Vec<u8>, UpstreamError> {
-        if body.len() > limit {
-            return Err(UpstreamError::Body(format!("body exceeds {limit} bytes")));
+        let mut limited = crate::gateway::ports::BodyLimit::new(limit);
+        for chunk in body.chunks(64 * 1024) {
+            limited.push(chunk)?;
         }
-        Ok(body)
+        Ok(limited.finish())
     }
 }
 

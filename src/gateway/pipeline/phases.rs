@@ -19,7 +19,7 @@ use crate::gateway::ports::Ports;
 use crate::gateway::providers::adapter::{Reply, StreamMode};
 use crate::gateway::routing;
 use crate::gateway::types::Operation;
-use crate::gateway::wire::openai::{completion_to_sse, StreamWatch};
+use crate::gateway::wire::openai::{completion_to_sse, sse_to_completion, write_error_chunk, StreamWatch};
 
 /// Resolve: which endpoint serves the request. The request's hash (a SHA-256 of its canonical
 /// form) picks a traffic route's destination; most requests need none.
@@ -269,6 +269,9 @@ pub async fn respond<P: Ports>(
             StreamMode::Translate(translator) => Stage::Provider(translator),
             _ => Stage::Watch(StreamWatch::new()),
         };
+        if guard::guards_output(&endpoint.guardrails) {
+            return guarded_stream(ports, ctx, call, first, upstream_body).await;
+        }
         let client = ctx.dialect.stream_stage(&endpoint.model).map(Stage::Client);
         let pump = StreamPump::new(std::iter::once(first).chain(client).collect())
             .metered(0)
@@ -276,18 +279,7 @@ pub async fn respond<P: Ports>(
         return Ok(sse_response(ResponseBody::Stream(upstream_body, pump)));
     }
 
-    let bytes = ports.read_body(upstream_body, call.config.settings.max_response_bytes).await.map_err(|e| {
-        let reason = match e {
-            crate::gateway::ports::UpstreamError::Timeout => "timed out".to_string(),
-            crate::gateway::ports::UpstreamError::Connect(r) | crate::gateway::ports::UpstreamError::Body(r) => {
-                crate::gateway::util::text::scrub(crate::gateway::util::text::truncate(&r, 200))
-            }
-        };
-        GatewayError::bad_gateway(
-            ErrorCode::OriginBadResponse,
-            format!("reading the origin's response failed: {reason}"),
-        )
-    })?;
+    let bytes = ports.read_body(upstream_body, call.config.settings.max_response_bytes).await.map_err(read_failed)?;
     let reply =
         Reply { op: call.op, status: parts.status, body: &bytes, model: &endpoint.model, now_ms: upstream.now_ms };
     let translated = endpoint.provider.translate_response(reply).map_err(|e| match retry_after(&parts.headers) {
@@ -316,6 +308,51 @@ pub async fn respond<P: Ports>(
         return Ok(sse_response(ResponseBody::Full(client_replay(ctx, call, replay))));
     }
     Ok(json_bytes(StatusCode::OK, ctx.dialect.render(answer)?))
+}
+
+/// A streamed answer on an endpoint with output guardrails: read whole (within
+/// `max_response_bytes`), assembled into the answer it streams, guarded like a buffered answer
+/// (a deny hit is a 422 before any byte is sent), then replayed as the client's stream. The
+/// client gets its first byte only once the origin finished: the price of guarding what it
+/// reads.
+async fn guarded_stream<P: Ports>(
+    ports: &P,
+    ctx: &mut RequestContext<'_>,
+    call: &ModelCall,
+    first: Stage,
+    body: P::Body,
+) -> Result<Response<ResponseBody<P::Body>>> {
+    let endpoint = &call.endpoint;
+    let bytes = ports.read_body(body, call.config.settings.max_response_bytes).await.map_err(read_failed)?;
+    let mut pump = StreamPump::new(vec![first]);
+    let mut openai = pump.chunk(&bytes);
+    openai.extend(pump.end());
+    ctx.log.set_usage(pump.summary().usage);
+    let (answer, complete) = sse_to_completion(call.op, &openai);
+    let answer =
+        serde_json::to_vec(&answer).map_err(|e| GatewayError::internal(ErrorCode::EncodeFailed, e.to_string()))?;
+    let answer = guard_output(ctx, &endpoint.guardrails, answer)?;
+    let mut replay = completion_to_sse(call.op, &answer)?;
+    if !complete {
+        // The origin's stream was cut: the replay ends the same way a live one would.
+        let done = b"data: [DONE]\n\n";
+        if replay.ends_with(done) {
+            replay.truncate(replay.len() - done.len());
+        }
+        write_error_chunk(&mut replay, "origin stream ended before the answer was complete", "origin_stream_cut");
+        crate::gateway::wire::sse::write_done(&mut replay);
+    }
+    Ok(sse_response(ResponseBody::Full(client_replay(ctx, call, replay))))
+}
+
+fn read_failed(e: crate::gateway::ports::UpstreamError) -> GatewayError {
+    let reason = match e {
+        crate::gateway::ports::UpstreamError::Timeout => "timed out".to_string(),
+        crate::gateway::ports::UpstreamError::Connect(r) | crate::gateway::ports::UpstreamError::Body(r) => {
+            crate::gateway::util::text::scrub(crate::gateway::util::text::truncate(&r, 200))
+        }
+    };
+    GatewayError::bad_gateway(ErrorCode::OriginBadResponse, format!("reading the origin's response failed: {reason}"))
 }
 
 /// Output guardrails on a buffered answer (redaction and deny rules on the completion).

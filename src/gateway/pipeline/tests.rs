@@ -35,7 +35,8 @@ fn run(host: &MemoryHost, request: Request<Vec<u8>>) -> (StatusCode, Value, Exch
     let mut exchange = block_on(Gateway::new().handle(host, request, &ClientInfo::default()));
     let status = exchange.response.status();
     let body = match std::mem::replace(exchange.response.body_mut(), ResponseBody::Full(Vec::new())) {
-        ResponseBody::Full(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ResponseBody::Full(bytes) => serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
         ResponseBody::Stream(bytes, pump) => Value::String(String::from_utf8(pump.run(&bytes)).unwrap()),
     };
     (status, body, exchange)
@@ -175,6 +176,54 @@ fn streams_sse_through_untouched() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, Value::String("data: [DONE]\n\n".into()));
     assert!(exchange.deferred.log.stream);
+}
+
+/// H5: output guardrails apply to streamed answers too (buffered, guarded, replayed): the
+/// client picking `stream` does not pick "no output guard". Redaction works across chunk
+/// boundaries; a deny rule withholds the answer (422) before any byte is sent.
+#[test]
+fn output_guardrails_apply_to_streams() {
+    let config = r#"{"endpoints": [{"name": "g", "public": true, "endpoint_type": "llm/v1/chat",
+        "guardrails": {"redact": ["email"], "deny": [{"id": "secret", "pattern": "s3cr3t"}], "output": true},
+        "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$K", "openai_api_base": "http://o/v1"}}}]}"#;
+    let stream = |parts: &[&str]| {
+        let mut sse = String::new();
+        sse.push_str(r#"data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#);
+        sse.push_str("\n\n");
+        for p in parts {
+            let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": null}]});
+            sse.push_str(&format!("data: {chunk}\n\n"));
+        }
+        sse.push_str(r#"data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#);
+        sse.push_str("\n\ndata: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}\n\ndata: [DONE]\n\n");
+        sse
+    };
+    let answer = stream(&["write to bob@ex", "ample.org today"]);
+    let host = MemoryHost::new(move |_| {
+        Ok(Response::builder().header("content-type", "text/event-stream").body(answer.clone().into_bytes()).unwrap())
+    })
+    .with_secret("K", "k")
+    .with_kv(ACTIVE_KEY, config);
+    let (status, body, exchange) = run(&host, post("/v1/chat/completions", r#"{"model":"g","stream":true}"#));
+    assert_eq!(status, StatusCode::OK);
+    let text = body.as_str().unwrap();
+    assert!(!text.contains("bob@") && !text.contains("ample.org"), "{text}");
+    let events = crate::gateway::test_util::parse_sse(text.as_bytes());
+    let content: String = events.iter().filter_map(|(_, e)| e["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(content, "write to [EMAIL] today");
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    assert_eq!(exchange.deferred.log.guard_output.as_ref().map(|g| g.count("email")), Some(1));
+    assert_eq!(exchange.deferred.log.completion_tokens, Some(4));
+
+    let denied = stream(&["the s3", "cr3t is out"]);
+    let host = MemoryHost::new(move |_| {
+        Ok(Response::builder().header("content-type", "text/event-stream").body(denied.clone().into_bytes()).unwrap())
+    })
+    .with_secret("K", "k")
+    .with_kv(ACTIVE_KEY, config);
+    let (status, body, _) = run(&host, post("/v1/chat/completions", r#"{"model":"g","stream":true}"#));
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("output_denied")));
 }
 
 #[test]

@@ -69,6 +69,8 @@ error_codes! {
     EndpointNotAllowed = "endpoint_not_allowed",
     RateLimitExceeded = "rate_limit_exceeded",
     BudgetExceeded = "budget_exceeded",
+    /// A USD budget applies, but the endpoint's model has no price: it could not be enforced.
+    UnpricedModel = "unpriced_model",
     // The admin API.
     InvalidAdminToken = "invalid_admin_token",
     InvalidKeyRequest = "invalid_key_request",

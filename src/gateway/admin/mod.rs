@@ -502,8 +502,16 @@ mod tests {
         let mut lines = Vec::new();
         for (prompt, completion) in usages {
             let record = block_on(authenticate(&host, &memo, &headers, "chat", false)).unwrap().unwrap();
-            let admission =
-                block_on(admit(&host, &limiter, &LimitsConfig::default(), Some(&record), "chat", None)).unwrap();
+            let admission = block_on(admit(
+                &host,
+                &limiter,
+                &LimitsConfig::default(),
+                Some(&record),
+                "chat",
+                None,
+                Default::default(),
+            ))
+            .unwrap();
             let accounting = Accounting::new(&book, Some(&record), Some(price), host.now_ms.get(), Some(admission));
             let outcome = Outcome {
                 usage: Some(Usage { prompt_tokens: prompt, completion_tokens: completion }),

@@ -37,10 +37,10 @@ use serde_json::{json, Map, Value};
 use crate::gateway::check::Issues;
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::keys::KeyRecord;
-use crate::gateway::features::limits::Admission;
+use crate::gateway::features::limits::{Admission, Reservation, Room};
 use crate::gateway::ports::Counter;
 use crate::gateway::ports::{Clock, Kv, Ports};
-use crate::gateway::types::Usage;
+use crate::gateway::types::{Operation, Usage};
 use crate::gateway::util::text::hex;
 use crate::gateway::util::time::{day_string, days_of, parse_day};
 
@@ -75,14 +75,109 @@ impl Price {
 }
 
 /// The config's price table: `"<provider>/<model>"` (or just `"<model>"`) → [`Price`], where
-/// model is the provider-side model name (`model.name` of the endpoint).
+/// model is the provider-side model name (`model.name` of the endpoint). `"*"` is the price of
+/// every model not listed (so USD budgets hold on every endpoint).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Prices(pub HashMap<String, Price>);
 
+/// The entry of `prices` that applies to unlisted models.
+pub const DEFAULT_PRICE: &str = "*";
+
 impl Prices {
-    /// `provider/model` first, then `model` alone.
+    /// `provider/model` first, then `model` alone, then the `"*"` default.
     pub fn get(&self, provider: &str, model: &str) -> Option<Price> {
-        self.0.get(&format!("{provider}/{model}")).or_else(|| self.0.get(model)).copied()
+        self.0
+            .get(&format!("{provider}/{model}"))
+            .or_else(|| self.0.get(model))
+            .or_else(|| self.0.get(DEFAULT_PRICE))
+            .copied()
+    }
+}
+
+/// The 403 for a request a USD budget applies to, on an endpoint whose model has no price:
+/// the budget could not be enforced, so it is refused rather than served for free.
+pub fn unpriced(endpoint: &str, model: &str) -> GatewayError {
+    GatewayError::forbidden(
+        ErrorCode::UnpricedModel,
+        format!(
+            "a USD budget applies to this API key, but endpoint \"{endpoint}\" (model \"{}\") has no price in the \
+             gateway's config, so the budget cannot be enforced; the operator must add one to `prices` (or a \
+             \"*\" default)",
+            crate::gateway::util::text::truncate(model, 64)
+        ),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Estimates and reservations
+
+/// The gateway's estimate of a request's prompt tokens: the bytes of every string in it over
+/// three (above the ~4 bytes per token of English text, so reservations err high), plus 4 per
+/// message of framing. Used for reservations and when an origin reports no usage.
+pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
+    fn bytes(value: &Value) -> u64 {
+        match value {
+            Value::String(s) => s.len() as u64,
+            Value::Array(items) => items.iter().map(bytes).sum(),
+            Value::Object(map) => map.iter().map(|(k, v)| if k == "model" { 0 } else { bytes(v) }).sum(),
+            _ => 0,
+        }
+    }
+    let text: u64 = ["messages", "prompt", "input", "system", "tools", "functions", "documents"]
+        .iter()
+        .filter_map(|k| body.get(*k))
+        .map(bytes)
+        .sum();
+    let messages = body.get("messages").and_then(Value::as_array).map_or(0, Vec::len) as u64;
+    text.div_ceil(3).saturating_add(messages.saturating_mul(4)).saturating_add(1)
+}
+
+/// A request's worst case, reserved against its token and USD limits: the prompt estimate
+/// plus `max_tokens` (× `n` choices; `default_max_tokens` when it sends none) of output, at
+/// `price`. A stream may be granted less (down to its prompt and one token of output) and is
+/// stopped at what it was granted; a buffered request must fit whole.
+pub fn reservation(
+    op: Operation,
+    body: &Map<String, Value>,
+    stream: bool,
+    price: Option<Price>,
+    prompt_estimate: u64,
+    default_max_tokens: u64,
+) -> Reservation {
+    let output = match op {
+        Operation::Chat | Operation::Completions => {
+            let max = body.get("max_tokens").and_then(Value::as_u64).unwrap_or(default_max_tokens);
+            let n = body.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 128);
+            max.saturating_mul(n)
+        }
+        Operation::Embeddings | Operation::Predict => 0,
+    };
+    let cost = |completion_tokens: u64| {
+        price.map_or(0, |p| p.cost_nusd(Usage { prompt_tokens: prompt_estimate, completion_tokens }))
+    };
+    let streams = stream && matches!(op, Operation::Chat | Operation::Completions);
+    Reservation {
+        tokens: prompt_estimate.saturating_add(output),
+        cost_nusd: cost(output),
+        floor: streams.then(|| (prompt_estimate.saturating_add(1), cost(1))),
+    }
+}
+
+/// What a request is charged. A completed stream (or buffered answer) whose origin reported
+/// its usage is charged that; otherwise — the origin reported none, or the stream was cut,
+/// stopped, or left by its client — at least the gateway's own count (`estimated`: the prompt
+/// estimate and the text seen), per field the larger of the two. Disconnecting right after the
+/// first chunk therefore still pays for the prompt.
+pub fn charged_usage(reported: Option<Usage>, estimated: Usage, completed: bool) -> Usage {
+    match reported {
+        Some(r) if completed && r.prompt_tokens > 0 => r,
+        _ => {
+            let r = reported.unwrap_or_default();
+            Usage {
+                prompt_tokens: r.prompt_tokens.max(estimated.prompt_tokens),
+                completion_tokens: r.completion_tokens.max(estimated.completion_tokens),
+            }
+        }
     }
 }
 
@@ -427,6 +522,16 @@ impl Accounting {
             started_ms,
             admission,
         }
+    }
+
+    /// The room the request had under its token and USD limits (for a stream's cap).
+    pub fn room(&self) -> Option<&Room> {
+        self.admission.as_ref().map(Admission::room)
+    }
+
+    /// The endpoint's price, if it has one.
+    pub fn price(&self) -> Option<Price> {
+        self.price
     }
 
     /// The `x-ratelimit-*` headers of the admission, for the response.

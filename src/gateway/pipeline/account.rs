@@ -3,7 +3,7 @@
 //! runs (Cloudflare: `waitUntil`; Spin: after the response body is written).
 
 use crate::gateway::features::cache;
-use crate::gateway::features::usage::{Accounting, Outcome};
+use crate::gateway::features::usage::{charged_usage, Accounting, Outcome};
 use crate::gateway::pipeline::log::LogRecord;
 use crate::gateway::pipeline::stream::StreamSummary;
 use crate::gateway::ports::Ports;
@@ -33,8 +33,12 @@ impl Deferred {
             return audit;
         }
         if let Some(summary) = stream {
-            self.log.set_usage(summary.usage);
+            // A stream without the origin's final usage (cut, stopped, left by the client, or
+            // an origin that ignores `include_usage`) is charged at least the gateway's count.
+            let charged = charged_usage(summary.usage, summary.estimated, summary.completed);
+            self.log.set_usage(Some(charged).filter(|u| u.total() > 0));
             self.log.stream_completed = Some(summary.completed);
+            self.log.stream_stopped = summary.stopped;
         }
         if let Some((key, entry, ttl)) = self.pending.cache_fill.take() {
             if let Err(e) = ports.put(&key, &entry, Some(ttl)).await {

@@ -71,6 +71,12 @@ pub struct ModelCall {
     pub cache_key: Option<String>,
     /// The residency pin the request obeys (the endpoint's and the key's; `choose_origins`).
     pub pin: Option<String>,
+    /// Prompt tokens the gateway estimates for the request (`admit`): reservations, and what
+    /// a stream is charged when the origin reports no usage.
+    pub prompt_estimate: u64,
+    /// The client asked for the stream's usage chunk (`stream_options.include_usage`); the
+    /// origin is always asked.
+    pub client_wants_usage: bool,
 }
 
 impl ModelCall {

@@ -50,6 +50,10 @@ pub struct LogRecord {
     /// For streams: false when the client went away before the origin's stream ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_completed: Option<bool>,
+    /// For streams the gateway ended itself: why (a budget or token cap, a broken or idle
+    /// origin).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_stopped: Option<ErrorCode>,
     /// `name@version` of the rendered prompt template.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,

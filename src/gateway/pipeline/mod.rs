@@ -2,7 +2,8 @@
 //! shape of pingora's `ProxyHttp`, as plain functions. `Gateway::handle` routes a request;
 //! `Gateway::invoke` is a model call, and reads as its phase list:
 //!
-//! resolve → admit → prepare → cache_lookup → choose_origins → forward → respond → (account)
+//! resolve → authenticate → prepare → admit → cache_lookup → choose_origins → forward → respond
+//! → (account)
 //!
 //! The host only supplies ports and moves bytes in and out; `account` runs after the response
 //! is sent, when the host says (`Deferred::complete`).
@@ -216,8 +217,9 @@ async fn invoke<P: Ports>(
     request: ClientRequest,
 ) -> Result<Response<ResponseBody<P::Body>>> {
     let mut call = phases::resolve(ctx, config, headers, request)?;
-    phases::admit(ports, ctx, &mut call).await?;
+    phases::authenticate(ports, ctx, &mut call).await?;
     phases::prepare(ctx, &mut call)?;
+    phases::admit(ports, ctx, &mut call).await?;
     if let Some(hit) = phases::cache_lookup(ports, ctx, &mut call).await? {
         return Ok(hit);
     }

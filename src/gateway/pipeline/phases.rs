@@ -9,12 +9,12 @@ use crate::gateway::auth;
 use crate::gateway::config::{Config, Endpoint, Origin};
 use crate::gateway::dialect::ClientRequest;
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::features::usage::Accounting;
+use crate::gateway::features::usage::{self, Accounting};
 use crate::gateway::features::{cache, guard, limits, normalize, template};
 use crate::gateway::forward::{self, Attempt, Forwarded};
 use crate::gateway::pipeline::context::{ClientInfo, ModelCall, RequestContext};
 use crate::gateway::pipeline::respond::{json_bytes, retry_after, sse_response, ResponseBody};
-use crate::gateway::pipeline::stream::{Stage, StreamPump};
+use crate::gateway::pipeline::stream::{Stage, StreamCap, StreamPump};
 use crate::gateway::ports::Ports;
 use crate::gateway::providers::adapter::{Reply, StreamMode};
 use crate::gateway::routing;
@@ -49,15 +49,43 @@ pub fn resolve(
         stream: false,
         cache_key: None,
         pin: None,
+        prompt_estimate: 0,
+        client_wants_usage: false,
     })
 }
 
-/// Admit: authenticate the key, authorize the endpoint, and check the limits that apply.
-/// An admitted request carries its accounting (settled after the response).
-pub async fn admit<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()> {
+/// Authenticate: the key, authorized for the endpoint (before any work on the request body
+/// beyond parsing it).
+pub async fn authenticate<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()> {
     let endpoint = &call.endpoint;
     let key = auth::authenticate(ports, &ctx.state.auth, &call.headers, &endpoint.name, endpoint.public).await?;
     ctx.log.key_id = key.as_ref().map(|k| k.id.clone());
+    call.key = key;
+    Ok(())
+}
+
+/// Admit: check the limits that apply and reserve the request's worst case (prompt estimate +
+/// `max_tokens`, at the endpoint's price) on its token and USD counters. Runs after `prepare`,
+/// on the request as it will be sent. An admitted request carries its accounting (settled
+/// after the response).
+pub async fn admit<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()> {
+    let endpoint = &call.endpoint;
+    let key = call.key.clone();
+    let price = call.config.prices.get(endpoint.provider.name(), &endpoint.model);
+    let budgeted =
+        key.as_ref().is_some_and(|k| k.budget_usd.is_some() || call.config.limits.tenants.contains_key(&k.tenant));
+    if budgeted && price.is_none() && call.op != Operation::Predict {
+        return Err(usage::unpriced(&endpoint.name, &endpoint.model));
+    }
+    call.prompt_estimate = usage::estimate_prompt_tokens(&call.body);
+    let reservation = usage::reservation(
+        call.op,
+        &call.body,
+        call.stream,
+        price,
+        call.prompt_estimate,
+        call.config.limits.default_max_tokens,
+    );
     let admitted = limits::admit(
         ports,
         &ctx.state.limiter,
@@ -65,6 +93,7 @@ pub async fn admit<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut
         key.as_deref(),
         &endpoint.name,
         endpoint.call_limit.as_ref(),
+        reservation,
     )
     .await;
     let admission = match admitted {
@@ -75,10 +104,8 @@ pub async fn admit<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut
         }
     };
     ctx.log.rate_headers = admission.headers().clone();
-    let price = call.config.prices.get(endpoint.provider.name(), &endpoint.model);
     ctx.pending.accounting =
         Some(Accounting::new(&ctx.state.usage, key.as_deref(), price, ctx.log.ts, Some(admission)));
-    call.key = key;
     Ok(())
 }
 
@@ -100,6 +127,9 @@ pub fn prepare(ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()>
     normalize::apply_endpoint_rules(&mut call.body, &endpoint.parameters, &endpoint.clamps, &endpoint.overrides);
     call.stream = call.body.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(false);
     ctx.log.stream = call.stream;
+    call.client_wants_usage =
+        call.body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(serde_json::Value::as_bool)
+            == Some(true);
     let mut report = guard::apply_content_rules(&endpoint.guardrails, &mut call.body)?;
     report.flagged = injection.flagged;
     report.injection = injection.injection;
@@ -265,16 +295,20 @@ pub async fn respond<P: Ports>(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if let (Some(mode), true, true) = (upstream.mode, parts.status.is_success(), is_sse) {
+        let client_stage = ctx.dialect.stream_stage(&endpoint.model);
         let first = match mode {
             StreamMode::Translate(translator) => Stage::Provider(translator),
-            _ => Stage::Watch(StreamWatch::new()),
+            // The origin was asked for usage whatever the client said; a client that did not
+            // ask does not get the usage-only chunk.
+            _ => Stage::Watch(StreamWatch::new().hide_usage_chunk(client_stage.is_none() && !call.client_wants_usage)),
         };
         if guard::guards_output(&endpoint.guardrails) {
             return guarded_stream(ports, ctx, call, first, upstream_body).await;
         }
-        let client = ctx.dialect.stream_stage(&endpoint.model).map(Stage::Client);
+        let client = client_stage.map(Stage::Client);
         let pump = StreamPump::new(std::iter::once(first).chain(client).collect())
-            .metered(0)
+            .metered(call.prompt_estimate)
+            .with_cap(stream_cap(ctx))
             .with_idle_timeout(call.config.settings.origin_timeout_ms);
         return Ok(sse_response(ResponseBody::Stream(upstream_body, pump)));
     }
@@ -308,6 +342,22 @@ pub async fn respond<P: Ports>(
         return Ok(sse_response(ResponseBody::Full(client_replay(ctx, call, replay))));
     }
     Ok(json_bytes(StatusCode::OK, ctx.dialect.render(answer)?))
+}
+
+/// The caps a live stream is stopped at: the room its request had under the key's token and
+/// USD limits when admitted.
+fn stream_cap(ctx: &RequestContext<'_>) -> Option<StreamCap> {
+    let accounting = ctx.pending.accounting.as_ref()?;
+    let room = accounting.room()?;
+    if room.tokens.is_none() && room.cost_nusd.is_none() {
+        return None;
+    }
+    let stopped = |what: &str| format!("the stream was stopped at {what}");
+    Some(StreamCap {
+        tokens: room.tokens.as_ref().map(|(n, what)| (*n, stopped(what))),
+        cost_nusd: room.cost_nusd.as_ref().map(|(n, what)| (*n, stopped(what))),
+        price: accounting.price(),
+    })
 }
 
 /// A streamed answer on an endpoint with output guardrails: read whole (within

@@ -75,12 +75,12 @@ pub struct StreamSummary {
 /// the origin request.
 #[derive(Debug, Clone)]
 pub struct StreamCap {
-    pub tokens: Option<u64>,
-    pub cost_nusd: Option<u64>,
+    /// Tokens the stream may use in all (prompt included), and what the client is told when
+    /// it crosses them (`rate_limit_exceeded`).
+    pub tokens: Option<(u64, String)>,
+    /// Nano-USD at `price`, and the message (`budget_exceeded`).
+    pub cost_nusd: Option<(u64, String)>,
     pub price: Option<Price>,
-    /// What the client is told (the error event's message) and its code.
-    pub code: ErrorCode,
-    pub message: String,
 }
 
 /// Running count of an OpenAI-format stream (the first stage's output): what it generated,
@@ -265,20 +265,27 @@ impl StreamPump {
             }
             data = out;
         }
-        if let Some(message) = self.crossed_cap() {
-            let code = self.cap.as_ref().map_or(ErrorCode::BudgetExceeded, |c| c.code);
+        if let Some((code, message)) = self.crossed_cap() {
             data.extend(self.stop(code, &message, true));
         }
         data
     }
 
-    /// The message of the cap the running usage crossed, if any.
-    fn crossed_cap(&self) -> Option<String> {
+    /// The cap the running usage crossed, if any: its code and message.
+    fn crossed_cap(&self) -> Option<(ErrorCode, String)> {
         let (cap, meter) = (self.cap.as_ref()?, self.meter.as_ref()?);
         let usage = meter.running();
-        let over_tokens = cap.tokens.is_some_and(|t| usage.total() > t);
-        let over_cost = cap.cost_nusd.is_some_and(|c| cap.price.is_some_and(|p| p.cost_nusd(usage) > c));
-        (over_tokens || over_cost).then(|| cap.message.clone())
+        if let Some((limit, message)) = &cap.tokens {
+            if usage.total() > *limit {
+                return Some((ErrorCode::RateLimitExceeded, message.clone()));
+            }
+        }
+        if let (Some((limit, message)), Some(price)) = (&cap.cost_nusd, cap.price) {
+            if price.cost_nusd(usage) > *limit {
+                return Some((ErrorCode::BudgetExceeded, message.clone()));
+            }
+        }
+        None
     }
 
     /// The origin body ended (or failed): flush and close the client's stream properly.

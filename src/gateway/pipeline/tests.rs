@@ -515,3 +515,200 @@ fn hostile_input_gets_a_4xx_never_a_panic() {
         }
     }
 }
+
+// --- budgets, streams and usage (issue 12) ----------------------------------------------------
+
+/// A keyed, priced chat endpoint ($1000 / $2000 per 1M tokens: 1000 / 2000 nUSD per token) and
+/// an unpriced one; the origin answers with the given usage.
+const PRICED: &str = r#"{"endpoints": [
+    {"name": "paid", "endpoint_type": "llm/v1/chat",
+     "model": {"provider": "openai", "name": "priced", "config": {"openai_api_key": "$K", "openai_api_base": "http://o/v1"}}},
+    {"name": "free-model", "endpoint_type": "llm/v1/chat",
+     "model": {"provider": "openai", "name": "unpriced", "config": {"openai_api_key": "$K", "openai_api_base": "http://o/v1"}}}],
+  "prices": {"openai/priced": {"input_per_1m": 1000, "output_per_1m": 2000}}}"#;
+
+fn priced_host(answer: impl Fn(&Request<Vec<u8>>) -> Response<Vec<u8>> + 'static) -> MemoryHost {
+    MemoryHost::new(move |r| Ok(answer(r))).with_secret("K", "k").with_kv(ACTIVE_KEY, PRICED)
+}
+
+fn completion(prompt: u64, completion: u64) -> Response<Vec<u8>> {
+    let body = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "priced",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}});
+    Response::builder().header("content-type", "application/json").body(serde_json::to_vec(&body).unwrap()).unwrap()
+}
+
+fn sse_response(events: &[Value], done: bool) -> Response<Vec<u8>> {
+    let mut body = String::new();
+    for e in events {
+        body.push_str(&format!("data: {e}\n\n"));
+    }
+    if done {
+        body.push_str("data: [DONE]\n\n");
+    }
+    Response::builder().header("content-type", "text/event-stream").body(body.into_bytes()).unwrap()
+}
+
+fn chunk(content: &str, finish: Option<&str>) -> Value {
+    json!({"id": "s", "object": "chat.completion.chunk", "created": 1, "model": "priced",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]})
+}
+
+/// Budgets hold under concurrency: requests racing for the last of a key's budget (interleaved
+/// at every KV call in one isolate) each reserve their worst case before being forwarded, so
+/// no more are admitted than can be paid for. (Checking "spent < budget" let all of them in.)
+#[test]
+fn concurrent_requests_against_a_nearly_spent_budget_do_not_overshoot() {
+    use crate::gateway::ports::memory::run_interleaved;
+    use std::future::Future;
+    use std::pin::Pin;
+    // Each request: 7 prompt tokens estimated + max_tokens 20 → reserves $0.047; it really costs
+    // 5 × $0.001 + 20 × $0.002 = $0.045. After the first, $0.155 of $0.2 holds 3 more.
+    let host = priced_host(|_| completion(5, 20));
+    let key = add_key(&host, |k| k.budget_usd = Some(0.2));
+    let body = r#"{"model":"paid","max_tokens":20,"messages":[{"role":"user","content":"hi"}]}"#;
+    let first = run(&host, with_key(post("/v1/chat/completions", body), &key));
+    assert_eq!(first.0, StatusCode::OK, "{}", first.1);
+    let first_line: Value = serde_json::from_str(&block_on(first.2.deferred.complete(&host, None))).unwrap();
+    host.kv_yield.set(true);
+    let gateway = Gateway::new();
+    let requests: Vec<Request<Vec<u8>>> = (0..8).map(|_| with_key(post("/v1/chat/completions", body), &key)).collect();
+    let futures: Vec<Pin<Box<dyn Future<Output = (StatusCode, String)> + '_>>> = requests
+        .into_iter()
+        .map(|r| {
+            let (gateway, host) = (&gateway, &host);
+            Box::pin(async move {
+                let exchange = gateway.handle(host, r, &ClientInfo::default()).await;
+                let status = exchange.response.status();
+                (status, exchange.deferred.complete(host, None).await)
+            }) as Pin<Box<dyn Future<Output = (StatusCode, String)>>>
+        })
+        .collect();
+    let results = run_interleaved(futures);
+    host.kv_yield.set(false);
+    let served = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    assert!(results.iter().all(|(s, _)| *s == StatusCode::OK || *s == StatusCode::TOO_MANY_REQUESTS));
+    let spent: f64 = results
+        .iter()
+        .filter_map(|(_, line)| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|l| l["cost_usd"].as_f64())
+        .sum::<f64>()
+        + first_line["cost_usd"].as_f64().unwrap();
+    assert_eq!(served, 3, "spent ${spent}");
+    assert!(spent <= 0.2 + 1e-9, "spent ${spent} of $0.2");
+}
+
+/// M2: a USD budget on an endpoint whose model has no price would never trip: refused (403)
+/// unless the config prices it (a `"*"` default does).
+#[test]
+fn budgets_are_not_unlimited_on_unpriced_models() {
+    let host = priced_host(|_| completion(1, 1));
+    let key = add_key(&host, |k| k.budget_usd = Some(5.0));
+    let body = r#"{"model":"free-model","messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, body_json, _) = run(&host, with_key(post("/v1/chat/completions", body), &key));
+    assert_eq!((status, body_json["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("unpriced_model")));
+    let unbudgeted = add_key(&host, |_| {});
+    assert_eq!(run(&host, with_key(post("/v1/chat/completions", body), &unbudgeted)).0, StatusCode::OK);
+    let with_default = PRICED.replace(r#""prices": {"#, r#""prices": {"*": {"input_per_1m": 1}, "#);
+    host.kv.borrow_mut().insert(ACTIVE_KEY.into(), with_default.into_bytes());
+    assert_eq!(run(&host, with_key(post("/v1/chat/completions", body), &key)).0, StatusCode::OK);
+}
+
+/// H4: a client's `include_usage: false` does not stop the gateway asking the origin for
+/// usage (it just does not see the usage chunk), so the stream is charged what it used.
+#[test]
+fn streams_are_charged_even_without_include_usage() {
+    let host = priced_host(|r| {
+        let sent: Value = serde_json::from_slice(r.body()).unwrap();
+        let usage = sent["stream_options"]["include_usage"] == true;
+        let mut events = vec![chunk("hello", None), chunk("", Some("stop"))];
+        if usage {
+            events.push(json!({"id": "s", "object": "chat.completion.chunk", "choices": [],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}}));
+        }
+        sse_response(&events, true)
+    });
+    let key = add_key(&host, |k| k.budget_usd = Some(5.0));
+    let body = r#"{"model":"paid","stream":true,"stream_options":{"include_usage":false},"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, text, exchange) = run(&host, with_key(post("/v1/chat/completions", body), &key));
+    assert_eq!(status, StatusCode::OK);
+    assert!(!text.as_str().unwrap().contains("\"usage\":{"), "the client did not ask for it: {text}");
+    let (_, stream) = (exchange.response, ());
+    let _ = stream;
+    let sent: Value = serde_json::from_slice(host.sent.borrow()[0].body()).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+}
+
+/// H4: a stream that ends without the origin's usage (cut, or the client gone after the first
+/// chunk) is charged the gateway's estimate: the prompt at least, and the text it saw.
+#[test]
+fn cut_streams_are_charged_an_estimate() {
+    let host = priced_host(|_| sse_response(&[chunk("hello there", None)], false));
+    let key = add_key(&host, |k| k.budget_usd = Some(5.0));
+    let prompt = "word ".repeat(300);
+    let body = json!({"model": "paid", "stream": true, "messages": [{"role": "user", "content": prompt}]}).to_string();
+    let mut exchange = block_on(Gateway::new().handle(
+        &host,
+        with_key(post("/v1/chat/completions", &body), &key),
+        &ClientInfo::default(),
+    ));
+    let ResponseBody::Stream(bytes, mut pump) =
+        std::mem::replace(exchange.response.body_mut(), ResponseBody::Full(Vec::new()))
+    else {
+        panic!("a live stream")
+    };
+    // The client goes away after the first chunk: the host drops the pump without `end`.
+    let _ = pump.chunk(&bytes[..bytes.len() / 2]);
+    let summary = pump.summary();
+    assert!(!summary.completed);
+    let line: Value = serde_json::from_str(&block_on(exchange.deferred.complete(&host, Some(summary)))).unwrap();
+    assert!(line["prompt_tokens"].as_u64().unwrap() >= 300, "{line}");
+    assert!(line["cost_usd"].as_f64().unwrap() > 0.0, "{line}");
+}
+
+/// Stop a stream at the cap: when a stream's running usage crosses the room its key had, the
+/// client gets the normal end of an OpenAI stream (the open choice finishes, `[DONE]`) with an
+/// error event naming the cap before it, the pump is finished (the host stops reading) and the
+/// origin is to be cancelled (`completed` is false); the stream is charged what it used.
+#[test]
+fn a_stream_is_stopped_at_the_cap() {
+    let host = priced_host(|_| {
+        let events: Vec<Value> = (0..50).map(|i| chunk(&format!("word{i:02} "), None)).collect();
+        sse_response(&events, true)
+    });
+    // tpm 60: the prompt (~4 tokens) and 50 × 7 bytes ≈ 88 tokens of output do not fit.
+    let key = add_key(&host, |k| k.tpm = Some(60));
+    let body = r#"{"model":"paid","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut exchange = block_on(Gateway::new().handle(
+        &host,
+        with_key(post("/v1/chat/completions", body), &key),
+        &ClientInfo::default(),
+    ));
+    assert_eq!(exchange.response.status(), StatusCode::OK);
+    let ResponseBody::Stream(bytes, mut pump) =
+        std::mem::replace(exchange.response.body_mut(), ResponseBody::Full(Vec::new()))
+    else {
+        panic!("a live stream")
+    };
+    let mut out = Vec::new();
+    let mut fed = 0;
+    for piece in bytes.chunks(64) {
+        out.extend(pump.chunk(piece));
+        fed += piece.len();
+        if pump.is_finished() {
+            break;
+        }
+    }
+    assert!(pump.is_finished() && fed < bytes.len(), "stopped before the origin's end");
+    let events = crate::gateway::test_util::parse_sse(&out);
+    let n = events.len();
+    assert_eq!(events[n - 1].1, "[DONE]");
+    assert_eq!(events[n - 2].1["error"]["code"], "rate_limit_exceeded", "{events:?}");
+    assert!(events[n - 2].1["error"]["message"].as_str().unwrap().contains("60 tokens per minute"));
+    assert_eq!(events[n - 3].1["choices"][0]["finish_reason"], "length");
+    let summary = pump.summary();
+    assert!(!summary.completed && summary.stopped.is_some());
+    let line: Value = serde_json::from_str(&block_on(exchange.deferred.complete(&host, Some(summary)))).unwrap();
+    assert_eq!(line["stream_stopped"], "rate_limit_exceeded");
+    assert!(line["total_tokens"].as_u64().unwrap() > 60, "charged what it used: {line}");
+}

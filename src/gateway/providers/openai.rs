@@ -154,10 +154,15 @@ impl Adapter for OpenAi {
             }
         }
         if call.stream && call.op != Operation::Embeddings {
-            // Ask for the final usage chunk so streamed calls are accounted like buffered ones.
+            // Always ask for the final usage chunk, whatever the client said: streamed calls are
+            // accounted like buffered ones (the pipeline hides the chunk from a client that did
+            // not ask for it). A client's `include_usage: false` must not evade token limits.
             let options = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
-            if let Some(options) = options.as_object_mut() {
-                options.entry("include_usage").or_insert(Value::Bool(true));
+            match options.as_object_mut() {
+                Some(options) => {
+                    options.insert("include_usage".into(), Value::Bool(true));
+                }
+                None => *options = serde_json::json!({"include_usage": true}),
             }
         }
         if let Some(org) = &self.organization {

@@ -250,6 +250,9 @@ pub fn write_error_chunk(out: &mut Vec<u8>, message: &str, code: &str) {
 /// event and `[DONE]` instead of just stopping.
 #[derive(Debug, Default)]
 pub struct StreamWatch {
+    /// Drop the usage-only chunk (`choices: []`): the gateway asked the origin for it, the
+    /// client did not.
+    hide_usage: bool,
     usage: Option<Usage>,
     /// Content deltas seen: a lower bound on completion tokens if the stream is cut.
     deltas: u64,
@@ -260,6 +263,11 @@ pub struct StreamWatch {
 impl StreamWatch {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn hide_usage_chunk(mut self, hide: bool) -> Self {
+        self.hide_usage = hide;
+        self
     }
 }
 
@@ -273,6 +281,10 @@ impl StreamTranslate for StreamWatch {
         if let Ok(chunk) = serde_json::from_str::<Value>(&event.data) {
             if let Some(usage) = openai_usage(&chunk).filter(|_| chunk["usage"].is_object()) {
                 self.usage = Some(usage);
+                let usage_only = chunk.get("choices").and_then(Value::as_array).is_none_or(Vec::is_empty);
+                if self.hide_usage && usage_only {
+                    return;
+                }
             }
             for choice in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
                 let delta = &choice["delta"];

@@ -27,10 +27,22 @@ pub struct TenantLimits {
 
 /// The config's top-level `limits` field:
 /// `{"mode": "kv"|"exact", "tenants": {"acme": {"budget_usd": 100, "budget_period": "month"}}}`.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LimitsConfig {
     pub mode: LimitsMode,
     pub tenants: HashMap<String, TenantLimits>,
+    /// Output tokens reserved for a request that sends no `max_tokens` (and whose endpoint sets
+    /// no ceiling), when a token or USD limit applies.
+    pub default_max_tokens: u64,
+}
+
+/// The default of `limits.default_max_tokens`.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { mode: LimitsMode::default(), tenants: HashMap::new(), default_max_tokens: DEFAULT_MAX_TOKENS }
+    }
 }
 
 /// Checks the top-level `limits` field.
@@ -65,7 +77,11 @@ pub fn check_limits(path: &str, value: &Value, issues: &mut Issues) -> Option<Li
                     }
                 }
             }
-            other => issues.unknown(at, "limits field", other, &["mode", "tenants"]),
+            "default_max_tokens" => match v.as_u64().filter(|n| (1..=10_000_000).contains(n)) {
+                Some(n) => config.default_max_tokens = n,
+                None => issues.push(at, "must be a whole number of tokens, 1 to 10000000"),
+            },
+            other => issues.unknown(at, "limits field", other, &["mode", "tenants", "default_max_tokens"]),
         }
     }
     (issues.0.len() == before).then_some(config)

@@ -201,6 +201,9 @@ fn check(file: &str) -> Result<(Value, Config), String> {
 
 fn validate(file: &str) -> Result<(), String> {
     let (_, config) = check(file)?;
+    for warning in config.warnings() {
+        eprintln!("{file}: warning: {warning}");
+    }
     out(&format!("{file}: ok ({} endpoint(s): {})", config.order.len(), config.order.join(", ")));
     Ok(())
 }

@@ -421,6 +421,33 @@ impl Config {
         }
     }
 
+    /// What is valid but probably not meant: endpoints whose model has no price (a request
+    /// under a USD budget is refused there, 403 `unpriced_model`). `gatewayctl validate` prints
+    /// them; the admin API returns them with an applied config.
+    pub fn warnings(&self) -> Vec<String> {
+        self.unpriced(|_| true)
+            .into_iter()
+            .map(|(name, model)| {
+                format!(
+                    "endpoint \"{name}\" (model \"{model}\") has no price in `prices`: requests under a USD budget \
+                     will be refused there; add a price or a \"*\" default"
+                )
+            })
+            .collect()
+    }
+
+    /// The LLM endpoints (in config order) accepted by `filter` whose model has no price:
+    /// `(endpoint, provider/model)`.
+    pub fn unpriced(&self, filter: impl Fn(&str) -> bool) -> Vec<(String, String)> {
+        self.order
+            .iter()
+            .filter_map(|name| self.endpoints.get(name))
+            .filter(|e| e.endpoint_type != EndpointType::Predict && filter(&e.name))
+            .filter(|e| self.prices.get(e.provider.name(), &e.model).is_none())
+            .map(|e| (e.name.clone(), format!("{}/{}", e.provider.name(), e.model)))
+            .collect()
+    }
+
     pub fn endpoint(&self, name: &str) -> Option<&Arc<Endpoint>> {
         self.endpoints.get(name)
     }

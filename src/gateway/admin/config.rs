@@ -104,7 +104,12 @@ pub(super) async fn apply_config<P: Ports>(ports: &P, body: &[u8], dry_run: bool
         .map_err(|_| GatewayError::internal(ErrorCode::ConfigInvalid, "the config could not be stored"))?;
     ports.put(&name, &bytes, None).await?;
     ports.put(ACTIVE_KEY, &bytes, None).await?;
-    Ok((StatusCode::OK, json!({"version": version, "previous": previous, "endpoints": config.order})))
+    let mut answer = json!({"version": version, "previous": previous, "endpoints": config.order});
+    let warnings = config.warnings();
+    if !warnings.is_empty() {
+        answer["warnings"] = json!(warnings);
+    }
+    Ok((StatusCode::OK, answer))
 }
 
 pub(super) async fn stored_versions<P: Ports>(ports: &P) -> Result<Vec<String>> {

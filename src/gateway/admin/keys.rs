@@ -166,24 +166,39 @@ pub(super) fn valid_pattern(s: &str) -> bool {
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
 }
 
-/// Names in the allow-list that match nothing in the active config (typos), with suggestions.
+/// Names in the allow-list that match nothing in the active config (typos), with suggestions;
+/// for a key under a USD budget, the endpoints it may call that have no price (refused).
 pub(super) async fn endpoint_warnings<P: Ports>(ports: &P, record: &KeyRecord) -> Vec<String> {
     let Ok(Some(raw)) = ports.get(ACTIVE_KEY).await else { return Vec::new() };
     let Ok(config) = Config::from_json(&raw) else { return Vec::new() };
     let names: Vec<&str> = config.order.iter().map(String::as_str).collect();
     let probe = KeyRecord { endpoints: Vec::new(), ..record.clone() };
-    record
-        .endpoints
-        .iter()
-        .filter(|pattern| {
-            let one = KeyRecord { endpoints: vec![(*pattern).clone()], ..probe.clone() };
-            !names.iter().any(|n| one.allows(n))
-        })
-        .map(|pattern| match did_you_mean(pattern, &names) {
-            Some(s) => format!("endpoint \"{pattern}\" is not in the active config (did you mean \"{s}\"?)"),
-            None => format!("endpoint \"{pattern}\" is not in the active config"),
-        })
-        .collect()
+    let mut warnings = Vec::new();
+    if record.budget_usd.is_some() || config.limits.tenants.contains_key(&record.tenant) {
+        let unpriced = config.unpriced(|name| record.allows(name));
+        if !unpriced.is_empty() {
+            let list: Vec<String> = unpriced.iter().map(|(e, m)| format!("\"{e}\" ({m})")).collect();
+            warnings.push(format!(
+                "this key is under a USD budget, and these endpoints it may call have no price, so its \
+                 requests there are refused: {}",
+                list.join(", ")
+            ));
+        }
+    }
+    warnings.extend(
+        record
+            .endpoints
+            .iter()
+            .filter(|pattern| {
+                let one = KeyRecord { endpoints: vec![(*pattern).clone()], ..probe.clone() };
+                !names.iter().any(|n| one.allows(n))
+            })
+            .map(|pattern| match did_you_mean(pattern, &names) {
+                Some(s) => format!("endpoint \"{pattern}\" is not in the active config (did you mean \"{s}\"?)"),
+                None => format!("endpoint \"{pattern}\" is not in the active config"),
+            }),
+    );
+    warnings
 }
 
 /// A residency pin must name a region of the active config (a typo would pin the key to no

@@ -453,6 +453,31 @@ mod tests {
         assert_eq!((r.status, &r.body["region"]), (StatusCode::CREATED, &json!("eu")));
     }
 
+    /// M2: unpriced models are named when a config is applied and when a key with a budget is
+    /// created (such requests are refused: a budget could not be enforced on them).
+    #[test]
+    fn unpriced_models_are_warned_about() {
+        let host = host();
+        let memo = AuthMemo::default();
+        let mut c = config("v1");
+        c["prices"] = json!({"openai/gpt-4o-mini": {"input_per_1m": 0.15, "output_per_1m": 0.6}});
+        let r = admin(&host, &memo, Method::POST, "/admin/config", Some(c));
+        assert_eq!(r.status, StatusCode::OK);
+        let warnings = r.body["warnings"].to_string();
+        assert!(warnings.contains("\\\"embeddings\\\"") && !warnings.contains("\\\"chat\\\""), "{}", r.body);
+        let r = admin(&host, &memo, Method::POST, "/admin/keys", Some(json!({"tenant": "t", "budget_usd": 1})));
+        assert_eq!(r.status, StatusCode::CREATED);
+        assert!(r.body["warnings"].to_string().contains("embeddings"), "{}", r.body);
+        let r = admin(
+            &host,
+            &memo,
+            Method::POST,
+            "/admin/keys",
+            Some(json!({"tenant": "t", "endpoints": ["chat"], "budget_usd": 1})),
+        );
+        assert!(r.body.get("warnings").is_none(), "{}", r.body);
+    }
+
     /// L1: `public` is the tenant of anonymous requests (their cache namespace): no key and no
     /// tenant budget may take the name.
     #[test]

@@ -5,11 +5,22 @@
 //! # Windows and rules
 //!
 //! Windows are fixed and aligned: minute/hour/second windows on the unix clock, day/month/year
-//! windows on the UTC calendar. A request is admitted when, for every counter that applies,
-//! the count *before* it is under the limit: requests `count < rpm`; tokens `used < tpm`;
-//! USD `spent < budget`. Tokens and cost are only known after the answer, so they are added
-//! after the response: the request that crosses a token or USD limit is served, and the next
-//! one is refused (as OpenAI does). A refused request is not counted.
+//! windows on the UTC calendar. A request is admitted when, for every counter that applies:
+//! requests `count < rpm`; tokens and USD: its **reservation** fits in what is neither used
+//! nor reserved. A refused request is not counted.
+//!
+//! # Reserve, then settle
+//!
+//! Tokens and cost are only known after the answer, and checking "spent < budget" lets every
+//! request racing for the last of a budget through (what LiteLLM and Bifrost users report).
+//! So before a request is forwarded it reserves its worst case ([`Reservation`]: the prompt
+//! estimate plus `max_tokens` × `n` — `limits.default_max_tokens` when it sends none — at
+//! the endpoint's price) on the key's tpm and USD counters and its tenant's; concurrent
+//! requests see it at once. After the response the reservation is released and the real usage
+//! added (`Admission::settle`). A buffered request must fit whole (429 naming what it may
+//! cost: lower `max_tokens`); a stream may be granted what is left, down to its prompt and one
+//! token, and is stopped at the room it had (see `pipeline::stream::StreamCap`). Counters stay
+//! monotone (`released_*` fields), so merges and retries stay safe.
 //!
 //! The endpoint `limit` counts per endpoint *and key* (MLflow counts per client address; the
 //! key is our client identity); requests without a key (public endpoints) share one counter
@@ -35,6 +46,16 @@
 //!   requests can pass in one window: **the limit multiplies with the number of instances.**
 //! * Cloudflare KV accepts about one write per second per key; counters of very busy keys
 //!   will see write errors (reported in the log's `accounting_error`): use `exact`.
+//! * **Budget overshoot in `kv` mode, and by how much.** Within one isolate: none — admission
+//!   and reservation are one synchronous step over the isolate's view, so concurrent requests
+//!   there can never reserve more than is left. Across isolates an isolate sees the others'
+//!   reservations and charges only once they are written (after each response, merged) and
+//!   re-read (every [`REFRESH_MS`], plus KV's propagation in other locations). So per location,
+//!   the spend can exceed a budget by at most what the *other* isolates admitted in that window:
+//!   each of them at most the remaining budget it last saw, i.e. ≤ (isolates − 1) × remaining,
+//!   and with one isolate per location (wrangler dev, light traffic) 0; across L locations up
+//!   to L times that. Streams are also cut at the room they were admitted with. Use `exact`
+//!   (0 overshoot) when that is too much.
 //! * Spin: every request is a fresh component instance, so there is no in-memory view
 //!   (`Counter::keeps_state` is false): each request reads its counters from the key-value
 //!   store and writes its request increment *before* it is forwarded (tokens and cost after
@@ -43,6 +64,8 @@
 //!   read-modify-write: a burst that arrives together can all pass (measured in the e2e
 //!   suite: 15 of 15 against a limit of 5). Spin's key-value@2.0 interface has no atomic
 //!   increment or compare-and-swap, so the `kv` mode cannot be exact there; use `exact`.
+//!   Token and USD limits (reservations) are therefore always counted under the KV lock on
+//!   Spin, whatever the mode: a budget cannot be held by racing read-modify-writes.
 //!
 //! **`exact`** (config `limits.mode: "exact"`, or a key's `exact: true`): counters live behind
 //! the [`Counter`] port, which checks and adds a request's counters atomically:

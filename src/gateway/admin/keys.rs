@@ -242,11 +242,39 @@ pub(super) async fn create_key<P: Ports>(ports: &P, body: &[u8], audit: &mut Aud
     Ok((StatusCode::CREATED, body))
 }
 
-pub(super) async fn list_keys<P: Ports>(ports: &P, tenant: Option<&str>) -> Handled {
+/// Keys per page of `GET /admin/keys` unless `limit` says otherwise (at most
+/// `keys::MAX_PAGE`): each costs two KV reads, and Cloudflare caps KV operations per call.
+pub(super) const DEFAULT_PAGE: usize = 100;
+
+/// `GET /admin/keys?tenant=&limit=&cursor=`: one page of keys in id order and the cursor of the
+/// next (`next_cursor`, absent on the last page). With `tenant`, a page holds that tenant's
+/// keys among the page's ids (it may be short, even empty: follow `next_cursor`).
+pub(super) async fn list_keys<P: Ports>(
+    ports: &P,
+    tenant: Option<&str>,
+    limit: Option<&str>,
+    cursor: Option<&str>,
+) -> Handled {
+    let limit = match limit {
+        None => DEFAULT_PAGE,
+        Some(l) => l.parse::<usize>().ok().filter(|n| (1..=keys::MAX_PAGE).contains(n)).ok_or_else(|| {
+            GatewayError::bad_request(
+                ErrorCode::InvalidKeyRequest,
+                format!("`limit` must be a number from 1 to {}", keys::MAX_PAGE),
+            )
+        })?,
+    };
+    if cursor.is_some_and(|c| !keys::valid_id(c)) {
+        return Err(GatewayError::bad_request(ErrorCode::InvalidKeyId, "`cursor` must be a key id").into());
+    }
     let now = ports.now_ms();
-    let list: Vec<Value> =
-        keys::list(ports).await?.iter().filter(|r| tenant.is_none_or(|t| r.tenant == t)).map(|r| r.view(now)).collect();
-    Ok((StatusCode::OK, json!({"keys": list})))
+    let (page, next) = keys::list_page(ports, cursor, limit).await?;
+    let list: Vec<Value> = page.iter().filter(|r| tenant.is_none_or(|t| r.tenant == t)).map(|r| r.view(now)).collect();
+    let mut body = json!({"keys": list});
+    if let Some(next) = next {
+        body["next_cursor"] = json!(next);
+    }
+    Ok((StatusCode::OK, body))
 }
 
 pub(super) async fn find_key<P: Ports>(ports: &P, id: &str) -> Result<KeyRecord> {

@@ -12,11 +12,12 @@
 //! | `GET /admin/config/versions` | | `{active, versions}` |
 //! | `POST /admin/config/rollback` | `{"version": "..."}` | `{version, previous}` |
 //! | `POST /admin/keys` | `{tenant, name?, endpoints?, rpm?, tpm?, budget_usd?, budget_period?, region?, expires_at?, expires_in?, exact?}` | 201 `{key, id, ...}` — the only time the key is shown |
-//! | `GET /admin/keys` | `?tenant=` | `{keys: [...]}` (no key, no hash) |
+//! | `GET /admin/keys` | `?tenant=&limit=&cursor=` | `{keys: [...], next_cursor?}` (no key, no hash; pages of 100 by default, 200 at most) |
 //! | `GET /admin/keys/{id}` | | the record |
 //! | `POST /admin/keys/{id}/revoke` | | the record, `state: revoked` |
 //! | `POST /admin/keys/{id}/rotate` | | `{key, id, ...}`: a new key for the same record; the old one stops working |
-//! | `GET /admin/usage` | `?key=<id>` or `?tenant=<name>`, `&from=YYYY-MM-DD&to=YYYY-MM-DD` (default today) | `{days: [...], total}` |
+//! | `GET /admin/usage` | `?key=<id>` or `?tenant=<name>`, `&from=YYYY-MM-DD&to=YYYY-MM-DD` (default today) | `{days: [...], total, partial?}` (`partial`: call again, the backlog is being compacted) |
+//! | `POST /admin/cache/purge` | `{tenant?, endpoint?, shared?}` | `{purged, more}` (at most 500 per call: call again while `more`) |
 
 mod answer;
 mod config;
@@ -124,7 +125,10 @@ async fn route<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<u8>>,
         }
         AdminRoute::ConfigVersions => config::versions(ports).await,
         AdminRoute::Rollback => config::rollback(ports, body, audit).await,
-        AdminRoute::ListKeys => keys::list_keys(ports, query_value(&query, "tenant")).await,
+        AdminRoute::ListKeys => {
+            let q = |name| query_value(&query, name);
+            keys::list_keys(ports, q("tenant"), q("limit"), q("cursor")).await
+        }
         AdminRoute::CreateKey => keys::create_key(ports, body, audit).await,
         AdminRoute::GetKey(id) => keys::get_key(ports, &id).await,
         AdminRoute::RevokeKey(id) => keys::revoke_key(ports, memo, &id, audit).await,
@@ -318,7 +322,11 @@ mod tests {
         let key = r.body["key"].as_str().unwrap().to_string();
         let id = r.body["id"].as_str().unwrap().to_string();
         assert!(keys::looks_like_key(&key));
-        assert_eq!(r.body["warnings"][0], "endpoint \"chta\" is not in the active config (did you mean \"chat\"?)");
+        let warnings: Vec<&str> = r.body["warnings"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        assert!(
+            warnings.contains(&"endpoint \"chta\" is not in the active config (did you mean \"chat\"?)"),
+            "{warnings:?}"
+        );
         assert!(r.body.get("hash").is_none());
         assert!(!r.audit.contains(&key) && r.audit.contains(&id));
 
@@ -476,6 +484,83 @@ mod tests {
             Some(json!({"tenant": "t", "endpoints": ["chat"], "budget_usd": 1})),
         );
         assert!(r.body.get("warnings").is_none(), "{}", r.body);
+    }
+
+    /// M5: Cloudflare caps KV operations per invocation, so no admin call makes one per item
+    /// without bound: key listings are pages (cursor), purges delete at most a batch per call,
+    /// usage queries read at most a batch of shards per call (and compact finished days).
+    #[test]
+    fn admin_calls_make_a_bounded_number_of_kv_operations() {
+        use crate::gateway::features::usage::{DayUsage, MAX_KV_READS};
+        let host = host();
+        let memo = AuthMemo::default();
+        for i in 0..250 {
+            let tenant = if i % 2 == 0 { "even" } else { "odd" };
+            assert_eq!(
+                admin(&host, &memo, Method::POST, "/admin/keys", Some(json!({"tenant": tenant}))).status,
+                StatusCode::CREATED
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut uri = "/admin/keys".to_string();
+        loop {
+            let before = host.kv_ops.get();
+            let r = admin(&host, &memo, Method::GET, &uri, None);
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            assert!(host.kv_ops.get() - before <= 2 * 100 + 2, "{} KV operations", host.kv_ops.get() - before);
+            for k in r.body["keys"].as_array().unwrap() {
+                assert!(seen.insert(k["id"].as_str().unwrap().to_string()), "no key twice");
+            }
+            match r.body["next_cursor"].as_str() {
+                Some(cursor) => uri = format!("/admin/keys?cursor={cursor}"),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 250);
+        let r = admin(&host, &memo, Method::GET, "/admin/keys?tenant=odd&limit=1000", None);
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "limit is capped: {}", r.body);
+
+        for i in 0..1200 {
+            host.kv.borrow_mut().insert(format!("cache:acme:chat:{i:064}"), b"{}".to_vec());
+        }
+        let mut calls = 0;
+        loop {
+            let before = host.kv_ops.get();
+            let r = admin(&host, &memo, Method::POST, "/admin/cache/purge", Some(json!({"tenant": "acme"})));
+            assert!(host.kv_ops.get() - before <= 501 + 1, "{}", host.kv_ops.get() - before);
+            calls += 1;
+            if r.body["more"] != true {
+                break;
+            }
+        }
+        assert_eq!(calls, 3);
+        assert!(host.kv.borrow().keys().all(|k| !k.starts_with("cache:")));
+
+        // 900 shards of one old day (as a busy Spin day leaves them): a query reads a bounded
+        // number per call and compacts what it read; until it could read everything it says
+        // `partial` (call again), then the total is exact and the day is one entry.
+        let day = crate::gateway::util::time::days_of(host.now_ms.get()) - 5;
+        let date = crate::gateway::util::time::day_string(day);
+        for i in 0..900 {
+            let shard = DayUsage { requests: 1, prompt_tokens: 2, ..DayUsage::default() };
+            host.kv.borrow_mut().insert(format!("usage:k_00aa:{date}:{i:016x}"), serde_json::to_vec(&shard).unwrap());
+        }
+        let mut answer = Value::Null;
+        for _ in 0..10 {
+            let before = host.kv_ops.get();
+            answer =
+                admin(&host, &memo, Method::GET, &format!("/admin/usage?key=k_00aa&from={date}&to={date}"), None).body;
+            assert!(host.kv_ops.get() - before <= 3 * MAX_KV_READS as u64, "{}", host.kv_ops.get() - before);
+            if answer["partial"] != true {
+                break;
+            }
+        }
+        assert_eq!(answer["total"]["requests"], 900, "every shard counted once: {answer}");
+        assert_eq!(answer["total"]["prompt_tokens"], 1800);
+        let shards = host.kv.borrow().keys().filter(|k| k.starts_with("usage:k_00aa:")).count();
+        assert_eq!(shards, 1, "the finished day was compacted into one entry");
+        let r = admin(&host, &memo, Method::GET, &format!("/admin/usage?key=k_00aa&from={date}&to={date}"), None);
+        assert_eq!((r.body["total"]["requests"].as_u64(), r.body.get("partial")), (Some(900), None));
     }
 
     /// L1: `public` is the tenant of anonymous requests (their cache namespace): no key and no

@@ -21,8 +21,10 @@
 //! evicted between a response and its `waitUntil` write loses that last delta; Cloudflare
 //! `list` and reads are eventually consistent (up to ~60 s), so a query may briefly lag; on
 //! Spin every request is a fresh instance, so every request writes its own shard entries, and
-//! Spin's `list` reads every key of the store: queries slow down as shards accumulate (the
-//! follow-up is compacting a finished day's shards into one entry; not done yet).
+//! Spin's `list` reads every key of the store. So a day's final shards are compacted into one
+//! entry (`<subject>:<date>:compacted`, under a KV lock; [`compact_day`]): by the usage query
+//! as it reads (days before yesterday everywhere, any day on Spin, at most [`MAX_KV_READS`]
+//! reads per call), and on Spin by the housekeeping sweep (`features::housekeeping`).
 //!
 //! Days are UTC, by the request's start time. Costs are integers in nano-USD (1e-9 USD), so
 //! sums are exact; the admin API shows `cost_usd`.
@@ -592,9 +594,28 @@ pub enum Subject<'a> {
     Tenant(&'a str),
 }
 
+/// Most KV reads (or deletes) one usage query or sweep makes: Cloudflare caps KV operations per
+/// invocation.
+pub const MAX_KV_READS: usize = 300;
+
+/// The shard id of a day's compacted entry (shard ids are otherwise 16 hex digits).
+pub const COMPACTED: &str = "compacted";
+
+/// Whether the shards of `day` are final, so they can be folded into one entry: days before
+/// yesterday everywhere (no isolate writes them any more), any day where every request is a
+/// fresh instance that writes its shard once (Spin).
+fn compactable<P: Clock + Counter>(ports: &P, day: i64) -> bool {
+    !ports.keeps_state() || day + 2 <= days_of(ports.now_ms())
+}
+
 /// Sums the shards of `subject` for the UTC days `from..=to` (days since the epoch):
 /// `{"days": [{"date", ...DayUsage view}], "total": {...}}`.
-pub async fn query(kv: &impl Kv, subject: Subject<'_>, from: i64, to: i64) -> Result<Value> {
+///
+/// Bounded: one list and at most [`MAX_KV_READS`] shard reads per call. Days whose shards are
+/// final are compacted into one entry as they are read; when a range holds more shards than
+/// one call may read, the answer says `"partial": true` (its totals then miss the days it did
+/// not reach): call again — each call folds part of the backlog, and the next ones read less.
+pub async fn query<P: Kv + Clock + Counter>(ports: &P, subject: Subject<'_>, from: i64, to: i64) -> Result<Value> {
     if to < from || to - from >= MAX_QUERY_DAYS {
         return Err(GatewayError::bad_request(
             ErrorCode::InvalidRange,
@@ -605,13 +626,37 @@ pub async fn query(kv: &impl Kv, subject: Subject<'_>, from: i64, to: i64) -> Re
         Subject::Key(id) => format!("{USAGE_PREFIX}{id}:"),
         Subject::Tenant(t) => format!("{USAGE_PREFIX}tenant:{t}:"),
     };
-    let mut days: BTreeMap<i64, DayUsage> = BTreeMap::new();
-    for name in kv.list(&prefix).await? {
+    let mut by_day: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for name in ports.list(&prefix).await? {
         let Some((date, _shard)) = name.strip_prefix(&prefix).and_then(|rest| rest.split_once(':')) else { continue };
         let Some(day) = parse_day(date).filter(|d| (from..=to).contains(d)) else { continue };
-        let Some(bytes) = kv.get(&name).await? else { continue };
-        let Ok(shard) = serde_json::from_slice::<DayUsage>(&bytes) else { continue };
-        days.entry(day).or_default().add(&shard);
+        by_day.entry(day).or_default().push(name);
+    }
+    let mut budget = MAX_KV_READS;
+    let mut partial = false;
+    let mut days: BTreeMap<i64, DayUsage> = BTreeMap::new();
+    for (day, names) in by_day {
+        if names.len() > budget {
+            partial = true;
+            if budget > 0 && compactable(ports, day) {
+                // Fold what this call may read; the next call finds fewer shards.
+                let _ = compact_day(ports, &prefix, day, &names[..budget]).await;
+            }
+            break;
+        }
+        budget -= names.len();
+        if names.len() > 1 && compactable(ports, day) {
+            if let Ok(total) = compact_day(ports, &prefix, day, &names).await {
+                days.insert(day, total);
+                continue;
+            }
+        }
+        let usage = days.entry(day).or_default();
+        for name in &names {
+            if let Some(shard) = ports.get(name).await?.and_then(|b| serde_json::from_slice::<DayUsage>(&b).ok()) {
+                usage.add(&shard);
+            }
+        }
     }
     let mut total = DayUsage::default();
     let list: Vec<Value> = days
@@ -632,7 +677,44 @@ pub async fn query(kv: &impl Kv, subject: Subject<'_>, from: i64, to: i64) -> Re
     out.insert("to".into(), json!(day_string(to)));
     out.insert("days".into(), Value::Array(list));
     out.insert("total".into(), total.view());
+    if partial {
+        out.insert("partial".into(), json!(true));
+    }
     Ok(Value::Object(out))
+}
+
+/// Folds `names` (shards of `day` under `prefix`) into the day's compacted entry and deletes
+/// them, under a KV lock (two compactions of one day would count a shard twice); returns the
+/// compacted entry's new total. Shards are re-read under the lock: one another compaction
+/// already folded is gone. (A crash between the write and the deletes counts those shards
+/// twice at the next compaction: usage reports, not limits, read these.)
+pub async fn compact_day<P: Kv + Clock>(ports: &P, prefix: &str, day: i64, names: &[String]) -> Result<DayUsage> {
+    let date = day_string(day);
+    let scope = format!("usage-compact:{prefix}{date}");
+    let id = crate::gateway::ports::lock::acquire(ports, &scope).await?;
+    let result = async {
+        let compacted = format!("{prefix}{date}:{COMPACTED}");
+        let read = |bytes: Option<Vec<u8>>| bytes.and_then(|b| serde_json::from_slice::<DayUsage>(&b).ok());
+        let mut total = read(ports.get(&compacted).await?).unwrap_or_default();
+        let mut folded = Vec::new();
+        for name in names.iter().filter(|n| **n != compacted) {
+            if let Some(shard) = read(ports.get(name).await?) {
+                total.add(&shard);
+                folded.push(name);
+            }
+        }
+        if !folded.is_empty() {
+            let bytes = serde_json::to_vec(&total).unwrap_or_default();
+            ports.put(&compacted, &bytes, Some(KEEP_SECS)).await?;
+            for name in folded {
+                ports.delete(name).await?;
+            }
+        }
+        Ok(total)
+    }
+    .await;
+    crate::gateway::ports::lock::release(ports, &scope, &id).await;
+    result
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! log line. The pipeline hands it to the host as data (`Deferred`); each host decides when it
 //! runs (Cloudflare: `waitUntil`; Spin: after the response body is written).
 
-use crate::gateway::features::cache;
 use crate::gateway::features::usage::{charged_usage, Accounting, Outcome};
+use crate::gateway::features::{cache, housekeeping};
 use crate::gateway::pipeline::log::LogRecord;
 use crate::gateway::pipeline::stream::StreamSummary;
 use crate::gateway::ports::Ports;
@@ -56,6 +56,17 @@ impl Deferred {
             self.log.tenant = fields.tenant.take();
             fields.key_id = None;
             self.log.accounting = Some(fields);
+        }
+        // A store without TTLs (Spin) is swept now and then: expired counters, finished usage
+        // shards, stale cache entries. Hosts that keep state have TTLs and few shards.
+        if !ports.keeps_state() {
+            let mut roll = [0u8; 1];
+            ports.random_bytes(&mut roll);
+            if roll[0] % housekeeping::SWEEP_ONE_IN == 0 {
+                if let Err(e) = housekeeping::sweep(ports).await {
+                    self.log.detail.get_or_insert_with(|| format!("housekeeping: {}", e.message));
+                }
+            }
         }
         serde_json::to_string(&self.log).unwrap_or_default()
     }

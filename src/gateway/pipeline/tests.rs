@@ -712,3 +712,48 @@ fn a_stream_is_stopped_at_the_cap() {
     assert_eq!(line["stream_stopped"], "rate_limit_exceeded");
     assert!(line["total_tokens"].as_u64().unwrap() > 60, "charged what it used: {line}");
 }
+
+/// M5 on Spin: its store has no TTL and every request writes its own usage shard, so the
+/// gateway sweeps now and then: counters of ended windows are deleted and finished usage
+/// shards compacted (the store stops growing with every request).
+#[test]
+fn a_store_without_ttls_is_swept() {
+    let host = priced_host(|_| completion(1, 1));
+    host.stateless.set(true);
+    let key = add_key(&host, |k| k.rpm = Some(1000));
+    let body = r#"{"model":"paid","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#;
+    for _ in 0..200 {
+        // Spin: a fresh instance per request.
+        let exchange = block_on(Gateway::new().handle(
+            &host,
+            with_key(post("/v1/chat/completions", body), &key),
+            &ClientInfo::default(),
+        ));
+        assert_eq!(exchange.response.status(), StatusCode::OK);
+        block_on(exchange.deferred.complete(&host, None));
+        host.advance(30_000);
+    }
+    let count = |prefix: &str| host.kv.borrow().keys().filter(|k| k.starts_with(prefix)).count();
+    // 100 minute windows were used; 200 requests wrote 200 key shards and 200 tenant shards.
+    assert!(count("rl:") < 40, "{} counters left", count("rl:"));
+    assert!(count("usage:") < 120, "{} usage entries left", count("usage:"));
+    let swept = block_on(crate::gateway::features::housekeeping::sweep(&host)).unwrap();
+    assert!(swept.shards > 0 || count("usage:") <= 4);
+    assert!(count("rl:") <= 2, "{} counters left after a sweep", count("rl:"));
+    assert!(
+        count("usage:") <= 4,
+        "{:?}",
+        host.kv.borrow().keys().filter(|k| k.starts_with("usage:")).collect::<Vec<_>>()
+    );
+    // Nothing was lost: the usage API still sums all 200 requests.
+    let today = crate::gateway::util::time::days_of(host.now_ms.get());
+    let id = host.kv.borrow().keys().find_map(|k| k.strip_prefix("keyid:").map(str::to_owned)).unwrap();
+    let usage = block_on(crate::gateway::features::usage::query(
+        &host,
+        crate::gateway::features::usage::Subject::Key(&id),
+        today - 1,
+        today,
+    ))
+    .unwrap();
+    assert_eq!(usage["total"]["requests"], 200, "{usage}");
+}

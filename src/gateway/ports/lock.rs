@@ -53,6 +53,15 @@ pub async fn locked_count<P: Kv + crate::gateway::ports::Clock>(
     scope: &str,
     ops: &[CounterOp],
 ) -> Result<CounterReply> {
+    let id = acquire(ports, scope).await?;
+    let result = locked_section(ports, ops).await;
+    release(ports, scope, &id).await;
+    result
+}
+
+/// Takes the lock `lock:<scope>` (see [`locked_count`] for the algorithm and what it
+/// guarantees); returns the holder id to [`release`] it with.
+pub async fn acquire<P: Kv + crate::gateway::ports::Clock>(ports: &P, scope: &str) -> Result<String> {
     let lock = format!("lock:{scope}");
     let mut id = [0u8; 8];
     ports.random_bytes(&mut id);
@@ -77,16 +86,18 @@ pub async fn locked_count<P: Kv + crate::gateway::ports::Clock>(
         ports.sleep(LOCK_SETTLE_MS).await;
         let holder = ports.get(&lock).await?.and_then(|b| serde_json::from_slice::<LockValue>(&b).ok());
         if holder.is_some_and(|h| h.id == id) {
-            break;
+            return Ok(id);
         }
     }
-    let result = locked_section(ports, ops).await;
-    // Release, unless our lease ran out and someone else holds it now.
+}
+
+/// Releases `lock:<scope>`, unless our lease ran out and someone else holds it now.
+pub async fn release<P: Kv>(ports: &P, scope: &str, id: &str) {
+    let lock = format!("lock:{scope}");
     let holder = ports.get(&lock).await.ok().flatten().and_then(|b| serde_json::from_slice::<LockValue>(&b).ok());
     if holder.is_some_and(|h| h.id == id) {
         let _ = ports.delete(&lock).await;
     }
-    result
 }
 
 async fn locked_section<P: Kv + crate::gateway::ports::Clock>(ports: &P, ops: &[CounterOp]) -> Result<CounterReply> {

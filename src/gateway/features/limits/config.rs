@@ -190,6 +190,30 @@ impl Period {
     }
 }
 
+/// When the window a counter name ends in (`rl:…:<window id>`, see [`Period::window`]) is
+/// over, in unix ms; `None` when the name does not end in a window id.
+pub fn window_end(counter: &str) -> Option<u64> {
+    let id = counter.rsplit(':').next()?;
+    let fixed = |rest: &str, len: u64| rest.parse::<u64>().ok().map(|n| n.saturating_add(1).saturating_mul(len));
+    let at = |days: i64| (days.max(0) as u64).saturating_mul(DAY_MS);
+    match id.as_bytes().first()? {
+        b's' => fixed(&id[1..], 1_000),
+        b'm' => fixed(&id[1..], 60_000),
+        b'h' => fixed(&id[1..], 3_600_000),
+        b'0'..=b'9' => match id.len() {
+            10 => crate::gateway::util::time::parse_day(id).map(|d| at(d + 1)),
+            7 => {
+                let y: i64 = id.get(..4)?.parse().ok()?;
+                let m: u32 = id.get(5..)?.parse().ok().filter(|m| (1..=12).contains(m))?;
+                Some(at(next_month_start(days_from_civil(y, m, 1))))
+            }
+            4 => id.parse::<i64>().ok().map(|y| at(days_from_civil(y + 1, 1, 1))),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 impl From<BudgetPeriod> for Period {
     fn from(p: BudgetPeriod) -> Period {
         match p {

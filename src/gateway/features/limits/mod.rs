@@ -95,8 +95,8 @@ use crate::gateway::util::time::{day_string, days_of, duration_string};
 
 pub use crate::gateway::ports::lock::{locked_count, LOCK_SETTLE_MS};
 pub use config::{
-    check_endpoint_limit, check_limits, valid_name, valid_tenant, EndpointLimit, LimitsConfig, LimitsMode, Period,
-    TenantLimits, Window, PUBLIC_TENANT, TENANT_RULE,
+    check_endpoint_limit, check_limits, valid_name, valid_tenant, window_end, EndpointLimit, LimitsConfig, LimitsMode,
+    Period, TenantLimits, Window, PUBLIC_TENANT, TENANT_RULE,
 };
 pub use limiter::{Limiter, REFRESH_MS};
 
@@ -1351,6 +1351,17 @@ mod tests {
         assert_eq!(Period::Year.window(t).id, "2024");
         assert_eq!(Period::Year.window(t).end_ms, month.end_ms);
         assert_ne!(Period::Minute.window(t).id, Period::Minute.window(t + 60_000).id);
+    }
+
+    #[test]
+    fn window_end_reads_every_counter_name() {
+        let t = 1_735_689_600_000 - 3_723_004; // 2024-12-31 22:57:56.996 UTC
+        for period in [Period::Second, Period::Minute, Period::Hour, Period::Day, Period::Month, Period::Year] {
+            let w = period.window(t);
+            assert_eq!(window_end(&format!("rl:k_1:usd:{}", w.id)), Some(w.end_ms), "{period:?}");
+        }
+        assert_eq!(window_end("rl:k_1:ep:chat"), None);
+        assert_eq!(window_end("rl:k_1:m-1"), None);
     }
 
     #[test]

@@ -2,3 +2,7 @@
 
 pub mod gateway;
 pub mod host;
+
+/// The pipeline fuzzer and the adversarial corpus (native tooling: `fuzz` bin, `slowest` bench).
+#[cfg(feature = "cli")]
+pub mod fuzz;

@@ -112,11 +112,31 @@ fn run(args: Vec<String>) -> Result<(), String> {
         }
         ["keys", "list"] => {
             only(&["url", "tenant"])?;
-            let path = match flags.get("tenant") {
-                Some(t) => format!("/admin/keys?tenant={}", encode(t)),
-                None => "/admin/keys".to_string(),
-            };
-            print_json(&Client::new(&flags)?.call("GET", &path, None)?);
+            // The admin API answers in pages; follow `next_cursor` and print them as one list.
+            let client = Client::new(&flags)?;
+            let mut keys = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut query = Vec::new();
+                if let Some(t) = flags.get("tenant") {
+                    query.push(format!("tenant={}", encode(t)));
+                }
+                if let Some(c) = &cursor {
+                    query.push(format!("cursor={}", encode(c)));
+                }
+                let path = if query.is_empty() {
+                    "/admin/keys".to_string()
+                } else {
+                    format!("/admin/keys?{}", query.join("&"))
+                };
+                let page = client.call("GET", &path, None)?;
+                keys.extend(page["keys"].as_array().cloned().unwrap_or_default());
+                match page["next_cursor"].as_str() {
+                    Some(next) => cursor = Some(next.to_string()),
+                    None => break,
+                }
+            }
+            print_json(&json!({ "keys": keys }));
             Ok(())
         }
         ["keys", action @ ("revoke" | "rotate"), id] => {
@@ -190,7 +210,7 @@ fn load(file: &str) -> Result<Value, String> {
 
 fn check(file: &str) -> Result<(Value, Config), String> {
     let value = load(file)?;
-    match Config::from_value(value.clone()) {
+    match Config::for_storage(value.clone()) {
         Ok(config) => Ok((value, config)),
         Err(issues) => {
             let lines: Vec<String> = issues.iter().map(|i| format!("  {i}")).collect();
@@ -201,6 +221,9 @@ fn check(file: &str) -> Result<(Value, Config), String> {
 
 fn validate(file: &str) -> Result<(), String> {
     let (_, config) = check(file)?;
+    for warning in config.warnings() {
+        eprintln!("{file}: warning: {warning}");
+    }
     out(&format!("{file}: ok ({} endpoint(s): {})", config.order.len(), config.order.join(", ")));
     Ok(())
 }

@@ -22,16 +22,19 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::keys::{self, KeyRecord, KeyState};
 use crate::gateway::ports::Ports;
 
-/// How long an isolate trusts a successful lookup.
+/// How long an isolate trusts a lookup: a found key, or a well-formed key found unknown.
 pub const MEMO_TTL_MS: u64 = 5_000;
-/// At most this many keys are memoized per isolate; the memo is cleared when full.
+/// At most this many keys (and as many unknown ones) are memoized per isolate; a full memo
+/// drops its stale entries, then everything.
 const MEMO_MAX: usize = 4096;
 
-/// Per-isolate memo of successful key lookups, keyed by the key's SHA-256 hex (never the key).
-/// Kept in `Gateway` next to the config memo.
+/// Per-isolate memo of key lookups, keyed by the key's SHA-256 hex (never the key): records
+/// found, and hashes found unknown (so a client repeating a made-up key costs one KV read per
+/// memo period, not one per request). Kept in `Gateway` next to the config memo.
 pub struct AuthMemo {
     ttl_ms: u64,
     entries: RefCell<HashMap<String, (Rc<KeyRecord>, u64)>>,
+    unknown: RefCell<HashMap<String, u64>>,
 }
 
 impl Default for AuthMemo {
@@ -42,7 +45,23 @@ impl Default for AuthMemo {
 
 impl AuthMemo {
     pub fn new(ttl_ms: u64) -> Self {
-        AuthMemo { ttl_ms, entries: RefCell::default() }
+        AuthMemo { ttl_ms, entries: RefCell::default(), unknown: RefCell::default() }
+    }
+
+    fn is_unknown(&self, hash: &str, now_ms: u64) -> bool {
+        self.unknown.borrow().get(hash).is_some_and(|at| now_ms.saturating_sub(*at) < self.ttl_ms)
+    }
+
+    fn put_unknown(&self, hash: String, now_ms: u64) {
+        let mut unknown = self.unknown.borrow_mut();
+        if unknown.len() >= MEMO_MAX {
+            let ttl = self.ttl_ms;
+            unknown.retain(|_, at| now_ms.saturating_sub(*at) < ttl);
+            if unknown.len() >= MEMO_MAX {
+                unknown.clear();
+            }
+        }
+        unknown.insert(hash, now_ms);
     }
 
     pub fn ttl_ms(&self) -> u64 {
@@ -70,10 +89,12 @@ impl AuthMemo {
     /// Drops a memoized key (e.g. after a revoke handled by this isolate).
     pub fn forget(&self, hash: &str) {
         self.entries.borrow_mut().remove(hash);
+        self.unknown.borrow_mut().remove(hash);
     }
 
+    /// Keys memoized, found or unknown.
     pub fn len(&self) -> usize {
-        self.entries.borrow().len()
+        self.entries.borrow().len() + self.unknown.borrow().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -89,7 +110,8 @@ impl AuthMemo {
 ///   on a `public` endpoint such a key is ignored (`Ok(None)`: served anonymously);
 /// * valid key not allowed `endpoint`: 403 `endpoint_not_allowed` naming it (not on public
 ///   endpoints: public means anyone may call it);
-/// * KV failure: 500 (fails closed).
+/// * KV failure: 503 `kv_unavailable` with `Retry-After` (fails closed, also on public
+///   endpoints: a key that was sent but cannot be checked is not silently ignored).
 ///
 /// A valid key on a public endpoint is returned, so the request is attributed and limited.
 pub async fn authenticate<P: Ports>(
@@ -141,8 +163,20 @@ pub async fn identify<P: Ports>(ports: &P, memo: &AuthMemo, presented: Option<&s
     }
 }
 
+/// The key of a caller of a read-only listing, if it presented a valid one. Any problem
+/// (no key, an invalid one, a store failure) means no key: the listing then shows only
+/// public endpoints, which is the restrictive answer.
+pub async fn viewer<P: Ports>(ports: &P, memo: &AuthMemo, headers: &HeaderMap) -> Option<Rc<KeyRecord>> {
+    let presented = keys::presented_key(headers)?;
+    lookup(ports, memo, presented).await.ok().flatten()
+}
+
 /// The active record for a presented key, or `None` for any kind of invalid key.
-async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Result<Option<Rc<KeyRecord>>> {
+///
+/// A record counts only while its id index (`keyid:<id>`) names it: rotations racing each
+/// other (or a revoke) can leave a second record of one id behind, which neither list nor
+/// revoke would ever see. (Costs a second KV read per memo miss.)
+pub async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Result<Option<Rc<KeyRecord>>> {
     if !keys::looks_like_key(presented) {
         return Ok(None);
     }
@@ -151,10 +185,21 @@ async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Result
     // A memo hit does not extend the entry: it expires MEMO_TTL_MS after the KV read.
     let (record, fresh) = match memo.get(&hash, now) {
         Some(record) => (record, false),
-        None => match keys::load(ports, &hash).await? {
-            Some(record) => (Rc::new(record), true),
-            None => return Ok(None),
-        },
+        None if memo.is_unknown(&hash, now) => return Ok(None),
+        None => {
+            let found = keys::load(ports, &hash).await.map_err(unavailable)?;
+            let indexed = match &found {
+                Some(record) => keys::index_names(ports, &record.id, &hash).await.map_err(unavailable)?,
+                None => false,
+            };
+            match found.filter(|_| indexed) {
+                Some(record) => (Rc::new(record), true),
+                None => {
+                    memo.put_unknown(hash, now);
+                    return Ok(None);
+                }
+            }
+        }
     };
     if !keys::ct_eq(record.hash.as_bytes(), hash.as_bytes()) || record.state(now) != KeyState::Active {
         memo.forget(&hash);
@@ -164,6 +209,15 @@ async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Result
         memo.put(hash, record.clone(), now);
     }
     Ok(Some(record))
+}
+
+/// KV failures are transient: 503 + Retry-After. A corrupt record stays what it is.
+fn unavailable(e: GatewayError) -> GatewayError {
+    if e.code == ErrorCode::KeyRecordInvalid {
+        e
+    } else {
+        GatewayError::kv_unavailable("the API key store")
+    }
 }
 
 fn missing_key() -> GatewayError {
@@ -300,15 +354,20 @@ mod tests {
         assert_eq!(auth().unwrap_err().code, "invalid_api_key", "negative results are not memoized into passes");
     }
 
+    /// L4: an unknown key costs one KV read per isolate and memo period, not one per request.
+    /// (A new key is random, so nobody presents it before it exists; a key created right after
+    /// a refused attempt with the same value works once the negative entry expires.)
     #[test]
-    fn negative_results_are_never_memoized() {
+    fn unknown_keys_are_memoized_briefly() {
         let host = host();
         let memo = AuthMemo::default();
         let key = keys::generate(&host);
         let auth = || block_on(authenticate(&host, &memo, &bearer(&key), "chat", false));
-        assert!(auth().is_err());
-        assert!(memo.is_empty());
-        // The key is created right after a refused attempt: it works at once.
+        let before = host.kv_ops.get();
+        for _ in 0..10 {
+            assert_eq!(auth().unwrap_err().code, "invalid_api_key");
+        }
+        assert_eq!(host.kv_ops.get() - before, 1, "one KV read for ten attempts");
         let record = KeyRecord {
             id: "k_aa".into(),
             tenant: "t".into(),
@@ -317,8 +376,47 @@ mod tests {
             ..Default::default()
         };
         block_on(keys::store(&host, &record)).unwrap();
+        host.advance(MEMO_TTL_MS);
         assert!(auth().is_ok());
-        assert_eq!(memo.len(), 1);
+        // The negative memo is bounded like the positive one.
+        for _ in 0..MEMO_MAX + 10 {
+            let _ = block_on(authenticate(&host, &memo, &bearer(&keys::generate(&host)), "chat", false));
+        }
+        assert!(memo.len() <= 2 * MEMO_MAX);
+    }
+
+    /// M3: a record its id index does not point to (left behind by racing rotations) is dead:
+    /// neither list nor revoke can see it, so it must not authenticate.
+    #[test]
+    fn a_record_the_id_index_does_not_name_is_refused() {
+        let host = host();
+        let memo = AuthMemo::default();
+        let (key, record) = add_key(&host, &["*"], |_| {});
+        let (other, _) = add_key(&host, &["*"], |r| r.id = record.id.clone());
+        // `other` was stored last: the index names it; `key`'s record is an orphan.
+        assert_eq!(block_on(keys::by_id(&host, &record.id)).unwrap().unwrap().hash, keys::hash_key(&other));
+        assert!(block_on(authenticate(&host, &memo, &bearer(&other), "x", false)).is_ok());
+        assert_eq!(
+            block_on(authenticate(&host, &memo, &bearer(&key), "x", false)).unwrap_err().code,
+            "invalid_api_key"
+        );
+    }
+
+    /// A KV failure while authenticating fails closed, as a retryable 503 (not a 500 and never
+    /// a pass).
+    #[test]
+    fn kv_failure_is_a_503_with_retry_after() {
+        let host = host();
+        let memo = AuthMemo::default();
+        let (key, _) = add_key(&host, &["*"], |_| {});
+        host.kv_fail.borrow_mut().push(String::new());
+        let e = block_on(authenticate(&host, &memo, &bearer(&key), "x", false)).unwrap_err();
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "kv_unavailable"));
+        assert_eq!(e.retry_after, Some(1));
+        // On a public endpoint too: a key that cannot be checked is not silently ignored.
+        let e = block_on(authenticate(&host, &memo, &bearer(&key), "x", true)).unwrap_err();
+        assert_eq!(e.code, "kv_unavailable");
+        assert!(memo.is_empty(), "nothing memoized from a failed read");
     }
 
     #[test]

@@ -61,28 +61,58 @@ impl SecretRef {
     }
 }
 
-/// Closest candidate by edit distance, if it is close enough to be a likely typo.
+/// Longest value compared for a suggestion: anything longer is no typo of a config name.
+const MAX_SUGGEST_LEN: usize = 128;
+
+/// Closest candidate by edit distance, if it is close enough to be a likely typo. Bounded:
+/// a candidate whose length differs by more than the allowed distance is not compared, and
+/// each comparison stops once the distance exceeds what is allowed, so the cost is at most
+/// O(candidates × 128 × allowed) whatever the value's length.
 pub fn did_you_mean<'a>(value: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    if value.len() > MAX_SUGGEST_LEN {
+        return None;
+    }
     candidates
         .iter()
-        .map(|c| (edit_distance(value, c), *c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .filter_map(|c| {
+            let allowed = 2.max(c.chars().count() / 3);
+            edit_distance_within(value, c, allowed).map(|d| (d, *c))
+        })
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+/// Levenshtein distance between `a` and `b` if it is at most `max`, else `None`. Only the
+/// diagonal band of width `2 * max + 1` is computed.
+pub fn edit_distance_within(a: &str, b: &str, max: usize) -> Option<usize> {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
+    if a.len().abs_diff(b.len()) > max {
+        return None;
     }
-    prev[b.len()]
+    let big = max + 1;
+    let mut prev: Vec<usize> = (0..=b.len()).map(|j| j.min(big)).collect();
+    let mut cur = vec![big; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        let lo = (i + 1).saturating_sub(max);
+        let hi = (i + 1 + max).min(b.len());
+        cur.fill(big);
+        if lo == 0 {
+            cur[0] = (i + 1).min(big);
+        }
+        let mut best = cur[0];
+        for j in lo.max(1)..=hi {
+            let cost = usize::from(*ca != b[j - 1]);
+            let d = (prev[j - 1] + cost).min(prev[j] + 1).min(cur[j - 1] + 1).min(big);
+            cur[j] = d;
+            best = best.min(d);
+        }
+        if best > max {
+            return None;
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    Some(prev[b.len()]).filter(|d| *d <= max)
 }
 
 #[cfg(test)]
@@ -94,6 +124,15 @@ mod tests {
         assert_eq!(SecretRef::parse("$OPENAI_API_KEY"), SecretRef::Env("OPENAI_API_KEY".into()));
         assert_eq!(SecretRef::parse("sk-literal"), SecretRef::Literal("sk-literal".into()));
         assert_eq!(SecretRef::parse("$"), SecretRef::Literal("$".into()));
+    }
+
+    #[test]
+    fn hopeless_suggestions_are_skipped() {
+        let long = "x".repeat(1 << 20);
+        assert_eq!(did_you_mean(&long, &["openai", "anthropic"]), None);
+        assert_eq!(edit_distance_within("kitten", "sitting", 3), Some(3));
+        assert_eq!(edit_distance_within("kitten", "sitting", 2), None);
+        assert_eq!(edit_distance_within(&long, "x", 2), None);
     }
 
     #[test]

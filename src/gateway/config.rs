@@ -171,6 +171,24 @@ impl Default for Settings {
     }
 }
 
+/// Longest timeout or interval a setting may hold (a day): deadlines are `now + setting`.
+const MAX_SETTING_MS: u64 = 86_400_000;
+
+impl Settings {
+    fn check(&self, issues: &mut Issues) {
+        for (name, value) in [
+            ("origin_timeout_ms", self.origin_timeout_ms),
+            ("total_timeout_ms", self.total_timeout_ms),
+            ("breaker_cooldown_ms", self.breaker_cooldown_ms),
+            ("config_ttl_ms", self.config_ttl_ms),
+        ] {
+            if value > MAX_SETTING_MS {
+                issues.push(format!("settings.{name}"), format!("must be at most {MAX_SETTING_MS} (one day, in ms)"));
+            }
+        }
+    }
+}
+
 mod raw {
     use serde::Deserialize;
     use serde_json::{Map, Value};
@@ -311,6 +329,7 @@ impl Config {
             None => Settings::default(),
             Some(v) => issues.parse("settings", v).unwrap_or_default(),
         };
+        settings.check(&mut issues);
 
         let mut regions = Vec::new();
         for (name, value) in raw.regions {
@@ -394,6 +413,49 @@ impl Config {
         }
     }
 
+    /// [`Config::from_value`] plus the rules for a config about to be *stored* (admin apply,
+    /// `gatewayctl validate|render|plan|apply`): credentials must be `$NAME` references, since
+    /// a literal would be copied into `config:active` and every `config:v:*` entry. (A stored
+    /// config with literals still loads: refusing it at runtime would take the gateway down.)
+    pub fn for_storage(value: Value) -> Result<Config, Vec<ConfigIssue>> {
+        let literals = literal_secrets(&value);
+        match Config::from_value(value) {
+            Ok(config) if literals.is_empty() => Ok(config),
+            Ok(_) => Err(literals),
+            Err(mut issues) => {
+                issues.extend(literals);
+                Err(issues)
+            }
+        }
+    }
+
+    /// What is valid but probably not meant: endpoints whose model has no price (a request
+    /// under a USD budget is refused there, 403 `unpriced_model`). `gatewayctl validate` prints
+    /// them; the admin API returns them with an applied config.
+    pub fn warnings(&self) -> Vec<String> {
+        self.unpriced(|_| true)
+            .into_iter()
+            .map(|(name, model)| {
+                format!(
+                    "endpoint \"{name}\" (model \"{model}\") has no price in `prices`: requests under a USD budget \
+                     will be refused there; add a price or a \"*\" default"
+                )
+            })
+            .collect()
+    }
+
+    /// The LLM endpoints (in config order) accepted by `filter` whose model has no price:
+    /// `(endpoint, provider/model)`.
+    pub fn unpriced(&self, filter: impl Fn(&str) -> bool) -> Vec<(String, String)> {
+        self.order
+            .iter()
+            .filter_map(|name| self.endpoints.get(name))
+            .filter(|e| e.endpoint_type != EndpointType::Predict && filter(&e.name))
+            .filter(|e| self.prices.get(e.provider.name(), &e.model).is_none())
+            .map(|e| (e.name.clone(), format!("{}/{}", e.provider.name(), e.model)))
+            .collect()
+    }
+
     pub fn endpoint(&self, name: &str) -> Option<&Arc<Endpoint>> {
         self.endpoints.get(name)
     }
@@ -406,6 +468,45 @@ impl Config {
         };
         by(country, |r| &r.countries).or_else(|| by(continent, |r| &r.continents))
     }
+}
+
+/// Whether a provider config key names a credential (`*key*`, `*secret*`, `*token*`,
+/// `*password*`, `*credential*`).
+pub fn is_secret_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    ["key", "secret", "token", "password", "credential"].iter().any(|s| lower.contains(s))
+}
+
+/// Credential-named values under `model.config` of every endpoint (and legacy route) that are
+/// literals rather than `$NAME` references. The issue names the path, never the value.
+pub fn literal_secrets(value: &Value) -> Vec<ConfigIssue> {
+    fn walk(path: &str, value: &Value, out: &mut Vec<ConfigIssue>) {
+        let Value::Object(map) = value else { return };
+        for (name, v) in map {
+            let at = format!("{path}.{name}");
+            match v {
+                Value::String(s) if is_secret_name(name) && !s.is_empty() && !s.starts_with('$') => {
+                    out.push(ConfigIssue {
+                        path: at,
+                        message: "must be a \"$NAME\" reference to a host secret: a literal credential would be \
+                                  stored in config:active and every config:v:* entry"
+                            .into(),
+                    })
+                }
+                Value::Object(_) => walk(&at, v, out),
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for list in ["endpoints", "routes"] {
+        for (i, entry) in value.get(list).and_then(Value::as_array).into_iter().flatten().enumerate() {
+            if let Some(config) = entry.get("model").and_then(|m| m.get("config")) {
+                walk(&format!("{list}[{i}].model.config"), config, &mut out);
+            }
+        }
+    }
+    out
 }
 
 fn check_region(path: &str, region: &str, known: &[&str], issues: &mut Issues) {
@@ -571,7 +672,8 @@ fn check_route(
             Some(_) => {}
         }
     }
-    let total: u32 = raw.destinations.iter().map(|d| d.traffic_percentage).sum();
+    // Summed in u64: u32 percentages could wrap (4294967295 + 101 = 100).
+    let total: u64 = raw.destinations.iter().map(|d| u64::from(d.traffic_percentage)).sum();
     if !raw.destinations.is_empty() && total != 100 {
         issues.push(format!("{path}.destinations"), format!("traffic_percentage values sum to {total}, not 100"));
     }
@@ -655,6 +757,23 @@ mod tests {
         .unwrap();
         assert_eq!(config.order, ["chat", "chat2", "split"]);
         assert_eq!(config.routes["split"].destinations, [("chat".to_string(), 80), ("chat2".to_string(), 20)]);
+    }
+
+    /// L5: percentages that wrap a u32 sum (4294967295 + 101 = 100) are refused.
+    #[test]
+    fn traffic_percentages_cannot_wrap_to_100() {
+        let issues = Config::from_value(json!({
+            "endpoints": [chat_endpoint("openai")],
+            "routes": [{"name": "split", "task_type": "llm/v1/chat",
+                        "destinations": [{"name": "chat", "traffic_percentage": 4294967295u64},
+                                         {"name": "chat", "traffic_percentage": 101}]}]
+        }))
+        .unwrap_err();
+        let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        assert!(text.iter().any(|t| t.contains("routes[0].destinations") && t.contains("100")), "{text:?}");
+        // Timeouts near u64::MAX are refused too (deadlines are now + timeout).
+        let issues = Config::from_value(json!({"settings": {"total_timeout_ms": u64::MAX}})).unwrap_err();
+        assert!(issues[0].to_string().starts_with("settings.total_timeout_ms"), "{issues:?}");
     }
 
     #[test]

@@ -76,6 +76,8 @@ error_codes! {
     EndpointNotAllowed = "endpoint_not_allowed",
     RateLimitExceeded = "rate_limit_exceeded",
     BudgetExceeded = "budget_exceeded",
+    /// A USD budget applies, but the endpoint's model has no price: it could not be enforced.
+    UnpricedModel = "unpriced_model",
     // The admin API.
     InvalidAdminToken = "invalid_admin_token",
     InvalidKeyRequest = "invalid_key_request",
@@ -100,6 +102,9 @@ error_codes! {
     NoOrigin = "no_origin",
     KvError = "kv_error",
     KvUnbound = "kv_unbound",
+    /// The key-value store (or exact counter) failed transiently while authenticating or
+    /// counting limits: 503 with `Retry-After` (those fail closed; the cache fails open).
+    KvUnavailable = "kv_unavailable",
     KeyRecordInvalid = "key_record_invalid",
     CounterError = "counter_error",
     CounterBusy = "counter_busy",
@@ -111,6 +116,8 @@ error_codes! {
     OriginTimeout = "origin_timeout",
     OriginError = "origin_error",
     OriginRejected = "origin_rejected",
+    /// The origin refused the gateway's own credential (its 401/403): an operator problem.
+    OriginAuthFailed = "origin_auth_failed",
     OriginRateLimited = "origin_rate_limited",
     OriginBadResponse = "origin_bad_response",
     OriginStreamCut = "origin_stream_cut",
@@ -207,6 +214,12 @@ impl GatewayError {
     /// A host port (KV, secrets) failed; never the client's fault.
     pub fn internal(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "gateway_error", code, message)
+    }
+
+    /// A transient store failure on a path that must fail closed (auth, limits, config).
+    pub fn kv_unavailable(what: &str) -> Self {
+        Self::not_configured(ErrorCode::KvUnavailable, format!("{what} is temporarily unavailable; retry shortly"))
+            .with_retry_after(1)
     }
 
     pub fn with_retry_after(mut self, seconds: u64) -> Self {

@@ -18,7 +18,7 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::{Ports, UpstreamError};
 use crate::gateway::providers::adapter::Call;
 use crate::gateway::types::Operation;
-use crate::gateway::util::text::truncate;
+use crate::gateway::util::text::{scrub, truncate};
 
 /// Consecutive failures after which an origin is skipped for the cool-down.
 const BREAKER_THRESHOLD: u32 = 3;
@@ -29,8 +29,15 @@ const MAX_RETRY_AFTER_MS: u64 = 10_000;
 #[derive(Debug, Serialize)]
 pub struct AttemptLog {
     pub origin: String,
+    /// What clients may see of the origin (`x-gateway-origin`): its region and its index in
+    /// the endpoint's `origins`, e.g. `eu#0` (`default` when it has no region).
+    pub id: String,
     /// `ok`, `http_<status>`, `connect_error`, `timeout`.
     pub outcome: String,
+    /// The host's reason for a connect or body error, scrubbed of URLs and key-like tokens
+    /// (for the operator; clients get none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// What one forwarded call is.
@@ -41,6 +48,8 @@ pub struct Attempt<'a> {
     pub stream: bool,
     /// Re-aim the provider's request at another path of its API (a Responses passthrough).
     pub retarget: Option<&'a Retarget>,
+    /// The residency pin (endpoint's or key's): failures are reported as the region's.
+    pub pin: Option<&'a str>,
 }
 
 /// A chat request the provider built (URL, credentials, headers), re-aimed at another path of
@@ -80,6 +89,8 @@ impl Retarget {
 pub struct Forwarded<B> {
     pub response: Response<B>,
     pub origin: String,
+    /// The origin as clients may see it (see [`AttemptLog::id`]).
+    pub origin_id: String,
 }
 
 /// Per-isolate origin health: an origin that failed `BREAKER_THRESHOLD` times in a row is
@@ -110,7 +121,7 @@ impl Breaker {
         let health = origins.entry(url.to_string()).or_default();
         health.failures += 1;
         if health.failures >= BREAKER_THRESHOLD {
-            health.open_until = now + cooldown_ms;
+            health.open_until = now.saturating_add(cooldown_ms);
         }
     }
 }
@@ -129,7 +140,7 @@ pub async fn forward<P: Ports>(
     let settings = &config.settings;
     let endpoint = attempt.endpoint;
     let started = ports.now_ms();
-    let deadline = started + settings.total_timeout_ms;
+    let deadline = started.saturating_add(settings.total_timeout_ms);
     // Healthy origins first; origins the breaker marked down stay as a last resort.
     let (mut order, down): (Vec<&Origin>, Vec<&Origin>) =
         origins.iter().copied().partition(|o| !breaker.is_open(&o.url, started));
@@ -175,16 +186,17 @@ pub async fn forward<P: Ports>(
         // (bytes, cheap to copy) rather than the parsed body.
         let retry_copy = (is_last && !waited_for_retry_after).then(|| copy_request(&request));
         let label = origin_label(request.uri(), origin.region.as_deref());
+        let id = origin_id(endpoint, origin);
         let timeout = settings.origin_timeout_ms.min(remaining);
         let error = match ports.send(request, timeout).await {
             Ok(response) => {
                 let status = response.status();
                 let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
                 let outcome = if status.is_success() { "ok".to_string() } else { format!("http_{}", status.as_u16()) };
-                attempts.push(AttemptLog { origin: label.clone(), outcome });
+                attempts.push(AttemptLog { origin: label.clone(), id: id.clone(), outcome, detail: None });
                 breaker.record(&origin.url, !status.is_server_error(), ports.now_ms(), settings.breaker_cooldown_ms);
                 if !retryable {
-                    return Ok(Forwarded { response, origin: label });
+                    return Ok(Forwarded { response, origin: label, origin_id: id });
                 }
                 // The last origin asked us to come back shortly: wait once if that fits.
                 let wait_ms = retry_after_ms(response.headers()).filter(|ms| *ms <= MAX_RETRY_AFTER_MS);
@@ -195,23 +207,23 @@ pub async fn forward<P: Ports>(
                     continue;
                 }
                 // A pinned endpoint reports "region unavailable" rather than the last error.
-                if is_last && endpoint.residency.is_none() {
-                    return Ok(Forwarded { response, origin: label });
+                if is_last && attempt.pin.is_none() {
+                    return Ok(Forwarded { response, origin: label, origin_id: id });
                 }
                 GatewayError::bad_gateway(ErrorCode::OriginError, format!("origin returned HTTP {}", status.as_u16()))
             }
             Err(UpstreamError::Timeout) => {
-                attempts.push(AttemptLog { origin: label.clone(), outcome: "timeout".into() });
+                attempts.push(AttemptLog { origin: label.clone(), id, outcome: "timeout".into(), detail: None });
                 breaker.record(&origin.url, false, ports.now_ms(), settings.breaker_cooldown_ms);
                 GatewayError::gateway_timeout(format!("origin did not answer within {timeout} ms"))
             }
             Err(UpstreamError::Connect(reason) | UpstreamError::Body(reason)) => {
-                attempts.push(AttemptLog { origin: label.clone(), outcome: "connect_error".into() });
+                // The host's reason may name the origin's URL (with a key in its query): the
+                // log gets it scrubbed, the client a plain statement.
+                let detail = Some(scrub(truncate(&reason, 200)));
+                attempts.push(AttemptLog { origin: label.clone(), id, outcome: "connect_error".into(), detail });
                 breaker.record(&origin.url, false, ports.now_ms(), settings.breaker_cooldown_ms);
-                GatewayError::bad_gateway(
-                    ErrorCode::OriginUnreachable,
-                    format!("origin unreachable: {}", truncate(&reason, 200)),
-                )
+                GatewayError::bad_gateway(ErrorCode::OriginUnreachable, "origin unreachable (connection failed)")
             }
         };
         last_error = Some(error);
@@ -219,7 +231,7 @@ pub async fn forward<P: Ports>(
     }
     let error =
         last_error.unwrap_or_else(|| GatewayError::not_configured(ErrorCode::NoOrigin, "the endpoint has no origin"));
-    Err(match &endpoint.residency {
+    Err(match attempt.pin {
         // Never fall back outside the pinned region: say why nothing answered.
         Some(region) => GatewayError::not_configured(
             ErrorCode::RegionUnavailable,
@@ -244,6 +256,12 @@ fn copy_request(request: &Request<Vec<u8>>) -> Request<Vec<u8>> {
 fn retry_after_ms(headers: &http::HeaderMap) -> Option<u64> {
     let seconds: u64 = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
     seconds.checked_mul(1000)
+}
+
+/// What clients may see of an origin: its region and index in the endpoint's `origins`.
+pub fn origin_id(endpoint: &Endpoint, origin: &Origin) -> String {
+    let index = endpoint.origins.iter().position(|o| std::ptr::eq(o, origin)).unwrap_or(0);
+    format!("{}#{index}", origin.region.as_deref().unwrap_or("default"))
 }
 
 /// `scheme://host:port` of an origin URL (plus its region): enough to tell origins apart,

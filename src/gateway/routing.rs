@@ -10,7 +10,7 @@ use crate::gateway::config::{Config, Endpoint, EndpointType, Origin};
 use crate::gateway::dialect::{gemini, Dialect};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::types::Operation;
-use crate::gateway::util::text::percent_decode;
+use crate::gateway::util::text::{percent_decode, truncate};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiRoute {
@@ -56,6 +56,20 @@ const GATEWAY_PREFIXES: &[(&str, &str)] = &[
     ("/gateway/gemini/v1beta/", "/v1beta/"),
     ("/gateway/gemini/v1/", "/v1beta/"),
 ];
+impl ApiRoute {
+    /// A read-only view of the config (models, endpoints, legacy routes).
+    pub fn is_listing(&self) -> bool {
+        matches!(
+            self,
+            ApiRoute::ListModels
+                | ApiRoute::MlflowModels
+                | ApiRoute::ListEndpoints
+                | ApiRoute::GetEndpoint(_)
+                | ApiRoute::ListLegacyRoutes
+                | ApiRoute::GetLegacyRoute(_)
+        )
+    }
+}
 
 pub fn match_route(method: &Method, path: &str) -> Result<ApiRoute> {
     let trimmed = path.trim_end_matches('/');
@@ -169,6 +183,9 @@ pub struct Resolved {
 /// Finds what `name` refers to; `wanted` is the type the client's API needs (None: any, as
 /// for MLflow invocations, where the endpoint decides the operation).
 pub fn resolve(config: &Config, name: &str, wanted: Option<EndpointType>, request_hash: u64) -> Result<Resolved> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(unknown_name(config, name));
+    }
     let (endpoint, route) = if let Some(endpoint) = config.endpoint(name) {
         (endpoint.clone(), None)
     } else if let Some(route) = config.routes.get(name) {
@@ -187,9 +204,7 @@ pub fn resolve(config: &Config, name: &str, wanted: Option<EndpointType>, reques
         })?;
         (endpoint.clone(), Some(route.name.clone()))
     } else {
-        let names: Vec<&str> = config.order.iter().map(String::as_str).collect();
-        let hint = did_you_mean(name, &names).map(|s| format!(" (did you mean \"{s}\"?)")).unwrap_or_default();
-        return Err(GatewayError::not_found(ErrorCode::ModelNotFound, format!("no endpoint named \"{name}\"{hint}")));
+        return Err(unknown_name(config, name));
     };
     if let Some(wanted) = wanted.filter(|w| *w != endpoint.endpoint_type) {
         return Err(GatewayError::bad_request(
@@ -204,12 +219,58 @@ pub fn resolve(config: &Config, name: &str, wanted: Option<EndpointType>, reques
     Ok(Resolved { endpoint, route })
 }
 
-/// The origins to try, in order. A residency pin keeps only origins in the pinned region;
-/// origins in the client's region come first; within a group, one is picked first in
-/// proportion to its weight (by `request_hash`), the rest follow in config order.
-pub fn order_origins<'a>(endpoint: &'a Endpoint, client_region: Option<&str>, request_hash: u64) -> Vec<&'a Origin> {
-    let allowed: Vec<&Origin> = match &endpoint.residency {
-        Some(pin) => endpoint.origins.iter().filter(|o| o.region.as_ref() == Some(pin)).collect(),
+/// Longest endpoint or route name (config names are 1-64 chars): a longer one is refused
+/// without a lookup or a suggestion.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// The 404 for a name that is neither an endpoint nor a route: echoes at most
+/// [`MAX_NAME_LEN`] bytes of it and suggests a close name only for names that could be typos.
+fn unknown_name(config: &Config, name: &str) -> GatewayError {
+    let shown = truncate(name, MAX_NAME_LEN);
+    let ellipsis = if shown.len() < name.len() { "…" } else { "" };
+    let hint = if name.len() > MAX_NAME_LEN {
+        String::new()
+    } else {
+        // Only names anyone may call: the 404 comes before authentication.
+        let public = |n: &str| config.endpoint(n).is_some_and(|e| e.public);
+        let names: Vec<&str> = config
+            .order
+            .iter()
+            .map(String::as_str)
+            .filter(|n| match config.routes.get(*n) {
+                Some(route) => route.destinations.iter().all(|(d, _)| public(d)),
+                None => public(n),
+            })
+            .collect();
+        did_you_mean(name, &names).map(|s| format!(" (did you mean \"{s}\"?)")).unwrap_or_default()
+    };
+    GatewayError::not_found(ErrorCode::ModelNotFound, format!("no endpoint named \"{shown}{ellipsis}\"{hint}"))
+}
+
+/// The residency pin a request obeys: the endpoint's and the API key's, intersected. `Err`
+/// names both when they contradict (no origin may serve the request).
+pub fn residency_pin<'a>(endpoint: Option<&'a str>, key: Option<&'a str>) -> Result<Option<&'a str>> {
+    match (endpoint, key) {
+        (Some(e), Some(k)) if e != k => Err(GatewayError::not_configured(
+            ErrorCode::RegionUnavailable,
+            format!("this API key is pinned to region \"{k}\", but the endpoint keeps its requests in \"{e}\""),
+        )),
+        (e, k) => Ok(e.or(k)),
+    }
+}
+
+/// The origins to try, in order. A residency pin (the endpoint's or the key's, see
+/// [`residency_pin`]) keeps only origins in the pinned region; origins in the client's region
+/// come first; within a group, one is picked first in proportion to its weight (by
+/// `request_hash`), the rest follow in config order.
+pub fn order_origins<'a>(
+    endpoint: &'a Endpoint,
+    client_region: Option<&str>,
+    request_hash: u64,
+    pin: Option<&str>,
+) -> Vec<&'a Origin> {
+    let allowed: Vec<&Origin> = match pin {
+        Some(pin) => endpoint.origins.iter().filter(|o| o.region.as_deref() == Some(pin)).collect(),
         None => endpoint.origins.iter().collect(),
     };
     let in_region = |o: &&Origin| client_region.is_some() && o.region.as_deref() == client_region;
@@ -308,7 +369,7 @@ mod tests {
 
     fn config() -> Config {
         let endpoint = |name: &str, model: &str| {
-            json!({"name": name, "endpoint_type": "llm/v1/chat",
+            json!({"name": name, "endpoint_type": "llm/v1/chat", "public": true,
                    "model": {"provider": "openai", "name": model, "config": {"openai_api_key": "k"}}})
         };
         Config::from_value(json!({
@@ -331,6 +392,23 @@ mod tests {
             (e.status, e.message.as_str()),
             (StatusCode::NOT_FOUND, "no endpoint named \"splt\" (did you mean \"split\"?)")
         );
+    }
+
+    /// H2: an unknown `model` of any length is refused without work proportional to its
+    /// length times the config, and without echoing it whole.
+    #[test]
+    fn huge_unknown_names_are_refused_cheaply_and_not_echoed() {
+        let config = config();
+        let name = "s".repeat(200_000);
+        let started = std::time::Instant::now();
+        let e = resolve(&config, &name, None, 0).err().unwrap();
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::NOT_FOUND, "model_not_found"));
+        assert!(e.message.len() < 200, "{} bytes", e.message.len());
+        assert!(!e.message.contains("did you mean"), "{}", e.message);
+        // Near misses of long names still get a hint; hopeless ones are not even compared.
+        let e = resolve(&config, "splitt", None, 0).err().unwrap();
+        assert!(e.message.contains("did you mean \"split\""), "{}", e.message);
+        assert!(started.elapsed() < std::time::Duration::from_millis(500));
     }
 
     #[test]
@@ -368,11 +446,12 @@ mod tests {
     fn client_region_first_then_failover_elsewhere() {
         let config = regional();
         let free = config.endpoint("free").unwrap();
-        assert_eq!(urls(order_origins(free, Some("eu"), 0)), ["http://eu1/v1", "http://us1/v1", "http://us2/v1"]);
+        assert_eq!(urls(order_origins(free, Some("eu"), 0, None)), ["http://eu1/v1", "http://us1/v1", "http://us2/v1"]);
         // Weight 3 vs 1: us2 leads three times out of four.
-        let us2_first = (0..400u64).filter(|h| order_origins(free, Some("us"), *h)[0].url == "http://us2/v1").count();
+        let us2_first =
+            (0..400u64).filter(|h| order_origins(free, Some("us"), *h, None)[0].url == "http://us2/v1").count();
         assert_eq!(us2_first, 300);
-        assert_eq!(order_origins(free, Some("us"), 0).len(), 3);
+        assert_eq!(order_origins(free, Some("us"), 0, None).len(), 3);
     }
 
     #[test]
@@ -380,7 +459,7 @@ mod tests {
         let config = regional();
         let pinned = config.endpoint("pinned").unwrap();
         for region in [Some("us"), Some("eu"), None] {
-            let order = urls(order_origins(pinned, region, 1));
+            let order = urls(order_origins(pinned, region, 1, pinned.residency.as_deref()));
             assert!(order.iter().all(|u| u.starts_with("http://eu")), "{order:?}");
             assert_eq!(order.len(), 2);
         }

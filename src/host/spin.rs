@@ -18,7 +18,7 @@ use spin_sdk::wit::wasi::http0_2_0::types::{
 use crate::gateway::error::{ErrorCode as GwCode, GatewayError, Result};
 use crate::gateway::pipeline::stream::StreamSummary;
 use crate::gateway::pipeline::{error_response, ClientInfo};
-use crate::gateway::ports::{Clock, Kv, Secrets, Upstream, UpstreamError};
+use crate::gateway::ports::{BodyLimit, Clock, Kv, Secrets, Upstream, UpstreamError};
 use crate::gateway::{Gateway, ResponseBody};
 
 /// Bodies above this are refused before the config (and its own, lower limit) is even read.
@@ -130,17 +130,33 @@ async fn write_response(
         }
         ResponseBody::Stream(SpinBody(upstream), mut pump) => {
             let mut chunks = upstream.take_body_stream();
+            let idle = pump.idle_timeout_ms();
             loop {
-                let out = match chunks.next().await {
-                    Some(Ok(chunk)) => pump.chunk(&chunk),
+                let next = {
+                    let timer = std::pin::pin!(SpinHost::delay(idle));
+                    match futures_util::future::select(chunks.next(), timer).await {
+                        futures_util::future::Either::Left((next, _)) => Some(next),
+                        futures_util::future::Either::Right(_) => None,
+                    }
+                };
+                let out = match next {
+                    Some(Some(Ok(chunk))) => pump.chunk(&chunk),
                     // End or a broken origin stream: the pump closes the client stream cleanly.
-                    Some(Err(_)) | None => {
+                    Some(Some(Err(_)) | None) => {
                         let _ = sink.send(pump.end()).await;
+                        break;
+                    }
+                    // The origin went quiet: the client gets an error and the end.
+                    None => {
+                        let _ = sink.send(pump.idle()).await;
                         break;
                     }
                 };
                 if !out.is_empty() && sink.send(out).await.is_err() {
                     break; // client went away; dropping `upstream` cancels the origin request
+                }
+                if pump.is_finished() {
+                    break; // stopped at a cap or on a broken event: dropping `upstream` cancels it
                 }
             }
             Some(pump.summary())
@@ -205,6 +221,8 @@ impl Upstream for SpinHost {
         let timeout = Some(Duration::from_millis(timeout_ms).as_nanos() as u64);
         let _ = options.set_connect_timeout(timeout);
         let _ = options.set_first_byte_timeout(timeout);
+        // No unbounded wait after the response head: a body that stalls this long fails.
+        let _ = options.set_between_bytes_timeout(timeout);
 
         let outgoing_body = outgoing.body().map_err(|_| UpstreamError::Connect("request body unavailable".into()))?;
         let pending = outgoing_handler::handle(outgoing, Some(options)).map_err(upstream_error)?;
@@ -240,16 +258,12 @@ impl Upstream for SpinHost {
     }
 
     async fn read_body(&self, body: SpinBody, limit: usize) -> std::result::Result<Vec<u8>, UpstreamError> {
-        let mut bytes = Vec::new();
+        let mut bytes = BodyLimit::new(limit);
         let mut chunks = body.0.take_body_stream();
         while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|e| UpstreamError::Body(e.to_string()))?;
-            if bytes.len() + chunk.len() > limit {
-                return Err(UpstreamError::Body(format!("response exceeds {limit} bytes")));
-            }
-            bytes.extend_from_slice(&chunk);
+            bytes.push(&chunk.map_err(|e| UpstreamError::Body(e.to_string()))?)?;
         }
-        Ok(bytes)
+        Ok(bytes.finish())
     }
 }
 
@@ -317,13 +331,23 @@ impl Clock for SpinHost {
     }
 
     async fn sleep(&self, ms: u64) {
+        SpinHost::delay(ms).await
+    }
+}
+
+impl SpinHost {
+    /// Waits `ms`. Dropping the future unregisters its timer (a stream's per-chunk idle timer
+    /// must not pile up in the executor).
+    async fn delay(ms: u64) {
         use wasi::clocks::monotonic_clock;
         let deadline = monotonic_clock::now().saturating_add(ms.saturating_mul(1_000_000));
+        let mut registered: Option<spin_executor::CancelOnDropToken> = None;
         std::future::poll_fn(|cx| {
             if monotonic_clock::now() >= deadline {
                 return std::task::Poll::Ready(());
             }
-            spin_executor::push_waker(monotonic_clock::subscribe_instant(deadline), cx.waker().clone());
+            let pollable = monotonic_clock::subscribe_instant(deadline);
+            registered = Some(spin_executor::push_waker_and_get_token(pollable, cx.waker().clone()).into());
             std::task::Poll::Pending
         })
         .await
@@ -337,7 +361,7 @@ impl crate::gateway::ports::counter::Counter for SpinHost {
         scope: &str,
         ops: &[crate::gateway::ports::counter::CounterOp],
     ) -> Result<Option<crate::gateway::ports::counter::CounterReply>> {
-        crate::gateway::features::limits::locked_count(self, scope, ops).await.map(Some)
+        crate::gateway::ports::lock::locked_count(self, scope, ops).await.map(Some)
     }
 
     fn keeps_state(&self) -> bool {

@@ -60,8 +60,16 @@ class Admin:
         return self.request("POST", f"/admin/keys/{key_id}/rotate", expect=200).json()
 
     def keys(self, tenant=None) -> list:
-        path = "/admin/keys" + (f"?tenant={tenant}" if tenant else "")
-        return self.request("GET", path, expect=200).json()["keys"]
+        """Every key (the admin API answers in pages: follows `next_cursor`)."""
+        keys, cursor = [], None
+        while True:
+            query = {k: v for k, v in {"tenant": tenant, "cursor": cursor}.items() if v}
+            path = "/admin/keys" + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
+            page = self.request("GET", path, expect=200).json()
+            keys += page["keys"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return keys
 
     def usage(self, key=None, tenant=None, frm=None, to=None) -> dict:
         query = {k: v for k, v in {"key": key, "tenant": tenant, "from": frm, "to": to}.items() if v}

@@ -52,6 +52,15 @@ def render_config(workdir, urls: dict) -> dict:
     return json.loads(entries["config:active"])
 
 
+def public_names(config: dict) -> list:
+    """What an anonymous client is shown (issue 12, L2): public endpoints, and traffic routes
+    whose destinations are all public, in config order (endpoints first, then routes)."""
+    public = {e["name"] for e in config["endpoints"] if e.get("public")}
+    routes = [r["name"] for r in config.get("routes", [])
+              if all(d["name"] in public for d in r["destinations"])]
+    return [e["name"] for e in config["endpoints"] if e["name"] in public] + routes
+
+
 @pytest.fixture(scope="session")
 def workdir():
     return new_workdir()

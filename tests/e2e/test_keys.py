@@ -365,8 +365,11 @@ def test_gatewayctl_plan_apply_rollback(gw, tmp_path):
     out = gatewayctl(gw, "plan", str(bad_file), token=ADMIN_TOKEN, check=False)
     assert out.returncode != 0 and "endpoints[0].endpoint_type" in out.stderr and 'did you mean "llm/v1/chat"' in out.stderr
 
+    viewer, _ = new_key(gw)  # non-public endpoints are listed only to keys allowed them
+
     def models():
-        return [m["id"] for m in requests.get(gw.base_url + "/v1/models", timeout=10).json()["data"]]
+        r = requests.get(gw.base_url + "/v1/models", headers={"authorization": f"Bearer {viewer}"}, timeout=10)
+        return [m["id"] for m in r.json()["data"]]
 
     try:
         gatewayctl(gw, "apply", str(changed_file), token=ADMIN_TOKEN)

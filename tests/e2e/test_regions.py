@@ -1,6 +1,7 @@
 """Regional origins, residency pinning and ordered failover (issue 3), on both hosts. The
 client's region comes from the configured `x-gateway-region` header here (wrangler dev's
-`request.cf` is a placeholder; Spin has no geo data)."""
+`request.cf` is a placeholder; Spin has no geo data). `x-gateway-origin` names the origin's
+region and its index in the endpoint's `origins` (never its host: issue 12, L2)."""
 import requests
 
 CHAT = {"messages": [{"role": "user", "content": "where am i"}]}
@@ -16,11 +17,11 @@ def test_client_region_picks_the_regional_origin(gw, eu_origin, us_origin):
     eu = chat(gw, "regional", "eu")
     us = chat(gw, "regional", "us")
     assert eu.status_code == us.status_code == 200
-    assert eu.headers["x-gateway-origin"] == f"{eu_origin.url} (eu)"
-    assert us.headers["x-gateway-origin"] == f"{us_origin.url} (us)"
+    assert eu.headers["x-gateway-origin"] == "eu#0"
+    assert us.headers["x-gateway-origin"] == "us#1"
     assert eu.json()["id"].startswith("chatcmpl-eu-") and us.json()["id"].startswith("chatcmpl-us-")
     # Without a region the config's default region (us) is used.
-    assert chat(gw, "regional").headers["x-gateway-origin"] == f"{us_origin.url} (us)"
+    assert chat(gw, "regional").headers["x-gateway-origin"] == "us#1"
 
 
 def test_failover_in_order_skips_a_refusing_origin(gw, us_origin):
@@ -28,14 +29,14 @@ def test_failover_in_order_skips_a_refusing_origin(gw, us_origin):
     r = chat(gw, "failover", "eu")
     assert r.status_code == 200, r.text
     assert r.headers["x-gateway-attempts"] == "2"
-    assert r.headers["x-gateway-origin"] == f"{us_origin.url} (us)"
+    assert r.headers["x-gateway-origin"] == "us#1"
     assert us_origin.stats()["count"] == 1
 
 
 def test_failover_on_5xx_and_429_but_not_4xx(gw, eu_origin, us_origin):
     eu_origin.fault("status_503", times=1)
     r = chat(gw, "regional", "eu")
-    assert r.status_code == 200 and r.headers["x-gateway-origin"] == f"{us_origin.url} (us)"
+    assert r.status_code == 200 and r.headers["x-gateway-origin"] == "us#1"
     eu_origin.fault("status_429", times=1, retry_after=1)
     r = chat(gw, "regional", "eu")
     assert r.status_code == 200 and r.headers["x-gateway-attempts"] == "2"
@@ -50,7 +51,7 @@ def test_failover_on_5xx_and_429_but_not_4xx(gw, eu_origin, us_origin):
 def test_residency_pin_never_leaves_the_region(gw, eu_origin, us_origin):
     r = chat(gw, "eu-only", "us")  # a US client still stays in the EU
     assert r.status_code == 200
-    assert r.headers["x-gateway-origin"] == f"{eu_origin.url} (eu)"
+    assert r.headers["x-gateway-origin"] == "eu#0"
     eu_origin.fault("status_503", times=5)
     r = chat(gw, "eu-only", "us")
     assert r.status_code == 503, r.text

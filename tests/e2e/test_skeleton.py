@@ -4,7 +4,7 @@ import time
 
 import requests
 
-from conftest import PROVIDER_SECRET
+from conftest import PROVIDER_SECRET, public_names
 
 
 def post(gw, path, body=None, raw=None, headers=None, **kw):
@@ -76,8 +76,9 @@ def test_stream_passes_through_as_sse(gw):
 def test_models_lists_endpoints(gw):
     r = requests.get(gw.base_url + "/v1/models", timeout=10)
     assert r.status_code == 200
-    names = [e["name"] for e in gw.config["endpoints"]] + [r["name"] for r in gw.config["routes"]]
-    assert [m["id"] for m in r.json()["data"]] == names
+    # Anonymous clients see the public endpoints only (issue 12, L2).
+    assert [m["id"] for m in r.json()["data"]] == public_names(gw.config)
+    assert "keyed-chat" not in public_names(gw.config)
 
 
 def test_malformed_json_is_400(gw):

@@ -84,7 +84,7 @@ pub(super) async fn apply_config<P: Ports>(ports: &P, body: &[u8], dry_run: bool
         )
         .into());
     }
-    let config = Config::from_value(value.clone()).map_err(|issues| issues_failure("the config", issues))?;
+    let config = Config::for_storage(value.clone()).map_err(|issues| issues_failure("the config", issues))?;
     if dry_run {
         return Ok((StatusCode::OK, json!({"valid": true, "version": version, "endpoints": config.order})));
     }
@@ -104,7 +104,12 @@ pub(super) async fn apply_config<P: Ports>(ports: &P, body: &[u8], dry_run: bool
         .map_err(|_| GatewayError::internal(ErrorCode::ConfigInvalid, "the config could not be stored"))?;
     ports.put(&name, &bytes, None).await?;
     ports.put(ACTIVE_KEY, &bytes, None).await?;
-    Ok((StatusCode::OK, json!({"version": version, "previous": previous, "endpoints": config.order})))
+    let mut answer = json!({"version": version, "previous": previous, "endpoints": config.order});
+    let warnings = config.warnings();
+    if !warnings.is_empty() {
+        answer["warnings"] = json!(warnings);
+    }
+    Ok((StatusCode::OK, answer))
 }
 
 pub(super) async fn stored_versions<P: Ports>(ports: &P) -> Result<Vec<String>> {
@@ -166,10 +171,12 @@ pub fn redact_secrets(value: &mut Value) {
     match value {
         Value::Object(map) => {
             for (name, v) in map.iter_mut() {
-                let lower = name.to_ascii_lowercase();
-                let secretish = ["key", "secret", "token", "password", "credential"].iter().any(|s| lower.contains(s));
                 match v {
-                    Value::String(s) if secretish && !s.starts_with('$') && !s.is_empty() => *s = "[redacted]".into(),
+                    Value::String(s)
+                        if crate::gateway::config::is_secret_name(name) && !s.starts_with('$') && !s.is_empty() =>
+                    {
+                        *s = "[redacted]".into()
+                    }
                     _ => redact_secrets(v),
                 }
             }

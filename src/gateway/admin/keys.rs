@@ -10,7 +10,7 @@ use crate::gateway::check::did_you_mean;
 use crate::gateway::config::{Config, ACTIVE_KEY};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::keys::{self, BudgetPeriod, KeyRecord};
-use crate::gateway::features::limits::valid_tenant;
+use crate::gateway::features::limits::{valid_name, valid_tenant, TENANT_RULE};
 use crate::gateway::ports::Ports;
 
 // ---------------------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ pub(super) fn key_spec(body: &[u8], now_ms: u64) -> std::result::Result<KeyRecor
     let tenant = match map.get("tenant").and_then(Value::as_str) {
         Some(t) if valid_tenant(t) => t.to_string(),
         Some(_) => {
-            issues.push("tenant", "letters, digits, '_', '-', '.'; 1-64 chars");
+            issues.push("tenant", TENANT_RULE);
             String::new()
         }
         None => {
@@ -108,7 +108,7 @@ pub(super) fn key_spec(body: &[u8], now_ms: u64) -> std::result::Result<KeyRecor
     };
     let region = match map.get("region") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if valid_tenant(s) => Some(s.clone()),
+        Some(Value::String(s)) if valid_name(s) => Some(s.clone()),
         Some(_) => {
             issues.push("region", "must be a region name from the config");
             None
@@ -120,7 +120,13 @@ pub(super) fn key_spec(body: &[u8], now_ms: u64) -> std::result::Result<KeyRecor
             None
         }
         (Some(at), None) => Some(at),
-        (None, Some(secs)) => Some(now_ms / 1000 + secs),
+        (None, Some(secs)) => match (now_ms / 1000).checked_add(secs) {
+            Some(at) => Some(at),
+            None => {
+                issues.push("expires_in", "is too large (seconds from now)");
+                None
+            }
+        },
         (None, None) => None,
     };
     let exact = match map.get("exact") {
@@ -160,28 +166,66 @@ pub(super) fn valid_pattern(s: &str) -> bool {
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
 }
 
-/// Names in the allow-list that match nothing in the active config (typos), with suggestions.
+/// Names in the allow-list that match nothing in the active config (typos), with suggestions;
+/// for a key under a USD budget, the endpoints it may call that have no price (refused).
 pub(super) async fn endpoint_warnings<P: Ports>(ports: &P, record: &KeyRecord) -> Vec<String> {
     let Ok(Some(raw)) = ports.get(ACTIVE_KEY).await else { return Vec::new() };
     let Ok(config) = Config::from_json(&raw) else { return Vec::new() };
     let names: Vec<&str> = config.order.iter().map(String::as_str).collect();
     let probe = KeyRecord { endpoints: Vec::new(), ..record.clone() };
-    record
-        .endpoints
-        .iter()
-        .filter(|pattern| {
-            let one = KeyRecord { endpoints: vec![(*pattern).clone()], ..probe.clone() };
-            !names.iter().any(|n| one.allows(n))
-        })
-        .map(|pattern| match did_you_mean(pattern, &names) {
-            Some(s) => format!("endpoint \"{pattern}\" is not in the active config (did you mean \"{s}\"?)"),
-            None => format!("endpoint \"{pattern}\" is not in the active config"),
-        })
-        .collect()
+    let mut warnings = Vec::new();
+    if record.budget_usd.is_some() || config.limits.tenants.contains_key(&record.tenant) {
+        let unpriced = config.unpriced(|name| record.allows(name));
+        if !unpriced.is_empty() {
+            let list: Vec<String> = unpriced.iter().map(|(e, m)| format!("\"{e}\" ({m})")).collect();
+            warnings.push(format!(
+                "this key is under a USD budget, and these endpoints it may call have no price, so its \
+                 requests there are refused: {}",
+                list.join(", ")
+            ));
+        }
+    }
+    warnings.extend(
+        record
+            .endpoints
+            .iter()
+            .filter(|pattern| {
+                let one = KeyRecord { endpoints: vec![(*pattern).clone()], ..probe.clone() };
+                !names.iter().any(|n| one.allows(n))
+            })
+            .map(|pattern| match did_you_mean(pattern, &names) {
+                Some(s) => format!("endpoint \"{pattern}\" is not in the active config (did you mean \"{s}\"?)"),
+                None => format!("endpoint \"{pattern}\" is not in the active config"),
+            }),
+    );
+    warnings
+}
+
+/// A residency pin must name a region of the active config (a typo would pin the key to no
+/// origin at all, or look like a pin while the config has no such region).
+pub(super) async fn check_region<P: Ports>(ports: &P, region: &str) -> std::result::Result<(), Failure> {
+    let config = match ports.get(ACTIVE_KEY).await? {
+        Some(raw) => Config::from_json(&raw).ok(),
+        None => None,
+    };
+    let names: Vec<&str> = config.iter().flat_map(|c| c.regions.iter().map(|r| r.name.as_str())).collect();
+    if names.contains(&region) {
+        return Ok(());
+    }
+    let mut issues = crate::gateway::check::Issues::default();
+    if names.is_empty() {
+        issues.push("region", "the active config defines no regions: a residency pin needs one");
+    } else {
+        issues.unknown("region", "region", region, &names);
+    }
+    Err(issues_failure("the key request", issues.0))
 }
 
 pub(super) async fn create_key<P: Ports>(ports: &P, body: &[u8], audit: &mut Audit) -> Handled {
     let mut record = key_spec(body, ports.now_ms())?;
+    if let Some(region) = &record.region {
+        check_region(ports, region).await?;
+    }
     audit.tenant = Some(record.tenant.clone());
     let key = keys::generate(ports);
     record.id = keys::new_id(ports);
@@ -198,11 +242,39 @@ pub(super) async fn create_key<P: Ports>(ports: &P, body: &[u8], audit: &mut Aud
     Ok((StatusCode::CREATED, body))
 }
 
-pub(super) async fn list_keys<P: Ports>(ports: &P, tenant: Option<&str>) -> Handled {
+/// Keys per page of `GET /admin/keys` unless `limit` says otherwise (at most
+/// `keys::MAX_PAGE`): each costs two KV reads, and Cloudflare caps KV operations per call.
+pub(super) const DEFAULT_PAGE: usize = 100;
+
+/// `GET /admin/keys?tenant=&limit=&cursor=`: one page of keys in id order and the cursor of the
+/// next (`next_cursor`, absent on the last page). With `tenant`, a page holds that tenant's
+/// keys among the page's ids (it may be short, even empty: follow `next_cursor`).
+pub(super) async fn list_keys<P: Ports>(
+    ports: &P,
+    tenant: Option<&str>,
+    limit: Option<&str>,
+    cursor: Option<&str>,
+) -> Handled {
+    let limit = match limit {
+        None => DEFAULT_PAGE,
+        Some(l) => l.parse::<usize>().ok().filter(|n| (1..=keys::MAX_PAGE).contains(n)).ok_or_else(|| {
+            GatewayError::bad_request(
+                ErrorCode::InvalidKeyRequest,
+                format!("`limit` must be a number from 1 to {}", keys::MAX_PAGE),
+            )
+        })?,
+    };
+    if cursor.is_some_and(|c| !keys::valid_id(c)) {
+        return Err(GatewayError::bad_request(ErrorCode::InvalidKeyId, "`cursor` must be a key id").into());
+    }
     let now = ports.now_ms();
-    let list: Vec<Value> =
-        keys::list(ports).await?.iter().filter(|r| tenant.is_none_or(|t| r.tenant == t)).map(|r| r.view(now)).collect();
-    Ok((StatusCode::OK, json!({"keys": list})))
+    let (page, next) = keys::list_page(ports, cursor, limit).await?;
+    let list: Vec<Value> = page.iter().filter(|r| tenant.is_none_or(|t| r.tenant == t)).map(|r| r.view(now)).collect();
+    let mut body = json!({"keys": list});
+    if let Some(next) = next {
+        body["next_cursor"] = json!(next);
+    }
+    Ok((StatusCode::OK, body))
 }
 
 pub(super) async fn find_key<P: Ports>(ports: &P, id: &str) -> Result<KeyRecord> {

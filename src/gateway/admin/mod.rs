@@ -12,11 +12,12 @@
 //! | `GET /admin/config/versions` | | `{active, versions}` |
 //! | `POST /admin/config/rollback` | `{"version": "..."}` | `{version, previous}` |
 //! | `POST /admin/keys` | `{tenant, name?, endpoints?, rpm?, tpm?, budget_usd?, budget_period?, region?, expires_at?, expires_in?, exact?}` | 201 `{key, id, ...}` — the only time the key is shown |
-//! | `GET /admin/keys` | `?tenant=` | `{keys: [...]}` (no key, no hash) |
+//! | `GET /admin/keys` | `?tenant=&limit=&cursor=` | `{keys: [...], next_cursor?}` (no key, no hash; pages of 100 by default, 200 at most) |
 //! | `GET /admin/keys/{id}` | | the record |
 //! | `POST /admin/keys/{id}/revoke` | | the record, `state: revoked` |
 //! | `POST /admin/keys/{id}/rotate` | | `{key, id, ...}`: a new key for the same record; the old one stops working |
-//! | `GET /admin/usage` | `?key=<id>` or `?tenant=<name>`, `&from=YYYY-MM-DD&to=YYYY-MM-DD` (default today) | `{days: [...], total}` |
+//! | `GET /admin/usage` | `?key=<id>` or `?tenant=<name>`, `&from=YYYY-MM-DD&to=YYYY-MM-DD` (default today) | `{days: [...], total, partial?}` (`partial`: call again, the backlog is being compacted) |
+//! | `POST /admin/cache/purge` | `{tenant?, endpoint?, shared?}` | `{purged, more}` (at most 500 per call: call again while `more`) |
 
 mod answer;
 mod config;
@@ -124,7 +125,10 @@ async fn route<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<u8>>,
         }
         AdminRoute::ConfigVersions => config::versions(ports).await,
         AdminRoute::Rollback => config::rollback(ports, body, audit).await,
-        AdminRoute::ListKeys => keys::list_keys(ports, query_value(&query, "tenant")).await,
+        AdminRoute::ListKeys => {
+            let q = |name| query_value(&query, name);
+            keys::list_keys(ports, q("tenant"), q("limit"), q("cursor")).await
+        }
         AdminRoute::CreateKey => keys::create_key(ports, body, audit).await,
         AdminRoute::GetKey(id) => keys::get_key(ports, &id).await,
         AdminRoute::RevokeKey(id) => keys::revoke_key(ports, memo, &id, audit).await,
@@ -268,21 +272,32 @@ mod tests {
     }
 
     #[test]
-    fn config_without_version_gets_one_and_literal_secrets_are_redacted() {
+    fn config_without_version_gets_one_and_literal_secrets_are_refused() {
         let host = host();
         let memo = AuthMemo::default();
         let mut c = config("x");
         c.as_object_mut().unwrap().remove("version");
-        c["endpoints"][0]["model"]["config"]["openai_api_key"] = json!("sk-live-literal");
-        let r = admin(&host, &memo, Method::POST, "/admin/config", Some(c));
+        let r = admin(&host, &memo, Method::POST, "/admin/config", Some(c.clone()));
         assert_eq!(r.status, StatusCode::OK);
         let version = r.body["version"].as_str().unwrap().to_string();
         assert!(valid_version(&version), "{version}");
         let got = admin(&host, &memo, Method::GET, "/admin/config", None).body;
         assert_eq!(got["version"], version.as_str());
+        // L3: a literal credential would be stored in config:active and every config:v:*.
+        c["endpoints"][0]["model"]["config"]["openai_api_key"] = json!("sk-live-literal");
+        c["version"] = json!("lit");
+        let r = admin(&host, &memo, Method::POST, "/admin/config", Some(c));
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert_eq!(r.body["issues"][0]["path"], "endpoints[0].model.config.openai_api_key", "{}", r.body);
+        assert!(!r.body.to_string().contains("sk-live-literal") && !r.audit.contains("sk-live-literal"));
+        assert!(host.kv.borrow().keys().all(|k| k != "config:v:lit"));
+        // A literal already in KV (written by other means) is still redacted on read.
+        let mut stored = config("old");
+        stored["endpoints"][0]["model"]["config"]["openai_api_key"] = json!("sk-live-literal");
+        host.kv.borrow_mut().insert("config:active".into(), serde_json::to_vec(&stored).unwrap());
+        let got = admin(&host, &memo, Method::GET, "/admin/config", None).body;
         assert_eq!(got["endpoints"][0]["model"]["config"]["openai_api_key"], "[redacted]");
         assert_eq!(got["endpoints"][1]["model"]["config"]["openai_api_key"], "$OPENAI_API_KEY");
-        assert!(!r.audit.contains("sk-live-literal"));
         let bad = admin(&host, &memo, Method::POST, "/admin/config", Some(json!({"version": "../x", "endpoints": []})));
         assert_eq!(bad.body["error"]["code"], "invalid_version");
         let bad = admin(&host, &memo, Method::POST, "/admin/config", Some(json!([1])));
@@ -307,7 +322,11 @@ mod tests {
         let key = r.body["key"].as_str().unwrap().to_string();
         let id = r.body["id"].as_str().unwrap().to_string();
         assert!(keys::looks_like_key(&key));
-        assert_eq!(r.body["warnings"][0], "endpoint \"chta\" is not in the active config (did you mean \"chat\"?)");
+        let warnings: Vec<&str> = r.body["warnings"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        assert!(
+            warnings.contains(&"endpoint \"chta\" is not in the active config (did you mean \"chat\"?)"),
+            "{warnings:?}"
+        );
         assert!(r.body.get("hash").is_none());
         assert!(!r.audit.contains(&key) && r.audit.contains(&id));
 
@@ -385,6 +404,191 @@ mod tests {
         assert_eq!(r.body["endpoints"], json!(["*"]));
     }
 
+    /// M3: two rotations of one key racing (interleaved at every KV call) leave exactly one
+    /// working key, and it is the one the key list shows: no active key hides from list/revoke.
+    #[test]
+    fn racing_rotations_leave_no_hidden_active_key() {
+        use crate::gateway::ports::memory::run_interleaved;
+        use std::future::Future;
+        use std::pin::Pin;
+        let host = host();
+        let memo = AuthMemo::default();
+        let created = admin(&host, &memo, Method::POST, "/admin/keys", Some(json!({"tenant": "acme"})));
+        let (old, id) =
+            (created.body["key"].as_str().unwrap().to_string(), created.body["id"].as_str().unwrap().to_string());
+        host.kv_yield.set(true);
+        let rotate = || {
+            Request::builder()
+                .method(Method::POST)
+                .uri(format!("/admin/keys/{id}/rotate"))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Vec::new())
+                .unwrap()
+        };
+        let (a, b) = (rotate(), rotate());
+        let memos = (AuthMemo::default(), AuthMemo::default());
+        let futures: Vec<Pin<Box<dyn Future<Output = AdminResponse> + '_>>> =
+            vec![Box::pin(handle(&host, &memos.0, &a)), Box::pin(handle(&host, &memos.1, &b))];
+        let answers = run_interleaved(futures);
+        host.kv_yield.set(false);
+        let mut candidates = vec![old];
+        candidates.extend(answers.iter().filter_map(|r| r.body["key"].as_str().map(str::to_string)));
+        let live: Vec<&String> = candidates
+            .iter()
+            .filter(|k| {
+                let mut headers = http::HeaderMap::new();
+                headers.insert("authorization", format!("Bearer {k}").parse().unwrap());
+                block_on(authenticate(&host, &AuthMemo::default(), &headers, "chat", false)).is_ok()
+            })
+            .collect();
+        assert_eq!(live.len(), 1, "exactly one key works");
+        let listed = keys::by_id(&host, &id);
+        assert_eq!(block_on(listed).unwrap().unwrap().hash, keys::hash_key(live[0]), "and list/revoke see it");
+    }
+
+    /// H3: a key's residency pin must name a region of the active config.
+    #[test]
+    fn key_region_is_checked_against_the_config() {
+        let host = host();
+        let memo = AuthMemo::default();
+        let mut c = config("v1");
+        c["regions"] = json!({"eu": {"continents": ["EU"]}, "us": {"continents": ["NA"]}});
+        assert_eq!(admin(&host, &memo, Method::POST, "/admin/config", Some(c)).status, StatusCode::OK);
+        let r = admin(&host, &memo, Method::POST, "/admin/keys", Some(json!({"tenant": "t", "region": "euu"})));
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert!(r.body["issues"].to_string().contains("did you mean \\\"eu\\\""), "{}", r.body);
+        let r = admin(&host, &memo, Method::POST, "/admin/keys", Some(json!({"tenant": "t", "region": "eu"})));
+        assert_eq!((r.status, &r.body["region"]), (StatusCode::CREATED, &json!("eu")));
+    }
+
+    /// M2: unpriced models are named when a config is applied and when a key with a budget is
+    /// created (such requests are refused: a budget could not be enforced on them).
+    #[test]
+    fn unpriced_models_are_warned_about() {
+        let host = host();
+        let memo = AuthMemo::default();
+        let mut c = config("v1");
+        c["prices"] = json!({"openai/gpt-4o-mini": {"input_per_1m": 0.15, "output_per_1m": 0.6}});
+        let r = admin(&host, &memo, Method::POST, "/admin/config", Some(c));
+        assert_eq!(r.status, StatusCode::OK);
+        let warnings = r.body["warnings"].to_string();
+        assert!(warnings.contains("\\\"embeddings\\\"") && !warnings.contains("\\\"chat\\\""), "{}", r.body);
+        let r = admin(&host, &memo, Method::POST, "/admin/keys", Some(json!({"tenant": "t", "budget_usd": 1})));
+        assert_eq!(r.status, StatusCode::CREATED);
+        assert!(r.body["warnings"].to_string().contains("embeddings"), "{}", r.body);
+        let r = admin(
+            &host,
+            &memo,
+            Method::POST,
+            "/admin/keys",
+            Some(json!({"tenant": "t", "endpoints": ["chat"], "budget_usd": 1})),
+        );
+        assert!(r.body.get("warnings").is_none(), "{}", r.body);
+    }
+
+    /// M5: Cloudflare caps KV operations per invocation, so no admin call makes one per item
+    /// without bound: key listings are pages (cursor), purges delete at most a batch per call,
+    /// usage queries read at most a batch of shards per call (and compact finished days).
+    #[test]
+    fn admin_calls_make_a_bounded_number_of_kv_operations() {
+        use crate::gateway::features::usage::{DayUsage, MAX_KV_READS};
+        let host = host();
+        let memo = AuthMemo::default();
+        for i in 0..250 {
+            let tenant = if i % 2 == 0 { "even" } else { "odd" };
+            assert_eq!(
+                admin(&host, &memo, Method::POST, "/admin/keys", Some(json!({"tenant": tenant}))).status,
+                StatusCode::CREATED
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut uri = "/admin/keys".to_string();
+        loop {
+            let before = host.kv_ops.get();
+            let r = admin(&host, &memo, Method::GET, &uri, None);
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            assert!(host.kv_ops.get() - before <= 2 * 100 + 2, "{} KV operations", host.kv_ops.get() - before);
+            for k in r.body["keys"].as_array().unwrap() {
+                assert!(seen.insert(k["id"].as_str().unwrap().to_string()), "no key twice");
+            }
+            match r.body["next_cursor"].as_str() {
+                Some(cursor) => uri = format!("/admin/keys?cursor={cursor}"),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 250);
+        let r = admin(&host, &memo, Method::GET, "/admin/keys?tenant=odd&limit=1000", None);
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "limit is capped: {}", r.body);
+
+        for i in 0..1200 {
+            host.kv.borrow_mut().insert(format!("cache:acme:chat:{i:064}"), b"{}".to_vec());
+        }
+        let mut calls = 0;
+        loop {
+            let before = host.kv_ops.get();
+            let r = admin(&host, &memo, Method::POST, "/admin/cache/purge", Some(json!({"tenant": "acme"})));
+            assert!(host.kv_ops.get() - before <= 501 + 1, "{}", host.kv_ops.get() - before);
+            calls += 1;
+            if r.body["more"] != true {
+                break;
+            }
+        }
+        assert_eq!(calls, 3);
+        assert!(host.kv.borrow().keys().all(|k| !k.starts_with("cache:")));
+
+        // 900 shards of one old day (as a busy Spin day leaves them): a query reads a bounded
+        // number per call and compacts what it read; until it could read everything it says
+        // `partial` (call again), then the total is exact and the day is one entry.
+        let day = crate::gateway::util::time::days_of(host.now_ms.get()) - 5;
+        let date = crate::gateway::util::time::day_string(day);
+        for i in 0..900 {
+            let shard = DayUsage { requests: 1, prompt_tokens: 2, ..DayUsage::default() };
+            host.kv.borrow_mut().insert(format!("usage:k_00aa:{date}:{i:016x}"), serde_json::to_vec(&shard).unwrap());
+        }
+        let mut answer = Value::Null;
+        for _ in 0..10 {
+            let before = host.kv_ops.get();
+            answer =
+                admin(&host, &memo, Method::GET, &format!("/admin/usage?key=k_00aa&from={date}&to={date}"), None).body;
+            assert!(host.kv_ops.get() - before <= 3 * MAX_KV_READS as u64, "{}", host.kv_ops.get() - before);
+            if answer["partial"] != true {
+                break;
+            }
+        }
+        assert_eq!(answer["total"]["requests"], 900, "every shard counted once: {answer}");
+        assert_eq!(answer["total"]["prompt_tokens"], 1800);
+        let shards = host.kv.borrow().keys().filter(|k| k.starts_with("usage:k_00aa:")).count();
+        assert_eq!(shards, 1, "the finished day was compacted into one entry");
+        let r = admin(&host, &memo, Method::GET, &format!("/admin/usage?key=k_00aa&from={date}&to={date}"), None);
+        assert_eq!((r.body["total"]["requests"].as_u64(), r.body.get("partial")), (Some(900), None));
+    }
+
+    /// L1: `public` is the tenant of anonymous requests (their cache namespace): no key and no
+    /// tenant budget may take the name.
+    #[test]
+    fn tenant_public_is_reserved() {
+        let host = host();
+        let memo = AuthMemo::default();
+        let r = admin(&host, &memo, Method::POST, "/admin/keys", Some(json!({"tenant": "public"})));
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert!(r.body["issues"].to_string().contains("reserved"), "{}", r.body);
+        let mut c = config("v1");
+        c["limits"] = json!({"tenants": {"public": {"budget_usd": 1}}});
+        let r = admin(&host, &memo, Method::POST, "/admin/config", Some(c));
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert!(r.body["issues"].to_string().contains("reserved"), "{}", r.body);
+    }
+
+    /// L5: `expires_in` near u64::MAX is refused, not wrapped into the past.
+    #[test]
+    fn huge_expires_in_is_refused() {
+        let host = host();
+        let memo = AuthMemo::default();
+        let r = admin(&host, &memo, Method::POST, "/admin/keys", Some(json!({"tenant": "t", "expires_in": u64::MAX})));
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert!(r.body["issues"].to_string().contains("expires_in"), "{}", r.body);
+    }
+
     /// The pipeline's order, with the admin API around it: create a key, authenticate, admit,
     /// account for several answers; the usage API returns exactly their sum.
     #[test]
@@ -408,8 +612,16 @@ mod tests {
         let mut lines = Vec::new();
         for (prompt, completion) in usages {
             let record = block_on(authenticate(&host, &memo, &headers, "chat", false)).unwrap().unwrap();
-            let admission =
-                block_on(admit(&host, &limiter, &LimitsConfig::default(), Some(&record), "chat", None)).unwrap();
+            let admission = block_on(admit(
+                &host,
+                &limiter,
+                &LimitsConfig::default(),
+                Some(&record),
+                "chat",
+                None,
+                Default::default(),
+            ))
+            .unwrap();
             let accounting = Accounting::new(&book, Some(&record), Some(price), host.now_ms.get(), Some(admission));
             let outcome = Outcome {
                 usage: Some(Usage { prompt_tokens: prompt, completion_tokens: completion }),

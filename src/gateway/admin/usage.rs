@@ -32,13 +32,18 @@ pub(super) async fn purge_cache<P: Ports>(ports: &P, body: &[u8]) -> Handled {
     };
     let endpoint = field("endpoint");
     let keys = ports.list(&cache::purge_prefix(scope, endpoint)).await?;
+    let matching: Vec<&String> = keys.iter().filter(|k| cache::purge_matches(k, scope, endpoint)).collect();
     let mut purged = 0u64;
-    for key in keys.iter().filter(|k| cache::purge_matches(k, scope, endpoint)) {
+    for key in matching.iter().take(MAX_PURGE) {
         ports.delete(key).await?;
         purged += 1;
     }
-    Ok((StatusCode::OK, json!({"purged": purged})))
+    Ok((StatusCode::OK, json!({"purged": purged, "more": matching.len() > MAX_PURGE})))
 }
+
+/// Deletes per purge call: Cloudflare caps KV operations per invocation (call again while
+/// the answer says `more`).
+const MAX_PURGE: usize = 500;
 
 // ---------------------------------------------------------------------------------------------
 // Usage

@@ -678,6 +678,15 @@ impl ChatStreamToGemini {
         }
     }
 
+    /// An error element after the stream's end (the gateway stopped it at a cap). A JSON
+    /// array is closed by then, so only the SSE form carries it (the finish reason shows the
+    /// cut in both).
+    pub fn error_event(&mut self, out: &mut Vec<u8>, message: &str, reason: &str) {
+        if self.mode != Mode::StreamJson {
+            sse::write_data(out, &error_value(StatusCode::TOO_MANY_REQUESTS, message, reason));
+        }
+    }
+
     fn close(&mut self, out: &mut Vec<u8>) {
         self.ended = true;
         if self.mode == Mode::StreamJson {

@@ -10,7 +10,7 @@ pub mod responses;
 
 use serde_json::{Map, Value};
 
-use crate::gateway::error::{GatewayError, Result};
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::wire::sse::SseEvent;
 use crate::gateway::wire::stream::StreamTranslate;
@@ -155,6 +155,27 @@ pub enum ClientStream {
     ResponsesWatch(responses::ResponsesWatch),
     /// OpenAI chunks → Gemini responses (SSE or a JSON array).
     Gemini(gemini::ChatStreamToGemini),
+}
+
+impl ClientStream {
+    /// An error event in the client's stream format, after the stream's normal end (the
+    /// gateway stopped a stream at a budget or token cap).
+    pub fn error_event(&mut self, out: &mut Vec<u8>, kind: &str, code: ErrorCode, message: &str) {
+        match self {
+            ClientStream::Anthropic(_) => crate::gateway::wire::sse::write_event(
+                out,
+                "error",
+                &serde_json::json!({"type": "error", "error": {"type": kind, "message": format!("{message} ({code})")}}),
+            ),
+            ClientStream::Responses(t) => t.error_event(out, code.as_str(), message),
+            ClientStream::ResponsesWatch(_) => crate::gateway::wire::sse::write_event(
+                out,
+                "error",
+                &serde_json::json!({"type": "error", "code": code.as_str(), "message": message, "param": null}),
+            ),
+            ClientStream::Gemini(t) => t.error_event(out, message, code.as_str()),
+        }
+    }
 }
 
 impl StreamTranslate for ClientStream {

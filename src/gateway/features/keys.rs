@@ -235,6 +235,11 @@ pub async fn store(kv: &impl Kv, record: &KeyRecord) -> Result<()> {
     kv.put(&index_key(&record.id), record.hash.as_bytes(), None).await
 }
 
+/// Whether the id index of `id` names the record `hash` (the one live record of that id).
+pub async fn index_names(kv: &impl Kv, id: &str, hash: &str) -> Result<bool> {
+    Ok(kv.get(&index_key(id)).await?.is_some_and(|named| named == hash.as_bytes()))
+}
+
 /// The record of key `id`, through the index.
 pub async fn by_id(kv: &impl Kv, id: &str) -> Result<Option<KeyRecord>> {
     if !valid_id(id) {
@@ -245,17 +250,44 @@ pub async fn by_id(kv: &impl Kv, id: &str) -> Result<Option<KeyRecord>> {
     Ok(load(kv, &hash).await?.filter(|r| r.id == id))
 }
 
-/// Every key record, oldest first.
+/// Every key record, oldest first. Two KV reads per key: for tests and small stores; the
+/// admin API pages with [`list_page`].
 pub async fn list(kv: &impl Kv) -> Result<Vec<KeyRecord>> {
     let mut records = Vec::new();
-    for name in kv.list(INDEX_PREFIX).await? {
-        let Some(id) = name.strip_prefix(INDEX_PREFIX) else { continue };
-        if let Some(record) = by_id(kv, id).await? {
-            records.push(record);
+    let mut cursor = None;
+    loop {
+        let (page, next) = list_page(kv, cursor.as_deref(), MAX_PAGE).await?;
+        records.extend(page);
+        match next {
+            Some(next) => cursor = Some(next),
+            None => break,
         }
     }
     records.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
     Ok(records)
+}
+
+/// Largest page of [`list_page`]: two KV reads per key, so a page stays well under
+/// Cloudflare's per-invocation cap on KV operations.
+pub const MAX_PAGE: usize = 200;
+
+/// Up to `limit` key records in id order after `cursor` (a key id), and the cursor of the next
+/// page (`None`: this was the last). One list plus at most two reads per key.
+pub async fn list_page(kv: &impl Kv, cursor: Option<&str>, limit: usize) -> Result<(Vec<KeyRecord>, Option<String>)> {
+    let mut ids: Vec<String> =
+        kv.list(INDEX_PREFIX).await?.iter().filter_map(|n| n.strip_prefix(INDEX_PREFIX)).map(str::to_owned).collect();
+    ids.sort();
+    let start = cursor.map_or(0, |c| ids.partition_point(|id| id.as_str() <= c));
+    let limit = limit.clamp(1, MAX_PAGE);
+    let page = &ids[start.min(ids.len())..(start + limit).min(ids.len())];
+    let mut records = Vec::with_capacity(page.len());
+    for id in page {
+        if let Some(record) = by_id(kv, id).await? {
+            records.push(record);
+        }
+    }
+    let next = (start + limit < ids.len()).then(|| page.last().cloned()).flatten();
+    Ok((records, next))
 }
 
 fn corrupt() -> GatewayError {

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod guard;
+pub mod housekeeping;
 pub mod keys;
 pub mod limits;
 pub mod normalize;

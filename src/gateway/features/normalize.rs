@@ -22,16 +22,22 @@ pub fn parse_json_object(body: &[u8], limit: usize) -> Result<Map<String, Value>
     }
 }
 
+/// The internal spelling of the output-token limit (adapters write the provider's own).
+pub const MAX_TOKENS: &str = "max_tokens";
+
 /// The endpoint's rules on request fields, in order: `parameters` as defaults (the client's
-/// own fields win), `limits` as ceilings on numbers, `overrides` forced. The output-token
-/// limit has one spelling afterwards: `max_completion_tokens` folds into `max_tokens` (the
-/// smaller wins if both are sent), which every adapter reads.
+/// own fields win; an explicit `null` counts as absent), `limits` as ceilings on numbers,
+/// `overrides` forced. The output-token limit has one spelling afterwards:
+/// `max_completion_tokens` folds into `max_tokens` (the smaller wins if both are sent), which
+/// every adapter reads. A ceiling on `max_tokens` also applies when the client sent none (or
+/// `null`, or a non-number): the provider's default could be far above it.
 pub fn apply_endpoint_rules(
     body: &mut Map<String, Value>,
     defaults: &Map<String, Value>,
     ceilings: &Map<String, Value>,
     overrides: &Map<String, Value>,
 ) {
+    body.retain(|_, v| !v.is_null());
     if let Some(completion) = body.remove("max_completion_tokens") {
         let folded = match (body.get("max_tokens").and_then(Value::as_f64), completion.as_f64()) {
             (Some(a), Some(b)) if a <= b => body["max_tokens"].clone(),
@@ -45,10 +51,15 @@ pub fn apply_endpoint_rules(
         }
     }
     for (key, ceiling) in ceilings {
-        if let (Some(given), Some(max)) = (body.get(key).and_then(Value::as_f64), ceiling.as_f64()) {
-            if given > max {
+        let Some(max) = ceiling.as_f64() else { continue };
+        match body.get(key).and_then(Value::as_f64) {
+            Some(given) if given > max => {
                 body.insert(key.clone(), ceiling.clone());
             }
+            None if key == MAX_TOKENS => {
+                body.insert(key.clone(), ceiling.clone());
+            }
+            _ => {}
         }
     }
     for (key, value) in overrides {
@@ -127,6 +138,29 @@ mod tests {
         assert_eq!(out, json!({"max_tokens": 80}));
         let out = rules(json!({"max_completion_tokens": 100, "max_tokens": 30}), json!({}), json!({}), json!({}));
         assert_eq!(out, json!({"max_tokens": 30}));
+    }
+
+    /// M1: a missing, `null` or non-numeric output-token limit does not escape the endpoint's
+    /// ceiling (the provider's default could be far above it).
+    #[test]
+    fn missing_or_null_max_tokens_gets_the_ceiling() {
+        let ceiling = json!({"max_tokens": 512});
+        for body in [
+            json!({}),
+            json!({"max_tokens": null}),
+            json!({"max_completion_tokens": null}),
+            json!({"max_tokens": "9000"}),
+            json!({"max_tokens": null, "max_completion_tokens": null}),
+        ] {
+            let out = rules(body.clone(), json!({}), ceiling.clone(), json!({}));
+            assert_eq!(out, json!({"max_tokens": 512}), "{body}");
+        }
+        // A null does not hide a default either.
+        let out = rules(json!({"max_tokens": null}), json!({"max_tokens": 50}), json!({}), json!({}));
+        assert_eq!(out, json!({"max_tokens": 50}));
+        // Other ceilings still only cap what is given.
+        let out = rules(json!({}), json!({}), json!({"top_p": 1}), json!({}));
+        assert_eq!(out, json!({}));
     }
 
     #[test]

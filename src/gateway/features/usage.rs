@@ -21,8 +21,10 @@
 //! evicted between a response and its `waitUntil` write loses that last delta; Cloudflare
 //! `list` and reads are eventually consistent (up to ~60 s), so a query may briefly lag; on
 //! Spin every request is a fresh instance, so every request writes its own shard entries, and
-//! Spin's `list` reads every key of the store: queries slow down as shards accumulate (the
-//! follow-up is compacting a finished day's shards into one entry; not done yet).
+//! Spin's `list` reads every key of the store. So a day's final shards are compacted into one
+//! entry (`<subject>:<date>:compacted`, under a KV lock; [`compact_day`]): by the usage query
+//! as it reads (days before yesterday everywhere, any day on Spin, at most [`MAX_KV_READS`]
+//! reads per call), and on Spin by the housekeeping sweep (`features::housekeeping`).
 //!
 //! Days are UTC, by the request's start time. Costs are integers in nano-USD (1e-9 USD), so
 //! sums are exact; the admin API shows `cost_usd`.
@@ -37,10 +39,10 @@ use serde_json::{json, Map, Value};
 use crate::gateway::check::Issues;
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::keys::KeyRecord;
-use crate::gateway::features::limits::Admission;
+use crate::gateway::features::limits::{Admission, Reservation, Room};
 use crate::gateway::ports::Counter;
 use crate::gateway::ports::{Clock, Kv, Ports};
-use crate::gateway::types::Usage;
+use crate::gateway::types::{Operation, Usage};
 use crate::gateway::util::text::hex;
 use crate::gateway::util::time::{day_string, days_of, parse_day};
 
@@ -75,14 +77,109 @@ impl Price {
 }
 
 /// The config's price table: `"<provider>/<model>"` (or just `"<model>"`) → [`Price`], where
-/// model is the provider-side model name (`model.name` of the endpoint).
+/// model is the provider-side model name (`model.name` of the endpoint). `"*"` is the price of
+/// every model not listed (so USD budgets hold on every endpoint).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Prices(pub HashMap<String, Price>);
 
+/// The entry of `prices` that applies to unlisted models.
+pub const DEFAULT_PRICE: &str = "*";
+
 impl Prices {
-    /// `provider/model` first, then `model` alone.
+    /// `provider/model` first, then `model` alone, then the `"*"` default.
     pub fn get(&self, provider: &str, model: &str) -> Option<Price> {
-        self.0.get(&format!("{provider}/{model}")).or_else(|| self.0.get(model)).copied()
+        self.0
+            .get(&format!("{provider}/{model}"))
+            .or_else(|| self.0.get(model))
+            .or_else(|| self.0.get(DEFAULT_PRICE))
+            .copied()
+    }
+}
+
+/// The 403 for a request a USD budget applies to, on an endpoint whose model has no price:
+/// the budget could not be enforced, so it is refused rather than served for free.
+pub fn unpriced(endpoint: &str, model: &str) -> GatewayError {
+    GatewayError::forbidden(
+        ErrorCode::UnpricedModel,
+        format!(
+            "a USD budget applies to this API key, but endpoint \"{endpoint}\" (model \"{}\") has no price in the \
+             gateway's config, so the budget cannot be enforced; the operator must add one to `prices` (or a \
+             \"*\" default)",
+            crate::gateway::util::text::truncate(model, 64)
+        ),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Estimates and reservations
+
+/// The gateway's estimate of a request's prompt tokens: the bytes of every string in it over
+/// three (above the ~4 bytes per token of English text, so reservations err high), plus 4 per
+/// message of framing. Used for reservations and when an origin reports no usage.
+pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
+    fn bytes(value: &Value) -> u64 {
+        match value {
+            Value::String(s) => s.len() as u64,
+            Value::Array(items) => items.iter().map(bytes).sum(),
+            Value::Object(map) => map.iter().map(|(k, v)| if k == "model" { 0 } else { bytes(v) }).sum(),
+            _ => 0,
+        }
+    }
+    let text: u64 = ["messages", "prompt", "input", "system", "tools", "functions", "documents"]
+        .iter()
+        .filter_map(|k| body.get(*k))
+        .map(bytes)
+        .sum();
+    let messages = body.get("messages").and_then(Value::as_array).map_or(0, Vec::len) as u64;
+    text.div_ceil(3).saturating_add(messages.saturating_mul(4)).saturating_add(1)
+}
+
+/// A request's worst case, reserved against its token and USD limits: the prompt estimate
+/// plus `max_tokens` (× `n` choices; `default_max_tokens` when it sends none) of output, at
+/// `price`. A stream may be granted less (down to its prompt and one token of output) and is
+/// stopped at what it was granted; a buffered request must fit whole.
+pub fn reservation(
+    op: Operation,
+    body: &Map<String, Value>,
+    stream: bool,
+    price: Option<Price>,
+    prompt_estimate: u64,
+    default_max_tokens: u64,
+) -> Reservation {
+    let output = match op {
+        Operation::Chat | Operation::Completions => {
+            let max = body.get("max_tokens").and_then(Value::as_u64).unwrap_or(default_max_tokens);
+            let n = body.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 128);
+            max.saturating_mul(n)
+        }
+        Operation::Embeddings | Operation::Predict => 0,
+    };
+    let cost = |completion_tokens: u64| {
+        price.map_or(0, |p| p.cost_nusd(Usage { prompt_tokens: prompt_estimate, completion_tokens }))
+    };
+    let streams = stream && matches!(op, Operation::Chat | Operation::Completions);
+    Reservation {
+        tokens: prompt_estimate.saturating_add(output),
+        cost_nusd: cost(output),
+        floor: streams.then(|| (prompt_estimate.saturating_add(1), cost(1))),
+    }
+}
+
+/// What a request is charged. A completed stream (or buffered answer) whose origin reported
+/// its usage is charged that; otherwise — the origin reported none, or the stream was cut,
+/// stopped, or left by its client — at least the gateway's own count (`estimated`: the prompt
+/// estimate and the text seen), per field the larger of the two. Disconnecting right after the
+/// first chunk therefore still pays for the prompt.
+pub fn charged_usage(reported: Option<Usage>, estimated: Usage, completed: bool) -> Usage {
+    match reported {
+        Some(r) if completed && r.prompt_tokens > 0 => r,
+        _ => {
+            let r = reported.unwrap_or_default();
+            Usage {
+                prompt_tokens: r.prompt_tokens.max(estimated.prompt_tokens),
+                completion_tokens: r.completion_tokens.max(estimated.completion_tokens),
+            }
+        }
     }
 }
 
@@ -155,14 +252,15 @@ pub struct DayUsage {
 
 impl DayUsage {
     pub fn add(&mut self, other: &DayUsage) {
-        self.requests += other.requests;
-        self.prompt_tokens += other.prompt_tokens;
-        self.completion_tokens += other.completion_tokens;
-        self.cost_nusd += other.cost_nusd;
-        self.cache_hits += other.cache_hits;
-        self.errors += other.errors;
-        self.unpriced += other.unpriced;
-        self.latency_ms += other.latency_ms;
+        // Saturating: origin-reported counts can be absurd, and a wrapped sum would undercount.
+        self.requests = self.requests.saturating_add(other.requests);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.saturating_add(other.completion_tokens);
+        self.cost_nusd = self.cost_nusd.saturating_add(other.cost_nusd);
+        self.cache_hits = self.cache_hits.saturating_add(other.cache_hits);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.unpriced = self.unpriced.saturating_add(other.unpriced);
+        self.latency_ms = self.latency_ms.saturating_add(other.latency_ms);
     }
 
     /// The admin API's view.
@@ -171,7 +269,7 @@ impl DayUsage {
             "requests": self.requests,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "total_tokens": self.prompt_tokens.saturating_add(self.completion_tokens),
             "cost_usd": nusd_to_usd(self.cost_nusd),
             "cache_hits": self.cache_hits,
             "errors": self.errors,
@@ -428,6 +526,16 @@ impl Accounting {
         }
     }
 
+    /// The room the request had under its token and USD limits (for a stream's cap).
+    pub fn room(&self) -> Option<&Room> {
+        self.admission.as_ref().map(Admission::room)
+    }
+
+    /// The endpoint's price, if it has one.
+    pub fn price(&self) -> Option<Price> {
+        self.price
+    }
+
     /// The `x-ratelimit-*` headers of the admission, for the response.
     pub fn apply_headers(&self, headers: &mut http::HeaderMap) {
         if let Some(admission) = &self.admission {
@@ -486,9 +594,28 @@ pub enum Subject<'a> {
     Tenant(&'a str),
 }
 
+/// Most KV reads (or deletes) one usage query or sweep makes: Cloudflare caps KV operations per
+/// invocation.
+pub const MAX_KV_READS: usize = 300;
+
+/// The shard id of a day's compacted entry (shard ids are otherwise 16 hex digits).
+pub const COMPACTED: &str = "compacted";
+
+/// Whether the shards of `day` are final, so they can be folded into one entry: days before
+/// yesterday everywhere (no isolate writes them any more), any day where every request is a
+/// fresh instance that writes its shard once (Spin).
+fn compactable<P: Clock + Counter>(ports: &P, day: i64) -> bool {
+    !ports.keeps_state() || day + 2 <= days_of(ports.now_ms())
+}
+
 /// Sums the shards of `subject` for the UTC days `from..=to` (days since the epoch):
 /// `{"days": [{"date", ...DayUsage view}], "total": {...}}`.
-pub async fn query(kv: &impl Kv, subject: Subject<'_>, from: i64, to: i64) -> Result<Value> {
+///
+/// Bounded: one list and at most [`MAX_KV_READS`] shard reads per call. Days whose shards are
+/// final are compacted into one entry as they are read; when a range holds more shards than
+/// one call may read, the answer says `"partial": true` (its totals then miss the days it did
+/// not reach): call again — each call folds part of the backlog, and the next ones read less.
+pub async fn query<P: Kv + Clock + Counter>(ports: &P, subject: Subject<'_>, from: i64, to: i64) -> Result<Value> {
     if to < from || to - from >= MAX_QUERY_DAYS {
         return Err(GatewayError::bad_request(
             ErrorCode::InvalidRange,
@@ -499,13 +626,37 @@ pub async fn query(kv: &impl Kv, subject: Subject<'_>, from: i64, to: i64) -> Re
         Subject::Key(id) => format!("{USAGE_PREFIX}{id}:"),
         Subject::Tenant(t) => format!("{USAGE_PREFIX}tenant:{t}:"),
     };
-    let mut days: BTreeMap<i64, DayUsage> = BTreeMap::new();
-    for name in kv.list(&prefix).await? {
+    let mut by_day: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for name in ports.list(&prefix).await? {
         let Some((date, _shard)) = name.strip_prefix(&prefix).and_then(|rest| rest.split_once(':')) else { continue };
         let Some(day) = parse_day(date).filter(|d| (from..=to).contains(d)) else { continue };
-        let Some(bytes) = kv.get(&name).await? else { continue };
-        let Ok(shard) = serde_json::from_slice::<DayUsage>(&bytes) else { continue };
-        days.entry(day).or_default().add(&shard);
+        by_day.entry(day).or_default().push(name);
+    }
+    let mut budget = MAX_KV_READS;
+    let mut partial = false;
+    let mut days: BTreeMap<i64, DayUsage> = BTreeMap::new();
+    for (day, names) in by_day {
+        if names.len() > budget {
+            partial = true;
+            if budget > 0 && compactable(ports, day) {
+                // Fold what this call may read; the next call finds fewer shards.
+                let _ = compact_day(ports, &prefix, day, &names[..budget]).await;
+            }
+            break;
+        }
+        budget -= names.len();
+        if names.len() > 1 && compactable(ports, day) {
+            if let Ok(total) = compact_day(ports, &prefix, day, &names).await {
+                days.insert(day, total);
+                continue;
+            }
+        }
+        let usage = days.entry(day).or_default();
+        for name in &names {
+            if let Some(shard) = ports.get(name).await?.and_then(|b| serde_json::from_slice::<DayUsage>(&b).ok()) {
+                usage.add(&shard);
+            }
+        }
     }
     let mut total = DayUsage::default();
     let list: Vec<Value> = days
@@ -526,7 +677,44 @@ pub async fn query(kv: &impl Kv, subject: Subject<'_>, from: i64, to: i64) -> Re
     out.insert("to".into(), json!(day_string(to)));
     out.insert("days".into(), Value::Array(list));
     out.insert("total".into(), total.view());
+    if partial {
+        out.insert("partial".into(), json!(true));
+    }
     Ok(Value::Object(out))
+}
+
+/// Folds `names` (shards of `day` under `prefix`) into the day's compacted entry and deletes
+/// them, under a KV lock (two compactions of one day would count a shard twice); returns the
+/// compacted entry's new total. Shards are re-read under the lock: one another compaction
+/// already folded is gone. (A crash between the write and the deletes counts those shards
+/// twice at the next compaction: usage reports, not limits, read these.)
+pub async fn compact_day<P: Kv + Clock>(ports: &P, prefix: &str, day: i64, names: &[String]) -> Result<DayUsage> {
+    let date = day_string(day);
+    let scope = format!("usage-compact:{prefix}{date}");
+    let id = crate::gateway::ports::lock::acquire(ports, &scope).await?;
+    let result = async {
+        let compacted = format!("{prefix}{date}:{COMPACTED}");
+        let read = |bytes: Option<Vec<u8>>| bytes.and_then(|b| serde_json::from_slice::<DayUsage>(&b).ok());
+        let mut total = read(ports.get(&compacted).await?).unwrap_or_default();
+        let mut folded = Vec::new();
+        for name in names.iter().filter(|n| **n != compacted) {
+            if let Some(shard) = read(ports.get(name).await?) {
+                total.add(&shard);
+                folded.push(name);
+            }
+        }
+        if !folded.is_empty() {
+            let bytes = serde_json::to_vec(&total).unwrap_or_default();
+            ports.put(&compacted, &bytes, Some(KEEP_SECS)).await?;
+            for name in folded {
+                ports.delete(name).await?;
+            }
+        }
+        Ok(total)
+    }
+    .await;
+    crate::gateway::ports::lock::release(ports, &scope, &id).await;
+    result
 }
 
 #[cfg(test)]
@@ -551,6 +739,15 @@ mod tests {
             latency_ms: 10,
             status: if completion == 0 { 500 } else { 200 },
         }
+    }
+
+    /// L5: absurd origin-reported counts saturate instead of wrapping (or panicking).
+    #[test]
+    fn day_usage_saturates() {
+        let mut day = DayUsage { prompt_tokens: u64::MAX, completion_tokens: u64::MAX, ..DayUsage::default() };
+        day.add(&DayUsage { prompt_tokens: 5, completion_tokens: 5, requests: 1, ..DayUsage::default() });
+        assert_eq!(day.prompt_tokens, u64::MAX);
+        assert_eq!(day.view()["total_tokens"], u64::MAX);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! runs (Cloudflare: `waitUntil`; Spin: after the response body is written).
 
 use crate::gateway::dialect::responses::Keep;
-use crate::gateway::features::cache;
-use crate::gateway::features::usage::{Accounting, Outcome};
+use crate::gateway::features::usage::{charged_usage, Accounting, Outcome};
+use crate::gateway::features::{cache, housekeeping};
 use crate::gateway::pipeline::log::LogRecord;
 use crate::gateway::pipeline::stream::StreamSummary;
 use crate::gateway::ports::Ports;
@@ -36,8 +36,12 @@ impl Deferred {
             return audit;
         }
         if let Some(summary) = stream {
-            self.log.set_usage(summary.usage);
+            // A stream without the origin's final usage (cut, stopped, left by the client, or
+            // an origin that ignores `include_usage`) is charged at least the gateway's count.
+            let charged = charged_usage(summary.usage, summary.estimated, summary.completed);
+            self.log.set_usage(Some(charged).filter(|u| u.total() > 0));
             self.log.stream_completed = Some(summary.completed);
+            self.log.stream_stopped = summary.stopped;
         }
         if let Some((key, entry, ttl)) = self.pending.cache_fill.take() {
             if let Err(e) = ports.put(&key, &entry, Some(ttl)).await {
@@ -62,6 +66,17 @@ impl Deferred {
             self.log.tenant = fields.tenant.take();
             fields.key_id = None;
             self.log.accounting = Some(fields);
+        }
+        // A store without TTLs (Spin) is swept now and then: expired counters, finished usage
+        // shards, stale cache entries. Hosts that keep state have TTLs and few shards.
+        if !ports.keeps_state() {
+            let mut roll = [0u8; 1];
+            ports.random_bytes(&mut roll);
+            if roll[0] % housekeeping::SWEEP_ONE_IN == 0 {
+                if let Err(e) = housekeeping::sweep(ports).await {
+                    self.log.detail.get_or_insert_with(|| format!("housekeeping: {}", e.message));
+                }
+            }
         }
         serde_json::to_string(&self.log).unwrap_or_default()
     }

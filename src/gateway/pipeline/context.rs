@@ -71,6 +71,14 @@ pub struct ModelCall {
     pub stream: bool,
     /// Where a deterministic answer is stored after the response (the `cache_lookup` phase).
     pub cache_key: Option<String>,
+    /// The residency pin the request obeys (the endpoint's and the key's; `choose_origins`).
+    pub pin: Option<String>,
+    /// Prompt tokens the gateway estimates for the request (`admit`): reservations, and what
+    /// a stream is charged when the origin reports no usage.
+    pub prompt_estimate: u64,
+    /// The client asked for the stream's usage chunk (`stream_options.include_usage`); the
+    /// origin is always asked.
+    pub client_wants_usage: bool,
 }
 
 impl ModelCall {
@@ -80,5 +88,4 @@ impl ModelCall {
     }
 }
 
-/// The tenant of requests to public endpoints made without a key (for cache scoping).
-pub const PUBLIC_TENANT: &str = "public";
+pub use crate::gateway::features::limits::PUBLIC_TENANT;

@@ -28,6 +28,9 @@ pub struct LogRecord {
     /// The origin that answered (or the last one tried).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// The same origin as clients see it (`x-gateway-origin`: region and index).
+    #[serde(skip)]
+    pub origin_id: Option<String>,
     /// Every origin tried, in order, with its outcome.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<AttemptLog>,
@@ -36,6 +39,10 @@ pub struct LogRecord {
     pub stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorCode>,
+    /// What the operator needs to know about an error and the client must not see (e.g. the
+    /// config issue behind a `config_invalid`). Never a secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -43,6 +50,10 @@ pub struct LogRecord {
     /// For streams: false when the client went away before the origin's stream ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_completed: Option<bool>,
+    /// For streams the gateway ended itself: why (a budget or token cap, a broken or idle
+    /// origin).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_stopped: Option<ErrorCode>,
     /// `name@version` of the rendered prompt template.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,

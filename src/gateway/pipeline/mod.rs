@@ -2,8 +2,8 @@
 //! shape of pingora's `ProxyHttp`, as plain functions. `Gateway::handle` routes a request;
 //! `Gateway::invoke` is a model call, and reads as its phase list:
 //!
-//! resolve → admit → recall → prepare → cache_lookup → choose_origins → forward → respond →
-//! (account)
+//! resolve → authenticate → prepare → admit → recall → cache_lookup → choose_origins → forward →
+//! respond → (account)
 //!
 //! (`recall` is the Responses API's stored-response step: a no-op for other dialects.)
 //!
@@ -26,6 +26,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::gateway::admin;
+use crate::gateway::auth;
 use crate::gateway::catalog;
 use crate::gateway::config::{Config, ACTIVE_KEY};
 use crate::gateway::dialect::{gemini, mlflow, ClientRequest, Dialect};
@@ -111,16 +112,32 @@ impl Gateway {
         if route == ApiRoute::Health {
             return Ok(json_response(StatusCode::OK, &json!({"status": "OK"})));
         }
-        let config = self.config(ports).await?;
+        let config = self.config(ports, &mut ctx.log).await?;
         let query = request.uri().query().unwrap_or("");
         let unified = matches!(route, ApiRoute::UnifiedInvocations(_));
+        if route.is_listing() {
+            // Listings show what the caller may call; any key problem means the public view.
+            let key = auth::viewer(ports, &self.state.auth, request.headers()).await;
+            let viewer = catalog::Viewer { key: key.as_deref() };
+            return match route {
+                ApiRoute::ListModels => Ok(respond::ok_json(catalog::models(&config, viewer))),
+                ApiRoute::MlflowModels => Ok(respond::ok_json(catalog::mlflow_models(&config, viewer))),
+                ApiRoute::ListEndpoints => catalog::endpoints(&config, query, viewer).map(respond::ok_json),
+                ApiRoute::GetEndpoint(name) => catalog::endpoint(&config, &name, viewer).map(respond::ok_json),
+                ApiRoute::ListLegacyRoutes => catalog::legacy_routes(&config, query, viewer).map(respond::ok_json),
+                ApiRoute::GetLegacyRoute(name) => catalog::legacy_route(&config, &name, viewer).map(respond::ok_json),
+                _ => Err(GatewayError::not_found(ErrorCode::RouteNotFound, "no such listing")),
+            };
+        }
         let (path_name, dialect) = match route {
-            ApiRoute::ListModels => return Ok(respond::ok_json(catalog::models(&config))),
-            ApiRoute::MlflowModels => return Ok(respond::ok_json(catalog::mlflow_models(&config))),
-            ApiRoute::ListEndpoints => return catalog::endpoints(&config, query).map(respond::ok_json),
-            ApiRoute::GetEndpoint(name) => return catalog::endpoint(&config, &name).map(respond::ok_json),
-            ApiRoute::ListLegacyRoutes => return catalog::legacy_routes(&config, query).map(respond::ok_json),
-            ApiRoute::GetLegacyRoute(name) => return catalog::legacy_route(&config, &name).map(respond::ok_json),
+            ApiRoute::ListModels
+            | ApiRoute::MlflowModels
+            | ApiRoute::ListEndpoints
+            | ApiRoute::GetEndpoint(_)
+            | ApiRoute::ListLegacyRoutes
+            | ApiRoute::GetLegacyRoute(_) => {
+                return Err(GatewayError::not_found(ErrorCode::RouteNotFound, "no such listing"))
+            }
             ApiRoute::Health => return Ok(json_response(StatusCode::OK, &json!({"status": "OK"}))),
             ApiRoute::GetResponse(id) => return stored::retrieve(ports, ctx, request.headers(), &id).await,
             ApiRoute::DeleteResponse(id) => return stored::delete(ports, ctx, request.headers(), &id).await,
@@ -161,15 +178,29 @@ impl Gateway {
         Exchange { response, deferred: Deferred { log, pending: Pending::default(), audit: Some(answer.audit) } }
     }
 
-    /// The active config, memoized per isolate for `settings.config_ttl_ms`.
-    async fn config<P: Ports>(&self, ports: &P) -> Result<Rc<Config>> {
+    /// The active config, memoized per isolate for `settings.config_ttl_ms`. An invalid
+    /// config is a 503 whose message names no detail (clients must not learn config paths or
+    /// names); the issues go to the request's log line.
+    async fn config<P: Ports>(&self, ports: &P, log: &mut LogRecord) -> Result<Rc<Config>> {
         let now = ports.now_ms();
         if let Some(memo) = &*self.config.borrow() {
             if now.saturating_sub(memo.fetched_at) < memo.config.settings.config_ttl_ms {
                 return Ok(memo.config.clone());
             }
         }
-        let Some(raw) = ports.get(ACTIVE_KEY).await? else {
+        let raw = match ports.get(ACTIVE_KEY).await {
+            Ok(raw) => raw,
+            // A store failure: an isolate that has a config keeps serving it; others fail
+            // closed, retryably.
+            Err(e) => {
+                log.detail = Some(format!("reading {ACTIVE_KEY} failed: {}", e.message));
+                return match &*self.config.borrow() {
+                    Some(memo) => Ok(memo.config.clone()),
+                    None => Err(GatewayError::kv_unavailable("the gateway's configuration")),
+                };
+            }
+        };
+        let Some(raw) = raw else {
             *self.config.borrow_mut() = None;
             return Err(GatewayError::not_configured(
                 ErrorCode::ConfigMissing,
@@ -183,9 +214,15 @@ impl Gateway {
         }
         let config = Config::from_json(&raw).map_err(|issues| {
             let first = issues.first().map(ToString::to_string).unwrap_or_default();
+            log.detail = Some(format!(
+                "KV entry \"{ACTIVE_KEY}\" is invalid ({} issue(s)); first: {}",
+                issues.len(),
+                crate::gateway::util::text::truncate(&first, 500)
+            ));
             GatewayError::not_configured(
                 ErrorCode::ConfigInvalid,
-                format!("KV entry \"{ACTIVE_KEY}\" is invalid ({} issue(s)); first: {first}", issues.len()),
+                "the gateway's configuration is invalid; its operator can see why in the gateway log \
+                 or with `gatewayctl validate`",
             )
         })?;
         let config = Rc::new(config);
@@ -203,14 +240,15 @@ async fn invoke<P: Ports>(
     request: ClientRequest,
 ) -> Result<Response<ResponseBody<P::Body>>> {
     let mut call = phases::resolve(ctx, config, headers, request)?;
-    phases::admit(ports, ctx, &mut call).await?;
+    phases::authenticate(ports, ctx, &mut call).await?;
     stored::recall(ports, ctx, &mut call).await?;
     phases::prepare(ctx, &mut call)?;
+    phases::admit(ports, ctx, &mut call).await?;
     if let Some(hit) = phases::cache_lookup(ports, ctx, &mut call).await? {
         return Ok(hit);
     }
     let endpoint = Arc::clone(&call.endpoint);
-    let origins = phases::choose_origins(ctx, &call, &endpoint);
+    let origins = phases::choose_origins(ctx, &mut call, &endpoint)?;
     let upstream = phases::forward(ports, ctx, &mut call, &origins).await?;
     phases::respond(ports, ctx, &call, upstream).await
 }

@@ -80,13 +80,13 @@ fn resolve_names_the_endpoint_and_refuses_unknown_and_mismatched_names() {
 }
 
 #[test]
-fn admit_needs_a_key_unless_public_and_records_who_called() {
+fn authenticate_then_admit_need_a_key_unless_public_and_record_who_called() {
     let host = host();
     let state = IsolateState::default();
     let client = ClientInfo::default();
     let mut cx = ctx(&state, &client);
     let mut c = call(config(json!({})), json!({"messages": []}));
-    let e = block_on(phases::admit(&host, &mut cx, &mut c)).unwrap_err();
+    let e = block_on(phases::authenticate(&host, &mut cx, &mut c)).unwrap_err();
     assert_eq!((e.status, e.code), (StatusCode::UNAUTHORIZED, ErrorCode::MissingApiKey));
 
     let key = format!("egw_{}", "A".repeat(43));
@@ -99,7 +99,9 @@ fn admit_needs_a_key_unless_public_and_records_who_called() {
         ..KeyRecord::default()
     };
     block_on(host.put(&keys::record_key(&hash), &serde_json::to_vec(&record).unwrap(), None)).unwrap();
+    block_on(host.put(&keys::index_key("k_1"), hash.as_bytes(), None)).unwrap();
     c.headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
+    block_on(phases::authenticate(&host, &mut cx, &mut c)).unwrap();
     block_on(phases::admit(&host, &mut cx, &mut c)).unwrap();
     assert_eq!(c.tenant(), "acme");
     assert_eq!(cx.log.key_id.as_deref(), Some("k_1"));
@@ -169,9 +171,9 @@ fn choose_origins_prefers_the_client_region() {
     let state = IsolateState::default();
     let client = ClientInfo { continent: Some("EU".into()), ..ClientInfo::default() };
     let mut cx = ctx(&state, &client);
-    let c = call(cfg, json!({"messages": []}));
+    let mut c = call(cfg, json!({"messages": []}));
     let endpoint = c.endpoint.clone();
-    let origins = phases::choose_origins(&mut cx, &c, &endpoint);
+    let origins = phases::choose_origins(&mut cx, &mut c, &endpoint).unwrap();
     let urls: Vec<&str> = origins.iter().map(|o| o.url.as_str()).collect();
     assert_eq!(urls, ["http://eu.test/v1", "http://us.test/v1"]);
     assert_eq!(cx.log.region.as_deref(), Some("eu"));
@@ -185,7 +187,7 @@ fn forward_then_respond_translate_the_answer_and_record_usage() {
     let mut cx = ctx(&state, &client);
     let mut c = call(config(json!({"public": true})), json!({"messages": [{"role": "user", "content": "x"}]}));
     let endpoint = c.endpoint.clone();
-    let origins = phases::choose_origins(&mut cx, &c, &endpoint);
+    let origins = phases::choose_origins(&mut cx, &mut c, &endpoint).unwrap();
     let upstream = block_on(phases::forward(&host, &mut cx, &mut c, &origins)).unwrap();
     assert_eq!(cx.log.origin.as_deref(), Some("http://origin.test"));
     let response = block_on(phases::respond(&host, &mut cx, &c, upstream)).unwrap();

@@ -9,18 +9,21 @@ use crate::gateway::auth;
 use crate::gateway::config::{Config, Endpoint, Origin};
 use crate::gateway::dialect::{responses, ClientRequest};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::features::usage::Accounting;
+use crate::gateway::features::usage::{self, Accounting};
 use crate::gateway::features::{cache, guard, limits, normalize, template};
 use crate::gateway::forward::{self, Attempt, Forwarded, Retarget};
 use crate::gateway::pipeline::context::{ClientInfo, ModelCall, RequestContext};
 use crate::gateway::pipeline::respond::{json_bytes, retry_after, sse_response, ResponseBody};
-use crate::gateway::pipeline::stream::{Stage, StreamPump};
+use crate::gateway::pipeline::stream::{Stage, StreamCap, StreamPump};
 use crate::gateway::ports::Ports;
 use crate::gateway::providers::adapter::{Reply, StreamMode};
+use crate::gateway::providers::StreamDecoder;
 use crate::gateway::routing;
 use crate::gateway::types::Operation;
 use crate::gateway::wire::json::json_body;
-use crate::gateway::wire::openai::{completion_to_sse, embeddings_to_base64, wants_base64, StreamWatch};
+use crate::gateway::wire::openai::{
+    completion_to_sse, embeddings_to_base64, sse_to_completion, wants_base64, write_error_chunk, StreamWatch,
+};
 
 /// Resolve: which endpoint serves the request. The request's hash (a SHA-256 of its canonical
 /// form) picks a traffic route's destination; most requests need none.
@@ -50,16 +53,45 @@ pub fn resolve(
         template_version: None,
         stream: false,
         cache_key: None,
+        pin: None,
+        prompt_estimate: 0,
+        client_wants_usage: false,
     })
 }
 
-/// Admit: authenticate the key, authorize the endpoint, and check the limits that apply.
-/// An admitted request carries its accounting (settled after the response).
-pub async fn admit<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()> {
+/// Authenticate: the key, authorized for the endpoint (before any work on the request body
+/// beyond parsing it).
+pub async fn authenticate<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()> {
     let endpoint = &call.endpoint;
     let presented = auth::presented(&call.headers, call.credential.as_deref());
     let key = auth::authenticate_key(ports, &ctx.state.auth, presented, &endpoint.name, endpoint.public).await?;
     ctx.log.key_id = key.as_ref().map(|k| k.id.clone());
+    call.key = key;
+    Ok(())
+}
+
+/// Admit: check the limits that apply and reserve the request's worst case (prompt estimate +
+/// `max_tokens`, at the endpoint's price) on its token and USD counters. Runs after `prepare`,
+/// on the request as it will be sent. An admitted request carries its accounting (settled
+/// after the response).
+pub async fn admit<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()> {
+    let endpoint = &call.endpoint;
+    let key = call.key.clone();
+    let price = call.config.prices.get(endpoint.provider.name(), &endpoint.model);
+    let budgeted =
+        key.as_ref().is_some_and(|k| k.budget_usd.is_some() || call.config.limits.tenants.contains_key(&k.tenant));
+    if budgeted && price.is_none() && call.op != Operation::Predict {
+        return Err(usage::unpriced(&endpoint.name, &endpoint.model));
+    }
+    call.prompt_estimate = usage::estimate_prompt_tokens(&call.body);
+    let reservation = usage::reservation(
+        call.op,
+        &call.body,
+        call.stream,
+        price,
+        call.prompt_estimate,
+        call.config.limits.default_max_tokens,
+    );
     let admitted = limits::admit(
         ports,
         &ctx.state.limiter,
@@ -67,6 +99,7 @@ pub async fn admit<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut
         key.as_deref(),
         &endpoint.name,
         endpoint.call_limit.as_ref(),
+        reservation,
     )
     .await;
     let admission = match admitted {
@@ -77,10 +110,8 @@ pub async fn admit<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut
         }
     };
     ctx.log.rate_headers = admission.headers().clone();
-    let price = call.config.prices.get(endpoint.provider.name(), &endpoint.model);
     ctx.pending.accounting =
         Some(Accounting::new(&ctx.state.usage, key.as_deref(), price, ctx.log.ts, Some(admission)));
-    call.key = key;
     Ok(())
 }
 
@@ -88,6 +119,9 @@ pub async fn admit<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut
 /// overrides, and guard the input.
 pub fn prepare(ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()> {
     let endpoint = &call.endpoint;
+    // The injection heuristic reads the client's own request, every role and the template
+    // variables included; the template's messages added next are the operator's.
+    let injection = guard::check_injection(&endpoint.guardrails, &mut call.body)?;
     if let Some(t) = &endpoint.template {
         let variables = template::extract_variables(&mut call.body);
         let rendered = template::render(t, &variables)?;
@@ -99,7 +133,12 @@ pub fn prepare(ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()>
     normalize::apply_endpoint_rules(&mut call.body, &endpoint.parameters, &endpoint.clamps, &endpoint.overrides);
     call.stream = call.body.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(false);
     ctx.log.stream = call.stream;
-    let report = guard::apply_input(&endpoint.guardrails, &mut call.body)?;
+    call.client_wants_usage =
+        call.body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(serde_json::Value::as_bool)
+            == Some(true);
+    let mut report = guard::apply_content_rules(&endpoint.guardrails, &mut call.body)?;
+    report.flagged = injection.flagged;
+    report.injection = injection.injection;
     ctx.log.guard = Some(report).filter(|r| !r.is_empty());
     Ok(())
 }
@@ -174,18 +213,32 @@ fn client_replay(ctx: &RequestContext<'_>, call: &ModelCall, openai_sse: Vec<u8>
     }
 }
 
-/// Choose origins: the client's region first, the residency pin enforced, weights applied.
-/// (`endpoint` is the call's, held apart so the call can move on while its origins are used.)
-pub fn choose_origins<'e>(ctx: &mut RequestContext<'_>, call: &ModelCall, endpoint: &'e Endpoint) -> Vec<&'e Origin> {
+/// Choose origins: the client's region first, the residency pin (the endpoint's and the API
+/// key's) enforced, weights applied. (`endpoint` is the call's, held apart so the call can
+/// move on while its origins are used.) Sets `call.pin` for the forward phase.
+pub fn choose_origins<'e>(
+    ctx: &mut RequestContext<'_>,
+    call: &mut ModelCall,
+    endpoint: &'e Endpoint,
+) -> Result<Vec<&'e Origin>> {
     let region = client_region(&call.config, ctx.client, &call.headers);
+    let key_pin = call.key.as_ref().and_then(|k| k.region.as_deref());
+    let pin = routing::residency_pin(endpoint.residency.as_deref(), key_pin)?;
     let hash = match call.route_hash {
         Some(hash) => hash,
         None if endpoint.origins.len() > 1 => normalize::request_hash(&call.body),
         None => 0,
     };
-    let origins = routing::order_origins(endpoint, region.as_deref(), hash);
+    let origins = routing::order_origins(endpoint, region.as_deref(), hash, pin);
     ctx.log.region = region;
-    origins
+    if let (Some(pin), true) = (pin, origins.is_empty()) {
+        return Err(GatewayError::not_configured(
+            ErrorCode::RegionUnavailable,
+            format!("this API key is pinned to region \"{pin}\", and the endpoint has no origin there"),
+        ));
+    }
+    call.pin = pin.map(str::to_owned);
+    Ok(origins)
 }
 
 /// The client's region: fixed by the deployment, else the configured request header (the
@@ -239,15 +292,23 @@ pub async fn forward<P: Ports>(
         }),
         None => None,
     };
-    let attempt = Attempt { endpoint, op: call.op, stream: upstream_stream, retarget: retarget.as_ref() };
+    let attempt = Attempt {
+        endpoint,
+        op: call.op,
+        stream: upstream_stream,
+        retarget: retarget.as_ref(),
+        pin: call.pin.as_deref(),
+    };
     let base64 = call.op == Operation::Embeddings && wants_base64(&call.body);
     endpoint.provider.authorize(ports, call.config.settings.origin_timeout_ms).await?;
     let body = std::mem::take(&mut call.body);
     let result =
         forward::forward(ports, &call.config, &ctx.state.breaker, origins, attempt, body, &mut ctx.log.attempts).await;
     ctx.log.origin = ctx.log.attempts.last().map(|a| a.origin.clone());
+    ctx.log.origin_id = ctx.log.attempts.last().map(|a| a.id.clone());
     let forwarded = result?;
     ctx.log.origin = Some(forwarded.origin.clone());
+    ctx.log.origin_id = Some(forwarded.origin_id.clone());
     Ok(Upstream { forwarded, mode: mode.filter(|_| upstream_stream), now_ms, base64 })
 }
 
@@ -273,25 +334,33 @@ pub async fn respond<P: Ports>(
         None => is_sse,
     };
     if let (Some(mode), true, true) = (upstream.mode, parts.status.is_success(), is_stream) {
-        let stages = match ctx.dialect.origin_stage() {
-            // The origin speaks the client's API: its own events, watched.
-            Some(own) => vec![Stage::Client(own)],
-            None => {
-                let first = match mode {
-                    StreamMode::Translate(translator) => Stage::Provider(translator),
-                    _ => Stage::Watch(StreamWatch::new()),
-                };
-                let client = ctx.dialect.stream_stage(&endpoint.model).map(Stage::Client);
-                std::iter::once(first).chain(client).collect()
-            }
+        if let Some(own) = ctx.dialect.origin_stage() {
+            // The origin speaks the client's API (a Responses passthrough): its own events,
+            // watched. Not metered (the meter reads OpenAI chunks): the events' usage is charged.
+            let pump =
+                StreamPump::new(vec![Stage::Client(own)]).with_idle_timeout(call.config.settings.origin_timeout_ms);
+            return Ok(client_stream(ctx, ResponseBody::Stream(upstream_body, pump)));
+        }
+        let client_stage = ctx.dialect.stream_stage(&endpoint.model);
+        let first = match mode {
+            StreamMode::Translate(translator) => Stage::Provider(translator),
+            // The origin was asked for usage whatever the client said; a client that did not
+            // ask does not get the usage-only chunk.
+            _ => Stage::Watch(StreamWatch::new().hide_usage_chunk(client_stage.is_none() && !call.client_wants_usage)),
         };
-        let pump = StreamPump::new(stages).with_decoder(decoder);
+        if guard::guards_output(&endpoint.guardrails) {
+            return guarded_stream(ports, ctx, call, first, decoder, upstream_body).await;
+        }
+        let client = client_stage.map(Stage::Client);
+        let pump = StreamPump::new(std::iter::once(first).chain(client).collect())
+            .with_decoder(decoder)
+            .metered(call.prompt_estimate)
+            .with_cap(stream_cap(ctx))
+            .with_idle_timeout(call.config.settings.origin_timeout_ms);
         return Ok(client_stream(ctx, ResponseBody::Stream(upstream_body, pump)));
     }
 
-    let bytes = ports.read_body(upstream_body, call.config.settings.max_response_bytes).await.map_err(|e| {
-        GatewayError::bad_gateway(ErrorCode::OriginBadResponse, format!("reading the origin's response failed: {e:?}"))
-    })?;
+    let bytes = ports.read_body(upstream_body, call.config.settings.max_response_bytes).await.map_err(read_failed)?;
     let reply =
         Reply { op: call.op, status: parts.status, body: &bytes, model: &endpoint.model, now_ms: upstream.now_ms };
     let translated = endpoint.provider.translate_response(reply).map_err(|e| match retry_after(&parts.headers) {
@@ -335,6 +404,68 @@ fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
 }
 
+/// The caps a live stream is stopped at: the room its request had under the key's token and
+/// USD limits when admitted.
+fn stream_cap(ctx: &RequestContext<'_>) -> Option<StreamCap> {
+    let accounting = ctx.pending.accounting.as_ref()?;
+    let room = accounting.room()?;
+    if room.tokens.is_none() && room.cost_nusd.is_none() {
+        return None;
+    }
+    let stopped = |what: &str| format!("the stream was stopped at {what}");
+    Some(StreamCap {
+        tokens: room.tokens.as_ref().map(|(n, what)| (*n, stopped(what))),
+        cost_nusd: room.cost_nusd.as_ref().map(|(n, what)| (*n, stopped(what))),
+        price: accounting.price(),
+    })
+}
+
+/// A streamed answer on an endpoint with output guardrails: read whole (within
+/// `max_response_bytes`), assembled into the answer it streams, guarded like a buffered answer
+/// (a deny hit is a 422 before any byte is sent), then replayed as the client's stream. The
+/// client gets its first byte only once the origin finished: the price of guarding what it
+/// reads.
+async fn guarded_stream<P: Ports>(
+    ports: &P,
+    ctx: &mut RequestContext<'_>,
+    call: &ModelCall,
+    first: Stage,
+    decoder: Option<StreamDecoder>,
+    body: P::Body,
+) -> Result<Response<ResponseBody<P::Body>>> {
+    let endpoint = &call.endpoint;
+    let bytes = ports.read_body(body, call.config.settings.max_response_bytes).await.map_err(read_failed)?;
+    let mut pump = StreamPump::new(vec![first]).with_decoder(decoder);
+    let mut openai = pump.chunk(&bytes);
+    openai.extend(pump.end());
+    ctx.log.set_usage(pump.summary().usage);
+    let (answer, complete) = sse_to_completion(call.op, &openai);
+    let answer =
+        serde_json::to_vec(&answer).map_err(|e| GatewayError::internal(ErrorCode::EncodeFailed, e.to_string()))?;
+    let answer = guard_output(ctx, &endpoint.guardrails, answer)?;
+    let mut replay = completion_to_sse(call.op, &answer)?;
+    if !complete {
+        // The origin's stream was cut: the replay ends the same way a live one would.
+        let done = b"data: [DONE]\n\n";
+        if replay.ends_with(done) {
+            replay.truncate(replay.len() - done.len());
+        }
+        write_error_chunk(&mut replay, "origin stream ended before the answer was complete", "origin_stream_cut");
+        crate::gateway::wire::sse::write_done(&mut replay);
+    }
+    Ok(client_stream(ctx, ResponseBody::Full(client_replay(ctx, call, replay))))
+}
+
+fn read_failed(e: crate::gateway::ports::UpstreamError) -> GatewayError {
+    let reason = match e {
+        crate::gateway::ports::UpstreamError::Timeout => "timed out".to_string(),
+        crate::gateway::ports::UpstreamError::Connect(r) | crate::gateway::ports::UpstreamError::Body(r) => {
+            crate::gateway::util::text::scrub(crate::gateway::util::text::truncate(&r, 200))
+        }
+    };
+    GatewayError::bad_gateway(ErrorCode::OriginBadResponse, format!("reading the origin's response failed: {reason}"))
+}
+
 /// Output guardrails on a buffered answer (redaction and deny rules on the completion).
 fn guard_output(ctx: &mut RequestContext<'_>, guardrails: &guard::Guardrails, body: Vec<u8>) -> Result<Vec<u8>> {
     let mut value: serde_json::Value = serde_json::from_slice(&body)
@@ -359,7 +490,7 @@ pub fn annotate<B>(ctx: &RequestContext<'_>, response: &mut Response<ResponseBod
         }
     };
     put("x-request-id", Some(&log.request_id));
-    put("x-gateway-origin", log.origin.as_deref());
+    put("x-gateway-origin", log.origin_id.as_deref());
     put("x-gateway-endpoint", log.endpoint.as_deref());
     put("x-gateway-template-version", log.template.as_deref());
     put(cache::STATUS_HEADER, log.cache);

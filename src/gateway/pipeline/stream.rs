@@ -5,11 +5,15 @@
 //! stage N+1's input. That composes, e.g., Gemini → OpenAI chunks → Anthropic events for an
 //! Anthropic client of a Gemini endpoint, with each translator written once.
 
+use serde_json::{json, Value};
+
 use crate::gateway::dialect::ClientStream;
+use crate::gateway::error::ErrorCode;
+use crate::gateway::features::usage::Price;
 use crate::gateway::providers::{ProviderStream, StreamDecoder};
 use crate::gateway::types::Usage;
-use crate::gateway::wire::openai::StreamWatch;
-use crate::gateway::wire::sse::{SseEvent, SseParser};
+use crate::gateway::wire::openai::{openai_usage, StreamWatch};
+use crate::gateway::wire::sse::{self, SseEvent, SseParser, MAX_EVENT_BYTES};
 use crate::gateway::wire::stream::StreamTranslate;
 
 /// One stage of a pump: the origin's stream watched or translated into OpenAI chunks, or
@@ -52,31 +56,207 @@ impl StreamTranslate for Stage {
 pub struct StreamSummary {
     /// From the origin's usage events; partial (what was seen) if the stream did not complete.
     pub usage: Option<Usage>,
-    /// The origin's body ended (cleanly or cut) and the client's stream was closed; false when
-    /// the client went away first.
+    /// What the gateway counted itself: the prompt estimate and the generated text seen (about
+    /// 4 bytes per token). Accounting charges it when the origin's own usage is missing or the
+    /// stream did not complete (`usage::charged_usage`).
+    pub estimated: Usage,
+    /// The origin's body ended (cleanly or cut) and the client's stream was closed: false when
+    /// the client went away first, or the gateway stopped the stream (see `stopped`). Hosts
+    /// cancel the origin request when it is false.
     pub completed: bool,
+    /// Why the gateway ended the stream itself, if it did (a budget or token cap, an oversized
+    /// origin event, an idle origin).
+    pub stopped: Option<ErrorCode>,
+}
+
+/// A cap on one stream: the budget (tokens, nano-USD) it may still use. When its running usage
+/// (origin-reported, else the gateway's count) crosses either, the pump ends the client's
+/// stream the dialect's normal way plus an error event naming the cap, and the host cancels
+/// the origin request.
+#[derive(Debug, Clone)]
+pub struct StreamCap {
+    /// Tokens the stream may use in all (prompt included), and what the client is told when
+    /// it crosses them (`rate_limit_exceeded`).
+    pub tokens: Option<(u64, String)>,
+    /// Nano-USD at `price`, and the message (`budget_exceeded`).
+    pub cost_nusd: Option<(u64, String)>,
+    pub price: Option<Price>,
+}
+
+/// Running count of an OpenAI-format stream (the first stage's output): what it generated,
+/// the origin's usage if reported, and what is needed to close it (id, model, open choices).
+#[derive(Debug, Default)]
+struct Meter {
+    parser: SseParser,
+    id: Option<String>,
+    model: Option<String>,
+    object: Option<String>,
+    /// Choice indices that have started and not finished.
+    open: Vec<u64>,
+    generated_bytes: u64,
+    deltas: u64,
+    reported: Option<Usage>,
+    prompt_estimate: u64,
+}
+
+impl Meter {
+    fn feed(&mut self, openai_sse: &[u8]) {
+        for event in self.parser.push(openai_sse) {
+            let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else { continue };
+            if let Some(id) = chunk.get("id").and_then(Value::as_str) {
+                if self.id.is_none() {
+                    self.id = Some(id.to_string());
+                }
+            }
+            if self.model.is_none() {
+                self.model = chunk.get("model").and_then(Value::as_str).map(str::to_owned);
+            }
+            if self.object.is_none() {
+                self.object = chunk.get("object").and_then(Value::as_str).map(str::to_owned);
+            }
+            if let Some(usage) = openai_usage(&chunk).filter(|_| chunk["usage"].is_object()) {
+                self.reported = Some(usage);
+            }
+            for choice in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
+                let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let delta = choice.get("delta");
+                let mut bytes = 0usize;
+                if let Some(text) = delta.and_then(|d| d.get("content")).and_then(Value::as_str) {
+                    bytes += text.len();
+                }
+                if let Some(text) = choice.get("text").and_then(Value::as_str) {
+                    bytes += text.len();
+                }
+                for call in delta.and_then(|d| d.get("tool_calls")).and_then(Value::as_array).into_iter().flatten() {
+                    let function = call.get("function");
+                    for field in ["name", "arguments"] {
+                        bytes += function.and_then(|f| f.get(field)).and_then(Value::as_str).map_or(0, str::len);
+                    }
+                }
+                if bytes > 0 {
+                    self.deltas += 1;
+                    self.generated_bytes = self.generated_bytes.saturating_add(bytes as u64);
+                }
+                let finished = choice.get("finish_reason").is_some_and(|f| !f.is_null());
+                match (finished, self.open.contains(&index)) {
+                    (true, _) => self.open.retain(|i| *i != index),
+                    (false, false) => self.open.push(index),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The gateway's own count: the prompt estimate, and about 4 bytes of text per token (at
+    /// least one per content delta).
+    fn estimated(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_estimate,
+            completion_tokens: self.generated_bytes.div_ceil(4).max(self.deltas),
+        }
+    }
+
+    /// The best running usage: per field, the origin's report or the estimate, whichever is
+    /// larger (an origin's running count may lag; a final one is exact, and larger).
+    fn running(&self) -> Usage {
+        let estimated = self.estimated();
+        let reported = self.reported.unwrap_or_default();
+        Usage {
+            prompt_tokens: if reported.prompt_tokens > 0 { reported.prompt_tokens } else { estimated.prompt_tokens },
+            completion_tokens: reported.completion_tokens.max(estimated.completion_tokens),
+        }
+    }
+
+    /// The closing OpenAI chunk of every open choice (`finish_reason: "length"`).
+    fn finish_chunks(&self, out: &mut Vec<u8>) {
+        let object = self.object.as_deref().unwrap_or("chat.completion.chunk");
+        for index in &self.open {
+            let choice = if object == "text_completion" {
+                json!({"index": index, "text": "", "logprobs": null, "finish_reason": "length"})
+            } else {
+                json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": "length"})
+            };
+            let chunk = json!({"id": self.id, "object": object, "model": self.model, "choices": [choice]});
+            sse::write_data(out, &chunk);
+        }
+    }
 }
 
 pub struct StreamPump {
     /// Turns a non-SSE origin stream (Bedrock's event stream) into SSE for the first stage.
     decoder: Option<StreamDecoder>,
     stages: Vec<(SseParser, Stage)>,
+    /// The client's stream is closed (normally or by `stop`): nothing more is written.
     finished: bool,
+    /// The origin's body ended (`end`).
+    origin_done: bool,
+    stopped: Option<ErrorCode>,
+    // Boxed: the pump travels inside every response body; most responses are not streams.
+    meter: Option<Box<Meter>>,
+    cap: Option<Box<StreamCap>>,
+    idle_timeout_ms: u64,
 }
+
+/// How long a host waits for the origin's next chunk before ending the stream (`idle`) when
+/// the pump was not given a value.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 
 impl StreamPump {
     pub fn new(translators: Vec<Stage>) -> Self {
-        let stages = translators.into_iter().map(|t| (SseParser::new(), t)).collect();
-        StreamPump { decoder: None, stages, finished: false }
+        StreamPump {
+            decoder: None,
+            stages: translators.into_iter().map(|t| (SseParser::new(), t)).collect(),
+            finished: false,
+            origin_done: false,
+            stopped: None,
+            meter: None,
+            cap: None,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+        }
     }
 
+    /// An origin's stream: counted as it goes (its first stage outputs OpenAI chunks), with the
+    /// request's prompt estimate for when the origin reports no usage.
+    pub fn metered(mut self, prompt_estimate: u64) -> Self {
+        self.meter = Some(Box::new(Meter { prompt_estimate, ..Meter::default() }));
+        self
+    }
+
+    /// Ends the stream when its running usage crosses `cap` (needs `metered`).
+    pub fn with_cap(mut self, cap: Option<StreamCap>) -> Self {
+        self.cap = cap.map(Box::new);
+        self
+    }
+
+    /// How long the host waits for the origin's next chunk before calling [`StreamPump::idle`].
+    pub fn with_idle_timeout(mut self, ms: u64) -> Self {
+        self.idle_timeout_ms = ms;
+        self
+    }
+
+    pub fn idle_timeout_ms(&self) -> u64 {
+        self.idle_timeout_ms
+    }
+
+    /// The client's stream is closed: the host sends what the last call returned, stops
+    /// reading the origin and (when `summary().completed` is false) cancels its request.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Origins whose streams are not SSE (Bedrock's event stream) are decoded to SSE first.
     pub fn with_decoder(mut self, decoder: Option<StreamDecoder>) -> Self {
         self.decoder = decoder;
         self
     }
 
     /// Translates one chunk of origin bytes; may return nothing while an event is incomplete.
+    /// May finish the stream (an oversized origin event, a crossed cap): the returned bytes
+    /// then end with the client's closing events, and later calls return nothing.
     pub fn chunk(&mut self, bytes: &[u8]) -> Vec<u8> {
+        if self.finished {
+            return Vec::new();
+        }
         let mut data = match &mut self.decoder {
             Some(decoder) => {
                 let mut sse = Vec::new();
@@ -85,14 +265,43 @@ impl StreamPump {
             }
             None => bytes.to_vec(),
         };
-        for (parser, translator) in &mut self.stages {
+        for (i, (parser, translator)) in self.stages.iter_mut().enumerate() {
             let mut out = Vec::new();
             for event in parser.push(&data) {
                 translator.event(&event, &mut out);
             }
+            if parser.overflowed() {
+                let message = format!("the origin sent an event over {MAX_EVENT_BYTES} bytes");
+                return self.stop(ErrorCode::OriginStreamError, &message, false);
+            }
+            if i == 0 {
+                if let Some(meter) = &mut self.meter {
+                    meter.feed(&out);
+                }
+            }
             data = out;
         }
+        if let Some((code, message)) = self.crossed_cap() {
+            data.extend(self.stop(code, &message, true));
+        }
         data
+    }
+
+    /// The cap the running usage crossed, if any: its code and message.
+    fn crossed_cap(&self) -> Option<(ErrorCode, String)> {
+        let (cap, meter) = (self.cap.as_ref()?, self.meter.as_ref()?);
+        let usage = meter.running();
+        if let Some((limit, message)) = &cap.tokens {
+            if usage.total() > *limit {
+                return Some((ErrorCode::RateLimitExceeded, message.clone()));
+            }
+        }
+        if let (Some((limit, message)), Some(price)) = (&cap.cost_nusd, cap.price) {
+            if price.cost_nusd(usage) > *limit {
+                return Some((ErrorCode::BudgetExceeded, message.clone()));
+            }
+        }
+        None
     }
 
     /// The origin body ended (or failed): flush and close the client's stream properly.
@@ -100,19 +309,77 @@ impl StreamPump {
         if std::mem::replace(&mut self.finished, true) {
             return Vec::new();
         }
+        self.origin_done = true;
         let mut data = Vec::new();
         if let Some(decoder) = &mut self.decoder {
             decoder.finish(&mut data);
         }
-        for (parser, translator) in &mut self.stages {
+        for (i, (parser, translator)) in self.stages.iter_mut().enumerate() {
             let mut out = Vec::new();
             for event in parser.push(&data).into_iter().chain(parser.finish()) {
                 translator.event(&event, &mut out);
             }
             translator.finish(&mut out);
+            if i == 0 {
+                if let Some(meter) = &mut self.meter {
+                    meter.feed(&out);
+                }
+            }
             data = out;
         }
         data
+    }
+
+    /// The origin sent nothing for the idle timeout: the client's stream is closed with an
+    /// error, and the host cancels the origin request.
+    pub fn idle(&mut self) -> Vec<u8> {
+        let message = format!("the origin sent nothing for {} ms", self.idle_timeout_ms);
+        self.stop(ErrorCode::OriginTimeout, &message, false)
+    }
+
+    /// Ends the client's stream early: for a cap, the open choices finish (`length`) and the
+    /// stream ends the dialect's normal way (`[DONE]`; Anthropic: `message_delta` +
+    /// `message_stop`) with an error event naming the reason; for an origin failure, an error
+    /// event and the end. The origin is to be cancelled.
+    fn stop(&mut self, code: ErrorCode, message: &str, cap: bool) -> Vec<u8> {
+        if std::mem::replace(&mut self.finished, true) {
+            return Vec::new();
+        }
+        self.stopped = Some(code);
+        let mut openai = Vec::new();
+        if let (true, Some(meter)) = (cap, &self.meter) {
+            meter.finish_chunks(&mut openai);
+        }
+        let error_kind = if cap { "rate_limit_error" } else { "upstream_error" };
+        let mut out = Vec::new();
+        let several = self.stages.len() > 1;
+        match self.stages.last_mut() {
+            Some((_, Stage::Client(client))) if several => {
+                let mut parser = SseParser::new();
+                let mut events = parser.push(&openai);
+                if cap {
+                    events.push(SseEvent { event: None, data: "[DONE]".into() });
+                    for event in &events {
+                        client.event(event, &mut out);
+                    }
+                    client.error_event(&mut out, error_kind, code, message);
+                } else {
+                    for event in &events {
+                        client.event(event, &mut out);
+                    }
+                    let error = json!({"error": {"message": message, "type": error_kind, "code": code.as_str()}});
+                    client.event(&SseEvent { event: None, data: error.to_string() }, &mut out);
+                    client.finish(&mut out);
+                }
+            }
+            _ => {
+                out = openai;
+                let error = json!({"error": {"message": message, "type": error_kind, "code": code.as_str()}});
+                sse::write_data(&mut out, &error);
+                sse::write_done(&mut out);
+            }
+        }
+        out
     }
 
     /// A whole body at once (a replayed answer).
@@ -124,6 +391,37 @@ impl StreamPump {
 
     /// The first stage sees the origin's own events, so its usage is the origin's.
     pub fn summary(&self) -> StreamSummary {
-        StreamSummary { usage: self.stages.first().and_then(|(_, t)| t.usage()), completed: self.finished }
+        StreamSummary {
+            usage: self.stages.first().and_then(|(_, t)| t.usage()),
+            estimated: self.meter.as_ref().map(|m| m.estimated()).unwrap_or_default(),
+            completed: self.origin_done && self.stopped.is_none(),
+            stopped: self.stopped,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::test_util::parse_sse;
+
+    /// M6: an origin event over the parser's bound ends the client's stream with an error and
+    /// `[DONE]` (and the origin is to be cancelled: the pump is finished, the origin is not).
+    #[test]
+    fn an_oversized_origin_event_ends_the_stream_cleanly() {
+        let mut pump = StreamPump::new(vec![Stage::Watch(StreamWatch::new())]);
+        let mut out = pump.chunk(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n");
+        out.extend(pump.chunk(b"data: "));
+        let giant = vec![b'a'; 256 * 1024];
+        for _ in 0..8 {
+            out.extend(pump.chunk(&giant));
+        }
+        assert!(pump.is_finished());
+        let events = parse_sse(&out);
+        let last = &events[events.len() - 1].1;
+        assert_eq!(last, "[DONE]");
+        assert_eq!(events[events.len() - 2].1["error"]["code"], "origin_stream_error", "{events:?}");
+        assert!(pump.chunk(b"data: more\n\n").is_empty() && pump.end().is_empty());
+        assert!(!pump.summary().completed, "the origin did not finish: the host cancels it");
     }
 }

@@ -35,7 +35,8 @@ fn run(host: &MemoryHost, request: Request<Vec<u8>>) -> (StatusCode, Value, Exch
     let mut exchange = block_on(Gateway::new().handle(host, request, &ClientInfo::default()));
     let status = exchange.response.status();
     let body = match std::mem::replace(exchange.response.body_mut(), ResponseBody::Full(Vec::new())) {
-        ResponseBody::Full(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ResponseBody::Full(bytes) => serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
         ResponseBody::Stream(bytes, pump) => Value::String(String::from_utf8(pump.run(&bytes)).unwrap()),
     };
     (status, body, exchange)
@@ -83,6 +84,73 @@ fn missing_config_is_503_naming_the_kv_entry() {
     assert!(body["error"]["message"].as_str().unwrap().contains("config:active"));
 }
 
+/// L3: an invalid config is a 503 that names no config detail to clients; the log line has it.
+#[test]
+fn invalid_config_is_a_503_without_details_for_clients() {
+    let bad = r#"{"endpoints": [{"name": "internal-billing-chat", "endpoint_type": "llm/v1/chatt",
+        "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$K"}}}]}"#;
+    let host = MemoryHost::new(ok_origin).with_kv(ACTIVE_KEY, bad);
+    let (status, body, exchange) = run(&host, post("/v1/chat/completions", r#"{"model":"chat"}"#));
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("config_invalid")));
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("endpoints[0]") && !message.contains("internal-billing"), "{message}");
+    let line = block_on(exchange.deferred.complete(&host, None));
+    assert!(line.contains("endpoints[0].endpoint_type"), "{line}");
+}
+
+/// Stores a key for `tenant` with `f` applied and returns its plaintext.
+fn add_key(host: &MemoryHost, f: impl FnOnce(&mut crate::gateway::features::keys::KeyRecord)) -> String {
+    use crate::gateway::features::keys;
+    let key = keys::generate(host);
+    let mut record = keys::KeyRecord {
+        id: keys::new_id(host),
+        tenant: "acme".into(),
+        endpoints: vec!["*".into()],
+        hash: keys::hash_key(&key),
+        ..Default::default()
+    };
+    f(&mut record);
+    block_on(keys::store(host, &record)).unwrap();
+    key
+}
+
+fn with_key(mut request: Request<Vec<u8>>, key: &str) -> Request<Vec<u8>> {
+    request.headers_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request
+}
+
+/// KV transient errors: limits and config fail closed (503 kv_unavailable + Retry-After; an
+/// isolate with a config memo keeps serving it), the cache fails open (a miss, the origin
+/// answers).
+#[test]
+fn kv_errors_fail_closed_for_limits_and_config_and_open_for_the_cache() {
+    let host = host();
+    let key = add_key(&host, |k| k.rpm = Some(100));
+    let chat = || with_key(post("/v1/chat/completions", r#"{"model":"chat","temperature":0}"#), &key);
+    host.kv_fail.borrow_mut().push("rl:".into());
+    let (status, body, exchange) = run(&host, chat());
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("kv_unavailable")));
+    assert_eq!(exchange.response.headers()["retry-after"], "1");
+    assert!(host.sent.borrow().is_empty(), "nothing forwarded");
+
+    *host.kv_fail.borrow_mut() = vec!["cache:".into()];
+    let (status, _, exchange) = run(&host, chat());
+    assert_eq!(status, StatusCode::OK, "the cache fails open");
+    assert_eq!(exchange.deferred.log.cache, Some("MISS"));
+
+    let gateway = Gateway::new();
+    host.kv_fail.borrow_mut().clear();
+    let anon = || post("/v1/chat/completions", r#"{"model":"chat"}"#);
+    assert_eq!(block_on(gateway.handle(&host, anon(), &ClientInfo::default())).response.status(), StatusCode::OK);
+    host.advance(1001);
+    *host.kv_fail.borrow_mut() = vec!["config:".into()];
+    let stale = block_on(gateway.handle(&host, anon(), &ClientInfo::default()));
+    assert_eq!(stale.response.status(), StatusCode::OK, "the isolate keeps its last config");
+    let (status, body, exchange) = run(&host, anon());
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("kv_unavailable")));
+    assert_eq!(exchange.response.headers()["retry-after"], "1");
+}
+
 #[test]
 fn unreachable_origin_is_502_and_timeout_504() {
     let host = MemoryHost::new(|_| Err(UpstreamError::Connect("connection refused".into())))
@@ -108,6 +176,54 @@ fn streams_sse_through_untouched() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, Value::String("data: [DONE]\n\n".into()));
     assert!(exchange.deferred.log.stream);
+}
+
+/// H5: output guardrails apply to streamed answers too (buffered, guarded, replayed): the
+/// client picking `stream` does not pick "no output guard". Redaction works across chunk
+/// boundaries; a deny rule withholds the answer (422) before any byte is sent.
+#[test]
+fn output_guardrails_apply_to_streams() {
+    let config = r#"{"endpoints": [{"name": "g", "public": true, "endpoint_type": "llm/v1/chat",
+        "guardrails": {"redact": ["email"], "deny": [{"id": "secret", "pattern": "s3cr3t"}], "output": true},
+        "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$K", "openai_api_base": "http://o/v1"}}}]}"#;
+    let stream = |parts: &[&str]| {
+        let mut sse = String::new();
+        sse.push_str(r#"data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#);
+        sse.push_str("\n\n");
+        for p in parts {
+            let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": null}]});
+            sse.push_str(&format!("data: {chunk}\n\n"));
+        }
+        sse.push_str(r#"data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#);
+        sse.push_str("\n\ndata: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}\n\ndata: [DONE]\n\n");
+        sse
+    };
+    let answer = stream(&["write to bob@ex", "ample.org today"]);
+    let host = MemoryHost::new(move |_| {
+        Ok(Response::builder().header("content-type", "text/event-stream").body(answer.clone().into_bytes()).unwrap())
+    })
+    .with_secret("K", "k")
+    .with_kv(ACTIVE_KEY, config);
+    let (status, body, exchange) = run(&host, post("/v1/chat/completions", r#"{"model":"g","stream":true}"#));
+    assert_eq!(status, StatusCode::OK);
+    let text = body.as_str().unwrap();
+    assert!(!text.contains("bob@") && !text.contains("ample.org"), "{text}");
+    let events = crate::gateway::test_util::parse_sse(text.as_bytes());
+    let content: String = events.iter().filter_map(|(_, e)| e["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(content, "write to [EMAIL] today");
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    assert_eq!(exchange.deferred.log.guard_output.as_ref().map(|g| g.count("email")), Some(1));
+    assert_eq!(exchange.deferred.log.completion_tokens, Some(4));
+
+    let denied = stream(&["the s3", "cr3t is out"]);
+    let host = MemoryHost::new(move |_| {
+        Ok(Response::builder().header("content-type", "text/event-stream").body(denied.clone().into_bytes()).unwrap())
+    })
+    .with_secret("K", "k")
+    .with_kv(ACTIVE_KEY, config);
+    let (status, body, _) = run(&host, post("/v1/chat/completions", r#"{"model":"g","stream":true}"#));
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("output_denied")));
 }
 
 #[test]
@@ -195,7 +311,8 @@ fn fails_over_to_the_next_region_and_reports_attempts() {
     let host = regional_host();
     let (status, _, exchange) = run(&host, chat_in("ha", "eu"));
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(exchange.response.headers()["x-gateway-origin"], "http://up.us (us)");
+    assert_eq!(exchange.response.headers()["x-gateway-origin"], "us#1");
+    assert_eq!(exchange.deferred.log.origin.as_deref(), Some("http://up.us (us)"));
     assert_eq!(exchange.response.headers()["x-gateway-attempts"], "2");
     let outcomes: Vec<&str> = exchange.deferred.log.attempts.iter().map(|a| a.outcome.as_str()).collect();
     assert_eq!(outcomes, ["connect_error", "ok"]);
@@ -210,6 +327,68 @@ fn residency_pin_answers_503_instead_of_leaving_the_region() {
     assert_eq!(body["error"]["code"], "region_unavailable");
     assert!(body["error"]["message"].as_str().unwrap().contains("\"eu\""));
     assert!(host.sent.borrow().iter().all(|r| r.uri().host() == Some("down.eu")));
+}
+
+/// H3: a key's residency pin is enforced like an endpoint's: its requests never reach an
+/// origin outside the pinned region, and a pin that contradicts the endpoint's is a 503.
+#[test]
+fn key_residency_pin_never_leaves_the_region() {
+    let host = regional_host();
+    let eu_key = add_key(&host, |k| k.region = Some("eu".into()));
+    let (status, body, _) = run(&host, with_key(chat_in("ha", "us"), &eu_key));
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("region_unavailable")));
+    assert!(!host.sent.borrow().is_empty());
+    assert!(host.sent.borrow().iter().all(|r| r.uri().host() == Some("down.eu")), "only eu origins tried");
+
+    let us_key = add_key(&host, |k| k.region = Some("us".into()));
+    host.sent.borrow_mut().clear();
+    let (status, body, _) = run(&host, with_key(chat_in("pinned", "us"), &us_key));
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("region_unavailable")));
+    assert!(host.sent.borrow().is_empty(), "the key's pin and the endpoint's exclude every origin");
+    // The same key on an endpoint with a us origin is served there.
+    let (status, _, exchange) = run(&host, with_key(chat_in("ha", "eu"), &us_key));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(exchange.deferred.log.origin.as_deref(), Some("http://up.us (us)"));
+}
+
+/// L2: what unauthenticated clients and origin failures may reveal. The catalog and 404
+/// suggestions show non-public endpoints only to keys allowed them; `x-gateway-origin` names
+/// a region and an origin index, not a host; connect errors do not echo the origin's URL.
+#[test]
+fn internal_names_and_hosts_stay_internal() {
+    let config = r#"{"endpoints": [
+        {"name": "open-chat", "public": true, "endpoint_type": "llm/v1/chat",
+         "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$K", "openai_api_base": "http://origin.test/v1"}}},
+        {"name": "payroll-internal", "endpoint_type": "llm/v1/chat",
+         "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$K", "openai_api_base": "http://10.1.2.3:8000/v1"}}}]}"#;
+    let host = MemoryHost::new(ok_origin).with_secret("K", "k").with_kv(ACTIVE_KEY, config);
+    let get = |path: &str| Request::builder().uri(path).body(Vec::new()).unwrap();
+    for path in ["/v1/models", "/api/2.0/endpoints/", "/api/2.0/gateway/routes/"] {
+        let (_, body, _) = run(&host, get(path));
+        assert!(!body.to_string().contains("payroll"), "{path}: {body}");
+        assert!(body.to_string().contains("open-chat"), "{path}: {body}");
+    }
+    let (status, _, _) = run(&host, get("/api/2.0/endpoints/payroll-internal"));
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let key = add_key(&host, |k| k.endpoints = vec!["payroll-*".into()]);
+    let (_, body, _) = run(&host, with_key(get("/v1/models"), &key));
+    assert!(body.to_string().contains("payroll-internal"), "a key allowed it sees it: {body}");
+    let (_, body, _) = run(&host, post("/v1/chat/completions", r#"{"model":"payroll-internl"}"#));
+    assert!(!body.to_string().contains("payroll-internal"), "no suggestion of a non-public name: {body}");
+
+    let (status, _, exchange) = run(&host, post("/v1/chat/completions", r#"{"model":"open-chat"}"#));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(exchange.response.headers()["x-gateway-origin"], "default#0");
+    assert_eq!(exchange.deferred.log.origin.as_deref(), Some("http://origin.test"), "the log keeps the host");
+
+    let host = MemoryHost::new(|_| {
+        Err(UpstreamError::Connect("invalid origin URL http://10.1.2.3:8000/v1?key=AIzaLEAK".into()))
+    })
+    .with_secret("K", "k")
+    .with_kv(ACTIVE_KEY, config);
+    let (status, body, _) = run(&host, post("/v1/chat/completions", r#"{"model":"open-chat"}"#));
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(!body.to_string().contains("10.1.2.3") && !body.to_string().contains("AIzaLEAK"), "{body}");
 }
 
 #[test]
@@ -335,4 +514,246 @@ fn hostile_input_gets_a_4xx_never_a_panic() {
             }
         }
     }
+}
+
+// --- budgets, streams and usage (issue 12) ----------------------------------------------------
+
+/// A keyed, priced chat endpoint ($1000 / $2000 per 1M tokens: 1000 / 2000 nUSD per token) and
+/// an unpriced one; the origin answers with the given usage.
+const PRICED: &str = r#"{"endpoints": [
+    {"name": "paid", "endpoint_type": "llm/v1/chat",
+     "model": {"provider": "openai", "name": "priced", "config": {"openai_api_key": "$K", "openai_api_base": "http://o/v1"}}},
+    {"name": "free-model", "endpoint_type": "llm/v1/chat",
+     "model": {"provider": "openai", "name": "unpriced", "config": {"openai_api_key": "$K", "openai_api_base": "http://o/v1"}}}],
+  "prices": {"openai/priced": {"input_per_1m": 1000, "output_per_1m": 2000}}}"#;
+
+fn priced_host(answer: impl Fn(&Request<Vec<u8>>) -> Response<Vec<u8>> + 'static) -> MemoryHost {
+    MemoryHost::new(move |r| Ok(answer(r))).with_secret("K", "k").with_kv(ACTIVE_KEY, PRICED)
+}
+
+fn completion(prompt: u64, completion: u64) -> Response<Vec<u8>> {
+    let body = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "priced",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}});
+    Response::builder().header("content-type", "application/json").body(serde_json::to_vec(&body).unwrap()).unwrap()
+}
+
+fn sse_response(events: &[Value], done: bool) -> Response<Vec<u8>> {
+    let mut body = String::new();
+    for e in events {
+        body.push_str(&format!("data: {e}\n\n"));
+    }
+    if done {
+        body.push_str("data: [DONE]\n\n");
+    }
+    Response::builder().header("content-type", "text/event-stream").body(body.into_bytes()).unwrap()
+}
+
+fn chunk(content: &str, finish: Option<&str>) -> Value {
+    json!({"id": "s", "object": "chat.completion.chunk", "created": 1, "model": "priced",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]})
+}
+
+/// Budgets hold under concurrency: requests racing for the last of a key's budget (interleaved
+/// at every KV call in one isolate) each reserve their worst case before being forwarded, so
+/// no more are admitted than can be paid for. (Checking "spent < budget" let all of them in.)
+#[test]
+fn concurrent_requests_against_a_nearly_spent_budget_do_not_overshoot() {
+    use crate::gateway::ports::memory::run_interleaved;
+    use std::future::Future;
+    use std::pin::Pin;
+    // Each request: 7 prompt tokens estimated + max_tokens 20 → reserves $0.047; it really costs
+    // 5 × $0.001 + 20 × $0.002 = $0.045. After the first, $0.155 of $0.2 holds 3 more.
+    let host = priced_host(|_| completion(5, 20));
+    let key = add_key(&host, |k| k.budget_usd = Some(0.2));
+    let body = r#"{"model":"paid","max_tokens":20,"messages":[{"role":"user","content":"hi"}]}"#;
+    let first = run(&host, with_key(post("/v1/chat/completions", body), &key));
+    assert_eq!(first.0, StatusCode::OK, "{}", first.1);
+    let first_line: Value = serde_json::from_str(&block_on(first.2.deferred.complete(&host, None))).unwrap();
+    host.kv_yield.set(true);
+    let gateway = Gateway::new();
+    let requests: Vec<Request<Vec<u8>>> = (0..8).map(|_| with_key(post("/v1/chat/completions", body), &key)).collect();
+    type Call<'a> = Pin<Box<dyn Future<Output = (StatusCode, String)> + 'a>>;
+    let futures: Vec<Call<'_>> = requests
+        .into_iter()
+        .map(|r| {
+            let (gateway, host) = (&gateway, &host);
+            Box::pin(async move {
+                let exchange = gateway.handle(host, r, &ClientInfo::default()).await;
+                let status = exchange.response.status();
+                (status, exchange.deferred.complete(host, None).await)
+            }) as Call<'_>
+        })
+        .collect();
+    let results = run_interleaved(futures);
+    host.kv_yield.set(false);
+    let served = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    assert!(results.iter().all(|(s, _)| *s == StatusCode::OK || *s == StatusCode::TOO_MANY_REQUESTS));
+    let spent: f64 = results
+        .iter()
+        .filter_map(|(_, line)| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|l| l["cost_usd"].as_f64())
+        .sum::<f64>()
+        + first_line["cost_usd"].as_f64().unwrap();
+    assert_eq!(served, 3, "spent ${spent}");
+    assert!(spent <= 0.2 + 1e-9, "spent ${spent} of $0.2");
+}
+
+/// M2: a USD budget on an endpoint whose model has no price would never trip: refused (403)
+/// unless the config prices it (a `"*"` default does).
+#[test]
+fn budgets_are_not_unlimited_on_unpriced_models() {
+    let host = priced_host(|_| completion(1, 1));
+    let key = add_key(&host, |k| k.budget_usd = Some(5.0));
+    let body = r#"{"model":"free-model","messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, body_json, _) = run(&host, with_key(post("/v1/chat/completions", body), &key));
+    assert_eq!((status, body_json["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("unpriced_model")));
+    let unbudgeted = add_key(&host, |_| {});
+    assert_eq!(run(&host, with_key(post("/v1/chat/completions", body), &unbudgeted)).0, StatusCode::OK);
+    let with_default = PRICED.replace(r#""prices": {"#, r#""prices": {"*": {"input_per_1m": 1}, "#);
+    host.kv.borrow_mut().insert(ACTIVE_KEY.into(), with_default.into_bytes());
+    assert_eq!(run(&host, with_key(post("/v1/chat/completions", body), &key)).0, StatusCode::OK);
+}
+
+/// H4: a client's `include_usage: false` does not stop the gateway asking the origin for
+/// usage (it just does not see the usage chunk), so the stream is charged what it used.
+#[test]
+fn streams_are_charged_even_without_include_usage() {
+    let host = priced_host(|r| {
+        let sent: Value = serde_json::from_slice(r.body()).unwrap();
+        let usage = sent["stream_options"]["include_usage"] == true;
+        let mut events = vec![chunk("hello", None), chunk("", Some("stop"))];
+        if usage {
+            events.push(json!({"id": "s", "object": "chat.completion.chunk", "choices": [],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}}));
+        }
+        sse_response(&events, true)
+    });
+    let key = add_key(&host, |k| k.budget_usd = Some(5.0));
+    let body = r#"{"model":"paid","stream":true,"stream_options":{"include_usage":false},"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, text, exchange) = run(&host, with_key(post("/v1/chat/completions", body), &key));
+    assert_eq!(status, StatusCode::OK);
+    assert!(!text.as_str().unwrap().contains("\"usage\":{"), "the client did not ask for it: {text}");
+    assert!(exchange.deferred.log.stream);
+    let sent: Value = serde_json::from_slice(host.sent.borrow()[0].body()).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+}
+
+/// H4: a stream that ends without the origin's usage (cut, or the client gone after the first
+/// chunk) is charged the gateway's estimate: the prompt at least, and the text it saw.
+#[test]
+fn cut_streams_are_charged_an_estimate() {
+    let host = priced_host(|_| sse_response(&[chunk("hello there", None)], false));
+    let key = add_key(&host, |k| k.budget_usd = Some(5.0));
+    let prompt = "word ".repeat(300);
+    let body = json!({"model": "paid", "stream": true, "messages": [{"role": "user", "content": prompt}]}).to_string();
+    let mut exchange = block_on(Gateway::new().handle(
+        &host,
+        with_key(post("/v1/chat/completions", &body), &key),
+        &ClientInfo::default(),
+    ));
+    let ResponseBody::Stream(bytes, mut pump) =
+        std::mem::replace(exchange.response.body_mut(), ResponseBody::Full(Vec::new()))
+    else {
+        panic!("a live stream")
+    };
+    // The client goes away after the first chunk: the host drops the pump without `end`.
+    let _ = pump.chunk(&bytes[..bytes.len() / 2]);
+    let summary = pump.summary();
+    assert!(!summary.completed);
+    let line: Value = serde_json::from_str(&block_on(exchange.deferred.complete(&host, Some(summary)))).unwrap();
+    assert!(line["prompt_tokens"].as_u64().unwrap() >= 300, "{line}");
+    assert!(line["cost_usd"].as_f64().unwrap() > 0.0, "{line}");
+}
+
+/// Stop a stream at the cap: when a stream's running usage crosses the room its key had, the
+/// client gets the normal end of an OpenAI stream (the open choice finishes, `[DONE]`) with an
+/// error event naming the cap before it, the pump is finished (the host stops reading) and the
+/// origin is to be cancelled (`completed` is false); the stream is charged what it used.
+#[test]
+fn a_stream_is_stopped_at_the_cap() {
+    let host = priced_host(|_| {
+        let events: Vec<Value> = (0..50).map(|i| chunk(&format!("word{i:02} "), None)).collect();
+        sse_response(&events, true)
+    });
+    // tpm 60: the prompt (~4 tokens) and 50 × 7 bytes ≈ 88 tokens of output do not fit.
+    let key = add_key(&host, |k| k.tpm = Some(60));
+    let body = r#"{"model":"paid","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut exchange = block_on(Gateway::new().handle(
+        &host,
+        with_key(post("/v1/chat/completions", body), &key),
+        &ClientInfo::default(),
+    ));
+    assert_eq!(exchange.response.status(), StatusCode::OK);
+    let ResponseBody::Stream(bytes, mut pump) =
+        std::mem::replace(exchange.response.body_mut(), ResponseBody::Full(Vec::new()))
+    else {
+        panic!("a live stream")
+    };
+    let mut out = Vec::new();
+    let mut fed = 0;
+    for piece in bytes.chunks(64) {
+        out.extend(pump.chunk(piece));
+        fed += piece.len();
+        if pump.is_finished() {
+            break;
+        }
+    }
+    assert!(pump.is_finished() && fed < bytes.len(), "stopped before the origin's end");
+    let events = crate::gateway::test_util::parse_sse(&out);
+    let n = events.len();
+    assert_eq!(events[n - 1].1, "[DONE]");
+    assert_eq!(events[n - 2].1["error"]["code"], "rate_limit_exceeded", "{events:?}");
+    assert!(events[n - 2].1["error"]["message"].as_str().unwrap().contains("60 tokens per minute"));
+    assert_eq!(events[n - 3].1["choices"][0]["finish_reason"], "length");
+    let summary = pump.summary();
+    assert!(!summary.completed && summary.stopped.is_some());
+    let line: Value = serde_json::from_str(&block_on(exchange.deferred.complete(&host, Some(summary)))).unwrap();
+    assert_eq!(line["stream_stopped"], "rate_limit_exceeded");
+    assert!(line["total_tokens"].as_u64().unwrap() > 60, "charged what it used: {line}");
+}
+
+/// M5 on Spin: its store has no TTL and every request writes its own usage shard, so the
+/// gateway sweeps now and then: counters of ended windows are deleted and finished usage
+/// shards compacted (the store stops growing with every request).
+#[test]
+fn a_store_without_ttls_is_swept() {
+    let host = priced_host(|_| completion(1, 1));
+    host.stateless.set(true);
+    let key = add_key(&host, |k| k.rpm = Some(1000));
+    let body = r#"{"model":"paid","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#;
+    for _ in 0..200 {
+        // Spin: a fresh instance per request.
+        let exchange = block_on(Gateway::new().handle(
+            &host,
+            with_key(post("/v1/chat/completions", body), &key),
+            &ClientInfo::default(),
+        ));
+        assert_eq!(exchange.response.status(), StatusCode::OK);
+        block_on(exchange.deferred.complete(&host, None));
+        host.advance(30_000);
+    }
+    let count = |prefix: &str| host.kv.borrow().keys().filter(|k| k.starts_with(prefix)).count();
+    // 100 minute windows were used; 200 requests wrote 200 key shards and 200 tenant shards.
+    assert!(count("rl:") < 40, "{} counters left", count("rl:"));
+    assert!(count("usage:") < 120, "{} usage entries left", count("usage:"));
+    let swept = block_on(crate::gateway::features::housekeeping::sweep(&host)).unwrap();
+    assert!(swept.shards > 0 || count("usage:") <= 4);
+    assert!(count("rl:") <= 2, "{} counters left after a sweep", count("rl:"));
+    assert!(
+        count("usage:") <= 4,
+        "{:?}",
+        host.kv.borrow().keys().filter(|k| k.starts_with("usage:")).collect::<Vec<_>>()
+    );
+    // Nothing was lost: the usage API still sums all 200 requests.
+    let today = crate::gateway::util::time::days_of(host.now_ms.get());
+    let id = host.kv.borrow().keys().find_map(|k| k.strip_prefix("keyid:").map(str::to_owned)).unwrap();
+    let usage = block_on(crate::gateway::features::usage::query(
+        &host,
+        crate::gateway::features::usage::Subject::Key(&id),
+        today - 1,
+        today,
+    ))
+    .unwrap();
+    assert_eq!(usage["total"]["requests"], 200, "{usage}");
 }

@@ -8,7 +8,7 @@ use std::task::{Context, Poll, Waker};
 
 use http::{Request, Response};
 
-use crate::gateway::error::Result;
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::{Clock, Kv, Secrets, Upstream, UpstreamError};
 
 type Origin = Box<dyn Fn(&Request<Vec<u8>>) -> std::result::Result<Response<Vec<u8>>, UpstreamError>>;
@@ -22,6 +22,17 @@ pub struct MemoryHost {
     pub sent: RefCell<Vec<Request<Vec<u8>>>>,
     pub record: bool,
     rng: Cell<u64>,
+    /// KV operations performed (get, put, delete, list), for tests of per-call caps.
+    pub kv_ops: Cell<u64>,
+    /// KV operations on keys starting with any of these prefixes fail as a host's would
+    /// (`""` fails them all): transient-error tests.
+    pub kv_fail: RefCell<Vec<String>>,
+    /// Every KV operation is pending once before it completes, so concurrent requests
+    /// interleave at each await (as in an isolate).
+    pub kv_yield: Cell<bool>,
+    /// Like Spin: no in-memory state between requests (`Counter::keeps_state` is false), and
+    /// exact counting by the KV lock.
+    pub stateless: Cell<bool>,
 }
 
 impl MemoryHost {
@@ -37,7 +48,23 @@ impl MemoryHost {
             sent: RefCell::default(),
             record: true,
             rng: Cell::new(0x9e37_79b9_7f4a_7c15),
+            kv_ops: Cell::new(0),
+            kv_fail: RefCell::default(),
+            kv_yield: Cell::new(false),
+            stateless: Cell::new(false),
         }
+    }
+
+    /// One KV operation on `key`: counted, possibly pending once, possibly failing.
+    async fn kv_op(&self, key: &str) -> Result<()> {
+        self.kv_ops.set(self.kv_ops.get() + 1);
+        if self.kv_yield.get() {
+            yield_once().await;
+        }
+        if self.kv_fail.borrow().iter().any(|p| key.starts_with(p.as_str())) {
+            return Err(GatewayError::internal(ErrorCode::KvError, "KV operation failed: injected fault"));
+        }
+        Ok(())
     }
 
     pub fn with_secret(mut self, name: &str, value: &str) -> Self {
@@ -57,19 +84,46 @@ impl MemoryHost {
 
 impl Kv for MemoryHost {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.kv_op(key).await?;
         Ok(self.kv.borrow().get(key).cloned())
     }
     async fn put(&self, key: &str, value: &[u8], _ttl_secs: Option<u64>) -> Result<()> {
+        self.kv_op(key).await?;
         self.kv.borrow_mut().insert(key.into(), value.to_vec());
         Ok(())
     }
     async fn delete(&self, key: &str) -> Result<()> {
+        self.kv_op(key).await?;
         self.kv.borrow_mut().remove(key);
         Ok(())
     }
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.kv_op(prefix).await?;
         Ok(self.kv.borrow().keys().filter(|k| k.starts_with(prefix)).cloned().collect())
     }
+}
+
+/// Pending once, then ready: an await point where other futures can run.
+pub async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|_| if std::mem::replace(&mut yielded, true) { Poll::Ready(()) } else { Poll::Pending }).await
+}
+
+/// Polls all futures round-robin until every one is done: requests interleaving at each
+/// await in one single-threaded isolate.
+pub fn run_interleaved<'a, T>(mut futures: Vec<std::pin::Pin<Box<dyn Future<Output = T> + 'a>>>) -> Vec<T> {
+    let mut out: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    let mut cx = Context::from_waker(Waker::noop());
+    while out.iter().any(Option::is_none) {
+        for (i, f) in futures.iter_mut().enumerate() {
+            if out[i].is_none() {
+                if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                    out[i] = Some(v);
+                }
+            }
+        }
+    }
+    out.into_iter().flatten().collect()
 }
 
 impl Upstream for MemoryHost {
@@ -86,10 +140,11 @@ impl Upstream for MemoryHost {
         response
     }
     async fn read_body(&self, body: Vec<u8>, limit: usize) -> std::result::Result<Vec<u8>, UpstreamError> {
-        if body.len() > limit {
-            return Err(UpstreamError::Body(format!("body exceeds {limit} bytes")));
+        let mut limited = crate::gateway::ports::BodyLimit::new(limit);
+        for chunk in body.chunks(64 * 1024) {
+            limited.push(chunk)?;
         }
-        Ok(body)
+        Ok(limited.finish())
     }
 }
 
@@ -130,4 +185,21 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
-impl crate::gateway::ports::Counter for MemoryHost {}
+impl crate::gateway::ports::Counter for MemoryHost {
+    /// A stateless host counts exactly with the KV lock (as the Spin host does); otherwise the
+    /// host has no exact counter.
+    async fn count(
+        &self,
+        scope: &str,
+        ops: &[crate::gateway::ports::counter::CounterOp],
+    ) -> Result<Option<crate::gateway::ports::counter::CounterReply>> {
+        if self.stateless.get() {
+            return crate::gateway::ports::lock::locked_count(self, scope, ops).await.map(Some);
+        }
+        Ok(None)
+    }
+
+    fn keeps_state(&self) -> bool {
+        !self.stateless.get()
+    }
+}

@@ -9,6 +9,7 @@
 use crate::gateway::error::Result;
 
 pub mod counter;
+pub mod lock;
 pub mod memory;
 
 pub use counter::Counter;
@@ -47,6 +48,43 @@ pub trait Upstream {
     async fn read_body(&self, body: Self::Body, limit: usize) -> std::result::Result<Vec<u8>, UpstreamError>;
 }
 
+/// Reads an origin body chunk by chunk against a limit: hosts use it in `read_body`, so a body
+/// without `Content-Length` (or one that lies) is refused at the chunk that crosses the
+/// limit, never buffered whole first.
+///
+/// ```ignore
+/// let mut body = BodyLimit::new(limit);
+/// while let Some(chunk) = stream.next().await {
+///     body.push(&chunk.map_err(|e| UpstreamError::Body(e.to_string()))?)?;
+/// }
+/// Ok(body.finish())
+/// ```
+#[derive(Debug)]
+pub struct BodyLimit {
+    limit: usize,
+    bytes: Vec<u8>,
+}
+
+impl BodyLimit {
+    pub fn new(limit: usize) -> Self {
+        BodyLimit { limit, bytes: Vec::new() }
+    }
+
+    /// Adds a chunk; fails (keeping nothing more) once the body exceeds the limit.
+    pub fn push(&mut self, chunk: &[u8]) -> std::result::Result<(), UpstreamError> {
+        if self.bytes.len().saturating_add(chunk.len()) > self.limit {
+            self.bytes = Vec::new();
+            return Err(UpstreamError::Body(format!("response exceeds {} bytes", self.limit)));
+        }
+        self.bytes.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
 /// Host secrets / variables; resolves the `$NAME` references in config.
 pub trait Secrets {
     fn secret(&self, name: &str) -> Option<String>;
@@ -66,3 +104,21 @@ pub trait Clock {
 /// to run it (Cloudflare: `waitUntil`; Spin: after the response body is written).
 pub trait Ports: Kv + Upstream + Secrets + Clock + Counter {}
 impl<T: Kv + Upstream + Secrets + Clock + Counter> Ports for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// M6: a body without Content-Length is refused at the chunk that crosses the limit, not
+    /// after it was read whole (hosts read origin bodies through `BodyLimit`).
+    #[test]
+    fn body_limit_stops_at_the_crossing_chunk() {
+        let mut body = BodyLimit::new(10);
+        assert!(body.push(b"12345").is_ok());
+        assert!(body.push(b"67890").is_ok());
+        assert_eq!(body.push(b"1"), Err(UpstreamError::Body("response exceeds 10 bytes".into())));
+        let mut body = BodyLimit::new(10);
+        body.push(b"abc").unwrap();
+        assert_eq!(body.finish(), b"abc");
+    }
+}

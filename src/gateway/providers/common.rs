@@ -10,7 +10,7 @@ use crate::gateway::check::{Issues, SecretRef};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
 use crate::gateway::types::Operation;
-use crate::gateway::util::text::{hex, truncate};
+use crate::gateway::util::text::{hex, scrub, truncate};
 use crate::gateway::wire::openai::{invalid, number, stop_sequences};
 
 /// Resolves a secret reference, failing with a message that names the reference, never a value.
@@ -251,7 +251,20 @@ pub fn rename_params(body: &mut Map<String, Value>, table: &[Param]) -> Result<(
 
 /// Best-effort extraction of an error message from an origin's error body, for the client.
 /// Origins put it in different places; anything unreadable falls back to the status line.
+/// An origin's 401/403 is about the gateway's own credential, so its text is never relayed
+/// (OpenAI's carries a masked fragment of the key) and it is a 502 `origin_auth_failed`, not
+/// a 401 the client would take for its own key; other texts are relayed scrubbed of key-like
+/// tokens and addresses (`util::text::scrub`).
 pub fn origin_error(status: StatusCode, body: &[u8]) -> GatewayError {
+    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        return GatewayError::bad_gateway(
+            ErrorCode::OriginAuthFailed,
+            format!(
+                "the origin refused the gateway's credentials (HTTP {}); the gateway's operator must check them",
+                status.as_u16()
+            ),
+        );
+    }
     let message = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
         let m = v
             .pointer("/error/message")
@@ -261,7 +274,7 @@ pub fn origin_error(status: StatusCode, body: &[u8]) -> GatewayError {
         m.as_str().map(str::to_owned)
     });
     let message = match message {
-        Some(m) => format!("origin returned HTTP {}: {}", status.as_u16(), truncate(&m, 500)),
+        Some(m) => format!("origin returned HTTP {}: {}", status.as_u16(), scrub(truncate(&m, 500))),
         None => format!("origin returned HTTP {}", status.as_u16()),
     };
     if status == StatusCode::TOO_MANY_REQUESTS {

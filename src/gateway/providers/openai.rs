@@ -140,11 +140,15 @@ pub fn openai_path(provider: &str, op: Operation) -> Result<&'static str> {
 }
 
 /// Asks an OpenAI-compatible origin for the final usage chunk of a stream, so streamed calls
-/// are accounted like buffered ones (a client's own `stream_options` are kept).
+/// are accounted like buffered ones (whatever the client said: a client's `include_usage:
+/// false` must not evade token limits; the pipeline hides the chunk from a client that did not ask).
 pub fn ask_stream_usage(body: &mut Map<String, Value>) {
     let options = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
-    if let Some(options) = options.as_object_mut() {
-        options.entry("include_usage").or_insert(Value::Bool(true));
+    match options.as_object_mut() {
+        Some(options) => {
+            options.insert("include_usage".into(), Value::Bool(true));
+        }
+        None => *options = serde_json::json!({"include_usage": true}),
     }
 }
 
@@ -155,6 +159,16 @@ pub fn passthrough_answer(reply: Reply<'_>) -> Result<Translated> {
         return Err(bad_response("not a JSON object"));
     }
     Ok(Translated { body: reply.body.to_vec(), usage: openai_usage(&value) })
+}
+
+/// OpenAI's reasoning model families (`o1`, `o3`, `o4`, `gpt-5`, with any suffix) accept only
+/// `max_completion_tokens`; everything else, OpenAI-compatible servers included, reads
+/// `max_tokens`.
+fn takes_max_completion_tokens(model: &str) -> bool {
+    let model = model.rsplit('/').next().unwrap_or(model).to_ascii_lowercase();
+    ["o1", "o3", "o4", "gpt-5"].iter().any(|family| {
+        model.strip_prefix(family).is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', '.', '_']))
+    })
 }
 
 impl Adapter for OpenAi {
@@ -185,6 +199,14 @@ impl Adapter for OpenAi {
                 }
             }
         };
+        // Azure endpoints may leave `model.name` empty: the deployment then names the model.
+        let family = if call.model.is_empty() { self.deployment.as_deref().unwrap_or_default() } else { call.model };
+        if call.op == Operation::Chat && takes_max_completion_tokens(family) {
+            // The gateway's internal spelling is `max_tokens`; reasoning models refuse it.
+            if let Some(limit) = body.remove("max_tokens") {
+                body.insert("max_completion_tokens".into(), limit);
+            }
+        }
         if call.stream && call.op != Operation::Embeddings {
             ask_stream_usage(&mut body);
         }
@@ -241,6 +263,32 @@ mod tests {
             p.build_request(call(Operation::Chat, "http://o/v1", json!({"stream": true}), true), &SECRETS).unwrap();
         let sent: Value = serde_json::from_slice(req.body()).unwrap();
         assert_eq!(sent["stream_options"], json!({"include_usage": true}));
+    }
+
+    /// M7: reasoning models (o1, o3, o4, gpt-5 families) reject `max_tokens`; they get
+    /// `max_completion_tokens`. Other models keep `max_tokens` (what OpenAI-compatible servers read).
+    #[test]
+    fn output_token_limit_uses_the_field_the_model_family_takes() {
+        let p = adapter(json!({"openai_api_key": "$OPENAI_API_KEY"}));
+        let body = json!({"messages": [], "max_tokens": 100});
+        for (model, field) in [
+            ("o1", "max_completion_tokens"),
+            ("o3-mini", "max_completion_tokens"),
+            ("o4-mini-2025-04-16", "max_completion_tokens"),
+            ("gpt-5-nano", "max_completion_tokens"),
+            ("gpt-4o-mini", "max_tokens"),
+            ("llama-3.1-8b", "max_tokens"),
+            ("o1x-not-a-family", "max_tokens"),
+        ] {
+            let call = test_support::call(Operation::Chat, model, body.clone(), "http://o/v1", false, 0);
+            let sent = test_support::sent(&p.build_request(call, &SECRETS).unwrap());
+            assert_eq!(sent[field], 100, "{model}: {sent}");
+            let other = if field == "max_tokens" { "max_completion_tokens" } else { "max_tokens" };
+            assert!(sent.get(other).is_none(), "{model}: {sent}");
+        }
+        // The legacy completions API only knows `max_tokens`.
+        let call = test_support::call(Operation::Completions, "o3-mini", body, "http://o/v1", false, 0);
+        assert_eq!(test_support::sent(&p.build_request(call, &SECRETS).unwrap())["max_tokens"], 100);
     }
 
     #[test]
@@ -320,6 +368,29 @@ mod tests {
         assert_eq!(data[2]["choices"][0]["finish_reason"], "stop");
         assert_eq!(data[3]["usage"]["total_tokens"], 3);
         assert!(data.iter().all(|d| d["object"] == "chat.completion.chunk" && d["id"] == "c1"));
+    }
+
+    /// L2: an origin's 401/403 is about the gateway's own credential: never relayed (OpenAI's
+    /// text carries a masked fragment of the operator's key), and not a 401 the client would
+    /// take for its own key. Other origin texts are relayed without key-like tokens or URLs.
+    #[test]
+    fn origin_error_texts_leak_no_credential() {
+        let p = adapter(json!({"openai_api_key": "k"}));
+        let openai_401 = br#"{"error":{"message":"Incorrect API key provided: sk-proj-Ab12*******************************Yz9Q. You can find your API key at https://platform.openai.com/account/api-keys.","type":"invalid_request_error","code":"invalid_api_key"}}"#;
+        let e = p.translate_response(reply(StatusCode::UNAUTHORIZED, openai_401)).unwrap_err();
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::BAD_GATEWAY, "origin_auth_failed"));
+        assert!(!e.message.contains("sk-") && !e.message.contains("***"), "{}", e.message);
+        let e = p
+            .translate_response(reply(StatusCode::FORBIDDEN, br#"{"error":{"message":"key AIzaSyLEAK denied"}}"#))
+            .unwrap_err();
+        assert!(!e.message.contains("AIza"), "{}", e.message);
+        let body = br#"{"error":{"message":"model m not found at http://10.0.0.7:9000/v1 for key sk-live-0123456789abcdefghij (token ghp_abcdefghijklmnopqrstuvwxyz0123)"}}"#;
+        let e = p.translate_response(reply(StatusCode::NOT_FOUND, body)).unwrap_err();
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        for leak in ["10.0.0.7", "sk-live", "ghp_"] {
+            assert!(!e.message.contains(leak), "{leak}: {}", e.message);
+        }
+        assert!(e.message.contains("model m not found"), "{}", e.message);
     }
 
     #[test]

@@ -47,6 +47,53 @@ pub fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// Text from outside (an origin's error message, a host's connect error) with what could be a
+/// credential or an internal address replaced: URLs → `[url]`, IPv4 addresses → `[host]`,
+/// masked or key-shaped tokens (`sk-…`, `AIza…`, `ghp_…`, `***`, long letter-and-digit runs)
+/// → `[redacted]`. Words keep their surrounding punctuation.
+pub fn scrub(text: &str) -> String {
+    const PREFIXES: &[&str] =
+        &["sk-", "sk_", "pk-", "pk_", "rk-", "rk_", "AIza", "ghp_", "gho_", "ghs_", "xoxb-", "xoxp-", "key-", "hf_"];
+    let mut out = String::with_capacity(text.len());
+    for (i, word) in text.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let edge =
+            |c: char| matches!(c, '"' | '\'' | '(' | ')' | ',' | '.' | ';' | ':' | '[' | ']' | '{' | '}' | '<' | '>');
+        let core = word.trim_matches(edge);
+        let start = word.len() - word.trim_start_matches(edge).len();
+        let keyish = core.len() >= 20
+            && core.bytes().any(|b| b.is_ascii_digit())
+            && core.bytes().any(|b| b.is_ascii_alphabetic())
+            && core.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'/' | b'+' | b'.'));
+        let ipv4 = {
+            let host = core.split(':').next().unwrap_or("");
+            let parts: Vec<&str> = host.split('.').collect();
+            parts.len() == 4
+                && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let replacement = if core.contains("://") {
+            Some("[url]")
+        } else if core.contains("***") || PREFIXES.iter().any(|p| core.starts_with(p)) || keyish {
+            Some("[redacted]")
+        } else if ipv4 {
+            Some("[host]")
+        } else {
+            None
+        };
+        match replacement {
+            Some(r) if !core.is_empty() => {
+                out.push_str(&word[..start]);
+                out.push_str(r);
+                out.push_str(&word[start + core.len()..]);
+            }
+            _ => out.push_str(word),
+        }
+    }
+    out
+}
+
 /// Simple lowercase mapping for ASCII, Latin-1, Latin Extended-A, Greek and basic Cyrillic,
 /// computed rather than looked up: std's Unicode case tables cost ~20 KB of wasm. Other
 /// characters map to themselves.
@@ -99,6 +146,17 @@ mod tests {
         assert_eq!(percent_decode("a%20b+c", true), "a b c");
         assert_eq!(percent_decode("a%20b+c", false), "a b+c");
         assert_eq!(truncate("h\u{e9}llo", 2), "h");
+    }
+
+    #[test]
+    fn scrub_removes_credentials_and_addresses() {
+        assert_eq!(
+            scrub("Incorrect API key provided: sk-proj-Ab12****Yz9Q. See https://x.example/keys."),
+            "Incorrect API key provided: [redacted]. See [url]."
+        );
+        assert_eq!(scrub("refused by 10.0.0.7:8080 (AIzaSyXYZ)"), "refused by [host] ([redacted])");
+        assert_eq!(scrub("model gpt-4o-mini not found"), "model gpt-4o-mini not found");
+        assert_eq!(scrub("token abc123def456ghi789jkl0"), "token [redacted]");
     }
 
     #[test]

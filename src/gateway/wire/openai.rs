@@ -290,6 +290,9 @@ pub fn write_error_chunk(out: &mut Vec<u8>, message: &str, code: &str) {
 /// event and `[DONE]` instead of just stopping.
 #[derive(Debug, Default)]
 pub struct StreamWatch {
+    /// Drop the usage-only chunk (`choices: []`): the gateway asked the origin for it, the
+    /// client did not.
+    hide_usage: bool,
     usage: Option<Usage>,
     /// Content deltas seen: a lower bound on completion tokens if the stream is cut.
     deltas: u64,
@@ -300,6 +303,11 @@ pub struct StreamWatch {
 impl StreamWatch {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn hide_usage_chunk(mut self, hide: bool) -> Self {
+        self.hide_usage = hide;
+        self
     }
 }
 
@@ -313,6 +321,10 @@ impl StreamTranslate for StreamWatch {
         if let Ok(chunk) = serde_json::from_str::<Value>(&event.data) {
             if let Some(usage) = openai_usage(&chunk).filter(|_| chunk["usage"].is_object()) {
                 self.usage = Some(usage);
+                let usage_only = chunk.get("choices").and_then(Value::as_array).is_none_or(Vec::is_empty);
+                if self.hide_usage && usage_only {
+                    return;
+                }
             }
             for choice in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
                 let delta = &choice["delta"];
@@ -405,6 +417,124 @@ pub fn completion_to_sse(op: Operation, body: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A whole OpenAI stream (`chat.completion.chunk` or `text_completion` events) assembled into
+/// the answer it streams: per choice the role, content (or text), tool calls (ids, names and
+/// argument fragments joined) and finish reason, plus id, model and usage. The inverse of
+/// [`completion_to_sse`], used to guard a streamed answer before it is replayed. The flag says
+/// whether the stream completed (every choice finished and no error event).
+pub fn sse_to_completion(op: Operation, openai_sse: &[u8]) -> (Value, bool) {
+    struct Choice {
+        index: u64,
+        role: Option<Value>,
+        text: String,
+        has_text: bool,
+        tool_calls: Vec<(u64, Map<String, Value>)>,
+        finish: Value,
+    }
+    let mut parser = sse::SseParser::new();
+    let mut events = parser.push(openai_sse);
+    events.extend(parser.finish());
+    let (mut id, mut model, mut created, mut usage) = (Value::Null, Value::Null, Value::from(0), None);
+    let mut choices: Vec<Choice> = Vec::new();
+    let mut error = false;
+    for event in events {
+        let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else { continue };
+        if chunk.get("error").is_some_and(|e| !e.is_null()) {
+            error = true;
+            continue;
+        }
+        for (slot, key) in [(&mut id, "id"), (&mut model, "model")] {
+            if slot.is_null() {
+                *slot = chunk.get(key).cloned().unwrap_or(Value::Null);
+            }
+        }
+        if let Some(c) = chunk.get("created").filter(|c| c.is_u64()) {
+            created = c.clone();
+        }
+        if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
+            usage = Some(u.clone());
+        }
+        for c in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
+            let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let at = match choices.iter().position(|x| x.index == index) {
+                Some(at) => at,
+                None => {
+                    choices.push(Choice {
+                        index,
+                        role: None,
+                        text: String::new(),
+                        has_text: false,
+                        tool_calls: Vec::new(),
+                        finish: Value::Null,
+                    });
+                    choices.len() - 1
+                }
+            };
+            let choice = &mut choices[at];
+            let delta = c.get("delta");
+            if let Some(role) = delta.and_then(|d| d.get("role")).filter(|r| r.is_string()) {
+                choice.role = Some(role.clone());
+            }
+            for text in [delta.and_then(|d| d.get("content")), c.get("text")].into_iter().flatten() {
+                if let Some(text) = text.as_str() {
+                    choice.text.push_str(text);
+                    choice.has_text = true;
+                }
+            }
+            for call in delta.and_then(|d| d.get("tool_calls")).and_then(Value::as_array).into_iter().flatten() {
+                let n = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let at = match choice.tool_calls.iter().position(|(i, _)| *i == n) {
+                    Some(at) => at,
+                    None => {
+                        let mut fresh = Map::new();
+                        fresh.insert("function".into(), json!({"name": "", "arguments": ""}));
+                        choice.tool_calls.push((n, fresh));
+                        choice.tool_calls.len() - 1
+                    }
+                };
+                let entry = &mut choice.tool_calls[at].1;
+                for key in ["id", "type"] {
+                    if let Some(v) = call.get(key).filter(|v| v.is_string()) {
+                        entry.insert(key.into(), v.clone());
+                    }
+                }
+                for field in ["name", "arguments"] {
+                    if let Some(part) = call.pointer(&format!("/function/{field}")).and_then(Value::as_str) {
+                        if let Some(Value::String(s)) = entry.get_mut("function").and_then(|f| f.get_mut(field)) {
+                            s.push_str(part);
+                        }
+                    }
+                }
+            }
+            if let Some(finish) = c.get("finish_reason").filter(|f| !f.is_null()) {
+                choice.finish = finish.clone();
+            }
+        }
+    }
+    let complete = !error && !choices.is_empty() && choices.iter().all(|c| !c.finish.is_null());
+    let choices: Vec<Value> = choices
+        .into_iter()
+        .map(|c| {
+            if op == Operation::Completions {
+                return json!({"index": c.index, "text": c.text, "logprobs": null, "finish_reason": c.finish});
+            }
+            let text = (c.has_text || c.tool_calls.is_empty()).then_some(c.text);
+            let calls = c.tool_calls.into_iter().map(|(_, call)| Value::Object(call)).collect();
+            let mut message = assistant_message(text, calls);
+            if let (Some(role), Some(m)) = (c.role, message.as_object_mut()) {
+                m.insert("role".into(), role);
+            }
+            json!({"index": c.index, "message": message, "logprobs": null, "finish_reason": c.finish})
+        })
+        .collect();
+    let object = if op == Operation::Completions { "text_completion" } else { "chat.completion" };
+    let mut answer = json!({"id": id, "object": object, "created": created, "model": model, "choices": choices});
+    if let (Some(usage), Some(a)) = (usage, answer.as_object_mut()) {
+        a.insert("usage".into(), usage);
+    }
+    (answer, complete)
+}
+
 /// `(id, name, arguments as a JSON object)` of an OpenAI assistant tool call.
 pub fn parse_tool_call<'a>(call: &'a Value, path: &str) -> Result<(&'a str, &'a str, Value)> {
     let id = call.get("id").and_then(Value::as_str).ok_or_else(|| invalid(&format!("{path}.id"), "is required"))?;
@@ -450,5 +580,24 @@ mod tests {
         assert!(!wants_base64(&body));
         body.insert("encoding_format".into(), json!("base64"));
         assert!(wants_base64(&body));
+    }
+
+    /// A stream assembled back into its answer is the answer (tool calls joined by index).
+    #[test]
+    fn sse_to_completion_inverts_the_replay() {
+        let answer = json!({"id": "c1", "object": "chat.completion", "created": 7, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi there",
+                "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
+                "logprobs": null, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}});
+        let sse = completion_to_sse(Operation::Chat, &serde_json::to_vec(&answer).unwrap()).unwrap();
+        let (back, complete) = sse_to_completion(Operation::Chat, &sse);
+        assert!(complete);
+        assert_eq!(back["choices"][0]["message"]["content"], "hi there");
+        assert_eq!(back["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(back["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(back["usage"]["total_tokens"], 3);
+        let cut = &sse[..sse.len() / 2];
+        assert!(!sse_to_completion(Operation::Chat, cut).1);
     }
 }

@@ -231,6 +231,11 @@ impl ChatStreamToResponses {
         self.ended = true;
     }
 
+    /// An `error` event after the stream's end (the gateway stopped it at a cap).
+    pub fn error_event(&mut self, out: &mut Vec<u8>, code: &str, message: &str) {
+        write(out, &mut self.seq, json!({"type": "error", "code": code, "message": message, "param": null}));
+    }
+
     fn fail(&mut self, out: &mut Vec<u8>, code: &str, message: &str) {
         self.start(out);
         write(out, &mut self.seq, json!({"type": "error", "code": code, "message": message, "param": null}));

@@ -2,22 +2,29 @@
 //! (Luhn) and IBANs (mod-97), plus custom regex rules; a text is rewritten (allocated) only
 //! when something in it is found.
 
+use std::collections::BTreeMap;
+
 use crate::gateway::features::guard::rules::Redactor;
 
 // ---- redaction -------------------------------------------------------------------------
 
 /// Replaces every detected span in `text` with its placeholder, counting per rule. Allocates
-/// only when something is found.
+/// only when something is found. Spans are kept in an ordered map: checking a new span
+/// against the earlier ones and inserting it cost O(log n), so a text with many matches stays
+/// O(n log n) (a sorted Vec made that quadratic).
 pub(super) fn redact(redactors: &[Redactor], text: &mut String, counts: &mut Vec<(String, u32)>) {
     if redactors.is_empty() || text.is_empty() {
         return;
     }
-    let mut spans: Vec<(usize, usize, usize)> = Vec::new(); // (start, end, redactor index)
+    // start → (end, redactor index); spans never overlap, so ends increase with starts.
+    let mut spans: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
     for (index, redactor) in redactors.iter().enumerate() {
         let mut add = |start: usize, end: usize| {
-            if !spans.iter().any(|&(s, e, _)| start < e && s < end) {
-                let at = spans.partition_point(|&(s, _, _)| s < start);
-                spans.insert(at, (start, end, index)); // kept in text order
+            // The only earlier span that can overlap [start, end) is the last one starting
+            // before `end`.
+            let overlaps = spans.range(..end).next_back().is_some_and(|(_, &(e, _))| e > start);
+            if !overlaps {
+                spans.insert(start, (end, index));
             }
         };
         match redactor {
@@ -38,18 +45,21 @@ pub(super) fn redact(redactors: &[Redactor], text: &mut String, counts: &mut Vec
     }
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
-    for &(start, end, index) in &spans {
-        let redactor = &redactors[index];
+    let mut per_rule = vec![0u32; redactors.len()];
+    for (&start, &(end, index)) in &spans {
         out.push_str(&text[at..start]);
-        out.push_str(redactor.placeholder());
+        out.push_str(redactors[index].placeholder());
         at = end;
-        match counts.binary_search_by(|(id, _)| id.as_str().cmp(redactor.id())) {
-            Ok(i) => counts[i].1 += 1,
-            Err(i) => counts.insert(i, (redactor.id().to_string(), 1)),
-        }
+        per_rule[index] = per_rule[index].saturating_add(1);
     }
     out.push_str(&text[at..]);
     *text = out;
+    for (redactor, n) in redactors.iter().zip(per_rule).filter(|(_, n)| *n > 0) {
+        match counts.binary_search_by(|(id, _)| id.as_str().cmp(redactor.id())) {
+            Ok(i) => counts[i].1 = counts[i].1.saturating_add(n),
+            Err(i) => counts.insert(i, (redactor.id().to_string(), n)),
+        }
+    }
 }
 
 pub(super) fn is_word(b: u8) -> bool {
@@ -136,11 +146,12 @@ pub(super) fn digit_runs(text: &str, seps: &[u8], f: &mut RunFn<'_>) {
 
 /// Card numbers: 13-19 digits, spaces or dashes allowed between digits, passing Luhn. A
 /// longer run is searched for a valid number aligned on its groups (e.g. followed by a CVV).
+/// Linear in the run: a candidate holds at most 19 digits, so from each group only the next
+/// few groups can end one, and each candidate's Luhn sum covers at most 19 digits.
 pub(super) fn find_cards(text: &str, add: &mut dyn FnMut(usize, usize)) {
     let b = text.as_bytes();
     digit_runs(text, b" -", &mut |start, end, groups| {
-        let count = |s: usize, e: usize| b[s..e].iter().filter(|c| c.is_ascii_digit()).count();
-        let total = count(start, end);
+        let total: usize = groups.iter().map(|(s, e)| e - s).sum();
         if total < 13 {
             return;
         }
@@ -148,21 +159,21 @@ pub(super) fn find_cards(text: &str, add: &mut dyn FnMut(usize, usize)) {
             add(start, end);
             return;
         }
-        // Longest group-aligned sub-run that is a valid card number.
-        let mut best: Option<(usize, usize)> = None;
+        // Longest group-aligned sub-run that is a valid card number (the first one wins ties).
+        let mut best: Option<(usize, usize, usize)> = None; // (start, end, digits)
         for (i, &(s, _)) in groups.iter().enumerate() {
-            for &(_, e) in &groups[i..] {
-                let n = count(s, e);
-                if (13..=19).contains(&n)
-                    && luhn(&b[s..e])
-                    && best.is_none_or(|(bs, be)| count(bs, be) < n)
-                    && (s, e) != (start, end)
-                {
-                    best = Some((s, e));
+            let mut digits = 0;
+            for &(gs, e) in &groups[i..] {
+                digits += e - gs;
+                if digits > 19 {
+                    break;
+                }
+                if digits >= 13 && best.is_none_or(|(_, _, n)| n < digits) && (s, e) != (start, end) && luhn(&b[s..e]) {
+                    best = Some((s, e, digits));
                 }
             }
         }
-        if let Some((s, e)) = best {
+        if let Some((s, e, _)) = best {
             add(s, e);
         }
     });

@@ -27,10 +27,22 @@ pub struct TenantLimits {
 
 /// The config's top-level `limits` field:
 /// `{"mode": "kv"|"exact", "tenants": {"acme": {"budget_usd": 100, "budget_period": "month"}}}`.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LimitsConfig {
     pub mode: LimitsMode,
     pub tenants: HashMap<String, TenantLimits>,
+    /// Output tokens reserved for a request that sends no `max_tokens` (and whose endpoint sets
+    /// no ceiling), when a token or USD limit applies.
+    pub default_max_tokens: u64,
+}
+
+/// The default of `limits.default_max_tokens`.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { mode: LimitsMode::default(), tenants: HashMap::new(), default_max_tokens: DEFAULT_MAX_TOKENS }
+    }
 }
 
 /// Checks the top-level `limits` field.
@@ -58,14 +70,18 @@ pub fn check_limits(path: &str, value: &Value, issues: &mut Issues) -> Option<Li
                 for (name, t) in tenants {
                     let at = format!("{at}.{name}");
                     if !valid_tenant(name) {
-                        issues.push(&at, "a tenant name has letters, digits, '_', '-', '.' (1-64 chars)");
+                        issues.push(&at, format!("a tenant name has {TENANT_RULE}"));
                     }
                     if let Some(limits) = check_tenant(&at, t, issues) {
                         config.tenants.insert(name.clone(), limits);
                     }
                 }
             }
-            other => issues.unknown(at, "limits field", other, &["mode", "tenants"]),
+            "default_max_tokens" => match v.as_u64().filter(|n| (1..=10_000_000).contains(n)) {
+                Some(n) => config.default_max_tokens = n,
+                None => issues.push(at, "must be a whole number of tokens, 1 to 10000000"),
+            },
+            other => issues.unknown(at, "limits field", other, &["mode", "tenants", "default_max_tokens"]),
         }
     }
     (issues.0.len() == before).then_some(config)
@@ -111,8 +127,21 @@ fn check_tenant(path: &str, value: &Value, issues: &mut Issues) -> Option<Tenant
     ok.then_some(TenantLimits { budget_usd, budget_period: period })
 }
 
-/// Tenant names: letters, digits, `_`, `-`, `.`; 1-64 chars (they appear in KV entry names).
+/// The tenant of anonymous requests (public endpoints called without a key): their cached
+/// answers live under it, so no real tenant may take the name.
+pub const PUBLIC_TENANT: &str = "public";
+
+/// What a tenant name may be, for messages.
+pub const TENANT_RULE: &str = "letters, digits, '_', '-', '.'; 1-64 chars; \"public\" is reserved";
+
+/// Tenant names: letters, digits, `_`, `-`, `.`; 1-64 chars (they appear in KV entry names);
+/// not [`PUBLIC_TENANT`].
 pub fn valid_tenant(name: &str) -> bool {
+    valid_name(name) && name != PUBLIC_TENANT
+}
+
+/// Letters, digits, `_`, `-`, `.`; 1-64 chars.
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
@@ -158,6 +187,30 @@ impl Period {
             Period::Month => Window { id: format!("{y:04}-{m:02}"), end_ms: at(next_month_start(days)) },
             Period::Year => Window { id: format!("{y:04}"), end_ms: at(days_from_civil(y + 1, 1, 1)) },
         }
+    }
+}
+
+/// When the window a counter name ends in (`rl:…:<window id>`, see [`Period::window`]) is
+/// over, in unix ms; `None` when the name does not end in a window id.
+pub fn window_end(counter: &str) -> Option<u64> {
+    let id = counter.rsplit(':').next()?;
+    let fixed = |rest: &str, len: u64| rest.parse::<u64>().ok().map(|n| n.saturating_add(1).saturating_mul(len));
+    let at = |days: i64| (days.max(0) as u64).saturating_mul(DAY_MS);
+    match id.as_bytes().first()? {
+        b's' => fixed(&id[1..], 1_000),
+        b'm' => fixed(&id[1..], 60_000),
+        b'h' => fixed(&id[1..], 3_600_000),
+        b'0'..=b'9' => match id.len() {
+            10 => crate::gateway::util::time::parse_day(id).map(|d| at(d + 1)),
+            7 => {
+                let y: i64 = id.get(..4)?.parse().ok()?;
+                let m: u32 = id.get(5..)?.parse().ok().filter(|m| (1..=12).contains(m))?;
+                Some(at(next_month_start(days_from_civil(y, m, 1))))
+            }
+            4 => id.parse::<i64>().ok().map(|y| at(days_from_civil(y + 1, 1, 1))),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

@@ -15,8 +15,7 @@ pub const REFRESH_MS: u64 = 1_000;
 /// Counters kept in memory per isolate; expired ones are dropped first.
 pub(super) const MAX_ENTRIES: usize = 10_000;
 
-/// Counters outlive their window by this much in KV (Cloudflare's minimum TTL is 60 s).
-pub(super) const TTL_GRACE_SECS: u64 = 60;
+use crate::gateway::ports::lock::{read_amounts, TTL_GRACE_SECS};
 
 // ---------------------------------------------------------------------------------------------
 // The per-isolate limiter (kv mode)
@@ -169,8 +168,4 @@ impl Limiter {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-pub(super) async fn read_amounts(kv: &impl Kv, name: &str) -> Result<Amounts> {
-    Ok(kv.get(name).await?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default())
 }

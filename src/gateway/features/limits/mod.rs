@@ -5,11 +5,22 @@
 //! # Windows and rules
 //!
 //! Windows are fixed and aligned: minute/hour/second windows on the unix clock, day/month/year
-//! windows on the UTC calendar. A request is admitted when, for every counter that applies,
-//! the count *before* it is under the limit: requests `count < rpm`; tokens `used < tpm`;
-//! USD `spent < budget`. Tokens and cost are only known after the answer, so they are added
-//! after the response: the request that crosses a token or USD limit is served, and the next
-//! one is refused (as OpenAI does). A refused request is not counted.
+//! windows on the UTC calendar. A request is admitted when, for every counter that applies:
+//! requests `count < rpm`; tokens and USD: its **reservation** fits in what is neither used
+//! nor reserved. A refused request is not counted.
+//!
+//! # Reserve, then settle
+//!
+//! Tokens and cost are only known after the answer, and checking "spent < budget" lets every
+//! request racing for the last of a budget through (what LiteLLM and Bifrost users report).
+//! So before a request is forwarded it reserves its worst case ([`Reservation`]: the prompt
+//! estimate plus `max_tokens` × `n` — `limits.default_max_tokens` when it sends none — at
+//! the endpoint's price) on the key's tpm and USD counters and its tenant's; concurrent
+//! requests see it at once. After the response the reservation is released and the real usage
+//! added (`Admission::settle`). A buffered request must fit whole (429 naming what it may
+//! cost: lower `max_tokens`); a stream may be granted what is left, down to its prompt and one
+//! token, and is stopped at the room it had (see `pipeline::stream::StreamCap`). Counters stay
+//! monotone (`released_*` fields), so merges and retries stay safe.
 //!
 //! The endpoint `limit` counts per endpoint *and key* (MLflow counts per client address; the
 //! key is our client identity); requests without a key (public endpoints) share one counter
@@ -35,6 +46,16 @@
 //!   requests can pass in one window: **the limit multiplies with the number of instances.**
 //! * Cloudflare KV accepts about one write per second per key; counters of very busy keys
 //!   will see write errors (reported in the log's `accounting_error`): use `exact`.
+//! * **Budget overshoot in `kv` mode, and by how much.** Within one isolate: none — admission
+//!   and reservation are one synchronous step over the isolate's view, so concurrent requests
+//!   there can never reserve more than is left. Across isolates an isolate sees the others'
+//!   reservations and charges only once they are written (after each response, merged) and
+//!   re-read (every [`REFRESH_MS`], plus KV's propagation in other locations). So per location,
+//!   the spend can exceed a budget by at most what the *other* isolates admitted in that window:
+//!   each of them at most the remaining budget it last saw, i.e. ≤ (isolates − 1) × remaining,
+//!   and with one isolate per location (wrangler dev, light traffic) 0; across L locations up
+//!   to L times that. Streams are also cut at the room they were admitted with. Use `exact`
+//!   (0 overshoot) when that is too much.
 //! * Spin: every request is a fresh component instance, so there is no in-memory view
 //!   (`Counter::keeps_state` is false): each request reads its counters from the key-value
 //!   store and writes its request increment *before* it is forwarded (tokens and cost after
@@ -43,6 +64,8 @@
 //!   read-modify-write: a burst that arrives together can all pass (measured in the e2e
 //!   suite: 15 of 15 against a limit of 5). Spin's key-value@2.0 interface has no atomic
 //!   increment or compare-and-swap, so the `kv` mode cannot be exact there; use `exact`.
+//!   Token and USD limits (reservations) are therefore always counted under the KV lock on
+//!   Spin, whatever the mode: a budget cannot be held by racing read-modify-writes.
 //!
 //! **`exact`** (config `limits.mode: "exact"`, or a key's `exact: true`): counters live behind
 //! the [`Counter`] port, which checks and adds a request's counters atomically:
@@ -59,7 +82,6 @@
 
 mod config;
 mod limiter;
-mod lock;
 
 use std::rc::Rc;
 
@@ -67,16 +89,16 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::keys::{usd_to_nusd, BudgetPeriod, KeyRecord};
-use crate::gateway::ports::counter::{apply_ops, violates, Amounts, Caps, Counter, CounterOp};
+use crate::gateway::ports::counter::{apply_ops, grant, Amounts, Caps, Counter, CounterOp};
 use crate::gateway::ports::Ports;
 use crate::gateway::util::time::{day_string, days_of, duration_string};
 
+pub use crate::gateway::ports::lock::{locked_count, LOCK_SETTLE_MS};
 pub use config::{
-    check_endpoint_limit, check_limits, valid_tenant, EndpointLimit, LimitsConfig, LimitsMode, Period, TenantLimits,
-    Window,
+    check_endpoint_limit, check_limits, valid_name, valid_tenant, window_end, EndpointLimit, LimitsConfig, LimitsMode,
+    Period, TenantLimits, Window, PUBLIC_TENANT, TENANT_RULE,
 };
 pub use limiter::{Limiter, REFRESH_MS};
-pub use lock::{locked_count, LOCK_SETTLE_MS};
 
 // ---------------------------------------------------------------------------------------------
 // Admission
@@ -155,6 +177,20 @@ impl From<GatewayError> for Refused {
     }
 }
 
+/// What a request may consume, reserved against its token and USD limits before it is
+/// forwarded and settled to its real usage after the response (so concurrent requests see each
+/// other's worst case, not only what already finished).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reservation {
+    /// The prompt estimate plus the most output the request may produce.
+    pub tokens: u64,
+    /// Those tokens at the endpoint's price (nano-USD; 0 when unpriced).
+    pub cost_nusd: u64,
+    /// A stream may be admitted with less than its worst case, down to this (the prompt and a
+    /// token of output): it is then stopped at what it was granted. `None`: all or nothing.
+    pub floor: Option<(u64, u64)>,
+}
+
 /// Where a settled amount goes after the response.
 #[derive(Debug, Clone)]
 struct Target {
@@ -164,6 +200,17 @@ struct Target {
     tokens: bool,
     cost: bool,
     exact: bool,
+    /// What was reserved on this counter (released when the request settles).
+    reserved: Amounts,
+}
+
+/// What one admitted request may still use, per kind of cap: the room left under the
+/// tightest token limit and the tightest USD limit when it was admitted (its stream is cut
+/// when it crosses either).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Room {
+    pub tokens: Option<(u64, String)>,
+    pub cost_nusd: Option<(u64, String)>,
 }
 
 /// An admitted request: its rate-limit headers, and the counters to settle after the response.
@@ -172,6 +219,7 @@ pub struct Admission {
     targets: Vec<Target>,
     headers: RateHeaders,
     mode: &'static str,
+    room: Room,
 }
 
 impl std::fmt::Debug for Admission {
@@ -194,14 +242,26 @@ impl Admission {
         self.headers.apply(headers);
     }
 
-    /// After the response: adds the request's tokens and cost (nano-USD) to its counters and
-    /// writes the `kv`-mode counters (this request's increments and any merged ones). The
-    /// in-memory part runs synchronously at the first poll.
+    /// The room this request had under its token and USD limits when admitted.
+    pub fn room(&self) -> &Room {
+        &self.room
+    }
+
+    /// What was reserved, summed per kind over the counters (for tests and the log).
+    pub fn reserved(&self) -> Amounts {
+        self.targets.iter().fold(Amounts::default(), |a, t| a.plus(t.reserved))
+    }
+
+    /// After the response: releases the request's reservations and adds its real tokens and
+    /// cost (nano-USD) to its counters, then writes the `kv`-mode counters (this request's
+    /// changes and any merged ones). The in-memory part runs synchronously at the first poll.
     pub async fn settle<P: Ports + Counter>(self, ports: &P, tokens: u64, cost_nusd: u64) -> Result<()> {
         let amounts = |t: &Target| Amounts {
             requests: 0,
             tokens: if t.tokens { tokens } else { 0 },
             cost_nusd: if t.cost { cost_nusd } else { 0 },
+            released_tokens: t.reserved.tokens,
+            released_nusd: t.reserved.cost_nusd,
         };
         let mut kv_names = Vec::new();
         for t in self.targets.iter().filter(|t| !t.exact) {
@@ -216,7 +276,13 @@ impl Admission {
             if add.is_zero() {
                 continue;
             }
-            let op = CounterOp { name: t.name.clone(), add, caps: Caps::default(), expires_at_ms: t.expires_at_ms };
+            let op = CounterOp {
+                name: t.name.clone(),
+                add,
+                caps: Caps::default(),
+                expires_at_ms: t.expires_at_ms,
+                floor: None,
+            };
             match scopes.iter_mut().find(|(s, _)| *s == t.scope) {
                 Some((_, ops)) => ops.push(op),
                 None => scopes.push((&t.scope, vec![op])),
@@ -233,10 +299,15 @@ impl Admission {
 }
 
 /// Checks and counts one request against every limit that applies to it: the key's rpm/tpm and
-/// budget, its tenant's budget (`config.tenants`), and the endpoint's `limit`. `endpoint` is the
+/// budget, its tenant's budget (`config.tenants`), and the endpoint's `limit`, reserving the
+/// request's worst case (`reservation`) on its token and USD counters. `endpoint` is the
 /// resolved endpoint's name. Returns the admission (headers for the response, counters to
-/// settle after it) or the refusal (429 + headers). Reads counters (KV or the exact counter)
-/// but writes nothing to KV before the response.
+/// settle after it) or the refusal (429 + headers).
+///
+/// Where the counting happens: the exact counter (`limits.mode: exact` or a key's `exact`),
+/// else the isolate's `kv` view — except on hosts without in-memory state (Spin), where token
+/// and USD checks always use the exact counter when the host has one: a read-modify-write per
+/// request cannot hold a budget there (every request is a fresh instance).
 pub async fn admit<P: Ports + Counter>(
     ports: &P,
     limiter: &Rc<Limiter>,
@@ -244,20 +315,28 @@ pub async fn admit<P: Ports + Counter>(
     key: Option<&KeyRecord>,
     endpoint: &str,
     endpoint_limit: Option<&EndpointLimit>,
+    reservation: Reservation,
 ) -> std::result::Result<Admission, Refused> {
     let now = ports.now_ms();
-    let checks = plan(config, key, endpoint, endpoint_limit, now);
-    let mut admission =
-        Admission { limiter: limiter.clone(), targets: Vec::new(), headers: RateHeaders::default(), mode: "none" };
+    let checks = plan(config, key, endpoint, endpoint_limit, now, reservation);
+    let mut admission = Admission {
+        limiter: limiter.clone(),
+        targets: Vec::new(),
+        headers: RateHeaders::default(),
+        mode: "none",
+        room: Room::default(),
+    };
     if checks.is_empty() {
         return Ok(admission);
     }
-    let exact = config.mode == LimitsMode::Exact || key.is_some_and(|k| k.exact);
+    let metered = checks.iter().any(|c| c.op.caps.tokens.is_some() || c.op.caps.cost_nusd.is_some());
+    let exact = config.mode == LimitsMode::Exact || key.is_some_and(|k| k.exact) || (metered && !ports.keeps_state());
     let mut values: Vec<Option<Amounts>> = vec![None; checks.len()];
+    let mut granted: Vec<Amounts> = vec![Amounts::default(); checks.len()];
     let mut kv_checks: Vec<usize> = Vec::new();
     if exact {
-        // Scopes in order: tenant budgets first (they add nothing at admission, so a refusal by
-        // a later scope leaves them unchanged), then the key's own counters.
+        // Scopes in order: tenant budgets first, then the key's own counters. A refusal by a
+        // later scope releases what the earlier ones reserved.
         let mut scopes: Vec<&str> = Vec::new();
         for c in &checks {
             if !scopes.contains(&c.scope.as_str()) {
@@ -265,24 +344,29 @@ pub async fn admit<P: Ports + Counter>(
             }
         }
         scopes.sort_by_key(|s| !s.starts_with("tenant:"));
+        let mut admitted: Vec<(&str, Vec<usize>)> = Vec::new();
         for scope in scopes {
             let idx: Vec<usize> = (0..checks.len()).filter(|i| checks[*i].scope == scope).collect();
             let ops: Vec<CounterOp> = idx.iter().map(|i| checks[*i].op.clone()).collect();
-            match ports.count(scope, &ops).await? {
+            match ports.count(scope, &ops).await.map_err(unavailable)? {
                 Some(reply) if reply.values.len() == ops.len() => {
-                    for (i, v) in idx.iter().zip(reply.values) {
-                        values[*i] = Some(v);
+                    for (n, (i, v)) in idx.iter().zip(&reply.values).enumerate() {
+                        values[*i] = Some(*v);
+                        granted[*i] = reply.granted(n, &ops);
                     }
                     if !reply.admitted {
+                        release(ports, &checks, &granted, &admitted).await;
                         return Err(refusal(&checks, &values, now));
                     }
+                    admitted.push((scope, idx));
                 }
                 Some(_) => {
+                    release(ports, &checks, &granted, &admitted).await;
                     return Err(GatewayError::internal(
                         ErrorCode::CounterError,
                         "the exact counter answered malformed data",
                     )
-                    .into())
+                    .into());
                 }
                 None => kv_checks.extend(idx),
             }
@@ -294,20 +378,23 @@ pub async fn admit<P: Ports + Counter>(
     if !kv_checks.is_empty() {
         for i in &kv_checks {
             let op = &checks[*i].op;
-            limiter.refresh(ports, &op.name, op.expires_at_ms, now).await?;
+            limiter.refresh(ports, &op.name, op.expires_at_ms, now).await.map_err(unavailable)?;
         }
         // From here to the increments: no await, so interleaved requests see each other.
         let ops: Vec<CounterOp> = kv_checks.iter().map(|i| checks[*i].op.clone()).collect();
         let mut current: Vec<Amounts> = ops.iter().map(|op| limiter.estimate(&op.name)).collect();
         let reply = apply_ops(&mut current, &ops);
-        for (i, v) in kv_checks.iter().zip(&reply.values) {
+        for (n, (i, v)) in kv_checks.iter().zip(&reply.values).enumerate() {
             values[*i] = Some(*v);
+            if reply.admitted {
+                granted[*i] = reply.granted(n, &ops);
+            }
         }
         if !reply.admitted {
             return Err(refusal(&checks, &values, now));
         }
-        for op in &ops {
-            limiter.add_pending(&op.name, op.add, op.expires_at_ms);
+        for (i, op) in kv_checks.iter().zip(&ops) {
+            limiter.add_pending(&op.name, granted[*i], op.expires_at_ms);
         }
         if !ports.keeps_state() {
             // A failed write stays pending; `settle` retries it and reports the error.
@@ -318,6 +405,7 @@ pub async fn admit<P: Ports + Counter>(
 
     admission.mode = if kv_checks.is_empty() { "exact" } else { "kv" };
     admission.headers = headers(&checks, &values, now);
+    admission.room = room(&checks, &values, &granted);
     admission.targets = checks
         .iter()
         .enumerate()
@@ -328,9 +416,49 @@ pub async fn admit<P: Ports + Counter>(
             tokens: c.op.caps.tokens.is_some(),
             cost: c.op.caps.cost_nusd.is_some(),
             exact: !kv_checks.contains(&i),
+            reserved: Amounts { tokens: granted[i].tokens, cost_nusd: granted[i].cost_nusd, ..Amounts::default() },
         })
         .collect();
     Ok(admission)
+}
+
+/// Releases the reservations of scopes that admitted a request a later scope refused.
+async fn release<P: Ports + Counter>(
+    ports: &P,
+    checks: &[Check],
+    granted: &[Amounts],
+    admitted: &[(&str, Vec<usize>)],
+) {
+    for (scope, idx) in admitted {
+        let ops: Vec<CounterOp> = idx
+            .iter()
+            .map(|i| CounterOp {
+                name: checks[*i].op.name.clone(),
+                add: Amounts {
+                    released_tokens: granted[*i].tokens,
+                    released_nusd: granted[*i].cost_nusd,
+                    ..Amounts::default()
+                },
+                caps: Caps::default(),
+                expires_at_ms: checks[*i].op.expires_at_ms,
+                floor: None,
+            })
+            .filter(|op| !op.add.is_zero())
+            .collect();
+        if !ops.is_empty() {
+            let _ = ports.count(scope, &ops).await;
+        }
+    }
+}
+
+/// A store or counter failure while admitting: limits fail closed, as a retryable 503
+/// (`kv_unavailable`); a 503 the counter chose itself (busy, unbound) stays as it is.
+fn unavailable(e: GatewayError) -> GatewayError {
+    if e.status.is_server_error() && e.status != http::StatusCode::SERVICE_UNAVAILABLE {
+        GatewayError::kv_unavailable("the rate-limit counter")
+    } else {
+        e
+    }
 }
 
 /// The counters that apply to a request.
@@ -340,36 +468,49 @@ fn plan(
     endpoint: &str,
     endpoint_limit: Option<&EndpointLimit>,
     now: u64,
+    reservation: Reservation,
 ) -> Vec<Check> {
     let mut checks = Vec::new();
     let scope = key.map_or_else(|| "public".to_string(), |k| k.id.clone());
-    let mut push = |scope: &str, name: String, window: &Window, add: Amounts, caps: Caps, what: What| {
-        checks.push(Check {
-            scope: scope.to_string(),
-            op: CounterOp { name, add, caps, expires_at_ms: window.end_ms },
-            what,
+    let floor_of = |tokens: bool, cost: bool| {
+        reservation.floor.map(|(t, c)| Amounts {
+            tokens: if tokens { t } else { 0 },
+            cost_nusd: if cost { c } else { 0 },
+            ..Amounts::default()
         })
     };
+    let mut push =
+        |scope: &str, name: String, window: &Window, add: Amounts, caps: Caps, floor: Option<Amounts>, what: What| {
+            checks.push(Check {
+                scope: scope.to_string(),
+                op: CounterOp { name, add, caps, expires_at_ms: window.end_ms, floor },
+                what,
+            })
+        };
     let one = Amounts { requests: 1, ..Amounts::default() };
+    let cost = Amounts { cost_nusd: reservation.cost_nusd, ..Amounts::default() };
     if let Some(k) = key {
         if k.rpm.is_some() || k.tpm.is_some() {
             let w = Period::Minute.window(now);
             let caps = Caps { requests: k.rpm, tokens: k.tpm, cost_nusd: None };
-            push(&scope, format!("rl:{scope}:{}", w.id), &w, one, caps, What::KeyMinute { rpm: k.rpm, tpm: k.tpm });
+            let add = Amounts { tokens: if k.tpm.is_some() { reservation.tokens } else { 0 }, ..one };
+            let floor = k.tpm.and(floor_of(true, false));
+            let what = What::KeyMinute { rpm: k.rpm, tpm: k.tpm };
+            push(&scope, format!("rl:{scope}:{}", w.id), &w, add, caps, floor, what);
         }
     }
     if let Some(limit) = endpoint_limit {
         let w = limit.period.window(now);
         let caps = Caps { requests: Some(limit.calls), ..Caps::default() };
         let what = What::Endpoint { endpoint: endpoint.to_string(), limit: *limit };
-        push(&scope, format!("rl:{scope}:ep:{endpoint}:{}", w.id), &w, one, caps, what);
+        push(&scope, format!("rl:{scope}:ep:{endpoint}:{}", w.id), &w, one, caps, None, what);
     }
     if let Some(k) = key {
         if let Some(budget) = k.budget_nusd() {
             let w = Period::from(k.budget_period).window(now);
             let caps = Caps { cost_nusd: Some(budget), ..Caps::default() };
             let what = What::KeyBudget { budget, period: k.budget_period };
-            push(&scope, format!("rl:{scope}:usd:{}", w.id), &w, Amounts::default(), caps, what);
+            push(&scope, format!("rl:{scope}:usd:{}", w.id), &w, cost, caps, floor_of(false, true), what);
         }
         if let Some(t) = config.tenants.get(&k.tenant) {
             let w = Period::from(t.budget_period).window(now);
@@ -377,17 +518,43 @@ fn plan(
             let caps = Caps { cost_nusd: Some(budget), ..Caps::default() };
             let what = What::TenantBudget { tenant: k.tenant.clone(), budget, period: t.budget_period };
             let tscope = format!("tenant:{}", k.tenant);
-            push(&tscope, format!("rl:{tscope}:usd:{}", w.id), &w, Amounts::default(), caps, what);
+            push(&tscope, format!("rl:{tscope}:usd:{}", w.id), &w, cost, caps, floor_of(false, true), what);
         }
     }
     checks
+}
+
+/// The room an admitted request had: per kind, the tightest cap minus what counted before it.
+fn room(checks: &[Check], values: &[Option<Amounts>], granted: &[Amounts]) -> Room {
+    let mut room = Room::default();
+    for ((c, v), g) in checks.iter().zip(values).zip(granted) {
+        let before = v.unwrap_or_default().effective();
+        if let (Some(cap), What::KeyMinute { tpm: Some(tpm), .. }) = (c.op.caps.tokens, &c.what) {
+            let left = cap.saturating_sub(before.tokens.saturating_sub(g.tokens));
+            if room.tokens.as_ref().is_none_or(|(r, _)| left < *r) {
+                room.tokens = Some((left, format!("the API key's token limit of {tpm} tokens per minute")));
+            }
+        }
+        if let Some(cap) = c.op.caps.cost_nusd {
+            let left = cap.saturating_sub(before.cost_nusd.saturating_sub(g.cost_nusd));
+            let whose = match &c.what {
+                What::TenantBudget { tenant, period, .. } => format!("tenant \"{tenant}\"'s {} budget", daily(*period)),
+                What::KeyBudget { period, .. } => format!("the API key's {} budget", daily(*period)),
+                _ => "the budget".to_string(),
+            };
+            if room.cost_nusd.as_ref().is_none_or(|(r, _)| left < *r) {
+                room.cost_nusd = Some((left, format!("{whose} ({} left when the request started)", usd(left))));
+            }
+        }
+    }
+    room
 }
 
 /// The headers for the tightest request limit and the key's token limit.
 fn headers(checks: &[Check], values: &[Option<Amounts>], now: u64) -> RateHeaders {
     let mut out = RateHeaders::default();
     for (c, v) in checks.iter().zip(values) {
-        let v = v.unwrap_or_default();
+        let v = v.unwrap_or_default().effective();
         let reset = c.op.expires_at_ms.saturating_sub(now);
         if let Some(cap) = c.op.caps.requests {
             let entry = (cap, cap.saturating_sub(v.requests), reset);
@@ -405,17 +572,24 @@ fn headers(checks: &[Check], values: &[Option<Amounts>], now: u64) -> RateHeader
 /// The 429 for the first check whose current value breaks its caps.
 fn refusal(checks: &[Check], values: &[Option<Amounts>], now: u64) -> Refused {
     let headers = headers(checks, values, now);
-    let broken = checks.iter().zip(values).find(|(c, v)| v.is_some_and(|v| violates(v, c.op.add, c.op.caps)));
+    let broken = checks.iter().zip(values).find(|(c, v)| v.is_some_and(|v| grant(v, &c.op).is_none()));
     let Some((check, value)) = broken else {
         return Refused {
             error: GatewayError::internal(ErrorCode::CounterError, "a limit refused the request without naming it"),
             headers,
         };
     };
-    let value = value.unwrap_or_default();
+    let value = value.unwrap_or_default().effective();
     let wait_ms = check.op.expires_at_ms.saturating_sub(now);
     let retry_after = wait_ms.div_ceil(1000).max(1);
     let in_time = format!("retry in {}", duration_string(wait_ms));
+    let needs = |what: String| {
+        if check.op.add.cost_nusd > 0 || check.op.add.tokens > 0 {
+            format!("; this request may use up to {what} (lower max_tokens to fit)")
+        } else {
+            String::new()
+        }
+    };
     let (code, message) = match &check.what {
         What::KeyMinute { rpm, tpm } => {
             if rpm.is_some_and(|r| value.requests >= r) {
@@ -427,9 +601,10 @@ fn refusal(checks: &[Check], values: &[Option<Amounts>], now: u64) -> Refused {
                 (
                     ErrorCode::RateLimitExceeded,
                     format!(
-                        "token rate limit reached for this API key: {} tokens per minute (used {}); {in_time}",
+                        "token rate limit reached for this API key: {} tokens per minute (used or reserved {}{}); {in_time}",
                         tpm.unwrap_or(0),
-                        value.tokens
+                        value.tokens,
+                        needs(format!("{} tokens", check.op.add.tokens))
                     ),
                 )
             }
@@ -445,20 +620,22 @@ fn refusal(checks: &[Check], values: &[Option<Amounts>], now: u64) -> Refused {
         What::KeyBudget { budget, period } => (
             ErrorCode::BudgetExceeded,
             format!(
-                "budget exceeded: this API key has spent {} of its {} {} budget; it renews at {} UTC",
+                "budget exceeded: this API key has spent or reserved {} of its {} {} budget{}; it renews at {} UTC",
                 usd(value.cost_nusd),
                 usd(*budget),
                 daily(*period),
+                needs(usd(check.op.add.cost_nusd)),
                 renews(check.op.expires_at_ms)
             ),
         ),
         What::TenantBudget { tenant, budget, period } => (
             ErrorCode::BudgetExceeded,
             format!(
-                "budget exceeded: tenant \"{tenant}\" has spent {} of its {} {} budget; it renews at {} UTC",
+                "budget exceeded: tenant \"{tenant}\" has spent or reserved {} of its {} {} budget{}; it renews at {} UTC",
                 usd(value.cost_nusd),
                 usd(*budget),
                 daily(*period),
+                needs(usd(check.op.add.cost_nusd)),
                 renews(check.op.expires_at_ms)
             ),
         ),
@@ -492,8 +669,8 @@ mod tests {
     use super::*;
     use crate::gateway::check::Issues;
     use crate::gateway::features::keys::BudgetPeriod;
-    use crate::gateway::features::limits::lock::{LockValue, LOCK_LEASE_MS};
     use crate::gateway::ports::counter::CounterReply;
+    use crate::gateway::ports::lock::{LockValue, LOCK_LEASE_MS};
     use crate::gateway::ports::memory::{block_on, MemoryHost};
     use crate::gateway::ports::Kv;
     use crate::gateway::ports::{Clock, Secrets, Upstream, UpstreamError};
@@ -649,7 +826,19 @@ mod tests {
         key: Option<&KeyRecord>,
         limit: Option<&EndpointLimit>,
     ) -> std::result::Result<Admission, Refused> {
-        block_on(admit(host, limiter, config, key, "chat", limit))
+        admit_with(host, limiter, config, key, limit, Reservation::default())
+    }
+
+    #[allow(clippy::result_large_err)] // mirrors `admit`'s signature
+    fn admit_with(
+        host: &TestHost,
+        limiter: &Rc<Limiter>,
+        config: &LimitsConfig,
+        key: Option<&KeyRecord>,
+        limit: Option<&EndpointLimit>,
+        reservation: Reservation,
+    ) -> std::result::Result<Admission, Refused> {
+        block_on(admit(host, limiter, config, key, "chat", limit, reservation))
     }
 
     fn header_map(h: &RateHeaders) -> HeaderMap {
@@ -704,7 +893,7 @@ mod tests {
         // The refused request was not counted; KV holds the 5 admitted ones and their tokens.
         let w = Period::Minute.window(host.now_ms());
         let stored: Amounts = serde_json::from_slice(&host.inner.kv.borrow()[&format!("rl:k_00aa:{}", w.id)]).unwrap();
-        assert_eq!(stored, Amounts { requests: 5, tokens: 0, cost_nusd: 0 }, "tokens only counted where a tpm applies");
+        assert_eq!(stored, Amounts { requests: 5, ..Amounts::default() }, "tokens only counted where a tpm applies");
         host.inner.advance(55_000);
         assert!(admit_one(&host, &limiter, &config, Some(&k), None).is_ok(), "next window");
     }
@@ -721,7 +910,7 @@ mod tests {
                 let limiter = limiter.clone();
                 let (host, config, k) = (&host, &config, &k);
                 Box::pin(async move {
-                    match admit(host, &limiter, config, Some(k), "chat", None).await {
+                    match admit(host, &limiter, config, Some(k), "chat", None, Reservation::default()).await {
                         Ok(a) => {
                             a.settle(host, 0, 0).await.unwrap();
                             true
@@ -786,8 +975,9 @@ mod tests {
                 let limiter = Rc::new(Limiter::new());
                 let (host, config, k) = (&host, &config, &k);
                 let _ = i;
-                Box::pin(async move { admit(host, &limiter, config, Some(k), "chat", None).await.is_ok() })
-                    as Pin<Box<dyn Future<Output = bool>>>
+                Box::pin(async move {
+                    admit(host, &limiter, config, Some(k), "chat", None, Reservation::default()).await.is_ok()
+                }) as Pin<Box<dyn Future<Output = bool>>>
             })
             .collect();
         assert_eq!(run_interleaved(futures).into_iter().filter(|a| *a).count(), 4);
@@ -809,7 +999,7 @@ mod tests {
                 let limiter = Rc::new(Limiter::new());
                 let (host, config, k) = (&host, &config, &k);
                 Box::pin(async move {
-                    match admit(host, &limiter, config, Some(k), "chat", None).await {
+                    match admit(host, &limiter, config, Some(k), "chat", None, Reservation::default()).await {
                         Ok(a) => {
                             assert_eq!(a.mode(), "exact");
                             a.settle(host, 3, 0).await.unwrap();
@@ -840,6 +1030,7 @@ mod tests {
             add: Amounts { requests: 1, ..Amounts::default() },
             caps: Caps { requests: Some(1), ..Caps::default() },
             expires_at_ms: u64::MAX,
+            floor: None,
         };
         let started = host.now_ms();
         let reply = block_on(locked_count(&host, "k_1", std::slice::from_ref(&op))).unwrap();
@@ -857,26 +1048,53 @@ mod tests {
         assert_eq!(a.mode(), "kv");
     }
 
+    /// Token limits reserve each request's worst case: a request is admitted only if it fits
+    /// in what is neither used nor reserved; its reservation is released (its real usage kept)
+    /// when it settles.
     #[test]
-    fn token_limit_trips_on_the_request_after_the_one_that_crosses_it() {
+    fn token_limit_reserves_the_worst_case_and_settles_to_the_real_usage() {
         let host = TestHost::new();
         at_minute_start(&host);
         let limiter = Rc::new(Limiter::new());
         let config = LimitsConfig::default();
         let k = key(|k| k.tpm = Some(25));
-        // 10 tokens each: used before = 0, 10, 20 → admitted; 30 → refused.
-        for used in [0u64, 10, 20] {
-            let a = admit_one(&host, &limiter, &config, Some(&k), None).unwrap();
+        let worst = Reservation { tokens: 10, cost_nusd: 0, floor: None };
+        // Reserve 10, use 5 each: used before = 0, 5, 10 → admitted.
+        for used in [0u64, 5] {
+            let a = admit_with(&host, &limiter, &config, Some(&k), None, worst).unwrap();
             let h = header_map(a.headers());
             assert_eq!(h["x-ratelimit-limit-tokens"], "25");
-            assert_eq!(h["x-ratelimit-remaining-tokens"], (25 - used).to_string().as_str());
+            assert_eq!(h["x-ratelimit-remaining-tokens"], (25 - used - 10).to_string().as_str(), "reserved counts");
             assert!(h.get("x-ratelimit-limit-requests").is_none(), "no request limit on this key");
-            block_on(a.settle(&host, 10, 0)).unwrap();
+            block_on(a.settle(&host, 5, 0)).unwrap();
         }
-        let refused = admit_one(&host, &limiter, &config, Some(&k), None).unwrap_err();
+        let third = admit_with(&host, &limiter, &config, Some(&k), None, worst).unwrap();
+        // While the third is in flight (10 used + 10 reserved), another 10 does not fit.
+        let refused = admit_with(&host, &limiter, &config, Some(&k), None, worst).unwrap_err();
         assert_eq!(refused.error.code, "rate_limit_exceeded");
-        assert!(refused.error.message.contains("25 tokens per minute (used 30)"), "{}", refused.error.message);
-        assert_eq!(header_map(&refused.headers)["x-ratelimit-remaining-tokens"], "0");
+        assert!(
+            refused
+                .error
+                .message
+                .contains("25 tokens per minute (used or reserved 20; this request may use up to 10 tokens"),
+            "{}",
+            refused.error.message
+        );
+        block_on(third.settle(&host, 5, 0)).unwrap();
+        assert!(admit_with(&host, &limiter, &config, Some(&k), None, Reservation { tokens: 11, ..worst }).is_err());
+        assert!(admit_with(&host, &limiter, &config, Some(&k), None, worst).is_ok(), "15 + 10 fits in 25");
+        // A stream may take what is left, down to its floor.
+        let host = TestHost::new();
+        at_minute_start(&host);
+        let limiter = Rc::new(Limiter::new());
+        let stream = Reservation { tokens: 100, cost_nusd: 0, floor: Some((5, 0)) };
+        let a = admit_with(&host, &limiter, &config, Some(&k), None, stream).unwrap();
+        assert_eq!(a.reserved().tokens, 25, "granted what fits");
+        assert_eq!(a.room().tokens.as_ref().map(|(n, _)| *n), Some(25));
+        assert!(admit_with(&host, &limiter, &config, Some(&k), None, stream).is_err(), "nothing left");
+        block_on(a.settle(&host, 7, 0)).unwrap();
+        let b = admit_with(&host, &limiter, &config, Some(&k), None, stream).unwrap();
+        assert_eq!(b.reserved().tokens, 18);
     }
 
     #[test]
@@ -888,27 +1106,66 @@ mod tests {
             k.budget_usd = Some(0.001);
             k.budget_period = BudgetPeriod::Day;
         });
-        // $0.0004 per request: spent before = 0, .0004, .0008 → admitted; .0012 → refused.
-        for _ in 0..3 {
-            let a = admit_one(&host, &limiter, &config, Some(&k), None).unwrap();
+        // Reserve and spend $0.0004 per request: before = 0, .0004 → fit; .0008 + .0004 > .001.
+        let worst = Reservation { tokens: 7, cost_nusd: 400_000, floor: None };
+        for _ in 0..2 {
+            let a = admit_with(&host, &limiter, &config, Some(&k), None, worst).unwrap();
             block_on(a.settle(&host, 7, 400_000)).unwrap();
         }
-        let refused = admit_one(&host, &limiter, &config, Some(&k), None).unwrap_err();
+        let refused = admit_with(&host, &limiter, &config, Some(&k), None, worst).unwrap_err();
         assert_eq!(
             (refused.error.status, refused.error.code.as_str()),
             (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded")
         );
         assert!(
-            refused.error.message.contains("spent $0.0012 of its $0.001 daily budget"),
+            refused
+                .error
+                .message
+                .contains("spent or reserved $0.0008 of its $0.001 daily budget; this request may use up to $0.0004"),
             "{}",
             refused.error.message
         );
         assert!(refused.error.retry_after.unwrap() <= 86_400);
         // A new isolate (or Spin's fresh instance) reads the same spend from KV.
         let fresh = Rc::new(Limiter::new());
-        assert!(admit_one(&host, &fresh, &config, Some(&k), None).is_err());
+        assert!(admit_with(&host, &fresh, &config, Some(&k), None, worst).is_err());
+        assert!(admit_with(&host, &fresh, &config, Some(&k), None, Reservation::default()).is_ok(), "$0.0002 left");
         host.inner.advance(86_400_000);
-        assert!(admit_one(&host, &limiter, &config, Some(&k), None).is_ok(), "renewed the next day");
+        assert!(admit_with(&host, &limiter, &config, Some(&k), None, worst).is_ok(), "renewed the next day");
+    }
+
+    /// Concurrent requests against a nearly spent budget, interleaved at every await in one
+    /// isolate (kv mode) and across isolates (exact mode): the reservations keep the spend
+    /// within the budget (no overshoot), where checking "spent < budget" let all of them in.
+    #[test]
+    fn concurrent_reservations_never_overshoot_the_budget() {
+        for exact in [false, true] {
+            let host = if exact { TestHost::new().with_exact().slow() } else { TestHost::new().slow() };
+            let config = LimitsConfig::default();
+            let k = key(|k| {
+                k.budget_usd = Some(0.01); // 10_000_000 nUSD
+                k.exact = exact;
+            });
+            let worst = Reservation { tokens: 10, cost_nusd: 3_000_000, floor: None };
+            let shared = Rc::new(Limiter::new());
+            let futures: Vec<Pin<Box<dyn Future<Output = bool> + '_>>> = (0..10)
+                .map(|_| {
+                    let limiter = if exact { Rc::new(Limiter::new()) } else { shared.clone() };
+                    let (host, config, k) = (&host, &config, &k);
+                    Box::pin(async move {
+                        match admit(host, &limiter, config, Some(k), "chat", None, worst).await {
+                            Ok(a) => {
+                                a.settle(host, 10, 3_000_000).await.unwrap();
+                                true
+                            }
+                            Err(_) => false,
+                        }
+                    }) as Pin<Box<dyn Future<Output = bool>>>
+                })
+                .collect();
+            let admitted = run_interleaved(futures).into_iter().filter(|a| *a).count();
+            assert_eq!(admitted, 3, "exact: {exact}: 3 × $0.003 fit in $0.01, a 4th would overshoot");
+        }
     }
 
     #[test]
@@ -924,7 +1181,7 @@ mod tests {
         let refused = admit_one(&host, &limiter, &config, Some(&b), None).unwrap_err();
         assert_eq!(refused.error.code, "budget_exceeded");
         assert!(
-            refused.error.message.contains("tenant \"acme\" has spent $1.00 of its $1.00 monthly budget"),
+            refused.error.message.contains("tenant \"acme\" has spent or reserved $1.00 of its $1.00 monthly budget"),
             "{}",
             refused.error.message
         );
@@ -1097,6 +1354,17 @@ mod tests {
     }
 
     #[test]
+    fn window_end_reads_every_counter_name() {
+        let t = 1_735_689_600_000 - 3_723_004; // 2024-12-31 22:57:56.996 UTC
+        for period in [Period::Second, Period::Minute, Period::Hour, Period::Day, Period::Month, Period::Year] {
+            let w = period.window(t);
+            assert_eq!(window_end(&format!("rl:k_1:usd:{}", w.id)), Some(w.end_ms), "{period:?}");
+        }
+        assert_eq!(window_end("rl:k_1:ep:chat"), None);
+        assert_eq!(window_end("rl:k_1:m-1"), None);
+    }
+
+    #[test]
     fn apply_ops_is_all_or_nothing() {
         let ops = vec![
             CounterOp {
@@ -1104,12 +1372,14 @@ mod tests {
                 add: Amounts { requests: 1, ..Amounts::default() },
                 caps: Caps { requests: Some(2), ..Caps::default() },
                 expires_at_ms: 0,
+                floor: None,
             },
             CounterOp {
                 name: "b".into(),
                 add: Amounts::default(),
                 caps: Caps { cost_nusd: Some(10), ..Caps::default() },
                 expires_at_ms: 0,
+                floor: None,
             },
         ];
         let mut current =
@@ -1122,7 +1392,11 @@ mod tests {
         assert_eq!(current[0].requests, 2);
         assert!(!apply_ops(&mut current, &ops).admitted, "2 of 2 used");
         // A cap of 0 blocks.
-        assert!(violates(Amounts::default(), Amounts::default(), Caps { requests: Some(0), ..Caps::default() }));
+        assert!(crate::gateway::ports::counter::violates(
+            Amounts::default(),
+            Amounts::default(),
+            Caps { requests: Some(0), ..Caps::default() }
+        ));
         // Wire shape for the Durable Object.
         let wire = serde_json::to_value(&ops[1]).unwrap();
         assert_eq!(wire["caps"]["cost_nusd"], 10);

@@ -4,25 +4,32 @@
 use serde::{Deserialize, Serialize};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::features::limits::limiter::{read_amounts, TTL_GRACE_SECS};
-use crate::gateway::ports::counter::{apply_ops, CounterOp, CounterReply};
+use crate::gateway::ports::counter::{apply_ops, Amounts, CounterOp, CounterReply};
 use crate::gateway::ports::Kv;
+
+/// Counters outlive their window by this much in KV (Cloudflare's minimum TTL is 60 s).
+pub const TTL_GRACE_SECS: u64 = 60;
+
+/// A counter stored in KV (`{requests, tokens, cost_nusd}`), or zero when absent or unreadable.
+pub async fn read_amounts(kv: &impl Kv, name: &str) -> Result<Amounts> {
+    Ok(kv.get(name).await?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default())
+}
 
 /// How long a `locked_count` caller waits after writing the lock before reading it back.
 pub const LOCK_SETTLE_MS: u64 = 50;
 
 /// A lock older than this is treated as abandoned (its holder died).
-pub(super) const LOCK_LEASE_MS: u64 = 2_000;
+pub const LOCK_LEASE_MS: u64 = 2_000;
 
 /// A caller gives up (503) after waiting this long for the lock.
-pub(super) const LOCK_WAIT_MS: u64 = 10_000;
+pub const LOCK_WAIT_MS: u64 = 10_000;
 
-pub(super) const LOCK_POLL_MS: u64 = 10;
+pub const LOCK_POLL_MS: u64 = 10;
 
 #[derive(Serialize, Deserialize)]
-pub(super) struct LockValue {
-    pub(super) id: String,
-    pub(super) at: u64,
+pub struct LockValue {
+    pub id: String,
+    pub at: u64,
 }
 
 /// Exact counting for hosts with neither a Durable Object nor an atomic increment, over a
@@ -46,6 +53,15 @@ pub async fn locked_count<P: Kv + crate::gateway::ports::Clock>(
     scope: &str,
     ops: &[CounterOp],
 ) -> Result<CounterReply> {
+    let id = acquire(ports, scope).await?;
+    let result = locked_section(ports, ops).await;
+    release(ports, scope, &id).await;
+    result
+}
+
+/// Takes the lock `lock:<scope>` (see [`locked_count`] for the algorithm and what it
+/// guarantees); returns the holder id to [`release`] it with.
+pub async fn acquire<P: Kv + crate::gateway::ports::Clock>(ports: &P, scope: &str) -> Result<String> {
     let lock = format!("lock:{scope}");
     let mut id = [0u8; 8];
     ports.random_bytes(&mut id);
@@ -70,16 +86,18 @@ pub async fn locked_count<P: Kv + crate::gateway::ports::Clock>(
         ports.sleep(LOCK_SETTLE_MS).await;
         let holder = ports.get(&lock).await?.and_then(|b| serde_json::from_slice::<LockValue>(&b).ok());
         if holder.is_some_and(|h| h.id == id) {
-            break;
+            return Ok(id);
         }
     }
-    let result = locked_section(ports, ops).await;
-    // Release, unless our lease ran out and someone else holds it now.
+}
+
+/// Releases `lock:<scope>`, unless our lease ran out and someone else holds it now.
+pub async fn release<P: Kv>(ports: &P, scope: &str, id: &str) {
+    let lock = format!("lock:{scope}");
     let holder = ports.get(&lock).await.ok().flatten().and_then(|b| serde_json::from_slice::<LockValue>(&b).ok());
     if holder.is_some_and(|h| h.id == id) {
         let _ = ports.delete(&lock).await;
     }
-    result
 }
 
 async fn locked_section<P: Kv + crate::gateway::ports::Clock>(ports: &P, ops: &[CounterOp]) -> Result<CounterReply> {

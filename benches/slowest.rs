@@ -1,0 +1,83 @@
+//! The slowest requests: native CPU time of the hand-made adversarial corpus and of the
+//! slowest inputs the fuzzer finds (`edge_gateway::fuzz`), through the whole pipeline with
+//! in-memory ports (route, config, auth, limits, guardrails, templates, translation, the
+//! origin's answer read and translated, the after-response work). Prints numbers; asserts
+//! nothing. The target (issue 12): at most 2 ms for any request under the body limit (1 MiB).
+//!
+//! `cargo bench --features cli --bench slowest [-- --fuzz-cases N --seed S]` (scripts/bench
+//! runs it). CPU time is the thread's (`/proc/thread-self/schedstat`), the median of 5 runs
+//! after a warm-up, so other processes on a shared machine do not inflate it.
+
+use std::time::Instant;
+
+use edge_gateway::fuzz::{adversarial, case, Case, Harness};
+
+/// The calling thread's CPU time in ns (Linux); wall-clock time elsewhere.
+fn cpu_ns() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| START.get_or_init(Instant::now).elapsed().as_nanos() as u64)
+}
+
+/// Median CPU time of `runs` runs of `case` (after one warm-up run), and its status.
+fn time(harness: &Harness, case: &Case, runs: usize) -> (u64, u16) {
+    let status = harness.run(case).map(|r| r.status).unwrap_or(0);
+    let overhead = {
+        let a = cpu_ns();
+        cpu_ns() - a
+    };
+    let mut samples: Vec<u64> = (0..runs)
+        .map(|_| {
+            let before = cpu_ns();
+            let _ = harness.run(case);
+            (cpu_ns() - before).saturating_sub(overhead)
+        })
+        .collect();
+    samples.sort_unstable();
+    (samples[samples.len() / 2], status)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| {
+        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse::<u64>().ok())
+    };
+    let fuzz_cases = flag("--fuzz-cases").unwrap_or(20_000);
+    let seed = flag("--seed").unwrap_or(1);
+    let harness = Harness::new();
+
+    println!("Slowest requests, native CPU time per request (median of 5 after a warm-up)");
+    println!("hand-made adversarial corpus:");
+    let mut worst: (u64, String) = (0, String::new());
+    for (name, c) in adversarial() {
+        let (ns, status) = time(&harness, &c, 5);
+        println!("  {:>9.3} ms  HTTP {status}  {:>8} B  {name}", ns as f64 / 1e6, c.body.len());
+        if ns > worst.0 {
+            worst = (ns, format!("corpus: {name}"));
+        }
+    }
+
+    // The fuzzer's cases, timed once each; the slowest ten re-timed properly.
+    let scan = Harness::new();
+    let mut timed: Vec<(u64, u64)> = Vec::new();
+    for index in (0..fuzz_cases).filter(|i| i % 10 != 9) {
+        let c = case(seed, index, &scan.keys);
+        let before = cpu_ns();
+        let _ = scan.run(&c);
+        timed.push((cpu_ns() - before, index));
+    }
+    timed.sort_unstable_by(|a, b| b.cmp(a));
+    println!("slowest of {fuzz_cases} fuzzer cases (seed {seed}), re-timed:");
+    for (_, index) in timed.iter().take(10) {
+        let c = case(seed, *index, &harness.keys);
+        let (ns, status) = time(&harness, &c, 5);
+        let what = format!("{} {}", c.method, c.path.chars().take(50).collect::<String>());
+        println!("  {:>9.3} ms  HTTP {status}  {:>8} B  #{index} {what}", ns as f64 / 1e6, c.body.len());
+        if ns > worst.0 {
+            worst = (ns, format!("fuzz case #{index} (seed {seed}): {what}"));
+        }
+    }
+    println!("slowest request overall: {:.3} ms ({})", worst.0 as f64 / 1e6, worst.1);
+}

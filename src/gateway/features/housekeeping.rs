@@ -1,0 +1,79 @@
+//! Housekeeping for hosts whose key-value store has no TTL (Spin's key-value interface has
+//! none, and its `list` reads every key of the store): expired rate-limit counters are
+//! deleted, finished usage shards (one per request there) are compacted into one entry per
+//! day, and stale cache entries are dropped. Each run does a bounded amount of work; the
+//! pipeline runs it after a response now and then (`pipeline::account`).
+
+use std::collections::BTreeMap;
+
+use crate::gateway::error::Result;
+use crate::gateway::features::cache;
+use crate::gateway::features::limits::window_end;
+use crate::gateway::features::usage::{compact_day, COMPACTED, MAX_KV_READS, USAGE_PREFIX};
+use crate::gateway::ports::lock::TTL_GRACE_SECS;
+use crate::gateway::ports::{Clock, Kv};
+use crate::gateway::util::time::parse_day;
+
+/// A run of the sweeper on a stateless host happens after about one response in this many.
+pub const SWEEP_ONE_IN: u8 = 32;
+
+/// What one run removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub counters: usize,
+    pub shards: usize,
+    pub cache_entries: usize,
+}
+
+/// One bounded run: at most `MAX_KV_READS` deletes of counters, shards folded and cache reads.
+/// Only for hosts where every request is a fresh instance (usage shards are final once
+/// written; see `usage::compact_day`).
+pub async fn sweep<P: Kv + Clock>(ports: &P) -> Result<Swept> {
+    let now = ports.now_ms();
+    let names = ports.list("").await?;
+    let mut budget = MAX_KV_READS;
+    let mut swept = Swept::default();
+    for name in names.iter().filter(|n| n.starts_with("rl:")) {
+        if budget == 0 {
+            break;
+        }
+        if window_end(name).is_some_and(|end| end.saturating_add(TTL_GRACE_SECS * 1000) <= now) {
+            ports.delete(name).await?;
+            budget -= 1;
+            swept.counters += 1;
+        }
+    }
+    // usage:<subject>:<date>:<shard>, the subject possibly holding ':' (tenant:<name>).
+    let mut days: BTreeMap<(String, i64), Vec<String>> = BTreeMap::new();
+    for name in names.iter().filter(|n| n.starts_with(USAGE_PREFIX)) {
+        let mut parts = name.rsplitn(3, ':');
+        let (Some(_shard), Some(date), Some(subject)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let Some(day) = parse_day(date) else { continue };
+        days.entry((format!("{subject}:"), day)).or_default().push(name.clone());
+    }
+    for ((prefix, day), shards) in days {
+        let loose = shards.iter().filter(|s| !s.ends_with(COMPACTED)).count();
+        if loose < 2 || budget == 0 {
+            continue;
+        }
+        let take = shards.len().min(budget);
+        compact_day(ports, &prefix, day, &shards[..take]).await?;
+        budget -= take;
+        swept.shards += take;
+    }
+    for name in names.iter().filter(|n| n.starts_with("cache:")) {
+        if budget == 0 {
+            break;
+        }
+        budget -= 1;
+        let stale = match ports.get(name).await? {
+            Some(bytes) => cache::Entry::decode(&bytes).is_none_or(|e| !e.fresh(now)),
+            None => false,
+        };
+        if stale {
+            ports.delete(name).await?;
+            swept.cache_entries += 1;
+        }
+    }
+    Ok(swept)
+}

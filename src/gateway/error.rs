@@ -52,6 +52,11 @@ impl GatewayError {
     pub fn not_configured(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "gateway_error", code, message)
     }
+    /// A host service the gateway depends on (e.g. KV) failed transiently; pair with
+    /// `with_retry_after`.
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "gateway_error", code, message)
+    }
     /// The origin could not be reached or answered something we cannot use.
     pub fn bad_gateway(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_GATEWAY, "upstream_error", code, message)

@@ -86,6 +86,18 @@ function put(bytes) {
   return ptr;
 }
 
+// Drops one task (its wasm side too) and answers 500 if nothing was sent yet.
+function abandon(task) {
+  if (task.over) return;
+  try {
+    wasm.egw_cancel(task.id); // its out buffer only releases origin bodies, which end() does
+  } catch (error) {
+    crash(error);
+    return;
+  }
+  task.end();
+}
+
 function crash(error) {
   console.error("edge-gateway: the wasm instance failed; the next request starts a fresh one", error);
   wasm = null;
@@ -106,7 +118,6 @@ class Task {
     this.responded = false;
     this.response = null;
     this.resolve = null;
-    this.waiting = false; // ctx.waitUntil holds `done` for the after-response work
     this.done = null;
     this.doneResolve = null;
     tasks.set(this.id, this);
@@ -217,7 +228,16 @@ function run(task, ptr) {
     commands.push(f);
   }
   const respondedBefore = task.responded;
-  for (const c of commands) perform(task, c);
+  for (const c of commands) {
+    try {
+      perform(task, c);
+    } catch (error) {
+      // A command the runtime refused outright (not an I/O failure, which is an outcome).
+      console.error("edge-gateway: a command failed; the request is abandoned", error);
+      abandon(task);
+      return;
+    }
+  }
   if (task.responded && !respondedBefore && !task.over && task.host.ctx !== undefined) {
     // Work left after the response: keep the request's context alive for it.
     task.done = new Promise((resolve) => (task.doneResolve = resolve));
@@ -519,7 +539,6 @@ async function count(env, scope, request) {
 
 export default {
   async fetch(request, env, ctx) {
-    instance(env);
     let head = request.method + "\n" + request.url + "\n";
     let country = "";
     let continent = "";
@@ -551,6 +570,7 @@ export default {
         }
       }
     }
+    instance(env);
     const task = new Task({ env, ctx });
     step(task, () => {
       const headBytes = encoder.encode(head);

@@ -39,10 +39,28 @@ const decoder = new TextDecoder();
 // tasks that were in it.
 
 let wasm = null;
+let generation = 0; // of the instance
 let u8 = null;
 let dv = null;
-let tasks = new Map();
 let nextTask = 1;
+
+// Live tasks, held weakly: a task is kept alive by the pending I/O that will resume it (its
+// callbacks hold it). If the runtime drops that I/O for good (a request cancelled with work
+// outstanding), the task becomes garbage, and its wasm side is dropped too.
+let tasks = new Map(); // id → WeakRef(task)
+const weak = typeof WeakRef === "function" && typeof FinalizationRegistry === "function";
+const dropped = weak
+  ? new FinalizationRegistry(({ id, gen }) => {
+      if (wasm !== null && gen === generation) {
+        tasks.delete(id);
+        try {
+          wasm.egw_cancel(id);
+        } catch (error) {
+          crash(error);
+        }
+      }
+    })
+  : null;
 
 const imports = {
   egw: {
@@ -57,6 +75,7 @@ const imports = {
 function instance(env) {
   if (wasm === null) {
     wasm = new WebAssembly.Instance(gatewayWasm, imports).exports;
+    generation++;
     u8 = null;
     // The text bindings (secrets, vars), once per instance: the core resolves `$NAME` from them.
     let text = "";
@@ -103,7 +122,10 @@ function crash(error) {
   wasm = null;
   const failed = tasks;
   tasks = new Map();
-  for (const task of failed.values()) task.end();
+  for (const ref of failed.values()) {
+    const task = weak ? ref.deref() : ref;
+    if (task !== undefined) task.end();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -120,7 +142,12 @@ class Task {
     this.resolve = null;
     this.done = null;
     this.doneResolve = null;
-    tasks.set(this.id, this);
+    if (weak) {
+      tasks.set(this.id, new WeakRef(this));
+      dropped.register(this, { id: this.id, gen: generation }, this);
+    } else {
+      tasks.set(this.id, this);
+    }
   }
 
   respond(response) {
@@ -134,6 +161,7 @@ class Task {
     if (this.over) return;
     this.over = true;
     tasks.delete(this.id);
+    if (weak) dropped.unregister(this);
     for (const h of this.handles.values()) cancelBody(h);
     this.handles.clear();
     if (this.host.reply !== undefined) {

@@ -1,292 +1,384 @@
-//! Cloudflare Workers adapter (`worker` crate): fetch event, KV namespace `KV`, secrets and
-//! vars, `waitUntil` for after-response work. Translation only; the rules live in the core.
+//! Cloudflare Workers adapter over a raw wasm boundary. The worker's `main` is a small
+//! hand-written JS shim (`cloudflare/shim.mjs`); this side exports a handful of functions and
+//! keeps every rule in the core. Per request the shim crosses into the wasm once with the
+//! request (head as one string, body from one `arrayBuffer()`), then once per port call's
+//! outcome; the wasm answers each call with a batch of commands (`abi.rs`): KV, fetch, sleep,
+//! counter, respond, log. After `respond`, the same task goes on with the after-response work
+//! (stream summary, cache fill, accounting, the log line) under `ctx.waitUntil`.
+//!
+//! Exports (all return the out buffer's address unless noted):
+//! - `egw_alloc(len) -> ptr`: memory for the shim to fill (see `abi::take`)
+//! - `egw_env(ptr, len)`: the worker's text bindings, `name\0value\0…`, once per instance
+//! - `egw_fetch(task, head, head_len, body, body_len, flags)`: start a request task
+//! - `egw_resume(task, op, code, ptr, len, body_ptr, body_len)`: a command's outcome
+//! - `egw_chunk(task, ptr, len)` / `egw_chunk_end(task)`: the response stream's pump
+//! - `egw_cancel(task)`: drop a task
+//! - `egw_count(task, object, ptr, len)` / `egw_object_drop(object)`: the Durable Object
+//!   (`cloudflare_counter.rs`)
 
+pub(super) mod abi;
+pub(super) mod exec;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Duration;
 
-use futures_channel::oneshot;
-use futures_util::future::{select, Either};
-use futures_util::StreamExt;
-use http::{HeaderName, HeaderValue, Request};
-use worker::{event, AbortController, Context, Env, Fetch, HttpRequest, KvStore, RequestInit, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::pipeline::stream::{StreamPump, StreamSummary};
-use crate::gateway::pipeline::{error_response, ClientInfo};
+use crate::gateway::pipeline::{error_response, ClientInfo, Exchange};
+use crate::gateway::ports::counter::{Counter, CounterOp, CounterReply};
 use crate::gateway::ports::{Clock, Kv, Secrets, Upstream, UpstreamError};
 use crate::gateway::{Gateway, ResponseBody};
 
-/// Bodies above this are refused before the config (and its own, lower limit) is even read.
+use abi::{split_nul, Cmd, Field, CODE_MISSING, CODE_OK, CODE_UNBOUND};
+use exec::{Outcome, Shared};
+
+/// Bodies above this are refused before the config (and its own, lower limit) is even read;
+/// the shim does not read a body whose declared length exceeds it.
 const HARD_BODY_LIMIT: usize = 32 << 20;
-const KV_BINDING: &str = "KV";
+/// `egw_fetch` flags from the shim.
+const FLAG_TOO_LARGE: u32 = 1;
+const FLAG_READ_FAILED: u32 = 2;
 
 thread_local! {
-    // One per isolate: the config memo survives across requests in the same isolate.
+    // One per isolate: the config memo, key memo and breaker survive across requests.
     static GATEWAY: Rc<Gateway> = Rc::new(Gateway::new());
+    static SECRETS: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
 }
 
-struct CloudflareHost {
-    env: Env,
-    kv: Option<KvStore>,
+#[no_mangle]
+pub extern "C" fn egw_env(ptr: usize, len: usize) {
+    abi::install_panic_hook();
+    let bytes = abi::take(ptr, len);
+    let mut parts = split_nul(&bytes);
+    let mut secrets = HashMap::new();
+    while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+        secrets.insert(String::from_utf8_lossy(name).into_owned(), String::from_utf8_lossy(value).into_owned());
+    }
+    SECRETS.with(|s| *s.borrow_mut() = secrets);
 }
 
-#[event(fetch)]
-async fn fetch(request: HttpRequest, env: Env, ctx: Context) -> worker::Result<Response> {
-    let kv = env.kv(KV_BINDING).ok();
-    let host = Rc::new(CloudflareHost { env, kv });
+#[no_mangle]
+pub extern "C" fn egw_fetch(
+    task: u32,
+    head_ptr: usize,
+    head_len: usize,
+    body_ptr: usize,
+    body_len: usize,
+    flags: u32,
+) -> usize {
+    abi::begin();
+    let head = abi::take(head_ptr, head_len);
+    let body = abi::take(body_ptr, body_len);
+    let request = read_request(&head, body, flags);
+    exec::spawn(task, move |shared| serve(CfHost { shared }, request));
+    abi::finish()
+}
+
+#[no_mangle]
+pub extern "C" fn egw_resume(
+    task: u32,
+    op: u32,
+    code: i32,
+    ptr: usize,
+    len: usize,
+    body_ptr: usize,
+    body_len: usize,
+) -> usize {
+    abi::begin();
+    exec::resume(task, op, Outcome { code, data: abi::take(ptr, len), body: abi::take(body_ptr, body_len) });
+    abi::finish()
+}
+
+/// One chunk of the origin's body through the task's pump: the bytes for the client.
+#[no_mangle]
+pub extern "C" fn egw_chunk(task: u32, ptr: usize, len: usize) -> usize {
+    let chunk = abi::take(ptr, len);
+    let out = exec::shared(task).and_then(|s| s.pump.borrow_mut().as_mut().map(|p| p.chunk(&chunk)));
+    abi::finish_with(&out.unwrap_or_default())
+}
+
+/// The origin's body ended (or broke): the pump's closing bytes.
+#[no_mangle]
+pub extern "C" fn egw_chunk_end(task: u32) -> usize {
+    let out = exec::shared(task).and_then(|s| s.pump.borrow_mut().as_mut().map(|p| p.end()));
+    abi::finish_with(&out.unwrap_or_default())
+}
+
+#[no_mangle]
+pub extern "C" fn egw_cancel(task: u32) -> usize {
+    abi::begin();
+    exec::cancel(task);
+    abi::finish()
+}
+
+/// The request as the core takes it, or the error the client gets without running the core.
+/// Head: `method\nurl\ncountry\ncontinent\n` then `name:value\n` per header.
+fn read_request(head: &[u8], body: Vec<u8>, flags: u32) -> Result<(Request<Vec<u8>>, ClientInfo)> {
+    if flags & FLAG_TOO_LARGE != 0 || body.len() > HARD_BODY_LIMIT {
+        return Err(GatewayError::payload_too_large(HARD_BODY_LIMIT));
+    }
+    if flags & FLAG_READ_FAILED != 0 {
+        return Err(GatewayError::bad_request(ErrorCode::BodyReadFailed, "reading the request body failed"));
+    }
+    let bad_head = || GatewayError::bad_request(ErrorCode::BadRequest, "the request line or headers could not be read");
+    let mut lines = head.split(|b| *b == b'\n');
+    let mut next = || lines.next().ok_or_else(bad_head);
+    let method = http::Method::from_bytes(next()?).map_err(|_| bad_head())?;
+    let uri = http::Uri::try_from(next()?).map_err(|_| bad_head())?;
+    let text = |b: &[u8]| (!b.is_empty()).then(|| String::from_utf8_lossy(b).into_owned());
+    let client = ClientInfo { country: text(next()?), continent: text(next()?), region: None };
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    for line in lines {
+        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(&line[..colon]), HeaderValue::from_bytes(&line[colon + 1..]))
+        {
+            headers.append(name, value);
+        }
+    }
+    Ok((request, client))
+}
+
+/// One request: the pipeline, the response, then the after-response work.
+async fn serve(host: CfHost, request: Result<(Request<Vec<u8>>, ClientInfo)>) {
+    let (request, client) = match request {
+        Ok(request) => request,
+        Err(error) => {
+            respond(error_response::<CfBody>(&error), &host.shared);
+            return;
+        }
+    };
     let gateway = GATEWAY.with(Rc::clone);
-
-    let client = ClientInfo {
-        country: request.extensions().get::<worker::Cf>().and_then(|cf| cf.country()),
-        continent: request.extensions().get::<worker::Cf>().and_then(|cf| cf.continent()),
-        region: None,
-    };
-    let (parts, body) = request.into_parts();
-    let exchange = match read_request_body(body).await {
-        Ok(bytes) => gateway.handle(&*host, Request::from_parts(parts, bytes), &client).await,
-        Err(error) => return Ok(to_worker_response(error_response(&error))?.0),
-    };
-    let deferred = exchange.deferred;
-    let (response, stream_end) = to_worker_response(exchange.response)?;
-    let after = host.clone();
-    ctx.wait_until(async move {
-        // A streamed answer is accounted once its stream ended or the client went away.
-        let summary = match stream_end {
-            Some(end) => end.await.ok(),
-            None => None,
-        };
-        let line = deferred.complete(&*after, summary).await;
-        worker::console_log!("{line}");
-    });
-    Ok(response)
-}
-
-async fn read_request_body(mut body: worker::Body) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| {
-            GatewayError::bad_request(ErrorCode::BodyReadFailed, format!("reading the request body failed: {e}"))
-        })?;
-        if bytes.len() + chunk.len() > HARD_BODY_LIMIT {
-            return Err(GatewayError::payload_too_large(HARD_BODY_LIMIT));
+    let Exchange { response, deferred } = gateway.handle(&host, request, &client).await;
+    // A streamed answer is accounted once its stream ended or the client went away.
+    let summary = match respond(response, &host.shared) {
+        Sent::Whole => None,
+        Sent::Streaming(stream_end) => {
+            stream_end.await;
+            host.shared.pump.borrow_mut().take().map(|pump| pump.summary())
         }
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok(bytes)
+        Sent::Pumped(summary) => Some(summary),
+    };
+    let line = deferred.complete(&host, summary).await;
+    exec::notify(Cmd::Log, &[line.as_str().into()]);
 }
 
-/// The host's response, plus for streams a receiver that yields the stream's summary once it
-/// ended or was dropped.
-fn to_worker_response(
-    response: http::Response<ResponseBody<CfBody>>,
-) -> worker::Result<(Response, Option<oneshot::Receiver<StreamSummary>>)> {
+/// How a response went out.
+enum Sent {
+    Whole,
+    /// Streaming: the op resolves when the stream is over.
+    Streaming(exec::Op),
+    /// A stream whose whole origin body was already here: pumped at once.
+    Pumped(crate::gateway::pipeline::stream::StreamSummary),
+}
+
+fn respond(response: Response<ResponseBody<CfBody>>, shared: &Rc<Shared>) -> Sent {
     let (parts, body) = response.into_parts();
-    let (response, stream_end) = match body {
-        ResponseBody::Full(bytes) => (Response::from_bytes(bytes)?, None),
-        ResponseBody::Stream(mut upstream, pump) => {
-            let (tx, rx) = oneshot::channel();
-            let state = StreamState {
-                upstream: upstream.response.stream()?,
-                pump,
-                abort: Some(upstream.abort),
-                summary: Some(tx),
-            };
-            (Response::from_stream(translate(state))?, Some(rx))
-        }
-    };
-    let headers = worker::Headers::new();
+    let mut headers = Vec::with_capacity(256);
     for (name, value) in &parts.headers {
-        if let Ok(value) = value.to_str() {
-            headers.append(name.as_str(), value)?;
+        // Only text values, as the Headers API takes them.
+        if value.to_str().is_ok() {
+            abi::push_nul(&mut headers, name.as_str().as_bytes());
+            abi::push_nul(&mut headers, value.as_bytes());
         }
     }
-    Ok((response.with_status(parts.status.as_u16()).with_headers(headers), stream_end))
-}
-
-/// A streamed origin response in flight. Dropping it — at the end, or because the client
-/// disconnected and the runtime cancelled the stream — reports the summary and, if the origin
-/// was still sending, aborts the origin request.
-struct StreamState {
-    upstream: worker::ByteStream,
-    pump: StreamPump,
-    abort: Option<AbortController>,
-    summary: Option<oneshot::Sender<StreamSummary>>,
-}
-
-impl Drop for StreamState {
-    fn drop(&mut self) {
-        let summary = self.pump.summary();
-        if !summary.completed {
-            if let Some(abort) = self.abort.take() {
-                abort.abort();
+    let status = u32::from(parts.status.as_u16());
+    match body {
+        ResponseBody::Full(bytes) => {
+            exec::notify(Cmd::Respond, &[status.into(), Field::Bytes(&headers), Field::Bytes(&bytes)]);
+            Sent::Whole
+        }
+        ResponseBody::Stream(mut upstream, mut pump) => {
+            if let Some(read) = upstream.read.take() {
+                // Already read whole (the shim reads ahead only what is not an event stream):
+                // the pump runs over it at once.
+                std::mem::forget(upstream);
+                let mut bytes = pump.chunk(&read);
+                bytes.extend(pump.end());
+                exec::notify(Cmd::Respond, &[status.into(), Field::Bytes(&headers), Field::Bytes(&bytes)]);
+                return Sent::Pumped(pump.summary());
             }
-        }
-        if let Some(tx) = self.summary.take() {
-            let _ = tx.send(summary);
+            *shared.pump.borrow_mut() = Some(pump);
+            let handle = upstream.into_handle();
+            Sent::Streaming(shared.call(Cmd::RespondStream, &[status.into(), Field::Bytes(&headers), handle.into()]))
         }
     }
 }
 
-/// The origin's chunks rewritten by the core's pump, then its closing bytes.
-fn translate(state: StreamState) -> impl futures_util::Stream<Item = worker::Result<Vec<u8>>> {
-    futures_util::stream::unfold(Some(state), |state| async move {
-        let mut state = state?;
-        loop {
-            match state.upstream.next().await {
-                Some(Ok(chunk)) => {
-                    let out = state.pump.chunk(&chunk);
-                    if !out.is_empty() {
-                        return Some((Ok(out), Some(state)));
-                    }
-                }
-                // End or a broken origin stream: the pump closes the client stream cleanly.
-                Some(Err(_)) | None => return Some((Ok(state.pump.end()), None)),
-            }
-        }
-    })
+/// The ports of one task.
+struct CfHost {
+    shared: Rc<Shared>,
 }
 
-fn kv_error(e: impl std::fmt::Display) -> GatewayError {
-    GatewayError::internal(ErrorCode::KvError, format!("KV operation failed: {e}"))
-}
-
-impl CloudflareHost {
-    fn store(&self) -> Result<&KvStore> {
-        self.kv.as_ref().ok_or_else(|| {
-            GatewayError::not_configured(ErrorCode::KvUnbound, format!("no KV namespace bound as \"{KV_BINDING}\""))
-        })
+/// A KV command that failed (the shim already retried it once): a 503 the client may retry,
+/// never the runtime's exception text.
+fn kv_failed(code: i32) -> GatewayError {
+    if code == CODE_UNBOUND {
+        return GatewayError::not_configured(ErrorCode::KvUnbound, "no KV namespace is bound as \"KV\"");
     }
+    GatewayError::kv_unavailable("the key-value store")
 }
 
-impl Kv for CloudflareHost {
+impl Kv for CfHost {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.store()?.get(key).bytes().await.map_err(kv_error)
+        let out = self.shared.call(Cmd::KvGet, &[key.into()]).await;
+        match out.code {
+            CODE_OK => Ok(Some(out.data)),
+            CODE_MISSING => Ok(None),
+            code => Err(kv_failed(code)),
+        }
     }
 
     async fn put(&self, key: &str, value: &[u8], ttl_secs: Option<u64>) -> Result<()> {
-        let mut put = self.store()?.put_bytes(key, value).map_err(kv_error)?;
-        if let Some(ttl) = ttl_secs {
-            put = put.expiration_ttl(ttl.max(60)); // Cloudflare's minimum TTL
+        // Cloudflare's minimum TTL is 60 s.
+        let ttl = ttl_secs.map_or(0, |t| t.clamp(60, u64::from(u32::MAX)) as u32);
+        let out = self.shared.call(Cmd::KvPut, &[key.into(), value.into(), ttl.into()]).await;
+        if out.code == CODE_OK {
+            Ok(())
+        } else {
+            Err(kv_failed(out.code))
         }
-        put.execute().await.map_err(kv_error)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        self.store()?.delete(key).await.map_err(kv_error)
+        let out = self.shared.call(Cmd::KvDelete, &[key.into()]).await;
+        if out.code == CODE_OK {
+            Ok(())
+        } else {
+            Err(kv_failed(out.code))
+        }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        let store = self.store()?;
-        let mut keys = Vec::new();
-        let mut cursor = None;
-        loop {
-            let mut list = store.list().prefix(prefix.to_string());
-            if let Some(c) = cursor.take() {
-                list = list.cursor(c);
-            }
-            let page = list.execute().await.map_err(kv_error)?;
-            keys.extend(page.keys.into_iter().map(|k| k.name));
-            match page.cursor {
-                Some(c) if !page.list_complete => cursor = Some(c),
-                _ => return Ok(keys),
-            }
+        let out = self.shared.call(Cmd::KvList, &[prefix.into()]).await;
+        if out.code != CODE_OK {
+            return Err(kv_failed(out.code));
+        }
+        Ok(split_nul(&out.data).map(|k| String::from_utf8_lossy(k).into_owned()).collect())
+    }
+}
+
+/// An origin body: still held by the shim (under the fetch's op number), or already read with
+/// the head. Dropping a held one unused tells the shim to cancel it.
+pub struct CfBody {
+    handle: u32,
+    content_length: Option<usize>,
+    read: Option<Vec<u8>>,
+}
+
+impl CfBody {
+    fn into_handle(self) -> u32 {
+        let handle = self.handle;
+        std::mem::forget(self);
+        handle
+    }
+}
+
+impl Drop for CfBody {
+    fn drop(&mut self) {
+        if self.read.is_none() {
+            exec::notify(Cmd::DropBody, &[self.handle.into()]);
         }
     }
 }
 
-/// An origin response and the controller that can still cancel it.
-pub struct CfBody {
-    response: Response,
-    abort: AbortController,
-}
-
-impl Upstream for CloudflareHost {
+impl Upstream for CfHost {
     type Body = CfBody;
 
     async fn send(
         &self,
         request: Request<Vec<u8>>,
         timeout_ms: u64,
-    ) -> std::result::Result<http::Response<CfBody>, UpstreamError> {
+    ) -> std::result::Result<Response<CfBody>, UpstreamError> {
         let (parts, body) = request.into_parts();
-        let headers = worker::Headers::new();
+        let mut headers = Vec::with_capacity(256);
         for (name, value) in &parts.headers {
-            let value = value.to_str().map_err(|e| UpstreamError::Connect(e.to_string()))?;
-            headers.append(name.as_str(), value).map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            value.to_str().map_err(|_| UpstreamError::Connect(format!("header {name} is not text")))?;
+            abi::push_nul(&mut headers, name.as_str().as_bytes());
+            abi::push_nul(&mut headers, value.as_bytes());
         }
-        let mut init = RequestInit::new();
-        init.with_method(worker::Method::from(parts.method.to_string())).with_headers(headers);
-        if !body.is_empty() {
-            init.with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
-        }
-        let request = worker::Request::new_with_init(&parts.uri.to_string(), &init)
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-
-        // The timeout covers the response head; aborting also cancels the origin request.
-        let controller = AbortController::default();
-        let signal = controller.signal();
-        let fetch = Fetch::Request(request);
-        let sent = std::pin::pin!(fetch.send_with_signal(&signal));
-        let timer = worker::Delay::from(Duration::from_millis(timeout_ms));
-        let response = match select(sent, timer).await {
-            Either::Left((result, _)) => result.map_err(|e| UpstreamError::Connect(e.to_string()))?,
-            Either::Right(_) => {
-                controller.abort();
-                return Err(UpstreamError::Timeout);
-            }
+        let url = parts.uri.to_string();
+        let timeout = timeout_ms.min(u64::from(u32::MAX)) as u32;
+        let fields = [
+            parts.method.as_str().into(),
+            url.as_str().into(),
+            Field::Bytes(&headers),
+            Field::Bytes(&body),
+            timeout.into(),
+        ];
+        let op = self.shared.call(Cmd::Fetch, &fields);
+        let handle = op.id;
+        let out = op.await;
+        let (code, head, read) = match out.code {
+            abi::CODE_TIMEOUT => return Err(UpstreamError::Timeout),
+            code if code < 0 => return Err(UpstreamError::Connect("the connection failed".into())),
+            code if code >= abi::BODY_INCLUDED => (code - abi::BODY_INCLUDED, out.data, Some(out.body)),
+            code => (code, out.data, None),
         };
-
-        let mut builder = http::Response::builder().status(response.status_code());
-        for (name, value) in response.headers().entries() {
-            if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
-                builder = builder.header(name, value);
+        let status = http::StatusCode::from_u16(code as u16)
+            .map_err(|_| UpstreamError::Connect(format!("invalid status {code}")))?;
+        let mut response = Response::new(CfBody { handle, content_length: None, read });
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        let mut parts = split_nul(&head);
+        while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+                headers.append(name, value);
             }
         }
-        builder.body(CfBody { response, abort: controller }).map_err(|e| UpstreamError::Body(e.to_string()))
+        let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+        response.body_mut().content_length = declared;
+        Ok(response)
     }
 
-    async fn read_body(&self, body: CfBody, limit: usize) -> std::result::Result<Vec<u8>, UpstreamError> {
-        let mut body = body.response;
-        let declared = body.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(UpstreamError::Body(format!("response exceeds {limit} bytes")));
+    async fn read_body(&self, mut body: CfBody, limit: usize) -> std::result::Result<Vec<u8>, UpstreamError> {
+        let too_large = || UpstreamError::Body(format!("response exceeds {limit} bytes"));
+        if body.content_length.is_some_and(|n| n > limit) {
+            return Err(too_large()); // dropping `body` cancels it
         }
-        // One arrayBuffer() call: far cheaper than crossing into JS per chunk.
-        let bytes = body.bytes().await.map_err(|e| UpstreamError::Body(e.to_string()))?;
-        if bytes.len() > limit {
-            return Err(UpstreamError::Body(format!("response exceeds {limit} bytes")));
+        if let Some(bytes) = body.read.take() {
+            std::mem::forget(body);
+            return if bytes.len() <= limit { Ok(bytes) } else { Err(too_large()) };
         }
-        Ok(bytes)
+        let handle = body.into_handle();
+        let limit_u32 = limit.min(u32::MAX as usize) as u32;
+        // One arrayBuffer() in the shim, one copy into the wasm.
+        let out = self.shared.call(Cmd::ReadBody, &[handle.into(), limit_u32.into()]).await;
+        match out.code {
+            CODE_OK if out.data.len() <= limit => Ok(out.data),
+            CODE_OK | abi::CODE_TOO_LARGE => Err(too_large()),
+            _ => Err(UpstreamError::Body("reading the response body failed".into())),
+        }
     }
 }
 
-impl Secrets for CloudflareHost {
+impl Secrets for CfHost {
     fn secret(&self, name: &str) -> Option<String> {
-        self.env.secret(name).map(|s| s.to_string()).or_else(|_| self.env.var(name).map(|v| v.to_string())).ok()
+        SECRETS.with(|s| s.borrow().get(name).cloned())
     }
 }
 
-impl Clock for CloudflareHost {
+impl Clock for CfHost {
     fn now_ms(&self) -> u64 {
-        worker::Date::now().as_millis()
+        abi::now()
     }
 
     fn random_bytes(&self, buf: &mut [u8]) {
-        // crypto.getRandomValues; it cannot fail for small buffers inside a worker.
-        getrandom::getrandom(buf).expect("crypto.getRandomValues is available in workers");
+        abi::random(buf);
     }
 
     async fn sleep(&self, ms: u64) {
-        worker::Delay::from(Duration::from_millis(ms)).await;
+        self.shared.call(Cmd::Sleep, &[(ms.min(u64::from(u32::MAX)) as u32).into()]).await;
     }
 }
 
-impl crate::gateway::ports::counter::Counter for CloudflareHost {
-    async fn count(
-        &self,
-        scope: &str,
-        ops: &[crate::gateway::ports::counter::CounterOp],
-    ) -> Result<Option<crate::gateway::ports::counter::CounterReply>> {
-        super::cloudflare_counter::count(&self.env, scope, ops).await.map(Some)
+impl Counter for CfHost {
+    async fn count(&self, scope: &str, ops: &[CounterOp]) -> Result<Option<CounterReply>> {
+        super::cloudflare_counter::count(&self.shared, scope, ops).await.map(Some)
     }
 }

@@ -9,16 +9,10 @@
 //! runtime's output gate holds the reply until that write is durable. Counters whose window
 //! ended are deleted on the next call.
 //!
-//! Wiring (in `cloudflare.rs`): `mod` this file in `src/host/mod.rs` under the `cloudflare`
-//! feature, then
-//! ```ignore
-//! impl crate::gateway::ports::counter::Counter for CloudflareHost {
-//!     async fn count(&self, scope: &str, ops: &[CounterOp]) -> Result<Option<CounterReply>> {
-//!         super::cloudflare_counter::count(&self.env, scope, ops).await.map(Some)
-//!     }
-//! }
-//! ```
-//! and in `wrangler.toml`:
+//! The class itself (`GatewayCounter` in `cloudflare/shim.mjs`) is a thin RPC shell: its
+//! `count(request)` runs [`egw_count`] as a task of the same executor as requests, whose
+//! commands are the object's storage calls (`StorageGet`/`Put`/`Delete`) and its `Reply`. The
+//! in-memory counters live here, per object (numbered by the shim). `wrangler.toml`:
 //! ```toml
 //! [[durable_objects.bindings]]
 //! name = "COUNTER"
@@ -31,23 +25,29 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
-use wasm_bindgen::JsValue;
-use worker::{durable_object, DurableObject, Env, Method, Request, RequestInit, Response, State};
 
+use super::cloudflare::abi::{self, push_nul, split_nul, Cmd, Field, CODE_OK, CODE_UNBOUND};
+use super::cloudflare::exec::{self, Shared};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::counter::{apply_ops, Amounts, CounterOp, CounterReply};
 
-/// The Durable Object namespace binding in `wrangler.toml`.
+/// The Durable Object namespace binding in `wrangler.toml` (the shim reads `env.COUNTER`).
 pub const COUNTER_BINDING: &str = "COUNTER";
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
+struct CountRequestRef<'a> {
+    ops: &'a [CounterOp],
+}
+
+#[derive(Deserialize)]
 struct CountRequest {
     ops: Vec<CounterOp>,
 }
 
-/// What the object stores per counter.
+/// What the object stores per counter (as JSON text).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Stored {
     value: Amounts,
@@ -57,105 +57,138 @@ struct Stored {
 /// Asks the scope's Durable Object to apply `ops` (see `limits::Counter::count`). Fails closed:
 /// exact limits were asked for, so a missing binding or an unreachable object is an error, not
 /// a silent fallback to per-location counting.
-pub async fn count(env: &Env, scope: &str, ops: &[CounterOp]) -> Result<CounterReply> {
-    let namespace = env.durable_object(COUNTER_BINDING).map_err(|_| {
-        GatewayError::not_configured(
-            ErrorCode::CounterUnbound,
-            format!("exact limits are configured but no Durable Object namespace is bound as \"{COUNTER_BINDING}\""),
-        )
-    })?;
-    let stub = namespace.get_by_name(scope).map_err(counter_error)?;
-    let body = serde_json::to_string(&CountRequest { ops: ops.to_vec() }).map_err(counter_error)?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_body(Some(JsValue::from_str(&body)));
-    let request = Request::new_with_init("https://counter.internal/count", &init).map_err(counter_error)?;
-    let mut response = stub.fetch_with_request(request).await.map_err(counter_error)?;
-    if response.status_code() != 200 {
-        let text = response.text().await.unwrap_or_default();
-        return Err(counter_error(format!(
-            "HTTP {}: {}",
-            response.status_code(),
-            text.chars().take(200).collect::<String>()
-        )));
+pub(super) async fn count(shared: &Rc<Shared>, scope: &str, ops: &[CounterOp]) -> Result<CounterReply> {
+    let body = serde_json::to_vec(&CountRequestRef { ops }).map_err(|_| counter_error())?;
+    let out = shared.call(Cmd::Count, &[scope.into(), Field::Bytes(&body)]).await;
+    match out.code {
+        CODE_OK => {}
+        CODE_UNBOUND => {
+            return Err(GatewayError::not_configured(
+                ErrorCode::CounterUnbound,
+                format!(
+                    "exact limits are configured but no Durable Object namespace is bound as \"{COUNTER_BINDING}\""
+                ),
+            ))
+        }
+        _ => return Err(counter_error()),
     }
-    let reply: CounterReply = response.json().await.map_err(counter_error)?;
+    let reply: CounterReply = serde_json::from_slice(&out.data).map_err(|_| counter_error())?;
     if reply.values.len() != ops.len() {
-        return Err(counter_error("the counter answered the wrong number of values"));
+        return Err(counter_error());
     }
     Ok(reply)
 }
 
-fn counter_error(e: impl std::fmt::Display) -> GatewayError {
-    GatewayError::internal(ErrorCode::CounterError, format!("the exact rate-limit counter failed: {e}"))
+fn counter_error() -> GatewayError {
+    GatewayError::internal(ErrorCode::CounterError, "the exact rate-limit counter failed")
 }
 
-/// One per scope (`idFromName(scope)`).
-#[durable_object(fetch)]
-pub struct GatewayCounter {
-    state: State,
-    counters: RefCell<HashMap<String, Stored>>,
+type Counters = Rc<RefCell<HashMap<String, Stored>>>;
+
+thread_local! {
+    // Per object (the shim numbers them): its counters in memory.
+    static OBJECTS: RefCell<HashMap<u32, Counters>> = RefCell::new(HashMap::new());
 }
 
-impl DurableObject for GatewayCounter {
-    fn new(state: State, _env: Env) -> Self {
-        GatewayCounter { state, counters: RefCell::default() }
+/// One `count(request)` call on object `object`, as task `task`: ends with a `Reply` (code 0
+/// and the reply JSON, or code 1 and a message).
+#[no_mangle]
+pub extern "C" fn egw_count(task: u32, object: u32, ptr: usize, len: usize) -> usize {
+    abi::begin();
+    let body = abi::take(ptr, len);
+    let counters = OBJECTS.with(|o| o.borrow_mut().entry(object).or_default().clone());
+    exec::spawn(task, move |shared| async move {
+        let (code, reply) = match apply(&shared, &counters, &body).await {
+            Ok(reply) => (0u32, reply),
+            Err(message) => (1, message.into_bytes()),
+        };
+        exec::notify(Cmd::Reply, &[code.into(), Field::Bytes(&reply)]);
+    });
+    abi::finish()
+}
+
+/// The object was collected: forget its counters (storage keeps them).
+#[no_mangle]
+pub extern "C" fn egw_object_drop(object: u32) {
+    OBJECTS.with(|o| o.borrow_mut().remove(&object));
+}
+
+async fn storage(shared: &Rc<Shared>, kind: Cmd, payload: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let out = shared.call(kind, &[Field::Bytes(payload)]).await;
+    if out.code == CODE_OK {
+        Ok(out.data)
+    } else {
+        Err("the counter's storage failed".into())
+    }
+}
+
+async fn apply(shared: &Rc<Shared>, counters: &Counters, body: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let request: CountRequest = serde_json::from_slice(body).map_err(|e| format!("bad counter request: {e}"))?;
+    let now = abi::now();
+
+    // Forget counters whose window ended (memory and storage).
+    let mut expired = Vec::new();
+    counters.borrow_mut().retain(|name, s| {
+        let keep = s.expires_at_ms > now;
+        if !keep {
+            push_nul(&mut expired, name.as_bytes());
+        }
+        keep
+    });
+    if !expired.is_empty() {
+        storage(shared, Cmd::StorageDelete, &expired).await?;
     }
 
-    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let request: CountRequest = match req.json().await {
-            Ok(r) => r,
-            Err(e) => return Response::error(format!("bad counter request: {e}"), 400),
-        };
-        let now = worker::Date::now().as_millis();
-        let storage = self.state.storage();
-
-        // Forget counters whose window ended (memory and storage).
-        let expired: Vec<String> = self
-            .counters
-            .borrow()
-            .iter()
-            .filter(|(_, s)| s.expires_at_ms <= now)
-            .map(|(name, _)| name.clone())
-            .collect();
-        if !expired.is_empty() {
-            self.counters.borrow_mut().retain(|_, s| s.expires_at_ms > now);
-            storage.delete_multiple(expired).await?;
+    // Load what memory does not have yet. A concurrent call may load the same counter
+    // meanwhile; memory wins (it is never behind storage: every change goes through it).
+    let mut missing: Vec<&str> = Vec::new();
+    for op in &request.ops {
+        if !counters.borrow().contains_key(&op.name) && !missing.contains(&op.name.as_str()) {
+            missing.push(&op.name);
         }
-
-        // Load what memory does not have yet. A concurrent call may load the same counter
-        // meanwhile; memory wins (it is never behind storage: every change goes through it).
-        for op in &request.ops {
-            if self.counters.borrow().contains_key(&op.name) {
-                continue;
-            }
-            let stored: Stored = storage.get(&op.name).await?.unwrap_or_default();
+    }
+    if !missing.is_empty() {
+        let mut names = Vec::new();
+        for name in &missing {
+            push_nul(&mut names, name.as_bytes());
+        }
+        let values = storage(shared, Cmd::StorageGet, &names).await?;
+        let mut values = split_nul(&values);
+        for name in missing {
+            let value = values.next().unwrap_or_default();
+            let stored: Stored = if value.is_empty() {
+                Stored::default()
+            } else {
+                serde_json::from_slice(value).map_err(|_| format!("counter {name} is stored malformed"))?
+            };
             let stored =
                 if stored.expires_at_ms != 0 && stored.expires_at_ms <= now { Stored::default() } else { stored };
-            self.counters.borrow_mut().entry(op.name.clone()).or_insert(stored);
+            counters.borrow_mut().entry(name.to_string()).or_insert(stored);
         }
+    }
 
-        // Check and add: synchronous, so calls cannot interleave here.
-        let (reply, changed) = {
-            let mut counters = self.counters.borrow_mut();
-            let mut current: Vec<Amounts> =
-                request.ops.iter().map(|op| counters.get(&op.name).map(|s| s.value).unwrap_or_default()).collect();
-            let reply = apply_ops(&mut current, &request.ops);
-            let mut changed = Vec::new();
-            if reply.admitted {
-                for (op, value) in request.ops.iter().zip(&reply.values) {
-                    let entry = counters.entry(op.name.clone()).or_default();
-                    entry.value = *value;
-                    entry.expires_at_ms = entry.expires_at_ms.max(op.expires_at_ms);
-                    if !op.add.is_zero() {
-                        changed.push((op.name.clone(), *entry));
-                    }
+    // Check and add: synchronous, so calls cannot interleave here.
+    let (reply, changed) = {
+        let mut counters = counters.borrow_mut();
+        let mut current: Vec<Amounts> =
+            request.ops.iter().map(|op| counters.get(&op.name).map(|s| s.value).unwrap_or_default()).collect();
+        let reply = apply_ops(&mut current, &request.ops);
+        let mut changed = Vec::new();
+        if reply.admitted {
+            for (op, value) in request.ops.iter().zip(&reply.values) {
+                let entry = counters.entry(op.name.clone()).or_default();
+                entry.value = *value;
+                entry.expires_at_ms = entry.expires_at_ms.max(op.expires_at_ms);
+                if !op.add.is_zero() {
+                    push_nul(&mut changed, op.name.as_bytes());
+                    push_nul(&mut changed, &serde_json::to_vec(&*entry).map_err(|e| e.to_string())?);
                 }
             }
-            (reply, changed)
-        };
-        for (name, stored) in changed {
-            storage.put(&name, stored).await?;
         }
-        Response::from_json(&reply)
+        (reply, changed)
+    };
+    if !changed.is_empty() {
+        storage(shared, Cmd::StoragePut, &changed).await?;
     }
+    serde_json::to_vec(&reply).map_err(|e| e.to_string())
 }

@@ -140,7 +140,8 @@ class Host:
 
 
 class WorkerdHost(Host):
-    """The worker-build bundle (build/) under workerd, via `wrangler dev` with local KV."""
+    """The worker bundle (build/shim.mjs + build/gateway.wasm) under workerd, via `wrangler dev`
+    with local KV and the Durable Object."""
 
     name = "workerd"
 

@@ -1,35 +1,31 @@
-//! Pass-through worker: request in, same method/path/body to ORIGIN_URL, origin's response
-//! out. Crosses the JS/wasm boundary the way the gateway's adapter does (body read chunk by
-//! chunk into wasm, outbound `fetch` built from Rust), so the gateway's extra cost over this
-//! worker is what the gateway adds: the pipeline, reading and re-sending the origin's
-//! answer, KV, accounting and logging.
+//! Minimal pass-through worker, floor (i) of scripts/bench: the cheapest way the `worker`
+//! crate proxies a request. The body is read once (`Request::bytes()`: one `arrayBuffer()`),
+//! sent with the same method and path to ORIGIN_URL with the two headers an OpenAI-style
+//! origin needs (one `Fetch`), and the origin's response is returned as is: its body streams
+//! back without entering wasm. No `http` conversion (it reads `cf.httpProtocol`, which throws
+//! on bare workerd) and no chunk-by-chunk reading.
 
-use futures_util::StreamExt;
-use worker::{event, js_sys, Context, Env, Fetch, Headers, HttpRequest, Request, RequestInit, Response};
+use worker::{event, js_sys, Context, Env, Fetch, Headers, Request, RequestInit, Response, Result};
 
 #[event(fetch)]
-async fn fetch(request: HttpRequest, env: Env, _ctx: Context) -> worker::Result<Response> {
+async fn fetch(mut request: Request, env: Env, _ctx: Context) -> Result<Response> {
     let origin = env.var("ORIGIN_URL").map(|v| v.to_string()).unwrap_or_else(|_| "http://127.0.0.1:8091".into());
-    let (parts, mut body) = request.into_parts();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = body.next().await {
-        bytes.extend_from_slice(&chunk?);
-    }
-
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    // The headers an OpenAI-style origin needs: the body's type and the caller's credential.
+    let url = request.url()?;
+    let target = match url.query() {
+        Some(query) => format!("{origin}{}?{query}", url.path()),
+        None => format!("{origin}{}", url.path()),
+    };
     let headers = Headers::new();
     for name in ["content-type", "authorization"] {
-        if let Some(value) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
-            headers.set(name, value)?;
+        if let Some(value) = request.headers().get(name)? {
+            headers.set(name, &value)?;
         }
     }
+    let body = request.bytes().await?;
     let mut init = RequestInit::new();
-    init.with_method(worker::Method::from(parts.method.to_string())).with_headers(headers);
-    if !bytes.is_empty() {
-        init.with_body(Some(js_sys::Uint8Array::from(bytes.as_slice()).into()));
+    init.with_method(request.method()).with_headers(headers);
+    if !body.is_empty() {
+        init.with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
     }
-    let outbound = Request::new_with_init(&format!("{origin}{path}"), &init)?;
-    // Returned as is: the origin's body streams back without entering wasm.
-    Fetch::Request(outbound).send().await
+    Fetch::Request(Request::new_with_init(&target, &init)?).send().await
 }

@@ -7,6 +7,7 @@
 //! The host only supplies ports and moves bytes in and out; `account` runs after the response
 //! is sent, when the host says (`Deferred::complete`).
 
+pub mod access;
 pub mod account;
 pub mod context;
 pub mod log;
@@ -79,6 +80,11 @@ impl Gateway {
         let path = request.uri().path();
         if path == "/admin" || path.starts_with("/admin/") {
             return self.admin(ports, request, log).await;
+        }
+        if routing::is_access_requests_path(path) {
+            let config = self.config(ports).await;
+            let (response, deferred) = access::serve(ports, &self.state, config, request, log).await;
+            return Exchange { response, deferred };
         }
         // Anthropic SDKs read errors in Anthropic's shape; everyone else gets the OpenAI shape.
         // Until routing says more, errors are OpenAI-shaped (Anthropic-shaped on its path).

@@ -51,11 +51,17 @@ pub fn resolve(
     })
 }
 
-/// Admit: authenticate the key, authorize the endpoint, and check the limits that apply.
+/// Admit: authenticate the key or JWT, authorize the endpoint (allow-list, approval grant),
+/// and check the limits that apply.
 /// An admitted request carries its accounting (settled after the response).
 pub async fn admit<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()> {
     let endpoint = &call.endpoint;
-    let key = auth::authenticate(ports, &ctx.state.auth, &call.headers, &endpoint.name, endpoint.public).await?;
+    let target = auth::Target {
+        name: &endpoint.name,
+        public: endpoint.public,
+        approval: endpoint.access == crate::gateway::features::access::Access::Approval,
+    };
+    let key = auth::authenticate(ports, &ctx.state.auth, &call.headers, &call.config.auth.jwt, target).await?;
     ctx.log.key_id = key.as_ref().map(|k| k.id.clone());
     let admitted = limits::admit(
         ports,

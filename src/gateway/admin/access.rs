@@ -70,9 +70,6 @@ pub(super) async fn decide<P: Ports>(
 ) -> Handled {
     let now = ports.now_ms();
     let (expires_at, note) = decision(body, approve, now)?;
-    if access::load_request(ports, id).await?.is_none() {
-        return Err(not_found(id).into());
-    }
     let request =
         access::decide(ports, &memo.grants, id, approve, expires_at, note, now).await?.ok_or_else(|| not_found(id))?;
     fill(audit, &request);

@@ -36,7 +36,7 @@ use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 
-use crate::gateway::error::{ErrorCode, GatewayError, Result};
+use crate::gateway::error::Result;
 use crate::gateway::features::keys::KeyRecord;
 use crate::gateway::ports::Ports;
 use crate::gateway::util::text::hex;
@@ -141,15 +141,11 @@ pub async fn verify<P: Ports>(ports: &P, memo: &IdentityMemo, config: &JwtConfig
     Ok(verified)
 }
 
-/// 401 for a JWT when no issuer is configured: the same answer as any unknown credential.
-pub fn not_enabled() -> GatewayError {
-    GatewayError::unauthorized(ErrorCode::InvalidApiKey, "the API key is not valid: it is unknown, expired or revoked")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::gateway::check::Issues;
+    use crate::gateway::error::ErrorCode;
     use crate::gateway::ports::memory::{block_on, MemoryHost};
     use crate::gateway::ports::Clock;
     use serde_json::{json, Value};

@@ -400,8 +400,10 @@ fn main() {
     let (head, tail) = CHAT_BODY.split_once(COUNTER).expect("CHAT_BODY has a counter");
     let template = (head.to_string(), tail.to_string());
     let chat_len = chat_body(&template, 0).len();
-    // Tokens as an identity provider issues them: valid for an hour of the in-memory clock.
-    let claims = testing::claims_at(host(Rc::default()).now_ms.get(), "bench");
+    // Tokens as an identity provider issues them. The in-memory clock moves on when the usage
+    // writer waits between writes (MemoryHost::sleep advances it), so they are valid for years.
+    let mut claims = testing::claims_at(host(Rc::default()).now_ms.get(), "bench");
+    claims["exp"] = serde_json::json!(claims["iat"].as_u64().expect("iat") + 10 * 365 * 86_400);
     let rs256 = testing::sign_rs256(&claims, Some(testing::RSA_KID));
     let es256 = testing::sign_es256(&claims, Some(testing::EC_KID));
     let jwt_case = |name, token: &str, cold| {

@@ -9,6 +9,11 @@
 //! host's own work (copying bytes across the JS/WASI boundary, the network), which the
 //! end-to-end section of scripts/bench measures.
 //!
+//! The JWT cases authenticate with a bearer JWT (RS256 or ES256, signed by the test identity
+//! provider in `features::identity::testing`) instead of an API key; the issuer's JWKS is
+//! served by the in-memory origin and cached like in production. "verify only" times the
+//! verifier alone (parse, signature, registered claims) without the pipeline.
+//!
 //! Built with cargo's `bench` profile, which inherits `[profile.release]` (opt-level "z",
 //! LTO, one codegen unit): the same optimisation level the shipped wasm gets.
 
@@ -19,6 +24,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use edge_gateway::gateway::features::identity::{jwt, testing};
 use edge_gateway::gateway::pipeline::ClientInfo;
 use edge_gateway::gateway::ports::memory::{block_on, MemoryHost};
 use edge_gateway::gateway::ports::UpstreamError;
@@ -92,6 +98,19 @@ const CONFIG: &str = r#"{
   "templates": {"assistant": {"default": "1", "versions": {"1": {"system": "Shop: {{ shop }}. Be brief."}}}}
 }"#;
 
+/// The JWKS URL of the bench's identity provider (answered by the in-memory origin).
+const JWKS_URL: &str = "http://127.0.0.1:8091/jwks.json";
+
+/// CONFIG plus a trusted issuer: the test identity provider, every endpoint, no limits.
+fn jwt_config() -> String {
+    let mut config: serde_json::Value = serde_json::from_str(CONFIG).expect("CONFIG is JSON");
+    config["auth"] = serde_json::json!({"jwt": {"issuers": [{
+        "issuer": testing::ISSUER, "audiences": ["bench"], "jwks_url": JWKS_URL,
+        "claims": {"tenant": "org_id"}, "policy": {"endpoints": ["*"]}
+    }]}});
+    config.to_string()
+}
+
 /// A typical ~1 KB chat request: system prompt plus a short conversation. `{N}` becomes a
 /// per-request counter so that a response cache (planned) cannot turn the forwarded path
 /// into a cache hit; the "forwarded" line in the output shows whether every request reached
@@ -157,10 +176,23 @@ fn openai_client_request(method: Method, path: &str, key: &str, body: Vec<u8>) -
     builder.body(body).expect("a valid request")
 }
 
-/// The in-memory origin: OpenAI's chat.completion for chat calls, 404 otherwise. Counts calls.
+/// The in-memory origin: OpenAI's chat.completion for chat calls, the identity provider's
+/// JWKS (not counted as forwarded), 404 otherwise. Counts calls.
 fn host(forwarded: Rc<Cell<u64>>) -> MemoryHost {
+    host_with(forwarded, CONFIG)
+}
+
+fn host_with(forwarded: Rc<Cell<u64>>, config: &str) -> MemoryHost {
     let completion = COMPLETION.as_bytes().to_vec();
+    let jwks = testing::jwks().to_string().into_bytes();
     let mut host = MemoryHost::new(move |request: &Request<Vec<u8>>| {
+        if request.uri() == JWKS_URL {
+            return Ok(Response::builder()
+                .header("content-type", "application/json")
+                .header("cache-control", "max-age=3600")
+                .body(jwks.clone())
+                .expect("a valid response"));
+        }
         forwarded.set(forwarded.get() + 1);
         let ok = request.uri().path().ends_with("/chat/completions");
         let body = if ok { completion.clone() } else { br#"{"error":{"message":"not found"}}"#.to_vec() };
@@ -176,7 +208,7 @@ fn host(forwarded: Rc<Cell<u64>>) -> MemoryHost {
     })
     .with_secret("OPENAI_API_KEY", API_KEY)
     .with_secret(ADMIN_TOKEN_SECRET, ADMIN_TOKEN)
-    .with_kv("config:active", CONFIG);
+    .with_kv("config:active", config);
     host.record = false; // keeping every sent request would grow memory and skew the timing
     host
 }
@@ -218,6 +250,8 @@ struct Case<'a> {
     /// config parsed) every time, as when every request gets a fresh instance (`wasmtime
     /// serve`, Spin).
     cold: bool,
+    /// The config trusts the test identity provider (the JWT cases).
+    jwt: bool,
 }
 
 struct Stats {
@@ -271,7 +305,7 @@ fn run_one(warm: Option<&Gateway>, host: &MemoryHost, request: Request<Vec<u8>>)
 fn measure(case: &Case, limits: &Limits) -> Stats {
     let Limits { min_iterations, min_time, max_time, warm_up } = *limits;
     let forwarded = Rc::new(Cell::new(0));
-    let host = host(forwarded.clone());
+    let host = if case.jwt { host_with(forwarded.clone(), &jwt_config()) } else { host(forwarded.clone()) };
     let (key, _) = provision_key(&host);
     let gateway = Gateway::new(); // one per isolate: the config memo is warm after request 0
     let warm = (!case.cold).then_some(&gateway);
@@ -366,6 +400,24 @@ fn main() {
     let (head, tail) = CHAT_BODY.split_once(COUNTER).expect("CHAT_BODY has a counter");
     let template = (head.to_string(), tail.to_string());
     let chat_len = chat_body(&template, 0).len();
+    // Tokens as an identity provider issues them. The in-memory clock moves on when the usage
+    // writer waits between writes (MemoryHost::sleep advances it), so they are valid for years.
+    let mut claims = testing::claims_at(host(Rc::default()).now_ms.get(), "bench");
+    claims["exp"] = serde_json::json!(claims["iat"].as_u64().expect("iat") + 10 * 365 * 86_400);
+    let rs256 = testing::sign_rs256(&claims, Some(testing::RSA_KID));
+    let es256 = testing::sign_es256(&claims, Some(testing::EC_KID));
+    let jwt_case = |name, token: &str, cold| {
+        let token = token.to_string();
+        let template = &template;
+        Case {
+            name,
+            make: Box::new(move |i, _| {
+                openai_client_request(Method::POST, "/v1/chat/completions", &token, chat_body(template, i))
+            }),
+            cold,
+            jwt: true,
+        }
+    };
     let cases = [
         Case {
             name: "POST /v1/chat/completions (forwarded, 200)",
@@ -373,6 +425,7 @@ fn main() {
                 openai_client_request(Method::POST, "/v1/chat/completions", key, chat_body(&template, i))
             }),
             cold: false,
+            jwt: false,
         },
         Case {
             name: "  same, new isolate per request (cold memos)",
@@ -380,7 +433,12 @@ fn main() {
                 openai_client_request(Method::POST, "/v1/chat/completions", key, chat_body(&template, i))
             }),
             cold: true,
+            jwt: false,
         },
+        jwt_case("  JWT RS256 instead of the key (token memoized)", &rs256, false),
+        jwt_case("  JWT ES256 instead of the key (token memoized)", &es256, false),
+        jwt_case("  JWT RS256, new isolate per request", &rs256, true),
+        jwt_case("  JWT ES256, new isolate per request", &es256, true),
         Case {
             name: "  + template, guardrails, cache lookup (miss)",
             make: Box::new(|i, key| {
@@ -388,6 +446,7 @@ fn main() {
                 openai_client_request(Method::POST, "/v1/chat/completions", key, body)
             }),
             cold: false,
+            jwt: false,
         },
         Case {
             name: "  same request again: cache hit",
@@ -396,6 +455,7 @@ fn main() {
                 openai_client_request(Method::POST, "/v1/chat/completions", key, body)
             }),
             cold: false,
+            jwt: false,
         },
         Case {
             name: "POST /v1/chat/completions malformed JSON (400)",
@@ -408,11 +468,13 @@ fn main() {
                 )
             }),
             cold: false,
+            jwt: false,
         },
         Case {
             name: "GET /v1/models",
             make: Box::new(|_, key| openai_client_request(Method::GET, "/v1/models", key, Vec::new())),
             cold: false,
+            jwt: false,
         },
     ];
 
@@ -449,6 +511,37 @@ fn main() {
         );
     }
     println!("(p50/p99 are over per-batch means; allocs and alloc B are per request, reallocs included)");
+    if filter.as_deref().is_none_or(|f| "verify only".contains(f) || f.contains("JWT")) {
+        for (alg, token) in [("RS256", &rs256), ("ES256", &es256)] {
+            let (us, n) = verify_only(token, min_time);
+            println!("JWT verify only (parse + signature + claims), {alg}: {us:.2} µs per token ({n} tokens)");
+        }
+    }
+}
+
+/// The verifier alone: what a request pays when its token is not memoized (the JWKS already
+/// parsed). Returns µs per verification and how many were timed.
+fn verify_only(token: &str, min_time: Duration) -> (f64, u64) {
+    let keys = [jwt::VerifyKey::Rsa(testing::rsa_public()), jwt::VerifyKey::P256(testing::ec_public())];
+    let audiences = ["bench".to_string()];
+    let now_ms = host(Rc::default()).now_ms.get();
+    let once = || {
+        let parsed = jwt::parse(black_box(token)).expect("a valid token");
+        let alg = jwt::Algorithm::parse(&parsed.alg).expect("RS256 or ES256");
+        let key = keys.iter().find(|k| k.fits(alg)).expect("a key");
+        assert!(jwt::verify_signature(alg, key, parsed.signing_input, &parsed.signature));
+        let expected = jwt::Expected { audiences: &audiences, clock_skew_secs: 60, now_ms };
+        black_box(jwt::check_claims(&parsed.claims, expected).expect("valid claims"));
+    };
+    for _ in 0..20 {
+        once();
+    }
+    let (started, mut n) = (Instant::now(), 0u64);
+    while n < 200 || started.elapsed() < min_time {
+        once();
+        n += 1;
+    }
+    (started.elapsed().as_secs_f64() * 1e6 / n as f64, n)
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

@@ -57,3 +57,43 @@ fn bad_json_and_missing_config_are_clean_errors() {
     let exchange = block_on(Gateway::new().handle(&empty, request, &ClientInfo::default()));
     assert_eq!(exchange.response.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// JWT verification (RS256 with `rsa`, ES256 with `p256`) runs on the wasm targets too: a
+/// trusted issuer's JWKS is fetched through the origin port, both tokens pass, a tampered
+/// one is refused with its code.
+#[test]
+fn jwt_callers_are_verified() {
+    use edge_gateway::gateway::features::identity::testing;
+    let mut config: Value = serde_json::from_str(CONFIG).unwrap();
+    config["endpoints"][0]["public"] = Value::Bool(false);
+    config["auth"] = serde_json::json!({"jwt": {"issuers": [{"issuer": testing::ISSUER, "audiences": ["wasm"],
+        "jwks_url": "http://idp.test/jwks.json", "policy": {"tenant": "wasm"}}]}});
+    let host = MemoryHost::new(|request| {
+        if request.uri().path() == "/jwks.json" {
+            return Ok(Response::new(testing::jwks().to_string().into_bytes()));
+        }
+        Ok(Response::new(br#"{"object": "chat.completion", "choices": []}"#.to_vec()))
+    })
+    .with_secret("OPENAI_API_KEY", "sk-wasm")
+    .with_kv(ACTIVE_KEY, config.to_string());
+    let claims = testing::claims_at(host.now_ms.get(), "wasm");
+    let rs256 = testing::sign_rs256(&claims, Some(testing::RSA_KID));
+    let es256 = testing::sign_es256(&claims, Some(testing::EC_KID));
+    let tampered = format!("{}.{}", &rs256[..rs256.rfind('.').unwrap()], &es256[es256.rfind('.').unwrap() + 1..]);
+    let gateway = Gateway::new();
+    for (token, status, code) in
+        [(&rs256, 200, None), (&es256, 200, None), (&tampered, 401, Some("token_bad_signature"))]
+    {
+        let request = Request::post("/v1/chat/completions")
+            .header("authorization", format!("Bearer {token}"))
+            .body(br#"{"model":"chat","messages":[{"role":"user","content":"hi"}]}"#.to_vec())
+            .unwrap();
+        let exchange = block_on(gateway.handle(&host, request, &ClientInfo::default()));
+        assert_eq!(exchange.response.status().as_u16(), status);
+        if let Some(code) = code {
+            assert_eq!(body_json(exchange.response.body())["error"]["code"], code);
+        } else {
+            assert!(exchange.deferred.log.key_id.as_deref().is_some_and(|id| id.starts_with("j_")));
+        }
+    }
+}

@@ -17,6 +17,10 @@
 //!   gatewayctl keys list [--tenant T]
 //!   gatewayctl keys revoke ID | gatewayctl keys rotate ID
 //!   gatewayctl usage (--key ID | --tenant T) [--from YYYY-MM-DD] [--to YYYY-MM-DD]
+//!   gatewayctl access list [--state pending|approved|denied|all] [--tenant T]
+//!   gatewayctl access get ID
+//!   gatewayctl access approve ID [--expires-in SECS | --expires-at UNIX] [--note TEXT]
+//!   gatewayctl access deny ID [--note TEXT]
 //!
 //! Answers are printed as JSON on stdout. `keys create` and `keys rotate` print the new key
 //! once (it is not stored anywhere); errors go to stderr with a non-zero exit.
@@ -35,13 +39,16 @@ const USAGE: &str = "usage: gatewayctl validate FILE | gatewayctl render FILE
                   [--budget-usd X] [--budget-period day|month] [--region R] [--expires-in SECS | --expires-at UNIX] [--exact]
        gatewayctl [--url URL] keys list [--tenant T] | keys revoke ID | keys rotate ID
        gatewayctl [--url URL] usage (--key ID | --tenant T) [--from YYYY-MM-DD] [--to YYYY-MM-DD]
+       gatewayctl [--url URL] access list [--state pending|approved|denied|all] [--tenant T] | access get ID
+       gatewayctl [--url URL] access approve ID [--expires-in SECS | --expires-at UNIX] [--note TEXT]
+       gatewayctl [--url URL] access deny ID [--note TEXT]
 the gateway URL comes from --url or GATEWAY_URL, the admin token from GATEWAY_ADMIN_TOKEN";
 
 /// The value flags of `keys create` (the key's spec).
 const KEY_FLAGS: &[&str] =
     &["tenant", "name", "endpoints", "rpm", "tpm", "budget-usd", "budget-period", "region", "expires-in", "expires-at"];
 /// Other flags that take a value.
-const OTHER_VALUE_FLAGS: &[&str] = &["url", "key", "from", "to"];
+const OTHER_VALUE_FLAGS: &[&str] = &["url", "key", "from", "to", "state", "note"];
 /// Flags that are switches.
 const SWITCHES: &[&str] = &["exact"];
 
@@ -162,8 +169,52 @@ fn run(args: Vec<String>) -> Result<(), String> {
             print_json(&Client::new(&flags)?.call("GET", &format!("/admin/usage?{}", query.join("&")), None)?);
             Ok(())
         }
+        ["access", "list"] => {
+            only(&["url", "state", "tenant"])?;
+            let mut query = Vec::new();
+            for name in ["state", "tenant"] {
+                if let Some(v) = flags.get(name) {
+                    query.push(format!("{name}={}", encode(v)));
+                }
+            }
+            let path = format!("/admin/access-requests?{}", query.join("&"));
+            print_json(&Client::new(&flags)?.call("GET", path.trim_end_matches('?'), None)?);
+            Ok(())
+        }
+        ["access", "get", id] => {
+            only(&["url"])?;
+            print_json(&Client::new(&flags)?.call("GET", &format!("/admin/access-requests/{}", encode(id)), None)?);
+            Ok(())
+        }
+        ["access", action @ ("approve" | "deny"), id] => {
+            let body = if *action == "approve" {
+                only(&["url", "expires-in", "expires-at", "note"])?;
+                decision(&flags)?
+            } else {
+                only(&["url", "note"])?;
+                decision(&flags)?
+            };
+            let path = format!("/admin/access-requests/{}/{action}", encode(id));
+            print_json(&Client::new(&flags)?.call("POST", &path, Some(&body))?);
+            Ok(())
+        }
         _ => Err(USAGE.to_string()),
     }
+}
+
+/// The body of `access approve|deny`: `{expires_in?, expires_at?, note?}`.
+fn decision(flags: &BTreeMap<String, String>) -> Result<Value, String> {
+    let mut body = Map::new();
+    for (flag, field) in [("expires-in", "expires_in"), ("expires-at", "expires_at")] {
+        if let Some(v) = flags.get(flag) {
+            let n: u64 = v.parse().map_err(|_| format!("--{flag} must be a whole number, not {v:?}"))?;
+            body.insert(field.into(), json!(n));
+        }
+    }
+    if let Some(note) = flags.get("note") {
+        body.insert("note".into(), json!(note));
+    }
+    Ok(Value::Object(body))
 }
 
 /// Splits `--flag value`, `--flag=value` and switches from positional words.
@@ -513,6 +564,21 @@ mod tests {
         let mut none = Vec::new();
         diff("", Some(&old), Some(&old), &mut none);
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn access_decisions() {
+        let (flags, words) =
+            parse_args(strings(&["access", "approve", "ar_01", "--expires-in", "3600", "--note", "ok"])).unwrap();
+        assert_eq!(words, ["access", "approve", "ar_01"]);
+        assert_eq!(decision(&flags).unwrap(), json!({"expires_in": 3600, "note": "ok"}));
+        let (flags, _) = parse_args(strings(&["access", "deny", "ar_01"])).unwrap();
+        assert_eq!(decision(&flags).unwrap(), json!({}));
+        let (flags, _) = parse_args(strings(&["--expires-in", "soon"])).unwrap();
+        assert!(decision(&flags).is_err());
+        assert!(run(strings(&["access", "deny", "ar_01", "--expires-in", "5"]))
+            .unwrap_err()
+            .contains("does not apply"));
     }
 
     #[test]

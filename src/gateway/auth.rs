@@ -1,9 +1,16 @@
-//! Authentication and authorization of API keys (DESIGN.md §2 steps 2-3).
+//! Authentication and authorization (DESIGN.md §2 steps 2-3): API keys, JWTs from trusted
+//! issuers (`features::identity`), and access approval (`features::access`).
+//!
+//! A presented credential (`Authorization: Bearer`, `x-api-key`, `api-key`) shaped like a JWT
+//! goes to the JWT verifier when the config trusts an issuer; anything else is an API key. Both
+//! end as the same key-shaped policy ([`KeyRecord`]): a JWT subject's id is `j_…`, derived
+//! from issuer and subject, so limits, budgets, usage and grants apply to it as to a key.
 //!
 //! How long a revoked (or disabled, or rotated-away) key can still pass:
 //! * **in an isolate that recently saw it succeed**: at most [`MEMO_TTL_MS`] (5 s) — positive
-//!   lookups are memoized per isolate for that long. Negative results (unknown, expired,
-//!   disabled) are never memoized, and expiry is checked on every request, memo or not, so an
+//!   lookups are memoized per isolate for that long. Well-formed keys found unknown are
+//!   memoized as unknown for as long (a made-up key costs one KV read per 5 s); expired and
+//!   disabled records are not, and expiry is checked on every request, memo or not, so an
 //!   expired key is refused from its `expires_at` second on.
 //! * **plus the store's propagation delay**: Cloudflare KV is eventually consistent; a revoke
 //!   written in one location can take up to 60 s to be seen by reads in another (reads in the
@@ -11,6 +18,8 @@
 //!
 //! So the bound is 5 s after the revoke is visible in KV at the request's location: 5 s on
 //! Spin and in the location that received the admin call, up to 65 s elsewhere on Cloudflare.
+//! JWTs cannot be revoked (they expire); grants follow `features::access` (a new grant counts
+//! on the next request, a revoked one within 5 s, an expired one at once).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -19,6 +28,8 @@ use std::rc::Rc;
 use http::HeaderMap;
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
+use crate::gateway::features::access::{self, GrantMemo};
+use crate::gateway::features::identity::{self, IdentityMemo, JwtConfig};
 use crate::gateway::features::keys::{self, KeyRecord, KeyState};
 use crate::gateway::ports::Ports;
 
@@ -30,11 +41,14 @@ const MEMO_MAX: usize = 4096;
 
 /// Per-isolate memo of key lookups, keyed by the key's SHA-256 hex (never the key): records
 /// found, and hashes found unknown (so a client repeating a made-up key costs one KV read per
-/// memo period, not one per request). Kept in `Gateway` next to the config memo.
+/// memo period, not one per request); plus the identity state (verified JWTs, JWKS) and live
+/// grants. Kept in `Gateway` next to the config memo.
 pub struct AuthMemo {
     ttl_ms: u64,
     entries: RefCell<HashMap<String, (Rc<KeyRecord>, u64)>>,
     unknown: RefCell<HashMap<String, u64>>,
+    pub identity: IdentityMemo,
+    pub grants: GrantMemo,
 }
 
 impl Default for AuthMemo {
@@ -45,7 +59,13 @@ impl Default for AuthMemo {
 
 impl AuthMemo {
     pub fn new(ttl_ms: u64) -> Self {
-        AuthMemo { ttl_ms, entries: RefCell::default(), unknown: RefCell::default() }
+        AuthMemo {
+            ttl_ms,
+            entries: RefCell::default(),
+            unknown: RefCell::default(),
+            identity: IdentityMemo::default(),
+            grants: GrantMemo::default(),
+        }
     }
 
     fn is_unknown(&self, hash: &str, now_ms: u64) -> bool {
@@ -102,73 +122,142 @@ impl AuthMemo {
     }
 }
 
-/// Authenticates the request's key and authorizes it for `endpoint` (the name the client
-/// asked for: an endpoint or a traffic route).
-///
-/// * no key: 401 `missing_api_key`, unless `public` (then `Ok(None)`);
-/// * unknown, malformed, expired or disabled key: 401 `invalid_api_key`, one message for all;
-///   on a `public` endpoint such a key is ignored (`Ok(None)`: served anonymously);
-/// * valid key not allowed `endpoint`: 403 `endpoint_not_allowed` naming it (not on public
-///   endpoints: public means anyone may call it);
-/// * KV failure: 503 `kv_unavailable` with `Retry-After` (fails closed, also on public
-///   endpoints: a key that was sent but cannot be checked is not silently ignored).
-///
-/// A valid key on a public endpoint is returned, so the request is attributed and limited.
-pub async fn authenticate<P: Ports>(
-    ports: &P,
-    memo: &AuthMemo,
-    headers: &HeaderMap,
-    endpoint: &str,
-    public: bool,
-) -> Result<Option<Rc<KeyRecord>>> {
-    authenticate_key(ports, memo, presented(headers, None), endpoint, public).await
+/// What the caller asks to call: the endpoint's name and how it is guarded.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub name: &'a str,
+    /// No credential needed (`public: true`).
+    pub public: bool,
+    /// Only callers with a grant (`access: approval`).
+    pub approval: bool,
 }
 
-/// The key a request presents: `Authorization: Bearer`, `x-api-key` or `api-key`, else the
-/// credential its dialect found (Gemini's `x-goog-api-key` or `?key=`, on Gemini routes only).
+impl<'a> Target<'a> {
+    pub fn new(name: &'a str, public: bool) -> Self {
+        Target { name, public, approval: false }
+    }
+}
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallerKind {
+    Key,
+    Jwt { issuer: String, subject: String },
+}
+
+impl CallerKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CallerKind::Key => "key",
+            CallerKind::Jwt { .. } => "jwt",
+        }
+    }
+}
+
+/// An authenticated caller: its key-shaped policy, and how it authenticated.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub record: Rc<KeyRecord>,
+    pub kind: CallerKind,
+}
+
+/// The credential a request presents: `Authorization: Bearer`, `x-api-key` or `api-key`, else
+/// the one its dialect found (Gemini's `x-goog-api-key` or `?key=`, on Gemini routes only).
 pub fn presented<'a>(headers: &'a HeaderMap, dialect_credential: Option<&'a str>) -> Option<&'a str> {
     keys::presented_key(headers).or(dialect_credential.map(str::trim).filter(|k| !k.is_empty()))
 }
 
-/// `authenticate` for a key already taken from the request (see `presented`).
-pub async fn authenticate_key<P: Ports>(
+/// Authenticates the request's credential (see [`presented`]) and authorizes it for `target`
+/// (the resolved endpoint).
+///
+/// * no credential: 401 `missing_api_key`, unless `public` (then `Ok(None)`);
+/// * unknown, malformed, expired or disabled key: 401 `invalid_api_key`, one message for all;
+///   a refused JWT: 401 with its `token_*` code; on a `public` endpoint such a credential is
+///   ignored (`Ok(None)`: served anonymously);
+/// * valid caller not allowed the endpoint: 403 `endpoint_not_allowed` naming it (not on
+///   public endpoints: public means anyone may call it);
+/// * an `approval` endpoint and no live grant for the caller: 403 `approval_required`;
+/// * KV failure: 503 `kv_unavailable` with `Retry-After` (fails closed, also on public
+///   endpoints: a key that was sent but cannot be checked is not silently ignored); JWKS
+///   unavailable: 503.
+///
+/// A valid caller on a public endpoint is returned, so the request is attributed and limited.
+pub async fn authenticate<P: Ports>(
     ports: &P,
     memo: &AuthMemo,
     presented: Option<&str>,
-    endpoint: &str,
-    public: bool,
+    jwt: &JwtConfig,
+    target: Target<'_>,
 ) -> Result<Option<Rc<KeyRecord>>> {
-    let Some(presented) = presented else {
-        return if public { Ok(None) } else { Err(missing_key()) };
-    };
-    let record = match lookup(ports, memo, presented).await? {
-        Some(record) => record,
-        None if public => return Ok(None),
-        None => return Err(invalid_key()),
-    };
-    if !public && !record.allows(endpoint) {
-        return Err(endpoint_not_allowed(endpoint));
+    let Some(caller) = caller(ports, memo, presented, jwt, target.public).await? else { return Ok(None) };
+    let record = caller.record;
+    if target.public {
+        return Ok(Some(record));
+    }
+    if !record.allows(target.name) {
+        return Err(endpoint_not_allowed(target.name));
+    }
+    if target.approval && !access::has_grant(ports, &memo.grants, &record.id, target.name, ports.now_ms()).await? {
+        return Err(approval_required(target.name));
     }
     Ok(Some(record))
 }
 
 /// Who is calling, for requests that name no endpoint (e.g. `GET /v1/responses/{id}`): no
-/// key — or a placeholder that is no gateway key at all, as SDKs of public endpoints send — is
-/// the public tenant (`Ok(None)`); an `egw_` key that is not valid is a 401, as anywhere.
-pub async fn identify<P: Ports>(ports: &P, memo: &AuthMemo, presented: Option<&str>) -> Result<Option<Rc<KeyRecord>>> {
-    let Some(presented) = presented.filter(|p| p.starts_with(keys::KEY_PREFIX)) else { return Ok(None) };
-    match lookup(ports, memo, presented).await? {
-        Some(record) => Ok(Some(record)),
-        None => Err(invalid_key()),
-    }
+/// credential — or a placeholder that is neither a gateway key nor a JWT, as SDKs of public
+/// endpoints send — is the public tenant (`Ok(None)`); an `egw_` key or a JWT that is not valid
+/// is a 401, as anywhere.
+pub async fn identify<P: Ports>(
+    ports: &P,
+    memo: &AuthMemo,
+    presented: Option<&str>,
+    jwt: &JwtConfig,
+) -> Result<Option<Rc<KeyRecord>>> {
+    let ours = |p: &&str| p.starts_with(keys::KEY_PREFIX) || (jwt.enabled() && identity::looks_like_jwt(p));
+    let Some(presented) = presented.filter(ours) else { return Ok(None) };
+    Ok(caller(ports, memo, Some(presented), jwt, false).await?.map(|c| c.record))
 }
 
-/// The key of a caller of a read-only listing, if it presented a valid one. Any problem
-/// (no key, an invalid one, a store failure) means no key: the listing then shows only
-/// public endpoints, which is the restrictive answer.
-pub async fn viewer<P: Ports>(ports: &P, memo: &AuthMemo, headers: &HeaderMap) -> Option<Rc<KeyRecord>> {
+/// The caller of a read-only listing, if it presented a valid credential. Any problem (none,
+/// an invalid one, a store failure) means no caller: the listing then shows only public
+/// endpoints, which is the restrictive answer.
+pub async fn viewer<P: Ports>(
+    ports: &P,
+    memo: &AuthMemo,
+    headers: &HeaderMap,
+    jwt: &JwtConfig,
+) -> Option<Rc<KeyRecord>> {
     let presented = keys::presented_key(headers)?;
-    lookup(ports, memo, presented).await.ok().flatten()
+    caller(ports, memo, Some(presented), jwt, true).await.ok().flatten().map(|c| c.record)
+}
+
+/// Who the caller is, without looking at what they call: `None` only when `lenient` (a public
+/// endpoint) and the credential is missing or refused.
+pub async fn caller<P: Ports>(
+    ports: &P,
+    memo: &AuthMemo,
+    presented: Option<&str>,
+    jwt: &JwtConfig,
+    lenient: bool,
+) -> Result<Option<Caller>> {
+    let Some(presented) = presented else {
+        return if lenient { Ok(None) } else { Err(missing_key()) };
+    };
+    if jwt.enabled() && identity::looks_like_jwt(presented) {
+        return match identity::verify(ports, &memo.identity, jwt, presented).await {
+            Ok(verified) => Ok(Some(Caller {
+                record: verified.record.clone(),
+                kind: CallerKind::Jwt { issuer: verified.issuer.clone(), subject: verified.subject.clone() },
+            })),
+            Err(_) if lenient => Ok(None),
+            Err(e) => Err(e),
+        };
+    }
+    match lookup(ports, memo, presented).await? {
+        Some(record) => Ok(Some(Caller { record, kind: CallerKind::Key })),
+        None if lenient => Ok(None),
+        None => Err(invalid_key()),
+    }
 }
 
 /// The active record for a presented key, or `None` for any kind of invalid key.
@@ -220,7 +309,7 @@ fn unavailable(e: GatewayError) -> GatewayError {
     }
 }
 
-fn missing_key() -> GatewayError {
+pub fn missing_key() -> GatewayError {
     GatewayError::unauthorized(
         ErrorCode::MissingApiKey,
         "no API key: send one as `Authorization: Bearer <key>`, `x-api-key: <key>` or `api-key: <key>`",
@@ -231,10 +320,24 @@ fn invalid_key() -> GatewayError {
     GatewayError::unauthorized(ErrorCode::InvalidApiKey, "the API key is not valid: it is unknown, expired or revoked")
 }
 
-fn endpoint_not_allowed(endpoint: &str) -> GatewayError {
+pub fn endpoint_not_allowed(endpoint: &str) -> GatewayError {
     GatewayError::forbidden(
         ErrorCode::EndpointNotAllowed,
-        format!("this API key may not call endpoint \"{}\"", crate::gateway::util::text::truncate(endpoint, 64)),
+        format!(
+            "this API key or token may not call endpoint \"{}\"",
+            crate::gateway::util::text::truncate(endpoint, 64)
+        ),
+    )
+}
+
+fn approval_required(endpoint: &str) -> GatewayError {
+    let endpoint = crate::gateway::util::text::truncate(endpoint, 64);
+    GatewayError::forbidden(
+        ErrorCode::ApprovalRequired,
+        format!(
+            "endpoint \"{endpoint}\" requires approval: ask with POST /v1/access-requests \
+             {{\"endpoint\": \"{endpoint}\", \"reason\": \"...\"}}; an admin approves it"
+        ),
     )
 }
 
@@ -271,6 +374,11 @@ mod tests {
         h
     }
 
+    /// A key as `presented` returns it.
+    fn key_of(key: &str) -> Option<&str> {
+        Some(key)
+    }
+
     fn bearer(key: &str) -> HeaderMap {
         headers("authorization", &format!("Bearer {key}"))
     }
@@ -284,14 +392,22 @@ mod tests {
         assert_eq!(presented(&none, Some(" k ")), Some("k"));
         assert_eq!(presented(&none, Some("  ")), None);
         assert_eq!(presented(&bearer("std"), Some("goog")), Some("std"));
-        let auth = |p: Option<&str>| block_on(authenticate_key(&host, &memo, p, "gemini", false));
+        let auth = |p: Option<&str>| {
+            block_on(authenticate(&host, &memo, p, &JwtConfig::default(), Target::new("gemini", false)))
+        };
         assert_eq!(auth(Some(&key)).unwrap().unwrap().id, record.id);
         assert_eq!(auth(None).unwrap_err().code, "missing_api_key");
         assert_eq!(auth(Some("egw_nope")).unwrap_err().code, "invalid_api_key");
-        assert_eq!(block_on(identify(&host, &memo, Some(&key))).unwrap().unwrap().tenant, "acme");
-        assert!(block_on(identify(&host, &memo, None)).unwrap().is_none());
-        assert!(block_on(identify(&host, &memo, Some("sk-placeholder"))).unwrap().is_none());
-        assert_eq!(block_on(identify(&host, &memo, Some("egw_nope"))).unwrap_err().status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            block_on(identify(&host, &memo, Some(&key), &JwtConfig::default())).unwrap().unwrap().tenant,
+            "acme"
+        );
+        assert!(block_on(identify(&host, &memo, None, &JwtConfig::default())).unwrap().is_none());
+        assert!(block_on(identify(&host, &memo, Some("sk-placeholder"), &JwtConfig::default())).unwrap().is_none());
+        assert_eq!(
+            block_on(identify(&host, &memo, Some("egw_nope"), &JwtConfig::default())).unwrap_err().status,
+            StatusCode::UNAUTHORIZED
+        );
     }
 
     #[test]
@@ -301,8 +417,15 @@ mod tests {
         let (key, record) = add_key(&host, &["chat"], |_| {});
         let (expired, _) = add_key(&host, &["*"], |r| r.expires_at = Some(host.now_ms() / 1000));
         let (disabled, _) = add_key(&host, &["*"], |r| r.disabled = true);
-        let auth =
-            |h: &HeaderMap, endpoint: &str, public: bool| block_on(authenticate(&host, &memo, h, endpoint, public));
+        let auth = |h: &HeaderMap, endpoint: &str, public: bool| {
+            block_on(authenticate(
+                &host,
+                &memo,
+                presented(h, None),
+                &JwtConfig::default(),
+                Target::new(endpoint, public),
+            ))
+        };
 
         for h in [bearer(&key), headers("x-api-key", &key), headers("api-key", &key)] {
             assert_eq!(auth(&h, "chat", false).unwrap().unwrap().id, record.id);
@@ -339,7 +462,15 @@ mod tests {
         let host = host();
         let memo = AuthMemo::default();
         let (key, mut record) = add_key(&host, &["*"], |_| {});
-        let auth = || block_on(authenticate(&host, &memo, &bearer(&key), "chat", false));
+        let auth = || {
+            block_on(authenticate(
+                &host,
+                &memo,
+                presented(&bearer(&key), None),
+                &JwtConfig::default(),
+                Target::new("chat", false),
+            ))
+        };
         assert!(auth().is_ok());
         record.disabled = true;
         block_on(keys::store(&host, &record)).unwrap();
@@ -362,7 +493,8 @@ mod tests {
         let host = host();
         let memo = AuthMemo::default();
         let key = keys::generate(&host);
-        let auth = || block_on(authenticate(&host, &memo, &bearer(&key), "chat", false));
+        let auth =
+            || block_on(authenticate(&host, &memo, key_of(&key), &JwtConfig::default(), Target::new("chat", false)));
         let before = host.kv_ops.get();
         for _ in 0..10 {
             assert_eq!(auth().unwrap_err().code, "invalid_api_key");
@@ -380,7 +512,13 @@ mod tests {
         assert!(auth().is_ok());
         // The negative memo is bounded like the positive one.
         for _ in 0..MEMO_MAX + 10 {
-            let _ = block_on(authenticate(&host, &memo, &bearer(&keys::generate(&host)), "chat", false));
+            let _ = block_on(authenticate(
+                &host,
+                &memo,
+                key_of(&keys::generate(&host)),
+                &JwtConfig::default(),
+                Target::new("chat", false),
+            ));
         }
         assert!(memo.len() <= 2 * MEMO_MAX);
     }
@@ -395,9 +533,12 @@ mod tests {
         let (other, _) = add_key(&host, &["*"], |r| r.id = record.id.clone());
         // `other` was stored last: the index names it; `key`'s record is an orphan.
         assert_eq!(block_on(keys::by_id(&host, &record.id)).unwrap().unwrap().hash, keys::hash_key(&other));
-        assert!(block_on(authenticate(&host, &memo, &bearer(&other), "x", false)).is_ok());
+        assert!(block_on(authenticate(&host, &memo, key_of(&other), &JwtConfig::default(), Target::new("x", false)))
+            .is_ok());
         assert_eq!(
-            block_on(authenticate(&host, &memo, &bearer(&key), "x", false)).unwrap_err().code,
+            block_on(authenticate(&host, &memo, key_of(&key), &JwtConfig::default(), Target::new("x", false)))
+                .unwrap_err()
+                .code,
             "invalid_api_key"
         );
     }
@@ -410,11 +551,13 @@ mod tests {
         let memo = AuthMemo::default();
         let (key, _) = add_key(&host, &["*"], |_| {});
         host.kv_fail.borrow_mut().push(String::new());
-        let e = block_on(authenticate(&host, &memo, &bearer(&key), "x", false)).unwrap_err();
+        let e = block_on(authenticate(&host, &memo, key_of(&key), &JwtConfig::default(), Target::new("x", false)))
+            .unwrap_err();
         assert_eq!((e.status, e.code.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "kv_unavailable"));
         assert_eq!(e.retry_after, Some(1));
         // On a public endpoint too: a key that cannot be checked is not silently ignored.
-        let e = block_on(authenticate(&host, &memo, &bearer(&key), "x", true)).unwrap_err();
+        let e = block_on(authenticate(&host, &memo, key_of(&key), &JwtConfig::default(), Target::new("x", true)))
+            .unwrap_err();
         assert_eq!(e.code, "kv_unavailable");
         assert!(memo.is_empty(), "nothing memoized from a failed read");
     }
@@ -425,7 +568,15 @@ mod tests {
         let memo = AuthMemo::default();
         let expires = host.now_ms() / 1000 + 2;
         let (key, _) = add_key(&host, &["*"], |r| r.expires_at = Some(expires));
-        let auth = || block_on(authenticate(&host, &memo, &bearer(&key), "chat", false));
+        let auth = || {
+            block_on(authenticate(
+                &host,
+                &memo,
+                presented(&bearer(&key), None),
+                &JwtConfig::default(),
+                Target::new("chat", false),
+            ))
+        };
         assert!(auth().is_ok());
         host.advance(2_000);
         assert_eq!(auth().unwrap_err().code, "invalid_api_key");
@@ -440,9 +591,24 @@ mod tests {
         // Copy the record under another key's name: the stored hash no longer matches.
         let bytes = host.kv.borrow()[&keys::record_key(&record.hash)].clone();
         host.kv.borrow_mut().insert(keys::record_key(&keys::hash_key(&other)), bytes);
-        assert!(block_on(authenticate(&host, &memo, &bearer(&key), "x", false)).is_ok());
+        assert!(block_on(authenticate(
+            &host,
+            &memo,
+            presented(&bearer(&key), None),
+            &JwtConfig::default(),
+            Target::new("x", false)
+        ))
+        .is_ok());
         assert_eq!(
-            block_on(authenticate(&host, &memo, &bearer(&other), "x", false)).unwrap_err().code,
+            block_on(authenticate(
+                &host,
+                &memo,
+                presented(&bearer(&other), None),
+                &JwtConfig::default(),
+                Target::new("x", false)
+            ))
+            .unwrap_err()
+            .code,
             "invalid_api_key"
         );
     }
@@ -456,5 +622,77 @@ mod tests {
             memo.put(format!("h{i}"), record.clone(), 0);
         }
         assert!(memo.len() <= MEMO_MAX);
+    }
+    #[test]
+    fn jwts_beside_keys() {
+        use crate::gateway::features::identity::{check_auth, testing};
+        let host =
+            MemoryHost::new(|_| Ok(http::Response::builder().body(testing::jwks().to_string().into_bytes()).unwrap()));
+        let memo = AuthMemo::default();
+        let mut issues = crate::gateway::check::Issues::default();
+        let auth_config = serde_json::json!({"jwt": {"issuers": [{"issuer": testing::ISSUER, "audiences": ["gw"],
+            "jwks_url": "https://idp.test/jwks.json", "policy": {"tenant": "t", "endpoints": ["chat"]}}]}});
+        let jwt = check_auth("auth", &auth_config, &[], &mut issues).unwrap().jwt;
+        let token = testing::sign_es256(&testing::claims_at(host.now_ms(), "gw"), Some(testing::EC_KID));
+        let (key, record) = add_key(&host, &["chat"], |_| {});
+        let auth = |h: &HeaderMap, jwt: &JwtConfig, name: &str, public: bool| {
+            block_on(authenticate(&host, &memo, presented(h, None), jwt, Target::new(name, public)))
+        };
+
+        // Any of the three headers carries a JWT; keys still work beside it.
+        for h in [bearer(&token), headers("x-api-key", &token), headers("api-key", &token)] {
+            let r = auth(&h, &jwt, "chat", false).unwrap().unwrap();
+            assert_eq!(
+                (r.id.as_str(), r.tenant.as_str()),
+                (identity::claims::principal_id(testing::ISSUER, "alice").as_str(), "t")
+            );
+        }
+        assert_eq!(auth(&bearer(&key), &jwt, "chat", false).unwrap().unwrap().id, record.id);
+        assert_eq!(auth(&bearer(&token), &jwt, "embeddings", false).unwrap_err().code, "endpoint_not_allowed");
+        // Without trusted issuers a JWT is just an unknown credential.
+        assert_eq!(auth(&bearer(&token), &JwtConfig::default(), "chat", false).unwrap_err().code, "invalid_api_key");
+        // A refused JWT on a public endpoint is ignored; on others it is a 401 with its code.
+        let mut other_claims = testing::claims_at(host.now_ms(), "gw");
+        other_claims["sub"] = serde_json::json!("mallory");
+        let other = testing::sign_es256(&other_claims, Some(testing::EC_KID));
+        let forged = format!("{}.{}", &token[..token.rfind('.').unwrap()], &other[other.rfind('.').unwrap() + 1..]);
+        assert_eq!(auth(&bearer(&forged), &jwt, "open", true).unwrap(), None);
+        let e = auth(&bearer(&forged), &jwt, "chat", false).unwrap_err();
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::UNAUTHORIZED, "token_bad_signature"));
+        assert!(!e.message.contains(&token[..20]) && !String::from_utf8_lossy(&e.body()).contains(&token[..20]));
+    }
+
+    #[test]
+    fn approval_needs_a_live_grant() {
+        use crate::gateway::features::access::{self, AccessRequest, State};
+        let host = host();
+        let memo = AuthMemo::default();
+        let (key, record) = add_key(&host, &["gated"], |_| {});
+        let target = Target { name: "gated", public: false, approval: true };
+        let auth =
+            || block_on(authenticate(&host, &memo, presented(&bearer(&key), None), &JwtConfig::default(), target));
+        let e = auth().unwrap_err();
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::FORBIDDEN, "approval_required"));
+        let request = AccessRequest {
+            id: access::request_id(&record.id, "gated"),
+            principal: record.id.clone(),
+            kind: "key".into(),
+            subject: String::new(),
+            issuer: None,
+            tenant: "acme".into(),
+            endpoint: "gated".into(),
+            reason: "r".into(),
+            state: State::Pending,
+            created: 0,
+            updated: 0,
+            expires_at: None,
+            note: None,
+        };
+        block_on(access::store_request(&host, &request)).unwrap();
+        let now = host.now_ms();
+        block_on(access::decide(&host, &memo.grants, &request.id, true, Some(now / 1000 + 10), None, now)).unwrap();
+        assert!(auth().is_ok());
+        host.advance(10_000);
+        assert_eq!(auth().unwrap_err().code, "approval_required", "expired grants are refused at once");
     }
 }

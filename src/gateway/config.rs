@@ -13,8 +13,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::gateway::check::{ConfigIssue, Issues};
+use crate::gateway::features::access::{self, Access};
 use crate::gateway::features::cache::{self, CachePolicy};
 use crate::gateway::features::guard::{self, Guardrails};
+use crate::gateway::features::identity::{self, AuthConfig};
 use crate::gateway::features::template::{self, TemplateRef, Templates};
 use crate::gateway::providers::Provider;
 
@@ -34,6 +36,8 @@ pub struct Config {
     pub settings: Settings,
     pub prices: crate::gateway::features::usage::Prices,
     pub limits: crate::gateway::features::limits::LimitsConfig,
+    /// `auth:` — trusted JWT issuers and their claim mapping (features::identity).
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +109,8 @@ pub struct Endpoint {
     /// `responses: passthrough`: the origin speaks the OpenAI Responses API itself, so
     /// `/v1/responses` requests go to its `/responses` (otherwise they are translated to chat).
     pub responses_passthrough: bool,
+    /// `access: approval`: only callers with a grant (features::access).
+    pub access: Access,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,8 +199,18 @@ mod raw {
     use serde::Deserialize;
     use serde_json::{Map, Value};
 
-    pub const TOP_LEVEL: &[&str] =
-        &["version", "endpoints", "routes", "regions", "default_region", "settings", "prices", "limits", "templates"];
+    pub const TOP_LEVEL: &[&str] = &[
+        "version",
+        "endpoints",
+        "routes",
+        "regions",
+        "default_region",
+        "settings",
+        "prices",
+        "limits",
+        "templates",
+        "auth",
+    ];
 
     #[derive(Deserialize)]
     pub struct Config {
@@ -216,6 +232,8 @@ mod raw {
         pub limits: Option<Value>,
         #[serde(default)]
         pub templates: Option<Value>,
+        #[serde(default)]
+        pub auth: Option<Value>,
         #[serde(flatten)]
         pub other: Map<String, Value>,
     }
@@ -253,6 +271,7 @@ mod raw {
         pub cache: Option<Value>,
         #[serde(default)]
         pub responses: Option<String>,
+        pub access: Option<Value>,
     }
 
     #[derive(Deserialize)]
@@ -396,6 +415,10 @@ impl Config {
             Some(v) => crate::gateway::features::limits::check_limits("limits", v, &mut issues).unwrap_or_default(),
             None => Default::default(),
         };
+        let auth = match &raw.auth {
+            Some(v) => identity::check_auth("auth", v, &region_names, &mut issues).unwrap_or_default(),
+            None => AuthConfig::default(),
+        };
         if issues.0.is_empty() {
             Ok(Config {
                 version,
@@ -407,6 +430,7 @@ impl Config {
                 settings,
                 prices,
                 limits,
+                auth,
             })
         } else {
             Err(issues.0)
@@ -588,6 +612,16 @@ fn check_endpoint(
         Some(v) => cache::check(&format!("{path}.cache"), v, issues).unwrap_or_default(),
         None => CachePolicy::default(),
     };
+    let access = match &raw.access {
+        Some(v) => access::check_access(&format!("{path}.access"), v, issues).unwrap_or_default(),
+        None => Access::Open,
+    };
+    if access == Access::Approval && raw.public {
+        issues.push(
+            format!("{path}.access"),
+            "a public endpoint needs no caller, so it cannot require approval: drop `public` or `access`",
+        );
+    }
     if let Some(pin) = &raw.residency {
         check_region(&format!("{path}.residency"), pin, regions, issues);
         if !origins.iter().any(|o| o.region.as_ref() == Some(pin)) {
@@ -635,6 +669,7 @@ fn check_endpoint(
         guardrails,
         cache,
         responses_passthrough,
+        access,
     })
 }
 

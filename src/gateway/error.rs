@@ -78,6 +78,19 @@ error_codes! {
     BudgetExceeded = "budget_exceeded",
     /// A USD budget applies, but the endpoint's model has no price: it could not be enforced.
     UnpricedModel = "unpriced_model",
+    // JWT / OIDC tokens (features::identity) and access approval (features::access).
+    TokenExpired = "token_expired",
+    TokenBadSignature = "token_bad_signature",
+    TokenUnknownIssuer = "token_unknown_issuer",
+    TokenAudience = "token_audience",
+    TokenNotYetValid = "token_not_yet_valid",
+    TokenMalformed = "token_malformed",
+    TokenUnknownKey = "token_unknown_key",
+    TokenAlgorithm = "token_algorithm",
+    JwksUnavailable = "jwks_unavailable",
+    ApprovalRequired = "approval_required",
+    InvalidAccessRequest = "invalid_access_request",
+    AccessRequestNotFound = "access_request_not_found",
     // The admin API.
     InvalidAdminToken = "invalid_admin_token",
     InvalidKeyRequest = "invalid_key_request",

@@ -7,7 +7,8 @@
 //! 1. `error`, `check`, `util`, `types`: one error type, config-check plumbing, helpers
 //! 2. `ports`: what a host provides (KV, upstream HTTP, secrets, clock, counters)
 //! 3. `wire/`: SSE framing and OpenAI's shapes (the internal lingua franca)
-//! 4. `features/`: keys, limits, usage, cache, guard, template, normalize
+//! 4. `features/`: keys, identity (JWT), access (approval), limits, usage, cache, guard,
+//!    template, normalize
 //! 5. `dialect/` (what clients speak) and `providers/` (what origins speak)
 //! 6. `config`: the typed config, composing the features' checks
 //! 7. `routing`, `auth`, `forward`, `catalog`, `admin/`

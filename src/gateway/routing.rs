@@ -154,6 +154,12 @@ pub fn path_dialect(path: &str) -> Dialect {
     }
 }
 
+/// `POST /v1/access-requests`: a caller asks for access to an `access: approval` endpoint
+/// (served by `pipeline::access`, which answers with an audit line).
+pub fn is_access_requests_path(path: &str) -> bool {
+    path.trim_end_matches('/') == "/v1/access-requests"
+}
+
 pub fn operation_for(endpoint_type: EndpointType) -> Operation {
     match endpoint_type {
         EndpointType::Chat => Operation::Chat,

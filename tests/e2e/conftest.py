@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from harness import BIN, MlflowModelServer, MockOrigin, SpinHost, WorkerdHost, new_workdir
+from idp import TestIdp
 from py_origin import PyOrigin
 
 # Generated per run so the log checks can prove they never leak.
@@ -104,11 +105,19 @@ def mlflow_server(workdir):
 
 
 @pytest.fixture(scope="session")
-def config(workdir, origin, eu_origin, us_origin, mlflow_server, py_origin):
+def idp():
+    """The test identity provider (idp.py): keys made here, JWKS served on loopback."""
+    provider = TestIdp()
+    yield provider
+    provider.close()
+
+
+@pytest.fixture(scope="session")
+def config(workdir, origin, eu_origin, us_origin, mlflow_server, py_origin, idp):
     return render_config(workdir, {
         "origin": origin.url, "eu_origin": eu_origin.url, "us_origin": us_origin.url,
         "mlflow": mlflow_server.url, "closed": CLOSED_PORT_URL, "closed_other": OTHER_CLOSED_PORT_URL,
-        "py_origin": py_origin.url,
+        "py_origin": py_origin.url, "idp": idp.url,
     })
 
 

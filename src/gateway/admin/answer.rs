@@ -35,6 +35,13 @@ pub(super) struct Audit {
     pub(super) previous: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) error: Option<ErrorCode>,
+    /// Access approval: the request decided, the caller's principal id and the endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) access_request: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) principal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) endpoint: Option<String>,
 }
 
 /// A handler's answer: status + body, or an error; the audit fields it filled in either way.

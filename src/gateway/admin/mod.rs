@@ -18,7 +18,12 @@
 //! | `POST /admin/keys/{id}/rotate` | | `{key, id, ...}`: a new key for the same record; the old one stops working |
 //! | `GET /admin/usage` | `?key=<id>` or `?tenant=<name>`, `&from=YYYY-MM-DD&to=YYYY-MM-DD` (default today) | `{days: [...], total, partial?}` (`partial`: call again, the backlog is being compacted) |
 //! | `POST /admin/cache/purge` | `{tenant?, endpoint?, shared?}` | `{purged, more}` (at most 500 per call: call again while `more`) |
+//! | `GET /admin/access-requests` | `?state=pending\|approved\|denied\|all` (default pending), `&tenant=` | `{requests: [...]}`, newest first |
+//! | `GET /admin/access-requests/{id}` | | the request |
+//! | `POST /admin/access-requests/{id}/approve` | `{expires_in?, expires_at?, note?}` (or empty) | the request, `state: approved`; writes the grant |
+//! | `POST /admin/access-requests/{id}/deny` | `{note?}` (or empty) | the request, `state: denied`; deletes any grant |
 
+mod access;
 mod answer;
 mod config;
 mod keys;
@@ -135,6 +140,10 @@ async fn route<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<u8>>,
         AdminRoute::RotateKey(id) => keys::rotate_key(ports, memo, &id, audit).await,
         AdminRoute::Usage => usage::get_usage(ports, &query, audit).await,
         AdminRoute::PurgeCache => usage::purge_cache(ports, body).await,
+        AdminRoute::ListAccessRequests => access::list(ports, &query).await,
+        AdminRoute::GetAccessRequest(id) => access::get(ports, &id, audit).await,
+        AdminRoute::ApproveAccess(id) => access::decide(ports, memo, &id, true, body, audit).await,
+        AdminRoute::DenyAccess(id) => access::decide(ports, memo, &id, false, body, audit).await,
     }
 }
 
@@ -142,7 +151,8 @@ async fn route<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<u8>>,
 mod tests {
     use super::*;
     use crate::gateway::admin::config::valid_version;
-    use crate::gateway::auth::authenticate;
+    use crate::gateway::auth::{authenticate, presented, Target};
+    use crate::gateway::features::identity::JwtConfig;
     use crate::gateway::features::keys;
     use crate::gateway::features::limits::{admit, Limiter, LimitsConfig};
     use crate::gateway::features::usage::{Accounting, Outcome, Price, UsageBook};
@@ -343,24 +353,62 @@ mod tests {
 
         let mut headers = http::HeaderMap::new();
         headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
-        assert!(block_on(authenticate(&host, &memo, &headers, "chat", false)).is_ok());
+        assert!(block_on(authenticate(
+            &host,
+            &memo,
+            presented(&headers, None),
+            &JwtConfig::default(),
+            Target::new("chat", false)
+        ))
+        .is_ok());
 
         // Rotate: the old key stops at once in this isolate, the new one works.
         let r = admin(&host, &memo, Method::POST, &format!("/admin/keys/{id}/rotate"), None);
         assert_eq!(r.status, StatusCode::OK);
         let new_key = r.body["key"].as_str().unwrap().to_string();
         assert_ne!(new_key, key);
-        assert_eq!(block_on(authenticate(&host, &memo, &headers, "chat", false)).unwrap_err().code, "invalid_api_key");
+        assert_eq!(
+            block_on(authenticate(
+                &host,
+                &memo,
+                presented(&headers, None),
+                &JwtConfig::default(),
+                Target::new("chat", false)
+            ))
+            .unwrap_err()
+            .code,
+            "invalid_api_key"
+        );
         let mut new_headers = http::HeaderMap::new();
         new_headers.insert("x-api-key", new_key.parse().unwrap());
-        assert_eq!(block_on(authenticate(&host, &memo, &new_headers, "chat", false)).unwrap().unwrap().id, id);
+        assert_eq!(
+            block_on(authenticate(
+                &host,
+                &memo,
+                presented(&new_headers, None),
+                &JwtConfig::default(),
+                Target::new("chat", false)
+            ))
+            .unwrap()
+            .unwrap()
+            .id,
+            id
+        );
 
         // Revoke: refused at once in this isolate (the memo entry is dropped).
         let r = admin(&host, &memo, Method::POST, &format!("/admin/keys/{id}/revoke"), None);
         assert_eq!((r.status, &r.body["state"]), (StatusCode::OK, &json!("revoked")));
         assert_eq!(audit(&r)["key_id"], id.as_str());
         assert_eq!(
-            block_on(authenticate(&host, &memo, &new_headers, "chat", false)).unwrap_err().code,
+            block_on(authenticate(
+                &host,
+                &memo,
+                presented(&new_headers, None),
+                &JwtConfig::default(),
+                Target::new("chat", false)
+            ))
+            .unwrap_err()
+            .code,
             "invalid_api_key"
         );
         assert_eq!(
@@ -438,7 +486,14 @@ mod tests {
             .filter(|k| {
                 let mut headers = http::HeaderMap::new();
                 headers.insert("authorization", format!("Bearer {k}").parse().unwrap());
-                block_on(authenticate(&host, &AuthMemo::default(), &headers, "chat", false)).is_ok()
+                block_on(authenticate(
+                    &host,
+                    &AuthMemo::default(),
+                    presented(&headers, None),
+                    &JwtConfig::default(),
+                    Target::new("chat", false),
+                ))
+                .is_ok()
             })
             .collect();
         assert_eq!(live.len(), 1, "exactly one key works");
@@ -611,7 +666,15 @@ mod tests {
         let usages = [(3, 5), (10, 0), (7, 9)];
         let mut lines = Vec::new();
         for (prompt, completion) in usages {
-            let record = block_on(authenticate(&host, &memo, &headers, "chat", false)).unwrap().unwrap();
+            let record = block_on(authenticate(
+                &host,
+                &memo,
+                presented(&headers, None),
+                &JwtConfig::default(),
+                Target::new("chat", false),
+            ))
+            .unwrap()
+            .unwrap();
             let admission = block_on(admit(
                 &host,
                 &limiter,

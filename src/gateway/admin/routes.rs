@@ -18,6 +18,10 @@ pub enum AdminRoute {
     RotateKey(String),
     Usage,
     PurgeCache,
+    ListAccessRequests,
+    GetAccessRequest(String),
+    ApproveAccess(String),
+    DenyAccess(String),
 }
 
 impl AdminRoute {
@@ -42,6 +46,10 @@ impl AdminRoute {
             ["keys", key, "rotate"] => (AdminRoute::RotateKey(id(key)), Method::POST),
             ["usage"] => (AdminRoute::Usage, Method::GET),
             ["cache", "purge"] => (AdminRoute::PurgeCache, Method::POST),
+            ["access-requests"] => (AdminRoute::ListAccessRequests, Method::GET),
+            ["access-requests", request] => (AdminRoute::GetAccessRequest(id(request)), Method::GET),
+            ["access-requests", request, "approve"] => (AdminRoute::ApproveAccess(id(request)), Method::POST),
+            ["access-requests", request, "deny"] => (AdminRoute::DenyAccess(id(request)), Method::POST),
             _ => {
                 return Err(GatewayError::not_found(
                     ErrorCode::RouteNotFound,
@@ -72,6 +80,10 @@ impl AdminRoute {
             AdminRoute::RotateKey(_) => "keys.rotate",
             AdminRoute::Usage => "usage.get",
             AdminRoute::PurgeCache => "cache.purge",
+            AdminRoute::ListAccessRequests => "access.list",
+            AdminRoute::GetAccessRequest(_) => "access.get",
+            AdminRoute::ApproveAccess(_) => "access.approve",
+            AdminRoute::DenyAccess(_) => "access.deny",
         }
     }
 
@@ -95,6 +107,11 @@ mod tests {
         assert_eq!(ok(Method::POST, "/admin/config/"), AdminRoute::ApplyConfig);
         assert_eq!(ok(Method::POST, "/admin/keys/k_1/rotate"), AdminRoute::RotateKey("k_1".into()));
         assert_eq!(ok(Method::POST, "/admin/cache/purge").action(), "cache.purge");
+        assert_eq!(ok(Method::GET, "/admin/access-requests"), AdminRoute::ListAccessRequests);
+        assert_eq!(ok(Method::GET, "/admin/access-requests/ar_1"), AdminRoute::GetAccessRequest("ar_1".into()));
+        assert_eq!(ok(Method::POST, "/admin/access-requests/ar_1/approve").action(), "access.approve");
+        assert_eq!(ok(Method::POST, "/admin/access-requests/ar_1/deny"), AdminRoute::DenyAccess("ar_1".into()));
+        assert!(AdminRoute::parse(&Method::POST, "/admin/access-requests").is_err());
         let e = AdminRoute::parse(&Method::GET, "/admin/keys/k_1/revoke").unwrap_err();
         assert_eq!(e.code, ErrorCode::MethodNotAllowed);
         let e = AdminRoute::parse(&Method::GET, "/admin/nope").unwrap_err();

@@ -5,6 +5,7 @@ use serde_json::{json, Map, Value};
 
 use crate::gateway::admin::answer::{parse_json, query_value, Audit, Handled};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
+use crate::gateway::features::identity::claims::valid_principal_id;
 use crate::gateway::features::keys;
 use crate::gateway::features::limits::valid_tenant;
 use crate::gateway::features::usage::{self, Subject};
@@ -60,7 +61,8 @@ pub(super) async fn get_usage<P: Ports>(ports: &P, query: &[(String, String)], a
     };
     let (from, to) = (day("from")?, day("to")?);
     let subject = match (query_value(query, "key"), query_value(query, "tenant")) {
-        (Some(id), None) if keys::valid_id(id) => {
+        // A key id, or a JWT subject's principal id (`j_…`): usage is counted the same way.
+        (Some(id), None) if keys::valid_id(id) || valid_principal_id(id) => {
             audit.key_id = Some(id.to_string());
             Subject::Key(id)
         }
@@ -69,7 +71,11 @@ pub(super) async fn get_usage<P: Ports>(ports: &P, query: &[(String, String)], a
             Subject::Tenant(t)
         }
         (Some(_), None) => {
-            return Err(GatewayError::bad_request(ErrorCode::InvalidKeyId, "`key` must be a key id (k_...)").into())
+            return Err(GatewayError::bad_request(
+                ErrorCode::InvalidKeyId,
+                "`key` must be a key id (k_...) or a JWT subject's id (j_...)",
+            )
+            .into())
         }
         (None, Some(_)) => {
             return Err(

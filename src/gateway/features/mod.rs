@@ -1,9 +1,12 @@
-//! What the gateway does to a request besides moving it: keys, limits, usage, cache,
-//! guardrails, templates, normalization. Each feature owns its config check.
+//! What the gateway does to a request besides moving it: keys, JWT identity, access approval,
+//! limits, usage, cache, guardrails, templates, normalization. Each feature owns its config
+//! check.
 
+pub mod access;
 pub mod cache;
 pub mod guard;
 pub mod housekeeping;
+pub mod identity;
 pub mod keys;
 pub mod limits;
 pub mod normalize;

@@ -10,6 +10,7 @@
 //! The host only supplies ports and moves bytes in and out; `account` runs after the response
 //! is sent, when the host says (`Deferred::complete`).
 
+pub mod access;
 pub mod account;
 pub mod context;
 pub mod log;
@@ -85,6 +86,12 @@ impl Gateway {
         if path == "/admin" || path.starts_with("/admin/") {
             return self.admin(ports, request, log).await;
         }
+        if routing::is_access_requests_path(path) {
+            let mut log = log;
+            let config = self.config(ports, &mut log).await;
+            let (response, deferred) = access::serve(ports, &self.state, config, request, log).await;
+            return Exchange { response, deferred };
+        }
         // Every SDK reads errors in its API's shape: until routing says more, the path decides.
         let dialect = routing::path_dialect(path);
         let mut ctx = RequestContext { state: &self.state, client, dialect, log, pending: Pending::default() };
@@ -117,7 +124,7 @@ impl Gateway {
         let unified = matches!(route, ApiRoute::UnifiedInvocations(_));
         if route.is_listing() {
             // Listings show what the caller may call; any key problem means the public view.
-            let key = auth::viewer(ports, &self.state.auth, request.headers()).await;
+            let key = auth::viewer(ports, &self.state.auth, request.headers(), &config.auth.jwt).await;
             let viewer = catalog::Viewer { key: key.as_deref() };
             return match route {
                 ApiRoute::ListModels => Ok(respond::ok_json(catalog::models(&config, viewer))),
@@ -139,8 +146,12 @@ impl Gateway {
                 return Err(GatewayError::not_found(ErrorCode::RouteNotFound, "no such listing"))
             }
             ApiRoute::Health => return Ok(json_response(StatusCode::OK, &json!({"status": "OK"}))),
-            ApiRoute::GetResponse(id) => return stored::retrieve(ports, ctx, request.headers(), &id).await,
-            ApiRoute::DeleteResponse(id) => return stored::delete(ports, ctx, request.headers(), &id).await,
+            ApiRoute::GetResponse(id) => {
+                return stored::retrieve(ports, ctx, request.headers(), &config.auth.jwt, &id).await
+            }
+            ApiRoute::DeleteResponse(id) => {
+                return stored::delete(ports, ctx, request.headers(), &config.auth.jwt, &id).await
+            }
             ApiRoute::OpenAi(op) => (None, Dialect::OpenAi(op)),
             ApiRoute::Invocations(name) => (Some(name), Dialect::Mlflow),
             // Chat or embeddings: the body decides, below.

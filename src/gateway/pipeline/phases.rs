@@ -59,12 +59,17 @@ pub fn resolve(
     })
 }
 
-/// Authenticate: the key, authorized for the endpoint (before any work on the request body
-/// beyond parsing it).
+/// Authenticate: the key or JWT, authorized for the endpoint (allow-list, approval grant),
+/// before any work on the request body beyond parsing it.
 pub async fn authenticate<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()> {
     let endpoint = &call.endpoint;
+    let target = auth::Target {
+        name: &endpoint.name,
+        public: endpoint.public,
+        approval: endpoint.access == crate::gateway::features::access::Access::Approval,
+    };
     let presented = auth::presented(&call.headers, call.credential.as_deref());
-    let key = auth::authenticate_key(ports, &ctx.state.auth, presented, &endpoint.name, endpoint.public).await?;
+    let key = auth::authenticate(ports, &ctx.state.auth, presented, &call.config.auth.jwt, target).await?;
     ctx.log.key_id = key.as_ref().map(|k| k.id.clone());
     call.key = key;
     Ok(())

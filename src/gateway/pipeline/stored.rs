@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use crate::gateway::auth;
 use crate::gateway::dialect::responses::{self, Keep, Record};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
+use crate::gateway::features::identity::JwtConfig;
 use crate::gateway::features::keys::KeyRecord;
 use crate::gateway::pipeline::context::{ModelCall, RequestContext, PUBLIC_TENANT};
 use crate::gateway::pipeline::respond::{ok_json, ResponseBody};
@@ -81,8 +82,9 @@ async fn caller<P: Ports>(
     ports: &P,
     ctx: &mut RequestContext<'_>,
     headers: &HeaderMap,
+    jwt: &JwtConfig,
 ) -> Result<(Option<std::rc::Rc<KeyRecord>>, String)> {
-    let key = auth::identify(ports, &ctx.state.auth, auth::presented(headers, None)).await?;
+    let key = auth::identify(ports, &ctx.state.auth, auth::presented(headers, None), jwt).await?;
     ctx.log.key_id = key.as_ref().map(|k| k.id.clone());
     let tenant = key.as_ref().map_or(PUBLIC_TENANT.to_string(), |k| k.tenant.clone());
     Ok((key, tenant))
@@ -93,9 +95,10 @@ async fn find<P: Ports>(
     ports: &P,
     ctx: &mut RequestContext<'_>,
     headers: &HeaderMap,
+    jwt: &JwtConfig,
     id: &str,
 ) -> Result<(String, Record)> {
-    let (key, tenant) = caller(ports, ctx, headers).await?;
+    let (key, tenant) = caller(ports, ctx, headers, jwt).await?;
     let record = load(ports, &tenant, id).await?.ok_or_else(|| responses::not_found(id))?;
     if key.is_some_and(|k| !k.allows(&record.endpoint)) {
         return Err(responses::not_found(id));
@@ -109,9 +112,10 @@ pub async fn retrieve<P: Ports>(
     ports: &P,
     ctx: &mut RequestContext<'_>,
     headers: &HeaderMap,
+    jwt: &JwtConfig,
     id: &str,
 ) -> Result<Response<ResponseBody<P::Body>>> {
-    let (_, record) = find(ports, ctx, headers, id).await?;
+    let (_, record) = find(ports, ctx, headers, jwt, id).await?;
     Ok(ok_json(record.response))
 }
 
@@ -120,9 +124,10 @@ pub async fn delete<P: Ports>(
     ports: &P,
     ctx: &mut RequestContext<'_>,
     headers: &HeaderMap,
+    jwt: &JwtConfig,
     id: &str,
 ) -> Result<Response<ResponseBody<P::Body>>> {
-    let (tenant, _) = find(ports, ctx, headers, id).await?;
+    let (tenant, _) = find(ports, ctx, headers, jwt, id).await?;
     ports.delete(&responses::kv_key(&tenant, id)).await?;
     Ok(ok_json(json!({"id": id, "object": "response", "deleted": true})))
 }

@@ -34,6 +34,8 @@ pub struct Config {
     pub settings: Settings,
     pub prices: crate::gateway::features::usage::Prices,
     pub limits: crate::gateway::features::limits::LimitsConfig,
+    /// OpenTelemetry export (`telemetry:`); off when absent.
+    pub telemetry: Option<Arc<crate::gateway::features::telemetry::TelemetryConfig>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,8 +171,18 @@ mod raw {
     use serde::Deserialize;
     use serde_json::{Map, Value};
 
-    pub const TOP_LEVEL: &[&str] =
-        &["version", "endpoints", "routes", "regions", "default_region", "settings", "prices", "limits", "templates"];
+    pub const TOP_LEVEL: &[&str] = &[
+        "version",
+        "endpoints",
+        "routes",
+        "regions",
+        "default_region",
+        "settings",
+        "prices",
+        "limits",
+        "templates",
+        "telemetry",
+    ];
 
     #[derive(Deserialize)]
     pub struct Config {
@@ -192,6 +204,8 @@ mod raw {
         pub limits: Option<Value>,
         #[serde(default)]
         pub templates: Option<Value>,
+        #[serde(default)]
+        pub telemetry: Option<Value>,
         #[serde(flatten)]
         pub other: Map<String, Value>,
     }
@@ -369,6 +383,9 @@ impl Config {
             Some(v) => crate::gateway::features::limits::check_limits("limits", v, &mut issues).unwrap_or_default(),
             None => Default::default(),
         };
+        let telemetry = raw.telemetry.as_ref().and_then(|v| {
+            crate::gateway::features::telemetry::config::check("telemetry", v, &mut issues).map(Arc::new)
+        });
         if issues.0.is_empty() {
             Ok(Config {
                 version,
@@ -380,6 +397,7 @@ impl Config {
                 settings,
                 prices,
                 limits,
+                telemetry,
             })
         } else {
             Err(issues.0)

@@ -31,6 +31,9 @@ pub struct AttemptLog {
     pub origin: String,
     /// `ok`, `http_<status>`, `connect_error`, `timeout`.
     pub outcome: String,
+    /// When the attempt ended (ms; for the request's span, not the log line).
+    #[serde(skip)]
+    pub at_ms: u64,
 }
 
 /// What one forwarded call is.
@@ -39,6 +42,8 @@ pub struct Attempt<'a> {
     pub endpoint: &'a Endpoint,
     pub op: Operation,
     pub stream: bool,
+    /// Trace-context headers every origin request carries (W3C `traceparent`/`tracestate`).
+    pub trace: &'a [(http::HeaderName, http::HeaderValue)],
 }
 
 /// The origin's response and which origin gave it.
@@ -129,7 +134,11 @@ pub async fn forward<P: Ports>(
                     stream: attempt.stream,
                     now_ms: now,
                 };
-                endpoint.provider.build_request(call, ports)?
+                let mut request = endpoint.provider.build_request(call, ports)?;
+                for (name, value) in attempt.trace {
+                    request.headers_mut().insert(name.clone(), value.clone());
+                }
+                request
             }
         };
         // The last origin may ask us to come back after `Retry-After`: keep the built request
@@ -142,7 +151,7 @@ pub async fn forward<P: Ports>(
                 let status = response.status();
                 let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
                 let outcome = if status.is_success() { "ok".to_string() } else { format!("http_{}", status.as_u16()) };
-                attempts.push(AttemptLog { origin: label.clone(), outcome });
+                attempts.push(AttemptLog { origin: label.clone(), outcome, at_ms: ports.now_ms() });
                 breaker.record(&origin.url, !status.is_server_error(), ports.now_ms(), settings.breaker_cooldown_ms);
                 if !retryable {
                     return Ok(Forwarded { response, origin: label });
@@ -162,12 +171,16 @@ pub async fn forward<P: Ports>(
                 GatewayError::bad_gateway(ErrorCode::OriginError, format!("origin returned HTTP {}", status.as_u16()))
             }
             Err(UpstreamError::Timeout) => {
-                attempts.push(AttemptLog { origin: label.clone(), outcome: "timeout".into() });
+                attempts.push(AttemptLog { origin: label.clone(), outcome: "timeout".into(), at_ms: ports.now_ms() });
                 breaker.record(&origin.url, false, ports.now_ms(), settings.breaker_cooldown_ms);
                 GatewayError::gateway_timeout(format!("origin did not answer within {timeout} ms"))
             }
             Err(UpstreamError::Connect(reason) | UpstreamError::Body(reason)) => {
-                attempts.push(AttemptLog { origin: label.clone(), outcome: "connect_error".into() });
+                attempts.push(AttemptLog {
+                    origin: label.clone(),
+                    outcome: "connect_error".into(),
+                    at_ms: ports.now_ms(),
+                });
                 breaker.record(&origin.url, false, ports.now_ms(), settings.breaker_cooldown_ms);
                 GatewayError::bad_gateway(
                     ErrorCode::OriginUnreachable,

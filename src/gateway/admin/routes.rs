@@ -18,6 +18,8 @@ pub enum AdminRoute {
     RotateKey(String),
     Usage,
     PurgeCache,
+    Metrics,
+    UsageSeries,
 }
 
 impl AdminRoute {
@@ -41,6 +43,8 @@ impl AdminRoute {
             ["keys", key, "revoke"] => (AdminRoute::RevokeKey(id(key)), Method::POST),
             ["keys", key, "rotate"] => (AdminRoute::RotateKey(id(key)), Method::POST),
             ["usage"] => (AdminRoute::Usage, Method::GET),
+            ["usage", "series"] => (AdminRoute::UsageSeries, Method::GET),
+            ["metrics"] => (AdminRoute::Metrics, Method::GET),
             ["cache", "purge"] => (AdminRoute::PurgeCache, Method::POST),
             _ => {
                 return Err(GatewayError::not_found(
@@ -72,6 +76,8 @@ impl AdminRoute {
             AdminRoute::RotateKey(_) => "keys.rotate",
             AdminRoute::Usage => "usage.get",
             AdminRoute::PurgeCache => "cache.purge",
+            AdminRoute::Metrics => "metrics.get",
+            AdminRoute::UsageSeries => "usage.series",
         }
     }
 
@@ -95,6 +101,8 @@ mod tests {
         assert_eq!(ok(Method::POST, "/admin/config/"), AdminRoute::ApplyConfig);
         assert_eq!(ok(Method::POST, "/admin/keys/k_1/rotate"), AdminRoute::RotateKey("k_1".into()));
         assert_eq!(ok(Method::POST, "/admin/cache/purge").action(), "cache.purge");
+        assert_eq!(ok(Method::GET, "/admin/metrics"), AdminRoute::Metrics);
+        assert_eq!(ok(Method::GET, "/admin/usage/series").action(), "usage.series");
         let e = AdminRoute::parse(&Method::GET, "/admin/keys/k_1/revoke").unwrap_err();
         assert_eq!(e.code, ErrorCode::MethodNotAllowed);
         let e = AdminRoute::parse(&Method::GET, "/admin/nope").unwrap_err();

@@ -10,7 +10,7 @@ use crate::gateway::config::{Config, Endpoint, Origin};
 use crate::gateway::dialect::ClientRequest;
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::usage::Accounting;
-use crate::gateway::features::{cache, guard, limits, normalize, template};
+use crate::gateway::features::{cache, guard, limits, normalize, telemetry, template};
 use crate::gateway::forward::{self, Attempt, Forwarded};
 use crate::gateway::pipeline::context::{ClientInfo, ModelCall, RequestContext};
 use crate::gateway::pipeline::respond::{json_bytes, retry_after, sse_response, ResponseBody};
@@ -37,8 +37,11 @@ pub fn resolve(
     ctx.log.endpoint = Some(endpoint.name.clone());
     ctx.log.route = resolved.route;
     ctx.log.provider = Some(endpoint.provider.name());
+    let op = routing::operation_for(endpoint.endpoint_type);
+    ctx.observed.model = Some(endpoint.model.clone());
+    ctx.observed.operation = Some(op);
     Ok(ModelCall {
-        op: routing::operation_for(endpoint.endpoint_type),
+        op,
         config,
         headers,
         endpoint,
@@ -57,6 +60,7 @@ pub async fn admit<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut
     let endpoint = &call.endpoint;
     let key = auth::authenticate(ports, &ctx.state.auth, &call.headers, &endpoint.name, endpoint.public).await?;
     ctx.log.key_id = key.as_ref().map(|k| k.id.clone());
+    ctx.log.tenant = key.as_ref().map(|k| k.tenant.clone());
     let admitted = limits::admit(
         ports,
         &ctx.state.limiter,
@@ -216,7 +220,8 @@ pub async fn forward<P: Ports>(
     let endpoint = &call.endpoint;
     let mode = call.stream.then(|| endpoint.provider.stream_mode(call.op, &endpoint.model, now_ms));
     let upstream_stream = mode.as_ref().is_some_and(|m| !matches!(m, StreamMode::Buffered));
-    let attempt = Attempt { endpoint, op: call.op, stream: upstream_stream };
+    let trace = telemetry::propagation(ctx.observed.span.as_ref(), ctx.observed.parent.as_ref());
+    let attempt = Attempt { endpoint, op: call.op, stream: upstream_stream, trace: &trace };
     let body = std::mem::take(&mut call.body);
     let result =
         forward::forward(ports, &call.config, &ctx.state.breaker, origins, attempt, body, &mut ctx.log.attempts).await;

@@ -16,7 +16,6 @@
 //! `rate()`/`increase()` treat that as a counter reset). `endpoint=""` is a request that named
 //! no known endpoint; `tenant=""` a caller that was not identified.
 
-use std::collections::BTreeMap;
 use std::fmt::{Display, Write};
 
 use http::StatusCode;
@@ -34,24 +33,28 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub(super) async fn prometheus<P: Ports>(ports: &P) -> Result<RawBody> {
     let today = days_of(ports.now_ms());
     let tallies = tally::query(ports, today, today).await?;
-    let empty = BTreeMap::new();
-    let text = exposition(tallies.get(&today).unwrap_or(&empty), today);
+    let series = tallies.into_iter().next().map(|(_, series)| series).unwrap_or_default();
+    let text = exposition(&series, today);
     Ok(RawBody { content_type: CONTENT_TYPE, bytes: text.into_bytes(), headers: &[] })
 }
 
-/// The exposition text of one day's series.
-pub fn exposition(series: &BTreeMap<SeriesKey, Counts>, day: i64) -> String {
-    let mut requests: BTreeMap<(&str, &str, u16), u64> = BTreeMap::new();
-    let mut errors: BTreeMap<(&str, &str, u16, &str), u64> = BTreeMap::new();
-    let mut per: BTreeMap<(&str, &str), Counts> = BTreeMap::new();
+/// The entry for `key` in a small list of sums (kept in first-seen order).
+fn sum<K: PartialEq, V: Default>(list: &mut Vec<(K, V)>, key: K) -> &mut V {
+    let i = list.iter().position(|(k, _)| *k == key).unwrap_or_else(|| {
+        list.push((key, V::default()));
+        list.len() - 1
+    });
+    &mut list[i].1
+}
+
+/// The exposition text of one day's series (sorted by key, so the output is too).
+pub fn exposition(series: &[(SeriesKey, Counts)], day: i64) -> String {
+    let mut requests: Vec<((&str, &str, u16), u64)> = Vec::new();
+    let mut per: Vec<((&str, &str), Counts)> = Vec::new();
     for (key, counts) in series {
         let (endpoint, tenant) = (key.endpoint.as_str(), key.tenant.as_str());
-        *requests.entry((endpoint, tenant, key.status)).or_default() += counts.requests;
-        if key.status >= 400 {
-            let code = if key.code.is_empty() { "unknown" } else { key.code.as_str() };
-            *errors.entry((endpoint, tenant, key.status, code)).or_default() += counts.requests;
-        }
-        per.entry((endpoint, tenant)).or_default().add(counts);
+        *sum(&mut requests, (endpoint, tenant, key.status)) += counts.requests;
+        sum(&mut per, (endpoint, tenant)).add(counts);
     }
 
     let mut out = String::with_capacity(256 + series.len() * 160);
@@ -70,9 +73,12 @@ pub fn exposition(series: &BTreeMap<SeriesKey, Counts>, day: i64) -> String {
         "counter",
         "Error answers today (UTC), by endpoint, tenant, status and error code.",
     );
-    for ((e, t, s, c), n) in &errors {
-        let labels = [("endpoint", *e), ("tenant", *t), ("status", &s.to_string()), ("code", *c)];
-        line(&mut out, "gateway_errors_total", &labels, n);
+    for (key, counts) in series.iter().filter(|(k, _)| k.status >= 400) {
+        let code = if key.code.is_empty() { "unknown" } else { key.code.as_str() };
+        let status = key.status.to_string();
+        let labels =
+            [("endpoint", key.endpoint.as_str()), ("tenant", &key.tenant), ("status", &status), ("code", code)];
+        line(&mut out, "gateway_errors_total", &labels, counts.requests);
     }
     head(
         &mut out,
@@ -177,7 +183,7 @@ mod tests {
 
     #[test]
     fn exposition_sums_by_labels_and_escapes() {
-        let mut series = BTreeMap::new();
+        let mut series = Vec::new();
         let key = |e: &str, t: &str, s: u16, c: &str| SeriesKey {
             endpoint: e.into(),
             tenant: t.into(),
@@ -192,10 +198,10 @@ mod tests {
             cache_hits: 1,
             latency_ms: 250 * n,
         };
-        series.insert(key("chat", "acme", 200, ""), counts(3, 30, 12, 1_500));
-        series.insert(key("chat", "acme", 429, "rate_limit_exceeded"), counts(2, 0, 0, 0));
-        series.insert(key("", "", 401, "invalid_api_key"), counts(1, 0, 0, 0));
-        series.insert(key("x", "we\"ird\\", 502, ""), counts(1, 0, 0, 0));
+        series.push((key("chat", "acme", 200, ""), counts(3, 30, 12, 1_500)));
+        series.push((key("chat", "acme", 429, "rate_limit_exceeded"), counts(2, 0, 0, 0)));
+        series.push((key("", "", 401, "invalid_api_key"), counts(1, 0, 0, 0)));
+        series.push((key("x", "we\"ird\\", 502, ""), counts(1, 0, 0, 0)));
         let text = exposition(&series, 20_000);
         for expected in [
             "# TYPE gateway_requests_total counter",

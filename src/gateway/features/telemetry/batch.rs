@@ -176,17 +176,21 @@ impl Telemetry {
         };
         let origin =
             Origin { service_name: &config.service_name, service_version: SERVICE_VERSION, instance_id: &instance_id };
-        let mut errors = Vec::new();
+        let mut posts = Vec::with_capacity(2);
         if !spans.is_empty() {
-            let body = otlp::traces_request(&origin, spans.iter().map(|(_, b)| b.as_slice()));
-            if let Err(e) = send(ports, config, config.traces_url(), body).await {
-                errors.push(format!("traces: {e}"));
-            }
+            posts.push((
+                "traces",
+                config.traces_url(),
+                otlp::traces_request(&origin, spans.iter().map(|(_, b)| &b[..])),
+            ));
         }
         if !metrics.is_empty() {
-            let body = otlp::metrics_request(&origin, &metrics);
-            if let Err(e) = send(ports, config, config.metrics_url(), body).await {
-                errors.push(format!("metrics: {e}"));
+            posts.push(("metrics", config.metrics_url(), otlp::metrics_request(&origin, &metrics)));
+        }
+        let mut errors = Vec::new();
+        for (signal, url, body) in posts {
+            if let Err(e) = send(ports, config, url, body).await {
+                errors.push(format!("{signal}: {e}"));
             }
         }
         let mut s = self.state.borrow_mut();

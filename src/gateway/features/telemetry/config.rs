@@ -15,11 +15,9 @@
 //! `sample` is the share of new traces recorded (0..=1, default 1); a client's `traceparent`
 //! decides for the traces it continues (parent-based sampling). Metrics count every request.
 
-use std::collections::BTreeMap;
-
 use http::HeaderName;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::gateway::check::Issues;
 
@@ -50,7 +48,7 @@ pub const DEFAULT_SERVICE_NAME: &str = "edge-gateway";
 struct Raw {
     otlp_endpoint: String,
     #[serde(default)]
-    headers: BTreeMap<String, String>,
+    headers: Map<String, Value>,
     #[serde(default)]
     service_name: Option<String>,
     #[serde(default)]
@@ -91,7 +89,7 @@ pub fn check(path: &str, value: &Value, issues: &mut Issues) -> Option<Telemetry
             issues.push(&at, "is set by the exporter itself");
             continue;
         }
-        match value.strip_prefix('$').filter(|n| valid_secret_name(n)) {
+        match value.as_str().and_then(|v| v.strip_prefix('$')).filter(|n| valid_secret_name(n)) {
             Some(secret) => headers.push((header, secret.to_string())),
             None => issues.push(&at, "must be a $SECRET reference (a literal would be stored in KV)"),
         }

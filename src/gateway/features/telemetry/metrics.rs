@@ -13,8 +13,6 @@
 //! most `MAX_SERIES` attribute sets per export window; the rest fold into one set marked
 //! `otel.metric.overflow = true` (the OpenTelemetry SDKs' cardinality limit).
 
-use std::collections::BTreeMap;
-
 use crate::gateway::features::telemetry::otlp::{Attr, Pb, TEMPORALITY_DELTA};
 use crate::gateway::features::telemetry::span::{operation_name, provider_name, RequestFacts};
 
@@ -56,28 +54,40 @@ impl Hist {
     }
 }
 
-/// Points keyed by their encoded attribute set.
+/// Points keyed by their encoded attribute set (a few per window: a list beats a map here,
+/// in time and in code size).
 #[derive(Debug)]
 struct Series<T> {
-    points: BTreeMap<Vec<u8>, T>,
+    points: Vec<(Vec<u8>, T)>,
 }
 
 impl<T> Default for Series<T> {
     fn default() -> Self {
-        Series { points: BTreeMap::new() }
+        Series { points: Vec::new() }
     }
 }
 
 impl<T> Series<T> {
     fn point(&mut self, attrs: Vec<u8>, field: u32, new: impl Fn() -> T) -> &mut T {
-        let key = if self.points.len() >= MAX_SERIES && !self.points.contains_key(&attrs) {
-            let mut overflow = Pb::new();
-            overflow.attr(field, "otel.metric.overflow", Attr::Bool(true));
-            overflow.0
-        } else {
-            attrs
+        let i = match self.points.iter().position(|(k, _)| *k == attrs) {
+            Some(i) => i,
+            None if self.points.len() < MAX_SERIES => {
+                self.points.push((attrs, new()));
+                self.points.len() - 1
+            }
+            None => {
+                let mut overflow = Pb::new();
+                overflow.attr(field, "otel.metric.overflow", Attr::Bool(true));
+                match self.points.iter().position(|(k, _)| *k == overflow.0) {
+                    Some(i) => i,
+                    None => {
+                        self.points.push((overflow.0, new()));
+                        self.points.len() - 1
+                    }
+                }
+            }
         };
-        self.points.entry(key).or_insert_with(new)
+        &mut self.points[i].1
     }
 }
 
@@ -196,30 +206,29 @@ impl Metrics {
             });
             metric.0
         };
-        let histogram =
-            |name: &str, unit: &str, description: &str, bounds: &[f64; 14], points: &BTreeMap<Vec<u8>, Hist>| {
-                let mut metric = Pb::new();
-                metric.string(1, name);
-                metric.string(2, description);
-                metric.string(3, unit);
-                metric.message(9, |h| {
-                    for (attrs, p) in points {
-                        h.message(1, |dp| {
-                            dp.0.extend_from_slice(attrs);
-                            dp.fixed64(2, start);
-                            dp.fixed64(3, end);
-                            dp.fixed64(4, p.count);
-                            dp.double(5, p.sum);
-                            dp.packed_fixed64(6, p.buckets.iter().copied());
-                            dp.packed_double(7, bounds);
-                            dp.double(11, p.min);
-                            dp.double(12, p.max);
-                        });
-                    }
-                    h.uint(2, TEMPORALITY_DELTA);
-                });
-                metric.0
-            };
+        let histogram = |name: &str, unit: &str, description: &str, bounds: &[f64; 14], points: &[(Vec<u8>, Hist)]| {
+            let mut metric = Pb::new();
+            metric.string(1, name);
+            metric.string(2, description);
+            metric.string(3, unit);
+            metric.message(9, |h| {
+                for (attrs, p) in points {
+                    h.message(1, |dp| {
+                        dp.0.extend_from_slice(attrs);
+                        dp.fixed64(2, start);
+                        dp.fixed64(3, end);
+                        dp.fixed64(4, p.count);
+                        dp.double(5, p.sum);
+                        dp.packed_fixed64(6, p.buckets.iter().copied());
+                        dp.packed_double(7, bounds);
+                        dp.double(11, p.min);
+                        dp.double(12, p.max);
+                    });
+                }
+                h.uint(2, TEMPORALITY_DELTA);
+            });
+            metric.0
+        };
         out.push(number(
             "gateway.requests",
             "{request}",

@@ -13,7 +13,7 @@
 //! miss a new shard), and an isolate evicted before its write loses that last delta.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,8 +30,7 @@ pub const MAX_QUERY_DAYS: i64 = 92;
 pub const OTHER: &str = "_other";
 
 /// What a series is counted by.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SeriesKey {
     /// Empty when the request never reached an endpoint (unknown route or endpoint).
     pub endpoint: String,
@@ -66,12 +65,31 @@ impl Counts {
     }
 }
 
+/// One series as stored: the key's and the counts' fields side by side.
 #[derive(Serialize, Deserialize)]
 struct Entry {
-    #[serde(flatten)]
-    key: SeriesKey,
-    #[serde(flatten)]
+    #[serde(default)]
+    endpoint: String,
+    #[serde(default)]
+    tenant: String,
+    #[serde(default)]
+    status: u16,
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
     counts: Counts,
+}
+
+impl Entry {
+    fn new(key: &SeriesKey, counts: Counts) -> Self {
+        let SeriesKey { endpoint, tenant, status, code } = key.clone();
+        Entry { endpoint, tenant, status, code, counts }
+    }
+
+    fn key(self) -> (SeriesKey, Counts) {
+        let Entry { endpoint, tenant, status, code, counts } = self;
+        (SeriesKey { endpoint, tenant, status, code }, counts)
+    }
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -91,7 +109,8 @@ struct DayShard {
 #[derive(Default)]
 pub struct TallyBook {
     shard_id: RefCell<Option<String>>,
-    days: RefCell<BTreeMap<i64, DayShard>>,
+    /// Today's shard and, around midnight, yesterday's (a list: there are one or two).
+    days: RefCell<Vec<(i64, DayShard)>>,
 }
 
 impl TallyBook {
@@ -108,13 +127,12 @@ impl TallyBook {
         });
         let day = days_of(ts_ms);
         let mut days = self.days.borrow_mut();
-        let shard = days.entry(day).or_insert_with(|| DayShard {
-            series: HashMap::new(),
-            version: 0,
-            written: 0,
-            flushing: false,
-            written_at_ms: 0,
+        let i = days.iter().position(|(d, _)| *d == day).unwrap_or_else(|| {
+            let shard = DayShard { series: HashMap::new(), version: 0, written: 0, flushing: false, written_at_ms: 0 };
+            days.push((day, shard));
+            days.len() - 1
         });
+        let shard = &mut days[i].1;
         let key = if shard.series.len() >= MAX_SERIES && !shard.series.contains_key(&key) {
             SeriesKey { endpoint: OTHER.into(), tenant: OTHER.into(), ..key }
         } else {
@@ -132,14 +150,14 @@ impl TallyBook {
         let name = format!("{TALLY_PREFIX}{}:{shard_id}", day_string(day));
         {
             let mut days = self.days.borrow_mut();
-            let Some(shard) = days.get_mut(&day) else { return Ok(()) };
+            let Some(shard) = shard_of(&mut days, day) else { return Ok(()) };
             if shard.flushing {
                 return Ok(());
             }
             shard.flushing = true;
         }
         let result = self.write_rounds(kv, day, &name).await;
-        if let Some(shard) = self.days.borrow_mut().get_mut(&day) {
+        if let Some(shard) = shard_of(&mut self.days.borrow_mut(), day) {
             shard.flushing = false;
         }
         self.prune();
@@ -148,7 +166,7 @@ impl TallyBook {
 
     async fn write_rounds(&self, kv: &(impl Kv + Clock), day: i64, name: &str) -> Result<()> {
         loop {
-            let last = match self.days.borrow().get(&day) {
+            let last = match shard_of(&mut self.days.borrow_mut(), day) {
                 Some(s) if s.version != s.written => s.written_at_ms,
                 _ => return Ok(()),
             };
@@ -157,15 +175,13 @@ impl TallyBook {
                 kv.sleep(wait).await;
             }
             let (bytes, version) = {
-                let days = self.days.borrow();
-                let Some(s) = days.get(&day) else { return Ok(()) };
-                let mut series: Vec<Entry> =
-                    s.series.iter().map(|(k, c)| Entry { key: k.clone(), counts: *c }).collect();
-                series.sort_by(|a, b| a.key.cmp(&b.key));
+                let mut days = self.days.borrow_mut();
+                let Some(s) = shard_of(&mut days, day) else { return Ok(()) };
+                let series: Vec<Entry> = s.series.iter().map(|(k, c)| Entry::new(k, *c)).collect();
                 (serde_json::to_vec(&Stored { series }).unwrap_or_default(), s.version)
             };
             kv.put(name, &bytes, Some(KEEP_SECS)).await?;
-            if let Some(s) = self.days.borrow_mut().get_mut(&day) {
+            if let Some(s) = shard_of(&mut self.days.borrow_mut(), day) {
                 s.written = version;
                 s.written_at_ms = kv.now_ms().max(1);
             }
@@ -175,31 +191,40 @@ impl TallyBook {
     /// Forgets written days before yesterday (their totals are final in KV).
     fn prune(&self) {
         let mut days = self.days.borrow_mut();
-        let Some(newest) = days.keys().next_back().copied() else { return };
-        days.retain(|day, s| s.flushing || s.version != s.written || day + 1 >= newest);
+        let Some(newest) = days.iter().map(|(d, _)| *d).max() else { return };
+        days.retain(|(day, s)| s.flushing || s.version != s.written || day + 1 >= newest);
     }
 }
 
-/// The sum of every shard per day for the UTC days `from..=to`.
-pub async fn query(kv: &impl Kv, from: i64, to: i64) -> Result<BTreeMap<i64, BTreeMap<SeriesKey, Counts>>> {
+fn shard_of(days: &mut [(i64, DayShard)], day: i64) -> Option<&mut DayShard> {
+    days.iter_mut().find(|(d, _)| *d == day).map(|(_, s)| s)
+}
+
+/// One day's series, summed over every shard, sorted by key.
+pub type Day = Vec<(SeriesKey, Counts)>;
+
+/// The sum of every shard per day for the UTC days `from..=to` (days without data left out).
+pub async fn query(kv: &impl Kv, from: i64, to: i64) -> Result<Vec<(i64, Day)>> {
     if to < from || to - from >= MAX_QUERY_DAYS {
         return Err(GatewayError::bad_request(
             ErrorCode::InvalidRange,
             format!("`from` must not be after `to`, and a query covers at most {MAX_QUERY_DAYS} days"),
         ));
     }
-    let mut out = BTreeMap::new();
+    let mut out = Vec::new();
     for day in from..=to {
-        let mut series: BTreeMap<SeriesKey, Counts> = BTreeMap::new();
+        let mut series: HashMap<SeriesKey, Counts> = HashMap::new();
         for name in kv.list(&format!("{TALLY_PREFIX}{}:", day_string(day))).await? {
             let Some(bytes) = kv.get(&name).await? else { continue };
             let Ok(stored) = serde_json::from_slice::<Stored>(&bytes) else { continue };
-            for entry in stored.series {
-                series.entry(entry.key).or_default().add(&entry.counts);
+            for (key, counts) in stored.series.into_iter().map(Entry::key) {
+                series.entry(key).or_default().add(&counts);
             }
         }
         if !series.is_empty() {
-            out.insert(day, series);
+            let mut series: Day = series.into_iter().collect();
+            series.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            out.push((day, series));
         }
     }
     Ok(out)
@@ -235,10 +260,12 @@ mod tests {
         assert_eq!(host.kv.borrow().keys().filter(|k| k.starts_with(TALLY_PREFIX)).count(), 2);
         let day = days_of(now);
         let got = block_on(query(&host, day, day)).unwrap();
-        let series = &got[&day];
-        assert_eq!(series[&key("chat", "acme", 200)].requests, 6);
-        assert_eq!(series[&key("chat", "acme", 200)].prompt_tokens, 3 + 6);
-        assert_eq!(series[&key("chat", "acme", 429)].requests, 2);
+        assert_eq!(got[0].0, day);
+        let find = |k: SeriesKey| got[0].1.iter().find(|(s, _)| *s == k).unwrap().1;
+        assert_eq!(find(key("chat", "acme", 200)).requests, 6);
+        assert_eq!(find(key("chat", "acme", 200)).prompt_tokens, 3 + 6);
+        assert_eq!(find(key("chat", "acme", 429)).requests, 2);
+        assert!(got[0].1.windows(2).all(|w| w[0].0 < w[1].0), "sorted");
         assert!(block_on(query(&host, day - 1, day - 1)).unwrap().is_empty());
         assert!(block_on(query(&host, day, day - 1)).is_err());
     }
@@ -256,9 +283,9 @@ mod tests {
         }
         block_on(book.flush(&host, day)).unwrap();
         assert!(host.now_ms() >= first + MIN_WRITE_GAP_MS);
-        let series = &block_on(query(&host, day, day)).unwrap()[&day];
+        let series = block_on(query(&host, day, day)).unwrap().remove(0).1;
         assert_eq!(series.len(), MAX_SERIES + 1, "the overflow folds into one series");
-        assert_eq!(series[&key(OTHER, OTHER, 200)].requests, 11);
-        assert_eq!(series.values().map(|c| c.requests).sum::<u64>(), MAX_SERIES as u64 + 11);
+        assert_eq!(series.iter().find(|(k, _)| *k == key(OTHER, OTHER, 200)).unwrap().1.requests, 11);
+        assert_eq!(series.iter().map(|(_, c)| c.requests).sum::<u64>(), MAX_SERIES as u64 + 11);
     }
 }

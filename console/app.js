@@ -197,7 +197,7 @@
   // ------------------------------------------------------------------------------------------
   // Charts: SVG drawn by hand. Every mark carries its number in data-* attributes.
 
-  const W = 560, H = 170, PAD_L = 52, PAD_B = 22, PAD_T = 8;
+  const W = 560, H = 170, PAD_L = 72, PAD_B = 22, PAD_T = 8;
 
   function niceMax(v) {
     if (v <= 0) return 1;
@@ -298,7 +298,9 @@
     for (const r of config.routes || []) (r.destinations ? routes : endpoints).push(r);
     const rows = endpoints.map((e) => {
       const model = e.model || {};
-      const origins = (e.origins || []).map((o) => o.region ? `${o.url} (${o.region})` : o.url).join(", ");
+      // Explicit origins, else a base URL from the provider config (e.g. openai_api_base).
+      const bases = Object.entries(model.config || {}).filter(([k, v]) => /(^|_)(api_)?base$|_url$/.test(k) && typeof v === "string").map(([, v]) => v);
+      const origins = (e.origins || []).map((o) => o.region ? `${o.url} (${o.region})` : o.url).concat(e.origins && e.origins.length ? [] : bases).join(", ");
       return el("tr", { "data-endpoint": e.name },
         el("td", {}, el("strong", { text: e.name })), el("td", { text: e.endpoint_type || e.route_type || "" }),
         el("td", { text: model.provider || "" }), el("td", { text: model.name || "" }),

@@ -12,16 +12,19 @@ import subprocess
 import pytest
 
 from harness import BIN, MlflowModelServer, MockOrigin, SpinHost, WorkerdHost, new_workdir
+from otlp_receiver import OtlpReceiver
 from py_origin import PyOrigin
 
 # Generated per run so the log checks can prove they never leak.
 PROVIDER_SECRET = "sk-e2e-" + pysecrets.token_hex(12)
 ADMIN_TOKEN = "adm-e2e-" + pysecrets.token_hex(16)
+OTLP_SECRET = "otlp-e2e-" + pysecrets.token_hex(12)
 SECRETS = {
     "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
     "OPENAI_API_KEY": PROVIDER_SECRET,
     "ANTHROPIC_API_KEY": PROVIDER_SECRET + "-anthropic",
     "GEMINI_API_KEY": PROVIDER_SECRET + "-gemini",
+    "OTLP_AUTH": "Bearer " + OTLP_SECRET,  # the collector credential (telemetry.headers)
 }
 # Discard and echo ports: nothing listens, connect is refused.
 CLOSED_PORT_URL = "http://127.0.0.1:9"
@@ -86,11 +89,19 @@ def mlflow_server(workdir):
 
 
 @pytest.fixture(scope="session")
-def config(workdir, origin, eu_origin, us_origin, mlflow_server, py_origin):
+def otlp():
+    """The OpenTelemetry collector the e2e config exports to (otlp_receiver.py)."""
+    receiver = OtlpReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="session")
+def config(workdir, origin, eu_origin, us_origin, mlflow_server, py_origin, otlp):
     return render_config(workdir, {
         "origin": origin.url, "eu_origin": eu_origin.url, "us_origin": us_origin.url,
         "mlflow": mlflow_server.url, "closed": CLOSED_PORT_URL, "closed_other": OTHER_CLOSED_PORT_URL,
-        "py_origin": py_origin.url,
+        "py_origin": py_origin.url, "otlp": otlp.url,
     })
 
 

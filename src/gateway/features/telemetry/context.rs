@@ -9,7 +9,6 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::gateway::ports::Clock;
-use crate::gateway::util::text::hex;
 
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
@@ -132,7 +131,16 @@ impl SpanContext {
 
     /// `traceparent` naming this span (version 00).
     pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-{:02x}", hex(&self.trace_id), hex(&self.span_id), u8::from(self.sampled))
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [b'-'; 55];
+        out[..2].copy_from_slice(b"00");
+        for (i, b) in self.trace_id.iter().chain(&self.span_id).enumerate() {
+            let at = if i < 16 { 3 + 2 * i } else { 36 + 2 * (i - 16) };
+            out[at] = DIGITS[usize::from(b >> 4)];
+            out[at + 1] = DIGITS[usize::from(b & 15)];
+        }
+        out[53..].copy_from_slice(if self.sampled { b"01" } else { b"00" });
+        String::from_utf8_lossy(&out).into_owned()
     }
 }
 
@@ -171,6 +179,7 @@ mod tests {
     use super::*;
     use crate::gateway::ports::memory::MemoryHost;
     use crate::gateway::ports::UpstreamError;
+    use crate::gateway::util::text::hex;
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 

@@ -106,7 +106,7 @@ struct Attrs(Pb, u32);
 
 impl Attrs {
     fn new(field: u32) -> Self {
-        Attrs(Pb::new(), field)
+        Attrs(Pb::with_capacity(192), field)
     }
     fn str(mut self, key: &str, value: Option<&str>) -> Self {
         self.0.attr(self.1, key, Attr::Str(value.unwrap_or("")));
@@ -185,7 +185,7 @@ impl Metrics {
         let (start, end) = (this.window_start_ms * 1_000_000, now_ms.max(this.window_start_ms) * 1_000_000);
         let mut out = Vec::with_capacity(4);
         let number = |name: &str, unit: &str, description: &str, points: Vec<(Vec<u8>, Value)>| {
-            let mut metric = Pb::new();
+            let mut metric = Pb::with_capacity(256 + points.len() * 320);
             metric.string(1, name);
             metric.string(2, description);
             metric.string(3, unit);
@@ -207,7 +207,7 @@ impl Metrics {
             metric.0
         };
         let histogram = |name: &str, unit: &str, description: &str, bounds: &[f64; 14], points: &[(Vec<u8>, Hist)]| {
-            let mut metric = Pb::new();
+            let mut metric = Pb::with_capacity(256 + points.len() * 320);
             metric.string(1, name);
             metric.string(2, description);
             metric.string(3, unit);

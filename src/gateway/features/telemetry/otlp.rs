@@ -17,12 +17,23 @@ impl Pb {
         Pb(Vec::new())
     }
 
+    pub fn with_capacity(bytes: usize) -> Self {
+        Pb(Vec::with_capacity(bytes))
+    }
+
     fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push((v as u8) | 0x80);
-            v >>= 7;
+        if v < 0x80 {
+            self.0.push(v as u8);
+            return;
         }
-        self.0.push(v as u8);
+        let (mut buf, mut n) = ([0u8; 10], 0);
+        while v >= 0x80 {
+            buf[n] = (v as u8) | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        buf[n] = v as u8;
+        self.0.extend_from_slice(&buf[..=n]);
     }
 
     fn key(&mut self, field: u32, wire: u32) {
@@ -63,11 +74,21 @@ impl Pb {
         self.bytes(field, s.as_bytes());
     }
 
-    /// A nested message written by `f`.
+    /// A nested message written by `f`, in place: a one-byte length is reserved and widened
+    /// afterwards if the message turned out longer than 127 bytes (no temporary buffer).
     pub fn message(&mut self, field: u32, f: impl FnOnce(&mut Pb)) {
-        let mut inner = Pb::new();
-        f(&mut inner);
-        self.bytes(field, &inner.0);
+        self.key(field, LEN);
+        let at = self.0.len();
+        self.0.push(0);
+        f(self);
+        let len = self.0.len() - at - 1;
+        if len < 0x80 {
+            self.0[at] = len as u8;
+        } else {
+            let mut prefix = Pb::new();
+            prefix.varint(len as u64);
+            self.0.splice(at..at + 1, prefix.0);
+        }
     }
 
     /// `repeated fixed64` (packed, as proto3 writes it).
@@ -144,8 +165,8 @@ fn scope(pb: &mut Pb, origin: &Origin<'_>) {
 }
 
 /// `ExportTraceServiceRequest` with one resource and scope around already-encoded `Span`s.
-pub fn traces_request<'s>(origin: &Origin<'_>, spans: impl Iterator<Item = &'s [u8]>) -> Vec<u8> {
-    let mut out = Pb::new();
+pub fn traces_request<'s>(origin: &Origin<'_>, spans: impl Iterator<Item = &'s [u8]> + Clone) -> Vec<u8> {
+    let mut out = Pb::with_capacity(512 + spans.clone().map(|s| s.len() + 4).sum::<usize>());
     out.message(1, |rs| {
         resource(rs, origin);
         rs.message(2, |ss| {
@@ -160,7 +181,7 @@ pub fn traces_request<'s>(origin: &Origin<'_>, spans: impl Iterator<Item = &'s [
 
 /// `ExportMetricsServiceRequest` with one resource and scope around already-encoded `Metric`s.
 pub fn metrics_request(origin: &Origin<'_>, metrics: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Pb::new();
+    let mut out = Pb::with_capacity(512 + metrics.iter().map(|m| m.len() + 4).sum::<usize>());
     out.message(1, |rm| {
         resource(rm, origin);
         rm.message(2, |sm| {
@@ -197,6 +218,10 @@ mod tests {
         let mut pb = Pb::new();
         pb.packed_double(7, &[1.0]);
         assert_eq!(pb.0, [0x3a, 8, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f]);
+        let mut pb = Pb::new();
+        pb.message(1, |m| m.bytes(2, &[7; 200]));
+        assert_eq!(&pb.0[..5], [0x0a, 0xcb, 0x01, 0x12, 0xc8], "a two-byte length, widened in place");
+        assert_eq!(pb.0.len(), 3 + 3 + 200);
         let mut pb = Pb::new();
         pb.attr(9, "k", Attr::Bool(false));
         // KeyValue{key: "k", value: AnyValue{bool_value: false}}: the oneof is written even when false.

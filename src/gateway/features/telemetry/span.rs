@@ -83,7 +83,7 @@ const MS: u64 = 1_000_000;
 
 /// The request's span as an encoded OTLP `Span` message.
 pub fn encode(facts: &RequestFacts<'_>, ctx: &SpanContext) -> Vec<u8> {
-    let mut span = Pb::new();
+    let mut span = Pb::with_capacity(1024);
     span.bytes(1, &ctx.trace_id);
     span.bytes(2, &ctx.span_id);
     if let Some(state) = &ctx.tracestate {

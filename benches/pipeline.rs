@@ -517,6 +517,9 @@ fn main() {
             println!("JWT verify only (parse + signature + claims), {alg}: {us:.2} µs per token ({n} tokens)");
         }
     }
+    if filter.as_deref().is_none_or(|f| "opentelemetry".contains(f) || f.starts_with("otel:")) {
+        otel::report(&template, &limits, filter.as_deref());
+    }
 }
 
 /// The verifier alone: what a request pays when its token is not memoized (the JWKS already
@@ -546,4 +549,246 @@ fn verify_only(token: &str, min_time: Duration) -> (f64, u64) {
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenTelemetry: what tracing adds per request (the `telemetry` config section on vs off).
+
+mod otel {
+    use std::cell::Cell;
+    use std::future::Future;
+    use std::hint::black_box;
+    use std::pin::Pin;
+    use std::rc::Rc;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::task::{Context, Poll, Waker};
+    use std::time::{Duration, Instant};
+
+    use edge_gateway::gateway::error::Result;
+    use edge_gateway::gateway::pipeline::ClientInfo;
+    use edge_gateway::gateway::ports::memory::{block_on, MemoryHost};
+    use edge_gateway::gateway::ports::{Clock, Counter, Kv, Secrets, Upstream, UpstreamError};
+    use edge_gateway::gateway::Gateway;
+    use http::{Method, Request, Response};
+
+    use super::{chat_body, openai_client_request, provision_key, Limits, ALLOCS, ALLOC_BYTES};
+
+    /// The bench config plus a `telemetry` section (the collector is the in-memory origin).
+    fn config(on: bool) -> String {
+        let section =
+            r#""telemetry": {"otlp_endpoint": "http://127.0.0.1:4318", "headers": {"authorization": "$OTLP_AUTH"}},"#;
+        super::CONFIG.replacen(r#""settings""#, &format!("{}\"settings\"", if on { section } else { "" }), 1)
+    }
+
+    /// The OpenAI origin of the main bench, plus a collector that accepts every export.
+    fn host(on: bool, exports: Rc<Cell<u64>>) -> MemoryHost {
+        let completion = super::COMPLETION.as_bytes().to_vec();
+        let mut host = MemoryHost::new(move |request: &Request<Vec<u8>>| {
+            let path = request.uri().path();
+            let body = if path.ends_with("/chat/completions") {
+                completion.clone()
+            } else {
+                exports.set(exports.get() + u64::from(path == "/v1/traces"));
+                Vec::new()
+            };
+            Ok::<_, UpstreamError>(
+                Response::builder().header("content-type", "application/json").body(body).expect("a response"),
+            )
+        })
+        .with_secret("OPENAI_API_KEY", super::API_KEY)
+        .with_secret(super::ADMIN_TOKEN_SECRET, super::ADMIN_TOKEN)
+        .with_secret("OTLP_AUTH", "Bearer bench-collector-token")
+        .with_kv("config:active", config(on));
+        host.record = false;
+        host
+    }
+
+    /// The in-memory host whose `sleep` yields once (then the time has passed), so the
+    /// after-response work of concurrent requests interleaves as in one isolate.
+    struct Isolate<'a>(&'a MemoryHost);
+
+    impl Kv for Isolate<'_> {
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+            self.0.get(key).await
+        }
+        async fn put(&self, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()> {
+            self.0.put(key, value, ttl).await
+        }
+        async fn delete(&self, key: &str) -> Result<()> {
+            self.0.delete(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+            self.0.list(prefix).await
+        }
+    }
+    impl Upstream for Isolate<'_> {
+        type Body = Vec<u8>;
+        async fn send(&self, r: Request<Vec<u8>>, t: u64) -> std::result::Result<Response<Vec<u8>>, UpstreamError> {
+            self.0.send(r, t).await
+        }
+        async fn read_body(&self, b: Vec<u8>, limit: usize) -> std::result::Result<Vec<u8>, UpstreamError> {
+            self.0.read_body(b, limit).await
+        }
+    }
+    impl Secrets for Isolate<'_> {
+        fn secret(&self, name: &str) -> Option<String> {
+            self.0.secret(name)
+        }
+    }
+    impl Clock for Isolate<'_> {
+        fn now_ms(&self) -> u64 {
+            self.0.now_ms()
+        }
+        fn random_bytes(&self, buf: &mut [u8]) {
+            self.0.random_bytes(buf)
+        }
+        async fn sleep(&self, ms: u64) {
+            let target = self.0.now_ms() + ms;
+            let mut yielded = false;
+            std::future::poll_fn(|_| {
+                if std::mem::replace(&mut yielded, true) {
+                    self.0.now_ms.set(self.0.now_ms().max(target));
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await
+        }
+    }
+    impl Counter for Isolate<'_> {}
+
+    /// Polls the futures round robin until all are done.
+    fn run_all<F: Future<Output = String>>(mut futures: Vec<Pin<Box<F>>>) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut open = futures.len();
+        let mut done = vec![false; futures.len()];
+        while open > 0 {
+            for (i, f) in futures.iter_mut().enumerate() {
+                if !done[i] {
+                    if let Poll::Ready(line) = f.as_mut().poll(&mut cx) {
+                        black_box(line);
+                        done[i] = true;
+                        open -= 1;
+                    }
+                }
+            }
+        }
+    }
+
+    struct Row {
+        requests: u64,
+        mean_us: f64,
+        allocs: f64,
+        alloc_bytes: f64,
+        exports: u64,
+    }
+
+    /// One round: the requests handled, then all their after-response work (`Deferred::complete`)
+    /// run interleaved. Never inlined: scripts/bench counts its instructions with callgrind
+    /// (`--toggle-collect=pipeline::otel::round`).
+    #[inline(never)]
+    fn round(gateway: &Gateway, isolate: &Isolate<'_>, requests: Vec<Request<Vec<u8>>>) {
+        let client = ClientInfo::default();
+        let deferred: Vec<_> = requests
+            .into_iter()
+            .map(|r| {
+                let exchange = block_on(gateway.handle(isolate, r, &client));
+                black_box(exchange.response);
+                exchange.deferred
+            })
+            .collect();
+        run_all(deferred.into_iter().map(|d| Box::pin(d.complete(isolate, None))).collect());
+    }
+
+    /// `concurrent` requests at a time through one gateway, timed end to end.
+    fn measure(on: bool, concurrent: usize, template: &(String, String), limits: &Limits) -> Row {
+        let exports = Rc::new(Cell::new(0));
+        let memory = host(on, exports.clone());
+        let (key, _) = provision_key(&memory);
+        let isolate = Isolate(&memory);
+        let gateway = Gateway::new();
+        let mut n = 0u64;
+        let mut round = || -> (Duration, u64, u64) {
+            let requests: Vec<_> = (0..concurrent)
+                .map(|_| {
+                    n += 1;
+                    openai_client_request(Method::POST, "/v1/chat/completions", &key, chat_body(template, n))
+                })
+                .collect();
+            let (a0, b0) = (ALLOCS.load(Relaxed), ALLOC_BYTES.load(Relaxed));
+            let t = Instant::now();
+            round(&gateway, &isolate, requests);
+            let elapsed = t.elapsed();
+            (elapsed, ALLOCS.load(Relaxed) - a0, ALLOC_BYTES.load(Relaxed) - b0)
+        };
+        let warm_until = Instant::now() + limits.warm_up;
+        while Instant::now() < warm_until {
+            round();
+        }
+        exports.set(0);
+        let (mut total, mut allocs, mut bytes, mut requests) = (Duration::ZERO, 0, 0, 0u64);
+        let started = Instant::now();
+        loop {
+            let elapsed = started.elapsed();
+            if elapsed >= limits.max_time || (requests >= limits.min_iterations && elapsed >= limits.min_time) {
+                break;
+            }
+            let (t, a, b) = round();
+            total += t;
+            allocs += a;
+            bytes += b;
+            requests += concurrent as u64;
+        }
+        Row {
+            requests,
+            mean_us: total.as_secs_f64() * 1e6 / requests as f64,
+            allocs: allocs as f64 / requests as f64,
+            alloc_bytes: bytes as f64 / requests as f64,
+            exports: exports.get(),
+        }
+    }
+
+    /// `otel:<concurrent>:<on|off>`: that one measurement (for callgrind), else the table.
+    pub(super) fn report(template: &(String, String), limits: &Limits, only: Option<&str>) {
+        if let Some(spec) = only.and_then(|f| f.strip_prefix("otel:")) {
+            let (concurrent, mode) = spec.split_once(':').unwrap_or((spec, "on"));
+            let row = measure(mode == "on", concurrent.parse().unwrap_or(1), template, limits);
+            println!("otel {spec}: {} requests, {} exports", row.requests, row.exports);
+            return;
+        }
+        println!();
+        println!(
+            "OpenTelemetry: the chat request above with the config's `telemetry` section off / on (one span and \
+             4 metrics per request, OTLP protobuf to an in-memory collector). N requests at a time share an \
+             isolate: all are handled, then their after-response work runs interleaved (one leader exports per \
+             gap). Times include the whole request and its Deferred::complete."
+        );
+        println!(
+            "{:<44} {:>9} {:>9} {:>10} {:>7} {:>9} {:>9}",
+            "case", "requests", "mean µs", "OTel +µs", "allocs", "alloc B", "exports"
+        );
+        for concurrent in [1usize, 16, 128] {
+            let off = measure(false, concurrent, template, limits);
+            let on = measure(true, concurrent, template, limits);
+            for (label, row) in [("off", &off), ("on", &on)] {
+                let delta = if label == "on" { format!("{:+.2}", on.mean_us - off.mean_us) } else { "".into() };
+                println!(
+                    "{:<44} {:>9} {:>9.2} {:>10} {:>7.0} {:>9.0} {:>9}",
+                    format!("  {concurrent:>3} at a time, telemetry {label}"),
+                    row.requests,
+                    row.mean_us,
+                    delta,
+                    row.allocs,
+                    row.alloc_bytes,
+                    row.exports
+                );
+            }
+            println!(
+                "{:<44} spans per export: {:.1}",
+                "",
+                if on.exports > 0 { on.requests as f64 / on.exports as f64 } else { 0.0 }
+            );
+        }
+    }
 }

@@ -38,6 +38,8 @@ pub struct Config {
     pub limits: crate::gateway::features::limits::LimitsConfig,
     /// `auth:` — trusted JWT issuers and their claim mapping (features::identity).
     pub auth: AuthConfig,
+    /// OpenTelemetry export (`telemetry:`); off when absent.
+    pub telemetry: Option<Arc<crate::gateway::features::telemetry::TelemetryConfig>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +212,7 @@ mod raw {
         "limits",
         "templates",
         "auth",
+        "telemetry",
     ];
 
     #[derive(Deserialize)]
@@ -234,6 +237,7 @@ mod raw {
         pub templates: Option<Value>,
         #[serde(default)]
         pub auth: Option<Value>,
+        pub telemetry: Option<Value>,
         #[serde(flatten)]
         pub other: Map<String, Value>,
     }
@@ -419,6 +423,9 @@ impl Config {
             Some(v) => identity::check_auth("auth", v, &region_names, &mut issues).unwrap_or_default(),
             None => AuthConfig::default(),
         };
+        let telemetry = raw.telemetry.as_ref().and_then(|v| {
+            crate::gateway::features::telemetry::config::check("telemetry", v, &mut issues).map(Arc::new)
+        });
         if issues.0.is_empty() {
             Ok(Config {
                 version,
@@ -431,6 +438,7 @@ impl Config {
                 prices,
                 limits,
                 auth,
+                telemetry,
             })
         } else {
             Err(issues.0)

@@ -38,6 +38,9 @@ pub struct AttemptLog {
     /// (for the operator; clients get none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// When the attempt ended (ms; for the request's span, not the log line).
+    #[serde(skip)]
+    pub at_ms: u64,
 }
 
 /// What one forwarded call is.
@@ -50,6 +53,8 @@ pub struct Attempt<'a> {
     pub retarget: Option<&'a Retarget>,
     /// The residency pin (endpoint's or key's): failures are reported as the region's.
     pub pin: Option<&'a str>,
+    /// Trace-context headers every origin request carries (W3C `traceparent`/`tracestate`).
+    pub trace: &'a [(http::HeaderName, http::HeaderValue)],
 }
 
 /// A chat request the provider built (URL, credentials, headers), re-aimed at another path of
@@ -175,7 +180,10 @@ pub async fn forward<P: Ports>(
                     stream: attempt.stream,
                     now_ms: now,
                 };
-                let request = endpoint.provider.build_request(call, ports)?;
+                let mut request = endpoint.provider.build_request(call, ports)?;
+                for (name, value) in attempt.trace {
+                    request.headers_mut().insert(name.clone(), value.clone());
+                }
                 match attempt.retarget {
                     Some(retarget) => retarget.apply(request)?,
                     None => request,
@@ -193,7 +201,13 @@ pub async fn forward<P: Ports>(
                 let status = response.status();
                 let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
                 let outcome = if status.is_success() { "ok".to_string() } else { format!("http_{}", status.as_u16()) };
-                attempts.push(AttemptLog { origin: label.clone(), id: id.clone(), outcome, detail: None });
+                attempts.push(AttemptLog {
+                    origin: label.clone(),
+                    id: id.clone(),
+                    outcome,
+                    detail: None,
+                    at_ms: ports.now_ms(),
+                });
                 breaker.record(&origin.url, !status.is_server_error(), ports.now_ms(), settings.breaker_cooldown_ms);
                 if !retryable {
                     return Ok(Forwarded { response, origin: label, origin_id: id });
@@ -213,7 +227,13 @@ pub async fn forward<P: Ports>(
                 GatewayError::bad_gateway(ErrorCode::OriginError, format!("origin returned HTTP {}", status.as_u16()))
             }
             Err(UpstreamError::Timeout) => {
-                attempts.push(AttemptLog { origin: label.clone(), id, outcome: "timeout".into(), detail: None });
+                attempts.push(AttemptLog {
+                    origin: label.clone(),
+                    id,
+                    outcome: "timeout".into(),
+                    detail: None,
+                    at_ms: ports.now_ms(),
+                });
                 breaker.record(&origin.url, false, ports.now_ms(), settings.breaker_cooldown_ms);
                 GatewayError::gateway_timeout(format!("origin did not answer within {timeout} ms"))
             }
@@ -221,7 +241,13 @@ pub async fn forward<P: Ports>(
                 // The host's reason may name the origin's URL (with a key in its query): the
                 // log gets it scrubbed, the client a plain statement.
                 let detail = Some(scrub(truncate(&reason, 200)));
-                attempts.push(AttemptLog { origin: label.clone(), id, outcome: "connect_error".into(), detail });
+                attempts.push(AttemptLog {
+                    origin: label.clone(),
+                    id,
+                    outcome: "connect_error".into(),
+                    detail,
+                    at_ms: ports.now_ms(),
+                });
                 breaker.record(&origin.url, false, ports.now_ms(), settings.breaker_cooldown_ms);
                 GatewayError::bad_gateway(ErrorCode::OriginUnreachable, "origin unreachable (connection failed)")
             }

@@ -51,11 +51,16 @@ async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         }
     };
     // Spin keeps no state between requests (an instance per request) and has no waitUntil: a
-    // buffered answer is accounted before it is sent, so the next request sees its counts.
+    // buffered answer is accounted before it is sent, so the next request sees its counts;
+    // tallies and telemetry export wait until the response is out.
     if matches!(exchange.response.body(), ResponseBody::Full(_)) {
-        let line = exchange.deferred.complete(&host, None).await;
+        let request_id = exchange.deferred.log.request_id.clone();
+        let (line, observe) = exchange.deferred.settle(&host, None).await;
         let _ = write_response(exchange.response, response_out).await;
         emit(&line);
+        if let Some(error) = observe.run(&host).await {
+            emit(&serde_json::json!({"request_id": request_id, "telemetry_error": error}).to_string());
+        }
     } else {
         let summary = write_response(exchange.response, response_out).await;
         let line = exchange.deferred.complete(&host, summary).await;

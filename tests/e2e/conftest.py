@@ -13,11 +13,13 @@ import pytest
 
 from harness import BIN, MlflowModelServer, MockOrigin, SpinHost, WorkerdHost, new_workdir
 from idp import TestIdp
+from otlp_receiver import OtlpReceiver
 from py_origin import PyOrigin
 
 # Generated per run so the log checks can prove they never leak.
 PROVIDER_SECRET = "sk-e2e-" + pysecrets.token_hex(12)
 ADMIN_TOKEN = "adm-e2e-" + pysecrets.token_hex(16)
+OTLP_SECRET = "otlp-e2e-" + pysecrets.token_hex(12)
 SECRETS = {
     "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
     "OPENAI_API_KEY": PROVIDER_SECRET,
@@ -32,6 +34,7 @@ SECRETS = {
     "BEDROCK_API_KEY": PROVIDER_SECRET + "-bedrock",
     "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
     "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+    "OTLP_AUTH": "Bearer " + OTLP_SECRET,  # the collector credential (telemetry.headers)
 }
 # Discard and echo ports: nothing listens, connect is refused.
 CLOSED_PORT_URL = "http://127.0.0.1:9"
@@ -113,11 +116,19 @@ def idp():
 
 
 @pytest.fixture(scope="session")
-def config(workdir, origin, eu_origin, us_origin, mlflow_server, py_origin, idp):
+def otlp():
+    """The OpenTelemetry collector the e2e config exports to (otlp_receiver.py)."""
+    receiver = OtlpReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="session")
+def config(workdir, origin, eu_origin, us_origin, mlflow_server, py_origin, idp, otlp):
     return render_config(workdir, {
         "origin": origin.url, "eu_origin": eu_origin.url, "us_origin": us_origin.url,
         "mlflow": mlflow_server.url, "closed": CLOSED_PORT_URL, "closed_other": OTHER_CLOSED_PORT_URL,
-        "py_origin": py_origin.url, "idp": idp.url,
+        "py_origin": py_origin.url, "idp": idp.url, "otlp": otlp.url,
     })
 
 

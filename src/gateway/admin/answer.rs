@@ -8,11 +8,21 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::util::text::percent_decode;
 
 /// What the admin API answers: a JSON body and status, plus the audit line for the host's log.
+/// `raw`, when set, is the body instead of `body` (Prometheus text, the console's files).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminResponse {
     pub status: StatusCode,
     pub body: Value,
     pub audit: String,
+    pub raw: Option<RawBody>,
+}
+
+/// A non-JSON answer: its content type, bytes and any extra headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawBody {
+    pub content_type: &'static str,
+    pub bytes: Vec<u8>,
+    pub headers: &'static [(&'static str, &'static str)],
 }
 
 /// What the audit line records.

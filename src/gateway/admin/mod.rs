@@ -22,12 +22,19 @@
 //! | `GET /admin/access-requests/{id}` | | the request |
 //! | `POST /admin/access-requests/{id}/approve` | `{expires_in?, expires_at?, note?}` (or empty) | the request, `state: approved`; writes the grant |
 //! | `POST /admin/access-requests/{id}/deny` | `{note?}` (or empty) | the request, `state: denied`; deletes any grant |
+//! | `GET /admin/usage/series` | `&from=YYYY-MM-DD&to=YYYY-MM-DD` (default today) | `{days: [{date, series: [{endpoint, tenant, status, code, requests, ...}]}]}` |
+//! | `GET /admin/metrics` | | Prometheus text format 0.0.4 (`metrics.rs`) |
+//!
+//! `GET /admin/ui` (and its `app.js`, `style.css`) is the console (`ui.rs`): static files
+//! served without the token; the page asks for it and uses the API above.
 
 mod access;
 mod answer;
 mod config;
 mod keys;
+mod metrics;
 mod routes;
+mod ui;
 mod usage;
 
 use http::{Request, StatusCode};
@@ -39,8 +46,8 @@ use crate::gateway::features::keys::ct_eq;
 use crate::gateway::ports::Ports;
 use serde_json::Value;
 
-pub use answer::AdminResponse;
 use answer::{query_params, query_value, Audit, Failure, Handled};
+pub use answer::{AdminResponse, RawBody};
 pub use config::{redact_secrets, VERSION_PREFIX};
 use routes::AdminRoute;
 
@@ -58,6 +65,11 @@ pub async fn handle<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<
         path: crate::gateway::util::text::truncate(request.uri().path(), 200).to_string(),
         ..Audit::default()
     };
+    if let Some(asset) = ui::asset(request.method(), request.uri().path()) {
+        (audit.action, audit.outcome, audit.status) = ("ui.asset", "ok", 200);
+        let audit = serde_json::to_string(&audit).unwrap_or_default();
+        return AdminResponse { status: StatusCode::OK, body: Value::Null, audit, raw: Some(asset) };
+    }
     let result = match check_token(ports, request.headers()) {
         Ok(()) => route(ports, memo, request, &mut audit).await,
         Err(e) => {
@@ -65,10 +77,16 @@ pub async fn handle<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<
             Err(e.into())
         }
     };
+    let mut raw = None;
     let (status, body) = match result {
-        Ok((status, body)) => {
+        Ok(Reply::Json(status, body)) => {
             audit.outcome = "ok";
             (status, body)
+        }
+        Ok(Reply::Raw(body)) => {
+            audit.outcome = "ok";
+            raw = Some(body);
+            (StatusCode::OK, Value::Null)
         }
         Err(Failure { error, issues }) => {
             audit.outcome = match error.status {
@@ -85,7 +103,13 @@ pub async fn handle<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<
         }
     };
     audit.status = status.as_u16();
-    AdminResponse { status, body, audit: serde_json::to_string(&audit).unwrap_or_default() }
+    AdminResponse { status, body, audit: serde_json::to_string(&audit).unwrap_or_default(), raw }
+}
+
+/// A handler's answer: JSON, or a body of its own type.
+enum Reply {
+    Json(StatusCode, Value),
+    Raw(RawBody),
 }
 
 fn check_token<P: Ports>(ports: &P, headers: &http::HeaderMap) -> Result<()> {
@@ -114,7 +138,12 @@ fn check_token<P: Ports>(ports: &P, headers: &http::HeaderMap) -> Result<()> {
     }
 }
 
-async fn route<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<u8>>, audit: &mut Audit) -> Handled {
+async fn route<P: Ports>(
+    ports: &P,
+    memo: &AuthMemo,
+    request: &Request<Vec<u8>>,
+    audit: &mut Audit,
+) -> std::result::Result<Reply, Failure> {
     let route = AdminRoute::parse(request.method(), request.uri().path())?;
     audit.action = route.action();
     if let Some(id) = route.key_id() {
@@ -122,7 +151,9 @@ async fn route<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<u8>>,
     }
     let query = query_params(request.uri().query().unwrap_or(""));
     let body = request.body();
-    match route {
+    let handled: Handled = match route {
+        AdminRoute::Metrics => return Ok(Reply::Raw(metrics::prometheus(ports).await?)),
+        AdminRoute::UsageSeries => metrics::series(ports, &query).await,
         AdminRoute::GetConfig => config::get_config(ports).await,
         AdminRoute::ApplyConfig => {
             let dry_run = query.iter().any(|(k, v)| k == "dry_run" && matches!(v.as_str(), "" | "1" | "true"));
@@ -144,7 +175,8 @@ async fn route<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<u8>>,
         AdminRoute::GetAccessRequest(id) => access::get(ports, &id, audit).await,
         AdminRoute::ApproveAccess(id) => access::decide(ports, memo, &id, true, body, audit).await,
         AdminRoute::DenyAccess(id) => access::decide(ports, memo, &id, false, body, audit).await,
-    }
+    };
+    handled.map(|(status, body)| Reply::Json(status, body))
 }
 
 #[cfg(test)]

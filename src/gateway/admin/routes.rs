@@ -22,6 +22,8 @@ pub enum AdminRoute {
     GetAccessRequest(String),
     ApproveAccess(String),
     DenyAccess(String),
+    Metrics,
+    UsageSeries,
 }
 
 impl AdminRoute {
@@ -45,6 +47,8 @@ impl AdminRoute {
             ["keys", key, "revoke"] => (AdminRoute::RevokeKey(id(key)), Method::POST),
             ["keys", key, "rotate"] => (AdminRoute::RotateKey(id(key)), Method::POST),
             ["usage"] => (AdminRoute::Usage, Method::GET),
+            ["usage", "series"] => (AdminRoute::UsageSeries, Method::GET),
+            ["metrics"] => (AdminRoute::Metrics, Method::GET),
             ["cache", "purge"] => (AdminRoute::PurgeCache, Method::POST),
             ["access-requests"] => (AdminRoute::ListAccessRequests, Method::GET),
             ["access-requests", request] => (AdminRoute::GetAccessRequest(id(request)), Method::GET),
@@ -84,6 +88,8 @@ impl AdminRoute {
             AdminRoute::GetAccessRequest(_) => "access.get",
             AdminRoute::ApproveAccess(_) => "access.approve",
             AdminRoute::DenyAccess(_) => "access.deny",
+            AdminRoute::Metrics => "metrics.get",
+            AdminRoute::UsageSeries => "usage.series",
         }
     }
 
@@ -112,6 +118,8 @@ mod tests {
         assert_eq!(ok(Method::POST, "/admin/access-requests/ar_1/approve").action(), "access.approve");
         assert_eq!(ok(Method::POST, "/admin/access-requests/ar_1/deny"), AdminRoute::DenyAccess("ar_1".into()));
         assert!(AdminRoute::parse(&Method::POST, "/admin/access-requests").is_err());
+        assert_eq!(ok(Method::GET, "/admin/metrics"), AdminRoute::Metrics);
+        assert_eq!(ok(Method::GET, "/admin/usage/series").action(), "usage.series");
         let e = AdminRoute::parse(&Method::GET, "/admin/keys/k_1/revoke").unwrap_err();
         assert_eq!(e.code, ErrorCode::MethodNotAllowed);
         let e = AdminRoute::parse(&Method::GET, "/admin/nope").unwrap_err();

@@ -1,6 +1,6 @@
 //! What the gateway does to a request besides moving it: keys, JWT identity, access approval,
-//! limits, usage, cache, guardrails, templates, normalization. Each feature owns its config
-//! check.
+//! limits, usage, cache, guardrails, templates, normalization, telemetry. Each feature owns its
+//! config check.
 
 pub mod access;
 pub mod cache;
@@ -10,5 +10,6 @@ pub mod identity;
 pub mod keys;
 pub mod limits;
 pub mod normalize;
+pub mod telemetry;
 pub mod template;
 pub mod usage;

@@ -14,7 +14,7 @@ use crate::gateway::config::Config;
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::access::{self, AccessRequest, Asked, State, MAX_REASON_CHARS};
 use crate::gateway::features::normalize;
-use crate::gateway::pipeline::account::{Deferred, Pending};
+use crate::gateway::pipeline::account::{Deferred, Observed, Pending};
 use crate::gateway::pipeline::context::IsolateState;
 use crate::gateway::pipeline::log::LogRecord;
 use crate::gateway::pipeline::respond::{self, json_response, ResponseBody};
@@ -84,7 +84,7 @@ pub async fn serve<P: Ports>(
     audit.status = response.status().as_u16();
     log.status = audit.status;
     let line = serde_json::to_string(&audit).unwrap_or_default();
-    (response, Deferred { log, pending: Pending::default(), audit: Some(line) })
+    (response, Deferred { log, pending: Pending::default(), audit: Some(line), observed: Observed::default() })
 }
 
 async fn ask<P: Ports>(

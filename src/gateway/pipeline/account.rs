@@ -1,20 +1,33 @@
-//! The last phase, after the response is out: cache fill, usage and cost accounting, and the
-//! log line. The pipeline hands it to the host as data (`Deferred`); each host decides when it
+//! The last phase, after the response is out: cache fill, usage and cost accounting, the log
+//! line, and observability (request tallies for `/admin/metrics`, the OpenTelemetry span and
+//! metrics). The pipeline hands it to the host as data (`Deferred`); each host decides when it
 //! runs (Cloudflare: `waitUntil`; Spin: after the response body is written).
 
+use std::rc::Rc;
+use std::sync::Arc;
+
 use crate::gateway::dialect::responses::Keep;
+use crate::gateway::features::telemetry::tally::{Counts, SeriesKey};
+use crate::gateway::features::telemetry::{
+    RequestFacts, SpanContext, TallyBook, Telemetry, TelemetryConfig, TraceParent,
+};
 use crate::gateway::features::usage::{charged_usage, Accounting, Outcome};
 use crate::gateway::features::{cache, housekeeping};
 use crate::gateway::pipeline::log::LogRecord;
 use crate::gateway::pipeline::stream::StreamSummary;
 use crate::gateway::ports::Ports;
-use crate::gateway::types::Usage;
+use crate::gateway::types::{Operation, Usage};
+
+/// The tenant label of keyless calls to public endpoints (`context::PUBLIC_TENANT`, which this
+/// module cannot name without an import cycle; a test keeps the two equal).
+pub const PUBLIC_TENANT: &str = "public";
 
 /// After-response work (the Background port as data): accounting and the log line.
 pub struct Deferred {
     pub log: LogRecord,
     pub pending: Pending,
     pub audit: Option<String>,
+    pub observed: Observed,
 }
 
 /// Work a request leaves for after its response: filled in by the phases as they run.
@@ -27,13 +40,80 @@ pub struct Pending {
     pub keep: Option<Keep>,
 }
 
+/// What observability needs beyond the log line, gathered as the request runs.
+#[derive(Default)]
+pub struct Observed {
+    /// The client's `traceparent` (and `tracestate`), when valid.
+    pub parent: Option<TraceParent>,
+    /// The request's span: set once the config is known and has `telemetry`.
+    pub span: Option<SpanContext>,
+    pub config: Option<Arc<TelemetryConfig>>,
+    /// The provider-side model and the operation, once the endpoint is resolved.
+    pub model: Option<String>,
+    pub operation: Option<Operation>,
+    /// The isolate's tallies and telemetry batch (`None`: nothing to record, e.g. admin calls).
+    pub books: Option<(Rc<TallyBook>, Rc<Telemetry>)>,
+}
+
+/// The part of the after-response work that must not hold up a response even where the host
+/// runs the rest before sending (Spin, buffered answers): writing the tallies and exporting
+/// telemetry. `Deferred::complete` runs it itself.
+pub struct Observe {
+    tally: Option<(Rc<TallyBook>, i64)>,
+    export: Option<(Rc<Telemetry>, Arc<TelemetryConfig>, u64)>,
+}
+
+impl Observe {
+    /// Writes the tallies and waits for the request's telemetry to be exported (bounded; see
+    /// `telemetry::batch`). Returns what failed (never a secret), for the log.
+    pub async fn run<P: Ports>(self, ports: &P) -> Option<String> {
+        let mut errors = Vec::new();
+        if let Some((book, day)) = self.tally {
+            if let Err(e) = book.flush(ports, day).await {
+                errors.push(format!("tallies: {}", e.message));
+            }
+        }
+        if let Some((telemetry, config, seq)) = self.export {
+            if let Some(e) = telemetry.flush(ports, &config, seq).await {
+                errors.push(e);
+            }
+        }
+        (!errors.is_empty()).then(|| errors.join("; "))
+    }
+}
+
 impl Deferred {
     /// Runs the work once the response is out and returns the structured log line for the
     /// host to emit. `stream` is the pump's summary when the body was streamed — taken when the
     /// stream ended or the client went away, so partial usage is still counted.
-    pub async fn complete<P: Ports>(mut self, ports: &P, stream: Option<StreamSummary>) -> String {
+    pub async fn complete<P: Ports>(self, ports: &P, stream: Option<StreamSummary>) -> String {
+        match self.settle_record(ports, stream).await {
+            Err(audit) => audit,
+            Ok((mut log, observe)) => {
+                log.telemetry_error = observe.run(ports).await;
+                serde_json::to_string(&log).unwrap_or_default()
+            }
+        }
+    }
+
+    /// `complete` without the observability writes: for a host that accounts before sending
+    /// the response. It returns the log line now and the rest to run once the response is out.
+    pub async fn settle<P: Ports>(self, ports: &P, stream: Option<StreamSummary>) -> (String, Observe) {
+        match self.settle_record(ports, stream).await {
+            Err(audit) => (audit, Observe { tally: None, export: None }),
+            Ok((log, observe)) => (serde_json::to_string(&log).unwrap_or_default(), observe),
+        }
+    }
+
+    /// Accounting and the cache fill; records the request into the isolate's tallies and
+    /// telemetry batch (synchronously). An admin call returns its audit line as the error.
+    async fn settle_record<P: Ports>(
+        mut self,
+        ports: &P,
+        stream: Option<StreamSummary>,
+    ) -> Result<(LogRecord, Observe), String> {
         if let Some(audit) = self.audit {
-            return audit;
+            return Err(audit);
         }
         if let Some(summary) = stream {
             // A stream without the origin's final usage (cut, stopped, left by the client, or
@@ -55,6 +135,7 @@ impl Deferred {
                 }
             }
         }
+        let admitted = self.pending.accounting.is_some();
         if let Some(accounting) = self.pending.accounting {
             let usage = match (self.log.prompt_tokens, self.log.completion_tokens) {
                 (None, None) => None,
@@ -78,6 +159,67 @@ impl Deferred {
                 }
             }
         }
-        serde_json::to_string(&self.log).unwrap_or_default()
+        let end_ms =
+            if self.log.stream_completed.is_some() { ports.now_ms() } else { self.log.ts + self.log.latency_ms };
+        let observe = record(&self.log, &self.observed, admitted, end_ms, ports);
+        Ok((self.log, observe))
     }
+}
+
+/// Records the request into the isolate's tallies (model calls and errors) and telemetry.
+fn record<P: Ports>(log: &LogRecord, observed: &Observed, admitted: bool, end_ms: u64, ports: &P) -> Observe {
+    let Some((tally, telemetry)) = &observed.books else { return Observe { tally: None, export: None } };
+    let tenant = match (&log.tenant, admitted) {
+        (Some(t), _) => Some(t.as_str()),
+        (None, true) => Some(PUBLIC_TENANT),
+        (None, false) => None,
+    };
+    let cost_usd = log.accounting.as_ref().and_then(|a| a.cost_usd);
+    let tally = (log.endpoint.is_some() || log.status >= 400).then(|| {
+        let key = SeriesKey {
+            endpoint: log.endpoint.clone().unwrap_or_default(),
+            tenant: tenant.unwrap_or_default().to_string(),
+            status: log.status,
+            code: log.error.map(|e| e.as_str().to_string()).unwrap_or_default(),
+        };
+        let counts = Counts {
+            requests: 1,
+            prompt_tokens: log.prompt_tokens.unwrap_or(0),
+            completion_tokens: log.completion_tokens.unwrap_or(0),
+            cost_nusd: cost_usd.map_or(0, |usd| (usd * 1e9).round() as u64),
+            cache_hits: u64::from(log.cache == Some(cache::Status::Hit.as_str())),
+            latency_ms: log.latency_ms,
+        };
+        (tally.clone(), tally.record(ports, log.ts, key, &counts))
+    });
+    let export = observed.config.as_ref().map(|config| {
+        let facts = RequestFacts {
+            request_id: &log.request_id,
+            method: &log.method,
+            path: &log.path,
+            status: log.status,
+            error: log.error.map(|e| e.as_str()),
+            start_ms: log.ts,
+            end_ms,
+            endpoint: log.endpoint.as_deref(),
+            route: log.route.as_deref(),
+            provider: log.provider,
+            model: observed.model.as_deref(),
+            operation: observed.operation,
+            input_tokens: log.prompt_tokens,
+            output_tokens: log.completion_tokens,
+            cost_usd,
+            cache: log.cache,
+            stream: log.stream,
+            tenant,
+            key_id: log.key_id.as_deref(),
+            region: log.region.as_deref(),
+            origin: log.origin.as_deref(),
+            template: log.template.as_deref(),
+            attempts: log.attempts.iter().map(|a| (a.origin.as_str(), a.outcome.as_str(), a.at_ms)).collect(),
+        };
+        let seq = telemetry.record(ports, &facts, observed.span.as_ref());
+        (telemetry.clone(), config.clone(), seq)
+    });
+    Observe { tally, export }
 }

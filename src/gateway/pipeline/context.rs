@@ -12,9 +12,10 @@ use crate::gateway::config::{Config, Endpoint};
 use crate::gateway::dialect::Dialect;
 use crate::gateway::features::keys::KeyRecord;
 use crate::gateway::features::limits::Limiter;
+use crate::gateway::features::telemetry::{TallyBook, Telemetry};
 use crate::gateway::features::usage::UsageBook;
 use crate::gateway::forward::Breaker;
-use crate::gateway::pipeline::account::Pending;
+use crate::gateway::pipeline::account::{Observed, Pending};
 use crate::gateway::pipeline::log::LogRecord;
 use crate::gateway::types::Operation;
 
@@ -37,6 +38,9 @@ pub struct IsolateState {
     pub auth: AuthMemo,
     pub limiter: Rc<Limiter>,
     pub usage: Rc<UsageBook>,
+    /// Request tallies for `/admin/metrics` and the OpenTelemetry batch.
+    pub tally: Rc<TallyBook>,
+    pub telemetry: Rc<Telemetry>,
 }
 
 /// One request on its way through the phases.
@@ -49,6 +53,8 @@ pub struct RequestContext<'a> {
     pub log: LogRecord,
     /// Work for after the response, filled in by each phase.
     pub pending: Pending,
+    /// Trace context and what the span needs beyond the log line.
+    pub observed: Observed,
 }
 
 /// One model call, built by the `resolve` phase and carried through the later ones.

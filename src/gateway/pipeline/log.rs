@@ -76,6 +76,9 @@ pub struct LogRecord {
     pub tenant: Option<String>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub accounting: Option<UsageLog>,
+    /// What went wrong writing the request tallies or exporting telemetry (never a secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub telemetry_error: Option<String>,
     #[serde(skip)]
     pub rate_headers: RateHeaders,
 }

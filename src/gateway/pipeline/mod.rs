@@ -33,12 +33,13 @@ use crate::gateway::config::{Config, ACTIVE_KEY};
 use crate::gateway::dialect::{gemini, mlflow, ClientRequest, Dialect};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::normalize;
+use crate::gateway::features::telemetry::{SpanContext, TraceParent};
 use crate::gateway::ports::Ports;
 use crate::gateway::routing::{self, ApiRoute};
 use crate::gateway::types::Operation;
 use crate::gateway::util::text::hex;
 
-pub use account::{Deferred, Pending};
+pub use account::{Deferred, Observed, Pending};
 pub use context::{ClientInfo, IsolateState, ModelCall, RequestContext};
 pub use log::LogRecord;
 pub use respond::{error_response, json_response, ResponseBody};
@@ -94,7 +95,13 @@ impl Gateway {
         }
         // Every SDK reads errors in its API's shape: until routing says more, the path decides.
         let dialect = routing::path_dialect(path);
-        let mut ctx = RequestContext { state: &self.state, client, dialect, log, pending: Pending::default() };
+        let observed = Observed {
+            parent: TraceParent::from_headers(request.headers()),
+            books: Some((self.state.tally.clone(), self.state.telemetry.clone())),
+            ..Observed::default()
+        };
+        let mut ctx =
+            RequestContext { state: &self.state, client, dialect, log, pending: Pending::default(), observed };
         let mut response = match self.serve(ports, &mut ctx, request).await {
             Ok(response) => response,
             Err(error) => {
@@ -105,7 +112,8 @@ impl Gateway {
         phases::annotate(&ctx, &mut response);
         ctx.log.status = response.status().as_u16();
         ctx.log.latency_ms = ports.now_ms().saturating_sub(started);
-        Exchange { response, deferred: Deferred { log: ctx.log, pending: ctx.pending, audit: None } }
+        let deferred = Deferred { log: ctx.log, pending: ctx.pending, audit: None, observed: ctx.observed };
+        Exchange { response, deferred }
     }
 
     /// Routes a request: health, catalog listings, or a model call in the client's dialect.
@@ -120,6 +128,11 @@ impl Gateway {
             return Ok(json_response(StatusCode::OK, &json!({"status": "OK"})));
         }
         let config = self.config(ports, &mut ctx.log).await?;
+        if let Some(telemetry) = &config.telemetry {
+            let span = SpanContext::start(ctx.observed.parent.as_ref(), telemetry.sample, ports);
+            ctx.observed.span = Some(span);
+            ctx.observed.config = Some(telemetry.clone());
+        }
         let query = request.uri().query().unwrap_or("");
         let unified = matches!(route, ApiRoute::UnifiedInvocations(_));
         if route.is_listing() {
@@ -184,9 +197,23 @@ impl Gateway {
     async fn admin<P: Ports>(&self, ports: &P, request: Request<Vec<u8>>, mut log: LogRecord) -> Exchange<P::Body> {
         let answer = admin::handle(ports, &self.state.auth, &request).await;
         log.status = answer.status.as_u16();
-        let mut response = json_response(answer.status, &answer.body);
+        let mut response = match answer.raw {
+            Some(raw) => {
+                let mut response = Response::new(ResponseBody::Full(raw.bytes));
+                *response.status_mut() = answer.status;
+                let headers = response.headers_mut();
+                headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(raw.content_type));
+                for (name, value) in raw.headers {
+                    headers.insert(*name, HeaderValue::from_static(value));
+                }
+                response
+            }
+            None => json_response(answer.status, &answer.body),
+        };
         response.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        Exchange { response, deferred: Deferred { log, pending: Pending::default(), audit: Some(answer.audit) } }
+        let deferred =
+            Deferred { log, pending: Pending::default(), audit: Some(answer.audit), observed: Observed::default() };
+        Exchange { response, deferred }
     }
 
     /// The active config, memoized per isolate for `settings.config_ttl_ms`. An invalid
@@ -278,6 +305,8 @@ fn request_id<P: Ports>(ports: &P, request: &Request<Vec<u8>>) -> String {
 
 #[cfg(test)]
 mod dialect_tests;
+#[cfg(test)]
+mod observe_tests;
 #[cfg(test)]
 mod phase_tests;
 #[cfg(test)]

@@ -38,6 +38,7 @@ fn ctx<'a>(state: &'a IsolateState, client: &'a ClientInfo) -> RequestContext<'a
         dialect: Dialect::OpenAi(Operation::Chat),
         log: LogRecord::default(),
         pending: Pending::default(),
+        observed: Default::default(),
     }
 }
 

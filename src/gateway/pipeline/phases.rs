@@ -10,7 +10,7 @@ use crate::gateway::config::{Config, Endpoint, Origin};
 use crate::gateway::dialect::{responses, ClientRequest};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::usage::{self, Accounting};
-use crate::gateway::features::{cache, guard, limits, normalize, template};
+use crate::gateway::features::{cache, guard, limits, normalize, telemetry, template};
 use crate::gateway::forward::{self, Attempt, Forwarded, Retarget};
 use crate::gateway::pipeline::context::{ClientInfo, ModelCall, RequestContext};
 use crate::gateway::pipeline::respond::{json_bytes, retry_after, sse_response, ResponseBody};
@@ -41,8 +41,11 @@ pub fn resolve(
     ctx.log.endpoint = Some(endpoint.name.clone());
     ctx.log.route = resolved.route;
     ctx.log.provider = Some(endpoint.provider.name());
+    let op = routing::operation_for(endpoint.endpoint_type);
+    ctx.observed.model = Some(endpoint.model.clone());
+    ctx.observed.operation = Some(op);
     Ok(ModelCall {
-        op: routing::operation_for(endpoint.endpoint_type),
+        op,
         config,
         headers,
         credential,
@@ -71,6 +74,7 @@ pub async fn authenticate<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, cal
     let presented = auth::presented(&call.headers, call.credential.as_deref());
     let key = auth::authenticate(ports, &ctx.state.auth, presented, &call.config.auth.jwt, target).await?;
     ctx.log.key_id = key.as_ref().map(|k| k.id.clone());
+    ctx.log.tenant = key.as_ref().map(|k| k.tenant.clone());
     call.key = key;
     Ok(())
 }
@@ -288,6 +292,7 @@ pub async fn forward<P: Ports>(
     let endpoint = &call.endpoint;
     let mode = call.stream.then(|| endpoint.provider.stream_mode(call.op, &endpoint.model, now_ms));
     let upstream_stream = mode.as_ref().is_some_and(|m| !matches!(m, StreamMode::Buffered));
+    let trace = telemetry::propagation(ctx.observed.span.as_ref(), ctx.observed.parent.as_ref());
     // A Responses passthrough: the provider's chat request, re-aimed at `/responses` with the
     // prepared request in Responses form.
     let retarget = match ctx.dialect.turn().filter(|t| t.passthrough) {
@@ -303,6 +308,7 @@ pub async fn forward<P: Ports>(
         stream: upstream_stream,
         retarget: retarget.as_ref(),
         pin: call.pin.as_deref(),
+        trace: &trace,
     };
     let base64 = call.op == Operation::Embeddings && wants_base64(&call.body);
     endpoint.provider.authorize(ports, call.config.settings.origin_timeout_ms).await?;

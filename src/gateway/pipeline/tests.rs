@@ -735,10 +735,15 @@ fn a_store_without_ttls_is_swept() {
     }
     let count = |prefix: &str| host.kv.borrow().keys().filter(|k| k.starts_with(prefix)).count();
     // 100 minute windows were used; 200 requests wrote 200 key shards and 200 tenant shards.
-    assert!(count("rl:") < 40, "{} counters left", count("rl:"));
-    assert!(count("usage:") < 120, "{} usage entries left", count("usage:"));
+    // Sweeps run after ~1 in 32 responses (when is chance, so the bounds only say some ran).
+    assert!(count("rl:") < 100, "{} counters left", count("rl:"));
+    assert!(count("usage:") < 400, "{} usage entries left", count("usage:"));
+    // Each sweep's KV work is bounded: a backlog takes a few.
     let swept = block_on(crate::gateway::features::housekeeping::sweep(&host)).unwrap();
     assert!(swept.shards > 0 || count("usage:") <= 4);
+    for _ in 0..4 {
+        block_on(crate::gateway::features::housekeeping::sweep(&host)).unwrap();
+    }
     assert!(count("rl:") <= 2, "{} counters left after a sweep", count("rl:"));
     assert!(
         count("usage:") <= 4,

@@ -1,0 +1,291 @@
+//! Request tallies in KV by endpoint, tenant, status and error code, per UTC day: the source of
+//! `GET /admin/metrics` (Prometheus) and of the console's usage charts. They complement the
+//! per-key/per-tenant usage aggregates (`features::usage`), which have no endpoint or status.
+//!
+//! Written the same way, for the same reasons: each isolate (Spin: each instance) is the only
+//! writer of its own shard `metrics:<yyyy-mm-dd>:<shard>` — one JSON entry holding all its
+//! series of that day — and stores its whole running total with a blind `put` (no lost
+//! update, a retried write never double-counts), at most once per `MIN_WRITE_GAP_MS`, one
+//! write in flight; [`query`] sums the shards. Every model call and every error answer is
+//! counted (health checks and listings that succeed are not). A shard keeps at most
+//! `MAX_SERIES` series per day; more fold into `endpoint="_other", tenant="_other"`.
+//! Caveats as for usage: Cloudflare's `list` is eventually consistent (a scrape may briefly
+//! miss a new shard), and an isolate evicted before its write loses that last delta.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::gateway::error::{ErrorCode, GatewayError, Result};
+use crate::gateway::ports::{Clock, Kv};
+use crate::gateway::util::text::hex;
+use crate::gateway::util::time::{day_string, days_of};
+
+pub const TALLY_PREFIX: &str = "metrics:";
+const KEEP_SECS: u64 = 400 * 86_400;
+pub const MAX_SERIES: usize = 1_000;
+const MIN_WRITE_GAP_MS: u64 = 1_000;
+pub const MAX_QUERY_DAYS: i64 = 92;
+pub const OTHER: &str = "_other";
+
+/// What a series is counted by.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeriesKey {
+    /// Empty when the request never reached an endpoint (unknown route or endpoint).
+    pub endpoint: String,
+    /// Empty when the caller was not identified; `public` for keyless calls to public endpoints.
+    pub tenant: String,
+    pub status: u16,
+    /// The gateway's error code, empty on success.
+    pub code: String,
+}
+
+/// What a series counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counts {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_nusd: u64,
+    pub cache_hits: u64,
+    /// Sum of latencies (ms), for averages.
+    pub latency_ms: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, other: &Counts) {
+        self.requests += other.requests;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cost_nusd += other.cost_nusd;
+        self.cache_hits += other.cache_hits;
+        self.latency_ms += other.latency_ms;
+    }
+}
+
+/// One series as stored: the key's and the counts' fields side by side.
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    #[serde(default)]
+    endpoint: String,
+    #[serde(default)]
+    tenant: String,
+    #[serde(default)]
+    status: u16,
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    counts: Counts,
+}
+
+impl Entry {
+    fn new(key: &SeriesKey, counts: Counts) -> Self {
+        let SeriesKey { endpoint, tenant, status, code } = key.clone();
+        Entry { endpoint, tenant, status, code, counts }
+    }
+
+    fn key(self) -> (SeriesKey, Counts) {
+        let Entry { endpoint, tenant, status, code, counts } = self;
+        (SeriesKey { endpoint, tenant, status, code }, counts)
+    }
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Stored {
+    series: Vec<Entry>,
+}
+
+struct DayShard {
+    series: HashMap<SeriesKey, Counts>,
+    version: u64,
+    written: u64,
+    flushing: bool,
+    written_at_ms: u64,
+}
+
+/// One isolate's tallies. Kept in the isolate state as `Rc<TallyBook>`.
+#[derive(Default)]
+pub struct TallyBook {
+    shard_id: RefCell<Option<String>>,
+    /// Today's shard and, around midnight, yesterday's (a list: there are one or two).
+    days: RefCell<Vec<(i64, DayShard)>>,
+}
+
+impl TallyBook {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one request (synchronously); returns the day to flush.
+    pub fn record(&self, clock: &impl Clock, ts_ms: u64, key: SeriesKey, counts: &Counts) -> i64 {
+        self.shard_id.borrow_mut().get_or_insert_with(|| {
+            let mut bytes = [0u8; 8];
+            clock.random_bytes(&mut bytes);
+            hex(&bytes)
+        });
+        let day = days_of(ts_ms);
+        let mut days = self.days.borrow_mut();
+        let i = days.iter().position(|(d, _)| *d == day).unwrap_or_else(|| {
+            let shard = DayShard { series: HashMap::new(), version: 0, written: 0, flushing: false, written_at_ms: 0 };
+            days.push((day, shard));
+            days.len() - 1
+        });
+        let shard = &mut days[i].1;
+        let key = if shard.series.len() >= MAX_SERIES && !shard.series.contains_key(&key) {
+            SeriesKey { endpoint: OTHER.into(), tenant: OTHER.into(), ..key }
+        } else {
+            key
+        };
+        shard.series.entry(key).or_default().add(counts);
+        shard.version += 1;
+        day
+    }
+
+    /// Writes the day's shard if it changed (one write in flight per shard; increments that
+    /// arrive meanwhile are written by the next round, after the gap).
+    pub async fn flush(&self, kv: &(impl Kv + Clock), day: i64) -> Result<()> {
+        let Some(shard_id) = self.shard_id.borrow().clone() else { return Ok(()) };
+        let name = format!("{TALLY_PREFIX}{}:{shard_id}", day_string(day));
+        {
+            let mut days = self.days.borrow_mut();
+            let Some(shard) = shard_of(&mut days, day) else { return Ok(()) };
+            if shard.flushing {
+                return Ok(());
+            }
+            shard.flushing = true;
+        }
+        let result = self.write_rounds(kv, day, &name).await;
+        if let Some(shard) = shard_of(&mut self.days.borrow_mut(), day) {
+            shard.flushing = false;
+        }
+        self.prune();
+        result
+    }
+
+    async fn write_rounds(&self, kv: &(impl Kv + Clock), day: i64, name: &str) -> Result<()> {
+        loop {
+            let last = match shard_of(&mut self.days.borrow_mut(), day) {
+                Some(s) if s.version != s.written => s.written_at_ms,
+                _ => return Ok(()),
+            };
+            let wait = (last + MIN_WRITE_GAP_MS).saturating_sub(kv.now_ms());
+            if last != 0 && wait > 0 {
+                kv.sleep(wait).await;
+            }
+            let (bytes, version) = {
+                let mut days = self.days.borrow_mut();
+                let Some(s) = shard_of(&mut days, day) else { return Ok(()) };
+                let series: Vec<Entry> = s.series.iter().map(|(k, c)| Entry::new(k, *c)).collect();
+                (serde_json::to_vec(&Stored { series }).unwrap_or_default(), s.version)
+            };
+            kv.put(name, &bytes, Some(KEEP_SECS)).await?;
+            if let Some(s) = shard_of(&mut self.days.borrow_mut(), day) {
+                s.written = version;
+                s.written_at_ms = kv.now_ms().max(1);
+            }
+        }
+    }
+
+    /// Forgets written days before yesterday (their totals are final in KV).
+    fn prune(&self) {
+        let mut days = self.days.borrow_mut();
+        let Some(newest) = days.iter().map(|(d, _)| *d).max() else { return };
+        days.retain(|(day, s)| s.flushing || s.version != s.written || day + 1 >= newest);
+    }
+}
+
+fn shard_of(days: &mut [(i64, DayShard)], day: i64) -> Option<&mut DayShard> {
+    days.iter_mut().find(|(d, _)| *d == day).map(|(_, s)| s)
+}
+
+/// One day's series, summed over every shard, sorted by key.
+pub type Day = Vec<(SeriesKey, Counts)>;
+
+/// The sum of every shard per day for the UTC days `from..=to` (days without data left out).
+pub async fn query(kv: &impl Kv, from: i64, to: i64) -> Result<Vec<(i64, Day)>> {
+    if to < from || to - from >= MAX_QUERY_DAYS {
+        return Err(GatewayError::bad_request(
+            ErrorCode::InvalidRange,
+            format!("`from` must not be after `to`, and a query covers at most {MAX_QUERY_DAYS} days"),
+        ));
+    }
+    let mut out = Vec::new();
+    for day in from..=to {
+        let mut series: HashMap<SeriesKey, Counts> = HashMap::new();
+        for name in kv.list(&format!("{TALLY_PREFIX}{}:", day_string(day))).await? {
+            let Some(bytes) = kv.get(&name).await? else { continue };
+            let Ok(stored) = serde_json::from_slice::<Stored>(&bytes) else { continue };
+            for (key, counts) in stored.series.into_iter().map(Entry::key) {
+                series.entry(key).or_default().add(&counts);
+            }
+        }
+        if !series.is_empty() {
+            let mut series: Day = series.into_iter().collect();
+            series.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            out.push((day, series));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::ports::memory::{block_on, MemoryHost};
+    use crate::gateway::ports::UpstreamError;
+
+    fn key(endpoint: &str, tenant: &str, status: u16) -> SeriesKey {
+        SeriesKey { endpoint: endpoint.into(), tenant: tenant.into(), status, code: String::new() }
+    }
+
+    fn one(prompt: u64) -> Counts {
+        Counts { requests: 1, prompt_tokens: prompt, completion_tokens: 2, cost_nusd: 7, cache_hits: 0, latency_ms: 5 }
+    }
+
+    #[test]
+    fn isolates_write_their_own_shards_and_queries_sum_them() {
+        let host = MemoryHost::new(|_| Err(UpstreamError::Timeout));
+        let now = host.now_ms();
+        let books = [TallyBook::new(), TallyBook::new()];
+        for (i, book) in books.iter().enumerate() {
+            for n in 0..3 {
+                let day = book.record(&host, now, key("chat", "acme", 200), &one(n + i as u64));
+                block_on(book.flush(&host, day)).unwrap();
+            }
+            book.record(&host, now, key("chat", "acme", 429), &one(0));
+            block_on(book.flush(&host, days_of(now))).unwrap();
+        }
+        assert_eq!(host.kv.borrow().keys().filter(|k| k.starts_with(TALLY_PREFIX)).count(), 2);
+        let day = days_of(now);
+        let got = block_on(query(&host, day, day)).unwrap();
+        assert_eq!(got[0].0, day);
+        let find = |k: SeriesKey| got[0].1.iter().find(|(s, _)| *s == k).unwrap().1;
+        assert_eq!(find(key("chat", "acme", 200)).requests, 6);
+        assert_eq!(find(key("chat", "acme", 200)).prompt_tokens, 3 + 6);
+        assert_eq!(find(key("chat", "acme", 429)).requests, 2);
+        assert!(got[0].1.windows(2).all(|w| w[0].0 < w[1].0), "sorted");
+        assert!(block_on(query(&host, day - 1, day - 1)).unwrap().is_empty());
+        assert!(block_on(query(&host, day, day - 1)).is_err());
+    }
+
+    #[test]
+    fn writes_wait_out_the_gap_and_series_are_bounded() {
+        let host = MemoryHost::new(|_| Err(UpstreamError::Timeout));
+        let book = TallyBook::new();
+        let now = host.now_ms();
+        let day = book.record(&host, now, key("a", "t", 200), &one(1));
+        block_on(book.flush(&host, day)).unwrap();
+        let first = host.now_ms();
+        for i in 0..(MAX_SERIES + 10) {
+            book.record(&host, now, key(&format!("e{i}"), "t", 200), &one(1));
+        }
+        block_on(book.flush(&host, day)).unwrap();
+        assert!(host.now_ms() >= first + MIN_WRITE_GAP_MS);
+        let series = block_on(query(&host, day, day)).unwrap().remove(0).1;
+        assert_eq!(series.len(), MAX_SERIES + 1, "the overflow folds into one series");
+        assert_eq!(series.iter().find(|(k, _)| *k == key(OTHER, OTHER, 200)).unwrap().1.requests, 11);
+        assert_eq!(series.iter().map(|(_, c)| c.requests).sum::<u64>(), MAX_SERIES as u64 + 11);
+    }
+}

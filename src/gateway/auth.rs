@@ -113,6 +113,13 @@ pub async fn authenticate<P: Ports>(
     Ok(Some(record))
 }
 
+/// Authenticates the request's key with no endpoint check: for `/mcp`, which authorizes with
+/// the key's MCP grant. A key is required (401 `missing_api_key` / `invalid_api_key`).
+pub async fn authenticate_key<P: Ports>(ports: &P, memo: &AuthMemo, headers: &HeaderMap) -> Result<Rc<KeyRecord>> {
+    let Some(presented) = keys::presented_key(headers) else { return Err(missing_key()) };
+    lookup(ports, memo, presented).await?.ok_or_else(invalid_key)
+}
+
 /// The active record for a presented key, or `None` for any kind of invalid key.
 async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Result<Option<Rc<KeyRecord>>> {
     if !keys::looks_like_key(presented) {

@@ -34,6 +34,8 @@ pub struct Config {
     pub settings: Settings,
     pub prices: crate::gateway::features::usage::Prices,
     pub limits: crate::gateway::features::limits::LimitsConfig,
+    /// `mcp_servers` and `mcp_policies` (what `/mcp` fronts and who may use it).
+    pub mcp: crate::gateway::mcp::McpConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,8 +171,19 @@ mod raw {
     use serde::Deserialize;
     use serde_json::{Map, Value};
 
-    pub const TOP_LEVEL: &[&str] =
-        &["version", "endpoints", "routes", "regions", "default_region", "settings", "prices", "limits", "templates"];
+    pub const TOP_LEVEL: &[&str] = &[
+        "version",
+        "endpoints",
+        "routes",
+        "regions",
+        "default_region",
+        "settings",
+        "prices",
+        "limits",
+        "templates",
+        "mcp_servers",
+        "mcp_policies",
+    ];
 
     #[derive(Deserialize)]
     pub struct Config {
@@ -192,6 +205,10 @@ mod raw {
         pub limits: Option<Value>,
         #[serde(default)]
         pub templates: Option<Value>,
+        #[serde(default)]
+        pub mcp_servers: Value,
+        #[serde(default)]
+        pub mcp_policies: Option<Value>,
         #[serde(flatten)]
         pub other: Map<String, Value>,
     }
@@ -369,6 +386,12 @@ impl Config {
             Some(v) => crate::gateway::features::limits::check_limits("limits", v, &mut issues).unwrap_or_default(),
             None => Default::default(),
         };
+        let mcp = crate::gateway::mcp::config::check_section(
+            &raw.mcp_servers,
+            raw.mcp_policies.as_ref(),
+            &region_names,
+            &mut issues,
+        );
         if issues.0.is_empty() {
             Ok(Config {
                 version,
@@ -380,6 +403,7 @@ impl Config {
                 settings,
                 prices,
                 limits,
+                mcp,
             })
         } else {
             Err(issues.0)

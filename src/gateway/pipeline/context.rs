@@ -14,6 +14,7 @@ use crate::gateway::features::keys::KeyRecord;
 use crate::gateway::features::limits::Limiter;
 use crate::gateway::features::usage::UsageBook;
 use crate::gateway::forward::Breaker;
+use crate::gateway::mcp::McpState;
 use crate::gateway::pipeline::account::Pending;
 use crate::gateway::pipeline::log::LogRecord;
 use crate::gateway::types::Operation;
@@ -37,6 +38,7 @@ pub struct IsolateState {
     pub auth: AuthMemo,
     pub limiter: Rc<Limiter>,
     pub usage: Rc<UsageBook>,
+    pub mcp: McpState,
 }
 
 /// One request on its way through the phases.

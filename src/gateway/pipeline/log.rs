@@ -7,6 +7,7 @@ use crate::gateway::features::guard::GuardReport;
 use crate::gateway::features::limits::RateHeaders;
 use crate::gateway::features::usage::UsageLog;
 use crate::gateway::forward::AttemptLog;
+use crate::gateway::mcp::McpLog;
 use crate::gateway::types::Usage;
 
 /// One structured log line per request. Holds no secret: no key, no credential, and the
@@ -62,6 +63,9 @@ pub struct LogRecord {
     pub tenant: Option<String>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub accounting: Option<UsageLog>,
+    /// An `/mcp` request: method, server, tool, outcome, bytes, latency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpLog>,
     #[serde(skip)]
     pub rate_headers: RateHeaders,
 }

@@ -22,11 +22,14 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::gateway::admin;
+use crate::gateway::auth;
 use crate::gateway::catalog;
 use crate::gateway::config::{Config, ACTIVE_KEY};
 use crate::gateway::dialect::{ClientRequest, Dialect};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::normalize;
+use crate::gateway::features::usage::Accounting;
+use crate::gateway::mcp::{self, McpBody, McpEnv, McpRequest};
 use crate::gateway::ports::Ports;
 use crate::gateway::routing::{self, ApiRoute};
 use crate::gateway::types::Operation;
@@ -36,6 +39,7 @@ pub use account::{Deferred, Pending};
 pub use context::{ClientInfo, IsolateState, ModelCall, RequestContext};
 pub use log::LogRecord;
 pub use respond::{error_response, json_response, ResponseBody};
+use stream::{Stage, StreamPump};
 
 /// The pipeline's answer: the response to send now, and work for after it is sent.
 pub struct Exchange<B> {
@@ -110,6 +114,9 @@ impl Gateway {
             return Ok(json_response(StatusCode::OK, &json!({"status": "OK"})));
         }
         let config = self.config(ports).await?;
+        if let ApiRoute::Mcp(server) = route {
+            return Ok(mcp_call(ports, ctx, &config, server.as_deref(), request).await);
+        }
         let query = request.uri().query().unwrap_or("");
         let (path_name, dialect) = match route {
             ApiRoute::ListModels => return Ok(respond::ok_json(catalog::models(&config))),
@@ -121,6 +128,7 @@ impl Gateway {
             ApiRoute::OpenAi(op) => (None, Dialect::OpenAi(op)),
             ApiRoute::Invocations(name) => (Some(name), Dialect::Mlflow),
             ApiRoute::AnthropicMessages => (None, Dialect::Anthropic),
+            ApiRoute::Mcp(_) => return Err(GatewayError::not_found(ErrorCode::RouteNotFound, "no MCP route")),
         };
         ctx.dialect = dialect;
         let (parts, body) = request.into_parts();
@@ -189,6 +197,46 @@ async fn invoke<P: Ports>(
     let origins = phases::choose_origins(ctx, &call, &endpoint);
     let upstream = phases::forward(ports, ctx, &mut call, &origins).await?;
     phases::respond(ports, ctx, &call, upstream).await
+}
+
+/// `/mcp`, `/mcp/{server}`: the key authenticated here, everything else in `mcp::handle`
+/// (errors are JSON-RPC errors); a tool call is accounted after the response like a model call.
+async fn mcp_call<P: Ports>(
+    ports: &P,
+    ctx: &mut RequestContext<'_>,
+    config: &Config,
+    server: Option<&str>,
+    request: Request<Vec<u8>>,
+) -> Response<ResponseBody<P::Body>> {
+    let (parts, body) = request.into_parts();
+    let key = auth::authenticate_key(ports, &ctx.state.auth, &parts.headers).await;
+    let key_for_usage = key.as_ref().ok().cloned();
+    ctx.log.key_id = key_for_usage.as_ref().map(|k| k.id.clone());
+    let env = McpEnv {
+        config: &config.mcp,
+        limits: &config.limits,
+        limiter: &ctx.state.limiter,
+        state: &ctx.state.mcp,
+        max_body_bytes: config.settings.max_body_bytes,
+        max_response_bytes: config.settings.max_response_bytes,
+    };
+    let call = McpRequest { method: &parts.method, server, headers: &parts.headers, body: &body };
+    let answer = mcp::handle(ports, &env, key, call).await;
+    if answer.tool_call {
+        let book = &ctx.state.usage;
+        ctx.pending.accounting =
+            Some(Accounting::new(book, key_for_usage.as_deref(), None, ctx.log.ts, answer.admission));
+    }
+    ctx.log.stream = answer.log.streamed;
+    ctx.log.mcp = Some(answer.log);
+    let body = match answer.body {
+        McpBody::Full(bytes) => ResponseBody::Full(bytes),
+        McpBody::Stream(upstream, stage) => ResponseBody::Stream(upstream, StreamPump::new(vec![Stage::Mcp(stage)])),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = answer.status;
+    *response.headers_mut() = answer.headers;
+    response
 }
 
 /// The client's `x-request-id` when it is sane, else a fresh random one.

@@ -6,6 +6,7 @@
 //! Anthropic client of a Gemini endpoint, with each translator written once.
 
 use crate::gateway::dialect::ClientStream;
+use crate::gateway::mcp::{McpOutcome, McpStream};
 use crate::gateway::providers::ProviderStream;
 use crate::gateway::types::Usage;
 use crate::gateway::wire::openai::StreamWatch;
@@ -21,6 +22,9 @@ pub enum Stage {
     Provider(ProviderStream),
     /// OpenAI chunks into the client's dialect.
     Client(ClientStream),
+    /// An MCP server's answer (SSE or JSON) on its way to the client. It reads bytes, not
+    /// events (a JSON answer is not an event stream), so the pump hands it the raw chunks.
+    Mcp(McpStream),
 }
 
 impl StreamTranslate for Stage {
@@ -29,6 +33,7 @@ impl StreamTranslate for Stage {
             Stage::Watch(t) => t.event(event, out),
             Stage::Provider(t) => t.event(event, out),
             Stage::Client(t) => t.event(event, out),
+            Stage::Mcp(_) => {}
         }
     }
     fn finish(&mut self, out: &mut Vec<u8>) {
@@ -36,6 +41,7 @@ impl StreamTranslate for Stage {
             Stage::Watch(t) => t.finish(out),
             Stage::Provider(t) => t.finish(out),
             Stage::Client(t) => t.finish(out),
+            Stage::Mcp(t) => t.finish(out),
         }
     }
     fn usage(&self) -> Option<Usage> {
@@ -43,6 +49,7 @@ impl StreamTranslate for Stage {
             Stage::Watch(t) => t.usage(),
             Stage::Provider(t) => t.usage(),
             Stage::Client(t) => t.usage(),
+            Stage::Mcp(_) => None,
         }
     }
 }
@@ -55,6 +62,8 @@ pub struct StreamSummary {
     /// The origin's body ended (cleanly or cut) and the client's stream was closed; false when
     /// the client went away first.
     pub completed: bool,
+    /// For an MCP answer: how it ended (bytes, outcome).
+    pub mcp: Option<McpOutcome>,
 }
 
 pub struct StreamPump {
@@ -72,8 +81,12 @@ impl StreamPump {
         let mut data = bytes.to_vec();
         for (parser, translator) in &mut self.stages {
             let mut out = Vec::new();
-            for event in parser.push(&data) {
-                translator.event(&event, &mut out);
+            if let Stage::Mcp(stage) = translator {
+                stage.bytes(&data, &mut out);
+            } else {
+                for event in parser.push(&data) {
+                    translator.event(&event, &mut out);
+                }
             }
             data = out;
         }
@@ -88,8 +101,12 @@ impl StreamPump {
         let mut data = Vec::new();
         for (parser, translator) in &mut self.stages {
             let mut out = Vec::new();
-            for event in parser.push(&data).into_iter().chain(parser.finish()) {
-                translator.event(&event, &mut out);
+            if let Stage::Mcp(stage) = translator {
+                stage.bytes(&data, &mut out);
+            } else {
+                for event in parser.push(&data).into_iter().chain(parser.finish()) {
+                    translator.event(&event, &mut out);
+                }
             }
             translator.finish(&mut out);
             data = out;
@@ -106,6 +123,10 @@ impl StreamPump {
 
     /// The first stage sees the origin's own events, so its usage is the origin's.
     pub fn summary(&self) -> StreamSummary {
-        StreamSummary { usage: self.stages.first().and_then(|(_, t)| t.usage()), completed: self.finished }
+        let mcp = self.stages.iter().find_map(|(_, t)| match t {
+            Stage::Mcp(stage) => Some(stage.outcome()),
+            _ => None,
+        });
+        StreamSummary { usage: self.stages.first().and_then(|(_, t)| t.usage()), completed: self.finished, mcp }
     }
 }

@@ -31,3 +31,6 @@ pub use handler::{handle, McpAnswer, McpBody, McpEnv, McpRequest};
 pub use log::McpLog;
 pub use state::McpState;
 pub use stream::{McpOutcome, McpStream};
+
+#[cfg(test)]
+mod tests;

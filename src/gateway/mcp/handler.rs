@@ -94,6 +94,8 @@ pub async fn handle<P: Ports>(
             answer
         }
     };
+    // Every tool call of an authenticated caller gets a usage record, refused ones included.
+    answer.tool_call = answer.log.method == "tools/call";
     if !answer.log.streamed {
         answer.log.latency_ms = ports.now_ms().saturating_sub(now);
         if let McpBody::Full(bytes) = &answer.body {
@@ -588,7 +590,6 @@ async fn call_tool<P: Ports>(
     params.insert("name".into(), json!(tool));
     params.insert("arguments".into(), arguments);
     let mut answer = forward_with(ports, env, cx, &server, id, "tools/call", params, param_headers, true, log).await?;
-    answer.tool_call = true;
     answer.admission = Some(admission);
     Ok(answer)
 }

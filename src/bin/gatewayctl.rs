@@ -201,7 +201,12 @@ fn check(file: &str) -> Result<(Value, Config), String> {
 
 fn validate(file: &str) -> Result<(), String> {
     let (_, config) = check(file)?;
-    out(&format!("{file}: ok ({} endpoint(s): {})", config.order.len(), config.order.join(", ")));
+    let mut summary = format!("{} endpoint(s): {}", config.order.len(), config.order.join(", "));
+    if !config.mcp.is_empty() {
+        let servers: Vec<&str> = config.mcp.servers.iter().map(|s| s.name.as_str()).collect();
+        summary.push_str(&format!("; {} MCP server(s): {}", servers.len(), servers.join(", ")));
+    }
+    out(&format!("{file}: ok ({summary})"));
     Ok(())
 }
 

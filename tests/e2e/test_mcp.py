@@ -8,6 +8,7 @@ every `tools` tool, files.read_file/search/slow_read and the `down` server; a ke
 tenant gets its own grant."""
 import asyncio
 import json
+import subprocess
 import time
 from contextlib import asynccontextmanager
 
@@ -19,7 +20,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 import conftest
-from admin_client import Admin, fresh_minute, log_records, wait_until
+from admin_client import GATEWAYCTL, Admin, fresh_minute, log_records, wait_until
 
 TEAM_TOOLS = {"tools__echo", "tools__add", "tools__slow", "tools__progress", "tools__fail", "tools__contact",
               "files__read_file", "files__search", "files__slow_read"}
@@ -347,3 +348,34 @@ def test_one_log_line_and_one_usage_record_per_tool_call(gw):
     wait_until(lambda: admin.usage(key=key_id)["total"]["requests"] >= 2, timeout=10)
     usage = admin.usage(key=key_id)["total"]
     assert (usage["requests"], usage["errors"]) == (2, 1), usage
+
+
+# --- config -----------------------------------------------------------------------------------
+
+def test_gatewayctl_validate_checks_the_mcp_config(tmp_path):
+    bad = tmp_path / "mcp.yaml"
+    bad.write_text("""
+regions: {eu: {continents: [EU]}}
+mcp_servers:
+  - {name: files, url: "http://127.0.0.1:1/mcp", protocol: "2025-11-26", auth: {bearer: $FILES_TOKEN}}
+  - {name: "a__b", url: "ftp://x", region: europe, tool_limit: {}}
+mcp_policies:
+  acme: {servers: [file], tools: ["files.read_*"], tool_limits: {"files.read_*": {calls: 0, renewal_period: minute}}}
+""")
+    out = subprocess.run([str(GATEWAYCTL), "validate", str(bad)], capture_output=True, text=True)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text
+    for line in [
+        'mcp_servers[0].protocol: unknown MCP protocol version "2025-11-26" (did you mean "2025-11-25"?)',
+        'mcp_servers[1].tool_limit: unknown MCP server field "tool_limit" (did you mean "tool_limits"?)',
+        'mcp_servers[1].name: "a__b" is not a valid server name',
+        'mcp_servers[1].url: "ftp://x" must be an http:// or https:// URL',
+        'mcp_servers[1].region: unknown region "europe"',
+        'mcp_policies.acme.tool_limits.files.read_*.calls: must be a whole number >= 1',
+    ]:
+        assert line in text, text
+    good = tmp_path / "ok.yaml"
+    good.write_text("mcp_servers:\n  - {name: files, url: \"http://127.0.0.1:1/mcp\"}\n"
+                    "mcp_policies:\n  acme: {servers: [files]}\n")
+    out = subprocess.run([str(GATEWAYCTL), "validate", str(good)], capture_output=True, text=True)
+    assert out.returncode == 0 and "1 MCP server(s): files" in out.stdout, out.stdout + out.stderr

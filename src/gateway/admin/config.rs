@@ -161,16 +161,30 @@ pub(super) async fn rollback<P: Ports>(ports: &P, body: &[u8], audit: &mut Audit
 }
 
 /// Replaces literal values of secret-looking fields (`*key*`, `*secret*`, `*token*`,
-/// `*password*`, `*credential*`) with `[redacted]`; `$NAME` references are kept.
+/// `*password*`, `*credential*`, `*bearer*`, and an `auth` object's `value`, as MCP servers'
+/// `auth` has them) with `[redacted]`; `$NAME` references are kept.
 pub fn redact_secrets(value: &mut Value) {
+    let redact = |s: &mut String| {
+        if !s.starts_with('$') && !s.is_empty() {
+            *s = "[redacted]".into();
+        }
+    };
     match value {
         Value::Object(map) => {
             for (name, v) in map.iter_mut() {
                 let lower = name.to_ascii_lowercase();
-                let secretish = ["key", "secret", "token", "password", "credential"].iter().any(|s| lower.contains(s));
+                let secretish =
+                    ["key", "secret", "token", "password", "credential", "bearer"].iter().any(|s| lower.contains(s));
                 match v {
-                    Value::String(s) if secretish && !s.starts_with('$') && !s.is_empty() => *s = "[redacted]".into(),
-                    _ => redact_secrets(v),
+                    Value::String(s) if secretish => redact(s),
+                    _ => {
+                        if lower == "auth" {
+                            if let Some(Value::String(s)) = v.get_mut("value") {
+                                redact(s);
+                            }
+                        }
+                        redact_secrets(v)
+                    }
                 }
             }
         }

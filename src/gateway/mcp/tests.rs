@@ -565,3 +565,33 @@ fn bad_input_gets_the_spec_error_codes_never_a_5xx() {
         assert!(r.status.as_u16() < 500, "{body}: {}", r.status);
     }
 }
+
+#[test]
+fn the_config_section_is_checked_with_the_rest_and_its_credentials_redacted() {
+    use crate::gateway::config::Config;
+    let issues = Config::from_value(
+        json!({"mcp_server": [], "mcp_servers": [{"name": "x", "url": "http://x/mcp", "protocol": "2025"}]}),
+    )
+    .unwrap_err();
+    let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter().any(
+            |t| t.starts_with("mcp_server: unknown top-level field \"mcp_server\" (did you mean \"mcp_servers\"?)")
+        ),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(|t| t.starts_with("mcp_servers[0].protocol: unknown MCP protocol version \"2025\"")),
+        "{text:?}"
+    );
+    let config = Config::from_json(CONFIG.as_bytes()).unwrap();
+    assert_eq!(config.mcp.servers.len(), 3);
+
+    let mut value = json!({"mcp_servers": [{"name": "a", "auth": {"bearer": "literal-token"}},
+                                            {"name": "b", "auth": {"header": "x-api-key", "value": "literal-key"}},
+                                            {"name": "c", "auth": {"header": "x-api-key", "value": "$KEY"}}]});
+    crate::gateway::admin::redact_secrets(&mut value);
+    assert_eq!(value["mcp_servers"][0]["auth"]["bearer"], "[redacted]");
+    assert_eq!(value["mcp_servers"][1]["auth"], json!({"header": "x-api-key", "value": "[redacted]"}));
+    assert_eq!(value["mcp_servers"][2]["auth"]["value"], "$KEY");
+}

@@ -41,6 +41,10 @@ impl Eras {
             self.0.borrow_mut().insert(server.url.clone(), era);
         }
     }
+
+    fn forget(&self, server: &McpServer) {
+        self.0.borrow_mut().remove(&server.url);
+    }
 }
 
 /// Who is calling, as the upstream is told: the client's identity, and where its upstream
@@ -103,14 +107,21 @@ pub async fn send<P: Ports>(
         // legacy server (2026-07-28 "Backward Compatibility").
         let (parts, body) = response.into_parts();
         let body = ports.read_body(body, MAX_BUFFERED).await.unwrap_or_default();
-        if is_modern_refusal(&body) {
+        if is_modern_refusal(&body, out.id) {
             eras.set(server, Era::Modern);
             return Ok((Reply::Read(parts, body), Route { era: Era::Modern }));
         }
         eras.set(server, Era::Legacy);
     }
     for attempt in 0..2 {
-        let upstream = legacy_session(ports, server, caller).await?;
+        let upstream = match legacy_session(ports, server, caller).await {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                // A detection is not kept when the handshake it led to failed.
+                eras.forget(server);
+                return Err(e);
+            }
+        };
         let request = build_legacy(server, &upstream, out)?;
         let response = post(ports, server, request).await?;
         // 404 on a request with a session id: the upstream ended (or forgot) the session.
@@ -240,10 +251,13 @@ pub fn content_type(headers: &HeaderMap) -> &str {
     headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
-/// A 4xx body that carries one of the errors only modern servers send.
-fn is_modern_refusal(body: &[u8]) -> bool {
-    let code = serde_json::from_slice::<Value>(body).ok().and_then(|m| m.get("error")?.get("code")?.as_i64());
-    matches!(code, Some(-32022..=-32020))
+/// Whether a refusal of a modern request came from a modern server: an error only modern
+/// servers send (-32020..-32022), or any JSON-RPC error about this very request (the server
+/// read and processed it; a legacy server without a session refuses before reading it).
+fn is_modern_refusal(body: &[u8], id: Option<&Value>) -> bool {
+    let Ok(message) = serde_json::from_slice::<Value>(body) else { return false };
+    let code = message.get("error").and_then(|e| e.get("code")).and_then(Value::as_i64);
+    matches!(code, Some(-32022..=-32020)) || (code.is_some() && id.is_some() && message.get("id") == id)
 }
 
 async fn post<P: Ports>(
@@ -537,6 +551,34 @@ mod tests {
         assert_eq!(block_on(session::load_shared(&host, "files", "k_1")).map(|u| u.id), Some(Some("up-6".into())));
         let sent = host.sent.borrow();
         assert_eq!(sent[0].headers()[H_METHOD], "tools/list", "the first try is modern");
+    }
+
+    #[test]
+    fn a_modern_refusal_is_not_taken_for_a_legacy_server() {
+        let host = MemoryHost::new(|req| {
+            let body: Value = serde_json::from_slice(req.body()).unwrap();
+            assert_ne!(body["method"], "initialize", "no fallback to the handshake");
+            Ok(json_response(
+                400,
+                json!({"jsonrpc":"2.0","id":body["id"],"error":{"code":-32602,"message":"bad arguments"}}),
+                None,
+            ))
+        })
+        .with_secret("FILES_TOKEN", "t");
+        let eras = Eras::default();
+        let files = server("auto");
+        let id = json!(4);
+        let out = Outbound { id: Some(&id), method: "tools/call", params: Map::new(), param_headers: Vec::new() };
+        let e = block_on(call(&host, &eras, &files, &mut caller(), &out)).unwrap_err();
+        assert_eq!((e.code, e.message.as_str()), (-32602, "bad arguments"));
+        assert_eq!(eras.get(&files), Some(Era::Modern));
+
+        // A legacy verdict whose handshake then fails is not kept.
+        let refusing =
+            MemoryHost::new(|_| Ok(json_response(400, json!({"error": "nope"}), None))).with_secret("FILES_TOKEN", "t");
+        let eras = Eras::default();
+        assert!(block_on(call(&refusing, &eras, &files, &mut caller(), &out)).is_err());
+        assert_eq!(eras.get(&files), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 import conftest
-from admin_client import GATEWAYCTL, Admin, fresh_minute, log_records, wait_until
+from admin_client import GATEWAYCTL, Admin, fresh_minute, gatewayctl, log_records, wait_until
 
 TEAM_TOOLS = {"tools__echo", "tools__add", "tools__slow", "tools__progress", "tools__fail", "tools__contact",
               "files__read_file", "files__search", "files__slow_read"}
@@ -86,6 +86,10 @@ def test_tools_are_the_union_filtered_per_key(gw, era):
 
     assert run(names(team)) == TEAM_TOOLS
     assert run(names(reader)) == {"files__read_file"}
+    # The same grant through gatewayctl.
+    out = gatewayctl(gw, "keys", "create", "--tenant", "mcp-readers", "--mcp-servers", "files", "--mcp-tools",
+                     "files.search", token=conftest.ADMIN_TOKEN)
+    assert run(names(json.loads(out.stdout)["key"])) == {"files__search"}
 
 
 @pytest.mark.parametrize("era", ["legacy", "modern"])

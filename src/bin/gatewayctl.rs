@@ -14,6 +14,7 @@
 //!   gatewayctl keys create --tenant T [--name N] [--endpoints a,b] [--rpm N] [--tpm N]
 //!                          [--budget-usd X] [--budget-period day|month] [--region R]
 //!                          [--expires-in SECS | --expires-at UNIX] [--exact]
+//!                          [--mcp-servers a,b] [--mcp-tools "server.tool,server.*"]
 //!   gatewayctl keys list [--tenant T]
 //!   gatewayctl keys revoke ID | gatewayctl keys rotate ID
 //!   gatewayctl usage (--key ID | --tenant T) [--from YYYY-MM-DD] [--to YYYY-MM-DD]
@@ -37,6 +38,7 @@ const USAGE: &str = "usage: gatewayctl validate FILE | gatewayctl render FILE
        gatewayctl [--url URL] plan FILE | apply FILE | rollback VERSION | config | versions
        gatewayctl [--url URL] keys create --tenant T [--name N] [--endpoints a,b] [--rpm N] [--tpm N]
                   [--budget-usd X] [--budget-period day|month] [--region R] [--expires-in SECS | --expires-at UNIX] [--exact]
+                  [--mcp-servers a,b] [--mcp-tools server.tool,server.*]
        gatewayctl [--url URL] keys list [--tenant T] | keys revoke ID | keys rotate ID
        gatewayctl [--url URL] usage (--key ID | --tenant T) [--from YYYY-MM-DD] [--to YYYY-MM-DD]
        gatewayctl [--url URL] access list [--state pending|approved|denied|all] [--tenant T] | access get ID
@@ -45,8 +47,20 @@ const USAGE: &str = "usage: gatewayctl validate FILE | gatewayctl render FILE
 the gateway URL comes from --url or GATEWAY_URL, the admin token from GATEWAY_ADMIN_TOKEN";
 
 /// The value flags of `keys create` (the key's spec).
-const KEY_FLAGS: &[&str] =
-    &["tenant", "name", "endpoints", "rpm", "tpm", "budget-usd", "budget-period", "region", "expires-in", "expires-at"];
+const KEY_FLAGS: &[&str] = &[
+    "tenant",
+    "name",
+    "endpoints",
+    "rpm",
+    "tpm",
+    "budget-usd",
+    "budget-period",
+    "region",
+    "expires-in",
+    "expires-at",
+    "mcp-servers",
+    "mcp-tools",
+];
 /// Other flags that take a value.
 const OTHER_VALUE_FLAGS: &[&str] = &["url", "key", "from", "to", "state", "note"];
 /// Flags that are switches.
@@ -275,7 +289,12 @@ fn validate(file: &str) -> Result<(), String> {
     for warning in config.warnings() {
         eprintln!("{file}: warning: {warning}");
     }
-    out(&format!("{file}: ok ({} endpoint(s): {})", config.order.len(), config.order.join(", ")));
+    let mut summary = format!("{} endpoint(s): {}", config.order.len(), config.order.join(", "));
+    if !config.mcp.is_empty() {
+        let servers: Vec<&str> = config.mcp.servers.iter().map(|s| s.name.as_str()).collect();
+        summary.push_str(&format!("; {} MCP server(s): {}", servers.len(), servers.join(", ")));
+    }
+    out(&format!("{file}: ok ({summary})"));
     Ok(())
 }
 
@@ -418,6 +437,17 @@ fn key_request(flags: &BTreeMap<String, String>) -> Result<Value, String> {
     if flags.contains_key("exact") {
         body.insert("exact".into(), json!(true));
     }
+    // The key's MCP grant (per-tool limits: through the admin API's `mcp.tool_limits`).
+    let mut mcp = Map::new();
+    for (flag, field) in [("mcp-servers", "servers"), ("mcp-tools", "tools")] {
+        if let Some(v) = flags.get(flag) {
+            let list: Vec<&str> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            mcp.insert(field.into(), json!(list));
+        }
+    }
+    if !mcp.is_empty() {
+        body.insert("mcp".into(), Value::Object(mcp));
+    }
     Ok(Value::Object(body))
 }
 
@@ -544,6 +574,19 @@ mod tests {
         assert_eq!(key_request(&flags).unwrap()["endpoints"], json!(["chat", "embeddings"]));
         let (flags, _) = parse_args(strings(&["--tenant", "t", "--rpm", "five"])).unwrap();
         assert!(key_request(&flags).is_err());
+        let (flags, _) = parse_args(strings(&[
+            "--tenant",
+            "t",
+            "--mcp-servers",
+            "files",
+            "--mcp-tools",
+            "files.read_*, files.search",
+        ]))
+        .unwrap();
+        assert_eq!(
+            key_request(&flags).unwrap()["mcp"],
+            json!({"servers": ["files"], "tools": ["files.read_*", "files.search"]})
+        );
     }
 
     #[test]

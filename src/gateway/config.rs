@@ -40,6 +40,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// OpenTelemetry export (`telemetry:`); off when absent.
     pub telemetry: Option<Arc<crate::gateway::features::telemetry::TelemetryConfig>>,
+    /// `mcp_servers` and `mcp_policies` (what `/mcp` fronts and who may use it).
+    pub mcp: crate::gateway::mcp::McpConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +215,8 @@ mod raw {
         "templates",
         "auth",
         "telemetry",
+        "mcp_servers",
+        "mcp_policies",
     ];
 
     #[derive(Deserialize)]
@@ -237,7 +241,12 @@ mod raw {
         pub templates: Option<Value>,
         #[serde(default)]
         pub auth: Option<Value>,
+        #[serde(default)]
         pub telemetry: Option<Value>,
+        #[serde(default)]
+        pub mcp_servers: Value,
+        #[serde(default)]
+        pub mcp_policies: Option<Value>,
         #[serde(flatten)]
         pub other: Map<String, Value>,
     }
@@ -426,6 +435,12 @@ impl Config {
         let telemetry = raw.telemetry.as_ref().and_then(|v| {
             crate::gateway::features::telemetry::config::check("telemetry", v, &mut issues).map(Arc::new)
         });
+        let mcp = crate::gateway::mcp::config::check_section(
+            &raw.mcp_servers,
+            raw.mcp_policies.as_ref(),
+            &region_names,
+            &mut issues,
+        );
         if issues.0.is_empty() {
             Ok(Config {
                 version,
@@ -439,6 +454,7 @@ impl Config {
                 limits,
                 auth,
                 telemetry,
+                mcp,
             })
         } else {
             Err(issues.0)
@@ -506,7 +522,7 @@ impl Config {
 /// `*password*`, `*credential*`).
 pub fn is_secret_name(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    ["key", "secret", "token", "password", "credential"].iter().any(|s| lower.contains(s))
+    ["key", "secret", "token", "password", "credential", "bearer"].iter().any(|s| lower.contains(s))
 }
 
 /// Credential-named values under `model.config` of every endpoint (and legacy route) that are

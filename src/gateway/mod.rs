@@ -10,9 +10,10 @@
 //! 4. `features/`: keys, identity (JWT), access (approval), limits, usage, cache, guard,
 //!    template, normalize
 //! 5. `dialect/` (what clients speak) and `providers/` (what origins speak)
-//! 6. `config`: the typed config, composing the features' checks
-//! 7. `routing`, `auth`, `forward`, `catalog`, `admin/`
-//! 8. `pipeline/`: the request lifecycle as named phases
+//! 6. `mcp/`: the MCP endpoint (protocol, upstream MCP servers, tool governance)
+//! 7. `config`: the typed config, composing the features' checks
+//! 8. `routing`, `auth`, `forward`, `catalog`, `admin/`
+//! 9. `pipeline/`: the request lifecycle as named phases
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -29,6 +30,8 @@ pub mod features;
 
 pub mod dialect;
 pub mod providers;
+
+pub mod mcp;
 
 pub mod config;
 

@@ -46,6 +46,9 @@ pub enum ApiRoute {
     ListLegacyRoutes,
     /// `GET /api/2.0/gateway/routes/{name}`
     GetLegacyRoute(String),
+    /// `/mcp` (every allowed MCP server) or `/mcp/{server}` (one): any method, the MCP handler
+    /// answers the ones it does not take.
+    Mcp(Option<String>),
 }
 
 /// MLflow 3.x serves each client API under `/gateway/<api>/...` as well: the same routes.
@@ -75,6 +78,8 @@ pub fn match_route(method: &Method, path: &str) -> Result<ApiRoute> {
     let trimmed = path.trim_end_matches('/');
     let segments: Vec<&str> = trimmed.split('/').skip(1).collect();
     let (route, allowed) = match segments.as_slice() {
+        ["mcp"] => return Ok(ApiRoute::Mcp(None)),
+        ["mcp", server] if !server.is_empty() => return Ok(ApiRoute::Mcp(Some(percent_decode(server, false)))),
         ["health"] => (ApiRoute::Health, Method::GET),
         ["v1", "models"] => (ApiRoute::ListModels, Method::GET),
         ["v1", "chat", "completions"] | ["gateway", "mlflow" | "openai", "v1", "chat", "completions"] => {
@@ -326,6 +331,10 @@ mod tests {
         assert_eq!(match_route(&Method::GET, "/api/2.0/endpoints/").unwrap(), ApiRoute::ListEndpoints);
         assert_eq!(match_route(&Method::GET, "/api/2.0/endpoints/chat").unwrap(), ApiRoute::GetEndpoint("chat".into()));
         assert_eq!(match_route(&Method::GET, "/api/2.0/gateway/routes/").unwrap(), ApiRoute::ListLegacyRoutes);
+        assert_eq!(match_route(&Method::POST, "/mcp").unwrap(), ApiRoute::Mcp(None));
+        assert_eq!(match_route(&Method::DELETE, "/mcp/").unwrap(), ApiRoute::Mcp(None));
+        assert_eq!(match_route(&Method::GET, "/mcp/files").unwrap(), ApiRoute::Mcp(Some("files".into())));
+        assert_eq!(match_route(&Method::POST, "/mcp/a/b").unwrap_err().status, StatusCode::NOT_FOUND);
         assert_eq!(match_route(&Method::GET, "/v1/embeddings").unwrap_err().status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(match_route(&Method::GET, "/nope").unwrap_err().status, StatusCode::NOT_FOUND);
         assert_eq!(match_route(&Method::POST, "/endpoints//invocations").unwrap_err().status, StatusCode::NOT_FOUND);

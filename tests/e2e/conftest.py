@@ -14,12 +14,14 @@ import pytest
 from harness import BIN, MlflowModelServer, MockOrigin, SpinHost, WorkerdHost, new_workdir
 from idp import TestIdp
 from otlp_receiver import OtlpReceiver
+from mcp_servers import McpUpstream
 from py_origin import PyOrigin
 
 # Generated per run so the log checks can prove they never leak.
 PROVIDER_SECRET = "sk-e2e-" + pysecrets.token_hex(12)
 ADMIN_TOKEN = "adm-e2e-" + pysecrets.token_hex(16)
 OTLP_SECRET = "otlp-e2e-" + pysecrets.token_hex(12)
+MCP_FILES_TOKEN = "mcp-files-" + pysecrets.token_hex(12)
 SECRETS = {
     "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
     "OPENAI_API_KEY": PROVIDER_SECRET,
@@ -35,6 +37,7 @@ SECRETS = {
     "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
     "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
     "OTLP_AUTH": "Bearer " + OTLP_SECRET,  # the collector credential (telemetry.headers)
+    "MCP_FILES_TOKEN": MCP_FILES_TOKEN,
 }
 # Discard and echo ports: nothing listens, connect is refused.
 CLOSED_PORT_URL = "http://127.0.0.1:9"
@@ -123,12 +126,21 @@ def otlp():
     receiver.close()
 
 
+def mcp_upstreams(workdir):
+    """The two upstream MCP servers (official Python SDK, Streamable HTTP): `tools` and `files`."""
+    servers = {"tools": McpUpstream(workdir, "tools"), "files": McpUpstream(workdir, "files", token=MCP_FILES_TOKEN)}
+    yield servers
+    for s in servers.values():
+        s.close()
+
+
 @pytest.fixture(scope="session")
-def config(workdir, origin, eu_origin, us_origin, mlflow_server, py_origin, idp, otlp):
+def config(workdir, origin, eu_origin, us_origin, mlflow_server, py_origin, idp, otlp, mcp_upstreams):
     return render_config(workdir, {
         "origin": origin.url, "eu_origin": eu_origin.url, "us_origin": us_origin.url,
         "mlflow": mlflow_server.url, "closed": CLOSED_PORT_URL, "closed_other": OTHER_CLOSED_PORT_URL,
         "py_origin": py_origin.url, "idp": idp.url, "otlp": otlp.url,
+        "mcp_tools": mcp_upstreams["tools"].url, "mcp_files": mcp_upstreams["files"].url,
     })
 
 

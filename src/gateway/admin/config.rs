@@ -166,18 +166,27 @@ pub(super) async fn rollback<P: Ports>(ports: &P, body: &[u8], audit: &mut Audit
 }
 
 /// Replaces literal values of secret-looking fields (`*key*`, `*secret*`, `*token*`,
-/// `*password*`, `*credential*`) with `[redacted]`; `$NAME` references are kept.
+/// `*password*`, `*credential*`, `*bearer*`, and an `auth` object's `value`, as MCP servers'
+/// `auth` has them) with `[redacted]`; `$NAME` references are kept.
 pub fn redact_secrets(value: &mut Value) {
+    let redact = |s: &mut String| {
+        if !s.starts_with('$') && !s.is_empty() {
+            *s = "[redacted]".into();
+        }
+    };
     match value {
         Value::Object(map) => {
             for (name, v) in map.iter_mut() {
                 match v {
-                    Value::String(s)
-                        if crate::gateway::config::is_secret_name(name) && !s.starts_with('$') && !s.is_empty() =>
-                    {
-                        *s = "[redacted]".into()
+                    Value::String(s) if crate::gateway::config::is_secret_name(name) => redact(s),
+                    _ => {
+                        if name.eq_ignore_ascii_case("auth") {
+                            if let Some(Value::String(s)) = v.get_mut("value") {
+                                redact(s);
+                            }
+                        }
+                        redact_secrets(v)
                     }
-                    _ => redact_secrets(v),
                 }
             }
         }

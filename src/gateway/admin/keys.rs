@@ -11,6 +11,7 @@ use crate::gateway::config::{Config, ACTIVE_KEY};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::keys::{self, BudgetPeriod, KeyRecord};
 use crate::gateway::features::limits::{valid_name, valid_tenant, TENANT_RULE};
+use crate::gateway::mcp;
 use crate::gateway::ports::Ports;
 
 // ---------------------------------------------------------------------------------------------
@@ -28,6 +29,7 @@ pub(super) const KEY_FIELDS: &[&str] = &[
     "expires_at",
     "expires_in",
     "exact",
+    "mcp",
 ];
 
 /// Validates a key-creation request into a record (without id, hash, created).
@@ -137,6 +139,7 @@ pub(super) fn key_spec(body: &[u8], now_ms: u64) -> std::result::Result<KeyRecor
             false
         }
     };
+    let mcp = map.get("mcp").filter(|v| !v.is_null()).and_then(|v| mcp::config::check_grant("mcp", v, &mut issues));
     if !issues.0.is_empty() {
         return Err(issues_failure("the key request", issues.0));
     }
@@ -154,6 +157,7 @@ pub(super) fn key_spec(body: &[u8], now_ms: u64) -> std::result::Result<KeyRecor
         expires_at,
         disabled: false,
         exact,
+        mcp,
         hash: String::new(),
     })
 }

@@ -13,6 +13,8 @@
 //! back into the key. A fast hash (SHA-256) is right here: the input is 256 random bits, so
 //! there is nothing to brute-force, unlike a password.
 
+use std::collections::BTreeMap;
+
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -92,8 +94,35 @@ pub struct KeyRecord {
     /// `limits.mode` is `kv`.
     #[serde(default)]
     pub exact: bool,
+    /// What this key may do through `/mcp` (servers, tools, per-tool limits); `None`: no
+    /// key-level restriction (the tenant's `mcp_policies` entry still applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpGrant>,
     /// SHA-256 hex of the key; compared in constant time with the presented key's hash.
     pub hash: String,
+}
+
+/// An MCP grant — of a key (`KeyRecord::mcp`) or a tenant (config `mcp_policies`): the servers
+/// and tools (`server.tool` glob patterns) it allows and its per-tool rate limits. An absent
+/// list restricts nothing. Checked by `mcp::policy::check_grant`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpGrant {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
+    /// `server.tool` pattern → limit, counted per key and tool.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tool_limits: BTreeMap<String, ToolLimit>,
+}
+
+/// MLflow's limit shape, `{calls, renewal_period}`, for one tool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolLimit {
+    pub calls: u64,
+    pub renewal_period: String,
 }
 
 fn all_endpoints() -> Vec<String> {
@@ -331,6 +360,7 @@ mod tests {
             expires_at: Some(1_700_000_100),
             disabled: false,
             exact: false,
+            mcp: None,
             hash: hash.into(),
         }
     }

@@ -122,6 +122,9 @@ impl Deferred {
             self.log.set_usage(Some(charged).filter(|u| u.total() > 0));
             self.log.stream_completed = Some(summary.completed);
             self.log.stream_stopped = summary.stopped;
+            if let Some(mcp) = self.log.mcp.as_mut() {
+                mcp.finish_stream(summary.mcp.unwrap_or_default(), ports.now_ms());
+            }
         }
         if let Some((key, entry, ttl)) = self.pending.cache_fill.take() {
             if let Err(e) = ports.put(&key, &entry, Some(ttl)).await {
@@ -142,7 +145,12 @@ impl Deferred {
                 (p, c) => Some(Usage { prompt_tokens: p.unwrap_or(0), completion_tokens: c.unwrap_or(0) }),
             };
             let cache_hit = self.log.cache == Some(cache::Status::Hit.as_str());
-            let outcome = Outcome { usage, status: self.log.status, latency_ms: self.log.latency_ms, cache_hit };
+            // An MCP tool call counts its own outcome (a refused call is an HTTP 200).
+            let (status, latency_ms) = match &self.log.mcp {
+                Some(mcp) => (mcp.usage_status(), mcp.latency_ms),
+                None => (self.log.status, self.log.latency_ms),
+            };
+            let outcome = Outcome { usage, status, latency_ms, cache_hit };
             let mut fields = accounting.complete(ports, outcome).await;
             self.log.tenant = fields.tenant.take();
             fields.key_id = None;

@@ -15,6 +15,7 @@ use crate::gateway::features::limits::Limiter;
 use crate::gateway::features::telemetry::{TallyBook, Telemetry};
 use crate::gateway::features::usage::UsageBook;
 use crate::gateway::forward::Breaker;
+use crate::gateway::mcp::McpState;
 use crate::gateway::pipeline::account::{Observed, Pending};
 use crate::gateway::pipeline::log::LogRecord;
 use crate::gateway::types::Operation;
@@ -41,6 +42,7 @@ pub struct IsolateState {
     /// Request tallies for `/admin/metrics` and the OpenTelemetry batch.
     pub tally: Rc<TallyBook>,
     pub telemetry: Rc<Telemetry>,
+    pub mcp: McpState,
 }
 
 /// One request on its way through the phases.

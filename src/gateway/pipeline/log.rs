@@ -7,6 +7,7 @@ use crate::gateway::features::guard::GuardReport;
 use crate::gateway::features::limits::RateHeaders;
 use crate::gateway::features::usage::UsageLog;
 use crate::gateway::forward::AttemptLog;
+use crate::gateway::mcp::McpLog;
 use crate::gateway::types::Usage;
 
 /// One structured log line per request. Holds no secret: no key, no credential, and the
@@ -79,6 +80,9 @@ pub struct LogRecord {
     /// What went wrong writing the request tallies or exporting telemetry (never a secret).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub telemetry_error: Option<String>,
+    /// An `/mcp` request: method, server, tool, outcome, bytes, latency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpLog>,
     #[serde(skip)]
     pub rate_headers: RateHeaders,
 }

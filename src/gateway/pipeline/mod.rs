@@ -34,6 +34,8 @@ use crate::gateway::dialect::{gemini, mlflow, ClientRequest, Dialect};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::normalize;
 use crate::gateway::features::telemetry::{SpanContext, TraceParent};
+use crate::gateway::features::usage::Accounting;
+use crate::gateway::mcp::{self, McpBody, McpEnv, McpRequest};
 use crate::gateway::ports::Ports;
 use crate::gateway::routing::{self, ApiRoute};
 use crate::gateway::types::Operation;
@@ -43,6 +45,7 @@ pub use account::{Deferred, Observed, Pending};
 pub use context::{ClientInfo, IsolateState, ModelCall, RequestContext};
 pub use log::LogRecord;
 pub use respond::{error_response, json_response, ResponseBody};
+use stream::{Stage, StreamPump};
 
 /// The pipeline's answer: the response to send now, and work for after it is sent.
 pub struct Exchange<B> {
@@ -133,6 +136,9 @@ impl Gateway {
             ctx.observed.span = Some(span);
             ctx.observed.config = Some(telemetry.clone());
         }
+        if let ApiRoute::Mcp(server) = route {
+            return Ok(mcp_call(ports, ctx, &config, server.as_deref(), request).await);
+        }
         let query = request.uri().query().unwrap_or("");
         let unified = matches!(route, ApiRoute::UnifiedInvocations(_));
         if route.is_listing() {
@@ -175,6 +181,7 @@ impl Gateway {
                 let mode = gemini::mode(if stream { "streamGenerateContent" } else { "generateContent" }, query);
                 (Some(name), Dialect::Gemini(mode.unwrap_or(gemini::Mode::Generate)))
             }
+            ApiRoute::Mcp(_) => return Err(GatewayError::not_found(ErrorCode::RouteNotFound, "no MCP route")),
         };
         // Gemini clients may send their key as `x-goog-api-key` or `?key=` (never logged: the
         // log line holds the path only).
@@ -289,6 +296,50 @@ async fn invoke<P: Ports>(
     let origins = phases::choose_origins(ctx, &mut call, &endpoint)?;
     let upstream = phases::forward(ports, ctx, &mut call, &origins).await?;
     phases::respond(ports, ctx, &call, upstream).await
+}
+
+/// `/mcp`, `/mcp/{server}`: the caller authenticated here, everything else in `mcp::handle`
+/// (errors are JSON-RPC errors); a tool call is accounted after the response like a model call.
+async fn mcp_call<P: Ports>(
+    ports: &P,
+    ctx: &mut RequestContext<'_>,
+    config: &Config,
+    server: Option<&str>,
+    request: Request<Vec<u8>>,
+) -> Response<ResponseBody<P::Body>> {
+    let (parts, body) = request.into_parts();
+    // A key or a JWT; no endpoint check: `/mcp` authorizes with the caller's MCP grant.
+    let presented = auth::presented(&parts.headers, None);
+    let key = auth::caller(ports, &ctx.state.auth, presented, &config.auth.jwt, false)
+        .await
+        .and_then(|caller| caller.map(|c| c.record).ok_or_else(auth::missing_key));
+    let key_for_usage = key.as_ref().ok().cloned();
+    ctx.log.key_id = key_for_usage.as_ref().map(|k| k.id.clone());
+    let env = McpEnv {
+        config: &config.mcp,
+        limits: &config.limits,
+        limiter: &ctx.state.limiter,
+        state: &ctx.state.mcp,
+        max_body_bytes: config.settings.max_body_bytes,
+        max_response_bytes: config.settings.max_response_bytes,
+    };
+    let call = McpRequest { method: &parts.method, server, headers: &parts.headers, body: &body };
+    let answer = mcp::handle(ports, &env, key, call).await;
+    if answer.tool_call {
+        let book = &ctx.state.usage;
+        ctx.pending.accounting =
+            Some(Accounting::new(book, key_for_usage.as_deref(), None, ctx.log.ts, answer.admission));
+    }
+    ctx.log.stream = answer.log.streamed;
+    ctx.log.mcp = Some(answer.log);
+    let body = match answer.body {
+        McpBody::Full(bytes) => ResponseBody::Full(bytes),
+        McpBody::Stream(upstream, stage) => ResponseBody::Stream(upstream, StreamPump::new(vec![Stage::Mcp(stage)])),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = answer.status;
+    *response.headers_mut() = answer.headers;
+    response
 }
 
 /// The client's `x-request-id` when it is sane, else a fresh random one.

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::gateway::dialect::ClientStream;
 use crate::gateway::error::ErrorCode;
 use crate::gateway::features::usage::Price;
+use crate::gateway::mcp::{McpOutcome, McpStream};
 use crate::gateway::providers::{ProviderStream, StreamDecoder};
 use crate::gateway::types::Usage;
 use crate::gateway::wire::openai::{openai_usage, StreamWatch};
@@ -25,6 +26,9 @@ pub enum Stage {
     Provider(ProviderStream),
     /// OpenAI chunks into the client's dialect.
     Client(ClientStream),
+    /// An MCP server's answer (SSE or JSON) on its way to the client. It reads bytes, not
+    /// events (a JSON answer is not an event stream), so the pump hands it the raw chunks.
+    Mcp(McpStream),
 }
 
 impl StreamTranslate for Stage {
@@ -33,6 +37,7 @@ impl StreamTranslate for Stage {
             Stage::Watch(t) => t.event(event, out),
             Stage::Provider(t) => t.event(event, out),
             Stage::Client(t) => t.event(event, out),
+            Stage::Mcp(_) => {}
         }
     }
     fn finish(&mut self, out: &mut Vec<u8>) {
@@ -40,6 +45,7 @@ impl StreamTranslate for Stage {
             Stage::Watch(t) => t.finish(out),
             Stage::Provider(t) => t.finish(out),
             Stage::Client(t) => t.finish(out),
+            Stage::Mcp(t) => t.finish(out),
         }
     }
     fn usage(&self) -> Option<Usage> {
@@ -47,6 +53,7 @@ impl StreamTranslate for Stage {
             Stage::Watch(t) => t.usage(),
             Stage::Provider(t) => t.usage(),
             Stage::Client(t) => t.usage(),
+            Stage::Mcp(_) => None,
         }
     }
 }
@@ -67,6 +74,8 @@ pub struct StreamSummary {
     /// Why the gateway ended the stream itself, if it did (a budget or token cap, an oversized
     /// origin event, an idle origin).
     pub stopped: Option<ErrorCode>,
+    /// For an MCP answer: how it ended (bytes, outcome).
+    pub mcp: Option<McpOutcome>,
 }
 
 /// A cap on one stream: the budget (tokens, nano-USD) it may still use. When its running usage
@@ -267,8 +276,12 @@ impl StreamPump {
         };
         for (i, (parser, translator)) in self.stages.iter_mut().enumerate() {
             let mut out = Vec::new();
-            for event in parser.push(&data) {
-                translator.event(&event, &mut out);
+            if let Stage::Mcp(stage) = translator {
+                stage.bytes(&data, &mut out);
+            } else {
+                for event in parser.push(&data) {
+                    translator.event(&event, &mut out);
+                }
             }
             if parser.overflowed() {
                 let message = format!("the origin sent an event over {MAX_EVENT_BYTES} bytes");
@@ -316,8 +329,12 @@ impl StreamPump {
         }
         for (i, (parser, translator)) in self.stages.iter_mut().enumerate() {
             let mut out = Vec::new();
-            for event in parser.push(&data).into_iter().chain(parser.finish()) {
-                translator.event(&event, &mut out);
+            if let Stage::Mcp(stage) = translator {
+                stage.bytes(&data, &mut out);
+            } else {
+                for event in parser.push(&data).into_iter().chain(parser.finish()) {
+                    translator.event(&event, &mut out);
+                }
             }
             translator.finish(&mut out);
             if i == 0 {
@@ -396,6 +413,10 @@ impl StreamPump {
             estimated: self.meter.as_ref().map(|m| m.estimated()).unwrap_or_default(),
             completed: self.origin_done && self.stopped.is_none(),
             stopped: self.stopped,
+            mcp: self.stages.iter().find_map(|(_, t)| match t {
+                Stage::Mcp(stage) => Some(stage.outcome()),
+                _ => None,
+            }),
         }
     }
 }

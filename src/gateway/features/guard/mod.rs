@@ -259,6 +259,40 @@ pub fn guards_output(g: &Guardrails) -> bool {
     g.output && (!g.deny.is_empty() || !g.redact.is_empty())
 }
 
+/// Applies the deny and redact rules to every string inside a JSON value — MCP tool arguments
+/// (`denied` = `content_denied`) and tool results (`output_denied`) — except strings under the
+/// object keys in `skip` (e.g. `uri`, `mimeType`, `_meta`). A deny hit names the rule, never
+/// the text. Other guardrails (message counts, injection) do not apply to tool traffic.
+pub fn apply_json(
+    g: &Guardrails,
+    value: &mut Value,
+    denied: ErrorCode,
+    what: &str,
+    skip: &[&str],
+) -> Result<GuardReport> {
+    let mut report = GuardReport::default();
+    if g.deny.is_empty() && g.redact.is_empty() {
+        return Ok(report);
+    }
+    fn walk(v: &mut Value, skip: &[&str], f: &mut dyn FnMut(&mut String) -> Result<()>) -> Result<()> {
+        match v {
+            Value::String(s) => f(s),
+            Value::Array(items) => items.iter_mut().try_for_each(|item| walk(item, skip, f)),
+            Value::Object(map) => map
+                .iter_mut()
+                .filter(|(k, _)| !skip.contains(&k.as_str()))
+                .try_for_each(|(_, item)| walk(item, skip, f)),
+            _ => Ok(()),
+        }
+    }
+    walk(value, skip, &mut |text: &mut String| {
+        deny(g, text, denied, what)?;
+        redact(&g.redact, text, &mut report.redacted);
+        Ok(())
+    })?;
+    Ok(report)
+}
+
 type Visit<'a> = dyn FnMut(Source, &mut String) -> Result<()> + 'a;
 
 /// Keys of content parts and documents that hold identifiers, URLs or binary data, never text.
@@ -773,5 +807,28 @@ mod tests {
         assert!(apply_input(&g, body.as_object_mut().unwrap()).is_ok());
         let mut weird = json!({"choices": "x"});
         assert!(apply_output(&g, &mut weird).is_ok());
+    }
+
+    #[test]
+    fn json_values_are_guarded_string_by_string() {
+        let g = guard(json!({"deny": [{"id": "codename", "pattern": "falcon"}], "redact": ["email"]}));
+        let mut args = json!({"to": "ann@example.com", "cc": ["bob@example.com", 3], "uri": "mailto:c@example.com"});
+        let report = apply_json(&g, &mut args, ErrorCode::ContentDenied, "the tool arguments", &["uri"]).unwrap();
+        assert_eq!(args, json!({"to": "[EMAIL]", "cc": ["[EMAIL]", 3], "uri": "mailto:c@example.com"}));
+        assert_eq!(report.count("email"), 2);
+        let e = apply_json(
+            &g,
+            &mut json!({"q": ["x", {"deep": "Falcon"}]}),
+            ErrorCode::OutputDenied,
+            "the tool result",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            ("output_denied", "the tool result was refused by content rule \"codename\"")
+        );
+        let none = Guardrails::default();
+        assert!(apply_json(&none, &mut json!("falcon"), ErrorCode::ContentDenied, "x", &[]).unwrap().is_empty());
     }
 }

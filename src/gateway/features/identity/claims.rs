@@ -134,6 +134,8 @@ pub fn map_claims(
         disabled: false,
         exact: rule.and_then(|r| r.exact).unwrap_or(policy.exact),
         hash: String::new(),
+        // No MCP grant of its own: the tenant's `mcp_policies` decide.
+        mcp: None,
     })
 }
 

@@ -66,7 +66,7 @@ impl Rng {
         Rng(seed ^ 0x5eed_5eed_5eed_5eed)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -78,7 +78,7 @@ impl Rng {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.next_u64() % n
         }
     }
 
@@ -301,13 +301,13 @@ pub fn text(rng: &mut Rng) -> String {
     let mut out = String::with_capacity(target + 64);
     while out.len() < target {
         match rng.below(20) {
-            0..=11 => out.push_str(*rng.pick(WORDS)),
-            12..=13 => out.push_str(*rng.pick(PII)),
+            0..=11 => out.push_str(rng.pick::<&str>(WORDS)),
+            12..=13 => out.push_str(rng.pick::<&str>(PII)),
             14 => {
                 // A digit run of short groups (the card scanner's worst case before H1).
                 let n = 1 + rng.size(400);
                 for _ in 0..n {
-                    out.push_str(*rng.pick(&["1 ", "12-", "4", "0 0 ", "9."]));
+                    out.push_str(rng.pick::<&str>(&["1 ", "12-", "4", "0 0 ", "9."]));
                 }
             }
             15 => {
@@ -315,7 +315,9 @@ pub fn text(rng: &mut Rng) -> String {
                 out.extend(std::iter::repeat_n('7', n));
             }
             16 => out.push(char::from_u32(rng.below(0x11_0000) as u32).unwrap_or('\u{fffd}')),
-            17 => out.push_str(*rng.pick(&["\u{0}", "\r\n", "\t", "\\", "\"", "{{", "}}", "{%", "%}", "@", "@@."])),
+            17 => {
+                out.push_str(rng.pick::<&str>(&["\u{0}", "\r\n", "\t", "\\", "\"", "{{", "}}", "{%", "%}", "@", "@@."]))
+            }
             18 => out.push_str(&"a@b.".repeat(1 + rng.size(50))),
             _ => out.push_str(&"x".repeat(1 + rng.size(2000))),
         }
@@ -459,7 +461,8 @@ fn openai_body(rng: &mut Rng, op: &str) -> Value {
             body.insert("input".into(), input);
         }
     }
-    let optional: &[(&str, fn(&mut Rng) -> Value)] = &[
+    type Field = (&'static str, fn(&mut Rng) -> Value);
+    let optional: &[Field] = &[
         ("max_tokens", number),
         ("max_completion_tokens", number),
         ("temperature", |r| if r.chance(500) { json!(0) } else { number(r) }),
@@ -623,7 +626,7 @@ pub fn case(seed: u64, index: u64, keys: &Keys) -> Case {
     case.path = path;
     if rng.chance(150) {
         let query = match rng.below(5) {
-            0 => format!("page_token={}", rng.next()),
+            0 => format!("page_token={}", rng.next_u64()),
             1 => "page_token=18446744073709551615".to_string(),
             2 => "page_token=-1&x=%zz".to_string(),
             3 => format!("key=k_00&from=2024-01-01&to=2025-12-31&limit={}&cursor=k_{}", rng.below(500), rng.below(99)),
@@ -720,7 +723,7 @@ fn origin_plan(rng: &mut Rng) -> OriginPlan {
     match rng.below(100) {
         0..=69 => OriginPlan::Auto {
             status: *rng.pick(&[200, 200, 200, 200, 200, 200, 400, 401, 403, 404, 429, 500, 503]),
-            mutate: rng.chance(200).then(|| rng.next()),
+            mutate: rng.chance(200).then(|| rng.next_u64()),
             cut: rng.chance(100),
             usage: match rng.below(10) {
                 0 => (u64::MAX, u64::MAX),
@@ -911,7 +914,7 @@ pub fn config_case(seed: u64, index: u64) -> Value {
     ];
     let mut t = String::new();
     for _ in 0..1 + rng.size(20) {
-        t.push_str(*rng.pick(&templates));
+        t.push_str(rng.pick::<&str>(&templates));
     }
     value["templates"]["fuzzed"] = json!({"versions": {"1": t}, "default": "1"});
     value["endpoints"][0]["template"] = json!("fuzzed");
@@ -1152,4 +1155,35 @@ pub fn adversarial() -> Vec<(&'static str, Case)> {
     };
     out.push(("guarded stream, 1 MB answer (buffered, redacted, replayed)", guarded));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fuzzer tests nothing if its config is refused (every case a 503 `config_invalid`).
+    #[test]
+    fn the_fuzz_config_is_valid() {
+        let config = Config::for_storage(config()).expect("the fuzz config is valid");
+        assert!(config.order.len() >= 3, "{:?}", config.order);
+    }
+
+    /// A short seeded run passes, and a good share of it reaches an origin and gets a 200.
+    #[test]
+    fn a_short_run_passes_and_reaches_the_origin() {
+        let harness = Harness::new();
+        let mut ok = 0;
+        for index in 0..1_500 {
+            let c = case(3, index, &harness.keys);
+            match harness.run(&c) {
+                Ok(r) if r.status == 200 => ok += 1,
+                Ok(_) => {}
+                Err(e) => panic!("case {index}: {e}"),
+            }
+        }
+        assert!(ok >= 100, "only {ok} of 1500 cases were answered 200");
+        for index in 0..100 {
+            check_config(config_case(3, index)).unwrap();
+        }
+    }
 }

@@ -11,7 +11,9 @@
 //! - `egw_env(ptr, len)`: the worker's text bindings, `name\0value\0…`, once per instance
 //! - `egw_fetch(task, head, head_len, body, body_len, flags)`: start a request task
 //! - `egw_resume(task, op, code, ptr, len, body_ptr, body_len)`: a command's outcome
-//! - `egw_chunk(task, ptr, len)` / `egw_chunk_end(task)`: the response stream's pump
+//! - `egw_chunk(task, ptr, len)` / `egw_chunk_end(task)` / `egw_chunk_idle(task)`: the
+//!   response stream's pump; `egw_pump_done(task)`: the pump ended the stream itself (cap);
+//!   `egw_idle_ms(task)`: how long to wait for the origin's next chunk
 //! - `egw_cancel(task)`: drop a task
 //! - `egw_count(task, object, ptr, len)` / `egw_object_drop(object)`: the Durable Object
 //!   (`cloudflare_counter.rs`)
@@ -103,6 +105,28 @@ pub extern "C" fn egw_chunk(task: u32, ptr: usize, len: usize) -> usize {
 #[no_mangle]
 pub extern "C" fn egw_chunk_end(task: u32) -> usize {
     let out = exec::shared(task).and_then(|s| s.pump.borrow_mut().as_mut().map(|p| p.end()));
+    abi::finish_with(&out.unwrap_or_default())
+}
+
+/// Whether the task's pump ended the client's stream itself (a cap crossed, an oversized origin
+/// event): the shim then closes the client's stream and cancels the origin request.
+#[no_mangle]
+pub extern "C" fn egw_pump_done(task: u32) -> u32 {
+    let done = exec::shared(task).and_then(|s| s.pump.borrow().as_ref().map(|p| p.is_finished()));
+    u32::from(done.unwrap_or(true))
+}
+
+/// How long the shim waits for the origin's next chunk before calling `egw_chunk_idle`.
+#[no_mangle]
+pub extern "C" fn egw_idle_ms(task: u32) -> u32 {
+    let ms = exec::shared(task).and_then(|s| s.pump.borrow().as_ref().map(|p| p.idle_timeout_ms()));
+    ms.map_or(0, |ms| ms.min(u64::from(u32::MAX)) as u32)
+}
+
+/// The origin sent nothing for the idle timeout: the pump's closing bytes (an error event).
+#[no_mangle]
+pub extern "C" fn egw_chunk_idle(task: u32) -> usize {
+    let out = exec::shared(task).and_then(|s| s.pump.borrow_mut().as_mut().map(|p| p.idle()));
     abi::finish_with(&out.unwrap_or_default())
 }
 

@@ -154,36 +154,116 @@ def test_endpoint_limit_from_mlflow_config(gw):
     assert call(gw, key).status_code == 200, "other endpoints are not limited"
 
 
+def prompt_estimate(body: dict) -> int:
+    """The gateway's prompt estimate (src/gateway/features/usage.rs `estimate_prompt_tokens`):
+    the bytes of every string under the prompt fields (map keys and `model` excluded) over
+    three, rounded up, + 4 per message + 1. Reservations are this plus `max_tokens`."""
+    def size(value) -> int:
+        if isinstance(value, str):
+            return len(value.encode())
+        if isinstance(value, list):
+            return sum(size(v) for v in value)
+        if isinstance(value, dict):
+            return sum(size(v) for k, v in value.items() if k != "model")
+        return 0
+
+    text = sum(size(body[k]) for k in ("messages", "prompt", "input", "system", "tools", "functions", "documents")
+               if k in body)
+    return -(-text // 3) + 4 * len(body.get("messages", [])) + 1
+
+
+def chat_body(model="keyed-chat", content="hello keys", **extra) -> dict:
+    """The body `call` sends for a chat endpoint (to estimate what the gateway reserves)."""
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def nusd(model: str, prompt: int, completion: int) -> int:
+    """A cost in nano-USD, rounded as the gateway does (`Price::cost_nusd`)."""
+    return round(cost_usd(model, prompt, completion) * 1e9)
+
+
+def usd_text(n: int) -> str:
+    """The gateway's spelling of an amount (src/gateway/features/limits `usd`)."""
+    micros = -(-n // 1000)
+    frac = f"{micros % 1_000_000:06d}"
+    trimmed = frac.rstrip("0")
+    return f"${micros // 1_000_000}.{frac[:2] if len(trimmed) < 2 else trimmed}"
+
+
 def test_token_limit_trips_on_the_right_request(gw):
+    """Reserve, then settle: a request is admitted only if its worst case (prompt estimate +
+    `max_tokens`) fits in what is neither used nor reserved; the headers count the request's
+    own reservation as used; after the answer the reservation is replaced by the real usage."""
     fresh_minute()
+    max_tokens = 5
+    reserve = prompt_estimate(chat_body(max_tokens=max_tokens)) + max_tokens
     probe, _ = new_key(gw)
-    tokens = call(gw, probe).json()["usage"]["total_tokens"]
-    assert tokens > 0
-    # Admitted while used < tpm: 0, T, 2T pass; 3T >= 2T + 1 is refused.
-    key, _ = new_key(gw, tpm=2 * tokens + 1)
+    tokens = call(gw, probe, max_tokens=max_tokens).json()["usage"]["total_tokens"]
+    assert 0 < tokens < reserve, (tokens, reserve)
+    # Used before each request: 0, T, 2T; with the reservation R: 2T + R fits exactly,
+    # 3T + R does not (while 3T alone would: a limit checking only `used < tpm` admits it).
+    limit = 2 * tokens + reserve
+    key, _ = new_key(gw, tpm=limit)
     for i in range(3):
-        r = call(gw, key)
+        r = call(gw, key, max_tokens=max_tokens)
         assert r.status_code == 200, (i, r.text)
-        assert r.headers["x-ratelimit-limit-tokens"] == str(2 * tokens + 1)
-        assert r.headers["x-ratelimit-remaining-tokens"] == str(2 * tokens + 1 - i * tokens)
-    r = call(gw, key)
+        assert r.headers["x-ratelimit-limit-tokens"] == str(limit)
+        # What is left once the earlier requests settled and this one reserved its worst case.
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(limit - i * tokens - reserve), (i, r.headers)
+    r = call(gw, key, max_tokens=max_tokens)
     err = error(r, 429, "rate_limit_exceeded")
-    assert "tokens per minute" in err["message"]
+    assert (f"{limit} tokens per minute (used or reserved {3 * tokens}; this request may use up to {reserve} tokens"
+            in err["message"]), err
+    left = limit - 3 * tokens
+    assert 0 < left < reserve
+    # A refused request reserves nothing: the headers show what is left, which is too little.
+    assert r.headers["x-ratelimit-remaining-tokens"] == str(left)
+    # A request whose worst case fits exactly in what is left passes and takes all of it.
+    small = chat_body(content="hi")
+    fitting = left - prompt_estimate(small)
+    assert fitting >= 2, "the estimate leaves room for the answer (\"echo: hi\")"
+    r = call(gw, key, content="hi", max_tokens=fitting)
+    assert r.status_code == 200, r.text
     assert r.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert r.json()["choices"][0]["message"]["content"] == "echo: hi"
 
 
 def test_usd_budget_trips_on_the_right_request(gw):
+    """A USD budget reserves the request's worst case at the endpoint's price (prompt estimate
+    at the input price + `max_tokens` at the output price) and settles to the real cost."""
+    max_tokens = 5
+    estimate = prompt_estimate(chat_body("keyed-priced", max_tokens=max_tokens))
+    reserve = nusd("priced-model", estimate, max_tokens)
     probe, _ = new_key(gw)
-    usage = call(gw, probe, model="keyed-priced").json()["usage"]
-    per_request = cost_usd("priced-model", usage["prompt_tokens"], usage["completion_tokens"])
-    assert per_request > 0
-    # Spent before each request: 0, c, 2c < 2.5c pass; 3c >= 2.5c is refused.
-    key, _ = new_key(gw, budget_usd=2.5 * per_request, budget_period="day")
+    usage = call(gw, probe, model="keyed-priced", max_tokens=max_tokens).json()["usage"]
+    per_request = nusd("priced-model", usage["prompt_tokens"], usage["completion_tokens"])
+    assert 0 < per_request < reserve, (per_request, reserve)
+    # Spent before each request: 0, c, 2c; 2c + R fits, 3c + R does not (3c alone would fit).
+    budget = 2 * per_request + reserve + per_request // 2
+    key, key_id = new_key(gw, budget_usd=budget / 1e9, budget_period="day")
     for i in range(3):
-        r = call(gw, key, model="keyed-priced")
+        r = call(gw, key, model="keyed-priced", max_tokens=max_tokens)
         assert r.status_code == 200, (i, r.text)
-    err = error(call(gw, key, model="keyed-priced"), 429, "budget_exceeded")
+    err = error(call(gw, key, model="keyed-priced", max_tokens=max_tokens), 429, "budget_exceeded")
     assert "budget" in err["message"] and "daily" in err["message"]
+    assert (f"spent or reserved {usd_text(3 * per_request)} of its {usd_text(budget)} daily budget; "
+            f"this request may use up to {usd_text(reserve)} (lower max_tokens to fit)") in err["message"], err
+    # The same request with a max_tokens whose worst case fits what is left is served.
+    left = budget - 3 * per_request
+    fitting = max_tokens
+    while fitting > 0 and nusd("priced-model", estimate, fitting) > left:
+        fitting -= 1
+    assert fitting >= 3, "room for the 3-word answer"
+    r = call(gw, key, model="keyed-priced", max_tokens=fitting)
+    assert r.status_code == 200, r.text
+
+    def settled():
+        total = admin(gw).usage(key=key_id)["total"]
+        return total if total["requests"] == 4 else None
+
+    total = wait_until(settled, timeout=15, interval=0.5)
+    assert total, admin(gw).usage(key=key_id)
+    assert round(total["cost_usd"] * 1e9) == 4 * per_request <= budget
 
 
 def _burst(gw, key, n):

@@ -494,18 +494,27 @@ function pumped(task, handle, op) {
   const h = task.handles.get(handle);
   task.handles.delete(handle);
   const reader = h.response.body.getReader();
+  const idleMs = wasm.egw_idle_ms(task.id);
   let finished = false;
   const finish = (completed) => {
     if (finished) return;
     finished = true;
     resume(task, op, completed ? 1 : 0, null);
   };
+  // The pump ended the stream itself (a cap, an idle origin): close the client's stream and
+  // cancel the origin request.
+  const stop = (controller) => {
+    controller.close();
+    h.abort.abort();
+    reader.cancel().catch(() => {});
+    finish(false);
+  };
   return new ReadableStream({
     async pull(controller) {
       for (;;) {
         let read;
         try {
-          read = await reader.read();
+          read = await readWithin(reader, idleMs);
         } catch {
           read = null; // a cut origin stream ends like a finished one
         }
@@ -515,6 +524,12 @@ function pumped(task, handle, op) {
           return;
         }
         let out;
+        if (read === IDLE) {
+          out = chunkOut(() => wasm.egw_chunk_idle(task.id));
+          if (out !== null && out.length > 0) controller.enqueue(out);
+          stop(controller);
+          return;
+        }
         if (read === null || read.done) {
           out = chunkOut(() => wasm.egw_chunk_end(task.id));
           if (out !== null && out.length > 0) controller.enqueue(out);
@@ -528,10 +543,12 @@ function pumped(task, handle, op) {
           controller.close();
           return;
         }
-        if (out.length > 0) {
-          controller.enqueue(out);
+        if (out.length > 0) controller.enqueue(out);
+        if (wasm.egw_pump_done(task.id) !== 0) {
+          stop(controller);
           return;
         }
+        if (out.length > 0) return;
       }
     },
     cancel() {
@@ -541,6 +558,17 @@ function pumped(task, handle, op) {
       finish(false);
     },
   });
+}
+
+// A read of the origin's stream that gives up after `ms` without a chunk (resolves to IDLE).
+const IDLE = {};
+function readWithin(reader, ms) {
+  if (!(ms > 0)) return reader.read();
+  let timer;
+  const idle = new Promise((resolve) => {
+    timer = setTimeout(() => resolve(IDLE), ms);
+  });
+  return Promise.race([reader.read(), idle]).finally(() => clearTimeout(timer));
 }
 
 function chunkOut(call) {

@@ -55,13 +55,14 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// Saturating: token counts come from origins, which may report anything.
     pub fn add(&mut self, other: &Counts) {
-        self.requests += other.requests;
-        self.prompt_tokens += other.prompt_tokens;
-        self.completion_tokens += other.completion_tokens;
-        self.cost_nusd += other.cost_nusd;
-        self.cache_hits += other.cache_hits;
-        self.latency_ms += other.latency_ms;
+        self.requests = self.requests.saturating_add(other.requests);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.saturating_add(other.completion_tokens);
+        self.cost_nusd = self.cost_nusd.saturating_add(other.cost_nusd);
+        self.cache_hits = self.cache_hits.saturating_add(other.cache_hits);
+        self.latency_ms = self.latency_ms.saturating_add(other.latency_ms);
     }
 }
 

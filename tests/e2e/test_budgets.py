@@ -206,9 +206,13 @@ def test_burst_against_a_nearly_spent_limit_overshoots_at_most_one_reservation(g
     # The log lines agree: one per request, charged the same, counted in the expected mode
     # (on Spin token and USD limits are always counted under the KV lock: "exact").
     rids = [f"{prefix}-pre{i}" for i in range(2)] + [f"{prefix}-b{i}" for i in range(BURST)]
-    lines = wait_until(lambda: (found := [r for r in log_records(gw, prefix) if r.get("request_id") in rids])
-                       and len(found) == len(rids) and found, timeout=20)
-    assert lines, f"{len([r for r in log_records(gw, prefix)])} log lines of {len(rids)}"
+
+    def all_lines():
+        found = [r for r in log_records(gw, prefix) if r.get("request_id") in rids]
+        return found if len(found) == len(rids) else None
+
+    lines = wait_until(all_lines, timeout=20)
+    assert lines, f"{len(log_records(gw, prefix))} log lines of {len(rids)}"
     ok = [r for r in lines if r["status"] == 200]
     assert len(ok) == 2 + admitted
     assert sum(r["prompt_tokens"] for r in ok) == total["prompt_tokens"]

@@ -219,6 +219,38 @@ impl McpStream {
         }
     }
 
+    /// How long the upstream may send nothing in the middle of its answer (its `timeout_ms`).
+    pub fn idle_timeout_ms(&self) -> u64 {
+        self.server.timeout_ms
+    }
+
+    /// The gateway ended the upstream's answer (an idle upstream, an oversized event): the
+    /// client gets a JSON-RPC error naming the server, unless it has its answer already or
+    /// part of a passed-through JSON answer (which nothing can mend).
+    pub fn fail(&mut self, what: &str, out: &mut Vec<u8>) {
+        if self.outcome.answered {
+            return;
+        }
+        let sse = matches!(self.mode, Mode::Sse(_));
+        let untouched = match &self.mode {
+            Mode::Sse(_) => true,
+            Mode::Json { held, hold, .. } => *hold || (held.is_empty() && self.outcome.bytes == 0),
+        };
+        if !untouched {
+            self.outcome.answered = true;
+            self.outcome.code = Some(UPSTREAM_ERROR);
+            return;
+        }
+        let e = self.failure(what);
+        let start = out.len();
+        if sse {
+            write_event(out, &e);
+        } else {
+            out.extend_from_slice(&serde_json::to_vec(&e).unwrap_or_default());
+        }
+        self.outcome.bytes += (out.len() - start) as u64;
+    }
+
     fn failure(&mut self, what: &str) -> Value {
         self.outcome.answered = true;
         self.outcome.code = Some(UPSTREAM_ERROR);
@@ -288,6 +320,30 @@ mod tests {
             let o = stage.outcome();
             assert_eq!((o.answered, o.is_error, o.redacted, o.bytes), (true, false, 1, out.len() as u64));
         }
+    }
+
+    /// An upstream that starts its SSE answer and then stalls: the pump's idle timeout (the
+    /// server's `timeout_ms`) ends the client's stream with a JSON-RPC error naming the server.
+    #[test]
+    fn a_stalled_upstream_stream_ends_with_an_error_after_its_timeout() {
+        use crate::gateway::pipeline::stream::{Stage, StreamPump};
+        let s = server(json!({}));
+        let stage = McpStream::new(s.clone(), json!(9), true, false, false, 1 << 20);
+        let mut pump = StreamPump::new(vec![Stage::Mcp(stage)]).with_idle_timeout(s.timeout_ms);
+        assert_eq!(pump.idle_timeout_ms(), s.timeout_ms);
+        let mut out = pump.chunk(format!("event: message\ndata: {PROGRESS}\n\n").as_bytes());
+        out.extend(pump.idle());
+        assert!(pump.is_finished(), "the host cancels the upstream");
+        let ev = events(&out);
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert_eq!((ev[1]["id"].clone(), ev[1]["error"]["code"].clone()), (json!(9), json!(UPSTREAM_ERROR)));
+        assert_eq!(ev[1]["error"]["data"]["server"], "files");
+        assert!(ev[1]["error"]["message"].as_str().unwrap().contains("sent nothing"), "{ev:?}");
+        // A JSON answer that never started gets the error as its body.
+        let stage = McpStream::new(s.clone(), json!(1), false, false, false, 1 << 20);
+        let mut pump = StreamPump::new(vec![Stage::Mcp(stage)]);
+        let body: Value = serde_json::from_slice(&pump.idle()).unwrap();
+        assert_eq!(body["error"]["code"], json!(UPSTREAM_ERROR));
     }
 
     #[test]

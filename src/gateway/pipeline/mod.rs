@@ -334,7 +334,10 @@ async fn mcp_call<P: Ports>(
     ctx.log.mcp = Some(answer.log);
     let body = match answer.body {
         McpBody::Full(bytes) => ResponseBody::Full(bytes),
-        McpBody::Stream(upstream, stage) => ResponseBody::Stream(upstream, StreamPump::new(vec![Stage::Mcp(stage)])),
+        McpBody::Stream(upstream, stage) => {
+            let idle_ms = stage.idle_timeout_ms();
+            ResponseBody::Stream(upstream, StreamPump::new(vec![Stage::Mcp(stage)]).with_idle_timeout(idle_ms))
+        }
     };
     let mut response = Response::new(body);
     *response.status_mut() = answer.status;

@@ -363,6 +363,12 @@ impl StreamPump {
             return Vec::new();
         }
         self.stopped = Some(code);
+        if let Some((_, Stage::Mcp(stage))) = self.stages.last_mut() {
+            // An MCP answer ends as a JSON-RPC error, not an OpenAI event.
+            let mut out = Vec::new();
+            stage.fail(&format!("stopped answering: {message}"), &mut out);
+            return out;
+        }
         let mut openai = Vec::new();
         if let (true, Some(meter)) = (cap, &self.meter) {
             meter.finish_chunks(&mut openai);

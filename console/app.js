@@ -320,10 +320,24 @@
   // ------------------------------------------------------------------------------------------
   // Keys: list, create (shown once), revoke, rotate
 
+  // The API answers in pages ordered by key id (random), and filters by tenant within a page:
+  // follow next_cursor, or a new key is missing as soon as there are more than one page.
+  const KEY_PAGE = 200, KEY_PAGES_MAX = 50;
+
   async function loadKeys() {
     const tenant = $("key-tenant").value.trim();
-    const data = await api("GET", "/admin/keys" + (tenant ? `?tenant=${encodeURIComponent(tenant)}` : ""));
-    const keys = (data.keys || []).slice().sort((a, b) => (b.created || 0) - (a.created || 0));
+    const all = [];
+    let cursor = null;
+    for (let page = 0; page < KEY_PAGES_MAX; page++) {
+      const query = [`limit=${KEY_PAGE}`];
+      if (tenant) query.push(`tenant=${encodeURIComponent(tenant)}`);
+      if (cursor) query.push(`cursor=${encodeURIComponent(cursor)}`);
+      const data = await api("GET", "/admin/keys?" + query.join("&"));
+      all.push(...(data.keys || []));
+      cursor = data.next_cursor;
+      if (!cursor) break;
+    }
+    const keys = all.sort((a, b) => (b.created || 0) - (a.created || 0));
     table($("key-table"), ["id", "tenant", "name", "endpoints", "limits", "state", "created", ""], keys.map((k) => {
       const limits = [k.rpm && `${k.rpm} rpm`, k.tpm && `${k.tpm} tpm`, k.budget_usd && `$${k.budget_usd}/${k.budget_period || "month"}`]
         .filter(Boolean).join(", ");

@@ -169,32 +169,43 @@ async fn write_response(
     }
 }
 
-fn kv_error(e: impl std::fmt::Display) -> GatewayError {
-    GatewayError::internal(GwCode::KvError, format!("key-value operation failed: {e}"))
+/// A store failure: a 503 with Retry-After that names no runtime internals (the runtime's text
+/// stays out of responses and logs).
+fn kv_error<E>(_: E) -> GatewayError {
+    GatewayError::kv_unavailable("the key-value store")
+}
+
+/// One retry: a store hiccup should not fail the request.
+fn retry<T, E>(op: impl Fn() -> std::result::Result<T, E>) -> Result<T> {
+    op().or_else(|_| op()).map_err(kv_error)
 }
 
 impl SpinHost {
     fn store(&self) -> Result<&Store> {
-        self.store.as_ref().map_err(|e| kv_error(format!("cannot open the default store: {e}")))
+        self.store.as_ref().map_err(kv_error)
     }
 }
 
 impl Kv for SpinHost {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.store()?.get(key).map_err(kv_error)
+        let store = self.store()?;
+        retry(|| store.get(key))
     }
 
     async fn put(&self, key: &str, value: &[u8], _ttl_secs: Option<u64>) -> Result<()> {
         // Spin's key-value interface has no TTL; readers check expiry stored in the value.
-        self.store()?.set(key, value).map_err(kv_error)
+        let store = self.store()?;
+        retry(|| store.set(key, value))
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        self.store()?.delete(key).map_err(kv_error)
+        let store = self.store()?;
+        retry(|| store.delete(key))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        let keys = self.store()?.get_keys().map_err(kv_error)?;
+        let store = self.store()?;
+        let keys = retry(|| store.get_keys())?;
         Ok(keys.into_iter().filter(|k| k.starts_with(prefix)).collect())
     }
 }

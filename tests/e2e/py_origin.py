@@ -18,6 +18,14 @@ It behaves like the many origins that are not hyper: model servers, HTTP/1.0 ser
 * Answers are deterministic and depend on the request: the chat answer is
   `"py-echo: <last user message>"`, token counts are word counts, embeddings are derived from
   a SHA-256 of the input text (components are multiples of 1/128, exact in f32).
+* Tool calls, decided as the Rust mock decides them (src/bin/mock-origin/text.rs): when the
+  request declares `tools` (and `tool_choice` is not `"none"`) and the conversation ends with a
+  user message whose text contains "call tool" (any case), the answer is one call of the first
+  declared function with arguments `{"text": <that message>}` (compact JSON) and finish_reason
+  `tool_calls`; streamed, the first chunk carries the call's id and name and the arguments
+  follow word by word in `tool_calls` deltas. After a tool result (the conversation ends with a
+  `tool` message) the answer is the echo of the last user message again. Completion tokens of
+  a call are the words of its arguments.
 * Every request is recorded (method, path, version, headers, body, framing) for the tests.
 
 Run standalone with `python tests/e2e/py_origin.py [--port N]`; it prints `listening on
@@ -26,6 +34,7 @@ host:port`.
 import base64
 import hashlib
 import json
+import re
 import struct
 import sys
 import threading
@@ -51,6 +60,37 @@ def text_of(content) -> str:
     if isinstance(content, list):
         return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
     return ""
+
+
+def has_text(content) -> bool:
+    """Whether a message `content` carries text (a string, or a list with a text part)."""
+    if isinstance(content, str):
+        return True
+    return isinstance(content, list) and any(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content)
+
+
+def wants_tool(body: dict, messages: list):
+    """The name of the function to call, or None: tools declared (and allowed), and the
+    conversation ends with user text asking "call tool" (as the Rust mock decides)."""
+    tools = body.get("tools")
+    if body.get("tool_choice") == "none" or not isinstance(tools, list) or not tools:
+        return None
+    first = tools[0] if isinstance(tools[0], dict) else {}
+    name = (first.get("function") or {}).get("name") or first.get("name")
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    if not name or last.get("role") != "user" or not has_text(last.get("content")):
+        return None
+    return name if "call tool" in text_of(last.get("content")).lower() else None
+
+
+def pieces(text: str) -> list:
+    """Streaming pieces of `text`, one word each with the whitespace before it; they join back
+    to `text` exactly."""
+    parts = re.findall(r"\s*\S+", text)
+    if parts:
+        parts[-1] += text[len("".join(parts)):]
+    return parts
 
 
 def embedding_of(text: str, dims: int = EMBEDDING_DIMS) -> list:
@@ -184,18 +224,28 @@ class Handler(BaseHTTPRequestHandler):
     # --- OpenAI formats ----------------------------------------------------------------------
 
     def _chat(self, body: dict, framing: str):
-        messages = body.get("messages") or []
-        last_user = next((text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+        messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+        last_user = next((text_of(m.get("content")) for m in reversed(messages)
+                          if m.get("role") == "user" and has_text(m.get("content"))), "")
+        model = body.get("model", "py-gpt")
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+        ident = "chatcmpl-py-" + digest
+        prompt_tokens = sum(words(text_of(m.get("content"))) for m in messages)
+        tool = wants_tool(body, messages)
+        if tool is not None:
+            arguments = json.dumps({"text": last_user}, separators=(",", ":"))
+            call = {"id": "call_py_" + digest, "type": "function", "function": {"name": tool, "arguments": arguments}}
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": words(arguments),
+                     "total_tokens": prompt_tokens + words(arguments)}
+            self._chat_tool_call(body, framing, ident, model, call, usage)
+            return
         answer = f"{ANSWER_PREFIX} {last_user}".strip().split()
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         finish = "stop"
         if isinstance(limit, int) and 0 < limit < len(answer):
             answer, finish = answer[:limit], "length"
-        prompt_tokens = sum(words(text_of(m.get("content"))) for m in messages)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(answer),
                  "total_tokens": prompt_tokens + len(answer)}
-        model = body.get("model", "py-gpt")
-        ident = "chatcmpl-py-" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
         if not body.get("stream"):
             self._send_json(200, {
                 "id": ident, "object": "chat.completion", "created": CREATED, "model": model,
@@ -216,9 +266,39 @@ class Handler(BaseHTTPRequestHandler):
         events = [chunk({"role": "assistant", "content": ""})]
         events += [chunk({"content": w if i == 0 else " " + w}) for i, w in enumerate(answer)]
         events.append(chunk({}, finish))
+        self._send_chunks(events, include_usage, ident, model, usage, framing)
+
+    def _chat_tool_call(self, body: dict, framing: str, ident: str, model: str, call: dict, usage: dict):
+        """The answer that calls `call` (one function call, finish_reason `tool_calls`)."""
+        if not body.get("stream"):
+            self._send_json(200, {
+                "id": ident, "object": "chat.completion", "created": CREATED, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                             "logprobs": None, "finish_reason": "tool_calls"}],
+                "usage": usage, "system_fingerprint": "py-origin"}, framing)
+            return
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta, finish_reason=None):
+            c = {"id": ident, "object": "chat.completion.chunk", "created": CREATED, "model": model,
+                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+            if include_usage:
+                c["usage"] = None
+            return c
+
+        name = call["function"]["name"]
+        events = [chunk({"role": "assistant", "content": None, "tool_calls": [
+            {"index": 0, "id": call["id"], "type": "function", "function": {"name": name, "arguments": ""}}]})]
+        events += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                   for piece in pieces(call["function"]["arguments"])]
+        events.append(chunk({}, "tool_calls"))
+        self._send_chunks(events, include_usage, ident, model, usage, framing)
+
+    def _send_chunks(self, events: list, include_usage: bool, ident: str, model: str, usage: dict, framing: str):
+        """Streams chat chunks as SSE: then, if asked, the usage chunk (no choices), then [DONE]."""
         if include_usage:
-            events.append({"id": ident, "object": "chat.completion.chunk", "created": CREATED, "model": model,
-                           "choices": [], "usage": usage})
+            events = events + [{"id": ident, "object": "chat.completion.chunk", "created": CREATED, "model": model,
+                                "choices": [], "usage": usage}]
         payloads = [f"data: {json.dumps(e)}\n\n".encode() for e in events] + [b"data: [DONE]\n\n"]
         self._send(200, "text/event-stream", payloads, framing, stream=True)
 

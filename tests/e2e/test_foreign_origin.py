@@ -6,21 +6,31 @@ many model servers, HTTP/1.0 servers and WAFs do, so these cases catch a host th
 outbound bodies as chunked. Its answers come in three framings (Content-Length, chunked,
 HTTP/1.0 close-delimited), which every host must read whole. Each case checks what the client
 got (content, usage) and what reached the origin (the body whole with a Content-Length, the
-provider credential, never the client's key)."""
+provider credential, never the client's key).
+
+The other dialects go through the same origin (issue 11): the `openai` SDK's Responses API
+(plain, streamed with its typed events, a function-call round trip answered with
+`function_call_output`, `previous_response_id` continuing a conversation) and `google-genai`'s
+`generate_content` (plain, streamed, a function call), all translated to chat completions on
+the way. The origin asks for a tool when the last user text says "call tool" (as the Rust mock
+does)."""
 import base64
 import json
 import socket
 import struct
+import time
 
 import anthropic
 import openai
 import pytest
 import requests
+from google import genai
+from google.genai import types
 from mlflow.deployments import get_deploy_client
 
 from admin_client import Admin
 from conftest import ADMIN_TOKEN, PROVIDER_SECRET
-from py_origin import ANSWER_PREFIX, embedding_of
+from py_origin import ANSWER_PREFIX, embedding_of, text_of
 
 CLIENT_KEY = "unused-client-key"
 # The py-chat* endpoints differ only in how the origin frames its answers.
@@ -153,6 +163,291 @@ def test_client_gateway_key_never_reaches_the_origin(gw, py_origin):
         assert sent["transfer_encoding"] is None and sent["content_length"] == str(len(sent["raw_body"]))
     finally:
         Admin(gw, ADMIN_TOKEN).revoke(created["id"])
+
+
+# --- tool calls (chat completions) --------------------------------------------------------------
+
+TOOL_QUESTION = "please call tool now"
+TOOL_ARGUMENTS = '{"text":"please call tool now"}'  # the origin's compact JSON
+CHAT_TOOL = {"type": "function", "function": {"name": "lookup", "description": "look up", "parameters": {
+    "type": "object", "properties": {"text": {"type": "string"}}}}}
+
+
+def tool_call_id_ok(call_id: str) -> None:
+    """The origin's own call id (`call_py_<digest>`), passed through, not one the gateway made up."""
+    assert call_id.startswith("call_py_") and len(call_id) == len("call_py_") + 12, call_id
+
+
+@pytest.mark.parametrize("model", list(FRAMED_CHAT))
+def test_openai_chat_tool_call(oai, py_origin, model):
+    r = oai.chat.completions.create(model=model, messages=[{"role": "user", "content": TOOL_QUESTION}],
+                                    tools=[CHAT_TOOL], max_tokens=50)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    assert len(choice.message.tool_calls) == 1
+    call = choice.message.tool_calls[0]
+    tool_call_id_ok(call.id)
+    assert (call.type, call.function.name, call.function.arguments) == ("function", "lookup", TOOL_ARGUMENTS)
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (4, 4)
+    sent = only_request(py_origin, "/v1/chat/completions")
+    assert sent["framing"] == FRAMED_CHAT[model]
+    assert sent["body"]["tools"] == [CHAT_TOOL]
+
+
+@pytest.mark.parametrize("model", list(FRAMED_CHAT))
+def test_openai_chat_tool_call_streamed(oai, py_origin, model):
+    chunks = list(oai.chat.completions.create(model=model, messages=[{"role": "user", "content": TOOL_QUESTION}],
+                                              tools=[CHAT_TOOL], max_tokens=50, stream=True))
+    deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert len(deltas) == 5, deltas  # the head (id, name), then the arguments word by word
+    tool_call_id_ok(deltas[0].id)
+    assert deltas[0].function.name == "lookup" and all(d.index == 0 for d in deltas)
+    assert "".join(d.function.arguments or "" for d in deltas) == TOOL_ARGUMENTS
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+    assert all(not (c.choices and c.choices[0].delta.content) for c in chunks)
+    sent = only_request(py_origin, "/v1/chat/completions")
+    assert sent["body"]["stream"] is True and sent["body"]["tools"] == [CHAT_TOOL]
+
+
+# --- openai Responses API (translated to chat completions for this origin) ---------------------
+
+RESP_TOOL = {"type": "function", "name": "lookup", "description": "look up",
+             "parameters": {"type": "object", "properties": {"text": {"type": "string"}}}}
+
+
+def eventually(fetch, timeout=10.0):
+    """A streamed response is stored once its stream ended (after-response work): poll."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return fetch()
+        except openai.NotFoundError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def max_tokens_of(body: dict):
+    return body.get("max_tokens", body.get("max_completion_tokens"))
+
+
+@pytest.mark.parametrize("model", list(FRAMED_CHAT))
+def test_openai_responses_create(oai, py_origin, model):
+    r = oai.responses.create(model=model, instructions=SYSTEM, input=USER, max_output_tokens=50)
+    assert r.object == "response" and r.id.startswith("resp_") and r.status == "completed"
+    assert r.output_text == ANSWER
+    assert [item.type for item in r.output] == ["message"]
+    assert r.output[0].role == "assistant" and r.output[0].content[0].type == "output_text"
+    assert r.instructions == SYSTEM and r.max_output_tokens == 50
+    assert (r.usage.input_tokens, r.usage.output_tokens, r.usage.total_tokens) == \
+        (PROMPT_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS + COMPLETION_TOKENS)
+    sent = only_request(py_origin, "/v1/chat/completions")
+    assert sent["framing"] == FRAMED_CHAT[model]
+    assert sent["body"]["model"] == "py-gpt" and sent["body"]["messages"] == MESSAGES
+    assert max_tokens_of(sent["body"]) == 50
+    assert not sent["body"].get("stream")
+    assert oai.responses.retrieve(r.id).output_text == ANSWER
+
+
+@pytest.mark.parametrize("model", list(FRAMED_CHAT))
+def test_openai_responses_streamed_typed_events(oai, py_origin, model):
+    events = list(oai.responses.create(model=model, instructions=SYSTEM, input=USER, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    # Every event the SDKs expect of one text message, once each and in order, deltas between.
+    singles = ["response.output_item.added", "response.content_part.added", "response.output_text.done",
+               "response.content_part.done", "response.output_item.done"]
+    assert [k for k in kinds if k in singles] == singles, kinds
+    first_delta, last_delta = kinds.index("response.output_text.delta"), len(kinds) - 1 - kinds[::-1].index(
+        "response.output_text.delta")
+    assert kinds.index("response.content_part.added") < first_delta
+    assert last_delta < kinds.index("response.output_text.done")
+    assert "".join(e.delta for e in deltas) == ANSWER
+    assert [e for e in events if e.type == "response.output_text.done"][0].text == ANSWER
+    final = events[-1].response
+    assert final.status == "completed" and final.output_text == ANSWER
+    assert events[0].response.id == final.id
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+    sent = only_request(py_origin, "/v1/chat/completions")
+    assert sent["framing"] == FRAMED_CHAT[model]
+    assert sent["body"]["stream"] is True and sent["body"]["stream_options"] == {"include_usage": True}
+    assert sent["body"]["messages"] == MESSAGES
+    stored = eventually(lambda: oai.responses.retrieve(final.id))
+    assert stored.output_text == ANSWER and stored.usage.output_tokens == COMPLETION_TOKENS
+
+
+def check_function_call(response) -> str:
+    """The response is one call of `lookup` with the origin's arguments; returns its call_id."""
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert [item.type for item in response.output] == ["function_call"], response.output
+    assert calls[0].name == "lookup" and calls[0].arguments == TOOL_ARGUMENTS
+    tool_call_id_ok(calls[0].call_id)
+    return calls[0].call_id
+
+
+def check_tool_round_trip(py_origin, call_id: str) -> None:
+    """The origin got the whole conversation: the question, its call, and the tool's result."""
+    sent = py_origin.requests()[-1]
+    assert sent["transfer_encoding"] is None and sent["content_length"] == str(len(sent["raw_body"]))
+    messages = sent["body"]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool"], messages
+    assert messages[0]["content"] == TOOL_QUESTION
+    assert messages[1]["tool_calls"] == [
+        {"id": call_id, "type": "function", "function": {"name": "lookup", "arguments": TOOL_ARGUMENTS}}]
+    assert not messages[1].get("content")
+    assert messages[2] == {"role": "tool", "tool_call_id": call_id, "content": "42"}
+    assert sent["body"]["tools"] == [CHAT_TOOL]
+
+
+@pytest.mark.parametrize("model", ["py-chat", "py-chat-chunked"])
+def test_openai_responses_function_call_round_trip(oai, py_origin, model):
+    first = oai.responses.create(model=model, input=TOOL_QUESTION, tools=[RESP_TOOL])
+    call_id = check_function_call(first)
+    assert first.status == "completed" and (first.usage.input_tokens, first.usage.output_tokens) == (4, 4)
+    asked = only_request(py_origin, "/v1/chat/completions")
+    assert asked["body"]["tools"] == [CHAT_TOOL]
+    assert asked["body"]["messages"] == [{"role": "user", "content": TOOL_QUESTION}]
+    py_origin.reset()
+    second = oai.responses.create(model=model, previous_response_id=first.id, tools=[RESP_TOOL],
+                                  input=[{"type": "function_call_output", "call_id": call_id, "output": "42"}])
+    assert second.previous_response_id == first.id
+    assert second.output_text == f"{ANSWER_PREFIX} {TOOL_QUESTION}"  # after a tool result: the echo
+    only_request(py_origin, "/v1/chat/completions")
+    check_tool_round_trip(py_origin, call_id)
+
+
+def test_openai_responses_streamed_function_call(oai, py_origin):
+    events = list(oai.responses.create(model="py-chat-http10", input=TOOL_QUESTION, tools=[RESP_TOOL], stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert "response.output_text.delta" not in kinds
+    deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    assert "".join(deltas) == TOOL_ARGUMENTS and len(deltas) == 4
+    done = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert len(done) == 1 and done[0].arguments == TOOL_ARGUMENTS
+    final = events[-1].response
+    call_id = check_function_call(final)
+    added = [e.item for e in events if e.type == "response.output_item.added"]
+    assert [(i.type, i.name, i.call_id) for i in added] == [("function_call", "lookup", call_id)]
+    sent = only_request(py_origin, "/v1/chat/completions")
+    assert sent["body"]["stream"] is True and sent["body"]["tools"] == [CHAT_TOOL]
+    # Continued once stored (after the stream): the round trip reaches the origin whole.
+    eventually(lambda: oai.responses.retrieve(final.id))
+    py_origin.reset()
+    second = oai.responses.create(model="py-chat-http10", previous_response_id=final.id, tools=[RESP_TOOL],
+                                  input=[{"type": "function_call_output", "call_id": call_id, "output": "42"}])
+    assert second.output_text == f"{ANSWER_PREFIX} {TOOL_QUESTION}"
+    only_request(py_origin, "/v1/chat/completions")
+    check_tool_round_trip(py_origin, call_id)
+
+
+def test_openai_responses_previous_response_id(oai, py_origin):
+    first = oai.responses.create(model="py-chat", instructions=SYSTEM, input="remember alpha")
+    assert first.output_text == f"{ANSWER_PREFIX} remember alpha"
+    second = oai.responses.create(model="py-chat-chunked", previous_response_id=first.id, input="and beta")
+    assert second.previous_response_id == first.id
+    assert second.output_text == f"{ANSWER_PREFIX} and beta"
+    # Instructions do not carry over (OpenAI's rule); the earlier turns do, the answer included.
+    sent = py_origin.requests()
+    assert len(sent) == 2 and [r["framing"] for r in sent] == ["cl", "chunked"]
+    assert sent[1]["body"]["messages"] == [
+        {"role": "user", "content": "remember alpha"},
+        {"role": "assistant", "content": f"{ANSWER_PREFIX} remember alpha"},
+        {"role": "user", "content": "and beta"},
+    ]
+    # "remember alpha" + "py-echo: remember alpha" + "and beta": 7 words.
+    assert second.usage.input_tokens == 7
+    third = oai.responses.create(model="py-chat", previous_response_id=second.id, instructions="be terse",
+                                 input=[{"role": "user", "content": [{"type": "input_text", "text": "and gamma"}]}])
+    assert third.output_text == f"{ANSWER_PREFIX} and gamma"
+    messages = py_origin.requests()[-1]["body"]["messages"]
+    assert messages[0] == {"role": "system", "content": "be terse"}
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [text_of(m["content"]) for m in messages[1:]] == [
+        "remember alpha", f"{ANSWER_PREFIX} remember alpha", "and beta", f"{ANSWER_PREFIX} and beta", "and gamma"]
+    for r in py_origin.requests():
+        assert r["headers"]["authorization"] == f"Bearer {PROVIDER_SECRET}"
+        assert r["transfer_encoding"] is None and r["content_length"] == str(len(r["raw_body"]))
+
+
+# --- google-genai (Gemini's generateContent, translated to chat completions) -------------------
+
+def gemini_client(gw, api_version=None):
+    """google-genai calls `/v1/models/...` unless `api_version="v1beta"`; both are served.
+    Keep the client referenced while using it: it closes its HTTP client when collected."""
+    options = types.HttpOptions(base_url=gw.base_url, timeout=30_000, api_version=api_version)
+    return genai.Client(api_key=CLIENT_KEY, http_options=options)
+
+
+@pytest.mark.parametrize("model", list(FRAMED_CHAT))
+def test_google_genai_generate_content(gw, py_origin, model):
+    client = gemini_client(gw)
+    r = client.models.generate_content(
+        model=model, contents=USER,
+        config=types.GenerateContentConfig(system_instruction=SYSTEM, max_output_tokens=50, temperature=0.3))
+    assert r.text == ANSWER
+    assert len(r.candidates) == 1 and r.candidates[0].finish_reason == types.FinishReason.STOP
+    assert r.candidates[0].content.role == "model"
+    assert (r.usage_metadata.prompt_token_count, r.usage_metadata.candidates_token_count,
+            r.usage_metadata.total_token_count) == (PROMPT_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS + COMPLETION_TOKENS)
+    sent = only_request(py_origin, "/v1/chat/completions")
+    assert sent["framing"] == FRAMED_CHAT[model]
+    assert sent["body"]["model"] == "py-gpt" and sent["body"]["messages"] == MESSAGES
+    assert max_tokens_of(sent["body"]) == 50 and sent["body"]["temperature"] == 0.3
+    assert not sent["body"].get("stream")
+    assert "x-goog-api-key" not in sent["headers"]
+
+
+@pytest.mark.parametrize("model", list(FRAMED_CHAT))
+@pytest.mark.parametrize("api_version", ["v1beta", None])
+def test_google_genai_generate_content_stream(gw, py_origin, model, api_version):
+    client = gemini_client(gw, api_version=api_version)
+    chunks = list(client.models.generate_content_stream(
+        model=model, contents=USER, config=types.GenerateContentConfig(system_instruction=SYSTEM)))
+    assert len(chunks) >= 2, "streamed in pieces, not one answer"
+    assert "".join(c.text or "" for c in chunks) == ANSWER
+    finishes = [c.candidates[0].finish_reason for c in chunks if c.candidates and c.candidates[0].finish_reason]
+    assert finishes == [types.FinishReason.STOP]
+    last = chunks[-1].usage_metadata
+    assert (last.prompt_token_count, last.candidates_token_count, last.total_token_count) == \
+        (PROMPT_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS + COMPLETION_TOKENS)
+    sent = only_request(py_origin, "/v1/chat/completions")
+    assert sent["framing"] == FRAMED_CHAT[model]
+    assert sent["body"]["stream"] is True and sent["body"]["stream_options"] == {"include_usage": True}
+    assert sent["body"]["messages"] == MESSAGES
+
+
+def test_google_genai_function_call(gw, py_origin):
+    client = gemini_client(gw)
+    tool = types.Tool(function_declarations=[types.FunctionDeclaration(
+        name="lookup", description="look up",
+        parameters=types.Schema(type=types.Type.OBJECT, properties={"text": types.Schema(type=types.Type.STRING)}))])
+    config = types.GenerateContentConfig(tools=[tool], max_output_tokens=50)
+    question = types.Content(role="user", parts=[types.Part.from_text(text=TOOL_QUESTION)])
+    r = client.models.generate_content(model="py-chat-chunked", contents=[question], config=config)
+    assert len(r.function_calls) == 1
+    assert r.function_calls[0].name == "lookup" and r.function_calls[0].args == {"text": TOOL_QUESTION}
+    sent = only_request(py_origin, "/v1/chat/completions")
+    [declared] = sent["body"]["tools"]
+    assert declared["type"] == "function" and declared["function"]["name"] == "lookup"
+    assert declared["function"]["parameters"]["properties"] == {"text": {"type": "string"}}
+    py_origin.reset()
+    answer = types.Content(role="user", parts=[types.Part.from_function_response(name="lookup", response={"result": "42"})])
+    r2 = client.models.generate_content(model="py-chat-chunked", contents=[question, r.candidates[0].content, answer],
+                                        config=config)
+    assert r2.text == f"{ANSWER_PREFIX} {TOOL_QUESTION}"
+    messages = only_request(py_origin, "/v1/chat/completions")["body"]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool"], messages
+    [call] = messages[1]["tool_calls"]
+    assert call["function"]["name"] == "lookup" and json.loads(call["function"]["arguments"]) == {"text": TOOL_QUESTION}
+    # The tool result answers that call (OpenAI refuses a tool message whose id matches no call).
+    assert messages[2]["tool_call_id"] == call["id"] and call["id"]
+    assert json.loads(messages[2]["content"]) == {"result": "42"}
 
 
 # --- anthropic (/v1/messages on an endpoint backed by the OpenAI-format origin) -----------------

@@ -5,7 +5,11 @@ official `opentelemetry-proto` package (otlp_receiver.py; the e2e config exports
 real Prometheus (Debian's package) scraping `/admin/metrics` with the bearer token, read back
 through its HTTP API; the console driven in Debian's headless Chromium through Selenium and
 chromedriver, with a screenshot saved under target/e2e-artifacts/. Every case runs on both
-hosts (the console is the same three files compiled into both builds)."""
+hosts (the console is the same three files compiled into both builds).
+
+Prometheus, Chromium, chromedriver and Selenium are required (scripts/setup installs them): a
+missing one FAILS its test, so CI cannot pass without running it. Set
+EGW_E2E_ALLOW_MISSING_TOOLS=1 to skip those tests instead (a machine without the tools)."""
 import json
 import os
 import secrets
@@ -20,12 +24,29 @@ import requests
 from openai import OpenAI
 
 import conftest
-from admin_client import Admin, fresh_minute, wait_until
+from admin_client import MEMO_BOUND_S, Admin, fresh_minute, wait_until
 from harness import ROOT, free_port, stop
 from otlp_receiver import attrs
 
 ADMIN_TOKEN = conftest.ADMIN_TOKEN
 ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS", ROOT / "target" / "e2e-artifacts"))
+ALLOW_MISSING_TOOLS = os.environ.get("EGW_E2E_ALLOW_MISSING_TOOLS") == "1"
+
+
+def missing_tool(what: str) -> None:
+    """A tool the suite needs is not installed: fail (skip only when explicitly allowed)."""
+    message = (f"{what} is not installed: run scripts/setup (it installs Debian's prometheus, chromium and "
+               f"chromium-driver, and Selenium in the venv); set EGW_E2E_ALLOW_MISSING_TOOLS=1 to skip instead")
+    if ALLOW_MISSING_TOOLS:
+        pytest.skip(message)
+    pytest.fail(message, pytrace=False)
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        missing_tool(f"`{name}` (not on PATH)")
+    return path
 
 
 def admin(gw) -> Admin:
@@ -230,8 +251,8 @@ def test_admin_metrics_in_prometheus_text(gw, origin):
     assert wait_until(lambda: line in admin(gw).request("GET", "/admin/metrics").text, timeout=15)
 
 
-@pytest.mark.skipif(shutil.which("prometheus") is None, reason="scripts/setup installs Debian's prometheus")
 def test_prometheus_scrapes_admin_metrics_with_the_bearer_token(gw, origin, tmp_path):
+    prometheus = require_binary("prometheus")
     team = tenant(gw, "prom")
     key = admin(gw).create_key(tenant=team, rpm=3)["key"]
     fresh_minute(needed_s=20)
@@ -263,7 +284,7 @@ def test_prometheus_scrapes_admin_metrics_with_the_bearer_token(gw, origin, tmp_
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "prometheus.log"
     proc = subprocess.Popen(
-        [shutil.which("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+        [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
          f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -298,11 +319,20 @@ def _safe_query(base, expr):
 # The console in headless Chromium
 
 
+def require_browser_tools():
+    """Chromium, chromedriver and Selenium, checked in the test body so a missing one is a
+    failure of the test (not an error of a fixture)."""
+    chromium, driver_bin = require_binary("chromium"), require_binary("chromedriver")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing_tool("the Python package `selenium` (scripts/requirements.txt)")
+    return chromium, driver_bin
+
+
 @pytest.fixture
 def browser(tmp_path):
-    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver_bin:
-        pytest.skip("scripts/setup installs Debian's chromium and chromium-driver")
+    chromium, driver_bin = require_browser_tools()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -332,17 +362,53 @@ def _try(f):
         return None
 
 
-def test_console_in_chromium(gw, origin, browser):
-    from selenium.webdriver.common.by import By
+def post_chat(gw, key, model="keyed-chat", content="from the console test"):
+    """One chat call with `key`, answered as is (status codes matter here)."""
+    return requests.post(gw.base_url + "/v1/chat/completions", timeout=30, headers={"authorization": f"Bearer {key}"},
+                         json={"model": model, "messages": [{"role": "user", "content": content}]})
 
+
+def refused_within_memo_bound(gw, key, since, what):
+    """`key` gets 401 invalid_api_key, within the auth memo bound of `since`."""
+    refused = wait_until(lambda: post_chat(gw, key).status_code == 401, timeout=MEMO_BOUND_S + 10, interval=0.25)
+    assert refused, f"{what}: still accepted {MEMO_BOUND_S + 10:.0f}s later"
+    assert time.time() - since <= MEMO_BOUND_S + 1.5, f"{what}: refused only after the memo bound"
+    r = post_chat(gw, key)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", r.text
+    assert key not in r.text
+
+
+def test_console_in_chromium(gw, origin, request):
+    # Tools first, in the test body: a missing one fails this test (see missing_tool).
+    require_browser_tools()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    api = admin(gw)
     team = tenant(gw, "console")
-    key = admin(gw).create_key(tenant=team)["key"]
+    key = api.create_key(tenant=team)["key"]
     answers = [chat(gw, key, content=f"console {i}") for i in range(2)]
-    wait_until(lambda: admin(gw).usage(tenant=team)["total"]["requests"] == 2, timeout=15)
-    series = lambda: admin(gw).request("GET", "/admin/usage/series", expect=200).json()  # noqa: E731
+    wait_until(lambda: api.usage(tenant=team)["total"]["requests"] == 2, timeout=15)
+    series = lambda: api.request("GET", "/admin/usage/series", expect=200).json()  # noqa: E731
     assert wait_until(lambda: any(s["tenant"] == team for d in series()["days"] for s in d["series"]), timeout=15)
 
-    d = browser
+    # A caller (an API key) asks for the approval-gated endpoint: pending, refused until approved.
+    asker_name = tenant(gw, "console-asker")
+    asker = api.create_key(tenant=tenant(gw, "asking"), endpoints=["id-gated"], name=asker_name)
+    reason = f"console approval {gw.name}"
+    refused = post_chat(gw, asker["key"], model="id-gated")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "approval_required", refused.text
+    asked = requests.post(gw.base_url + "/v1/access-requests", json={"endpoint": "id-gated", "reason": reason},
+                          headers={"authorization": f"Bearer {asker['key']}"}, timeout=30)
+    assert asked.status_code == 201, asked.text
+    access_request = asked.json()
+    request_id = access_request["id"]
+    assert (access_request["state"], access_request["kind"], access_request["principal"], access_request["endpoint"]) == \
+        ("pending", "key", asker["id"], "id-gated")
+    pending = api.request("GET", "/admin/access-requests", expect=200).json()["requests"]
+    assert request_id in [r["id"] for r in pending]
+
+    d = request.getfixturevalue("browser")
     d.get(gw.base_url + "/admin/ui")
     assert d.find_element(By.ID, "login").is_displayed()
     d.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
@@ -352,14 +418,16 @@ def test_console_in_chromium(gw, origin, browser):
     assert d.execute_script("return sessionStorage.getItem('egw-admin-token')") == ADMIN_TOKEN
 
     # Endpoints: every endpoint of the active config is listed.
-    active = admin(gw).config()
+    active = api.config()
     names = {e["name"] for e in active.get("endpoints", [])}
-    shown = wait_for(d, lambda: {r.get_attribute("data-endpoint") for r in d.find_elements(By.CSS_SELECTOR, "#endpoint-table tr[data-endpoint]")} or None)
+    shown_endpoints = lambda: {r.get_attribute("data-endpoint") for r in  # noqa: E731
+                               d.find_elements(By.CSS_SELECTOR, "#endpoint-table tr[data-endpoint]")}
+    shown = wait_for(d, lambda: shown_endpoints() or None)
     assert names <= shown, names - shown
-    versions = admin(gw).request("GET", "/admin/config/versions", expect=200).json()
+    versions = api.request("GET", "/admin/config/versions", expect=200).json()
     assert d.find_element(By.ID, "config-version").text == (versions["active"] or "(none)")
 
-    # Keys: create (shown once), then revoke.
+    # Keys: create (shown once), rotate (the old key stops, the new one is shown once), revoke.
     made = tenant(gw, "made-in-console")
     form = d.find_element(By.ID, "key-form")
     form.find_element(By.NAME, "tenant").send_keys(made)
@@ -368,31 +436,101 @@ def test_console_in_chromium(gw, origin, browser):
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     new_key = wait_for(d, lambda: d.find_element(By.ID, "new-key-value").text.strip() or None)
     assert new_key.startswith("egw_")
-    listed = admin(gw).keys(tenant=made)
+    listed = api.keys(tenant=made)
     assert len(listed) == 1 and listed[0]["endpoints"] == ["keyed-chat"] and listed[0]["state"] == "active"
     key_id = listed[0]["id"]
     assert chat(gw, new_key).choices, "the key the console showed works"
     d.find_element(By.ID, "new-key-done").click()
     assert new_key not in d.page_source, "shown once"
     d.execute_script("window.confirm = () => true;")
-    row = wait_for(d, lambda: d.find_element(By.CSS_SELECTOR, f'#key-table tr[data-key="{key_id}"]'))
-    row.find_element(By.CSS_SELECTOR, "button[data-action=revoke]").click()
-    wait_for(d, lambda: d.find_element(By.CSS_SELECTOR, f'#key-table tr[data-key="{key_id}"]').get_attribute("data-state") == "revoked")
-    assert admin(gw).keys(tenant=made)[0]["state"] == "revoked"
+    key_row = lambda: d.find_element(By.CSS_SELECTOR, f'#key-table tr[data-key="{key_id}"]')  # noqa: E731
 
-    # Pending access requests: the section reads /admin/access-requests (a 404 says "not available").
-    probe = admin(gw).request("GET", "/admin/access-requests")
-    access = wait_for(d, lambda: d.find_element(By.CSS_SELECTOR, "#access-body [data-access], #access-body table"))
-    if probe.status_code == 404:
-        assert access.get_attribute("data-access") == "unavailable" and "not available" in access.text
+    wait_for(d, key_row).find_element(By.CSS_SELECTOR, "button[data-action=rotate]").click()
+    rotated_at = time.time()
+    rotated = wait_for(d, lambda: d.find_element(By.ID, "new-key-value").text.strip() or None)
+    assert rotated.startswith("egw_") and rotated != new_key
+    assert d.find_element(By.ID, "status").text == f"{key_id}: rotated."
+    listed = api.keys(tenant=made)
+    assert [(k["id"], k["state"]) for k in listed] == [(key_id, "active")], "rotation keeps the record"
+    assert post_chat(gw, rotated).status_code == 200, "the rotated key the console showed works"
+    refused_within_memo_bound(gw, new_key, rotated_at, "the key before rotation")
+    d.find_element(By.ID, "new-key-done").click()
+    assert rotated not in d.page_source, "shown once"
+
+    wait_for(d, lambda: key_row().get_attribute("data-state") == "active")
+    key_row().find_element(By.CSS_SELECTOR, "button[data-action=revoke]").click()
+    revoked_at = time.time()
+    wait_for(d, lambda: key_row().get_attribute("data-state") == "revoked")
+    assert not key_row().find_elements(By.CSS_SELECTOR, "button"), "no actions on a revoked key"
+    assert api.keys(tenant=made)[0]["state"] == "revoked"
+    refused_within_memo_bound(gw, rotated, revoked_at, "the revoked key")
+
+    # Pending access requests: the caller's request is listed; approving it in the console
+    # writes the grant, and the caller gets through on its next request.
+    request_row = lambda: d.find_element(By.CSS_SELECTOR, f'#access-body tr[data-request="{request_id}"]')  # noqa: E731
+    row = wait_for(d, request_row)
+    cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+    assert cells[:4] == [request_id, asker_name, "id-gated", reason], cells
+    row.find_element(By.CSS_SELECTOR, "button[data-action=approve]").click()
+    wait_for(d, lambda: d.find_element(By.ID, "status").text == f"{request_id}: approved.")
+    wait_for(d, lambda: not d.find_elements(By.CSS_SELECTOR, f'#access-body tr[data-request="{request_id}"]'))
+    decided = api.request("GET", f"/admin/access-requests/{request_id}", expect=200).json()
+    assert (decided["state"], decided["principal"], decided["endpoint"]) == ("approved", asker["id"], "id-gated"), decided
+    assert "expires_at" not in decided, "approved from the console: no expiry"
+    pending = api.request("GET", "/admin/access-requests", expect=200).json()["requests"]
+    assert request_id not in [r["id"] for r in pending]
+    approved = api.request("GET", "/admin/access-requests?state=approved", expect=200).json()["requests"]
+    assert request_id in [r["id"] for r in approved]
+    # No negative memo for grants: the next request sees the approval.
+    allowed = wait_until(lambda: post_chat(gw, asker["key"], model="id-gated").status_code == 200, timeout=1.0)
+    assert allowed, post_chat(gw, asker["key"], model="id-gated").text
+
+    # Config rollback: two versions applied through the admin API, the console rolls back to the first.
+    base = json.loads(json.dumps(gw.config))
+    base_version = str(base["version"])
+    changed = json.loads(json.dumps(base))
+    changed["version"] = f"e2e-console-{gw.name}-{time.time_ns()}"
+    extra = json.loads(json.dumps(next(e for e in base["endpoints"] if e["name"] == "keyed-chat")))
+    extra["name"] = "console-extra"
+    changed["endpoints"].append(extra)
+    viewer = api.create_key(tenant=tenant(gw, "console-viewer"))["key"]
+
+    def models():
+        r = requests.get(gw.base_url + "/v1/models", headers={"authorization": f"Bearer {viewer}"}, timeout=10)
+        assert r.status_code == 200, r.text
+        return [m["id"] for m in r.json()["data"]]
+
+    version_button = lambda v: d.find_element(  # noqa: E731
+        By.CSS_SELECTOR, f'#version-table tr[data-version="{v}"] button')
+    try:
+        assert api.request("POST", "/admin/config", base, expect=200).json()["version"] == base_version
+        assert api.request("POST", "/admin/config", changed, expect=200).json()["previous"] == base_version
+        assert wait_until(lambda: "console-extra" in models(), timeout=15)
+        d.find_element(By.ID, "usage-refresh").click()  # reloads every section
+        wait_for(d, lambda: d.find_element(By.ID, "config-version").text == changed["version"])
+        wait_for(d, lambda: "console-extra" in shown_endpoints())
+        assert d.find_element(By.CSS_SELECTOR, f'#version-table tr[data-version="{changed["version"]}"]').text \
+            .endswith("active")
+        wait_for(d, lambda: version_button(base_version)).click()
+        wait_for(d, lambda: d.find_element(By.ID, "config-version").text == base_version)
+        assert d.find_element(By.ID, "status").text == f"Rolled back to {base_version}."
+        versions = api.request("GET", "/admin/config/versions", expect=200).json()
+        assert versions["active"] == base_version, versions
+        assert {base_version, changed["version"]} <= set(versions["versions"]), versions
+        assert api.config()["version"] == base_version
+        wait_for(d, lambda: "console-extra" not in shown_endpoints())
+        assert version_button(changed["version"]).text == "Roll back to this", "the other version can be re-activated"
+        assert wait_until(lambda: "console-extra" not in models(), timeout=15), "the rollback reached the data plane"
+    finally:
+        if api.request("GET", "/admin/config/versions").json().get("active") != base_version:
+            api.request("POST", "/admin/config/rollback", {"version": base_version}, expect=200)
 
     # Usage by tenant: the chart's numbers are the admin API's.
-    from selenium.webdriver.support.ui import Select
     Select(d.find_element(By.ID, "usage-group")).select_by_value("tenant")
     legend = lambda chart: d.find_element(  # noqa: E731
         By.CSS_SELECTOR, f'figure[data-chart="{chart}"] li[data-group="{team}"]')
     wait_for(d, lambda: legend("requests"))
-    usage = admin(gw).usage(tenant=team)["total"]
+    usage = api.usage(tenant=team)["total"]
     assert float(legend("requests").get_attribute("data-total")) == usage["requests"] == 2
     assert float(legend("tokens").get_attribute("data-total")) == usage["prompt_tokens"] + usage["completion_tokens"]
     assert usage["prompt_tokens"] == sum(a.usage.prompt_tokens for a in answers)

@@ -3,7 +3,9 @@ official `openai` SDK as the client: the OpenAI-compatible table (a groq-style b
 Together's embeddings), Mistral's strict API, Azure by its MLflow provider name, Vertex AI (the
 service-account token exchange against the mock's token endpoint; Gemini and Claude models),
 and Bedrock (SigV4 checked by the mock; Converse, ConverseStream as an AWS event stream, a bad
-checksum, STS AssumeRole, a Bedrock API key). Plus, without a host: the MLflow 3.x provider
+checksum, STS AssumeRole, a Bedrock API key), and Databricks Model Serving (a personal access
+token, and OAuth M2M: a service principal's secret exchanged at the mock's /oidc/v1/token). Plus,
+without a host: the MLflow 3.x provider
 fixtures through `gatewayctl validate` and through MLflow's own config loader."""
 import base64
 import json
@@ -247,6 +249,53 @@ def test_bedrock_titan_embeddings(oai, origin):
     assert sent["path"] == "/model/amazon.titan-embed-text-v2%3A0/invoke"
     assert sent["body"] == {"inputText": "alpha beta"}
     check_signed(sent, "AKIDEXAMPLE")
+
+
+# ---- Databricks Model Serving --------------------------------------------------------------------
+
+SERVING = "/serving-endpoints/"
+
+
+def check_serving_calls(calls, model, authorization):
+    assert [r["path"] for r in calls] == [SERVING + "chat/completions"] * 2
+    assert [r["method"] for r in calls] == ["POST", "POST"]
+    for r in calls:
+        assert r["body"]["model"] == model
+        assert authorization(r["headers"]["authorization"]), r["headers"]["authorization"]
+        assert "unused-client-key" not in json.dumps(r["headers"])
+    assert "stream" not in calls[0]["body"] or calls[0]["body"]["stream"] is False
+    assert calls[0]["body"]["max_tokens"] == 50 and calls[0]["body"]["messages"] == MESSAGES
+    assert calls[1]["body"]["stream"] is True and calls[1]["body"]["stream_options"] == {"include_usage": True}
+
+
+def test_databricks_personal_access_token(oai, origin):
+    r = chat_ok(oai, "fam-databricks")
+    assert r.model == "databricks-meta-llama-3-3-70b-instruct"  # the serving endpoint's answer
+    stream_ok(oai, "fam-databricks")
+    check_serving_calls(requests_to(origin, "/serving-endpoints/"), "databricks-meta-llama-3-3-70b-instruct",
+                        lambda auth: auth == "Bearer " + SECRETS["TOGETHERAI_API_KEY"])
+    assert not requests_to(origin, "/oidc/"), "a personal access token needs no exchange"
+    assert [r["path"] for r in origin.requests()] == [SERVING + "chat/completions"] * 2
+
+
+def test_databricks_oauth_m2m(gw, oai, origin):
+    chat_ok(oai, "fam-databricks-m2m")
+    stream_ok(oai, "fam-databricks-m2m")
+    exchanges = requests_to(origin, "/oidc/v1/token")
+    assert exchanges, "the service principal's secret was exchanged for a token"
+    basic = base64.b64encode(f"e2e-service-principal:{SECRETS['MISTRAL_API_KEY']}".encode()).decode()
+    for exchange in exchanges:
+        assert exchange["method"] == "POST"
+        assert exchange["headers"]["authorization"] == "Basic " + basic
+        assert exchange["headers"]["content-type"].startswith("application/x-www-form-urlencoded")
+        assert exchange["body"] == "grant_type=client_credentials&scope=all-apis"
+    # The configured host ends in /serving-endpoints/: dropped, so neither path doubles it.
+    check_serving_calls(requests_to(origin, SERVING), "e2e-chat-serving",
+                        lambda auth: re.fullmatch(r"Bearer dbx-oauth\.mock-main-\d+", auth))
+    assert {r["path"] for r in origin.requests()} == {"/oidc/v1/token", SERVING + "chat/completions"}
+    if gw.name == "workerd":
+        # One isolate serves both calls: the token is reused, not exchanged per call.
+        assert len(exchanges) == 1, [r["path"] for r in origin.requests()]
 
 
 # ---- MLflow 3.x provider fixtures (no host) ---------------------------------------------------

@@ -169,8 +169,10 @@ impl Clock for MemoryHost {
             *b = x as u8;
         }
     }
+    /// Time jumps ahead, and the task yields once (as a real sleep lets others run).
     async fn sleep(&self, ms: u64) {
         self.advance(ms);
+        yield_once().await;
     }
 }
 

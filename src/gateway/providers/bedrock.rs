@@ -148,20 +148,19 @@ impl Bedrock {
     /// For a role: assumes it unless fresh credentials are cached.
     pub async fn authorize<P: Upstream + Secrets + Clock>(&self, ports: &P, timeout_ms: u64) -> Result<()> {
         let AwsAuth::Role { role_arn, session_secs, caller, credentials } = &self.auth else { return Ok(()) };
-        if credentials.get(ports.now_ms()).is_some() {
-            return Ok(());
-        }
-        let caller = caller.resolve(ports)?;
-        let role = AssumeRole {
-            sts_base: &self.sts_base,
-            region: &self.region,
-            role_arn,
-            duration_secs: *session_secs,
-            caller: &caller,
-        };
-        let (assumed, expires_at) = aws::assume_role(ports, role, timeout_ms).await?;
-        credentials.put(assumed, ports.now_ms(), expires_at);
-        Ok(())
+        credentials
+            .ensure(ports, timeout_ms, || async {
+                let caller = caller.resolve(ports)?;
+                let role = AssumeRole {
+                    sts_base: &self.sts_base,
+                    region: &self.region,
+                    role_arn,
+                    duration_secs: *session_secs,
+                    caller: &caller,
+                };
+                aws::assume_role(ports, role, timeout_ms).await
+            })
+            .await
     }
 
     fn resolve_auth(&self, secrets: &impl Secrets, now_ms: u64) -> Result<Auth> {

@@ -118,20 +118,22 @@ impl Databricks {
         let DatabricksAuth::ServicePrincipal { client_id, client_secret, token } = &self.auth else {
             return Ok(());
         };
-        if token.get(ports.now_ms()).is_some() {
-            return Ok(());
-        }
-        let now_ms = ports.now_ms();
-        let basic =
-            STANDARD.encode(format!("{}:{}", resolve_secret(client_id, ports)?, resolve_secret(client_secret, ports)?));
-        let body = form_encode(&[("grant_type", "client_credentials"), ("scope", "all-apis")]);
-        let builder = form_request(&join_url(&self.host, "oidc/v1/token"))
-            .header(header::AUTHORIZATION, format!("Basic {basic}"));
-        let what = format!("the {} OAuth token exchange", self.name);
-        let answer = send_form(ports, builder, body, timeout_ms, &what).await?;
-        let (access, expires_at) = oauth_token(&answer, now_ms, &what)?;
-        token.put(access, ports.now_ms(), expires_at);
-        Ok(())
+        token
+            .ensure(ports, timeout_ms, || async {
+                let now_ms = ports.now_ms();
+                let basic = STANDARD.encode(format!(
+                    "{}:{}",
+                    resolve_secret(client_id, ports)?,
+                    resolve_secret(client_secret, ports)?
+                ));
+                let body = form_encode(&[("grant_type", "client_credentials"), ("scope", "all-apis")]);
+                let builder = form_request(&join_url(&self.host, "oidc/v1/token"))
+                    .header(header::AUTHORIZATION, format!("Basic {basic}"));
+                let what = format!("the {} OAuth token exchange", self.name);
+                let answer = send_form(ports, builder, body, timeout_ms, &what).await?;
+                oauth_token(&answer, now_ms, &what)
+            })
+            .await
     }
 }
 

@@ -4,13 +4,15 @@
 //! and reused until shortly before it expires; `Provider::authorize` fills it through the
 //! `Upstream` port and `build_request` (synchronous) reads it.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use http::{header, Request};
 use serde_json::Value;
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::ports::Upstream;
+use crate::gateway::ports::{Clock, Upstream};
 use crate::gateway::providers::common::{finish_request, origin_error, xml_text};
 use crate::gateway::util::text::truncate;
 
@@ -30,13 +32,27 @@ struct Cached<T> {
 /// `Provider` `Send + Sync`, as the config's `Arc<Endpoint>` wants.
 pub struct TokenCache<T> {
     slot: Mutex<Option<Cached<T>>>,
+    /// A request is fetching a fresh value: the others wait for it (single flight).
+    in_flight: AtomicBool,
 }
 
 impl<T> Default for TokenCache<T> {
     fn default() -> Self {
-        TokenCache { slot: Mutex::new(None) }
+        TokenCache { slot: Mutex::new(None), in_flight: AtomicBool::new(false) }
     }
 }
+
+/// Clears the in-flight mark when the fetch ends, fails or is dropped (a client that left).
+struct Flight<'a>(&'a AtomicBool);
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// How often a waiting request looks for the fetching one's result.
+const WAIT_STEP_MS: u64 = 10;
 
 impl<T> std::fmt::Debug for TokenCache<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -52,6 +68,35 @@ impl<T: Clone> TokenCache<T> {
     }
 
     /// Caches `value`, valid until `expires_at_ms`.
+    /// Makes sure a fresh value is cached: fetched (`fetch` returns it and when it expires)
+    /// by one request at a time. While one fetches, concurrent requests of the isolate wait
+    /// for its result (up to `timeout_ms`) instead of each making its own exchange; if it
+    /// fails, they fetch themselves.
+    pub async fn ensure<C, F, Fut>(&self, clock: &C, timeout_ms: u64, fetch: F) -> Result<()>
+    where
+        C: Clock,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(T, u64)>>,
+    {
+        if self.get(clock.now_ms()).is_some() {
+            return Ok(());
+        }
+        if self.in_flight.swap(true, Ordering::AcqRel) {
+            let deadline = clock.now_ms().saturating_add(timeout_ms);
+            while self.in_flight.load(Ordering::Acquire) && clock.now_ms() < deadline {
+                clock.sleep(WAIT_STEP_MS).await;
+            }
+            if self.get(clock.now_ms()).is_some() {
+                return Ok(());
+            }
+            self.in_flight.store(true, Ordering::Release);
+        }
+        let _flight = Flight(&self.in_flight);
+        let (value, expires_at_ms) = fetch().await?;
+        self.put(value, clock.now_ms(), expires_at_ms);
+        Ok(())
+    }
+
     pub fn put(&self, value: T, now_ms: u64, expires_at_ms: u64) {
         let life = expires_at_ms.saturating_sub(now_ms);
         let refresh_at_ms = expires_at_ms.saturating_sub(REFRESH_MARGIN_MS.min(life / 2));
@@ -122,14 +167,20 @@ pub async fn send_form<P: Upstream>(
 ) -> Result<Vec<u8>> {
     let request = finish_request(builder, body.into_bytes())?;
     let response = ports.send(request, timeout_ms).await.map_err(|e| {
-        GatewayError::bad_gateway(
-            ErrorCode::OriginUnreachable,
-            format!("{what} failed: {}", truncate(&format!("{e:?}"), 200)),
-        )
+        // The host's reason may name internal addresses: clients get a plain statement.
+        let reason = match e {
+            crate::gateway::ports::UpstreamError::Timeout => "timed out",
+            _ => "could not reach the token endpoint",
+        };
+        GatewayError::bad_gateway(ErrorCode::OriginUnreachable, format!("{what} failed: {reason}"))
     })?;
     let status = response.status();
     let bytes = ports.read_body(response.into_body(), MAX_TOKEN_RESPONSE).await.map_err(|e| {
-        GatewayError::bad_gateway(ErrorCode::OriginBadResponse, format!("{what}: reading the answer failed: {e:?}"))
+        let reason = match e {
+            crate::gateway::ports::UpstreamError::Timeout => "timed out",
+            _ => "the connection failed",
+        };
+        GatewayError::bad_gateway(ErrorCode::OriginBadResponse, format!("{what}: reading the answer failed: {reason}"))
     })?;
     if !status.is_success() {
         // JSON error bodies (OAuth's `error_description`, Google's, Databricks') or AWS's XML.
@@ -177,6 +228,53 @@ mod tests {
         assert_eq!(cache.get(29_999), Some(AccessToken("s".into())));
         assert_eq!(cache.get(30_000), None);
         assert_eq!(format!("{cache:?} {:?}", AccessToken("secret".into())), "TokenCache { .. } AccessToken(..)");
+    }
+
+    /// Concurrent requests of one isolate make one token exchange, not one each; a failed
+    /// exchange lets the next request try again.
+    #[test]
+    fn concurrent_refreshes_make_one_exchange() {
+        use crate::gateway::ports::memory::{block_on, yield_once, MemoryHost};
+        use std::cell::Cell;
+        use std::pin::Pin;
+        use std::task::Poll;
+        let host = MemoryHost::new(|_| Err(crate::gateway::ports::UpstreamError::Timeout));
+        let cache: TokenCache<AccessToken> = TokenCache::default();
+        let exchanges = Cell::new(0);
+        let fetch = || async {
+            exchanges.set(exchanges.get() + 1);
+            yield_once().await; // the exchange takes a while: the others arrive meanwhile
+            Ok((AccessToken("t".into()), host.now_ms() + 3_600_000))
+        };
+        let mut calls: Vec<Pin<Box<dyn Future<Output = Result<()>> + '_>>> =
+            (0..5).map(|_| Box::pin(cache.ensure(&host, 5_000, fetch)) as Pin<Box<dyn Future<Output = _>>>).collect();
+        let mut done = vec![false; calls.len()];
+        block_on(std::future::poll_fn(|cx| {
+            for (call, done) in calls.iter_mut().zip(done.iter_mut()) {
+                if !*done {
+                    if let Poll::Ready(result) = call.as_mut().poll(cx) {
+                        result.unwrap();
+                        *done = true;
+                    }
+                }
+            }
+            if done.iter().all(|d| *d) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }));
+        assert_eq!(exchanges.get(), 1, "one exchange for five concurrent requests");
+        assert_eq!(cache.get(host.now_ms()), Some(AccessToken("t".into())));
+
+        let failing: TokenCache<AccessToken> = TokenCache::default();
+        let e = block_on(failing.ensure(&host, 5_000, || async {
+            Err::<(AccessToken, u64), _>(GatewayError::bad_gateway(ErrorCode::OriginUnreachable, "down"))
+        }));
+        assert!(e.is_err());
+        block_on(failing.ensure(&host, 5_000, || async { Ok((AccessToken("u".into()), host.now_ms() + 60_000)) }))
+            .unwrap();
+        assert_eq!(failing.get(host.now_ms()), Some(AccessToken("u".into())));
     }
 
     #[test]

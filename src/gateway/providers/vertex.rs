@@ -161,13 +161,12 @@ impl VertexAi {
 
     /// Fetches an access token unless a fresh one is cached.
     pub async fn authorize<P: Upstream + Secrets + Clock>(&self, ports: &P, timeout_ms: u64) -> Result<()> {
-        if self.token.get(ports.now_ms()).is_some() {
-            return Ok(());
-        }
-        let account = ServiceAccount::parse(&resolve_secret(&self.credentials, ports)?)?;
-        let (token, expires_at) = google_auth::exchange(ports, &account, CLOUD_PLATFORM_SCOPE, timeout_ms).await?;
-        self.token.put(token, ports.now_ms(), expires_at);
-        Ok(())
+        self.token
+            .ensure(ports, timeout_ms, || async {
+                let account = ServiceAccount::parse(&resolve_secret(&self.credentials, ports)?)?;
+                google_auth::exchange(ports, &account, CLOUD_PLATFORM_SCOPE, timeout_ms).await
+            })
+            .await
     }
 
     fn prefix(&self) -> String {

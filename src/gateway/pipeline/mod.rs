@@ -2,10 +2,11 @@
 //! shape of pingora's `ProxyHttp`, as plain functions. `Gateway::handle` routes a request;
 //! `Gateway::invoke` is a model call, and reads as its phase list:
 //!
-//! resolve → authenticate → prepare → admit → recall → cache_lookup → choose_origins → forward →
-//! respond → (account)
+//! resolve → authenticate → recall → prepare → admit → cache_lookup → choose_origins → forward
+//! → respond → (account)
 //!
-//! (`recall` is the Responses API's stored-response step: a no-op for other dialects.)
+//! (`recall` is the Responses API's stored-response step: a no-op for other dialects. `admit`
+//! runs after `prepare`, so it reserves what the request will really ask for.)
 //!
 //! The host only supplies ports and moves bytes in and out; `account` runs after the response
 //! is sent, when the host says (`Deferred::complete`).

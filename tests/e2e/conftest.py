@@ -36,6 +36,7 @@ SECRETS = {
     "BEDROCK_API_KEY": PROVIDER_SECRET + "-bedrock",
     "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
     "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+    "AWS_BAD_SECRET": "not-the-secret",  # fam-bedrock-badsig: a secret AWS does not accept
     "OTLP_AUTH": "Bearer " + OTLP_SECRET,  # the collector credential (telemetry.headers)
     "MCP_FILES_TOKEN": MCP_FILES_TOKEN,
 }
@@ -126,6 +127,7 @@ def otlp():
     receiver.close()
 
 
+@pytest.fixture(scope="session")
 def mcp_upstreams(workdir):
     """The two upstream MCP servers (official Python SDK, Streamable HTTP): `tools` and `files`."""
     servers = {"tools": McpUpstream(workdir, "tools"), "files": McpUpstream(workdir, "files", token=MCP_FILES_TOKEN)}

@@ -191,7 +191,8 @@ impl kv::GuestStore for FileStore {
         let entries = fs::read_dir(&self.dir).map_err(|e| other("cannot list", &self.dir, e))?;
         let mut keys = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| other("cannot list", &self.dir, e))?;
+            // An entry renamed or deleted by a concurrent write while listing is no key.
+            let Ok(entry) = entry else { continue };
             // Temp files, stray files and non-UTF-8 names simply are not keys.
             if let Some(key) = entry.file_name().to_str().and_then(hex_decode) {
                 keys.push(key);

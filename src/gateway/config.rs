@@ -518,11 +518,25 @@ impl Config {
     }
 }
 
-/// Whether a provider config key names a credential (`*key*`, `*secret*`, `*token*`,
-/// `*password*`, `*credential*`).
+/// Whether a config key names a credential: one of its words (split at `_`, `-`, `.` and
+/// camelCase) is key, secret, token, password, credential(s) or bearer — `openai_api_key`,
+/// `aws_secret_access_key`, `apiKey`, `vertex_credentials`, but not `portkey_provider`.
 pub fn is_secret_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    ["key", "secret", "token", "password", "credential", "bearer"].iter().any(|s| lower.contains(s))
+    const WORDS: [&str; 8] = ["key", "apikey", "secret", "token", "password", "credential", "credentials", "bearer"];
+    let mut word = String::new();
+    let mut words = Vec::new();
+    let mut previous_lower = false;
+    for c in name.chars() {
+        if matches!(c, '_' | '-' | '.' | ' ') || (c.is_ascii_uppercase() && previous_lower) {
+            words.push(std::mem::take(&mut word));
+        }
+        if c.is_ascii_alphanumeric() {
+            word.push(c.to_ascii_lowercase());
+        }
+        previous_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+    }
+    words.push(word);
+    words.iter().any(|w| WORDS.contains(&w.as_str()) || WORDS.iter().any(|s| w.strip_suffix('s') == Some(s)))
 }
 
 /// Credential-named values under `model.config` of every endpoint (and legacy route) that are
@@ -754,6 +768,31 @@ fn valid_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::is_secret_name;
+
+    #[test]
+    fn secret_names_are_whole_words() {
+        for name in [
+            "openai_api_key",
+            "aws_secret_access_key",
+            "apiKey",
+            "api-key",
+            "vertex_credentials",
+            "bearer",
+            "Token",
+            "client_secret",
+            "databricks_token",
+            "password",
+            "x-api-key",
+            "aws_bearer_token",
+        ] {
+            assert!(is_secret_name(name), "{name}");
+        }
+        for name in ["portkey_provider", "model", "api_base", "monkey", "keyed", "authorization", "tokenizer"] {
+            assert!(!is_secret_name(name), "{name}");
+        }
+    }
+
     use super::*;
     use serde_json::json;
 

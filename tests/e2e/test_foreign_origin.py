@@ -545,3 +545,40 @@ def test_origin_models_and_auth(py_origin):
     assert ok.json()["object"] == "list" and [m["id"] for m in ok.json()["data"]] == ["py-gpt", "py-embedder"]
     denied = requests.get(f"{py_origin.url}/v1/models", headers={"authorization": "Bearer wrong"}, timeout=5)
     assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_origin_calls_a_tool_only_as_the_mock_does(py_origin):
+    """Tools declared, `tool_choice` not "none", and the conversation ends with user text that
+    says "call tool": then (and only then) a call; streamed, the arguments come in deltas."""
+    def chat(**body):
+        body = {"model": "m", "messages": [{"role": "user", "content": "Please CALL TOOL"}], "tools": [CHAT_TOOL],
+                **body}
+        return requests.post(f"{py_origin.url}/v1/chat/completions", json=body, timeout=5,
+                             headers={"authorization": f"Bearer {PROVIDER_SECRET}"})
+
+    choice = chat().json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    [call] = choice["message"]["tool_calls"]
+    assert call["function"] == {"name": "lookup", "arguments": '{"text":"Please CALL TOOL"}'}
+    assert chat(tools=[]).json()["choices"][0]["finish_reason"] == "stop"
+    assert chat(tool_choice="none").json()["choices"][0]["finish_reason"] == "stop"
+    after_result = [{"role": "user", "content": "Please CALL TOOL"},
+                    {"role": "assistant", "content": None, "tool_calls": [call]},
+                    {"role": "tool", "tool_call_id": call["id"], "content": "42"}]
+    answered = chat(messages=after_result).json()
+    assert answered["choices"][0]["message"]["content"] == f"{ANSWER_PREFIX} Please CALL TOOL"
+    assert answered["usage"]["prompt_tokens"] == 4  # "Please CALL TOOL" + "42"
+
+    streamed = chat(stream=True, stream_options={"include_usage": True}, messages=[
+        {"role": "user", "content": [{"type": "text", "text": "call tool please"}]}])
+    assert streamed.headers["content-type"] == "text/event-stream"
+    events = [json.loads(line[6:]) for line in streamed.text.split("\n\n") if line.startswith("data: {")]
+    assert streamed.text.endswith("data: [DONE]\n\n")
+    head = events[0]["choices"][0]["delta"]["tool_calls"][0]
+    tool_call_id_ok(head["id"])
+    assert (head["index"], head["type"], head["function"]) == (0, "function", {"name": "lookup", "arguments": ""})
+    pieces = [e["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] for e in events[1:-2]]
+    assert "".join(pieces) == '{"text":"call tool please"}' and len(pieces) == 3
+    assert events[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    assert events[-1]["choices"] == [] and events[-1]["usage"] == {
+        "prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}

@@ -35,11 +35,11 @@ ALLOW_MISSING_TOOLS = os.environ.get("EGW_E2E_ALLOW_MISSING_TOOLS") == "1"
 
 def missing_tool(what: str) -> None:
     """A tool the suite needs is not installed: fail (skip only when explicitly allowed)."""
-    message = (f"{what} is not installed: run scripts/setup (it installs Debian's prometheus, chromium and "
-               f"chromium-driver, and Selenium in the venv); set EGW_E2E_ALLOW_MISSING_TOOLS=1 to skip instead")
+    message = (f"{what} is missing: run scripts/setup (it installs Debian's prometheus, chromium and "
+               f"chromium-driver, and Selenium in the venv)")
     if ALLOW_MISSING_TOOLS:
-        pytest.skip(message)
-    pytest.fail(message, pytrace=False)
+        pytest.skip(f"{message} [skipped: EGW_E2E_ALLOW_MISSING_TOOLS=1]")
+    pytest.fail(f"{message}; set EGW_E2E_ALLOW_MISSING_TOOLS=1 to skip instead", pytrace=False)
 
 
 def require_binary(name: str) -> str:
@@ -355,6 +355,14 @@ def wait_for(driver, predicate, timeout=20.0):
     return value
 
 
+def click(driver, element):
+    """Clicks `element` after scrolling it to the middle of the window (the sticky header and
+    nav would otherwise cover it); returns it."""
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+    element.click()
+    return element
+
+
 def _try(f):
     try:
         return f()
@@ -412,7 +420,7 @@ def test_console_in_chromium(gw, origin, request):
     d.get(gw.base_url + "/admin/ui")
     assert d.find_element(By.ID, "login").is_displayed()
     d.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
-    d.find_element(By.CSS_SELECTOR, "#login-form button[type=submit]").click()
+    click(d, d.find_element(By.CSS_SELECTOR, "#login-form button[type=submit]"))
     wait_for(d, lambda: d.find_element(By.ID, "app").is_displayed())
     assert ADMIN_TOKEN not in d.current_url
     assert d.execute_script("return sessionStorage.getItem('egw-admin-token')") == ADMIN_TOKEN
@@ -433,19 +441,19 @@ def test_console_in_chromium(gw, origin, request):
     form.find_element(By.NAME, "tenant").send_keys(made)
     form.find_element(By.NAME, "name").send_keys("from the console")
     form.find_element(By.NAME, "endpoints").send_keys("keyed-chat")
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    click(d, form.find_element(By.CSS_SELECTOR, "button[type=submit]"))
     new_key = wait_for(d, lambda: d.find_element(By.ID, "new-key-value").text.strip() or None)
     assert new_key.startswith("egw_")
     listed = api.keys(tenant=made)
     assert len(listed) == 1 and listed[0]["endpoints"] == ["keyed-chat"] and listed[0]["state"] == "active"
     key_id = listed[0]["id"]
     assert chat(gw, new_key).choices, "the key the console showed works"
-    d.find_element(By.ID, "new-key-done").click()
+    click(d, d.find_element(By.ID, "new-key-done"))
     assert new_key not in d.page_source, "shown once"
     d.execute_script("window.confirm = () => true;")
     key_row = lambda: d.find_element(By.CSS_SELECTOR, f'#key-table tr[data-key="{key_id}"]')  # noqa: E731
 
-    wait_for(d, key_row).find_element(By.CSS_SELECTOR, "button[data-action=rotate]").click()
+    click(d, wait_for(d, key_row).find_element(By.CSS_SELECTOR, "button[data-action=rotate]"))
     rotated_at = time.time()
     rotated = wait_for(d, lambda: d.find_element(By.ID, "new-key-value").text.strip() or None)
     assert rotated.startswith("egw_") and rotated != new_key
@@ -454,11 +462,11 @@ def test_console_in_chromium(gw, origin, request):
     assert [(k["id"], k["state"]) for k in listed] == [(key_id, "active")], "rotation keeps the record"
     assert post_chat(gw, rotated).status_code == 200, "the rotated key the console showed works"
     refused_within_memo_bound(gw, new_key, rotated_at, "the key before rotation")
-    d.find_element(By.ID, "new-key-done").click()
+    click(d, d.find_element(By.ID, "new-key-done"))
     assert rotated not in d.page_source, "shown once"
 
     wait_for(d, lambda: key_row().get_attribute("data-state") == "active")
-    key_row().find_element(By.CSS_SELECTOR, "button[data-action=revoke]").click()
+    click(d, key_row().find_element(By.CSS_SELECTOR, "button[data-action=revoke]"))
     revoked_at = time.time()
     wait_for(d, lambda: key_row().get_attribute("data-state") == "revoked")
     assert not key_row().find_elements(By.CSS_SELECTOR, "button"), "no actions on a revoked key"
@@ -471,7 +479,7 @@ def test_console_in_chromium(gw, origin, request):
     row = wait_for(d, request_row)
     cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
     assert cells[:4] == [request_id, asker_name, "id-gated", reason], cells
-    row.find_element(By.CSS_SELECTOR, "button[data-action=approve]").click()
+    click(d, row.find_element(By.CSS_SELECTOR, "button[data-action=approve]"))
     wait_for(d, lambda: d.find_element(By.ID, "status").text == f"{request_id}: approved.")
     wait_for(d, lambda: not d.find_elements(By.CSS_SELECTOR, f'#access-body tr[data-request="{request_id}"]'))
     decided = api.request("GET", f"/admin/access-requests/{request_id}", expect=200).json()
@@ -506,12 +514,12 @@ def test_console_in_chromium(gw, origin, request):
         assert api.request("POST", "/admin/config", base, expect=200).json()["version"] == base_version
         assert api.request("POST", "/admin/config", changed, expect=200).json()["previous"] == base_version
         assert wait_until(lambda: "console-extra" in models(), timeout=15)
-        d.find_element(By.ID, "usage-refresh").click()  # reloads every section
+        click(d, d.find_element(By.ID, "usage-refresh"))  # reloads every section
         wait_for(d, lambda: d.find_element(By.ID, "config-version").text == changed["version"])
         wait_for(d, lambda: "console-extra" in shown_endpoints())
         assert d.find_element(By.CSS_SELECTOR, f'#version-table tr[data-version="{changed["version"]}"]').text \
             .endswith("active")
-        wait_for(d, lambda: version_button(base_version)).click()
+        click(d, wait_for(d, lambda: version_button(base_version)))
         wait_for(d, lambda: d.find_element(By.ID, "config-version").text == base_version)
         assert d.find_element(By.ID, "status").text == f"Rolled back to {base_version}."
         versions = api.request("GET", "/admin/config/versions", expect=200).json()
@@ -548,5 +556,5 @@ def test_console_in_chromium(gw, origin, request):
     print(f"console screenshot: {shot}")
 
     # Sign out forgets the token.
-    d.find_element(By.ID, "logout").click()
+    click(d, d.find_element(By.ID, "logout"))
     assert d.execute_script("return sessionStorage.getItem('egw-admin-token')") is None

@@ -212,10 +212,17 @@ def test_bedrock_bad_checksum_ends_the_stream_with_an_error(oai, origin):
     assert "checksum mismatch" in str(err.value)
 
 
-def test_bedrock_wrong_signature_is_refused_by_the_origin(oai):
-    with pytest.raises(openai.PermissionDeniedError) as err:
+def test_bedrock_wrong_signature_is_refused_by_the_origin(oai, origin):
+    """The mock checks SigV4 and answers 403; an origin's 401/403 concerns the gateway's own
+    credential, so the client gets a 502 origin_auth_failed without the origin's text."""
+    with pytest.raises(openai.InternalServerError) as err:
         oai.chat.completions.create(model="fam-bedrock-badsig", messages=MESSAGES)
-    assert "signature we calculated does not match" in str(err.value)
+    assert err.value.status_code == 502
+    assert err.value.body["code"] == "origin_auth_failed" and "(HTTP 403)" in err.value.body["message"]
+    assert "signature" not in str(err.value).lower()
+    sent = requests_to(origin, "/model/")
+    assert len(sent) == 1, "refused, not retried"
+    check_signed(sent[0], "AKIDEXAMPLE")
 
 
 def test_bedrock_role_assumed_through_sts(gw, oai, origin):

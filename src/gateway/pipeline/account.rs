@@ -14,9 +14,11 @@ use crate::gateway::features::telemetry::{
 use crate::gateway::features::usage::{charged_usage, Accounting, Outcome};
 use crate::gateway::features::{cache, housekeeping};
 use crate::gateway::pipeline::log::LogRecord;
+use crate::gateway::pipeline::stream::Captured;
 use crate::gateway::pipeline::stream::StreamSummary;
 use crate::gateway::ports::Ports;
 use crate::gateway::types::{Operation, Usage};
+use crate::gateway::wire::openai::{openai_usage, sse_to_completion};
 
 /// The tenant label of keyless calls to public endpoints (`context::PUBLIC_TENANT`, which this
 /// module cannot name without an import cycle; a test keeps the two equal).
@@ -38,6 +40,9 @@ pub struct Pending {
     pub cache_fill: Option<(String, Vec<u8>, u64)>,
     /// A Responses API response to store (once it is known, for streams at their end).
     pub keep: Option<Keep>,
+    /// A deterministic streamed answer to store once its stream completed: (KV key, the entry
+    /// without its body, the stream's OpenAI chunks as the pump captured them).
+    pub cache_stream: Option<(String, cache::Entry, Captured)>,
 }
 
 /// What observability needs beyond the log line, gathered as the request runs.
@@ -131,6 +136,14 @@ impl Deferred {
                 self.log.cache_error = Some(e.code);
             }
         }
+        if let (Some((key, entry, captured)), Some(summary)) = (self.pending.cache_stream.take(), stream) {
+            let sse = captured.borrow_mut().take();
+            if let Some(entry) = sse.filter(|_| summary.completed).and_then(|sse| streamed_entry(entry, &sse)) {
+                if let Err(e) = ports.put(&key, &entry.encode(), Some(entry.ttl_secs)).await {
+                    self.log.cache_error = Some(e.code);
+                }
+            }
+        }
         if let Some(keep) = self.pending.keep.take() {
             if let Some((key, record)) = keep.encode() {
                 if let Err(e) = ports.put(&key, &record, Some(keep.ttl_secs)).await {
@@ -172,6 +185,18 @@ impl Deferred {
         let observe = record(&self.log, &self.observed, admitted, end_ms, ports);
         Ok((self.log, observe))
     }
+}
+
+/// A completed stream's answer as a cache entry: its chunks assembled into the answer they
+/// stream (`None` if the stream did not finish the answer).
+fn streamed_entry(mut entry: cache::Entry, openai_sse: &[u8]) -> Option<cache::Entry> {
+    let (answer, complete) = sse_to_completion(entry.op, openai_sse);
+    if !complete {
+        return None;
+    }
+    entry.usage = answer.get("usage").and_then(openai_usage).or(entry.usage);
+    entry.body = serde_json::to_vec(&answer).ok()?;
+    Some(entry)
 }
 
 /// Records the request into the isolate's tallies (model calls and errors) and telemetry.

@@ -14,7 +14,7 @@ use crate::gateway::features::{cache, guard, limits, normalize, telemetry, templ
 use crate::gateway::forward::{self, Attempt, Forwarded, Retarget};
 use crate::gateway::pipeline::context::{ClientInfo, ModelCall, RequestContext};
 use crate::gateway::pipeline::respond::{json_bytes, retry_after, sse_response, ResponseBody};
-use crate::gateway::pipeline::stream::{Stage, StreamCap, StreamPump};
+use crate::gateway::pipeline::stream::{Captured, Stage, StreamCap, StreamPump};
 use crate::gateway::ports::Ports;
 use crate::gateway::providers::adapter::{Reply, StreamMode};
 use crate::gateway::providers::StreamDecoder;
@@ -363,11 +363,25 @@ pub async fn respond<P: Ports>(
             return guarded_stream(ports, ctx, call, first, decoder, upstream_body).await;
         }
         let client = client_stage.map(Stage::Client);
-        let pump = StreamPump::new(std::iter::once(first).chain(client).collect())
+        let mut pump = StreamPump::new(std::iter::once(first).chain(client).collect())
             .with_decoder(decoder)
             .metered(call.prompt_estimate)
             .with_cap(stream_cap(ctx))
             .with_idle_timeout(call.config.settings.origin_timeout_ms);
+        if let Some(key) = &call.cache_key {
+            // A deterministic stream fills the cache once it completes (see `account`).
+            let captured: Captured = std::rc::Rc::new(std::cell::RefCell::new(Some(Vec::new())));
+            pump = pump.capturing(captured.clone(), call.config.settings.max_response_bytes);
+            let entry = cache::Entry {
+                created_ms: upstream.now_ms,
+                ttl_secs: endpoint.cache.ttl_secs,
+                endpoint: endpoint.name.clone(),
+                op: call.op,
+                body: Vec::new(),
+                usage: None,
+            };
+            ctx.pending.cache_stream = Some((key.clone(), entry, captured));
+        }
         return Ok(client_stream(ctx, ResponseBody::Stream(upstream_body, pump)));
     }
 

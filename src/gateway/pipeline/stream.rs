@@ -5,6 +5,9 @@
 //! stage N+1's input. That composes, e.g., Gemini → OpenAI chunks → Anthropic events for an
 //! Anthropic client of a Gemini endpoint, with each translator written once.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use serde_json::{json, Value};
 
 use crate::gateway::dialect::ClientStream;
@@ -204,6 +207,28 @@ pub struct StreamPump {
     meter: Option<Box<Meter>>,
     cap: Option<Box<StreamCap>>,
     idle_timeout_ms: u64,
+    capture: Option<Box<Capture>>,
+}
+
+/// The first stage's OpenAI chunks, kept (up to `limit` bytes) for the cache: shared with the
+/// after-response work, which stores the assembled answer if the stream completed.
+pub type Captured = Rc<RefCell<Option<Vec<u8>>>>;
+
+struct Capture {
+    into: Captured,
+    limit: usize,
+}
+
+impl Capture {
+    fn feed(&self, bytes: &[u8]) {
+        let mut slot = self.into.borrow_mut();
+        let over = slot.as_ref().is_some_and(|kept| kept.len() + bytes.len() > self.limit);
+        if over {
+            *slot = None; // too long to cache: nothing is stored
+        } else if let Some(kept) = slot.as_mut() {
+            kept.extend_from_slice(bytes);
+        }
+    }
 }
 
 /// How long a host waits for the origin's next chunk before ending the stream (`idle`) when
@@ -221,7 +246,15 @@ impl StreamPump {
             meter: None,
             cap: None,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            capture: None,
         }
+    }
+
+    /// Keeps the first stage's output (OpenAI chunks) in `into`, up to `limit` bytes, so a
+    /// completed deterministic stream can fill the cache.
+    pub fn capturing(mut self, into: Captured, limit: usize) -> Self {
+        self.capture = Some(Box::new(Capture { into, limit }));
+        self
     }
 
     /// An origin's stream: counted as it goes (its first stage outputs OpenAI chunks), with the
@@ -291,6 +324,9 @@ impl StreamPump {
                 if let Some(meter) = &mut self.meter {
                     meter.feed(&out);
                 }
+                if let Some(capture) = &self.capture {
+                    capture.feed(&out);
+                }
             }
             data = out;
         }
@@ -340,6 +376,9 @@ impl StreamPump {
             if i == 0 {
                 if let Some(meter) = &mut self.meter {
                     meter.feed(&out);
+                }
+                if let Some(capture) = &self.capture {
+                    capture.feed(&out);
                 }
             }
             data = out;

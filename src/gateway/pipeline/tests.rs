@@ -762,3 +762,58 @@ fn a_store_without_ttls_is_swept() {
     .unwrap();
     assert_eq!(usage["total"]["requests"], 200, "{usage}");
 }
+
+/// A deterministic stream fills the cache once it completes: the same request again is a hit
+/// (replayed as a stream, without calling the origin); a cut stream fills nothing.
+#[test]
+fn a_completed_deterministic_stream_fills_the_cache() {
+    let cut = std::rc::Rc::new(std::cell::Cell::new(false));
+    let origin_cut = cut.clone();
+    let host = MemoryHost::new(move |_| {
+        let mut events = vec![chunk("streamed ", None), chunk("answer", Some("stop"))];
+        events.push(json!({"id": "s", "object": "chat.completion.chunk", "choices": [],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}));
+        if origin_cut.get() {
+            events.truncate(1);
+        }
+        Ok(sse_response(&events, !origin_cut.get()))
+    })
+    .with_secret("OPENAI_API_KEY", "sk-secret-value")
+    .with_kv(ACTIVE_KEY, CONFIG);
+    let stream = |content: &str| {
+        let body = json!({"model": "chat", "temperature": 0, "stream": true,
+            "messages": [{"role": "user", "content": content}]});
+        let mut exchange = block_on(Gateway::new().handle(
+            &host,
+            post("/v1/chat/completions", &body.to_string()),
+            &ClientInfo::default(),
+        ));
+        let cache = exchange.response.headers().get("x-gateway-cache").map(|v| v.to_str().unwrap().to_string());
+        let (text, summary) = match std::mem::replace(exchange.response.body_mut(), ResponseBody::Full(Vec::new())) {
+            ResponseBody::Full(bytes) => (String::from_utf8(bytes).unwrap(), None),
+            ResponseBody::Stream(origin, mut pump) => {
+                let mut out = pump.chunk(&origin);
+                out.extend(pump.end());
+                (String::from_utf8(out).unwrap(), Some(pump.summary()))
+            }
+        };
+        block_on(exchange.deferred.complete(&host, summary));
+        (cache, text)
+    };
+    let (first, text) = stream("fill me");
+    assert_eq!(first.as_deref(), Some("MISS"));
+    assert!(text.contains("streamed ") && text.contains("answer"));
+    let (second, replay) = stream("fill me");
+    assert_eq!(second.as_deref(), Some("HIT"), "the completed stream was stored");
+    assert_eq!(host.sent.borrow().len(), 1, "the hit did not call the origin");
+    let events = crate::gateway::test_util::parse_sse(replay.as_bytes());
+    let text: String =
+        events.iter().filter_map(|(_, e)| e["choices"][0]["delta"]["content"].as_str().map(str::to_owned)).collect();
+    assert_eq!(text, "streamed answer");
+
+    cut.set(true);
+    let (miss, _) = stream("cut me");
+    assert_eq!(miss.as_deref(), Some("MISS"));
+    let (again, _) = stream("cut me");
+    assert_eq!(again.as_deref(), Some("MISS"), "a cut stream is not cached");
+}

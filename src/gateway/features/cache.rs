@@ -202,6 +202,8 @@ pub enum Status {
     Hit,
     Miss,
     Bypass,
+    /// Answered with an identical in-flight request's answer (`features::coalesce`).
+    Coalesced,
 }
 
 impl Status {
@@ -210,6 +212,7 @@ impl Status {
             Status::Hit => "HIT",
             Status::Miss => "MISS",
             Status::Bypass => "BYPASS",
+            Status::Coalesced => "COALESCED",
         }
     }
 }

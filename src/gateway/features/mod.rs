@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod cache;
+pub mod coalesce;
 pub mod guard;
 pub mod housekeeping;
 pub mod identity;

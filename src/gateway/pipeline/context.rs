@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use crate::gateway::auth::AuthMemo;
 use crate::gateway::config::{Config, Endpoint};
 use crate::gateway::dialect::Dialect;
+use crate::gateway::features::coalesce::{InFlight, Leader};
 use crate::gateway::features::keys::KeyRecord;
 use crate::gateway::features::limits::Limiter;
 use crate::gateway::features::telemetry::{TallyBook, Telemetry};
@@ -43,6 +44,8 @@ pub struct IsolateState {
     pub tally: Rc<TallyBook>,
     pub telemetry: Rc<Telemetry>,
     pub mcp: McpState,
+    /// Deterministic requests on their way to an origin (`features::coalesce`).
+    pub in_flight: Rc<InFlight>,
 }
 
 /// One request on its way through the phases.
@@ -87,6 +90,9 @@ pub struct ModelCall {
     /// The client asked for the stream's usage chunk (`stream_options.include_usage`); the
     /// origin is always asked.
     pub client_wants_usage: bool,
+    /// This call leads an origin call identical ones wait for (`coalesce`): its answer is
+    /// shared when it comes; dropping the call ends the flight.
+    pub lead: Option<Leader>,
 }
 
 impl ModelCall {

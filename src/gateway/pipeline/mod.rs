@@ -2,8 +2,8 @@
 //! shape of pingora's `ProxyHttp`, as plain functions. `Gateway::handle` routes a request;
 //! `Gateway::invoke` is a model call, and reads as its phase list:
 //!
-//! resolve → authenticate → recall → prepare → admit → cache_lookup → choose_origins → forward
-//! → respond → (account)
+//! resolve → authenticate → recall → prepare → admit → cache_lookup → coalesce → choose_origins
+//! → forward → respond → (account)
 //!
 //! (`recall` is the Responses API's stored-response step: a no-op for other dialects. `admit`
 //! runs after `prepare`, so it reserves what the request will really ask for.)
@@ -292,6 +292,9 @@ async fn invoke<P: Ports>(
     phases::admit(ports, ctx, &mut call).await?;
     if let Some(hit) = phases::cache_lookup(ports, ctx, &mut call).await? {
         return Ok(hit);
+    }
+    if let Some(shared) = phases::coalesce(ports, ctx, &mut call).await? {
+        return Ok(shared);
     }
     let endpoint = Arc::clone(&call.endpoint);
     let origins = phases::choose_origins(ctx, &mut call, &endpoint)?;

@@ -9,6 +9,7 @@ use crate::gateway::auth;
 use crate::gateway::config::{Config, Endpoint, Origin};
 use crate::gateway::dialect::{responses, ClientRequest};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
+use crate::gateway::features::coalesce::{InFlight, Joined};
 use crate::gateway::features::usage::{self, Accounting};
 use crate::gateway::features::{cache, guard, limits, normalize, telemetry, template};
 use crate::gateway::forward::{self, Attempt, Forwarded, Retarget};
@@ -59,6 +60,7 @@ pub fn resolve(
         pin: None,
         prompt_estimate: 0,
         client_wants_usage: false,
+        lead: None,
     })
 }
 
@@ -178,6 +180,30 @@ pub async fn cache_lookup<P: Ports, B>(
     ctx.log.cache = Some(cache::Status::Miss.as_str());
     call.cache_key = directive.fill().then_some(key);
     Ok(None)
+}
+
+/// Coalesce: a deterministic call identical to one in flight in this isolate waits for that
+/// call's answer (`Some`: answered like a cache hit, `x-gateway-cache: COALESCED`, and
+/// accounted as its own request with the answer's usage); otherwise it leads, and its answer
+/// is shared when it comes. Streams neither wait nor lead.
+pub async fn coalesce<P: Ports, B>(
+    ports: &P,
+    ctx: &mut RequestContext<'_>,
+    call: &mut ModelCall,
+) -> Result<Option<Response<ResponseBody<B>>>> {
+    let Some(key) = call.cache_key.as_deref().filter(|_| !call.stream) else { return Ok(None) };
+    let flight = match InFlight::join(&ctx.state.in_flight, key) {
+        Joined::Lead(leader) => {
+            call.lead = Some(leader);
+            return Ok(None);
+        }
+        Joined::Follow(flight) => flight,
+    };
+    let Some(entry) = flight.wait(ports, call.config.settings.origin_timeout_ms).await else { return Ok(None) };
+    ctx.log.cache = Some(cache::Status::Coalesced.as_str());
+    ctx.log.set_usage(entry.usage);
+    call.cache_key = None; // the leader fills the cache
+    answer_from_cache(ctx, call, &entry).map(Some)
 }
 
 fn cache_key(call: &ModelCall) -> String {
@@ -416,6 +442,9 @@ pub async fn respond<P: Ports>(
             usage,
         };
         ctx.pending.cache_fill = Some((key.clone(), entry.encode(), endpoint.cache.ttl_secs));
+        if let Some(leader) = &call.lead {
+            leader.publish(entry);
+        }
     }
     if call.stream && matches!(call.op, Operation::Chat | Operation::Completions) && !passthrough {
         // The origin could not stream: replay the whole answer as the stream the client expects.

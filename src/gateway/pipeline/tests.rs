@@ -817,3 +817,53 @@ fn a_completed_deterministic_stream_fills_the_cache() {
     let (again, _) = stream("cut me");
     assert_eq!(again.as_deref(), Some("MISS"), "a cut stream is not cached");
 }
+
+/// Identical deterministic requests in flight together make one origin call: the others wait
+/// for its answer (`x-gateway-cache: COALESCED`), and each request is accounted with the
+/// answer's usage.
+#[test]
+fn identical_concurrent_requests_share_one_origin_call() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+    let host = MemoryHost::new(|_| Ok(completion(7, 3)))
+        .with_secret("OPENAI_API_KEY", "sk-secret-value")
+        .with_kv(ACTIVE_KEY, CONFIG);
+    host.kv_yield.set(true); // every KV call lets the other requests run: they overlap
+    let gateway = Gateway::new();
+    let body = r#"{"model":"chat","temperature":0,"messages":[{"role":"user","content":"together"}]}"#;
+    let client = ClientInfo::default();
+    type Call<'a> = Pin<Box<dyn Future<Output = Exchange<Vec<u8>>> + 'a>>;
+    let mut calls: Vec<Call<'_>> = (0..5)
+        .map(|_| {
+            Box::pin(gateway.handle(&host, post("/v1/chat/completions", body), &client))
+                as Pin<Box<dyn Future<Output = _>>>
+        })
+        .collect();
+    let mut exchanges: Vec<Option<Exchange<Vec<u8>>>> = (0..5).map(|_| None).collect();
+    block_on(std::future::poll_fn(|cx| {
+        for (call, slot) in calls.iter_mut().zip(exchanges.iter_mut()) {
+            if slot.is_none() {
+                if let Poll::Ready(exchange) = call.as_mut().poll(cx) {
+                    *slot = Some(exchange);
+                }
+            }
+        }
+        if exchanges.iter().all(Option::is_some) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }));
+    assert_eq!(host.sent.borrow().len(), 1, "one origin call for five identical requests");
+    let mut statuses = Vec::new();
+    for exchange in exchanges.into_iter().flatten() {
+        assert_eq!(exchange.response.status(), StatusCode::OK);
+        statuses.push(exchange.response.headers()["x-gateway-cache"].to_str().unwrap().to_string());
+        let line: Value = serde_json::from_str(&block_on(exchange.deferred.complete(&host, None))).unwrap();
+        assert_eq!(line["total_tokens"], 10, "each request is accounted: {line}");
+    }
+    statuses.sort();
+    assert_eq!(statuses, ["COALESCED", "COALESCED", "COALESCED", "COALESCED", "MISS"]);
+    assert!(gateway.state.in_flight.is_empty(), "the flight ended with its leader");
+}

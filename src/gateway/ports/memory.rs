@@ -27,8 +27,8 @@ pub struct MemoryHost {
     /// KV operations on keys starting with any of these prefixes fail as a host's would
     /// (`""` fails them all): transient-error tests.
     pub kv_fail: RefCell<Vec<String>>,
-    /// Every KV operation is pending once before it completes, so concurrent requests
-    /// interleave at each await (as in an isolate).
+    /// Every KV operation and origin call is pending once before it completes, so concurrent
+    /// requests interleave at each await (as in an isolate).
     pub kv_yield: Cell<bool>,
     /// Like Spin: no in-memory state between requests (`Counter::keeps_state` is false), and
     /// exact counting by the KV lock.
@@ -133,6 +133,9 @@ impl Upstream for MemoryHost {
         request: Request<Vec<u8>>,
         _timeout_ms: u64,
     ) -> std::result::Result<Response<Vec<u8>>, UpstreamError> {
+        if self.kv_yield.get() {
+            yield_once().await;
+        }
         let response = (self.origin)(&request);
         if self.record {
             self.sent.borrow_mut().push(request);

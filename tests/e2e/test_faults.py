@@ -2,7 +2,9 @@
 both hosts — a status with the JSON error, or a clean SSE close — with no panic and nothing
 hanging past the deadline."""
 import concurrent.futures
+import contextlib
 import json
+import sqlite3
 import time
 
 import openai
@@ -176,3 +178,104 @@ def test_client_disconnect_mid_stream_records_partial_usage(gw, origin):
     while origin.stats()["streams_abandoned"] == 0 and time.time() < deadline:
         time.sleep(0.2)
     assert origin.stats()["streams_abandoned"] == 1
+
+
+# --- KV faults (issue 10) --------------------------------------------------------------------
+# A KV entry made unreadable for a moment, with no change to either host:
+# * Spin (tests/spin-host: one file per key under the preopened KV dir): the entry's file is
+#   replaced by a directory, so reading it fails (EISDIR) — chmod would not do, the suite may
+#   run as root;
+# * workerd (`wrangler dev --local`: miniflare keeps each entry's blob id in SQLite and the
+#   value as a file under blobs/): the blob is replaced by a symlink to /dev/null, which
+#   workerd's disk service refuses (406, not a file), so the KV binding throws.
+
+def kv_entry_file(gw, key):
+    if gw.name == "spin":
+        return gw.kv_dir / "default" / key.encode().hex()
+    kv = gw.persist / "v3" / "kv"
+    for db in (kv / "miniflare-KVNamespaceObject").glob("*.sqlite"):
+        if db.name == "metadata.sqlite":
+            continue
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT blob_id FROM _mf_entries WHERE key = ?", (key,)).fetchone()
+        if row:
+            blobs = list(kv.glob(f"*/blobs/{row[0]}"))
+            assert len(blobs) == 1, blobs
+            return blobs[0]
+    raise AssertionError(f"no KV entry {key!r} under {kv}")
+
+
+@contextlib.contextmanager
+def kv_entry_unreadable(gw, key):
+    path = kv_entry_file(gw, key)
+    assert path.is_file(), path
+    aside = path.with_name(path.name + ".aside")
+    path.rename(aside)
+    try:
+        if gw.name == "spin":
+            path.mkdir()
+        else:
+            path.symlink_to("/dev/null")
+        yield
+    finally:
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            path.rmdir()
+        aside.rename(path)
+
+
+RUNTIME_TEXT = ("os error", "JsValue", "Is a directory", "spin-test-host", "/dev/null", "AssertionError",
+                "KV GET failed", "TypeError", "/kv/", "panicked")
+
+
+def assert_no_runtime_text(text):
+    leaked = [t for t in RUNTIME_TEXT if t.lower() in text.lower()]
+    assert not leaked, f"runtime text {leaked} in {text!r}"
+
+
+def test_kv_failure_on_the_key_lookup_is_a_retryable_503(gw):
+    """The key store cannot be read (both hosts retry once, then give up): 503 kv_unavailable
+    with Retry-After, the JSON error shape, no runtime text; the key works again at once after."""
+    marker = f"kv-fault-{gw.name}-{time.time_ns()}"
+    admin = Admin(gw, conftest.ADMIN_TOKEN)
+    key = admin.create_key(tenant=marker, endpoints=["keyed-chat"])
+    body = {**CHAT, "model": "keyed-chat"}
+    auth = {"authorization": f"Bearer {key['key']}"}
+    rid = f"{marker}-request"  # (the marker alone also names the tenant in the audit line)
+    with kv_entry_unreadable(gw, f"keyid:{key['id']}"):
+        r = post(gw, body, headers={**auth, "x-request-id": rid})
+    err = error_of(r, 503)
+    assert err["code"] == "kv_unavailable" and err["type"] == "gateway_error", err
+    assert set(r.json()) == {"error"} and isinstance(err["message"], str) and err["message"], r.json()
+    assert int(r.headers["retry-after"]) >= 1
+    assert_no_runtime_text(r.text)
+    record = wait_log(gw, rid)
+    assert (record["status"], record["error"]) == (503, "kv_unavailable"), record
+    assert_no_runtime_text(json.dumps(record))
+    ok = post(gw, body, headers=auth)
+    assert ok.status_code == 200, ok.text
+
+
+def test_kv_failure_on_the_config_read(gw):
+    """`config:active` cannot be read. Spin reads it per request (no isolate outlives one), so
+    it fails closed: 503 kv_unavailable with Retry-After. A workerd isolate that has a config
+    keeps serving it (past config_ttl_ms) until the store answers again."""
+    rid = f"kv-config-{gw.name}-{time.time_ns()}"
+    assert post(gw, CHAT).status_code == 200  # this isolate has the config
+    with kv_entry_unreadable(gw, "config:active"):
+        time.sleep(1.2)  # past config_ttl_ms (1 s): the memo is due for a re-read
+        r = post(gw, CHAT, headers={"x-request-id": rid})
+        if gw.name == "spin":
+            err = error_of(r, 503)
+            assert err["code"] == "kv_unavailable", err
+            assert int(r.headers["retry-after"]) >= 1
+            assert_no_runtime_text(r.text)
+        else:
+            assert r.status_code == 200, r.text
+    record = wait_log(gw, rid)
+    # The read did fail (the operator is told, in words of the gateway's own).
+    assert record.get("detail", "").startswith("reading config:active failed"), record
+    assert record["status"] == (503 if gw.name == "spin" else 200), record
+    assert_no_runtime_text(json.dumps(record))
+    assert post(gw, CHAT).status_code == 200

@@ -1,15 +1,18 @@
 """Prompt templates, normalization, guardrails and the deterministic cache (issue 5), on both
 hosts. The mock origin echoes the last user message and records what it received, so every
 case checks what actually reached the origin."""
+import concurrent.futures
 import json
 import subprocess
+import threading
 import time
 
+import openai
 import pytest
 import requests
 
 import conftest
-from admin_client import Admin
+from admin_client import Admin, log_records
 from harness import BIN
 
 
@@ -182,3 +185,166 @@ def test_embeddings_are_cacheable(gw, origin):
     body = {"model": "embeddings", "input": f"embed me {gw.name} {time.time_ns()}"}
     assert post(gw, body, path="/v1/embeddings").headers["x-gateway-cache"] == "MISS"
     assert until(lambda: post(gw, body, path="/v1/embeddings").headers["x-gateway-cache"] == "HIT")
+
+
+# --- coalescing and stream fills (issue 10) -------------------------------------------------
+
+def log_record(gw, request_id, timeout=15.0):
+    """The request's structured log line (written once its response, and any cache fill, is
+    done)."""
+    found = until(lambda: [r for r in log_records(gw, request_id) if r.get("request_id") == request_id], timeout)
+    assert len(found) == 1, f"{len(found)} log lines for {request_id}"
+    return found[0]
+
+
+def origin_calls_for(origin, text):
+    """How many requests with this (unique) user message reached the origin."""
+    return sum(1 for r in origin.requests()
+               if isinstance(r["body"], dict) and text in json.dumps(r["body"].get("messages")))
+
+
+def sse_text(r):
+    events = [l[6:] for l in r.iter_lines(decode_unicode=True) if l.startswith("data: ")]
+    assert events and events[-1] == "[DONE]", events
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert not [c for c in chunks if "error" in c], chunks
+    return "".join((c.get("choices") or [{}])[0].get("delta", {}).get("content") or "" for c in chunks)
+
+
+COALESCE_N = 8
+
+
+def test_identical_in_flight_requests_are_coalesced(gw, origin):
+    """N identical deterministic requests at once, to an origin that takes 1.2 s to answer.
+    workerd (one isolate serves them all): one origin call; the leader is a MISS, the others
+    wait for its answer (COALESCED); every one is answered, logged and accounted with the
+    answer's usage. Spin (`wasmtime serve` instantiates per request, so nothing is ever in
+    flight across requests): every one is answered; each MISS is an origin call."""
+    marker = f"coalesce-{gw.name}-{time.time_ns()}"
+    admin = Admin(gw, conftest.ADMIN_TOKEN)
+    key = admin.create_key(tenant=marker, endpoints=["keyed-cached"])
+    text = f"coalesce me {marker}"
+    body = chat("keyed-cached", text, temperature=0)
+    origin.fault("delay", delay_ms=1200, times=1, path="/v1/chat/completions")
+    start = threading.Barrier(COALESCE_N)
+
+    def one(i):
+        start.wait()
+        return requests.post(f"{gw.base_url}/v1/chat/completions", json=body, timeout=30, headers={
+            "authorization": f"Bearer {key['key']}", "x-request-id": f"{marker}-{i}"})
+
+    with concurrent.futures.ThreadPoolExecutor(COALESCE_N) as pool:
+        answers = list(pool.map(one, range(COALESCE_N)))
+    assert [r.status_code for r in answers] == [200] * COALESCE_N, [r.text for r in answers]
+    contents = {r.json()["choices"][0]["message"]["content"] for r in answers}
+    assert contents == {f"echo: {text}"}, contents
+    statuses = [r.headers["x-gateway-cache"] for r in answers]
+    calls = origin_calls_for(origin, text)
+    assert calls == statuses.count("MISS"), (calls, statuses)  # a MISS is an origin call, nothing else is
+    if gw.name == "workerd":
+        assert sorted(statuses) == ["COALESCED"] * (COALESCE_N - 1) + ["MISS"], statuses
+        assert calls == 1
+        # The followers got the leader's answer itself.
+        assert len({json.dumps(r.json()["choices"]) for r in answers}) == 1
+    else:
+        assert set(statuses) <= {"MISS", "HIT", "COALESCED"} and 1 <= calls <= COALESCE_N, statuses
+
+    # Per call: the mock answers this content with the same usage every time.
+    reported = origin.stats()["usage"]
+    per = (reported["prompt_tokens"] // calls, reported["completion_tokens"] // calls)
+    assert per[0] > 0 and per[1] > 0 and (per[0] * calls, per[1] * calls) == (
+        reported["prompt_tokens"], reported["completion_tokens"]), reported
+    records = [log_record(gw, f"{marker}-{i}") for i in range(COALESCE_N)]
+    for r, record in zip(answers, records):
+        assert record["status"] == 200 and record["cache"] == r.headers["x-gateway-cache"], record
+        if record["cache"] == "HIT":  # Spin only: nothing was generated for it
+            assert (record.get("prompt_tokens") or 0, record.get("completion_tokens") or 0) == (0, 0), record
+        else:
+            assert (record["prompt_tokens"], record["completion_tokens"]) == per, record
+    charged = sum(s != "HIT" for s in statuses)
+    total = until(lambda: (t := admin.usage(key=key["id"])["total"])["requests"] == COALESCE_N and t, timeout=15)
+    assert total, admin.usage(key=key["id"])
+    assert (total["prompt_tokens"], total["completion_tokens"]) == (per[0] * charged, per[1] * charged), total
+
+
+def test_coalesced_followers_of_a_failed_leader_go_to_the_origin(gw, origin):
+    """A leader that ends without an answer (the origin failed it) shares nothing: identical
+    requests waiting for it call the origin themselves, and nobody gets the error second-hand."""
+    marker = f"coalesce-fail-{gw.name}-{time.time_ns()}"
+    text = f"coalesce the failure {marker}"
+    body = chat("cached", text, temperature=0)
+    # The first call to reach the origin hangs past the origin timeout (2 s): a 504.
+    origin.fault("hang", delay_ms=4000, times=1, path="/v1/chat/completions")
+    start = threading.Barrier(4)
+
+    def one(i):
+        start.wait()
+        return requests.post(f"{gw.base_url}/v1/chat/completions", json=body, timeout=30,
+                             headers={"x-request-id": f"{marker}-{i}"})
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(one, range(4)))
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [200, 200, 200, 504], [(r.status_code, r.text) for r in answers]
+    failed = next(r for r in answers if r.status_code == 504)
+    assert failed.json()["error"]["code"] == "origin_timeout"
+    ok = [r for r in answers if r.status_code == 200]
+    assert {r.json()["choices"][0]["message"]["content"] for r in ok} == {f"echo: {text}"}
+    assert all(r.headers["x-gateway-cache"] in ("MISS", "HIT", "COALESCED") for r in ok)
+    assert origin_calls_for(origin, text) == 1 + sum(r.headers["x-gateway-cache"] == "MISS" for r in ok)
+
+
+def test_a_completed_deterministic_stream_fills_the_cache(gw, origin):
+    text = f"stream fill {gw.name} {time.time_ns()}"
+    rid = f"stream-fill-{gw.name}-{time.time_ns()}"
+    client = openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key="x", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="cached", messages=[{"role": "user", "content": text}], temperature=0, stream=True,
+        extra_headers={"x-request-id": rid})
+    assert raw.headers["x-gateway-cache"] == "MISS"
+    streamed = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert streamed == f"echo: {text}"
+    record = log_record(gw, rid)  # logged after the fill
+    assert record["stream"] is True and record["stream_completed"] is True and record["cache"] == "MISS", record
+
+    body = chat("cached", text, temperature=0)
+    plain = post(gw, body)
+    assert plain.status_code == 200 and plain.headers["x-gateway-cache"] == "HIT", plain.headers
+    assert plain.json()["choices"][0]["message"]["content"] == streamed
+    replay = post(gw, {**body, "stream": True}, stream=True)
+    assert replay.status_code == 200 and replay.headers["x-gateway-cache"] == "HIT"
+    assert replay.headers["content-type"].startswith("text/event-stream")
+    assert sse_text(replay) == streamed
+    raw = client.chat.completions.with_raw_response.create(
+        model="cached", messages=[{"role": "user", "content": text}], temperature=0, stream=True)
+    assert raw.headers["x-gateway-cache"] == "HIT"
+    assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices) == streamed
+    assert origin_calls_for(origin, text) == 1
+    assert origin.stats()["count"] == 1
+    # The stored answer is a whole chat.completion, usage included (as an entry filled by a
+    # non-streamed answer is): the usage the origin reported for the stream.
+    usage = plain.json().get("usage")
+    assert usage and (usage["prompt_tokens"], usage["completion_tokens"]) == (
+        record["prompt_tokens"], record["completion_tokens"]), plain.json()
+
+
+def test_a_cut_stream_fills_nothing(gw, origin):
+    text = f"cut fill {gw.name} {time.time_ns()}"
+    rid = f"cut-fill-{gw.name}-{time.time_ns()}"
+    body = chat("cached", text, temperature=0)
+    origin.fault("cut_stream", times=1)
+    r = post(gw, {**body, "stream": True}, stream=True, headers={"x-request-id": rid})
+    assert r.status_code == 200 and r.headers["x-gateway-cache"] == "MISS"
+    events = [l[6:] for l in r.iter_lines(decode_unicode=True) if l.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert [json.loads(e)["error"]["code"] for e in events[:-1] if "error" in json.loads(e)] == ["origin_stream_cut"]
+    record = log_record(gw, rid)  # logged after any fill would have been written
+    assert record["stream"] is True and record["cache"] == "MISS", record
+
+    again = post(gw, body)
+    assert again.status_code == 200 and again.headers["x-gateway-cache"] == "MISS", "a cut stream must not fill"
+    assert again.json()["choices"][0]["message"]["content"] == f"echo: {text}"
+    assert origin_calls_for(origin, text) == 2
+    # The complete answer does fill.
+    assert until(lambda: post(gw, body).headers["x-gateway-cache"] == "HIT")
+    assert origin_calls_for(origin, text) == 2

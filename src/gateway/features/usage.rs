@@ -494,7 +494,10 @@ pub struct UsageLog {
     pub key_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// Written once by the log line itself (`LogRecord`), not again here.
+    #[serde(skip)]
     pub prompt_tokens: u64,
+    #[serde(skip)]
     pub completion_tokens: u64,
     pub total_tokens: u64,
     /// `None` when the model has no price.

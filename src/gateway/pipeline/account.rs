@@ -138,7 +138,8 @@ impl Deferred {
         }
         if let (Some((key, entry, captured)), Some(summary)) = (self.pending.cache_stream.take(), stream) {
             let sse = captured.borrow_mut().take();
-            if let Some(entry) = sse.filter(|_| summary.completed).and_then(|sse| streamed_entry(entry, &sse)) {
+            let entry = sse.filter(|_| summary.completed).and_then(|sse| streamed_entry(entry, &sse, summary.usage));
+            if let Some(entry) = entry {
                 if let Err(e) = ports.put(&key, &entry.encode(), Some(entry.ttl_secs)).await {
                     self.log.cache_error = Some(e.code);
                 }
@@ -188,13 +189,19 @@ impl Deferred {
 }
 
 /// A completed stream's answer as a cache entry: its chunks assembled into the answer they
-/// stream (`None` if the stream did not finish the answer).
-fn streamed_entry(mut entry: cache::Entry, openai_sse: &[u8]) -> Option<cache::Entry> {
-    let (answer, complete) = sse_to_completion(entry.op, openai_sse);
+/// stream (`None` if the stream did not finish the answer), with the origin's usage (`usage`:
+/// as the pump saw it, when the client's stream hid the usage chunk).
+fn streamed_entry(mut entry: cache::Entry, openai_sse: &[u8], usage: Option<Usage>) -> Option<cache::Entry> {
+    let (mut answer, complete) = sse_to_completion(entry.op, openai_sse);
     if !complete {
         return None;
     }
-    entry.usage = answer.get("usage").and_then(openai_usage).or(entry.usage);
+    let usage = answer.get("usage").and_then(openai_usage).or(usage);
+    if let (Some(u), true) = (usage, answer.get("usage").is_none_or(serde_json::Value::is_null)) {
+        answer["usage"] = serde_json::json!({"prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens, "total_tokens": u.total()});
+    }
+    entry.usage = usage;
     entry.body = serde_json::to_vec(&answer).ok()?;
     Some(entry)
 }

@@ -810,6 +810,12 @@ fn a_completed_deterministic_stream_fills_the_cache() {
     let text: String =
         events.iter().filter_map(|(_, e)| e["choices"][0]["delta"]["content"].as_str().map(str::to_owned)).collect();
     assert_eq!(text, "streamed answer");
+    // The client hid the usage chunk, the cache did not: a buffered hit reports the usage.
+    let body = json!({"model": "chat", "temperature": 0, "messages": [{"role": "user", "content": "fill me"}]});
+    let (status, answer, exchange) = run(&host, post("/v1/chat/completions", &body.to_string()));
+    assert_eq!((status, exchange.response.headers()["x-gateway-cache"].to_str().unwrap()), (StatusCode::OK, "HIT"));
+    assert_eq!(answer["usage"]["total_tokens"], 5, "{answer}");
+    assert_eq!(answer["choices"][0]["message"]["content"], "streamed answer");
 
     cut.set(true);
     let (miss, _) = stream("cut me");

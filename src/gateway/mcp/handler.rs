@@ -228,14 +228,14 @@ async fn request_method<P: Ports>(
         "tools/call" => call_tool(ports, env, cx, id, params, log).await,
         "prompts/get" => {
             let (server, name) = route_by_name(env, cx, &params, "prompt")?;
-            forward(ports, env, cx, &server, id, method, with_name(params, "name", &name), log).await
+            forward(ports, env, cx, &server, Forward::plain(id, method, with_name(params, "name", &name)), log).await
         }
         "resources/read" => {
             let server = match &cx.single {
                 Some(s) => s.clone(),
                 None => resource_owner(ports, env, cx, &params).await?,
             };
-            forward(ports, env, cx, &server, id, method, params, log).await
+            forward(ports, env, cx, &server, Forward::plain(id, method, params), log).await
         }
         "completion/complete" => {
             let server = completion_target(ports, env, cx, &params).await?;
@@ -248,12 +248,12 @@ async fn request_method<P: Ports>(
                     }
                 }
             }
-            forward(ports, env, cx, &server, id, method, params, log).await
+            forward(ports, env, cx, &server, Forward::plain(id, method, params), log).await
         }
         "logging/setLevel" if cx.single.is_none() => Ok(result_answer(id, complete(cx.era, json!({})), log)),
         _ => match cx.single.clone() {
             // One server: whatever the gateway does not govern is the server's business.
-            Some(server) => forward(ports, env, cx, &server, id, method, params, log).await,
+            Some(server) => forward(ports, env, cx, &server, Forward::plain(id, method, params), log).await,
             None => Err(RpcError::method_not_found(method)),
         },
     }
@@ -598,7 +598,8 @@ async fn call_tool<P: Ports>(
     };
     params.insert("name".into(), json!(tool));
     params.insert("arguments".into(), arguments);
-    let mut answer = forward_with(ports, env, cx, &server, id, "tools/call", params, param_headers, true, log).await?;
+    let call = Forward { id, method: "tools/call", params, param_headers, guard_result: true };
+    let mut answer = forward_with(ports, env, cx, &server, call, log).await?;
     answer.admission = Some(admission);
     Ok(answer)
 }
@@ -616,39 +617,49 @@ fn client_param_headers(headers: &HeaderMap) -> Vec<(String, String)> {
 // ---------------------------------------------------------------------------------------------
 // Forwarding
 
-#[allow(clippy::too_many_arguments)]
+/// One request to send to an upstream server.
+struct Forward<'a> {
+    id: &'a Value,
+    method: &'a str,
+    params: Map<String, Value>,
+    /// `Mcp-Param-*` headers (modern upstreams).
+    param_headers: Vec<(String, String)>,
+    /// Apply the server's result guardrails to the answer.
+    guard_result: bool,
+}
+
+impl<'a> Forward<'a> {
+    fn plain(id: &'a Value, method: &'a str, params: Map<String, Value>) -> Self {
+        Forward { id, method, params, param_headers: Vec::new(), guard_result: false }
+    }
+}
+
 async fn forward<P: Ports>(
     ports: &P,
     env: &McpEnv<'_>,
     cx: &mut Ctx<'_>,
     server: &Arc<McpServer>,
-    id: &Value,
-    method: &str,
-    params: Map<String, Value>,
+    call: Forward<'_>,
     log: &mut McpLog,
 ) -> Result<McpAnswer<P::Body>, RpcError> {
     log.server.get_or_insert_with(|| server.name.clone());
     if log.tool.is_none() {
-        log.tool = protocol::name_param(method).and_then(|k| params.get(k)?.as_str().map(str::to_string));
+        log.tool = protocol::name_param(call.method).and_then(|k| call.params.get(k)?.as_str().map(str::to_string));
     }
-    forward_with(ports, env, cx, server, id, method, params, Vec::new(), false, log).await
+    forward_with(ports, env, cx, server, call, log).await
 }
 
 /// Sends the request to `server` and streams its answer back: SSE or JSON through the stage;
 /// a refusal without a usable body becomes an error naming the server.
-#[allow(clippy::too_many_arguments)]
 async fn forward_with<P: Ports>(
     ports: &P,
     env: &McpEnv<'_>,
     cx: &mut Ctx<'_>,
     server: &Arc<McpServer>,
-    id: &Value,
-    method: &str,
-    params: Map<String, Value>,
-    param_headers: Vec<(String, String)>,
-    guard_result: bool,
+    call: Forward<'_>,
     log: &mut McpLog,
 ) -> Result<McpAnswer<P::Body>, RpcError> {
+    let Forward { id, method, params, param_headers, guard_result } = call;
     let out = Outbound { id: Some(id), method, params, param_headers };
     let (reply, route) = upstream::send(ports, &env.state.eras, server, &mut cx.caller, &out).await?;
     log.upstream = Some(match route.era {

@@ -6,35 +6,16 @@
 //!
 //! `cargo bench --features cli --bench slowest [-- --fuzz-cases N --seed S]` (scripts/bench
 //! runs it). CPU time is the thread's (`/proc/thread-self/schedstat`), the median of 5 runs
-//! after a warm-up, so other processes on a shared machine do not inflate it.
-
-use std::time::Instant;
+//! after a warm-up, so other processes on a shared machine do not inflate it; the fuzz harness's
+//! own invariant checks after each request are not counted.
 
 use edge_gateway::fuzz::{adversarial, case, Case, Harness};
 
-/// The calling thread's CPU time in ns (Linux); wall-clock time elsewhere.
-fn cpu_ns() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| START.get_or_init(Instant::now).elapsed().as_nanos() as u64)
-}
-
-/// Median CPU time of `runs` runs of `case` (after one warm-up run), and its status.
+/// Median CPU time of `runs` runs of `case` (after one warm-up run) through the pipeline (the
+/// harness's own checks after each request are not counted), and its status.
 fn time(harness: &Harness, case: &Case, runs: usize) -> (u64, u16) {
     let status = harness.run(case).map(|r| r.status).unwrap_or(0);
-    let overhead = {
-        let a = cpu_ns();
-        cpu_ns() - a
-    };
-    let mut samples: Vec<u64> = (0..runs)
-        .map(|_| {
-            let before = cpu_ns();
-            let _ = harness.run(case);
-            (cpu_ns() - before).saturating_sub(overhead)
-        })
-        .collect();
+    let mut samples: Vec<u64> = (0..runs).map(|_| harness.run(case).map_or(0, |r| r.cpu_ns)).collect();
     samples.sort_unstable();
     (samples[samples.len() / 2], status)
 }
@@ -64,9 +45,7 @@ fn main() {
     let mut timed: Vec<(u64, u64)> = Vec::new();
     for index in (0..fuzz_cases).filter(|i| i % 10 != 9) {
         let c = case(seed, index, &scan.keys);
-        let before = cpu_ns();
-        let _ = scan.run(&c);
-        timed.push((cpu_ns() - before, index));
+        timed.push((scan.run(&c).map_or(0, |r| r.cpu_ns), index));
     }
     timed.sort_unstable_by(|a, b| b.cmp(a));
     println!("slowest of {fuzz_cases} fuzzer cases (seed {seed}), re-timed:");

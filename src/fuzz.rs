@@ -935,7 +935,19 @@ pub fn config_case(seed: u64, index: u64) -> Value {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Result1 {
     pub status: u16,
+    /// Wall-clock time of the request through the pipeline (the checks after it excluded).
     pub elapsed: Duration,
+    /// The thread's CPU time for the same span ([`thread_cpu_ns`]).
+    pub cpu_ns: u64,
+}
+
+/// The calling thread's CPU time in ns (Linux `schedstat`); wall-clock time elsewhere.
+pub fn thread_cpu_ns() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| START.get_or_init(Instant::now).elapsed().as_nanos() as u64)
 }
 
 /// Why a case failed.
@@ -981,9 +993,10 @@ impl Harness {
             }
         }
         let Ok(request) = builder.body(case.body.clone()) else {
-            return Ok(Result1 { status: 0, elapsed: Duration::ZERO });
+            return Ok(Result1 { status: 0, elapsed: Duration::ZERO, cpu_ns: 0 });
         };
         let started = Instant::now();
+        let cpu_before = thread_cpu_ns();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let mut exchange = block_on(self.gateway.handle(&self.host, request, &ClientInfo::default()));
             let status = exchange.response.status();
@@ -1018,6 +1031,7 @@ impl Harness {
             (status, code, bytes, line)
         }));
         let elapsed = started.elapsed();
+        let cpu_ns = thread_cpu_ns().saturating_sub(cpu_before);
         let (status, content_type, bytes, line) = outcome.map_err(|panic| {
             let message = panic
                 .downcast_ref::<String>()
@@ -1061,7 +1075,7 @@ impl Harness {
                 return Err(format!("HTTP {s}: a secret leaked into the response or the log line"));
             }
         }
-        Ok(Result1 { status: s, elapsed })
+        Ok(Result1 { status: s, elapsed, cpu_ns })
     }
 }
 

@@ -235,16 +235,6 @@ impl GatewayError {
             .with_retry_after(1)
     }
 
-    /// A store failure a host reported as such (`kv_error`, with the host's text) as clients
-    /// see it: the retryable 503 `kv_unavailable`, naming no runtime internals.
-    pub fn for_client(self) -> Self {
-        if self.code == ErrorCode::KvError {
-            GatewayError::kv_unavailable("the key-value store")
-        } else {
-            self
-        }
-    }
-
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self

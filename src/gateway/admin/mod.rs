@@ -89,7 +89,6 @@ pub async fn handle<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<
             (StatusCode::OK, Value::Null)
         }
         Err(Failure { error, issues }) => {
-            let error = error.for_client();
             audit.outcome = match error.status {
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "denied",
                 s if s.is_server_error() => "error",

@@ -109,7 +109,6 @@ impl Gateway {
         let mut response = match self.serve(ports, &mut ctx, request).await {
             Ok(response) => response,
             Err(error) => {
-                let error = error.for_client();
                 ctx.log.error = Some(error.code);
                 respond::error_with_body(&error, ctx.dialect.error_body(&error))
             }

@@ -8,7 +8,7 @@ use std::task::{Context, Poll, Waker};
 
 use http::{Request, Response};
 
-use crate::gateway::error::{ErrorCode, GatewayError, Result};
+use crate::gateway::error::{GatewayError, Result};
 use crate::gateway::ports::{Clock, Kv, Secrets, Upstream, UpstreamError};
 
 type Origin = Box<dyn Fn(&Request<Vec<u8>>) -> std::result::Result<Response<Vec<u8>>, UpstreamError>>;
@@ -62,7 +62,7 @@ impl MemoryHost {
             yield_once().await;
         }
         if self.kv_fail.borrow().iter().any(|p| key.starts_with(p.as_str())) {
-            return Err(GatewayError::internal(ErrorCode::KvError, "KV operation failed: injected fault"));
+            return Err(GatewayError::kv_unavailable("the key-value store"));
         }
         Ok(())
     }

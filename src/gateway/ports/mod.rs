@@ -14,7 +14,8 @@ pub mod memory;
 
 pub use counter::Counter;
 
-/// Key-value store (Cloudflare KV namespace, Spin key-value store).
+/// Key-value store (Cloudflare KV namespace, Spin key-value store). A store failure is
+/// `GatewayError::kv_unavailable` (a retryable 503 naming no runtime internals), from every host.
 pub trait Kv {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// `ttl_secs`: expire the entry where the host supports it (Cloudflare: at least 60 s).

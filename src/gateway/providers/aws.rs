@@ -18,7 +18,7 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::{Clock, Secrets, Upstream};
 use crate::gateway::providers::common::{resolve_secret, xml_text};
 use crate::gateway::providers::token::{form_encode, form_request, send_form};
-use crate::gateway::util::text::hex;
+use crate::gateway::util::text::{hex, percent_decode};
 use crate::gateway::util::time::parse_day;
 use crate::gateway::wire::sse;
 
@@ -255,31 +255,11 @@ fn canonical_query(query: &str) -> String {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (uri_encode(&percent_decode(k)), uri_encode(&percent_decode(v)))
+            (uri_encode(&percent_decode(k, false)), uri_encode(&percent_decode(v, false)))
         })
         .collect();
     pairs.sort();
     pairs.into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex_at = |j: usize| bytes.get(j).and_then(|b| char::from(*b).to_digit(16));
-        match (bytes[i], hex_at(i + 1), hex_at(i + 2)) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -630,7 +610,7 @@ mod tests {
     fn canonical_queries_are_sorted_and_encoded_once() {
         assert_eq!(canonical_query("b=2&a=1%2F&c"), "a=1%2F&b=2&c=");
         assert_eq!(canonical_query(""), "");
-        assert_eq!(percent_decode("a%2fb%zz%"), "a/b%zz%");
+        assert_eq!(percent_decode("a%2fb%zz%", false), "a/b%zz%");
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //!
 //! The same seed gives the same cases, so a failure is reproduced with `--seed S --only N`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -216,9 +216,15 @@ fn store_key(host: &MemoryHost, f: impl FnOnce(&mut KeyRecord)) -> String {
     key
 }
 
-/// The fuzz host: the config in KV, every secret set, the keys stored.
-pub fn host(origin: Rc<RefCell<OriginPlan>>) -> (MemoryHost, Keys) {
-    let mut host = MemoryHost::new(move |request| answer(&origin.borrow(), request));
+/// The fuzz host: the config in KV, every secret set, the keys stored. The origin's own CPU
+/// time (building its answer, which a real origin does elsewhere) is added to `origin_ns`.
+pub fn host(origin: Rc<RefCell<OriginPlan>>, origin_ns: Rc<Cell<u64>>) -> (MemoryHost, Keys) {
+    let mut host = MemoryHost::new(move |request| {
+        let before = thread_cpu_ns();
+        let answer = answer(&origin.borrow(), request);
+        origin_ns.set(origin_ns.get() + thread_cpu_ns().saturating_sub(before));
+        answer
+    });
     host.record = false;
     for (name, value) in SECRETS {
         host = host.with_secret(name, value);
@@ -937,17 +943,21 @@ pub struct Result1 {
     pub status: u16,
     /// Wall-clock time of the request through the pipeline (the checks after it excluded).
     pub elapsed: Duration,
-    /// The thread's CPU time for the same span ([`thread_cpu_ns`]).
+    /// The thread's CPU time for the same span ([`thread_cpu_ns`]), less the in-memory
+    /// origin's (it stands for a server elsewhere).
     pub cpu_ns: u64,
 }
 
-/// The calling thread's CPU time in ns (Linux `schedstat`); wall-clock time elsewhere.
+/// The calling thread's CPU time in ns (`CLOCK_THREAD_CPUTIME_ID`: exact, where the kernel's
+/// `schedstat` moves in scheduler ticks of ~4 ms); wall-clock time where that clock is missing.
 pub fn thread_cpu_ns() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| START.get_or_init(Instant::now).elapsed().as_nanos() as u64)
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid, writable timespec for the duration of the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0 {
+        return now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    }
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 /// Why a case failed.
@@ -963,6 +973,8 @@ pub struct Harness {
     pub host: MemoryHost,
     pub keys: Keys,
     pub plan: Rc<RefCell<OriginPlan>>,
+    /// CPU time spent in the in-memory origin, not counted as the pipeline's.
+    origin_ns: Rc<Cell<u64>>,
 }
 
 impl Default for Harness {
@@ -974,8 +986,9 @@ impl Default for Harness {
 impl Harness {
     pub fn new() -> Self {
         let plan = Rc::new(RefCell::new(OriginPlan::Fail(UpstreamError::Timeout)));
-        let (host, keys) = host(plan.clone());
-        Harness { gateway: Gateway::new(), host, keys, plan }
+        let origin_ns = Rc::new(Cell::new(0));
+        let (host, keys) = host(plan.clone(), origin_ns.clone());
+        Harness { gateway: Gateway::new(), host, keys, plan, origin_ns }
     }
 
     /// Runs one request case through the pipeline (the stream read the way the case says, the
@@ -996,6 +1009,7 @@ impl Harness {
             return Ok(Result1 { status: 0, elapsed: Duration::ZERO, cpu_ns: 0 });
         };
         let started = Instant::now();
+        self.origin_ns.set(0);
         let cpu_before = thread_cpu_ns();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let mut exchange = block_on(self.gateway.handle(&self.host, request, &ClientInfo::default()));
@@ -1031,7 +1045,7 @@ impl Harness {
             (status, code, bytes, line)
         }));
         let elapsed = started.elapsed();
-        let cpu_ns = thread_cpu_ns().saturating_sub(cpu_before);
+        let cpu_ns = thread_cpu_ns().saturating_sub(cpu_before).saturating_sub(self.origin_ns.get());
         let (status, content_type, bytes, line) = outcome.map_err(|panic| {
             let message = panic
                 .downcast_ref::<String>()

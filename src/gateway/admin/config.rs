@@ -10,6 +10,7 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Ports;
 use crate::gateway::util::text::hex;
 use crate::gateway::util::time::{day_string, days_of};
+use crate::gateway::wire::json::value_from_slice;
 
 /// `config:v:<version>`: every applied snapshot, for rollback.
 pub const VERSION_PREFIX: &str = "config:v:";
@@ -90,7 +91,7 @@ pub(super) async fn apply_config<P: Ports>(ports: &P, body: &[u8], dry_run: bool
     }
     let name = format!("{VERSION_PREFIX}{version}");
     if let Some(existing) = ports.get(&name).await? {
-        if serde_json::from_slice::<Value>(&existing).ok().as_ref() != Some(&value) {
+        if value_from_slice(&existing).ok().as_ref() != Some(&value) {
             return Err(GatewayError::conflict(
         ErrorCode::VersionExists,
         format!("version \"{version}\" was already applied with different content: give this config a new `version`"),

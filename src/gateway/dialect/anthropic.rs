@@ -333,7 +333,7 @@ pub fn openai_response_to_messages(body: &[u8]) -> Result<Vec<u8>> {
         "stop_sequence": null,
         "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
     });
-    json_body(&answer)
+    Ok(json_body(&answer))
 }
 
 /// Anthropic's error body for a gateway error, for `/v1/messages` clients.
@@ -496,7 +496,7 @@ impl StreamTranslate for OpenAiStreamToMessages {
             self.end(out);
             return;
         }
-        let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else { return };
+        let Ok(chunk) = event.data.parse::<Value>() else { return };
         if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
             let message = error.get("message").and_then(Value::as_str).unwrap_or("origin error");
             let kind = error

@@ -549,7 +549,7 @@ fn function_call_part(call: &Value) -> Value {
     let function = call.get("function");
     let name = function.and_then(|f| f.get("name")).and_then(Value::as_str).unwrap_or_default();
     let arguments = function.and_then(|f| f.get("arguments")).and_then(Value::as_str).unwrap_or_default();
-    let args = match serde_json::from_str::<Value>(arguments) {
+    let args = match arguments.parse::<Value>() {
         Ok(args @ Value::Object(_)) => args,
         _ if arguments.trim().is_empty() => json!({}),
         _ => json!({"arguments": arguments}),
@@ -594,7 +594,7 @@ pub fn render(answer: &[u8]) -> Result<Vec<u8>> {
     let finish = finish_reason(choice.get("finish_reason").and_then(Value::as_str).unwrap_or("stop"));
     let model = value.get("model").and_then(Value::as_str).unwrap_or_default();
     let id = value.get("id").and_then(Value::as_str).unwrap_or_default();
-    json_body(&response_object(parts, Some(finish), Some(openai_usage(&value).unwrap_or_default()), model, id))
+    Ok(json_body(&response_object(parts, Some(finish), Some(openai_usage(&value).unwrap_or_default()), model, id)))
 }
 
 // --- errors --------------------------------------------------------------------------------
@@ -742,7 +742,7 @@ impl StreamTranslate for ChatStreamToGemini {
             }
             return;
         }
-        let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else { return };
+        let Ok(chunk) = event.data.parse::<Value>() else { return };
         if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
             let message = error.get("message").and_then(Value::as_str).unwrap_or("origin error");
             let code = error.get("code").and_then(Value::as_str).unwrap_or("origin_stream_error");

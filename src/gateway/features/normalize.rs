@@ -4,6 +4,7 @@ use http::HeaderMap;
 use serde_json::{Map, Value};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
+use crate::gateway::wire::json::value_from_slice;
 
 /// Parses a JSON object body, refusing bodies over `limit` bytes before parsing.
 pub fn parse_json_object(body: &[u8], limit: usize) -> Result<Map<String, Value>> {
@@ -13,7 +14,7 @@ pub fn parse_json_object(body: &[u8], limit: usize) -> Result<Map<String, Value>
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(GatewayError::bad_request(ErrorCode::InvalidJson, "request body is empty; expected a JSON object"));
     }
-    match serde_json::from_slice::<Value>(body) {
+    match value_from_slice(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(GatewayError::bad_request(ErrorCode::InvalidJson, "request body must be a JSON object")),
         Err(e) => {
@@ -71,7 +72,7 @@ pub fn apply_endpoint_rules(
 /// insignificant whitespace, numbers in serde's one spelling. Hashes, cache keys and traffic
 /// splits use it, so equal requests stay equal however the client formatted them.
 pub fn canonical(body: &Map<String, Value>) -> Vec<u8> {
-    serde_json::to_vec(body).unwrap_or_default()
+    crate::gateway::wire::json::object_to_vec(body)
 }
 
 /// A stable 64-bit hash of the canonical body (traffic splits, weighted origin choice).

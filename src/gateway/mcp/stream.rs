@@ -20,6 +20,7 @@ use crate::gateway::error::ErrorCode;
 use crate::gateway::features::guard;
 use crate::gateway::mcp::config::McpServer;
 use crate::gateway::mcp::jsonrpc::{self, Answer, FORBIDDEN, UPSTREAM_ERROR};
+use crate::gateway::wire::json::value_from_slice;
 use crate::gateway::wire::sse::SseParser;
 
 /// Keys whose strings the result guardrails leave alone (identifiers, types, binary data).
@@ -129,7 +130,7 @@ impl McpStream {
                 }
             }
             Mode::Json { held, hold, overflow } => {
-                let parsed = (!overflow).then(|| serde_json::from_slice::<Value>(&held).ok()).flatten();
+                let parsed = (!overflow).then(|| value_from_slice(&held).ok()).flatten();
                 match (hold, parsed) {
                     (true, Some(mut message)) => {
                         self.answer(&mut message);
@@ -156,7 +157,7 @@ impl McpStream {
         if data.is_empty() {
             return; // a priming event (an id for resumption the gateway does not offer)
         }
-        match serde_json::from_str::<Value>(data) {
+        match data.parse::<Value>() {
             Ok(mut message) => {
                 if jsonrpc::answer_of(&message).is_some() {
                     self.answer(&mut message);

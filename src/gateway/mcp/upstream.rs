@@ -19,6 +19,7 @@ use crate::gateway::mcp::protocol::{
 };
 use crate::gateway::mcp::session::{self, Session, UpstreamSession};
 use crate::gateway::ports::{Ports, UpstreamError};
+use crate::gateway::wire::json::value_from_slice;
 use crate::gateway::wire::sse::SseParser;
 
 /// Largest answer the gateway reads whole (listings, handshakes, refusals).
@@ -194,10 +195,10 @@ pub fn answer_message(
         events.extend(parser.finish());
         events
             .iter()
-            .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok())
+            .filter_map(|e| e.data.parse::<Value>().ok())
             .find(|m| jsonrpc::answer_of(m).is_some() && (m.get("id") == Some(id) || id.is_null()))
     } else {
-        serde_json::from_slice::<Value>(body).ok().filter(|m| jsonrpc::answer_of(m).is_some())
+        value_from_slice(body).ok().filter(|m| jsonrpc::answer_of(m).is_some())
     };
     match found {
         Some(message) => Ok(message),
@@ -255,7 +256,7 @@ pub fn content_type(headers: &HeaderMap) -> &str {
 /// servers send (-32020..-32022), or any JSON-RPC error about this very request (the server
 /// read and processed it; a legacy server without a session refuses before reading it).
 fn is_modern_refusal(body: &[u8], id: Option<&Value>) -> bool {
-    let Ok(message) = serde_json::from_slice::<Value>(body) else { return false };
+    let Ok(message) = value_from_slice(body) else { return false };
     let code = message.get("error").and_then(|e| e.get("code")).and_then(Value::as_i64);
     matches!(code, Some(-32022..=-32020)) || (code.is_some() && id.is_some() && message.get("id") == id)
 }

@@ -324,7 +324,7 @@ pub async fn forward<P: Ports>(
     let retarget = match ctx.dialect.turn().filter(|t| t.passthrough) {
         Some(turn) => Some(Retarget {
             path: "responses",
-            body: json_body(&responses::passthrough_request(turn, &call.body, &endpoint.model))?,
+            body: json_body(&responses::passthrough_request(turn, &call.body, &endpoint.model)),
         }),
         None => None,
     };
@@ -494,8 +494,7 @@ async fn guarded_stream<P: Ports>(
     openai.extend(pump.end());
     ctx.log.set_usage(pump.summary().usage);
     let (answer, complete) = sse_to_completion(call.op, &openai);
-    let answer =
-        serde_json::to_vec(&answer).map_err(|e| GatewayError::internal(ErrorCode::EncodeFailed, e.to_string()))?;
+    let answer = crate::gateway::wire::json::value_to_vec(&answer);
     let answer = guard_output(ctx, &endpoint.guardrails, answer)?;
     let mut replay = completion_to_sse(call.op, &answer)?;
     if !complete {
@@ -522,14 +521,14 @@ fn read_failed(e: crate::gateway::ports::UpstreamError) -> GatewayError {
 
 /// Output guardrails on a buffered answer (redaction and deny rules on the completion).
 fn guard_output(ctx: &mut RequestContext<'_>, guardrails: &guard::Guardrails, body: Vec<u8>) -> Result<Vec<u8>> {
-    let mut value: serde_json::Value = serde_json::from_slice(&body)
+    let mut value = crate::gateway::wire::json::value_from_slice(&body)
         .map_err(|e| GatewayError::bad_gateway(ErrorCode::OriginBadResponse, format!("answer is not JSON: {e}")))?;
     let report = guard::apply_output(guardrails, &mut value)?;
     if report.is_empty() {
         return Ok(body);
     }
     ctx.log.guard_output = Some(report);
-    serde_json::to_vec(&value).map_err(|e| GatewayError::internal(ErrorCode::EncodeFailed, e.to_string()))
+    Ok(crate::gateway::wire::json::value_to_vec(&value))
 }
 
 /// The headers every answer carries: request id, endpoint, origin, attempts, template

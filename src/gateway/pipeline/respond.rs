@@ -22,8 +22,7 @@ pub fn json_bytes<B>(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody
 }
 
 pub fn json_response<B>(status: StatusCode, value: &Value) -> Response<ResponseBody<B>> {
-    // Serializing a `Value` into a Vec cannot fail.
-    json_bytes(status, serde_json::to_vec(value).unwrap_or_default())
+    json_bytes(status, crate::gateway::wire::json::value_to_vec(value))
 }
 
 pub fn ok_json<B>(value: Value) -> Response<ResponseBody<B>> {

@@ -114,7 +114,7 @@ struct Meter {
 impl Meter {
     fn feed(&mut self, openai_sse: &[u8]) {
         for event in self.parser.push(openai_sse) {
-            let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else { continue };
+            let Ok(chunk) = event.data.parse::<Value>() else { continue };
             if let Some(id) = chunk.get("id").and_then(Value::as_str) {
                 if self.id.is_none() {
                     self.id = Some(id.to_string());

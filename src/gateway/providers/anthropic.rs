@@ -88,7 +88,7 @@ impl Adapter for Anthropic {
         let builder = post_json(&join_url(call.base_url, "messages"))
             .header("x-api-key", key)
             .header("anthropic-version", self.version.as_str());
-        finish_request(builder, json_body(&body)?)
+        finish_request(builder, json_body(&body))
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {
@@ -157,7 +157,7 @@ pub(crate) fn messages_answer(reply: Reply<'_>) -> Result<Translated> {
         vec![choice],
         usage,
     );
-    Ok(Translated { body: json_body(&answer)?, usage })
+    Ok(Translated { body: json_body(&answer), usage })
 }
 
 /// An OpenAI chat request (without `model`) as a Messages request for `model`.
@@ -555,7 +555,7 @@ impl StreamTranslate for StreamToOpenAi {
         if self.failed || self.stopped || self.done {
             return;
         }
-        let Ok(data) = serde_json::from_str::<Value>(&event.data) else { return };
+        let Ok(data) = event.data.parse::<Value>() else { return };
         let kind = event.event.as_deref().or_else(|| data.get("type").and_then(Value::as_str)).unwrap_or_default();
         let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
         match kind {

@@ -329,7 +329,7 @@ fn tool_use_blocks(tool_calls: Option<&Value>) -> Result<Vec<Value>> {
             };
             let input = match call.pointer("/function/arguments") {
                 Some(Value::String(args)) if args.trim().is_empty() => json!({}),
-                Some(Value::String(args)) => serde_json::from_str::<Value>(args).map_err(|_| {
+                Some(Value::String(args)) => args.parse::<Value>().map_err(|_| {
                     invalid(
                         ErrorCode::InvalidMessage,
                         format!("the arguments of tool call \"{id}\" are not valid JSON"),
@@ -601,7 +601,7 @@ impl Adapter for Bedrock {
         };
         let auth = self.resolve_auth(secrets, call.now_ms)?;
         let url = join_url(call.base_url, &format!("model/{}/{action}", uri_encode(call.model)));
-        let body = json_body(&payload)?;
+        let body = json_body(&payload);
         let accept = if action == "converse-stream" { aws::EVENT_STREAM } else { "application/json" };
         let builder = post_json(&url).header(header::ACCEPT, accept);
         let builder = match auth {
@@ -647,7 +647,7 @@ impl Adapter for Bedrock {
             }
             Operation::Predict => return Err(bad_response("bedrock does not serve predictions")),
         };
-        Ok(Translated { body: json_body(&translated)?, usage: Some(usage) })
+        Ok(Translated { body: json_body(&translated), usage: Some(usage) })
     }
 
     fn stream_mode(&self, op: Operation, model: &str, now_ms: u64) -> StreamMode<Self::Stream> {
@@ -701,7 +701,7 @@ impl StreamTranslate for ConverseStreamToOpenAi {
         if self.failed || self.done {
             return;
         }
-        let Ok(data) = serde_json::from_str::<Value>(&event.data) else { return };
+        let Ok(data) = event.data.parse::<Value>() else { return };
         let index = data.get("contentBlockIndex").and_then(Value::as_u64).unwrap_or(0);
         match event.event.as_deref().unwrap_or_default() {
             "messageStart" => self.start(out),

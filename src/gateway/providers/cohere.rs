@@ -357,7 +357,7 @@ impl Adapter for Cohere {
         let builder = post_json(&join_url(call.base_url, path))
             .header(header::ACCEPT, "application/json")
             .header(header::AUTHORIZATION, format!("Bearer {key}"));
-        finish_request(builder, json_body(&payload)?)
+        finish_request(builder, json_body(&payload))
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {
@@ -403,7 +403,7 @@ impl Adapter for Cohere {
             }
             Operation::Predict => return Err(bad_response("cohere does not serve predictions")),
         };
-        Ok(Translated { body: json_body(&translated)?, usage: Some(usage) })
+        Ok(Translated { body: json_body(&translated), usage: Some(usage) })
     }
 
     fn stream_mode(&self, _op: Operation, _model: &str, _now_ms: u64) -> StreamMode<Self::Stream> {

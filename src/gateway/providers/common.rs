@@ -11,6 +11,7 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
 use crate::gateway::types::Operation;
 use crate::gateway::util::text::{hex, scrub, truncate};
+use crate::gateway::wire::json::value_from_slice;
 use crate::gateway::wire::openai::{invalid, number, stop_sequences};
 
 /// Resolves a secret reference, failing with a message that names the reference, never a value.
@@ -265,7 +266,7 @@ pub fn origin_error(status: StatusCode, body: &[u8]) -> GatewayError {
             ),
         );
     }
-    let message = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+    let message = value_from_slice(body).ok().and_then(|v| {
         let m = v
             .pointer("/error/message")
             .or_else(|| v.get("message"))

@@ -160,7 +160,7 @@ impl Adapter for Databricks {
         };
         let url = join_url(call.base_url, &format!("{root}/{op_path}"));
         let builder = post_json(&url).header(header::AUTHORIZATION, format!("Bearer {bearer}"));
-        finish_request(builder, json_body(&body)?)
+        finish_request(builder, json_body(&body))
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {

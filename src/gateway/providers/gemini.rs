@@ -99,7 +99,7 @@ impl Adapter for Gemini {
         };
         let key = resolve_secret(&self.api_key, secrets)?;
         let url = join_url(call.base_url, &format!("{}:{action}", model_path(call.model)));
-        finish_request(post_json(&url).header("x-goog-api-key", key), json_body(&body)?)
+        finish_request(post_json(&url).header("x-goog-api-key", key), json_body(&body))
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {
@@ -112,7 +112,7 @@ impl Adapter for Gemini {
             Operation::Embeddings => embeddings_answer(&value, model)?,
             _ => generate_answer(op, &value, model, now_ms)?,
         };
-        Ok(Translated { body: json_body(&answer)?, usage })
+        Ok(Translated { body: json_body(&answer), usage })
     }
 
     fn stream_mode(&self, op: Operation, model: &str, now_ms: u64) -> StreamMode<Self::Stream> {
@@ -315,7 +315,7 @@ fn messages_to_gemini(messages: Vec<Value>) -> Result<(Vec<Value>, Vec<Value>)> 
                     Some(content) => text_parts(content, &content_path)?.concat(),
                 };
                 // Gemini wants an object; plain results go under "output", as Google documents.
-                let response = match serde_json::from_str::<Value>(&text) {
+                let response = match text.parse::<Value>() {
                     Ok(object @ Value::Object(_)) => object,
                     _ => json!({"output": text}),
                 };
@@ -703,7 +703,7 @@ impl StreamTranslate for StreamToOpenAi {
         if self.failed || self.done {
             return;
         }
-        let Ok(data) = serde_json::from_str::<Value>(&event.data) else { return };
+        let Ok(data) = event.data.parse::<Value>() else { return };
         if let Some(error) = data.get("error").filter(|e| !e.is_null()) {
             let message = error.get("message").and_then(Value::as_str).unwrap_or("origin error");
             write_error_chunk(out, &format!("origin stream failed: {message}"), "origin_stream_error");

@@ -173,7 +173,7 @@ impl Adapter for Tgi {
                 ))
             }
         };
-        finish_request(post_json(&join_url(call.base_url, path)), json_body(&payload)?)
+        finish_request(post_json(&join_url(call.base_url, path)), json_body(&payload))
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {
@@ -183,7 +183,7 @@ impl Adapter for Tgi {
         match op {
             Operation::Completions => {
                 let (out, usage) = completion(&value, body, model, now_ms)?;
-                Ok(Translated { body: json_body(&out)?, usage: Some(usage) })
+                Ok(Translated { body: json_body(&out), usage: Some(usage) })
             }
             _ => {
                 // The Messages API is OpenAI-shaped: pass the bytes on.

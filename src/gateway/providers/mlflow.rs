@@ -225,7 +225,7 @@ impl Adapter for ModelServing {
                 call.body
             }
         };
-        finish_request(post_json(&join_url(call.base_url, "invocations")), json_body(&payload)?)
+        finish_request(post_json(&join_url(call.base_url, "invocations")), json_body(&payload))
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {
@@ -273,7 +273,7 @@ impl Adapter for ModelServing {
                 })
             }
         };
-        Ok(Translated { body: json_body(&translated)?, usage: None })
+        Ok(Translated { body: json_body(&translated), usage: None })
     }
 
     fn stream_mode(&self, _op: Operation, _model: &str, _now_ms: u64) -> StreamMode<Self::Stream> {

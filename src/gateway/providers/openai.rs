@@ -213,7 +213,7 @@ impl Adapter for OpenAi {
         if let Some(org) = &self.organization {
             builder = builder.header("openai-organization", org);
         }
-        finish_request(builder, json_body(&body)?)
+        finish_request(builder, json_body(&body))
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {

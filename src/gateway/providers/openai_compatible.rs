@@ -285,7 +285,7 @@ impl Adapter for Compatible {
                 builder.header(h.header, value.as_str())
             };
         }
-        finish_request(builder, json_body(&body)?)
+        finish_request(builder, json_body(&body))
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {

@@ -15,6 +15,7 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::{Clock, Upstream};
 use crate::gateway::providers::common::{finish_request, origin_error, xml_text};
 use crate::gateway::util::text::truncate;
+use crate::gateway::wire::json::value_from_slice;
 
 /// Longest token-endpoint answer read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
@@ -185,7 +186,7 @@ pub async fn send_form<P: Upstream>(
     if !status.is_success() {
         // JSON error bodies (OAuth's `error_description`, Google's, Databricks') or AWS's XML.
         let text = String::from_utf8_lossy(&bytes);
-        let detail = serde_json::from_slice::<Value>(&bytes)
+        let detail = value_from_slice(&bytes)
             .ok()
             .and_then(|v| v.get("error_description").and_then(Value::as_str).map(str::to_owned))
             .or_else(|| xml_text(&text, "Message").map(str::to_owned));

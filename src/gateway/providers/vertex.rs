@@ -285,7 +285,7 @@ impl Adapter for VertexAi {
         let token = self.token.get(call.now_ms).ok_or_else(|| not_authorized(NAME))?;
         let builder =
             post_json(&join_url(call.base_url, &path)).header(header::AUTHORIZATION, format!("Bearer {}", token.0));
-        finish_request(builder, json_body(&body)?)
+        finish_request(builder, json_body(&body))
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {
@@ -295,7 +295,7 @@ impl Adapter for VertexAi {
             (ModelFamily::Gemini, Operation::Embeddings) => {
                 let value = reply.success_json()?;
                 let (answer, usage) = predict_answer(&value, reply.model)?;
-                Ok(Translated { body: json_body(&answer)?, usage: Some(usage) })
+                Ok(Translated { body: json_body(&answer), usage: Some(usage) })
             }
             (ModelFamily::Gemini, op) => {
                 let value = reply.success_json()?;
@@ -303,7 +303,7 @@ impl Adapter for VertexAi {
                     return Err(bad_response("not a JSON object"));
                 }
                 let (answer, usage) = gemini::generate_answer(op, &value, reply.model, reply.now_ms)?;
-                Ok(Translated { body: json_body(&answer)?, usage })
+                Ok(Translated { body: json_body(&answer), usage })
             }
         }
     }

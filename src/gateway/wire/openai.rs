@@ -81,7 +81,7 @@ pub fn embeddings_to_base64(body: &[u8]) -> Result<Vec<u8>> {
     if !changed {
         return Ok(body.to_vec());
     }
-    serde_json::to_vec(&value).map_err(|e| GatewayError::internal(ErrorCode::EncodeFailed, e.to_string()))
+    Ok(crate::gateway::wire::json::value_to_vec(&value))
 }
 
 fn bad_embedding() -> GatewayError {
@@ -318,7 +318,7 @@ impl StreamTranslate for StreamWatch {
             sse::write_done(out);
             return;
         }
-        if let Ok(chunk) = serde_json::from_str::<Value>(&event.data) {
+        if let Ok(chunk) = event.data.parse::<Value>() {
             if let Some(usage) = openai_usage(&chunk).filter(|_| chunk["usage"].is_object()) {
                 self.usage = Some(usage);
                 let usage_only = chunk.get("choices").and_then(Value::as_array).is_none_or(Vec::is_empty);
@@ -438,7 +438,7 @@ pub fn sse_to_completion(op: Operation, openai_sse: &[u8]) -> (Value, bool) {
     let mut choices: Vec<Choice> = Vec::new();
     let mut error = false;
     for event in events {
-        let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else { continue };
+        let Ok(chunk) = event.data.parse::<Value>() else { continue };
         if chunk.get("error").is_some_and(|e| !e.is_null()) {
             error = true;
             continue;

@@ -133,7 +133,7 @@ impl Turn {
         if let Some(reason) = incomplete {
             response["incomplete_details"] = json!({"reason": reason});
         }
-        let body = json_body(&response)?;
+        let body = json_body(&response);
         *self.finished.borrow_mut() = Some(response);
         Ok(body)
     }

@@ -259,7 +259,7 @@ impl StreamTranslate for ChatStreamToResponses {
             }
             return;
         }
-        let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else { return };
+        let Ok(chunk) = event.data.parse::<Value>() else { return };
         if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
             let message = error.get("message").and_then(Value::as_str).unwrap_or("origin error");
             let code = error.get("code").and_then(Value::as_str).unwrap_or("origin_stream_error");
@@ -330,7 +330,7 @@ impl ResponsesWatch {
 
 impl StreamTranslate for ResponsesWatch {
     fn event(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
-        if let Ok(data) = serde_json::from_str::<Value>(&event.data) {
+        if let Ok(data) = event.data.parse::<Value>() {
             self.last_seq = data.get("sequence_number").and_then(Value::as_u64).or(self.last_seq);
             let kind = data.get("type").and_then(Value::as_str).or(event.event.as_deref()).unwrap_or_default();
             match kind {

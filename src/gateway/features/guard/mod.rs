@@ -337,7 +337,7 @@ fn visit_descriptions(value: &mut Value, visit: &mut Visit<'_>) -> Result<()> {
 /// redacted number becomes a string); text that is not JSON is visited as it is.
 fn visit_arguments(arguments: &mut Value, source: Source, visit: &mut Visit<'_>) -> Result<()> {
     let Value::String(text) = arguments else { return visit_text(arguments, source, visit) };
-    let mut parsed = match serde_json::from_str::<Value>(text) {
+    let mut parsed = match text.parse::<Value>() {
         Ok(v @ (Value::Object(_) | Value::Array(_))) => v,
         _ => return visit(source, text),
     };

@@ -60,7 +60,11 @@ impl SseParser {
             if line.last() == Some(&b'\r') {
                 line = &line[..line.len() - 1];
             }
-            self.line(&String::from_utf8_lossy(line), &mut events);
+            // std's own validation first (precompiled, fast); the lossy copy only for bad bytes.
+            match std::str::from_utf8(line) {
+                Ok(text) => self.line(text, &mut events),
+                Err(_) => self.line(&String::from_utf8_lossy(line), &mut events),
+            }
             if self.overflowed {
                 return events;
             }

@@ -222,24 +222,26 @@ fn matches_slots(slots: &[(u32, bool)], words: &[u32]) -> bool {
 pub(super) fn injection(text: &str) -> Option<&'static str> {
     let grammar = grammar();
     let bytes = text.as_bytes();
-    // The slot bits of the words from `start` on, each word looked up once, in a ring of
-    // MAX_SLOTS (`read` words so far): a phrase spans at most MAX_SLOTS words.
-    let mut ring = [0u32; MAX_SLOTS];
+    // The slot bits of the words from `start` on, each word looked up once, in a ring (a
+    // power of two, so indexing is a mask) holding the MAX_SLOTS words a phrase can span.
+    const RING: usize = 8;
+    const _: () = assert!(RING >= MAX_SLOTS && RING.is_power_of_two());
+    let mut ring = [0u32; RING];
     let (mut start, mut read, mut at) = (0usize, 0usize, 0usize);
     loop {
         while read < start + MAX_SLOTS {
             let Some((from, to)) = next_word(bytes, at) else { break };
-            ring[read % MAX_SLOTS] = grammar.slots_of(&bytes[from..to]);
+            ring[read & (RING - 1)] = grammar.slots_of(&bytes[from..to]);
             read += 1;
             at = to;
         }
         if start == read {
             return None;
         }
-        let head = ring[start % MAX_SLOTS];
+        let head = ring[start & (RING - 1)];
         if head & grammar.first != 0 {
             let window: [u32; MAX_SLOTS] =
-                std::array::from_fn(|k| if start + k < read { ring[(start + k) % MAX_SLOTS] } else { 0 });
+                std::array::from_fn(|k| if start + k < read { ring[(start + k) & (RING - 1)] } else { 0 });
             for (id, slots) in &grammar.phrases {
                 if head & slots[0].0 != 0 && matches_slots(&slots[1..], &window[1..]) {
                     return Some(id);

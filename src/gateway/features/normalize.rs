@@ -72,7 +72,7 @@ pub fn apply_endpoint_rules(
 /// insignificant whitespace, numbers in serde's one spelling. Hashes, cache keys and traffic
 /// splits use it, so equal requests stay equal however the client formatted them.
 pub fn canonical(body: &Map<String, Value>) -> Vec<u8> {
-    crate::gateway::wire::json::object_to_vec(body)
+    crate::gateway::wire::json::json_body(body)
 }
 
 /// A stable 64-bit hash of the canonical body (traffic splits, weighted origin choice).

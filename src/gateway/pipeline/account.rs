@@ -202,7 +202,7 @@ fn streamed_entry(mut entry: cache::Entry, openai_sse: &[u8], usage: Option<Usag
             "completion_tokens": u.completion_tokens, "total_tokens": u.total()});
     }
     entry.usage = usage;
-    entry.body = crate::gateway::wire::json::value_to_vec(&answer);
+    entry.body = crate::gateway::wire::json::json_body(&answer);
     Some(entry)
 }
 

@@ -494,7 +494,7 @@ async fn guarded_stream<P: Ports>(
     openai.extend(pump.end());
     ctx.log.set_usage(pump.summary().usage);
     let (answer, complete) = sse_to_completion(call.op, &openai);
-    let answer = crate::gateway::wire::json::value_to_vec(&answer);
+    let answer = crate::gateway::wire::json::json_body(&answer);
     let answer = guard_output(ctx, &endpoint.guardrails, answer)?;
     let mut replay = completion_to_sse(call.op, &answer)?;
     if !complete {
@@ -528,7 +528,7 @@ fn guard_output(ctx: &mut RequestContext<'_>, guardrails: &guard::Guardrails, bo
         return Ok(body);
     }
     ctx.log.guard_output = Some(report);
-    Ok(crate::gateway::wire::json::value_to_vec(&value))
+    Ok(crate::gateway::wire::json::json_body(&value))
 }
 
 /// The headers every answer carries: request id, endpoint, origin, attempts, template

@@ -22,7 +22,7 @@ pub fn json_bytes<B>(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody
 }
 
 pub fn json_response<B>(status: StatusCode, value: &Value) -> Response<ResponseBody<B>> {
-    json_bytes(status, crate::gateway::wire::json::value_to_vec(value))
+    json_bytes(status, crate::gateway::wire::json::json_body(value))
 }
 
 pub fn ok_json<B>(value: Value) -> Response<ResponseBody<B>> {

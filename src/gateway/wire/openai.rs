@@ -81,7 +81,7 @@ pub fn embeddings_to_base64(body: &[u8]) -> Result<Vec<u8>> {
     if !changed {
         return Ok(body.to_vec());
     }
-    Ok(crate::gateway::wire::json::value_to_vec(&value))
+    Ok(crate::gateway::wire::json::json_body(&value))
 }
 
 fn bad_embedding() -> GatewayError {

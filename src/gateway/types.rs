@@ -33,3 +33,10 @@ impl Usage {
         self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 }
+
+/// A stream chunk's usage, as `edge_scan` reads it.
+impl From<edge_scan::chunk::Usage> for Usage {
+    fn from(u: edge_scan::chunk::Usage) -> Self {
+        Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
+    }
+}

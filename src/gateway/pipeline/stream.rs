@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::gateway::dialect::ClientStream;
 use crate::gateway::error::ErrorCode;
@@ -16,9 +16,10 @@ use crate::gateway::features::usage::Price;
 use crate::gateway::mcp::{McpOutcome, McpStream};
 use crate::gateway::providers::{ProviderStream, StreamDecoder};
 use crate::gateway::types::Usage;
-use crate::gateway::wire::openai::{openai_usage, StreamWatch};
+use crate::gateway::wire::openai::StreamWatch;
 use crate::gateway::wire::sse::{self, SseEvent, SseParser, MAX_EVENT_BYTES};
 use crate::gateway::wire::stream::StreamTranslate;
+use edge_scan::chunk::ChunkFacts;
 
 /// One stage of a pump: the origin's stream watched or translated into OpenAI chunks, or
 /// OpenAI chunks translated into the client's events. An enum: no dynamic dispatch per chunk.
@@ -112,49 +113,38 @@ struct Meter {
 }
 
 impl Meter {
+    /// Reads the first stage's output when that stage translated (its events are ours).
     fn feed(&mut self, openai_sse: &[u8]) {
         for event in self.parser.push(openai_sse) {
-            let Ok(chunk) = event.data.parse::<Value>() else { continue };
-            if let Some(id) = chunk.get("id").and_then(Value::as_str) {
-                if self.id.is_none() {
-                    self.id = Some(id.to_string());
-                }
+            if let Some(chunk) = ChunkFacts::parse(&event.data) {
+                self.observe(&chunk);
             }
-            if self.model.is_none() {
-                self.model = chunk.get("model").and_then(Value::as_str).map(str::to_owned);
+        }
+    }
+
+    fn observe(&mut self, chunk: &ChunkFacts) {
+        if self.id.is_none() {
+            self.id = chunk.id.as_deref().map(str::to_owned);
+        }
+        if self.model.is_none() {
+            self.model = chunk.model.as_deref().map(str::to_owned);
+        }
+        if self.object.is_none() {
+            self.object = chunk.object.as_deref().map(str::to_owned);
+        }
+        if chunk.usage.is_some() {
+            self.reported = chunk.usage.map(Usage::from);
+        }
+        for choice in chunk.choices.iter().flatten() {
+            let bytes = choice.content_bytes + choice.text_bytes + choice.tool_call_bytes;
+            if bytes > 0 {
+                self.deltas += 1;
+                self.generated_bytes = self.generated_bytes.saturating_add(bytes as u64);
             }
-            if self.object.is_none() {
-                self.object = chunk.get("object").and_then(Value::as_str).map(str::to_owned);
-            }
-            if let Some(usage) = openai_usage(&chunk).filter(|_| chunk["usage"].is_object()) {
-                self.reported = Some(usage);
-            }
-            for choice in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
-                let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let delta = choice.get("delta");
-                let mut bytes = 0usize;
-                if let Some(text) = delta.and_then(|d| d.get("content")).and_then(Value::as_str) {
-                    bytes += text.len();
-                }
-                if let Some(text) = choice.get("text").and_then(Value::as_str) {
-                    bytes += text.len();
-                }
-                for call in delta.and_then(|d| d.get("tool_calls")).and_then(Value::as_array).into_iter().flatten() {
-                    let function = call.get("function");
-                    for field in ["name", "arguments"] {
-                        bytes += function.and_then(|f| f.get(field)).and_then(Value::as_str).map_or(0, str::len);
-                    }
-                }
-                if bytes > 0 {
-                    self.deltas += 1;
-                    self.generated_bytes = self.generated_bytes.saturating_add(bytes as u64);
-                }
-                let finished = choice.get("finish_reason").is_some_and(|f| !f.is_null());
-                match (finished, self.open.contains(&index)) {
-                    (true, _) => self.open.retain(|i| *i != index),
-                    (false, false) => self.open.push(index),
-                    _ => {}
-                }
+            match (choice.finished, self.open.contains(&choice.index)) {
+                (true, _) => self.open.retain(|i| *i != choice.index),
+                (false, false) => self.open.push(choice.index),
+                _ => {}
             }
         }
     }
@@ -190,6 +180,38 @@ impl Meter {
             };
             let chunk = json!({"id": self.id, "object": object, "model": self.model, "choices": [choice]});
             sse::write_data(out, &chunk);
+        }
+    }
+}
+
+/// Runs `events` through one stage, then (with `finish`: the origin's stream ended) closes
+/// it. The first stage also feeds the meter: a watched OpenAI stream with the facts the watch
+/// read (each chunk parsed once), a translating stage by reading back what it wrote.
+fn run_stage(stage: &mut Stage, events: Vec<SseEvent>, finish: bool, meter: Option<&mut Meter>, out: &mut Vec<u8>) {
+    match (stage, meter) {
+        (Stage::Watch(watch), Some(meter)) => {
+            for event in &events {
+                let chunk = ChunkFacts::parse(&event.data);
+                watch.watch(event, chunk.as_ref(), out);
+                if let Some(chunk) = &chunk {
+                    meter.observe(chunk);
+                }
+            }
+            if finish {
+                watch.finish(out); // an error event and `[DONE]`: nothing to count
+            }
+        }
+        (stage, meter) => {
+            let from = out.len();
+            for event in &events {
+                stage.event(event, out);
+            }
+            if finish {
+                stage.finish(out);
+            }
+            if let Some(meter) = meter {
+                meter.feed(&out[from..]);
+            }
         }
     }
 }
@@ -309,24 +331,18 @@ impl StreamPump {
         };
         for (i, (parser, translator)) in self.stages.iter_mut().enumerate() {
             let mut out = Vec::new();
+            let meter = if i == 0 { self.meter.as_deref_mut() } else { None };
             if let Stage::Mcp(stage) = translator {
                 stage.bytes(&data, &mut out);
             } else {
-                for event in parser.push(&data) {
-                    translator.event(&event, &mut out);
-                }
+                run_stage(translator, parser.push(&data), false, meter, &mut out);
             }
             if parser.overflowed() {
                 let message = format!("the origin sent an event over {MAX_EVENT_BYTES} bytes");
                 return self.stop(ErrorCode::OriginStreamError, &message, false);
             }
-            if i == 0 {
-                if let Some(meter) = &mut self.meter {
-                    meter.feed(&out);
-                }
-                if let Some(capture) = &self.capture {
-                    capture.feed(&out);
-                }
+            if let (0, Some(capture)) = (i, &self.capture) {
+                capture.feed(&out);
             }
             data = out;
         }
@@ -365,21 +381,17 @@ impl StreamPump {
         }
         for (i, (parser, translator)) in self.stages.iter_mut().enumerate() {
             let mut out = Vec::new();
+            let meter = if i == 0 { self.meter.as_deref_mut() } else { None };
             if let Stage::Mcp(stage) = translator {
                 stage.bytes(&data, &mut out);
+                stage.finish(&mut out);
             } else {
-                for event in parser.push(&data).into_iter().chain(parser.finish()) {
-                    translator.event(&event, &mut out);
-                }
+                let mut events = parser.push(&data);
+                events.extend(parser.finish());
+                run_stage(translator, events, true, meter, &mut out);
             }
-            translator.finish(&mut out);
-            if i == 0 {
-                if let Some(meter) = &mut self.meter {
-                    meter.feed(&out);
-                }
-                if let Some(capture) = &self.capture {
-                    capture.feed(&out);
-                }
+            if let (0, Some(capture)) = (i, &self.capture) {
+                capture.feed(&out);
             }
             data = out;
         }

@@ -11,6 +11,7 @@ use crate::gateway::types::{Operation, Usage};
 use crate::gateway::wire::json::parse_json;
 use crate::gateway::wire::sse::{self, SseEvent};
 use crate::gateway::wire::stream::StreamTranslate;
+use edge_scan::chunk::ChunkFacts;
 
 /// The usage object of an OpenAI-shaped response, if present.
 pub fn openai_usage(body: &Value) -> Option<Usage> {
@@ -309,32 +310,28 @@ impl StreamWatch {
         self.hide_usage = hide;
         self
     }
-}
 
-impl StreamTranslate for StreamWatch {
-    fn event(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
+    /// Passes `event` through, noting its usage, content and end from `chunk` (the event's
+    /// facts, read once by the caller, who may need them too).
+    pub fn watch(&mut self, event: &SseEvent, chunk: Option<&ChunkFacts>, out: &mut Vec<u8>) {
         if event.data == "[DONE]" {
             self.done = true;
             sse::write_done(out);
             return;
         }
-        if let Ok(chunk) = event.data.parse::<Value>() {
-            if let Some(usage) = openai_usage(&chunk).filter(|_| chunk["usage"].is_object()) {
-                self.usage = Some(usage);
-                let usage_only = chunk.get("choices").and_then(Value::as_array).is_none_or(Vec::is_empty);
+        if let Some(chunk) = chunk {
+            if let Some(usage) = chunk.usage {
+                self.usage = Some(usage.into());
+                let usage_only = chunk.choices.as_ref().is_none_or(Vec::is_empty);
                 if self.hide_usage && usage_only {
                     return;
                 }
             }
-            for choice in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
-                let delta = &choice["delta"];
-                if delta.get("content").and_then(Value::as_str).is_some_and(|c| !c.is_empty())
-                    || choice.get("text").and_then(Value::as_str).is_some_and(|c| !c.is_empty())
-                    || delta.get("tool_calls").is_some()
-                {
+            for choice in chunk.choices.iter().flatten() {
+                if choice.content_bytes > 0 || choice.text_bytes > 0 || choice.has_tool_calls {
                     self.deltas += 1;
                 }
-                if !choice["finish_reason"].is_null() {
+                if choice.finished {
                     self.finished = true;
                 }
             }
@@ -342,6 +339,12 @@ impl StreamTranslate for StreamWatch {
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(event.data.as_bytes());
         out.extend_from_slice(b"\n\n");
+    }
+}
+
+impl StreamTranslate for StreamWatch {
+    fn event(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
+        self.watch(event, ChunkFacts::parse(&event.data).as_ref(), out);
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) {

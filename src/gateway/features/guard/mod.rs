@@ -19,15 +19,14 @@
 //! `prompt` and embeddings `input`; nothing else in the body is touched.
 
 mod detect;
-mod injection;
 mod rules;
 
+use edge_scan::injection::injection;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::guard::detect::redact;
-use crate::gateway::features::guard::injection::injection;
 pub use crate::gateway::features::guard::rules::{check, Guardrails, Injection};
 use crate::gateway::features::guard::rules::{contains_ascii_ci, contains_unicode_ci, Matcher};
 

@@ -1,0 +1,210 @@
+//! Server-sent events: the incremental parser every origin stream goes through (bytes in as
+//! they arrive, complete events out, never the whole body).
+
+/// One parsed event. `event` is the `event:` field (Anthropic uses it; OpenAI does not).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Longest line, and largest event (its data lines together), the parser buffers. An origin
+/// that sends more without a line break, or one event that large, has its stream ended with
+/// an error instead of being buffered without bound.
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// Splits a byte stream into events; chunks may end anywhere, even inside a UTF-8 character.
+/// Linear in the bytes pushed: each byte is scanned for a line break once, and the buffer is
+/// shifted once per push, not once per line.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: Vec<u8>,
+    /// Bytes at the start of `buf` known to hold no line break.
+    scanned: usize,
+    event: Option<String>,
+    /// The event's data lines so far, joined with `\n`; `data_lines` says whether there was one
+    /// (an empty `data:` line still makes an event).
+    data: String,
+    data_lines: bool,
+    data_bytes: usize,
+    overflowed: bool,
+}
+
+impl SseParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A line or an event exceeded [`MAX_EVENT_BYTES`]: the parser dropped it and yields
+    /// nothing more (the stream is broken).
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    /// Bytes held for an incomplete line.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Feeds a chunk; returns the events it completed.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        if self.overflowed {
+            return events;
+        }
+        self.buf.extend_from_slice(chunk);
+        let buf = std::mem::take(&mut self.buf);
+        let mut start = 0;
+        let mut scan = self.scanned;
+        while let Some(offset) = memchr::memchr(b'\n', &buf[scan..]) {
+            let newline = scan + offset;
+            let mut line = &buf[start..newline];
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            // std's own validation first (precompiled, fast); the lossy copy only for bad bytes.
+            match std::str::from_utf8(line) {
+                Ok(text) => self.line(text, &mut events),
+                Err(_) => self.line(&String::from_utf8_lossy(line), &mut events),
+            }
+            if self.overflowed {
+                return events;
+            }
+            start = newline + 1;
+            scan = start;
+        }
+        let mut buf = buf;
+        buf.drain(..start);
+        self.scanned = buf.len();
+        if buf.len() > MAX_EVENT_BYTES {
+            self.overflow();
+            return events;
+        }
+        self.buf = buf;
+        events
+    }
+
+    /// Ends the stream: a final event without its blank line still counts.
+    pub fn finish(&mut self) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        if self.overflowed {
+            return events;
+        }
+        if !self.buf.is_empty() {
+            let rest = std::mem::take(&mut self.buf);
+            self.scanned = 0;
+            self.line(&String::from_utf8_lossy(&rest), &mut events);
+        }
+        self.line("", &mut events);
+        events
+    }
+
+    fn overflow(&mut self) {
+        self.overflowed = true;
+        self.buf = Vec::new();
+        self.scanned = 0;
+        self.data = String::new();
+        self.data_lines = false;
+        self.data_bytes = 0;
+        self.event = None;
+    }
+
+    fn line(&mut self, line: &str, events: &mut Vec<SseEvent>) {
+        if line.is_empty() {
+            if self.data_lines || self.event.is_some() {
+                events.push(SseEvent { event: self.event.take(), data: std::mem::take(&mut self.data) });
+                self.data_lines = false;
+                self.data_bytes = 0;
+            }
+            return;
+        }
+        if line.starts_with(':') {
+            return; // comment / keep-alive
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => self.event = Some(value.to_string()),
+            "data" => {
+                self.data_bytes = self.data_bytes.saturating_add(value.len() + 1);
+                if self.data_bytes > MAX_EVENT_BYTES {
+                    self.overflow();
+                    return;
+                }
+                if std::mem::replace(&mut self.data_lines, true) {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+            }
+            _ => {} // id, retry: not needed for translation
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_split_across_arbitrary_chunks() {
+        let stream = b"event: message_start\ndata: {\"a\":1}\n\n: ping\ndata: x\r\ndata: y\n\ndata: [DONE]\n\n";
+        for split in 0..stream.len() {
+            let mut p = SseParser::new();
+            let mut events = p.push(&stream[..split]);
+            events.extend(p.push(&stream[split..]));
+            events.extend(p.finish());
+            assert_eq!(
+                events,
+                vec![
+                    SseEvent { event: Some("message_start".into()), data: "{\"a\":1}".into() },
+                    SseEvent { event: None, data: "x\ny".into() },
+                    SseEvent { event: None, data: "[DONE]".into() },
+                ],
+                "split at {split}"
+            );
+        }
+    }
+
+    /// M6: the parser never rescans what it has scanned (a line trickling in byte by byte was
+    /// quadratic), never shifts its buffer once per line (a chunk of many lines was quadratic),
+    /// and gives up on a line or event over `MAX_EVENT_BYTES` instead of buffering it whole.
+    #[test]
+    fn parsing_is_linear_and_bounded() {
+        let started = std::time::Instant::now();
+        let mut p = SseParser::new();
+        let line = vec![b'x'; 200_000];
+        for b in &line {
+            assert!(p.push(std::slice::from_ref(b)).is_empty());
+        }
+        assert_eq!(p.push(b"\n\n").len(), 0, "a line with no field name is ignored");
+        let many = "data: {}\n\n".repeat(100_000);
+        assert_eq!(SseParser::new().push(many.as_bytes()).len(), 100_000);
+        let elapsed = started.elapsed();
+        assert!(elapsed < std::time::Duration::from_secs(3), "{elapsed:?}");
+
+        let mut p = SseParser::new();
+        let giant = vec![b'a'; 64 * 1024];
+        p.push(b"data: ");
+        for _ in 0..(MAX_EVENT_BYTES / giant.len() + 2) {
+            assert!(p.push(&giant).is_empty());
+        }
+        assert!(p.overflowed());
+        assert!(p.buffered() <= MAX_EVENT_BYTES + giant.len(), "{}", p.buffered());
+        assert!(p.push(b"\n\ndata: late\n\n").is_empty(), "nothing after an overflow");
+        assert!(p.finish().is_empty());
+        // Many data lines adding up to too much overflow as well.
+        let mut p = SseParser::new();
+        let line = format!("data: {}\n", "b".repeat(1000));
+        for _ in 0..(MAX_EVENT_BYTES / 1000 + 2) {
+            p.push(line.as_bytes());
+        }
+        assert!(p.overflowed());
+    }
+
+    #[test]
+    fn unterminated_last_event_is_flushed_by_finish() {
+        let mut p = SseParser::new();
+        assert!(p.push(b"data: tail").is_empty());
+        assert_eq!(p.finish(), vec![SseEvent { event: None, data: "tail".into() }]);
+    }
+}

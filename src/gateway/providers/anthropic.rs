@@ -561,12 +561,8 @@ impl StreamTranslate for StreamToOpenAi {
         match kind {
             "message_start" => {
                 let message = data.get("message");
-                if let Some(id) = message.and_then(|m| m.get("id")).and_then(Value::as_str) {
-                    self.chunks.id = id.to_string();
-                }
-                if let Some(model) = message.and_then(|m| m.get("model")).and_then(Value::as_str) {
-                    self.chunks.model = model.to_string();
-                }
+                let text = |field: &str| message.and_then(|m| m.get(field)).and_then(Value::as_str);
+                self.chunks.name(text("id"), text("model"));
                 self.record_usage(message.and_then(|m| m.get("usage")));
                 self.start(out);
             }

@@ -712,12 +712,8 @@ impl StreamTranslate for StreamToOpenAi {
         }
         if !self.named {
             self.named = true;
-            if let Some(id) = data.get("responseId").and_then(Value::as_str) {
-                self.chunks.id = id.to_string();
-            }
-            if let Some(model) = data.get("modelVersion").and_then(Value::as_str) {
-                self.chunks.model = model.to_string();
-            }
+            let text = |field: &str| data.get(field).and_then(Value::as_str);
+            self.chunks.name(text("responseId"), text("modelVersion"));
         }
         if let Some(meta) = data.get("usageMetadata").filter(|m| m.is_object()) {
             self.usage = Some(gemini_usage(meta));

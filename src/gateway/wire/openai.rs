@@ -8,10 +8,11 @@ use serde_json::{json, Map, Value};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::types::{Operation, Usage};
-use crate::gateway::wire::json::parse_json;
+use crate::gateway::wire::json::{json_body, parse_json};
 use crate::gateway::wire::sse::{self, SseEvent};
 use crate::gateway::wire::stream::StreamTranslate;
 use edge_scan::chunk::ChunkFacts;
+use edge_scan::json::write_str;
 
 /// The usage object of an OpenAI-shaped response, if present.
 pub fn openai_usage(body: &Value) -> Option<Usage> {
@@ -209,27 +210,56 @@ pub fn openai_answer(
 /// Writes OpenAI stream chunks: `chat.completion.chunk`, or `text_completion` chunks for the
 /// completions API (which carry no role and no tool calls).
 pub struct ChunkWriter {
-    pub id: String,
-    pub model: String,
-    pub created: u64,
-    pub text_completion: bool,
+    id: String,
+    model: String,
+    created: u64,
+    text_completion: bool,
+    /// What follows `"choices":[…]` in every chunk, `,"created":…,"id":…,"model":…,"object":…}`
+    /// (serde_json's key order), built once per id and model: a content delta is then written
+    /// without building a JSON tree.
+    tail: Vec<u8>,
 }
 
 impl ChunkWriter {
     pub fn new(op: Operation, id: &str, model: &str, now_ms: u64) -> Self {
-        ChunkWriter {
+        let mut writer = ChunkWriter {
             id: id.to_string(),
             model: model.to_string(),
             created: now_ms / 1000,
             text_completion: op == Operation::Completions,
+            tail: Vec::new(),
+        };
+        writer.name(None, None);
+        writer
+    }
+
+    /// The origin's own id and model, once its stream says them.
+    pub fn name(&mut self, id: Option<&str>, model: Option<&str>) {
+        if let Some(id) = id {
+            self.id = id.to_string();
         }
+        if let Some(model) = model {
+            self.model = model.to_string();
+        }
+        let object = if self.text_completion { "text_completion" } else { "chat.completion.chunk" };
+        let mut tail = format!(",\"created\":{},\"id\":", self.created).into_bytes();
+        write_str(&mut tail, &self.id);
+        tail.extend_from_slice(b",\"model\":");
+        write_str(&mut tail, &self.model);
+        tail.extend_from_slice(format!(",\"object\":\"{object}\"}}").as_bytes());
+        self.tail = tail;
+    }
+
+    /// `data: {"choices":<choices>,…}` and the blank line.
+    fn write_with(&self, out: &mut Vec<u8>, choices: impl FnOnce(&mut Vec<u8>)) {
+        out.extend_from_slice(b"data: {\"choices\":");
+        choices(out);
+        out.extend_from_slice(&self.tail);
+        out.extend_from_slice(b"\n\n");
     }
 
     fn write(&self, out: &mut Vec<u8>, choices: Value) {
-        let object = if self.text_completion { "text_completion" } else { "chat.completion.chunk" };
-        let chunk =
-            json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices});
-        sse::write_data(out, &chunk);
+        self.write_with(out, |out| out.extend_from_slice(&json_body(&choices)));
     }
 
     fn delta(&self, out: &mut Vec<u8>, index: u64, delta: Value, finish: Option<&str>) {
@@ -243,15 +273,26 @@ impl ChunkWriter {
         }
     }
 
+    /// A content delta (the chunk most streams are made of), written directly.
     pub fn text(&self, out: &mut Vec<u8>, index: u64, text: &str) {
         if text.is_empty() {
             return;
         }
-        if self.text_completion {
-            self.write(out, json!([{"index": index, "text": text, "logprobs": null, "finish_reason": null}]));
-        } else {
-            self.delta(out, index, json!({"content": text}), None);
-        }
+        self.write_with(out, |out| {
+            if self.text_completion {
+                out.extend_from_slice(
+                    format!("[{{\"finish_reason\":null,\"index\":{index},\"logprobs\":null,\"text\":").as_bytes(),
+                );
+                write_str(out, text);
+                out.extend_from_slice(b"}]");
+            } else {
+                out.extend_from_slice(b"[{\"delta\":{\"content\":");
+                write_str(out, text);
+                out.extend_from_slice(
+                    format!("}},\"finish_reason\":null,\"index\":{index},\"logprobs\":null}}]").as_bytes(),
+                );
+            }
+        });
     }
 
     /// One `delta.tool_calls[]` entry.
@@ -561,6 +602,35 @@ pub fn parse_tool_call<'a>(call: &'a Value, path: &str) -> Result<(&'a str, &'a 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Content deltas written directly are byte for byte the chunks a JSON tree gave, before
+    /// and after the origin names itself (ids and models with characters to escape).
+    #[test]
+    fn direct_content_chunks_match_the_tree_built_ones() {
+        for op in [Operation::Chat, Operation::Completions] {
+            let mut writer = ChunkWriter::new(op, "msg_\"1\"", "m", 1_700_000_000_123);
+            for named in [false, true] {
+                if named {
+                    writer.name(Some("id\\2"), Some("claude-ü"));
+                }
+                for (index, text) in [(0, "hi"), (3, "quote \" line\n tab\t é 🚀"), (1, "\u{1}")] {
+                    let mut direct = Vec::new();
+                    writer.text(&mut direct, index, text);
+                    let object = if op == Operation::Completions { "text_completion" } else { "chat.completion.chunk" };
+                    let choice = if op == Operation::Completions {
+                        json!({"index": index, "text": text, "logprobs": null, "finish_reason": null})
+                    } else {
+                        json!({"index": index, "delta": {"content": text}, "logprobs": null, "finish_reason": null})
+                    };
+                    let chunk = json!({"id": writer.id, "object": object, "created": 1_700_000_000u64,
+                        "model": writer.model, "choices": [choice]});
+                    let mut tree = Vec::new();
+                    sse::write_data(&mut tree, &chunk);
+                    assert_eq!(String::from_utf8(direct).unwrap(), String::from_utf8(tree).unwrap());
+                }
+            }
+        }
+    }
 
     #[test]
     fn embeddings_in_base64_are_little_endian_f32s() {

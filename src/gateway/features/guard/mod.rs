@@ -410,9 +410,8 @@ fn deny(g: &Guardrails, text: &str, code: ErrorCode, what: &str) -> Result<()> {
 mod tests {
     use super::*;
     use crate::gateway::check::Issues;
-    use crate::gateway::features::guard::rules::{required_literal, Pattern};
+    use crate::gateway::features::guard::rules::{compile_regex, required_literal};
     use http::StatusCode;
-    use regex_lite::RegexBuilder;
     use serde_json::json;
 
     fn guard(v: Value) -> Guardrails {
@@ -737,13 +736,16 @@ mod tests {
             "foo{2}bar",
             "nothing here",
         ];
-        for pattern in patterns {
-            let Ok(regex) = RegexBuilder::new(pattern).case_insensitive(true).build() else { continue };
-            let compiled = Pattern { regex, required: required_literal(pattern).map(|l| l.to_ascii_lowercase()) };
-            for text in texts {
+        // The same for the windows the regex runs in (bounded patterns get some): the rule's
+        // answer with both prefilters is the regex's own.
+        let bounded = [r"\b\d{3}-\d{2}-\d{4}\b", "colou?r", r"api\.key", "[x]yz{1,2}abc", r"[\]]xyz\["];
+        for pattern in patterns.into_iter().chain(bounded) {
+            let Some(compiled) = compile_regex("p", pattern, true, &mut Issues::default()) else { continue };
+            for text in texts.into_iter().chain(["ssn 123-45-6789.", "x123-45-6789"]) {
                 if compiled.regex.is_match(text) {
                     assert!(compiled.may_match(text), "prefilter of {pattern:?} rejects {text:?}");
                 }
+                assert_eq!(compiled.is_match(text), compiled.regex.is_match(text), "{pattern:?} on {text:?}");
             }
         }
     }

@@ -2,7 +2,7 @@
 //! (Luhn) and IBANs (mod-97). Each calls `add(start, end)` for every span it finds; the guard
 //! decides what to do with them (redact, count).
 
-pub fn is_word(b: u8) -> bool {
+fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
@@ -49,9 +49,9 @@ pub fn find_emails(text: &str, add: &mut dyn FnMut(usize, usize)) {
 /// Runs of digits with single separators from `seps` between them, starting at a boundary
 /// (not glued to a word or a number). Calls `f(start, end, digits)` for each run.
 /// Called with a run's start, end and digit groups.
-pub type RunFn<'a> = dyn FnMut(usize, usize, &[(usize, usize)]) + 'a;
+type RunFn<'a> = dyn FnMut(usize, usize, &[(usize, usize)]) + 'a;
 
-pub fn digit_runs(text: &str, seps: &[u8], f: &mut RunFn<'_>) {
+fn digit_runs(text: &str, seps: &[u8], f: &mut RunFn<'_>) {
     let b = text.as_bytes();
     let mut i = 0;
     let mut groups: Vec<(usize, usize)> = Vec::new();
@@ -143,7 +143,7 @@ pub fn find_cards(text: &str, add: &mut dyn FnMut(usize, usize)) {
     });
 }
 
-pub fn luhn(digits: &[u8]) -> bool {
+fn luhn(digits: &[u8]) -> bool {
     let mut sum = 0u32;
     let mut double = false;
     for &c in digits.iter().rev().filter(|c| c.is_ascii_digit()) {
@@ -216,7 +216,7 @@ pub fn find_phones(text: &str, add: &mut dyn FnMut(usize, usize)) {
 }
 
 /// `YYYY-MM-DD...`, `DD.MM.YYYY...` and friends (with `-`, `.` or `/`).
-pub fn looks_like_date(s: &[u8]) -> bool {
+fn looks_like_date(s: &[u8]) -> bool {
     let shape = |pattern: &[u8]| {
         s.len() >= pattern.len()
             && s.iter().zip(pattern).all(|(c, p)| match p {
@@ -276,7 +276,7 @@ pub fn find_ibans(text: &str, add: &mut dyn FnMut(usize, usize)) {
     }
 }
 
-pub fn iban_valid(iban: &[u8]) -> bool {
+fn iban_valid(iban: &[u8]) -> bool {
     let mut r = 0u32;
     for &c in iban[4..].iter().chain(&iban[..4]) {
         r = match c {
@@ -289,7 +289,7 @@ pub fn iban_valid(iban: &[u8]) -> bool {
 }
 
 /// IBAN lengths of the countries in the SWIFT IBAN registry: country code, two-digit length.
-pub fn iban_length(country: [u8; 2]) -> Option<usize> {
+fn iban_length(country: [u8; 2]) -> Option<usize> {
     const LENGTHS: &str = concat!(
         "AD24AE23AL28AT20AZ28BA20BE16BG22BH22BI27BR29BY28CH21CR22CY28CZ24DE22DJ27DK18DO28EE20EG29ES24FI18",
         "FK18FO18FR27GB22GE22GI23GL18GR27GT28HN28HR21HU28IE22IL23IQ23IS26IT27JO30KW30KZ20LB28LC32LI21LT20",

@@ -166,6 +166,22 @@ fn space() -> [bool; 256] {
     set([b'\t', b'\n', 0x0B, 0x0C, b'\r', b' '])
 }
 
+/// The ASCII bytes of a one-character escape: a Perl class (`\d`, `\w`, `\s`, ASCII as in
+/// regex-lite) or a control character; `None` for any other escape.
+fn escaped_set(e: u8) -> Option<[bool; 256]> {
+    Some(match e {
+        b'd' => set(DIGITS),
+        b'w' => word(),
+        b's' => space(),
+        b'n' => set([b'\n']),
+        b't' => set([b'\t']),
+        b'r' => set([b'\r']),
+        b'f' => set([0x0C]),
+        b'v' => set([0x0B]),
+        _ => return None,
+    })
+}
+
 struct Parser<'p> {
     p: &'p [u8],
     at: usize,
@@ -293,19 +309,9 @@ impl Parser<'_> {
                 self.at += 2;
                 match e {
                     b'b' | b'B' => Some(Shape::empty()),
-                    b'd' => Some(Shape::bytes(set(DIGITS), 1)),
-                    b'w' => Some(Shape::bytes(word(), 1)),
-                    b's' => Some(Shape::bytes(space(), 1)),
-                    b'D' => Some(Shape::bytes(complement(&set(DIGITS)), 4)),
-                    b'W' => Some(Shape::bytes(complement(&word()), 4)),
-                    b'S' => Some(Shape::bytes(complement(&space()), 4)),
-                    b'n' => Some(Shape::bytes(set([b'\n']), 1)),
-                    b't' => Some(Shape::bytes(set([b'\t']), 1)),
-                    b'r' => Some(Shape::bytes(set([b'\r']), 1)),
-                    b'f' => Some(Shape::bytes(set([0x0C]), 1)),
-                    b'v' => Some(Shape::bytes(set([0x0B]), 1)),
+                    b'D' | b'W' | b'S' => Some(Shape::bytes(complement(&escaped_set(e.to_ascii_lowercase())?), 4)),
                     e if e.is_ascii_punctuation() => Some(Shape::bytes(fold(set([e])), 1)),
-                    _ => None, // \x, \u, \p, \A, \z, octal, ...: not read
+                    e => Some(Shape::bytes(escaped_set(e)?, 1)), // \x, \u, \p, \A, \z, octal, ...: not read
                 }
             }
             b'^' | b'$' | b'*' | b'+' | b'?' | b'{' | b'}' | b']' | b')' | b'|' => None,
@@ -343,18 +349,8 @@ impl Parser<'_> {
                 b'\\' => {
                     let e = *self.p.get(self.at + 1)?;
                     self.at += 2;
-                    let perl = match e {
-                        b'd' => Some(set(DIGITS)),
-                        b'w' => Some(word()),
-                        b's' => Some(space()),
-                        b'n' => Some(set([b'\n'])),
-                        b't' => Some(set([b'\t'])),
-                        b'r' => Some(set([b'\r'])),
-                        e if e.is_ascii_punctuation() => None,
-                        _ => return None,
-                    };
-                    if let Some(s) = perl {
-                        for (m, b) in members.iter_mut().zip(s) {
+                    if !e.is_ascii_punctuation() {
+                        for (m, b) in members.iter_mut().zip(escaped_set(e)?) {
                             *m |= b;
                         }
                         continue;

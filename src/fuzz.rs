@@ -1139,6 +1139,7 @@ pub fn adversarial() -> Vec<(&'static str, Case)> {
         // Under the endpoint's max_chars (200,000), so every content rule scans all of it.
         ("199k chars of digit groups (guarded, all rules)", post("/v1/chat/completions", chat("guarded", "1-2 ".repeat(49_750)))),
         ("199k chars of prose (guarded, all rules)", post("/v1/chat/completions", chat("guarded", "lorem ipsum dolor ".repeat(11_050)))),
+        ("199k chars of ticket ids, 33k redactions (guarded, all rules)", post("/v1/chat/completions", chat("guarded", "TCK-1 ".repeat(33_150)))),
         ("1 MB unknown model name", post("/v1/chat/completions", chat(&"s".repeat(limit - 100), "hi".into()))),
         ("64-char near-miss model name", post("/v1/chat/completions", chat(&"guardedx".repeat(8), "hi".into()))),
         ("deep JSON nesting", post("/v1/chat/completions", fit(format!("{}{}", "[".repeat(limit / 2), "]".repeat(limit / 2))).into_bytes())),

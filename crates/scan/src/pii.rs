@@ -93,6 +93,7 @@ pub fn find_cards(text: &str, add: &mut dyn FnMut(usize, usize)) {
     // The run's Luhn prefix sums, reused across runs: `sums[k]` covers its first k digits,
     // `[0]` with the digits at even positions doubled, `[1]` with the odd ones doubled.
     let mut sums: Vec<[u32; 2]> = Vec::new();
+    let mut digits_before: Vec<usize> = Vec::new();
     digit_runs(text, b" -", &mut |start, end, groups| {
         let total: usize = groups.iter().map(|(s, e)| e - s).sum();
         if total < 13 {
@@ -118,25 +119,34 @@ pub fn find_cards(text: &str, add: &mut dyn FnMut(usize, usize)) {
             (sums[to][k] - sums[from][k]).is_multiple_of(10)
         };
         // Longest group-aligned sub-run that is a valid card number (the first one wins ties).
-        let mut best: Option<(usize, usize, usize)> = None; // (start, end, digits)
-        let mut first_digit = 0; // index in the run of group i's first digit
-        for (i, &(s, group_end)) in groups.iter().enumerate() {
-            let mut digits = 0;
-            for &(gs, e) in &groups[i..] {
-                digits += e - gs;
-                if digits > 19 {
-                    break;
-                }
-                if digits >= 13
-                    && best.is_none_or(|(_, _, n)| n < digits)
-                    && (s, e) != (start, end)
-                    && luhn_of(first_digit, first_digit + digits)
-                {
-                    best = Some((s, e, digits));
+        // `digits_before[g]`: digits in the groups before group g. From each start group only
+        // the end groups giving more digits than the best so far (and 13..=19) are tried; that
+        // range only moves right as the start does.
+        digits_before.clear();
+        digits_before.push(0);
+        for &(s, e) in groups.iter() {
+            digits_before.push(digits_before[digits_before.len() - 1] + (e - s));
+        }
+        let whole = (0, groups.len() - 1);
+        let mut best: Option<(usize, usize, usize)> = None; // (start group, end group, digits)
+        let mut first_end = 0;
+        for from in 0..groups.len() {
+            let need = best.map_or(13, |(_, _, n)| n + 1);
+            if need > 19 {
+                break;
+            }
+            let digits_to = |to: usize| digits_before[to + 1] - digits_before[from];
+            first_end = first_end.max(from);
+            while first_end < groups.len() && digits_to(first_end) < need {
+                first_end += 1;
+            }
+            for to in (first_end..groups.len()).take_while(|&to| digits_to(to) <= 19) {
+                if (from, to) != whole && luhn_of(digits_before[from], digits_before[to + 1]) {
+                    best = Some((from, to, digits_to(to)));
                 }
             }
-            first_digit += group_end - s;
         }
+        let best = best.map(|(from, to, n)| (groups[from].0, groups[to].1, n));
         if let Some((s, e, _)) = best {
             add(s, e);
         }

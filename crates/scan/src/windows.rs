@@ -9,6 +9,8 @@
 //! regex runs over the whole text as before. A window keeps one character of context on each
 //! side, so `\b` at a match's edges sees the same neighbours as in the whole text.
 
+use crate::syntax::{self, complement, escaped_set, escapes_itself, fold_case, set, utf8_len};
+
 /// The shape of a pattern's matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Windows {
@@ -126,60 +128,6 @@ impl Shape {
         self.max = self.max.max(other.max);
         self
     }
-}
-
-fn set(bytes: impl IntoIterator<Item = u8>) -> [bool; 256] {
-    let mut s = [false; 256];
-    for b in bytes {
-        s[usize::from(b)] = true;
-    }
-    s
-}
-
-/// Every byte that can start a character not in the ASCII set `members`: the complement of a
-/// class (`\D`, `[^...]`, `.`).
-fn complement(members: &[bool; 256]) -> [bool; 256] {
-    let mut s = [false; 256];
-    for b in 0..256 {
-        s[b] = if b < 0x80 { !members[b] } else { b >= 0xC0 };
-    }
-    s
-}
-
-fn fold_case(mut s: [bool; 256]) -> [bool; 256] {
-    for b in b'a'..=b'z' {
-        let (lower, upper) = (usize::from(b), usize::from(b.to_ascii_uppercase()));
-        let either = s[lower] || s[upper];
-        s[lower] = either;
-        s[upper] = either;
-    }
-    s
-}
-
-const DIGITS: std::ops::RangeInclusive<u8> = b'0'..=b'9';
-
-fn word() -> [bool; 256] {
-    set((b'0'..=b'9').chain(b'a'..=b'z').chain(b'A'..=b'Z').chain([b'_']))
-}
-
-fn space() -> [bool; 256] {
-    set([b'\t', b'\n', 0x0B, 0x0C, b'\r', b' '])
-}
-
-/// The ASCII bytes of a one-character escape: a Perl class (`\d`, `\w`, `\s`, ASCII as in
-/// regex-lite) or a control character; `None` for any other escape.
-fn escaped_set(e: u8) -> Option<[bool; 256]> {
-    Some(match e {
-        b'd' => set(DIGITS),
-        b'w' => word(),
-        b's' => space(),
-        b'n' => set([b'\n']),
-        b't' => set([b'\t']),
-        b'r' => set([b'\r']),
-        b'f' => set([0x0C]),
-        b'v' => set([0x0B]),
-        _ => return None,
-    })
 }
 
 struct Parser<'p> {
@@ -308,9 +256,9 @@ impl Parser<'_> {
                 let e = *self.p.get(self.at + 1)?;
                 self.at += 2;
                 match e {
-                    b'b' | b'B' => Some(Shape::empty()),
+                    b'b' | b'B' | b'<' | b'>' => Some(Shape::empty()), // word boundaries
                     b'D' | b'W' | b'S' => Some(Shape::bytes(complement(&escaped_set(e.to_ascii_lowercase())?), 4)),
-                    e if e.is_ascii_punctuation() => Some(Shape::bytes(fold(set([e])), 1)),
+                    e if escapes_itself(e) => Some(Shape::bytes(fold(set([e])), 1)),
                     e => Some(Shape::bytes(escaped_set(e)?, 1)), // \x, \u, \p, \A, \z, octal, ...: not read
                 }
             }
@@ -324,93 +272,18 @@ impl Parser<'_> {
         }
     }
 
-    /// `[...]`: literals, ranges and Perl classes, possibly negated; anything fancier (nested
-    /// classes, set operations, POSIX classes) is not read.
     fn class(&mut self, ci: bool) -> Option<Shape> {
-        self.at += 1;
-        let negated = self.peek() == Some(b'^');
-        if negated {
-            self.at += 1;
+        let class = syntax::class(self.p, &mut self.at, ci)?;
+        if class.negated {
+            return Some(Shape::bytes(complement(&class.members), 4));
         }
-        let mut members = [false; 256];
-        let mut non_ascii = false;
-        let mut first_item = true;
-        loop {
-            let c = self.peek()?;
-            if c == b']' && !first_item {
-                self.at += 1;
-                break;
-            }
-            first_item = false;
-            if c == b'[' || self.p[self.at..].starts_with(b"&&") || self.p[self.at..].starts_with(b"--") {
-                return None;
-            }
-            let low = match c {
-                b'\\' => {
-                    let e = *self.p.get(self.at + 1)?;
-                    self.at += 2;
-                    if !e.is_ascii_punctuation() {
-                        for (m, b) in members.iter_mut().zip(escaped_set(e)?) {
-                            *m |= b;
-                        }
-                        continue;
-                    }
-                    e
-                }
-                c => {
-                    let len = utf8_len(c)?;
-                    self.at += len;
-                    c
-                }
-            };
-            // A range `low-high` (a `-` before `]` is a literal).
-            if self.peek() == Some(b'-') && self.p.get(self.at + 1).is_some_and(|&n| n != b']') {
-                self.at += 1;
-                let high = self.peek()?;
-                if high == b'\\' || high == b'[' {
-                    return None;
-                }
-                self.at += utf8_len(high)?;
-                if low >= 0x80 || high >= 0x80 {
-                    non_ascii = true;
-                    for m in members.iter_mut().take(0x80).skip(usize::from(low.min(0x80))) {
-                        *m = true;
-                    }
-                } else {
-                    if low > high {
-                        return None;
-                    }
-                    for b in low..=high {
-                        members[usize::from(b)] = true;
-                    }
-                }
-            } else if low >= 0x80 {
-                non_ascii = true;
-            } else {
-                members[usize::from(low)] = true;
-            }
-        }
-        let members = if ci { fold_case(members) } else { members };
-        if negated {
-            return Some(Shape::bytes(complement(&members), 4));
-        }
-        let mut first = members;
-        if non_ascii {
+        let mut first = class.members;
+        if class.non_ascii {
             for f in first.iter_mut().skip(0xC0) {
                 *f = true;
             }
         }
-        Some(Shape::bytes(first, if non_ascii { 4 } else { 1 }))
-    }
-}
-
-fn utf8_len(first: u8) -> Option<usize> {
-    match first {
-        0x00..=0x7F => Some(1),
-        0xC0..=0xDF => Some(2),
-        0xE0..=0xEF => Some(3),
-        0xF0..=0xF7 => Some(4),
-        _ => None,
+        Some(Shape::bytes(first, if class.non_ascii { 4 } else { 1 }))
     }
 }
 
@@ -474,6 +347,7 @@ mod tests {
             r"(?i)x|y",
             r"(?i:ab)c",
             r"[a-c]{2}\b",
+            r"\<a\w\>",
         ];
         let alphabet: Vec<&str> = vec![
             "1", "2", "3", "-", " ", "a", "b", "c", "d", "x", "y", "q", "é", "ü", "日", "A", "Z", "X", "Y", "Q", "D",

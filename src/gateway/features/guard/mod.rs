@@ -746,6 +746,11 @@ mod tests {
                     assert!(compiled.may_match(text), "prefilter of {pattern:?} rejects {text:?}");
                 }
                 assert_eq!(compiled.is_match(text), compiled.regex.is_match(text), "{pattern:?} on {text:?}");
+                let mut spans = Vec::new();
+                compiled.for_each_match(text, |start, end| spans.push((start, end)));
+                let expected: Vec<_> =
+                    compiled.regex.find_iter(text).filter(|m| !m.is_empty()).map(|m| (m.start(), m.end())).collect();
+                assert_eq!(spans, expected, "{pattern:?} on {text:?}");
             }
         }
     }

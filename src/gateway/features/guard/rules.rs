@@ -2,6 +2,7 @@
 //! config loads (patterns, literal prefilters, detector order).
 
 pub(super) use edge_scan::find::contains_ascii_ci;
+use edge_scan::shift_and::ShiftAnd;
 use edge_scan::windows::Windows;
 use regex_lite::{Regex, RegexBuilder};
 use serde_json::{Map, Value};
@@ -148,13 +149,17 @@ pub(super) fn positive(path: &str, value: &Value, issues: &mut Issues) -> Option
 
 /// A compiled regex plus what can be read off the pattern to run it less (regex-lite costs
 /// ~550 instructions a byte): a literal every match contains (texts without it skip the
-/// regex), and the windows of a text its matches can lie in (the regex runs only there).
+/// regex), an exact matcher when the pattern is a plain sequence of classes (a few
+/// instructions a byte), else the windows of a text its matches can lie in (the regex runs
+/// only there).
 #[derive(Debug)]
 pub(super) struct Pattern {
     pub(super) regex: Regex,
     /// Lowercase; matched ASCII case-insensitively (a superset of what the regex can match).
     pub(super) required: Option<Vec<u8>>,
-    windows: Option<Box<Windows>>, // boxed: 264 bytes, in enums of small variants
+    // Boxed: both are big (2 KB, 264 bytes), in enums of small variants.
+    exact: Option<Box<ShiftAnd>>,
+    windows: Option<Box<Windows>>,
 }
 
 impl Pattern {
@@ -164,15 +169,28 @@ impl Pattern {
 
     pub(super) fn is_match(&self, text: &str) -> bool {
         self.may_match(text)
-            && match &self.windows {
-                Some(windows) => windows.spans(text).any(|(from, to)| self.regex.is_match(&text[from..to])),
-                None => self.regex.is_match(text),
+            && match (&self.exact, &self.windows) {
+                (Some(exact), _) => exact.is_match(text),
+                (None, Some(windows)) => windows.spans(text).any(|(from, to)| self.regex.is_match(&text[from..to])),
+                (None, None) => self.regex.is_match(text),
             }
+    }
+
+    /// Every non-empty match, in order, as byte ranges (regex-lite's `find_iter`).
+    pub(super) fn for_each_match(&self, text: &str, mut found: impl FnMut(usize, usize)) {
+        if !self.may_match(text) {
+            return;
+        }
+        match &self.exact {
+            Some(exact) => exact.find_iter(text).for_each(|(start, end)| found(start, end)),
+            None => self.regex.find_iter(text).filter(|m| !m.is_empty()).for_each(|m| found(m.start(), m.end())),
+        }
     }
 }
 
 pub(super) fn compile_regex(path: &str, pattern: &str, case_insensitive: bool, issues: &mut Issues) -> Option<Pattern> {
     let required = required_literal(pattern).map(|l| l.to_ascii_lowercase());
+    let exact = ShiftAnd::of(pattern, case_insensitive).map(Box::new);
     let windows = Windows::of(pattern, case_insensitive).map(Box::new);
     RegexBuilder::new(pattern)
         .case_insensitive(case_insensitive)
@@ -184,7 +202,7 @@ pub(super) fn compile_regex(path: &str, pattern: &str, case_insensitive: bool, i
             issues.push(path, format!("invalid regular expression: {message}"));
         })
         .ok()
-        .map(|regex| Pattern { regex, required, windows })
+        .map(|regex| Pattern { regex, required, exact, windows })
 }
 
 /// The longest literal (3+ bytes) that every match of `pattern` must contain, read off the

@@ -132,7 +132,10 @@ pub fn prepare(ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()>
     let endpoint = &call.endpoint;
     // The injection heuristic reads the client's own request, every role and the template
     // variables included; the template's messages added next are the operator's.
-    let injection = guard::check_injection(&endpoint.guardrails, &mut call.body)?;
+    let texts_are_final = endpoint.template.is_none()
+        && !guard::sets_text(&endpoint.parameters)
+        && !guard::sets_text(&endpoint.overrides);
+    let injection = guard::check_injection(&endpoint.guardrails, &mut call.body, texts_are_final)?;
     if let Some(t) = &endpoint.template {
         let variables = template::extract_variables(&mut call.body);
         let rendered = template::render(t, &variables)?;

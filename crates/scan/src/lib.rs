@@ -14,3 +14,14 @@ pub mod shift_and;
 pub mod sse;
 mod syntax;
 pub mod windows;
+
+/// A small seeded random source for the differential tests: `next(n)` is in `0..n` (xorshift).
+#[cfg(test)]
+fn test_rng(mut state: u64) -> impl FnMut(usize) -> usize {
+    move |n| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    }
+}

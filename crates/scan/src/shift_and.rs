@@ -427,13 +427,7 @@ mod tests {
     /// `is_match` and every match of `find_iter` agree with regex-lite.
     #[test]
     fn matches_agree_with_regex_lite() {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut next = crate::test_rng(0x2545_F491_4F6C_DD1Du64);
         let atoms = ["a", "b", "-", r"\d", r"\w", r"\s", "[ab]", "[a-c1]", "é", "A", r"\."];
         let quantifiers = ["", "", "", "?", "*", "+", "{2}", "{0,2}", "{1,3}", "{2,}"];
         let edges = ["", "", r"\b", r"\B"];

@@ -353,13 +353,7 @@ mod tests {
             "1", "2", "3", "-", " ", "a", "b", "c", "d", "x", "y", "q", "é", "ü", "日", "A", "Z", "X", "Y", "Q", "D",
             "AB", "_", ".", "\n", "project", "PROJECT", "blue", "bird", "\t",
         ];
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut next = crate::test_rng(0x9E37_79B9_7F4A_7C15u64);
         for pattern in patterns {
             for ci in [false, true] {
                 let regex = RegexBuilder::new(pattern).case_insensitive(ci).build().unwrap();

@@ -37,6 +37,8 @@ pub struct ShiftAnd {
     end: Edge,
     /// No optional positions, and only the last may repeat (then with no edge after it).
     rigid: bool,
+    /// The positions a match can begin in (the first, and those after optional ones).
+    startable: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +103,7 @@ impl ShiftAnd {
             start,
             end: Edge::Any,
             rigid: false,
+            startable: 0,
         };
         while at < p.len() {
             if let Some(e) = edge(p, at) {
@@ -145,6 +148,7 @@ impl ShiftAnd {
         sa.accept = mask(sa.len) & !mask(last_required);
         let last = 1u64 << (sa.len - 1);
         sa.rigid = sa.optional == 0 && (sa.looped == 0 || (sa.looped == last && sa.end == Edge::Any));
+        sa.startable = sa.enterable(0, true);
         Some(sa)
     }
 
@@ -221,8 +225,21 @@ impl ShiftAnd {
     fn first_end(&self, b: &[u8], from: usize) -> Option<(usize, usize)> {
         let mut filled = 0u64;
         let mut quiet = from;
+        let mut i = from;
         let mut word_before = from > 0 && word_at(b, from - 1);
-        for (i, &c) in b.iter().enumerate().skip(from) {
+        while i < b.len() {
+            if filled == 0 {
+                // No attempt alive: skip the bytes no match can begin with (in prose, most).
+                while i < b.len() && self.masks[usize::from(b[i])] & self.startable == 0 {
+                    i += 1;
+                }
+                if i == b.len() {
+                    break;
+                }
+                quiet = i;
+                word_before = i > 0 && word_at(b, i - 1);
+            }
+            let c = b[i];
             let word = is_word(c);
             filled = self.enterable(filled, self.start.holds(word_before, word)) & self.masks[usize::from(c)];
             if filled == 0 {
@@ -231,6 +248,7 @@ impl ShiftAnd {
                 return Some((i + 1, quiet));
             }
             word_before = word;
+            i += 1;
         }
         None
     }

@@ -157,7 +157,7 @@ pub(super) struct Pattern {
     pub(super) regex: Regex,
     /// Lowercase; matched ASCII case-insensitively (a superset of what the regex can match).
     pub(super) required: Option<Vec<u8>>,
-    // Boxed: both are big (2 KB, 264 bytes), in enums of small variants.
+    // Boxed to keep `Pattern` small in enums of small variants (the windows are 264 bytes).
     exact: Option<Box<ShiftAnd>>,
     windows: Option<Box<Windows>>,
 }

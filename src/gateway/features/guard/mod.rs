@@ -111,13 +111,7 @@ pub fn check_injection(g: &Guardrails, body: &mut Map<String, Value>, texts_are_
     }
     if let (true, Some(max)) = (texts_are_final, g.max_chars) {
         let mut chars = 0usize;
-        walk_request(body, false, &mut |_, text: &mut String| {
-            chars = chars.saturating_add(text.chars().count());
-            if chars > max {
-                return Err(too_long(max));
-            }
-            Ok(())
-        })?;
+        walk_request(body, false, &mut |_, text: &mut String| count_chars(&mut chars, text, max))?;
     }
     run_input(g, body, Checks::Injection)
 }
@@ -128,11 +122,16 @@ pub fn sets_text(parameters: &Map<String, Value>) -> bool {
     ["messages", "tools", "functions", "documents", "prompt", "input"].iter().any(|f| parameters.contains_key(*f))
 }
 
-fn too_long(max: usize) -> GatewayError {
-    GatewayError::bad_request(
-        ErrorCode::InputTooLong,
-        format!("the request's text exceeds this endpoint's limit of {max} characters"),
-    )
+/// Adds `text`'s characters to the running count; past `max`, the request is refused.
+fn count_chars(chars: &mut usize, text: &str, max: usize) -> Result<()> {
+    *chars = chars.saturating_add(text.chars().count());
+    if *chars > max {
+        return Err(GatewayError::bad_request(
+            ErrorCode::InputTooLong,
+            format!("the request's text exceeds this endpoint's limit of {max} characters"),
+        ));
+    }
+    Ok(())
 }
 
 /// Limits, deny rules and redaction (no injection heuristic) on a request body.
@@ -174,10 +173,7 @@ fn run_input(g: &Guardrails, body: &mut Map<String, Value>, checks: Checks) -> R
     let mut visit = |source: Source, text: &mut String| -> Result<()> {
         if content_on {
             if let Some(max) = g.max_chars {
-                chars = chars.saturating_add(text.chars().count());
-                if chars > max {
-                    return Err(too_long(max));
-                }
+                count_chars(&mut chars, text, max)?;
             }
             deny(g, text, ErrorCode::ContentDenied, "the request")?;
         }

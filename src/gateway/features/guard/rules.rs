@@ -191,7 +191,8 @@ impl Pattern {
 pub(super) fn compile_regex(path: &str, pattern: &str, case_insensitive: bool, issues: &mut Issues) -> Option<Pattern> {
     let required = required_literal(pattern).map(|l| l.to_ascii_lowercase());
     let exact = ShiftAnd::of(pattern, case_insensitive).map(Box::new);
-    let windows = Windows::of(pattern, case_insensitive).map(Box::new);
+    // The windows serve only the regex, which an exact matcher replaces.
+    let windows = if exact.is_none() { Windows::of(pattern, case_insensitive).map(Box::new) } else { None };
     RegexBuilder::new(pattern)
         .case_insensitive(case_insensitive)
         .size_limit(1 << 20)

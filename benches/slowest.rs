@@ -4,7 +4,7 @@
 //! origin's answer read and translated, the after-response work). Prints numbers; asserts
 //! nothing. The target (issue 12): at most 2 ms for any request under the body limit (1 MiB).
 //!
-//! `cargo bench --features cli --bench slowest [-- --fuzz-cases N --seed S --runs N --only TEXT]`
+//! `cargo bench --features cli --bench slowest [-- --fuzz-cases N --seed S --runs N --only TEXT --case N]`
 //! (scripts/bench runs it). CPU time is the thread's (`CLOCK_THREAD_CPUTIME_ID`), the least of
 //! `--runs` (5) runs after a warm-up, so other load on a shared machine inflates it least; the
 //! fuzz harness's own invariant checks after each request are not counted.
@@ -29,6 +29,8 @@ fn main() {
     // `--only <text>`: just the corpus entries whose name contains it (for profiling), no fuzzing.
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let fuzz_cases = if only.is_some() { 0 } else { fuzz_cases };
+    // `--case <n>`: just that fuzz case (for profiling).
+    let single = flag("--case");
     let runs = flag("--runs").unwrap_or(5) as usize;
     let harness = Harness::new();
 
@@ -36,7 +38,7 @@ fn main() {
     println!("hand-made adversarial corpus:");
     let mut worst: (u64, String) = (0, String::new());
     for (name, c) in adversarial() {
-        if only.as_deref().is_some_and(|o| !name.contains(o)) {
+        if single.is_some() || only.as_deref().is_some_and(|o| !name.contains(o)) {
             continue;
         }
         let (ns, status) = time(&harness, &c, runs);
@@ -48,8 +50,8 @@ fn main() {
 
     // The fuzzer's cases, timed once each; the slowest ten re-timed properly.
     let scan = Harness::new();
-    let mut timed: Vec<(u64, u64)> = Vec::new();
-    for index in (0..fuzz_cases).filter(|i| i % 10 != 9) {
+    let mut timed: Vec<(u64, u64)> = single.map(|i| vec![(0, i)]).unwrap_or_default();
+    for index in (0..fuzz_cases).filter(|i| single.is_none() && i % 10 != 9) {
         let c = case(seed, index, &scan.keys);
         timed.push((scan.run(&c).map_or(0, |r| r.cpu_ns), index));
     }
@@ -57,7 +59,7 @@ fn main() {
     println!("slowest of {fuzz_cases} fuzzer cases (seed {seed}), re-timed:");
     for (_, index) in timed.iter().take(10) {
         let c = case(seed, *index, &harness.keys);
-        let (ns, status) = time(&harness, &c, 5);
+        let (ns, status) = time(&harness, &c, runs);
         let what = format!("{} {}", c.method, c.path.chars().take(50).collect::<String>());
         println!("  {:>9.3} ms  HTTP {status}  {:>8} B  #{index} {what}", ns as f64 / 1e6, c.body.len());
         if ns > worst.0 {

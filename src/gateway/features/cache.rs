@@ -232,9 +232,9 @@ pub fn key_body(body: &Map<String, Value>) -> Vec<u8> {
             out.push(b',');
         }
         first = false;
-        let _ = serde_json::to_writer(&mut out, k);
+        edge_scan::json::write_str(&mut out, k);
         out.push(b':');
-        let _ = serde_json::to_writer(&mut out, v);
+        edge_scan::json::write_value(&mut out, v);
     }
     out.push(b'}');
     out

@@ -14,17 +14,20 @@ pub struct SseEvent {
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
 
 /// Splits a byte stream into events; chunks may end anywhere, even inside a UTF-8 character.
-/// Linear in the bytes pushed: each byte is scanned for a line break once, and the buffer is
-/// shifted once per push, not once per line.
+/// Linear in the bytes pushed: each byte is scanned for line breaks a fixed number of times
+/// (never again on a later push), and the buffer is shifted once per push, not once per line.
 #[derive(Debug, Default)]
 pub struct SseParser {
     buf: Vec<u8>,
     /// Bytes at the start of `buf` known to hold no line break.
     scanned: usize,
-    event: Option<String>,
-    /// The event's data lines so far, joined with `\n`; `data_lines` says whether there was one
-    /// (an empty `data:` line still makes an event).
-    data: String,
+    /// The event being read: its data lines so far, joined with `\n`; `data_lines` says whether
+    /// there was one (an empty `data:` line still makes an event). Handed to the caller when
+    /// complete, then emptied and reused, so a stream read with `push_each` allocates nothing
+    /// per event.
+    current: SseEvent,
+    /// An `event:` name's buffer, kept between events for reuse.
+    spare_name: String,
     data_lines: bool,
     data_bytes: usize,
     overflowed: bool,
@@ -49,70 +52,90 @@ impl SseParser {
     /// Feeds a chunk; returns the events it completed.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         let mut events = Vec::new();
+        self.push_each(chunk, |event| events.push(std::mem::take(event)));
+        events
+    }
+
+    /// Feeds a chunk, handing each event it completes to `each` (which may take its strings;
+    /// what it leaves is reused for the next event).
+    pub fn push_each(&mut self, chunk: &[u8], mut each: impl FnMut(&mut SseEvent)) {
         if self.overflowed {
-            return events;
+            return;
         }
         self.buf.extend_from_slice(chunk);
         let buf = std::mem::take(&mut self.buf);
-        let mut start = 0;
-        let mut scan = self.scanned;
-        while let Some(offset) = memchr::memchr(b'\n', &buf[scan..]) {
-            let newline = scan + offset;
-            let mut line = &buf[start..newline];
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
+        // The complete lines end at the last line break, which is past what was scanned.
+        let complete = memchr::memrchr(b'\n', &buf[self.scanned..]).map_or(0, |at| self.scanned + at + 1);
+        let lines = &buf[..complete];
+        // One UTF-8 check for all of them (a line break is never inside a character); line by
+        // line, with a lossy copy of the bad ones, only when it fails.
+        match std::str::from_utf8(lines) {
+            Ok(text) => {
+                for line in text.split_terminator('\n') {
+                    self.line(line.strip_suffix('\r').unwrap_or(line), &mut each);
+                    if self.overflowed {
+                        return;
+                    }
+                }
             }
-            // std's own validation first (precompiled, fast); the lossy copy only for bad bytes.
-            match std::str::from_utf8(line) {
-                Ok(text) => self.line(text, &mut events),
-                Err(_) => self.line(&String::from_utf8_lossy(line), &mut events),
+            Err(_) => {
+                for line in lines.split_inclusive(|&b| b == b'\n') {
+                    let line = &line[..line.len() - 1];
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    self.line(&String::from_utf8_lossy(line), &mut each);
+                    if self.overflowed {
+                        return;
+                    }
+                }
             }
-            if self.overflowed {
-                return events;
-            }
-            start = newline + 1;
-            scan = start;
         }
         let mut buf = buf;
-        buf.drain(..start);
+        buf.drain(..complete);
         self.scanned = buf.len();
         if buf.len() > MAX_EVENT_BYTES {
             self.overflow();
-            return events;
+            return;
         }
         self.buf = buf;
-        events
     }
 
     /// Ends the stream: a final event without its blank line still counts.
     pub fn finish(&mut self) -> Vec<SseEvent> {
         let mut events = Vec::new();
+        self.finish_each(|event| events.push(std::mem::take(event)));
+        events
+    }
+
+    /// [`SseParser::finish`], handing the last event (if any) to `each`.
+    pub fn finish_each(&mut self, mut each: impl FnMut(&mut SseEvent)) {
         if self.overflowed {
-            return events;
+            return;
         }
         if !self.buf.is_empty() {
             let rest = std::mem::take(&mut self.buf);
             self.scanned = 0;
-            self.line(&String::from_utf8_lossy(&rest), &mut events);
+            self.line(&String::from_utf8_lossy(&rest), &mut each);
         }
-        self.line("", &mut events);
-        events
+        self.line("", &mut each);
     }
 
     fn overflow(&mut self) {
         self.overflowed = true;
         self.buf = Vec::new();
         self.scanned = 0;
-        self.data = String::new();
+        self.current = SseEvent::default();
         self.data_lines = false;
         self.data_bytes = 0;
-        self.event = None;
     }
 
-    fn line(&mut self, line: &str, events: &mut Vec<SseEvent>) {
+    fn line(&mut self, line: &str, each: &mut impl FnMut(&mut SseEvent)) {
         if line.is_empty() {
-            if self.data_lines || self.event.is_some() {
-                events.push(SseEvent { event: self.event.take(), data: std::mem::take(&mut self.data) });
+            if self.data_lines || self.current.event.is_some() {
+                each(&mut self.current);
+                self.current.data.clear();
+                if let Some(name) = self.current.event.take() {
+                    self.spare_name = name;
+                }
                 self.data_lines = false;
                 self.data_bytes = 0;
             }
@@ -121,10 +144,19 @@ impl SseParser {
         if line.starts_with(':') {
             return; // comment / keep-alive
         }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        // Nearly every line is a data line: its field is known without searching for the colon.
+        let (field, value) = match line.strip_prefix("data:") {
+            Some(value) => ("data", value),
+            None => line.split_once(':').unwrap_or((line, "")),
+        };
         let value = value.strip_prefix(' ').unwrap_or(value);
         match field {
-            "event" => self.event = Some(value.to_string()),
+            "event" => {
+                let mut name = self.current.event.take().unwrap_or_else(|| std::mem::take(&mut self.spare_name));
+                name.clear();
+                name.push_str(value);
+                self.current.event = Some(name);
+            }
             "data" => {
                 self.data_bytes = self.data_bytes.saturating_add(value.len() + 1);
                 if self.data_bytes > MAX_EVENT_BYTES {
@@ -132,9 +164,9 @@ impl SseParser {
                     return;
                 }
                 if std::mem::replace(&mut self.data_lines, true) {
-                    self.data.push('\n');
+                    self.current.data.push('\n');
                 }
-                self.data.push_str(value);
+                self.current.data.push_str(value);
             }
             _ => {} // id, retry: not needed for translation
         }
@@ -147,17 +179,24 @@ mod tests {
 
     #[test]
     fn events_split_across_arbitrary_chunks() {
-        let stream = b"event: message_start\ndata: {\"a\":1}\n\n: ping\ndata: x\r\ndata: y\n\ndata: [DONE]\n\n";
+        let stream = b"event: message_start\ndata: {\"a\":1}\n\n: ping\ndata: x\r\ndata: y\n\nevent: a\nevent: b\n\ndata: [DONE]\n\n";
         for split in 0..stream.len() {
             let mut p = SseParser::new();
             let mut events = p.push(&stream[..split]);
             events.extend(p.push(&stream[split..]));
             events.extend(p.finish());
+            // The same events handed out one by one from the parser's reused buffers.
+            let (mut p, mut each) = (SseParser::new(), Vec::new());
+            p.push_each(&stream[..split], |e| each.push(e.clone()));
+            p.push_each(&stream[split..], |e| each.push(e.clone()));
+            p.finish_each(|e| each.push(e.clone()));
+            assert_eq!(each, events, "split at {split}");
             assert_eq!(
                 events,
                 vec![
                     SseEvent { event: Some("message_start".into()), data: "{\"a\":1}".into() },
                     SseEvent { event: None, data: "x\ny".into() },
+                    SseEvent { event: Some("b".into()), data: String::new() },
                     SseEvent { event: None, data: "[DONE]".into() },
                 ],
                 "split at {split}"

@@ -5,6 +5,7 @@
 //! stage N+1's input. That composes, e.g., Gemini → OpenAI chunks → Anthropic events for an
 //! Anthropic client of a Gemini endpoint, with each translator written once.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -115,11 +116,13 @@ struct Meter {
 impl Meter {
     /// Reads the first stage's output when that stage translated (its events are ours).
     fn feed(&mut self, openai_sse: &[u8]) {
-        for event in self.parser.push(openai_sse) {
+        let mut parser = std::mem::take(&mut self.parser);
+        parser.push_each(openai_sse, |event| {
             if let Some(chunk) = ChunkFacts::parse(&event.data) {
                 self.observe(&chunk);
             }
-        }
+        });
+        self.parser = parser;
     }
 
     fn observe(&mut self, chunk: &ChunkFacts) {
@@ -184,29 +187,38 @@ impl Meter {
     }
 }
 
-/// Runs `events` through one stage, then (with `finish`: the origin's stream ended) closes
-/// it. The first stage also feeds the meter: a watched OpenAI stream with the facts the watch
-/// read (each chunk parsed once), a translating stage by reading back what it wrote.
-fn run_stage(stage: &mut Stage, events: Vec<SseEvent>, finish: bool, meter: Option<&mut Meter>, out: &mut Vec<u8>) {
+/// Runs the events `parser` completes from `input` through one stage, then (with `finish`:
+/// the origin's stream ended) closes it. The first stage also feeds the meter: a watched OpenAI
+/// stream with the facts the watch read (each chunk parsed once), a translating stage by
+/// reading back what it wrote. Events are handed over one by one from the parser's buffers.
+fn run_stage(
+    stage: &mut Stage,
+    parser: &mut SseParser,
+    input: &[u8],
+    finish: bool,
+    meter: Option<&mut Meter>,
+    out: &mut Vec<u8>,
+) {
     match (stage, meter) {
         (Stage::Watch(watch), Some(meter)) => {
-            for event in &events {
+            let mut each = |event: &mut SseEvent| {
                 let chunk = ChunkFacts::parse(&event.data);
                 watch.watch(event, chunk.as_ref(), out);
                 if let Some(chunk) = &chunk {
                     meter.observe(chunk);
                 }
-            }
+            };
+            parser.push_each(input, &mut each);
             if finish {
+                parser.finish_each(&mut each);
                 watch.finish(out); // an error event and `[DONE]`: nothing to count
             }
         }
         (stage, meter) => {
             let from = out.len();
-            for event in &events {
-                stage.event(event, out);
-            }
+            parser.push_each(input, |event| stage.event(event, out));
             if finish {
+                parser.finish_each(|event| stage.event(event, out));
                 stage.finish(out);
             }
             if let Some(meter) = meter {
@@ -325,17 +337,18 @@ impl StreamPump {
             Some(decoder) => {
                 let mut sse = Vec::new();
                 decoder.decode(bytes, &mut sse);
-                sse
+                Cow::Owned(sse)
             }
-            None => bytes.to_vec(),
+            None => Cow::Borrowed(bytes),
         };
         for (i, (parser, translator)) in self.stages.iter_mut().enumerate() {
-            let mut out = Vec::new();
+            // About what comes in goes out: sized once, not grown from empty per chunk.
+            let mut out = Vec::with_capacity(data.len() + 64);
             let meter = if i == 0 { self.meter.as_deref_mut() } else { None };
             if let Stage::Mcp(stage) = translator {
                 stage.bytes(&data, &mut out);
             } else {
-                run_stage(translator, parser.push(&data), false, meter, &mut out);
+                run_stage(translator, parser, &data, false, meter, &mut out);
             }
             if parser.overflowed() {
                 let message = format!("the origin sent an event over {MAX_EVENT_BYTES} bytes");
@@ -344,8 +357,9 @@ impl StreamPump {
             if let (0, Some(capture)) = (i, &self.capture) {
                 capture.feed(&out);
             }
-            data = out;
+            data = Cow::Owned(out);
         }
+        let mut data = data.into_owned();
         if let Some((code, message)) = self.crossed_cap() {
             data.extend(self.stop(code, &message, true));
         }
@@ -386,9 +400,7 @@ impl StreamPump {
                 stage.bytes(&data, &mut out);
                 stage.finish(&mut out);
             } else {
-                let mut events = parser.push(&data);
-                events.extend(parser.finish());
-                run_stage(translator, events, true, meter, &mut out);
+                run_stage(translator, parser, &data, true, meter, &mut out);
             }
             if let (0, Some(capture)) = (i, &self.capture) {
                 capture.feed(&out);

@@ -11,7 +11,7 @@ use crate::gateway::types::{Operation, Usage};
 use crate::gateway::wire::json::{json_body, parse_json};
 use crate::gateway::wire::sse::{self, SseEvent};
 use crate::gateway::wire::stream::StreamTranslate;
-use edge_scan::chunk::ChunkFacts;
+use edge_scan::chunk::{ChoiceList, ChunkFacts, ChunkParts};
 use edge_scan::json::write_str;
 
 /// The usage object of an OpenAI-shaped response, if present.
@@ -363,7 +363,7 @@ impl StreamWatch {
         if let Some(chunk) = chunk {
             if let Some(usage) = chunk.usage {
                 self.usage = Some(usage.into());
-                let usage_only = chunk.choices.as_ref().is_none_or(Vec::is_empty);
+                let usage_only = chunk.choices.as_ref().is_none_or(ChoiceList::is_empty);
                 if self.hide_usage && usage_only {
                     return;
                 }
@@ -481,30 +481,32 @@ pub fn sse_to_completion(op: Operation, openai_sse: &[u8]) -> (Value, bool) {
     let (mut id, mut model, mut created, mut usage) = (Value::Null, Value::Null, Value::from(0), None);
     let mut choices: Vec<Choice> = Vec::new();
     let mut error = false;
-    for event in events {
-        let Ok(chunk) = event.data.parse::<Value>() else { continue };
-        if chunk.get("error").is_some_and(|e| !e.is_null()) {
+    for event in &events {
+        // Read without a tree: a long answer is thousands of small chunks.
+        let Some(chunk) = ChunkParts::parse(&event.data) else { continue };
+        if chunk.error.is_some_and(|e| !e.is_null()) {
             error = true;
             continue;
         }
-        for (slot, key) in [(&mut id, "id"), (&mut model, "model")] {
+        for (slot, value) in [(&mut id, chunk.id), (&mut model, chunk.model)] {
             if slot.is_null() {
-                *slot = chunk.get(key).cloned().unwrap_or(Value::Null);
+                *slot = value.unwrap_or(Value::Null);
             }
         }
-        if let Some(c) = chunk.get("created").filter(|c| c.is_u64()) {
-            created = c.clone();
+        if let Some(c) = chunk.created.filter(Value::is_u64) {
+            created = c;
         }
-        if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
-            usage = Some(u.clone());
+        if let Some(u) = chunk.usage.filter(Value::is_object) {
+            usage = Some(u);
         }
-        for c in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
-            let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let at = match choices.iter().position(|x| x.index == index) {
+        // By reference: moving each choice (and each call) out of its Vec cost more than the
+        // rest of the loop.
+        for c in chunk.choices.iter().flatten() {
+            let at = match choices.iter().position(|x| x.index == c.index) {
                 Some(at) => at,
                 None => {
                     choices.push(Choice {
-                        index,
+                        index: c.index,
                         role: None,
                         text: String::new(),
                         has_text: false,
@@ -515,42 +517,38 @@ pub fn sse_to_completion(op: Operation, openai_sse: &[u8]) -> (Value, bool) {
                 }
             };
             let choice = &mut choices[at];
-            let delta = c.get("delta");
-            if let Some(role) = delta.and_then(|d| d.get("role")).filter(|r| r.is_string()) {
+            if let Some(role) = c.role.as_ref().filter(|r| r.is_string()) {
                 choice.role = Some(role.clone());
             }
-            for text in [delta.and_then(|d| d.get("content")), c.get("text")].into_iter().flatten() {
-                if let Some(text) = text.as_str() {
-                    choice.text.push_str(text);
-                    choice.has_text = true;
-                }
+            for text in [&c.content, &c.text].into_iter().flatten() {
+                choice.text.push_str(text);
+                choice.has_text = true;
             }
-            for call in delta.and_then(|d| d.get("tool_calls")).and_then(Value::as_array).into_iter().flatten() {
-                let n = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let at = match choice.tool_calls.iter().position(|(i, _)| *i == n) {
+            for call in c.tool_calls.iter().flatten() {
+                let at = match choice.tool_calls.iter().position(|(i, _)| *i == call.index) {
                     Some(at) => at,
                     None => {
                         let mut fresh = Map::new();
                         fresh.insert("function".into(), json!({"name": "", "arguments": ""}));
-                        choice.tool_calls.push((n, fresh));
+                        choice.tool_calls.push((call.index, fresh));
                         choice.tool_calls.len() - 1
                     }
                 };
                 let entry = &mut choice.tool_calls[at].1;
-                for key in ["id", "type"] {
-                    if let Some(v) = call.get(key).filter(|v| v.is_string()) {
+                for (key, value) in [("id", &call.id), ("type", &call.kind)] {
+                    if let Some(v) = value.as_ref().filter(|v| v.is_string()) {
                         entry.insert(key.into(), v.clone());
                     }
                 }
-                for field in ["name", "arguments"] {
-                    if let Some(part) = call.pointer(&format!("/function/{field}")).and_then(Value::as_str) {
-                        if let Some(Value::String(s)) = entry.get_mut("function").and_then(|f| f.get_mut(field)) {
-                            s.push_str(part);
-                        }
+                for (field, part) in [("name", &call.name), ("arguments", &call.arguments)] {
+                    if let (Some(part), Some(Value::String(s))) =
+                        (part, entry.get_mut("function").and_then(|f| f.get_mut(field)))
+                    {
+                        s.push_str(part);
                     }
                 }
             }
-            if let Some(finish) = c.get("finish_reason").filter(|f| !f.is_null()) {
+            if let Some(finish) = c.finish_reason.as_ref().filter(|f| !f.is_null()) {
                 choice.finish = finish.clone();
             }
         }

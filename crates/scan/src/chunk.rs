@@ -9,11 +9,11 @@
 //! and a repeated key counts as its last occurrence. Only text that is not JSON fails.
 
 use std::borrow::Cow;
-use std::fmt;
-use std::marker::PhantomData;
 
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, IgnoredAny, MapAccess, SeqAccess};
 use serde_json::Value;
+
+use crate::lenient::{entries, lenient_deserialize, Count, Lenient, NotNull, Str};
 
 mod fast;
 
@@ -166,77 +166,6 @@ impl ChunkParts<'_> {
     }
 }
 
-/// A JSON value read as `Self` when it has the expected shape, else as what `other` says
-/// (by default, absent). Arrays and objects of the wrong shape are skipped over.
-trait Lenient<'de>: Sized + Default {
-    fn other() -> Self {
-        Self::default()
-    }
-    fn null() -> Self {
-        Self::other()
-    }
-    fn string(_: Cow<'de, str>) -> Self {
-        Self::other()
-    }
-    fn unsigned(_: u64) -> Self {
-        Self::other()
-    }
-    fn seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Self::other())
-    }
-    fn map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Self::other())
-    }
-}
-
-struct LenientVisitor<T>(PhantomData<T>);
-
-impl<'de, T: Lenient<'de>> Visitor<'de> for LenientVisitor<T> {
-    type Value = T;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_unit<E>(self) -> Result<T, E> {
-        Ok(T::null())
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<T, E> {
-        Ok(T::other())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<T, E> {
-        Ok(T::other())
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<T, E> {
-        Ok(T::unsigned(v))
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<T, E> {
-        Ok(T::other())
-    }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<T, E> {
-        Ok(T::string(Cow::Borrowed(v)))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<T, E> {
-        Ok(T::string(Cow::Owned(v.to_owned()))) // only strings with escapes come here
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
-        T::seq(seq)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-        T::map(map)
-    }
-}
-
-/// Implements `Deserialize` through [`Lenient`] for each type.
-macro_rules! lenient_deserialize {
-    ($($ty:ty),*) => {$(
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                d.deserialize_any(LenientVisitor(PhantomData))
-            }
-        }
-    )*};
-}
 lenient_deserialize!(
     ChunkFacts<'de>,
     Str<'de>,
@@ -257,56 +186,6 @@ lenient_deserialize!(
     CallParts<'de>,
     FunctionParts<'de>
 );
-
-/// A string, else absent.
-#[derive(Default)]
-struct Str<'a>(Option<Cow<'a, str>>);
-
-impl<'de> Lenient<'de> for Str<'de> {
-    fn string(s: Cow<'de, str>) -> Self {
-        Str(Some(s))
-    }
-}
-
-impl Str<'_> {
-    fn len(&self) -> usize {
-        self.0.as_deref().map_or(0, str::len)
-    }
-}
-
-/// A non-negative integer, else 0.
-#[derive(Default)]
-struct Count(u64);
-
-impl Lenient<'_> for Count {
-    fn unsigned(v: u64) -> Self {
-        Count(v)
-    }
-}
-
-/// Anything but null.
-#[derive(Default)]
-struct NotNull(bool);
-
-impl<'de> Lenient<'de> for NotNull {
-    fn other() -> Self {
-        NotNull(true)
-    }
-    fn null() -> Self {
-        NotNull(false)
-    }
-}
-
-/// Each map entry: its key (borrowed unless escaped) for `field` to read the value with.
-fn entries<'de, A: MapAccess<'de>>(
-    mut map: A,
-    mut field: impl FnMut(&str, &mut A) -> Result<(), A::Error>,
-) -> Result<(), A::Error> {
-    while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
-        field(key.as_deref().unwrap_or(""), &mut map)?;
-    }
-    Ok(())
-}
 
 impl<'de> Lenient<'de> for ChunkFacts<'de> {
     fn map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {

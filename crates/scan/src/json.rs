@@ -10,6 +10,12 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(out, s);
 }
 
+/// Appends `n` in decimal (serde_json's integer writer, without `format!`'s machinery).
+pub fn write_u64(out: &mut Vec<u8>, n: u64) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, &n);
+}
+
 /// Appends `value` as JSON, the bytes of `serde_json::to_vec`.
 pub fn write_value(out: &mut Vec<u8>, value: &serde_json::Value) {
     // Writing into a Vec cannot fail, and a `Value` always serializes (its keys are strings).
@@ -24,6 +30,11 @@ mod tests {
             let mut out = b"x".to_vec();
             super::write_str(&mut out, s);
             assert_eq!(&out[1..], serde_json::to_string(s).unwrap().as_bytes(), "{s:?}");
+        }
+        for n in [0, 7, 10, 1234567890, u64::MAX] {
+            let mut out = Vec::new();
+            super::write_u64(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
         }
     }
 }

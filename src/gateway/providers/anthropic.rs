@@ -28,6 +28,7 @@ use crate::gateway::wire::openai::{
 };
 use crate::gateway::wire::sse::{self, SseEvent};
 use crate::gateway::wire::stream::StreamTranslate;
+use edge_scan::anthropic::BlockDelta;
 
 const DEFAULT_BASE: &str = "https://api.anthropic.com/v1";
 const DEFAULT_VERSION: &str = "2023-06-01";
@@ -550,10 +551,41 @@ impl StreamToOpenAi {
     }
 }
 
+impl StreamToOpenAi {
+    /// A `content_block_delta`: text, or a fragment of a tool call's arguments.
+    fn block_delta(
+        &mut self,
+        out: &mut Vec<u8>,
+        index: u64,
+        kind: Option<&str>,
+        text: Option<&str>,
+        partial: Option<&str>,
+    ) {
+        self.start(out);
+        match kind {
+            Some("text_delta") => self.chunks.text(out, 0, text.unwrap_or_default()),
+            Some("input_json_delta") => {
+                let partial = partial.unwrap_or_default();
+                let tool = self.tools.iter().find(|(block, _)| *block == index).map(|(_, n)| *n);
+                if let Some(n) = tool.filter(|_| !partial.is_empty()) {
+                    self.chunks.tool_call(out, 0, json!({"index": n, "function": {"arguments": partial}}));
+                }
+            }
+            _ => {} // thinking_delta, signature_delta, citations_delta
+        }
+    }
+}
+
 impl StreamTranslate for StreamToOpenAi {
     fn event(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
         if self.failed || self.stopped || self.done {
             return;
+        }
+        if event.event.as_deref() == Some("content_block_delta") {
+            // Most of a stream: read without a JSON tree.
+            let Some(delta) = BlockDelta::parse(&event.data) else { return };
+            let (kind, text, partial) = (delta.kind.as_deref(), delta.text.as_deref(), delta.partial_json.as_deref());
+            return self.block_delta(out, delta.index, kind, text, partial);
         }
         let Ok(data) = event.data.parse::<Value>() else { return };
         let kind = event.event.as_deref().or_else(|| data.get("type").and_then(Value::as_str)).unwrap_or_default();
@@ -599,23 +631,10 @@ impl StreamTranslate for StreamToOpenAi {
                 }
             }
             "content_block_delta" => {
-                self.start(out);
+                // Only without an `event:` name (which the origin always sends) does this come here.
                 let delta = data.get("delta");
-                match delta.and_then(|d| d.get("type")).and_then(Value::as_str) {
-                    Some("text_delta") => {
-                        let text = delta.and_then(|d| d.get("text")).and_then(Value::as_str).unwrap_or_default();
-                        self.chunks.text(out, 0, text);
-                    }
-                    Some("input_json_delta") => {
-                        let partial =
-                            delta.and_then(|d| d.get("partial_json")).and_then(Value::as_str).unwrap_or_default();
-                        let tool = self.tools.iter().find(|(block, _)| *block == index).map(|(_, n)| *n);
-                        if let Some(n) = tool.filter(|_| !partial.is_empty()) {
-                            self.chunks.tool_call(out, 0, json!({"index": n, "function": {"arguments": partial}}));
-                        }
-                    }
-                    _ => {} // thinking_delta, signature_delta, citations_delta
-                }
+                let field = |name: &str| delta.and_then(|d| d.get(name)).and_then(Value::as_str);
+                self.block_delta(out, index, field("type"), field("text"), field("partial_json"));
             }
             "message_delta" => {
                 self.start(out);

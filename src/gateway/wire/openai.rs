@@ -12,7 +12,7 @@ use crate::gateway::wire::json::{json_body, parse_json};
 use crate::gateway::wire::sse::{self, SseEvent};
 use crate::gateway::wire::stream::StreamTranslate;
 use edge_scan::chunk::{ChoiceList, ChunkFacts, ChunkParts};
-use edge_scan::json::write_str;
+use edge_scan::json::{write_str, write_u64};
 
 /// The usage object of an OpenAI-shaped response, if present.
 pub fn openai_usage(body: &Value) -> Option<Usage> {
@@ -279,18 +279,19 @@ impl ChunkWriter {
             return;
         }
         self.write_with(out, |out| {
+            // Byte by byte, not through `format!`: this is the chunk most streams are made of.
             if self.text_completion {
-                out.extend_from_slice(
-                    format!("[{{\"finish_reason\":null,\"index\":{index},\"logprobs\":null,\"text\":").as_bytes(),
-                );
+                out.extend_from_slice(b"[{\"finish_reason\":null,\"index\":");
+                write_u64(out, index);
+                out.extend_from_slice(b",\"logprobs\":null,\"text\":");
                 write_str(out, text);
                 out.extend_from_slice(b"}]");
             } else {
                 out.extend_from_slice(b"[{\"delta\":{\"content\":");
                 write_str(out, text);
-                out.extend_from_slice(
-                    format!("}},\"finish_reason\":null,\"index\":{index},\"logprobs\":null}}]").as_bytes(),
-                );
+                out.extend_from_slice(b"},\"finish_reason\":null,\"index\":");
+                write_u64(out, index);
+                out.extend_from_slice(b",\"logprobs\":null}]");
             }
         });
     }

@@ -1,0 +1,132 @@
+//! Reading a JSON value leniently, through serde without building a tree: a value of the
+//! expected shape reads as such, any other as absent (or what the type says), the way
+//! `Value::get(..).and_then(Value::as_str)` reads a tree. Used by the stream readers.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// A JSON value read as `Self` when it has the expected shape, else as what `other` says
+/// (by default, absent). Arrays and objects of the wrong shape are skipped over.
+pub(crate) trait Lenient<'de>: Sized + Default {
+    fn other() -> Self {
+        Self::default()
+    }
+    fn null() -> Self {
+        Self::other()
+    }
+    fn string(_: Cow<'de, str>) -> Self {
+        Self::other()
+    }
+    fn unsigned(_: u64) -> Self {
+        Self::other()
+    }
+    fn seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Self::other())
+    }
+    fn map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Self::other())
+    }
+}
+
+pub(crate) struct LenientVisitor<T>(pub(crate) PhantomData<T>);
+
+impl<'de, T: Lenient<'de>> Visitor<'de> for LenientVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<T, E> {
+        Ok(T::null())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<T, E> {
+        Ok(T::other())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<T, E> {
+        Ok(T::other())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<T, E> {
+        Ok(T::unsigned(v))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<T, E> {
+        Ok(T::other())
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<T, E> {
+        Ok(T::string(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<T, E> {
+        Ok(T::string(Cow::Owned(v.to_owned()))) // only strings with escapes come here
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
+        T::seq(seq)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::map(map)
+    }
+}
+
+/// Implements `Deserialize` through [`Lenient`] for each type.
+macro_rules! lenient_deserialize {
+    ($($ty:ty),*) => {$(
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any($crate::lenient::LenientVisitor(std::marker::PhantomData))
+            }
+        }
+    )*};
+}
+pub(crate) use lenient_deserialize;
+
+/// A string, else absent.
+#[derive(Default)]
+pub(crate) struct Str<'a>(pub(crate) Option<Cow<'a, str>>);
+
+impl<'de> Lenient<'de> for Str<'de> {
+    fn string(s: Cow<'de, str>) -> Self {
+        Str(Some(s))
+    }
+}
+
+impl Str<'_> {
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_deref().map_or(0, str::len)
+    }
+}
+
+/// A non-negative integer, else 0.
+#[derive(Default)]
+pub(crate) struct Count(pub(crate) u64);
+
+impl Lenient<'_> for Count {
+    fn unsigned(v: u64) -> Self {
+        Count(v)
+    }
+}
+
+/// Anything but null.
+#[derive(Default)]
+pub(crate) struct NotNull(pub(crate) bool);
+
+impl<'de> Lenient<'de> for NotNull {
+    fn other() -> Self {
+        NotNull(true)
+    }
+    fn null() -> Self {
+        NotNull(false)
+    }
+}
+
+/// Each map entry: its key (borrowed unless escaped) for `field` to read the value with.
+pub(crate) fn entries<'de, A: MapAccess<'de>>(
+    mut map: A,
+    mut field: impl FnMut(&str, &mut A) -> Result<(), A::Error>,
+) -> Result<(), A::Error> {
+    while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
+        field(key.as_deref().unwrap_or(""), &mut map)?;
+    }
+    Ok(())
+}

@@ -71,7 +71,11 @@ impl SseParser {
         // line, with a lossy copy of the bad ones, only when it fails.
         match std::str::from_utf8(lines) {
             Ok(text) => {
-                for line in text.split_terminator('\n') {
+                let mut start = 0;
+                // memchr's iterator: str::split's searcher cost ~3x as much a line.
+                for end in memchr::memchr_iter(b'\n', lines) {
+                    let line = &text[start..end]; // both ends next to an ASCII line break
+                    start = end + 1;
                     self.line(line.strip_suffix('\r').unwrap_or(line), &mut each);
                     if self.overflowed {
                         return;

@@ -144,6 +144,7 @@ impl<'a> Reader<'a> {
 
     /// A string: its raw text (between the quotes), its length once unescaped, and whether it
     /// had escapes.
+    #[inline(always)] // called for every key and string; out of line, its calls cost more than its loop
     fn string(&mut self) -> Option<(&'a str, usize, bool)> {
         if !self.eat(b'"') {
             return None;

@@ -159,11 +159,16 @@ pub struct CallParts<'a> {
 impl ChunkParts<'_> {
     /// The parts of `data` (an SSE event's data); `None` when it is not JSON.
     pub fn parse(data: &str) -> Option<ChunkParts<'_>> {
-        let mut de = serde_json::Deserializer::from_str(data);
-        let parts = ChunkParts::deserialize(&mut de).ok()?;
-        de.end().ok()?;
-        Some(parts)
+        fast::parts(data).or_else(|| lenient_parts(data))
     }
+}
+
+/// The parts through serde_json and the lenient visitors: every chunk the fast reader leaves.
+fn lenient_parts(data: &str) -> Option<ChunkParts<'_>> {
+    let mut de = serde_json::Deserializer::from_str(data);
+    let parts = ChunkParts::deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(parts)
 }
 
 lenient_deserialize!(

@@ -701,6 +701,8 @@ mod tests {
             r#"{"id":"c","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},"finish_reason":"tool_calls"}]}"#,
             r#"{"id":"c","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":34,"total_tokens":46,"prompt_tokens_details":{"cached_tokens":0}}}"#,
             r#"{"id":"c","object":"text_completion","choices":[{"text":"abc","index":0,"logprobs":null,"finish_reason":"length"}]}"#,
+            r#"{"choices":[]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"hi"}}]}"#,
         ] {
             assert!(facts(chunk).is_some(), "{chunk}");
             assert_eq!(facts(chunk), lenient_facts(chunk), "{chunk}");

@@ -116,7 +116,7 @@ struct Meter {
 impl Meter {
     /// Reads the first stage's output when that stage translated (its events are ours).
     fn feed(&mut self, openai_sse: &[u8]) {
-        let mut parser = std::mem::take(&mut self.parser);
+        let mut parser = std::mem::take(&mut self.parser); // out of `self`, which `observe` borrows
         parser.push_each(openai_sse, |event| {
             if let Some(chunk) = ChunkFacts::parse(&event.data) {
                 self.observe(&chunk);

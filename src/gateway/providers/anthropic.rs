@@ -549,9 +549,7 @@ impl StreamToOpenAi {
             self.completion_tokens = Some(output);
         }
     }
-}
 
-impl StreamToOpenAi {
     /// A `content_block_delta`: text, or a fragment of a tool call's arguments.
     fn block_delta(
         &mut self,

@@ -476,18 +476,16 @@ pub fn sse_to_completion(op: Operation, openai_sse: &[u8]) -> (Value, bool) {
         tool_calls: Vec<(u64, Map<String, Value>)>,
         finish: Value,
     }
-    let mut parser = sse::SseParser::new();
-    let mut events = parser.push(openai_sse);
-    events.extend(parser.finish());
     let (mut id, mut model, mut created, mut usage) = (Value::Null, Value::Null, Value::from(0), None);
     let mut choices: Vec<Choice> = Vec::new();
     let mut error = false;
-    for event in &events {
-        // Read without a tree: a long answer is thousands of small chunks.
-        let Some(chunk) = ChunkParts::parse(&event.data) else { continue };
+    // Event by event from the parser's buffers, each read without a tree: a long answer is
+    // thousands of small chunks.
+    let mut add = |event: &mut SseEvent| {
+        let Some(chunk) = ChunkParts::parse(&event.data) else { return };
         if chunk.error.is_some_and(|e| !e.is_null()) {
             error = true;
-            continue;
+            return;
         }
         for (slot, value) in [(&mut id, chunk.id), (&mut model, chunk.model)] {
             if slot.is_null() {
@@ -553,7 +551,10 @@ pub fn sse_to_completion(op: Operation, openai_sse: &[u8]) -> (Value, bool) {
                 choice.finish = finish.clone();
             }
         }
-    }
+    };
+    let mut parser = sse::SseParser::new();
+    parser.push_each(openai_sse, &mut add);
+    parser.finish_each(&mut add);
     let complete = !error && !choices.is_empty() && choices.iter().all(|c| !c.finish.is_null());
     let choices: Vec<Value> = choices
         .into_iter()

@@ -117,8 +117,8 @@ fn lenient_facts(data: &str) -> Option<ChunkFacts<'_>> {
 
 /// All of a chunk that a whole answer is assembled from (a streamed answer kept by the cache
 /// or checked by the output guard): the texts borrowed from the event where they have no
-/// escapes, the small fields as JSON values of any type, as a `Value` tree reads them.
-/// Reading a 50-byte chunk this way costs a fifth of building its tree.
+/// escapes, the small fields as JSON values of any type, as a `Value` tree reads them. The
+/// hand-written reader (`fast`) reads nearly every chunk; the rest go through the tree.
 #[derive(Debug, Default, PartialEq)]
 pub struct ChunkParts<'a> {
     pub id: Option<Value>,
@@ -159,16 +159,51 @@ pub struct CallParts<'a> {
 impl ChunkParts<'_> {
     /// The parts of `data` (an SSE event's data); `None` when it is not JSON.
     pub fn parse(data: &str) -> Option<ChunkParts<'_>> {
-        fast::parts(data).or_else(|| lenient_parts(data))
+        fast::parts(data).or_else(|| tree_parts(data))
     }
 }
 
-/// The parts through serde_json and the lenient visitors: every chunk the fast reader leaves.
-fn lenient_parts(data: &str) -> Option<ChunkParts<'_>> {
-    let mut de = serde_json::Deserializer::from_str(data);
-    let parts = ChunkParts::deserialize(&mut de).ok()?;
-    de.end().ok()?;
-    Some(parts)
+/// The parts through a `serde_json::Value` tree: every chunk the fast reader leaves (rare:
+/// escaped keys, floats, deep nesting, invalid JSON). A tree, not lenient visitors like the
+/// facts' fallback, because its code is in the worker anyway (the visitors were ~KB of wasm).
+fn tree_parts(data: &str) -> Option<ChunkParts<'static>> {
+    let chunk: Value = data.parse().ok()?;
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(|s| Cow::Owned(s.to_owned()));
+    let index = |v: &Value| v.get("index").and_then(Value::as_u64).unwrap_or(0);
+    Some(ChunkParts {
+        id: chunk.get("id").cloned(),
+        model: chunk.get("model").cloned(),
+        created: chunk.get("created").cloned(),
+        usage: chunk.get("usage").cloned(),
+        error: chunk.get("error").cloned(),
+        choices: chunk.get("choices").and_then(Value::as_array).map(|choices| {
+            choices
+                .iter()
+                .map(|choice| {
+                    let delta = choice.get("delta");
+                    ChoiceParts {
+                        index: index(choice),
+                        role: delta.and_then(|d| d.get("role")).cloned(),
+                        content: text(delta.and_then(|d| d.get("content"))),
+                        text: text(choice.get("text")),
+                        tool_calls: delta.and_then(|d| d.get("tool_calls")).and_then(Value::as_array).map(|calls| {
+                            calls
+                                .iter()
+                                .map(|call| CallParts {
+                                    index: index(call),
+                                    id: call.get("id").cloned(),
+                                    kind: call.get("type").cloned(),
+                                    name: text(call.pointer("/function/name")),
+                                    arguments: text(call.pointer("/function/arguments")),
+                                })
+                                .collect()
+                        }),
+                        finish_reason: choice.get("finish_reason").cloned(),
+                    }
+                })
+                .collect()
+        }),
+    })
 }
 
 lenient_deserialize!(
@@ -182,14 +217,7 @@ lenient_deserialize!(
     Delta,
     ToolCalls,
     ToolCall,
-    Function,
-    ChunkParts<'de>,
-    PartsList<ChoiceParts<'de>>,
-    ChoiceParts<'de>,
-    DeltaParts<'de>,
-    PartsList<CallParts<'de>>,
-    CallParts<'de>,
-    FunctionParts<'de>
+    Function
 );
 
 impl<'de> Lenient<'de> for ChunkFacts<'de> {
@@ -345,132 +373,6 @@ impl<'de> Lenient<'de> for Function {
     }
 }
 
-impl<'de> Lenient<'de> for ChunkParts<'de> {
-    fn map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
-        let mut parts = ChunkParts::default();
-        entries(map, |key, map| {
-            match key {
-                "id" => parts.id = Some(map.next_value()?),
-                "model" => parts.model = Some(map.next_value()?),
-                "created" => parts.created = Some(map.next_value()?),
-                "usage" => parts.usage = Some(map.next_value()?),
-                "error" => parts.error = Some(map.next_value()?),
-                "choices" => parts.choices = map.next_value::<PartsList<ChoiceParts<'de>>>()?.0,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(())
-        })?;
-        Ok(parts)
-    }
-}
-
-/// An array of `T` (each element that is not an object a default `T`), else absent.
-struct PartsList<T>(Option<Vec<T>>);
-
-impl<T> Default for PartsList<T> {
-    fn default() -> Self {
-        PartsList(None)
-    }
-}
-
-impl<'de, T: Lenient<'de> + Deserialize<'de>> Lenient<'de> for PartsList<T> {
-    fn seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<T>()? {
-            items.push(item);
-        }
-        Ok(PartsList(Some(items)))
-    }
-}
-
-impl<'de> Lenient<'de> for ChoiceParts<'de> {
-    fn map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
-        let mut choice = ChoiceParts::default();
-        let mut delta = DeltaParts::default();
-        entries(map, |key, map| {
-            match key {
-                "index" => choice.index = map.next_value::<Count>()?.0,
-                "text" => choice.text = map.next_value::<Str<'de>>()?.0,
-                "finish_reason" => choice.finish_reason = Some(map.next_value()?),
-                "delta" => delta = map.next_value::<DeltaParts<'de>>()?,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(())
-        })?;
-        (choice.role, choice.content, choice.tool_calls) = (delta.role, delta.content, delta.tool_calls);
-        Ok(choice)
-    }
-}
-
-#[derive(Default)]
-struct DeltaParts<'a> {
-    role: Option<Value>,
-    content: Option<Cow<'a, str>>,
-    tool_calls: Option<Vec<CallParts<'a>>>,
-}
-
-impl<'de> Lenient<'de> for DeltaParts<'de> {
-    fn map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
-        let mut delta = DeltaParts::default();
-        entries(map, |key, map| {
-            match key {
-                "role" => delta.role = Some(map.next_value()?),
-                "content" => delta.content = map.next_value::<Str<'de>>()?.0,
-                "tool_calls" => delta.tool_calls = map.next_value::<PartsList<CallParts<'de>>>()?.0,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(())
-        })?;
-        Ok(delta)
-    }
-}
-
-impl<'de> Lenient<'de> for CallParts<'de> {
-    fn map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
-        let mut call = CallParts::default();
-        entries(map, |key, map| {
-            match key {
-                "index" => call.index = map.next_value::<Count>()?.0,
-                "id" => call.id = Some(map.next_value()?),
-                "type" => call.kind = Some(map.next_value()?),
-                "function" => (call.name, call.arguments) = map.next_value::<FunctionParts<'de>>()?.0,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(())
-        })?;
-        Ok(call)
-    }
-}
-
-/// `function`'s name and arguments, when strings.
-#[derive(Default)]
-struct FunctionParts<'a>((Option<Cow<'a, str>>, Option<Cow<'a, str>>));
-
-impl<'de> Lenient<'de> for FunctionParts<'de> {
-    fn map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
-        let (mut name, mut arguments) = (None, None);
-        entries(map, |key, map| {
-            match key {
-                "name" => name = map.next_value::<Str<'de>>()?.0,
-                "arguments" => arguments = map.next_value::<Str<'de>>()?.0,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(())
-        })?;
-        Ok(FunctionParts((name, arguments)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,48 +418,6 @@ mod tests {
         }
     }
 
-    /// The parts as a `Value` tree reads them.
-    fn parts_from_tree(chunk: &Value) -> ChunkParts<'static> {
-        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(|s| Cow::Owned(s.to_owned()));
-        let index = |v: &Value| v.get("index").and_then(Value::as_u64).unwrap_or(0);
-        ChunkParts {
-            id: chunk.get("id").cloned(),
-            model: chunk.get("model").cloned(),
-            created: chunk.get("created").cloned(),
-            usage: chunk.get("usage").cloned(),
-            error: chunk.get("error").cloned(),
-            choices: chunk.get("choices").and_then(Value::as_array).map(|choices| {
-                choices
-                    .iter()
-                    .map(|choice| {
-                        let delta = choice.get("delta");
-                        ChoiceParts {
-                            index: index(choice),
-                            role: delta.and_then(|d| d.get("role")).cloned(),
-                            content: text(delta.and_then(|d| d.get("content"))),
-                            text: text(choice.get("text")),
-                            tool_calls: delta.and_then(|d| d.get("tool_calls")).and_then(Value::as_array).map(
-                                |calls| {
-                                    calls
-                                        .iter()
-                                        .map(|call| CallParts {
-                                            index: index(call),
-                                            id: call.get("id").cloned(),
-                                            kind: call.get("type").cloned(),
-                                            name: text(call.pointer("/function/name")),
-                                            arguments: text(call.pointer("/function/arguments")),
-                                        })
-                                        .collect()
-                                },
-                            ),
-                            finish_reason: choice.get("finish_reason").cloned(),
-                        }
-                    })
-                    .collect()
-            }),
-        }
-    }
-
     /// Well-formed, odd and hostile chunks read the same as through a `Value` tree; text that
     /// is not JSON reads as nothing, as before.
     #[test]
@@ -582,7 +442,9 @@ mod tests {
         ] {
             let tree: Value = data.parse().unwrap();
             assert_eq!(ChunkFacts::parse(data), Some(from_tree(&tree)), "{data}");
-            assert_eq!(ChunkParts::parse(data), Some(parts_from_tree(&tree)), "{data}");
+            // The parts' fallback is the tree reading itself: this checks the fast reader.
+            assert_eq!(ChunkParts::parse(data), tree_parts(data), "{data}");
+            assert!(tree_parts(data).is_some(), "{data}");
         }
         for data in ["", "[DONE]", "{", r#"{"id":"x"} trailing"#, r#"{"a":tru}"#, "{\"a\":\"\u{1}\"}"] {
             assert!(data.parse::<Value>().is_err(), "{data}");

@@ -52,13 +52,14 @@ impl SseParser {
     /// Feeds a chunk; returns the events it completed.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         let mut events = Vec::new();
-        self.push_each(chunk, |event| events.push(std::mem::take(event)));
+        self.push_each(chunk, &mut |event| events.push(std::mem::take(event)));
         events
     }
 
     /// Feeds a chunk, handing each event it completes to `each` (which may take its strings;
-    /// what it leaves is reused for the next event).
-    pub fn push_each(&mut self, chunk: &[u8], mut each: impl FnMut(&mut SseEvent)) {
+    /// what it leaves is reused for the next event). `dyn`, not generic: one copy of the parser
+    /// in the worker instead of one per caller (an indirect call per event costs nothing here).
+    pub fn push_each(&mut self, chunk: &[u8], each: &mut dyn FnMut(&mut SseEvent)) {
         if self.overflowed {
             return;
         }
@@ -76,7 +77,7 @@ impl SseParser {
                 for end in memchr::memchr_iter(b'\n', lines) {
                     let line = &text[start..end]; // both ends next to an ASCII line break
                     start = end + 1;
-                    self.line(line.strip_suffix('\r').unwrap_or(line), &mut each);
+                    self.line(line.strip_suffix('\r').unwrap_or(line), each);
                     if self.overflowed {
                         return;
                     }
@@ -86,7 +87,7 @@ impl SseParser {
                 for line in lines.split_inclusive(|&b| b == b'\n') {
                     let line = &line[..line.len() - 1];
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    self.line(&String::from_utf8_lossy(line), &mut each);
+                    self.line(&String::from_utf8_lossy(line), each);
                     if self.overflowed {
                         return;
                     }
@@ -106,21 +107,21 @@ impl SseParser {
     /// Ends the stream: a final event without its blank line still counts.
     pub fn finish(&mut self) -> Vec<SseEvent> {
         let mut events = Vec::new();
-        self.finish_each(|event| events.push(std::mem::take(event)));
+        self.finish_each(&mut |event| events.push(std::mem::take(event)));
         events
     }
 
     /// [`SseParser::finish`], handing the last event (if any) to `each`.
-    pub fn finish_each(&mut self, mut each: impl FnMut(&mut SseEvent)) {
+    pub fn finish_each(&mut self, each: &mut dyn FnMut(&mut SseEvent)) {
         if self.overflowed {
             return;
         }
         if !self.buf.is_empty() {
             let rest = std::mem::take(&mut self.buf);
             self.scanned = 0;
-            self.line(&String::from_utf8_lossy(&rest), &mut each);
+            self.line(&String::from_utf8_lossy(&rest), each);
         }
-        self.line("", &mut each);
+        self.line("", each);
     }
 
     fn overflow(&mut self) {
@@ -132,7 +133,7 @@ impl SseParser {
         self.data_bytes = 0;
     }
 
-    fn line(&mut self, line: &str, each: &mut impl FnMut(&mut SseEvent)) {
+    fn line(&mut self, line: &str, each: &mut dyn FnMut(&mut SseEvent)) {
         if line.is_empty() {
             if self.data_lines || self.current.event.is_some() {
                 each(&mut self.current);
@@ -191,9 +192,9 @@ mod tests {
             events.extend(p.finish());
             // The same events handed out one by one from the parser's reused buffers.
             let (mut p, mut each) = (SseParser::new(), Vec::new());
-            p.push_each(&stream[..split], |e| each.push(e.clone()));
-            p.push_each(&stream[split..], |e| each.push(e.clone()));
-            p.finish_each(|e| each.push(e.clone()));
+            p.push_each(&stream[..split], &mut |e| each.push(e.clone()));
+            p.push_each(&stream[split..], &mut |e| each.push(e.clone()));
+            p.finish_each(&mut |e| each.push(e.clone()));
             assert_eq!(each, events, "split at {split}");
             assert_eq!(
                 events,

@@ -117,7 +117,7 @@ impl Meter {
     /// Reads the first stage's output when that stage translated (its events are ours).
     fn feed(&mut self, openai_sse: &[u8]) {
         let mut parser = std::mem::take(&mut self.parser); // out of `self`, which `observe` borrows
-        parser.push_each(openai_sse, |event| {
+        parser.push_each(openai_sse, &mut |event| {
             if let Some(chunk) = ChunkFacts::parse(&event.data) {
                 self.observe(&chunk);
             }
@@ -216,9 +216,10 @@ fn run_stage(
         }
         (stage, meter) => {
             let from = out.len();
-            parser.push_each(input, |event| stage.event(event, out));
+            let mut each = |event: &mut SseEvent| stage.event(event, out);
+            parser.push_each(input, &mut each);
             if finish {
-                parser.finish_each(|event| stage.event(event, out));
+                parser.finish_each(&mut each);
                 stage.finish(out);
             }
             if let Some(meter) = meter {

@@ -1,12 +1,14 @@
-//! [`ChunkFacts`] and [`ChunkParts`] read by hand, for the chunks a stream is made of. serde_json only to skip
-//! over a value costs ~29 instructions a byte (1,351 for a 47-byte chunk, 2,000 through the
-//! lenient visitors); this byte loop reads the same chunk for about a fifth.
+//! [`ChunkFacts`] and [`ChunkParts`] read by hand, for the chunks a stream is made of.
+//! serde_json only to skip over a value costs ~29 instructions a byte (1,351 for a 47-byte
+//! chunk, 2,000 through the lenient visitors); this byte loop reads the same chunk for about a
+//! fifth.
 //!
-//! It answers only when it is sure: JSON serde_json accepts and facts the lenient reading
-//! gives. Anything outside the plain subset it knows (an escaped key or id, a surrogate
-//! escape, an exponent, an integer over 18 digits, nesting deeper than 64, a top level that is
-//! not an object, any error at all) is `None`, and the caller reads the chunk the slow way,
-//! which decides. So it never has to copy serde_json's error rules, only its grammar.
+//! It answers only when it is sure: JSON serde_json accepts, and what the slow reading (the
+//! lenient visitors for facts, the `Value` tree for parts) gives. Anything outside the plain
+//! subset it knows (an escaped key or id, a surrogate escape, an exponent, an integer over 18
+//! digits, a float or negative number where a value is kept, nesting deeper than 64, a top
+//! level that is not an object, any error at all) is `None`, and the caller reads the chunk the
+//! slow way, which decides. So it never has to copy serde_json's error rules, only its grammar.
 
 use std::borrow::Cow;
 
@@ -173,7 +175,6 @@ impl<'a> Reader<'a> {
 
     /// A string: its raw text (between the quotes), its length once unescaped, and whether it
     /// had escapes.
-    #[inline(always)] // called for every key and string; out of line, its calls cost more than its loop
     fn string(&mut self) -> Option<(&'a str, usize, bool)> {
         if !self.eat(b'"') {
             return None;
@@ -563,7 +564,7 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{lenient_facts, lenient_parts};
+    use super::super::{lenient_facts, tree_parts};
     use super::{facts, parts};
 
     const KEYS: [&str; 23] = [
@@ -654,7 +655,7 @@ mod tests {
     }
 
     /// Wherever the fast reader answers, it answers what serde_json and the lenient visitors
-    /// do, over random chunk-shaped JSON (keys the gateway reads, values of every type, odd
+    /// (for parts: the `Value` tree) do, over random chunk-shaped JSON (keys the gateway reads, values of every type, odd
     /// numbers and escapes) and mutations of it (cut, a byte changed); and it does answer for
     /// most well-formed chunks, so the slow path is the exception.
     #[test]
@@ -687,7 +688,7 @@ mod tests {
                 assert_eq!(Some(fast), slow, "{data}");
                 answered += 1;
             }
-            let slow_parts = lenient_parts(&data);
+            let slow_parts = tree_parts(&data);
             if let Some(fast) = parts(&data) {
                 assert_eq!(Some(fast), slow_parts, "{data}");
                 answered_parts += 1;
@@ -707,7 +708,7 @@ mod tests {
             assert!(facts(chunk).is_some(), "{chunk}");
             assert_eq!(facts(chunk), lenient_facts(chunk), "{chunk}");
             assert!(parts(chunk).is_some(), "{chunk}");
-            assert_eq!(parts(chunk), lenient_parts(chunk), "{chunk}");
+            assert_eq!(parts(chunk), tree_parts(chunk), "{chunk}");
         }
     }
 }

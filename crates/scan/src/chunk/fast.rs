@@ -18,13 +18,8 @@ use super::{CallParts, ChoiceFacts, ChoiceList, ChoiceParts, ChunkFacts, ChunkPa
 
 /// The facts of `data`, or `None` when the slow reading must decide.
 pub(super) fn facts(data: &str) -> Option<ChunkFacts<'_>> {
-    let mut r = Reader { s: data.as_bytes(), text: data, at: 0, depth: 0 };
-    r.ws();
-    if r.peek()? != b'{' {
-        return None;
-    }
     let mut facts = ChunkFacts::default();
-    r.object(|r, key| {
+    whole_object(data, |r, key| {
         match key {
             "id" => facts.id = r.plain_str()?,
             "model" => facts.model = r.plain_str()?,
@@ -35,19 +30,13 @@ pub(super) fn facts(data: &str) -> Option<ChunkFacts<'_>> {
         }
         Some(())
     })?;
-    r.ws();
-    (r.at == r.s.len()).then_some(facts)
+    Some(facts)
 }
 
 /// The parts of `data`, or `None` when the slow reading must decide.
 pub(super) fn parts(data: &str) -> Option<ChunkParts<'_>> {
-    let mut r = Reader { s: data.as_bytes(), text: data, at: 0, depth: 0 };
-    r.ws();
-    if r.peek()? != b'{' {
-        return None;
-    }
     let mut parts = ChunkParts::default();
-    r.object(|r, key| {
+    whole_object(data, |r, key| {
         match key {
             "id" => parts.id = Some(r.value()?),
             "model" => parts.model = Some(r.value()?),
@@ -59,8 +48,19 @@ pub(super) fn parts(data: &str) -> Option<ChunkParts<'_>> {
         }
         Some(())
     })?;
+    Some(parts)
+}
+
+/// `data` as one object and nothing else but whitespace, `field` called at each value.
+fn whole_object<'a>(data: &'a str, field: impl FnMut(&mut Reader<'a>, &'a str) -> Option<()>) -> Option<()> {
+    let mut r = Reader { s: data.as_bytes(), text: data, at: 0, depth: 0 };
     r.ws();
-    (r.at == r.s.len()).then_some(parts)
+    if r.peek()? != b'{' {
+        return None;
+    }
+    r.object(field)?;
+    r.ws();
+    (r.at == r.s.len()).then_some(())
 }
 
 /// Quote, backslash and the control bytes: where a plain run of string bytes ends.
@@ -114,48 +114,38 @@ impl<'a> Reader<'a> {
 
     /// `{ "key": value, ... }`, calling `field` at each value (the reader is at the value).
     fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
-        self.enter(b'{')?;
-        self.ws();
-        if !self.eat(b'}') {
-            loop {
-                self.ws();
-                let (key, _, escaped) = self.string()?;
-                if escaped {
-                    return None;
-                }
-                self.ws();
-                if !self.eat(b':') {
-                    return None;
-                }
-                self.ws();
-                field(self, key)?;
-                self.ws();
-                if self.eat(b',') {
-                    continue;
-                }
-                if self.eat(b'}') {
-                    break;
-                }
+        self.sequence(b'{', b'}', |r| {
+            let (key, _, escaped) = r.string()?;
+            if escaped {
                 return None;
             }
-        }
-        self.depth -= 1;
-        Some(())
+            r.ws();
+            if !r.eat(b':') {
+                return None;
+            }
+            r.ws();
+            field(r, key)
+        })
     }
 
     /// `[ value, ... ]`, calling `element` at each value.
-    fn array(&mut self, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.enter(b'[')?;
+    fn array(&mut self, element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.sequence(b'[', b']', element)
+    }
+
+    /// `open`, items separated by commas, `close`.
+    fn sequence(&mut self, open: u8, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.enter(open)?;
         self.ws();
-        if !self.eat(b']') {
+        if !self.eat(close) {
             loop {
                 self.ws();
-                element(self)?;
+                item(self)?;
                 self.ws();
                 if self.eat(b',') {
                     continue;
                 }
-                if self.eat(b']') {
+                if self.eat(close) {
                     break;
                 }
                 return None;
@@ -545,20 +535,10 @@ impl<'a> Reader<'a> {
         Some(bytes)
     }
 
+    /// `function`'s name and arguments, in bytes.
     fn function(&mut self) -> Option<usize> {
-        let (mut name, mut arguments) = (0, 0);
-        if self.peek()? != b'{' {
-            return self.skip().map(|()| 0);
-        }
-        self.object(|r, key| {
-            match key {
-                "name" => name = r.str_len()?,
-                "arguments" => arguments = r.str_len()?,
-                _ => r.skip()?,
-            }
-            Some(())
-        })?;
-        Some(name + arguments)
+        let len = |text: Text<'_>| text.map_or(0, |t| t.len());
+        self.function_parts().map(|(name, arguments)| len(name) + len(arguments))
     }
 }
 

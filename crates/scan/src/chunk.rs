@@ -165,7 +165,7 @@ impl ChunkParts<'_> {
 
 /// The parts through a `serde_json::Value` tree: every chunk the fast reader leaves (rare:
 /// escaped keys, floats, deep nesting, invalid JSON). A tree, not lenient visitors like the
-/// facts' fallback, because its code is in the worker anyway (the visitors were ~KB of wasm).
+/// facts' fallback: its code is in the worker anyway, the visitors were 5.6 KB gzipped.
 fn tree_parts(data: &str) -> Option<ChunkParts<'static>> {
     let chunk: Value = data.parse().ok()?;
     let text = |v: Option<&Value>| v.and_then(Value::as_str).map(|s| Cow::Owned(s.to_owned()));

@@ -1,9 +1,10 @@
 //! The gateway's per-byte hot path, kept apart so release builds optimize it for speed while
 //! the rest is optimized for size: the SSE parser every stream goes through, the facts the
-//! gateway reads from each OpenAI stream chunk and Anthropic text delta, the prompt-injection scan and PII detectors over
-//! request text, the guard's literal search, an exact matcher for guard regexes that are plain
-//! sequences of classes, and the windows of a text the other guard regexes can match in. Pure
-//! functions over bytes; nothing here knows about requests, configs or hosts.
+//! gateway reads from each OpenAI stream chunk and Anthropic text delta, the prompt-injection
+//! scan and PII detectors over request text, the guard's literal search, an exact matcher for
+//! guard regexes that are plain sequences of classes, and the windows of a text the other guard
+//! regexes can match in. Pure functions over bytes; nothing here knows about requests, configs
+//! or hosts.
 
 pub mod anthropic;
 pub mod chunk;

@@ -600,58 +600,69 @@ mod tests {
     ];
     const WS: [&str; 5] = ["", "", " ", "\n\t", "\r "];
 
-    fn value(rng: &mut impl FnMut(usize) -> usize, depth: usize, out: &mut String) {
-        let ws = |rng: &mut dyn FnMut(usize) -> usize| WS[rng(WS.len())];
+    /// `open`, `n` items (each written by `item`, whitespace around it) separated by commas,
+    /// `close`.
+    fn list<R: FnMut(usize) -> usize>(
+        rng: &mut R,
+        out: &mut String,
+        (open, close): (char, char),
+        n: usize,
+        mut item: impl FnMut(&mut R, &mut String),
+    ) {
+        out.push(open);
+        for i in 0..n {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(WS[rng(WS.len())]);
+            item(rng, out);
+            out.push_str(WS[rng(WS.len())]);
+        }
+        out.push(close);
+    }
+
+    /// `"key": value`.
+    fn member<R: FnMut(usize) -> usize>(rng: &mut R, key: &str, depth: usize, out: &mut String) {
+        out.push_str(&format!("\"{key}\""));
+        out.push_str(WS[rng(WS.len())]);
+        out.push(':');
+        out.push_str(WS[rng(WS.len())]);
+        value(rng, depth, out);
+    }
+
+    fn value<R: FnMut(usize) -> usize>(rng: &mut R, depth: usize, out: &mut String) {
         match if depth > 5 { 2 } else { rng(4) } {
             0 => {
-                out.push('{');
-                for i in 0..rng(4) {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(ws(rng));
-                    out.push_str(&format!("\"{}\"", KEYS[rng(KEYS.len())]));
-                    out.push_str(ws(rng));
-                    out.push(':');
-                    out.push_str(ws(rng));
-                    value(rng, depth + 1, out);
-                    out.push_str(ws(rng));
-                }
-                out.push('}');
+                let n = rng(4);
+                list(rng, out, ('{', '}'), n, |rng, out| {
+                    let key = KEYS[rng(KEYS.len())];
+                    member(rng, key, depth + 1, out)
+                });
             }
             1 => {
-                out.push('[');
-                for i in 0..rng(3) {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(ws(rng));
-                    value(rng, depth + 1, out);
-                }
-                out.push(']');
+                let n = rng(3);
+                list(rng, out, ('[', ']'), n, |rng, out| value(rng, depth + 1, out));
             }
             _ => out.push_str(ATOMS[rng(ATOMS.len())]),
         }
     }
 
     /// Wherever the fast reader answers, it answers what serde_json and the lenient visitors
-    /// (for parts: the `Value` tree) do, over random chunk-shaped JSON (keys the gateway reads, values of every type, odd
-    /// numbers and escapes) and mutations of it (cut, a byte changed); and it does answer for
-    /// most well-formed chunks, so the slow path is the exception.
+    /// (for parts: the `Value` tree) do, over random chunk-shaped JSON (keys the gateway reads,
+    /// values of every type, odd numbers and escapes) and mutations of it (cut, a byte changed);
+    /// and it does answer for most well-formed chunks, so the slow path is the exception.
     #[test]
     fn fast_facts_agree_with_the_lenient_reading() {
         let mut rng = crate::test_rng(0x5eed_c4a7);
         let (mut answered, mut answered_parts, mut well_formed) = (0, 0, 0);
         for case in 0..60_000 {
-            let mut data = String::from("{");
-            for i in 0..rng(5) {
-                if i > 0 {
-                    data.push(',');
-                }
-                data.push_str(&format!("\"{}\":", KEYS[[0, 1, 2, 3, 4, 18, 19][rng(7)]]));
-                value(&mut rng, 1, &mut data);
-            }
-            data.push('}');
+            // A chunk: an object of the keys read at its top level.
+            let mut data = String::new();
+            let n = rng(5);
+            list(&mut rng, &mut data, ('{', '}'), n, |rng, out| {
+                let key = KEYS[[0, 1, 2, 3, 4, 18, 19][rng(7)]];
+                member(rng, key, 1, out)
+            });
             if case % 3 == 0 {
                 let at = rng(data.len() + 1);
                 let bytes = b"{}[],:\"\\ 0-9.eEntfu";

@@ -8,6 +8,15 @@ pub struct SseEvent {
     pub data: String,
 }
 
+/// Appends `data: <data>\n\n`. Here, not in the gateway: built at opt-level 3, one call for
+/// what costs three out-of-line copies (~140 instructions an event) where code is built for size.
+pub fn write_data(out: &mut Vec<u8>, data: &[u8]) {
+    out.reserve(data.len() + 8);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+}
+
 /// Longest line, and largest event (its data lines together), the parser buffers. An origin
 /// that sends more without a line break, or one event that large, has its stream ended with
 /// an error instead of being buffered without bound.

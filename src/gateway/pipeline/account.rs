@@ -18,7 +18,7 @@ use crate::gateway::pipeline::stream::Captured;
 use crate::gateway::pipeline::stream::StreamSummary;
 use crate::gateway::ports::Ports;
 use crate::gateway::types::{Operation, Usage};
-use crate::gateway::wire::openai::{openai_usage, sse_to_completion};
+use crate::gateway::wire::openai::{openai_usage, StreamAnswer};
 
 /// The tenant label of keyless calls to public endpoints (`context::PUBLIC_TENANT`, which this
 /// module cannot name without an import cycle; a test keeps the two equal).
@@ -137,8 +137,8 @@ impl Deferred {
             }
         }
         if let (Some((key, entry, captured)), Some(summary)) = (self.pending.cache_stream.take(), stream) {
-            let sse = captured.borrow_mut().take();
-            let entry = sse.filter(|_| summary.completed).and_then(|sse| streamed_entry(entry, &sse, summary.usage));
+            let answer = captured.borrow_mut().take();
+            let entry = answer.filter(|_| summary.completed).and_then(|a| streamed_entry(entry, a, summary.usage));
             if let Some(entry) = entry {
                 if let Err(e) = ports.put(&key, &entry.encode(), Some(entry.ttl_secs)).await {
                     self.log.cache_error = Some(e.code);
@@ -188,11 +188,11 @@ impl Deferred {
     }
 }
 
-/// A completed stream's answer as a cache entry: its chunks assembled into the answer they
-/// stream (`None` if the stream did not finish the answer), with the origin's usage (`usage`:
-/// as the pump saw it, when the client's stream hid the usage chunk).
-fn streamed_entry(mut entry: cache::Entry, openai_sse: &[u8], usage: Option<Usage>) -> Option<cache::Entry> {
-    let (mut answer, complete) = sse_to_completion(entry.op, openai_sse);
+/// A completed stream's answer as a cache entry (`None` if the stream did not finish the
+/// answer), with the origin's usage (`usage`: as the pump saw it, when the client's stream hid
+/// the usage chunk).
+fn streamed_entry(mut entry: cache::Entry, answer: StreamAnswer, usage: Option<Usage>) -> Option<cache::Entry> {
+    let (mut answer, complete) = answer.finish(entry.op);
     if !complete {
         return None;
     }

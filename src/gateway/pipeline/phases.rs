@@ -23,7 +23,7 @@ use crate::gateway::routing;
 use crate::gateway::types::Operation;
 use crate::gateway::wire::json::json_body;
 use crate::gateway::wire::openai::{
-    completion_to_sse, embeddings_to_base64, sse_to_completion, wants_base64, write_error_chunk, StreamWatch,
+    completion_to_sse, embeddings_to_base64, wants_base64, write_error_chunk, StreamAnswer, StreamWatch,
 };
 
 /// Resolve: which endpoint serves the request. The request's hash (a SHA-256 of its canonical
@@ -399,7 +399,7 @@ pub async fn respond<P: Ports>(
             .with_idle_timeout(call.config.settings.origin_timeout_ms);
         if let Some(key) = &call.cache_key {
             // A deterministic stream fills the cache once it completes (see `account`).
-            let captured: Captured = std::rc::Rc::new(std::cell::RefCell::new(Some(Vec::new())));
+            let captured: Captured = std::rc::Rc::new(std::cell::RefCell::new(Some(StreamAnswer::default())));
             pump = pump.capturing(captured.clone(), call.config.settings.max_response_bytes);
             let entry = cache::Entry {
                 created_ms: upstream.now_ms,
@@ -492,11 +492,20 @@ async fn guarded_stream<P: Ports>(
 ) -> Result<Response<ResponseBody<P::Body>>> {
     let endpoint = &call.endpoint;
     let bytes = ports.read_body(body, call.config.settings.max_response_bytes).await.map_err(read_failed)?;
-    let mut pump = StreamPump::new(vec![first]).with_decoder(decoder);
-    let mut openai = pump.chunk(&bytes);
-    openai.extend(pump.end());
-    ctx.log.set_usage(pump.summary().usage);
-    let (answer, complete) = sse_to_completion(call.op, &openai);
+    // The answer is assembled as the pump reads the chunks (each read once); the whole of it
+    // is needed to guard it, so it is kept whatever its size (the body's is bounded).
+    let captured: Captured = std::rc::Rc::new(std::cell::RefCell::new(Some(StreamAnswer::default())));
+    let mut pump = StreamPump::new(vec![first])
+        .with_decoder(decoder)
+        .metered(call.prompt_estimate)
+        .capturing(captured.clone(), usize::MAX);
+    pump.chunk(&bytes);
+    pump.end();
+    let summary = pump.summary();
+    ctx.log.set_usage(summary.usage);
+    let (answer, complete) = captured.take().unwrap_or_default().finish(call.op);
+    // A stream the pump ended itself (an oversized event) did not complete either.
+    let complete = complete && summary.stopped.is_none();
     let answer = crate::gateway::wire::json::json_body(&answer);
     let answer = guard_output(ctx, &endpoint.guardrails, answer)?;
     let mut replay = completion_to_sse(call.op, &answer)?;

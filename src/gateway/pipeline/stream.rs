@@ -6,7 +6,7 @@
 //! Anthropic client of a Gemini endpoint, with each translator written once.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use serde_json::json;
@@ -17,10 +17,10 @@ use crate::gateway::features::usage::Price;
 use crate::gateway::mcp::{McpOutcome, McpStream};
 use crate::gateway::providers::{ProviderStream, StreamDecoder};
 use crate::gateway::types::Usage;
-use crate::gateway::wire::openai::StreamWatch;
+use crate::gateway::wire::openai::{StreamAnswer, StreamWatch};
 use crate::gateway::wire::sse::{self, SseEvent, SseParser, MAX_EVENT_BYTES};
 use crate::gateway::wire::stream::StreamTranslate;
-use edge_scan::chunk::ChunkFacts;
+use edge_scan::chunk::{ChoiceList, ChunkFacts, ChunkParts};
 
 /// One stage of a pump: the origin's stream watched or translated into OpenAI chunks, or
 /// OpenAI chunks translated into the client's events. An enum: no dynamic dispatch per chunk.
@@ -114,40 +114,48 @@ struct Meter {
 }
 
 impl Meter {
-    /// Reads the first stage's output when that stage translated (its events are ours).
-    fn feed(&mut self, openai_sse: &[u8]) {
+    /// Reads the first stage's output when that stage translated (its events are ours), and
+    /// hands each chunk's parts to `capture` when the answer is kept.
+    fn feed(&mut self, openai_sse: &[u8], capture: Option<&Capture>) {
         let mut parser = std::mem::take(&mut self.parser); // out of `self`, which `observe` borrows
         parser.push_each(openai_sse, &mut |event| {
-            if let Some(chunk) = ChunkFacts::parse(&event.data) {
-                self.observe(&chunk);
-            }
+            read_chunk(&event.data, capture.is_some_and(Capture::keeping), |facts, parts| {
+                if let Some(facts) = facts {
+                    self.observe(facts);
+                }
+                if let (Some(parts), Some(capture)) = (parts, capture) {
+                    capture.add(parts);
+                }
+            });
         });
         self.parser = parser;
     }
 
+    /// Plain `if let`s and slice loops: this runs for every chunk, in code built for size,
+    /// where `Option::map` and chained iterators are calls (~400 instructions a chunk).
     fn observe(&mut self, chunk: &ChunkFacts) {
-        if self.id.is_none() {
-            self.id = chunk.id.as_deref().map(str::to_owned);
-        }
-        if self.model.is_none() {
-            self.model = chunk.model.as_deref().map(str::to_owned);
-        }
-        if self.object.is_none() {
-            self.object = chunk.object.as_deref().map(str::to_owned);
-        }
-        if chunk.usage.is_some() {
-            self.reported = chunk.usage.map(Usage::from);
-        }
-        for choice in chunk.choices.iter().flatten() {
-            let bytes = choice.content_bytes + choice.text_bytes + choice.tool_call_bytes;
-            if bytes > 0 {
-                self.deltas += 1;
-                self.generated_bytes = self.generated_bytes.saturating_add(bytes as u64);
+        for (kept, seen) in
+            [(&mut self.id, &chunk.id), (&mut self.model, &chunk.model), (&mut self.object, &chunk.object)]
+        {
+            if let (None, Some(seen)) = (&kept, seen) {
+                *kept = Some(seen.to_string());
             }
-            match (choice.finished, self.open.contains(&choice.index)) {
-                (true, _) => self.open.retain(|i| *i != choice.index),
-                (false, false) => self.open.push(choice.index),
-                _ => {}
+        }
+        if let Some(usage) = chunk.usage {
+            self.reported = Some(usage.into());
+        }
+        for choices in chunk.choices.as_ref().map(ChoiceList::as_slices).unwrap_or_default() {
+            for choice in choices {
+                let bytes = choice.content_bytes + choice.text_bytes + choice.tool_call_bytes;
+                if bytes > 0 {
+                    self.deltas += 1;
+                    self.generated_bytes = self.generated_bytes.saturating_add(bytes as u64);
+                }
+                match (choice.finished, self.open.contains(&choice.index)) {
+                    (true, _) => self.open.retain(|i| *i != choice.index),
+                    (false, false) => self.open.push(choice.index),
+                    _ => {}
+                }
             }
         }
     }
@@ -187,26 +195,45 @@ impl Meter {
     }
 }
 
+/// Reads an OpenAI chunk once and hands `use_chunk` its facts, and its parts when `parts` is
+/// set (a kept answer is assembled from them; the facts then come from the parts). The tree
+/// behind the parts refuses a little text the facts' reading skips (a lone surrogate escape in
+/// an ignored field): such a chunk comes with its facts alone, so the meter still counts it.
+fn read_chunk(data: &str, parts: bool, use_chunk: impl FnOnce(Option<&ChunkFacts>, Option<&ChunkParts>)) {
+    match parts.then(|| ChunkParts::parse(data)).flatten() {
+        Some(parts) => use_chunk(Some(&parts.facts()), Some(&parts)),
+        None => use_chunk(ChunkFacts::parse(data).as_ref(), None),
+    }
+}
+
 /// Runs the events `parser` completes from `input` through one stage, then (with `finish`:
-/// the origin's stream ended) closes it. The first stage also feeds the meter: a watched OpenAI
-/// stream with the facts the watch read (each chunk parsed once), a translating stage by
-/// reading back what it wrote. Events are handed over one by one from the parser's buffers.
+/// the origin's stream ended) closes it. The first stage also feeds the meter and the kept
+/// answer: a watched OpenAI stream with the chunk the watch read (each chunk read once), a
+/// translating stage by reading back what it wrote. Events are handed over one by one from
+/// the parser's buffers.
 fn run_stage(
     stage: &mut Stage,
     parser: &mut SseParser,
     input: &[u8],
     finish: bool,
     meter: Option<&mut Meter>,
+    capture: Option<&Capture>,
     out: &mut Vec<u8>,
 ) {
     match (stage, meter) {
         (Stage::Watch(watch), Some(meter)) => {
             let mut each = |event: &mut SseEvent| {
-                let chunk = ChunkFacts::parse(&event.data);
-                watch.watch(event, chunk.as_ref(), out);
-                if let Some(chunk) = &chunk {
-                    meter.observe(chunk);
-                }
+                read_chunk(&event.data, capture.is_some_and(Capture::keeping), |facts, parts| {
+                    let shown = watch.watch(event, facts, out);
+                    if let Some(facts) = facts {
+                        meter.observe(facts);
+                    }
+                    // What the watch hides (the usage chunk the client did not ask for) is not
+                    // kept: the cache keeps what the client saw.
+                    if let (true, Some(parts), Some(capture)) = (shown, parts, capture) {
+                        capture.add(parts);
+                    }
+                });
             };
             parser.push_each(input, &mut each);
             if finish {
@@ -223,7 +250,7 @@ fn run_stage(
                 stage.finish(out);
             }
             if let Some(meter) = meter {
-                meter.feed(&out[from..]);
+                meter.feed(&out[from..], capture);
             }
         }
     }
@@ -245,23 +272,35 @@ pub struct StreamPump {
     capture: Option<Box<Capture>>,
 }
 
-/// The first stage's OpenAI chunks, kept (up to `limit` bytes) for the cache: shared with the
-/// after-response work, which stores the assembled answer if the stream completed.
-pub type Captured = Rc<RefCell<Option<Vec<u8>>>>;
+/// The answer the first stage's OpenAI chunks stream, assembled as they pass (while they
+/// total at most `limit` bytes) for the cache: shared with the after-response work, which
+/// stores it if the stream completed. `None` once the stream was too long to keep.
+pub type Captured = Rc<RefCell<Option<StreamAnswer>>>;
 
 struct Capture {
     into: Captured,
     limit: usize,
+    /// Bytes of the first stage's output so far.
+    bytes: Cell<usize>,
 }
 
 impl Capture {
-    fn feed(&self, bytes: &[u8]) {
-        let mut slot = self.into.borrow_mut();
-        let over = slot.as_ref().is_some_and(|kept| kept.len() + bytes.len() > self.limit);
-        if over {
-            *slot = None; // too long to cache: nothing is stored
-        } else if let Some(kept) = slot.as_mut() {
-            kept.extend_from_slice(bytes);
+    /// Whether the answer is still kept (the stream is not yet over the limit).
+    fn keeping(&self) -> bool {
+        self.into.borrow().is_some()
+    }
+
+    fn add(&self, chunk: &ChunkParts) {
+        if let Some(answer) = self.into.borrow_mut().as_mut() {
+            answer.add(chunk);
+        }
+    }
+
+    /// Counts the first stage's output; past the limit, nothing is stored.
+    fn count(&self, bytes: usize) {
+        self.bytes.set(self.bytes.get().saturating_add(bytes));
+        if self.bytes.get() > self.limit {
+            *self.into.borrow_mut() = None;
         }
     }
 }
@@ -285,10 +324,11 @@ impl StreamPump {
         }
     }
 
-    /// Keeps the first stage's output (OpenAI chunks) in `into`, up to `limit` bytes, so a
-    /// completed deterministic stream can fill the cache.
+    /// Assembles the answer the first stage's output (OpenAI chunks) streams in `into`, while
+    /// that output is at most `limit` bytes, so a completed deterministic stream can fill the
+    /// cache.
     pub fn capturing(mut self, into: Captured, limit: usize) -> Self {
-        self.capture = Some(Box::new(Capture { into, limit }));
+        self.capture = Some(Box::new(Capture { into, limit, bytes: Cell::new(0) }));
         self
     }
 
@@ -349,14 +389,15 @@ impl StreamPump {
             if let Stage::Mcp(stage) = translator {
                 stage.bytes(&data, &mut out);
             } else {
-                run_stage(translator, parser, &data, false, meter, &mut out);
+                let capture = if i == 0 { self.capture.as_deref() } else { None };
+                run_stage(translator, parser, &data, false, meter, capture, &mut out);
             }
             if parser.overflowed() {
                 let message = format!("the origin sent an event over {MAX_EVENT_BYTES} bytes");
                 return self.stop(ErrorCode::OriginStreamError, &message, false);
             }
             if let (0, Some(capture)) = (i, &self.capture) {
-                capture.feed(&out);
+                capture.count(out.len());
             }
             data = Cow::Owned(out);
         }
@@ -401,10 +442,11 @@ impl StreamPump {
                 stage.bytes(&data, &mut out);
                 stage.finish(&mut out);
             } else {
-                run_stage(translator, parser, &data, true, meter, &mut out);
+                let capture = if i == 0 { self.capture.as_deref() } else { None };
+                run_stage(translator, parser, &data, true, meter, capture, &mut out);
             }
             if let (0, Some(capture)) = (i, &self.capture) {
-                capture.feed(&out);
+                capture.count(out.len());
             }
             data = out;
         }

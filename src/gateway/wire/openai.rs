@@ -354,33 +354,34 @@ impl StreamWatch {
     }
 
     /// Passes `event` through, noting its usage, content and end from `chunk` (the event's
-    /// facts, read once by the caller, who may need them too).
-    pub fn watch(&mut self, event: &SseEvent, chunk: Option<&ChunkFacts>, out: &mut Vec<u8>) {
+    /// facts, read once by the caller, who may need them too). False when it hid the event.
+    pub fn watch(&mut self, event: &SseEvent, chunk: Option<&ChunkFacts>, out: &mut Vec<u8>) -> bool {
         if event.data == "[DONE]" {
             self.done = true;
             sse::write_done(out);
-            return;
+            return true;
         }
         if let Some(chunk) = chunk {
             if let Some(usage) = chunk.usage {
                 self.usage = Some(usage.into());
                 let usage_only = chunk.choices.as_ref().is_none_or(ChoiceList::is_empty);
                 if self.hide_usage && usage_only {
-                    return;
+                    return false;
                 }
             }
-            for choice in chunk.choices.iter().flatten() {
-                if choice.content_bytes > 0 || choice.text_bytes > 0 || choice.has_tool_calls {
-                    self.deltas += 1;
-                }
-                if choice.finished {
-                    self.finished = true;
+            for choices in chunk.choices.as_ref().map(ChoiceList::as_slices).unwrap_or_default() {
+                for choice in choices {
+                    if choice.content_bytes > 0 || choice.text_bytes > 0 || choice.has_tool_calls {
+                        self.deltas += 1;
+                    }
+                    if choice.finished {
+                        self.finished = true;
+                    }
                 }
             }
         }
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(event.data.as_bytes());
-        out.extend_from_slice(b"\n\n");
+        edge_scan::sse::write_data(out, event.data.as_bytes());
+        true
     }
 }
 
@@ -462,49 +463,87 @@ pub fn completion_to_sse(op: Operation, body: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// A whole OpenAI stream (`chat.completion.chunk` or `text_completion` events) assembled into
-/// the answer it streams: per choice the role, content (or text), tool calls (ids, names and
-/// argument fragments joined) and finish reason, plus id, model and usage. The inverse of
-/// [`completion_to_sse`], used to guard a streamed answer before it is replayed. The flag says
-/// whether the stream completed (every choice finished and no error event).
+/// A whole OpenAI stream assembled into the answer it streams ([`StreamAnswer`] over an SSE
+/// body): the tests' way to check the assembly against [`completion_to_sse`].
+#[cfg(test)]
 pub fn sse_to_completion(op: Operation, openai_sse: &[u8]) -> (Value, bool) {
-    struct Choice {
-        index: u64,
-        role: Option<Value>,
-        text: String,
-        has_text: bool,
-        tool_calls: Vec<(u64, Map<String, Value>)>,
-        finish: Value,
-    }
-    let (mut id, mut model, mut created, mut usage) = (Value::Null, Value::Null, Value::from(0), None);
-    let mut choices: Vec<Choice> = Vec::new();
-    let mut error = false;
+    let mut answer = StreamAnswer::default();
     // Event by event from the parser's buffers, each read without a tree: a long answer is
     // thousands of small chunks.
     let mut add = |event: &mut SseEvent| {
-        let Some(chunk) = ChunkParts::parse(&event.data) else { return };
-        if chunk.error.is_some_and(|e| !e.is_null()) {
-            error = true;
+        if let Some(chunk) = ChunkParts::parse(&event.data) {
+            answer.add(&chunk);
+        }
+    };
+    let mut parser = sse::SseParser::new();
+    parser.push_each(openai_sse, &mut add);
+    parser.finish_each(&mut add);
+    answer.finish(op)
+}
+
+/// A whole OpenAI stream (`chat.completion.chunk` or `text_completion` chunks) assembled into
+/// the answer it streams: per choice the role, content (or text), tool calls (ids, names and
+/// argument fragments joined) and finish reason, plus id, model and usage. The inverse of
+/// [`completion_to_sse`]: a streamed answer is kept for the cache, or guarded before it is
+/// replayed, this way. Chunk by chunk: the stream pump adds the chunks it reads anyway, so a
+/// kept stream is read once.
+#[derive(Debug)]
+pub struct StreamAnswer {
+    id: Value,
+    model: Value,
+    created: Value,
+    usage: Option<Value>,
+    choices: Vec<AnswerChoice>,
+    error: bool,
+}
+
+#[derive(Debug)]
+struct AnswerChoice {
+    index: u64,
+    role: Option<Value>,
+    text: String,
+    has_text: bool,
+    tool_calls: Vec<(u64, Map<String, Value>)>,
+    finish: Value,
+}
+
+impl Default for StreamAnswer {
+    fn default() -> Self {
+        StreamAnswer {
+            id: Value::Null,
+            model: Value::Null,
+            created: Value::from(0),
+            usage: None,
+            choices: Vec::new(),
+            error: false,
+        }
+    }
+}
+
+impl StreamAnswer {
+    pub fn add(&mut self, chunk: &ChunkParts) {
+        if chunk.error.as_ref().is_some_and(|e| !e.is_null()) {
+            self.error = true;
             return;
         }
-        for (slot, value) in [(&mut id, chunk.id), (&mut model, chunk.model)] {
-            if slot.is_null() {
-                *slot = value.unwrap_or(Value::Null);
+        for (slot, value) in [(&mut self.id, &chunk.id), (&mut self.model, &chunk.model)] {
+            if let (Value::Null, Some(value)) = (&slot, value) {
+                *slot = value.clone();
             }
         }
-        if let Some(c) = chunk.created.filter(Value::is_u64) {
-            created = c;
+        if let Some(c) = chunk.created.as_ref().filter(|c| c.is_u64()) {
+            self.created = c.clone();
         }
-        if let Some(u) = chunk.usage.filter(Value::is_object) {
-            usage = Some(u);
+        if let Some(u) = chunk.usage.as_ref().filter(|u| u.is_object()) {
+            self.usage = Some(u.clone());
         }
-        // By reference: moving each choice (and each call) out of its Vec cost more than the
-        // rest of the loop.
-        for c in chunk.choices.iter().flatten() {
-            let at = match choices.iter().position(|x| x.index == c.index) {
+        // Slices, not `Option::iter().flatten()`: that adapter is a call per step where code
+        // is built for size.
+        for c in chunk.choices.as_deref().unwrap_or_default() {
+            let at = match self.choices.iter().position(|x| x.index == c.index) {
                 Some(at) => at,
                 None => {
-                    choices.push(Choice {
+                    self.choices.push(AnswerChoice {
                         index: c.index,
                         role: None,
                         text: String::new(),
@@ -512,10 +551,10 @@ pub fn sse_to_completion(op: Operation, openai_sse: &[u8]) -> (Value, bool) {
                         tool_calls: Vec::new(),
                         finish: Value::Null,
                     });
-                    choices.len() - 1
+                    self.choices.len() - 1
                 }
             };
-            let choice = &mut choices[at];
+            let choice = &mut self.choices[at];
             if let Some(role) = c.role.as_ref().filter(|r| r.is_string()) {
                 choice.role = Some(role.clone());
             }
@@ -523,7 +562,7 @@ pub fn sse_to_completion(op: Operation, openai_sse: &[u8]) -> (Value, bool) {
                 choice.text.push_str(text);
                 choice.has_text = true;
             }
-            for call in c.tool_calls.iter().flatten() {
+            for call in c.tool_calls.as_deref().unwrap_or_default() {
                 let at = match choice.tool_calls.iter().position(|(i, _)| *i == call.index) {
                     Some(at) => at,
                     None => {
@@ -551,32 +590,35 @@ pub fn sse_to_completion(op: Operation, openai_sse: &[u8]) -> (Value, bool) {
                 choice.finish = finish.clone();
             }
         }
-    };
-    let mut parser = sse::SseParser::new();
-    parser.push_each(openai_sse, &mut add);
-    parser.finish_each(&mut add);
-    let complete = !error && !choices.is_empty() && choices.iter().all(|c| !c.finish.is_null());
-    let choices: Vec<Value> = choices
-        .into_iter()
-        .map(|c| {
-            if op == Operation::Completions {
-                return json!({"index": c.index, "text": c.text, "logprobs": null, "finish_reason": c.finish});
-            }
-            let text = (c.has_text || c.tool_calls.is_empty()).then_some(c.text);
-            let calls = c.tool_calls.into_iter().map(|(_, call)| Value::Object(call)).collect();
-            let mut message = assistant_message(text, calls);
-            if let (Some(role), Some(m)) = (c.role, message.as_object_mut()) {
-                m.insert("role".into(), role);
-            }
-            json!({"index": c.index, "message": message, "logprobs": null, "finish_reason": c.finish})
-        })
-        .collect();
-    let object = if op == Operation::Completions { "text_completion" } else { "chat.completion" };
-    let mut answer = json!({"id": id, "object": object, "created": created, "model": model, "choices": choices});
-    if let (Some(usage), Some(a)) = (usage, answer.as_object_mut()) {
-        a.insert("usage".into(), usage);
     }
-    (answer, complete)
+
+    /// The answer, and whether the stream completed it (every choice finished, no error event).
+    pub fn finish(self, op: Operation) -> (Value, bool) {
+        let complete = !self.error && !self.choices.is_empty() && self.choices.iter().all(|c| !c.finish.is_null());
+        let choices: Vec<Value> = self
+            .choices
+            .into_iter()
+            .map(|c| {
+                if op == Operation::Completions {
+                    return json!({"index": c.index, "text": c.text, "logprobs": null, "finish_reason": c.finish});
+                }
+                let text = (c.has_text || c.tool_calls.is_empty()).then_some(c.text);
+                let calls = c.tool_calls.into_iter().map(|(_, call)| Value::Object(call)).collect();
+                let mut message = assistant_message(text, calls);
+                if let (Some(role), Some(m)) = (c.role, message.as_object_mut()) {
+                    m.insert("role".into(), role);
+                }
+                json!({"index": c.index, "message": message, "logprobs": null, "finish_reason": c.finish})
+            })
+            .collect();
+        let object = if op == Operation::Completions { "text_completion" } else { "chat.completion" };
+        let mut answer =
+            json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices});
+        if let (Some(usage), Some(a)) = (self.usage, answer.as_object_mut()) {
+            a.insert("usage".into(), usage);
+        }
+        (answer, complete)
+    }
 }
 
 /// `(id, name, arguments as a JSON object)` of an OpenAI assistant tool call.

@@ -20,7 +20,7 @@ use crate::gateway::types::Usage;
 use crate::gateway::wire::openai::{StreamAnswer, StreamWatch};
 use crate::gateway::wire::sse::{self, SseEvent, SseParser, MAX_EVENT_BYTES};
 use crate::gateway::wire::stream::StreamTranslate;
-use edge_scan::chunk::{ChoiceList, ChunkFacts, ChunkParts};
+use edge_scan::chunk::{ChoiceFacts, ChoiceList, ChunkFacts, ChunkParts, FactsReader};
 
 /// One stage of a pump: the origin's stream watched or translated into OpenAI chunks, or
 /// OpenAI chunks translated into the client's events. An enum: no dynamic dispatch per chunk.
@@ -102,6 +102,8 @@ pub struct StreamCap {
 #[derive(Debug, Default)]
 struct Meter {
     parser: SseParser,
+    /// The stream's chunks read one after another (a chunk like the last is not read again).
+    chunks: FactsReader,
     id: Option<String>,
     model: Option<String>,
     object: Option<String>,
@@ -118,45 +120,49 @@ impl Meter {
     /// hands each chunk's parts to `capture` when the answer is kept.
     fn feed(&mut self, openai_sse: &[u8], capture: Option<&Capture>) {
         let mut parser = std::mem::take(&mut self.parser); // out of `self`, which `observe` borrows
+        let mut chunks = std::mem::take(&mut self.chunks);
         parser.push_each(openai_sse, &mut |event| {
-            read_chunk(&event.data, capture.is_some_and(Capture::keeping), |facts, parts| {
+            read_chunk(&event.data, &mut chunks, capture.is_some_and(Capture::keeping), |facts, addition| {
                 if let Some(facts) = facts {
                     self.observe(facts);
                 }
-                if let (Some(parts), Some(capture)) = (parts, capture) {
-                    capture.add(parts);
+                if let Some(capture) = capture {
+                    capture.add(addition);
                 }
             });
         });
         self.parser = parser;
+        self.chunks = chunks;
     }
 
     /// Plain `if let`s and slice loops: this runs for every chunk, in code built for size,
-    /// where `Option::map` and chained iterators are calls (~400 instructions a chunk).
+    /// where `Option::map` and chained or array iterators are calls (~400 instructions a chunk).
     fn observe(&mut self, chunk: &ChunkFacts) {
-        for (kept, seen) in
-            [(&mut self.id, &chunk.id), (&mut self.model, &chunk.model), (&mut self.object, &chunk.object)]
-        {
-            if let (None, Some(seen)) = (&kept, seen) {
-                *kept = Some(seen.to_string());
-            }
-        }
+        keep_first(&mut self.id, &chunk.id);
+        keep_first(&mut self.model, &chunk.model);
+        keep_first(&mut self.object, &chunk.object);
         if let Some(usage) = chunk.usage {
             self.reported = Some(usage.into());
         }
-        for choices in chunk.choices.as_ref().map(ChoiceList::as_slices).unwrap_or_default() {
-            for choice in choices {
-                let bytes = choice.content_bytes + choice.text_bytes + choice.tool_call_bytes;
-                if bytes > 0 {
-                    self.deltas += 1;
-                    self.generated_bytes = self.generated_bytes.saturating_add(bytes as u64);
-                }
-                match (choice.finished, self.open.contains(&choice.index)) {
-                    (true, _) => self.open.retain(|i| *i != choice.index),
-                    (false, false) => self.open.push(choice.index),
-                    _ => {}
-                }
-            }
+        let [first, rest] = chunk.choices.as_ref().map(ChoiceList::as_slices).unwrap_or_default();
+        for choice in first {
+            self.observe_choice(choice);
+        }
+        for choice in rest {
+            self.observe_choice(choice);
+        }
+    }
+
+    fn observe_choice(&mut self, choice: &ChoiceFacts) {
+        let bytes = choice.content_bytes + choice.text_bytes + choice.tool_call_bytes;
+        if bytes > 0 {
+            self.deltas += 1;
+            self.generated_bytes = self.generated_bytes.saturating_add(bytes as u64);
+        }
+        match (choice.finished, self.open.contains(&choice.index)) {
+            (true, _) => self.open.retain(|i| *i != choice.index),
+            (false, false) => self.open.push(choice.index),
+            _ => {}
         }
     }
 
@@ -195,14 +201,38 @@ impl Meter {
     }
 }
 
-/// Reads an OpenAI chunk once and hands `use_chunk` its facts, and its parts when `parts` is
-/// set (a kept answer is assembled from them; the facts then come from the parts). The tree
-/// behind the parts refuses a little text the facts' reading skips (a lone surrogate escape in
-/// an ignored field): such a chunk comes with its facts alone, so the meter still counts it.
-fn read_chunk(data: &str, parts: bool, use_chunk: impl FnOnce(Option<&ChunkFacts>, Option<&ChunkParts>)) {
-    match parts.then(|| ChunkParts::parse(data)).flatten() {
-        Some(parts) => use_chunk(Some(&parts.facts()), Some(&parts)),
-        None => use_chunk(ChunkFacts::parse(data).as_ref(), None),
+/// What a kept answer takes from a chunk.
+enum Addition<'a, 'p> {
+    /// The chunk is the last one with another text: just that text, to choice `index`.
+    Text(u64, Cow<'a, str>),
+    Parts(&'p ChunkParts<'a>),
+    Nothing,
+}
+
+/// Reads an OpenAI chunk once and hands `use_chunk` its facts and, when the answer is kept
+/// (`keep`), what the answer takes from it. A chunk like the last but for its text is not read
+/// again (`FactsReader`); a kept answer's other chunks are read for their parts, the facts then
+/// coming from the parts. The tree behind the parts refuses a little text the facts' reading
+/// skips (a lone surrogate escape in an ignored field): such a chunk comes with its facts
+/// alone, so the meter still counts it.
+fn read_chunk(data: &str, chunks: &mut FactsReader, keep: bool, use_chunk: impl FnOnce(Option<&ChunkFacts>, Addition)) {
+    if keep {
+        if let Some((facts, text)) = chunks.like_last(data) {
+            let index = facts.choices.as_ref().and_then(|c| c.iter().next()).map_or(0, |c| c.index);
+            return use_chunk(Some(&facts), Addition::Text(index, text));
+        }
+        if let Some(parts) = ChunkParts::parse(data) {
+            chunks.remember(data, &parts);
+            return use_chunk(Some(&parts.facts()), Addition::Parts(&parts));
+        }
+    }
+    use_chunk(chunks.read(data).as_ref(), Addition::Nothing);
+}
+
+/// The first string seen: `kept` is set once.
+fn keep_first(kept: &mut Option<String>, seen: &Option<Cow<str>>) {
+    if let (None, Some(seen)) = (&kept, seen) {
+        *kept = Some(seen.to_string());
     }
 }
 
@@ -222,16 +252,17 @@ fn run_stage(
 ) {
     match (stage, meter) {
         (Stage::Watch(watch), Some(meter)) => {
+            let mut chunks = std::mem::take(&mut meter.chunks); // out of `meter`, which `observe` borrows
             let mut each = |event: &mut SseEvent| {
-                read_chunk(&event.data, capture.is_some_and(Capture::keeping), |facts, parts| {
+                read_chunk(&event.data, &mut chunks, capture.is_some_and(Capture::keeping), |facts, addition| {
                     let shown = watch.watch(event, facts, out);
                     if let Some(facts) = facts {
                         meter.observe(facts);
                     }
                     // What the watch hides (the usage chunk the client did not ask for) is not
                     // kept: the cache keeps what the client saw.
-                    if let (true, Some(parts), Some(capture)) = (shown, parts, capture) {
-                        capture.add(parts);
+                    if let (true, Some(capture)) = (shown, capture) {
+                        capture.add(addition);
                     }
                 });
             };
@@ -240,6 +271,7 @@ fn run_stage(
                 parser.finish_each(&mut each);
                 watch.finish(out); // an error event and `[DONE]`: nothing to count
             }
+            meter.chunks = chunks;
         }
         (stage, meter) => {
             let from = out.len();
@@ -290,9 +322,13 @@ impl Capture {
         self.into.borrow().is_some()
     }
 
-    fn add(&self, chunk: &ChunkParts) {
+    fn add(&self, addition: Addition) {
         if let Some(answer) = self.into.borrow_mut().as_mut() {
-            answer.add(chunk);
+            match addition {
+                Addition::Text(index, text) => answer.add_text(index, &text),
+                Addition::Parts(parts) => answer.add(parts),
+                Addition::Nothing => {}
+            }
         }
     }
 
@@ -537,6 +573,7 @@ impl StreamPump {
 mod tests {
     use super::*;
     use crate::gateway::test_util::parse_sse;
+    use serde_json::Value;
 
     /// M6: an origin event over the parser's bound ends the client's stream with an error and
     /// `[DONE]` (and the origin is to be cancelled: the pump is finished, the origin is not).
@@ -556,5 +593,49 @@ mod tests {
         assert_eq!(events[events.len() - 2].1["error"]["code"], "origin_stream_error", "{events:?}");
         assert!(pump.chunk(b"data: more\n\n").is_empty() && pump.end().is_empty());
         assert!(!pump.summary().completed, "the origin did not finish: the host cancels it");
+    }
+
+    /// A kept answer assembled as the pump reads (chunks like the last but for their text
+    /// added as text, the others as parts) is the answer the whole stream assembles to, read
+    /// after the fact; what the watch hides (the usage chunk) is not kept.
+    #[test]
+    fn a_kept_answer_is_the_assembled_stream() {
+        let chunk = |content: &Value, finish: Value| {
+            json!({"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+                "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]})
+        };
+        let mut events = vec![json!({"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]})];
+        for text in ["he", "llo", " \"wörld\"\n", "", "\u{1F600}", "x"] {
+            events.push(chunk(&json!(text), Value::Null));
+        }
+        events.push(chunk(&json!(5), Value::Null)); // not text: nothing added
+        events.push(json!({"id": "c1", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "t",
+            "function": {"name": "f", "arguments": "{}"}}]}, "finish_reason": null}]}));
+        events.push(chunk(&json!("!"), json!("stop")));
+        events.push(json!({"id": "c1", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}));
+        let mut sse = Vec::new();
+        for event in &events {
+            sse::write_data(&mut sse, event);
+        }
+        sse::write_done(&mut sse);
+
+        let kept: Captured = Rc::new(RefCell::new(Some(StreamAnswer::default())));
+        let mut pump = StreamPump::new(vec![Stage::Watch(StreamWatch::new().hide_usage_chunk(true))])
+            .metered(0)
+            .capturing(kept.clone(), usize::MAX);
+        let mut shown = Vec::new();
+        for piece in sse.chunks(7) {
+            shown.extend(pump.chunk(piece));
+        }
+        shown.extend(pump.end());
+        let (answer, complete) = kept.take().unwrap().finish(crate::gateway::types::Operation::Chat);
+        assert_eq!(
+            (answer.clone(), complete),
+            crate::gateway::wire::openai::sse_to_completion(crate::gateway::types::Operation::Chat, &shown)
+        );
+        assert_eq!(answer["choices"][0]["message"]["content"], "hello \"wörld\"\n\u{1F600}x!");
+        assert_eq!(answer["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "f");
+        assert!(complete && answer.get("usage").is_none(), "{answer}");
     }
 }

@@ -369,14 +369,13 @@ impl StreamWatch {
                     return false;
                 }
             }
-            for choices in chunk.choices.as_ref().map(ChoiceList::as_slices).unwrap_or_default() {
-                for choice in choices {
-                    if choice.content_bytes > 0 || choice.text_bytes > 0 || choice.has_tool_calls {
-                        self.deltas += 1;
-                    }
-                    if choice.finished {
-                        self.finished = true;
-                    }
+            let [first, rest] = chunk.choices.as_ref().map(ChoiceList::as_slices).unwrap_or_default();
+            for choice in first.iter().chain(rest) {
+                if choice.content_bytes > 0 || choice.text_bytes > 0 || choice.has_tool_calls {
+                    self.deltas += 1;
+                }
+                if choice.finished {
+                    self.finished = true;
                 }
             }
         }
@@ -540,21 +539,7 @@ impl StreamAnswer {
         // Slices, not `Option::iter().flatten()`: that adapter is a call per step where code
         // is built for size.
         for c in chunk.choices.as_deref().unwrap_or_default() {
-            let at = match self.choices.iter().position(|x| x.index == c.index) {
-                Some(at) => at,
-                None => {
-                    self.choices.push(AnswerChoice {
-                        index: c.index,
-                        role: None,
-                        text: String::new(),
-                        has_text: false,
-                        tool_calls: Vec::new(),
-                        finish: Value::Null,
-                    });
-                    self.choices.len() - 1
-                }
-            };
-            let choice = &mut self.choices[at];
+            let choice = self.choice(c.index);
             if let Some(role) = c.role.as_ref().filter(|r| r.is_string()) {
                 choice.role = Some(role.clone());
             }
@@ -590,6 +575,32 @@ impl StreamAnswer {
                 choice.finish = finish.clone();
             }
         }
+    }
+
+    /// Adds a chunk that is only `text` for choice `index` (the pump's shortcut for a chunk
+    /// like the last but for its text).
+    pub fn add_text(&mut self, index: u64, text: &str) {
+        let choice = self.choice(index);
+        choice.text.push_str(text);
+        choice.has_text = true;
+    }
+
+    fn choice(&mut self, index: u64) -> &mut AnswerChoice {
+        let at = match self.choices.iter().position(|x| x.index == index) {
+            Some(at) => at,
+            None => {
+                self.choices.push(AnswerChoice {
+                    index,
+                    role: None,
+                    text: String::new(),
+                    has_text: false,
+                    tool_calls: Vec::new(),
+                    finish: Value::Null,
+                });
+                self.choices.len() - 1
+            }
+        };
+        &mut self.choices[at]
     }
 
     /// The answer, and whether the stream completed it (every choice finished, no error event).

@@ -18,19 +18,63 @@ use super::{CallParts, ChoiceFacts, ChoiceList, ChoiceParts, ChunkFacts, ChunkPa
 
 /// The facts of `data`, or `None` when the slow reading must decide.
 pub(super) fn facts(data: &str) -> Option<ChunkFacts<'_>> {
+    facts_and_content(data).map(|(facts, _)| facts)
+}
+
+/// [`facts`], and where the chunk's one `delta.content` string is (from its opening quote to
+/// past its closing one) when it has exactly one: the rest of the chunk decides the facts.
+pub(super) fn facts_and_content(data: &str) -> Option<(ChunkFacts<'_>, Option<(usize, usize)>)> {
     let mut facts = ChunkFacts::default();
+    let mut content = Content::None;
     whole_object(data, |r, key| {
         match key {
-            "id" => facts.id = r.plain_str()?,
-            "model" => facts.model = r.plain_str()?,
-            "object" => facts.object = r.plain_str()?,
-            "usage" => facts.usage = r.usage()?,
-            "choices" => facts.choices = r.choices()?,
+            b"id" => facts.id = r.plain_str()?,
+            b"model" => facts.model = r.plain_str()?,
+            b"object" => facts.object = r.plain_str()?,
+            b"usage" => facts.usage = r.usage()?,
+            b"choices" => {
+                if facts.choices.is_some() {
+                    content = Content::Several; // which `choices` counts is the reading's rule
+                }
+                facts.choices = r.choices(&mut content)?;
+            }
+            b"error" => {
+                content = Content::Several; // an answer being assembled skips an error chunk's text
+                r.skip()?;
+            }
             _ => r.skip()?,
         }
         Some(())
     })?;
-    Some(facts)
+    let one_choice = facts.choices.as_ref().is_some_and(|c| c.len() == 1);
+    let span = match content {
+        Content::One(start, end) if one_choice => Some((start, end)),
+        _ => None,
+    };
+    Some((facts, span))
+}
+
+/// The JSON string at `at` in `data`: its unescaped length and where it ends (past its
+/// closing quote); `None` when there is none the fast reading accepts.
+pub(super) fn string_at(data: &str, at: usize) -> Option<(usize, usize)> {
+    let mut r = Reader { s: data.as_bytes(), text: data, at, depth: 0 };
+    let (_, len, _) = r.string()?;
+    Some((len, r.at))
+}
+
+/// [`string_at`] with the string's text, unescaped.
+pub(super) fn text_at(data: &str, at: usize) -> Option<(Cow<'_, str>, usize)> {
+    let mut r = Reader { s: data.as_bytes(), text: data, at, depth: 0 };
+    let text = r.text()??;
+    Some((text, r.at))
+}
+
+/// The `delta.content` strings a chunk has: where the one is, if there is just one.
+#[derive(Clone, Copy)]
+enum Content {
+    None,
+    One(usize, usize),
+    Several,
 }
 
 /// The parts of `data`, or `None` when the slow reading must decide.
@@ -38,13 +82,13 @@ pub(super) fn parts(data: &str) -> Option<ChunkParts<'_>> {
     let mut parts = ChunkParts::default();
     whole_object(data, |r, key| {
         match key {
-            "id" => parts.id = Some(r.value()?),
-            "model" => parts.model = Some(r.value()?),
-            "object" => parts.object = r.text()?,
-            "created" => parts.created = Some(r.value()?),
-            "usage" => parts.usage = Some(r.value()?),
-            "error" => parts.error = Some(r.value()?),
-            "choices" => parts.choices = r.list(Reader::choice_parts)?,
+            b"id" => parts.id = Some(r.value()?),
+            b"model" => parts.model = Some(r.value()?),
+            b"object" => parts.object = r.text()?,
+            b"created" => parts.created = Some(r.value()?),
+            b"usage" => parts.usage = Some(r.value()?),
+            b"error" => parts.error = Some(r.value()?),
+            b"choices" => parts.choices = r.list(Reader::choice_parts)?,
             _ => r.skip()?,
         }
         Some(())
@@ -53,7 +97,7 @@ pub(super) fn parts(data: &str) -> Option<ChunkParts<'_>> {
 }
 
 /// `data` as one object and nothing else but whitespace, `field` called at each value.
-fn whole_object<'a>(data: &'a str, field: impl FnMut(&mut Reader<'a>, &'a str) -> Option<()>) -> Option<()> {
+fn whole_object<'a>(data: &'a str, field: impl FnMut(&mut Reader<'a>, &'a [u8]) -> Option<()>) -> Option<()> {
     let mut r = Reader { s: data.as_bytes(), text: data, at: 0, depth: 0 };
     r.ws();
     if r.peek()? != b'{' {
@@ -118,12 +162,9 @@ impl<'a> Reader<'a> {
     }
 
     /// `{ "key": value, ... }`, calling `field` at each value (the reader is at the value).
-    fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+    fn object(&mut self, mut field: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
         self.sequence(b'{', b'}', |r| {
-            let (key, _, escaped) = r.string()?;
-            if escaped {
-                return None;
-            }
+            let key = r.key()?;
             r.ws();
             if !r.eat(b':') {
                 return None;
@@ -166,6 +207,22 @@ impl<'a> Reader<'a> {
         }
         self.depth += 1;
         Some(())
+    }
+
+    /// An object's key, as bytes: the keys read are compared, never kept. A key with an escape
+    /// (or a control byte) is left to the slow reading. Most of the strings in a chunk are keys:
+    /// this skips the string's UTF-8 slicing and its wider return.
+    fn key(&mut self) -> Option<&'a [u8]> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        let rest = self.s.get(self.at + 1..)?;
+        let len = rest.iter().position(|&b| STOPS_A_STRING_RUN[usize::from(b)])?;
+        if rest[len] != b'"' {
+            return None;
+        }
+        self.at += len + 2;
+        Some(&rest[..len])
     }
 
     /// A string: its raw text (between the quotes), its length once unescaped, and whether it
@@ -376,10 +433,10 @@ impl<'a> Reader<'a> {
         let mut delta = Default::default();
         self.object(|r, key| {
             match key {
-                "index" => choice.index = r.count()?,
-                "text" => choice.text = r.text()?,
-                "finish_reason" => choice.finish_reason = Some(r.value()?),
-                "delta" => delta = r.delta_parts()?,
+                b"index" => choice.index = r.count()?,
+                b"text" => choice.text = r.text()?,
+                b"finish_reason" => choice.finish_reason = Some(r.value()?),
+                b"delta" => delta = r.delta_parts()?,
                 _ => r.skip()?,
             }
             Some(())
@@ -396,9 +453,9 @@ impl<'a> Reader<'a> {
         }
         self.object(|r, key| {
             match key {
-                "role" => delta.0 = Some(r.value()?),
-                "content" => delta.1 = r.text()?,
-                "tool_calls" => (delta.2, delta.3) = (r.list(Reader::call_parts)?, true),
+                b"role" => delta.0 = Some(r.value()?),
+                b"content" => delta.1 = r.text()?,
+                b"tool_calls" => (delta.2, delta.3) = (r.list(Reader::call_parts)?, true),
                 _ => r.skip()?,
             }
             Some(())
@@ -414,10 +471,10 @@ impl<'a> Reader<'a> {
         }
         self.object(|r, key| {
             match key {
-                "index" => call.index = r.count()?,
-                "id" => call.id = Some(r.value()?),
-                "type" => call.kind = Some(r.value()?),
-                "function" => (call.name, call.arguments) = r.function_parts()?,
+                b"index" => call.index = r.count()?,
+                b"id" => call.id = Some(r.value()?),
+                b"type" => call.kind = Some(r.value()?),
+                b"function" => (call.name, call.arguments) = r.function_parts()?,
                 _ => r.skip()?,
             }
             Some(())
@@ -433,8 +490,8 @@ impl<'a> Reader<'a> {
         }
         self.object(|r, key| {
             match key {
-                "name" => name = r.text()?,
-                "arguments" => arguments = r.text()?,
+                b"name" => name = r.text()?,
+                b"arguments" => arguments = r.text()?,
                 _ => r.skip()?,
             }
             Some(())
@@ -449,8 +506,8 @@ impl<'a> Reader<'a> {
         let mut usage = Usage::default();
         self.object(|r, key| {
             match key {
-                "prompt_tokens" => usage.prompt_tokens = r.count()?,
-                "completion_tokens" => usage.completion_tokens = r.count()?,
+                b"prompt_tokens" => usage.prompt_tokens = r.count()?,
+                b"completion_tokens" => usage.completion_tokens = r.count()?,
                 _ => r.skip()?,
             }
             Some(())
@@ -458,32 +515,38 @@ impl<'a> Reader<'a> {
         Some(Some(usage))
     }
 
-    fn choices(&mut self) -> Option<Option<ChoiceList>> {
+    fn choices(&mut self, content: &mut Content) -> Option<Option<ChoiceList>> {
         if self.peek()? != b'[' {
             return self.skip().map(|()| None);
         }
         let mut choices = ChoiceList::default();
         self.array(|r| {
-            choices.push(r.choice()?);
+            choices.push(r.choice(content)?);
             Some(())
         })?;
         Some(Some(choices))
     }
 
     /// A choice; an element that is not an object is a default one.
-    fn choice(&mut self) -> Option<ChoiceFacts> {
+    fn choice(&mut self, content: &mut Content) -> Option<ChoiceFacts> {
         let mut choice = ChoiceFacts::default();
         if self.peek()? != b'{' {
             return self.skip().map(|()| choice);
         }
         // The last `delta` counts, as in the lenient reading.
-        let (mut content_bytes, mut tool_calls) = (0, None);
+        let (mut content_bytes, mut tool_calls, mut deltas) = (0, None, 0);
         self.object(|r, key| {
             match key {
-                "index" => choice.index = r.count()?,
-                "text" => choice.text_bytes = r.str_len()?,
-                "finish_reason" => choice.finished = r.not_null()?,
-                "delta" => (content_bytes, tool_calls) = r.delta()?,
+                b"index" => choice.index = r.count()?,
+                b"text" => choice.text_bytes = r.str_len()?,
+                b"finish_reason" => choice.finished = r.not_null()?,
+                b"delta" => {
+                    deltas += 1;
+                    if deltas > 1 {
+                        *content = Content::Several;
+                    }
+                    (content_bytes, tool_calls) = r.delta(content)?;
+                }
                 _ => r.skip()?,
             }
             Some(())
@@ -496,15 +559,24 @@ impl<'a> Reader<'a> {
 
     /// `delta`: its content's bytes and, when `tool_calls` is present (whatever its value),
     /// the bytes of the calls' names and arguments.
-    fn delta(&mut self) -> Option<(usize, Option<usize>)> {
+    fn delta(&mut self, strings: &mut Content) -> Option<(usize, Option<usize>)> {
         let (mut content, mut calls) = (0, None);
         if self.peek()? != b'{' {
             return self.skip().map(|()| (content, calls));
         }
         self.object(|r, key| {
             match key {
-                "content" => content = r.str_len()?,
-                "tool_calls" => calls = Some(r.tool_calls()?),
+                b"content" => {
+                    let start = r.at;
+                    content = r.str_len()?;
+                    if r.s[start] == b'"' {
+                        *strings = match strings {
+                            Content::None => Content::One(start, r.at),
+                            _ => Content::Several,
+                        };
+                    }
+                }
+                b"tool_calls" => calls = Some(r.tool_calls()?),
                 _ => r.skip()?,
             }
             Some(())
@@ -532,7 +604,7 @@ impl<'a> Reader<'a> {
         }
         self.object(|r, key| {
             match key {
-                "function" => bytes = r.function()?,
+                b"function" => bytes = r.function()?,
                 _ => r.skip()?,
             }
             Some(())

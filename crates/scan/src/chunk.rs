@@ -14,8 +14,11 @@ use serde::de::{Deserialize, IgnoredAny, MapAccess, SeqAccess};
 use serde_json::Value;
 
 use crate::lenient::{entries, lenient_deserialize, Count, Lenient, NotNull, Str};
+use crate::like_last::{LikeLast, Span, Varying};
 
 mod fast;
+
+pub(crate) use fast::text_at;
 
 /// The facts of one chunk.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -114,22 +117,18 @@ impl ChunkFacts<'_> {
 }
 
 /// Reads one stream's chunks for their facts. Nearly every chunk of a streamed answer differs
-/// from the one before only in its text (`delta.content`): such a chunk is not read again. Its
-/// facts are the previous chunk's with the new text's length, when the bytes before and after
-/// the text are the same as that chunk's and the text is a JSON string (checked each time).
-/// Reading a small chunk costs ~1,100 instructions; checking it against the last, ~150.
+/// from the one before only in its text (`delta.content`): such a chunk is not read again
+/// ([`LikeLast`]); its facts are the previous chunk's with the new text's length.
 #[derive(Debug, Default)]
 pub struct FactsReader {
     last: Option<Shape>,
 }
 
-/// A chunk with one choice and one content string, read in full.
+/// A chunk with one choice and one content string, read in full: the bytes around that string,
+/// and its facts (its strings as places in those bytes).
 #[derive(Debug, Default)]
 struct Shape {
-    /// Its bytes before the content string, and after it.
-    before: Vec<u8>,
-    after: Vec<u8>,
-    /// Where its `id`, `model` and `object` are.
+    like: LikeLast,
     id: Option<Span>,
     model: Option<Span>,
     object: Option<Span>,
@@ -137,16 +136,9 @@ struct Shape {
     choice: ChoiceFacts,
 }
 
-/// A string's place in a chunk: bytes in the part before the content string, or after it.
-#[derive(Debug, Clone, Copy)]
-enum Span {
-    Before(usize, usize),
-    After(usize, usize),
-}
-
 impl FactsReader {
     pub fn read<'a>(&mut self, data: &'a str) -> Option<ChunkFacts<'a>> {
-        if let Some(facts) = self.last.as_ref().and_then(|last| last.facts(data)) {
+        if let Some((facts, _)) = self.like_last(data) {
             return Some(facts);
         }
         self.read_in_full(data)
@@ -156,7 +148,19 @@ impl FactsReader {
     /// adding such a chunk to an assembled answer is adding its text, as the last one had no
     /// tool calls, no `text` and no `error`. `None` for any other chunk (nothing is read in full).
     pub fn like_last<'a>(&self, data: &'a str) -> Option<(ChunkFacts<'a>, Cow<'a, str>)> {
-        self.last.as_ref()?.facts_and_text(data)
+        let last = self.last.as_ref()?;
+        let (text, varying) = last.like.text(data)?;
+        let facts = ChunkFacts {
+            id: varying.text(data, last.id),
+            model: varying.text(data, last.model),
+            object: varying.text(data, last.object),
+            usage: last.usage,
+            choices: Some(ChoiceList {
+                first: Some(ChoiceFacts { content_bytes: text.len(), ..last.choice }),
+                rest: Vec::new(),
+            }),
+        };
+        Some((facts, text))
     }
 
     /// A chunk read for its parts instead (`like_last` said no): kept as the last one when it is
@@ -174,9 +178,9 @@ impl FactsReader {
             return lenient_facts(data);
         };
         match content {
-            Some(content) => {
+            Some((start, end)) => {
                 let mut last = self.last.take().unwrap_or_default();
-                self.last = last.remember(data, content, &facts).then_some(last);
+                self.last = last.remember(data, Varying { start, end }, &facts).then_some(last);
             }
             None => self.last = None,
         }
@@ -185,73 +189,24 @@ impl FactsReader {
 }
 
 impl Shape {
-    /// Keeps `facts`' chunk (`data`, its content string at `content`); false if it cannot.
-    fn remember(&mut self, data: &str, (start, end): (usize, usize), facts: &ChunkFacts) -> bool {
+    /// Keeps `facts`' chunk (`data`, its content string at `varying`); false if it cannot.
+    fn remember(&mut self, data: &str, varying: Varying, facts: &ChunkFacts) -> bool {
         // Only a text chunk: adding it again to an answer adds nothing but its text.
         let Some(choice) = facts.choices.as_ref().and_then(|c| c.first) else { return false };
         if choice.has_tool_calls || choice.text_bytes > 0 {
             return false;
         }
-        let span = |text: &Option<Cow<str>>| -> Result<Option<Span>, ()> {
-            let Some(Cow::Borrowed(text)) = text else {
-                return if text.is_none() { Ok(None) } else { Err(()) };
-            };
-            let at = text.as_ptr() as usize - data.as_ptr() as usize;
-            match at {
-                _ if at + text.len() <= start => Ok(Some(Span::Before(at, at + text.len()))),
-                _ if at >= end => Ok(Some(Span::After(at - end, at - end + text.len()))),
-                _ => Err(()),
-            }
+        // Each string is borrowed from `data` (the fast reading never copies one).
+        let span = |text: &Option<Cow<str>>| match text {
+            None => Some(None),
+            Some(text) => varying.span_of(data, text).map(Some),
         };
-        let (Ok(id), Ok(model), Ok(object)) = (span(&facts.id), span(&facts.model), span(&facts.object)) else {
+        let (Some(id), Some(model), Some(object)) = (span(&facts.id), span(&facts.model), span(&facts.object)) else {
             return false;
         };
-        self.before.clear();
-        self.before.extend_from_slice(&data.as_bytes()[..start]);
-        self.after.clear();
-        self.after.extend_from_slice(&data.as_bytes()[end..]);
+        self.like.remember(data, varying);
         (self.id, self.model, self.object, self.usage, self.choice) = (id, model, object, facts.usage, choice);
         true
-    }
-
-    /// The facts of `data` if it is this chunk with another content string.
-    fn facts<'a>(&self, data: &'a str) -> Option<ChunkFacts<'a>> {
-        if !data.as_bytes().starts_with(&self.before) {
-            return None;
-        }
-        let (content_bytes, end) = fast::string_at(data, self.before.len())?;
-        self.facts_around(data, content_bytes, end)
-    }
-
-    /// [`Shape::facts`] and the new content string's text.
-    fn facts_and_text<'a>(&self, data: &'a str) -> Option<(ChunkFacts<'a>, Cow<'a, str>)> {
-        if !data.as_bytes().starts_with(&self.before) {
-            return None;
-        }
-        let (text, end) = fast::text_at(data, self.before.len())?;
-        Some((self.facts_around(data, text.len(), end)?, text))
-    }
-
-    /// The facts of `data`, whose content string (of `content_bytes`) ends at `end`, if the
-    /// bytes after it are this chunk's.
-    fn facts_around<'a>(&self, data: &'a str, content_bytes: usize, end: usize) -> Option<ChunkFacts<'a>> {
-        if data.as_bytes()[end..] != self.after[..] {
-            return None;
-        }
-        let text = |span: Option<Span>| {
-            let (from, to) = match span? {
-                Span::Before(from, to) => (from, to),
-                Span::After(from, to) => (end + from, end + to),
-            };
-            data.get(from..to).map(Cow::Borrowed)
-        };
-        Some(ChunkFacts {
-            id: text(self.id),
-            model: text(self.model),
-            object: text(self.object),
-            usage: self.usage,
-            choices: Some(ChoiceList { first: Some(ChoiceFacts { content_bytes, ..self.choice }), rest: Vec::new() }),
-        })
     }
 }
 
@@ -673,7 +628,7 @@ mod tests {
             }
             let data = shapes[shape].replace('@', texts[rng(texts.len())]);
             let alone = ChunkFacts::parse(&data);
-            shortcut += usize::from(reader.last.as_ref().is_some_and(|last| last.facts(&data).is_some()));
+            shortcut += usize::from(reader.like_last(&data).is_some());
             if rng(2) == 0 {
                 assert_eq!(reader.read(&data), alone, "{data}");
                 continue;

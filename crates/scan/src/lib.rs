@@ -12,6 +12,7 @@ pub mod find;
 pub mod injection;
 pub mod json;
 mod lenient;
+mod like_last;
 pub mod pii;
 pub mod shift_and;
 pub mod sse;

@@ -28,7 +28,7 @@ use crate::gateway::wire::openai::{
 };
 use crate::gateway::wire::sse::{self, SseEvent};
 use crate::gateway::wire::stream::StreamTranslate;
-use edge_scan::anthropic::BlockDelta;
+use edge_scan::anthropic::BlockReader;
 
 const DEFAULT_BASE: &str = "https://api.anthropic.com/v1";
 const DEFAULT_VERSION: &str = "2023-06-01";
@@ -507,6 +507,8 @@ fn anthropic_usage(usage: &Value) -> Usage {
 /// Messages event stream → OpenAI chunks.
 pub struct StreamToOpenAi {
     chunks: ChunkWriter,
+    /// The stream's `content_block_delta` events (one like the last is not read again).
+    deltas: BlockReader,
     started: bool,
     /// Anthropic content block index → OpenAI `tool_calls[].index`.
     tools: Vec<(u64, u64)>,
@@ -522,6 +524,7 @@ impl StreamToOpenAi {
     pub fn new(op: Operation, model: &str, now_ms: u64) -> Self {
         StreamToOpenAi {
             chunks: ChunkWriter::new(op, "msg_unknown", model, now_ms),
+            deltas: BlockReader::default(),
             started: false,
             tools: Vec::new(),
             prompt_tokens: None,
@@ -581,7 +584,7 @@ impl StreamTranslate for StreamToOpenAi {
         }
         if event.event.as_deref() == Some("content_block_delta") {
             // Most of a stream: read without a JSON tree.
-            let Some(delta) = BlockDelta::parse(&event.data) else { return };
+            let Some(delta) = self.deltas.read(&event.data) else { return };
             let (kind, text, partial) = (delta.kind.as_deref(), delta.text.as_deref(), delta.partial_json.as_deref());
             return self.block_delta(out, delta.index, kind, text, partial);
         }

@@ -54,17 +54,23 @@ pub(super) fn facts_and_content(data: &str) -> Option<(ChunkFacts<'_>, Option<(u
     Some((facts, span))
 }
 
-/// The JSON string at `at` in `data`: its unescaped length and where it ends (past its
-/// closing quote); `None` when there is none the fast reading accepts.
-pub(super) fn string_at(data: &str, at: usize) -> Option<(usize, usize)> {
-    let mut r = Reader { s: data.as_bytes(), text: data, at, depth: 0 };
-    let (_, len, _) = r.string()?;
-    Some((len, r.at))
-}
-
-/// [`string_at`] with the string's text, unescaped.
-pub(super) fn text_at(data: &str, at: usize) -> Option<(Cow<'_, str>, usize)> {
-    let mut r = Reader { s: data.as_bytes(), text: data, at, depth: 0 };
+/// The JSON string at `at` in `data`, unescaped, and where it ends (past its closing quote);
+/// `None` when there is none the fast reading accepts.
+pub(crate) fn text_at(data: &str, at: usize) -> Option<(Cow<'_, str>, usize)> {
+    // A stream's texts are short and plain: a plain loop to the closing quote, no table or
+    // iterator set-up (~100 instructions less for a two-letter text).
+    let bytes = data.as_bytes();
+    if bytes.get(at) == Some(&b'"') {
+        let mut end = at + 1;
+        while let Some(&b) = bytes.get(end) {
+            match b {
+                b'"' => return Some((Cow::Borrowed(data.get(at + 1..end)?), end + 1)),
+                b'\\' | 0..0x20 => break, // escapes: read below
+                _ => end += 1,
+            }
+        }
+    }
+    let mut r = Reader { s: bytes, text: data, at, depth: 0 };
     let text = r.text()??;
     Some((text, r.at))
 }

@@ -222,13 +222,18 @@ impl<'a> Reader<'a> {
         if self.peek()? != b'"' {
             return None;
         }
-        let rest = self.s.get(self.at + 1..)?;
-        let len = rest.iter().position(|&b| STOPS_A_STRING_RUN[usize::from(b)])?;
-        if rest[len] != b'"' {
-            return None;
+        let start = self.at + 1;
+        // A plain loop: keys are a few bytes, too short for the table's iterator set-up.
+        let mut end = start;
+        loop {
+            match *self.s.get(end)? {
+                b'"' => break,
+                b'\\' | 0..0x20 => return None,
+                _ => end += 1,
+            }
         }
-        self.at += len + 2;
-        Some(&rest[..len])
+        self.at = end + 1;
+        self.s.get(start..end)
     }
 
     /// A string: its raw text (between the quotes), its length once unescaped, and whether it

@@ -368,7 +368,7 @@ impl StreamPump {
 
     /// Assembles the answer the first stage's output (OpenAI chunks) streams in `into`, while
     /// that output is at most `limit` bytes, so a completed deterministic stream can fill the
-    /// cache.
+    /// cache. Needs `metered`: the meter's reading of each chunk is what feeds it.
     pub fn capturing(mut self, into: Captured, limit: usize) -> Self {
         self.capture = Some(Box::new(Capture { into, limit, bytes: Cell::new(0) }));
         self

@@ -194,16 +194,9 @@ mod tests {
             r#"{"index":0,"delta":{"text":"x"},"delta":{"text":@}}"#,
             r#"{"index":0,"delta":{"type":"t\"d","text":@}}"#,
         ];
-        let texts =
-            [r#""hi""#, r#""""#, r#""h\u00e9\n""#, r#""\ud800""#, r#""bad \x""#, "5", "null", r#""x" "#, r#""é😀""#];
-        let mut rng = crate::test_rng(11);
         let mut reader = BlockReader::default();
-        let (mut shortcut, mut shape) = (0, 0);
-        for _ in 0..5000 {
-            if rng(8) == 0 {
-                shape = rng(shapes.len());
-            }
-            let data = shapes[shape].replace('@', texts[rng(texts.len())]);
+        let mut shortcut = 0;
+        for data in crate::like_last::test_stream(&shapes, 11, 5000) {
             shortcut += usize::from(reader.last.as_ref().is_some_and(|last| last.like.text(&data).is_some()));
             assert_eq!(reader.read(&data), BlockDelta::parse(&data), "{data}");
         }

@@ -79,3 +79,22 @@ impl LikeLast {
         (bytes[end..] == self.after[..]).then_some((text, Varying { start: self.before.len(), end }))
     }
 }
+
+/// For the readers' tests: `n` events of a stream, in runs of one of `shapes` (run lengths
+/// random), each with its `@` replaced by a string of any kind: plain, empty, escaped, a lone
+/// surrogate, a bad escape, a number, null, one followed by a space, non-ASCII.
+#[cfg(test)]
+pub(crate) fn test_stream(shapes: &[&str], seed: u64, n: usize) -> Vec<String> {
+    let texts =
+        [r#""hi""#, r#""""#, r#""h\u00e9\n""#, r#""\ud800""#, r#""bad \x""#, "5", "null", r#""x" "#, r#""é😀""#];
+    let mut rng = crate::test_rng(seed);
+    let mut shape = 0;
+    (0..n)
+        .map(|_| {
+            if rng(8) == 0 {
+                shape = rng(shapes.len());
+            }
+            shapes[shape].replace('@', texts[rng(texts.len())])
+        })
+        .collect()
+}

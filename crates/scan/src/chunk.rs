@@ -615,6 +615,8 @@ mod tests {
             r#"{"id":"a\"b","choices":[{"delta":{"content":@}}]}"#,
             r#"{"choices":[{"delta":{"content":@},"text":"t"}]}"#,
             r#"{"error":null,"choices":[{"delta":{"content":@}}]}"#,
+            r#"{"choices":[{"delta":{"content":@},"index":0}]}"#,
+            r#"{"choices":[{"delta":{"content":@},"index":1}]}"#,
         ];
         let mut rng = crate::test_rng(13); // which way each chunk is read
         let mut reader = FactsReader::default();

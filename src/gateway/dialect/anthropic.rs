@@ -11,6 +11,8 @@ use crate::gateway::wire::json::{bad_response, json_body, parse_json};
 use crate::gateway::wire::openai::{invalid, number, openai_usage, take};
 use crate::gateway::wire::sse::{self, SseEvent};
 use crate::gateway::wire::stream::StreamTranslate;
+use edge_scan::chunk::FactsReader;
+use edge_scan::json::{write_str, write_u64};
 /// A Messages API request → an OpenAI chat request. `model` is kept as-is (it names one of
 /// our endpoints). Validation errors are 400s naming the field in Anthropic's dotted style.
 pub fn messages_request_to_openai(mut body: Map<String, Value>) -> Result<Map<String, Value>> {
@@ -360,6 +362,8 @@ enum Block {
 /// OpenAI `chat.completion.chunk` stream → Messages event stream.
 pub struct OpenAiStreamToMessages {
     model: String,
+    /// The stream's chunks: one like the last but for its text is not read again.
+    chunks: FactsReader,
     started: bool,
     next_block: u64,
     open: Option<Block>,
@@ -375,6 +379,7 @@ impl OpenAiStreamToMessages {
     pub fn new(model: &str) -> Self {
         OpenAiStreamToMessages {
             model: model.to_string(),
+            chunks: FactsReader::default(),
             started: false,
             next_block: 0,
             open: None,
@@ -438,7 +443,29 @@ impl OpenAiStreamToMessages {
                 index
             }
         };
-        Self::delta(out, index, json!({"type": "text_delta", "text": text}));
+        // Byte by byte (the bytes `json!` would give, keys sorted): most of a stream.
+        out.extend_from_slice(b"event: content_block_delta\ndata: {\"delta\":{\"text\":");
+        write_str(out, text);
+        out.extend_from_slice(b",\"type\":\"text_delta\"},\"index\":");
+        write_u64(out, index);
+        out.extend_from_slice(b",\"type\":\"content_block_delta\"}\n\n");
+    }
+
+    /// A chunk that is the last one with another text, when the last was a plain text chunk
+    /// (choice 0, no usage, no finish reason): what reading it in full would do, without
+    /// reading it (most chunks of an answer). False for any other chunk.
+    fn like_last(&mut self, out: &mut Vec<u8>, data: &str) -> bool {
+        let Some((facts, text)) = self.chunks.like_last(data) else { return false };
+        let plain = facts.usage.is_none()
+            && facts.choices.as_ref().and_then(|c| c.iter().next()).is_some_and(|c| c.index == 0 && !c.finished);
+        if !plain {
+            return false;
+        }
+        self.start(out, facts.id.as_deref());
+        if !text.is_empty() {
+            self.text(out, &text);
+        }
+        true
     }
 
     fn tool_call(&mut self, out: &mut Vec<u8>, call: &Value) {
@@ -496,6 +523,11 @@ impl StreamTranslate for OpenAiStreamToMessages {
             self.end(out);
             return;
         }
+        if self.like_last(out, &event.data) {
+            return;
+        }
+        // Read in full, and by the chunk reader too, so the chunks like it need not be.
+        self.chunks.read(&event.data);
         let Ok(chunk) = event.data.parse::<Value>() else { return };
         if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
             let message = error.get("message").and_then(Value::as_str).unwrap_or("origin error");
@@ -868,5 +900,47 @@ mod tests {
                 assert!(!out.is_empty());
             }
         }
+    }
+
+    /// Chunks like the last but for their text (most of a stream; not read again) come out as
+    /// the same events, byte for byte, as reading each in full gives: the `json!`-built
+    /// `content_block_delta` for every text, escapes and non-ASCII included; a chunk that is
+    /// not plain text (another index, a finish reason, usage) is read in full.
+    #[test]
+    fn text_chunks_like_the_last_give_the_events_reading_them_gives() {
+        let chunk = |text: &str, index: u64, finish: Value| {
+            json!({"id": "c1", "object": "chat.completion.chunk", "model": "m",
+                "choices": [{"index": index, "delta": {"content": text}, "finish_reason": finish}]})
+            .to_string()
+        };
+        let texts = ["he", "llo", " \"wörld\"\n", "", "\u{1F600}", "x", "y"];
+        let mut events: Vec<String> = texts.iter().map(|t| chunk(t, 0, Value::Null)).collect();
+        events.insert(5, chunk("other choice", 1, Value::Null));
+        events.push(chunk("!", 0, json!("stop")));
+        let mut t = OpenAiStreamToMessages::new("m");
+        let mut out = Vec::new();
+        for data in &events {
+            t.event(&SseEvent { event: None, data: data.clone() }, &mut out);
+        }
+        t.event(&SseEvent { event: None, data: "[DONE]".into() }, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let mut deltas = Vec::new();
+        for t in texts.iter().chain(["!"].iter()).filter(|t| !t.is_empty()) {
+            let mut one = Vec::new();
+            sse::write_event(
+                &mut one,
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}),
+            );
+            deltas.push(String::from_utf8(one).unwrap());
+        }
+        let written: Vec<&str> =
+            text.split_inclusive("\n\n").filter(|e| e.starts_with("event: content_block_delta")).collect();
+        assert_eq!(written, deltas, "{text}");
+        assert!(
+            text.contains("\"stop_reason\":\"end_turn\"")
+                && text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
+            "{text}"
+        );
     }
 }

@@ -46,128 +46,163 @@ pub fn find_emails(text: &str, add: &mut dyn FnMut(usize, usize)) {
     }
 }
 
-/// Runs of digits with single separators from `seps` between them, starting at a boundary
-/// (not glued to a word or a number). Calls `f(start, end, digits)` for each run.
-/// Called with a run's start, end and digit groups.
-type RunFn<'a> = dyn FnMut(usize, usize, &[(usize, usize)]) + 'a;
+/// The index of the first ASCII digit in `b` at or after `from`, eight bytes at a time (most
+/// text has few digits, and the PII scanners start only at or next to one).
+fn next_digit(b: &[u8], from: usize) -> Option<usize> {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    let rest = b.get(from..)?;
+    let mut chunks = rest.chunks_exact(8);
+    for (n, chunk) in chunks.by_ref().enumerate() {
+        let x = chunk.try_into().map_or(0, u64::from_le_bytes);
+        // Per byte, no carries between bytes: bit 7 of `0xB9 - m` is set for m <= '9', of
+        // `m + 0x50` for m >= '0', and of `!x` for ASCII.
+        let m = x & (LOW * 0x7F);
+        let digits = (LOW * 0xB9 - m) & (m + LOW * 0x50) & !x & (LOW * 0x80);
+        if digits != 0 {
+            return Some(from + n * 8 + (digits.trailing_zeros() / 8) as usize);
+        }
+    }
+    let tail = chunks.remainder();
+    tail.iter().position(u8::is_ascii_digit).map(|p| from + rest.len() - tail.len() + p)
+}
 
-fn digit_runs(text: &str, seps: &[u8], f: &mut RunFn<'_>) {
+/// Card numbers: 13-19 digits, spaces or dashes allowed between digits, passing Luhn. A
+/// longer run is searched for a valid number aligned on its groups (e.g. followed by a CVV):
+/// the longest, the first one on ties. Runs are digits with single separators from ` -`
+/// between them, starting at a boundary (not glued to a word or a number), and count only when
+/// they do not end glued to a word.
+pub fn find_cards(text: &str, add: &mut dyn FnMut(usize, usize)) {
     let b = text.as_bytes();
     let mut i = 0;
-    let mut groups: Vec<(usize, usize)> = Vec::new();
-    while i < b.len() {
-        if !b[i].is_ascii_digit() || (i > 0 && (is_word(b[i - 1]) || b[i - 1] == b'.' || b[i - 1] == b',')) {
+    while let Some(at) = next_digit(b, i) {
+        i = at;
+        if i > 0 && (is_word(b[i - 1]) || b[i - 1] == b'.' || b[i - 1] == b',') {
             i += 1;
             continue;
         }
-        groups.clear();
         let start = i;
-        let mut end;
+        let mut digits = 0;
         loop {
-            let group_start = i;
             while i < b.len() && b[i].is_ascii_digit() {
                 i += 1;
+                digits += 1;
             }
-            groups.push((group_start, i));
-            end = i;
-            if i + 1 < b.len() && seps.contains(&b[i]) && b[i + 1].is_ascii_digit() {
+            if i + 1 < b.len() && matches!(b[i], b' ' | b'-') && b[i + 1].is_ascii_digit() {
                 i += 1;
                 continue;
             }
             break;
         }
-        let glued = end < b.len() && is_word(b[end]);
-        if !glued {
-            f(start, end, &groups);
-        }
-        i = end + 1;
-    }
-}
-
-/// Card numbers: 13-19 digits, spaces or dashes allowed between digits, passing Luhn. A
-/// longer run is searched for a valid number aligned on its groups (e.g. followed by a CVV).
-/// Linear in the run: a candidate holds at most 19 digits, so from each group only the next
-/// few groups can end one, and each candidate's Luhn sum is one subtraction of prefix sums.
-pub fn find_cards(text: &str, add: &mut dyn FnMut(usize, usize)) {
-    let b = text.as_bytes();
-    // The run's Luhn prefix sums, reused across runs: `sums[k]` covers its first k digits,
-    // `[0]` with the digits at even positions doubled, `[1]` with the odd ones doubled.
-    let mut sums: Vec<[u32; 2]> = Vec::new();
-    let mut digits_before: Vec<usize> = Vec::new();
-    digit_runs(text, b" -", &mut |start, end, groups| {
-        let total: usize = groups.iter().map(|(s, e)| e - s).sum();
-        if total < 13 {
-            return;
-        }
-        if total <= 19 && luhn(&b[start..end]) {
-            add(start, end);
-            return;
-        }
-        sums.clear();
-        sums.push([0, 0]);
-        for &c in groups.iter().flat_map(|&(s, e)| &b[s..e]) {
-            let d = u32::from(c - b'0');
-            let doubled = if d * 2 > 9 { d * 2 - 9 } else { d * 2 };
-            let [even, odd] = sums[sums.len() - 1];
-            let at_even = (sums.len() - 1).is_multiple_of(2);
-            sums.push(if at_even { [even + doubled, odd + d] } else { [even + d, odd + doubled] });
-        }
-        // Luhn doubles every second digit counting back from the last one (which is not).
-        let luhn_of = |from: usize, to: usize| {
-            let doubled_odd = (to - 1).is_multiple_of(2);
-            let k = usize::from(doubled_odd);
-            (sums[to][k] - sums[from][k]).is_multiple_of(10)
-        };
-        // Longest group-aligned sub-run that is a valid card number (the first one wins ties).
-        // `digits_before[g]`: digits in the groups before group g. From each start group only
-        // the end groups giving more digits than the best so far (and 13..=19) are tried; that
-        // range only moves right as the start does.
-        digits_before.clear();
-        digits_before.push(0);
-        for &(s, e) in groups.iter() {
-            digits_before.push(digits_before[digits_before.len() - 1] + (e - s));
-        }
-        let whole = (0, groups.len() - 1);
-        let mut best: Option<(usize, usize, usize)> = None; // (start group, end group, digits)
-        let mut first_end = 0;
-        for from in 0..groups.len() {
-            let need = best.map_or(13, |(_, _, n)| n + 1);
-            if need > 19 {
-                break;
-            }
-            let digits_to = |to: usize| digits_before[to + 1] - digits_before[from];
-            first_end = first_end.max(from);
-            while first_end < groups.len() && digits_to(first_end) < need {
-                first_end += 1;
-            }
-            for to in (first_end..groups.len()).take_while(|&to| digits_to(to) <= 19) {
-                if (from, to) != whole && luhn_of(digits_before[from], digits_before[to + 1]) {
-                    best = Some((from, to, digits_to(to)));
-                }
-            }
-        }
-        let best = best.map(|(from, to, n)| (groups[from].0, groups[to].1, n));
-        if let Some((s, e, _)) = best {
+        let glued = i < b.len() && is_word(b[i]);
+        if let Some((s, e)) = (digits >= 13 && !glued).then(|| longest_card(b, start, i)).flatten() {
             add(s, e);
         }
-    });
+        i += 1;
+    }
 }
 
-fn luhn(digits: &[u8]) -> bool {
-    let mut sum = 0u32;
-    let mut double = false;
-    for &c in digits.iter().rev().filter(|c| c.is_ascii_digit()) {
-        let mut d = u32::from(c - b'0');
-        if double {
-            d *= 2;
-            if d > 9 {
-                d -= 9;
+/// The Luhn sums after one more digit `d`, at `(next << 4 | other) << 4 | d` (the sums as in
+/// `longest_card`): the digit's position gets it doubled, and the two sums swap roles.
+static LUHN_STEP: [u8; 256 * 16] = {
+    let mut table = [0; 256 * 16];
+    let mut i = 0;
+    while i < table.len() {
+        let (next, other, d) = ((i >> 8) as u8, (i >> 4) as u8 & 15, i as u8 & 15);
+        let doubled = if d > 4 { d * 2 - 9 } else { d * 2 };
+        table[i] = (((other + d) % 10) << 4) | ((next + doubled) % 10);
+        i += 1;
+    }
+    table
+};
+
+/// Group starts kept: a candidate spans at most 19 digits, so at most 20 starts back.
+const RING: usize = 32;
+
+/// The longest group-aligned part of 13..=19 digits passing Luhn (the first on ties) of the
+/// digit run `b[start..end]`. One pass over its groups, O(1) each (the search this replaced
+/// tried ~7 candidates per group, ~220 instructions): the part from a group start to the
+/// current end passes iff the Luhn sums (mod 10) up to both are equal, for the parity of
+/// digits the end doubles. So for each parity and sum only the latest group start a part
+/// longer than the best so far can begin at is kept, and a part exists iff that one is at most
+/// 19 digits back; only then are the group starts searched, for the earliest. Each search
+/// finds a longer best, so a run has at most 7.
+fn longest_card(b: &[u8], start: usize, end: usize) -> Option<(usize, usize)> {
+    // Each group start as `digits before << 8 | sums[1] << 4 | sums[0]`, the sums of the
+    // digits before it with those at even (`[0]`) or odd (`[1]`) positions doubled.
+    let mut starts = [0u64; RING];
+    let sum = |e: u64, k: u64| usize::from((e >> (4 * k)) as u8 & 15);
+    let digits_before = |e: u64| e >> 8;
+    // `latest[k][r]`: the digits before the latest of the group starts below `eligible` with
+    // `sums[k] == r`, plus 20 (0: none); a part from it is at most 19 digits iff that exceeds
+    // the digits so far.
+    let mut latest = [[0u64; 16]; 2];
+    let (mut groups, mut eligible) = (0, 0);
+    let mut need = 13; // digits a part must have to beat the best
+    let mut best = None;
+    // The sums so far as `next << 4 | other`: `next` doubles the next digit's position.
+    let (mut digits, mut state) = (0u64, 0u8);
+    let run = &b[..end];
+    let mut i = start;
+    loop {
+        // `[0]` (even positions doubled) is `next` when the next position is even.
+        let sums = if digits & 1 == 0 { state.rotate_left(4) } else { state };
+        starts[groups % RING] = digits << 8 | u64::from(sums);
+        groups += 1;
+        while let Some(d) = run.get(i).map(|c| c.wrapping_sub(b'0')).filter(|&d| d < 10) {
+            state = LUHN_STEP[usize::from(state) << 4 | usize::from(d)];
+            digits += 1;
+            i += 1;
+        }
+        while eligible < groups && digits_before(starts[eligible % RING]) + need <= digits {
+            let e = starts[eligible % RING];
+            latest[0][sum(e, 0)] = digits_before(e) + 20;
+            latest[1][sum(e, 1)] = digits_before(e) + 20;
+            eligible += 1;
+        }
+        // Luhn doubles every second digit counting back from the last one (which is not): the
+        // positions of the next digit's parity, whose sum is `next`.
+        let k = digits & 1;
+        let next = usize::from(state >> 4);
+        if latest[k as usize][next] > digits {
+            // The eligible group starts at most 19 digits back, latest first.
+            let window = |eligible: usize| {
+                (eligible.saturating_sub(RING)..eligible)
+                    .rev()
+                    .map(|g| starts[g % RING])
+                    .take_while(|&e| digits_before(e) + 19 >= digits)
+            };
+            // The earliest match is the longest.
+            if let Some(e) = window(eligible).filter(|&e| sum(e, k) == next).last() {
+                let len = digits - digits_before(e);
+                need = len + 1;
+                while eligible > 0 && digits_before(starts[(eligible - 1) % RING]) + need > digits {
+                    eligible -= 1;
+                }
+                // Those left eligible, latest first (earlier ones lie beyond 19 digits).
+                latest = [[0; 16]; 2];
+                for e in window(eligible) {
+                    for k in 0..2 {
+                        let slot = &mut latest[k as usize][sum(e, k)];
+                        if *slot == 0 {
+                            *slot = digits_before(e) + 20;
+                        }
+                    }
+                }
+                // The part's first digit: `len` digits back.
+                let mut from = i;
+                let mut left = len;
+                while left > 0 {
+                    from -= 1;
+                    left -= u64::from(b[from].is_ascii_digit());
+                }
+                best = Some((from, i));
             }
         }
-        sum += d;
-        double = !double;
+        if i == end {
+            return best;
+        }
+        i += 1; // the separator
     }
-    sum.is_multiple_of(10)
 }
 
 /// Phone numbers: `+` and 8-15 digits (E.164), or 10-12 digits written with separators
@@ -317,61 +352,174 @@ fn iban_length(country: [u8; 2]) -> Option<usize> {
 mod tests {
     use super::*;
 
-    /// The prefix-sum search finds what checking each candidate with `luhn` finds.
     #[test]
-    fn card_search_matches_checking_every_candidate() {
-        let reference = |text: &str| {
-            let b = text.as_bytes();
-            let mut found = Vec::new();
-            digit_runs(text, b" -", &mut |start, end, groups| {
-                let total: usize = groups.iter().map(|(s, e)| e - s).sum();
-                if total < 13 {
-                    return;
+    fn next_digit_finds_what_a_byte_loop_finds() {
+        let mut next = crate::test_rng(7);
+        let alphabet = [b'0', b'9', b'/', b':', b'a', b' ', 0xB0, 0xB9, 0x30 | 0x80, 0xFF];
+        for _ in 0..5000 {
+            let text: Vec<u8> =
+                (0..next(40)).map(|_| if next(8) == 0 { alphabet[next(4)] } else { alphabet[4 + next(6)] }).collect();
+            let from = next(text.len() + 2);
+            let expected = text.get(from..).and_then(|t| t.iter().position(u8::is_ascii_digit)).map(|p| from + p);
+            assert_eq!(next_digit(&text, from), expected, "{text:?} from {from}");
+        }
+    }
+
+    /// The splitting into runs the card search had before it read runs group by group:
+    /// `f(start, end, groups)` for each run that is not glued to a word at its end.
+    /// Called with a run's start, end and digit groups.
+    type RunFn<'a> = dyn FnMut(usize, usize, &[(usize, usize)]) + 'a;
+
+    fn digit_runs(text: &str, f: &mut RunFn<'_>) {
+        let b = text.as_bytes();
+        let mut i = 0;
+        let mut groups: Vec<(usize, usize)> = Vec::new();
+        while i < b.len() {
+            if !b[i].is_ascii_digit() || (i > 0 && (is_word(b[i - 1]) || b[i - 1] == b'.' || b[i - 1] == b',')) {
+                i += 1;
+                continue;
+            }
+            groups.clear();
+            let start = i;
+            let mut end;
+            loop {
+                let group_start = i;
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
                 }
-                if total <= 19 && luhn(&b[start..end]) {
-                    found.push((start, end));
-                    return;
+                groups.push((group_start, i));
+                end = i;
+                if i + 1 < b.len() && b" -".contains(&b[i]) && b[i + 1].is_ascii_digit() {
+                    i += 1;
+                    continue;
                 }
-                let mut best: Option<(usize, usize, usize)> = None;
-                for (i, &(s, _)) in groups.iter().enumerate() {
-                    let mut digits = 0;
-                    for &(gs, e) in &groups[i..] {
-                        digits += e - gs;
-                        if digits > 19 {
-                            break;
-                        }
-                        if digits >= 13
-                            && best.is_none_or(|(_, _, n)| n < digits)
-                            && (s, e) != (start, end)
-                            && luhn(&b[s..e])
-                        {
-                            best = Some((s, e, digits));
-                        }
+                break;
+            }
+            if !(end < b.len() && is_word(b[end])) {
+                f(start, end, &groups);
+            }
+            i = end + 1;
+        }
+    }
+
+    fn luhn(digits: &[u8]) -> bool {
+        let mut sum = 0u32;
+        let mut double = false;
+        for &c in digits.iter().rev().filter(|c| c.is_ascii_digit()) {
+            let mut d = u32::from(c - b'0');
+            if double {
+                d *= 2;
+                if d > 9 {
+                    d -= 9;
+                }
+            }
+            sum += d;
+            double = !double;
+        }
+        sum.is_multiple_of(10)
+    }
+
+    /// Every candidate checked with `luhn`: the whole run if it is a valid card, else the
+    /// longest valid group-aligned sub-run, the first on ties.
+    fn cards_by_checking_every_candidate(text: &str) -> Vec<(usize, usize)> {
+        let b = text.as_bytes();
+        let mut found = Vec::new();
+        digit_runs(text, &mut |start, end, groups| {
+            let total: usize = groups.iter().map(|(s, e)| e - s).sum();
+            if total < 13 {
+                return;
+            }
+            if total <= 19 && luhn(&b[start..end]) {
+                found.push((start, end));
+                return;
+            }
+            let mut best: Option<(usize, usize, usize)> = None;
+            for (i, &(s, _)) in groups.iter().enumerate() {
+                let mut digits = 0;
+                for &(gs, e) in &groups[i..] {
+                    digits += e - gs;
+                    if digits > 19 {
+                        break;
+                    }
+                    if digits >= 13
+                        && best.is_none_or(|(_, _, n)| n < digits)
+                        && (s, e) != (start, end)
+                        && luhn(&b[s..e])
+                    {
+                        best = Some((s, e, digits));
                     }
                 }
-                found.extend(best.map(|(s, e, _)| (s, e)));
-            });
-            found
-        };
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+            }
+            found.extend(best.map(|(s, e, _)| (s, e)));
+        });
+        found
+    }
+
+    /// The one-pass search finds what checking every candidate finds: short random runs, long
+    /// runs of short groups (one window after another), runs with cards of every length
+    /// inside, and repeated digit patterns.
+    #[test]
+    fn card_search_matches_checking_every_candidate() {
+        let mut next = crate::test_rng(0x2545_F491_4F6C_DD1Du64);
+        let digit = |next: &mut dyn FnMut(usize) -> usize| char::from(b'0' + next(10) as u8);
+        let mut texts = Vec::new();
         for _ in 0..3000 {
             let mut text = String::new();
             for _ in 0..next(12) + 1 {
                 for _ in 0..next(6) + 1 {
-                    text.push(char::from(b'0' + next(10) as u8));
+                    text.push(digit(&mut next));
                 }
-                text.push(*[' ', '-', ' ', 'x'].get(next(4) as usize).unwrap_or(&' '));
+                text.push(*[' ', '-', ' ', 'x'].get(next(4)).unwrap_or(&' '));
             }
-            let mut found = Vec::new();
-            find_cards(&text, &mut |s, e| found.push((s, e)));
-            assert_eq!(found, reference(&text), "{text}");
+            texts.push(text);
         }
+        for _ in 0..2000 {
+            let mut text = String::new();
+            let max_group = [1, 2, 3, 4, 25][next(5)];
+            for _ in 0..next(200) + 1 {
+                for _ in 0..next(max_group) + 1 {
+                    text.push(digit(&mut next));
+                }
+                text.push([' ', '-'][next(2)]);
+                if next(150) == 0 {
+                    text.push(['x', '.', ' '][next(3)]);
+                }
+            }
+            texts.push(text);
+        }
+        for card in ["4111111111111", "4111111111111111", "4111111111111111113", "378282246310005"] {
+            for _ in 0..200 {
+                let mut text = String::new();
+                for _ in 0..next(20) {
+                    text.push(digit(&mut next));
+                    text.push(' ');
+                }
+                for (n, c) in card.chars().enumerate() {
+                    text.push(c);
+                    if n % 4 == 3 && next(2) == 0 {
+                        text.push([' ', '-'][next(2)]);
+                    }
+                }
+                for _ in 0..next(20) {
+                    text.push(['-', ' '][next(2)]);
+                    text.push(digit(&mut next));
+                }
+                texts.push(text);
+            }
+        }
+        for pattern in ["1-2 ", "1 ", "12 ", "7", "4111 1111 1111 1111 ", "0 5 "] {
+            for n in [1, 5, 13, 40, 300] {
+                texts.push(pattern.repeat(n));
+            }
+        }
+        let mut cards = 0;
+        for text in &texts {
+            let mut found = Vec::new();
+            find_cards(text, &mut |s, e| found.push((s, e)));
+            cards += found.len();
+            assert_eq!(found, cards_by_checking_every_candidate(text), "{text}");
+        }
+        assert!(cards > 2000, "only {cards} cards found");
         let mut found = Vec::new();
         find_cards("card 4111 1111 1111 1111 123 ok", &mut |s, e| found.push((s, e)));
         assert_eq!(found, vec![(5, 24)]);

@@ -33,12 +33,17 @@ pub struct ShiftAnd {
     len: usize,
     /// What `\b` or `\B` before the first position asks of the match's start.
     start: Edge,
+    /// Whether `start` holds, at `word before << 1 | word after` (a lookup per byte, where
+    /// matching on the edge cost a few branches).
+    start_holds: [bool; 4],
     /// What `\b` or `\B` after the last position asks of the match's end.
     end: Edge,
     /// No optional positions, and only the last may repeat (then with no edge after it).
     rigid: bool,
     /// The positions a match can begin in (the first, and those after optional ones).
     startable: u64,
+    /// The positions a match's second byte can fill.
+    second: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,9 +106,11 @@ impl ShiftAnd {
             accept: 0,
             len: 0,
             start,
+            start_holds: [(false, false), (false, true), (true, false), (true, true)].map(|(b, a)| start.holds(b, a)),
             end: Edge::Any,
             rigid: false,
             startable: 0,
+            second: 0,
         };
         while at < p.len() {
             if let Some(e) = edge(p, at) {
@@ -149,6 +156,7 @@ impl ShiftAnd {
         let last = 1u64 << (sa.len - 1);
         sa.rigid = sa.optional == 0 && (sa.looped == 0 || (sa.looped == last && sa.end == Edge::Any));
         sa.startable = sa.enterable(0, true);
+        sa.second = sa.enterable(sa.startable, false);
         Some(sa)
     }
 
@@ -190,7 +198,11 @@ impl ShiftAnd {
 
     /// Whether the pattern matches anywhere in `text`.
     pub fn is_match(&self, text: &str) -> bool {
-        self.first_end(text.as_bytes(), 0).is_some()
+        if self.rigid {
+            self.first_rigid(text.as_bytes(), 0).is_some()
+        } else {
+            self.first_end(text.as_bytes(), 0).is_some()
+        }
     }
 
     /// The matches in `text`, in order, without overlaps, as `(start, end)` byte ranges: what
@@ -200,16 +212,16 @@ impl ShiftAnd {
         let mut at = 0;
         let mut starts = Box::new([[NONE; MAX_POSITIONS]; 2]); // reused: 1 KB to set per match was most of its cost
         std::iter::from_fn(move || {
-            let (end, quiet) = self.first_end(b, at)?;
             let found = if self.rigid {
-                // Every match is `len` bytes plus repeats of the last: the earliest end gives
-                // the leftmost start, and the longest match runs on while the last repeats.
-                let mut to = end;
+                // The longest match runs on while the last position repeats.
+                let start = self.first_rigid(b, at)?;
+                let mut to = start + self.len;
                 while self.looped != 0 && b.get(to).is_some_and(|&c| self.masks[usize::from(c)] & self.looped != 0) {
                     to += 1;
                 }
-                Some((end - self.len, to))
+                Some((start, to))
             } else {
+                let (_, quiet) = self.first_end(b, at)?;
                 self.leftmost_longest(b, quiet, &mut starts)
             };
             if let Some((_, end)) = found {
@@ -217,6 +229,28 @@ impl ShiftAnd {
             }
             found
         })
+    }
+
+    /// For a rigid pattern, the start of the leftmost match starting at or after `from`: every
+    /// match is `len` bytes (plus repeats of the last), so each place a match can begin is
+    /// checked byte by byte against the positions, with no per-byte state to carry (a ticket
+    /// id `TCK-\d+` costs a few instructions a byte of it, where shift-and cost ~50).
+    fn first_rigid(&self, b: &[u8], from: usize) -> Option<usize> {
+        let mut start = from;
+        loop {
+            start = self.next_start(b, start)?;
+            let end = start + self.len;
+            if end > b.len() {
+                return None;
+            }
+            let matches = b[start..end].iter().enumerate().all(|(k, &c)| self.masks[usize::from(c)] & (1 << k) != 0)
+                && self.start.holds(start > 0 && word_at(b, start - 1), word_at(b, start))
+                && self.end.holds(word_at(b, end - 1), word_at(b, end));
+            if matches {
+                return Some(start);
+            }
+            start += 1;
+        }
     }
 
     /// The end of the first match that ends at or after `from` (matches starting at or after
@@ -229,25 +263,40 @@ impl ShiftAnd {
         let mut word_before = from > 0 && word_at(b, from - 1);
         while i < b.len() {
             if filled == 0 {
-                // No attempt alive: skip the bytes no match can begin with (in prose, most).
-                while i < b.len() && self.masks[usize::from(b[i])] & self.startable == 0 {
-                    i += 1;
-                }
-                if i == b.len() {
-                    break;
-                }
+                i = self.next_start(b, i)?;
                 quiet = i;
                 word_before = i > 0 && word_at(b, i - 1);
             }
             let c = b[i];
             let word = is_word(c);
-            filled = self.enterable(filled, self.start.holds(word_before, word)) & self.masks[usize::from(c)];
+            let may_start = self.start_holds[usize::from(word_before) << 1 | usize::from(word)];
+            filled = self.enterable(filled, may_start) & self.masks[usize::from(c)];
             if filled == 0 {
                 quiet = i + 1;
             } else if filled & self.accept != 0 && self.end.holds(word, word_at(b, i + 1)) {
                 return Some((i + 1, quiet));
             }
             word_before = word;
+            i += 1;
+        }
+        None
+    }
+
+    /// With no attempt alive, the first index at or after `i` where a match can begin (edges
+    /// aside): its byte fills a first position, and the next byte continues the attempt unless
+    /// that byte alone is a match. Most bytes of prose begin none, and in digit-heavy text
+    /// most digits are followed by a separator no match continues with (`\d{3}-` over
+    /// `1-2 1-2 ...`), so the attempts are skipped at a few instructions a byte.
+    #[inline]
+    fn next_start(&self, b: &[u8], mut i: usize) -> Option<usize> {
+        while i < b.len() {
+            let first = self.masks[usize::from(b[i])] & self.startable;
+            if first != 0
+                && (first & self.accept != 0
+                    || b.get(i + 1).is_some_and(|&c| self.masks[usize::from(c)] & self.second != 0))
+            {
+                return Some(i);
+            }
             i += 1;
         }
         None

@@ -46,24 +46,32 @@ pub fn find_emails(text: &str, add: &mut dyn FnMut(usize, usize)) {
     }
 }
 
+const LOW: u64 = 0x0101_0101_0101_0101;
+
+/// Bit 7 of each byte of `x` that is an ASCII byte in `lo..=hi` (`hi` below 0x80), the others
+/// clear. Per byte, no carries between bytes: bit 7 of `0x80 + hi - m` is set for m <= hi, of
+/// `m + 0x80 - lo` for m >= lo, and of `!x` for ASCII.
+fn bytes_in(x: u64, lo: u8, hi: u8) -> u64 {
+    let m = x & (LOW * 0x7F);
+    (LOW * (0x80 + u64::from(hi)) - m) & (m + LOW * (0x80 - u64::from(lo))) & !x & (LOW * 0x80)
+}
+
+/// Eight bytes of `b` from `at` as one integer, the first in the low byte.
+fn word8(b: &[u8], at: usize) -> Option<u64> {
+    b.get(at..at + 8).and_then(|w| w.try_into().ok()).map(u64::from_le_bytes)
+}
+
 /// The index of the first ASCII digit in `b` at or after `from`, eight bytes at a time (most
 /// text has few digits, and the PII scanners start only at or next to one).
-fn next_digit(b: &[u8], from: usize) -> Option<usize> {
-    const LOW: u64 = 0x0101_0101_0101_0101;
-    let rest = b.get(from..)?;
-    let mut chunks = rest.chunks_exact(8);
-    for (n, chunk) in chunks.by_ref().enumerate() {
-        let x = chunk.try_into().map_or(0, u64::from_le_bytes);
-        // Per byte, no carries between bytes: bit 7 of `0xB9 - m` is set for m <= '9', of
-        // `m + 0x50` for m >= '0', and of `!x` for ASCII.
-        let m = x & (LOW * 0x7F);
-        let digits = (LOW * 0xB9 - m) & (m + LOW * 0x50) & !x & (LOW * 0x80);
+fn next_digit(b: &[u8], mut from: usize) -> Option<usize> {
+    while let Some(x) = word8(b, from) {
+        let digits = bytes_in(x, b'0', b'9');
         if digits != 0 {
-            return Some(from + n * 8 + (digits.trailing_zeros() / 8) as usize);
+            return Some(from + (digits.trailing_zeros() / 8) as usize);
         }
+        from += 8;
     }
-    let tail = chunks.remainder();
-    tail.iter().position(u8::is_ascii_digit).map(|p| from + rest.len() - tail.len() + p)
+    b.get(from..)?.iter().position(u8::is_ascii_digit).map(|p| from + p)
 }
 
 /// Card numbers: 13-19 digits, spaces or dashes allowed between digits, passing Luhn. A
@@ -212,6 +220,9 @@ pub fn find_phones(text: &str, add: &mut dyn FnMut(usize, usize)) {
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
+        // Only a digit or the byte before one opens a number: skip to the next digit.
+        let Some(digit) = next_digit(b, i) else { break };
+        i = i.max(digit - usize::from(digit > 0));
         let c = b[i];
         let opens = c.is_ascii_digit() || (matches!(c, b'+' | b'(') && b.get(i + 1).is_some_and(u8::is_ascii_digit));
         if !opens || (i > 0 && (is_word(b[i - 1]) || matches!(b[i - 1], b'.' | b',' | b'-' | b'+' | b'/' | b'@'))) {
@@ -236,6 +247,10 @@ pub fn find_phones(text: &str, add: &mut dyn FnMut(usize, usize)) {
                     longest = longest.max(group);
                     last_digit = j + 1;
                     pending_seps = 0;
+                    if digits > 15 {
+                        j += 1;
+                        break;
+                    }
                 }
                 sep @ (b' ' | b'-' | b'.' | b'(' | b')') if pending_seps < 2 => {
                     dotted |= sep == b'.';
@@ -243,6 +258,19 @@ pub fn find_phones(text: &str, add: &mut dyn FnMut(usize, usize)) {
                     pending_seps += 1;
                 }
                 _ => break,
+            }
+            j += 1;
+        }
+        // More digits than any phone number has: only where the number ends matters now (it
+        // can run through a whole text of digit groups).
+        while digits > 15 && j < b.len() {
+            if b[j].is_ascii_digit() {
+                last_digit = j + 1;
+                pending_seps = 0;
+            } else if PHONE_SEPARATORS[usize::from(b[j])] && pending_seps < 2 {
+                pending_seps += 1;
+            } else {
+                break;
             }
             j += 1;
         }
@@ -259,6 +287,17 @@ pub fn find_phones(text: &str, add: &mut dyn FnMut(usize, usize)) {
         i = end.max(i + 1);
     }
 }
+
+/// The bytes a phone number may have between its digits.
+static PHONE_SEPARATORS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 5 {
+        table[b" -.()"[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// `YYYY-MM-DD...`, `DD.MM.YYYY...` and friends (with `-`, `.` or `/`).
 fn looks_like_date(s: &[u8]) -> bool {
@@ -278,6 +317,18 @@ pub fn find_ibans(text: &str, add: &mut dyn FnMut(usize, usize)) {
     let b = text.as_bytes();
     let mut i = 0;
     while i + 4 <= b.len() {
+        // A candidate begins with two letters and two digits: the places where it can are
+        // found five at a time from eight bytes (most text has no such place).
+        if let Some(x) = word8(b, i) {
+            let (letters, digits) = (bytes_in(x | (LOW * 0x20), b'a', b'z'), bytes_in(x, b'0', b'9'));
+            let places = letters & (letters >> 8) & (digits >> 16) & (digits >> 24) & ((LOW * 0x80) >> 24);
+            if places == 0 {
+                // With no digit in the eight bytes, the next place is two before the next digit.
+                i = if digits == 0 { next_digit(b, i + 8).map_or(b.len(), |d| d - 2) } else { i + 5 };
+                continue;
+            }
+            i += (places.trailing_zeros() / 8) as usize;
+        }
         let candidate = (i == 0 || !b[i - 1].is_ascii_alphanumeric())
             && b[i].is_ascii_alphabetic()
             && b[i + 1].is_ascii_alphabetic()
@@ -363,6 +414,178 @@ mod tests {
             let expected = text.get(from..).and_then(|t| t.iter().position(u8::is_ascii_digit)).map(|p| from + p);
             assert_eq!(next_digit(&text, from), expected, "{text:?} from {from}");
         }
+    }
+
+    /// The phone scan as it was before it skipped to digits.
+    fn phones_byte_by_byte(text: &str, add: &mut dyn FnMut(usize, usize)) {
+        let b = text.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            let c = b[i];
+            let opens =
+                c.is_ascii_digit() || (matches!(c, b'+' | b'(') && b.get(i + 1).is_some_and(u8::is_ascii_digit));
+            if !opens || (i > 0 && (is_word(b[i - 1]) || matches!(b[i - 1], b'.' | b',' | b'-' | b'+' | b'/' | b'@'))) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            let plus = c == b'+';
+            let mut j = if matches!(c, b'+' | b'(') { i + 1 } else { i };
+            let (mut digits, mut groups, mut group, mut longest) = (0, 0, 0, 0);
+            let mut dotted = false;
+            let mut last_digit = j;
+            let mut pending_seps = 0;
+            while j < b.len() {
+                match b[j] {
+                    d if d.is_ascii_digit() => {
+                        digits += 1;
+                        if group == 0 {
+                            groups += 1;
+                        }
+                        group += 1;
+                        longest = longest.max(group);
+                        last_digit = j + 1;
+                        pending_seps = 0;
+                    }
+                    sep @ (b' ' | b'-' | b'.' | b'(' | b')') if pending_seps < 2 => {
+                        dotted |= sep == b'.';
+                        group = 0;
+                        pending_seps += 1;
+                    }
+                    _ => break,
+                }
+                j += 1;
+            }
+            let end = last_digit;
+            let glued = end < b.len() && (is_word(b[end]) || b[end] == b'@');
+            // Without `+`: several groups of plausible size (`3.14159265358` is a number, not a phone).
+            let grouped = groups >= 2 && longest <= if dotted { 4 } else { 8 };
+            let ok = !glued
+                && if plus { (8..=15).contains(&digits) } else { grouped && (10..=12).contains(&digits) }
+                && !looks_like_date(&b[start..end]);
+            if ok {
+                add(start, end);
+            }
+            i = end.max(i + 1);
+        }
+    }
+
+    /// The IBAN scan as it was before it skipped to digits.
+    fn ibans_byte_by_byte(text: &str, add: &mut dyn FnMut(usize, usize)) {
+        let b = text.as_bytes();
+        let mut i = 0;
+        while i + 4 <= b.len() {
+            let candidate = (i == 0 || !b[i - 1].is_ascii_alphanumeric())
+                && b[i].is_ascii_alphabetic()
+                && b[i + 1].is_ascii_alphabetic()
+                && b[i + 2].is_ascii_digit()
+                && b[i + 3].is_ascii_digit();
+            if !candidate {
+                i += 1;
+                continue;
+            }
+            let country = [b[i].to_ascii_uppercase(), b[i + 1].to_ascii_uppercase()];
+            let Some(len) = iban_length(country) else {
+                i += 1;
+                continue;
+            };
+            // Collect `len` alphanumerics; a single space is allowed between groups of four.
+            let mut chars = [0u8; 34];
+            let mut n = 0;
+            let mut j = i;
+            while n < len && j < b.len() {
+                if b[j].is_ascii_alphanumeric() {
+                    chars[n] = b[j].to_ascii_uppercase();
+                    n += 1;
+                    j += 1;
+                } else if b[j] == b' '
+                    && n.is_multiple_of(4)
+                    && n > 0
+                    && b.get(j + 1).is_some_and(u8::is_ascii_alphanumeric)
+                {
+                    j += 1;
+                } else {
+                    break;
+                }
+            }
+            let ends = j == b.len() || !b[j].is_ascii_alphanumeric();
+            if n == len && ends && iban_valid(&chars[..len]) {
+                add(i, j);
+                i = j;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Skipping to the next digit finds what trying every byte found: random texts of digits,
+    /// separators, letters and the bytes phone numbers and IBANs start or end at, with real
+    /// ones mixed in.
+    #[test]
+    fn phone_and_iban_scans_match_trying_every_byte() {
+        let mut next = crate::test_rng(0x9E37_79B9_7F4A_7C15);
+        let pieces = [
+            "1",
+            "7",
+            "0",
+            "42",
+            " ",
+            "-",
+            ".",
+            "(",
+            ")",
+            "+",
+            "/",
+            "@",
+            ",",
+            "a",
+            "DE",
+            "gb",
+            "x",
+            "\n",
+            "é",
+            "+44 20 7946 0958",
+            "(555) 123-4567",
+            "020 7946 0958",
+            "2024-01-15 10",
+            "DE89 3704 0044 0532 0130 00",
+            "GB82WEST12345698765432",
+            "de89370400440532013000",
+            "1-2 ",
+            "4111 1111 1111 1111",
+        ];
+        let (mut phones, mut ibans) = (0, 0);
+        for _ in 0..20_000 {
+            let text: String = (0..next(30)).map(|_| pieces[next(pieces.len())]).collect();
+            for (scan, old, n) in [
+                (
+                    find_phones as fn(&str, &mut dyn FnMut(usize, usize)),
+                    phones_byte_by_byte as fn(&str, &mut dyn FnMut(usize, usize)),
+                    &mut phones,
+                ),
+                (find_ibans, ibans_byte_by_byte, &mut ibans),
+            ] {
+                let (mut found, mut expected) = (Vec::new(), Vec::new());
+                scan(&text, &mut |s, e| found.push((s, e)));
+                old(&text, &mut |s, e| expected.push((s, e)));
+                assert_eq!(found, expected, "{text:?}");
+                *n += found.len();
+            }
+        }
+        let long = "1-2 ".repeat(5000);
+        for (scan, old) in [
+            (
+                find_phones as fn(&str, &mut dyn FnMut(usize, usize)),
+                phones_byte_by_byte as fn(&str, &mut dyn FnMut(usize, usize)),
+            ),
+            (find_ibans, ibans_byte_by_byte),
+        ] {
+            let (mut found, mut expected) = (Vec::new(), Vec::new());
+            scan(&long, &mut |s, e| found.push((s, e)));
+            old(&long, &mut |s, e| expected.push((s, e)));
+            assert_eq!(found, expected);
+        }
+        assert!(phones > 2000 && ibans > 2000, "only {phones} phones and {ibans} IBANs found");
     }
 
     /// The splitting into runs the card search had before it read runs group by group:

@@ -12,7 +12,7 @@ pub fn find_emails(text: &str, add: &mut dyn FnMut(usize, usize)) {
     let local = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'%' | b'+' | b'-');
     let domain = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-');
     let mut from = 0;
-    while let Some(offset) = b[from..].iter().position(|&c| c == b'@') {
+    while let Some(offset) = memchr::memchr(b'@', &b[from..]) {
         let at = from + offset;
         from = at + 1;
         let mut start = at;
@@ -220,9 +220,9 @@ pub fn find_phones(text: &str, add: &mut dyn FnMut(usize, usize)) {
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        // Only a digit or the byte before one opens a number: skip to the next digit.
+        // Only a digit, or a `+` or `(` before one, opens a number: skip to the next digit.
         let Some(digit) = next_digit(b, i) else { break };
-        i = i.max(digit - usize::from(digit > 0));
+        i = if digit > i && matches!(b[digit - 1], b'+' | b'(') { digit - 1 } else { digit };
         let c = b[i];
         let opens = c.is_ascii_digit() || (matches!(c, b'+' | b'(') && b.get(i + 1).is_some_and(u8::is_ascii_digit));
         if !opens || (i > 0 && (is_word(b[i - 1]) || matches!(b[i - 1], b'.' | b',' | b'-' | b'+' | b'/' | b'@'))) {

@@ -59,6 +59,16 @@ pub(super) fn redact(redactors: &[Redactor], text: &mut String, counts: &mut Vec
 /// `kept` plus those of `found` (sorted by start) that overlap nothing kept before them.
 fn merge(kept: &[(usize, usize, usize)], found: &[(usize, usize)], index: usize) -> Vec<(usize, usize, usize)> {
     let mut out = Vec::with_capacity(kept.len() + found.len());
+    if kept.is_empty() {
+        // The usual case (one redactor finds something): only the found spans to keep apart,
+        // without peeking at kept ones (~30 instructions a span).
+        for &(start, end) in found {
+            if out.last().is_none_or(|&(_, e, _)| e <= start) {
+                out.push((start, end, index));
+            }
+        }
+        return out;
+    }
     let mut next = kept.iter().copied().peekable();
     for &(start, end) in found {
         while let Some(k) = next.next_if(|k| k.0 < start) {

@@ -88,6 +88,8 @@ pub fn find_cards(text: &str, add: &mut dyn FnMut(usize, usize)) {
             i += 1;
             continue;
         }
+        // Runs of fewer than 13 digits (most) are only read to their end; longer ones are read
+        // to their end by the search.
         let start = i;
         let mut digits = 0;
         loop {
@@ -95,15 +97,18 @@ pub fn find_cards(text: &str, add: &mut dyn FnMut(usize, usize)) {
                 i += 1;
                 digits += 1;
             }
-            if i + 1 < b.len() && matches!(b[i], b' ' | b'-') && b[i + 1].is_ascii_digit() {
+            if digits < 13 && i + 1 < b.len() && matches!(b[i], b' ' | b'-') && b[i + 1].is_ascii_digit() {
                 i += 1;
                 continue;
             }
             break;
         }
-        let glued = i < b.len() && is_word(b[i]);
-        if let Some((s, e)) = (digits >= 13 && !glued).then(|| longest_card(b, start, i)).flatten() {
-            add(s, e);
+        if digits >= 13 {
+            let best;
+            (i, best) = longest_card(b, start);
+            if let Some((s, e)) = best.filter(|_| !(i < b.len() && is_word(b[i]))) {
+                add(s, e);
+            }
         }
         i += 1;
     }
@@ -126,15 +131,15 @@ static LUHN_STEP: [u8; 256 * 16] = {
 /// Group starts kept: a candidate spans at most 19 digits, so at most 20 starts back.
 const RING: usize = 32;
 
-/// The longest group-aligned part of 13..=19 digits passing Luhn (the first on ties) of the
-/// digit run `b[start..end]`. One pass over its groups, O(1) each (the search this replaced
-/// tried ~7 candidates per group, ~220 instructions): the part from a group start to the
+/// The end of the digit run at `start`, and its longest group-aligned part of 13..=19 digits
+/// passing Luhn (the first on ties). One pass over its groups, O(1) each (the search this
+/// replaced tried ~7 candidates per group, ~220 instructions): the part from a group start to the
 /// current end passes iff the Luhn sums (mod 10) up to both are equal, for the parity of
 /// digits the end doubles. So for each parity and sum only the latest group start a part
 /// longer than the best so far can begin at is kept, and a part exists iff that one is at most
 /// 19 digits back; only then are the group starts searched, for the earliest. Each search
 /// finds a longer best, so a run has at most 7.
-fn longest_card(b: &[u8], start: usize, end: usize) -> Option<(usize, usize)> {
+fn longest_card(b: &[u8], start: usize) -> (usize, Option<(usize, usize)>) {
     // Each group start as `digits before << 8 | sums[1] << 4 | sums[0]`, the sums of the
     // digits before it with those at even (`[0]`) or odd (`[1]`) positions doubled.
     let mut starts = [0u64; RING];
@@ -149,14 +154,13 @@ fn longest_card(b: &[u8], start: usize, end: usize) -> Option<(usize, usize)> {
     let mut best = None;
     // The sums so far as `next << 4 | other`: `next` doubles the next digit's position.
     let (mut digits, mut state) = (0u64, 0u8);
-    let run = &b[..end];
     let mut i = start;
     loop {
         // `[0]` (even positions doubled) is `next` when the next position is even.
         let sums = if digits & 1 == 0 { state.rotate_left(4) } else { state };
         starts[groups % RING] = digits << 8 | u64::from(sums);
         groups += 1;
-        while let Some(d) = run.get(i).map(|c| c.wrapping_sub(b'0')).filter(|&d| d < 10) {
+        while let Some(d) = b.get(i).map(|c| c.wrapping_sub(b'0')).filter(|&d| d < 10) {
             state = LUHN_STEP[usize::from(state) << 4 | usize::from(d)];
             digits += 1;
             i += 1;
@@ -206,10 +210,11 @@ fn longest_card(b: &[u8], start: usize, end: usize) -> Option<(usize, usize)> {
                 best = Some((from, i));
             }
         }
-        if i == end {
-            return best;
+        if i + 1 < b.len() && matches!(b[i], b' ' | b'-') && b[i + 1].is_ascii_digit() {
+            i += 1; // the separator
+            continue;
         }
-        i += 1; // the separator
+        return (i, best);
     }
 }
 

@@ -269,6 +269,20 @@ pub fn find_phones(text: &str, add: &mut dyn FnMut(usize, usize)) {
         // More digits than any phone number has: only where the number ends matters now (it
         // can run through a whole text of digit groups).
         while digits > 15 && j < b.len() {
+            // Eight bytes at once while all are digits or separators, with no three separators
+            // in a row (nor across the last eight).
+            if let Some(x) = word8(b, j) {
+                let d = bytes_in(x, b'0', b'9');
+                let s = bytes_in(x, b' ', b' ') | bytes_in(x, b'(', b')') | bytes_in(x, b'-', b'.');
+                let three = s & (s >> 8) & (s >> 16);
+                let (before, after) = ((d.trailing_zeros() / 8) as usize, (d.leading_zeros() / 8) as usize);
+                if d | s == LOW * 0x80 && d != 0 && three == 0 && pending_seps + before <= 2 {
+                    last_digit = j + 8 - after;
+                    pending_seps = after;
+                    j += 8;
+                    continue;
+                }
+            }
             if b[j].is_ascii_digit() {
                 last_digit = j + 1;
                 pending_seps = 0;

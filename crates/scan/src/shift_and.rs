@@ -233,8 +233,8 @@ impl ShiftAnd {
 
     /// For a rigid pattern, the start of the leftmost match starting at or after `from`: every
     /// match is `len` bytes (plus repeats of the last), so each place a match can begin is
-    /// checked byte by byte against the positions, with no per-byte state to carry (a ticket
-    /// id `TCK-\d+` costs a few instructions a byte of it, where shift-and cost ~50).
+    /// checked byte by byte against the positions, with no per-byte state to carry
+    /// (`TCK-\d+` over ticket ids: ~125 instructions a match, where shift-and took ~250).
     fn first_rigid(&self, b: &[u8], from: usize) -> Option<usize> {
         let mut start = from;
         loop {

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::gateway::config::{Config, Endpoint, Origin};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
+use crate::gateway::features::normalize::Canonical;
 use crate::gateway::ports::{Ports, UpstreamError};
 use crate::gateway::providers::adapter::Call;
 use crate::gateway::types::Operation;
@@ -55,6 +56,8 @@ pub struct Attempt<'a> {
     pub pin: Option<&'a str>,
     /// Trace-context headers every origin request carries (W3C `traceparent`/`tracestate`).
     pub trace: &'a [(http::HeaderName, http::HeaderValue)],
+    /// The body's canonical form, when the pipeline wrote it (see [`Call::canonical`]).
+    pub canonical: Option<&'a Canonical>,
 }
 
 /// A chat request the provider built (URL, credentials, headers), re-aimed at another path of
@@ -179,6 +182,7 @@ pub async fn forward<P: Ports>(
                     base_url: &origin.url,
                     stream: attempt.stream,
                     now_ms: now,
+                    canonical: attempt.canonical,
                 };
                 let mut request = endpoint.provider.build_request(call, ports)?;
                 for (name, value) in attempt.trace {

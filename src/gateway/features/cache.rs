@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::gateway::check::Issues;
 use crate::gateway::error::Result;
+use crate::gateway::features::normalize::Canonical;
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::util::text::hex;
 use crate::gateway::wire::openai::completion_to_sse;
@@ -217,27 +218,11 @@ impl Status {
     }
 }
 
-/// The canonical body the key hashes: `normalize::canonical` without the fields that only
-/// change how the answer is delivered (`stream`, `stream_options`), so a streamed request
+/// The canonical body the key hashes: the request's canonical form without the fields that
+/// only change how the answer is delivered (`stream`, `stream_options`), so a streamed request
 /// replays an entry filled by a plain one and vice versa.
-pub fn key_body(body: &Map<String, Value>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.push(b'{');
-    let mut first = true;
-    for (k, v) in body {
-        if k == "stream" || k == "stream_options" {
-            continue;
-        }
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        edge_scan::json::write_str(&mut out, k);
-        out.push(b':');
-        edge_scan::json::write_value(&mut out, v);
-    }
-    out.push(b'}');
-    out
+pub fn key_body(canonical: &Canonical) -> Vec<u8> {
+    canonical.without(&["stream", "stream_options"])
 }
 
 /// The KV key of an entry: `cache:<tenant>:<endpoint>:<sha256 hex>`, the hash over every
@@ -489,7 +474,7 @@ mod tests {
 
     #[test]
     fn keys_separate_every_part() {
-        let body = key_body(&obj(json!({"temperature": 0, "messages": []})));
+        let body = key_body(&Canonical::of(&obj(json!({"temperature": 0, "messages": []}))));
         let k = |scope, endpoint, model, tv| key(scope, endpoint, "openai", model, tv, &body);
         let base = k(Scope::Tenant("acme"), "chat", "gpt-4o", None);
         assert!(base.starts_with("cache:acme:chat:"), "{base}");
@@ -529,6 +514,7 @@ mod tests {
             1000,
         )
         .unwrap();
+        let key_body = |body: &Map<String, Value>| key_body(&Canonical::of(body));
         assert_eq!(key_body(&a), key_body(&b));
         assert_eq!(key_body(&b), crate::gateway::features::normalize::canonical(&b));
         assert_eq!(key_body(&Map::new()), b"{}");
@@ -653,7 +639,14 @@ mod tests {
             let report = guard::apply_input(&guards, &mut body).unwrap();
             let t3 = Instant::now();
             let ok = cacheable(Operation::Chat, &body, &CachePolicy::default());
-            let k = key(Scope::Tenant("acme"), "support", "openai", "gpt-4o-mini", Some(&label), &key_body(&body));
+            let k = key(
+                Scope::Tenant("acme"),
+                "support",
+                "openai",
+                "gpt-4o-mini",
+                Some(&label),
+                &key_body(&normalize::Canonical::of(&body)),
+            );
             let t4 = Instant::now();
             let hash = normalize::request_hash(&body);
             let t5 = Instant::now();

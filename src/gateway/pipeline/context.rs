@@ -13,6 +13,7 @@ use crate::gateway::dialect::Dialect;
 use crate::gateway::features::coalesce::{InFlight, Leader};
 use crate::gateway::features::keys::KeyRecord;
 use crate::gateway::features::limits::Limiter;
+use crate::gateway::features::normalize::Canonical;
 use crate::gateway::features::telemetry::{TallyBook, Telemetry};
 use crate::gateway::features::usage::UsageBook;
 use crate::gateway::forward::Breaker;
@@ -75,6 +76,9 @@ pub struct ModelCall {
     pub body: Map<String, Value>,
     /// SHA-256 of the canonical request, when a traffic route picked the endpoint by it.
     pub route_hash: Option<u64>,
+    /// The canonical form of the prepared `body`, written by the first phase after `prepare`
+    /// that reads it ([`ModelCall::canonical`]); `body` is not changed after `prepare`.
+    pub canonical: Option<Canonical>,
     pub key: Option<Rc<KeyRecord>>,
     /// `name@version` of the rendered prompt template.
     pub template_version: Option<String>,
@@ -99,6 +103,11 @@ impl ModelCall {
     /// The tenant that owns the request's cached answers and usage.
     pub fn tenant(&self) -> &str {
         self.key.as_ref().map_or(PUBLIC_TENANT, |k| k.tenant.as_str())
+    }
+
+    /// The prepared body's canonical form, written on first use.
+    pub fn canonical(&mut self) -> &Canonical {
+        self.canonical.get_or_insert_with(|| Canonical::of(&self.body))
     }
 }
 

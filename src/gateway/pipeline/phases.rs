@@ -53,6 +53,7 @@ pub fn resolve(
         endpoint,
         body,
         route_hash,
+        canonical: None,
         key: None,
         template_version: None,
         stream: false,
@@ -209,7 +210,8 @@ pub async fn coalesce<P: Ports, B>(
     answer_from_cache(ctx, call, &entry).map(Some)
 }
 
-fn cache_key(call: &ModelCall) -> String {
+fn cache_key(call: &mut ModelCall) -> String {
+    let body = cache::key_body(call.canonical());
     let endpoint = &call.endpoint;
     cache::key(
         endpoint.cache.scope(call.tenant()),
@@ -217,7 +219,7 @@ fn cache_key(call: &ModelCall) -> String {
         endpoint.provider.name(),
         &endpoint.model,
         call.template_version.as_deref(),
-        &cache::key_body(&call.body),
+        &body,
     )
 }
 
@@ -259,14 +261,14 @@ pub fn choose_origins<'e>(
     call: &mut ModelCall,
     endpoint: &'e Endpoint,
 ) -> Result<Vec<&'e Origin>> {
+    let hash = match call.route_hash {
+        Some(hash) => hash,
+        None if endpoint.origins.len() > 1 => call.canonical().hash(),
+        None => 0,
+    };
     let region = client_region(&call.config, ctx.client, &call.headers);
     let key_pin = call.key.as_ref().and_then(|k| k.region.as_deref());
     let pin = routing::residency_pin(endpoint.residency.as_deref(), key_pin)?;
-    let hash = match call.route_hash {
-        Some(hash) => hash,
-        None if endpoint.origins.len() > 1 => normalize::request_hash(&call.body),
-        None => 0,
-    };
     let origins = routing::order_origins(endpoint, region.as_deref(), hash, pin);
     ctx.log.region = region;
     if let (Some(pin), true) = (pin, origins.is_empty()) {
@@ -331,6 +333,8 @@ pub async fn forward<P: Ports>(
         }),
         None => None,
     };
+    // The canonical bytes, when an earlier phase wrote them, are most of the origin's body.
+    let canonical = call.canonical.take();
     let attempt = Attempt {
         endpoint,
         op: call.op,
@@ -338,6 +342,7 @@ pub async fn forward<P: Ports>(
         retarget: retarget.as_ref(),
         pin: call.pin.as_deref(),
         trace: &trace,
+        canonical: canonical.as_ref(),
     };
     let base64 = call.op == Operation::Embeddings && wants_base64(&call.body);
     endpoint.provider.authorize(ports, call.config.settings.origin_timeout_ms).await?;

@@ -5,6 +5,7 @@ use http::{Request, StatusCode};
 use serde_json::{Map, Value};
 
 use crate::gateway::error::Result;
+use crate::gateway::features::normalize::Canonical;
 use crate::gateway::ports::Secrets;
 use crate::gateway::providers::common::origin_error;
 use crate::gateway::types::{Operation, Usage};
@@ -22,6 +23,9 @@ pub struct Call<'a> {
     pub stream: bool,
     /// Wall clock, for request signing (SigV4) and nothing else.
     pub now_ms: u64,
+    /// `body`'s canonical form when the pipeline wrote it: an adapter that sends the body as
+    /// it is, with a few fields changed, copies the rest from it ([`Canonical::rewrite`]).
+    pub canonical: Option<&'a Canonical>,
 }
 
 /// A buffered origin answer to translate.

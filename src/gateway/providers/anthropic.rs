@@ -1236,8 +1236,15 @@ pub(crate) mod tests {
         });
         for body in mutations(&request) {
             if let Value::Object(body) = body {
-                let call =
-                    Call { op: Operation::Chat, model: "m", body, base_url: "http://o", stream: true, now_ms: 0 };
+                let call = Call {
+                    op: Operation::Chat,
+                    model: "m",
+                    body,
+                    base_url: "http://o",
+                    stream: true,
+                    now_ms: 0,
+                    canonical: None,
+                };
                 let _ = p.build_request(call, &SECRETS);
             }
         }

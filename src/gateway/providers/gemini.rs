@@ -1375,8 +1375,15 @@ mod tests {
         for body in mutations(&request) {
             if let Value::Object(body) = body {
                 for op in [Operation::Chat, Operation::Completions, Operation::Embeddings] {
-                    let call =
-                        Call { op, model: "m", body: body.clone(), base_url: "http://o", stream: true, now_ms: 0 };
+                    let call = Call {
+                        op,
+                        model: "m",
+                        body: body.clone(),
+                        base_url: "http://o",
+                        stream: true,
+                        now_ms: 0,
+                        canonical: None,
+                    };
                     let _ = p.build_request(call, &SECRETS);
                 }
             }

@@ -213,7 +213,14 @@ impl Adapter for OpenAi {
         if let Some(org) = &self.organization {
             builder = builder.header("openai-organization", org);
         }
-        finish_request(builder, json_body(&body))
+        // Only the fields set above differ from the body the pipeline prepared.
+        let bytes = match call.canonical {
+            Some(canonical) => {
+                canonical.rewrite(&body, &["model", "max_tokens", "max_completion_tokens", "stream_options"])
+            }
+            None => json_body(&body),
+        };
+        finish_request(builder, bytes)
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {

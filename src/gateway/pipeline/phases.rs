@@ -136,7 +136,13 @@ pub fn prepare(ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()>
     let texts_are_final = endpoint.template.is_none()
         && !guard::sets_text(&endpoint.parameters)
         && !guard::sets_text(&endpoint.overrides);
-    let injection = guard::check_injection(&endpoint.guardrails, &mut call.body, texts_are_final)?;
+    // When they are the texts sent, every input guardrail applies in one walk, here (what
+    // follows changes no text).
+    let early = if texts_are_final {
+        guard::apply_final(&endpoint.guardrails, &mut call.body)?
+    } else {
+        guard::check_injection(&endpoint.guardrails, &mut call.body)?
+    };
     if let Some(t) = &endpoint.template {
         let variables = template::extract_variables(&mut call.body);
         let rendered = template::render(t, &variables)?;
@@ -151,9 +157,14 @@ pub fn prepare(ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()>
     call.client_wants_usage =
         call.body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(serde_json::Value::as_bool)
             == Some(true);
-    let mut report = guard::apply_content_rules(&endpoint.guardrails, &mut call.body)?;
-    report.flagged = injection.flagged;
-    report.injection = injection.injection;
+    let report = if texts_are_final {
+        early
+    } else {
+        let mut report = guard::apply_content_rules(&endpoint.guardrails, &mut call.body)?;
+        report.flagged = early.flagged;
+        report.injection = early.injection;
+        report
+    };
     ctx.log.guard = Some(report).filter(|r| !r.is_empty());
     Ok(())
 }

@@ -70,27 +70,33 @@ pub fn apply_endpoint_rules(
     }
 }
 
-/// The canonical form of a request body: keys sorted (serde_json's map is ordered), no
-/// insignificant whitespace, numbers in serde's one spelling. Hashes, cache keys and traffic
-/// splits use it, so equal requests stay equal however the client formatted them.
-pub fn canonical(body: &Map<String, Value>) -> Vec<u8> {
-    crate::gateway::wire::json::json_body(body)
-}
-
-/// A stable 64-bit hash of the canonical body (traffic splits, weighted origin choice).
-pub fn request_hash(body: &Map<String, Value>) -> u64 {
-    hash_of(&canonical(body))
-}
-
 fn hash_of(canonical: &[u8]) -> u64 {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(canonical);
     u64::from_le_bytes(digest[..8].try_into().unwrap_or([0; 8]))
 }
 
-/// A prepared body's canonical form, written once for all that read it (the cache key, the
-/// origin choice's hash, the forwarded body): writing a large body costs ~16 instructions a
-/// byte, copying its fields out of these bytes next to nothing.
+/// Whether [`apply_endpoint_rules`] with these rules may set field `key` (any other field it
+/// can only remove, when it is `null`).
+pub fn may_set(
+    key: &str,
+    defaults: &Map<String, Value>,
+    ceilings: &Map<String, Value>,
+    overrides: &Map<String, Value>,
+) -> bool {
+    key == MAX_TOKENS
+        || key == "max_completion_tokens"
+        || defaults.contains_key(key)
+        || ceilings.contains_key(key)
+        || overrides.contains_key(key)
+}
+
+/// The canonical form of a request body: keys sorted (serde_json's map is ordered), no
+/// insignificant whitespace, numbers in serde's one spelling. Hashes, cache keys and traffic
+/// splits use it, so equal requests stay equal however the client formatted them. Written
+/// once for all that read it (the route's hash, the cache key, the origin choice's hash, the
+/// forwarded body): writing a large body costs ~16 instructions a byte, copying its fields out
+/// of these bytes next to nothing.
 #[derive(Debug)]
 pub struct Canonical {
     bytes: Vec<u8>,
@@ -115,7 +121,7 @@ impl Canonical {
         Canonical { bytes, fields }
     }
 
-    /// [`request_hash`] of the body.
+    /// A stable 64-bit hash of the body (traffic splits, weighted origin choice).
     pub fn hash(&self) -> u64 {
         hash_of(&self.bytes)
     }
@@ -134,28 +140,33 @@ impl Canonical {
         out
     }
 
-    /// `body` as JSON (the bytes of [`canonical`]), for a body that is the one these bytes
-    /// were written of but for the fields named in `changed`: those are written anew, the
+    /// The canonical form of `body`, a body that is the one `self` was written of but for
+    /// the fields `changed` names (changed, added or removed): those are written anew, the
     /// others copied.
-    pub fn rewrite(&self, body: &Map<String, Value>, changed: &[&str]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.bytes.len() + 64);
+    pub fn rewrite(&self, body: &Map<String, Value>, changed: impl Fn(&str) -> bool) -> Canonical {
+        let mut bytes = Vec::with_capacity(self.bytes.len() + 64);
+        let mut fields = Vec::with_capacity(body.len());
         let mut kept = self.fields.iter().peekable();
-        out.push(b'{');
+        bytes.push(b'{');
         for (key, value) in body {
-            if out.len() > 1 {
-                out.push(b',');
+            if !fields.is_empty() {
+                bytes.push(b',');
             }
+            let start = bytes.len();
             // Both in map order: the field written before, if any, is next or not at all.
             while kept.next_if(|(k, _)| k < key).is_some() {}
             match kept.next_if(|(k, _)| k == key) {
-                Some((_, range)) if !changed.contains(&key.as_str()) => {
-                    out.extend_from_slice(&self.bytes[range.clone()])
-                }
-                _ => write_field(&mut out, key, value),
+                Some((_, range)) if !changed(key) => bytes.extend_from_slice(&self.bytes[range.clone()]),
+                _ => write_field(&mut bytes, key, value),
             }
+            fields.push((key.clone(), start..bytes.len()));
         }
-        out.push(b'}');
-        out
+        bytes.push(b'}');
+        Canonical { bytes, fields }
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
     }
 }
 
@@ -175,6 +186,7 @@ pub fn client_request_id(headers: &HeaderMap) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::wire::json::json_body;
     use http::StatusCode;
     use serde_json::json;
 
@@ -189,10 +201,17 @@ mod tests {
         assert_eq!(parse_json_object(b"{\"a\":1}", 100).unwrap()["a"], 1);
     }
 
+    /// The rules applied to `body`; every field they set is one `may_set` names.
     fn rules(body: Value, defaults: Value, ceilings: Value, overrides: Value) -> Value {
         let mut body = body.as_object().unwrap().clone();
+        let before = body.clone();
         let map = |v: Value| v.as_object().unwrap().clone();
-        apply_endpoint_rules(&mut body, &map(defaults), &map(ceilings), &map(overrides));
+        let (defaults, ceilings, overrides) = (map(defaults), map(ceilings), map(overrides));
+        apply_endpoint_rules(&mut body, &defaults, &ceilings, &overrides);
+        for (key, value) in &body {
+            let set = before.get(key) != Some(value);
+            assert!(!set || may_set(key, &defaults, &ceilings, &overrides), "{key} was set");
+        }
         Value::Object(body)
     }
 
@@ -251,10 +270,11 @@ mod tests {
     fn canonical_form_ignores_formatting_and_key_order() {
         let a = parse_json_object(br#"{"b": 1, "a": {"y": [1, 2.50], "x": null}}"#, 1000).unwrap();
         let b = parse_json_object(br#"{"a":{"x":null,"y":[1,2.5]},"b":1}"#, 1000).unwrap();
-        assert_eq!(canonical(&a), br#"{"a":{"x":null,"y":[1,2.5]},"b":1}"#);
-        assert_eq!(request_hash(&a), request_hash(&b));
+        let (a, b) = (Canonical::of(&a), Canonical::of(&b));
+        assert_eq!(a.bytes, br#"{"a":{"x":null,"y":[1,2.5]},"b":1}"#);
+        assert_eq!(a.hash(), b.hash());
         let c = parse_json_object(br#"{"b": 2}"#, 1000).unwrap();
-        assert_ne!(request_hash(&a), request_hash(&c));
+        assert_ne!(a.hash(), Canonical::of(&c).hash());
     }
 
     /// The canonical bytes written once give what writing the body anew gives: its hash, the
@@ -267,18 +287,22 @@ mod tests {
         )
         .unwrap();
         let canonical = Canonical::of(&body);
-        assert_eq!(canonical.hash(), request_hash(&body));
+        assert_eq!(canonical.bytes, json_body(&body));
+        assert_eq!(canonical.hash(), hash_of(&json_body(&body)));
         let mut without = body.clone();
         without.remove("stream");
         without.remove("n");
-        assert_eq!(canonical.without(&["stream", "n", "absent"]), super::canonical(&without));
+        assert_eq!(canonical.without(&["stream", "n", "absent"]), json_body(&without));
         body.insert("model".into(), json!("m"));
         body.insert("max_tokens".into(), json!(5));
         body.remove("stream");
         body.insert("zzz".into(), json!({"a": [1]}));
-        let changed = ["model", "max_tokens", "stream", "zzz"];
-        assert_eq!(canonical.rewrite(&body, &changed), super::canonical(&body));
-        assert_eq!(Canonical::of(&Map::new()).rewrite(&Map::new(), &[]), b"{}");
+        let rewritten = canonical.rewrite(&body, |k| ["model", "max_tokens", "stream", "zzz"].contains(&k));
+        assert_eq!(rewritten.bytes, json_body(&body));
+        // Its fields are where they are: a second rewrite copies them too.
+        body.remove("zzz");
+        assert_eq!(rewritten.rewrite(&body, |k| k == "zzz").into_bytes(), json_body(&body));
+        assert_eq!(Canonical::of(&Map::new()).rewrite(&Map::new(), |_| true).bytes, b"{}");
     }
 
     #[test]

@@ -76,8 +76,10 @@ pub struct ModelCall {
     pub body: Map<String, Value>,
     /// SHA-256 of the canonical request, when a traffic route picked the endpoint by it.
     pub route_hash: Option<u64>,
-    /// The canonical form of the prepared `body`, written by the first phase after `prepare`
-    /// that reads it ([`ModelCall::canonical`]); `body` is not changed after `prepare`.
+    /// The canonical form of `body`, written once for all that read it: by `resolve` for a
+    /// traffic route, else by the first phase after `prepare` that needs it
+    /// ([`ModelCall::canonical`]). A phase that changes `body` drops it (none does after
+    /// `prepare`).
     pub canonical: Option<Canonical>,
     pub key: Option<Rc<KeyRecord>>,
     /// `name@version` of the rendered prompt template.

@@ -10,6 +10,7 @@ use crate::gateway::config::{Config, Endpoint, Origin};
 use crate::gateway::dialect::{responses, ClientRequest};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::coalesce::{InFlight, Joined};
+use crate::gateway::features::normalize::Canonical;
 use crate::gateway::features::usage::{self, Accounting};
 use crate::gateway::features::{cache, guard, limits, normalize, telemetry, template};
 use crate::gateway::forward::{self, Attempt, Forwarded, Retarget};
@@ -35,7 +36,8 @@ pub fn resolve(
     request: ClientRequest,
 ) -> Result<ModelCall> {
     let ClientRequest { name, body, credential } = request;
-    let route_hash = config.routes.contains_key(&name).then(|| normalize::request_hash(&body));
+    let canonical = config.routes.contains_key(&name).then(|| Canonical::of(&body));
+    let route_hash = canonical.as_ref().map(Canonical::hash);
     let wanted = ctx.dialect.operation().map(routing::endpoint_type_for);
     let resolved = routing::resolve(&config, &name, wanted, route_hash.unwrap_or(0))?;
     let endpoint = resolved.endpoint;
@@ -53,7 +55,7 @@ pub fn resolve(
         endpoint,
         body,
         route_hash,
-        canonical: None,
+        canonical,
         key: None,
         template_version: None,
         stream: false,
@@ -164,6 +166,16 @@ pub fn prepare(ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()>
         report.flagged = early.flagged;
         report.injection = early.injection;
         report
+    };
+    // The route's canonical form stays good where only the endpoint's rules changed the body
+    // (a redaction is the guardrails' only change): their fields are written anew.
+    call.canonical = match call.canonical.take() {
+        Some(canonical) if endpoint.template.is_none() && report.redacted.is_empty() => {
+            Some(canonical.rewrite(&call.body, |k| {
+                normalize::may_set(k, &endpoint.parameters, &endpoint.clamps, &endpoint.overrides)
+            }))
+        }
+        _ => None,
     };
     ctx.log.guard = Some(report).filter(|r| !r.is_empty());
     Ok(())

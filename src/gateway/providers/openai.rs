@@ -215,9 +215,9 @@ impl Adapter for OpenAi {
         }
         // Only the fields set above differ from the body the pipeline prepared.
         let bytes = match call.canonical {
-            Some(canonical) => {
-                canonical.rewrite(&body, &["model", "max_tokens", "max_completion_tokens", "stream_options"])
-            }
+            Some(canonical) => canonical
+                .rewrite(&body, |k| ["model", "max_tokens", "max_completion_tokens", "stream_options"].contains(&k))
+                .into_bytes(),
             None => json_body(&body),
         };
         finish_request(builder, bytes)

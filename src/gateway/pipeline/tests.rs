@@ -426,6 +426,34 @@ fn mlflow_invocations_and_traffic_routes() {
     assert_eq!(seen.len(), 2);
 }
 
+/// However many phases read the canonical body before the origin gets it (a traffic route's
+/// hash, the cache key, the choice between two origins), the origin gets the prepared body
+/// byte for byte as writing it anew gives, with the fields the endpoint's rules and the
+/// adapter set.
+#[test]
+fn routed_cached_requests_forward_their_canonical_body() {
+    let config = r#"{"endpoints": [
+        {"name": "a", "public": true, "endpoint_type": "llm/v1/chat", "cache": "always",
+         "parameters": {"top_p": 0.5}, "limits": {"max_tokens": 64}, "overrides": {"user": "u"},
+         "origins": [{"url": "http://o1/v1"}, {"url": "http://o2/v1"}],
+         "model": {"provider": "openai", "name": "model-a", "config": {"openai_api_key": "k"}}}],
+      "routes": [{"name": "r", "task_type": "llm/v1/chat", "destinations": [{"name": "a", "traffic_percentage": 100}]}]}"#;
+    let host = MemoryHost::new(ok_origin).with_kv(ACTIVE_KEY, config);
+    let request = r#"{"model": "r", "seed": null, "temperature": 0, "stream": false, "max_completion_tokens": 500,
+        "messages": [{"role": "user", "content": "h\u00e9"}], "stream_options": {"include_usage": false}}"#;
+    for (stream, usage) in [("false", false), ("true", true)] {
+        host.sent.borrow_mut().clear();
+        let (_, _, exchange) =
+            run(&host, post("/v1/chat/completions", &request.replace("false,", &format!("{stream},"))));
+        assert_eq!(exchange.deferred.log.route.as_deref(), Some("r"));
+        assert_eq!(exchange.deferred.log.cache, Some("MISS"));
+        let expected = json!({"max_tokens": 64, "messages": [{"content": "hé", "role": "user"}], "model": "model-a",
+            "stream": stream == "true", "stream_options": {"include_usage": usage}, "temperature": 0, "top_p": 0.5,
+            "user": "u"});
+        assert_eq!(host.sent.borrow()[0].body(), &serde_json::to_vec(&expected).unwrap());
+    }
+}
+
 #[test]
 fn mlflow_endpoint_listing() {
     let host = host();

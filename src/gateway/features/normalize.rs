@@ -100,13 +100,14 @@ pub fn may_set(
 #[derive(Debug)]
 pub struct Canonical {
     bytes: Vec<u8>,
-    /// Each top-level field's key and where its `"key":value` is in `bytes`, in map order.
-    fields: Vec<(String, Range<usize>)>,
+    /// Where each top-level field's `"key":value` is in `bytes` and where its `:` is, in map
+    /// order (no copy of the keys: a small request would pay an allocation for each).
+    fields: Vec<(Range<usize>, usize)>,
 }
 
 impl Canonical {
     pub fn of(body: &Map<String, Value>) -> Canonical {
-        let mut bytes = Vec::new();
+        let mut bytes = Vec::with_capacity(256);
         let mut fields = Vec::with_capacity(body.len());
         bytes.push(b'{');
         for (key, value) in body {
@@ -114,8 +115,11 @@ impl Canonical {
                 bytes.push(b',');
             }
             let start = bytes.len();
-            write_field(&mut bytes, key, value);
-            fields.push((key.clone(), start..bytes.len()));
+            edge_scan::json::write_str(&mut bytes, key);
+            let colon = bytes.len();
+            bytes.push(b':');
+            edge_scan::json::write_value(&mut bytes, value);
+            fields.push((start..bytes.len(), colon));
         }
         bytes.push(b'}');
         Canonical { bytes, fields }
@@ -126,15 +130,24 @@ impl Canonical {
         hash_of(&self.bytes)
     }
 
-    /// The canonical form without the fields named in `skip`.
+    /// The written key of a field: `"key"`, escaped.
+    fn key(&self, &(ref range, colon): &(Range<usize>, usize)) -> &[u8] {
+        &self.bytes[range.start..colon]
+    }
+
+    /// The canonical form without the fields named in `skip` (names JSON writes unescaped).
     pub fn without(&self, skip: &[&str]) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.bytes.len());
         out.push(b'{');
-        for (_, range) in self.fields.iter().filter(|(key, _)| !skip.contains(&key.as_str())) {
+        for field in &self.fields {
+            let key = self.key(field);
+            if skip.iter().any(|name| key.get(1..key.len() - 1) == Some(name.as_bytes())) {
+                continue;
+            }
             if out.len() > 1 {
                 out.push(b',');
             }
-            out.extend_from_slice(&self.bytes[range.clone()]);
+            out.extend_from_slice(&self.bytes[field.0.clone()]);
         }
         out.push(b'}');
         out
@@ -146,20 +159,31 @@ impl Canonical {
     pub fn rewrite(&self, body: &Map<String, Value>, changed: impl Fn(&str) -> bool) -> Canonical {
         let mut bytes = Vec::with_capacity(self.bytes.len() + 64);
         let mut fields = Vec::with_capacity(body.len());
-        let mut kept = self.fields.iter().peekable();
+        // The fields kept are in the same order in both: each is found at or after the last.
+        let mut next = 0;
         bytes.push(b'{');
         for (key, value) in body {
             if !fields.is_empty() {
                 bytes.push(b',');
             }
             let start = bytes.len();
-            // Both in map order: the field written before, if any, is next or not at all.
-            while kept.next_if(|(k, _)| k < key).is_some() {}
-            match kept.next_if(|(k, _)| k == key) {
-                Some((_, range)) if !changed(key) => bytes.extend_from_slice(&self.bytes[range.clone()]),
-                _ => write_field(&mut bytes, key, value),
+            edge_scan::json::write_str(&mut bytes, key);
+            let colon = bytes.len();
+            let written = &bytes[start..colon];
+            let kept =
+                if changed(key) { None } else { self.fields[next..].iter().position(|f| self.key(f) == written) };
+            match kept {
+                Some(at) => {
+                    let (range, old_colon) = &self.fields[next + at];
+                    bytes.extend_from_slice(&self.bytes[*old_colon..range.end]);
+                    next += at + 1;
+                }
+                None => {
+                    bytes.push(b':');
+                    edge_scan::json::write_value(&mut bytes, value);
+                }
             }
-            fields.push((key.clone(), start..bytes.len()));
+            fields.push((start..bytes.len(), colon));
         }
         bytes.push(b'}');
         Canonical { bytes, fields }
@@ -168,12 +192,6 @@ impl Canonical {
     pub fn into_bytes(self) -> Vec<u8> {
         self.bytes
     }
-}
-
-fn write_field(out: &mut Vec<u8>, key: &str, value: &Value) {
-    edge_scan::json::write_str(out, key);
-    out.push(b':');
-    edge_scan::json::write_value(out, value);
 }
 
 /// The client's `x-request-id` when it is short and printable, so traces line up; else none.
@@ -282,7 +300,8 @@ mod tests {
     #[test]
     fn canonical_bytes_are_reused_exactly() {
         let mut body = parse_json_object(
-            br#"{"messages": [{"role": "user", "content": "h\u00e9 \"x\""}], "max_tokens": 9, "stream": true, "n": 1.50}"#,
+            br#"{"messages": [{"role": "user", "content": "h\u00e9 \"x\""}], "max_tokens": 9, "stream": true, "n": 1.50,
+                "s\"tream": 1, "\u0001": 2}"#,
             1000,
         )
         .unwrap();
@@ -302,6 +321,10 @@ mod tests {
         // Its fields are where they are: a second rewrite copies them too.
         body.remove("zzz");
         assert_eq!(rewritten.rewrite(&body, |k| k == "zzz").into_bytes(), json_body(&body));
+        // A field not named is copied as it was written, not written anew.
+        let mut stale = body.clone();
+        stale.insert("n".into(), json!(7));
+        assert_eq!(rewritten.rewrite(&stale, |k| k == "zzz").into_bytes(), json_body(&body));
         assert_eq!(Canonical::of(&Map::new()).rewrite(&Map::new(), |_| true).bytes, b"{}");
     }
 

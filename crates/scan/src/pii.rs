@@ -348,47 +348,45 @@ pub fn find_ibans(text: &str, add: &mut dyn FnMut(usize, usize)) {
             }
             i += (places.trailing_zeros() / 8) as usize;
         }
-        let candidate = (i == 0 || !b[i - 1].is_ascii_alphanumeric())
-            && b[i].is_ascii_alphabetic()
-            && b[i + 1].is_ascii_alphabetic()
-            && b[i + 2].is_ascii_digit()
-            && b[i + 3].is_ascii_digit();
-        if !candidate {
-            i += 1;
-            continue;
-        }
-        let country = [b[i].to_ascii_uppercase(), b[i + 1].to_ascii_uppercase()];
-        let Some(len) = iban_length(country) else {
-            i += 1;
-            continue;
-        };
-        // Collect `len` alphanumerics; a single space is allowed between groups of four.
-        let mut chars = [0u8; 34];
-        let mut n = 0;
-        let mut j = i;
-        while n < len && j < b.len() {
-            if b[j].is_ascii_alphanumeric() {
-                chars[n] = b[j].to_ascii_uppercase();
-                n += 1;
-                j += 1;
-            } else if b[j] == b' '
-                && n.is_multiple_of(4)
-                && n > 0
-                && b.get(j + 1).is_some_and(u8::is_ascii_alphanumeric)
-            {
-                j += 1;
-            } else {
-                break;
+        match iban_at(b, i) {
+            Some(end) => {
+                add(i, end);
+                i = end;
             }
-        }
-        let ends = j == b.len() || !b[j].is_ascii_alphanumeric();
-        if n == len && ends && iban_valid(&chars[..len]) {
-            add(i, j);
-            i = j;
-        } else {
-            i += 1;
+            None => i += 1,
         }
     }
+}
+
+/// The end of the IBAN that starts at `i` (`i + 4 <= b.len()`), if one does: at a word's
+/// start two letters of a known country and two digits, then its length in alphanumerics with
+/// single spaces allowed between groups of four, then no alphanumeric, and a valid checksum.
+fn iban_at(b: &[u8], i: usize) -> Option<usize> {
+    let candidate = (i == 0 || !b[i - 1].is_ascii_alphanumeric())
+        && b[i].is_ascii_alphabetic()
+        && b[i + 1].is_ascii_alphabetic()
+        && b[i + 2].is_ascii_digit()
+        && b[i + 3].is_ascii_digit();
+    if !candidate {
+        return None;
+    }
+    let len = iban_length([b[i].to_ascii_uppercase(), b[i + 1].to_ascii_uppercase()])?;
+    let mut chars = [0u8; 34];
+    let mut n = 0;
+    let mut j = i;
+    while n < len && j < b.len() {
+        if b[j].is_ascii_alphanumeric() {
+            chars[n] = b[j].to_ascii_uppercase();
+            n += 1;
+            j += 1;
+        } else if b[j] == b' ' && n.is_multiple_of(4) && n > 0 && b.get(j + 1).is_some_and(u8::is_ascii_alphanumeric) {
+            j += 1;
+        } else {
+            break;
+        }
+    }
+    let ends = j == b.len() || !b[j].is_ascii_alphanumeric();
+    (n == len && ends && iban_valid(&chars[..len])).then_some(j)
 }
 
 fn iban_valid(iban: &[u8]) -> bool {
@@ -489,50 +487,17 @@ mod tests {
         }
     }
 
-    /// The IBAN scan as it was before it skipped to digits.
+    /// The IBAN scan as it was before it skipped to digits: every byte tried.
     fn ibans_byte_by_byte(text: &str, add: &mut dyn FnMut(usize, usize)) {
         let b = text.as_bytes();
         let mut i = 0;
         while i + 4 <= b.len() {
-            let candidate = (i == 0 || !b[i - 1].is_ascii_alphanumeric())
-                && b[i].is_ascii_alphabetic()
-                && b[i + 1].is_ascii_alphabetic()
-                && b[i + 2].is_ascii_digit()
-                && b[i + 3].is_ascii_digit();
-            if !candidate {
-                i += 1;
-                continue;
-            }
-            let country = [b[i].to_ascii_uppercase(), b[i + 1].to_ascii_uppercase()];
-            let Some(len) = iban_length(country) else {
-                i += 1;
-                continue;
-            };
-            // Collect `len` alphanumerics; a single space is allowed between groups of four.
-            let mut chars = [0u8; 34];
-            let mut n = 0;
-            let mut j = i;
-            while n < len && j < b.len() {
-                if b[j].is_ascii_alphanumeric() {
-                    chars[n] = b[j].to_ascii_uppercase();
-                    n += 1;
-                    j += 1;
-                } else if b[j] == b' '
-                    && n.is_multiple_of(4)
-                    && n > 0
-                    && b.get(j + 1).is_some_and(u8::is_ascii_alphanumeric)
-                {
-                    j += 1;
-                } else {
-                    break;
+            match iban_at(b, i) {
+                Some(end) => {
+                    add(i, end);
+                    i = end;
                 }
-            }
-            let ends = j == b.len() || !b[j].is_ascii_alphanumeric();
-            if n == len && ends && iban_valid(&chars[..len]) {
-                add(i, j);
-                i = j;
-            } else {
-                i += 1;
+                None => i += 1,
             }
         }
     }

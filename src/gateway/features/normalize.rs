@@ -107,22 +107,8 @@ pub struct Canonical {
 
 impl Canonical {
     pub fn of(body: &Map<String, Value>) -> Canonical {
-        let mut bytes = Vec::with_capacity(256);
-        let mut fields = Vec::with_capacity(body.len());
-        bytes.push(b'{');
-        for (key, value) in body {
-            if !fields.is_empty() {
-                bytes.push(b',');
-            }
-            let start = bytes.len();
-            edge_scan::json::write_str(&mut bytes, key);
-            let colon = bytes.len();
-            bytes.push(b':');
-            edge_scan::json::write_value(&mut bytes, value);
-            fields.push((start..bytes.len(), colon));
-        }
-        bytes.push(b'}');
-        Canonical { bytes, fields }
+        // Every field written anew: the rewrite of nothing.
+        Canonical { bytes: Vec::new(), fields: Vec::new() }.rewrite(body, |_| true)
     }
 
     /// A stable 64-bit hash of the body (traffic splits, weighted origin choice).
@@ -157,7 +143,8 @@ impl Canonical {
     /// the fields `changed` names (changed, added or removed): those are written anew, the
     /// others copied.
     pub fn rewrite(&self, body: &Map<String, Value>, changed: impl Fn(&str) -> bool) -> Canonical {
-        let mut bytes = Vec::with_capacity(self.bytes.len() + 64);
+        // At least 256 bytes: a small request pays no allocation per field.
+        let mut bytes = Vec::with_capacity((self.bytes.len() + 64).max(256));
         let mut fields = Vec::with_capacity(body.len());
         // The fields kept are in the same order in both: each is found at or after the last.
         let mut next = 0;

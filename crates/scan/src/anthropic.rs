@@ -6,9 +6,10 @@
 
 use std::borrow::Cow;
 
-use serde::de::{Deserialize, IgnoredAny, MapAccess};
+use serde::de::{IgnoredAny, MapAccess};
+use serde_json::Value;
 
-use crate::lenient::{entries, lenient_deserialize, Count, Lenient, Str};
+use crate::lenient::{entries, lenient_deserialize, value_fields, Count, Lenient, Str};
 use crate::like_last::{LikeLast, Span, Varying};
 
 /// `index` and `delta` of a `content_block_delta` event.
@@ -24,10 +25,51 @@ pub struct BlockDelta<'a> {
 impl BlockDelta<'_> {
     /// The delta of `data` (the event's data); `None` when it is not JSON.
     pub fn parse(data: &str) -> Option<BlockDelta<'_>> {
-        let mut de = serde_json::Deserializer::from_str(data);
-        let delta = BlockDelta::deserialize(&mut de).ok()?;
-        de.end().ok()?;
-        Some(delta)
+        crate::lenient::parse(data)
+    }
+}
+
+/// The fields the gateway reads from any other Anthropic stream event, each as the `Value`
+/// tree has it (`Null` when missing; a repeated field as its last; none for an event that is
+/// not an object); the other fields are skipped, not built into a tree.
+#[derive(Debug, Default, PartialEq)]
+pub struct AnthropicEvent {
+    /// `type`.
+    pub kind: Value,
+    pub index: Value,
+    pub message: Value,
+    pub content_block: Value,
+    pub delta: Value,
+    pub usage: Value,
+    pub error: Value,
+}
+
+impl AnthropicEvent {
+    /// The event's fields; `None` when `data` is not JSON.
+    pub fn parse(data: &str) -> Option<AnthropicEvent> {
+        crate::lenient::parse(data)
+    }
+}
+
+lenient_deserialize!(AnthropicEvent);
+
+impl<'de> Lenient<'de> for AnthropicEvent {
+    fn map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
+        let mut event = AnthropicEvent::default();
+        let e = &mut event;
+        value_fields(
+            map,
+            &mut [
+                ("type", &mut e.kind),
+                ("index", &mut e.index),
+                ("message", &mut e.message),
+                ("content_block", &mut e.content_block),
+                ("delta", &mut e.delta),
+                ("usage", &mut e.usage),
+                ("error", &mut e.error),
+            ],
+        )?;
+        Ok(event)
     }
 }
 
@@ -201,5 +243,38 @@ mod tests {
             assert_eq!(reader.read(&data), BlockDelta::parse(&data), "{data}");
         }
         assert!(shortcut > 300, "the shortcut was taken {shortcut} times");
+    }
+
+    /// Every other event reads as the `Value` tree has it, whatever its shape; text that is not
+    /// JSON reads as nothing.
+    #[test]
+    fn events_read_as_the_tree_has_them() {
+        for data in [
+            r#"{"type":"message_start","message":{"id":"m","model":"c","usage":{"input_tokens":3}}}"#,
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7}}"#,
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"busy"}}"#,
+            r#"{"typ\u0065":"ping","index":-1}"#,
+        ]
+        .into_iter()
+        .chain(crate::lenient::ODD_EVENTS)
+        {
+            let e = AnthropicEvent::parse(data).unwrap();
+            crate::lenient::assert_fields_as_tree(
+                data,
+                &[
+                    ("type", &e.kind),
+                    ("index", &e.index),
+                    ("message", &e.message),
+                    ("content_block", &e.content_block),
+                    ("delta", &e.delta),
+                    ("usage", &e.usage),
+                    ("error", &e.error),
+                ],
+            );
+        }
+        for data in ["", "{", r#"{"type":"ping""#, r#"{"a":1} x"#] {
+            assert!(AnthropicEvent::parse(data).is_none(), "{data}");
+        }
     }
 }

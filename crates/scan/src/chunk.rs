@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use serde::de::{Deserialize, IgnoredAny, MapAccess, SeqAccess};
+use serde::de::{IgnoredAny, MapAccess, SeqAccess};
 use serde_json::Value;
 
 use crate::lenient::{entries, lenient_deserialize, Count, Lenient, NotNull, Str};
@@ -212,10 +212,7 @@ impl Shape {
 
 /// The facts through serde_json and the lenient visitors: every chunk the fast reader leaves.
 fn lenient_facts(data: &str) -> Option<ChunkFacts<'_>> {
-    let mut de = serde_json::Deserializer::from_str(data);
-    let facts = ChunkFacts::deserialize(&mut de).ok()?;
-    de.end().ok()?;
-    Some(facts)
+    crate::lenient::parse(data)
 }
 
 /// All of a chunk that a whole answer is assembled from (a streamed answer kept by the cache

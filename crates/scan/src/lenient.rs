@@ -6,7 +6,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
-use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
 
 /// A JSON value read as `Self` when it has the expected shape, else as what `other` says
 /// (by default, absent). Arrays and objects of the wrong shape are skipped over.
@@ -130,3 +131,47 @@ pub(crate) fn entries<'de, A: MapAccess<'de>>(
     }
     Ok(())
 }
+
+/// Each of `fields` read as a `Value` (a repeated one as its last), the other entries skipped
+/// without building a tree: an event's fields as `Value::get` finds them (`Null` when missing).
+pub(crate) fn value_fields<'de, A: MapAccess<'de>>(map: A, fields: &mut [(&str, &mut Value)]) -> Result<(), A::Error> {
+    entries(map, |key, map| {
+        match fields.iter_mut().find(|(name, _)| *name == key) {
+            Some((_, slot)) => **slot = map.next_value()?,
+            None => {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `data` read as `T`, all of it; `None` when it is not JSON.
+pub(crate) fn parse<'de, T: Deserialize<'de>>(data: &'de str) -> Option<T> {
+    let mut de = serde_json::Deserializer::from_str(data);
+    let value = T::deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(value)
+}
+
+/// For the event readers' tests: each of `read`'s fields is what the `Value` tree of `data` has
+/// there (`Null` when missing).
+#[cfg(test)]
+pub(crate) fn assert_fields_as_tree(data: &str, read: &[(&str, &Value)]) {
+    let tree: Value = data.parse().unwrap();
+    for (field, value) in read {
+        assert_eq!(*value, tree.get(field).unwrap_or(&Value::Null), "{data}: {field}");
+    }
+}
+
+/// Events of every shape for those tests: fields of interest and others, a repeated field, an
+/// escaped key, nesting, an array, a scalar, null.
+#[cfg(test)]
+pub(crate) const ODD_EVENTS: [&str; 6] = [
+    r#"{"choices":[{"delta":{"content":"hi"}}]}"#,
+    r#"{"type":[1],"type":"x","index":1,"index":2,"error":null}"#,
+    r#"  {"x":{"deep":[[[{}]]]},"y":"\u00e9\n"}  "#,
+    r#"[{"type":"message_start"},{"candidates":[]}]"#,
+    r#""type""#,
+    "null",
+];

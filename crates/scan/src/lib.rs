@@ -9,6 +9,7 @@
 pub mod anthropic;
 pub mod chunk;
 pub mod find;
+pub mod gemini;
 pub mod injection;
 pub mod json;
 mod lenient;

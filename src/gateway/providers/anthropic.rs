@@ -28,7 +28,7 @@ use crate::gateway::wire::openai::{
 };
 use crate::gateway::wire::sse::{self, SseEvent};
 use crate::gateway::wire::stream::StreamTranslate;
-use edge_scan::anthropic::BlockReader;
+use edge_scan::anthropic::{AnthropicEvent, BlockReader};
 
 const DEFAULT_BASE: &str = "https://api.anthropic.com/v1";
 const DEFAULT_VERSION: &str = "2023-06-01";
@@ -588,12 +588,13 @@ impl StreamTranslate for StreamToOpenAi {
             let (kind, text, partial) = (delta.kind.as_deref(), delta.text.as_deref(), delta.partial_json.as_deref());
             return self.block_delta(out, delta.index, kind, text, partial);
         }
-        let Ok(data) = event.data.parse::<Value>() else { return };
-        let kind = event.event.as_deref().or_else(|| data.get("type").and_then(Value::as_str)).unwrap_or_default();
-        let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+        // The fields read, without a tree of the rest (`edge_scan`: compiled for speed).
+        let Some(data) = AnthropicEvent::parse(&event.data) else { return };
+        let kind = event.event.as_deref().or(data.kind.as_str()).unwrap_or_default();
+        let index = data.index.as_u64().unwrap_or(0);
         match kind {
             "message_start" => {
-                let message = data.get("message");
+                let message = Some(&data.message);
                 let text = |field: &str| message.and_then(|m| m.get(field)).and_then(Value::as_str);
                 self.chunks.name(text("id"), text("model"));
                 self.record_usage(message.and_then(|m| m.get("usage")));
@@ -601,7 +602,7 @@ impl StreamTranslate for StreamToOpenAi {
             }
             "content_block_start" => {
                 self.start(out);
-                let block = data.get("content_block");
+                let block = Some(&data.content_block);
                 match block.and_then(|b| b.get("type")).and_then(Value::as_str) {
                     Some("text") => {
                         let text = block.and_then(|b| b.get("text")).and_then(Value::as_str).unwrap_or_default();
@@ -633,14 +634,14 @@ impl StreamTranslate for StreamToOpenAi {
             }
             "content_block_delta" => {
                 // Only without an `event:` name (which the origin always sends) does this come here.
-                let delta = data.get("delta");
+                let delta = Some(&data.delta);
                 let field = |name: &str| delta.and_then(|d| d.get(name)).and_then(Value::as_str);
                 self.block_delta(out, index, field("type"), field("text"), field("partial_json"));
             }
             "message_delta" => {
                 self.start(out);
-                self.record_usage(data.get("usage"));
-                let stop = data.get("delta").and_then(|d| d.get("stop_reason")).and_then(Value::as_str);
+                self.record_usage(Some(&data.usage));
+                let stop = Some(&data.delta).and_then(|d| d.get("stop_reason")).and_then(Value::as_str);
                 if let Some(reason) = openai_finish_reason(stop) {
                     self.chunks.finish(out, 0, reason);
                     self.finish_sent = true;
@@ -655,7 +656,7 @@ impl StreamTranslate for StreamToOpenAi {
                 self.stopped = true;
             }
             "error" => {
-                let error = data.get("error");
+                let error = Some(&data.error);
                 let message = error.and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or("origin error");
                 let kind = error.and_then(|e| e.get("type")).and_then(Value::as_str).unwrap_or("api_error");
                 write_error_chunk(out, &format!("origin stream failed ({kind}): {message}"), "origin_stream_error");

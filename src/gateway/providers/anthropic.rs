@@ -594,24 +594,23 @@ impl StreamTranslate for StreamToOpenAi {
         let index = data.index.as_u64().unwrap_or(0);
         match kind {
             "message_start" => {
-                let message = Some(&data.message);
-                let text = |field: &str| message.and_then(|m| m.get(field)).and_then(Value::as_str);
+                let text = |field: &str| data.message.get(field).and_then(Value::as_str);
                 self.chunks.name(text("id"), text("model"));
-                self.record_usage(message.and_then(|m| m.get("usage")));
+                self.record_usage(data.message.get("usage"));
                 self.start(out);
             }
             "content_block_start" => {
                 self.start(out);
-                let block = Some(&data.content_block);
-                match block.and_then(|b| b.get("type")).and_then(Value::as_str) {
+                let block = &data.content_block;
+                match block.get("type").and_then(Value::as_str) {
                     Some("text") => {
-                        let text = block.and_then(|b| b.get("text")).and_then(Value::as_str).unwrap_or_default();
+                        let text = block.get("text").and_then(Value::as_str).unwrap_or_default();
                         self.chunks.text(out, 0, text);
                     }
                     Some("tool_use") => {
                         let n = self.tools.len() as u64;
                         self.tools.push((index, n));
-                        let arguments = match block.and_then(|b| b.get("input")) {
+                        let arguments = match block.get("input") {
                             Some(Value::Object(input)) if !input.is_empty() => Value::Object(input.clone()).to_string(),
                             _ => String::new(),
                         };
@@ -620,10 +619,10 @@ impl StreamTranslate for StreamToOpenAi {
                             0,
                             json!({
                                 "index": n,
-                                "id": block.and_then(|b| b.get("id")).cloned().unwrap_or(Value::Null),
+                                "id": block.get("id").cloned().unwrap_or(Value::Null),
                                 "type": "function",
                                 "function": {
-                                    "name": block.and_then(|b| b.get("name")).cloned().unwrap_or(Value::Null),
+                                    "name": block.get("name").cloned().unwrap_or(Value::Null),
                                     "arguments": arguments,
                                 },
                             }),
@@ -634,14 +633,13 @@ impl StreamTranslate for StreamToOpenAi {
             }
             "content_block_delta" => {
                 // Only without an `event:` name (which the origin always sends) does this come here.
-                let delta = Some(&data.delta);
-                let field = |name: &str| delta.and_then(|d| d.get(name)).and_then(Value::as_str);
+                let field = |name: &str| data.delta.get(name).and_then(Value::as_str);
                 self.block_delta(out, index, field("type"), field("text"), field("partial_json"));
             }
             "message_delta" => {
                 self.start(out);
                 self.record_usage(Some(&data.usage));
-                let stop = Some(&data.delta).and_then(|d| d.get("stop_reason")).and_then(Value::as_str);
+                let stop = data.delta.get("stop_reason").and_then(Value::as_str);
                 if let Some(reason) = openai_finish_reason(stop) {
                     self.chunks.finish(out, 0, reason);
                     self.finish_sent = true;
@@ -656,9 +654,8 @@ impl StreamTranslate for StreamToOpenAi {
                 self.stopped = true;
             }
             "error" => {
-                let error = Some(&data.error);
-                let message = error.and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or("origin error");
-                let kind = error.and_then(|e| e.get("type")).and_then(Value::as_str).unwrap_or("api_error");
+                let message = data.error.get("message").and_then(Value::as_str).unwrap_or("origin error");
+                let kind = data.error.get("type").and_then(Value::as_str).unwrap_or("api_error");
                 write_error_chunk(out, &format!("origin stream failed ({kind}): {message}"), "origin_stream_error");
                 self.failed = true;
             }

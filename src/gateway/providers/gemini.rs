@@ -706,8 +706,8 @@ impl StreamTranslate for StreamToOpenAi {
         }
         // The fields read, without a tree of the rest (`edge_scan`: compiled for speed).
         let Some(data) = GeminiEvent::parse(&event.data) else { return };
-        if let Some(error) = Some(&data.error).filter(|e| !e.is_null()) {
-            let message = error.get("message").and_then(Value::as_str).unwrap_or("origin error");
+        if !data.error.is_null() {
+            let message = data.error.get("message").and_then(Value::as_str).unwrap_or("origin error");
             write_error_chunk(out, &format!("origin stream failed: {message}"), "origin_stream_error");
             self.failed = true;
             return;
@@ -716,8 +716,8 @@ impl StreamTranslate for StreamToOpenAi {
             self.named = true;
             self.chunks.name(data.response_id.as_str(), data.model_version.as_str());
         }
-        if let Some(meta) = Some(&data.usage_metadata).filter(|m| m.is_object()) {
-            self.usage = Some(gemini_usage(meta));
+        if data.usage_metadata.is_object() {
+            self.usage = Some(gemini_usage(&data.usage_metadata));
         }
         let candidates = data.candidates.as_array().map(Vec::as_slice).unwrap_or_default();
         for (position, candidate) in candidates.iter().enumerate() {

@@ -1143,6 +1143,13 @@ pub fn adversarial() -> Vec<(&'static str, Case)> {
         ("1 MB unknown model name", post("/v1/chat/completions", chat(&"s".repeat(limit - 100), "hi".into()))),
         ("64-char near-miss model name", post("/v1/chat/completions", chat(&"guardedx".repeat(8), "hi".into()))),
         ("deep JSON nesting", post("/v1/chat/completions", fit(format!("{}{}", "[".repeat(limit / 2), "]".repeat(limit / 2))).into_bytes())),
+        // Refused only at its end, where serde_json's error would look for its line at each level.
+        ("1 MB prompt, then deep nesting", post("/v1/chat/completions", {
+            let mut body = chat("chat", "word ".repeat((limit - 400) / 5));
+            body.truncate(body.len() - 1);
+            body.extend(format!(",\"x\":{}", "[".repeat(200)).as_bytes());
+            body
+        })),
         ("5,000 messages (guarded)", post("/v1/chat/completions", serde_json::to_vec(&json!({"model": "chat",
             "messages": (0..5000).map(|i| json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": "a@b.co 4111 1111 1111 1111"})).collect::<Vec<_>>()})).unwrap_or_default())),
         ("1 MB template variable", post("/v1/chat/completions", serde_json::to_vec(&json!({"model": "templated", "messages": [],

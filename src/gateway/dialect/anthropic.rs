@@ -7,8 +7,8 @@ use serde_json::{json, Map, Value};
 
 use crate::gateway::error::{GatewayError, Result};
 use crate::gateway::types::Usage;
-use crate::gateway::wire::json::{bad_response, json_body, parse_json};
-use crate::gateway::wire::openai::{invalid, number, openai_usage, take};
+use crate::gateway::wire::json::{bad_response, json_body, parse_object_keeping};
+use crate::gateway::wire::openai::{invalid, number, openai_usage, take, ANSWER_FIELDS};
 use crate::gateway::wire::sse::{self, SseEvent};
 use crate::gateway::wire::stream::StreamTranslate;
 use edge_scan::chunk::FactsReader;
@@ -294,7 +294,7 @@ fn message_id(openai_id: Option<&str>) -> String {
 
 /// A buffered OpenAI `chat.completion` → a Messages API response.
 pub fn openai_response_to_messages(body: &[u8]) -> Result<Vec<u8>> {
-    let value = parse_json(body)?;
+    let value = parse_object_keeping(body, &ANSWER_FIELDS)?;
     let choice = value.get("choices").and_then(|c| c.get(0)).ok_or_else(|| bad_response("no choices"))?;
     let message = choice.get("message").ok_or_else(|| bad_response("a choice without a message"))?;
     let mut content = Vec::new();

@@ -12,8 +12,8 @@ use serde_json::{json, Map, Value};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::types::Usage;
-use crate::gateway::wire::json::{bad_response, json_body, parse_json};
-use crate::gateway::wire::openai::{invalid, number, openai_usage};
+use crate::gateway::wire::json::{bad_response, json_body, parse_object_keeping};
+use crate::gateway::wire::openai::{invalid, number, openai_usage, ANSWER_FIELDS};
 use crate::gateway::wire::sse::{self, SseEvent};
 use crate::gateway::wire::stream::StreamTranslate;
 
@@ -577,7 +577,7 @@ fn response_object(parts: Vec<Value>, finish: Option<&str>, usage: Option<Usage>
 
 /// A buffered chat answer → a `GenerateContentResponse`.
 pub fn render(answer: &[u8]) -> Result<Vec<u8>> {
-    let value = parse_json(answer)?;
+    let value = parse_object_keeping(answer, &ANSWER_FIELDS)?;
     let choice = value.get("choices").and_then(|c| c.get(0)).ok_or_else(|| bad_response("no choices"))?;
     let message = choice.get("message").ok_or_else(|| bad_response("a choice without a message"))?;
     let mut parts = Vec::new();

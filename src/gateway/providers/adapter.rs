@@ -9,7 +9,7 @@ use crate::gateway::features::normalize::Canonical;
 use crate::gateway::ports::Secrets;
 use crate::gateway::providers::common::origin_error;
 use crate::gateway::types::{Operation, Usage};
-use crate::gateway::wire::json::parse_json;
+use crate::gateway::wire::json::{parse_json, parse_object_keeping};
 
 /// One origin call, in OpenAI's shape. `body` has no `model`: the endpoint's `model` is the
 /// provider-side model name.
@@ -48,6 +48,16 @@ impl Reply<'_> {
             return Err(origin_error(self.status, self.body));
         }
         parse_json(self.body)
+    }
+
+    /// The object a 2xx answer is, with only the entries named in `fields` kept (the others
+    /// checked, not built): errors as for [`Reply::success_json`], and one for a body that is
+    /// not an object.
+    pub fn success_object_keeping(&self, fields: &[&str]) -> Result<Value> {
+        if !self.status.is_success() {
+            return Err(origin_error(self.status, self.body));
+        }
+        parse_object_keeping(self.body, fields)
     }
 }
 

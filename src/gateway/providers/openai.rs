@@ -15,7 +15,6 @@ use crate::gateway::providers::common::{
     check_url, finish_request, join_url, post_json, resolve_secret, string_config, take_api_key, unsupported,
 };
 use crate::gateway::types::Operation;
-use crate::gateway::wire::json::bad_response;
 use crate::gateway::wire::json::json_body;
 use crate::gateway::wire::openai::openai_usage;
 
@@ -154,11 +153,8 @@ pub fn ask_stream_usage(body: &mut Map<String, Value>) {
 
 /// An OpenAI-shaped answer passed on as it is: parsed only to check it and read its usage.
 pub fn passthrough_answer(reply: Reply<'_>) -> Result<Translated> {
-    let value = reply.success_json()?;
-    if !value.is_object() {
-        return Err(bad_response("not a JSON object"));
-    }
-    Ok(Translated { body: reply.body.to_vec(), usage: openai_usage(&value) })
+    let kept = reply.success_object_keeping(&["usage"])?;
+    Ok(Translated { body: reply.body.to_vec(), usage: openai_usage(&kept) })
 }
 
 /// OpenAI's reasoning model families (`o1`, `o3`, `o4`, `gpt-5`, with any suffix) accept only
@@ -415,5 +411,15 @@ mod tests {
         assert_eq!(e.status, StatusCode::BAD_GATEWAY);
         let e = p.translate_response(reply(StatusCode::OK, b"{\"trunc")).unwrap_err();
         assert_eq!(e.code, "origin_bad_response");
+        // Read without a tree, as with one: `usage: null` counts zero, none is none, a body
+        // that is not an object is refused.
+        let usage = |body: &[u8]| p.translate_response(reply(StatusCode::OK, body)).map(|t| t.usage);
+        assert_eq!(
+            usage(br#"{"usage":null,"choices":[{"message":{"content":"{\"usage\":1}"}}]}"#).unwrap().unwrap().total(),
+            0
+        );
+        assert!(usage(br#"{"choices":[],"u\u0073age":{"prompt_tokens":2}}"#).unwrap().is_some());
+        assert!(usage(br#"{"choices":[{"usage":{"prompt_tokens":2}}]}"#).unwrap().is_none());
+        assert!(usage(b"[1]").unwrap_err().message.contains("not a JSON object"));
     }
 }

@@ -14,6 +14,10 @@ use crate::gateway::wire::stream::StreamTranslate;
 use edge_scan::chunk::{ChoiceList, ChunkFacts, ChunkParts};
 use edge_scan::json::{write_str, write_u64};
 
+/// The fields of a `chat.completion` answer that the client dialects translate; the others
+/// are checked and skipped, not read into a tree.
+pub const ANSWER_FIELDS: [&str; 4] = ["choices", "usage", "id", "model"];
+
 /// The usage object of an OpenAI-shaped response, if present.
 pub fn openai_usage(body: &Value) -> Option<Usage> {
     let usage = body.get("usage")?;

@@ -1128,6 +1128,13 @@ pub fn adversarial() -> Vec<(&'static str, Case)> {
         s.truncate(limit - 200);
         s
     };
+    // A 1 MB chat request with `tail` as the value of a last field.
+    let late = |tail: &str| {
+        let mut body = chat("chat", "word ".repeat((limit - 400) / 5));
+        body.truncate(body.len() - 1);
+        body.extend(format!(",\"x\":{tail}").as_bytes());
+        body
+    };
     let mut out: Vec<(&'static str, Case)> = vec![
         ("digit groups \"1 1 1 ...\" (guarded)", post("/v1/chat/completions", chat("guarded", fit("1 ".repeat(limit))))),
         ("digit groups \"1-2 1-2 ...\" (guarded)", post("/v1/chat/completions", chat("guarded", fit("1-2 ".repeat(limit))))),
@@ -1143,13 +1150,9 @@ pub fn adversarial() -> Vec<(&'static str, Case)> {
         ("1 MB unknown model name", post("/v1/chat/completions", chat(&"s".repeat(limit - 100), "hi".into()))),
         ("64-char near-miss model name", post("/v1/chat/completions", chat(&"guardedx".repeat(8), "hi".into()))),
         ("deep JSON nesting", post("/v1/chat/completions", fit(format!("{}{}", "[".repeat(limit / 2), "]".repeat(limit / 2))).into_bytes())),
-        // Refused only at its end, where serde_json's error would look for its line at each level.
-        ("1 MB prompt, then deep nesting", post("/v1/chat/completions", {
-            let mut body = chat("chat", "word ".repeat((limit - 400) / 5));
-            body.truncate(body.len() - 1);
-            body.extend(format!(",\"x\":{}", "[".repeat(200)).as_bytes());
-            body
-        })),
+        // Refused only at their end, where serde_json's error looks for its line at each level.
+        ("1 MB prompt, then deep nesting", post("/v1/chat/completions", late(&"[".repeat(200)))),
+        ("1 MB prompt, then a bad value 63 levels deep", post("/v1/chat/completions", late(&format!("{}x", "[".repeat(63))))),
         ("5,000 messages (guarded)", post("/v1/chat/completions", serde_json::to_vec(&json!({"model": "chat",
             "messages": (0..5000).map(|i| json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": "a@b.co 4111 1111 1111 1111"})).collect::<Vec<_>>()})).unwrap_or_default())),
         ("1 MB template variable", post("/v1/chat/completions", serde_json::to_vec(&json!({"model": "templated", "messages": [],

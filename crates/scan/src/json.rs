@@ -6,8 +6,8 @@
 
 use std::fmt;
 
-use serde::de::{Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 
 /// Appends `s` as a JSON string (quotes and escapes as serde_json writes them).
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
@@ -27,77 +27,95 @@ pub fn write_value(out: &mut Vec<u8>, value: &serde_json::Value) {
     let _ = serde_json::to_writer(out, value);
 }
 
-/// Where `text`, read as JSON, first opens an array or object more than `max` levels deep
-/// (`None`: it never does). Strings are skipped, escapes and all. Over valid JSON the depth is
-/// exact; over anything else the answer is a guess, harmless since the parser refuses it too.
+/// How deep JSON read here may nest: arrays and objects inside one another, 64 levels.
 ///
-/// Why: serde_json refuses nesting past its recursion limit, but as the error unwinds, each
-/// level works out the error's line and column afresh, a pass over the text before it: a
-/// 1 MB body nested deep at its end cost ~130 passes (2.5 ms). This check is one pass.
-pub fn nested_past(text: &[u8], max: usize) -> Option<usize> {
-    // Text with `max` openers or fewer (strings included: one vector pass, stopping at the
-    // one past `max`) cannot nest past it.
-    memchr::memchr2_iter(b'[', b'{', text).nth(max)?;
-    let mut depth = 0usize;
-    let mut i = 0;
-    while let Some(&byte) = text.get(i) {
-        match byte {
-            b'"' => i = string_end(text, i + 1)?,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return Some(i);
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        i += 1;
-    }
-    None
+/// Why a limit below serde_json's own (128): when a parse fails, serde_json works out the
+/// error's line and column at every level of nesting it unwinds through, each time a pass over
+/// the text before the error, so a failure costs (depth × offset): a 1 MB body failing 127
+/// levels deep took ~21 M instructions (2.5 ms). Here a failure costs at most 64 passes; real
+/// bodies nest ~10 deep (tool schemas ~25).
+pub const MAX_DEPTH: usize = 64;
+
+/// JSON text as a `Value`, as `text.parse::<Value>()` reads it, but refused when nested
+/// more than [`MAX_DEPTH`] levels deep.
+pub fn parse_value(text: &str) -> serde_json::Result<Value> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = Tree { depth: 0 }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
 }
 
-/// Where the string whose text starts at `i` ends: its closing quote, past each backslash and
-/// the byte it escapes (`None`: it never ends).
-fn string_end(text: &[u8], mut i: usize) -> Option<usize> {
-    loop {
-        i += quote_or_backslash(text.get(i..)?)?;
-        if text[i] == b'"' {
-            return Some(i);
+/// serde_json's own `Value` reading with a depth count: the values it builds are the same.
+#[derive(Clone, Copy)]
+struct Tree {
+    depth: usize,
+}
+
+impl Tree {
+    fn nested<E: serde::de::Error>(self) -> Result<Tree, E> {
+        if self.depth == MAX_DEPTH {
+            return Err(E::custom(format_args!("arrays and objects nested more than {MAX_DEPTH} deep")));
         }
-        i += 2;
+        Ok(Tree { depth: self.depth + 1 })
     }
 }
 
-/// The first quote or backslash in `s`. Most strings in a request are short keys and values:
-/// eight bytes at a time there (a call to memchr costs more than such a string), memchr's
-/// vectors past the first 64 bytes.
-fn quote_or_backslash(s: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    // The lowest set bit is exact: it marks the first byte of `word` equal to `b`.
-    let equal = |word: u64, b: u8| {
-        let x = word ^ (ONES * u64::from(b));
-        x.wrapping_sub(ONES) & !x & (ONES << 7)
-    };
-    let mut at = 0;
-    while let Some(chunk) = s.get(at..at + 8) {
-        let word = u64::from_le_bytes(chunk.try_into().ok()?);
-        let hits = equal(word, b'"') | equal(word, b'\\');
-        if hits != 0 {
-            return Some(at + hits.trailing_zeros() as usize / 8);
-        }
-        at += 8;
-        if at == 64 {
-            return memchr::memchr2(b'"', b'\\', &s[at..]).map(|k| at + k);
-        }
+impl<'de> DeserializeSeed<'de> for Tree {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
     }
-    s[at..].iter().position(|&b| b == b'"' || b == b'\\').map(|k| at + k)
+}
+
+impl<'de> Visitor<'de> for Tree {
+    type Value = Value;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let inner = self.nested()?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(inner)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let inner = self.nested()?;
+        let mut entries = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            entries.insert(key, map.next_value_seed(inner)?);
+        }
+        Ok(Value::Object(entries))
+    }
 }
 
 /// The JSON object in `text` with only the entries named in `fields` kept (a repeated one as its last),
 /// the other entries skipped without building a tree; `Ok(None)`: JSON, but not an object.
 /// Skipping checks the text as serde_json's `IgnoredAny` does: a lone surrogate escape or a
-/// number past `f64` pass (a tree refuses them), the rest as for a tree.
+/// number past `f64` pass (a tree refuses them), the rest as for a tree. Kept entries nest
+/// at most [`MAX_DEPTH`] deep, as in [`parse_value`]; skipped ones are skipped without recursion.
 pub fn object_keeping(text: &str, fields: &[&str]) -> serde_json::Result<Option<Map<String, Value>>> {
     struct Fields<'f>(&'f [&'f str]);
     impl<'de> Visitor<'de> for Fields<'_> {
@@ -109,7 +127,7 @@ pub fn object_keeping(text: &str, fields: &[&str]) -> serde_json::Result<Option<
             let mut kept = Map::new();
             crate::lenient::entries(map, |key, map| {
                 if self.0.contains(&key) {
-                    kept.insert(key.to_owned(), map.next_value()?);
+                    kept.insert(key.to_owned(), map.next_value_seed(Tree { depth: 1 })?);
                 } else {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -164,80 +182,6 @@ mod tests {
         }
     }
 
-    /// The depth counted is the parser's: strings (escaped quotes and backslashes included)
-    /// do not count, and over valid JSON the check refuses exactly what serde_json's recursion
-    /// limit (127 levels) refuses.
-    #[test]
-    fn nesting_is_counted_outside_strings() {
-        use super::nested_past;
-        assert_eq!(nested_past(b"[[1]]", 2), None);
-        assert_eq!(nested_past(b"[[1]]", 1), Some(1));
-        assert_eq!(nested_past(br#"{"a":{"b":[]}}"#, 2), Some(10));
-        assert_eq!(nested_past(br#"["[[[", "\\", "\"[[[", "{{"]"#, 1), None);
-        assert_eq!(nested_past(br#"["\\"[[]"#, 2), Some(6));
-        assert_eq!(nested_past(br#"["unterminated \"#, 0), Some(0));
-        assert_eq!(nested_past(br#""unterminated \"#, 0), None);
-        assert_eq!(nested_past(b"]]]][[", 1), Some(5));
-        let pad = format!(r#"{{"s":"{}","n":[1,"]]]"]}},"#, "\\\"[".repeat(1000));
-        for depth in [1, 126, 127, 128, 129, 500] {
-            for prefix in ["", pad.as_str()] {
-                let text = format!("[{prefix}{}1{}]", "[".repeat(depth - 1), "]".repeat(depth - 1));
-                let parsed = text.parse::<serde_json::Value>();
-                let past = nested_past(text.as_bytes(), 127);
-                assert_eq!(past.is_some(), parsed.is_err(), "depth {depth}");
-                if let Some(at) = past {
-                    assert_eq!(at, prefix.len() + 127, "depth {depth}");
-                }
-            }
-        }
-    }
-
-    /// Over any text (valid JSON or not), the word-at-a-time string skipping finds what a
-    /// byte-by-byte reading finds: random texts of quotes, backslashes, brackets and runs of
-    /// plain bytes up to 300 long (past the 64 bytes read eight at a time).
-    #[test]
-    fn nesting_agrees_with_a_byte_by_byte_reading() {
-        fn reference(text: &[u8], max: usize) -> Option<usize> {
-            let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-            for (i, &b) in text.iter().enumerate() {
-                match (in_string, b) {
-                    (true, _) if escaped => escaped = false,
-                    (true, b'\\') => escaped = true,
-                    (true, b'"') | (false, b'"') => in_string = !in_string,
-                    (false, b'[' | b'{') => {
-                        depth += 1;
-                        if depth > max {
-                            return Some(i);
-                        }
-                    }
-                    (false, b']' | b'}') => depth = depth.saturating_sub(1),
-                    _ => {}
-                }
-            }
-            None
-        }
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
-        for _ in 0..20_000 {
-            let mut text = Vec::new();
-            for _ in 0..next(40) {
-                match next(8) {
-                    0 => text.push(b'"'),
-                    1 => text.push(b'\\'),
-                    2 | 3 => text.push(b"[]{}"[next(4) as usize]),
-                    _ => text.extend(std::iter::repeat_n(b'a', next(300) as usize)),
-                }
-            }
-            let max = next(6) as usize;
-            assert_eq!(super::nested_past(&text, max), reference(&text, max), "{}", String::from_utf8_lossy(&text));
-        }
-    }
-
     /// The field reads as the tree has it, whatever the body's shape; a body that is not JSON
     /// is refused as the tree refuses it, one that is not an object reads as none.
     #[test]
@@ -264,5 +208,95 @@ mod tests {
             let tree = text.parse::<Value>().unwrap_err();
             assert_eq!(what(super::object_keeping(text, &["usage"]).unwrap_err()), what(tree), "{text}");
         }
+    }
+
+    /// `parse_value` reads what serde_json's own `Value` reading reads, and refuses what it
+    /// refuses: random documents of every kind of value (numbers at the edges of each type,
+    /// escapes, repeated keys, nesting), then each cut short or with a byte changed.
+    #[test]
+    fn values_read_as_serde_json_reads_them() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        fn document(next: &mut dyn FnMut(u64) -> u64, depth: u32, out: &mut String) {
+            const ATOMS: [&str; 16] = [
+                "0",
+                "-0",
+                "-0.0",
+                "1e308",
+                "1e-400",
+                "18446744073709551615",
+                "18446744073709551616",
+                "-9223372036854775808",
+                "-9223372036854775809",
+                "2.5E+3",
+                "true",
+                "false",
+                "null",
+                r#""a\"b\\c\u00e9\ud83d\ude00""#,
+                r#""""#,
+                r#""é 日本""#,
+            ];
+            match if depth > 4 { 0 } else { next(4) } {
+                0 | 1 => out.push_str(ATOMS[next(16) as usize]),
+                2 => {
+                    out.push('[');
+                    for i in 0..next(4) {
+                        out.push_str(if i > 0 { "," } else { "" });
+                        document(next, depth + 1, out);
+                    }
+                    out.push(']');
+                }
+                _ => {
+                    out.push('{');
+                    for i in 0..next(4) {
+                        out.push_str(if i > 0 { "," } else { "" });
+                        out.push_str(["\"k\":", "\"k\\u0031\":", "\"k1\":", " \"\" : "][next(4) as usize]);
+                        document(next, depth + 1, out);
+                    }
+                    out.push('}');
+                }
+            }
+        }
+        let same = |text: &str| match (super::parse_value(text), text.parse::<Value>()) {
+            (Ok(read), Ok(tree)) => assert_eq!(read, tree, "{text}"),
+            (Err(read), Err(tree)) => assert_eq!(read.to_string(), tree.to_string(), "{text}"),
+            (read, tree) => panic!("{text}: {read:?} vs {tree:?}"),
+        };
+        for _ in 0..5_000 {
+            let mut text = String::new();
+            document(&mut next, 0, &mut text);
+            same(&text);
+            let cut = next(text.len() as u64 + 1) as usize;
+            if text.is_char_boundary(cut) {
+                same(&text[..cut]);
+                let changed =
+                    format!("{}{}{}", &text[..cut], ["x", ",", "]", "}", "\"", ":"][next(6) as usize], &text[cut..]);
+                same(&changed);
+            }
+        }
+    }
+
+    /// Nesting up to the limit reads; one level more is refused, naming the limit, in a whole
+    /// document and in a kept entry; a skipped entry may nest deeper (it is not read).
+    #[test]
+    fn nesting_past_the_limit_is_refused() {
+        let nest = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(super::parse_value(&nest(super::MAX_DEPTH)).is_ok());
+        let err = super::parse_value(&nest(super::MAX_DEPTH + 1)).unwrap_err().to_string();
+        assert_eq!(err, "arrays and objects nested more than 64 deep at line 1 column 66");
+        let kept = format!(r#"{{"usage":{}}}"#, nest(super::MAX_DEPTH - 1));
+        assert!(super::object_keeping(&kept, &["usage"]).is_ok());
+        let deep = format!(r#"{{"usage":{}}}"#, nest(super::MAX_DEPTH));
+        assert!(super::object_keeping(&deep, &["usage"])
+            .unwrap_err()
+            .to_string()
+            .starts_with("arrays and objects nested more than 64"));
+        let skipped = format!(r#"{{"other":{},"usage":1}}"#, nest(500));
+        assert_eq!(super::object_keeping(&skipped, &["usage"]).unwrap().unwrap()["usage"], 1);
     }
 }

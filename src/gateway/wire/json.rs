@@ -66,32 +66,16 @@ impl JsonBody for serde_json::Map<String, Value> {
     }
 }
 
-/// serde_json's recursion limit: the deepest nesting it parses.
-const MAX_DEPTH: usize = 127;
-
-/// From this size on, JSON nested past the limit is refused before parsing
-/// (`edge_scan::json::nested_past` says why): serde_json's refusal costs ~20 instructions per
-/// byte before the nesting (~10 M at this size), the check 0.2-5 a byte (long strings - many
-/// short ones), so below this size it is not worth it.
-const CHECK_DEPTH_FROM: usize = 512 * 1024;
-
-/// A `Value` from JSON bytes, through serde_json's non-generic `FromStr`. Non-generic code is
-/// compiled inside serde_json, which release builds optimize for speed (Cargo.toml); the
-/// generic `from_slice::<Value>`/`to_vec` are compiled in this crate, which they optimize for
-/// size (writing 1 MiB took 29 instructions a byte that way).
+/// A `Value` from JSON bytes, nested at most `edge_scan::json::MAX_DEPTH` deep (why: there).
+/// Read in edge_scan, which release builds optimize for speed (Cargo.toml): generic serde code
+/// is compiled in the crate that instantiates it, and this crate is optimized for size (writing
+/// 1 MiB took 29 instructions a byte that way).
 pub fn value_from_slice(bytes: &[u8]) -> serde_json::Result<Value> {
-    json_text(bytes)?.parse()
+    edge_scan::json::parse_value(json_text(bytes)?)
 }
 
-/// `bytes` as text for serde_json's fast `&str` reader, unless they are nested too deep or not
-/// UTF-8.
+/// `bytes` as text, for serde_json's fast `&str` reader.
 fn json_text(bytes: &[u8]) -> serde_json::Result<&str> {
-    if bytes.len() >= CHECK_DEPTH_FROM {
-        if let Some(at) = edge_scan::json::nested_past(bytes, MAX_DEPTH) {
-            let what = format_args!("more than {MAX_DEPTH} nested arrays and objects at byte {at}");
-            return Err(serde::de::Error::custom(what));
-        }
-    }
     std::str::from_utf8(bytes)
         .map_err(|e| serde::de::Error::custom(format_args!("invalid UTF-8 at byte {}", e.valid_up_to())))
 }
@@ -103,24 +87,6 @@ mod tests {
 
     /// The non-generic paths read and write exactly what serde_json's generic ones do (cache
     /// keys and canonical hashes depend on the bytes).
-    /// A large body nested past the limit is refused at the check, naming where; nesting at
-    /// the limit still parses; a small body gets serde_json's own refusal.
-    #[test]
-    fn deep_nesting_is_refused_before_parsing_large_bodies() {
-        let padded = |depth: usize, size: usize| {
-            let nest = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
-            format!(r#"{{"pad":"{}","x":{nest}}}"#, "p".repeat(size))
-        };
-        let large = padded(MAX_DEPTH + 1, CHECK_DEPTH_FROM);
-        let err = value_from_slice(large.as_bytes()).unwrap_err().to_string();
-        // The object is the first level: its 127th array is one too many.
-        let at = r#"{"pad":""#.len() + CHECK_DEPTH_FROM + r#"","x":"#.len() + 126;
-        assert_eq!(err, format!("more than 127 nested arrays and objects at byte {at}"));
-        assert!(value_from_slice(padded(MAX_DEPTH - 1, CHECK_DEPTH_FROM).as_bytes()).is_ok());
-        let small = value_from_slice(padded(MAX_DEPTH + 1, 10).as_bytes()).unwrap_err().to_string();
-        assert!(small.starts_with("recursion limit exceeded"), "{small}");
-    }
-
     #[test]
     fn non_generic_paths_match_serde_json() {
         let value = json!({"b": [1, -2.5, 1e300, null, true], "a": "quote \" slash \\ nl \n tab \t ctl \u{1} é 😀",

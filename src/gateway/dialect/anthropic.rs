@@ -293,8 +293,11 @@ fn message_id(openai_id: Option<&str>) -> String {
 }
 
 /// A buffered OpenAI `chat.completion` → a Messages API response.
-pub fn openai_response_to_messages(body: &[u8]) -> Result<Vec<u8>> {
-    let value = parse_object_keeping(body, &ANSWER_FIELDS)?;
+pub fn openai_response_to_messages(body: &[u8], fields: Option<Value>) -> Result<Vec<u8>> {
+    let value = match fields {
+        Some(fields) => fields,
+        None => parse_object_keeping(body, &ANSWER_FIELDS)?,
+    };
     let choice = value.get("choices").and_then(|c| c.get(0)).ok_or_else(|| bad_response("no choices"))?;
     let message = choice.get("message").ok_or_else(|| bad_response("a choice without a message"))?;
     let mut content = Vec::new();
@@ -715,7 +718,8 @@ mod tests {
             "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19},
         });
         let out: Value =
-            serde_json::from_slice(&openai_response_to_messages(&serde_json::to_vec(&body).unwrap()).unwrap()).unwrap();
+            serde_json::from_slice(&openai_response_to_messages(&serde_json::to_vec(&body).unwrap(), None).unwrap())
+                .unwrap();
         assert_eq!(
             out,
             json!({
@@ -729,10 +733,10 @@ mod tests {
             })
         );
         let length = br#"{"id":"x","choices":[{"finish_reason":"length","message":{"content":"abc"}}]}"#;
-        let out: Value = serde_json::from_slice(&openai_response_to_messages(length).unwrap()).unwrap();
+        let out: Value = serde_json::from_slice(&openai_response_to_messages(length, None).unwrap()).unwrap();
         assert_eq!(out["stop_reason"], "max_tokens");
-        assert_eq!(openai_response_to_messages(b"{}").unwrap_err().code, "origin_bad_response");
-        assert_eq!(openai_response_to_messages(b"nope").unwrap_err().code, "origin_bad_response");
+        assert_eq!(openai_response_to_messages(b"{}", None).unwrap_err().code, "origin_bad_response");
+        assert_eq!(openai_response_to_messages(b"nope", None).unwrap_err().code, "origin_bad_response");
     }
 
     #[test]
@@ -881,7 +885,7 @@ mod tests {
             "choices": [{"finish_reason": "stop", "message": {"content": "x", "tool_calls": [{"id": "i", "function": {"name": "n", "arguments": "{}"}}]}}],
         });
         for body in mutations(&completion) {
-            let _ = openai_response_to_messages(&serde_json::to_vec(&body).unwrap());
+            let _ = openai_response_to_messages(&serde_json::to_vec(&body).unwrap(), None);
         }
         let chunks: Vec<Value> = OPENAI_STREAM
             .split("\n\n")

@@ -576,8 +576,11 @@ fn response_object(parts: Vec<Value>, finish: Option<&str>, usage: Option<Usage>
 }
 
 /// A buffered chat answer → a `GenerateContentResponse`.
-pub fn render(answer: &[u8]) -> Result<Vec<u8>> {
-    let value = parse_object_keeping(answer, &ANSWER_FIELDS)?;
+pub fn render(answer: &[u8], fields: Option<Value>) -> Result<Vec<u8>> {
+    let value = match fields {
+        Some(fields) => fields,
+        None => parse_object_keeping(answer, &ANSWER_FIELDS)?,
+    };
     let choice = value.get("choices").and_then(|c| c.get(0)).ok_or_else(|| bad_response("no choices"))?;
     let message = choice.get("message").ok_or_else(|| bad_response("a choice without a message"))?;
     let mut parts = Vec::new();
@@ -1013,7 +1016,7 @@ mod tests {
                 "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":1}"}}]}}],
             "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
         });
-        let out: Value = serde_json::from_slice(&render(&serde_json::to_vec(&answer).unwrap()).unwrap()).unwrap();
+        let out: Value = serde_json::from_slice(&render(&serde_json::to_vec(&answer).unwrap(), None).unwrap()).unwrap();
         assert_eq!(
             out,
             json!({
@@ -1026,16 +1029,16 @@ mod tests {
         );
         for (reason, expected) in [("length", "MAX_TOKENS"), ("content_filter", "SAFETY"), ("stop", "STOP")] {
             let body = format!(r#"{{"choices":[{{"finish_reason":"{reason}","message":{{"content":"x"}}}}]}}"#);
-            let out: Value = serde_json::from_slice(&render(body.as_bytes()).unwrap()).unwrap();
+            let out: Value = serde_json::from_slice(&render(body.as_bytes(), None).unwrap()).unwrap();
             assert_eq!(out["candidates"][0]["finishReason"], expected);
         }
         let odd = br#"{"choices":[{"message":{"tool_calls":[{"function":{"name":"f","arguments":"not json"}}]}}]}"#;
-        let out: Value = serde_json::from_slice(&render(odd).unwrap()).unwrap();
+        let out: Value = serde_json::from_slice(&render(odd, None).unwrap()).unwrap();
         assert_eq!(
             out["candidates"][0]["content"]["parts"][0]["functionCall"]["args"],
             json!({"arguments": "not json"})
         );
-        assert_eq!(render(b"{}").unwrap_err().code, "origin_bad_response");
+        assert_eq!(render(b"{}", None).unwrap_err().code, "origin_bad_response");
     }
 
     #[test]
@@ -1213,7 +1216,7 @@ mod tests {
             "choices": [{"finish_reason": "stop", "message": {"content": "x", "tool_calls": [{"id": "i", "function": {"name": "n", "arguments": "{}"}}]}}],
         });
         for body in mutations(&completion) {
-            let _ = render(&serde_json::to_vec(&body).unwrap());
+            let _ = render(&serde_json::to_vec(&body).unwrap(), None);
         }
         let chunks: Vec<Value> = parse_sse(format!("{}{}", text_stream(), tool_stream()).as_bytes())
             .into_iter()

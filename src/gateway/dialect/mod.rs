@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::types::{Operation, Usage};
+use crate::gateway::wire::openai::ANSWER_FIELDS;
 use crate::gateway::wire::sse::SseEvent;
 use crate::gateway::wire::stream::StreamTranslate;
 
@@ -95,12 +96,21 @@ impl Dialect {
         self.turn().is_some_and(|t| t.passthrough)
     }
 
-    /// An OpenAI-shaped answer (or a passthrough origin's own) in the client's shape.
-    pub fn render(&self, answer: Vec<u8>) -> Result<Vec<u8>> {
+    /// The fields of an OpenAI answer [`Dialect::render`] reads (none: it takes the whole).
+    pub fn answer_fields(&self) -> &'static [&'static str] {
         match self {
-            Dialect::Anthropic => anthropic::openai_response_to_messages(&answer),
+            Dialect::Anthropic | Dialect::Gemini(_) => &ANSWER_FIELDS,
+            Dialect::Responses(_) | Dialect::OpenAi(_) | Dialect::Mlflow => &[],
+        }
+    }
+
+    /// An OpenAI-shaped answer (or a passthrough origin's own) in the client's shape; `fields`:
+    /// its [`Dialect::answer_fields`], when they were read already.
+    pub fn render(&self, answer: Vec<u8>, fields: Option<Value>) -> Result<Vec<u8>> {
+        match self {
+            Dialect::Anthropic => anthropic::openai_response_to_messages(&answer, fields),
             Dialect::Responses(turn) => turn.render(answer),
-            Dialect::Gemini(_) => gemini::render(&answer),
+            Dialect::Gemini(_) => gemini::render(&answer, fields),
             Dialect::OpenAi(_) | Dialect::Mlflow => Ok(answer),
         }
     }

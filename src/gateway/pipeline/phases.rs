@@ -18,7 +18,7 @@ use crate::gateway::pipeline::context::{ClientInfo, ModelCall, RequestContext};
 use crate::gateway::pipeline::respond::{json_bytes, retry_after, sse_response, ResponseBody};
 use crate::gateway::pipeline::stream::{Captured, Stage, StreamCap, StreamPump};
 use crate::gateway::ports::Ports;
-use crate::gateway::providers::adapter::{Reply, StreamMode};
+use crate::gateway::providers::adapter::{Reply, StreamMode, Translated};
 use crate::gateway::providers::StreamDecoder;
 use crate::gateway::routing;
 use crate::gateway::types::Operation;
@@ -257,7 +257,7 @@ fn answer_from_cache<B>(
     if stream {
         return Ok(client_stream(ctx, ResponseBody::Full(client_replay(ctx, call, body))));
     }
-    Ok(json_bytes(StatusCode::OK, ctx.dialect.render(body)?))
+    Ok(json_bytes(StatusCode::OK, ctx.dialect.render(body, None)?))
 }
 
 /// A streamed answer with the content type the client's API streams in.
@@ -443,25 +443,31 @@ pub async fn respond<P: Ports>(
     }
 
     let bytes = ports.read_body(upstream_body, call.config.settings.max_response_bytes).await.map_err(read_failed)?;
-    let reply =
-        Reply { op: call.op, status: parts.status, body: &bytes, model: &endpoint.model, now_ms: upstream.now_ms };
+    let reply = Reply {
+        op: call.op,
+        status: parts.status,
+        body: &bytes,
+        model: &endpoint.model,
+        now_ms: upstream.now_ms,
+        wanted: ctx.dialect.answer_fields(),
+    };
     let translated = endpoint.provider.translate_response(reply).map_err(|e| match retry_after(&parts.headers) {
         Some(seconds) if e.status == StatusCode::TOO_MANY_REQUESTS => e.with_retry_after(seconds),
         _ => e,
     })?;
+    // `fields` are read from the answer as translated: a change to it below drops them.
+    let Translated { body, usage, mut fields } = translated;
     let passthrough = ctx.dialect.passthrough();
-    let (mut answer, usage) = if passthrough {
-        responses::passthrough_answer(&translated.body)?
-    } else {
-        (translated.body, translated.usage)
-    };
+    let (mut answer, usage) = if passthrough { responses::passthrough_answer(&body)? } else { (body, usage) };
     ctx.log.set_usage(usage);
     if upstream.base64 {
         answer = embeddings_to_base64(&answer)?;
+        fields = None;
     }
     // Output guardrails read the internal (chat) shape; a passthrough answer is not in it.
     if endpoint.guardrails.output && !passthrough {
         answer = guard_output(ctx, &endpoint.guardrails, answer)?;
+        fields = None;
     }
     if let Some(key) = &call.cache_key {
         let entry = cache::Entry {
@@ -482,7 +488,7 @@ pub async fn respond<P: Ports>(
         let replay = completion_to_sse(call.op, &answer)?;
         return Ok(client_stream(ctx, ResponseBody::Full(client_replay(ctx, call, replay))));
     }
-    Ok(json_bytes(StatusCode::OK, ctx.dialect.render(answer)?))
+    Ok(json_bytes(StatusCode::OK, ctx.dialect.render(answer, fields)?))
 }
 
 fn content_type(headers: &HeaderMap) -> Option<&str> {

@@ -226,6 +226,30 @@ fn output_guardrails_apply_to_streams() {
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("output_denied")));
 }
 
+/// Anthropic and Gemini clients get the answer the output guardrails left: the answer's
+/// fields the adapter read for the client's dialect are dropped once the guardrails change it.
+#[test]
+fn output_guardrails_apply_to_answers_rendered_for_other_dialects() {
+    let config = r#"{"endpoints": [{"name": "g", "public": true, "endpoint_type": "llm/v1/chat",
+        "guardrails": {"redact": ["email"], "output": true},
+        "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$K", "openai_api_base": "http://o/v1"}}}]}"#;
+    let answer = json!({"id": "c1", "object": "chat.completion", "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "write to bob@example.org"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}});
+    let host = MemoryHost::new(move |_| Ok(Response::builder().body(answer.to_string().into_bytes()).unwrap()))
+        .with_secret("K", "k")
+        .with_kv(ACTIVE_KEY, config);
+    let messages = r#"{"model":"g","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, body, _) = run(&host, post("/v1/messages", messages));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["content"][0]["text"], "write to [EMAIL]");
+    assert_eq!(body["usage"]["output_tokens"], 4);
+    let contents = r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
+    let (status, body, _) = run(&host, post("/v1beta/models/g:generateContent", contents));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["candidates"][0]["content"]["parts"][0]["text"], "write to [EMAIL]");
+}
+
 #[test]
 fn config_memo_expires_and_notices_removal() {
     let host = host();

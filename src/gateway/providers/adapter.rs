@@ -38,6 +38,9 @@ pub struct Reply<'a> {
     pub model: &'a str,
     /// For `created` fields of responses that do not carry one.
     pub now_ms: u64,
+    /// The answer's fields the client's dialect reads (none: it takes the body as it is). An
+    /// adapter that reads the answer anyway hands them over ([`Translated::fields`]).
+    pub wanted: &'a [&'a str],
 }
 
 impl Reply<'_> {
@@ -66,6 +69,9 @@ impl Reply<'_> {
 pub struct Translated {
     pub body: Vec<u8>,
     pub usage: Option<Usage>,
+    /// The `wanted` fields of `body`, when the adapter read them (the rest of the body need
+    /// not be read again).
+    pub fields: Option<Value>,
 }
 
 /// How a streaming answer reaches an OpenAI-speaking client.

@@ -158,7 +158,7 @@ pub(crate) fn messages_answer(reply: Reply<'_>) -> Result<Translated> {
         vec![choice],
         usage,
     );
-    Ok(Translated { body: json_body(&answer), usage })
+    Ok(Translated { body: json_body(&answer), usage, fields: None })
 }
 
 /// An OpenAI chat request (without `model`) as a Messages request for `model`.
@@ -719,7 +719,7 @@ pub(crate) mod tests {
     }
 
     fn reply(op: Operation, status: StatusCode, body: &[u8]) -> Result<Translated> {
-        adapter().translate_response(Reply { op, status, body, model: "claude-sonnet-4-5", now_ms: NOW })
+        adapter().translate_response(Reply { op, status, body, model: "claude-sonnet-4-5", now_ms: NOW, wanted: &[] })
     }
 
     // --- config -------------------------------------------------------------------------------

@@ -647,7 +647,7 @@ impl Adapter for Bedrock {
             }
             Operation::Predict => return Err(bad_response("bedrock does not serve predictions")),
         };
-        Ok(Translated { body: json_body(&translated), usage: Some(usage) })
+        Ok(Translated { body: json_body(&translated), usage: Some(usage), fields: None })
     }
 
     fn stream_mode(&self, op: Operation, model: &str, now_ms: u64) -> StreamMode<Self::Stream> {
@@ -1241,7 +1241,7 @@ mod tests {
 
     fn translate(op: Operation, status: StatusCode, body: &[u8]) -> Result<(Value, Option<Usage>)> {
         let p = adapter(json!({}));
-        let reply = Reply { op, status, body, model: MODEL, now_ms: 1_700_000_000_999 };
+        let reply = Reply { op, status, body, model: MODEL, now_ms: 1_700_000_000_999, wanted: &[] };
         p.translate_response(reply).map(parsed)
     }
 

@@ -403,7 +403,7 @@ impl Adapter for Cohere {
             }
             Operation::Predict => return Err(bad_response("cohere does not serve predictions")),
         };
-        Ok(Translated { body: json_body(&translated), usage: Some(usage) })
+        Ok(Translated { body: json_body(&translated), usage: Some(usage), fields: None })
     }
 
     fn stream_mode(&self, _op: Operation, _model: &str, _now_ms: u64) -> StreamMode<Self::Stream> {
@@ -430,7 +430,7 @@ mod tests {
     }
 
     fn translate(op: Operation, status: StatusCode, body: &[u8]) -> Result<(Value, Option<Usage>)> {
-        let reply = Reply { op, status, body, model: "command-r-plus-08-2024", now_ms: 1_700_000_000_500 };
+        let reply = Reply { op, status, body, model: "command-r-plus-08-2024", now_ms: 1_700_000_000_500, wanted: &[] };
         adapter().translate_response(reply).map(parsed)
     }
 

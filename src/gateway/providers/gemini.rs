@@ -113,7 +113,7 @@ impl Adapter for Gemini {
             Operation::Embeddings => embeddings_answer(&value, model)?,
             _ => generate_answer(op, &value, model, now_ms)?,
         };
-        Ok(Translated { body: json_body(&answer), usage })
+        Ok(Translated { body: json_body(&answer), usage, fields: None })
     }
 
     fn stream_mode(&self, op: Operation, model: &str, now_ms: u64) -> StreamMode<Self::Stream> {
@@ -805,7 +805,7 @@ mod tests {
     }
 
     fn reply(op: Operation, status: StatusCode, body: &[u8]) -> Result<Translated> {
-        adapter().translate_response(Reply { op, status, body, model: "gemini-2.5-flash", now_ms: NOW })
+        adapter().translate_response(Reply { op, status, body, model: "gemini-2.5-flash", now_ms: NOW, wanted: &[] })
     }
 
     fn translated(op: Operation, body: Value) -> (Value, Option<Usage>) {

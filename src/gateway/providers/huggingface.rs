@@ -183,14 +183,14 @@ impl Adapter for Tgi {
         match op {
             Operation::Completions => {
                 let (out, usage) = completion(&value, body, model, now_ms)?;
-                Ok(Translated { body: json_body(&out), usage: Some(usage) })
+                Ok(Translated { body: json_body(&out), usage: Some(usage), fields: None })
             }
             _ => {
                 // The Messages API is OpenAI-shaped: pass the bytes on.
                 if !value.is_object() {
                     return Err(bad_response("not a JSON object"));
                 }
-                Ok(Translated { body: body.to_vec(), usage: openai_usage(&value) })
+                Ok(Translated { body: body.to_vec(), usage: openai_usage(&value), fields: None })
             }
         }
     }
@@ -221,7 +221,7 @@ mod tests {
     }
 
     fn translate(op: Operation, status: StatusCode, body: &[u8]) -> Result<(Value, Option<Usage>)> {
-        let reply = Reply { op, status, body, model: "tgi-model", now_ms: 1_700_000_000_000 };
+        let reply = Reply { op, status, body, model: "tgi-model", now_ms: 1_700_000_000_000, wanted: &[] };
         adapter().translate_response(reply).map(parsed)
     }
 
@@ -312,7 +312,7 @@ mod tests {
         let ok = br#"{"object": "chat.completion", "id": "", "created": 1, "model": "tgi", "choices": [{"index": 0,
             "message": {"role": "assistant", "content": "hey"}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}"#;
-        let reply = Reply { op: Operation::Chat, status: StatusCode::OK, body: ok, model: "", now_ms: 0 };
+        let reply = Reply { op: Operation::Chat, status: StatusCode::OK, body: ok, model: "", now_ms: 0, wanted: &[] };
         let t = adapter().translate_response(reply).unwrap();
         assert_eq!(t.body, ok.to_vec());
         assert_eq!(t.usage.unwrap().total(), 4);

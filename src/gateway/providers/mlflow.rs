@@ -235,7 +235,7 @@ impl Adapter for ModelServing {
         let created = now_ms / 1000;
         // MLflow reports no token counts: its usage fields are null.
         let translated = match op {
-            Operation::Predict => return Ok(Translated { body: body.to_vec(), usage: None }),
+            Operation::Predict => return Ok(Translated { body: body.to_vec(), usage: None, fields: None }),
             Operation::Chat => {
                 let choices: Vec<Value> = text_predictions(&value)?
                     .into_iter()
@@ -273,7 +273,7 @@ impl Adapter for ModelServing {
                 })
             }
         };
-        Ok(Translated { body: json_body(&translated), usage: None })
+        Ok(Translated { body: json_body(&translated), usage: None, fields: None })
     }
 
     fn stream_mode(&self, _op: Operation, _model: &str, _now_ms: u64) -> StreamMode<Self::Stream> {
@@ -298,7 +298,7 @@ mod tests {
     }
 
     fn translate(op: Operation, status: StatusCode, body: &[u8]) -> Result<Value> {
-        let reply = Reply { op, status, body, model: "my-model", now_ms: 1_700_000_000_123 };
+        let reply = Reply { op, status, body, model: "my-model", now_ms: 1_700_000_000_123, wanted: &[] };
         adapter().translate_response(reply).map(|t| {
             assert!(t.usage.is_none());
             test_support::parsed(t).0
@@ -445,7 +445,7 @@ mod tests {
     #[test]
     fn predict_answers_pass_through_and_errors_map() {
         let body = br#"{"predictions": [{"a": 1}]}"#;
-        let reply = Reply { op: Operation::Predict, status: StatusCode::OK, body, model: "", now_ms: 0 };
+        let reply = Reply { op: Operation::Predict, status: StatusCode::OK, body, model: "", now_ms: 0, wanted: &[] };
         assert_eq!(adapter().translate_response(reply).unwrap().body, body.to_vec());
         let e = translate(Operation::Predict, StatusCode::OK, b"<html>").unwrap_err();
         assert_eq!(e.code, "origin_bad_response");

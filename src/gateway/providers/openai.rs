@@ -151,10 +151,13 @@ pub fn ask_stream_usage(body: &mut Map<String, Value>) {
     }
 }
 
-/// An OpenAI-shaped answer passed on as it is: parsed only to check it and read its usage.
+/// An OpenAI-shaped answer passed on as it is: checked, its usage read, and the fields the
+/// client's dialect wants handed over, the rest not read into a tree.
 pub fn passthrough_answer(reply: Reply<'_>) -> Result<Translated> {
-    let kept = reply.success_object_keeping(&["usage"])?;
-    Ok(Translated { body: reply.body.to_vec(), usage: openai_usage(&kept) })
+    let wanted = !reply.wanted.is_empty();
+    let kept = reply.success_object_keeping(if wanted { reply.wanted } else { &["usage"] })?;
+    let usage = openai_usage(&kept);
+    Ok(Translated { body: reply.body.to_vec(), usage, fields: wanted.then_some(kept) })
 }
 
 /// OpenAI's reasoning model families (`o1`, `o3`, `o4`, `gpt-5`, with any suffix) accept only
@@ -353,7 +356,7 @@ mod tests {
     }
 
     fn reply(status: StatusCode, body: &[u8]) -> Reply<'_> {
-        Reply { op: Operation::Chat, status, body, model: "gpt-4o-mini", now_ms: 0 }
+        Reply { op: Operation::Chat, status, body, model: "gpt-4o-mini", now_ms: 0, wanted: &[] }
     }
 
     #[test]

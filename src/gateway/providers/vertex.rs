@@ -295,7 +295,7 @@ impl Adapter for VertexAi {
             (ModelFamily::Gemini, Operation::Embeddings) => {
                 let value = reply.success_json()?;
                 let (answer, usage) = predict_answer(&value, reply.model)?;
-                Ok(Translated { body: json_body(&answer), usage: Some(usage) })
+                Ok(Translated { body: json_body(&answer), usage: Some(usage), fields: None })
             }
             (ModelFamily::Gemini, op) => {
                 let value = reply.success_json()?;
@@ -303,7 +303,7 @@ impl Adapter for VertexAi {
                     return Err(bad_response("not a JSON object"));
                 }
                 let (answer, usage) = gemini::generate_answer(op, &value, reply.model, reply.now_ms)?;
-                Ok(Translated { body: json_body(&answer), usage })
+                Ok(Translated { body: json_body(&answer), usage, fields: None })
             }
         }
     }
@@ -535,6 +535,7 @@ mod tests {
             body: answer,
             model: "text-embedding-005",
             now_ms: 0,
+            wanted: &[],
         };
         let (v, usage) = parsed(p.translate_response(reply).unwrap());
         assert_eq!(v["data"][1], json!({"object": "embedding", "embedding": [1, 2], "index": 1}));
@@ -545,14 +546,21 @@ mod tests {
             body: br#"{"predictions": [{}]}"#,
             model: "m",
             now_ms: 0,
+            wanted: &[],
         };
         assert_eq!(p.translate_response(reply).unwrap_err().code, "origin_bad_response");
 
         let answer =
             br#"{"candidates": [{"content": {"role": "model", "parts": [{"text": "hello"}]}, "finishReason": "STOP"}],
             "usageMetadata": {"promptTokenCount": 2, "candidatesTokenCount": 1}}"#;
-        let reply =
-            Reply { op: Operation::Chat, status: StatusCode::OK, body: answer, model: "gemini-2.5-flash", now_ms: 0 };
+        let reply = Reply {
+            op: Operation::Chat,
+            status: StatusCode::OK,
+            body: answer,
+            model: "gemini-2.5-flash",
+            now_ms: 0,
+            wanted: &[],
+        };
         let (v, usage) = parsed(p.translate_response(reply).unwrap());
         assert_eq!(v["choices"][0]["message"]["content"], "hello");
         assert_eq!(usage.unwrap().total(), 3);
@@ -583,7 +591,7 @@ mod tests {
         let answer = br#"{"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4",
             "content": [{"type": "text", "text": "hey"}], "stop_reason": "end_turn",
             "usage": {"input_tokens": 3, "output_tokens": 1}}"#;
-        let reply = Reply { op: Operation::Chat, status: StatusCode::OK, body: answer, model, now_ms: 0 };
+        let reply = Reply { op: Operation::Chat, status: StatusCode::OK, body: answer, model, now_ms: 0, wanted: &[] };
         let (v, _) = parsed(p.translate_response(reply).unwrap());
         assert_eq!(v["choices"][0]["message"]["content"], "hey");
         assert_eq!(
@@ -627,7 +635,8 @@ mod tests {
             for body in mutations(&answer) {
                 let bytes = body.to_string();
                 for op in [Operation::Chat, Operation::Embeddings] {
-                    let reply = Reply { op, status: StatusCode::OK, body: bytes.as_bytes(), model, now_ms: 0 };
+                    let reply =
+                        Reply { op, status: StatusCode::OK, body: bytes.as_bytes(), model, now_ms: 0, wanted: &[] };
                     let _ = p.translate_response(reply);
                 }
             }

@@ -9,7 +9,9 @@ use std::borrow::Cow;
 use serde::de::{IgnoredAny, MapAccess};
 use serde_json::Value;
 
-use crate::lenient::{entries, lenient_deserialize, value_fields, Count, Lenient, Str};
+use crate::lenient::{
+    entries, lenient_deserialize, parse_value_fields, value_fields, Count, Lenient, Str, ValueFields,
+};
 use crate::like_last::{LikeLast, Span, Varying};
 
 /// `index` and `delta` of a `content_block_delta` event.
@@ -47,7 +49,7 @@ pub struct AnthropicEvent {
 impl AnthropicEvent {
     /// The event's fields; `None` when `data` is not JSON.
     pub fn parse(data: &str) -> Option<AnthropicEvent> {
-        crate::lenient::parse(data)
+        parse_value_fields(data)
     }
 }
 
@@ -55,21 +57,21 @@ lenient_deserialize!(AnthropicEvent);
 
 impl<'de> Lenient<'de> for AnthropicEvent {
     fn map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
-        let mut event = AnthropicEvent::default();
-        let e = &mut event;
-        value_fields(
-            map,
-            &mut [
-                ("type", &mut e.kind),
-                ("index", &mut e.index),
-                ("message", &mut e.message),
-                ("content_block", &mut e.content_block),
-                ("delta", &mut e.delta),
-                ("usage", &mut e.usage),
-                ("error", &mut e.error),
-            ],
-        )?;
-        Ok(event)
+        value_fields(map)
+    }
+}
+
+impl ValueFields for AnthropicEvent {
+    fn with_fields<R>(&mut self, read: impl FnOnce(&mut [(&str, &mut Value)]) -> R) -> R {
+        read(&mut [
+            ("type", &mut self.kind),
+            ("index", &mut self.index),
+            ("message", &mut self.message),
+            ("content_block", &mut self.content_block),
+            ("delta", &mut self.delta),
+            ("usage", &mut self.usage),
+            ("error", &mut self.error),
+        ])
     }
 }
 
@@ -259,22 +261,27 @@ mod tests {
         .into_iter()
         .chain(crate::lenient::ODD_EVENTS)
         {
-            let e = AnthropicEvent::parse(data).unwrap();
-            crate::lenient::assert_fields_as_tree(
-                data,
-                &[
-                    ("type", &e.kind),
-                    ("index", &e.index),
-                    ("message", &e.message),
-                    ("content_block", &e.content_block),
-                    ("delta", &e.delta),
-                    ("usage", &e.usage),
-                    ("error", &e.error),
-                ],
-            );
+            crate::lenient::assert_fields_as_tree::<AnthropicEvent>(data);
         }
         for data in ["", "{", r#"{"type":"ping""#, r#"{"a":1} x"#] {
             assert!(AnthropicEvent::parse(data).is_none(), "{data}");
         }
+    }
+
+    /// Read by hand, an event is what serde reads, whatever it holds.
+    #[test]
+    fn events_read_by_hand_as_through_serde() {
+        crate::lenient::assert_read_by_hand_as_through_serde::<AnthropicEvent>(&[
+            "type",
+            "index",
+            "message",
+            "content_block",
+            "delta",
+            "usage",
+            "error",
+            "text",
+            "x",
+            "typ\\u0065",
+        ]);
     }
 }

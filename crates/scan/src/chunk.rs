@@ -18,8 +18,6 @@ use crate::like_last::{LikeLast, Span, Varying};
 
 mod fast;
 
-pub(crate) use fast::text_at;
-
 /// The facts of one chunk.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ChunkFacts<'a> {

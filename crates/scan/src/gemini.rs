@@ -6,7 +6,7 @@
 use serde::de::MapAccess;
 use serde_json::Value;
 
-use crate::lenient::{lenient_deserialize, value_fields, Lenient};
+use crate::lenient::{lenient_deserialize, parse_value_fields, value_fields, Lenient, ValueFields};
 
 /// A Gemini stream event's fields. Like the tree: a repeated field counts as its last, and an
 /// event that is not an object has none.
@@ -23,7 +23,7 @@ pub struct GeminiEvent {
 impl GeminiEvent {
     /// The event's fields; `None` when `data` is not JSON.
     pub fn parse(data: &str) -> Option<GeminiEvent> {
-        crate::lenient::parse(data)
+        parse_value_fields(data)
     }
 }
 
@@ -31,20 +31,20 @@ lenient_deserialize!(GeminiEvent);
 
 impl<'de> Lenient<'de> for GeminiEvent {
     fn map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
-        let mut event = GeminiEvent::default();
-        let e = &mut event;
-        value_fields(
-            map,
-            &mut [
-                ("candidates", &mut e.candidates),
-                ("usageMetadata", &mut e.usage_metadata),
-                ("error", &mut e.error),
-                ("responseId", &mut e.response_id),
-                ("modelVersion", &mut e.model_version),
-                ("promptFeedback", &mut e.prompt_feedback),
-            ],
-        )?;
-        Ok(event)
+        value_fields(map)
+    }
+}
+
+impl ValueFields for GeminiEvent {
+    fn with_fields<R>(&mut self, read: impl FnOnce(&mut [(&str, &mut Value)]) -> R) -> R {
+        read(&mut [
+            ("candidates", &mut self.candidates),
+            ("usageMetadata", &mut self.usage_metadata),
+            ("error", &mut self.error),
+            ("responseId", &mut self.response_id),
+            ("modelVersion", &mut self.model_version),
+            ("promptFeedback", &mut self.prompt_feedback),
+        ])
     }
 }
 
@@ -65,21 +65,28 @@ mod tests {
         .into_iter()
         .chain(crate::lenient::ODD_EVENTS)
         {
-            let e = GeminiEvent::parse(data).unwrap();
-            crate::lenient::assert_fields_as_tree(
-                data,
-                &[
-                    ("candidates", &e.candidates),
-                    ("usageMetadata", &e.usage_metadata),
-                    ("error", &e.error),
-                    ("responseId", &e.response_id),
-                    ("modelVersion", &e.model_version),
-                    ("promptFeedback", &e.prompt_feedback),
-                ],
-            );
+            crate::lenient::assert_fields_as_tree::<GeminiEvent>(data);
         }
         for data in ["", "{", r#"{"candidates":[}"#, r#"{"a":1} x"#] {
             assert!(GeminiEvent::parse(data).is_none(), "{data}");
         }
+    }
+
+    /// Read by hand, an event is what serde reads, whatever it holds.
+    #[test]
+    fn events_read_by_hand_as_through_serde() {
+        crate::lenient::assert_read_by_hand_as_through_serde::<GeminiEvent>(&[
+            "candidates",
+            "usageMetadata",
+            "error",
+            "responseId",
+            "modelVersion",
+            "promptFeedback",
+            "content",
+            "parts",
+            "text",
+            "x",
+            "candid\\u0061tes",
+        ]);
     }
 }

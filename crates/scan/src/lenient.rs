@@ -9,6 +9,8 @@ use std::marker::PhantomData;
 use serde::de::{Deserialize, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
+use crate::reader::whole_object;
+
 /// A JSON value read as `Self` when it has the expected shape, else as what `other` says
 /// (by default, absent). Arrays and objects of the wrong shape are skipped over.
 pub(crate) trait Lenient<'de>: Sized + Default {
@@ -132,18 +134,51 @@ pub(crate) fn entries<'de, A: MapAccess<'de>>(
     Ok(())
 }
 
-/// Each of `fields` read as a `Value` (a repeated one as its last), the other entries skipped
-/// without building a tree: an event's fields as `Value::get` finds them (`Null` when missing).
-pub(crate) fn value_fields<'de, A: MapAccess<'de>>(map: A, fields: &mut [(&str, &mut Value)]) -> Result<(), A::Error> {
-    entries(map, |key, map| {
-        match fields.iter_mut().find(|(name, _)| *name == key) {
-            Some((_, slot)) => **slot = map.next_value()?,
-            None => {
-                map.next_value::<IgnoredAny>()?;
+/// An event read for some of its fields, each as a `Value` (a repeated one as its last), the
+/// other entries skipped without building a tree: an event's fields as `Value::get` finds them
+/// (`Null` when missing; none for an event that is not an object).
+pub(crate) trait ValueFields: Default {
+    /// `read` over each field's name and slot.
+    fn with_fields<R>(&mut self, read: impl FnOnce(&mut [(&str, &mut Value)]) -> R) -> R;
+}
+
+/// A [`ValueFields`] event's map, read through serde.
+pub(crate) fn value_fields<'de, T: ValueFields, A: MapAccess<'de>>(map: A) -> Result<T, A::Error> {
+    let mut event = T::default();
+    event.with_fields(|fields| {
+        entries(map, |key, map| {
+            match fields.iter_mut().find(|(name, _)| *name == key) {
+                Some((_, slot)) => **slot = map.next_value()?,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        })
+    })?;
+    Ok(event)
+}
+
+/// A [`ValueFields`] event, `None` when `data` is not JSON. Read by hand ([`crate::reader`]:
+/// skipping the other entries through serde's `IgnoredAny` cost ~1,000 instructions an event),
+/// else through serde, which decides when the reading by hand is not sure.
+pub(crate) fn parse_value_fields<'de, T: ValueFields + Deserialize<'de>>(data: &'de str) -> Option<T> {
+    value_fields_by_hand(data).or_else(|| parse(data))
+}
+
+/// A [`ValueFields`] event read by hand; `None` when not sure.
+fn value_fields_by_hand<T: ValueFields>(data: &str) -> Option<T> {
+    let mut event = T::default();
+    event.with_fields(|fields| {
+        whole_object(data, |r, key| {
+            match fields.iter_mut().find(|(name, _)| name.as_bytes() == key) {
+                Some((_, slot)) => **slot = r.value()?,
+                None => r.skip()?,
+            }
+            Some(())
+        })
+    })?;
+    Some(event)
 }
 
 /// `data` read as `T`, all of it; `None` when it is not JSON.
@@ -154,14 +189,42 @@ pub(crate) fn parse<'de, T: Deserialize<'de>>(data: &'de str) -> Option<T> {
     Some(value)
 }
 
-/// For the event readers' tests: each of `read`'s fields is what the `Value` tree of `data` has
-/// there (`Null` when missing).
+/// For the event readers' tests: each field of `T` read from `data` is what the `Value` tree of
+/// `data` has there (`Null` when missing).
 #[cfg(test)]
-pub(crate) fn assert_fields_as_tree(data: &str, read: &[(&str, &Value)]) {
+pub(crate) fn assert_fields_as_tree<'de, T: ValueFields + Deserialize<'de>>(data: &'de str) {
     let tree: Value = data.parse().unwrap();
-    for (field, value) in read {
-        assert_eq!(*value, tree.get(field).unwrap_or(&Value::Null), "{data}: {field}");
+    let mut event = parse_value_fields::<T>(data).unwrap();
+    event.with_fields(|fields| {
+        for (field, value) in fields {
+            assert_eq!(**value, *tree.get(*field).unwrap_or(&Value::Null), "{data}: {field}");
+        }
+    });
+}
+
+/// For the event readers' tests: over random events of `T`'s fields and others (and mutations
+/// of them), the reading by hand agrees with serde's wherever it answers, and it answers for
+/// most well-formed events.
+#[cfg(test)]
+pub(crate) fn assert_read_by_hand_as_through_serde<T>(keys: &[&str])
+where
+    T: ValueFields + for<'a> Deserialize<'a> + PartialEq + fmt::Debug,
+{
+    let mut rng = crate::test_rng(0x5eed_e7e7);
+    let (mut by_hand, mut well_formed) = (0, 0);
+    for case in 0..30_000 {
+        let mut data = crate::reader::random_json::object(&mut rng, keys, keys);
+        if case % 3 == 0 {
+            crate::reader::random_json::mutate(&mut rng, &mut data);
+        }
+        let through_serde = parse::<T>(&data);
+        if let Some(event) = value_fields_by_hand::<T>(&data) {
+            assert_eq!(Some(event), through_serde, "{data}");
+            by_hand += 1;
+        }
+        well_formed += usize::from(case % 3 != 0 && through_serde.is_some());
     }
+    assert!(by_hand * 2 > well_formed, "read by hand: {by_hand} of {well_formed} well-formed events");
 }
 
 /// Events of every shape for those tests: fields of interest and others, a repeated field, an

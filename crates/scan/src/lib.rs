@@ -15,6 +15,7 @@ pub mod json;
 mod lenient;
 mod like_last;
 pub mod pii;
+mod reader;
 pub mod shift_and;
 pub mod sse;
 mod syntax;

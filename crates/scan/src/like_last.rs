@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use crate::chunk::text_at;
+use crate::reader::text_at;
 
 /// The bytes of the last event around its varying string.
 #[derive(Debug, Default)]

@@ -62,7 +62,7 @@ impl<'de> Lenient<'de> for AnthropicEvent {
 }
 
 impl ValueFields for AnthropicEvent {
-    fn with_fields<R>(&mut self, read: impl FnOnce(&mut [(&str, &mut Value)]) -> R) -> R {
+    fn with_fields<R>(&mut self, read: impl FnOnce(&mut [(&'static str, &mut Value)]) -> R) -> R {
         read(&mut [
             ("type", &mut self.kind),
             ("index", &mut self.index),
@@ -271,17 +271,6 @@ mod tests {
     /// Read by hand, an event is what serde reads, whatever it holds.
     #[test]
     fn events_read_by_hand_as_through_serde() {
-        crate::lenient::assert_read_by_hand_as_through_serde::<AnthropicEvent>(&[
-            "type",
-            "index",
-            "message",
-            "content_block",
-            "delta",
-            "usage",
-            "error",
-            "text",
-            "x",
-            "typ\\u0065",
-        ]);
+        crate::lenient::assert_value_fields_by_hand_as_through_serde::<AnthropicEvent>(&["text", "x", "typ\\u0065"]);
     }
 }

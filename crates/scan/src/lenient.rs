@@ -139,7 +139,7 @@ pub(crate) fn entries<'de, A: MapAccess<'de>>(
 /// (`Null` when missing; none for an event that is not an object).
 pub(crate) trait ValueFields: Default {
     /// `read` over each field's name and slot.
-    fn with_fields<R>(&mut self, read: impl FnOnce(&mut [(&str, &mut Value)]) -> R) -> R;
+    fn with_fields<R>(&mut self, read: impl FnOnce(&mut [(&'static str, &mut Value)]) -> R) -> R;
 }
 
 /// A [`ValueFields`] event's map, read through serde.
@@ -202,29 +202,43 @@ pub(crate) fn assert_fields_as_tree<'de, T: ValueFields + Deserialize<'de>>(data
     });
 }
 
-/// For the event readers' tests: over random events of `T`'s fields and others (and mutations
-/// of them), the reading by hand agrees with serde's wherever it answers, and it answers for
-/// most well-formed events.
+/// For the event readers' tests: over random events of `top` keys (`keys` nested), and
+/// mutations of them, `read` asserts that the reading by hand agrees with serde's wherever it
+/// answers, and says whether it did and whether serde read an event; the reading by hand must
+/// answer for most well-formed events.
 #[cfg(test)]
-pub(crate) fn assert_read_by_hand_as_through_serde<T>(keys: &[&str])
-where
-    T: ValueFields + for<'a> Deserialize<'a> + PartialEq + fmt::Debug,
-{
+pub(crate) fn assert_read_by_hand_as_through_serde(keys: &[&str], top: &[&str], read: impl Fn(&str) -> (bool, bool)) {
     let mut rng = crate::test_rng(0x5eed_e7e7);
     let (mut by_hand, mut well_formed) = (0, 0);
     for case in 0..30_000 {
-        let mut data = crate::reader::random_json::object(&mut rng, keys, keys);
+        let mut data = crate::reader::random_json::object(&mut rng, keys, top);
         if case % 3 == 0 {
             crate::reader::random_json::mutate(&mut rng, &mut data);
         }
-        let through_serde = parse::<T>(&data);
-        if let Some(event) = value_fields_by_hand::<T>(&data) {
-            assert_eq!(Some(event), through_serde, "{data}");
-            by_hand += 1;
-        }
-        well_formed += usize::from(case % 3 != 0 && through_serde.is_some());
+        let (answered, through_serde) = read(&data);
+        by_hand += usize::from(answered);
+        well_formed += usize::from(case % 3 != 0 && through_serde);
     }
     assert!(by_hand * 2 > well_formed, "read by hand: {by_hand} of {well_formed} well-formed events");
+}
+
+/// [`assert_read_by_hand_as_through_serde`] for a [`ValueFields`] event, over its fields and
+/// `others`.
+#[cfg(test)]
+pub(crate) fn assert_value_fields_by_hand_as_through_serde<T>(others: &[&str])
+where
+    T: ValueFields + for<'a> Deserialize<'a> + PartialEq + fmt::Debug,
+{
+    let mut keys: Vec<&str> = others.to_vec();
+    T::default().with_fields(|fields| keys.extend(fields.iter().map(|(name, _)| *name)));
+    assert_read_by_hand_as_through_serde(&keys, &keys, |data| {
+        let through_serde = parse::<T>(data);
+        let read = value_fields_by_hand::<T>(data);
+        if read.is_some() {
+            assert_eq!(read, through_serde, "{data}");
+        }
+        (read.is_some(), through_serde.is_some())
+    });
 }
 
 /// Events of every shape for those tests: fields of interest and others, a repeated field, an

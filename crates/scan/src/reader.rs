@@ -331,13 +331,18 @@ impl<'a> Reader<'a> {
 
     /// A non-negative integer; 0 for any other value.
     pub(crate) fn count(&mut self) -> Option<u64> {
+        self.unsigned().map(|n| n.unwrap_or(0))
+    }
+
+    /// A non-negative integer, else absent.
+    pub(crate) fn unsigned(&mut self) -> Option<Option<u64>> {
         if let Some(b'0'..=b'9') = self.peek() {
             return Some(match self.number()? {
-                Number::Unsigned(v) => v,
-                Number::Other => 0,
+                Number::Unsigned(v) => Some(v),
+                Number::Other => None,
             });
         }
-        self.skip().map(|()| 0)
+        self.skip().map(|()| None)
     }
 
     /// Whether the value is anything but null.
@@ -447,6 +452,9 @@ pub(crate) mod random_json {
         "\"tab\there\"",
     ];
     const WS: [&str; 5] = ["", "", " ", "\n\t", "\r "];
+    /// Deep enough for a Gemini event's parts (an object in an array in an object in an object
+    /// in an array in the event).
+    const MAX_NESTING: usize = 6;
 
     /// An object of up to 4 entries, each keyed by one of `top`, nested objects keyed by `keys`.
     pub(crate) fn object<R: FnMut(usize) -> usize>(rng: &mut R, keys: &[&str], top: &[&str]) -> String {
@@ -503,7 +511,7 @@ pub(crate) mod random_json {
     }
 
     fn value<R: FnMut(usize) -> usize>(rng: &mut R, keys: &[&str], depth: usize, out: &mut String) {
-        match if depth > 5 { 2 } else { rng(4) } {
+        match if depth > MAX_NESTING { 2 } else { rng(4) } {
             0 => {
                 let n = rng(4);
                 list(rng, out, ('{', '}'), n, |rng, out| {

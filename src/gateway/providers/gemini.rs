@@ -719,18 +719,17 @@ impl StreamTranslate for StreamToOpenAi {
         if data.usage_metadata.is_object() {
             self.usage = Some(gemini_usage(&data.usage_metadata));
         }
-        let candidates = data.candidates.as_array().map(Vec::as_slice).unwrap_or_default();
-        for (position, candidate) in candidates.iter().enumerate() {
-            let index = candidate.get("index").and_then(Value::as_u64).unwrap_or(position as u64);
+        for (position, candidate) in data.candidates.iter().enumerate() {
+            let index = candidate.index.unwrap_or(position as u64);
             let slot = self.candidate(index, out);
             let Some(state) = self.candidates.get_mut(slot) else { continue };
             if state.finished {
                 continue;
             }
-            for part in candidate_parts(candidate) {
-                if let Some(text) = part_text(part) {
+            for part in &candidate.parts {
+                if let Some(text) = &part.text {
                     self.chunks.text(out, index, text);
-                } else if let Some(call) = part.get("functionCall") {
+                } else if let Some(call) = &part.function_call {
                     let mut call = tool_call(call, state.calls);
                     if let Some(call) = call.as_object_mut() {
                         call.insert("index".into(), state.calls.into());
@@ -739,13 +738,13 @@ impl StreamTranslate for StreamToOpenAi {
                     state.calls += 1;
                 }
             }
-            if let Some(reason) = candidate.get("finishReason").and_then(Value::as_str) {
+            if let Some(reason) = candidate.finish_reason.as_deref() {
                 let reason = if state.calls > 0 { "tool_calls" } else { finish_reason(reason) };
                 self.chunks.finish(out, index, reason);
                 state.finished = true;
             }
         }
-        if candidates.is_empty() && data.prompt_feedback.get("blockReason").is_some() {
+        if data.candidates.is_empty() && data.prompt_feedback.get("blockReason").is_some() {
             let slot = self.candidate(0, out);
             if let Some(state) = self.candidates.get_mut(slot).filter(|s| !s.finished) {
                 state.finished = true;

@@ -10,6 +10,7 @@ use serde::de::MapAccess;
 use serde_json::Value;
 
 use crate::lenient::{lenient_deserialize, value_fields, Lenient, ValueFields};
+use crate::like_last::{LikeNothing, Varying};
 use crate::reader::{whole_object, Reader};
 
 /// A Gemini stream event's fields. Like the tree: a repeated field counts as its last, and an
@@ -53,14 +54,46 @@ impl GeminiEvent<'_> {
     /// text the tree refuses (a lone surrogate anywhere in them, say) makes the event nothing,
     /// as it always has.
     pub fn parse(data: &str) -> Option<GeminiEvent<'_>> {
-        by_hand(data).or_else(|| crate::lenient::parse::<Fields>(data).map(Fields::event))
+        by_hand(data).map(|(event, _)| event).or_else(|| through_serde(data))
+    }
+
+    /// None of the fields read: all absent (or null), no candidates.
+    fn is_nothing(&self) -> bool {
+        let values = [&self.usage_metadata, &self.error, &self.response_id, &self.model_version, &self.prompt_feedback];
+        self.candidates.is_empty() && values.iter().all(|value| value.is_null())
     }
 }
 
-/// An event read by hand; `None` when not sure.
-fn by_hand(data: &str) -> Option<GeminiEvent<'_>> {
+/// Reads one stream's events ([`GeminiEvent::parse`]): one like the last that read as nothing
+/// (an event of another format) is not read again.
+#[derive(Debug, Default)]
+pub struct GeminiReader {
+    nothing: LikeNothing,
+}
+
+impl GeminiReader {
+    pub fn read<'a>(&mut self, data: &'a str) -> Option<GeminiEvent<'a>> {
+        if self.nothing.is_like(data) {
+            return Some(GeminiEvent::default());
+        }
+        let (event, skipped) = match by_hand(data) {
+            Some(read) => read,
+            None => (through_serde(data)?, None),
+        };
+        self.nothing.after(data, event.is_nothing(), skipped);
+        Some(event)
+    }
+}
+
+/// An event read through serde, with its candidates as a tree.
+fn through_serde(data: &str) -> Option<GeminiEvent<'static>> {
+    crate::lenient::parse::<Fields>(data).map(Fields::event)
+}
+
+/// An event read by hand, and where the last string value it skipped is; `None` when not sure.
+fn by_hand(data: &str) -> Option<(GeminiEvent<'_>, Option<Varying>)> {
     let mut event = GeminiEvent::default();
-    whole_object(data, |r, key| {
+    let end = whole_object(data, |r, key| {
         match key {
             b"candidates" => event.candidates = r.list(Reader::candidate)?.unwrap_or_default(),
             b"usageMetadata" => event.usage_metadata = r.value()?,
@@ -72,7 +105,7 @@ fn by_hand(data: &str) -> Option<GeminiEvent<'_>> {
         }
         Some(())
     })?;
-    Some(event)
+    Some((event, end.skipped_string))
 }
 
 impl<'a> Reader<'a> {
@@ -242,6 +275,31 @@ mod tests {
         }
     }
 
+    /// A stream read with [`GeminiReader`] has the fields each event has read alone, whatever
+    /// follows what: events of another format that differ only in a string (the shortcut), in
+    /// a byte around it, in the string's kind (escapes, a number, a bad escape), or in shape,
+    /// among Gemini's own.
+    #[test]
+    fn a_stream_reader_reads_each_event_as_if_alone() {
+        let shapes = [
+            r#"{"choices":[{"delta":{"content":@}}]}"#,
+            r#"{"id":"c","choices":[{"index":0,"delta":{"content":@},"finish_reason":null}]}"#,
+            r#"{"x":@,"y":"z"}"#,
+            r#"{"candidates":@}"#,
+            r#"{"candidates":{"a":@},"error":null}"#,
+            r#"{"error":@,"x":"y"}"#,
+            r#"{"responseId":@,"x":["y"]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":@}]}}]}"#,
+        ];
+        let mut reader = GeminiReader::default();
+        let mut shortcut = 0;
+        for data in crate::like_last::test_stream(&shapes, 13, 5000) {
+            shortcut += usize::from(reader.nothing.is_like(&data));
+            assert_eq!(reader.read(&data), GeminiEvent::parse(&data), "{data}");
+        }
+        assert!(shortcut > 300, "the shortcut was taken {shortcut} times");
+    }
+
     /// Read by hand, an event is what serde and the tree of its candidates read, whatever it
     /// holds.
     #[test]
@@ -251,7 +309,7 @@ mod tests {
             ["content", "parts", "text", "thought", "functionCall", "index", "finishReason", "role", "x", "t\\u0065xt"];
         crate::lenient::assert_read_by_hand_as_through_serde(&keys, &top, |data| {
             let through_serde = crate::lenient::parse::<Fields>(data).map(Fields::event);
-            let read = by_hand(data);
+            let read = by_hand(data).map(|(event, _)| event);
             if read.is_some() {
                 assert_eq!(read, through_serde, "{data}");
             }

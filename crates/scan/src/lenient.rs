@@ -9,6 +9,7 @@ use std::marker::PhantomData;
 use serde::de::{Deserialize, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
+use crate::like_last::{LikeNothing, Varying};
 use crate::reader::whole_object;
 
 /// A JSON value read as `Self` when it has the expected shape, else as what `other` says
@@ -163,13 +164,32 @@ pub(crate) fn value_fields<'de, T: ValueFields, A: MapAccess<'de>>(map: A) -> Re
 /// skipping the other entries through serde's `IgnoredAny` cost ~1,000 instructions an event),
 /// else through serde, which decides when the reading by hand is not sure.
 pub(crate) fn parse_value_fields<'de, T: ValueFields + Deserialize<'de>>(data: &'de str) -> Option<T> {
-    value_fields_by_hand(data).or_else(|| parse(data))
+    value_fields_by_hand(data).map(|(event, _)| event).or_else(|| parse(data))
 }
 
-/// A [`ValueFields`] event read by hand; `None` when not sure.
-fn value_fields_by_hand<T: ValueFields>(data: &str) -> Option<T> {
+/// [`parse_value_fields`] for a stream's event: one like the last that read as nothing is not
+/// read again ([`LikeNothing`]).
+pub(crate) fn read_value_fields<'de, T: ValueFields + Deserialize<'de>>(
+    nothing: &mut LikeNothing,
+    data: &'de str,
+) -> Option<T> {
+    if nothing.is_like(data) {
+        return Some(T::default());
+    }
+    let (mut event, skipped): (T, _) = match value_fields_by_hand(data) {
+        Some(read) => read,
+        None => (parse(data)?, None),
+    };
+    let none = event.with_fields(|fields| fields.iter().all(|(_, value)| value.is_null()));
+    nothing.after(data, none, skipped);
+    Some(event)
+}
+
+/// A [`ValueFields`] event read by hand, and where the last string value it skipped is; `None`
+/// when not sure.
+fn value_fields_by_hand<T: ValueFields>(data: &str) -> Option<(T, Option<Varying>)> {
     let mut event = T::default();
-    event.with_fields(|fields| {
+    let end = event.with_fields(|fields| {
         whole_object(data, |r, key| {
             match fields.iter_mut().find(|(name, _)| name.as_bytes() == key) {
                 Some((_, slot)) => **slot = r.value()?,
@@ -178,7 +198,7 @@ fn value_fields_by_hand<T: ValueFields>(data: &str) -> Option<T> {
             Some(())
         })
     })?;
-    Some(event)
+    Some((event, end.skipped_string))
 }
 
 /// `data` read as `T`, all of it; `None` when it is not JSON.
@@ -233,7 +253,7 @@ where
     T::default().with_fields(|fields| keys.extend(fields.iter().map(|(name, _)| *name)));
     assert_read_by_hand_as_through_serde(&keys, &keys, |data| {
         let through_serde = parse::<T>(data);
-        let read = value_fields_by_hand::<T>(data);
+        let read = value_fields_by_hand::<T>(data).map(|(event, _)| event);
         if read.is_some() {
             assert_eq!(read, through_serde, "{data}");
         }

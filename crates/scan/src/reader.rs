@@ -14,6 +14,8 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
+use crate::like_last::Varying;
+
 /// The JSON string at `at` in `data`, unescaped, and where it ends (past its closing quote);
 /// `None` when there is none the fast reading accepts.
 pub(crate) fn text_at(data: &str, at: usize) -> Option<(Cow<'_, str>, usize)> {
@@ -25,24 +27,25 @@ pub(crate) fn text_at(data: &str, at: usize) -> Option<(Cow<'_, str>, usize)> {
         }
         // escapes: read below
     }
-    let mut r = Reader { s: bytes, text: data, at, depth: 0 };
+    let mut r = Reader { s: bytes, text: data, at, depth: 0, skipped_string: None };
     let text = r.text()??;
     Some((text, r.at))
 }
 
-/// `data` as one object and nothing else but whitespace, `field` called at each value.
+/// `data` as one object and nothing else but whitespace, `field` called at each value; the
+/// reader at its end.
 pub(crate) fn whole_object<'a>(
     data: &'a str,
     field: impl FnMut(&mut Reader<'a>, &'a [u8]) -> Option<()>,
-) -> Option<()> {
-    let mut r = Reader { s: data.as_bytes(), text: data, at: 0, depth: 0 };
+) -> Option<Reader<'a>> {
+    let mut r = Reader { s: data.as_bytes(), text: data, at: 0, depth: 0, skipped_string: None };
     r.ws();
     if r.peek()? != b'{' {
         return None;
     }
     r.object(field)?;
     r.ws();
-    (r.at == r.s.len()).then_some(())
+    (r.at == r.s.len()).then_some(r)
 }
 
 /// Where the plain run of string bytes from `at` ends: at the first quote, backslash or
@@ -87,6 +90,8 @@ pub(crate) struct Reader<'a> {
     pub(crate) text: &'a str,
     pub(crate) at: usize,
     depth: u32,
+    /// Where the last string value skipped is (from its opening quote to past its closing one).
+    pub(crate) skipped_string: Option<Varying>,
 }
 
 /// A string field's text, when it is a string.
@@ -263,7 +268,11 @@ impl<'a> Reader<'a> {
         loop {
             // At a value.
             match self.peek()? {
-                b'"' => _ = self.string()?,
+                b'"' => {
+                    let start = self.at;
+                    self.string()?;
+                    self.skipped_string = Some(Varying { start, end: self.at });
+                }
                 open_byte @ (b'{' | b'[') => {
                     if self.depth >= MAX_DEPTH {
                         return None;

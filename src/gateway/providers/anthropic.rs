@@ -28,7 +28,7 @@ use crate::gateway::wire::openai::{
 };
 use crate::gateway::wire::sse::{self, SseEvent};
 use crate::gateway::wire::stream::StreamTranslate;
-use edge_scan::anthropic::{AnthropicEvent, BlockReader};
+use edge_scan::anthropic::{BlockReader, EventReader};
 
 const DEFAULT_BASE: &str = "https://api.anthropic.com/v1";
 const DEFAULT_VERSION: &str = "2023-06-01";
@@ -509,6 +509,8 @@ pub struct StreamToOpenAi {
     chunks: ChunkWriter,
     /// The stream's `content_block_delta` events (one like the last is not read again).
     deltas: BlockReader,
+    /// Its other events (one like the last that read as nothing is not read again).
+    events: EventReader,
     started: bool,
     /// Anthropic content block index → OpenAI `tool_calls[].index`.
     tools: Vec<(u64, u64)>,
@@ -525,6 +527,7 @@ impl StreamToOpenAi {
         StreamToOpenAi {
             chunks: ChunkWriter::new(op, "msg_unknown", model, now_ms),
             deltas: BlockReader::default(),
+            events: EventReader::default(),
             started: false,
             tools: Vec::new(),
             prompt_tokens: None,
@@ -589,7 +592,7 @@ impl StreamTranslate for StreamToOpenAi {
             return self.block_delta(out, delta.index, kind, text, partial);
         }
         // The fields read, without a tree of the rest (`edge_scan`: compiled for speed).
-        let Some(data) = AnthropicEvent::parse(&event.data) else { return };
+        let Some(data) = self.events.read(&event.data) else { return };
         let kind = event.event.as_deref().or(data.kind.as_str()).unwrap_or_default();
         let index = data.index.as_u64().unwrap_or(0);
         match kind {

@@ -7,7 +7,7 @@ use http::Request;
 use serde_json::{json, Map, Value};
 
 use crate::gateway::wire::openai::parse_tool_call;
-use edge_scan::gemini::GeminiEvent;
+use edge_scan::gemini::GeminiReader;
 
 use crate::gateway::check::{Issues, SecretRef};
 use crate::gateway::error::Result;
@@ -667,6 +667,8 @@ struct CandidateState {
 /// `streamGenerateContent?alt=sse` events (each a `GenerateContentResponse`) → OpenAI chunks.
 pub struct StreamToOpenAi {
     chunks: ChunkWriter,
+    /// The stream's events (one like the last that read as nothing is not read again).
+    events: GeminiReader,
     named: bool,
     candidates: Vec<CandidateState>,
     blocked: bool,
@@ -679,6 +681,7 @@ impl StreamToOpenAi {
     pub fn new(op: Operation, model: &str, now_ms: u64) -> Self {
         StreamToOpenAi {
             chunks: ChunkWriter::new(op, &format!("gemini-{now_ms}"), model, now_ms),
+            events: GeminiReader::default(),
             named: false,
             candidates: Vec::new(),
             blocked: false,
@@ -705,7 +708,7 @@ impl StreamTranslate for StreamToOpenAi {
             return;
         }
         // The fields read, without a tree of the rest (`edge_scan`: compiled for speed).
-        let Some(data) = GeminiEvent::parse(&event.data) else { return };
+        let Some(data) = self.events.read(&event.data) else { return };
         if !data.error.is_null() {
             let message = data.error.get("message").and_then(Value::as_str).unwrap_or("origin error");
             write_error_chunk(out, &format!("origin stream failed: {message}"), "origin_stream_error");

@@ -166,6 +166,7 @@ impl<'a> Reader<'a> {
     /// An object's key, as bytes: the keys read are compared, never kept. A key with an escape
     /// (or a control byte) is left to the slow reading. Most of the strings in a chunk are keys:
     /// this skips the string's UTF-8 slicing and its wider return.
+    #[inline(always)]
     fn key(&mut self) -> Option<&'a [u8]> {
         if self.peek()? != b'"' {
             return None;
@@ -270,7 +271,11 @@ impl<'a> Reader<'a> {
             match self.peek()? {
                 b'"' => {
                     let start = self.at;
-                    self.string()?;
+                    // A plain string here, one with escapes by `string`, which checks them.
+                    match run_end(self.s, start + 1)? {
+                        end if self.s[end] == b'"' => self.at = end + 1,
+                        _ => _ = self.string()?,
+                    }
                     self.skipped_string = Some(Varying { start, end: self.at });
                 }
                 open_byte @ (b'{' | b'[') => {
@@ -321,6 +326,7 @@ impl<'a> Reader<'a> {
     }
 
     /// An entry's key and colon, up to its value.
+    #[inline(always)]
     fn entry_key(&mut self) -> Option<&'a [u8]> {
         let key = self.key()?;
         self.ws();

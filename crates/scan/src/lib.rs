@@ -2,9 +2,9 @@
 //! the rest is optimized for size: the SSE parser every stream goes through, the facts the
 //! gateway reads from each OpenAI stream chunk and Anthropic text delta, the prompt-injection
 //! scan and PII detectors over request text, the guard's literal search, an exact matcher for
-//! guard regexes that are plain sequences of classes, and the windows of a text the other guard
-//! regexes can match in. Pure functions over bytes; nothing here knows about requests, configs
-//! or hosts.
+//! guard regexes that are plain sequences of classes, the windows of a text the other guard
+//! regexes can match in, and walks over parsed JSON (freeing it, counting its text). Pure
+//! functions over bytes and JSON values; nothing here knows about requests, configs or hosts.
 
 pub mod anthropic;
 pub mod chunk;
@@ -19,6 +19,7 @@ mod reader;
 pub mod shift_and;
 pub mod sse;
 mod syntax;
+pub mod tree;
 pub mod windows;
 
 /// A small seeded random source for the differential tests: `next(n)` is in `0..n` (xorshift).

@@ -117,18 +117,10 @@ pub fn unpriced(endpoint: &str, model: &str) -> GatewayError {
 /// three (above the ~4 bytes per token of English text, so reservations err high), plus 4 per
 /// message of framing. Used for reservations and when an origin reports no usage.
 pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
-    fn bytes(value: &Value) -> u64 {
-        match value {
-            Value::String(s) => s.len() as u64,
-            Value::Array(items) => items.iter().map(bytes).sum(),
-            Value::Object(map) => map.iter().map(|(k, v)| if k == "model" { 0 } else { bytes(v) }).sum(),
-            _ => 0,
-        }
-    }
     let text: u64 = ["messages", "prompt", "input", "system", "tools", "functions", "documents"]
         .iter()
         .filter_map(|k| body.get(*k))
-        .map(bytes)
+        .map(|v| edge_scan::tree::string_bytes(v, "model"))
         .sum();
     let messages = body.get("messages").and_then(Value::as_array).map_or(0, Vec::len) as u64;
     text.div_ceil(3).saturating_add(messages.saturating_mul(4)).saturating_add(1)

@@ -219,6 +219,9 @@ impl Adapter for OpenAi {
                 .into_bytes(),
             None => json_body(&body),
         };
+        // Freed by code compiled for speed (a large request's tree costs about as much to free
+        // as to write).
+        edge_scan::tree::free(body);
         finish_request(builder, bytes)
     }
 

@@ -3,8 +3,9 @@
 //! gateway reads from each OpenAI stream chunk and Anthropic text delta, the prompt-injection
 //! scan and PII detectors over request text, the guard's literal search, an exact matcher for
 //! guard regexes that are plain sequences of classes, the windows of a text the other guard
-//! regexes can match in, and walks over parsed JSON (freeing it, counting its text). Pure
-//! functions over bytes and JSON values; nothing here knows about requests, configs or hosts.
+//! regexes can match in, the spans a redaction replaces and its rewrite, and walks over parsed
+//! JSON (freeing it, counting its text). Pure functions over bytes and JSON values; nothing
+//! here knows about requests, configs or hosts.
 
 pub mod anthropic;
 pub mod chunk;
@@ -17,6 +18,7 @@ mod like_last;
 pub mod pii;
 mod reader;
 pub mod shift_and;
+pub mod spans;
 pub mod sse;
 mod syntax;
 pub mod tree;

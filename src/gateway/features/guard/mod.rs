@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::features::guard::detect::redact;
+use crate::gateway::features::guard::detect::Redaction;
 pub use crate::gateway::features::guard::rules::{check, Guardrails, Injection};
 use crate::gateway::features::guard::rules::{contains_ascii_ci, contains_unicode_ci, Matcher};
 
@@ -189,6 +189,7 @@ fn run_input(g: &Guardrails, body: &mut Map<String, Value>, checks: Checks) -> R
     // `Final` defers its errors to keep their precedence over the walks it replaces: the
     // length first (returned at once), then an injection block, too many messages, a deny hit.
     let (mut blocked, mut denied) = (None, None);
+    let mut redaction = Redaction::new(&g.redact);
     let mut visit = |source: Source, text: &mut String| -> Result<()> {
         if let Some(max) = max_chars.filter(|_| source != Source::Variable) {
             count_chars(&mut chars, text, max)?;
@@ -223,7 +224,7 @@ fn run_input(g: &Guardrails, body: &mut Map<String, Value>, checks: Checks) -> R
             }
         }
         if content_here && denied.is_none() {
-            redact(&g.redact, text, &mut report.redacted);
+            redaction.apply(text, &mut report.redacted);
         }
         Ok(())
     };
@@ -294,9 +295,10 @@ pub fn apply_output(g: &Guardrails, response: &mut Value) -> Result<GuardReport>
     if !g.output || (g.deny.is_empty() && g.redact.is_empty()) {
         return Ok(report);
     }
+    let mut redaction = Redaction::new(&g.redact);
     let mut visit = |_: Source, text: &mut String| -> Result<()> {
         deny(g, text, ErrorCode::OutputDenied, "the answer")?;
-        redact(&g.redact, text, &mut report.redacted);
+        redaction.apply(text, &mut report.redacted);
         Ok(())
     };
     let Some(Value::Array(choices)) = response.get_mut("choices") else { return Ok(report) };
@@ -342,9 +344,10 @@ pub fn apply_json(
             _ => Ok(()),
         }
     }
+    let mut redaction = Redaction::new(&g.redact);
     walk(value, skip, &mut |text: &mut String| {
         deny(g, text, denied, what)?;
-        redact(&g.redact, text, &mut report.redacted);
+        redaction.apply(text, &mut report.redacted);
         Ok(())
     })?;
     Ok(report)

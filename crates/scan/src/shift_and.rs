@@ -231,6 +231,14 @@ impl ShiftAnd {
         })
     }
 
+    /// Calls `found` with each match of [`Self::find_iter`], in order: the loop compiled here,
+    /// for speed (a caller's generic loop over the iterator is compiled where it is written).
+    pub fn for_each_match(&self, text: &str, found: &mut dyn FnMut(usize, usize)) {
+        for (start, end) in self.find_iter(text) {
+            found(start, end);
+        }
+    }
+
     /// For a rigid pattern, the start of the leftmost match starting at or after `from`: every
     /// match is `len` bytes (plus repeats of the last), so each place a match can begin is
     /// checked byte by byte against the positions, with no per-byte state to carry

@@ -182,7 +182,7 @@ impl Pattern {
             return;
         }
         match &self.exact {
-            Some(exact) => exact.find_iter(text).for_each(|(start, end)| found(start, end)),
+            Some(exact) => exact.for_each_match(text, &mut found),
             None => self.regex.find_iter(text).filter(|m| !m.is_empty()).for_each(|m| found(m.start(), m.end())),
         }
     }

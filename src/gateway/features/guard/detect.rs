@@ -20,6 +20,8 @@ pub(super) struct Redaction<'g> {
     merged: Vec<Span>,
     /// One redactor's finds, `(start, end)`.
     found: Vec<(usize, usize)>,
+    /// Spans replaced so far per redactor, over all texts: counted by id once, at the end
+    /// (per text, the lookups cost ~300 instructions a redacted tool description).
     per_rule: Vec<u32>,
 }
 
@@ -31,16 +33,27 @@ impl<'g> Redaction<'g> {
             kept: Vec::new(),
             merged: Vec::new(),
             found: Vec::new(),
-            per_rule: Vec::new(),
+            per_rule: vec![0; redactors.len()],
         }
     }
 
-    /// Replaces every detected span in `text` with its placeholder, counting per rule.
-    /// Allocates only when something is found. Earlier redactors win overlaps: each
+    /// (rule id, spans replaced) over every text so far, sorted by id; rules that replaced
+    /// nothing left out.
+    pub(super) fn counts(&self) -> Vec<(String, u32)> {
+        let mut counts: Vec<(String, u32)> = (self.redactors.iter().zip(&self.per_rule))
+            .filter(|(_, n)| **n > 0)
+            .map(|(redactor, &n)| (redactor.id().to_string(), n))
+            .collect();
+        counts.sort_unstable();
+        counts
+    }
+
+    /// Replaces every detected span in `text` with its placeholder, counting per rule (see
+    /// [`Self::counts`]). Allocates only when something is found. Earlier redactors win overlaps: each
     /// redactor's spans are merged into the sorted list of those kept so far in one pass
     /// ([`spans::merge`]), so a text with many matches stays linear (a sorted Vec with an
     /// insert per span was quadratic; an ordered map cost ~1,700 instructions a span).
-    pub(super) fn apply(&mut self, text: &mut String, counts: &mut Vec<(String, u32)>) {
+    pub(super) fn apply(&mut self, text: &mut String) {
         if self.redactors.is_empty() || text.is_empty() {
             return;
         }
@@ -66,16 +79,8 @@ impl<'g> Redaction<'g> {
             return;
         }
         *text = spans::replace(text, &self.kept, &self.placeholders);
-        self.per_rule.clear();
-        self.per_rule.resize(self.redactors.len(), 0);
         for &(_, _, index) in &self.kept {
             self.per_rule[index] = self.per_rule[index].saturating_add(1);
-        }
-        for (redactor, &n) in self.redactors.iter().zip(&self.per_rule).filter(|(_, n)| **n > 0) {
-            match counts.binary_search_by(|(id, _)| id.as_str().cmp(redactor.id())) {
-                Ok(i) => counts[i].1 = counts[i].1.saturating_add(n),
-                Err(i) => counts.insert(i, (redactor.id().to_string(), n)),
-            }
         }
     }
 }
@@ -87,8 +92,9 @@ mod tests {
     use crate::gateway::features::guard::rules::check;
     use serde_json::json;
 
-    /// One `Redaction` kept across many texts (as a walk keeps it) redacts and counts each as
-    /// a fresh one does: nothing found in one text leaks into the next.
+    /// One `Redaction` kept across many texts (as a walk keeps it) redacts each as a fresh one
+    /// does, and counts what they count together: nothing found in one text leaks into the
+    /// next.
     #[test]
     fn a_redaction_reused_across_texts_is_a_fresh_one() {
         let mut issues = Issues::default();
@@ -106,19 +112,23 @@ mod tests {
         let pieces = [&pii[..], &[" ", "x", "7", "é"]].concat();
         let mut rng = rng(7);
         let mut reused = Redaction::new(&g.redact);
-        let (mut reused_counts, mut fresh_counts) = (Vec::new(), Vec::new());
+        let mut fresh_counts = std::collections::BTreeMap::new();
         let mut redacted = 0;
         for _ in 0..2000 {
             let text: String = (0..rng(12)).map(|_| pieces[rng(pieces.len())]).collect();
             let (mut a, mut b) = (text.clone(), text.clone());
-            reused.apply(&mut a, &mut reused_counts);
-            Redaction::new(&g.redact).apply(&mut b, &mut fresh_counts);
+            reused.apply(&mut a);
+            let mut fresh = Redaction::new(&g.redact);
+            fresh.apply(&mut b);
             assert_eq!(a, b, "{text:?}");
-            assert_eq!(reused_counts, fresh_counts, "{text:?}");
+            for (id, n) in fresh.counts() {
+                *fresh_counts.entry(id).or_insert(0) += n;
+            }
             redacted += usize::from(a != text);
         }
         assert!(redacted > 1000, "{redacted}");
-        assert_eq!(fresh_counts.len(), 6, "every rule found something: {fresh_counts:?}");
+        assert_eq!(reused.counts(), fresh_counts.into_iter().collect::<Vec<_>>());
+        assert_eq!(reused.counts().len(), 6, "every rule found something: {:?}", reused.counts());
     }
 
     /// xorshift: `next(n)` is in `0..n`.

@@ -224,7 +224,7 @@ fn run_input(g: &Guardrails, body: &mut Map<String, Value>, checks: Checks) -> R
             }
         }
         if content_here && denied.is_none() {
-            redaction.apply(text, &mut report.redacted);
+            redaction.apply(text);
         }
         Ok(())
     };
@@ -232,7 +232,7 @@ fn run_input(g: &Guardrails, body: &mut Map<String, Value>, checks: Checks) -> R
     walk_request(body, other_fields, &mut visit)?;
     match blocked.or(too_many).or(denied) {
         Some(e) => Err(e),
-        None => Ok(report),
+        None => Ok(GuardReport { redacted: redaction.counts(), ..report }),
     }
 }
 
@@ -291,17 +291,16 @@ fn visit_message(message: &mut Map<String, Value>, source: Source, visit: &mut V
 /// 422 `output_denied` naming the rule (not 5xx, which SDKs would retry). Message content,
 /// refusals, tool-call arguments and completion texts are covered.
 pub fn apply_output(g: &Guardrails, response: &mut Value) -> Result<GuardReport> {
-    let mut report = GuardReport::default();
     if !g.output || (g.deny.is_empty() && g.redact.is_empty()) {
-        return Ok(report);
+        return Ok(GuardReport::default());
     }
     let mut redaction = Redaction::new(&g.redact);
     let mut visit = |_: Source, text: &mut String| -> Result<()> {
         deny(g, text, ErrorCode::OutputDenied, "the answer")?;
-        redaction.apply(text, &mut report.redacted);
+        redaction.apply(text);
         Ok(())
     };
-    let Some(Value::Array(choices)) = response.get_mut("choices") else { return Ok(report) };
+    let Some(Value::Array(choices)) = response.get_mut("choices") else { return Ok(GuardReport::default()) };
     for choice in choices.iter_mut() {
         if let Some(Value::Object(message)) = choice.get_mut("message") {
             visit_message(message, Source::Operator, &mut visit)?;
@@ -310,7 +309,7 @@ pub fn apply_output(g: &Guardrails, response: &mut Value) -> Result<GuardReport>
             visit_strings(text, Source::Operator, &mut visit)?;
         }
     }
-    Ok(report)
+    Ok(GuardReport { redacted: redaction.counts(), ..GuardReport::default() })
 }
 
 /// Whether the endpoint guards answers (and so must buffer streamed ones to guard them).
@@ -329,9 +328,8 @@ pub fn apply_json(
     what: &str,
     skip: &[&str],
 ) -> Result<GuardReport> {
-    let mut report = GuardReport::default();
     if g.deny.is_empty() && g.redact.is_empty() {
-        return Ok(report);
+        return Ok(GuardReport::default());
     }
     fn walk(v: &mut Value, skip: &[&str], f: &mut dyn FnMut(&mut String) -> Result<()>) -> Result<()> {
         match v {
@@ -347,10 +345,10 @@ pub fn apply_json(
     let mut redaction = Redaction::new(&g.redact);
     walk(value, skip, &mut |text: &mut String| {
         deny(g, text, denied, what)?;
-        redaction.apply(text, &mut report.redacted);
+        redaction.apply(text);
         Ok(())
     })?;
-    Ok(report)
+    Ok(GuardReport { redacted: redaction.counts(), ..GuardReport::default() })
 }
 
 type Visit<'a> = dyn FnMut(Source, &mut String) -> Result<()> + 'a;

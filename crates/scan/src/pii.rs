@@ -32,18 +32,29 @@ pub fn find_emails(text: &str, add: &mut dyn FnMut(usize, usize)) {
         if start == at || end == at + 1 {
             continue;
         }
-        let host = &text[at + 1..end];
-        let valid = host.contains('.')
-            && host.split('.').all(|label| !label.is_empty() && !label.starts_with('-'))
-            && host
-                .rsplit('.')
-                .next()
-                .is_some_and(|tld| tld.len() >= 2 && tld.bytes().all(|c| c.is_ascii_alphabetic()));
-        if valid {
+        if is_mail_host(&b[at + 1..end]) {
             add(start, end);
             from = end;
         }
     }
+}
+
+/// Whether `host` is dotted labels, none empty nor starting with `-`, the last (the TLD) of
+/// two or more letters. One pass: splitting it as `str`s cost ~250 instructions an address.
+fn is_mail_host(host: &[u8]) -> bool {
+    let (mut label, mut dotted) = (0, false);
+    for (i, &c) in host.iter().enumerate() {
+        if c == b'.' {
+            if i == label {
+                return false;
+            }
+            (label, dotted) = (i + 1, true);
+        } else if i == label && c == b'-' {
+            return false;
+        }
+    }
+    let tld = &host[label..];
+    dotted && tld.len() >= 2 && tld.iter().all(u8::is_ascii_alphabetic)
 }
 
 const LOW: u64 = 0x0101_0101_0101_0101;
@@ -419,6 +430,28 @@ fn iban_length(country: [u8; 2]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The host check as it was, over `str` splits.
+    fn is_mail_host_by_splits(host: &str) -> bool {
+        host.contains('.')
+            && host.split('.').all(|label| !label.is_empty() && !label.starts_with('-'))
+            && host.rsplit('.').next().is_some_and(|tld| tld.len() >= 2 && tld.bytes().all(|c| c.is_ascii_alphabetic()))
+    }
+
+    #[test]
+    fn mail_hosts_are_checked_as_the_splits_checked_them() {
+        // Every host of up to 7 bytes over the bytes that decide it.
+        let alphabet = b"a1.-";
+        let mut valid = 0;
+        for len in 0..=7u32 {
+            for n in 0..4usize.pow(len) {
+                let host: String = (0..len).map(|k| char::from(alphabet[n / 4usize.pow(k) % 4])).collect();
+                assert_eq!(is_mail_host(host.as_bytes()), is_mail_host_by_splits(&host), "{host:?}");
+                valid += usize::from(is_mail_host(host.as_bytes()));
+            }
+        }
+        assert!(valid > 100, "{valid}");
+    }
 
     #[test]
     fn next_digit_finds_what_a_byte_loop_finds() {

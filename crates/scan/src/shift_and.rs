@@ -231,12 +231,11 @@ impl ShiftAnd {
         })
     }
 
-    /// Calls `found` with each match of [`Self::find_iter`], in order: the loop compiled here,
-    /// for speed (a caller's generic loop over the iterator is compiled where it is written).
-    pub fn for_each_match(&self, text: &str, found: &mut dyn FnMut(usize, usize)) {
-        for (start, end) in self.find_iter(text) {
-            found(start, end);
-        }
+    /// Appends the matches of [`Self::find_iter`] to `found`: the loop compiled here, for
+    /// speed (a caller's generic loop over the iterator is compiled where it is written, and a
+    /// callback per match cost ~65 instructions over 33k ticket ids).
+    pub fn find_into(&self, text: &str, found: &mut Vec<(usize, usize)>) {
+        found.extend(self.find_iter(text));
     }
 
     /// For a rigid pattern, the start of the leftmost match starting at or after `from`: every

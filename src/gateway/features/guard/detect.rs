@@ -67,7 +67,7 @@ impl<'g> Redaction<'g> {
                 Redactor::Phone => find_phones(text, &mut add),
                 Redactor::Card => find_cards(text, &mut add),
                 Redactor::Iban => find_ibans(text, &mut add),
-                Redactor::Custom { regex, .. } => regex.for_each_match(text, &mut add),
+                Redactor::Custom { regex, .. } => regex.find_into(text, found),
             }
             if !found.is_empty() {
                 found.sort_by_key(|&(start, _)| start); // stable: in order found for equal starts

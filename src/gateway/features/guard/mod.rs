@@ -882,7 +882,7 @@ mod tests {
                 }
                 assert_eq!(compiled.is_match(text), compiled.regex.is_match(text), "{pattern:?} on {text:?}");
                 let mut spans = Vec::new();
-                compiled.for_each_match(text, |start, end| spans.push((start, end)));
+                compiled.find_into(text, &mut spans);
                 let expected: Vec<_> =
                     compiled.regex.find_iter(text).filter(|m| !m.is_empty()).map(|m| (m.start(), m.end())).collect();
                 assert_eq!(spans, expected, "{pattern:?} on {text:?}");

@@ -176,14 +176,15 @@ impl Pattern {
             }
     }
 
-    /// Every non-empty match, in order, as byte ranges (regex-lite's `find_iter`).
-    pub(super) fn for_each_match(&self, text: &str, mut found: impl FnMut(usize, usize)) {
+    /// Appends every non-empty match to `found`, in order, as byte ranges (regex-lite's
+    /// `find_iter`).
+    pub(super) fn find_into(&self, text: &str, found: &mut Vec<(usize, usize)>) {
         if !self.may_match(text) {
             return;
         }
         match &self.exact {
-            Some(exact) => exact.for_each_match(text, &mut found),
-            None => self.regex.find_iter(text).filter(|m| !m.is_empty()).for_each(|m| found(m.start(), m.end())),
+            Some(exact) => exact.find_into(text, found),
+            None => found.extend(self.regex.find_iter(text).filter(|m| !m.is_empty()).map(|m| (m.start(), m.end()))),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::gateway::features::guard::rules::Redactor;
 use edge_scan::pii::{find_cards, find_emails, find_ibans, find_phones};
-use edge_scan::spans::{self, Span};
+use edge_scan::spans::{self, Placeholders, Span};
 
 // ---- redaction -------------------------------------------------------------------------
 
@@ -13,7 +13,7 @@ use edge_scan::spans::{self, Span};
 /// description when each text had its own).
 pub(super) struct Redaction<'g> {
     redactors: &'g [Redactor],
-    placeholders: Vec<&'g str>,
+    placeholders: Placeholders<'g>,
     /// The spans kept so far in the current text (sorted, never overlapping), and the list the
     /// next merge writes (the two swap).
     kept: Vec<Span>,
@@ -29,7 +29,7 @@ impl<'g> Redaction<'g> {
     pub(super) fn new(redactors: &'g [Redactor]) -> Redaction<'g> {
         Redaction {
             redactors,
-            placeholders: redactors.iter().map(Redactor::placeholder).collect(),
+            placeholders: Placeholders::new(redactors.iter().map(Redactor::placeholder).collect()),
             kept: Vec::new(),
             merged: Vec::new(),
             found: Vec::new(),

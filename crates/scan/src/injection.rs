@@ -100,6 +100,10 @@ struct Grammar {
     /// For each key (first letter and length), its words' range in `words`: most words of a
     /// text have an empty range, and the rest one to three candidates.
     ranges: Vec<(u16, u16)>,
+    /// For each key, whether one of its words can begin a phrase: with no phrase under way
+    /// the other words are not looked up (in 33k ticket ids, each "TCK" was packed and
+    /// compared with "the").
+    opening: Vec<bool>,
     /// The bits of every phrase's first slot, of the optional slots, and of the last slots.
     first: u32,
     optional: u32,
@@ -165,8 +169,15 @@ fn key(word: &[u8]) -> Option<usize> {
 fn grammar() -> &'static Grammar {
     static GRAMMAR: std::sync::OnceLock<Grammar> = std::sync::OnceLock::new();
     GRAMMAR.get_or_init(|| {
-        let mut grammar =
-            Grammar { words: Vec::new(), ranges: vec![(0, 0); 26 * 13], first: 0, optional: 0, last: 0, ids: [""; 32] };
+        let mut grammar = Grammar {
+            words: Vec::new(),
+            ranges: vec![(0, 0); 26 * 13],
+            opening: vec![false; 26 * 13],
+            first: 0,
+            optional: 0,
+            last: 0,
+            ids: [""; 32],
+        };
         let mut keyed: Vec<(usize, u128, u32)> = Vec::new();
         let mut next_bit = 0u32;
         for (id, slots) in PHRASES {
@@ -200,6 +211,7 @@ fn grammar() -> &'static Grammar {
                 *range = (at as u16, at as u16);
             }
             range.1 += 1;
+            grammar.opening[key] |= bits & grammar.first != 0;
             grammar.words.push((packed, bits));
         }
         grammar
@@ -207,10 +219,14 @@ fn grammar() -> &'static Grammar {
 }
 
 impl Grammar {
-    /// The slots `word` can fill (0 for a word outside the vocabulary).
+    /// The slots `word` can fill (0 for a word outside the vocabulary); with `opening`, only
+    /// those of the phrases' first slots are sure to be among them.
     #[inline(always)]
-    fn slots_of(&self, word: &[u8]) -> u32 {
+    fn slots_of(&self, word: &[u8], opening: bool) -> u32 {
         let Some(key) = key(word) else { return 0 };
+        if opening && !self.opening[key] {
+            return 0;
+        }
         let (start, end) = self.ranges[key];
         if start == end {
             return 0;
@@ -231,7 +247,7 @@ pub fn injection(text: &str) -> Option<&'static str> {
     let mut at = 0;
     while let Some((from, to)) = next_word(bytes, at) {
         at = to;
-        let fills = grammar.slots_of(&bytes[from..to]);
+        let fills = grammar.slots_of(&bytes[from..to], matched == 0);
         if fills == 0 {
             matched = 0;
             continue;
@@ -250,7 +266,20 @@ pub fn injection(text: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::injection;
+    use super::{grammar, injection, PHRASES};
+
+    /// With no phrase under way (only the first slots matter), the words looked up fill the
+    /// same first slots as all words do; and some words are not looked up.
+    #[test]
+    fn opening_words_fill_every_first_slot_filled() {
+        let g = grammar();
+        let vocabulary = PHRASES.iter().flat_map(|(_, slots)| slots.iter().flat_map(|slot| slot.words.iter()));
+        for word in vocabulary.chain(&["TCK", "Mail", "x", "1", "don't", "supercalifragilistic"]) {
+            let word = word.as_bytes();
+            assert_eq!(g.slots_of(word, true) & g.first, g.slots_of(word, false) & g.first, "{word:?}");
+        }
+        assert!(g.slots_of(b"the", false) != 0 && g.slots_of(b"the", true) == 0);
+    }
 
     /// The windowed scan finds what the grammar says: phrases with and without their optional
     /// words, at the very end of a text, after many near-misses; and nothing in near-misses.

@@ -310,20 +310,14 @@ mod tests {
     /// quotes, backslashes, DEL and non-ASCII.
     #[test]
     fn strings_are_written_as_serde_json_writes_them() {
-        let mut seed = 0x1234_5678_9abc_def1u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = crate::test_rng(0x1234_5678_9abc_def1);
         for _ in 0..20_000 {
             let mut s = String::new();
             for _ in 0..next(12) {
                 match next(5) {
                     0 => s.push(char::from(next(0x20) as u8)),
-                    1 => s.push(['"', '\\', '\u{7f}', 'é', '日', '🚀', ' '][next(7) as usize]),
-                    _ => s.extend(std::iter::repeat_n('a', next(20) as usize)),
+                    1 => s.push(['"', '\\', '\u{7f}', 'é', '日', '🚀', ' '][next(7)]),
+                    _ => s.extend(std::iter::repeat_n('a', next(20))),
                 }
             }
             let mut out = b"x".to_vec();
@@ -333,18 +327,13 @@ mod tests {
     }
 
     /// `parse_value` reads what serde_json's own `Value` reading reads, and refuses what it
-    /// refuses, and `write_value` writes what it writes: random documents of every kind of value (numbers at the edges of each type,
-    /// escapes, repeated keys, nesting), then each cut short or with a byte changed.
+    /// refuses, and `write_value` writes what it writes: random documents of every kind of
+    /// value (numbers at the edges of each type, escapes, repeated keys, nesting), then each
+    /// cut short or with a byte changed.
     #[test]
     fn values_read_as_serde_json_reads_them() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
-        fn document(next: &mut dyn FnMut(u64) -> u64, depth: u32, out: &mut String) {
+        let mut next = crate::test_rng(0x2545_f491_4f6c_dd1d);
+        fn document(next: &mut dyn FnMut(usize) -> usize, depth: u32, out: &mut String) {
             const ATOMS: [&str; 16] = [
                 "0",
                 "-0",
@@ -364,7 +353,7 @@ mod tests {
                 r#""é 日本""#,
             ];
             match if depth > 4 { 0 } else { next(4) } {
-                0 | 1 => out.push_str(ATOMS[next(16) as usize]),
+                0 | 1 => out.push_str(ATOMS[next(16)]),
                 2 => {
                     out.push('[');
                     for i in 0..next(4) {
@@ -377,7 +366,7 @@ mod tests {
                     out.push('{');
                     for i in 0..next(4) {
                         out.push_str(if i > 0 { "," } else { "" });
-                        out.push_str(["\"k\":", "\"k\\u0031\":", "\"k1\":", " \"\" : "][next(4) as usize]);
+                        out.push_str(["\"k\":", "\"k\\u0031\":", "\"k1\":", " \"\" : "][next(4)]);
                         document(next, depth + 1, out);
                     }
                     out.push('}');
@@ -398,11 +387,10 @@ mod tests {
             let mut text = String::new();
             document(&mut next, 0, &mut text);
             same(&text);
-            let cut = next(text.len() as u64 + 1) as usize;
+            let cut = next(text.len() + 1);
             if text.is_char_boundary(cut) {
                 same(&text[..cut]);
-                let changed =
-                    format!("{}{}{}", &text[..cut], ["x", ",", "]", "}", "\"", ":"][next(6) as usize], &text[cut..]);
+                let changed = format!("{}{}{}", &text[..cut], ["x", ",", "]", "}", "\"", ":"][next(6)], &text[cut..]);
                 same(&changed);
             }
         }

@@ -154,6 +154,7 @@ pub fn ask_stream_usage(body: &mut Map<String, Value>) {
 /// An OpenAI-shaped answer passed on as it is: checked, its usage read, and the fields the
 /// client's dialect wants handed over, the rest not read into a tree.
 pub fn passthrough_answer(reply: Reply<'_>) -> Result<Translated> {
+    // The dialects' fields (`wire::openai::ANSWER_FIELDS`) include `usage`.
     let wanted = !reply.wanted.is_empty();
     let kept = reply.success_object_keeping(if wanted { reply.wanted } else { &["usage"] })?;
     let usage = openai_usage(&kept);

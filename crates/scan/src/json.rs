@@ -14,24 +14,57 @@ use serde_json::{Map, Number, Value};
 /// as it is. By hand because serde_json's escaper looks up every byte (~4 instructions a
 /// byte); here runs of eight plain bytes are passed over at once.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     let mut done = 0;
     let mut i = plain_until(bytes, 0);
     while let Some(&byte) = bytes.get(i) {
-        out.extend_from_slice(&bytes[done..i]);
+        if done < i {
+            out.extend_from_slice(&bytes[done..i]);
+        }
         let short = ESCAPE[usize::from(byte)];
-        out.extend_from_slice(&[b'\\', short]);
         if short == b'u' {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(&[b'0', b'0', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]]);
+            let (high, low) = (HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]);
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', high, low]);
+        } else {
+            out.extend_from_slice(&[b'\\', short]);
         }
         done = i + 1;
-        i = plain_until(bytes, done);
+        // Escapes often come in runs (text of control characters).
+        let escaped_next = bytes.get(done).is_some_and(|&b| ESCAPE[usize::from(b)] != 0);
+        i = if escaped_next { done } else { plain_until(bytes, done) };
     }
     out.extend_from_slice(&bytes[done..]);
     out.push(b'"');
+}
+
+/// The first byte from `from` on that needs an escape (the length: none does): eight bytes
+/// at a time, then byte by byte from the word that has one (or the last few bytes).
+fn plain_until(bytes: &[u8], from: usize) -> usize {
+    let mut i = from;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        if needs_escape(u64::from_le_bytes(chunk.try_into().unwrap_or_default())) {
+            break;
+        }
+        i += 8;
+    }
+    while bytes.get(i).is_some_and(|&b| ESCAPE[usize::from(b)] == 0) {
+        i += 1;
+    }
+    i
+}
+
+/// Whether any byte of `word` is below 0x20, `"` or `\\` (the bit tricks are exact about
+/// whether there is one, not about which).
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    let equal = |b: u8| {
+        let x = word ^ (ONES * u64::from(b));
+        x.wrapping_sub(ONES) & !x
+    };
+    (word.wrapping_sub(ONES * 0x20) | equal(b'"') | equal(b'\\')) & !word & (ONES << 7) != 0
 }
 
 /// What follows the backslash in each byte's escape (`u`: `\u00xx`); 0: written as it is.
@@ -51,32 +84,6 @@ static ESCAPE: [u8; 256] = {
     table[b'\\' as usize] = b'\\';
     table
 };
-
-/// The first byte from `from` on that needs an escape (the length: none does): eight bytes
-/// at a time, then byte by byte from the word that has one (or the last few bytes).
-fn plain_until(bytes: &[u8], from: usize) -> usize {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    // Whether any byte of `word` is below 0x20, `"` or `\\` (the bit tricks are exact about
-    // whether there is one, not about which).
-    let needs_escape = |word: u64| {
-        let equal = |b: u8| {
-            let x = word ^ (ONES * u64::from(b));
-            x.wrapping_sub(ONES) & !x
-        };
-        (word.wrapping_sub(ONES * 0x20) | equal(b'"') | equal(b'\\')) & !word & (ONES << 7) != 0
-    };
-    let mut i = from;
-    while let Some(chunk) = bytes.get(i..i + 8) {
-        if needs_escape(u64::from_le_bytes(chunk.try_into().unwrap_or_default())) {
-            break;
-        }
-        i += 8;
-    }
-    while bytes.get(i).is_some_and(|&b| ESCAPE[usize::from(b)] == 0) {
-        i += 1;
-    }
-    i
-}
 
 /// Appends `n` in decimal (serde_json's integer writer, without `format!`'s machinery).
 pub fn write_u64(out: &mut Vec<u8>, n: u64) {

@@ -70,6 +70,7 @@ impl LikeLast {
 
     /// When `data` is the last event with another JSON string where its varying one was: that
     /// string (unescaped) and where it is.
+    #[inline]
     pub fn text<'a>(&self, data: &'a str) -> Option<(Cow<'a, str>, Varying)> {
         let bytes = data.as_bytes();
         if !bytes.starts_with(&self.before) {

@@ -239,7 +239,7 @@ fn read_chunk(
             return use_chunk(Some(&parts.facts()), Addition::Parts(&parts));
         }
     }
-    use_chunk(chunks.read(data).as_ref(), Addition::Nothing);
+    chunks.read_with(data, &mut |facts| use_chunk(facts, Addition::Nothing));
 }
 
 /// The first string seen: `kept` is set once. Inlined: three calls a chunk (~35 instructions)

@@ -112,11 +112,23 @@ impl LikeNothing {
 
 /// For the readers' tests: `n` events of a stream, in runs of one of `shapes` (run lengths
 /// random), each with its `@` replaced by a string of any kind: plain, empty, escaped, a lone
-/// surrogate, a bad escape, a number, null, one followed by a space, non-ASCII.
+/// surrogate, a bad escape, a number, null, one followed by a space, non-ASCII, long ones (past
+/// the first 16 bytes, plain or escaped there).
 #[cfg(test)]
 pub(crate) fn test_stream(shapes: &[&str], seed: u64, n: usize) -> Vec<String> {
-    let texts =
-        [r#""hi""#, r#""""#, r#""h\u00e9\n""#, r#""\ud800""#, r#""bad \x""#, "5", "null", r#""x" "#, r#""é😀""#];
+    let texts = [
+        r#""hi""#,
+        r#""""#,
+        r#""h\u00e9\n""#,
+        r#""\ud800""#,
+        r#""bad \x""#,
+        "5",
+        "null",
+        r#""x" "#,
+        r#""é😀""#,
+        r#""a text of more than sixteen bytes, plain""#,
+        r#""a text of more than sixteen bytes\n, escaped""#,
+    ];
     let mut rng = crate::test_rng(seed);
     let mut shape = 0;
     (0..n)

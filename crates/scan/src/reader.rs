@@ -21,7 +21,16 @@ use crate::like_last::Varying;
 pub(crate) fn text_at(data: &str, at: usize) -> Option<(Cow<'_, str>, usize)> {
     let bytes = data.as_bytes();
     if bytes.get(at) == Some(&b'"') {
-        let end = run_end(bytes, at + 1)?;
+        // A stream's texts are mostly a few bytes: the first 16 are scanned one by one, without
+        // the eight-byte scan's set-up (~25 instructions an event), the rest eight at a time.
+        let mut end = at + 1;
+        let first = bytes.len().min(end + 16);
+        while end < first && !STOPS_A_STRING_RUN[usize::from(bytes[end])] {
+            end += 1;
+        }
+        if end == first {
+            end = run_end(bytes, end)?;
+        }
         if bytes[end] == b'"' {
             return Some((Cow::Borrowed(data.get(at + 1..end)?), end + 1));
         }

@@ -70,7 +70,8 @@ fn main() {
         }
     }
 
-    // The fuzzer's cases, timed once each; the slowest ten re-timed properly.
+    // The fuzzer's cases, timed once each; the slowest 40 re-timed properly (a single timing
+    // can spike: with ten, cases of 0.02 ms crowded out slow ones).
     let scan = Harness::new();
     let mut timed: Vec<(u64, u64)> = single.map(|i| vec![(0, i)]).unwrap_or_default();
     for index in (0..fuzz_cases).filter(|i| single.is_none() && i % 10 != 9) {
@@ -79,7 +80,7 @@ fn main() {
     }
     timed.sort_unstable_by(|a, b| b.cmp(a));
     println!("slowest of {fuzz_cases} fuzzer cases (seed {seed}), re-timed:");
-    for (_, index) in timed.iter().take(10) {
+    for (_, index) in timed.iter().take(40) {
         let c = case(seed, *index, &harness.keys);
         let (ns, status) = time(&harness, &c, runs);
         let what = format!("{} {}", c.method, c.path.chars().take(50).collect::<String>());

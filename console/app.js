@@ -54,6 +54,28 @@
     }
   }
 
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  // A GET is asked again once after a dropped connection, or after a 503's Retry-After (the
+  // gateway's answer to a key-value store hiccup; waited at most 5 s): a section the console
+  // loads once must not stay empty for one transient failure.
+  async function fetchOnce(method, init, path) {
+    for (let attempt = 0; ; attempt++) {
+      const again = method === "GET" && attempt === 0;
+      let response;
+      try {
+        response = await fetch(path, init);
+      } catch (e) {
+        if (!again) throw e;
+        await sleep(500);
+        continue;
+      }
+      if (response.status !== 503 || !again) return response;
+      const wait = Number(response.headers.get("retry-after"));
+      await sleep(1000 * Math.min(Number.isFinite(wait) && wait > 0 ? wait : 1, 5));
+    }
+  }
+
   async function api(method, path, body) {
     const token = sessionStorage.getItem(TOKEN_KEY) || "";
     const init = { method, headers: { authorization: "Bearer " + token }, cache: "no-store", credentials: "omit" };
@@ -61,7 +83,7 @@
       init.headers["content-type"] = "application/json";
       init.body = JSON.stringify(body);
     }
-    const response = await fetch(path, init);
+    const response = await fetchOnce(method, init, path);
     let data = null;
     try {
       data = await response.json();
@@ -404,6 +426,8 @@
         target.replaceChildren(el("p", { class: "hint", "data-access": "unavailable", text: "Access approval is not available on this gateway." }));
         return;
       }
+      // Said in the section too: the status line is overwritten by the next action.
+      target.replaceChildren(el("p", { class: "error", "data-access": "failed", text: `The access requests could not be loaded: ${e.message}` }));
       throw e;
     }
     const list = Array.isArray(data) ? data : data.requests || data.access_requests || [];

@@ -177,6 +177,36 @@ def gw(request, workdir, config, provider_credentials):
     host.close()
 
 
+# A failed test's report shows at most this many lines of its gateway's log: the first and
+# the last half of what the test's requests logged.
+GATEWAY_LOG_LINES = 300
+# Where the gateway's log stood when a test's setup ended.
+_LOG_START = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report ends with what its gateway logged while it ran (the compiled
+    host's stdout and stderr: a line per request, with status and error code), so a failure
+    seen only in CI can be read from CI's output."""
+    outcome = yield
+    report = outcome.get_result()
+    host = getattr(item, "funcargs", {}).get("gw")
+    log = getattr(host, "log", None)
+    if log is None or not log.exists():
+        return
+    if report.when == "setup":
+        item.stash[_LOG_START] = log.stat().st_size
+    elif report.when == "call" and report.failed:
+        with log.open("rb") as f:
+            f.seek(item.stash.get(_LOG_START, 0))
+            lines = f.read().decode(errors="replace").splitlines()
+        half = GATEWAY_LOG_LINES // 2
+        if len(lines) > GATEWAY_LOG_LINES:
+            lines = lines[:half] + [f"... ({len(lines) - 2 * half} lines left out) ..."] + lines[-half:]
+        report.sections.append((f"{host.name} gateway log while the test ran", "\n".join(lines)))
+
+
 @pytest.fixture(autouse=True)
 def clean_origins(request):
     for name in ("origin", "eu_origin", "us_origin", "py_origin"):

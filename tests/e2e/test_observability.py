@@ -349,9 +349,13 @@ def browser(tmp_path):
     driver.quit()
 
 
-def wait_for(driver, predicate, timeout=20.0):
+def wait_for(driver, predicate, timeout=20.0, section=None):
+    """Polls `predicate` in the page; on a time-out says the status line and, given the id of
+    the `section` it waited on, that section's text (the status line is overwritten by every
+    later action)."""
     value = wait_until(lambda: _try(predicate), timeout=timeout, interval=0.2)
-    assert value, f"timed out; status: {_try(lambda: driver.find_element('id', 'status').text)}"
+    shown = f"; {section}: {_try(lambda: driver.find_element('id', section).text)!r}" if section else ""
+    assert value, f"timed out; status: {_try(lambda: driver.find_element('id', 'status').text)}{shown}"
     return value
 
 
@@ -476,7 +480,7 @@ def test_console_in_chromium(gw, origin, request):
     # Pending access requests: the caller's request is listed; approving it in the console
     # writes the grant, and the caller gets through on its next request.
     request_row = lambda: d.find_element(By.CSS_SELECTOR, f'#access-body tr[data-request="{request_id}"]')  # noqa: E731
-    row = wait_for(d, request_row)
+    row = wait_for(d, request_row, section="access-body")
     cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
     assert cells[:4] == [request_id, asker_name, "id-gated", reason], cells
     click(d, row.find_element(By.CSS_SELECTOR, "button[data-action=approve]"))

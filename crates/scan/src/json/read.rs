@@ -1,0 +1,292 @@
+//! JSON text read into a `serde_json::Value` by hand: the values serde_json's own reading
+//! builds, the same texts refused. By hand because serde_json reads a tree through a visitor
+//! call per value and a string byte by byte (~28 instructions a byte of a request of short
+//! messages, ~200 a `\u` escape); here a string's plain runs are passed over eight bytes at a
+//! time and an escape is decoded in place. Errors say what was wrong and where.
+
+use serde_json::{Map, Number, Value};
+
+use super::{plain_until, MAX_DEPTH};
+
+type Result<T> = std::result::Result<T, serde_json::Error>;
+
+/// The value `text` is: one JSON value with only whitespace around it.
+pub(super) fn value(text: &str) -> Result<Value> {
+    let mut reader = Reader { text, bytes: text.as_bytes(), at: 0 };
+    let value = reader.value(0)?;
+    reader.skip_whitespace();
+    match reader.at < reader.bytes.len() {
+        true => Err(reader.fail("trailing characters", reader.at)),
+        false => Ok(value),
+    }
+}
+
+/// What was wrong, at the line and column (from 1, in bytes) of byte `at`, as serde_json
+/// says it; worked out once, here, not at each level the error goes up through.
+fn fail_in(bytes: &[u8], what: &str, at: usize) -> serde_json::Error {
+    let before = &bytes[..at.min(bytes.len())];
+    let line = 1 + memchr::memchr_iter(b'\n', before).count();
+    let column = before.len() - memchr::memrchr(b'\n', before).map_or(0, |newline| newline + 1) + 1;
+    serde::de::Error::custom(format_args!("{what} at line {line} column {column}"))
+}
+
+struct Reader<'t> {
+    text: &'t str,
+    bytes: &'t [u8],
+    /// The next byte to read.
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn fail(&self, what: &str, at: usize) -> serde_json::Error {
+        fail_in(self.bytes, what, at)
+    }
+
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.bytes.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    /// The next byte after whitespace, not consumed.
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_whitespace();
+        self.bytes.get(self.at).copied()
+    }
+
+    /// A value nested `depth` levels inside arrays and objects.
+    fn value(&mut self, depth: usize) -> Result<Value> {
+        match self.peek() {
+            Some(b'"') => {
+                self.at += 1;
+                self.string().map(Value::String)
+            }
+            Some(b'[') => self.array(depth),
+            Some(b'{') => self.object(depth),
+            Some(b't') => self.word("true", Value::Bool(true)),
+            Some(b'f') => self.word("false", Value::Bool(false)),
+            Some(b'n') => self.word("null", Value::Null),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            Some(_) => Err(self.fail("expected value", self.at)),
+            None => Err(self.fail("EOF while parsing a value", self.at)),
+        }
+    }
+
+    fn word(&mut self, word: &str, value: Value) -> Result<Value> {
+        if !self.bytes[self.at..].starts_with(word.as_bytes()) {
+            return Err(self.fail("expected value", self.at));
+        }
+        self.at += word.len();
+        Ok(value)
+    }
+
+    fn nested(&self, depth: usize) -> Result<usize> {
+        match depth < MAX_DEPTH {
+            true => Ok(depth + 1),
+            false => Err(self.fail(&format!("arrays and objects nested more than {MAX_DEPTH} deep"), self.at)),
+        }
+    }
+
+    /// At `[`.
+    fn array(&mut self, depth: usize) -> Result<Value> {
+        let inner = self.nested(depth)?;
+        self.at += 1;
+        let mut items = Vec::new();
+        if self.peek() == Some(b']') {
+            self.at += 1;
+            return Ok(Value::Array(items));
+        }
+        loop {
+            items.push(self.value(inner)?);
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(b']') => {
+                    self.at += 1;
+                    return Ok(Value::Array(items));
+                }
+                Some(_) => return Err(self.fail("expected `,` or `]`", self.at)),
+                None => return Err(self.fail("EOF while parsing a list", self.at)),
+            }
+        }
+    }
+
+    /// At `{`. A repeated key keeps its last value, as serde_json's map does.
+    fn object(&mut self, depth: usize) -> Result<Value> {
+        let inner = self.nested(depth)?;
+        self.at += 1;
+        let mut entries = Map::new();
+        if self.peek() == Some(b'}') {
+            self.at += 1;
+            return Ok(Value::Object(entries));
+        }
+        loop {
+            match self.peek() {
+                Some(b'"') => self.at += 1,
+                Some(_) => return Err(self.fail("key must be a string", self.at)),
+                None => return Err(self.fail("EOF while parsing an object", self.at)),
+            }
+            let key = self.string()?;
+            match self.peek() {
+                Some(b':') => self.at += 1,
+                Some(_) => return Err(self.fail("expected `:`", self.at)),
+                None => return Err(self.fail("EOF while parsing an object", self.at)),
+            }
+            let value = self.value(inner)?;
+            entries.insert(key, value);
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(b'}') => {
+                    self.at += 1;
+                    return Ok(Value::Object(entries));
+                }
+                Some(_) => return Err(self.fail("expected `,` or `}`", self.at)),
+                None => return Err(self.fail("EOF while parsing an object", self.at)),
+            }
+        }
+    }
+
+    /// After the opening quote: the string's text, escapes decoded.
+    fn string(&mut self) -> Result<String> {
+        let start = self.at;
+        // `plain_until` stops only at ASCII bytes, so every index it gives is a char boundary.
+        let mut plain = plain_until(self.bytes, start);
+        if self.bytes.get(plain) == Some(&b'"') {
+            self.at = plain + 1;
+            return Ok(self.text[start..plain].to_owned());
+        }
+        let mut out = String::with_capacity(plain - start + 16);
+        out.push_str(&self.text[start..plain]);
+        loop {
+            match self.bytes.get(plain) {
+                Some(b'"') => {
+                    self.at = plain + 1;
+                    return Ok(out);
+                }
+                Some(b'\\') => plain = self.escape(plain + 1, &mut out)?,
+                Some(_) => {
+                    return Err(self.fail("control character (\\u0000-\\u001F) found while parsing a string", plain))
+                }
+                None => return Err(self.fail("EOF while parsing a string", plain)),
+            }
+            // Escapes often come in runs (text of control characters).
+            if self.bytes.get(plain) != Some(&b'\\') {
+                let end = plain_until(self.bytes, plain);
+                out.push_str(&self.text[plain..end]);
+                plain = end;
+            }
+        }
+    }
+
+    /// After a backslash at `at - 1`: the escape decoded onto `out`; where the text goes on.
+    fn escape(&self, at: usize, out: &mut String) -> Result<usize> {
+        let decoded = match self.bytes.get(at) {
+            Some(b'"') => '"',
+            Some(b'\\') => '\\',
+            Some(b'/') => '/',
+            Some(b'b') => '\u{8}',
+            Some(b'f') => '\u{c}',
+            Some(b'n') => '\n',
+            Some(b'r') => '\r',
+            Some(b't') => '\t',
+            Some(b'u') => return self.unicode_escape(at + 1, out),
+            Some(_) => return Err(self.fail("invalid escape", at)),
+            None => return Err(self.fail("EOF while parsing a string", at)),
+        };
+        out.push(decoded);
+        Ok(at + 1)
+    }
+
+    /// After `\u`: four hex digits, a surrogate pair as two escapes; a lone surrogate is
+    /// refused, as serde_json's `Value` reading refuses it.
+    fn unicode_escape(&self, at: usize, out: &mut String) -> Result<usize> {
+        let unit = self.hex4(at)?;
+        let (code, end) = match unit {
+            0xD800..=0xDBFF => {
+                let low = match self.bytes.get(at + 4..at + 6) {
+                    Some(b"\\u") => self.hex4(at + 6)?,
+                    Some(_) => return Err(self.fail("lone leading surrogate in hex escape", at + 4)),
+                    None => return Err(self.fail("EOF while parsing a string", self.bytes.len())),
+                };
+                if !(0xDC00..=0xDFFF).contains(&low) {
+                    return Err(self.fail("lone leading surrogate in hex escape", at + 6));
+                }
+                (0x1_0000 + ((u32::from(unit) - 0xD800) << 10 | (u32::from(low) - 0xDC00)), at + 10)
+            }
+            0xDC00..=0xDFFF => return Err(self.fail("lone trailing surrogate in hex escape", at)),
+            _ => (u32::from(unit), at + 4),
+        };
+        // Every value left is a scalar value: surrogates are handled above.
+        out.push(char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER));
+        Ok(end)
+    }
+
+    fn hex4(&self, at: usize) -> Result<u16> {
+        let Some(digits) = self.bytes.get(at..at + 4) else {
+            return Err(self.fail("EOF while parsing a string", self.bytes.len()));
+        };
+        let mut unit = 0u16;
+        for (i, &digit) in digits.iter().enumerate() {
+            let value = match digit {
+                b'0'..=b'9' => digit - b'0',
+                b'a'..=b'f' => digit - b'a' + 10,
+                b'A'..=b'F' => digit - b'A' + 10,
+                _ => return Err(self.fail("invalid escape", at + i)),
+            };
+            unit = unit << 4 | u16::from(value);
+        }
+        Ok(unit)
+    }
+
+    /// At `-` or a digit. Integers that fit are `u64` (or `i64` when negative), as serde_json
+    /// reads them (`-0` is the float `-0.0`); the rest `f64`, refused when out of its range.
+    fn number(&mut self) -> Result<Value> {
+        let start = self.at;
+        let negative = self.bytes[start] == b'-';
+        let mut at = start + usize::from(negative);
+        let digits = |at: usize| self.bytes[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+        let whole = match self.bytes.get(at) {
+            Some(b'0') if self.bytes.get(at + 1).is_some_and(u8::is_ascii_digit) => {
+                return Err(self.fail("invalid number", at + 1))
+            }
+            Some(b'0'..=b'9') => digits(at),
+            Some(_) => return Err(self.fail("invalid number", at)),
+            None => return Err(self.fail("EOF while parsing a value", at)),
+        };
+        at += whole;
+        let int_end = at;
+        if self.bytes.get(at) == Some(&b'.') {
+            at += 1;
+            match digits(at) {
+                0 => return Err(self.fail("invalid number", at)),
+                n => at += n,
+            }
+        }
+        if let Some(b'e' | b'E') = self.bytes.get(at) {
+            at += 1;
+            if let Some(b'+' | b'-') = self.bytes.get(at) {
+                at += 1;
+            }
+            match digits(at) {
+                0 => return Err(self.fail("invalid number", at)),
+                n => at += n,
+            }
+        }
+        self.at = at;
+        if at == int_end {
+            let magnitude = self.bytes[int_end - whole..int_end]
+                .iter()
+                .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')));
+            match (negative, magnitude) {
+                (false, Some(n)) => return Ok(Value::Number(n.into())),
+                (true, Some(n)) if n != 0 && n <= 1 << 63 => {
+                    return Ok(Value::Number((n as i64).wrapping_neg().into()))
+                }
+                _ => {}
+            }
+        }
+        // Rust's reading is correctly rounded; serde_json's default one can be a unit in the
+        // last place off (integers past u64, e.g. 123456789012345678901).
+        let float: f64 = self.text[start..at].parse().map_err(|_| self.fail("invalid number", start))?;
+        Number::from_f64(float).map(Value::Number).ok_or_else(|| self.fail("number out of range", start))
+    }
+}

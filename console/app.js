@@ -59,7 +59,7 @@
   // A GET is asked again once after a dropped connection, or after a 503's Retry-After (the
   // gateway's answer to a key-value store hiccup; waited at most 5 s): a section the console
   // loads once must not stay empty for one transient failure.
-  async function fetchOnce(method, init, path) {
+  async function fetchRetrying(method, init, path) {
     for (let attempt = 0; ; attempt++) {
       const again = method === "GET" && attempt === 0;
       let response;
@@ -83,7 +83,7 @@
       init.headers["content-type"] = "application/json";
       init.body = JSON.stringify(body);
     }
-    const response = await fetchOnce(method, init, path);
+    const response = await fetchRetrying(method, init, path);
     let data = null;
     try {
       data = await response.json();

@@ -295,8 +295,8 @@ impl Reader<'_> {
                 _ => {}
             }
         }
-        // Rust's reading is correctly rounded; serde_json's default one can be a unit in the
-        // last place off (integers past u64, e.g. 123456789012345678901).
+        // Rust's reading is correctly rounded; serde_json's default one can be a few units in
+        // the last place off (by one for 123456789012345678901, past u64).
         let float: f64 = self.text[start..at].parse().map_err(|_| self.fail("invalid number", start))?;
         Number::from_f64(float).map(Value::Number).ok_or_else(|| self.fail("number out of range", start))
     }

@@ -46,7 +46,7 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 /// at a time, sixteen once 32 were plain (long text, [`plain_pairs`]); in the word that has
 /// one, from the lowest byte its mask marks (never after the first that needs an escape)
 /// byte by byte, as in the last few bytes.
-fn plain_until(bytes: &[u8], from: usize) -> usize {
+pub(crate) fn plain_until(bytes: &[u8], from: usize) -> usize {
     let mut i = from;
     while let Some(chunk) = bytes.get(i..i + 8) {
         let mask = escapes(word(chunk));
@@ -95,7 +95,7 @@ fn escapes(word: u64) -> u64 {
 }
 
 /// What follows the backslash in each byte's escape (`u`: `\u00xx`); 0: written as it is.
-static ESCAPE: [u8; 256] = {
+pub(crate) static ESCAPE: [u8; 256] = {
     let mut table = [0u8; 256];
     let mut b = 0;
     while b < 0x20 {

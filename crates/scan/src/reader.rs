@@ -14,6 +14,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
+use crate::json::{plain_until, ESCAPE};
 use crate::like_last::Varying;
 
 /// The JSON string at `at` in `data`, unescaped, and where it ends (past its closing quote);
@@ -25,7 +26,7 @@ pub(crate) fn text_at(data: &str, at: usize) -> Option<(Cow<'_, str>, usize)> {
         // the eight-byte scan's set-up (~25 instructions an event), the rest eight at a time.
         let mut end = at + 1;
         let first = bytes.len().min(end + 16);
-        while end < first && !STOPS_A_STRING_RUN[usize::from(bytes[end])] {
+        while end < first && !stops_a_string_run(bytes[end]) {
             end += 1;
         }
         if end == first {
@@ -58,38 +59,18 @@ pub(crate) fn whole_object<'a>(
 }
 
 /// Where the plain run of string bytes from `at` ends: at the first quote, backslash or
-/// control byte (`None`: none). Eight bytes at a time, as serde_json does it: most keys and a
-/// stream's texts end within the first eight, where a byte loop (or a table's iterator, with
-/// its set-up) cost ~9 instructions a byte.
+/// control byte (`None`: none). The JSON writer's and reader's scan ([`plain_until`]: eight
+/// bytes at a time, sixteen on long text), where a byte loop (or a table's iterator, with its
+/// set-up) cost ~9 instructions a byte.
 #[inline]
-fn run_end(s: &[u8], mut at: usize) -> Option<usize> {
-    const ONES: u64 = u64::MAX / 255;
-    let has = |v: u64| v.wrapping_sub(ONES) & !v; // high bit of each zero byte (exact up to the first)
-    while let Some(chunk) = s.get(at..at + 8) {
-        let v = u64::from_le_bytes(chunk.try_into().ok()?);
-        let stops =
-            (v.wrapping_sub(ONES * 0x20) & !v) | has(v ^ (ONES * u64::from(b'"'))) | has(v ^ (ONES * u64::from(b'\\')));
-        let stops = stops & (ONES << 7);
-        if stops != 0 {
-            return Some(at + stops.trailing_zeros() as usize / 8);
-        }
-        at += 8;
-    }
-    s.get(at..)?.iter().position(|&b| STOPS_A_STRING_RUN[usize::from(b)]).map(|run| at + run)
+fn run_end(s: &[u8], at: usize) -> Option<usize> {
+    Some(plain_until(s, at)).filter(|&end| end < s.len())
 }
 
 /// Quote, backslash and the control bytes: where a plain run of string bytes ends.
-const STOPS_A_STRING_RUN: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        table[b] = true;
-        b += 1;
-    }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
-    table
-};
+fn stops_a_string_run(b: u8) -> bool {
+    ESCAPE[usize::from(b)] != 0
+}
 
 /// Deeper than this, the slow reading decides (serde_json's own limit is 128).
 const MAX_DEPTH: u32 = 64;

@@ -19,6 +19,7 @@ use crate::gateway::features::guard::{self, Guardrails};
 use crate::gateway::features::identity::{self, AuthConfig};
 use crate::gateway::features::template::{self, TemplateRef, Templates};
 use crate::gateway::providers::Provider;
+use crate::gateway::wire::json::value_from_slice;
 
 /// The KV entry holding the active snapshot.
 pub const ACTIVE_KEY: &str = "config:active";
@@ -200,6 +201,7 @@ impl Settings {
 }
 
 mod raw {
+    use crate::gateway::check::Issues;
     use serde::Deserialize;
     use serde_json::{Map, Value};
 
@@ -219,36 +221,80 @@ mod raw {
         "mcp_policies",
     ];
 
-    #[derive(Deserialize)]
+    /// The top level, split by hand: taking each field out of the map moves it, where serde
+    /// rebuilt every `Value` field (the whole config) through its visitor.
     pub struct Config {
-        #[serde(default)]
         pub version: Option<Value>,
-        #[serde(default)]
         pub endpoints: Vec<Value>,
-        #[serde(default)]
         pub routes: Vec<Value>,
-        #[serde(default)]
         pub regions: Map<String, Value>,
-        #[serde(default)]
         pub default_region: Option<String>,
-        #[serde(default)]
         pub settings: Option<Value>,
-        #[serde(default)]
         pub prices: Option<Value>,
-        #[serde(default)]
         pub limits: Option<Value>,
-        #[serde(default)]
         pub templates: Option<Value>,
-        #[serde(default)]
         pub auth: Option<Value>,
-        #[serde(default)]
         pub telemetry: Option<Value>,
-        #[serde(default)]
         pub mcp_servers: Value,
-        #[serde(default)]
         pub mcp_policies: Option<Value>,
-        #[serde(flatten)]
-        pub other: Map<String, Value>,
+    }
+
+    impl Config {
+        /// The fields of `value`, with an issue for each unknown one (left out) and each of the
+        /// wrong type (then `None`). Missing fields and `null` are absent.
+        pub fn split(value: Value, issues: &mut Issues) -> Option<Config> {
+            let Value::Object(mut top) = value else {
+                issues.push("", "the config must be a JSON object");
+                return None;
+            };
+            for key in top.keys().filter(|k| !TOP_LEVEL.contains(&k.as_str())) {
+                issues.unknown(key.as_str(), "top-level field", key, TOP_LEVEL);
+            }
+            let before = issues.0.len();
+            let mut take = |name: &str| top.remove(name).filter(|v| !v.is_null());
+            let mut list = |name: &str, value: Option<Value>| match value {
+                None => Vec::new(),
+                Some(Value::Array(items)) => items,
+                Some(_) => {
+                    issues.push(name, "must be a list");
+                    Vec::new()
+                }
+            };
+            let (endpoints, routes) = (take("endpoints"), take("routes"));
+            let (endpoints, routes) = (list("endpoints", endpoints), list("routes", routes));
+            let regions = match take("regions") {
+                None => Map::new(),
+                Some(Value::Object(map)) => map,
+                Some(_) => {
+                    issues.push("regions", "must be an object");
+                    Map::new()
+                }
+            };
+            let default_region = match take("default_region") {
+                None => None,
+                Some(Value::String(name)) => Some(name),
+                Some(_) => {
+                    issues.push("default_region", "must be a string");
+                    None
+                }
+            };
+            let config = Config {
+                version: take("version"),
+                endpoints,
+                routes,
+                regions,
+                default_region,
+                settings: take("settings"),
+                prices: take("prices"),
+                limits: take("limits"),
+                templates: take("templates"),
+                auth: take("auth"),
+                telemetry: take("telemetry"),
+                mcp_servers: take("mcp_servers").unwrap_or_default(),
+                mcp_policies: take("mcp_policies"),
+            };
+            (issues.0.len() == before).then_some(config)
+        }
     }
 
     #[derive(Deserialize)]
@@ -337,17 +383,14 @@ mod raw {
 impl Config {
     /// Parses and checks a JSON snapshot; on failure returns every issue found.
     pub fn from_json(bytes: &[u8]) -> Result<Config, Vec<ConfigIssue>> {
-        let value: Value = serde_json::from_slice(bytes)
+        let value = value_from_slice(bytes)
             .map_err(|e| vec![ConfigIssue { path: String::new(), message: format!("not valid JSON: {e}") }])?;
         Config::from_value(value)
     }
 
     pub fn from_value(value: Value) -> Result<Config, Vec<ConfigIssue>> {
         let mut issues = Issues::default();
-        let Some(raw) = issues.parse::<raw::Config>("", value) else { return Err(issues.0) };
-        for key in raw.other.keys() {
-            issues.unknown(key.as_str(), "top-level field", key, raw::TOP_LEVEL);
-        }
+        let Some(raw) = raw::Config::split(value, &mut issues) else { return Err(issues.0) };
         let version = match raw.version {
             None => String::new(),
             Some(Value::String(s)) => s,
@@ -820,6 +863,32 @@ mod tests {
             issues[0].to_string(),
             "endpoints[1].model.provider: unknown provider \"opena\" (did you mean \"openai\"?)"
         );
+    }
+
+    /// The top level is split by hand: each field of the wrong type is named, unknown fields
+    /// are reported beside them, `null` is a missing field, and JSON errors say where.
+    #[test]
+    fn top_level_fields_of_the_wrong_type_are_named() {
+        let text = |value: Value| -> Vec<String> {
+            Config::from_value(value).unwrap_err().iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(text(json!([])), ["the config must be a JSON object"]);
+        assert_eq!(
+            text(json!({"endpoints": {}, "routes": "r", "regions": [], "default_region": 1, "extra": 1})),
+            [
+                "extra: unknown top-level field \"extra\" (expected one of: version, endpoints, routes, regions, default_region, settings, prices, limits, templates, auth, telemetry, mcp_servers, mcp_policies)",
+                "endpoints: must be a list",
+                "routes: must be a list",
+                "regions: must be an object",
+                "default_region: must be a string",
+            ]
+        );
+        let config = Config::from_value(json!({"version": null, "endpoints": [chat_endpoint("openai")],
+            "routes": null, "regions": null, "default_region": null, "settings": null, "mcp_servers": null}))
+        .unwrap();
+        assert_eq!((config.version.as_str(), config.endpoints.len()), ("", 1));
+        let e = Config::from_json(b"{\"endpoints\": [}").unwrap_err();
+        assert_eq!(e[0].to_string(), "not valid JSON: expected value at line 1 column 16");
     }
 
     #[test]

@@ -1135,6 +1135,19 @@ pub fn adversarial() -> Vec<(&'static str, Case)> {
         body.extend(format!(",\"x\":{tail}").as_bytes());
         body
     };
+    // A chat request with a last field `x`: a list of `count` copies of `item`.
+    let with_list = |item: &str, count: usize| {
+        let mut body = chat("chat", "hi".into());
+        body.truncate(body.len() - 1);
+        body.extend(format!(",\"x\":[{}]}}", vec![item; count].join(",")).as_bytes());
+        body
+    };
+    // A guarded chat request of one message with `count` text parts of `text`.
+    let parts = |text: &str, count: usize| {
+        let part = json!({"type": "text", "text": text});
+        serde_json::to_vec(&json!({"model": "guarded", "messages": [{"role": "user", "content": vec![part; count]}]}))
+            .unwrap_or_default()
+    };
     let mut out: Vec<(&'static str, Case)> = vec![
         ("digit groups \"1 1 1 ...\" (guarded)", post("/v1/chat/completions", chat("guarded", fit("1 ".repeat(limit))))),
         ("digit groups \"1-2 1-2 ...\" (guarded)", post("/v1/chat/completions", chat("guarded", fit("1-2 ".repeat(limit))))),
@@ -1147,6 +1160,13 @@ pub fn adversarial() -> Vec<(&'static str, Case)> {
         ("199k chars of digit groups (guarded, all rules)", post("/v1/chat/completions", chat("guarded", "1-2 ".repeat(49_750)))),
         ("199k chars of prose (guarded, all rules)", post("/v1/chat/completions", chat("guarded", "lorem ipsum dolor ".repeat(11_050)))),
         ("199k chars of ticket ids, 33k redactions (guarded, all rules)", post("/v1/chat/completions", chat("guarded", "TCK-1 ".repeat(33_150)))),
+        // Values that each take memory, up to and past the body's bounds (REQUEST_BOUNDS).
+        ("16,380 tiny objects {\"a\":1}", post("/v1/chat/completions", with_list("{\"a\":1}", 16_380))),
+        ("1 MB of tiny objects (413 past 16,384)", post("/v1/chat/completions", with_list("{\"a\":1}", (limit - 100) / 8))),
+        ("131,000 short strings", post("/v1/chat/completions", with_list("\"a\"", 131_000))),
+        ("1 MB of short strings (413 past 131,072)", post("/v1/chat/completions", with_list("\"a\"", (limit - 100) / 4))),
+        ("16,380 one-character text parts (guarded)", post("/v1/chat/completions", parts("x", 16_380))),
+        ("16,380 e-mail text parts (guarded)", post("/v1/chat/completions", parts("a@b.co", 16_380))),
         ("1 MB unknown model name", post("/v1/chat/completions", chat(&"s".repeat(limit - 100), "hi".into()))),
         ("64-char near-miss model name", post("/v1/chat/completions", chat(&"guardedx".repeat(8), "hi".into()))),
         ("deep JSON nesting", post("/v1/chat/completions", fit(format!("{}{}", "[".repeat(limit / 2), "]".repeat(limit / 2))).into_bytes())),

@@ -195,12 +195,11 @@ impl GatewayError {
         Self::new(StatusCode::CONFLICT, INVALID_REQUEST, code, message)
     }
     pub fn payload_too_large(limit: usize) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            INVALID_REQUEST,
-            ErrorCode::RequestTooLarge,
-            format!("request body exceeds the limit of {limit} bytes"),
-        )
+        Self::request_too_large(format!("request body exceeds the limit of {limit} bytes"))
+    }
+    /// 413 for a body under the byte limit that is still too much (too many JSON values).
+    pub fn request_too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, INVALID_REQUEST, ErrorCode::RequestTooLarge, message)
     }
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID_REQUEST, ErrorCode::UnsupportedMediaType, message)

@@ -86,6 +86,13 @@ def test_malformed_json_is_400(gw):
     assert "not valid JSON" in err["message"]
 
 
+def test_a_body_of_too_many_json_objects_is_413_naming_the_limit(gw):
+    # 160 KB, under the byte limit, but 20,000 objects: ~14 MB as a tree; refused while read.
+    err = assert_error(post(gw, "/v1/chat/completions", {**CHAT, "x": [{"a": 1}] * 20_000}), 413, "request_too_large")
+    assert "more than 16384 non-empty JSON objects" in err["message"], err
+    assert post(gw, "/v1/chat/completions", {**CHAT, "x": [{"a": 1}] * 1_000}).status_code == 200
+
+
 def test_unknown_model_is_404_naming_it(gw):
     err = assert_error(post(gw, "/v1/chat/completions", {**CHAT, "model": "gpt-9"}), 404, "model_not_found")
     assert '"gpt-9"' in err["message"]

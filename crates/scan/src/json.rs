@@ -166,7 +166,40 @@ pub const MAX_DEPTH: usize = 64;
 /// (serde_json's default reading can be a few units in the last place off), and errors in
 /// serde_json's form (what, at line L column C) but with words of their own.
 pub fn parse_value(text: &str) -> serde_json::Result<Value> {
-    read::value(text)
+    read::value(text, Bounds::NONE).map_err(|e| match e {
+        ReadError::Invalid(e) => e,
+        ReadError::TooMany { what, limit } => serde::de::Error::custom(format_args!("more than {limit} {what}")),
+    })
+}
+
+/// As [`parse_value`], refused once `text` holds more values that allocate than `bounds`.
+pub fn parse_value_within(text: &str, bounds: Bounds) -> Result<Value, ReadError> {
+    read::value(text, bounds)
+}
+
+/// How many values that take memory a text may hold. In a `Value` tree a non-empty object is
+/// a 628-byte node however few its entries (`{"a":1}`, 8 bytes of text, ~700 bytes of memory)
+/// and a non-empty string or array a buffer of its own; empty ones, numbers, booleans and
+/// null allocate nothing, and are not counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Non-empty objects.
+    pub objects: usize,
+    /// Non-empty strings (object keys too) and arrays.
+    pub items: usize,
+}
+
+impl Bounds {
+    pub const NONE: Bounds = Bounds { objects: usize::MAX, items: usize::MAX };
+}
+
+/// Why a text was not read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// Not JSON (or nested too deep): serde_json's kind of error, with where.
+    Invalid(serde_json::Error),
+    /// It holds more `what` ("objects", or "strings and arrays") than `limit`.
+    TooMany { what: &'static str, limit: usize },
 }
 
 /// serde_json's own `Value` reading with a depth count (for the entries [`object_keeping`]
@@ -582,5 +615,28 @@ mod tests {
             .starts_with("arrays and objects nested more than 64"));
         let skipped = format!(r#"{{"other":{},"usage":1}}"#, nest(500));
         assert_eq!(super::object_keeping(&skipped, &["usage"]).unwrap().unwrap()["usage"], 1);
+    }
+
+    /// The bounds count what allocates: a non-empty object (`objects`), a non-empty string
+    /// (keys too), array (`items`); up to them a text reads, one more is refused naming the
+    /// count; empty ones, numbers, booleans and null are free.
+    #[test]
+    fn values_past_the_bounds_are_refused() {
+        use super::{parse_value_within, Bounds, ReadError};
+        let bounds = Bounds { objects: 4, items: 6 };
+        // 4 objects (the outer one too); items: the keys "k" and "a" x3, the array, "s".
+        let at_bounds = r#"{"k":[{"a":1},{"a":"s"},{"a":null},{},"",[],[],1.5,true]}"#;
+        assert!(parse_value_within(at_bounds, bounds).is_ok());
+        let refused = |text: &str| match parse_value_within(text, bounds) {
+            Err(ReadError::TooMany { what, limit }) => (what, limit),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(refused(r#"[{},{"a":1},{"a":1},{"a":1},{"a":1},{"a":1}]"#), ("objects", 4));
+        assert_eq!(refused(r#"["a","b","c","d","e","f"]"#), ("strings and arrays", 6));
+        assert_eq!(refused(r#"[[1],[1],[1],[1],[1],[1]]"#), ("strings and arrays", 6));
+        assert_eq!(refused(r#"["\u0041","b","c","d","e","f"]"#), ("strings and arrays", 6));
+        // Not JSON stays an `Invalid` error, and no bounds is the plain reading.
+        assert!(matches!(parse_value_within("[1,", bounds), Err(ReadError::Invalid(_))));
+        assert!(parse_value_within(&format!("[{}1]", r#"{"a":"b"},"#.repeat(10_000)), Bounds::NONE).is_ok());
     }
 }

@@ -6,7 +6,7 @@ use http::HeaderMap;
 use serde_json::{Map, Value};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::wire::json::value_from_slice;
+use crate::gateway::wire::json::{request_value_from_slice, ReadError};
 
 /// Parses a JSON object body, refusing bodies over `limit` bytes before parsing.
 pub fn parse_json_object(body: &[u8], limit: usize) -> Result<Map<String, Value>> {
@@ -16,12 +16,15 @@ pub fn parse_json_object(body: &[u8], limit: usize) -> Result<Map<String, Value>
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(GatewayError::bad_request(ErrorCode::InvalidJson, "request body is empty; expected a JSON object"));
     }
-    match value_from_slice(body) {
+    match request_value_from_slice(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(GatewayError::bad_request(ErrorCode::InvalidJson, "request body must be a JSON object")),
-        Err(e) => {
+        Err(ReadError::Invalid(e)) => {
             Err(GatewayError::bad_request(ErrorCode::InvalidJson, format!("request body is not valid JSON: {e}")))
         }
+        Err(ReadError::TooMany { what, limit }) => Err(GatewayError::request_too_large(format!(
+            "request body holds more than {limit} non-empty JSON {what} (this gateway's limit)"
+        ))),
     }
 }
 
@@ -204,6 +207,17 @@ mod tests {
         assert_eq!(parse_json_object(b"[1]", 100).unwrap_err().message, "request body must be a JSON object");
         assert_eq!(parse_json_object(b"  ", 100).unwrap_err().code, "invalid_json");
         assert_eq!(parse_json_object(b"{\"a\":1}", 100).unwrap()["a"], 1);
+        // Under the byte limit, but more values that take memory than a request may hold.
+        let objects = format!("{{\"x\":[{}]}}", vec!["{\"a\":1}"; 16_384].join(","));
+        let e = parse_json_object(objects.as_bytes(), 1 << 20).unwrap_err();
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"));
+        assert_eq!(e.message, "request body holds more than 16384 non-empty JSON objects (this gateway's limit)");
+        let strings = format!("{{\"x\":[{}]}}", vec!["\"s\""; 131_072].join(","));
+        let e = parse_json_object(strings.as_bytes(), 1 << 20).unwrap_err();
+        assert!(e.message.contains("more than 131072 non-empty JSON strings and arrays"), "{}", e.message);
+        // Empty objects, strings and arrays, and numbers, take no memory of their own.
+        let empty = format!("{{\"x\":[{}]}}", vec!["{},\"\",[],1"; 50_000].join(","));
+        assert_eq!(parse_json_object(empty.as_bytes(), 1 << 20).unwrap()["x"].as_array().unwrap().len(), 200_000);
     }
 
     /// The rules applied to `body`; every field they set is one `may_set` names.

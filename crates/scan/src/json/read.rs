@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Number, Value};
 
-use super::{plain_until, MAX_DEPTH};
+use super::{plain_until, Bounds, ReadError, MAX_DEPTH};
 
 type Result<T> = std::result::Result<T, serde_json::Error>;
 
@@ -15,16 +15,25 @@ const TOO_DEEP: &str = "arrays and objects nested more than 64 deep";
 const _: () = assert!(MAX_DEPTH == 64, "TOO_DEEP names the limit");
 const IN_OBJECT: &str = "EOF while parsing an object";
 
-/// The value `text` is: one JSON value with only whitespace around it.
-pub(super) fn value(text: &str) -> Result<Value> {
-    let mut reader = Reader { text, bytes: text.as_bytes(), at: 0 };
-    let value = reader.value(0)?;
-    reader.skip_whitespace();
-    match reader.at < reader.bytes.len() {
-        true => Err(reader.fail("trailing characters", reader.at)),
-        false => Ok(value),
-    }
+/// The value `text` is: one JSON value with only whitespace around it, holding at most
+/// `bounds` of the values that take memory.
+pub(super) fn value(text: &str, bounds: Bounds) -> std::result::Result<Value, ReadError> {
+    let mut reader = Reader { text, bytes: text.as_bytes(), at: 0, left: bounds, over: None };
+    let read = reader.value(0).and_then(|value| {
+        reader.skip_whitespace();
+        match reader.at < reader.bytes.len() {
+            true => Err(reader.fail("trailing characters", reader.at)),
+            false => Ok(value),
+        }
+    });
+    read.map_err(|e| match reader.over {
+        Some(what) => ReadError::TooMany { what, limit: if what == OBJECTS { bounds.objects } else { bounds.items } },
+        None => ReadError::Invalid(e),
+    })
 }
+
+const OBJECTS: &str = "objects";
+const ITEMS: &str = "strings and arrays";
 
 /// What was wrong, at the line and column (from 1, in bytes) of byte `at`, as serde_json
 /// says it; worked out once, here, not at each level the error goes up through.
@@ -40,11 +49,34 @@ struct Reader<'t> {
     bytes: &'t [u8],
     /// The next byte to read.
     at: usize,
+    /// How many more non-empty objects, and strings (keys too) and arrays, may be read.
+    left: Bounds,
+    /// Which count ran out, when one did (the read then stops with an error).
+    over: Option<&'static str>,
 }
 
 impl Reader<'_> {
     fn fail(&self, what: &str, at: usize) -> serde_json::Error {
         fail_in(self.bytes, what, at)
+    }
+
+    /// Counts one more value that allocates: an object's node (`objects`), a string's or an
+    /// array's buffer; an error once more than `bounds` allows were read.
+    fn allocates(&mut self, object: bool) -> Result<()> {
+        let (left, what) = match object {
+            true => (&mut self.left.objects, OBJECTS),
+            false => (&mut self.left.items, ITEMS),
+        };
+        match left.checked_sub(1) {
+            Some(n) => {
+                *left = n;
+                Ok(())
+            }
+            None => {
+                self.over = Some(what);
+                Err(self.fail(what, self.at))
+            }
+        }
     }
 
     fn skip_whitespace(&mut self) {
@@ -132,6 +164,7 @@ impl Reader<'_> {
     fn array(&mut self, depth: usize) -> Result<Value> {
         let mut items = Vec::new();
         let Some(inner) = self.open(depth, b']')? else { return Ok(Value::Array(items)) };
+        self.allocates(false)?;
         loop {
             items.push(self.value(inner)?);
             if !self.more(b']', "expected `,` or `]`", "EOF while parsing a list")? {
@@ -144,6 +177,7 @@ impl Reader<'_> {
     fn object(&mut self, depth: usize) -> Result<Value> {
         let mut entries = Map::new();
         let Some(inner) = self.open(depth, b'}')? else { return Ok(Value::Object(entries)) };
+        self.allocates(true)?;
         loop {
             self.expect(b'"', "key must be a string", IN_OBJECT)?;
             let key = self.string()?;
@@ -163,8 +197,12 @@ impl Reader<'_> {
         let mut plain = plain_until(self.bytes, start);
         if self.bytes.get(plain) == Some(&b'"') {
             self.at = plain + 1;
+            if plain > start {
+                self.allocates(false)?;
+            }
             return Ok(self.text[start..plain].to_owned());
         }
+        self.allocates(false)?;
         let mut out = String::with_capacity(plain - start + 16);
         out.push_str(&self.text[start..plain]);
         loop {

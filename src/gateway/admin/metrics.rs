@@ -33,8 +33,14 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub(super) async fn prometheus<P: Ports>(ports: &P) -> Result<RawBody> {
     let today = days_of(ports.now_ms());
     let tallies = tally::query(ports, today, today).await?;
-    let series = tallies.into_iter().next().map(|(_, series)| series).unwrap_or_default();
-    let text = exposition(&series, today);
+    let series = tallies.days.into_iter().next().map(|(_, series)| series).unwrap_or_default();
+    let mut text = exposition(&series, today);
+    if tallies.partial {
+        text.insert_str(
+            0,
+            "# partial: a backlog of tally shards is being compacted; these sums miss some (scrape again)\n",
+        );
+    }
     Ok(RawBody { content_type: CONTENT_TYPE, bytes: text.into_bytes(), headers: &[] })
 }
 
@@ -156,7 +162,7 @@ pub(super) async fn series<P: Ports>(ports: &P, query: &[(String, String)]) -> H
     };
     let (from, to) = (day("from")?, day("to")?);
     let tallies = tally::query(ports, from, to).await?;
-    let days: Vec<Value> = tallies
+    let days: Vec<Value> = (tallies.days)
         .iter()
         .map(|(day, series)| {
             let series: Vec<Value> = series
@@ -174,7 +180,11 @@ pub(super) async fn series<P: Ports>(ports: &P, query: &[(String, String)]) -> H
             json!({"date": day_string(*day), "series": series})
         })
         .collect();
-    Ok((StatusCode::OK, json!({"from": day_string(from), "to": day_string(to), "days": days})))
+    let mut answer = json!({"from": day_string(from), "to": day_string(to), "days": days});
+    if tallies.partial {
+        answer["partial"] = json!(true);
+    }
+    Ok((StatusCode::OK, answer))
 }
 
 #[cfg(test)]

@@ -22,8 +22,8 @@
 //! | `GET /admin/access-requests/{id}` | | the request |
 //! | `POST /admin/access-requests/{id}/approve` | `{expires_in?, expires_at?, note?}` (or empty) | the request, `state: approved`; writes the grant |
 //! | `POST /admin/access-requests/{id}/deny` | `{note?}` (or empty) | the request, `state: denied`; deletes any grant |
-//! | `GET /admin/usage/series` | `&from=YYYY-MM-DD&to=YYYY-MM-DD` (default today) | `{days: [{date, series: [{endpoint, tenant, status, code, requests, ...}]}]}` |
-//! | `GET /admin/metrics` | | Prometheus text format 0.0.4 (`metrics.rs`) |
+//! | `GET /admin/usage/series` | `&from=YYYY-MM-DD&to=YYYY-MM-DD` (default today) | `{days: [{date, series: [{endpoint, tenant, status, code, requests, ...}]}], partial?}` (as for `/admin/usage`) |
+//! | `GET /admin/metrics` | | Prometheus text format 0.0.4 (`metrics.rs`; a first line `# partial: …` as above) |
 //!
 //! `GET /admin/ui` (and its `app.js`, `style.css`) is the console (`ui.rs`): static files
 //! served without the token; the page asks for it and uses the API above.
@@ -648,6 +648,26 @@ mod tests {
         assert_eq!(shards, 1, "the finished day was compacted into one entry");
         let r = admin(&host, &memo, Method::GET, &format!("/admin/usage?key=k_00aa&from={date}&to={date}"), None);
         assert_eq!((r.body["total"]["requests"].as_u64(), r.body.get("partial")), (Some(900), None));
+
+        // The same for the request tallies behind /admin/usage/series and /admin/metrics.
+        let shard =
+            json!({"series": [{"endpoint": "chat", "tenant": "acme", "status": 200, "counts": {"requests": 1}}]});
+        for i in 0..900 {
+            host.kv.borrow_mut().insert(format!("metrics:{date}:{i:016x}"), serde_json::to_vec(&shard).unwrap());
+        }
+        let uri = format!("/admin/usage/series?from={date}&to={date}");
+        let mut answer = Value::Null;
+        for _ in 0..10 {
+            let before = host.kv_ops.get();
+            answer = admin(&host, &memo, Method::GET, &uri, None).body;
+            assert!(host.kv_ops.get() - before <= 3 * MAX_KV_READS as u64, "{}", host.kv_ops.get() - before);
+            if answer["partial"] != true {
+                break;
+            }
+        }
+        assert_eq!(answer["days"][0]["series"][0]["requests"], 900, "every shard counted once: {answer}");
+        let shards = host.kv.borrow().keys().filter(|k| k.starts_with(&format!("metrics:{date}:"))).count();
+        assert_eq!(shards, 1, "the finished day was compacted into one entry");
     }
 
     /// L1: `public` is the tenant of anonymous requests (their cache namespace): no key and no

@@ -1,7 +1,7 @@
 //! Housekeeping for hosts whose key-value store has no TTL (Spin's key-value interface has
 //! none, and its `list` reads every key of the store): expired rate-limit counters are
-//! deleted, finished usage shards (one per request there) are compacted into one entry per
-//! day, and stale cache entries are dropped. Each run does a bounded amount of work; the
+//! deleted, finished usage and request-tally shards (one of each per request there) are
+//! compacted into one entry per day, and stale cache entries are dropped. Each run does a bounded amount of work; the
 //! pipeline runs it after a response now and then (`pipeline::account`).
 
 use std::collections::BTreeMap;
@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use crate::gateway::error::Result;
 use crate::gateway::features::cache;
 use crate::gateway::features::limits::window_end;
+use crate::gateway::features::telemetry::tally::{self, TALLY_PREFIX};
 use crate::gateway::features::usage::{compact_day, COMPACTED, MAX_KV_READS, USAGE_PREFIX};
 use crate::gateway::ports::lock::TTL_GRACE_SECS;
 use crate::gateway::ports::{Clock, Kv};
@@ -58,6 +59,17 @@ pub async fn sweep<P: Kv + Clock>(ports: &P) -> Result<Swept> {
         }
         let take = shards.len().min(budget);
         compact_day(ports, &prefix, day, &shards[..take]).await?;
+        budget -= take;
+        swept.shards += take;
+    }
+    let tallies: Vec<String> = names.iter().filter(|n| n.starts_with(TALLY_PREFIX)).cloned().collect();
+    for (day, shards) in tally::shards_by_day(&tallies, |_| true) {
+        let loose = shards.iter().filter(|s| !s.ends_with(COMPACTED)).count();
+        if loose < 2 || budget == 0 {
+            continue;
+        }
+        let take = shards.len().min(budget);
+        tally::compact_day(ports, day, &shards[..take]).await?;
         budget -= take;
         swept.shards += take;
     }

@@ -599,7 +599,7 @@ pub const COMPACTED: &str = "compacted";
 /// Whether the shards of `day` are final, so they can be folded into one entry: days before
 /// yesterday everywhere (no isolate writes them any more), any day where every request is a
 /// fresh instance that writes its shard once (Spin).
-fn compactable<P: Clock + Counter>(ports: &P, day: i64) -> bool {
+pub fn compactable<P: Clock + Counter>(ports: &P, day: i64) -> bool {
     !ports.keeps_state() || day + 2 <= days_of(ports.now_ms())
 }
 

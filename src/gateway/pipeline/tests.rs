@@ -765,8 +765,8 @@ fn a_stream_is_stopped_at_the_cap() {
     assert!(line["total_tokens"].as_u64().unwrap() > 60, "charged what it used: {line}");
 }
 
-/// M5 on Spin: its store has no TTL and every request writes its own usage shard, so the
-/// gateway sweeps now and then: counters of ended windows are deleted and finished usage
+/// M5 on Spin: its store has no TTL and every request writes its own usage and tally shards,
+/// so the gateway sweeps now and then: counters of ended windows are deleted and finished
 /// shards compacted (the store stops growing with every request).
 #[test]
 fn a_store_without_ttls_is_swept() {
@@ -802,6 +802,7 @@ fn a_store_without_ttls_is_swept() {
         "{:?}",
         host.kv.borrow().keys().filter(|k| k.starts_with("usage:")).collect::<Vec<_>>()
     );
+    assert!(count("metrics:") <= 2, "{} tally entries left (one per request before)", count("metrics:"));
     // Nothing was lost: the usage API still sums all 200 requests.
     let today = crate::gateway::util::time::days_of(host.now_ms.get());
     let id = host.kv.borrow().keys().find_map(|k| k.strip_prefix("keyid:").map(str::to_owned)).unwrap();
@@ -813,6 +814,9 @@ fn a_store_without_ttls_is_swept() {
     ))
     .unwrap();
     assert_eq!(usage["total"]["requests"], 200, "{usage}");
+    let tallies = block_on(crate::gateway::features::telemetry::tally::query(&host, today - 1, today)).unwrap();
+    let requests: u64 = tallies.days.iter().flat_map(|(_, day)| day).map(|(_, counts)| counts.requests).sum();
+    assert_eq!((requests, tallies.partial), (200, false), "the request tallies too");
 }
 
 /// A deterministic stream fills the cache once it completes: the same request again is a hit

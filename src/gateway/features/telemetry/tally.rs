@@ -11,6 +11,11 @@
 //! `MAX_SERIES` series per day; more fold into `endpoint="_other", tenant="_other"`.
 //! Caveats as for usage: Cloudflare's `list` is eventually consistent (a scrape may briefly
 //! miss a new shard), and an isolate evicted before its write loses that last delta.
+//!
+//! As usage shards are, finished shards are folded into one entry per day
+//! (`metrics:<yyyy-mm-dd>:compacted`, under a KV lock; [`compact_day`]): by [`query`] as it
+//! reads (at most `MAX_KV_READS` shard reads per call) and on Spin, where every request is a
+//! fresh instance writing a shard of its own, by the housekeeping sweep.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,9 +23,10 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::ports::{Clock, Kv};
+use crate::gateway::features::usage::{compactable, COMPACTED, MAX_KV_READS};
+use crate::gateway::ports::{lock, Clock, Counter, Kv};
 use crate::gateway::util::text::hex;
-use crate::gateway::util::time::{day_string, days_of};
+use crate::gateway::util::time::{day_string, days_of, parse_day};
 
 pub const TALLY_PREFIX: &str = "metrics:";
 const KEEP_SECS: u64 = 400 * 86_400;
@@ -204,31 +210,138 @@ fn shard_of(days: &mut [(i64, DayShard)], day: i64) -> Option<&mut DayShard> {
 /// One day's series, summed over every shard, sorted by key.
 pub type Day = Vec<(SeriesKey, Counts)>;
 
-/// The sum of every shard per day for the UTC days `from..=to` (days without data left out).
-pub async fn query(kv: &impl Kv, from: i64, to: i64) -> Result<Vec<(i64, Day)>> {
+/// The series of days `from..=to` (days without data left out), and whether they are partial.
+pub struct Tallies {
+    pub days: Vec<(i64, Day)>,
+    /// More shards than one call may read: the sums miss the days not reached (call again:
+    /// each call folds part of the backlog).
+    pub partial: bool,
+}
+
+/// The sum of every shard per day for the UTC days `from..=to`. Bounded as usage queries are:
+/// one list and at most `MAX_KV_READS` shard reads per call; days whose shards are final are
+/// compacted into one entry as they are read.
+pub async fn query<P: Kv + Clock + Counter>(ports: &P, from: i64, to: i64) -> Result<Tallies> {
     if to < from || to - from >= MAX_QUERY_DAYS {
         return Err(GatewayError::bad_request(
             ErrorCode::InvalidRange,
             format!("`from` must not be after `to`, and a query covers at most {MAX_QUERY_DAYS} days"),
         ));
     }
-    let mut out = Vec::new();
-    for day in from..=to {
-        let mut series: HashMap<SeriesKey, Counts> = HashMap::new();
-        for name in kv.list(&format!("{TALLY_PREFIX}{}:", day_string(day))).await? {
-            let Some(bytes) = kv.get(&name).await? else { continue };
-            let Ok(stored) = serde_json::from_slice::<Stored>(&bytes) else { continue };
-            for (key, counts) in stored.series.into_iter().map(Entry::key) {
-                series.entry(key).or_default().add(&counts);
+    let by_day = shards_by_day(&ports.list(TALLY_PREFIX).await?, |day| (from..=to).contains(&day));
+    let mut budget = MAX_KV_READS;
+    let mut out = Tallies { days: Vec::new(), partial: false };
+    for (day, names) in by_day {
+        if names.len() > budget {
+            out.partial = true;
+            if budget > 0 && compactable(ports, day) {
+                let _ = compact_day(ports, day, &names[..budget]).await;
             }
+            break;
         }
+        budget -= names.len();
+        let compacted = match names.len() > 1 && compactable(ports, day) {
+            true => compact_day(ports, day, &names).await.ok(),
+            false => None,
+        };
+        let series = match compacted {
+            Some(series) => series,
+            None => {
+                let mut series = HashMap::new();
+                for name in &names {
+                    if let Some(bytes) = ports.get(name).await? {
+                        add_stored(&mut series, &bytes);
+                    }
+                }
+                series
+            }
+        };
         if !series.is_empty() {
             let mut series: Day = series.into_iter().collect();
             series.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            out.push((day, series));
+            out.days.push((day, series));
         }
     }
     Ok(out)
+}
+
+/// The shard names among `names` (`metrics:<date>:<shard>`) by day, for the days `keep` takes.
+pub fn shards_by_day(names: &[String], keep: impl Fn(i64) -> bool) -> std::collections::BTreeMap<i64, Vec<String>> {
+    let mut by_day = std::collections::BTreeMap::<i64, Vec<String>>::new();
+    for name in names {
+        let Some((date, _shard)) = name.strip_prefix(TALLY_PREFIX).and_then(|rest| rest.split_once(':')) else {
+            continue;
+        };
+        if let Some(day) = parse_day(date).filter(|d| keep(*d)) {
+            by_day.entry(day).or_default().push(name.clone());
+        }
+    }
+    by_day
+}
+
+/// Adds a stored shard's series to `series`; false when `bytes` is not one.
+fn add_stored(series: &mut HashMap<SeriesKey, Counts>, bytes: &[u8]) -> bool {
+    let Ok(stored) = serde_json::from_slice::<Stored>(bytes) else { return false };
+    for (key, counts) in stored.series.into_iter().map(Entry::key) {
+        series.entry(key).or_default().add(&counts);
+    }
+    true
+}
+
+/// Folds `names` (shards of `day`) into the day's compacted entry and deletes them, under a
+/// KV lock, as `usage::compact_day` does; returns the day's series. Past the `MAX_SERIES`
+/// with the most requests, series fold into `endpoint="_other", tenant="_other"` (as a
+/// shard's do; kept apart by status and code).
+pub async fn compact_day<P: Kv + Clock>(ports: &P, day: i64, names: &[String]) -> Result<HashMap<SeriesKey, Counts>> {
+    let date = day_string(day);
+    let scope = format!("tally-compact:{date}");
+    let id = lock::acquire(ports, &scope).await?;
+    let result = async {
+        let compacted = format!("{TALLY_PREFIX}{date}:{COMPACTED}");
+        let mut series = HashMap::new();
+        if let Some(bytes) = ports.get(&compacted).await? {
+            add_stored(&mut series, &bytes);
+        }
+        let mut folded = Vec::new();
+        for name in names.iter().filter(|n| **n != compacted) {
+            if let Some(bytes) = ports.get(name).await? {
+                if add_stored(&mut series, &bytes) {
+                    folded.push(name);
+                }
+            }
+        }
+        let series = capped(series);
+        if !folded.is_empty() {
+            let entries = series.iter().map(|(k, c)| Entry::new(k, *c)).collect();
+            let bytes = serde_json::to_vec(&Stored { series: entries }).unwrap_or_default();
+            ports.put(&compacted, &bytes, Some(KEEP_SECS)).await?;
+            for name in folded {
+                ports.delete(name).await?;
+            }
+        }
+        Ok(series)
+    }
+    .await;
+    lock::release(ports, &scope, &id).await;
+    result
+}
+
+/// The `MAX_SERIES` series with the most requests, and the others folded into `_other`.
+fn capped(series: HashMap<SeriesKey, Counts>) -> HashMap<SeriesKey, Counts> {
+    if series.len() <= MAX_SERIES {
+        return series;
+    }
+    let mut list: Vec<(SeriesKey, Counts)> = series.into_iter().collect();
+    list.sort_unstable_by(|a, b| b.1.requests.cmp(&a.1.requests).then_with(|| a.0.cmp(&b.0)));
+    let mut out = HashMap::new();
+    for (i, (key, counts)) in list.into_iter().enumerate() {
+        let key = match i < MAX_SERIES {
+            true => key,
+            false => SeriesKey { endpoint: OTHER.into(), tenant: OTHER.into(), ..key },
+        };
+        out.entry(key).or_insert_with(Counts::default).add(&counts);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -260,15 +373,43 @@ mod tests {
         }
         assert_eq!(host.kv.borrow().keys().filter(|k| k.starts_with(TALLY_PREFIX)).count(), 2);
         let day = days_of(now);
-        let got = block_on(query(&host, day, day)).unwrap();
+        let got = block_on(query(&host, day, day)).unwrap().days;
         assert_eq!(got[0].0, day);
         let find = |k: SeriesKey| got[0].1.iter().find(|(s, _)| *s == k).unwrap().1;
         assert_eq!(find(key("chat", "acme", 200)).requests, 6);
         assert_eq!(find(key("chat", "acme", 200)).prompt_tokens, 3 + 6);
         assert_eq!(find(key("chat", "acme", 429)).requests, 2);
         assert!(got[0].1.windows(2).all(|w| w[0].0 < w[1].0), "sorted");
-        assert!(block_on(query(&host, day - 1, day - 1)).unwrap().is_empty());
+        assert!(block_on(query(&host, day - 1, day - 1)).unwrap().days.is_empty());
         assert!(block_on(query(&host, day, day - 1)).is_err());
+    }
+
+    /// Compaction folds shards into one entry and keeps the counts; series past
+    /// `MAX_SERIES` (the ones with the fewest requests) fold into `_other`.
+    #[test]
+    fn compaction_keeps_every_count_and_bounds_the_series() {
+        let host = MemoryHost::new(|_| Err(UpstreamError::Timeout));
+        let day = days_of(host.now_ms()) - 5;
+        let names: Vec<String> = (0..2)
+            .map(|shard| {
+                let series: Vec<Entry> = (0..MAX_SERIES)
+                    .map(|i| Entry::new(&key(&format!("e{shard}-{i}"), "t", 200), one(1)))
+                    .chain([Entry::new(&key("big", "t", 200), Counts { requests: 50, ..one(1) })])
+                    .collect();
+                let name = format!("{TALLY_PREFIX}{}:{shard:016x}", day_string(day));
+                host.kv.borrow_mut().insert(name.clone(), serde_json::to_vec(&Stored { series }).unwrap());
+                name
+            })
+            .collect();
+        let series = block_on(compact_day(&host, day, &names)).unwrap();
+        assert_eq!(series.len(), MAX_SERIES + 1, "the kept series and one `_other` per status");
+        assert_eq!(series[&key("big", "t", 200)].requests, 100, "the largest series are kept");
+        let total: u64 = series.values().map(|c| c.requests).sum();
+        assert_eq!(total, 2 * MAX_SERIES as u64 + 100, "nothing lost");
+        let left: Vec<String> = host.kv.borrow().keys().filter(|k| k.starts_with(TALLY_PREFIX)).cloned().collect();
+        assert_eq!(left, [format!("{TALLY_PREFIX}{}:{COMPACTED}", day_string(day))]);
+        let read = block_on(query(&host, day, day)).unwrap();
+        assert_eq!(read.days[0].1.iter().map(|(_, c)| c.requests).sum::<u64>(), total);
     }
 
     #[test]
@@ -284,7 +425,7 @@ mod tests {
         }
         block_on(book.flush(&host, day)).unwrap();
         assert!(host.now_ms() >= first + MIN_WRITE_GAP_MS);
-        let series = block_on(query(&host, day, day)).unwrap().remove(0).1;
+        let series = block_on(query(&host, day, day)).unwrap().days.remove(0).1;
         assert_eq!(series.len(), MAX_SERIES + 1, "the overflow folds into one series");
         assert_eq!(series.iter().find(|(k, _)| *k == key(OTHER, OTHER, 200)).unwrap().1.requests, 11);
         assert_eq!(series.iter().map(|(_, c)| c.requests).sum::<u64>(), MAX_SERIES as u64 + 11);

@@ -26,6 +26,18 @@ pub struct Swept {
     pub cache_entries: usize,
 }
 
+/// The shards of one day to fold now, taken from `budget`: none while fewer than two are
+/// loose (not yet the compacted entry) or the budget is spent.
+fn to_fold<'s>(shards: &'s [String], budget: &mut usize) -> Option<&'s [String]> {
+    let loose = shards.iter().filter(|s| !s.ends_with(COMPACTED)).count();
+    if loose < 2 || *budget == 0 {
+        return None;
+    }
+    let take = shards.len().min(*budget);
+    *budget -= take;
+    Some(&shards[..take])
+}
+
 /// One bounded run: at most `MAX_KV_READS` deletes of counters, shards folded and cache reads.
 /// Only for hosts where every request is a fresh instance (usage shards are final once
 /// written; see `usage::compact_day`).
@@ -53,25 +65,17 @@ pub async fn sweep<P: Kv + Clock>(ports: &P) -> Result<Swept> {
         days.entry((format!("{subject}:"), day)).or_default().push(name.clone());
     }
     for ((prefix, day), shards) in days {
-        let loose = shards.iter().filter(|s| !s.ends_with(COMPACTED)).count();
-        if loose < 2 || budget == 0 {
-            continue;
+        if let Some(fold) = to_fold(&shards, &mut budget) {
+            compact_day(ports, &prefix, day, fold).await?;
+            swept.shards += fold.len();
         }
-        let take = shards.len().min(budget);
-        compact_day(ports, &prefix, day, &shards[..take]).await?;
-        budget -= take;
-        swept.shards += take;
     }
     let tallies: Vec<String> = names.iter().filter(|n| n.starts_with(TALLY_PREFIX)).cloned().collect();
     for (day, shards) in tally::shards_by_day(&tallies, |_| true) {
-        let loose = shards.iter().filter(|s| !s.ends_with(COMPACTED)).count();
-        if loose < 2 || budget == 0 {
-            continue;
+        if let Some(fold) = to_fold(&shards, &mut budget) {
+            tally::compact_day(ports, day, fold).await?;
+            swept.shards += fold.len();
         }
-        let take = shards.len().min(budget);
-        tally::compact_day(ports, day, &shards[..take]).await?;
-        budget -= take;
-        swept.shards += take;
     }
     for name in names.iter().filter(|n| n.starts_with("cache:")) {
         if budget == 0 {

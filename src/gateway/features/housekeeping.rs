@@ -71,7 +71,7 @@ pub async fn sweep<P: Kv + Clock>(ports: &P) -> Result<Swept> {
         }
     }
     let tallies: Vec<String> = names.iter().filter(|n| n.starts_with(TALLY_PREFIX)).cloned().collect();
-    for (day, shards) in tally::shards_by_day(&tallies, |_| true) {
+    for (day, shards) in tally::shards_by_day(&tallies) {
         if let Some(fold) = to_fold(&shards, &mut budget) {
             tally::compact_day(ports, day, fold).await?;
             swept.shards += fold.len();

@@ -219,8 +219,8 @@ pub struct Tallies {
 }
 
 /// The sum of every shard per day for the UTC days `from..=to`. Bounded as usage queries are:
-/// one list and at most `MAX_KV_READS` shard reads per call; days whose shards are final are
-/// compacted into one entry as they are read.
+/// a list per day and at most `MAX_KV_READS` shard reads per call; days whose shards are final
+/// are compacted into one entry as they are read.
 pub async fn query<P: Kv + Clock + Counter>(ports: &P, from: i64, to: i64) -> Result<Tallies> {
     if to < from || to - from >= MAX_QUERY_DAYS {
         return Err(GatewayError::bad_request(
@@ -228,10 +228,11 @@ pub async fn query<P: Kv + Clock + Counter>(ports: &P, from: i64, to: i64) -> Re
             format!("`from` must not be after `to`, and a query covers at most {MAX_QUERY_DAYS} days"),
         ));
     }
-    let by_day = shards_by_day(&ports.list(TALLY_PREFIX).await?, |day| (from..=to).contains(&day));
     let mut budget = MAX_KV_READS;
     let mut out = Tallies { days: Vec::new(), partial: false };
-    for (day, names) in by_day {
+    for day in from..=to {
+        // A list per day: all days' shards would be up to 400 days of them.
+        let names = ports.list(&format!("{TALLY_PREFIX}{}:", day_string(day))).await?;
         if names.len() > budget {
             out.partial = true;
             if budget > 0 && compactable(ports, day) {
@@ -265,14 +266,14 @@ pub async fn query<P: Kv + Clock + Counter>(ports: &P, from: i64, to: i64) -> Re
     Ok(out)
 }
 
-/// The shard names among `names` (`metrics:<date>:<shard>`) by day, for the days `keep` takes.
-pub fn shards_by_day(names: &[String], keep: impl Fn(i64) -> bool) -> std::collections::BTreeMap<i64, Vec<String>> {
+/// The shard names among `names` (`metrics:<date>:<shard>`) by day.
+pub fn shards_by_day(names: &[String]) -> std::collections::BTreeMap<i64, Vec<String>> {
     let mut by_day = std::collections::BTreeMap::<i64, Vec<String>>::new();
     for name in names {
         let Some((date, _shard)) = name.strip_prefix(TALLY_PREFIX).and_then(|rest| rest.split_once(':')) else {
             continue;
         };
-        if let Some(day) = parse_day(date).filter(|d| keep(*d)) {
+        if let Some(day) = parse_day(date) {
             by_day.entry(day).or_default().push(name.clone());
         }
     }

@@ -1173,7 +1173,7 @@ pub fn adversarial() -> Vec<(&'static str, Case)> {
         // Refused only at their end, where serde_json's error looks for its line at each level.
         ("1 MB prompt, then deep nesting", post("/v1/chat/completions", late(&"[".repeat(200)))),
         ("1 MB prompt, then a bad value 63 levels deep", post("/v1/chat/completions", late(&format!("{}x", "[".repeat(63))))),
-        ("5,000 messages (guarded)", post("/v1/chat/completions", serde_json::to_vec(&json!({"model": "chat",
+        ("5,000 messages (unguarded endpoint)", post("/v1/chat/completions", serde_json::to_vec(&json!({"model": "chat",
             "messages": (0..5000).map(|i| json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": "a@b.co 4111 1111 1111 1111"})).collect::<Vec<_>>()})).unwrap_or_default())),
         ("1 MB template variable", post("/v1/chat/completions", serde_json::to_vec(&json!({"model": "templated", "messages": [],
             "variables": {"text": fit("lorem ipsum ".repeat(limit / 12)), "words": 5}})).unwrap_or_default())),

@@ -7,6 +7,7 @@ use http::StatusCode;
 use serde_json::{json, Map, Value};
 
 use crate::gateway::error::GatewayError;
+use crate::gateway::wire::json::{request_value_from_slice, ReadError};
 
 /// Invalid JSON.
 pub const PARSE_ERROR: i64 = -32700;
@@ -134,10 +135,16 @@ impl Message {
 /// A framing failure: the error, and the request id when it could be read.
 pub type Rejected = (Option<Value>, RpcError);
 
-/// Parses one POST body into a message.
+/// Parses one POST body into a message, within the bounds of every request body (413 past
+/// them, as for the model APIs: `wire::json::REQUEST_BOUNDS`).
 pub fn parse(body: &[u8]) -> Result<Message, Rejected> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| (None, RpcError::parse(format!("Parse error: {e}"))))?;
+    let value = request_value_from_slice(body).map_err(|e| match e {
+        ReadError::Invalid(e) => (None, RpcError::parse(format!("Parse error: {e}"))),
+        ReadError::TooMany { what, limit } => {
+            let message = format!("the message holds more than {limit} non-empty JSON {what} (this gateway's limit)");
+            (None, RpcError::invalid_request(message).with_http(StatusCode::PAYLOAD_TOO_LARGE))
+        }
+    })?;
     let Value::Object(mut map) = value else {
         let message = if value.is_array() {
             "JSON-RPC batches are not supported: send one message per POST (batching was removed in MCP 2025-06-18)"
@@ -273,6 +280,14 @@ mod tests {
         assert!(e.message.contains("batches"), "{}", e.message);
         assert_eq!(e.http, StatusCode::BAD_REQUEST);
         assert_eq!(RpcError::method_not_found("x").http, StatusCode::NOT_FOUND);
+        // A message holding more values than any request body may: 413, naming the limit.
+        let many = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"x":[{}]}}}}"#,
+            "{\"a\":1},".repeat(16_384) + "1"
+        );
+        let (_, e) = parse(many.as_bytes()).unwrap_err();
+        assert_eq!((e.code, e.http), (INVALID_REQUEST, StatusCode::PAYLOAD_TOO_LARGE));
+        assert_eq!(e.message, "the message holds more than 16384 non-empty JSON objects (this gateway's limit)");
     }
 
     #[test]

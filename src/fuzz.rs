@@ -1128,20 +1128,18 @@ pub fn adversarial() -> Vec<(&'static str, Case)> {
         s.truncate(limit - 200);
         s
     };
-    // A 1 MB chat request with `tail` as the value of a last field.
-    let late = |tail: &str| {
-        let mut body = chat("chat", "word ".repeat((limit - 400) / 5));
+    // A chat request of one message, `content`, then a last field `x` whose text is `tail`
+    // (the closing brace is the tail's to write, or not).
+    let with_x = |content: String, tail: &str| {
+        let mut body = chat("chat", content);
         body.truncate(body.len() - 1);
         body.extend(format!(",\"x\":{tail}").as_bytes());
         body
     };
+    // A 1 MB chat request with `tail` as the value of a last field.
+    let late = |tail: &str| with_x("word ".repeat((limit - 400) / 5), tail);
     // A chat request with a last field `x`: a list of `count` copies of `item`.
-    let with_list = |item: &str, count: usize| {
-        let mut body = chat("chat", "hi".into());
-        body.truncate(body.len() - 1);
-        body.extend(format!(",\"x\":[{}]}}", vec![item; count].join(",")).as_bytes());
-        body
-    };
+    let with_list = |item: &str, count: usize| with_x("hi".into(), &format!("[{}]}}", vec![item; count].join(",")));
     // A guarded chat request of one message with `count` text parts of `text`.
     let parts = |text: &str, count: usize| {
         let part = json!({"type": "text", "text": text});

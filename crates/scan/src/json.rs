@@ -168,7 +168,7 @@ pub const MAX_DEPTH: usize = 64;
 pub fn parse_value(text: &str) -> serde_json::Result<Value> {
     read::value(text, Bounds::NONE).map_err(|e| match e {
         ReadError::Invalid(e) => e,
-        ReadError::TooMany { what, limit } => serde::de::Error::custom(format_args!("more than {limit} {what}")),
+        too_many => serde::de::Error::custom(too_many),
     })
 }
 
@@ -200,6 +200,16 @@ pub enum ReadError {
     Invalid(serde_json::Error),
     /// It holds more `what` ("objects", or "strings and arrays") than `limit`.
     TooMany { what: &'static str, limit: usize },
+}
+
+/// "more than 16384 non-empty JSON objects", or serde_json's error.
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            ReadError::Invalid(e) => e.fmt(f),
+            ReadError::TooMany { what, limit } => write!(f, "more than {limit} non-empty JSON {what}"),
+        }
+    }
 }
 
 /// serde_json's own `Value` reading with a depth count (for the entries [`object_keeping`]

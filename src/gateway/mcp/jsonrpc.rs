@@ -140,8 +140,8 @@ pub type Rejected = (Option<Value>, RpcError);
 pub fn parse(body: &[u8]) -> Result<Message, Rejected> {
     let value = request_value_from_slice(body).map_err(|e| match e {
         ReadError::Invalid(e) => (None, RpcError::parse(format!("Parse error: {e}"))),
-        ReadError::TooMany { what, limit } => {
-            let message = format!("the message holds more than {limit} non-empty JSON {what} (this gateway's limit)");
+        too_many => {
+            let message = format!("the message holds {too_many} (this gateway's limit)");
             (None, RpcError::invalid_request(message).with_http(StatusCode::PAYLOAD_TOO_LARGE))
         }
     })?;

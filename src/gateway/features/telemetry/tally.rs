@@ -334,13 +334,13 @@ fn capped(series: HashMap<SeriesKey, Counts>) -> HashMap<SeriesKey, Counts> {
     }
     let mut list: Vec<(SeriesKey, Counts)> = series.into_iter().collect();
     list.sort_unstable_by(|a, b| b.1.requests.cmp(&a.1.requests).then_with(|| a.0.cmp(&b.0)));
-    let mut out = HashMap::new();
+    let mut out: HashMap<SeriesKey, Counts> = HashMap::new();
     for (i, (key, counts)) in list.into_iter().enumerate() {
         let key = match i < MAX_SERIES {
             true => key,
             false => SeriesKey { endpoint: OTHER.into(), tenant: OTHER.into(), ..key },
         };
-        out.entry(key).or_insert_with(Counts::default).add(&counts);
+        out.entry(key).or_default().add(&counts);
     }
     out
 }

@@ -630,7 +630,7 @@ mod tests {
         let date = crate::gateway::util::time::day_string(day);
         for i in 0..900 {
             let shard = DayUsage { requests: 1, prompt_tokens: 2, ..DayUsage::default() };
-            host.kv.borrow_mut().insert(format!("usage:k_00aa:{date}:{i:016x}"), serde_json::to_vec(&shard).unwrap());
+            host.kv.borrow_mut().insert(format!("usage:k_00aa:{date}:{i:016x}"), shard.to_json());
         }
         let mut answer = Value::Null;
         for _ in 0..10 {

@@ -45,6 +45,7 @@ use crate::gateway::ports::{Clock, Kv, Ports};
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::util::text::hex;
 use crate::gateway::util::time::{day_string, days_of, parse_day};
+use crate::gateway::wire::json::write_counters;
 
 pub const USAGE_PREFIX: &str = "usage:";
 /// Usage shards are kept this long (where the host has TTLs).
@@ -226,7 +227,7 @@ pub fn check_prices(path: &str, value: &Value, issues: &mut Issues) -> Option<Pr
 // Aggregates
 
 /// One day's usage for one key or tenant (one shard, or the sum of shards).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct DayUsage {
     pub requests: u64,
@@ -253,6 +254,25 @@ impl DayUsage {
         self.errors = self.errors.saturating_add(other.errors);
         self.unpriced = self.unpriced.saturating_add(other.unpriced);
         self.latency_ms = self.latency_ms.saturating_add(other.latency_ms);
+    }
+
+    /// The stored form, `{"requests":n,...}` (read back by `Deserialize`).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(192);
+        write_counters(
+            &mut out,
+            &[
+                ("requests", self.requests),
+                ("prompt_tokens", self.prompt_tokens),
+                ("completion_tokens", self.completion_tokens),
+                ("cost_nusd", self.cost_nusd),
+                ("cache_hits", self.cache_hits),
+                ("errors", self.errors),
+                ("unpriced", self.unpriced),
+                ("latency_ms", self.latency_ms),
+            ],
+        );
+        out
     }
 
     /// The admin API's view.
@@ -415,7 +435,7 @@ impl UsageBook {
                 }
             };
             let Some((total, version)) = snapshot else { break };
-            let bytes = serde_json::to_vec(&total).unwrap_or_default();
+            let bytes = total.to_json();
             let written = kv.put(name, &bytes, Some(KEEP_SECS)).await;
             let mut shards = self.shards.borrow_mut();
             let Some(shard) = shards.get_mut(name) else { break };
@@ -699,7 +719,7 @@ pub async fn compact_day<P: Kv + Clock>(ports: &P, prefix: &str, day: i64, names
             }
         }
         if !folded.is_empty() {
-            let bytes = serde_json::to_vec(&total).unwrap_or_default();
+            let bytes = total.to_json();
             ports.put(&compacted, &bytes, Some(KEEP_SECS)).await?;
             for name in folded {
                 ports.delete(name).await?;
@@ -721,6 +741,25 @@ mod tests {
 
     fn host() -> MemoryHost {
         MemoryHost::new(|_| Err(UpstreamError::Timeout))
+    }
+
+    /// The stored form reads back as written, every field and the largest counts included.
+    #[test]
+    fn a_stored_day_reads_back() {
+        let day = DayUsage {
+            requests: u64::MAX,
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            cost_nusd: 3,
+            cache_hits: 4,
+            errors: 5,
+            unpriced: 6,
+            latency_ms: u64::MAX - 1,
+        };
+        let bytes = day.to_json();
+        assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap().as_object().unwrap().len(), 8);
+        assert_eq!(serde_json::from_slice::<DayUsage>(&bytes).unwrap(), day);
+        assert_eq!(serde_json::from_slice::<DayUsage>(&DayUsage::default().to_json()).unwrap(), DayUsage::default());
     }
 
     fn event(key: &str, prompt: u64, completion: u64, ts_ms: u64) -> UsageEvent {

@@ -33,7 +33,8 @@ fn not_json(e: serde_json::Error) -> GatewayError {
 /// `serde_json::to_vec`, written by serde_json compiled for speed (`edge_scan::json`, see
 /// [`value_from_slice`]), so it cannot fail.
 pub fn json_body(value: &impl JsonBody) -> Vec<u8> {
-    let mut out = Vec::new();
+    // Most bodies fit: growing from empty reallocated (and copied) ~8 times a chat request.
+    let mut out = Vec::with_capacity(1024);
     value.write_json(&mut out);
     out
 }
@@ -64,6 +65,23 @@ impl JsonBody for serde_json::Map<String, Value> {
         }
         out.push(b'}');
     }
+}
+
+/// A flat object of counters, `{"name":n,...}`, appended to `out`: the stored form of usage
+/// and tally shards, written at every flush. The bytes serde_json writes for such a struct,
+/// without its generic serializer, which is compiled at this crate's size-first opt-level
+/// (~6,600 instructions for one 8-field `DayUsage`, callgrind).
+pub fn write_counters(out: &mut Vec<u8>, fields: &[(&str, u64)]) {
+    out.push(b'{');
+    for (i, (name, n)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        edge_scan::json::write_str(out, name);
+        out.push(b':');
+        edge_scan::json::write_u64(out, *n);
+    }
+    out.push(b'}');
 }
 
 /// A `Value` from JSON bytes, nested at most `edge_scan::json::MAX_DEPTH` deep (why: there).

@@ -20,13 +20,15 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
+use edge_scan::json::{write_str, write_u64};
+use serde::Deserialize;
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::usage::{compactable, COMPACTED, MAX_KV_READS};
 use crate::gateway::ports::{lock, Clock, Counter, Kv};
 use crate::gateway::util::text::hex;
 use crate::gateway::util::time::{day_string, days_of, parse_day};
+use crate::gateway::wire::json::write_counters;
 
 pub const TALLY_PREFIX: &str = "metrics:";
 const KEEP_SECS: u64 = 400 * 86_400;
@@ -48,7 +50,7 @@ pub struct SeriesKey {
 }
 
 /// What a series counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct Counts {
     pub requests: u64,
@@ -73,7 +75,7 @@ impl Counts {
 }
 
 /// One series as stored: the key's and the counts' fields side by side.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Entry {
     #[serde(default)]
     endpoint: String,
@@ -88,20 +90,51 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(key: &SeriesKey, counts: Counts) -> Self {
-        let SeriesKey { endpoint, tenant, status, code } = key.clone();
-        Entry { endpoint, tenant, status, code, counts }
-    }
-
     fn key(self) -> (SeriesKey, Counts) {
         let Entry { endpoint, tenant, status, code, counts } = self;
         (SeriesKey { endpoint, tenant, status, code }, counts)
     }
 }
 
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Deserialize, Default)]
 struct Stored {
     series: Vec<Entry>,
+}
+
+/// The stored form of a shard, `{"series":[{"endpoint", "tenant", "status", "code", "counts"}]}`
+/// (read back as [`Stored`]), written without serde's generic serializer (see
+/// [`write_counters`]): a flush writes every series of the day.
+fn stored_json<'a>(series: impl ExactSizeIterator<Item = (&'a SeriesKey, &'a Counts)>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + series.len() * 224);
+    out.extend_from_slice(b"{\"series\":[");
+    for (i, (key, c)) in series.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"endpoint\":");
+        write_str(&mut out, &key.endpoint);
+        out.extend_from_slice(b",\"tenant\":");
+        write_str(&mut out, &key.tenant);
+        out.extend_from_slice(b",\"status\":");
+        write_u64(&mut out, u64::from(key.status));
+        out.extend_from_slice(b",\"code\":");
+        write_str(&mut out, &key.code);
+        out.extend_from_slice(b",\"counts\":");
+        write_counters(
+            &mut out,
+            &[
+                ("requests", c.requests),
+                ("prompt_tokens", c.prompt_tokens),
+                ("completion_tokens", c.completion_tokens),
+                ("cost_nusd", c.cost_nusd),
+                ("cache_hits", c.cache_hits),
+                ("latency_ms", c.latency_ms),
+            ],
+        );
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 struct DayShard {
@@ -184,8 +217,7 @@ impl TallyBook {
             let (bytes, version) = {
                 let mut days = self.days.borrow_mut();
                 let Some(s) = shard_of(&mut days, day) else { return Ok(()) };
-                let series: Vec<Entry> = s.series.iter().map(|(k, c)| Entry::new(k, *c)).collect();
-                (serde_json::to_vec(&Stored { series }).unwrap_or_default(), s.version)
+                (stored_json(s.series.iter()), s.version)
             };
             kv.put(name, &bytes, Some(KEEP_SECS)).await?;
             if let Some(s) = shard_of(&mut self.days.borrow_mut(), day) {
@@ -313,9 +345,7 @@ pub async fn compact_day<P: Kv + Clock>(ports: &P, day: i64, names: &[String]) -
         }
         let series = capped(series);
         if !folded.is_empty() {
-            let entries = series.iter().map(|(k, c)| Entry::new(k, *c)).collect();
-            let bytes = serde_json::to_vec(&Stored { series: entries }).unwrap_or_default();
-            ports.put(&compacted, &bytes, Some(KEEP_SECS)).await?;
+            ports.put(&compacted, &stored_json(series.iter()), Some(KEEP_SECS)).await?;
             for name in folded {
                 ports.delete(name).await?;
             }
@@ -359,6 +389,37 @@ mod tests {
         Counts { requests: 1, prompt_tokens: prompt, completion_tokens: 2, cost_nusd: 7, cache_hits: 0, latency_ms: 5 }
     }
 
+    /// A shard written by hand reads back as written: every field, escaped names, the
+    /// largest counts.
+    #[test]
+    fn a_stored_shard_reads_back() {
+        let series: HashMap<SeriesKey, Counts> = [
+            (key("chat", "acme", 200), one(3)),
+            (SeriesKey { code: "rate_limit_exceeded".into(), ..key("a\"b\\c\n\u{1}é", "", 429) }, one(0)),
+            (
+                key("", "public", 502),
+                Counts {
+                    requests: u64::MAX,
+                    prompt_tokens: 1,
+                    completion_tokens: 2,
+                    cost_nusd: 3,
+                    cache_hits: 4,
+                    latency_ms: u64::MAX - 1,
+                },
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let bytes = stored_json(series.iter());
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["series"].as_array().unwrap().len(), 3, "{value}");
+        let mut read = HashMap::new();
+        assert!(add_stored(&mut read, &bytes));
+        assert_eq!(read, series);
+        assert!(add_stored(&mut read, &stored_json(std::iter::empty())), "an empty shard");
+        assert_eq!(read, series);
+    }
+
     #[test]
     fn isolates_write_their_own_shards_and_queries_sum_them() {
         let host = MemoryHost::new(|_| Err(UpstreamError::Timeout));
@@ -393,12 +454,12 @@ mod tests {
         let day = days_of(host.now_ms()) - 5;
         let names: Vec<String> = (0..2)
             .map(|shard| {
-                let series: Vec<Entry> = (0..MAX_SERIES)
-                    .map(|i| Entry::new(&key(&format!("e{shard}-{i}"), "t", 200), one(1)))
-                    .chain([Entry::new(&key("big", "t", 200), Counts { requests: 50, ..one(1) })])
+                let series: HashMap<SeriesKey, Counts> = (0..MAX_SERIES)
+                    .map(|i| (key(&format!("e{shard}-{i}"), "t", 200), one(1)))
+                    .chain([(key("big", "t", 200), Counts { requests: 50, ..one(1) })])
                     .collect();
                 let name = format!("{TALLY_PREFIX}{}:{shard:016x}", day_string(day));
-                host.kv.borrow_mut().insert(name.clone(), serde_json::to_vec(&Stored { series }).unwrap());
+                host.kv.borrow_mut().insert(name.clone(), stored_json(series.iter()));
                 name
             })
             .collect();

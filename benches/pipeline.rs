@@ -657,6 +657,7 @@ mod otel {
         }
     }
     impl Counter for Isolate<'_> {}
+    impl edge_gateway::gateway::ports::EdgeCache for Isolate<'_> {}
 
     /// Polls the futures round robin until all are done.
     fn run_all<F: Future<Output = String>>(mut futures: Vec<Pin<Box<F>>>) {

@@ -30,7 +30,7 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::pipeline::{error_response, ClientInfo, Exchange};
 use crate::gateway::ports::counter::{Counter, CounterOp, CounterReply};
-use crate::gateway::ports::{Clock, Kv, Secrets, Upstream, UpstreamError};
+use crate::gateway::ports::{Clock, EdgeCache, Kv, Secrets, Upstream, UpstreamError};
 use crate::gateway::{Gateway, ResponseBody};
 
 use abi::{split_nul, Cmd, Field, CODE_MISSING, CODE_OK, CODE_UNBOUND};
@@ -398,6 +398,24 @@ impl Clock for CfHost {
 
     async fn sleep(&self, ms: u64) {
         self.shared.call(Cmd::Sleep, &[(ms.min(u64::from(u32::MAX)) as u32).into()]).await;
+    }
+}
+
+/// The Cache API (`caches.open("edge-gateway")`, this location only). The shim treats a
+/// failure or a runtime without it as a miss or nothing stored.
+impl EdgeCache for CfHost {
+    async fn edge_get(&self, key: &str) -> Option<Vec<u8>> {
+        let out = self.shared.call(Cmd::CacheGet, &[key.into()]).await;
+        (out.code == CODE_OK).then_some(out.data)
+    }
+
+    async fn edge_put(&self, key: &str, value: &[u8], ttl_secs: u64) {
+        let ttl = ttl_secs.min(u64::from(u32::MAX)) as u32;
+        self.shared.call(Cmd::CachePut, &[key.into(), value.into(), ttl.into()]).await;
+    }
+
+    async fn edge_delete(&self, key: &str) {
+        self.shared.call(Cmd::CacheDelete, &[key.into()]).await;
     }
 }
 

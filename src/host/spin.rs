@@ -186,6 +186,9 @@ impl SpinHost {
     }
 }
 
+/// Spin has no cache local to the location: cached answers come from KV.
+impl crate::gateway::ports::EdgeCache for SpinHost {}
+
 impl Kv for SpinHost {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let store = self.store()?;

@@ -348,3 +348,27 @@ def test_a_cut_stream_fills_nothing(gw, origin):
     # The complete answer does fill.
     assert until(lambda: post(gw, body).headers["x-gateway-cache"] == "HIT")
     assert origin_calls_for(origin, text) == 2
+
+
+def test_a_hit_comes_from_the_edge_cache_before_kv(gw, origin):
+    """On Cloudflare a stored answer is also kept in the location's Cache API, which answers a
+    hit before KV is read (the log line's `cache_level`); Spin has no such level, its hits come
+    from KV. A purge deletes the location's copy along with the KV entry."""
+    text = f"edge level {gw.name} {time.time_ns()}"
+    body = chat("cached", text, temperature=0)
+    rid = f"edge-{gw.name}-{time.time_ns()}"
+    assert post(gw, body, headers={"x-request-id": rid}).headers["x-gateway-cache"] == "MISS"
+    assert log_record(gw, rid)["cache"] == "MISS"  # logged once the answer is stored
+    levels = []
+    for i in range(2):
+        hit_id = f"{rid}-hit{i}"
+        r = post(gw, body, headers={"x-request-id": hit_id})
+        assert r.status_code == 200 and r.headers["x-gateway-cache"] == "HIT", r.headers
+        assert r.json()["choices"][0]["message"]["content"] == f"echo: {text}"
+        levels.append(log_record(gw, hit_id).get("cache_level"))
+    assert levels == (["edge", "edge"] if gw.name == "workerd" else ["kv", "kv"]), levels
+    assert origin_calls_for(origin, text) == 1
+
+    Admin(gw, conftest.ADMIN_TOKEN).request("POST", "/admin/cache/purge", {"endpoint": "cached"}, expect=200)
+    assert post(gw, body).headers["x-gateway-cache"] == "MISS", "the purge reached the edge copy"
+    assert origin_calls_for(origin, text) == 2

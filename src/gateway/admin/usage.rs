@@ -17,6 +17,8 @@ use crate::gateway::util::time::{days_of, parse_day};
 
 /// `POST /admin/cache/purge {"tenant"?, "endpoint"?, "shared"?: bool}`: deletes the cached
 /// answers of a tenant (or the shared ones), of an endpoint, or both; `{}` purges everything.
+/// KV and this location's edge cache: other locations' edge copies expire within
+/// `cache::EDGE_TTL_MAX_SECS`.
 pub(super) async fn purge_cache<P: Ports>(ports: &P, body: &[u8]) -> Handled {
     use crate::gateway::features::cache::{self, Scope};
     let spec = if body.is_empty() { Value::Object(Map::new()) } else { parse_json(body, "the purge request")? };
@@ -37,6 +39,7 @@ pub(super) async fn purge_cache<P: Ports>(ports: &P, body: &[u8]) -> Handled {
     let mut purged = 0u64;
     for key in matching.iter().take(MAX_PURGE) {
         ports.delete(key).await?;
+        ports.edge_delete(key).await;
         purged += 1;
     }
     Ok((StatusCode::OK, json!({"purged": purged, "more": matching.len() > MAX_PURGE})))

@@ -218,6 +218,23 @@ impl Status {
     }
 }
 
+/// Where a hit was found (the log line's `cache_level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// This location's edge cache (Cloudflare's Cache API).
+    Edge,
+    Kv,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Edge => "edge",
+            Level::Kv => "kv",
+        }
+    }
+}
+
 /// The canonical body the key hashes: the request's canonical form without the fields that
 /// only change how the answer is delivered (`stream`, `stream_options`), so a streamed request
 /// replays an entry filled by a plain one and vice versa.
@@ -368,6 +385,24 @@ impl Entry {
     pub fn fresh(&self, now_ms: u64) -> bool {
         now_ms.saturating_sub(self.created_ms) < self.ttl_secs.saturating_mul(1000)
     }
+
+    /// How long a copy may stay in the edge cache from `now_ms` ([`edge_ttl_secs`] of what is
+    /// left of its TTL).
+    pub fn edge_ttl_secs(&self, now_ms: u64) -> u64 {
+        let left_ms = self.ttl_secs.saturating_mul(1000).saturating_sub(now_ms.saturating_sub(self.created_ms));
+        edge_ttl_secs(left_ms / 1000)
+    }
+}
+
+/// The longest a cached answer stays in the edge cache (Cloudflare's Cache API, one per
+/// location). A purge deletes the KV entries and this location's copies; other locations
+/// cannot be reached, so their copies are kept at most this long.
+pub const EDGE_TTL_MAX_SECS: u64 = 60;
+
+/// The edge cache's TTL for an entry with `ttl_secs` left: at most [`EDGE_TTL_MAX_SECS`]
+/// (0: not worth storing).
+pub fn edge_ttl_secs(ttl_secs: u64) -> u64 {
+    ttl_secs.min(EDGE_TTL_MAX_SECS)
 }
 
 /// The answer to send for a hit: the stored body, or for a streaming chat/completions request

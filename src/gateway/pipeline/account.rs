@@ -36,8 +36,11 @@ pub struct Deferred {
 #[derive(Default)]
 pub struct Pending {
     pub accounting: Option<Accounting>,
-    /// A deterministic answer to store: (KV key, encoded entry, TTL seconds).
+    /// A deterministic answer to store: (KV key, encoded entry, TTL seconds), in KV and the
+    /// edge cache.
     pub cache_fill: Option<(String, Vec<u8>, u64)>,
+    /// A KV hit to copy into the edge cache: (key, encoded entry, edge TTL seconds).
+    pub edge_fill: Option<(String, Vec<u8>, u64)>,
     /// A Responses API response to store (once it is known, for streams at their end).
     pub keep: Option<Keep>,
     /// A deterministic streamed answer to store once its stream completed: (KV key, the entry
@@ -135,14 +138,20 @@ impl Deferred {
             if let Err(e) = ports.put(&key, &entry, Some(ttl)).await {
                 self.log.cache_error = Some(e.code);
             }
+            self.pending.edge_fill = Some((key, entry, cache::edge_ttl_secs(ttl)));
+        }
+        if let Some((key, entry, ttl)) = self.pending.edge_fill.take().filter(|(_, _, ttl)| *ttl > 0) {
+            ports.edge_put(&key, &entry, ttl).await;
         }
         if let (Some((key, entry, captured)), Some(summary)) = (self.pending.cache_stream.take(), stream) {
             let answer = captured.borrow_mut().take();
             let entry = answer.filter(|_| summary.completed).and_then(|a| streamed_entry(entry, a, summary.usage));
             if let Some(entry) = entry {
-                if let Err(e) = ports.put(&key, &entry.encode(), Some(entry.ttl_secs)).await {
+                let bytes = entry.encode();
+                if let Err(e) = ports.put(&key, &bytes, Some(entry.ttl_secs)).await {
                     self.log.cache_error = Some(e.code);
                 }
+                ports.edge_put(&key, &bytes, cache::edge_ttl_secs(entry.ttl_secs)).await;
             }
         }
         if let Some(keep) = self.pending.keep.take() {

@@ -66,6 +66,9 @@ pub struct LogRecord {
     /// HIT, MISS or BYPASS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<&'static str>,
+    /// Where a hit came from: `edge` (this location's Cache API) or `kv`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_level: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_error: Option<ErrorCode>,
     /// Storing a Responses API response failed (it cannot be retrieved or continued).

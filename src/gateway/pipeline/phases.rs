@@ -198,9 +198,23 @@ pub async fn cache_lookup<P: Ports, B>(
         return Ok(None);
     }
     let key = cache_key(call);
-    let entry = ports.get(&key).await.ok().flatten().and_then(|bytes| cache::Entry::decode(&bytes));
-    if let Some(entry) = entry.filter(|e| e.fresh(ports.now_ms())) {
+    let now = ports.now_ms();
+    let fresh = |bytes: &[u8]| cache::Entry::decode(bytes).filter(|e| e.fresh(now));
+    // This location's copy first (no KV read); a KV hit refills it after the response.
+    let mut level = cache::Level::Edge;
+    let mut entry = ports.edge_get(&key).await.and_then(|bytes| fresh(&bytes));
+    if entry.is_none() {
+        level = cache::Level::Kv;
+        if let Some(bytes) = ports.get(&key).await.ok().flatten() {
+            entry = fresh(&bytes);
+            if let Some(e) = &entry {
+                ctx.pending.edge_fill = Some((key.clone(), bytes, e.edge_ttl_secs(now)));
+            }
+        }
+    }
+    if let Some(entry) = entry {
         ctx.log.cache = Some(cache::Status::Hit.as_str());
+        ctx.log.cache_level = Some(level.as_str());
         ctx.log.set_usage(None); // nothing was generated for this request
         return answer_from_cache(ctx, call, &entry).map(Some);
     }

@@ -835,7 +835,9 @@ fn a_completed_deterministic_stream_fills_the_cache() {
         Ok(sse_response(&events, !origin_cut.get()))
     })
     .with_secret("OPENAI_API_KEY", "sk-secret-value")
-    .with_kv(ACTIVE_KEY, CONFIG);
+    .with_kv(ACTIVE_KEY, CONFIG)
+    .with_edge_cache();
+    let edge_entries = || host.edge.borrow().as_ref().map_or(0, |edge| edge.len());
     let stream = |content: &str| {
         let body = json!({"model": "chat", "temperature": 0, "stream": true,
             "messages": [{"role": "user", "content": content}]});
@@ -859,6 +861,7 @@ fn a_completed_deterministic_stream_fills_the_cache() {
     let (first, text) = stream("fill me");
     assert_eq!(first.as_deref(), Some("MISS"));
     assert!(text.contains("streamed ") && text.contains("answer"));
+    assert_eq!(edge_entries(), 1, "stored in the edge cache too");
     let (second, replay) = stream("fill me");
     assert_eq!(second.as_deref(), Some("HIT"), "the completed stream was stored");
     assert_eq!(host.sent.borrow().len(), 1, "the hit did not call the origin");
@@ -878,6 +881,62 @@ fn a_completed_deterministic_stream_fills_the_cache() {
     assert_eq!(miss.as_deref(), Some("MISS"));
     let (again, _) = stream("cut me");
     assert_eq!(again.as_deref(), Some("MISS"), "a cut stream is not cached");
+    assert_eq!(edge_entries(), 1, "nor copied to the edge");
+}
+
+/// The edge cache (Cloudflare's Cache API, one per location) answers hits before KV: the
+/// answer is copied there when stored, and a KV hit copies it there for this location; a copy
+/// lives at most `EDGE_TTL_MAX_SECS`; a purge deletes this location's copies with the KV
+/// entries. The log line says which level answered.
+#[test]
+fn hits_come_from_the_edge_cache_before_kv() {
+    use crate::gateway::features::cache::EDGE_TTL_MAX_SECS;
+    let host = host().with_edge_cache().with_secret("GATEWAY_ADMIN_TOKEN", "admin-token-0123456789");
+    let body = json!({"model": "chat", "temperature": 0, "messages": [{"role": "user", "content": "edge"}]});
+    let ask = || {
+        let (status, _, exchange) = run(&host, post("/v1/chat/completions", &body.to_string()));
+        assert_eq!(status, StatusCode::OK);
+        let cache = exchange.response.headers()["x-gateway-cache"].to_str().unwrap().to_string();
+        let line: Value = serde_json::from_str(&block_on(exchange.deferred.complete(&host, None))).unwrap();
+        (cache, line["cache_level"].as_str().map(str::to_owned))
+    };
+    let level = |level: &str| ("HIT".to_string(), Some(level.to_string()));
+    assert_eq!(ask(), ("MISS".to_string(), None));
+    let key = host.kv.borrow().keys().find(|k| k.starts_with("cache:")).cloned().expect("stored in KV");
+    let stored = host.kv.borrow()[&key].clone();
+    assert_eq!(host.edge.borrow().as_ref().unwrap()[&key].0, stored, "and copied to the edge");
+
+    // The edge copy answers without KV (here: its entry is gone).
+    host.kv.borrow_mut().remove(&key);
+    assert_eq!(ask(), level("edge"));
+    // Another location (an empty edge cache): KV answers, and this location gets a copy.
+    host.kv.borrow_mut().insert(key.clone(), stored.clone());
+    host.edge.borrow_mut().as_mut().unwrap().clear();
+    assert_eq!(ask(), level("kv"));
+    assert_eq!(ask(), level("edge"));
+    // A copy outlives neither EDGE_TTL_MAX_SECS nor the entry's TTL (300 s here).
+    host.advance(EDGE_TTL_MAX_SECS * 1000 + 1);
+    assert_eq!(ask(), level("kv"));
+    let expires = host.edge.borrow().as_ref().unwrap()[&key].1;
+    assert_eq!(expires, host.now_ms.get() + EDGE_TTL_MAX_SECS * 1000);
+    host.advance(250_000 - (EDGE_TTL_MAX_SECS * 1000 + 1)); // 250 s after the fill: 50 s left
+    assert_eq!(ask(), level("kv"));
+    let expires = host.edge.borrow().as_ref().unwrap()[&key].1;
+    assert!(expires <= host.now_ms.get() + 50_000, "no longer than what is left of the TTL");
+    assert_eq!(host.sent.borrow().len(), 1, "every hit without the origin");
+
+    // A purge deletes this location's copy too.
+    let purge = Request::builder()
+        .method(Method::POST)
+        .uri("/admin/cache/purge")
+        .header("authorization", "Bearer admin-token-0123456789")
+        .body(b"{}".to_vec())
+        .unwrap();
+    let (status, answer, _) = run(&host, purge);
+    assert_eq!((status, &answer["purged"]), (StatusCode::OK, &json!(1)), "{answer}");
+    assert!(host.edge.borrow().as_ref().unwrap().is_empty());
+    assert_eq!(ask(), ("MISS".to_string(), None));
+    assert_eq!(host.sent.borrow().len(), 2);
 }
 
 /// Identical deterministic requests in flight together make one origin call: the others wait

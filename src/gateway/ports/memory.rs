@@ -9,9 +9,12 @@ use std::task::{Context, Poll, Waker};
 use http::{Request, Response};
 
 use crate::gateway::error::{GatewayError, Result};
-use crate::gateway::ports::{Clock, Kv, Secrets, Upstream, UpstreamError};
+use crate::gateway::ports::{Clock, EdgeCache, Kv, Secrets, Upstream, UpstreamError};
 
 type Origin = Box<dyn Fn(&Request<Vec<u8>>) -> std::result::Result<Response<Vec<u8>>, UpstreamError>>;
+
+/// An edge cache: key → (value, expiry ms).
+pub type EdgeEntries = HashMap<String, (Vec<u8>, u64)>;
 
 pub struct MemoryHost {
     pub kv: RefCell<BTreeMap<String, Vec<u8>>>,
@@ -33,6 +36,8 @@ pub struct MemoryHost {
     /// Like Spin: no in-memory state between requests (`Counter::keeps_state` is false), and
     /// exact counting by the KV lock.
     pub stateless: Cell<bool>,
+    /// The edge cache (Cloudflare's Cache API): `None`, the default, is a host without one.
+    pub edge: RefCell<Option<EdgeEntries>>,
 }
 
 impl MemoryHost {
@@ -52,7 +57,14 @@ impl MemoryHost {
             kv_fail: RefCell::default(),
             kv_yield: Cell::new(false),
             stateless: Cell::new(false),
+            edge: RefCell::new(None),
         }
+    }
+
+    /// The host with an (empty) edge cache.
+    pub fn with_edge_cache(self) -> Self {
+        *self.edge.borrow_mut() = Some(HashMap::new());
+        self
     }
 
     /// One KV operation on `key`: counted, possibly pending once, possibly failing.
@@ -100,6 +112,25 @@ impl Kv for MemoryHost {
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         self.kv_op(prefix).await?;
         Ok(self.kv.borrow().keys().filter(|k| k.starts_with(prefix)).cloned().collect())
+    }
+}
+
+impl EdgeCache for MemoryHost {
+    async fn edge_get(&self, key: &str) -> Option<Vec<u8>> {
+        let now = self.now_ms.get();
+        let edge = self.edge.borrow();
+        edge.as_ref()?.get(key).filter(|(_, expires)| *expires > now).map(|(value, _)| value.clone())
+    }
+    async fn edge_put(&self, key: &str, value: &[u8], ttl_secs: u64) {
+        let expires = self.now_ms.get().saturating_add(ttl_secs.saturating_mul(1000));
+        if let Some(edge) = self.edge.borrow_mut().as_mut() {
+            edge.insert(key.into(), (value.to_vec(), expires));
+        }
+    }
+    async fn edge_delete(&self, key: &str) {
+        if let Some(edge) = self.edge.borrow_mut().as_mut() {
+            edge.remove(key);
+        }
     }
 }
 

@@ -103,8 +103,20 @@ pub trait Clock {
 /// Everything a host provides. The Background port of DESIGN.md is not a trait: the pipeline
 /// returns its after-response work as data (`pipeline::Deferred`) and each host decides when
 /// to run it (Cloudflare: `waitUntil`; Spin: after the response body is written).
-pub trait Ports: Kv + Upstream + Secrets + Clock + Counter {}
-impl<T: Kv + Upstream + Secrets + Clock + Counter> Ports for T {}
+/// A cache local to where the gateway runs, in front of KV for cached answers: Cloudflare's
+/// Cache API (one per location, no KV read). Best effort: a failure is a miss or nothing
+/// stored, never an error (KV stays the cache of record). A host without one keeps these
+/// defaults: nothing found, nothing stored.
+pub trait EdgeCache {
+    async fn edge_get(&self, _key: &str) -> Option<Vec<u8>> {
+        None
+    }
+    async fn edge_put(&self, _key: &str, _value: &[u8], _ttl_secs: u64) {}
+    async fn edge_delete(&self, _key: &str) {}
+}
+
+pub trait Ports: Kv + Upstream + Secrets + Clock + Counter + EdgeCache {}
+impl<T: Kv + Upstream + Secrets + Clock + Counter + EdgeCache> Ports for T {}
 
 #[cfg(test)]
 mod tests {

@@ -63,6 +63,12 @@ pub enum Cmd {
     StorageDelete = 15,
     /// (Durable Object) code u32 (0 ok), body: the answer to the RPC call.
     Reply = 16,
+    /// key → code 0 + value from this location's Cache API, 1 missing, < 0 failed.
+    CacheGet = 17,
+    /// key, value, ttl seconds u32 → code 0, < 0 failed (stored in this location's Cache API).
+    CachePut = 18,
+    /// key → code 0, < 0 failed (this location's Cache API).
+    CacheDelete = 19,
 }
 
 /// Added to a `Fetch` outcome's status when the body came with the head.

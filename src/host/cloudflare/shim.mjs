@@ -21,7 +21,8 @@ import gatewayWasm from "./gateway.wasm";
 const DONE = 0, RESPOND = 1, RESPOND_STREAM = 2, LOG = 3, KV_GET = 4, KV_PUT = 5, KV_DELETE = 6;
 const KV_LIST = 7, FETCH = 8, READ_BODY = 9, DROP_BODY = 10, SLEEP = 11, COUNT = 12;
 const STORAGE_GET = 13, STORAGE_PUT = 14, STORAGE_DELETE = 15, REPLY = 16;
-const FIELDS = ["", "uhb", "uhu", "s", "s", "sbu", "s", "s", "sshbu", "uu", "u", "u", "ss", "s", "s", "s", "us"];
+const CACHE_GET = 17, CACHE_PUT = 18, CACHE_DELETE = 19;
+const FIELDS = ["", "uhb", "uhu", "s", "s", "sbu", "s", "s", "sshbu", "uu", "u", "u", "ss", "s", "s", "s", "us", "s", "sbu", "s"];
 
 // Outcome codes (abi.rs).
 const OK = 0, MISSING = 1, TOO_LARGE = 2, FAILED = -1, TIMEOUT = -2, UNBOUND = -9;
@@ -134,7 +135,7 @@ function crash(error) {
 class Task {
   constructor(host) {
     this.id = nextTask++;
-    this.host = host; // { env, ctx } for a request; { storage } for the Durable Object
+    this.host = host; // { env, ctx, url } for a request; { storage } for the Durable Object
     this.handles = new Map(); // origin responses the wasm still refers to, by fetch op
     this.over = false;
     this.responded = false;
@@ -374,6 +375,25 @@ function perform(task, c) {
     case REPLY:
       task.host.reply(c[2], c[3]);
       break;
+    case CACHE_GET:
+      settle(task, op, edgeCache(task, c[2], async (cache, url) => {
+        const hit = await cache.match(url);
+        return hit === undefined ? [MISSING] : [OK, new Uint8Array(await hit.arrayBuffer())];
+      }));
+      break;
+    case CACHE_PUT:
+      settle(task, op, edgeCache(task, c[2], async (cache, url) => {
+        const headers = { "cache-control": `max-age=${c[4]}`, "content-type": "application/octet-stream" };
+        await cache.put(url, new Response(c[3], { headers }));
+        return [OK];
+      }));
+      break;
+    case CACHE_DELETE:
+      settle(task, op, edgeCache(task, c[2], async (cache, url) => {
+        await cache.delete(url);
+        return [OK];
+      }));
+      break;
   }
 }
 
@@ -393,6 +413,22 @@ async function kv(env, call) {
     } catch {
       return [FAILED];
     }
+  }
+}
+
+// A call on this location's Cache API, in a cache of the gateway's own (not the zone's
+// `caches.default`, which can answer the zone's requests), keyed by a URL on the request's
+// host. A runtime without the Cache API, or a call that throws, is FAILED: the core reads a
+// miss and stores nothing (KV stays the cache of record). The exception's text goes nowhere.
+let gatewayCache = null;
+async function edgeCache(task, key, call) {
+  if (typeof caches === "undefined" || task.host.url === undefined) return [FAILED];
+  try {
+    gatewayCache ??= caches.open("edge-gateway");
+    return await call(await gatewayCache, new URL("/" + encodeURIComponent(key), task.host.url).href);
+  } catch {
+    gatewayCache = null; // opened again next time
+    return [FAILED];
   }
 }
 
@@ -627,7 +663,7 @@ export default {
       }
     }
     instance(env);
-    const task = new Task({ env, ctx });
+    const task = new Task({ env, ctx, url: request.url });
     step(task, () => {
       const headBytes = encoder.encode(head);
       const headPtr = put(headBytes);

@@ -781,6 +781,8 @@ mod tests {
             }
         }
     }
+    impl crate::gateway::ports::EdgeCache for TestHost {}
+
     impl Counter for TestHost {
         async fn count(&self, scope: &str, ops: &[CounterOp]) -> Result<Option<CounterReply>> {
             if self.locked {

@@ -419,15 +419,20 @@ async function kv(env, call) {
 // A call on this location's Cache API, in a cache of the gateway's own (not the zone's
 // `caches.default`, which can answer the zone's requests), keyed by a URL on the request's
 // host. A runtime without the Cache API, or a call that throws, is FAILED: the core reads a
-// miss and stores nothing (KV stays the cache of record). The exception's text goes nowhere.
+// miss and stores nothing (KV stays the cache of record). After a throw the level is skipped
+// for a minute: a runtime with no cache configured (bare workerd) throws on every call, and
+// an exception costs more than the KV read it would save. Its text goes nowhere.
+const CACHE_RETRY_MS = 60_000;
 let gatewayCache = null;
+let cacheDownUntil = 0;
 async function edgeCache(task, key, call) {
-  if (typeof caches === "undefined" || task.host.url === undefined) return [FAILED];
+  if (typeof caches === "undefined" || task.host.url === undefined || Date.now() < cacheDownUntil) return [FAILED];
   try {
     gatewayCache ??= caches.open("edge-gateway");
     return await call(await gatewayCache, new URL("/" + encodeURIComponent(key), task.host.url).href);
   } catch {
     gatewayCache = null; // opened again next time
+    cacheDownUntil = Date.now() + CACHE_RETRY_MS;
     return [FAILED];
   }
 }

@@ -42,6 +42,7 @@ use sha2::{Digest, Sha256};
 
 use crate::gateway::auth::AuthMemo;
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
+use crate::gateway::features::cache::Recent;
 use crate::gateway::features::keys::ct_eq;
 use crate::gateway::ports::Ports;
 use serde_json::Value;
@@ -55,8 +56,15 @@ use routes::AdminRoute;
 pub const ADMIN_TOKEN_SECRET: &str = "GATEWAY_ADMIN_TOKEN";
 
 /// Serves one `/admin/*` request. `memo` is the isolate's key memo: a revoke or rotate handled
-/// here takes effect in this isolate at once (elsewhere within the bound in `auth`).
-pub async fn handle<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<u8>>) -> AdminResponse {
+/// here takes effect in this isolate at once (elsewhere within the bound in `auth`); `recent`
+/// its cached answers, which a purge here clears at once (elsewhere within
+/// `cache::MEMORY_TTL_MS`).
+pub async fn handle<P: Ports>(
+    ports: &P,
+    memo: &AuthMemo,
+    recent: &Recent,
+    request: &Request<Vec<u8>>,
+) -> AdminResponse {
     let mut audit = Audit {
         ts: ports.now_ms(),
         audit: "admin",
@@ -71,7 +79,7 @@ pub async fn handle<P: Ports>(ports: &P, memo: &AuthMemo, request: &Request<Vec<
         return AdminResponse { status: StatusCode::OK, body: Value::Null, audit, raw: Some(asset) };
     }
     let result = match check_token(ports, request.headers()) {
-        Ok(()) => route(ports, memo, request, &mut audit).await,
+        Ok(()) => route(ports, memo, recent, request, &mut audit).await,
         Err(e) => {
             audit.action = "auth";
             Err(e.into())
@@ -141,6 +149,7 @@ fn check_token<P: Ports>(ports: &P, headers: &http::HeaderMap) -> Result<()> {
 async fn route<P: Ports>(
     ports: &P,
     memo: &AuthMemo,
+    recent: &Recent,
     request: &Request<Vec<u8>>,
     audit: &mut Audit,
 ) -> std::result::Result<Reply, Failure> {
@@ -170,7 +179,10 @@ async fn route<P: Ports>(
         AdminRoute::RevokeKey(id) => keys::revoke_key(ports, memo, &id, audit).await,
         AdminRoute::RotateKey(id) => keys::rotate_key(ports, memo, &id, audit).await,
         AdminRoute::Usage => usage::get_usage(ports, &query, audit).await,
-        AdminRoute::PurgeCache => usage::purge_cache(ports, body).await,
+        AdminRoute::PurgeCache => {
+            recent.clear();
+            usage::purge_cache(ports, body).await
+        }
         AdminRoute::ListAccessRequests => access::list(ports, &query).await,
         AdminRoute::GetAccessRequest(id) => access::get(ports, &id, audit).await,
         AdminRoute::ApproveAccess(id) => access::decide(ports, memo, &id, true, body, audit).await,
@@ -224,7 +236,7 @@ mod tests {
             builder = builder.header("authorization", format!("Bearer {token}"));
         }
         let body = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
-        block_on(handle(host, memo, &builder.body(body).unwrap()))
+        block_on(handle(host, memo, &Recent::default(), &builder.body(body).unwrap()))
     }
 
     fn admin(host: &MemoryHost, memo: &AuthMemo, method: Method, uri: &str, body: Option<Value>) -> AdminResponse {
@@ -507,8 +519,9 @@ mod tests {
         };
         let (a, b) = (rotate(), rotate());
         let memos = (AuthMemo::default(), AuthMemo::default());
+        let recent = Recent::default();
         let futures: Vec<Pin<Box<dyn Future<Output = AdminResponse> + '_>>> =
-            vec![Box::pin(handle(&host, &memos.0, &a)), Box::pin(handle(&host, &memos.1, &b))];
+            vec![Box::pin(handle(&host, &memos.0, &recent, &a)), Box::pin(handle(&host, &memos.1, &recent, &b))];
         let answers = run_interleaved(futures);
         host.kv_yield.set(false);
         let mut candidates = vec![old];
@@ -790,7 +803,7 @@ mod tests {
                 .header("authorization", format!("Bearer {TOKEN}"))
                 .body(body.to_vec())
                 .unwrap();
-            let r = block_on(handle(&host, &memo, &request));
+            let r = block_on(handle(&host, &memo, &Recent::default(), &request));
             assert!(r.status.is_client_error(), "{uri}: {}", r.status);
             assert!(r.body["error"]["message"].is_string());
         }

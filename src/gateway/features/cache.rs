@@ -18,6 +18,10 @@
 //! of sync when an entry expires (Cloudflare KV TTL) or is left behind (Spin has no TTL, so
 //! freshness is also checked on read: [`Entry::fresh`]).
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
 use http::HeaderMap;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -221,6 +225,8 @@ impl Status {
 /// Where a hit was found (the log line's `cache_level`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
+    /// This isolate's memory ([`Recent`]).
+    Memory,
     /// This location's edge cache (Cloudflare's Cache API).
     Edge,
     Kv,
@@ -229,9 +235,56 @@ pub enum Level {
 impl Level {
     pub fn as_str(self) -> &'static str {
         match self {
+            Level::Memory => "memory",
             Level::Edge => "edge",
             Level::Kv => "kv",
         }
+    }
+}
+
+/// How long an answer stays in an isolate's memory ([`Recent`]): a purge in another isolate
+/// reaches this one within it (a purge here clears it at once).
+pub const MEMORY_TTL_MS: u64 = 10_000;
+/// Bounds of one isolate's [`Recent`] (an isolate has 128 MB for everything).
+const MEMORY_MAX_ENTRIES: usize = 64;
+const MEMORY_MAX_BYTES: usize = 4 << 20;
+
+/// The answers this isolate stored or found in the last seconds: a hit here reads neither the
+/// edge cache nor KV. Oldest first; bounded in entries and bytes (the oldest go first).
+#[derive(Default)]
+pub struct Recent {
+    entries: RefCell<VecDeque<(String, Rc<Entry>, u64)>>,
+}
+
+impl Recent {
+    /// The entry stored under `key`, if it is still fresh at `now_ms`.
+    pub fn get(&self, key: &str, now_ms: u64) -> Option<Rc<Entry>> {
+        let entries = self.entries.borrow();
+        let (_, entry, expires_ms) = entries.iter().rev().find(|(k, _, _)| k == key)?;
+        (*expires_ms > now_ms && entry.fresh(now_ms)).then(|| entry.clone())
+    }
+
+    /// Keeps `entry` for at most [`MEMORY_TTL_MS`] (never past its TTL), replacing an older
+    /// copy, dropping expired ones and then the oldest past the bounds.
+    pub fn put(&self, key: &str, entry: Rc<Entry>, now_ms: u64) {
+        let size = key.len() + entry.body.len();
+        if size > MEMORY_MAX_BYTES / 4 {
+            return; // a few large answers would push out every small one
+        }
+        let expires_ms = now_ms.saturating_add(MEMORY_TTL_MS);
+        let mut entries = self.entries.borrow_mut();
+        entries.retain(|(k, _, expires)| *expires > now_ms && k != key);
+        entries.push_back((key.to_string(), entry, expires_ms));
+        let mut bytes: usize = entries.iter().map(|(k, e, _)| k.len() + e.body.len()).sum();
+        while entries.len() > MEMORY_MAX_ENTRIES || bytes > MEMORY_MAX_BYTES {
+            let Some((k, e, _)) = entries.pop_front() else { break };
+            bytes -= k.len() + e.body.len();
+        }
+    }
+
+    /// Forgets everything (a purge).
+    pub fn clear(&self) {
+        self.entries.borrow_mut().clear();
     }
 }
 
@@ -421,6 +474,52 @@ mod tests {
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    fn entry_of(bytes: usize, created_ms: u64, ttl_secs: u64) -> Rc<Entry> {
+        Rc::new(Entry {
+            created_ms,
+            ttl_secs,
+            endpoint: "e".into(),
+            op: Operation::Chat,
+            body: vec![b'x'; bytes],
+            usage: None,
+        })
+    }
+
+    /// An isolate's recent answers: found while fresh (neither past `MEMORY_TTL_MS` nor past
+    /// the entry's TTL), replaced by a newer copy, bounded in entries and bytes (the oldest go
+    /// first), large answers not kept, all gone after `clear`.
+    #[test]
+    fn recent_answers_are_bounded_and_expire() {
+        let recent = Recent::default();
+        let now = 1_000_000;
+        recent.put("a", entry_of(10, now, 300), now);
+        assert_eq!(recent.get("a", now + MEMORY_TTL_MS - 1).unwrap().body.len(), 10);
+        assert!(recent.get("a", now + MEMORY_TTL_MS).is_none(), "kept at most MEMORY_TTL_MS");
+        assert!(recent.get("b", now).is_none());
+        recent.put("short", entry_of(10, now - 299_500, 300), now);
+        assert!(recent.get("short", now + 499).is_some());
+        assert!(recent.get("short", now + 500).is_none(), "never past the entry's TTL");
+        recent.put("a", entry_of(20, now, 300), now + 1);
+        assert_eq!(recent.get("a", now + 2).unwrap().body.len(), 20, "a newer copy replaces the older");
+        assert_eq!(recent.entries.borrow().iter().filter(|(k, _, _)| k == "a").count(), 1);
+
+        for i in 0..MEMORY_MAX_ENTRIES + 10 {
+            recent.put(&format!("k{i}"), entry_of(1, now, 300), now);
+        }
+        assert_eq!(recent.entries.borrow().len(), MEMORY_MAX_ENTRIES);
+        assert!(recent.get("k0", now).is_none() && recent.get(&format!("k{}", MEMORY_MAX_ENTRIES + 9), now).is_some());
+
+        recent.put("huge", entry_of(MEMORY_MAX_BYTES / 4 + 1, now, 300), now);
+        assert!(recent.get("huge", now).is_none(), "a large answer is not kept");
+        for i in 0..8 {
+            recent.put(&format!("big{i}"), entry_of(MEMORY_MAX_BYTES / 5, now, 300), now);
+        }
+        let bytes: usize = recent.entries.borrow().iter().map(|(k, e, _)| k.len() + e.body.len()).sum();
+        assert!(bytes <= MEMORY_MAX_BYTES && recent.get("big7", now).is_some() && recent.get("big0", now).is_none());
+        recent.clear();
+        assert!(recent.get("big7", now).is_none());
     }
 
     fn policy(v: Value) -> (Option<CachePolicy>, Vec<String>) {

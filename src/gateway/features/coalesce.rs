@@ -65,8 +65,8 @@ impl InFlight {
 
 impl Leader {
     /// The answer to share with the followers (what the cache stores).
-    pub fn publish(&self, entry: Entry) {
-        *self.flight.answer.borrow_mut() = Some(Rc::new(entry));
+    pub fn publish(&self, entry: Rc<Entry>) {
+        *self.flight.answer.borrow_mut() = Some(entry);
         self.flight.done.set(true);
     }
 }
@@ -117,7 +117,7 @@ mod tests {
         let Joined::Lead(leader) = InFlight::join(&set, "k") else { panic!("the first leads") };
         let Joined::Follow(flight) = InFlight::join(&set, "k") else { panic!("the second follows") };
         assert!(matches!(InFlight::join(&set, "other"), Joined::Lead(_)), "another key is another flight");
-        leader.publish(entry());
+        leader.publish(Rc::new(entry()));
         assert_eq!(block_on(flight.wait(&host, 1_000)).unwrap().body, b"{}");
         drop(leader);
         assert!(set.is_empty());

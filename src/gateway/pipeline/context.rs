@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use crate::gateway::auth::AuthMemo;
 use crate::gateway::config::{Config, Endpoint};
 use crate::gateway::dialect::Dialect;
+use crate::gateway::features::cache;
 use crate::gateway::features::coalesce::{InFlight, Leader};
 use crate::gateway::features::keys::KeyRecord;
 use crate::gateway::features::limits::Limiter;
@@ -47,6 +48,8 @@ pub struct IsolateState {
     pub mcp: McpState,
     /// Deterministic requests on their way to an origin (`features::coalesce`).
     pub in_flight: Rc<InFlight>,
+    /// Cached answers stored or found here in the last seconds (the cache's first level).
+    pub recent: cache::Recent,
 }
 
 /// One request on its way through the phases.

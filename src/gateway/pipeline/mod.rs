@@ -203,7 +203,7 @@ impl Gateway {
 
     /// `/admin/*`: the admin API answers with its own audit line instead of a request log.
     async fn admin<P: Ports>(&self, ports: &P, request: Request<Vec<u8>>, mut log: LogRecord) -> Exchange<P::Body> {
-        let answer = admin::handle(ports, &self.state.auth, &request).await;
+        let answer = admin::handle(ports, &self.state.auth, &self.state.recent, &request).await;
         log.status = answer.status.as_u16();
         let mut response = match answer.raw {
             Some(raw) => {

@@ -199,8 +199,11 @@ pub async fn cache_lookup<P: Ports, B>(
     }
     let key = cache_key(call);
     let now = ports.now_ms();
+    if let Some(entry) = ctx.state.recent.get(&key, now) {
+        return hit(ctx, call, &entry, cache::Level::Memory).map(Some);
+    }
     let fresh = |bytes: &[u8]| cache::Entry::decode(bytes).filter(|e| e.fresh(now));
-    // This location's copy first (no KV read); a KV hit refills it after the response.
+    // This location's copy before KV; a KV hit refills it after the response.
     let mut level = cache::Level::Edge;
     let mut entry = ports.edge_get(&key).await.and_then(|bytes| fresh(&bytes));
     if entry.is_none() {
@@ -213,14 +216,28 @@ pub async fn cache_lookup<P: Ports, B>(
         }
     }
     if let Some(entry) = entry {
-        ctx.log.cache = Some(cache::Status::Hit.as_str());
-        ctx.log.cache_level = Some(level.as_str());
-        ctx.log.set_usage(None); // nothing was generated for this request
-        return answer_from_cache(ctx, call, &entry).map(Some);
+        let entry = Rc::new(entry);
+        if ports.keeps_state() {
+            ctx.state.recent.put(&key, entry.clone(), now);
+        }
+        return hit(ctx, call, &entry, level).map(Some);
     }
     ctx.log.cache = Some(cache::Status::Miss.as_str());
     call.cache_key = directive.fill().then_some(key);
     Ok(None)
+}
+
+/// A cache hit from `level`: the log says so, and nothing was generated for this request.
+fn hit<B>(
+    ctx: &mut RequestContext<'_>,
+    call: &ModelCall,
+    entry: &cache::Entry,
+    level: cache::Level,
+) -> Result<Response<ResponseBody<B>>> {
+    ctx.log.cache = Some(cache::Status::Hit.as_str());
+    ctx.log.cache_level = Some(level.as_str());
+    ctx.log.set_usage(None);
+    answer_from_cache(ctx, call, entry)
 }
 
 /// Coalesce: a deterministic call identical to one in flight in this isolate waits for that
@@ -493,6 +510,10 @@ pub async fn respond<P: Ports>(
             usage,
         };
         ctx.pending.cache_fill = Some((key.clone(), entry.encode(), endpoint.cache.ttl_secs));
+        let entry = Rc::new(entry);
+        if ports.keeps_state() {
+            ctx.state.recent.put(key, entry.clone(), upstream.now_ms);
+        }
         if let Some(leader) = &call.lead {
             leader.publish(entry);
         }

@@ -939,6 +939,49 @@ fn hits_come_from_the_edge_cache_before_kv() {
     assert_eq!(host.sent.borrow().len(), 2);
 }
 
+/// In an isolate that keeps state, an answer stored or found here answers the same request
+/// again from memory (no edge cache, no KV read) for at most `MEMORY_TTL_MS`; a purge here
+/// clears it. A host without state between requests (Spin) keeps nothing.
+#[test]
+fn recent_answers_are_served_from_the_isolates_memory() {
+    use crate::gateway::features::cache::MEMORY_TTL_MS;
+    for stateless in [false, true] {
+        let host = host().with_secret("GATEWAY_ADMIN_TOKEN", "admin-token-0123456789");
+        host.stateless.set(stateless);
+        let gateway = Gateway::new();
+        let body = json!({"model": "chat", "temperature": 0, "messages": [{"role": "user", "content": "memory"}]});
+        let send = |request: Request<Vec<u8>>| {
+            let exchange = block_on(gateway.handle(&host, request, &ClientInfo::default()));
+            let cache = exchange.response.headers().get("x-gateway-cache").map(|v| v.to_str().unwrap().to_string());
+            let line: Value = serde_json::from_str(&block_on(exchange.deferred.complete(&host, None))).unwrap();
+            (cache, line["cache_level"].as_str().map(str::to_owned))
+        };
+        let ask = || send(post("/v1/chat/completions", &body.to_string()));
+        let hit = |level: &str| (Some("HIT".to_string()), Some(level.to_string()));
+        assert_eq!(ask(), (Some("MISS".to_string()), None));
+        let key = host.kv.borrow().keys().find(|k| k.starts_with("cache:")).cloned().unwrap();
+        let stored = host.kv.borrow_mut().remove(&key).unwrap();
+        if stateless {
+            assert_eq!(ask().0.as_deref(), Some("MISS"), "{stateless}: nothing kept in memory");
+            continue;
+        }
+        assert_eq!(ask(), hit("memory"), "no KV read");
+        host.kv.borrow_mut().insert(key.clone(), stored);
+        host.advance(MEMORY_TTL_MS);
+        assert_eq!(ask(), hit("kv"));
+        assert_eq!(ask(), hit("memory"), "a KV hit is kept too");
+        let purge = Request::builder()
+            .method(Method::POST)
+            .uri("/admin/cache/purge")
+            .header("authorization", "Bearer admin-token-0123456789")
+            .body(b"{}".to_vec())
+            .unwrap();
+        send(purge);
+        assert_eq!(ask(), (Some("MISS".to_string()), None), "the purge cleared this isolate's memory");
+        assert_eq!(host.sent.borrow().len(), 2);
+    }
+}
+
 /// Identical deterministic requests in flight together make one origin call: the others wait
 /// for its answer (`x-gateway-cache: COALESCED`), and each request is accounted with the
 /// answer's usage.

@@ -884,6 +884,18 @@ fn a_completed_deterministic_stream_fills_the_cache() {
     assert_eq!(edge_entries(), 1, "nor copied to the edge");
 }
 
+const ADMIN_TOKEN: &str = "admin-token-0123456789";
+
+/// `POST /admin/cache/purge {}` with [`ADMIN_TOKEN`]: every cached answer.
+fn purge_all() -> Request<Vec<u8>> {
+    Request::builder()
+        .method(Method::POST)
+        .uri("/admin/cache/purge")
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(b"{}".to_vec())
+        .unwrap()
+}
+
 /// The edge cache (Cloudflare's Cache API, one per location) answers hits before KV: the
 /// answer is copied there when stored, and a KV hit copies it there for this location; a copy
 /// lives at most `EDGE_TTL_MAX_SECS`; a purge deletes this location's copies with the KV
@@ -891,7 +903,7 @@ fn a_completed_deterministic_stream_fills_the_cache() {
 #[test]
 fn hits_come_from_the_edge_cache_before_kv() {
     use crate::gateway::features::cache::EDGE_TTL_MAX_SECS;
-    let host = host().with_edge_cache().with_secret("GATEWAY_ADMIN_TOKEN", "admin-token-0123456789");
+    let host = host().with_edge_cache().with_secret("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN);
     let body = json!({"model": "chat", "temperature": 0, "messages": [{"role": "user", "content": "edge"}]});
     let ask = || {
         let (status, _, exchange) = run(&host, post("/v1/chat/completions", &body.to_string()));
@@ -926,13 +938,7 @@ fn hits_come_from_the_edge_cache_before_kv() {
     assert_eq!(host.sent.borrow().len(), 1, "every hit without the origin");
 
     // A purge deletes this location's copy too.
-    let purge = Request::builder()
-        .method(Method::POST)
-        .uri("/admin/cache/purge")
-        .header("authorization", "Bearer admin-token-0123456789")
-        .body(b"{}".to_vec())
-        .unwrap();
-    let (status, answer, _) = run(&host, purge);
+    let (status, answer, _) = run(&host, purge_all());
     assert_eq!((status, &answer["purged"]), (StatusCode::OK, &json!(1)), "{answer}");
     assert!(host.edge.borrow().as_ref().unwrap().is_empty());
     assert_eq!(ask(), ("MISS".to_string(), None));
@@ -946,7 +952,7 @@ fn hits_come_from_the_edge_cache_before_kv() {
 fn recent_answers_are_served_from_the_isolates_memory() {
     use crate::gateway::features::cache::MEMORY_TTL_MS;
     for stateless in [false, true] {
-        let host = host().with_secret("GATEWAY_ADMIN_TOKEN", "admin-token-0123456789");
+        let host = host().with_secret("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN);
         host.stateless.set(stateless);
         let gateway = Gateway::new();
         let body = json!({"model": "chat", "temperature": 0, "messages": [{"role": "user", "content": "memory"}]});
@@ -970,13 +976,7 @@ fn recent_answers_are_served_from_the_isolates_memory() {
         host.advance(MEMORY_TTL_MS);
         assert_eq!(ask(), hit("kv"));
         assert_eq!(ask(), hit("memory"), "a KV hit is kept too");
-        let purge = Request::builder()
-            .method(Method::POST)
-            .uri("/admin/cache/purge")
-            .header("authorization", "Bearer admin-token-0123456789")
-            .body(b"{}".to_vec())
-            .unwrap();
-        send(purge);
+        send(purge_all());
         assert_eq!(ask(), (Some("MISS".to_string()), None), "the purge cleared this isolate's memory");
         assert_eq!(host.sent.borrow().len(), 2);
     }

@@ -100,9 +100,6 @@ pub trait Clock {
     async fn sleep(&self, ms: u64);
 }
 
-/// Everything a host provides. The Background port of DESIGN.md is not a trait: the pipeline
-/// returns its after-response work as data (`pipeline::Deferred`) and each host decides when
-/// to run it (Cloudflare: `waitUntil`; Spin: after the response body is written).
 /// A cache local to where the gateway runs, in front of KV for cached answers: Cloudflare's
 /// Cache API (one per location, no KV read). Best effort: a failure is a miss or nothing
 /// stored, never an error (KV stays the cache of record). A host without one keeps these
@@ -115,6 +112,9 @@ pub trait EdgeCache {
     async fn edge_delete(&self, _key: &str) {}
 }
 
+/// Everything a host provides. The Background port of DESIGN.md is not a trait: the pipeline
+/// returns its after-response work as data (`pipeline::Deferred`) and each host decides when
+/// to run it (Cloudflare: `waitUntil`; Spin: after the response body is written).
 pub trait Ports: Kv + Upstream + Secrets + Clock + Counter + EdgeCache {}
 impl<T: Kv + Upstream + Secrets + Clock + Counter + EdgeCache> Ports for T {}
 

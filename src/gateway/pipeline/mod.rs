@@ -20,7 +20,7 @@ pub mod respond;
 pub mod stored;
 pub mod stream;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -65,7 +65,19 @@ struct ConfigMemo {
 #[derive(Default)]
 pub struct Gateway {
     config: RefCell<Option<ConfigMemo>>,
+    /// A request is reading the config again: the others keep the memo meanwhile.
+    refreshing: Cell<bool>,
     state: IsolateState,
+}
+
+/// Clears `Gateway::refreshing` however the refreshing request's future ends (finished, or
+/// dropped by the host).
+struct Refreshing<'a>(&'a Cell<bool>);
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
 }
 
 impl Gateway {
@@ -224,16 +236,20 @@ impl Gateway {
         Exchange { response, deferred }
     }
 
-    /// The active config, memoized per isolate for `settings.config_ttl_ms`. An invalid
-    /// config is a 503 whose message names no detail (clients must not learn config paths or
-    /// names); the issues go to the request's log line.
+    /// The active config, memoized per isolate for `settings.config_ttl_ms`; once that has
+    /// passed, one request reads it again while the others in flight keep the memo (one KV read
+    /// per refresh, not one per request: 16 concurrent requests made 16). An invalid config is
+    /// a 503 whose message names no detail (clients must not learn config paths or names); the
+    /// issues go to the request's log line.
     async fn config<P: Ports>(&self, ports: &P, log: &mut LogRecord) -> Result<Rc<Config>> {
         let now = ports.now_ms();
         if let Some(memo) = &*self.config.borrow() {
-            if now.saturating_sub(memo.fetched_at) < memo.config.settings.config_ttl_ms {
+            if now.saturating_sub(memo.fetched_at) < memo.config.settings.config_ttl_ms || self.refreshing.get() {
                 return Ok(memo.config.clone());
             }
         }
+        self.refreshing.set(true);
+        let _refreshing = Refreshing(&self.refreshing);
         let raw = match ports.get(ACTIVE_KEY).await {
             Ok(raw) => raw,
             // A store failure: an isolate that has a config keeps serving it; others fail

@@ -266,6 +266,37 @@ fn config_memo_expires_and_notices_removal() {
     );
 }
 
+/// Once the config memo has expired, one request reads the config again while the others in
+/// flight keep the memo: one KV read per refresh, not one per request. A refreshing request
+/// dropped midway (a client gone) leaves the next one to read.
+#[test]
+fn an_expired_config_is_read_once_by_concurrent_requests() {
+    use crate::gateway::ports::memory::run_interleaved;
+    use std::future::Future;
+    use std::pin::Pin;
+    let host = host();
+    let gateway = Gateway::new();
+    let chat = || post("/v1/chat/completions", r#"{"model":"chat"}"#);
+    let status = |request| async { gateway.handle(&host, request, &ClientInfo::default()).await.response.status() };
+    assert_eq!(block_on(status(chat())), StatusCode::OK);
+    host.advance(1001);
+    host.kv_yield.set(true);
+    let before = host.kv_ops.get();
+    let futures: Vec<Pin<Box<dyn Future<Output = StatusCode> + '_>>> =
+        (0..8).map(|_| Box::pin(status(chat())) as Pin<Box<dyn Future<Output = StatusCode>>>).collect();
+    assert_eq!(run_interleaved(futures), vec![StatusCode::OK; 8]);
+    assert_eq!(host.kv_ops.get() - before, 1, "one config read for eight requests");
+
+    host.advance(1001);
+    let mut dropped = Box::pin(status(chat()));
+    let waker = std::task::Waker::noop();
+    assert!(dropped.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_pending(), "reading the config");
+    drop(dropped);
+    let before = host.kv_ops.get();
+    assert_eq!(block_on(status(chat())), StatusCode::OK);
+    assert_eq!(host.kv_ops.get() - before, 1, "the next request read it");
+}
+
 #[test]
 fn request_id_echoed_or_generated_and_log_has_no_secret() {
     let mut request = post("/v1/chat/completions", r#"{"model":"chat"}"#);

@@ -99,7 +99,7 @@ impl Deferred {
             Err(audit) => audit,
             Ok((mut log, observe)) => {
                 log.telemetry_error = observe.run(ports).await;
-                serde_json::to_string(&log).unwrap_or_default()
+                log.to_json()
             }
         }
     }
@@ -109,7 +109,7 @@ impl Deferred {
     pub async fn settle<P: Ports>(self, ports: &P, stream: Option<StreamSummary>) -> (String, Observe) {
         match self.settle_record(ports, stream).await {
             Err(audit) => (audit, Observe { tally: None, export: None }),
-            Ok((log, observe)) => (serde_json::to_string(&log).unwrap_or_default(), observe),
+            Ok((log, observe)) => (log.to_json(), observe),
         }
     }
 

@@ -253,32 +253,45 @@ const MEMORY_MAX_BYTES: usize = 4 << 20;
 /// edge cache nor KV. Oldest first; bounded in entries and bytes (the oldest go first).
 #[derive(Default)]
 pub struct Recent {
-    entries: RefCell<VecDeque<(String, Rc<Entry>, u64)>>,
+    entries: RefCell<VecDeque<Kept>>,
+}
+
+/// One answer in [`Recent`], under its key's input, until `expires_ms`.
+struct Kept {
+    key: Vec<u8>,
+    entry: Rc<Entry>,
+    expires_ms: u64,
+}
+
+impl Kept {
+    fn size(&self) -> usize {
+        self.key.len() + self.entry.body.len()
+    }
 }
 
 impl Recent {
-    /// The entry stored under `key`, if it is still fresh at `now_ms`.
-    pub fn get(&self, key: &str, now_ms: u64) -> Option<Rc<Entry>> {
+    /// The entry stored under `key` (a [`KeyInput`]'s bytes), if it is still fresh at `now_ms`.
+    pub fn get(&self, key: &[u8], now_ms: u64) -> Option<Rc<Entry>> {
         let entries = self.entries.borrow();
-        let (_, entry, expires_ms) = entries.iter().rev().find(|(k, _, _)| k == key)?;
-        (*expires_ms > now_ms && entry.fresh(now_ms)).then(|| entry.clone())
+        let kept = entries.iter().rev().find(|kept| kept.key == key)?;
+        (kept.expires_ms > now_ms && kept.entry.fresh(now_ms)).then(|| kept.entry.clone())
     }
 
     /// Keeps `entry` for at most [`MEMORY_TTL_MS`] (never past its TTL), replacing an older
     /// copy, dropping expired ones and then the oldest past the bounds.
-    pub fn put(&self, key: &str, entry: Rc<Entry>, now_ms: u64) {
+    pub fn put(&self, key: &[u8], entry: Rc<Entry>, now_ms: u64) {
         let size = key.len() + entry.body.len();
         if size > MEMORY_MAX_BYTES / 4 {
             return; // a few large answers would push out every small one
         }
         let expires_ms = now_ms.saturating_add(MEMORY_TTL_MS);
         let mut entries = self.entries.borrow_mut();
-        entries.retain(|(k, _, expires)| *expires > now_ms && k != key);
-        entries.push_back((key.to_string(), entry, expires_ms));
-        let mut bytes: usize = entries.iter().map(|(k, e, _)| k.len() + e.body.len()).sum();
+        entries.retain(|kept| kept.expires_ms > now_ms && kept.key != key);
+        entries.push_back(Kept { key: key.to_vec(), entry, expires_ms });
+        let mut bytes: usize = entries.iter().map(Kept::size).sum();
         while entries.len() > MEMORY_MAX_ENTRIES || bytes > MEMORY_MAX_BYTES {
-            let Some((k, e, _)) = entries.pop_front() else { break };
-            bytes -= k.len() + e.body.len();
+            let Some(oldest) = entries.pop_front() else { break };
+            bytes -= oldest.size();
         }
     }
 
@@ -305,25 +318,66 @@ pub fn key(
     template_version: Option<&str>,
     canonical_body: &[u8],
 ) -> String {
+    key_input(scope, endpoint, provider, model, template_version, canonical_body).finish().name
+}
+
+/// What a cache key hashes, before hashing: the isolate's memory level ([`Recent`]) is keyed
+/// by these bytes, so a hit there hashes nothing (SHA-256 of a 1 KB chat request was ~72k
+/// instructions in callgrind, which like wasm runs it without SHA extensions).
+pub struct KeyInput {
+    /// `cache:<tenant>:<endpoint>:`
+    prefix: String,
+    bytes: Vec<u8>,
+}
+
+/// A cache key: `name`, the entry's name in KV and the edge cache ([`key`]), and `input`,
+/// what it hashes ([`KeyInput`]; the memory level's key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    pub name: String,
+    pub input: Vec<u8>,
+}
+
+pub fn key_input(
+    scope: Scope<'_>,
+    endpoint: &str,
+    provider: &str,
+    model: &str,
+    template_version: Option<&str>,
+    canonical_body: &[u8],
+) -> KeyInput {
     let tenant = scope.segment();
-    let endpoint = segment(endpoint);
-    let mut h = Sha256::new();
-    h.update(b"edge-gateway cache v1");
-    for part in [tenant.as_bytes(), endpoint.as_bytes(), provider.as_bytes(), model.as_bytes()] {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part);
+    let endpoint_segment = segment(endpoint);
+    let mut bytes = Vec::with_capacity(96 + endpoint.len() + provider.len() + model.len() + canonical_body.len());
+    bytes.extend_from_slice(b"edge-gateway cache v1");
+    for part in [tenant.as_bytes(), endpoint_segment.as_bytes(), provider.as_bytes(), model.as_bytes()] {
+        bytes.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(part);
     }
     match template_version {
         Some(v) => {
-            h.update([1]);
-            h.update((v.len() as u64).to_le_bytes());
-            h.update(v.as_bytes());
+            bytes.push(1);
+            bytes.extend_from_slice(&(v.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(v.as_bytes());
         }
-        None => h.update([0]),
+        None => bytes.push(0),
     }
-    h.update((canonical_body.len() as u64).to_le_bytes());
-    h.update(canonical_body);
-    format!("cache:{tenant}:{endpoint}:{}", hex(&h.finalize()))
+    bytes.extend_from_slice(&(canonical_body.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(canonical_body);
+    KeyInput { prefix: format!("cache:{tenant}:{endpoint_segment}:"), bytes }
+}
+
+impl KeyInput {
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Hashes the input into the entry's name.
+    pub fn finish(self) -> Key {
+        let mut name = self.prefix;
+        name.push_str(&hex(&Sha256::digest(&self.bytes)));
+        Key { name, input: self.bytes }
+    }
 }
 
 /// The longest KV prefix that lists every entry of `scope` (None: all tenants and the shared
@@ -494,32 +548,35 @@ mod tests {
     fn recent_answers_are_bounded_and_expire() {
         let recent = Recent::default();
         let now = 1_000_000;
-        recent.put("a", entry_of(10, now, 300), now);
-        assert_eq!(recent.get("a", now + MEMORY_TTL_MS - 1).unwrap().body.len(), 10);
-        assert!(recent.get("a", now + MEMORY_TTL_MS).is_none(), "kept at most MEMORY_TTL_MS");
-        assert!(recent.get("b", now).is_none());
-        recent.put("short", entry_of(10, now - 299_500, 300), now);
-        assert!(recent.get("short", now + 499).is_some());
-        assert!(recent.get("short", now + 500).is_none(), "never past the entry's TTL");
-        recent.put("a", entry_of(20, now, 300), now + 1);
-        assert_eq!(recent.get("a", now + 2).unwrap().body.len(), 20, "a newer copy replaces the older");
-        assert_eq!(recent.entries.borrow().iter().filter(|(k, _, _)| k == "a").count(), 1);
+        recent.put(b"a", entry_of(10, now, 300), now);
+        assert_eq!(recent.get(b"a", now + MEMORY_TTL_MS - 1).unwrap().body.len(), 10);
+        assert!(recent.get(b"a", now + MEMORY_TTL_MS).is_none(), "kept at most MEMORY_TTL_MS");
+        assert!(recent.get(b"b", now).is_none());
+        recent.put(b"short", entry_of(10, now - 299_500, 300), now);
+        assert!(recent.get(b"short", now + 499).is_some());
+        assert!(recent.get(b"short", now + 500).is_none(), "never past the entry's TTL");
+        recent.put(b"a", entry_of(20, now, 300), now + 1);
+        assert_eq!(recent.get(b"a", now + 2).unwrap().body.len(), 20, "a newer copy replaces the older");
+        assert_eq!(recent.entries.borrow().iter().filter(|kept| kept.key == b"a").count(), 1);
 
         for i in 0..MEMORY_MAX_ENTRIES + 10 {
-            recent.put(&format!("k{i}"), entry_of(1, now, 300), now);
+            recent.put(format!("k{i}").as_bytes(), entry_of(1, now, 300), now);
         }
         assert_eq!(recent.entries.borrow().len(), MEMORY_MAX_ENTRIES);
-        assert!(recent.get("k0", now).is_none() && recent.get(&format!("k{}", MEMORY_MAX_ENTRIES + 9), now).is_some());
+        assert!(
+            recent.get(b"k0", now).is_none()
+                && recent.get(format!("k{}", MEMORY_MAX_ENTRIES + 9).as_bytes(), now).is_some()
+        );
 
-        recent.put("huge", entry_of(MEMORY_MAX_BYTES / 4 + 1, now, 300), now);
-        assert!(recent.get("huge", now).is_none(), "a large answer is not kept");
+        recent.put(b"huge", entry_of(MEMORY_MAX_BYTES / 4 + 1, now, 300), now);
+        assert!(recent.get(b"huge", now).is_none(), "a large answer is not kept");
         for i in 0..8 {
-            recent.put(&format!("big{i}"), entry_of(MEMORY_MAX_BYTES / 5, now, 300), now);
+            recent.put(format!("big{i}").as_bytes(), entry_of(MEMORY_MAX_BYTES / 5, now, 300), now);
         }
-        let bytes: usize = recent.entries.borrow().iter().map(|(k, e, _)| k.len() + e.body.len()).sum();
-        assert!(bytes <= MEMORY_MAX_BYTES && recent.get("big7", now).is_some() && recent.get("big0", now).is_none());
+        let bytes: usize = recent.entries.borrow().iter().map(Kept::size).sum();
+        assert!(bytes <= MEMORY_MAX_BYTES && recent.get(b"big7", now).is_some() && recent.get(b"big0", now).is_none());
         recent.clear();
-        assert!(recent.get("big7", now).is_none());
+        assert!(recent.get(b"big7", now).is_none());
     }
 
     fn policy(v: Value) -> (Option<CachePolicy>, Vec<String>) {
@@ -637,6 +694,17 @@ mod tests {
         let long = "t".repeat(500);
         let long_key = k(Scope::Tenant(&long), "chat", "m", None);
         assert!(long_key.starts_with("cache:%h") && long_key.len() < 200, "{long_key}");
+        // Names stay what earlier releases stored (pinned: SHA-256 of the length-prefixed parts,
+        // computed apart); the memory level's key is the hashed input itself.
+        let input = key_input(Scope::Tenant("acme"), "chat", "openai", "gpt-4o-mini", Some("t@1"), b"{}");
+        let bytes = input.bytes().to_vec();
+        let pinned = input.finish();
+        assert_eq!(pinned.name, "cache:acme:chat:59f1989f318cbde844183aebf4140d9aa040391012a0721460fcfa75a549ee19");
+        assert_eq!(pinned.input, bytes);
+        assert!(
+            bytes.starts_with(b"edge-gateway cache v1\x04\0\0\0\0\0\0\0acme")
+                && bytes.ends_with(b"\x02\0\0\0\0\0\0\0{}")
+        );
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub struct ModelCall {
     /// The client asked for a stream.
     pub stream: bool,
     /// Where a deterministic answer is stored after the response (the `cache_lookup` phase).
-    pub cache_key: Option<String>,
+    pub cache_key: Option<cache::Key>,
     /// The residency pin the request obeys (the endpoint's and the key's; `choose_origins`).
     pub pin: Option<String>,
     /// Prompt tokens the gateway estimates for the request (`admit`): reservations, and what

@@ -194,31 +194,32 @@ pub async fn cache_lookup<P: Ports, B>(
     let cacheable = cache::cacheable(call.op, &call.body, &call.endpoint.cache) && !ctx.dialect.passthrough();
     if !cacheable || !directive.lookup() {
         ctx.log.cache = Some(cache::Status::Bypass.as_str());
-        call.cache_key = (cacheable && directive.fill()).then(|| cache_key(call));
+        call.cache_key = (cacheable && directive.fill()).then(|| cache_input(call).finish());
         return Ok(None);
     }
-    let key = cache_key(call);
+    let input = cache_input(call);
     let now = ports.now_ms();
-    if let Some(entry) = ctx.state.recent.get(&key, now) {
+    if let Some(entry) = ctx.state.recent.get(input.bytes(), now) {
         return hit(ctx, call, &entry, cache::Level::Memory).map(Some);
     }
+    let key = input.finish();
     let fresh = |bytes: &[u8]| cache::Entry::decode(bytes).filter(|e| e.fresh(now));
     // This location's copy before KV; a KV hit refills it after the response.
     let mut level = cache::Level::Edge;
-    let mut entry = ports.edge_get(&key).await.and_then(|bytes| fresh(&bytes));
+    let mut entry = ports.edge_get(&key.name).await.and_then(|bytes| fresh(&bytes));
     if entry.is_none() {
         level = cache::Level::Kv;
-        if let Some(bytes) = ports.get(&key).await.ok().flatten() {
+        if let Some(bytes) = ports.get(&key.name).await.ok().flatten() {
             entry = fresh(&bytes);
             if let Some(e) = &entry {
-                ctx.pending.edge_fill = Some((key.clone(), bytes, e.edge_ttl_secs(now)));
+                ctx.pending.edge_fill = Some((key.name.clone(), bytes, e.edge_ttl_secs(now)));
             }
         }
     }
     if let Some(entry) = entry {
         let entry = Rc::new(entry);
         if ports.keeps_state() {
-            ctx.state.recent.put(&key, entry.clone(), now);
+            ctx.state.recent.put(&key.input, entry.clone(), now);
         }
         return hit(ctx, call, &entry, level).map(Some);
     }
@@ -249,7 +250,7 @@ pub async fn coalesce<P: Ports, B>(
     ctx: &mut RequestContext<'_>,
     call: &mut ModelCall,
 ) -> Result<Option<Response<ResponseBody<B>>>> {
-    let Some(key) = call.cache_key.as_deref().filter(|_| !call.stream) else { return Ok(None) };
+    let Some(key) = call.cache_key.as_ref().map(|k| k.name.as_str()).filter(|_| !call.stream) else { return Ok(None) };
     let flight = match InFlight::join(&ctx.state.in_flight, key) {
         Joined::Lead(leader) => {
             call.lead = Some(leader);
@@ -264,10 +265,10 @@ pub async fn coalesce<P: Ports, B>(
     answer_from_cache(ctx, call, &entry).map(Some)
 }
 
-fn cache_key(call: &mut ModelCall) -> String {
+fn cache_input(call: &mut ModelCall) -> cache::KeyInput {
     let body = cache::key_body(call.canonical());
     let endpoint = &call.endpoint;
-    cache::key(
+    cache::key_input(
         endpoint.cache.scope(call.tenant()),
         &endpoint.name,
         endpoint.provider.name(),
@@ -468,7 +469,7 @@ pub async fn respond<P: Ports>(
                 body: Vec::new(),
                 usage: None,
             };
-            ctx.pending.cache_stream = Some((key.clone(), entry, captured));
+            ctx.pending.cache_stream = Some((key.name.clone(), entry, captured));
         }
         return Ok(client_stream(ctx, ResponseBody::Stream(upstream_body, pump)));
     }
@@ -509,10 +510,10 @@ pub async fn respond<P: Ports>(
             body: answer.clone(),
             usage,
         };
-        ctx.pending.cache_fill = Some((key.clone(), entry.encode(), endpoint.cache.ttl_secs));
+        ctx.pending.cache_fill = Some((key.name.clone(), entry.encode(), endpoint.cache.ttl_secs));
         let entry = Rc::new(entry);
         if ports.keeps_state() {
-            ctx.state.recent.put(key, entry.clone(), upstream.now_ms);
+            ctx.state.recent.put(&key.input, entry.clone(), upstream.now_ms);
         }
         if let Some(leader) = &call.lead {
             leader.publish(entry);

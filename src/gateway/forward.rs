@@ -291,21 +291,19 @@ fn retry_after_ms(headers: &http::HeaderMap) -> Option<u64> {
 /// What clients may see of an origin: its region and index in the endpoint's `origins`.
 pub fn origin_id(endpoint: &Endpoint, origin: &Origin) -> String {
     let index = endpoint.origins.iter().position(|o| std::ptr::eq(o, origin)).unwrap_or(0);
-    format!("{}#{index}", origin.region.as_deref().unwrap_or("default"))
+    [origin.region.as_deref().unwrap_or("default"), "#", &index.to_string()].concat()
 }
 
 /// `scheme://host:port` of an origin URL (plus its region): enough to tell origins apart,
 /// nothing secret — paths and queries may carry keys.
 pub fn origin_label(uri: &http::Uri, region: Option<&str>) -> String {
     let base = match (uri.scheme_str(), uri.authority()) {
-        (Some(scheme), Some(authority)) => {
-            format!("{scheme}://{}", authority.as_str().rsplit('@').next().unwrap_or(""))
-        }
-        _ => String::new(),
+        (Some(scheme), Some(authority)) => [scheme, "://", authority.as_str().rsplit('@').next().unwrap_or("")],
+        _ => ["", "", ""],
     };
     match region {
-        Some(region) => format!("{base} ({region})"),
-        None => base,
+        Some(region) => [base[0], base[1], base[2], " (", region, ")"].concat(),
+        None => base.concat(),
     }
 }
 

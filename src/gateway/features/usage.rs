@@ -90,7 +90,7 @@ impl Prices {
     /// `provider/model` first, then `model` alone, then the `"*"` default.
     pub fn get(&self, provider: &str, model: &str) -> Option<Price> {
         self.0
-            .get(&format!("{provider}/{model}"))
+            .get(&[provider, "/", model].concat())
             .or_else(|| self.0.get(model))
             .or_else(|| self.0.get(DEFAULT_PRICE))
             .copied()
@@ -371,12 +371,11 @@ impl UsageBook {
         let shard = self.shard_id(clock);
         let day = days_of(event.ts_ms);
         let date = day_string(day);
-        let mut names = vec![match &event.key_id {
-            Some(id) => format!("{USAGE_PREFIX}{id}:{date}:{shard}"),
-            None => format!("{USAGE_PREFIX}public:{date}:{shard}"),
-        }];
+        // `concat`, not `format!`: one exact allocation (twice per request).
+        let owner = event.key_id.as_deref().unwrap_or("public");
+        let mut names = vec![[USAGE_PREFIX, owner, ":", &date, ":", &shard].concat()];
         if let Some(tenant) = &event.tenant {
-            names.push(format!("{USAGE_PREFIX}tenant:{tenant}:{date}:{shard}"));
+            names.push([USAGE_PREFIX, "tenant:", tenant, ":", &date, ":", &shard].concat());
         }
         let delta = event.delta();
         let mut shards = self.shards.borrow_mut();

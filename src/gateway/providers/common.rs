@@ -318,7 +318,7 @@ pub fn finish_request(builder: http::request::Builder, body: Vec<u8>) -> Result<
 
 /// `base` joined with `path`, tolerating a trailing slash on `base`.
 pub fn join_url(base: &str, path: &str) -> String {
-    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+    [base.trim_end_matches('/'), "/", path.trim_start_matches('/')].concat()
 }
 
 pub fn unsupported(provider: &str, op: Operation) -> GatewayError {

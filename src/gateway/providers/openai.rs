@@ -185,7 +185,7 @@ impl Adapter for OpenAi {
         let mut builder = match self.api_type {
             ApiType::OpenAi => {
                 body.insert("model".into(), Value::String(call.model.to_string()));
-                post_json(&join_url(call.base_url, path)).header(header::AUTHORIZATION, format!("Bearer {key}"))
+                post_json(&join_url(call.base_url, path)).header(header::AUTHORIZATION, ["Bearer ", &key].concat())
             }
             ApiType::Azure | ApiType::AzureAd => {
                 let deployment = self.deployment.as_deref().unwrap_or_default();

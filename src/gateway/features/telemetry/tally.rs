@@ -187,7 +187,7 @@ impl TallyBook {
     /// arrive meanwhile are written by the next round, after the gap).
     pub async fn flush(&self, kv: &(impl Kv + Clock), day: i64) -> Result<()> {
         let Some(shard_id) = self.shard_id.borrow().clone() else { return Ok(()) };
-        let name = format!("{TALLY_PREFIX}{}:{shard_id}", day_string(day));
+        let name = [TALLY_PREFIX, &day_string(day), ":", &shard_id].concat();
         {
             let mut days = self.days.borrow_mut();
             let Some(shard) = shard_of(&mut days, day) else { return Ok(()) };

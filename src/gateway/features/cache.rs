@@ -308,19 +308,6 @@ pub fn key_body(canonical: &Canonical) -> Vec<u8> {
     canonical.without(&["stream", "stream_options"])
 }
 
-/// The KV key of an entry: `cache:<tenant>:<endpoint>:<sha256 hex>`, the hash over every
-/// part, length-prefixed. `template_version` should name the template too (`summarize@2`).
-pub fn key(
-    scope: Scope<'_>,
-    endpoint: &str,
-    provider: &str,
-    model: &str,
-    template_version: Option<&str>,
-    canonical_body: &[u8],
-) -> String {
-    key_input(scope, endpoint, provider, model, template_version, canonical_body).finish().name
-}
-
 /// What a cache key hashes, before hashing: the isolate's memory level ([`Recent`]) is keyed
 /// by these bytes, so a hit there hashes nothing (SHA-256 of a 1 KB chat request was ~72k
 /// instructions in callgrind, which like wasm runs it without SHA extensions).
@@ -338,6 +325,9 @@ pub struct Key {
     pub input: Vec<u8>,
 }
 
+/// The key of an entry: its name is `cache:<tenant>:<endpoint>:<sha256 hex>`, the hash over
+/// every part, length-prefixed (call [`KeyInput::finish`]). `template_version` should name the
+/// template too (`summarize@2`).
 pub fn key_input(
     scope: Scope<'_>,
     endpoint: &str,
@@ -528,6 +518,11 @@ mod tests {
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    /// An entry's name.
+    fn key(scope: Scope, endpoint: &str, provider: &str, model: &str, tv: Option<&str>, body: &[u8]) -> String {
+        key_input(scope, endpoint, provider, model, tv, body).finish().name
     }
 
     fn entry_of(bytes: usize, created_ms: u64, ttl_secs: u64) -> Rc<Entry> {

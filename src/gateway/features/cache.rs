@@ -317,7 +317,7 @@ pub struct KeyInput {
     bytes: Vec<u8>,
 }
 
-/// A cache key: `name`, the entry's name in KV and the edge cache ([`key`]), and `input`,
+/// A cache key: `name`, the entry's name in KV and the edge cache ([`key_input`]), and `input`,
 /// what it hashes ([`KeyInput`]; the memory level's key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key {

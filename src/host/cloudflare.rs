@@ -179,14 +179,22 @@ async fn serve(host: CfHost, request: Result<(Request<Vec<u8>>, ClientInfo)>) {
     };
     let gateway = GATEWAY.with(Rc::clone);
     let Exchange { response, deferred } = gateway.handle(&host, request, &client).await;
-    // A streamed answer is accounted once its stream ended or the client went away.
+    // A streamed answer is accounted once its stream ended or the client went away. The shim
+    // performs a call's commands when the call returns, so a whole answer waits one timer turn
+    // before the after-response work: it goes out first, not after that work's synchronous part.
     let summary = match respond(response, &host.shared) {
-        Sent::Whole => None,
+        Sent::Whole => {
+            host.sleep(0).await;
+            None
+        }
         Sent::Streaming(stream_end) => {
             stream_end.await;
             host.shared.pump.borrow_mut().take().map(|pump| pump.summary())
         }
-        Sent::Pumped(summary) => Some(summary),
+        Sent::Pumped(summary) => {
+            host.sleep(0).await;
+            Some(summary)
+        }
     };
     let line = deferred.complete(&host, summary).await;
     exec::notify(Cmd::Log, &[line.as_str().into()]);

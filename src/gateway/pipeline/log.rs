@@ -9,6 +9,7 @@ use crate::gateway::features::usage::UsageLog;
 use crate::gateway::forward::AttemptLog;
 use crate::gateway::mcp::McpLog;
 use crate::gateway::types::Usage;
+use crate::gateway::wire::json::Object;
 
 /// One structured log line per request. Holds no secret: no key, no credential, and the
 /// origin only as scheme://host:port (query strings may carry provider keys).
@@ -104,7 +105,8 @@ impl LogRecord {
     /// opt-level and cost ~22k instructions a forwarded request (~9% of it, callgrind). The
     /// rare nested parts (guard reports, MCP) still go through serde.
     pub fn to_json(&self) -> String {
-        let mut w = Fields::new(Vec::with_capacity(512));
+        let mut out = Vec::with_capacity(512);
+        let mut w = Object::new(&mut out);
         w.u64("ts", self.ts);
         w.str("request_id", &self.request_id);
         w.str("method", &self.method);
@@ -116,19 +118,19 @@ impl LogRecord {
         w.opt_str("origin", self.origin.as_deref());
         if !self.attempts.is_empty() {
             w.key("attempts");
-            w.out.push(b'[');
+            w.out().push(b'[');
             for (i, attempt) in self.attempts.iter().enumerate() {
                 if i > 0 {
-                    w.out.push(b',');
+                    w.out().push(b',');
                 }
-                let mut a = Fields::new(std::mem::take(&mut w.out));
+                let mut a = Object::new(w.out());
                 a.str("origin", &attempt.origin);
                 a.str("id", &attempt.id);
                 a.str("outcome", &attempt.outcome);
                 a.opt_str("detail", attempt.detail.as_deref());
-                w.out = a.close();
+                a.close();
             }
-            w.out.push(b']');
+            w.out().push(b']');
         }
         w.u64("status", u64::from(self.status));
         w.u64("latency_ms", self.latency_ms);
@@ -142,8 +144,8 @@ impl LogRecord {
         }
         w.opt_str("stream_stopped", self.stream_stopped.map(ErrorCode::as_str));
         w.opt_str("template", self.template.as_deref());
-        w.opt_serde("guard", self.guard.as_ref());
-        w.opt_serde("guard_output", self.guard_output.as_ref());
+        opt_serde(&mut w, "guard", self.guard.as_ref());
+        opt_serde(&mut w, "guard_output", self.guard_output.as_ref());
         w.opt_str("cache", self.cache);
         w.opt_str("cache_level", self.cache_level);
         w.opt_str("cache_error", self.cache_error.map(ErrorCode::as_str));
@@ -155,70 +157,25 @@ impl LogRecord {
             w.opt_str("key_id", a.key_id.as_deref());
             w.opt_str("tenant", a.tenant.as_deref());
             w.u64("total_tokens", a.total_tokens);
-            w.key("cost_usd");
-            edge_scan::json::write_value(&mut w.out, &a.cost_usd.map_or(serde_json::Value::Null, Into::into));
+            w.value("cost_usd", &a.cost_usd.map_or(serde_json::Value::Null, Into::into));
             w.bool("cache_hit", a.cache_hit);
             w.str("limits", a.limits);
             w.opt_str("accounting_error", a.accounting_error.as_deref());
         }
         w.opt_str("telemetry_error", self.telemetry_error.as_deref());
-        w.opt_serde("mcp", self.mcp.as_ref());
+        opt_serde(&mut w, "mcp", self.mcp.as_ref());
+        w.close();
         // Only UTF-8 went in: `&str`s through write_str, and serde_json's own output.
-        String::from_utf8(w.close()).unwrap_or_default()
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 
-/// An object being appended to `out`: `key` writes the `{` or the comma before each field.
-struct Fields {
-    out: Vec<u8>,
-    open: bool,
-}
-
-impl Fields {
-    fn new(out: Vec<u8>) -> Self {
-        Fields { out, open: false }
-    }
-    fn key(&mut self, name: &str) {
-        self.out.push(if self.open { b',' } else { b'{' });
-        self.open = true;
-        edge_scan::json::write_str(&mut self.out, name);
-        self.out.push(b':');
-    }
-    fn str(&mut self, name: &str, value: &str) {
-        self.key(name);
-        edge_scan::json::write_str(&mut self.out, value);
-    }
-    fn opt_str(&mut self, name: &str, value: Option<&str>) {
-        if let Some(value) = value {
-            self.str(name, value);
-        }
-    }
-    fn u64(&mut self, name: &str, value: u64) {
-        self.key(name);
-        edge_scan::json::write_u64(&mut self.out, value);
-    }
-    fn opt_u64(&mut self, name: &str, value: Option<u64>) {
-        if let Some(value) = value {
-            self.u64(name, value);
-        }
-    }
-    fn bool(&mut self, name: &str, value: bool) {
-        self.key(name);
-        self.out.extend_from_slice(if value { b"true" } else { b"false" });
-    }
-    fn opt_serde(&mut self, name: &str, value: Option<&impl Serialize>) {
-        if let Some(value) = value {
-            self.key(name);
-            // Writing into a Vec cannot fail, and these types serialize without errors.
-            let _ = serde_json::to_writer(&mut self.out, value);
-        }
-    }
-    fn close(mut self) -> Vec<u8> {
-        if !self.open {
-            self.out.push(b'{');
-        }
-        self.out.push(b'}');
-        self.out
+/// A nested part that still goes through serde (guard reports, MCP: not on every request).
+fn opt_serde(w: &mut Object<'_>, name: &str, value: Option<&impl Serialize>) {
+    if let Some(value) = value {
+        w.key(name);
+        // Writing into a Vec cannot fail, and these types serialize without errors.
+        let _ = serde_json::to_writer(w.out(), value);
     }
 }
 

@@ -54,16 +54,77 @@ impl JsonBody for Value {
 /// serde_json.
 impl JsonBody for serde_json::Map<String, Value> {
     fn write_json(&self, out: &mut Vec<u8>) {
-        out.push(b'{');
-        for (i, (key, value)) in self.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            edge_scan::json::write_str(out, key);
-            out.push(b':');
-            value.write_json(out);
+        let mut object = Object::new(out);
+        for (key, value) in self {
+            object.value(key, value);
         }
-        out.push(b'}');
+        object.close();
+    }
+}
+
+/// A JSON object appended to `out` field by field, in serde_json's bytes: each field's key
+/// brings the `{` or the comma before it, [`Object::close`] the `}`. Values go through
+/// edge_scan's writers (see [`json_body`]).
+pub struct Object<'a> {
+    out: &'a mut Vec<u8>,
+    open: bool,
+}
+
+impl<'a> Object<'a> {
+    pub fn new(out: &'a mut Vec<u8>) -> Self {
+        Object { out, open: false }
+    }
+
+    /// Starts a field: what follows in [`Object::out`] is its value.
+    pub fn key(&mut self, name: &str) {
+        self.out.push(if self.open { b',' } else { b'{' });
+        self.open = true;
+        edge_scan::json::write_str(self.out, name);
+        self.out.push(b':');
+    }
+
+    /// The buffer, to write a field's value in after [`Object::key`].
+    pub fn out(&mut self) -> &mut Vec<u8> {
+        self.out
+    }
+
+    pub fn value(&mut self, name: &str, value: &Value) {
+        self.key(name);
+        edge_scan::json::write_value(self.out, value);
+    }
+
+    pub fn str(&mut self, name: &str, value: &str) {
+        self.key(name);
+        edge_scan::json::write_str(self.out, value);
+    }
+
+    pub fn opt_str(&mut self, name: &str, value: Option<&str>) {
+        if let Some(value) = value {
+            self.str(name, value);
+        }
+    }
+
+    pub fn u64(&mut self, name: &str, value: u64) {
+        self.key(name);
+        edge_scan::json::write_u64(self.out, value);
+    }
+
+    pub fn opt_u64(&mut self, name: &str, value: Option<u64>) {
+        if let Some(value) = value {
+            self.u64(name, value);
+        }
+    }
+
+    pub fn bool(&mut self, name: &str, value: bool) {
+        self.key(name);
+        self.out.extend_from_slice(if value { b"true" } else { b"false" });
+    }
+
+    pub fn close(self) {
+        if !self.open {
+            self.out.push(b'{');
+        }
+        self.out.push(b'}');
     }
 }
 
@@ -72,16 +133,11 @@ impl JsonBody for serde_json::Map<String, Value> {
 /// without its generic serializer, which is compiled at this crate's size-first opt-level
 /// (~6,600 instructions for one 8-field `DayUsage`, callgrind).
 pub fn write_counters(out: &mut Vec<u8>, fields: &[(&str, u64)]) {
-    out.push(b'{');
-    for (i, (name, n)) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        edge_scan::json::write_str(out, name);
-        out.push(b':');
-        edge_scan::json::write_u64(out, *n);
+    let mut object = Object::new(out);
+    for (name, n) in fields {
+        object.u64(name, *n);
     }
-    out.push(b'}');
+    object.close();
 }
 
 /// A `Value` from JSON bytes, nested at most `edge_scan::json::MAX_DEPTH` deep (why: there).

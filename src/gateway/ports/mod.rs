@@ -24,6 +24,11 @@ pub trait Kv {
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;
 }
 
+/// Shortest gap between two writes of one KV entry by one writer: Cloudflare KV accepts at
+/// most one write per second to the same key (more are refused with 429). The per-isolate
+/// aggregates (usage and tally shards) wait it out inside their after-response work.
+pub const SAME_KEY_WRITE_GAP_MS: u64 = 1_000;
+
 /// Why an outbound request produced no response. Drives failover (all are retryable on the
 /// next origin) and the client-facing 502/504.
 #[derive(Debug, Clone, PartialEq, Eq)]

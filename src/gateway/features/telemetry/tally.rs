@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::usage::{compactable, COMPACTED, MAX_KV_READS};
-use crate::gateway::ports::{lock, Clock, Counter, Kv};
+use crate::gateway::ports::{lock, Clock, Counter, Kv, SAME_KEY_WRITE_GAP_MS};
 use crate::gateway::util::text::hex;
 use crate::gateway::util::time::{day_string, days_of, parse_day};
 use crate::gateway::wire::json::write_counters;
@@ -33,7 +33,7 @@ use crate::gateway::wire::json::write_counters;
 pub const TALLY_PREFIX: &str = "metrics:";
 const KEEP_SECS: u64 = 400 * 86_400;
 pub const MAX_SERIES: usize = 1_000;
-const MIN_WRITE_GAP_MS: u64 = 1_000;
+const MIN_WRITE_GAP_MS: u64 = SAME_KEY_WRITE_GAP_MS;
 pub const MAX_QUERY_DAYS: i64 = 92;
 pub const OTHER: &str = "_other";
 

@@ -11,7 +11,10 @@
 //!   lookups are memoized per isolate for that long. Well-formed keys found unknown are
 //!   memoized as unknown for as long (a made-up key costs one KV read per 5 s); expired and
 //!   disabled records are not, and expiry is checked on every request, memo or not, so an
-//!   expired key is refused from its `expires_at` second on.
+//!   expired key is refused from its `expires_at` second on. In its last [`REFRESH_AHEAD_MS`]
+//!   a memoized record is read again by one request while the others keep using it, so under
+//!   steady traffic a key's memo never lapses: no burst of KV reads when it would expire, and a
+//!   KV hiccup in that second fails no request (the record read a moment ago still counts).
 //! * **plus the store's propagation delay**: Cloudflare KV is eventually consistent; a revoke
 //!   written in one location can take up to 60 s to be seen by reads in another (reads in the
 //!   writing location see it at once). Spin's key-value store is read-your-writes on one host.
@@ -38,6 +41,8 @@ pub const MEMO_TTL_MS: u64 = 5_000;
 /// At most this many keys (and as many unknown ones) are memoized per isolate; a full memo
 /// drops its stale entries, then everything.
 const MEMO_MAX: usize = 4096;
+/// How long before its expiry a memoized record is read again (by one request at a time).
+pub const REFRESH_AHEAD_MS: u64 = 1_000;
 
 /// Per-isolate memo of key lookups, keyed by the key's SHA-256 hex (never the key): records
 /// found, and hashes found unknown (so a client repeating a made-up key costs one KV read per
@@ -45,10 +50,26 @@ const MEMO_MAX: usize = 4096;
 /// grants. Kept in `Gateway` next to the config memo.
 pub struct AuthMemo {
     ttl_ms: u64,
-    entries: RefCell<HashMap<String, (Rc<KeyRecord>, u64)>>,
+    entries: RefCell<HashMap<String, Memoized>>,
     unknown: RefCell<HashMap<String, u64>>,
     pub identity: IdentityMemo,
     pub grants: GrantMemo,
+}
+
+struct Memoized {
+    record: Rc<KeyRecord>,
+    fetched_at: u64,
+    /// A request is reading it again (see [`REFRESH_AHEAD_MS`]). Left set if that request is
+    /// dropped mid-read: the entry then simply expires.
+    refreshing: bool,
+}
+
+/// What the memo knows of a key hash.
+enum Recall {
+    Hit(Rc<KeyRecord>),
+    /// Still valid, but due for a refresh, which the caller now owns.
+    Refresh(Rc<KeyRecord>),
+    Miss,
 }
 
 impl Default for AuthMemo {
@@ -88,22 +109,37 @@ impl AuthMemo {
         self.ttl_ms
     }
 
-    fn get(&self, hash: &str, now_ms: u64) -> Option<Rc<KeyRecord>> {
-        let entries = self.entries.borrow();
-        let (record, fetched_at) = entries.get(hash)?;
-        (now_ms.saturating_sub(*fetched_at) < self.ttl_ms).then(|| record.clone())
+    fn recall(&self, hash: &str, now_ms: u64) -> Recall {
+        let mut entries = self.entries.borrow_mut();
+        let Some(entry) = entries.get_mut(hash) else { return Recall::Miss };
+        let age = now_ms.saturating_sub(entry.fetched_at);
+        if age >= self.ttl_ms {
+            Recall::Miss
+        } else if age + REFRESH_AHEAD_MS >= self.ttl_ms && !entry.refreshing {
+            entry.refreshing = true;
+            Recall::Refresh(entry.record.clone())
+        } else {
+            Recall::Hit(entry.record.clone())
+        }
+    }
+
+    /// A refresh that could not read the store: the next request tries again.
+    fn refresh_failed(&self, hash: &str) {
+        if let Some(entry) = self.entries.borrow_mut().get_mut(hash) {
+            entry.refreshing = false;
+        }
     }
 
     fn put(&self, hash: String, record: Rc<KeyRecord>, now_ms: u64) {
         let mut entries = self.entries.borrow_mut();
         if entries.len() >= MEMO_MAX {
             let ttl = self.ttl_ms;
-            entries.retain(|_, (_, at)| now_ms.saturating_sub(*at) < ttl);
+            entries.retain(|_, e| now_ms.saturating_sub(e.fetched_at) < ttl);
             if entries.len() >= MEMO_MAX {
                 entries.clear();
             }
         }
-        entries.insert(hash, (record, now_ms));
+        entries.insert(hash, Memoized { record, fetched_at: now_ms, refreshing: false });
     }
 
     /// Drops a memoized key (e.g. after a revoke handled by this isolate).
@@ -272,23 +308,22 @@ pub async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Re
     let hash = keys::hash_key(presented);
     let now = ports.now_ms();
     // A memo hit does not extend the entry: it expires MEMO_TTL_MS after the KV read.
-    let (record, fresh) = match memo.get(&hash, now) {
-        Some(record) => (record, false),
-        None if memo.is_unknown(&hash, now) => return Ok(None),
-        None => {
-            let found = keys::load(ports, &hash).await.map_err(unavailable)?;
-            let indexed = match &found {
-                Some(record) => keys::index_names(ports, &record.id, &hash).await.map_err(unavailable)?,
-                None => false,
-            };
-            match found.filter(|_| indexed) {
-                Some(record) => (Rc::new(record), true),
-                None => {
-                    memo.put_unknown(hash, now);
-                    return Ok(None);
-                }
+    let found = match memo.recall(&hash, now) {
+        Recall::Hit(record) => Some((record, false)),
+        Recall::Refresh(record) => match read_record(ports, &hash).await {
+            Ok(found) => found.map(|r| (Rc::new(r), true)),
+            Err(_) => {
+                memo.refresh_failed(&hash);
+                Some((record, false))
             }
-        }
+        },
+        Recall::Miss if memo.is_unknown(&hash, now) => return Ok(None),
+        Recall::Miss => read_record(ports, &hash).await.map_err(unavailable)?.map(|r| (Rc::new(r), true)),
+    };
+    let Some((record, fresh)) = found else {
+        memo.forget(&hash);
+        memo.put_unknown(hash, now);
+        return Ok(None);
     };
     if !keys::ct_eq(record.hash.as_bytes(), hash.as_bytes()) || record.state(now) != KeyState::Active {
         memo.forget(&hash);
@@ -298,6 +333,12 @@ pub async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Re
         memo.put(hash, record.clone(), now);
     }
     Ok(Some(record))
+}
+
+/// The stored record of a key hash, if its id index names it.
+async fn read_record<P: Ports>(ports: &P, hash: &str) -> Result<Option<KeyRecord>> {
+    let Some(record) = keys::load(ports, hash).await? else { return Ok(None) };
+    Ok(keys::index_names(ports, &record.id, hash).await?.then_some(record))
 }
 
 /// KV failures are transient: 503 + Retry-After. A corrupt record stays what it is.
@@ -474,15 +515,55 @@ mod tests {
         assert!(auth().is_ok());
         record.disabled = true;
         block_on(keys::store(&host, &record)).unwrap();
+        let trusted = MEMO_TTL_MS - REFRESH_AHEAD_MS;
         for _ in 0..4 {
-            host.advance((MEMO_TTL_MS - 1) / 4);
+            host.advance((trusted - 1) / 4);
             assert!(auth().is_ok(), "memoized: still passes inside the bound (hits do not extend it)");
         }
-        host.advance((MEMO_TTL_MS - 1) % 4);
-        host.advance(1);
-        assert_eq!(auth().unwrap_err().code, "invalid_api_key", "refused once the bound has passed");
+        host.advance((trusted - 1) % 4 + 1);
+        assert_eq!(auth().unwrap_err().code, "invalid_api_key", "the read ahead of expiry sees the revoke");
         host.advance(60_000);
         assert_eq!(auth().unwrap_err().code, "invalid_api_key", "negative results are not memoized into passes");
+    }
+
+    /// A memoized key is read again shortly before it expires, by one request while concurrent
+    /// ones keep using the memo; a store failing at that moment fails no request.
+    #[test]
+    fn one_request_refreshes_a_key_before_its_memo_expires() {
+        use crate::gateway::ports::memory::run_interleaved;
+        use std::future::Future;
+        use std::pin::Pin;
+        let host = host();
+        let memo = AuthMemo::default();
+        let (key, _) = add_key(&host, &["*"], |_| {});
+        let found = || block_on(lookup(&host, &memo, &key)).map(|r| r.is_some());
+        assert_eq!(found(), Ok(true));
+
+        host.advance(MEMO_TTL_MS - REFRESH_AHEAD_MS);
+        host.kv_yield.set(true);
+        let before = host.kv_ops.get();
+        type Lookup<'a> = Pin<Box<dyn Future<Output = Result<Option<Rc<KeyRecord>>>> + 'a>>;
+        let calls: Vec<Lookup> = (0..8).map(|_| Box::pin(lookup(&host, &memo, &key)) as Lookup).collect();
+        assert!(run_interleaved(calls).iter().all(|r| matches!(r, Ok(Some(_)))));
+        assert_eq!(host.kv_ops.get() - before, 2, "one request read the record and its id index");
+        host.kv_yield.set(false);
+
+        host.advance(REFRESH_AHEAD_MS);
+        let before = host.kv_ops.get();
+        assert_eq!(found(), Ok(true));
+        assert_eq!(host.kv_ops.get() - before, 0, "the first read's expiry passed: the memo was renewed");
+
+        host.advance(MEMO_TTL_MS - 2 * REFRESH_AHEAD_MS);
+        host.kv_fail.borrow_mut().push(String::new());
+        assert_eq!(found(), Ok(true), "the store fails during the refresh: the memo still counts");
+        host.kv_fail.borrow_mut().clear();
+        let before = host.kv_ops.get();
+        assert_eq!(found(), Ok(true));
+        assert_eq!(host.kv_ops.get() - before, 2, "the next request tries again");
+
+        host.advance(MEMO_TTL_MS);
+        host.kv_fail.borrow_mut().push(String::new());
+        assert_eq!(found().unwrap_err().code, "kv_unavailable", "past expiry the store must answer");
     }
 
     /// L4: an unknown key costs one KV read per isolate and memo period, not one per request.

@@ -738,6 +738,7 @@ mod tests {
     use crate::gateway::ports::memory::{block_on, MemoryHost};
     use crate::gateway::ports::UpstreamError;
     use crate::gateway::util::time::DAY_MS;
+    use std::task::Poll;
 
     fn host() -> MemoryHost {
         MemoryHost::new(|_| Err(UpstreamError::Timeout))
@@ -760,6 +761,44 @@ mod tests {
         assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap().as_object().unwrap().len(), 8);
         assert_eq!(serde_json::from_slice::<DayUsage>(&bytes).unwrap(), day);
         assert_eq!(serde_json::from_slice::<DayUsage>(&DayUsage::default().to_json()).unwrap(), DayUsage::default());
+    }
+
+    /// The test host's store, noting the time of every put; with `slow`, a put stays pending
+    /// for one poll, so two flushes overlap.
+    struct Watched<'a> {
+        host: &'a MemoryHost,
+        slow: bool,
+        puts: RefCell<Vec<(String, u64)>>,
+    }
+
+    impl Kv for Watched<'_> {
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+            self.host.get(key).await
+        }
+        async fn put(&self, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()> {
+            self.puts.borrow_mut().push((key.to_string(), self.host.now_ms()));
+            let mut pending = self.slow;
+            std::future::poll_fn(|_| if std::mem::take(&mut pending) { Poll::Pending } else { Poll::Ready(()) }).await;
+            self.host.put(key, value, ttl).await
+        }
+        async fn delete(&self, key: &str) -> Result<()> {
+            self.host.delete(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+            self.host.list(prefix).await
+        }
+    }
+
+    impl Clock for Watched<'_> {
+        fn now_ms(&self) -> u64 {
+            self.host.now_ms()
+        }
+        fn random_bytes(&self, buf: &mut [u8]) {
+            self.host.random_bytes(buf)
+        }
+        async fn sleep(&self, ms: u64) {
+            self.host.sleep(ms).await
+        }
     }
 
     fn event(key: &str, prompt: u64, completion: u64, ts_ms: u64) -> UsageEvent {
@@ -888,52 +927,12 @@ mod tests {
     /// its next round: nothing is lost within an isolate.
     #[test]
     fn concurrent_flushes_in_one_isolate_merge() {
-        use std::cell::Cell;
         use std::future::Future;
         use std::pin::pin;
-        use std::task::{Context, Poll, Waker};
-
-        /// A KV whose puts stay pending for one poll, so two flushes overlap.
-        struct SlowKv<'a>(&'a MemoryHost, Cell<u32>);
-        impl Kv for SlowKv<'_> {
-            async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-                self.0.get(key).await
-            }
-            async fn put(&self, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()> {
-                self.1.set(self.1.get() + 1);
-                let mut yielded = false;
-                std::future::poll_fn(|_| {
-                    if yielded {
-                        Poll::Ready(())
-                    } else {
-                        yielded = true;
-                        Poll::Pending
-                    }
-                })
-                .await;
-                self.0.put(key, value, ttl).await
-            }
-            async fn delete(&self, key: &str) -> Result<()> {
-                self.0.delete(key).await
-            }
-            async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-                self.0.list(prefix).await
-            }
-        }
-        impl Clock for SlowKv<'_> {
-            fn now_ms(&self) -> u64 {
-                self.0.now_ms()
-            }
-            fn random_bytes(&self, buf: &mut [u8]) {
-                self.0.random_bytes(buf)
-            }
-            async fn sleep(&self, ms: u64) {
-                self.0.sleep(ms).await
-            }
-        }
+        use std::task::{Context, Waker};
 
         let host = host();
-        let kv = SlowKv(&host, Cell::new(0));
+        let kv = Watched { host: &host, slow: true, puts: RefCell::default() };
         let book = UsageBook::new();
         let now = host.now_ms();
         let names = book.record(&host, &event("k_1", 1, 1, now));
@@ -974,37 +973,8 @@ mod tests {
     /// traffic an isolate's shard is written at most once a second, and nothing is lost.
     #[test]
     fn a_shard_is_written_at_most_once_a_second() {
-        /// Notes the time of every put.
-        struct Stamped<'a>(&'a MemoryHost, RefCell<Vec<(String, u64)>>);
-        impl Kv for Stamped<'_> {
-            async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-                self.0.get(key).await
-            }
-            async fn put(&self, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()> {
-                self.1.borrow_mut().push((key.to_string(), self.0.now_ms()));
-                self.0.put(key, value, ttl).await
-            }
-            async fn delete(&self, key: &str) -> Result<()> {
-                self.0.delete(key).await
-            }
-            async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-                self.0.list(prefix).await
-            }
-        }
-        impl Clock for Stamped<'_> {
-            fn now_ms(&self) -> u64 {
-                self.0.now_ms()
-            }
-            fn random_bytes(&self, buf: &mut [u8]) {
-                self.0.random_bytes(buf)
-            }
-            async fn sleep(&self, ms: u64) {
-                self.0.sleep(ms).await
-            }
-        }
-
         let host = host();
-        let kv = Stamped(&host, RefCell::default());
+        let kv = Watched { host: &host, slow: false, puts: RefCell::default() };
         let book = UsageBook::new();
         let start = host.now_ms();
         for _ in 0..40 {
@@ -1014,7 +984,7 @@ mod tests {
             host.advance(100);
         }
         let mut writes: HashMap<String, Vec<u64>> = HashMap::new();
-        for (name, at) in kv.1.take() {
+        for (name, at) in kv.puts.take() {
             writes.entry(name).or_default().push(at);
         }
         assert_eq!(writes.len(), 2, "the key's and the tenant's shard: {writes:?}");

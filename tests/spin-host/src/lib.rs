@@ -125,7 +125,8 @@ impl kv::GuestStore for FileStore {
             return Err(KvError::NoSuchStore);
         }
         let dir = Path::new(KV_ROOT).join(&label);
-        if let Err(err) = fs::create_dir_all(&dir) {
+        // Every request opens its store: a stat, not a failing mkdir, when it exists.
+        if let Err(err) = if dir.is_dir() { Ok(()) } else { fs::create_dir_all(&dir) } {
             return Err(KvError::Other(format!(
                 "spin-test-host: cannot open store {label:?} at {}: {err} \
                  (is a host directory preopened as {KV_ROOT}, e.g. `wasmtime serve --dir <dir>::{KV_ROOT}`?)",

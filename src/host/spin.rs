@@ -52,14 +52,24 @@ async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
     };
     // Spin keeps no state between requests (an instance per request) and has no waitUntil: a
     // buffered answer is accounted before it is sent, so the next request sees its counts;
-    // tallies and telemetry export wait until the response is out.
+    // tallies, telemetry export and the occasional housekeeping sweep wait until the response
+    // is out.
     if matches!(exchange.response.body(), ResponseBody::Full(_)) {
         let request_id = exchange.deferred.log.request_id.clone();
         let (line, observe) = exchange.deferred.settle(&host, None).await;
         let _ = write_response(exchange.response, response_out).await;
         emit(&line);
-        if let Some(error) = observe.run(&host).await {
-            emit(&serde_json::json!({"request_id": request_id, "telemetry_error": error}).to_string());
+        let afterwards = observe.run(&host).await;
+        let mut line = serde_json::Map::new();
+        line.insert("request_id".into(), request_id.into());
+        if let Some(e) = afterwards.telemetry_error {
+            line.insert("telemetry_error".into(), e.into());
+        }
+        if let Some(e) = afterwards.housekeeping_error {
+            line.insert("housekeeping_error".into(), e.into());
+        }
+        if line.len() > 1 {
+            emit(&serde_json::Value::Object(line).to_string());
         }
     } else {
         let summary = write_response(exchange.response, response_out).await;

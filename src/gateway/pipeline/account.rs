@@ -64,17 +64,28 @@ pub struct Observed {
 }
 
 /// The part of the after-response work that must not hold up a response even where the host
-/// runs the rest before sending (Spin, buffered answers): writing the tallies and exporting
-/// telemetry. `Deferred::complete` runs it itself.
+/// runs the rest before sending (Spin, buffered answers): writing the tallies, exporting
+/// telemetry and, now and then on a store without TTLs, the housekeeping sweep (up to
+/// `usage::MAX_KV_READS` operations after a listing of the whole store). `Deferred::complete`
+/// runs it itself.
+#[derive(Default)]
 pub struct Observe {
     tally: Option<(Rc<TallyBook>, i64)>,
     export: Option<(Rc<Telemetry>, Arc<TelemetryConfig>, u64)>,
+    sweep: bool,
+}
+
+/// What failed after the response (never a secret), for the log.
+#[derive(Debug, Default)]
+pub struct Afterwards {
+    pub telemetry_error: Option<String>,
+    pub housekeeping_error: Option<String>,
 }
 
 impl Observe {
-    /// Writes the tallies and waits for the request's telemetry to be exported (bounded; see
-    /// `telemetry::batch`). Returns what failed (never a secret), for the log.
-    pub async fn run<P: Ports>(self, ports: &P) -> Option<String> {
+    /// Writes the tallies, waits for the request's telemetry to be exported (bounded; see
+    /// `telemetry::batch`) and sweeps when it is this request's turn.
+    pub async fn run<P: Ports>(self, ports: &P) -> Afterwards {
         let mut errors = Vec::new();
         if let Some((book, day)) = self.tally {
             if let Err(e) = book.flush(ports, day).await {
@@ -86,7 +97,12 @@ impl Observe {
                 errors.push(e);
             }
         }
-        (!errors.is_empty()).then(|| errors.join("; "))
+        let housekeeping_error = if self.sweep {
+            housekeeping::sweep(ports).await.err().map(|e| ["housekeeping: ", &e.message].concat())
+        } else {
+            None
+        };
+        Afterwards { telemetry_error: (!errors.is_empty()).then(|| errors.join("; ")), housekeeping_error }
     }
 }
 
@@ -98,7 +114,11 @@ impl Deferred {
         match self.settle_record(ports, stream).await {
             Err(audit) => audit,
             Ok((mut log, observe)) => {
-                log.telemetry_error = observe.run(ports).await;
+                let afterwards = observe.run(ports).await;
+                log.telemetry_error = afterwards.telemetry_error;
+                if let Some(e) = afterwards.housekeeping_error {
+                    log.detail.get_or_insert(e);
+                }
                 log.to_json()
             }
         }
@@ -108,7 +128,7 @@ impl Deferred {
     /// the response. It returns the log line now and the rest to run once the response is out.
     pub async fn settle<P: Ports>(self, ports: &P, stream: Option<StreamSummary>) -> (String, Observe) {
         match self.settle_record(ports, stream).await {
-            Err(audit) => (audit, Observe { tally: None, export: None }),
+            Err(audit) => (audit, Observe::default()),
             Ok((log, observe)) => (log.to_json(), observe),
         }
     }
@@ -179,20 +199,18 @@ impl Deferred {
             fields.key_id = None;
             self.log.accounting = Some(fields);
         }
-        // A store without TTLs (Spin) is swept now and then: expired counters, finished usage
-        // shards, stale cache entries. Hosts that keep state have TTLs and few shards.
-        if !ports.keeps_state() {
+        // A store without TTLs (Spin) is swept now and then (by `Observe`): expired counters,
+        // finished usage shards, stale cache entries. Hosts that keep state have TTLs and few
+        // shards.
+        let sweep = !ports.keeps_state() && {
             let mut roll = [0u8; 1];
             ports.random_bytes(&mut roll);
-            if roll[0] % housekeeping::SWEEP_ONE_IN == 0 {
-                if let Err(e) = housekeeping::sweep(ports).await {
-                    self.log.detail.get_or_insert_with(|| format!("housekeeping: {}", e.message));
-                }
-            }
-        }
+            roll[0] % housekeeping::SWEEP_ONE_IN == 0
+        };
         let end_ms =
             if self.log.stream_completed.is_some() { ports.now_ms() } else { self.log.ts + self.log.latency_ms };
-        let observe = record(&self.log, &self.observed, admitted, end_ms, ports);
+        let mut observe = record(&self.log, &self.observed, admitted, end_ms, ports);
+        observe.sweep = sweep;
         Ok((self.log, observe))
     }
 }
@@ -217,7 +235,7 @@ fn streamed_entry(mut entry: cache::Entry, answer: StreamAnswer, usage: Option<U
 
 /// Records the request into the isolate's tallies (model calls and errors) and telemetry.
 fn record<P: Ports>(log: &LogRecord, observed: &Observed, admitted: bool, end_ms: u64, ports: &P) -> Observe {
-    let Some((tally, telemetry)) = &observed.books else { return Observe { tally: None, export: None } };
+    let Some((tally, telemetry)) = &observed.books else { return Observe::default() };
     let tenant = match (&log.tenant, admitted) {
         (Some(t), _) => Some(t.as_str()),
         (None, true) => Some(PUBLIC_TENANT),
@@ -270,5 +288,5 @@ fn record<P: Ports>(log: &LogRecord, observed: &Observed, admitted: bool, end_ms
         let seq = telemetry.record(ports, &facts, observed.span.as_ref());
         (telemetry.clone(), config.clone(), seq)
     });
-    Observe { tally, export }
+    Observe { tally, export, sweep: false }
 }

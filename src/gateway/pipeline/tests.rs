@@ -799,6 +799,36 @@ fn a_stream_is_stopped_at_the_cap() {
 /// M5 on Spin: its store has no TTL and every request writes its own usage and tally shards,
 /// so the gateway sweeps now and then: counters of ended windows are deleted and finished
 /// shards compacted (the store stops growing with every request).
+/// Spin sends a buffered answer after `settle` and only then runs `Observe`: the sweep (a listing
+/// of the whole store and up to `MAX_KV_READS` operations) never holds up a response.
+#[test]
+fn the_sweep_waits_until_the_answer_is_out() {
+    let host = priced_host(|_| completion(1, 1));
+    host.stateless.set(true);
+    let key = add_key(&host, |_| {});
+    let body = r#"{"model":"paid","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#;
+    // Usage shards not yet folded into a day's compacted entry: a request writes two (its key's
+    // and its tenant's), a sweep folds them.
+    let loose = || host.kv.borrow().keys().filter(|k| k.starts_with("usage:") && !k.ends_with(":compacted")).count();
+    let mut swept = 0;
+    for _ in 0..100 {
+        let exchange = block_on(Gateway::new().handle(
+            &host,
+            with_key(post("/v1/chat/completions", body), &key),
+            &ClientInfo::default(),
+        ));
+        assert_eq!(exchange.response.status(), StatusCode::OK);
+        let before = loose();
+        let (_line, observe) = block_on(exchange.deferred.settle(&host, None));
+        assert_eq!(loose(), before + 2, "settle (before the answer is sent) writes its shards and sweeps nothing");
+        let afterwards = block_on(observe.run(&host));
+        assert_eq!(afterwards.housekeeping_error, None);
+        swept += usize::from(loose() < before + 2);
+        host.advance(1_000);
+    }
+    assert!(swept > 0, "some of the 100 runs after the answer swept");
+}
+
 #[test]
 fn a_store_without_ttls_is_swept() {
     let host = priced_host(|_| completion(1, 1));

@@ -60,16 +60,16 @@ async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let _ = write_response(exchange.response, response_out).await;
         emit(&line);
         let afterwards = observe.run(&host).await;
-        let mut line = serde_json::Map::new();
-        line.insert("request_id".into(), request_id.into());
+        let mut errors = serde_json::Map::new();
+        errors.insert("request_id".into(), request_id.into());
         if let Some(e) = afterwards.telemetry_error {
-            line.insert("telemetry_error".into(), e.into());
+            errors.insert("telemetry_error".into(), e.into());
         }
         if let Some(e) = afterwards.housekeeping_error {
-            line.insert("housekeeping_error".into(), e.into());
+            errors.insert("housekeeping_error".into(), e.into());
         }
-        if line.len() > 1 {
-            emit(&serde_json::Value::Object(line).to_string());
+        if errors.len() > 1 {
+            emit(&serde_json::Value::Object(errors).to_string());
         }
     } else {
         let summary = write_response(exchange.response, response_out).await;

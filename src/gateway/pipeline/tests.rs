@@ -796,9 +796,6 @@ fn a_stream_is_stopped_at_the_cap() {
     assert!(line["total_tokens"].as_u64().unwrap() > 60, "charged what it used: {line}");
 }
 
-/// M5 on Spin: its store has no TTL and every request writes its own usage and tally shards,
-/// so the gateway sweeps now and then: counters of ended windows are deleted and finished
-/// shards compacted (the store stops growing with every request).
 /// Spin sends a buffered answer after `settle` and only then runs `Observe`: the sweep (a listing
 /// of the whole store and up to `MAX_KV_READS` operations) never holds up a response.
 #[test]
@@ -829,6 +826,9 @@ fn the_sweep_waits_until_the_answer_is_out() {
     assert!(swept > 0, "some of the 100 runs after the answer swept");
 }
 
+/// M5 on Spin: its store has no TTL and every request writes its own usage and tally shards,
+/// so the gateway sweeps now and then: counters of ended windows are deleted and finished
+/// shards compacted (the store stops growing with every request).
 #[test]
 fn a_store_without_ttls_is_swept() {
     let host = priced_host(|_| completion(1, 1));

@@ -1,13 +1,14 @@
 //! The per-isolate view of `kv`-mode counters: admission checks and increments happen in
 //! memory with no await between them; increments are written to KV after the response,
-//! merged, one write in flight per counter.
+//! merged, one writer per counter, at most one write per counter per `gap_ms` (Cloudflare KV
+//! refuses a second write to one key within a second).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::gateway::error::Result;
 use crate::gateway::ports::counter::Amounts;
-use crate::gateway::ports::Kv;
+use crate::gateway::ports::{Clock, Kv};
 
 /// How often an isolate re-reads a counter from KV to see other isolates' counts.
 pub const REFRESH_MS: u64 = 1_000;
@@ -30,7 +31,13 @@ struct Entry {
     inflight: Amounts,
     loaded_at: Option<u64>,
     expires_at_ms: u64,
+    /// A write is in flight (its result will update `seen`).
     flushing: bool,
+    /// A flush owns this counter: waiting out the gap since the last write, or writing.
+    /// Other flushes leave their increments to it.
+    writer: bool,
+    /// When this isolate last wrote the counter (0: never).
+    written_at_ms: u64,
     /// Bumped when a write starts and ends, so a read that overlapped a write is not applied.
     epoch: u64,
 }
@@ -85,24 +92,51 @@ impl Limiter {
         entry.expires_at_ms = entry.expires_at_ms.max(expires_at_ms);
     }
 
-    /// Writes the pending increments of the named counters to KV: per counter, one write in
-    /// flight per isolate; increments admitted meanwhile go out in that writer's next round.
-    pub async fn flush(&self, kv: &impl Kv, names: &[String], now: u64) -> Result<()> {
+    /// Writes the pending increments of the named counters to KV: per counter, one writer per
+    /// isolate, which waits until `gap_ms` have passed since its last write (so a burst of
+    /// requests shares one write) and writes everything admitted meanwhile in its next round.
+    pub async fn flush(&self, kv: &(impl Kv + Clock), names: &[String], gap_ms: u64) -> Result<()> {
         let mut result = Ok(());
         for name in names {
-            if let Err(e) = self.flush_one(kv, name, now).await {
+            if let Err(e) = self.flush_one(kv, name, gap_ms).await {
                 result = Err(e);
             }
         }
         result
     }
 
-    pub(super) async fn flush_one(&self, kv: &impl Kv, name: &str, now: u64) -> Result<()> {
+    pub(super) async fn flush_one(&self, kv: &(impl Kv + Clock), name: &str, gap_ms: u64) -> Result<()> {
+        {
+            let mut entries = self.entries.borrow_mut();
+            let Some(entry) = entries.get_mut(name) else { return Ok(()) };
+            if entry.writer || entry.pending.is_zero() {
+                return Ok(());
+            }
+            entry.writer = true;
+        }
+        let result = self.write_rounds(kv, name, gap_ms).await;
+        if let Some(entry) = self.entries.borrow_mut().get_mut(name) {
+            entry.writer = false;
+        }
+        result
+    }
+
+    /// The writer's rounds: wait out the gap, write what is pending, until nothing is.
+    async fn write_rounds(&self, kv: &(impl Kv + Clock), name: &str, gap_ms: u64) -> Result<()> {
         loop {
+            let (last, pending) =
+                self.entries.borrow().get(name).map_or((0, false), |e| (e.written_at_ms, !e.pending.is_zero()));
+            if !pending {
+                return Ok(());
+            }
+            let wait = (last + gap_ms).saturating_sub(kv.now_ms());
+            if last != 0 && wait > 0 {
+                kv.sleep(wait).await; // increments admitted meanwhile join this write
+            }
             let (inflight, expires_at_ms) = {
                 let mut entries = self.entries.borrow_mut();
                 let Some(entry) = entries.get_mut(name) else { return Ok(()) };
-                if entry.flushing || entry.pending.is_zero() {
+                if entry.pending.is_zero() {
                     return Ok(());
                 }
                 entry.flushing = true;
@@ -110,7 +144,7 @@ impl Limiter {
                 entry.inflight = std::mem::take(&mut entry.pending);
                 (entry.inflight, entry.expires_at_ms)
             };
-            let written = self.write(kv, name, inflight, expires_at_ms, now).await;
+            let written = self.write(kv, name, inflight, expires_at_ms, kv.now_ms()).await;
             let mut entries = self.entries.borrow_mut();
             let Some(entry) = entries.get_mut(name) else { return written.map(|_| ()) };
             entry.flushing = false;
@@ -119,6 +153,7 @@ impl Limiter {
             match written {
                 Ok(new) => {
                     entry.seen = entry.seen.plus(inflight).max(new);
+                    entry.written_at_ms = kv.now_ms().max(1);
                 }
                 Err(e) => {
                     entry.pending = entry.pending.plus(inflight); // the next flush retries
@@ -152,7 +187,7 @@ impl Limiter {
         if entries.len() < 64 {
             return;
         }
-        let busy = |e: &Entry| e.flushing || !e.pending.is_zero();
+        let busy = |e: &Entry| e.writer || !e.pending.is_zero();
         entries.retain(|_, e| e.expires_at_ms > now || busy(e));
         if entries.len() >= MAX_ENTRIES {
             // Still full of live counters: forget the clean ones (they are re-read from KV).

@@ -188,10 +188,7 @@ async fn route<P: Ports>(
         AdminRoute::RevokeKey(id) => keys::revoke_key(ports, memo, &id, audit).await,
         AdminRoute::RotateKey(id) => keys::rotate_key(ports, memo, &id, audit).await,
         AdminRoute::Usage => usage::get_usage(ports, &query, audit).await,
-        AdminRoute::PurgeCache => {
-            recent.clear();
-            usage::purge_cache(ports, body).await
-        }
+        AdminRoute::PurgeCache => usage::purge_cache(ports, recent, body).await,
         AdminRoute::ListAccessRequests => access::list(ports, &query).await,
         AdminRoute::GetAccessRequest(id) => access::get(ports, &id, audit).await,
         AdminRoute::ApproveAccess(id) => access::decide(ports, memo, &id, true, body, audit).await,
@@ -254,6 +251,41 @@ mod tests {
 
     fn audit(r: &AdminResponse) -> Value {
         serde_json::from_str(&r.audit).unwrap()
+    }
+
+    /// A purge clears this isolate's memory level of the cache only once its request is valid.
+    #[test]
+    fn an_invalid_purge_leaves_the_memory_cache() {
+        use crate::gateway::features::cache::Entry;
+        use crate::gateway::types::Operation;
+        let host = host();
+        let memo = AuthMemo::default();
+        let recent = Recent::default();
+        let now = host.now_ms.get();
+        let entry = Entry {
+            created_ms: now,
+            ttl_secs: 300,
+            endpoint: "chat".into(),
+            op: Operation::Chat,
+            body: b"{}".to_vec(),
+            usage: None,
+        };
+        recent.put(b"k", Rc::new(entry), now);
+        let purge = |body: Value| {
+            let request = Request::builder()
+                .method(Method::POST)
+                .uri("/admin/cache/purge")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(serde_json::to_vec(&body).unwrap())
+                .unwrap();
+            block_on(handle(&host, &memo, &recent, &request))
+        };
+        let r = purge(json!({"tenant": "acme", "shared": true}));
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert!(recent.get(b"k", now).is_some(), "kept after a refused purge");
+        let r = purge(json!({"tenant": "acme"}));
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert!(recent.get(b"k", now).is_none(), "cleared by the purge");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use serde_json::{json, Map, Value};
 
 use crate::gateway::admin::answer::{parse_json, query_value, Audit, Handled};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
+use crate::gateway::features::cache::Recent;
 use crate::gateway::features::identity::claims::valid_principal_id;
 use crate::gateway::features::keys;
 use crate::gateway::features::limits::valid_tenant;
@@ -18,8 +19,9 @@ use crate::gateway::util::time::{days_of, parse_day};
 /// `POST /admin/cache/purge {"tenant"?, "endpoint"?, "shared"?: bool}`: deletes the cached
 /// answers of a tenant (or the shared ones), of an endpoint, or both; `{}` purges everything.
 /// KV and this location's edge cache: other locations' edge copies expire within
-/// `cache::EDGE_TTL_MAX_SECS`.
-pub(super) async fn purge_cache<P: Ports>(ports: &P, body: &[u8]) -> Handled {
+/// `cache::EDGE_TTL_MAX_SECS`. This isolate's memory level is cleared whole (it is small), once
+/// the request is valid.
+pub(super) async fn purge_cache<P: Ports>(ports: &P, recent: &Recent, body: &[u8]) -> Handled {
     use crate::gateway::features::cache::{self, Scope};
     let spec = if body.is_empty() { Value::Object(Map::new()) } else { parse_json(body, "the purge request")? };
     let field = |name: &str| spec.get(name).and_then(Value::as_str).filter(|s| !s.is_empty());
@@ -34,6 +36,7 @@ pub(super) async fn purge_cache<P: Ports>(ports: &P, body: &[u8]) -> Handled {
         (None, false) => None,
     };
     let endpoint = field("endpoint");
+    recent.clear();
     let keys = ports.list(&cache::purge_prefix(scope, endpoint)).await?;
     let matching: Vec<&String> = keys.iter().filter(|k| cache::purge_matches(k, scope, endpoint)).collect();
     let mut purged = 0u64;

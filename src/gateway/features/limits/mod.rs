@@ -677,7 +677,7 @@ mod tests {
     use crate::gateway::features::keys::BudgetPeriod;
     use crate::gateway::ports::counter::CounterReply;
     use crate::gateway::ports::lock::{LockValue, LOCK_LEASE_MS};
-    use crate::gateway::ports::memory::{block_on, MemoryHost};
+    use crate::gateway::ports::memory::{block_on, run_interleaved, MemoryHost};
     use crate::gateway::ports::Kv;
     use crate::gateway::ports::{Clock, Secrets, Upstream, UpstreamError};
     use crate::gateway::util::time::DAY_MS;
@@ -688,7 +688,7 @@ mod tests {
     use std::collections::HashMap;
     use std::future::Future;
     use std::pin::Pin;
-    use std::task::{Context, Poll, Waker};
+    use std::task::Poll;
 
     /// A MemoryHost whose KV reads can yield once (so concurrent requests interleave at every
     /// await, as in a Cloudflare isolate) and which can offer an exact counter (a stand-in for
@@ -857,23 +857,6 @@ mod tests {
         let mut map = HeaderMap::new();
         h.apply(&mut map);
         map
-    }
-
-    /// Polls all futures round-robin until every one is done: requests interleaving at each
-    /// await in one single-threaded isolate.
-    fn run_interleaved<'a, T>(mut futures: Vec<Pin<Box<dyn Future<Output = T> + 'a>>>) -> Vec<T> {
-        let mut out: Vec<Option<T>> = futures.iter().map(|_| None).collect();
-        let mut cx = Context::from_waker(Waker::noop());
-        while out.iter().any(Option::is_none) {
-            for (i, f) in futures.iter_mut().enumerate() {
-                if out[i].is_none() {
-                    if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                        out[i] = Some(v);
-                    }
-                }
-            }
-        }
-        out.into_iter().map(Option::unwrap).collect()
     }
 
     #[test]

@@ -226,9 +226,18 @@ pub async fn authenticate<P: Ports>(
     target: Target<'_>,
 ) -> Result<Option<Rc<KeyRecord>>> {
     let Some(caller) = caller(ports, memo, presented, jwt, target.public).await? else { return Ok(None) };
-    let record = caller.record;
+    authorize(ports, memo, caller.record, target).await.map(Some)
+}
+
+/// Authorizes an identified caller (see [`caller`]) for `target`, as [`authenticate`] does.
+pub async fn authorize<P: Ports>(
+    ports: &P,
+    memo: &AuthMemo,
+    record: Rc<KeyRecord>,
+    target: Target<'_>,
+) -> Result<Rc<KeyRecord>> {
     if target.public {
-        return Ok(Some(record));
+        return Ok(record);
     }
     if !record.allows(target.name) {
         return Err(endpoint_not_allowed(target.name));
@@ -236,7 +245,7 @@ pub async fn authenticate<P: Ports>(
     if target.approval && !access::has_grant(ports, &memo.grants, &record.id, target.name, ports.now_ms()).await? {
         return Err(approval_required(target.name));
     }
-    Ok(Some(record))
+    Ok(record)
 }
 
 /// Who is calling, for requests that name no endpoint (e.g. `GET /v1/responses/{id}`): no

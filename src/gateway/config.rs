@@ -43,6 +43,8 @@ pub struct Config {
     pub telemetry: Option<Arc<crate::gateway::features::telemetry::TelemetryConfig>>,
     /// `mcp_servers` and `mcp_policies` (what `/mcp` fronts and who may use it).
     pub mcp: crate::gateway::mcp::McpConfig,
+    /// Whether any endpoint is `public` (else every model call needs a valid caller).
+    any_public: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,6 +383,12 @@ mod raw {
 }
 
 impl Config {
+    /// Whether any endpoint is `public`: where none is, a model call without a valid caller
+    /// is refused before its body is read.
+    pub fn any_public(&self) -> bool {
+        self.any_public
+    }
+
     /// Parses and checks a JSON snapshot; on failure returns every issue found.
     pub fn from_json(bytes: &[u8]) -> Result<Config, Vec<ConfigIssue>> {
         let value = value_from_slice(bytes)
@@ -486,6 +494,7 @@ impl Config {
         );
         if issues.0.is_empty() {
             Ok(Config {
+                any_public: endpoints.values().any(|e| e.public),
                 version,
                 endpoints,
                 routes,

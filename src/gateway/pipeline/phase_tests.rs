@@ -87,7 +87,7 @@ fn authenticate_then_admit_need_a_key_unless_public_and_record_who_called() {
     let client = ClientInfo::default();
     let mut cx = ctx(&state, &client);
     let mut c = call(config(json!({})), json!({"messages": []}));
-    let e = block_on(phases::authenticate(&host, &mut cx, &mut c)).unwrap_err();
+    let e = block_on(phases::authenticate(&host, &mut cx, &mut c, None)).unwrap_err();
     assert_eq!((e.status, e.code), (StatusCode::UNAUTHORIZED, ErrorCode::MissingApiKey));
 
     let key = format!("egw_{}", "A".repeat(43));
@@ -102,7 +102,7 @@ fn authenticate_then_admit_need_a_key_unless_public_and_record_who_called() {
     block_on(host.put(&keys::record_key(&hash), &serde_json::to_vec(&record).unwrap(), None)).unwrap();
     block_on(host.put(&keys::index_key("k_1"), hash.as_bytes(), None)).unwrap();
     c.headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
-    block_on(phases::authenticate(&host, &mut cx, &mut c)).unwrap();
+    block_on(phases::authenticate(&host, &mut cx, &mut c, None)).unwrap();
     block_on(phases::admit(&host, &mut cx, &mut c)).unwrap();
     assert_eq!(c.tenant(), "acme");
     assert_eq!(cx.log.key_id.as_deref(), Some("k_1"));

@@ -10,6 +10,7 @@ use crate::gateway::config::{Config, Endpoint, Origin};
 use crate::gateway::dialect::{responses, ClientRequest};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::coalesce::{InFlight, Joined};
+use crate::gateway::features::keys::KeyRecord;
 use crate::gateway::features::normalize::Canonical;
 use crate::gateway::features::usage::{self, Accounting};
 use crate::gateway::features::{cache, guard, limits, normalize, telemetry, template};
@@ -68,16 +69,27 @@ pub fn resolve(
 }
 
 /// Authenticate: the key or JWT, authorized for the endpoint (allow-list, approval grant),
-/// before any work on the request body beyond parsing it.
-pub async fn authenticate<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()> {
+/// before any work on the request body beyond parsing it. `identified`: the caller, when it
+/// was settled before the body was read (`Gateway::serve`).
+pub async fn authenticate<P: Ports>(
+    ports: &P,
+    ctx: &mut RequestContext<'_>,
+    call: &mut ModelCall,
+    identified: Option<Rc<KeyRecord>>,
+) -> Result<()> {
     let endpoint = &call.endpoint;
     let target = auth::Target {
         name: &endpoint.name,
         public: endpoint.public,
         approval: endpoint.access == crate::gateway::features::access::Access::Approval,
     };
-    let presented = auth::presented(&call.headers, call.credential.as_deref());
-    let key = auth::authenticate(ports, &ctx.state.auth, presented, &call.config.auth.jwt, target).await?;
+    let key = match identified {
+        Some(record) => Some(auth::authorize(ports, &ctx.state.auth, record, target).await?),
+        None => {
+            let presented = auth::presented(&call.headers, call.credential.as_deref());
+            auth::authenticate(ports, &ctx.state.auth, presented, &call.config.auth.jwt, target).await?
+        }
+    };
     ctx.log.key_id = key.as_ref().map(|k| k.id.clone());
     ctx.log.tenant = key.as_ref().map(|k| k.tenant.clone());
     call.key = key;

@@ -169,6 +169,17 @@ pub fn config() -> Value {
     })
 }
 
+/// [`config`] with no `public` endpoint: every model call needs a valid caller.
+fn private_config() -> Value {
+    let mut config = config();
+    if let Some(endpoints) = config.get_mut("endpoints").and_then(Value::as_array_mut) {
+        for endpoint in endpoints.iter_mut().filter_map(Value::as_object_mut) {
+            endpoint.remove("public");
+        }
+    }
+    config
+}
+
 /// Endpoint and route names the grammar picks from (plus near misses and garbage).
 const NAMES: &[&str] = &[
     "chat",
@@ -218,7 +229,7 @@ fn store_key(host: &MemoryHost, f: impl FnOnce(&mut KeyRecord)) -> String {
 
 /// The fuzz host: the config in KV, every secret set, the keys stored. The origin's own CPU
 /// time (building its answer, which a real origin does elsewhere) is added to `origin_ns`.
-pub fn host(origin: Rc<RefCell<OriginPlan>>, origin_ns: Rc<Cell<u64>>) -> (MemoryHost, Keys) {
+pub fn host(origin: Rc<RefCell<OriginPlan>>, origin_ns: Rc<Cell<u64>>, config: &Value) -> (MemoryHost, Keys) {
     let mut host = MemoryHost::new(move |request| {
         let before = thread_cpu_ns();
         let answer = answer(&origin.borrow(), request);
@@ -229,7 +240,7 @@ pub fn host(origin: Rc<RefCell<OriginPlan>>, origin_ns: Rc<Cell<u64>>) -> (Memor
     for (name, value) in SECRETS {
         host = host.with_secret(name, value);
     }
-    let host = host.with_kv(ACTIVE_KEY, serde_json::to_vec(&config()).unwrap_or_default());
+    let host = host.with_kv(ACTIVE_KEY, serde_json::to_vec(config).unwrap_or_default());
     let keys = Keys {
         plain: store_key(&host, |_| {}),
         limited: store_key(&host, |k| {
@@ -552,6 +563,9 @@ pub struct Case {
     pub leave_after: Option<usize>,
     pub kv_fail: Vec<String>,
     pub advance_ms: u64,
+    /// Sent to the gateway whose config has no public endpoint (callers are authenticated
+    /// before a body is read there).
+    pub private: bool,
 }
 
 fn raw_body(rng: &mut Rng) -> Vec<u8> {
@@ -656,6 +670,7 @@ impl Case {
             leave_after: None,
             kv_fail: Vec::new(),
             advance_ms: 1,
+            private: false,
         }
     }
 }
@@ -698,6 +713,7 @@ fn finish_case(rng: &mut Rng, mut case: Case, keys: &Keys) -> Case {
         case.kv_fail = vec![(*rng.pick(&["", "key:", "keyid:", "rl:", "cache:", "usage:", "config:", "lock:"])).into()];
     }
     case.advance_ms = rng.below(5_000);
+    case.private = rng.chance(125);
     case
 }
 
@@ -971,6 +987,8 @@ pub struct Failure {
 pub struct Harness {
     pub gateway: Gateway,
     pub host: MemoryHost,
+    /// The same config without `public` endpoints, its own gateway and host (the same keys).
+    private: (Gateway, MemoryHost),
     pub keys: Keys,
     pub plan: Rc<RefCell<OriginPlan>>,
     /// CPU time spent in the in-memory origin, not counted as the pipeline's.
@@ -987,16 +1005,21 @@ impl Harness {
     pub fn new() -> Self {
         let plan = Rc::new(RefCell::new(OriginPlan::Fail(UpstreamError::Timeout)));
         let origin_ns = Rc::new(Cell::new(0));
-        let (host, keys) = host(plan.clone(), origin_ns.clone());
-        Harness { gateway: Gateway::new(), host, keys, plan, origin_ns }
+        let (host, keys) = host(plan.clone(), origin_ns.clone(), &config());
+        let (private_host, private_keys) = self::host(plan.clone(), origin_ns.clone(), &private_config());
+        // Both hosts draw their keys from the same deterministic generator.
+        debug_assert_eq!(keys.plain, private_keys.plain);
+        Harness { gateway: Gateway::new(), host, private: (Gateway::new(), private_host), keys, plan, origin_ns }
     }
 
     /// Runs one request case through the pipeline (the stream read the way the case says, the
     /// after-response work done) and checks the invariants.
     pub fn run(&self, case: &Case) -> std::result::Result<Result1, String> {
+        let (gateway, host) =
+            if case.private { (&self.private.0, &self.private.1) } else { (&self.gateway, &self.host) };
         *self.plan.borrow_mut() = case.origin.clone();
-        *self.host.kv_fail.borrow_mut() = case.kv_fail.clone();
-        self.host.advance(case.advance_ms);
+        *host.kv_fail.borrow_mut() = case.kv_fail.clone();
+        host.advance(case.advance_ms);
         let mut builder = Request::builder().method(case.method.as_str()).uri(case.path.as_str());
         for (name, value) in &case.headers {
             if let (Ok(n), Ok(v)) =
@@ -1012,7 +1035,7 @@ impl Harness {
         self.origin_ns.set(0);
         let cpu_before = thread_cpu_ns();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let mut exchange = block_on(self.gateway.handle(&self.host, request, &ClientInfo::default()));
+            let mut exchange = block_on(gateway.handle(host, request, &ClientInfo::default()));
             let status = exchange.response.status();
             let code = exchange.response.headers().get("content-type").cloned();
             let body = std::mem::replace(exchange.response.body_mut(), ResponseBody::Full(Vec::new()));
@@ -1041,7 +1064,7 @@ impl Harness {
                     (out, Some(pump.summary()))
                 }
             };
-            let line = block_on(exchange.deferred.complete(&self.host, summary));
+            let line = block_on(exchange.deferred.complete(host, summary));
             (status, code, bytes, line)
         }));
         let elapsed = started.elapsed();
@@ -1083,6 +1106,15 @@ impl Harness {
                 "HTTP {s} without the error shape: {}",
                 String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>()
             ));
+        }
+        // Where no endpoint is public, a model call without a credential never gets an answer
+        // that needed its body read (a 400, 404, 413, 422, or an origin's).
+        let credential =
+            case.headers.iter().any(|(n, _)| ["authorization", "x-api-key", "api-key"].contains(&n.as_str()));
+        let model_call =
+            ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages"].contains(&case.path.as_str());
+        if case.private && !credential && case.method == "POST" && model_call && s != 401 && s != 503 {
+            return Err(format!("HTTP {s} for a call without a credential where no endpoint is public"));
         }
         for (_, secret) in SECRETS {
             if find(&bytes, secret.as_bytes()) || line.contains(secret) {

@@ -1101,22 +1101,22 @@ fn identical_concurrent_requests_share_one_origin_call() {
 #[test]
 fn without_public_endpoints_an_unauthenticated_body_is_never_read() {
     let private = CONFIG.replace(r#""public": true, "#, "");
+    assert!(!private.contains("public"));
     let private_host =
-        MemoryHost::new(ok_origin).with_secret("OPENAI_API_KEY", "sk-x").with_kv(ACTIVE_KEY, private.as_str());
-    let gateway_host = &private_host;
+        &MemoryHost::new(ok_origin).with_secret("OPENAI_API_KEY", "sk-x").with_kv(ACTIVE_KEY, private.as_str());
     let tiny_objects = format!(r#"{{"model":"chat","x":[{}]}}"#, vec![r#"{"a":1}"#; 20_000].join(","));
     let bodies = ["{not json", tiny_objects.as_str(), r#"{"model":"chta","messages":[]}"#];
-    let key = add_key(gateway_host, |_| {});
+    let key = add_key(private_host, |_| {});
     for body in bodies {
-        let (status, answer, _) = run(gateway_host, post("/v1/chat/completions", body));
+        let (status, answer, _) = run(private_host, post("/v1/chat/completions", body));
         assert_eq!((status, answer["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("missing_api_key")));
-        let (status, answer, _) = run(gateway_host, with_key(post("/v1/chat/completions", body), "egw_not-a-key"));
+        let (status, answer, _) = run(private_host, with_key(post("/v1/chat/completions", body), "egw_not-a-key"));
         assert_eq!((status, answer["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_api_key")));
     }
     let answers: Vec<(StatusCode, Option<String>)> = bodies
         .iter()
         .map(|body| {
-            let (status, answer, _) = run(gateway_host, with_key(post("/v1/chat/completions", body), &key));
+            let (status, answer, _) = run(private_host, with_key(post("/v1/chat/completions", body), &key));
             (status, answer["error"]["code"].as_str().map(String::from))
         })
         .collect();
@@ -1124,9 +1124,9 @@ fn without_public_endpoints_an_unauthenticated_body_is_never_read() {
     assert_eq!(answers[1].0, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(answers[2], (StatusCode::NOT_FOUND, Some("model_not_found".into())));
     // A key that may not call the endpoint: still 403 once the body named it.
-    let narrow = add_key(gateway_host, |k| k.endpoints = vec!["embed".into()]);
+    let narrow = add_key(private_host, |k| k.endpoints = vec!["embed".into()]);
     let (status, answer, _) =
-        run(gateway_host, with_key(post("/v1/chat/completions", r#"{"model":"chat","messages":[]}"#), &narrow));
+        run(private_host, with_key(post("/v1/chat/completions", r#"{"model":"chat","messages":[]}"#), &narrow));
     assert_eq!((status, answer["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("endpoint_not_allowed")));
     // With a public endpoint in the config the body is read first.
     let (status, answer, _) = run(&host(), post("/v1/chat/completions", "{not json"));

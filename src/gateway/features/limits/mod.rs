@@ -1262,8 +1262,9 @@ mod tests {
         let config = LimitsConfig::default();
         let k = key(|k| k.rpm = Some(4));
         let (a, b) = (Rc::new(Limiter::new()), Rc::new(Limiter::new()));
-        assert!(admit_one(&host, &b, &config, Some(&k), None).is_ok()); // b has now read the counter
-                                                                        // Three requests in flight together in a: the first to settle writes all three.
+        // b has now read the counter.
+        assert!(admit_one(&host, &b, &config, Some(&k), None).is_ok());
+        // Three requests in flight together in a: the first to settle writes all three.
         let admitted: Vec<Admission> = (0..3).map(|_| admit_one(&host, &a, &config, Some(&k), None).unwrap()).collect();
         for adm in admitted {
             block_on(adm.settle(&host, 0, 0)).unwrap();

@@ -6,7 +6,9 @@
 //! → forward → respond → (account)
 //!
 //! (`recall` is the Responses API's stored-response step: a no-op for other dialects. `admit`
-//! runs after `prepare`, so it reserves what the request will really ask for.)
+//! runs after `prepare`, so it reserves what the request will really ask for. Where no
+//! endpoint is public, `Gateway::serve` identifies the caller before the body is even parsed,
+//! and `authenticate` then only authorizes it for the endpoint.)
 //!
 //! The host only supplies ports and moves bytes in and out; `account` runs after the response
 //! is sent, when the host says (`Deferred::complete`).

@@ -8,6 +8,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import openai
 import pytest
 import requests
 
@@ -477,6 +478,49 @@ def test_gatewayctl_usage_and_rotate(gw):
     rotated = json.loads(gatewayctl(gw, "keys", "rotate", key_id, token=ADMIN_TOKEN).stdout)
     SEEN_KEYS.append(rotated["key"])
     assert call(gw, rotated["key"]).status_code == 200
+
+
+def test_without_public_endpoints_a_keyless_body_is_refused_unread(gw, tmp_path):
+    """Where no endpoint is public the caller is checked before the body is read: without a key,
+    or with a wrong one, malformed JSON, more JSON values than the gateway reads and an unknown
+    model are all a 401 (through raw HTTP and the official openai SDK); a valid key gets each
+    body's own answer. The suite's config is restored after."""
+    base = dict(gw.config)
+    base_file = tmp_path / "base.json"
+    base_file.write_text(json.dumps(base))
+    gatewayctl(gw, "apply", str(base_file), token=ADMIN_TOKEN)  # a version to roll back to
+    private = json.loads(json.dumps(base))
+    private["version"] = f"e2e-private-{gw.name}-{time.time_ns()}"
+    for endpoint in private["endpoints"]:
+        endpoint.pop("public", None)
+    private_file = tmp_path / "private.json"
+    private_file.write_text(json.dumps(private))
+    key, _ = new_key(gw)
+    many = '{"model":"keyed-chat","x":[' + ",".join(['{"a":1}'] * 20_000) + "]}"
+    unknown = '{"model":"no-such-endpoint","messages":[]}'
+
+    def post(body, key=None):
+        headers = {"content-type": "application/json"}
+        if key is not None:
+            headers["authorization"] = f"Bearer {key}"
+        return requests.post(gw.base_url + "/v1/chat/completions", data=body, headers=headers, timeout=30)
+
+    try:
+        gatewayctl(gw, "apply", str(private_file), token=ADMIN_TOKEN)
+        assert wait_until(lambda: post("{not json").status_code == 401, timeout=15)
+        for body in ["{not json", many, unknown]:
+            error(post(body), 401, "missing_api_key")
+            error(post(body, "egw_" + "A" * 43), 401, "invalid_api_key")
+        error(post("{not json", key), 400, "invalid_json")
+        assert post(many, key).status_code == 413
+        error(post(unknown, key), 404, "model_not_found")
+        sdk = openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key="egw_" + "B" * 43, max_retries=0, timeout=30)
+        with pytest.raises(openai.AuthenticationError):
+            sdk.chat.completions.create(model="keyed-chat", messages=[{"role": "user", "content": "x"}] * 5_000)
+    finally:
+        gatewayctl(gw, "rollback", str(base["version"]), token=ADMIN_TOKEN)
+    assert admin(gw).config()["version"] == base["version"]
+    assert wait_until(lambda: post("{not json").status_code == 400, timeout=15), "public endpoints again: the body is read"
 
 
 # --- last: nothing secret in any log ----------------------------------------------------------

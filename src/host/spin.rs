@@ -60,15 +60,15 @@ async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let _ = write_response(exchange.response, response_out).await;
         emit(&line);
         let afterwards = observe.run(&host).await;
-        let mut errors = serde_json::Map::new();
-        errors.insert("request_id".into(), request_id.into());
-        if let Some(e) = afterwards.telemetry_error {
-            errors.insert("telemetry_error".into(), e.into());
-        }
-        if let Some(e) = afterwards.housekeeping_error {
-            errors.insert("housekeeping_error".into(), e.into());
-        }
-        if errors.len() > 1 {
+        if afterwards.telemetry_error.is_some() || afterwards.housekeeping_error.is_some() {
+            let mut errors = serde_json::Map::new();
+            errors.insert("request_id".into(), request_id.into());
+            if let Some(e) = afterwards.telemetry_error {
+                errors.insert("telemetry_error".into(), e.into());
+            }
+            if let Some(e) = afterwards.housekeeping_error {
+                errors.insert("housekeeping_error".into(), e.into());
+            }
             emit(&serde_json::Value::Object(errors).to_string());
         }
     } else {

@@ -809,12 +809,7 @@ fn the_sweep_waits_until_the_answer_is_out() {
     let loose = || host.kv.borrow().keys().filter(|k| k.starts_with("usage:") && !k.ends_with(":compacted")).count();
     let mut swept = 0;
     for _ in 0..100 {
-        let exchange = block_on(Gateway::new().handle(
-            &host,
-            with_key(post("/v1/chat/completions", body), &key),
-            &ClientInfo::default(),
-        ));
-        assert_eq!(exchange.response.status(), StatusCode::OK);
+        let exchange = fresh_instance_call(&host, &key, body);
         let before = loose();
         let (_line, observe) = block_on(exchange.deferred.settle(&host, None));
         assert_eq!(loose(), before + 2, "settle (before the answer is sent) writes its shards and sweeps nothing");
@@ -824,6 +819,15 @@ fn the_sweep_waits_until_the_answer_is_out() {
         host.advance(1_000);
     }
     assert!(swept > 0, "some of the 100 runs after the answer swept");
+}
+
+/// One chat call with `key` through a new `Gateway`, as Spin makes a fresh instance per
+/// request; it must answer 200.
+fn fresh_instance_call(host: &MemoryHost, key: &str, body: &str) -> Exchange<Vec<u8>> {
+    let request = with_key(post("/v1/chat/completions", body), key);
+    let exchange = block_on(Gateway::new().handle(host, request, &ClientInfo::default()));
+    assert_eq!(exchange.response.status(), StatusCode::OK);
+    exchange
 }
 
 /// M5 on Spin: its store has no TTL and every request writes its own usage and tally shards,
@@ -836,13 +840,7 @@ fn a_store_without_ttls_is_swept() {
     let key = add_key(&host, |k| k.rpm = Some(1000));
     let body = r#"{"model":"paid","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#;
     for _ in 0..200 {
-        // Spin: a fresh instance per request.
-        let exchange = block_on(Gateway::new().handle(
-            &host,
-            with_key(post("/v1/chat/completions", body), &key),
-            &ClientInfo::default(),
-        ));
-        assert_eq!(exchange.response.status(), StatusCode::OK);
+        let exchange = fresh_instance_call(&host, &key, body);
         block_on(exchange.deferred.complete(&host, None));
         host.advance(30_000);
     }

@@ -18,6 +18,7 @@ use spin_sdk::wit::wasi::http0_2_0::types::{
 use crate::gateway::error::{ErrorCode as GwCode, GatewayError, Result};
 use crate::gateway::pipeline::stream::StreamSummary;
 use crate::gateway::pipeline::{error_response, ClientInfo};
+use crate::gateway::ports::cas::{cas_count, CasStore};
 use crate::gateway::ports::{BodyLimit, Clock, Kv, Secrets, Upstream, UpstreamError};
 use crate::gateway::{Gateway, ResponseBody};
 
@@ -383,14 +384,38 @@ impl SpinHost {
     }
 }
 
+/// The default store through wasi:keyvalue, whose `atomics` Spin serves over the same stores
+/// as its key-value interface: compare-and-swap for the exact counters.
+struct AtomicStore(spin_sdk::wit::wasi::keyvalue::store::Bucket);
+
+impl CasStore for AtomicStore {
+    type Handle = spin_sdk::wit::wasi::keyvalue::atomics::Cas;
+
+    fn read(&self, key: &str) -> Result<(Self::Handle, Option<Vec<u8>>)> {
+        let cas = spin_sdk::wit::wasi::keyvalue::atomics::Cas::new(&self.0, key).map_err(kv_error)?;
+        let value = cas.current().map_err(kv_error)?;
+        Ok((cas, value))
+    }
+
+    fn swap(&self, cas: Self::Handle, value: &[u8]) -> Result<bool> {
+        use spin_sdk::wit::wasi::keyvalue::atomics::{swap, CasError};
+        match swap(cas, value) {
+            Ok(()) => Ok(true),
+            Err(CasError::CasFailed(_)) => Ok(false),
+            Err(CasError::StoreError(e)) => Err(kv_error(e)),
+        }
+    }
+}
+
 impl crate::gateway::ports::counter::Counter for SpinHost {
-    /// Exact mode: the key-value store is linearizable on one Spin node, so a KV lock works.
+    /// Exact: each scope's counters are one entry, checked and added with one compare-and-swap.
     async fn count(
         &self,
         scope: &str,
         ops: &[crate::gateway::ports::counter::CounterOp],
     ) -> Result<Option<crate::gateway::ports::counter::CounterReply>> {
-        crate::gateway::ports::lock::locked_count(self, scope, ops).await.map(Some)
+        let bucket = spin_sdk::wit::wasi::keyvalue::store::open("default").map_err(kv_error)?;
+        cas_count(&AtomicStore(bucket), scope, ops, self.now_ms()).map(Some)
     }
 
     fn keeps_state(&self) -> bool {

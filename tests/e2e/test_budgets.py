@@ -159,7 +159,7 @@ MAX_TOKENS = 5
 def test_burst_against_a_nearly_spent_limit_overshoots_at_most_one_reservation(gw, kind, mode):
     """Two requests spend part of the limit; what is left is 2.5 reservations. Then 15
     requests at once. Every admitted request reserved its worst case first, so the spend stays
-    within the limit (`exact`: the Durable Object on Cloudflare, the KV lock on Spin) or
+    within the limit (`exact`: the Durable Object on Cloudflare, compare-and-swap on Spin) or
     passes it by at most one reservation (`kv`). A limit that only checked "spent < limit"
     before forwarding would admit the whole burst: 15 × the real cost, far past the limit."""
     if kind == "tpm":
@@ -222,7 +222,7 @@ def test_burst_against_a_nearly_spent_limit_overshoots_at_most_one_reservation(g
     assert admitted <= most, (admitted, most)
 
     # The log lines agree: one per request, charged the same, counted in the expected mode
-    # (on Spin token and USD limits are always counted under the KV lock: "exact").
+    # (on Spin every limit is counted by the exact counter: "exact").
     rids = [f"{prefix}-pre{i}" for i in range(2)] + [f"{prefix}-b{i}" for i in range(BURST)]
 
     def all_lines():

@@ -289,18 +289,13 @@ def test_concurrent_requests_admit_exactly_the_limit_on_one_instance(gw):
     key, _ = new_key(gw, rpm=limit)
     statuses = _burst(gw, key, n)
     assert set(statuses) <= {200, 429}, statuses
-    admitted = statuses.count(200)
-    if gw.name == "spin" and admitted != limit:
-        # Every Spin request is a fresh instance and key-value@2.0 has no atomic increment:
-        # concurrent requests race on the counter's read-modify-write (src/gateway/limits.rs).
-        assert admitted >= limit, statuses
-        pytest.xfail(f"spin: {admitted} of {n} concurrent requests admitted against rpm {limit} (documented)")
-    assert admitted == limit, statuses
+    # Spin: every request a fresh instance, counted by compare-and-swap (src/gateway/ports/cas.rs).
+    assert statuses.count(200) == limit, statuses
 
 
 def test_exact_mode_admits_exactly_the_limit(gw):
-    """`exact: true` keys: a Durable Object on Cloudflare, a lock in the key-value store on
-    Spin (src/gateway/limits.rs `locked_count`)."""
+    """`exact: true` keys: a Durable Object on Cloudflare, compare-and-swap in the key-value
+    store on Spin (src/gateway/ports/cas.rs)."""
     fresh_minute(30)
     limit, n = 5, 15
     key, key_id = new_key(gw, rpm=limit, exact=True)

@@ -147,7 +147,7 @@ pub fn violates(current: Amounts, add: Amounts, caps: Caps) -> bool {
 
 /// Applies `ops` to `current` (one value per op) all-or-nothing: if every op is granted (see
 /// [`grant`]), every grant is added. The one rule every counter implementation uses (the
-/// in-isolate limiter, the Durable Object, the KV lock, tests).
+/// in-isolate limiter, the Durable Object, the compare-and-swap counter, tests).
 pub fn apply_ops(current: &mut [Amounts], ops: &[CounterOp]) -> CounterReply {
     let grants: Option<Vec<Amounts>> = ops.iter().zip(current.iter()).map(|(op, cur)| grant(*cur, op)).collect();
     match grants {

@@ -1,10 +1,11 @@
-//! Exact counting over a linearizable key-value store with no atomic increment (Spin): a
-//! lock entry taken with Fischer's algorithm around a read-check-write of the counters.
+//! A lock entry in a linearizable key-value store, taken with Fischer's algorithm: the
+//! mutual exclusion of the usage and tally compactions (`features::usage`,
+//! `features::telemetry::tally`). Also the KV counters' shared helpers.
 
 use serde::{Deserialize, Serialize};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::ports::counter::{apply_ops, Amounts, CounterOp, CounterReply};
+use crate::gateway::ports::counter::Amounts;
 use crate::gateway::ports::Kv;
 
 /// Counters outlive their window by this much in KV (Cloudflare's minimum TTL is 60 s).
@@ -15,7 +16,7 @@ pub async fn read_amounts(kv: &impl Kv, name: &str) -> Result<Amounts> {
     Ok(kv.get(name).await?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default())
 }
 
-/// How long a `locked_count` caller waits after writing the lock before reading it back.
+/// How long an [`acquire`] caller waits after writing the lock before reading it back.
 pub const LOCK_SETTLE_MS: u64 = 50;
 
 /// A lock older than this is treated as abandoned (its holder died).
@@ -32,35 +33,16 @@ pub struct LockValue {
     pub at: u64,
 }
 
-/// Exact counting for hosts with neither a Durable Object nor an atomic increment, over a
-/// **linearizable** key-value store — one where a read sees every write completed before it
-/// (Spin's SQLite or Redis stores on one node, the e2e test host's files; *not* Cloudflare KV,
-/// which is eventually consistent). A Spin host's `Counter::count` can simply call this.
+/// Takes the lock `lock:<scope>` in a **linearizable** key-value store — one where a read
+/// sees every write completed before it (Spin's SQLite or Redis stores on one node, the e2e
+/// test host's files; *not* Cloudflare KV, which is eventually consistent); returns the holder
+/// id to [`release`] it with.
 ///
-/// The counters of `scope` are guarded by a lock entry `lock:<scope>` taken with Fischer's
-/// algorithm: wait until the lock is free (or older than its 2 s lease), write our random id,
-/// wait [`LOCK_SETTLE_MS`], read it back; if it is still ours we hold it. Under the lock the
-/// counters (`{requests, tokens, cost_nusd}` entries, the same as the `kv` mode's) are read,
-/// checked and written with [`apply_ops`], then the lock is released.
-///
-/// What it guarantees, plainly: mutual exclusion *if* no caller takes longer than
-/// `LOCK_SETTLE_MS` (50 ms) between reading the lock as free and its own write completing — a
-/// timing assumption, not an atomic operation: a host stalled longer than that can let two
-/// callers in. Costs: at least 50 ms per call, and calls on one scope are serialized (at most
-/// ~20 per second per key). Fails with 503 `counter_busy` after waiting 10 s for the lock.
-pub async fn locked_count<P: Kv + crate::gateway::ports::Clock>(
-    ports: &P,
-    scope: &str,
-    ops: &[CounterOp],
-) -> Result<CounterReply> {
-    let id = acquire(ports, scope).await?;
-    let result = locked_section(ports, ops).await;
-    release(ports, scope, &id).await;
-    result
-}
-
-/// Takes the lock `lock:<scope>` (see [`locked_count`] for the algorithm and what it
-/// guarantees); returns the holder id to [`release`] it with.
+/// Fischer's algorithm: wait until the lock is free (or older than its 2 s lease), write our
+/// random id, wait [`LOCK_SETTLE_MS`], read it back; if it is still ours we hold it. What it
+/// guarantees, plainly: mutual exclusion *if* no caller takes longer than `LOCK_SETTLE_MS`
+/// (50 ms) between reading the lock as free and its own write completing — a timing
+/// assumption, not an atomic operation. Fails with 503 `counter_busy` after waiting 10 s.
 pub async fn acquire<P: Kv + crate::gateway::ports::Clock>(ports: &P, scope: &str) -> Result<String> {
     let lock = format!("lock:{scope}");
     let mut id = [0u8; 8];
@@ -98,22 +80,4 @@ pub async fn release<P: Kv>(ports: &P, scope: &str, id: &str) {
     if holder.is_some_and(|h| h.id == id) {
         let _ = ports.delete(&lock).await;
     }
-}
-
-async fn locked_section<P: Kv + crate::gateway::ports::Clock>(ports: &P, ops: &[CounterOp]) -> Result<CounterReply> {
-    let mut current = Vec::with_capacity(ops.len());
-    for op in ops {
-        current.push(read_amounts(ports, &op.name).await?);
-    }
-    let reply = apply_ops(&mut current, ops);
-    if reply.admitted {
-        let now = ports.now_ms();
-        for (op, value) in ops.iter().zip(&reply.values) {
-            if !op.add.is_zero() {
-                let ttl = op.expires_at_ms.saturating_sub(now) / 1000 + TTL_GRACE_SECS;
-                ports.put(&op.name, &serde_json::to_vec(value).unwrap_or_default(), Some(ttl)).await?;
-            }
-        }
-    }
-    Ok(reply)
 }

@@ -34,7 +34,7 @@ pub struct MemoryHost {
     /// requests interleave at each await (as in an isolate).
     pub kv_yield: Cell<bool>,
     /// Like Spin: no in-memory state between requests (`Counter::keeps_state` is false), and
-    /// exact counting by the KV lock.
+    /// exact counting by compare-and-swap.
     pub stateless: Cell<bool>,
     /// The edge cache (Cloudflare's Cache API): `None`, the default, is a host without one.
     pub edge: RefCell<Option<EdgeEntries>>,
@@ -67,12 +67,17 @@ impl MemoryHost {
         self
     }
 
-    /// One KV operation on `key`: counted, possibly pending once, possibly failing.
+    /// One KV operation on `key`: possibly pending once, then as [`MemoryHost::kv_op_now`].
     async fn kv_op(&self, key: &str) -> Result<()> {
-        self.kv_ops.set(self.kv_ops.get() + 1);
         if self.kv_yield.get() {
             yield_once().await;
         }
+        self.kv_op_now(key)
+    }
+
+    /// One KV operation on `key` that does not wait: counted, possibly failing.
+    fn kv_op_now(&self, key: &str) -> Result<()> {
+        self.kv_ops.set(self.kv_ops.get() + 1);
         if self.kv_fail.borrow().iter().any(|p| key.starts_with(p.as_str())) {
             return Err(GatewayError::kv_unavailable("the key-value store"));
         }
@@ -221,16 +226,38 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
+/// Compare-and-swap over the KV (as Spin's wasi:keyvalue atomics): a swap writes only while
+/// the entry still holds what was read.
+impl crate::gateway::ports::cas::CasStore for MemoryHost {
+    type Handle = (String, Option<Vec<u8>>);
+
+    fn read(&self, key: &str) -> Result<(Self::Handle, Option<Vec<u8>>)> {
+        self.kv_op_now(key)?;
+        let value = self.kv.borrow().get(key).cloned();
+        Ok(((key.to_string(), value.clone()), value))
+    }
+
+    fn swap(&self, (key, seen): Self::Handle, value: &[u8]) -> Result<bool> {
+        self.kv_op_now(&key)?;
+        let mut kv = self.kv.borrow_mut();
+        if kv.get(&key) != seen.as_ref() {
+            return Ok(false);
+        }
+        kv.insert(key, value.to_vec());
+        Ok(true)
+    }
+}
+
 impl crate::gateway::ports::Counter for MemoryHost {
-    /// A stateless host counts exactly with the KV lock (as the Spin host does); otherwise the
-    /// host has no exact counter.
+    /// A stateless host counts exactly by compare-and-swap (as the Spin host does); otherwise
+    /// the host has no exact counter.
     async fn count(
         &self,
         scope: &str,
         ops: &[crate::gateway::ports::counter::CounterOp],
     ) -> Result<Option<crate::gateway::ports::counter::CounterReply>> {
         if self.stateless.get() {
-            return crate::gateway::ports::lock::locked_count(self, scope, ops).await.map(Some);
+            return crate::gateway::ports::cas::cas_count(self, scope, ops, self.now_ms.get()).map(Some);
         }
         Ok(None)
     }

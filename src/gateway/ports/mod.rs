@@ -8,6 +8,7 @@
 
 use crate::gateway::error::Result;
 
+pub mod cas;
 pub mod counter;
 pub mod lock;
 pub mod memory;

@@ -25,8 +25,15 @@
 //! * no `store-table-full`/`access-denied` errors; no size/quota limits;
 //! * keys must be 1..=127 bytes (the hex file name has to fit a 255-byte file name) -
 //!   other keys get `error::other`, never a panic;
-//! * no transactions or compare-and-swap (neither has key-value@2.0.0): concurrent
-//!   read-modify-write from parallel requests can lose updates, as on real Spin.
+//! * `wasi:keyvalue/store@0.2.0-draft2` and `wasi:keyvalue/atomics@0.2.0-draft2` over the
+//!   same directories (Spin serves both interfaces over the same stores): a bucket is the
+//!   key-value store of that label. Compare-and-swap and increment hold the store's lock
+//!   file `.lock` (created exclusively; taken over when older than 5 s) around their
+//!   read-compare-write, so they are atomic across the concurrent instances of one
+//!   `wasmtime serve`; a `swap` whose key changed since its `cas` was made fails with
+//!   `cas-failed`. Increments are stored as 8 little-endian bytes.
+//! * no transactions (key-value@2.0.0 has none): concurrent read-modify-write through it
+//!   from parallel requests can lose updates, as on real Spin.
 
 use std::collections::hash_map::RandomState;
 use std::fs;
@@ -41,6 +48,8 @@ wit_bindgen::generate!({
 
 use exports::fermyon::spin::key_value::{self as kv, Error as KvError};
 use exports::fermyon::spin::variables::{self as vars, Error as VarError};
+use exports::wasi::keyvalue::atomics::{self, CasError};
+use exports::wasi::keyvalue::store::{self as wasi_kv, Error as WasiKvError};
 
 /// Guest path under which the host directory holding all stores is preopened.
 const KV_ROOT: &str = "/kv";
@@ -201,6 +210,139 @@ impl kv::GuestStore for FileStore {
         }
         keys.sort();
         Ok(keys)
+    }
+}
+
+// --- wasi:keyvalue: the same stores, and compare-and-swap ----------------------------------
+
+/// How long a `.lock` may be held before another instance takes it over (its holder died).
+const LOCK_STALE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long an atomic operation waits for the lock before failing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn wasi_error(e: KvError) -> WasiKvError {
+    match e {
+        KvError::NoSuchStore => WasiKvError::NoSuchStore,
+        KvError::AccessDenied => WasiKvError::AccessDenied,
+        KvError::StoreTableFull => WasiKvError::Other("spin-test-host: store table full".into()),
+        KvError::Other(text) => WasiKvError::Other(text),
+    }
+}
+
+/// A wasi:keyvalue bucket: the Spin store of the same label.
+pub struct Bucket(FileStore);
+
+impl wasi_kv::Guest for Host {
+    type Bucket = Bucket;
+
+    fn open(identifier: String) -> Result<wasi_kv::Bucket, WasiKvError> {
+        let store = <FileStore as kv::GuestStore>::open(identifier).map_err(wasi_error)?;
+        Ok(wasi_kv::Bucket::new(Bucket(store.into_inner::<FileStore>())))
+    }
+}
+
+impl wasi_kv::GuestBucket for Bucket {
+    fn get(&self, key: String) -> Result<Option<Vec<u8>>, WasiKvError> {
+        kv::GuestStore::get(&self.0, key).map_err(wasi_error)
+    }
+
+    fn set(&self, key: String, value: Vec<u8>) -> Result<(), WasiKvError> {
+        kv::GuestStore::set(&self.0, key, value).map_err(wasi_error)
+    }
+
+    fn delete(&self, key: String) -> Result<(), WasiKvError> {
+        kv::GuestStore::delete(&self.0, key).map_err(wasi_error)
+    }
+
+    fn exists(&self, key: String) -> Result<bool, WasiKvError> {
+        kv::GuestStore::exists(&self.0, key).map_err(wasi_error)
+    }
+
+    fn list_keys(&self, _cursor: Option<String>) -> Result<wasi_kv::KeyResponse, WasiKvError> {
+        let keys = kv::GuestStore::get_keys(&self.0).map_err(wasi_error)?;
+        Ok(wasi_kv::KeyResponse { keys, cursor: None })
+    }
+}
+
+/// The store's `.lock` file, held while alive: atomic operations of concurrent instances on
+/// one store take turns.
+struct StoreLock(PathBuf);
+
+impl StoreLock {
+    fn take(store: &FileStore) -> Result<StoreLock, WasiKvError> {
+        let path = store.dir.join(".lock");
+        let started = std::time::Instant::now();
+        loop {
+            match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(_) => return Ok(StoreLock(path)),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(wasi_error(other("cannot lock", &path, e))),
+            }
+            let age = fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            if age.is_some_and(|age| age > LOCK_STALE) {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            if started.elapsed() > LOCK_WAIT {
+                return Err(WasiKvError::Other(format!("spin-test-host: {} stayed locked", path.display())));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// A compare-and-swap handle: the key's value when it was made.
+pub struct Cas {
+    store: FileStore,
+    key: String,
+    seen: Option<Vec<u8>>,
+}
+
+impl atomics::Guest for Host {
+    type Cas = Cas;
+
+    fn increment(bucket: wasi_kv::BucketBorrow<'_>, key: String, delta: i64) -> Result<i64, WasiKvError> {
+        let store = &bucket.get::<Bucket>().0;
+        let _lock = StoreLock::take(store)?;
+        let current = match kv::GuestStore::get(store, key.clone()).map_err(wasi_error)? {
+            None => 0,
+            Some(bytes) => i64::from_le_bytes(
+                bytes
+                    .try_into()
+                    .map_err(|_| WasiKvError::Other("spin-test-host: the value is not an 8-byte counter".into()))?,
+            ),
+        };
+        let next = current.wrapping_add(delta);
+        kv::GuestStore::set(store, key, next.to_le_bytes().to_vec()).map_err(wasi_error)?;
+        Ok(next)
+    }
+
+    fn swap(cas: atomics::Cas, value: Vec<u8>) -> Result<(), CasError> {
+        let cas = cas.into_inner::<Cas>();
+        let _lock = StoreLock::take(&cas.store).map_err(CasError::StoreError)?;
+        let now = kv::GuestStore::get(&cas.store, cas.key.clone()).map_err(|e| CasError::StoreError(wasi_error(e)))?;
+        if now != cas.seen {
+            return Err(CasError::CasFailed(atomics::Cas::new(Cas { seen: now, ..cas })));
+        }
+        kv::GuestStore::set(&cas.store, cas.key, value).map_err(|e| CasError::StoreError(wasi_error(e)))
+    }
+}
+
+impl atomics::GuestCas for Cas {
+    fn new(bucket: wasi_kv::BucketBorrow<'_>, key: String) -> Result<atomics::Cas, WasiKvError> {
+        let store = FileStore { dir: bucket.get::<Bucket>().0.dir.clone() };
+        let seen = kv::GuestStore::get(&store, key.clone()).map_err(wasi_error)?;
+        Ok(atomics::Cas::new(Cas { store, key, seen }))
+    }
+
+    fn current(&self) -> Result<Option<Vec<u8>>, WasiKvError> {
+        Ok(self.seen.clone())
     }
 }
 

@@ -61,25 +61,18 @@
 //!   to L times that. Streams are also cut at the room they were admitted with. Use `exact`
 //!   (0 overshoot) when that is too much.
 //! * Spin: every request is a fresh component instance, so there is no in-memory view
-//!   (`Counter::keeps_state` is false): each request reads its counters from the key-value
-//!   store and writes its request increment *before* it is forwarded (tokens and cost after
-//!   the answer). Sequential requests are counted exactly when the host finishes the
-//!   accounting before answering (see the host notes). Concurrent requests race on the
-//!   read-modify-write: a burst that arrives together can all pass (measured in the e2e
-//!   suite: 15 of 15 against a limit of 5). Spin's key-value@2.0 interface has no atomic
-//!   increment or compare-and-swap, so the `kv` mode cannot be exact there; use `exact`.
-//!   Token and USD limits (reservations) are therefore always counted under the KV lock on
-//!   Spin, whatever the mode: a budget cannot be held by racing read-modify-writes.
+//!   (`Counter::keeps_state` is false) and nothing to make the `kv` mode exact within: every
+//!   limit is counted by the exact counter there, whatever the mode (a read-modify-write per
+//!   request would let a burst that arrives together all pass).
 //!
 //! **`exact`** (config `limits.mode: "exact"`, or a key's `exact: true`): counters live behind
 //! the [`Counter`] port, which checks and adds a request's counters atomically:
 //! * Cloudflare: one Durable Object per key (per tenant for tenant budgets), so the limit
 //!   holds across all isolates and locations, at the cost of one Durable Object round trip
 //!   before the request and one after (`src/host/cloudflare_counter.rs`).
-//! * Spin: [`locked_count`], a lock in the key-value store (Fischer's algorithm) around a
-//!   read-check-write of the same KV counters. Exact under a stated timing assumption (no
-//!   store write stalls longer than [`LOCK_SETTLE_MS`]); costs at least 50 ms per limited
-//!   request and serializes one key's requests (about 20 per second per key).
+//! * Spin: `ports::cas`, each scope's counters in one key-value entry written with one
+//!   compare-and-swap (wasi:keyvalue's `atomics`, served by Spin over the same stores): exact
+//!   across the instances of one Spin node, with no lock; a swap that lost a race is retried.
 //!
 //! A host without an exact counter answers `None` and the `kv` mode is used instead; the log
 //! line's `limits` field says which mode counted.
@@ -97,7 +90,6 @@ use crate::gateway::ports::counter::{apply_ops, grant, Amounts, Caps, Counter, C
 use crate::gateway::ports::{Ports, SAME_KEY_WRITE_GAP_MS};
 use crate::gateway::util::time::{day_string, days_of, duration_string};
 
-pub use crate::gateway::ports::lock::{locked_count, LOCK_SETTLE_MS};
 pub use config::{
     check_endpoint_limit, check_limits, valid_name, valid_tenant, window_end, EndpointLimit, LimitsConfig, LimitsMode,
     Period, TenantLimits, Window, PUBLIC_TENANT, TENANT_RULE,
@@ -311,9 +303,9 @@ impl Admission {
 /// settle after it) or the refusal (429 + headers).
 ///
 /// Where the counting happens: the exact counter (`limits.mode: exact` or a key's `exact`),
-/// else the isolate's `kv` view — except on hosts without in-memory state (Spin), where token
-/// and USD checks always use the exact counter when the host has one: a read-modify-write per
-/// request cannot hold a budget there (every request is a fresh instance).
+/// else the isolate's `kv` view — except on hosts without in-memory state (Spin), where every
+/// check uses the exact counter when the host has one: there is no view to check against, and
+/// a read-modify-write per request lets concurrent requests through together.
 pub async fn admit<P: Ports + Counter>(
     ports: &P,
     limiter: &Rc<Limiter>,
@@ -335,8 +327,7 @@ pub async fn admit<P: Ports + Counter>(
     if checks.is_empty() {
         return Ok(admission);
     }
-    let metered = checks.iter().any(|c| c.op.caps.tokens.is_some() || c.op.caps.cost_nusd.is_some());
-    let exact = config.mode == LimitsMode::Exact || key.is_some_and(|k| k.exact) || (metered && !ports.keeps_state());
+    let exact = config.mode == LimitsMode::Exact || key.is_some_and(|k| k.exact) || !ports.keeps_state();
     let mut values: Vec<Option<Amounts>> = vec![None; checks.len()];
     let mut granted: Vec<Amounts> = vec![Amounts::default(); checks.len()];
     let mut kv_checks: Vec<usize> = Vec::new();
@@ -676,7 +667,7 @@ mod tests {
     use crate::gateway::check::Issues;
     use crate::gateway::features::keys::BudgetPeriod;
     use crate::gateway::ports::counter::CounterReply;
-    use crate::gateway::ports::lock::{LockValue, LOCK_LEASE_MS};
+    use crate::gateway::ports::lock::{acquire, release, LockValue, LOCK_LEASE_MS};
     use crate::gateway::ports::memory::{block_on, run_interleaved, MemoryHost};
     use crate::gateway::ports::Kv;
     use crate::gateway::ports::{Clock, Secrets, Upstream, UpstreamError};
@@ -698,8 +689,6 @@ mod tests {
         slow: bool,
         exact: Option<RefCell<HashMap<String, HashMap<String, Amounts>>>>,
         exact_calls: Cell<u32>,
-        /// Exact counting by `locked_count` over this host's KV (as a Spin host does).
-        locked: bool,
         /// Every KV write: the entry's name and the host time.
         puts: RefCell<Vec<(String, u64)>>,
     }
@@ -711,7 +700,6 @@ mod tests {
                 slow: false,
                 exact: None,
                 exact_calls: Cell::new(0),
-                locked: false,
                 puts: RefCell::default(),
             }
         }
@@ -795,8 +783,8 @@ mod tests {
 
     impl Counter for TestHost {
         async fn count(&self, scope: &str, ops: &[CounterOp]) -> Result<Option<CounterReply>> {
-            if self.locked {
-                return locked_count(self, scope, ops).await.map(Some);
+            if !self.inner.keeps_state() {
+                return self.inner.count(scope, ops).await;
             }
             let Some(exact) = &self.exact else { return Ok(None) };
             self.exact_calls.set(self.exact_calls.get() + 1);
@@ -814,6 +802,10 @@ mod tests {
                 }
             }
             Ok(Some(reply))
+        }
+
+        fn keeps_state(&self) -> bool {
+            self.inner.keeps_state()
         }
     }
 
@@ -979,16 +971,14 @@ mod tests {
     }
 
     #[test]
-    fn locked_counting_over_kv_admits_exactly_the_limit() {
-        // A Spin-like host: no state between requests, exact counting by the KV lock.
-        let mut host = TestHost::new().slow();
-        host.locked = true;
+    fn a_host_without_state_counts_every_limit_exactly_whatever_the_mode() {
+        // A Spin-like host: no state between requests (each request a fresh limiter), exact
+        // counters by compare-and-swap; the key is in the default `kv` mode.
+        let host = TestHost::new().slow();
+        host.inner.stateless.set(true);
         at_minute_start(&host);
         let config = LimitsConfig::default();
-        let k = key(|k| {
-            k.rpm = Some(4);
-            k.exact = true;
-        });
+        let k = key(|k| k.rpm = Some(4));
         let futures: Vec<Pin<Box<dyn Future<Output = bool> + '_>>> = (0..10)
             .map(|_| {
                 let limiter = Rc::new(Limiter::new());
@@ -1009,10 +999,11 @@ mod tests {
             })
             .collect();
         assert_eq!(run_interleaved(futures).into_iter().filter(|a| *a).count(), 4);
-        assert!(host.inner.kv.borrow().keys().all(|k| !k.starts_with("lock:")), "locks released");
         let w = Period::Minute.window(host.now_ms());
-        let stored: Amounts = serde_json::from_slice(&host.inner.kv.borrow()[&format!("rl:k_00aa:{}", w.id)]).unwrap();
-        assert_eq!(stored.requests, 4);
+        let entry: HashMap<String, (Amounts, u64)> =
+            serde_json::from_slice(&host.inner.kv.borrow()["ctr:k_00aa"]).unwrap();
+        assert_eq!(entry[&format!("rl:k_00aa:{}", w.id)].0.requests, 4);
+        assert!(host.inner.kv.borrow().keys().all(|k| !k.starts_with("rl:")), "no kv-mode counter");
     }
 
     #[test]
@@ -1020,18 +1011,13 @@ mod tests {
         let host = TestHost::new();
         let stale = serde_json::to_vec(&LockValue { id: "dead".into(), at: host.now_ms() }).unwrap();
         host.inner.kv.borrow_mut().insert("lock:k_1".into(), stale);
-        let op = CounterOp {
-            name: "rl:k_1:m1".into(),
-            add: Amounts { requests: 1, ..Amounts::default() },
-            caps: Caps { requests: Some(1), ..Caps::default() },
-            expires_at_ms: u64::MAX,
-            floor: None,
-        };
         let started = host.now_ms();
-        let reply = block_on(locked_count(&host, "k_1", std::slice::from_ref(&op))).unwrap();
-        assert!(reply.admitted);
+        let id = block_on(acquire(&host, "k_1")).unwrap();
         assert!(host.now_ms() - started >= LOCK_LEASE_MS, "waited for the lease");
-        assert!(!block_on(locked_count(&host, "k_1", &[op])).unwrap().admitted);
+        let holder: LockValue = serde_json::from_slice(&host.inner.kv.borrow()["lock:k_1"]).unwrap();
+        assert_eq!(holder.id, id);
+        block_on(release(&host, "k_1", &id));
+        assert!(!host.inner.kv.borrow().contains_key("lock:k_1"));
     }
 
     #[test]

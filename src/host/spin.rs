@@ -405,6 +405,10 @@ impl CasStore for AtomicStore {
             Err(CasError::StoreError(e)) => Err(kv_error(e)),
         }
     }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.0.get(key).map_err(kv_error)
+    }
 }
 
 impl crate::gateway::ports::counter::Counter for SpinHost {

@@ -5,7 +5,8 @@
 //! `ctr:<scope>`: counter name → its value and the end of its window. A request's counters of
 //! a scope are checked and added with [`apply_ops`] on the entry as read, and written back with
 //! one compare-and-swap; a swap that lost a race to another instance is retried on the value
-//! that won. So concurrent requests, each in its own instance, admit exactly the limit, with no
+//! that won; a refusal writes nothing; an entry that does not decode is an error, never a
+//! reset count. So concurrent requests, each in its own instance, admit exactly the limit, with no
 //! lock and no timing assumption.
 
 use std::collections::BTreeMap;
@@ -28,48 +29,54 @@ pub trait CasStore {
     fn read(&self, key: &str) -> Result<(Self::Handle, Option<Vec<u8>>)>;
     /// Writes `value` if the entry is still as `handle` read it: `Ok(false)` when it changed.
     fn swap(&self, handle: Self::Handle, value: &[u8]) -> Result<bool>;
+    /// The entry `key`, read with no swap to follow.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
 }
 
+/// A scope entry: counter name → (value, the end of its window in unix ms).
+type ScopeEntry = BTreeMap<String, (Amounts, u64)>;
+
 /// Applies `ops` to the counters of `scope` in `store` atomically (see the module docs).
+///
+/// A counter the scope entry does not hold yet starts from the entry of its own name, if any:
+/// the layout before scope entries (one entry per counter; Spin before 7857eb3), so an upgrade
+/// does not give a window's requests or a day's budget back.
 pub fn cas_count(store: &impl CasStore, scope: &str, ops: &[CounterOp], now_ms: u64) -> Result<CounterReply> {
     let key = [SCOPE_ENTRY_PREFIX, scope].concat();
     for _ in 0..CAS_ATTEMPTS {
         let (handle, stored) = store.read(&key)?;
-        let (reply, entry) = apply_to_entry(stored.as_deref(), ops, now_ms)?;
-        match entry {
-            None => return Ok(reply),
-            Some(entry) if store.swap(handle, &entry)? => return Ok(reply),
-            Some(_) => continue,
+        let mut entry: ScopeEntry = match stored {
+            None => ScopeEntry::new(),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|_| {
+                GatewayError::internal(ErrorCode::CounterError, "a stored rate-limit counter is unreadable")
+            })?,
+        };
+        let mut current = Vec::with_capacity(ops.len());
+        for op in ops {
+            current.push(match entry.get(&op.name) {
+                Some((value, _)) => *value,
+                None => store.get(&op.name)?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default(),
+            });
+        }
+        let reply = apply_ops(&mut current, ops);
+        if !reply.admitted {
+            return Ok(reply);
+        }
+        // Windows that ended over a minute ago are not counted again: drop them as we write.
+        let grace_ms = TTL_GRACE_SECS * 1000;
+        entry.retain(|_, (_, ends)| ends.saturating_add(grace_ms) > now_ms);
+        for (op, value) in ops.iter().zip(current) {
+            entry.insert(op.name.clone(), (value, op.expires_at_ms));
+        }
+        let bytes = serde_json::to_vec(&entry).map_err(|_| {
+            GatewayError::internal(ErrorCode::CounterError, "a rate-limit counter could not be encoded")
+        })?;
+        if store.swap(handle, &bytes)? {
+            return Ok(reply);
         }
     }
     Err(GatewayError::not_configured(ErrorCode::CounterBusy, "the rate-limit counter is contended; retry shortly")
         .with_retry_after(1))
-}
-
-/// [`apply_ops`] on a scope entry as stored (`None`: none yet): the reply, and the entry to
-/// write back when the ops were admitted (counters whose window ended over a minute before
-/// `now_ms` dropped). An entry that does not decode is an error, never a reset count.
-fn apply_to_entry(stored: Option<&[u8]>, ops: &[CounterOp], now_ms: u64) -> Result<(CounterReply, Option<Vec<u8>>)> {
-    let mut entry: BTreeMap<String, (Amounts, u64)> = match stored {
-        None => BTreeMap::new(),
-        Some(bytes) => serde_json::from_slice(bytes).map_err(|_| {
-            GatewayError::internal(ErrorCode::CounterError, "a stored rate-limit counter is unreadable")
-        })?,
-    };
-    let mut current: Vec<Amounts> =
-        ops.iter().map(|op| entry.get(&op.name).map(|(v, _)| *v).unwrap_or_default()).collect();
-    let reply = apply_ops(&mut current, ops);
-    if !reply.admitted {
-        return Ok((reply, None));
-    }
-    let grace_ms = TTL_GRACE_SECS * 1000;
-    entry.retain(|_, (_, ends)| ends.saturating_add(grace_ms) > now_ms);
-    for (op, value) in ops.iter().zip(current) {
-        entry.insert(op.name.clone(), (value, op.expires_at_ms));
-    }
-    let bytes = serde_json::to_vec(&entry)
-        .map_err(|_| GatewayError::internal(ErrorCode::CounterError, "a rate-limit counter could not be encoded"))?;
-    Ok((reply, Some(bytes)))
 }
 
 #[cfg(test)]
@@ -113,6 +120,10 @@ mod tests {
             }
             entries.insert(key, (version + 1, value.to_vec()));
             Ok(true)
+        }
+
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+            Ok(self.entries.borrow().get(key).map(|(_, v)| v.clone()))
         }
     }
 
@@ -188,6 +199,10 @@ mod tests {
         fn swap(&self, handle: (String, u64), value: &[u8]) -> Result<bool> {
             self.0.swap(handle, value)
         }
+
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+            self.0.get(key)
+        }
     }
 
     #[test]
@@ -202,5 +217,17 @@ mod tests {
         garbage.entries.borrow_mut().insert("ctr:k_1".into(), (1, b"not json".to_vec()));
         let e = cas_count(&garbage, "k_1", &[op], 1_000).unwrap_err();
         assert_eq!(e.code, ErrorCode::CounterError);
+    }
+
+    #[test]
+    fn a_counter_of_the_layout_before_starts_where_it_was() {
+        let store = Store::default();
+        let before = Amounts { requests: 2, cost_nusd: 900, ..Amounts::default() };
+        store.entries.borrow_mut().insert("rl:k_1:m1".into(), (1, serde_json::to_vec(&before).unwrap()));
+        // rpm 3: one more request fits, then the window is full.
+        assert!(cas_count(&store, "k_1", &[request("rl:k_1:m1", 3, 60_000)], 1_000).unwrap().admitted);
+        let full = cas_count(&store, "k_1", &[request("rl:k_1:m1", 3, 60_000)], 1_000).unwrap();
+        assert!(!full.admitted);
+        assert_eq!((full.values[0].requests, full.values[0].cost_nusd), (3, 900));
     }
 }

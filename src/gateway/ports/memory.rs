@@ -246,6 +246,11 @@ impl crate::gateway::ports::cas::CasStore for MemoryHost {
         kv.insert(key, value.to_vec());
         Ok(true)
     }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.kv_op_now(key)?;
+        Ok(self.kv.borrow().get(key).cloned())
+    }
 }
 
 impl crate::gateway::ports::Counter for MemoryHost {

@@ -118,9 +118,10 @@ def usage_when(gw, key_id, requests_n, timeout=20):
 
 
 def transient_list_failure(r) -> bool:
-    """The Spin test host's racy listing (tests/spin-host `get_keys` fails the whole list when
-    a file it lists is renamed meanwhile, e.g. by a concurrent usage write): a 500 "cannot
-    list", or, once the host retries KV failures, the retryable 503 `kv_unavailable`."""
+    """The Spin test host's racy listing (tests/spin-host `get_keys` reads the directory again
+    when a file it lists is renamed meanwhile, e.g. by a concurrent usage write, and fails the
+    whole list after 50 such reads): a 500 "cannot list", or, once the host retries KV
+    failures, the retryable 503 `kv_unavailable`."""
     if r.status_code == 500 and "cannot list" in r.text:
         return True
     return r.status_code == 503 and '"kv_unavailable"' in r.text

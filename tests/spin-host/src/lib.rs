@@ -198,13 +198,33 @@ impl kv::GuestStore for FileStore {
     }
 
     fn get_keys(&self) -> Result<Vec<String>, KvError> {
-        let entries = fs::read_dir(&self.dir).map_err(|e| other("cannot list", &self.dir, e))?;
+        // An entry renamed or deleted by a concurrent write while the directory is read (a
+        // temp file renamed over its key, a lock file removed) is an error for that entry, and
+        // std's directory iterator ends at its first error: the rest of the listing would be
+        // lost. So a listing that met one is read again, as a store with a consistent listing
+        // (Spin's SQLite) would answer.
+        let mut attempt = 0;
+        loop {
+            match self.list_once() {
+                Ok(keys) => return Ok(keys),
+                Err(e) if attempt + 1 >= LIST_ATTEMPTS => return Err(other("cannot list", &self.dir, e)),
+                Err(_) => attempt += 1,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+/// Directory reads a listing may take before it reports the store as unlistable.
+const LIST_ATTEMPTS: u32 = 50;
+
+impl FileStore {
+    /// One read of the directory: every key in it, sorted, or the first error met.
+    fn list_once(&self) -> std::io::Result<Vec<String>> {
         let mut keys = Vec::new();
-        for entry in entries {
-            // An entry renamed or deleted by a concurrent write while listing is no key.
-            let Ok(entry) = entry else { continue };
-            // Temp files, stray files and non-UTF-8 names simply are not keys.
-            if let Some(key) = entry.file_name().to_str().and_then(hex_decode) {
+        for entry in fs::read_dir(&self.dir)? {
+            // Temp files, lock files, stray files and non-UTF-8 names simply are not keys.
+            if let Some(key) = entry?.file_name().to_str().and_then(hex_decode) {
                 keys.push(key);
             }
         }

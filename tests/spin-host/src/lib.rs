@@ -28,7 +28,7 @@
 //! * `wasi:keyvalue/store@0.2.0-draft2` and `wasi:keyvalue/atomics@0.2.0-draft2` over the
 //!   same directories (Spin serves both interfaces over the same stores): a bucket is the
 //!   key-value store of that label. Compare-and-swap and increment hold the store's lock
-//!   file `.lock` (created exclusively; taken over when older than 5 s) around their
+//!   file `.work/lock` (created exclusively; taken over when older than 5 s) around their
 //!   read-compare-write, so they are atomic across the concurrent instances of one
 //!   `wasmtime serve`; a `swap` whose key changed since its `cas` was made fails with
 //!   `cas-failed`. Increments are stored as 8 little-endian bytes.
@@ -55,14 +55,18 @@ use exports::wasi::keyvalue::store::{self as wasi_kv, Error as WasiKvError};
 const KV_ROOT: &str = "/kv";
 /// Longest key whose hex encoding still fits in a 255-byte file name.
 const MAX_KEY_BYTES: usize = 127;
-/// Prefix of in-flight temp files; never a valid hex name, so `get-keys` skips them.
-const TMP_PREFIX: &str = ".tmp-";
+/// A store's working directory, inside it: in-flight temp files and the lock file live there,
+/// so that the store's own directory changes only when a key is written or deleted (a listing
+/// meets few entries that vanish under it, see `get_keys`). Never a valid hex name.
+const WORK_DIR: &str = ".work";
 
 struct Host;
 
-/// One open store: just the directory it lives in.
+/// One open store: the directory it lives in, and its working directory.
+#[derive(Clone)]
 pub struct FileStore {
     dir: PathBuf,
+    work: PathBuf,
 }
 
 fn other(what: &str, path: &Path, err: std::io::Error) -> KvError {
@@ -134,15 +138,16 @@ impl kv::GuestStore for FileStore {
             return Err(KvError::NoSuchStore);
         }
         let dir = Path::new(KV_ROOT).join(&label);
+        let work = dir.join(WORK_DIR);
         // Every request opens its store: a stat, not a failing mkdir, when it exists.
-        if let Err(err) = if dir.is_dir() { Ok(()) } else { fs::create_dir_all(&dir) } {
+        if let Err(err) = if work.is_dir() { Ok(()) } else { fs::create_dir_all(&work) } {
             return Err(KvError::Other(format!(
                 "spin-test-host: cannot open store {label:?} at {}: {err} \
                  (is a host directory preopened as {KV_ROOT}, e.g. `wasmtime serve --dir <dir>::{KV_ROOT}`?)",
                 dir.display()
             )));
         }
-        Ok(kv::Store::new(FileStore { dir }))
+        Ok(kv::Store::new(FileStore { dir, work }))
     }
 
     fn get(&self, key: String) -> Result<Option<Vec<u8>>, KvError> {
@@ -160,7 +165,7 @@ impl kv::GuestStore for FileStore {
         // can never share our temp file; on the unlikely name clash, pick another name.
         let mut attempt = 0;
         let (tmp, mut file) = loop {
-            let tmp = self.dir.join(format!("{TMP_PREFIX}{}", random_suffix()));
+            let tmp = self.work.join(format!("tmp-{}", random_suffix()));
             match fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
                 Ok(f) => break (tmp, f),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
@@ -198,11 +203,12 @@ impl kv::GuestStore for FileStore {
     }
 
     fn get_keys(&self) -> Result<Vec<String>, KvError> {
-        // An entry renamed or deleted by a concurrent write while the directory is read (a
-        // temp file renamed over its key, a lock file removed) is an error for that entry, and
-        // std's directory iterator ends at its first error: the rest of the listing would be
-        // lost. So a listing that met one is read again, as a store with a consistent listing
-        // (Spin's SQLite) would answer.
+        // An entry replaced or deleted by a concurrent write while the directory is read (a
+        // key written again or deleted) is an error for that entry (wasmtime stats each one),
+        // and std's directory iterator ends at its first error: the rest of the listing would
+        // be lost. So a listing that met one is read again, as a store with a consistent
+        // listing (Spin's SQLite) would answer. (Temp and lock files live in `WORK_DIR`, so
+        // they never make a listing fail.)
         let mut attempt = 0;
         loop {
             match self.list_once() {
@@ -223,7 +229,7 @@ impl FileStore {
     fn list_once(&self) -> std::io::Result<Vec<String>> {
         let mut keys = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
-            // Temp files, lock files, stray files and non-UTF-8 names simply are not keys.
+            // The working directory, stray files and non-UTF-8 names simply are not keys.
             if let Some(key) = entry?.file_name().to_str().and_then(hex_decode) {
                 keys.push(key);
             }
@@ -235,7 +241,7 @@ impl FileStore {
 
 // --- wasi:keyvalue: the same stores, and compare-and-swap ----------------------------------
 
-/// How long a `.lock` may be held before another instance takes it over (its holder died).
+/// How long the lock file may be held before another instance takes it over (its holder died).
 const LOCK_STALE: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long an atomic operation waits for the lock before failing.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -284,13 +290,13 @@ impl wasi_kv::GuestBucket for Bucket {
     }
 }
 
-/// The store's `.lock` file, held while alive: atomic operations of concurrent instances on
+/// The store's lock file (`.work/lock`), held while alive: atomic operations of concurrent instances on
 /// one store take turns.
 struct StoreLock(PathBuf);
 
 impl StoreLock {
     fn take(store: &FileStore) -> Result<StoreLock, WasiKvError> {
-        let path = store.dir.join(".lock");
+        let path = store.work.join("lock");
         let started = std::time::Instant::now();
         loop {
             match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
@@ -356,7 +362,7 @@ impl atomics::Guest for Host {
 
 impl atomics::GuestCas for Cas {
     fn new(bucket: wasi_kv::BucketBorrow<'_>, key: String) -> Result<atomics::Cas, WasiKvError> {
-        let store = FileStore { dir: bucket.get::<Bucket>().0.dir.clone() };
+        let store = bucket.get::<Bucket>().0.clone();
         let seen = kv::GuestStore::get(&store, key.clone()).map_err(wasi_error)?;
         Ok(atomics::Cas::new(Cas { store, key, seen }))
     }

@@ -32,6 +32,8 @@ thread_local! {
 
 struct SpinHost {
     store: std::result::Result<Store, String>,
+    /// The same store through wasi:keyvalue (for its compare-and-swap), opened on first use.
+    bucket: std::cell::OnceCell<spin_sdk::wit::wasi::keyvalue::store::Bucket>,
 }
 
 /// The origin's response, kept alive while its body streams (dropping it cancels the request).
@@ -39,7 +41,7 @@ pub struct SpinBody(IncomingResponse);
 
 #[http_component]
 async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
-    let host = SpinHost { store: Store::open_default().map_err(|e| e.to_string()) };
+    let host = SpinHost { store: Store::open_default().map_err(|e| e.to_string()), bucket: Default::default() };
     let gateway = GATEWAY.with(Rc::clone);
 
     // Spin has no geo data; a deployment can fix its region with the `gateway_region` variable.
@@ -386,13 +388,27 @@ impl SpinHost {
 
 /// The default store through wasi:keyvalue, whose `atomics` Spin serves over the same stores
 /// as its key-value interface: compare-and-swap for the exact counters.
-struct AtomicStore(spin_sdk::wit::wasi::keyvalue::store::Bucket);
+struct AtomicStore<'a>(&'a spin_sdk::wit::wasi::keyvalue::store::Bucket);
 
-impl CasStore for AtomicStore {
+impl SpinHost {
+    /// The default store through wasi:keyvalue, opened on first use.
+    fn atomic_store(&self) -> Result<AtomicStore<'_>> {
+        let bucket = match self.bucket.get() {
+            Some(bucket) => bucket,
+            None => {
+                let opened = spin_sdk::wit::wasi::keyvalue::store::open("default").map_err(kv_error)?;
+                self.bucket.get_or_init(|| opened)
+            }
+        };
+        Ok(AtomicStore(bucket))
+    }
+}
+
+impl CasStore for AtomicStore<'_> {
     type Handle = spin_sdk::wit::wasi::keyvalue::atomics::Cas;
 
     fn read(&self, key: &str) -> Result<(Self::Handle, Option<Vec<u8>>)> {
-        let cas = spin_sdk::wit::wasi::keyvalue::atomics::Cas::new(&self.0, key).map_err(kv_error)?;
+        let cas = spin_sdk::wit::wasi::keyvalue::atomics::Cas::new(self.0, key).map_err(kv_error)?;
         let value = cas.current().map_err(kv_error)?;
         Ok((cas, value))
     }
@@ -418,11 +434,15 @@ impl crate::gateway::ports::counter::Counter for SpinHost {
         scope: &str,
         ops: &[crate::gateway::ports::counter::CounterOp],
     ) -> Result<Option<crate::gateway::ports::counter::CounterReply>> {
-        let bucket = spin_sdk::wit::wasi::keyvalue::store::open("default").map_err(kv_error)?;
-        cas_count(&AtomicStore(bucket), scope, ops, self.now_ms()).map(Some)
+        cas_count(&self.atomic_store()?, scope, ops, self.now_ms()).map(Some)
     }
 
     fn keeps_state(&self) -> bool {
         false
+    }
+
+    /// Exact: one compare-and-swap (the compactions' locks).
+    async fn swap_if(&self, key: &str, value: &[u8], replace: impl Fn(Option<&[u8]>) -> bool) -> Result<Option<bool>> {
+        crate::gateway::ports::cas::swap_if(&self.atomic_store()?, key, value, replace).map(Some)
     }
 }

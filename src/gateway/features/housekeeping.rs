@@ -11,7 +11,8 @@ use crate::gateway::features::cache;
 use crate::gateway::features::limits::window_end;
 use crate::gateway::features::telemetry::tally::{self, TALLY_PREFIX};
 use crate::gateway::features::usage::{compact_day, COMPACTED, MAX_KV_READS, USAGE_PREFIX};
-use crate::gateway::ports::lock::TTL_GRACE_SECS;
+use crate::gateway::ports::counter::Counter;
+use crate::gateway::ports::lock::{Locking, TTL_GRACE_SECS};
 use crate::gateway::ports::{Clock, Kv};
 use crate::gateway::util::time::parse_day;
 
@@ -41,7 +42,7 @@ fn to_fold<'s>(shards: &'s [String], budget: &mut usize) -> Option<&'s [String]>
 /// One bounded run: at most `MAX_KV_READS` deletes of counters, shards folded and cache reads.
 /// Only for hosts where every request is a fresh instance (usage shards are final once
 /// written; see `usage::compact_day`).
-pub async fn sweep<P: Kv + Clock>(ports: &P) -> Result<Swept> {
+pub async fn sweep<P: Kv + Clock + Counter>(ports: &P) -> Result<Swept> {
     let now = ports.now_ms();
     let names = ports.list("").await?;
     let mut budget = MAX_KV_READS;
@@ -66,15 +67,17 @@ pub async fn sweep<P: Kv + Clock>(ports: &P) -> Result<Swept> {
     }
     for ((prefix, day), shards) in days {
         if let Some(fold) = to_fold(&shards, &mut budget) {
-            compact_day(ports, &prefix, day, fold).await?;
-            swept.shards += fold.len();
+            if compact_day(ports, &prefix, day, fold, Locking::IfFree).await?.is_some() {
+                swept.shards += fold.len();
+            }
         }
     }
     let tallies: Vec<String> = names.iter().filter(|n| n.starts_with(TALLY_PREFIX)).cloned().collect();
     for (day, shards) in tally::shards_by_day(&tallies) {
         if let Some(fold) = to_fold(&shards, &mut budget) {
-            tally::compact_day(ports, day, fold).await?;
-            swept.shards += fold.len();
+            if tally::compact_day(ports, day, fold, Locking::IfFree).await?.is_some() {
+                swept.shards += fold.len();
+            }
         }
     }
     for name in names.iter().filter(|n| n.starts_with("cache:")) {

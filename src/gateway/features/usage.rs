@@ -40,6 +40,7 @@ use crate::gateway::check::Issues;
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::keys::KeyRecord;
 use crate::gateway::features::limits::{Admission, Reservation, Room};
+use crate::gateway::ports::lock::{locked, Locking};
 use crate::gateway::ports::Counter;
 use crate::gateway::ports::{Clock, Kv, Ports, SAME_KEY_WRITE_GAP_MS};
 use crate::gateway::types::{Operation, Usage};
@@ -655,13 +656,13 @@ pub async fn query<P: Kv + Clock + Counter>(ports: &P, subject: Subject<'_>, fro
             partial = true;
             if budget > 0 && compactable(ports, day) {
                 // Fold what this call may read; the next call finds fewer shards.
-                let _ = compact_day(ports, &prefix, day, &names[..budget]).await;
+                let _ = compact_day(ports, &prefix, day, &names[..budget], Locking::Wait).await;
             }
             break;
         }
         budget -= names.len();
         if names.len() > 1 && compactable(ports, day) {
-            if let Ok(total) = compact_day(ports, &prefix, day, &names).await {
+            if let Ok(Some(total)) = compact_day(ports, &prefix, day, &names, Locking::Wait).await {
                 days.insert(day, total);
                 continue;
             }
@@ -700,14 +701,20 @@ pub async fn query<P: Kv + Clock + Counter>(ports: &P, subject: Subject<'_>, fro
 
 /// Folds `names` (shards of `day` under `prefix`) into the day's compacted entry and deletes
 /// them, under a KV lock (two compactions of one day would count a shard twice); returns the
-/// compacted entry's new total. Shards are re-read under the lock: one another compaction
-/// already folded is gone. (A crash between the write and the deletes counts those shards
-/// twice at the next compaction: usage reports, not limits, read these.)
-pub async fn compact_day<P: Kv + Clock>(ports: &P, prefix: &str, day: i64, names: &[String]) -> Result<DayUsage> {
+/// compacted entry's new total, or `None` when the lock was held and `locking` says not to
+/// wait. Shards are re-read under the lock: one another compaction already folded is gone. (A
+/// crash between the write and the deletes counts those shards twice at the next compaction:
+/// usage reports, not limits, read these.)
+pub async fn compact_day<P: Kv + Clock + Counter>(
+    ports: &P,
+    prefix: &str,
+    day: i64,
+    names: &[String],
+    locking: Locking,
+) -> Result<Option<DayUsage>> {
     let date = day_string(day);
     let scope = format!("usage-compact:{prefix}{date}");
-    let id = crate::gateway::ports::lock::acquire(ports, &scope).await?;
-    let result = async {
+    locked(ports, &scope, locking, || async {
         let compacted = format!("{prefix}{date}:{COMPACTED}");
         let read = |bytes: Option<Vec<u8>>| bytes.and_then(|b| serde_json::from_slice::<DayUsage>(&b).ok());
         let mut total = read(ports.get(&compacted).await?).unwrap_or_default();
@@ -726,10 +733,8 @@ pub async fn compact_day<P: Kv + Clock>(ports: &P, prefix: &str, day: i64, names
             }
         }
         Ok(total)
-    }
-    .await;
-    crate::gateway::ports::lock::release(ports, &scope, &id).await;
-    result
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -878,6 +878,46 @@ fn a_store_without_ttls_is_swept() {
     assert_eq!((requests, tallies.partial), (200, false), "the request tallies too");
 }
 
+/// Concurrent sweeps on Spin: one that finds a compaction's lock held skips that compaction
+/// and goes on with the rest, at once (before, it waited for the lock — until its holder
+/// released it or its 2 s lease ran out — and every later compaction of the sweep waited
+/// behind it). The locks are taken by compare-and-swap there, so taking a free one does not
+/// wait either (Fischer's algorithm waits 50 ms for each).
+#[test]
+fn a_sweep_skips_a_compaction_another_holds_and_goes_on() {
+    let host = priced_host(|_| completion(1, 1));
+    host.stateless.set(true);
+    let key = add_key(&host, |k| k.rpm = Some(1000));
+    let body = r#"{"model":"paid","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#;
+    for _ in 0..20 {
+        let exchange = fresh_instance_call(&host, &key, body);
+        block_on(exchange.deferred.complete(&host, None));
+        host.advance(10);
+    }
+    let count = |prefix: &str| host.kv.borrow().keys().filter(|k| k.starts_with(prefix)).count();
+    let id = host.kv.borrow().keys().find_map(|k| k.strip_prefix("keyid:").map(str::to_owned)).unwrap();
+    let date = crate::gateway::util::time::day_string(crate::gateway::util::time::days_of(host.now_ms.get()));
+    let key_shards = format!("usage:{id}:");
+    let (before_key, before_tenant, before_tallies) = (count(&key_shards), count("usage:tenant:"), count("metrics:"));
+    assert!(before_key > 1 && before_tenant > 1 && before_tallies > 1, "{before_key} {before_tenant} {before_tallies}");
+    // Another instance is compacting this key's day.
+    let held = format!("lock:usage-compact:{key_shards}{date}");
+    let other =
+        serde_json::to_vec(&crate::gateway::ports::lock::LockValue { id: "other".into(), at: host.now_ms.get() });
+    host.kv.borrow_mut().insert(held.clone(), other.unwrap());
+    let started = host.now_ms.get();
+    let swept = block_on(crate::gateway::features::housekeeping::sweep(&host)).unwrap();
+    assert_eq!(host.now_ms.get(), started, "no lock was waited for");
+    assert_eq!(count(&key_shards), before_key, "the held compaction was skipped");
+    assert_eq!((count("usage:tenant:"), count("metrics:")), (1, 1), "the others were folded");
+    assert_eq!(swept.shards, before_tenant + before_tallies);
+    assert!(host.kv.borrow()[&held].starts_with(br#"{"id":"other""#), "the other's lock is left alone");
+    // Once the other is done, the next sweep folds this key's day too.
+    host.kv.borrow_mut().remove(&held);
+    block_on(crate::gateway::features::housekeeping::sweep(&host)).unwrap();
+    assert_eq!(count(&key_shards), 1);
+}
+
 /// A deterministic stream fills the cache once it completes: the same request again is a hit
 /// (replayed as a stream, without calling the origin); a cut stream fills nothing.
 #[test]

@@ -43,6 +43,8 @@ type ScopeEntry = BTreeMap<String, (Amounts, u64)>;
 /// does not give a window's requests or a day's budget back.
 pub fn cas_count(store: &impl CasStore, scope: &str, ops: &[CounterOp], now_ms: u64) -> Result<CounterReply> {
     let key = [SCOPE_ENTRY_PREFIX, scope].concat();
+    // Counters of the layout before, read at most once however often the swap is retried.
+    let mut before: BTreeMap<&str, Amounts> = BTreeMap::new();
     for _ in 0..CAS_ATTEMPTS {
         let (handle, stored) = store.read(&key)?;
         let mut entry: ScopeEntry = match stored {
@@ -53,9 +55,13 @@ pub fn cas_count(store: &impl CasStore, scope: &str, ops: &[CounterOp], now_ms: 
         };
         let mut current = Vec::with_capacity(ops.len());
         for op in ops {
-            current.push(match entry.get(&op.name) {
-                Some((value, _)) => *value,
-                None => store.get(&op.name)?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default(),
+            current.push(match (entry.get(&op.name), before.get(op.name.as_str())) {
+                (Some((value, _)), _) => *value,
+                (None, Some(value)) => *value,
+                (None, None) => {
+                    let value = Amounts::from_stored(store.get(&op.name)?.as_deref());
+                    *before.entry(&op.name).or_insert(value)
+                }
             });
         }
         let reply = apply_ops(&mut current, ops);
@@ -75,8 +81,33 @@ pub fn cas_count(store: &impl CasStore, scope: &str, ops: &[CounterOp], now_ms: 
             return Ok(reply);
         }
     }
-    Err(GatewayError::not_configured(ErrorCode::CounterBusy, "the rate-limit counter is contended; retry shortly")
-        .with_retry_after(1))
+    Err(busy())
+}
+
+/// Writes `value` to `key` if `replace` accepts the entry as it is now (`None`: absent):
+/// `Ok(false)` when it does not. A swap lost to another writer is decided again on the value
+/// that won.
+pub fn swap_if(
+    store: &impl CasStore,
+    key: &str,
+    value: &[u8],
+    replace: impl Fn(Option<&[u8]>) -> bool,
+) -> Result<bool> {
+    for _ in 0..CAS_ATTEMPTS {
+        let (handle, current) = store.read(key)?;
+        if !replace(current.as_deref()) {
+            return Ok(false);
+        }
+        if store.swap(handle, value)? {
+            return Ok(true);
+        }
+    }
+    Err(busy())
+}
+
+fn busy() -> GatewayError {
+    GatewayError::not_configured(ErrorCode::CounterBusy, "the rate-limit counter is contended; retry shortly")
+        .with_retry_after(1)
 }
 
 #[cfg(test)]
@@ -97,6 +128,7 @@ mod tests {
         entries: RefCell<HashMap<String, (u64, Vec<u8>)>>,
         interfere: RefCell<Vec<Write>>,
         swaps_lost: Cell<usize>,
+        plain_reads: Cell<usize>,
     }
 
     impl CasStore for Store {
@@ -123,6 +155,7 @@ mod tests {
         }
 
         fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+            self.plain_reads.set(self.plain_reads.get() + 1);
             Ok(self.entries.borrow().get(key).map(|(_, v)| v.clone()))
         }
     }
@@ -173,8 +206,7 @@ mod tests {
         };
         let ops = [minute.clone(), budget.clone()];
         assert!(cas_count(&store, "k_1", &ops, 121_000).unwrap().admitted);
-        let entry: BTreeMap<String, (Amounts, u64)> =
-            serde_json::from_slice(&store.entries.borrow()["ctr:k_1"].1).unwrap();
+        let entry: ScopeEntry = serde_json::from_slice(&store.entries.borrow()["ctr:k_1"].1).unwrap();
         assert_eq!(entry.keys().collect::<Vec<_>>(), ["bud:k_1:d0", "rl:k_1:m3"]);
         // The minute is full: neither op goes in, the budget's 500 stays unspent.
         let refused = cas_count(&store, "k_1", &ops, 122_000).unwrap();
@@ -209,9 +241,12 @@ mod tests {
     fn a_scope_contended_past_the_attempts_is_a_503_and_garbage_is_an_error() {
         let op = request("rl:k_1:m1", 1_000, 60_000);
         let racing = Racing(Store::default());
+        // A counter of the layout before is read once, not once per lost swap.
+        racing.0.entries.borrow_mut().insert("rl:k_1:m1".into(), (1, br#"{"requests":3}"#.to_vec()));
         let e = cas_count(&racing, "k_1", std::slice::from_ref(&op), 1_000).unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (503, ErrorCode::CounterBusy));
         assert_eq!(racing.0.swaps_lost.get(), CAS_ATTEMPTS);
+        assert_eq!(racing.0.plain_reads.get(), 1);
 
         let garbage = Store::default();
         garbage.entries.borrow_mut().insert("ctr:k_1".into(), (1, b"not json".to_vec()));

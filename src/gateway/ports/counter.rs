@@ -32,6 +32,12 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl Amounts {
+    /// A counter as stored in KV (`{requests, tokens, cost_nusd}`), or zero when absent or
+    /// unreadable.
+    pub fn from_stored(stored: Option<&[u8]>) -> Amounts {
+        stored.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default()
+    }
+
     pub fn plus(self, o: Amounts) -> Amounts {
         Amounts {
             requests: self.requests.saturating_add(o.requests),
@@ -180,5 +186,14 @@ pub trait Counter {
     /// in flight meanwhile uncounted.
     fn keeps_state(&self) -> bool {
         true
+    }
+
+    /// Writes `value` to the KV entry `key` if `replace` accepts the entry as it is now
+    /// (`None`: absent), with one atomic operation across all instances: `Ok(Some(written))`.
+    /// `Ok(None)`: this host has no atomic write (the default); the caller falls back to plain
+    /// KV (see `lock::try_acquire`).
+    async fn swap_if(&self, key: &str, value: &[u8], replace: impl Fn(Option<&[u8]>) -> bool) -> Result<Option<bool>> {
+        let _ = (key, value, replace);
+        Ok(None)
     }
 }

@@ -270,4 +270,12 @@ impl crate::gateway::ports::Counter for MemoryHost {
     fn keeps_state(&self) -> bool {
         !self.stateless.get()
     }
+
+    /// A stateless host writes atomically by compare-and-swap, as the Spin host does.
+    async fn swap_if(&self, key: &str, value: &[u8], replace: impl Fn(Option<&[u8]>) -> bool) -> Result<Option<bool>> {
+        if self.stateless.get() {
+            return crate::gateway::ports::cas::swap_if(self, key, value, replace).map(Some);
+        }
+        Ok(None)
+    }
 }

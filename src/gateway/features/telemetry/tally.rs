@@ -25,7 +25,8 @@ use serde::Deserialize;
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::usage::{compactable, COMPACTED, MAX_KV_READS};
-use crate::gateway::ports::{lock, Clock, Counter, Kv, SAME_KEY_WRITE_GAP_MS};
+use crate::gateway::ports::lock::{self, Locking};
+use crate::gateway::ports::{Clock, Counter, Kv, SAME_KEY_WRITE_GAP_MS};
 use crate::gateway::util::text::hex;
 use crate::gateway::util::time::{day_string, days_of, parse_day};
 use crate::gateway::wire::json::write_counters;
@@ -268,13 +269,13 @@ pub async fn query<P: Kv + Clock + Counter>(ports: &P, from: i64, to: i64) -> Re
         if names.len() > budget {
             out.partial = true;
             if budget > 0 && compactable(ports, day) {
-                let _ = compact_day(ports, day, &names[..budget]).await;
+                let _ = compact_day(ports, day, &names[..budget], Locking::Wait).await;
             }
             break;
         }
         budget -= names.len();
         let compacted = match names.len() > 1 && compactable(ports, day) {
-            true => compact_day(ports, day, &names).await.ok(),
+            true => compact_day(ports, day, &names, Locking::Wait).await.ok().flatten(),
             false => None,
         };
         let series = match compacted {
@@ -325,11 +326,15 @@ fn add_stored(series: &mut HashMap<SeriesKey, Counts>, bytes: &[u8]) -> bool {
 /// KV lock, as `usage::compact_day` does; returns the day's series. Past the `MAX_SERIES`
 /// with the most requests, series fold into `endpoint="_other", tenant="_other"` (as a
 /// shard's do; kept apart by status and code).
-pub async fn compact_day<P: Kv + Clock>(ports: &P, day: i64, names: &[String]) -> Result<HashMap<SeriesKey, Counts>> {
+pub async fn compact_day<P: Kv + Clock + Counter>(
+    ports: &P,
+    day: i64,
+    names: &[String],
+    locking: Locking,
+) -> Result<Option<HashMap<SeriesKey, Counts>>> {
     let date = day_string(day);
     let scope = format!("tally-compact:{date}");
-    let id = lock::acquire(ports, &scope).await?;
-    let result = async {
+    lock::locked(ports, &scope, locking, || async {
         let compacted = format!("{TALLY_PREFIX}{date}:{COMPACTED}");
         let mut series = HashMap::new();
         if let Some(bytes) = ports.get(&compacted).await? {
@@ -351,10 +356,8 @@ pub async fn compact_day<P: Kv + Clock>(ports: &P, day: i64, names: &[String]) -
             }
         }
         Ok(series)
-    }
-    .await;
-    lock::release(ports, &scope, &id).await;
-    result
+    })
+    .await
 }
 
 /// The `MAX_SERIES` series with the most requests, and the others folded into `_other`.
@@ -463,7 +466,7 @@ mod tests {
                 name
             })
             .collect();
-        let series = block_on(compact_day(&host, day, &names)).unwrap();
+        let series = block_on(compact_day(&host, day, &names, Locking::Wait)).unwrap().unwrap();
         assert_eq!(series.len(), MAX_SERIES + 1, "the kept series and one `_other` per status");
         assert_eq!(series[&key("big", "t", 200)].requests, 100, "the largest series are kept");
         let total: u64 = series.values().map(|c| c.requests).sum();

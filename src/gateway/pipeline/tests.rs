@@ -830,20 +830,27 @@ fn fresh_instance_call(host: &MemoryHost, key: &str, body: &str) -> Exchange<Vec
     exchange
 }
 
+/// A host without TTLs or in-memory state (Spin) after `requests` requests of one key with an
+/// rpm limit, each in a fresh instance with its after-response work done, `gap_ms` apart.
+fn stateless_host_after(requests: usize, gap_ms: u64) -> MemoryHost {
+    let host = priced_host(|_| completion(1, 1));
+    host.stateless.set(true);
+    let key = add_key(&host, |k| k.rpm = Some(1000));
+    let body = r#"{"model":"paid","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#;
+    for _ in 0..requests {
+        let exchange = fresh_instance_call(&host, &key, body);
+        block_on(exchange.deferred.complete(&host, None));
+        host.advance(gap_ms);
+    }
+    host
+}
+
 /// M5 on Spin: its store has no TTL and every request writes its own usage and tally shards,
 /// so the gateway sweeps now and then: counters of ended windows are deleted and finished
 /// shards compacted (the store stops growing with every request).
 #[test]
 fn a_store_without_ttls_is_swept() {
-    let host = priced_host(|_| completion(1, 1));
-    host.stateless.set(true);
-    let key = add_key(&host, |k| k.rpm = Some(1000));
-    let body = r#"{"model":"paid","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#;
-    for _ in 0..200 {
-        let exchange = fresh_instance_call(&host, &key, body);
-        block_on(exchange.deferred.complete(&host, None));
-        host.advance(30_000);
-    }
+    let host = stateless_host_after(200, 30_000);
     let count = |prefix: &str| host.kv.borrow().keys().filter(|k| k.starts_with(prefix)).count();
     // 100 minute windows were used; 200 requests wrote 200 key shards and 200 tenant shards.
     // Sweeps run after ~1 in 32 responses (when is chance, so the bounds only say some ran).
@@ -885,15 +892,7 @@ fn a_store_without_ttls_is_swept() {
 /// wait either (Fischer's algorithm waits 50 ms for each).
 #[test]
 fn a_sweep_skips_a_compaction_another_holds_and_goes_on() {
-    let host = priced_host(|_| completion(1, 1));
-    host.stateless.set(true);
-    let key = add_key(&host, |k| k.rpm = Some(1000));
-    let body = r#"{"model":"paid","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#;
-    for _ in 0..20 {
-        let exchange = fresh_instance_call(&host, &key, body);
-        block_on(exchange.deferred.complete(&host, None));
-        host.advance(10);
-    }
+    let host = stateless_host_after(20, 10);
     let count = |prefix: &str| host.kv.borrow().keys().filter(|k| k.starts_with(prefix)).count();
     let id = host.kv.borrow().keys().find_map(|k| k.strip_prefix("keyid:").map(str::to_owned)).unwrap();
     let date = crate::gateway::util::time::day_string(crate::gateway::util::time::days_of(host.now_ms.get()));

@@ -81,7 +81,7 @@ pub fn cas_count(store: &impl CasStore, scope: &str, ops: &[CounterOp], now_ms: 
             return Ok(reply);
         }
     }
-    Err(busy())
+    Err(busy("the rate-limit counter"))
 }
 
 /// Writes `value` to `key` if `replace` accepts the entry as it is now (`None`: absent):
@@ -102,11 +102,11 @@ pub fn swap_if(
             return Ok(true);
         }
     }
-    Err(busy())
+    Err(busy("an entry of the key-value store"))
 }
 
-fn busy() -> GatewayError {
-    GatewayError::not_configured(ErrorCode::CounterBusy, "the rate-limit counter is contended; retry shortly")
+fn busy(what: &str) -> GatewayError {
+    GatewayError::not_configured(ErrorCode::CounterBusy, format!("{what} is contended; retry shortly"))
         .with_retry_after(1)
 }
 

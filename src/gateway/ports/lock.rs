@@ -7,7 +7,6 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-
 use crate::gateway::ports::counter::{Amounts, Counter};
 use crate::gateway::ports::{Clock, Kv};
 

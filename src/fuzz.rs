@@ -1136,9 +1136,24 @@ pub fn check_config(value: Value) -> std::result::Result<Duration, String> {
         if let Ok(config) = Config::for_storage(value.clone()) {
             let _ = config.warnings();
         }
-        let _ = Config::from_json(&serde_json::to_vec(&value).unwrap_or_default());
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        let checked = Config::from_json(&bytes);
+        // The pipeline's load: what the checker accepts, it accepts, every endpoint decoding on
+        // first use to the same outcome; what it refuses it refuses or serves in part.
+        let stored = Config::from_stored(&bytes);
+        let endpoints = |c: &Config| -> Vec<Option<String>> {
+            c.order.iter().map(|n| c.endpoint(n).map(|e| format!("{e:?}"))).collect()
+        };
+        match (&checked, &stored) {
+            (Ok(checked), Ok(stored)) if endpoints(checked) != endpoints(stored) => {
+                Err("an endpoint decoded on first use differs from the checked one")
+            }
+            (Ok(_), Err(_)) => Err("the pipeline refuses a config the checker accepts"),
+            _ => Ok(()),
+        }
     }))
-    .map_err(|_| "panic in the config checker".to_string())?;
+    .map_err(|_| "panic in the config checker".to_string())?
+    .map_err(str::to_string)?;
     Ok(started.elapsed())
 }
 

@@ -4,10 +4,11 @@
 //! `destinations`) — plus our extensions (`origins`, `residency`, `regions`, `settings`). It is
 //! parsed into loose `raw` structs first, then checked field by field into the typed `Config`,
 //! so every problem is reported with its path and, where possible, a suggestion. The same
-//! checks run in `gatewayctl validate` and when an isolate loads the config.
+//! checks run in `gatewayctl validate` and when an isolate loads the config (there each
+//! endpoint, and the templates, when a request first needs them: [`Config::from_stored`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -27,7 +28,7 @@ pub const ACTIVE_KEY: &str = "config:active";
 #[derive(Debug)]
 pub struct Config {
     pub version: String,
-    pub endpoints: HashMap<String, Arc<Endpoint>>,
+    endpoints: HashMap<String, EndpointSlot>,
     pub routes: HashMap<String, Arc<TrafficRoute>>,
     /// Endpoint and route names in config order (for listings).
     pub order: Vec<String>,
@@ -45,6 +46,84 @@ pub struct Config {
     pub mcp: crate::gateway::mcp::McpConfig,
     /// Whether any endpoint is `public` (else every model call needs a valid caller).
     any_public: bool,
+    /// `templates:`, for the endpoints decoded on first use.
+    templates: TemplateSection,
+}
+
+/// The `templates:` section: compiled at load ([`Decode::Eager`]), or the first time an
+/// endpoint that names a template is decoded.
+#[derive(Debug)]
+struct TemplateSection {
+    /// The section's JSON until compiled (`null` when compiled at load).
+    raw: Value,
+    /// The templates, and the section's first issue (an endpoint naming a template fails with
+    /// it: a broken template must not be skipped).
+    compiled: OnceLock<(Templates, Option<String>)>,
+}
+
+impl TemplateSection {
+    fn get(&self) -> &(Templates, Option<String>) {
+        self.compiled.get_or_init(|| {
+            let mut issues = Issues::default();
+            let templates = match &self.raw {
+                Value::Null => Templates::default(),
+                raw => template::check("templates", raw, &mut issues).unwrap_or_default(),
+            };
+            (templates, issues.0.first().map(ToString::to_string))
+        })
+    }
+}
+
+/// How [`Config`] decodes its endpoints.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Decode {
+    /// All at once, every issue reported: a config being checked (`gatewayctl`, the admin API).
+    Eager,
+    /// Each the first time a request names it ([`Config::from_stored`]).
+    OnFirstUse,
+}
+
+/// One endpoint of a [`Config`]: decoded and checked at load, or on first use.
+#[derive(Debug)]
+struct EndpointSlot {
+    /// Where it is in the config (`endpoints[3]`), for its issues.
+    path: String,
+    /// Its JSON until decoded (`null` once decoded at load).
+    raw: Value,
+    /// Its `public` flag (as written, for an endpoint not decoded yet).
+    public: bool,
+    /// The endpoint, or its first issue (for the log: a client sees `config_invalid`).
+    decoded: OnceLock<Result<Arc<Endpoint>, String>>,
+}
+
+impl EndpointSlot {
+    fn decoded(path: String, endpoint: Endpoint) -> Self {
+        EndpointSlot {
+            path,
+            raw: Value::Null,
+            public: endpoint.public,
+            decoded: OnceLock::from(Ok(Arc::new(endpoint))),
+        }
+    }
+
+    fn get(&self, regions: &[Region], templates: &TemplateSection) -> &Result<Arc<Endpoint>, String> {
+        self.decoded.get_or_init(|| {
+            let none = Templates::default();
+            let templates = match self.raw.get("template") {
+                None => &none,
+                Some(_) => match templates.get() {
+                    (_, Some(issue)) => return Err(issue.clone()),
+                    (templates, None) => templates,
+                },
+            };
+            let names: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
+            let mut issues = Issues::default();
+            match check_endpoint(&self.path, self.raw.clone(), &names, templates, &mut issues) {
+                Some(endpoint) if issues.0.is_empty() => Ok(Arc::new(endpoint)),
+                _ => Err(issues.0.first().map(ToString::to_string).unwrap_or_default()),
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,12 +470,31 @@ impl Config {
 
     /// Parses and checks a JSON snapshot; on failure returns every issue found.
     pub fn from_json(bytes: &[u8]) -> Result<Config, Vec<ConfigIssue>> {
+        Config::decode(bytes, Decode::Eager)
+    }
+
+    /// The pipeline's load of the snapshot in KV (checked before it was stored): everything
+    /// but the endpoints is checked now, each endpoint the first time a request names it. A
+    /// fresh instance (every request on Spin, a cold isolate) then decodes the endpoint it
+    /// serves, not all of them: its cost no longer grows with the config. An endpoint without a
+    /// valid name is checked at once (its name is needed to find it); an invalid one found
+    /// later answers `config_invalid` ([`Config::endpoint_issue`] says why, for the log) while
+    /// the others keep working.
+    pub fn from_stored(bytes: &[u8]) -> Result<Config, Vec<ConfigIssue>> {
+        Config::decode(bytes, Decode::OnFirstUse)
+    }
+
+    fn decode(bytes: &[u8], decode: Decode) -> Result<Config, Vec<ConfigIssue>> {
         let value = value_from_slice(bytes)
             .map_err(|e| vec![ConfigIssue { path: String::new(), message: format!("not valid JSON: {e}") }])?;
-        Config::from_value(value)
+        Config::build(value, decode)
     }
 
     pub fn from_value(value: Value) -> Result<Config, Vec<ConfigIssue>> {
+        Config::build(value, Decode::Eager)
+    }
+
+    fn build(value: Value, decode: Decode) -> Result<Config, Vec<ConfigIssue>> {
         let mut issues = Issues::default();
         let Some(raw) = raw::Config::split(value, &mut issues) else { return Err(issues.0) };
         let version = match raw.version {
@@ -426,9 +524,12 @@ impl Config {
             check_region("default_region", region, &region_names, &mut issues);
         }
 
-        let templates = match &raw.templates {
-            Some(v) => template::check("templates", v, &mut issues).unwrap_or_default(),
-            None => Templates::default(),
+        let templates = match (raw.templates, decode) {
+            (Some(v), Decode::Eager) => {
+                let checked = template::check("templates", &v, &mut issues).unwrap_or_default();
+                TemplateSection { raw: Value::Null, compiled: OnceLock::from((checked, None)) }
+            }
+            (v, _) => TemplateSection { raw: v.unwrap_or_default(), compiled: OnceLock::new() },
         };
 
         // Endpoints come from `endpoints:` and from legacy `routes:` entries (`route_type`);
@@ -445,21 +546,39 @@ impl Config {
             }
         }
 
-        let mut endpoints = HashMap::new();
+        let mut endpoints: HashMap<String, EndpointSlot> = HashMap::new();
         let mut order = Vec::new();
         for (path, value) in endpoint_values {
-            let Some(endpoint) = check_endpoint(&path, value, &region_names, &templates, &mut issues) else { continue };
-            if endpoints.contains_key(&endpoint.name) {
-                issues.push(format!("{path}.name"), format!("duplicate endpoint name \"{}\"", endpoint.name));
+            let name = value.get("name").and_then(Value::as_str).filter(|n| valid_name(n)).map(str::to_string);
+            let (name, slot) = match name {
+                Some(name) if decode == Decode::OnFirstUse => {
+                    let public = value.get("public") == Some(&Value::Bool(true));
+                    (name, EndpointSlot { path, raw: value, public, decoded: OnceLock::new() })
+                }
+                _ => {
+                    let Some(endpoint) = check_endpoint(&path, value, &region_names, &templates.get().0, &mut issues)
+                    else {
+                        continue;
+                    };
+                    (endpoint.name.clone(), EndpointSlot::decoded(path, endpoint))
+                }
+            };
+            if endpoints.contains_key(&name) {
+                issues.push(format!("{}.name", slot.path), format!("duplicate endpoint name \"{name}\""));
                 continue;
             }
-            order.push(endpoint.name.clone());
-            endpoints.insert(endpoint.name.clone(), Arc::new(endpoint));
+            order.push(name.clone());
+            endpoints.insert(name, slot);
         }
 
         let mut routes = HashMap::new();
+        let endpoint_type = |name: &str| {
+            let slot = endpoints.get(name)?;
+            slot.get(&regions, &templates).as_ref().ok().map(|e| e.endpoint_type)
+        };
+        let names: Vec<&str> = endpoints.keys().map(String::as_str).collect();
         for (path, value) in route_values {
-            let Some(route) = check_route(&path, value, &endpoints, &mut issues) else { continue };
+            let Some(route) = check_route(&path, value, &names, endpoint_type, &mut issues) else { continue };
             if endpoints.contains_key(&route.name) || routes.contains_key(&route.name) {
                 issues.push(
                     format!("{path}.name"),
@@ -495,6 +614,7 @@ impl Config {
         if issues.0.is_empty() {
             Ok(Config {
                 any_public: endpoints.values().any(|e| e.public),
+                templates,
                 version,
                 endpoints,
                 routes,
@@ -549,15 +669,29 @@ impl Config {
     pub fn unpriced(&self, filter: impl Fn(&str) -> bool) -> Vec<(String, String)> {
         self.order
             .iter()
-            .filter_map(|name| self.endpoints.get(name))
+            .filter_map(|name| self.endpoint(name))
             .filter(|e| e.endpoint_type != EndpointType::Predict && filter(&e.name))
             .filter(|e| self.prices.get(e.provider.name(), &e.model).is_none())
             .map(|e| (e.name.clone(), format!("{}/{}", e.provider.name(), e.model)))
             .collect()
     }
 
+    /// The endpoint named `name`, decoded on its first use (see [`Config::from_stored`]);
+    /// `None` for no such endpoint or an invalid one ([`Config::endpoint_issue`]).
     pub fn endpoint(&self, name: &str) -> Option<&Arc<Endpoint>> {
-        self.endpoints.get(name)
+        self.endpoints.get(name)?.get(&self.regions, &self.templates).as_ref().ok()
+    }
+
+    /// Why the endpoint named `name` is invalid (its first issue), when it is: only a config
+    /// loaded with [`Config::from_stored`] holds one (a hand-edited snapshot, or one an older
+    /// version accepted).
+    pub fn endpoint_issue(&self, name: &str) -> Option<&str> {
+        self.endpoints.get(name)?.get(&self.regions, &self.templates).as_ref().err().map(String::as_str)
+    }
+
+    /// Whether `name` is an endpoint marked `public`, without decoding it.
+    pub fn is_public(&self, name: &str) -> bool {
+        self.endpoints.get(name).is_some_and(|slot| slot.public)
     }
 
     /// The region a client location falls in: country match first, then continent.
@@ -763,10 +897,13 @@ fn check_endpoint(
     })
 }
 
+/// `names`: the endpoints' names; `endpoint_type`: the type of the endpoint named so (`None`:
+/// no such valid endpoint).
 fn check_route(
     path: &str,
     value: Value,
-    endpoints: &HashMap<String, Arc<Endpoint>>,
+    names: &[&str],
+    endpoint_type: impl Fn(&str) -> Option<EndpointType>,
     issues: &mut Issues,
 ) -> Option<TrafficRoute> {
     let raw: raw::TrafficRoute = issues.parse(path, value)?;
@@ -781,18 +918,12 @@ fn check_route(
     if raw.destinations.is_empty() {
         issues.push(format!("{path}.destinations"), "needs at least one destination");
     }
-    let names: Vec<&str> = endpoints.keys().map(String::as_str).collect();
     for (i, d) in raw.destinations.iter().enumerate() {
-        match endpoints.get(&d.name) {
-            None => issues.unknown(format!("{path}.destinations[{i}].name"), "endpoint", &d.name, &names),
-            Some(e) if Some(e.endpoint_type) != task_type && task_type.is_some() => issues.push(
+        match endpoint_type(&d.name) {
+            None => issues.unknown(format!("{path}.destinations[{i}].name"), "endpoint", &d.name, names),
+            Some(t) if Some(t) != task_type && task_type.is_some() => issues.push(
                 format!("{path}.destinations[{i}].name"),
-                format!(
-                    "endpoint \"{}\" is {}, but the route's task_type is {}",
-                    d.name,
-                    e.endpoint_type.as_str(),
-                    raw.task_type
-                ),
+                format!("endpoint \"{}\" is {}, but the route's task_type is {}", d.name, t.as_str(), raw.task_type),
             ),
             Some(_) => {}
         }
@@ -895,7 +1026,7 @@ mod tests {
         let config = Config::from_value(json!({"version": null, "endpoints": [chat_endpoint("openai")],
             "routes": null, "regions": null, "default_region": null, "settings": null, "mcp_servers": null}))
         .unwrap();
-        assert_eq!((config.version.as_str(), config.endpoints.len()), ("", 1));
+        assert_eq!((config.version.as_str(), config.order.len()), ("", 1));
         let e = Config::from_json(b"{\"endpoints\": [}").unwrap_err();
         assert_eq!(e[0].to_string(), "not valid JSON: expected value at line 1 column 16");
     }
@@ -1010,5 +1141,73 @@ mod tests {
             text.contains(&"endpoints[0].residency: no origin of this endpoint is in region \"us\"".to_string()),
             "{text:?}"
         );
+    }
+
+    /// The stored config's endpoints are decoded on first use: a request pays for the one it
+    /// names (and a route's destinations at load), whatever else the config holds; what cannot
+    /// wait (a missing or invalid name, a duplicate, the rest of the config) is checked at load.
+    #[test]
+    fn a_stored_config_decodes_each_endpoint_on_first_use() {
+        let endpoint = |name: &str, kind: &str| {
+            json!({"name": name, "endpoint_type": kind, "public": name == "b",
+                   "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$K"}}})
+        };
+        let config = json!({"endpoints": [endpoint("a", "llm/v1/chat"), endpoint("b", "llm/v1/chat"),
+            endpoint("c", "llm/v1/chatt"), endpoint("d", "llm/v1/embeddings"), endpoint("e", "llm/v1/chat")],
+            "routes": [{"name": "split", "task_type": "llm/v1/chat",
+                        "destinations": [{"name": "a", "traffic_percentage": 50}, {"name": "e", "traffic_percentage": 50}]}]});
+        let bytes = serde_json::to_vec(&config).unwrap();
+        fn decoded(c: &Config) -> Vec<&str> {
+            let mut names: Vec<&str> =
+                c.endpoints.iter().filter(|(_, s)| s.decoded.get().is_some()).map(|(n, _)| n.as_str()).collect();
+            names.sort_unstable();
+            names
+        }
+
+        // Checked as a whole (gatewayctl, the admin API): every endpoint, every issue.
+        let issues = Config::from_json(&bytes).unwrap_err();
+        assert!(issues.iter().any(|i| i.path == "endpoints[2].endpoint_type"), "{issues:?}");
+
+        let stored = Config::from_stored(&bytes).unwrap();
+        assert_eq!(decoded(&stored), ["a", "e"], "only the route's destinations at load");
+        assert!(stored.is_public("b") && !stored.is_public("a") && stored.any_public);
+        assert_eq!(decoded(&stored), ["a", "e"], "is_public decodes nothing");
+        assert_eq!(stored.endpoint("d").unwrap().endpoint_type, EndpointType::Embeddings);
+        assert_eq!(decoded(&stored), ["a", "d", "e"]);
+        assert!(stored.endpoint("c").is_none());
+        assert!(stored.endpoint_issue("c").unwrap().starts_with("endpoints[2].endpoint_type"));
+        assert_eq!((stored.endpoint_issue("d"), stored.endpoint_issue("zz")), (None, None));
+        assert_eq!(stored.order, ["a", "b", "c", "d", "e", "split"]);
+
+        // Templates are compiled when an endpoint naming one is first decoded; a broken one
+        // fails the endpoints that name it (not skipped), and only them.
+        let templated = |template: &str| {
+            let mut e = endpoint("t", "llm/v1/chat");
+            e["template"] = json!("greet");
+            json!({"templates": {"greet": {"user": template}}, "endpoints": [e, endpoint("a", "llm/v1/chat")]})
+        };
+        let stored = Config::from_stored(&serde_json::to_vec(&templated("Hi {{ name }}")).unwrap()).unwrap();
+        assert!(stored.endpoint("a").is_some() && stored.templates.compiled.get().is_none());
+        assert_eq!(stored.endpoint("t").unwrap().template.as_ref().unwrap().name(), "greet");
+        assert!(stored.templates.compiled.get().is_some());
+        let broken = Config::from_stored(&serde_json::to_vec(&templated("Hi {{ name")).unwrap()).unwrap();
+        assert!(broken.endpoint("a").is_some() && broken.endpoint("t").is_none());
+        assert!(broken.endpoint_issue("t").unwrap().starts_with("templates.greet"), "{:?}", broken.endpoint_issue("t"));
+        assert!(Config::from_json(&serde_json::to_vec(&templated("Hi {{ name")).unwrap()).is_err());
+
+        // What a request could not do without: names, duplicates, routes, the other sections.
+        for (bad, path) in [
+            (json!({"endpoints": [{"endpoint_type": "llm/v1/chat"}]}), "endpoints[0]"),
+            (json!({"endpoints": [endpoint("a", "llm/v1/chat"), endpoint("a", "llm/v1/chat")]}), "endpoints[1].name"),
+            (
+                json!({"endpoints": [endpoint("c", "llm/v1/chatt")], "routes": [{"name": "r", "task_type": "llm/v1/chat",
+                "destinations": [{"name": "c", "traffic_percentage": 100}]}]}),
+                "routes[0].destinations[0].name",
+            ),
+            (json!({"settings": {"origin_timeout_ms": "x"}, "endpoints": [endpoint("a", "llm/v1/chat")]}), "settings"),
+        ] {
+            let issues = Config::from_stored(&serde_json::to_vec(&bad).unwrap()).unwrap_err();
+            assert!(issues.iter().any(|i| i.path.starts_with(path)), "{bad}: {issues:?}");
+        }
     }
 }

@@ -214,6 +214,14 @@ pub fn resolve(config: &Config, name: &str, wanted: Option<EndpointType>, reques
             GatewayError::not_configured(ErrorCode::ConfigInvalid, format!("route \"{name}\" names a missing endpoint"))
         })?;
         (endpoint.clone(), Some(route.name.clone()))
+    } else if config.endpoint_issue(name).is_some() {
+        return Err(GatewayError::not_configured(
+            ErrorCode::ConfigInvalid,
+            format!(
+                "endpoint \"{name}\" is misconfigured; its operator can see why in the gateway log or with \
+                 `gatewayctl validate`"
+            ),
+        ));
     } else {
         return Err(unknown_name(config, name));
     };
@@ -243,7 +251,7 @@ fn unknown_name(config: &Config, name: &str) -> GatewayError {
         String::new()
     } else {
         // Only names anyone may call: the 404 comes before authentication.
-        let public = |n: &str| config.endpoint(n).is_some_and(|e| e.public);
+        let public = |n: &str| config.is_public(n);
         let names: Vec<&str> = config
             .order
             .iter()

@@ -288,7 +288,7 @@ impl Gateway {
             memo.fetched_at = now;
             return Ok(memo.config.clone());
         }
-        let config = Config::from_json(&raw).map_err(|issues| {
+        let config = Config::from_stored(&raw).map_err(|issues| {
             let first = issues.first().map(ToString::to_string).unwrap_or_default();
             log.detail = Some(format!(
                 "KV entry \"{ACTIVE_KEY}\" is invalid ({} issue(s)); first: {}",

@@ -40,7 +40,13 @@ pub fn resolve(
     let canonical = config.routes.contains_key(&name).then(|| Canonical::of(&body));
     let route_hash = canonical.as_ref().map(Canonical::hash);
     let wanted = ctx.dialect.operation().map(routing::endpoint_type_for);
-    let resolved = routing::resolve(&config, &name, wanted, route_hash.unwrap_or(0))?;
+    let resolved = routing::resolve(&config, &name, wanted, route_hash.unwrap_or(0)).inspect_err(|_| {
+        // An endpoint of the stored config found invalid on its first use: why, for the log.
+        if let Some(issue) = config.endpoint_issue(&name) {
+            let issue = crate::gateway::util::text::truncate(issue, 500);
+            ctx.log.detail = Some(format!("endpoint \"{name}\" is invalid: {issue}"));
+        }
+    })?;
     let endpoint = resolved.endpoint;
     ctx.log.endpoint = Some(endpoint.name.clone());
     ctx.log.route = resolved.route;

@@ -87,13 +87,35 @@ fn missing_config_is_503_naming_the_kv_entry() {
 /// L3: an invalid config is a 503 that names no config detail to clients; the log line has it.
 #[test]
 fn invalid_config_is_a_503_without_details_for_clients() {
-    let bad = r#"{"endpoints": [{"name": "internal-billing-chat", "endpoint_type": "llm/v1/chatt",
-        "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$K"}}}]}"#;
+    let bad = r#"{"settings": {"origin_timeout_ms": "internal-billing"}, "endpoints": [{"name": "chat",
+        "endpoint_type": "llm/v1/chat", "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$K"}}}]}"#;
     let host = MemoryHost::new(ok_origin).with_kv(ACTIVE_KEY, bad);
     let (status, body, exchange) = run(&host, post("/v1/chat/completions", r#"{"model":"chat"}"#));
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("config_invalid")));
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(!message.contains("endpoints[0]") && !message.contains("internal-billing"), "{message}");
+    assert!(!message.contains("settings") && !message.contains("internal-billing"), "{message}");
+    let line = block_on(exchange.deferred.complete(&host, None));
+    assert!(line.contains("settings"), "{line}");
+}
+
+/// An invalid endpoint in the stored config (hand-edited, or accepted by an older version)
+/// answers `config_invalid` for itself only, with the issue in the log and not in the answer;
+/// the other endpoints keep serving (each is decoded on its first use).
+#[test]
+fn an_invalid_stored_endpoint_fails_alone() {
+    let bad = r#"{"endpoints": [
+        {"name": "internal-billing-chat", "endpoint_type": "llm/v1/chatt", "public": true,
+         "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$K"}}},
+        {"name": "chat", "endpoint_type": "llm/v1/chat", "public": true,
+         "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$K"}}}]}"#;
+    let host = MemoryHost::new(ok_origin).with_kv(ACTIVE_KEY, bad).with_secret("K", "sk-test");
+    let (status, body, _) = run(&host, post("/v1/chat/completions", r#"{"model":"chat"}"#));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body, exchange) =
+        run(&host, post("/v1/chat/completions", r#"{"model":"internal-billing-chat","messages":[]}"#));
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("config_invalid")));
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("endpoints[0]") && !message.contains("chatt"), "{message}");
     let line = block_on(exchange.deferred.complete(&host, None));
     assert!(line.contains("endpoints[0].endpoint_type"), "{line}");
 }

@@ -101,6 +101,26 @@ const CONFIG: &str = r#"{
 /// The JWKS URL of the bench's identity provider (answered by the in-memory origin).
 const JWKS_URL: &str = "http://127.0.0.1:8091/jwks.json";
 
+fn bench_config() -> String {
+    CONFIG.to_string()
+}
+
+/// CONFIG with 45 more chat endpoints (50 in all; model lists of that size are common in
+/// LiteLLM and MLflow configs): a fresh instance should not pay for the endpoints a request
+/// does not name.
+fn large_config() -> String {
+    let mut config: serde_json::Value = serde_json::from_str(CONFIG).expect("CONFIG is JSON");
+    let endpoints = config["endpoints"].as_array_mut().expect("CONFIG has endpoints");
+    let chat = endpoints[0].clone();
+    for i in 1..=45 {
+        let mut more = chat.clone();
+        more["name"] = format!("chat-{i}").into();
+        more["model"]["name"] = format!("gpt-4o-mini-{i}").into();
+        endpoints.push(more);
+    }
+    config.to_string()
+}
+
 /// CONFIG plus a trusted issuer: the test identity provider, every endpoint, no limits.
 fn jwt_config() -> String {
     let mut config: serde_json::Value = serde_json::from_str(CONFIG).expect("CONFIG is JSON");
@@ -250,8 +270,8 @@ struct Case<'a> {
     /// config parsed) every time, as when every request gets a fresh instance (`wasmtime
     /// serve`, Spin).
     cold: bool,
-    /// The config trusts the test identity provider (the JWT cases).
-    jwt: bool,
+    /// The config in KV: `bench_config`, or another (`jwt_config`: the JWT cases).
+    config: fn() -> String,
 }
 
 struct Stats {
@@ -305,7 +325,7 @@ fn run_one(warm: Option<&Gateway>, host: &MemoryHost, request: Request<Vec<u8>>)
 fn measure(case: &Case, limits: &Limits) -> Stats {
     let Limits { min_iterations, min_time, max_time, warm_up } = *limits;
     let forwarded = Rc::new(Cell::new(0));
-    let host = if case.jwt { host_with(forwarded.clone(), &jwt_config()) } else { host(forwarded.clone()) };
+    let host = host_with(forwarded.clone(), &(case.config)());
     let (key, _) = provision_key(&host);
     let gateway = Gateway::new(); // one per isolate: the config memo is warm after request 0
     let warm = (!case.cold).then_some(&gateway);
@@ -415,26 +435,25 @@ fn main() {
                 openai_client_request(Method::POST, "/v1/chat/completions", &token, chat_body(template, i))
             }),
             cold,
-            jwt: true,
+            config: jwt_config,
+        }
+    };
+    // The chat request with the client key, forwarded.
+    let chat_case = |name, cold, config| {
+        let template = &template;
+        Case {
+            name,
+            make: Box::new(move |i, key| {
+                openai_client_request(Method::POST, "/v1/chat/completions", key, chat_body(template, i))
+            }),
+            cold,
+            config,
         }
     };
     let cases = [
-        Case {
-            name: "POST /v1/chat/completions (forwarded, 200)",
-            make: Box::new(|i, key| {
-                openai_client_request(Method::POST, "/v1/chat/completions", key, chat_body(&template, i))
-            }),
-            cold: false,
-            jwt: false,
-        },
-        Case {
-            name: "  same, new isolate per request (cold memos)",
-            make: Box::new(|i, key| {
-                openai_client_request(Method::POST, "/v1/chat/completions", key, chat_body(&template, i))
-            }),
-            cold: true,
-            jwt: false,
-        },
+        chat_case("POST /v1/chat/completions (forwarded, 200)", false, bench_config),
+        chat_case("  same, new isolate per request (cold memos)", true, bench_config),
+        chat_case("  same, config of 50 endpoints, new isolate", true, large_config),
         jwt_case("  JWT RS256 instead of the key (token memoized)", &rs256, false),
         jwt_case("  JWT ES256 instead of the key (token memoized)", &es256, false),
         jwt_case("  JWT RS256, new isolate per request", &rs256, true),
@@ -446,7 +465,7 @@ fn main() {
                 openai_client_request(Method::POST, "/v1/chat/completions", key, body)
             }),
             cold: false,
-            jwt: false,
+            config: bench_config,
         },
         Case {
             name: "  same request again: cache hit",
@@ -455,7 +474,7 @@ fn main() {
                 openai_client_request(Method::POST, "/v1/chat/completions", key, body)
             }),
             cold: false,
-            jwt: false,
+            config: bench_config,
         },
         Case {
             name: "POST /v1/chat/completions malformed JSON (400)",
@@ -468,13 +487,13 @@ fn main() {
                 )
             }),
             cold: false,
-            jwt: false,
+            config: bench_config,
         },
         Case {
             name: "GET /v1/models",
             make: Box::new(|_, key| openai_client_request(Method::GET, "/v1/models", key, Vec::new())),
             cold: false,
-            jwt: false,
+            config: bench_config,
         },
     ];
 

@@ -21,6 +21,7 @@ use crate::gateway::features::identity::{self, AuthConfig};
 use crate::gateway::features::template::{self, TemplateRef, Templates};
 use crate::gateway::providers::Provider;
 use crate::gateway::wire::json::value_from_slice;
+use edge_scan::json::{split_array_entry, Item};
 
 /// The KV entry holding the active snapshot.
 pub const ACTIVE_KEY: &str = "config:active";
@@ -89,18 +90,68 @@ struct EndpointSlot {
     /// Where it is in the config (`endpoints[3]`), for its issues.
     path: String,
     /// Its JSON until decoded (`null` once decoded at load).
-    raw: Value,
+    raw: Pending,
     /// Its `public` flag (as written, for an endpoint not decoded yet).
     public: bool,
     /// The endpoint, or its first issue (for the log: a client sees `config_invalid`).
     decoded: OnceLock<Result<Arc<Endpoint>, String>>,
 }
 
+/// An endpoint's JSON until it is decoded: a tree, or (the stored config's `endpoints` list,
+/// [`Config::from_stored`]) its text, so a fresh instance builds the tree of none but the
+/// endpoint it serves.
+#[derive(Debug)]
+enum Pending {
+    Tree(Value),
+    /// The text, and its [`Pending::head`] as the scan found it.
+    Text(Box<str>, Option<Head>),
+}
+
+/// An endpoint's `name` (when a valid one, written without escapes) and `public` flag.
+type Head = (Option<String>, bool);
+
+impl Pending {
+    fn text(item: Item<'_>) -> Pending {
+        let head = item.text.starts_with('{').then(|| {
+            let name = item.fields[0].and_then(|raw| raw.strip_prefix('"')?.strip_suffix('"'));
+            let name = name.filter(|n| valid_name(n)).map(str::to_string);
+            (name, item.fields[1] == Some("true"))
+        });
+        Pending::Text(item.text.into(), head)
+    }
+
+    fn tree(&self) -> serde_json::Result<Value> {
+        match self {
+            Pending::Tree(value) => Ok(value.clone()),
+            Pending::Text(text, _) => value_from_slice(text.as_bytes()),
+        }
+    }
+
+    fn into_tree(self) -> serde_json::Result<Value> {
+        match self {
+            Pending::Tree(value) => Ok(value),
+            Pending::Text(text, _) => value_from_slice(text.as_bytes()),
+        }
+    }
+
+    /// Its name and `public` flag, read without building its tree; `None` when it is not a
+    /// JSON object.
+    fn head(&self) -> Option<Head> {
+        match self {
+            Pending::Tree(value) => value.as_object().map(|entries| {
+                let name = entries.get("name").and_then(Value::as_str).filter(|n| valid_name(n)).map(str::to_string);
+                (name, entries.get("public") == Some(&Value::Bool(true)))
+            }),
+            Pending::Text(_, head) => head.clone(),
+        }
+    }
+}
+
 impl EndpointSlot {
     fn decoded(path: String, endpoint: Endpoint) -> Self {
         EndpointSlot {
             path,
-            raw: Value::Null,
+            raw: Pending::Tree(Value::Null),
             public: endpoint.public,
             decoded: OnceLock::from(Ok(Arc::new(endpoint))),
         }
@@ -108,8 +159,9 @@ impl EndpointSlot {
 
     fn get(&self, regions: &[Region], templates: &TemplateSection) -> &Result<Arc<Endpoint>, String> {
         self.decoded.get_or_init(|| {
+            let value = self.raw.tree().map_err(|e| format!("{}: not valid JSON: {e}", self.path))?;
             let none = Templates::default();
-            let templates = match self.raw.get("template") {
+            let templates = match value.get("template") {
                 None => &none,
                 Some(_) => match templates.get() {
                     (_, Some(issue)) => return Err(issue.clone()),
@@ -118,7 +170,7 @@ impl EndpointSlot {
             };
             let names: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
             let mut issues = Issues::default();
-            match check_endpoint(&self.path, self.raw.clone(), &names, templates, &mut issues) {
+            match check_endpoint(&self.path, value, &names, templates, &mut issues) {
                 Some(endpoint) if issues.0.is_empty() => Ok(Arc::new(endpoint)),
                 _ => Err(issues.0.first().map(ToString::to_string).unwrap_or_default()),
             }
@@ -476,25 +528,35 @@ impl Config {
     /// The pipeline's load of the snapshot in KV (checked before it was stored): everything
     /// but the endpoints is checked now, each endpoint the first time a request names it. A
     /// fresh instance (every request on Spin, a cold isolate) then decodes the endpoint it
-    /// serves, not all of them: its cost no longer grows with the config. An endpoint without a
-    /// valid name is checked at once (its name is needed to find it); an invalid one found
-    /// later answers `config_invalid` ([`Config::endpoint_issue`] says why, for the log) while
-    /// the others keep working.
+    /// serves, not all of them: the items of `endpoints` stay text (a scan finds each one's
+    /// name) until a request names one. An endpoint without a valid name is checked at once
+    /// (its name is needed to find it); an invalid one found later answers `config_invalid`
+    /// ([`Config::endpoint_issue`] says why, for the log) while the others keep working.
     pub fn from_stored(bytes: &[u8]) -> Result<Config, Vec<ConfigIssue>> {
         Config::decode(bytes, Decode::OnFirstUse)
     }
 
     fn decode(bytes: &[u8], decode: Decode) -> Result<Config, Vec<ConfigIssue>> {
-        let value = value_from_slice(bytes)
-            .map_err(|e| vec![ConfigIssue { path: String::new(), message: format!("not valid JSON: {e}") }])?;
-        Config::build(value, decode)
+        let not_json =
+            |e: serde_json::Error| vec![ConfigIssue { path: String::new(), message: format!("not valid JSON: {e}") }];
+        // On first use, the `endpoints` list stays text: a tree of each item when it is needed.
+        let split = match (decode, std::str::from_utf8(bytes)) {
+            (Decode::OnFirstUse, Ok(text)) => split_array_entry(text, "endpoints", &["name", "public"]),
+            _ => None,
+        };
+        match split {
+            Some((rest, items)) => Config::build(value_from_slice(rest.as_bytes()).map_err(not_json)?, decode, items),
+            None => Config::build(value_from_slice(bytes).map_err(not_json)?, decode, Vec::new()),
+        }
     }
 
     pub fn from_value(value: Value) -> Result<Config, Vec<ConfigIssue>> {
-        Config::build(value, Decode::Eager)
+        Config::build(value, Decode::Eager, Vec::new())
     }
 
-    fn build(value: Value, decode: Decode) -> Result<Config, Vec<ConfigIssue>> {
+    /// `endpoint_texts`: the items of the `endpoints` list, when `value`'s list was left empty
+    /// for them ([`Config::decode`]).
+    fn build(value: Value, decode: Decode, endpoint_texts: Vec<Item<'_>>) -> Result<Config, Vec<ConfigIssue>> {
         let mut issues = Issues::default();
         let Some(raw) = raw::Config::split(value, &mut issues) else { return Err(issues.0) };
         let version = match raw.version {
@@ -534,28 +596,37 @@ impl Config {
 
         // Endpoints come from `endpoints:` and from legacy `routes:` entries (`route_type`);
         // `routes:` entries with `destinations` are traffic routes.
-        let mut endpoint_values: Vec<(String, Value)> =
-            raw.endpoints.into_iter().enumerate().map(|(i, v)| (format!("endpoints[{i}]"), v)).collect();
+        let texts = endpoint_texts.into_iter().map(Pending::text);
+        let mut endpoint_values: Vec<(String, Pending)> = texts
+            .chain(raw.endpoints.into_iter().map(Pending::Tree))
+            .enumerate()
+            .map(|(i, v)| (format!("endpoints[{i}]"), v))
+            .collect();
         let mut route_values = Vec::new();
         for (i, value) in raw.routes.into_iter().enumerate() {
             let path = format!("routes[{i}]");
             if value.get("destinations").is_some() {
                 route_values.push((path, value));
             } else {
-                endpoint_values.push((path, value));
+                endpoint_values.push((path, Pending::Tree(value)));
             }
         }
 
         let mut endpoints: HashMap<String, EndpointSlot> = HashMap::new();
         let mut order = Vec::new();
-        for (path, value) in endpoint_values {
-            let name = value.get("name").and_then(Value::as_str).filter(|n| valid_name(n)).map(str::to_string);
-            let (name, slot) = match name {
-                Some(name) if decode == Decode::OnFirstUse => {
-                    let public = value.get("public") == Some(&Value::Bool(true));
-                    (name, EndpointSlot { path, raw: value, public, decoded: OnceLock::new() })
+        for (path, pending) in endpoint_values {
+            let (name, slot) = match pending.head() {
+                Some((Some(name), public)) if decode == Decode::OnFirstUse => {
+                    (name, EndpointSlot { path, raw: pending, public, decoded: OnceLock::new() })
                 }
                 _ => {
+                    let value = match pending.into_tree() {
+                        Ok(value) => value,
+                        Err(e) => {
+                            issues.push(path, format!("not valid JSON: {e}"));
+                            continue;
+                        }
+                    };
                     let Some(endpoint) = check_endpoint(&path, value, &region_names, &templates.get().0, &mut issues)
                     else {
                         continue;
@@ -1209,5 +1280,26 @@ mod tests {
             let issues = Config::from_stored(&serde_json::to_vec(&bad).unwrap()).unwrap_err();
             assert!(issues.iter().any(|i| i.path.starts_with(path)), "{bad}: {issues:?}");
         }
+        // What the scan cannot place, and an item that is no object, are reported at load.
+        for (text, issue) in [
+            (r#"{"endpoints": [3]}"#, "endpoints[0]: invalid type"),
+            (r#"{"endpoints": [{"name": "a",}]}"#, "not valid JSON"),
+        ] {
+            let issues = Config::from_stored(text.as_bytes()).unwrap_err();
+            assert!(issues.iter().any(|i| i.to_string().starts_with(issue)), "{text}: {issues:?}");
+        }
+        // Past its name, an item is read on first use: bad JSON there fails that endpoint.
+        let bad = br#"{"endpoints": [{"name": "a", "x": tru}, {"name": "b", "endpoint_type": "llm/v1/chat",
+            "model": {"provider": "openai", "name": "m", "config": {"openai_api_key": "$K"}}}]}"#;
+        assert!(Config::from_json(bad).is_err());
+        let stored = Config::from_stored(bad).unwrap();
+        assert!(stored.endpoint("a").is_none() && stored.endpoint("b").is_some());
+        assert!(stored.endpoint_issue("a").unwrap().starts_with("endpoints[0]: not valid JSON"));
+        // A repeated `endpoints` is read as the checker reads it (the last one).
+        let twice = br#"{"endpoints": [{"name": "a"}], "endpoints": []}"#;
+        assert_eq!(
+            (Config::from_stored(twice).unwrap().order.len(), Config::from_json(twice).unwrap().order.len()),
+            (0, 0)
+        );
     }
 }

@@ -10,6 +10,9 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 use serde_json::{Map, Number, Value};
 
 mod read;
+mod split;
+
+pub use split::{split_array_entry, Item};
 
 /// Appends `s` as a JSON string, quoted and escaped as serde_json writes it: `"`, `\\` and
 /// the control characters escaped (`\b \f \n \r \t` short, the others `\u00xx`), the rest

@@ -110,13 +110,14 @@ enum Pending {
 /// An endpoint's `name` (when a valid one, written without escapes) and `public` flag.
 type Head = (Option<String>, bool);
 
+fn head(name: Option<&str>, public: bool) -> Head {
+    (name.filter(|n| valid_name(n)).map(str::to_string), public)
+}
+
 impl Pending {
     fn text(item: Item<'_>) -> Pending {
-        let head = item.text.starts_with('{').then(|| {
-            let name = item.fields[0].and_then(|raw| raw.strip_prefix('"')?.strip_suffix('"'));
-            let name = name.filter(|n| valid_name(n)).map(str::to_string);
-            (name, item.fields[1] == Some("true"))
-        });
+        let name = item.fields[0].and_then(|raw| raw.strip_prefix('"')?.strip_suffix('"'));
+        let head = item.text.starts_with('{').then(|| head(name, item.fields[1] == Some("true")));
         Pending::Text(item.text.into(), head)
     }
 
@@ -130,7 +131,7 @@ impl Pending {
     fn into_tree(self) -> serde_json::Result<Value> {
         match self {
             Pending::Tree(value) => Ok(value),
-            Pending::Text(text, _) => value_from_slice(text.as_bytes()),
+            text => text.tree(),
         }
     }
 
@@ -139,8 +140,7 @@ impl Pending {
     fn head(&self) -> Option<Head> {
         match self {
             Pending::Tree(value) => value.as_object().map(|entries| {
-                let name = entries.get("name").and_then(Value::as_str).filter(|n| valid_name(n)).map(str::to_string);
-                (name, entries.get("public") == Some(&Value::Bool(true)))
+                head(entries.get("name").and_then(Value::as_str), entries.get("public") == Some(&Value::Bool(true)))
             }),
             Pending::Text(_, head) => head.clone(),
         }
@@ -615,8 +615,13 @@ impl Config {
         let mut endpoints: HashMap<String, EndpointSlot> = HashMap::new();
         let mut order = Vec::new();
         for (path, pending) in endpoint_values {
-            let (name, slot) = match pending.head() {
-                Some((Some(name), public)) if decode == Decode::OnFirstUse => {
+            // Checked now (its name found by checking it) unless it can wait for its first use.
+            let deferred = match decode {
+                Decode::OnFirstUse => pending.head(),
+                Decode::Eager => None,
+            };
+            let (name, slot) = match deferred {
+                Some((Some(name), public)) => {
                     (name, EndpointSlot { path, raw: pending, public, decoded: OnceLock::new() })
                 }
                 _ => {

@@ -213,7 +213,7 @@ function settle(task, op, promise) {
 // record when every name is unique (workerd reads a record with one property walk; a list of
 // pairs through the iterator protocol, per pair: ~6% of a cache hit's CPU), else the pairs.
 // No prototype, so a name like `__proto__` is a header like any other.
-function headerPairs(text) {
+function headerInit(text) {
   const parts = text.split("\0");
   const record = Object.create(null);
   for (let i = 0; i + 1 < parts.length; i += 2) {
@@ -261,7 +261,7 @@ function run(task, ptr) {
           f.push(dv.getUint32(p, true));
           break;
         default: // h
-          f.push(headerPairs(decoder.decode(u8.subarray(p, p + len))));
+          f.push(headerInit(decoder.decode(u8.subarray(p, p + len))));
       }
       p += len;
     }

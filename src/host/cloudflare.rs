@@ -179,12 +179,10 @@ async fn serve(host: CfHost, request: Result<(Request<Vec<u8>>, ClientInfo)>) {
     };
     let gateway = GATEWAY.with(Rc::clone);
     let Exchange { response, deferred } = gateway.handle(&host, request, &client).await;
-    // A streamed answer is accounted once its stream ended or the client went away. The shim
-    // performs a call's commands when the call returns, so a whole answer waits one timer turn
-    // before the after-response work: it goes out first, not after that work's synchronous part.
+    // A streamed answer is accounted once its stream ended or the client went away.
     let summary = match respond(response, &host.shared) {
         Sent::Whole => {
-            host.sleep(0).await;
+            yield_when_idle(&host).await;
             None
         }
         Sent::Streaming(stream_end) => {
@@ -192,12 +190,24 @@ async fn serve(host: CfHost, request: Result<(Request<Vec<u8>>, ClientInfo)>) {
             host.shared.pump.borrow_mut().take().map(|pump| pump.summary())
         }
         Sent::Pumped(summary) => {
-            host.sleep(0).await;
+            yield_when_idle(&host).await;
             Some(summary)
         }
     };
     let line = deferred.complete(&host, summary).await;
     exec::notify(Cmd::Log, &[line.as_str().into()]);
+}
+
+/// Lets a whole answer go out before the after-response work when no other request waits for
+/// its answer. The shim performs a call's commands when the call returns, so the answer would
+/// wait for that work's synchronous part; one timer turn first sends it sooner (unloaded, on
+/// bare workerd: ~30 us for a cache hit, ~60 us for a forward), but the turn costs ~13% of a
+/// cache hit's CPU (workerd's timer dispatch). With requests waiting, that CPU is theirs.
+async fn yield_when_idle(host: &CfHost) {
+    // This request counts until the shim performs its respond command.
+    if abi::requests_unanswered() <= 1 {
+        host.sleep(0).await;
+    }
 }
 
 /// How a response went out.

@@ -91,6 +91,15 @@ extern "C" {
     fn random_fill(ptr: *mut u8, len: usize);
     /// `console.error` of `len` bytes of UTF-8 at `ptr` (panics only).
     fn error_log(ptr: *const u8, len: usize);
+    /// How many requests this instance's fetch handler took that have no response yet.
+    fn unanswered() -> u32;
+}
+
+/// Requests of this instance still waiting for their answer, the caller's own included until
+/// its respond command is performed (after the call into the wasm returns).
+pub fn requests_unanswered() -> u32 {
+    // SAFETY: a plain import without arguments.
+    unsafe { unanswered() }
 }
 
 pub fn now() -> u64 {

@@ -44,6 +44,9 @@ let generation = 0; // of the instance
 let u8 = null;
 let dv = null;
 let nextTask = 1;
+// Requests the fetch handler took that have no response yet (the core asks: while others
+// wait, it spends no timer turn on sending its own answer before its after-response work).
+let unanswered = 0;
 
 // Live tasks, held weakly: a task is kept alive by the pending I/O that will resume it (its
 // callbacks hold it). If the runtime drops that I/O for good (a request cancelled with work
@@ -51,7 +54,8 @@ let nextTask = 1;
 let tasks = new Map(); // id → WeakRef(task)
 const weak = typeof WeakRef === "function" && typeof FinalizationRegistry === "function";
 const dropped = weak
-  ? new FinalizationRegistry(({ id, gen }) => {
+  ? new FinalizationRegistry(({ id, gen, waiting }) => {
+      if (waiting) unanswered--;
       if (wasm !== null && gen === generation) {
         tasks.delete(id);
         try {
@@ -70,6 +74,7 @@ const imports = {
       crypto.getRandomValues(new Uint8Array(wasm.memory.buffer, ptr, len));
     },
     error_log: (ptr, len) => console.error(decoder.decode(mem().subarray(ptr, ptr + len))),
+    unanswered: () => unanswered,
   },
 };
 
@@ -143,15 +148,21 @@ class Task {
     this.resolve = null;
     this.done = null;
     this.doneResolve = null;
+    // Shared with the finalizer, which must not hold the task. `waiting`: a request not yet answered.
+    this.token = { id: this.id, gen: generation, waiting: host.ctx !== undefined };
     if (weak) {
       tasks.set(this.id, new WeakRef(this));
-      dropped.register(this, { id: this.id, gen: generation }, this);
+      dropped.register(this, this.token, this);
     } else {
       tasks.set(this.id, this);
     }
   }
 
   respond(response) {
+    if (this.token.waiting) {
+      this.token.waiting = false;
+      unanswered--;
+    }
     this.responded = true;
     if (this.resolve !== null) this.resolve(response);
     else this.response = response;
@@ -647,6 +658,7 @@ async function count(env, scope, request) {
 
 export default {
   async fetch(request, env, ctx) {
+    unanswered++; // until its task responds
     let head = request.method + "\n" + request.url + "\n";
     let country = "";
     let continent = "";
@@ -678,7 +690,12 @@ export default {
         }
       }
     }
-    instance(env);
+    try {
+      instance(env);
+    } catch (error) {
+      unanswered--;
+      throw error;
+    }
     const task = new Task({ env, ctx, url: request.url });
     step(task, () => {
       const headBytes = encoder.encode(head);

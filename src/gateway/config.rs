@@ -770,6 +770,11 @@ impl Config {
         self.endpoints.get(name).is_some_and(|slot| slot.public)
     }
 
+    /// Whether a region names countries or continents (else a client's location never matters).
+    pub fn maps_locations(&self) -> bool {
+        self.regions.iter().any(|r| !r.countries.is_empty() || !r.continents.is_empty())
+    }
+
     /// The region a client location falls in: country match first, then continent.
     pub fn region_of(&self, country: Option<&str>, continent: Option<&str>) -> Option<&str> {
         let by = |code: Option<&str>, pick: fn(&Region) -> &Vec<String>| {

@@ -28,7 +28,7 @@ use std::rc::Rc;
 use http::{HeaderName, HeaderValue, Request, Response};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::pipeline::{error_response, ClientInfo, Exchange};
+use crate::gateway::pipeline::{error_response, ClientInfo, Exchange, Geo};
 use crate::gateway::ports::counter::{Counter, CounterOp, CounterReply};
 use crate::gateway::ports::{Clock, EdgeCache, Kv, Secrets, Upstream, UpstreamError};
 use crate::gateway::{Gateway, ResponseBody};
@@ -73,7 +73,7 @@ pub extern "C" fn egw_fetch(
     abi::begin();
     let head = abi::take(head_ptr, head_len);
     let body = abi::take(body_ptr, body_len);
-    let request = read_request(&head, body, flags);
+    let request = read_request(task, &head, body, flags);
     exec::spawn(task, move |shared| serve(CfHost { shared }, request));
     abi::finish()
 }
@@ -138,8 +138,9 @@ pub extern "C" fn egw_cancel(task: u32) -> usize {
 }
 
 /// The request as the core takes it, or the error the client gets without running the core.
-/// Head: `method\nurl\ncountry\ncontinent\n` then `name:value\n` per header.
-fn read_request(head: &[u8], body: Vec<u8>, flags: u32) -> Result<(Request<Vec<u8>>, ClientInfo)> {
+/// Head: `method\nurl\n` then `name:value\n` per header. The client's geo data is asked of
+/// the shim only if routing needs it.
+fn read_request(task: u32, head: &[u8], body: Vec<u8>, flags: u32) -> Result<(Request<Vec<u8>>, ClientInfo)> {
     if flags & FLAG_TOO_LARGE != 0 || body.len() > HARD_BODY_LIMIT {
         return Err(GatewayError::payload_too_large(HARD_BODY_LIMIT));
     }
@@ -151,8 +152,10 @@ fn read_request(head: &[u8], body: Vec<u8>, flags: u32) -> Result<(Request<Vec<u
     let mut next = || lines.next().ok_or_else(bad_head);
     let method = http::Method::from_bytes(next()?).map_err(|_| bad_head())?;
     let uri = http::Uri::try_from(next()?).map_err(|_| bad_head())?;
-    let text = |b: &[u8]| (!b.is_empty()).then(|| String::from_utf8_lossy(b).into_owned());
-    let client = ClientInfo { country: text(next()?), continent: text(next()?), region: None };
+    let client = ClientInfo::with_lookup(move || {
+        let (country, continent) = abi::client_geo_of(task);
+        Geo { country, continent }
+    });
     let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;

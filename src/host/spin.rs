@@ -45,7 +45,8 @@ async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
     let gateway = GATEWAY.with(Rc::clone);
 
     // Spin has no geo data; a deployment can fix its region with the `gateway_region` variable.
-    let client = ClientInfo { region: spin_sdk::variables::get("gateway_region").ok(), ..ClientInfo::default() };
+    let mut client = ClientInfo::default();
+    client.region = spin_sdk::variables::get("gateway_region").ok();
     let exchange = match to_http_request(request).await {
         Ok(request) => gateway.handle(&host, request, &client).await,
         Err(error) => {

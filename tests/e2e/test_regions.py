@@ -1,7 +1,10 @@
 """Regional origins, residency pinning and ordered failover (issue 3), on both hosts. The
 client's region comes from the configured `x-gateway-region` header here (wrangler dev's
-`request.cf` is a placeholder; Spin has no geo data). `x-gateway-origin` names the origin's
+`request.cf` is a placeholder, used by the last test only; Spin has no geo data). `x-gateway-origin` names the origin's
 region and its index in the endpoint's `origins` (never its host: issue 12, L2)."""
+import copy
+import time
+
 import requests
 
 CHAT = {"messages": [{"role": "user", "content": "where am i"}]}
@@ -58,3 +61,31 @@ def test_residency_pin_never_leaves_the_region(gw, eu_origin, us_origin):
     err = r.json()["error"]
     assert err["code"] == "region_unavailable" and '"eu"' in err["message"]
     assert us_origin.stats()["count"] == 0
+
+
+def test_geo_data_places_a_client_without_the_header(gw):
+    """Without the header, a client's continent (workerd: `request.cf`, read only when routing
+    needs it; wrangler dev gives a placeholder, the real one elsewhere) picks the region; Spin
+    has no geo data, so the config's default applies. A config where every continent maps to
+    `us` and the default is `eu` tells the two apart."""
+    config = copy.deepcopy(gw.config)
+    config["regions"] = {"eu": {}, "us": {"continents": ["AF", "AN", "AS", "EU", "NA", "OC", "SA"]}}
+    config["default_region"] = "eu"
+    probe = copy.deepcopy(next(e for e in config["endpoints"] if e["name"] == "regional"))
+    probe["name"] = "regional-geo"  # answers only once this config is the active one
+    config["endpoints"].append(probe)
+    gw.kv_put_json("config:active", config)
+    try:
+        deadline = time.time() + 15
+        while (r := chat(gw, "regional-geo")).status_code == 404 and time.time() < deadline:
+            time.sleep(0.3)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-gateway-origin"] == ("us#1" if gw.name == "workerd" else "eu#0")
+        # The header still wins over geo data.
+        assert chat(gw, "regional-geo", "eu").headers["x-gateway-origin"] == "eu#0"
+    finally:
+        gw.kv_put_json("config:active", gw.config)
+    deadline = time.time() + 15
+    while chat(gw, "regional-geo").status_code != 404:
+        assert time.time() < deadline, "config restore was not picked up"
+        time.sleep(0.3)

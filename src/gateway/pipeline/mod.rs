@@ -46,7 +46,7 @@ use crate::gateway::types::Operation;
 use crate::gateway::util::text::hex;
 
 pub use account::{Deferred, Observed, Pending};
-pub use context::{ClientInfo, IsolateState, ModelCall, RequestContext};
+pub use context::{ClientInfo, Geo, IsolateState, ModelCall, RequestContext};
 pub use log::LogRecord;
 pub use respond::{error_response, json_response, ResponseBody};
 use stream::{Stage, StreamPump};

@@ -1,6 +1,7 @@
 //! Each phase on its own, with in-memory ports: what it reads, what it decides, what it leaves
 //! in the request context for the phases after it.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use http::{HeaderMap, Response, StatusCode};
@@ -11,7 +12,7 @@ use crate::gateway::dialect::{ClientRequest, Dialect};
 use crate::gateway::error::ErrorCode;
 use crate::gateway::features::keys::{self, KeyRecord};
 use crate::gateway::pipeline::account::Pending;
-use crate::gateway::pipeline::context::{ClientInfo, IsolateState, ModelCall, RequestContext};
+use crate::gateway::pipeline::context::{ClientInfo, Geo, IsolateState, ModelCall, RequestContext};
 use crate::gateway::pipeline::log::LogRecord;
 use crate::gateway::pipeline::phases;
 use crate::gateway::pipeline::respond::ResponseBody;
@@ -20,6 +21,10 @@ use crate::gateway::ports::Kv;
 use crate::gateway::types::Operation;
 
 fn config(extra: Value) -> Rc<Config> {
+    config_with_regions(extra, json!({"eu": {"continents": ["EU"]}, "us": {"continents": ["NA"]}}))
+}
+
+fn config_with_regions(extra: Value, regions: Value) -> Rc<Config> {
     let mut chat = json!({"name": "chat", "endpoint_type": "llm/v1/chat",
         "model": {"provider": "openai", "name": "gpt-4o-mini",
                   "config": {"openai_api_key": "$OPENAI_API_KEY", "openai_api_base": "http://origin.test/v1"}},
@@ -27,7 +32,7 @@ fn config(extra: Value) -> Rc<Config> {
     if let (Some(chat), Value::Object(extra)) = (chat.as_object_mut(), extra) {
         chat.extend(extra);
     }
-    let value = json!({"endpoints": [chat], "regions": {"eu": {"continents": ["EU"]}, "us": {"continents": ["NA"]}}});
+    let value = json!({"endpoints": [chat], "regions": regions});
     Rc::new(Config::from_value(value).unwrap())
 }
 
@@ -170,7 +175,7 @@ fn choose_origins_prefers_the_client_region() {
         json!({"origins": [{"url": "http://us.test/v1", "region": "us"}, {"url": "http://eu.test/v1", "region": "eu"}]}),
     );
     let state = IsolateState::default();
-    let client = ClientInfo { continent: Some("EU".into()), ..ClientInfo::default() };
+    let client = ClientInfo::with_geo(Geo { continent: Some("EU".into()), country: None });
     let mut cx = ctx(&state, &client);
     let mut c = call(cfg, json!({"messages": []}));
     let endpoint = c.endpoint.clone();
@@ -178,6 +183,37 @@ fn choose_origins_prefers_the_client_region() {
     let urls: Vec<&str> = origins.iter().map(|o| o.url.as_str()).collect();
     assert_eq!(urls, ["http://eu.test/v1", "http://us.test/v1"]);
     assert_eq!(cx.log.region.as_deref(), Some("eu"));
+}
+
+#[test]
+fn geo_data_is_read_once_and_only_when_routing_needs_it() {
+    let reads = Rc::new(Cell::new(0));
+    let counted = |reads: &Rc<Cell<u32>>| {
+        let reads = Rc::clone(reads);
+        ClientInfo::with_lookup(move || {
+            reads.set(reads.get() + 1);
+            Geo { country: None, continent: Some("EU".into()) }
+        })
+    };
+    let origins = json!({"origins": [{"url": "http://us.test/v1", "region": "us"}, {"url": "http://eu.test/v1", "region": "eu"}]});
+    let state = IsolateState::default();
+    let route = |client: &ClientInfo, cfg: Rc<Config>| {
+        let mut cx = ctx(&state, client);
+        let mut c = call(cfg, json!({"messages": []}));
+        let endpoint = c.endpoint.clone();
+        phases::choose_origins(&mut cx, &mut c, &endpoint).unwrap();
+        phases::choose_origins(&mut cx, &mut c, &endpoint).unwrap();
+        cx.log.region
+    };
+    // Regions mapped to continents: read once, however often routing asks.
+    assert_eq!((route(&counted(&reads), config(origins.clone())), reads.get()), (Some("eu".into()), 1));
+    // A region fixed by the deployment: never read.
+    let mut fixed = counted(&reads);
+    fixed.region = Some("us".into());
+    assert_eq!((route(&fixed, config(origins.clone())), reads.get()), (Some("us".into()), 1));
+    // Regions that name no location: never read (the config's default region, none here).
+    let unmapped = config_with_regions(origins, json!({"eu": {}, "us": {}}));
+    assert_eq!((route(&counted(&reads), unmapped), reads.get()), (None, 1));
 }
 
 #[test]

@@ -369,10 +369,12 @@ fn client_region(config: &Config, client: &ClientInfo, headers: &HeaderMap) -> O
     if let Some(region) = from_header {
         return Some(region.to_string());
     }
-    config
-        .region_of(client.country.as_deref(), client.continent.as_deref())
-        .map(str::to_owned)
-        .or_else(|| config.default_region.clone())
+    // Geo data only when the config maps locations to regions: the host reads it lazily.
+    let by_geo = config
+        .maps_locations()
+        .then(|| client.geo())
+        .and_then(|geo| config.region_of(geo.country.as_deref(), geo.continent.as_deref()).map(str::to_owned));
+    by_geo.or_else(|| config.default_region.clone())
 }
 
 /// The origin's answer, and how it is to be read.

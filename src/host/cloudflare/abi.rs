@@ -93,6 +93,9 @@ extern "C" {
     fn error_log(ptr: *const u8, len: usize);
     /// How many requests this instance's fetch handler took that have no response yet.
     fn unanswered() -> u32;
+    /// The geo data of `task`'s request (`request.cf`: `country\ncontinent`), written at `ptr`
+    /// (at most `cap` bytes): the number of bytes written.
+    fn client_geo(task: u32, ptr: *mut u8, cap: usize) -> usize;
 }
 
 /// Requests of this instance still waiting for their answer, the caller's own included until
@@ -100,6 +103,18 @@ extern "C" {
 pub fn requests_unanswered() -> u32 {
     // SAFETY: a plain import without arguments.
     unsafe { unanswered() }
+}
+
+/// The country and continent codes of `task`'s request (`request.cf`), read when routing
+/// first needs them.
+pub fn client_geo_of(task: u32) -> (Option<String>, Option<String>) {
+    // Two-letter codes; a longer value is cut, so it matches no region (the default applies).
+    let mut buf = [0u8; 32];
+    // SAFETY: the shim writes at most `buf.len()` bytes at `buf`'s address, synchronously.
+    let len = unsafe { client_geo(task, buf.as_mut_ptr(), buf.len()) }.min(buf.len());
+    let text = String::from_utf8_lossy(&buf[..len]);
+    let mut lines = text.split('\n').map(|s| (!s.is_empty()).then(|| s.to_string()));
+    (lines.next().flatten(), lines.next().flatten())
 }
 
 pub fn now() -> u64 {

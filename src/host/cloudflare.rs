@@ -9,7 +9,8 @@
 //! Exports (all return the out buffer's address unless noted):
 //! - `egw_alloc(len) -> ptr`: memory for the shim to fill (see `abi::take`)
 //! - `egw_env(ptr, len)`: the worker's text bindings, `name\0value\0…`, once per instance
-//! - `egw_fetch(task, head, head_len, body, body_len, flags)`: start a request task
+//! - `egw_fetch(task, head, head_len, head_cap, body, body_len, flags)`: start a request task
+//!   (the head in an `egw_alloc(head_cap)` buffer, its first `head_len` bytes filled)
 //! - `egw_resume(task, op, code, ptr, len, body_ptr, body_len)`: a command's outcome
 //! - `egw_chunk(task, ptr, len)` / `egw_chunk_end(task)` / `egw_chunk_idle(task)`: the
 //!   response stream's pump; `egw_pump_done(task)`: the pump ended the stream itself (cap);
@@ -66,12 +67,13 @@ pub extern "C" fn egw_fetch(
     task: u32,
     head_ptr: usize,
     head_len: usize,
+    head_cap: usize,
     body_ptr: usize,
     body_len: usize,
     flags: u32,
 ) -> usize {
     abi::begin();
-    let head = abi::take(head_ptr, head_len);
+    let head = abi::take_filled(head_ptr, head_len, head_cap);
     let body = abi::take(body_ptr, body_len);
     let request = read_request(task, &head, body, flags);
     exec::spawn(task, move |shared| serve(CfHost { shared }, request));

@@ -160,6 +160,16 @@ pub fn take(ptr: usize, len: usize) -> Vec<u8> {
     unsafe { Vec::from_raw_parts(ptr as *mut u8, len, len) }
 }
 
+/// Takes back a buffer from `egw_alloc(cap)` whose first `len` bytes the shim filled.
+pub fn take_filled(ptr: usize, len: usize, cap: usize) -> Vec<u8> {
+    if cap == 0 || ptr == 0 {
+        return Vec::new();
+    }
+    // SAFETY: `ptr` came from `egw_alloc(cap)` (capacity exactly `cap`), the shim wrote the
+    // first `len <= cap` bytes and hands it over exactly once.
+    unsafe { Vec::from_raw_parts(ptr as *mut u8, len.min(cap), cap) }
+}
+
 thread_local! {
     static OUT: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(4096));
 }

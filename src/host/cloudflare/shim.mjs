@@ -675,7 +675,9 @@ async function count(env, scope, request) {
 export default {
   async fetch(request, env, ctx) {
     unanswered++; // until its task responds
-    let head = request.method + "\n" + request.url + "\n";
+    const method = request.method;
+    const url = request.url; // each read of a getter builds the string again
+    let head = method + "\n" + url + "\n";
     let declared = 0;
     for (const [name, value] of request.headers) {
       head += name + ":" + value + "\n";
@@ -683,7 +685,9 @@ export default {
     }
     let body = null;
     let flags = 0;
-    if (request.body !== null) {
+    // GET and HEAD carry no body; for the others, arrayBuffer() reads one, or none (without
+    // the `body` getter, which builds a stream object).
+    if (method !== "GET" && method !== "HEAD") {
       if (declared > HARD_BODY_LIMIT) {
         flags = FLAG_TOO_LARGE;
       } else {
@@ -700,13 +704,15 @@ export default {
       unanswered--;
       throw error;
     }
-    const task = new Task({ env, ctx, url: request.url, request });
+    const task = new Task({ env, ctx, url, request });
     step(task, () => {
-      const headBytes = encoder.encode(head);
-      const headPtr = put(headBytes);
+      // Encoded straight into wasm memory (UTF-8 takes at most 3 bytes per UTF-16 unit).
+      const headCap = head.length * 3;
+      const headPtr = wasm.egw_alloc(headCap);
+      const headLen = encoder.encodeInto(head, mem().subarray(headPtr, headPtr + headCap)).written;
       const bodyLen = body === null ? 0 : body.length;
       const bodyPtr = bodyLen > 0 ? put(body) : 0;
-      return wasm.egw_fetch(task.id, headPtr, headBytes.length, bodyPtr, bodyLen, flags);
+      return wasm.egw_fetch(task.id, headPtr, headLen, headCap, bodyPtr, bodyLen, flags);
     });
     if (task.response !== null) return task.response;
     return new Promise((resolve) => (task.resolve = resolve));

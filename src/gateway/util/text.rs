@@ -27,12 +27,12 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
 
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
+    // Bytes, not `String::push` (a UTF-8 encode and a capacity check per digit).
+    let mut out = Vec::with_capacity(bytes.len() * 2);
     for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
+        out.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]]);
     }
-    out
+    String::from_utf8(out).unwrap_or_default() // ASCII digits only: always valid
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.

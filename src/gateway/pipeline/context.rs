@@ -25,8 +25,8 @@ use crate::gateway::pipeline::log::LogRecord;
 use crate::gateway::types::Operation;
 
 /// Where the client is, as far as the host knows: a region fixed by the deployment, or geo
-/// data the host reads when routing first asks for it (on Cloudflare, reading `request.cf` on
-/// every request cost ~3% of a forward's CPU; only a config with a region map needs it).
+/// data the host reads when routing first asks for it (on bare workerd, reading `request.cf`
+/// on every request cost ~2-3% of a request's CPU; only a config with a region map needs it).
 #[derive(Default)]
 pub struct ClientInfo {
     /// A region name fixed by the deployment (e.g. a Spin variable), when there is no geo data.

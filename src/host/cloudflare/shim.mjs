@@ -48,10 +48,12 @@ let nextTask = 1;
 // wait, it spends no timer turn on sending its own answer before its after-response work).
 let unanswered = 0;
 
-// Live tasks, held weakly: a task is kept alive by the pending I/O that will resume it (its
-// callbacks hold it). If the runtime drops that I/O for good (a request cancelled with work
-// outstanding), the task becomes garbage, and its wasm side is dropped too.
-let tasks = new Map(); // id → WeakRef(task)
+// Live tasks, held weakly once their first call into the wasm returned: a task is then kept
+// alive by the pending I/O that will resume it (its callbacks hold it). If the runtime drops
+// that I/O for good (a request cancelled with work outstanding), the task becomes garbage, and
+// its wasm side is dropped too. During the first call it is held as it is: most cache hits end
+// within it, and then never pay for a WeakRef and a finalizer registration.
+let tasks = new Map(); // id → task during its first call, then WeakRef(task)
 const weak = typeof WeakRef === "function" && typeof FinalizationRegistry === "function";
 const dropped = weak
   ? new FinalizationRegistry(({ id, gen, waiting }) => {
@@ -78,8 +80,7 @@ const imports = {
     // Read only when the core's routing needs it: reading `request.cf` on every request cost
     // ~2-3% of a request's CPU on bare workerd.
     client_geo: (id, ptr, cap) => {
-      const ref = tasks.get(id);
-      const task = ref === undefined ? undefined : weak ? ref.deref() : ref;
+      const task = live(tasks.get(id));
       const cf = task === undefined || task.host.request === undefined ? null : task.host.request.cf;
       let text = "";
       if (cf != null) {
@@ -145,9 +146,14 @@ function crash(error) {
   const failed = tasks;
   tasks = new Map();
   for (const ref of failed.values()) {
-    const task = weak ? ref.deref() : ref;
+    const task = live(ref);
     if (task !== undefined) task.end();
   }
+}
+
+// The task a `tasks` entry holds, if it is still alive.
+function live(ref) {
+  return weak && ref instanceof WeakRef ? ref.deref() : ref;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -166,12 +172,16 @@ class Task {
     this.doneResolve = null;
     // Shared with the finalizer, which must not hold the task. `waiting`: a request not yet answered.
     this.token = { id: this.id, gen: generation, waiting: host.ctx !== undefined };
-    if (weak) {
-      tasks.set(this.id, new WeakRef(this));
-      dropped.register(this, this.token, this);
-    } else {
-      tasks.set(this.id, this);
-    }
+    this.weakly = false;
+    tasks.set(this.id, this);
+  }
+
+  // After the task's first call: if it goes on, only the I/O it waits for holds it.
+  holdWeakly() {
+    if (!weak || this.over || this.weakly) return;
+    this.weakly = true;
+    tasks.set(this.id, new WeakRef(this));
+    dropped.register(this, this.token, this);
   }
 
   respond(response) {
@@ -189,7 +199,7 @@ class Task {
     if (this.over) return;
     this.over = true;
     tasks.delete(this.id);
-    if (weak) dropped.unregister(this);
+    if (this.weakly) dropped.unregister(this);
     for (const h of this.handles.values()) cancelBody(h);
     this.handles.clear();
     if (this.host.reply !== undefined) {
@@ -714,6 +724,7 @@ export default {
       const bodyPtr = bodyLen > 0 ? put(body) : 0;
       return wasm.egw_fetch(task.id, headPtr, headLen, headCap, bodyPtr, bodyLen, flags);
     });
+    task.holdWeakly();
     if (task.response !== null) return task.response;
     return new Promise((resolve) => (task.resolve = resolve));
   },
@@ -752,6 +763,7 @@ export class GatewayCounter extends DurableObject {
         const bytes = encoder.encode(request);
         return wasm.egw_count(task.id, this.object, put(bytes), bytes.length);
       });
+      task.holdWeakly();
     });
   }
 }

@@ -29,7 +29,7 @@ use std::rc::Rc;
 use http::{HeaderName, HeaderValue, Request, Response};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::pipeline::{error_response, ClientInfo, Exchange, Geo};
+use crate::gateway::pipeline::{error_response, ClientInfo, Exchange};
 use crate::gateway::ports::counter::{Counter, CounterOp, CounterReply};
 use crate::gateway::ports::{Clock, EdgeCache, Kv, Secrets, Upstream, UpstreamError};
 use crate::gateway::{Gateway, ResponseBody};
@@ -154,10 +154,7 @@ fn read_request(task: u32, head: &[u8], body: Vec<u8>, flags: u32) -> Result<(Re
     let mut next = || lines.next().ok_or_else(bad_head);
     let method = http::Method::from_bytes(next()?).map_err(|_| bad_head())?;
     let uri = http::Uri::try_from(next()?).map_err(|_| bad_head())?;
-    let client = ClientInfo::with_lookup(move || {
-        let (country, continent) = abi::client_geo_of(task);
-        Geo { country, continent }
-    });
+    let client = ClientInfo::with_lookup(move || abi::client_geo_of(task));
     let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;

@@ -18,6 +18,8 @@
 
 use std::cell::RefCell;
 
+use crate::gateway::pipeline::Geo;
+
 /// Command kinds (wasm → JS). Fields in order; `u32` fields are 4 bytes little-endian, text
 /// is UTF-8, header lists are `name\0value\0…` (every item `\0`-terminated).
 #[derive(Clone, Copy)]
@@ -107,14 +109,14 @@ pub fn requests_unanswered() -> u32 {
 
 /// The country and continent codes of `task`'s request (`request.cf`), read when routing
 /// first needs them.
-pub fn client_geo_of(task: u32) -> (Option<String>, Option<String>) {
+pub fn client_geo_of(task: u32) -> Geo {
     // Two-letter codes; a longer value is cut, so it matches no region (the default applies).
     let mut buf = [0u8; 32];
     // SAFETY: the shim writes at most `buf.len()` bytes at `buf`'s address, synchronously.
     let len = unsafe { client_geo(task, buf.as_mut_ptr(), buf.len()) }.min(buf.len());
     let text = String::from_utf8_lossy(&buf[..len]);
     let mut lines = text.split('\n').map(|s| (!s.is_empty()).then(|| s.to_string()));
-    (lines.next().flatten(), lines.next().flatten())
+    Geo { country: lines.next().flatten(), continent: lines.next().flatten() }
 }
 
 pub fn now() -> u64 {
@@ -152,12 +154,7 @@ pub extern "C" fn egw_alloc(len: usize) -> usize {
 
 /// Takes back a buffer from [`egw_alloc`] that the shim filled completely.
 pub fn take(ptr: usize, len: usize) -> Vec<u8> {
-    if len == 0 || ptr == 0 {
-        return Vec::new();
-    }
-    // SAFETY: `ptr` came from `egw_alloc(len)` (capacity exactly `len`), the shim wrote all
-    // `len` bytes and hands it over exactly once.
-    unsafe { Vec::from_raw_parts(ptr as *mut u8, len, len) }
+    take_filled(ptr, len, len)
 }
 
 /// Takes back a buffer from `egw_alloc(cap)` whose first `len` bytes the shim filled.

@@ -254,8 +254,11 @@ impl Upstream for SpinHost {
         let timeout = Some(Duration::from_millis(timeout_ms).as_nanos() as u64);
         let _ = options.set_connect_timeout(timeout);
         let _ = options.set_first_byte_timeout(timeout);
-        // No unbounded wait after the response head: a body that stalls this long fails.
-        let _ = options.set_between_bytes_timeout(timeout);
+        // No unbounded wait after the response head: a body that stalls this long fails. A
+        // second longer than the stream pump's own idle timer (the same `timeout_ms`), so a
+        // quiet stream ends as on Cloudflare (an `origin_timeout` event), not as a cut one.
+        let between_bytes = Duration::from_millis(timeout_ms.saturating_add(1_000)).as_nanos() as u64;
+        let _ = options.set_between_bytes_timeout(Some(between_bytes));
 
         let outgoing_body = outgoing.body().map_err(|_| UpstreamError::Connect("request body unavailable".into()))?;
         let pending = outgoing_handler::handle(outgoing, Some(options)).map_err(upstream_error)?;

@@ -83,6 +83,23 @@ def test_slow_stream_is_not_buffered(gw, origin):
     assert arrivals[0] < arrivals[-1] - 0.9, arrivals
 
 
+def test_a_stalled_stream_ends_at_the_idle_timeout(gw, origin):
+    """The origin sends its first event, then nothing for longer than origin_timeout_ms (2 s):
+    the client's stream ends about then with an error event naming the timeout and [DONE],
+    not when the origin would have gone on (its next event 2.6 s after the first)."""
+    origin.fault("slow_stream", times=1, delay_ms=2600)
+    started = time.time()
+    r = post(gw, {**CHAT, "stream": True}, stream=True)
+    assert r.status_code == 200
+    events = sse_events(r)
+    elapsed = time.time() - started
+    assert events[-1] == "[DONE]", events
+    errors = [json.loads(e)["error"] for e in events[:-1] if "error" in json.loads(e)]
+    assert len(errors) == 1 and errors[0]["code"] == "origin_timeout", events
+    assert any("choices" in json.loads(e) for e in events[:-1]), events  # the first event got through
+    assert 1.9 < elapsed < 2.6, elapsed
+
+
 @pytest.mark.parametrize("model", ["chat", "claude", "gemini"])
 def test_cut_stream_ends_with_a_clean_error_event(gw, origin, model):
     origin.fault("cut_stream", times=1)

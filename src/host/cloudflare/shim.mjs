@@ -583,11 +583,12 @@ function pumped(task, handle, op) {
   const h = task.handles.get(handle);
   task.handles.delete(handle);
   const reader = h.response.body.getReader();
-  const idleMs = wasm.egw_idle_ms(task.id);
+  const watch = idleWatch(reader, wasm.egw_idle_ms(task.id));
   let finished = false;
   const finish = (completed) => {
     if (finished) return;
     finished = true;
+    watch.stop();
     resume(task, op, completed ? 1 : 0, null);
   };
   // The pump ended the stream itself (a cap, an idle origin): close the client's stream and
@@ -602,11 +603,13 @@ function pumped(task, handle, op) {
     async pull(controller) {
       for (;;) {
         let read;
+        watch.begin();
         try {
-          read = await readWithin(reader, idleMs);
+          read = await reader.read();
         } catch {
           read = null; // a cut origin stream ends like a finished one
         }
+        if (watch.end()) read = IDLE;
         if (finished) return; // the client went away meanwhile
         if (task.over) {
           controller.close();
@@ -649,15 +652,42 @@ function pumped(task, handle, op) {
   });
 }
 
-// A read of the origin's stream that gives up after `ms` without a chunk (resolves to IDLE).
+// The origin's reads, each ended once it has waited `ms` for a chunk (`end()` then says so, and
+// the pump treats the read as IDLE). One timer per stream, re-armed only when it fires, not a
+// timer per read: a setTimeout, a Promise.race and a finally per chunk added ~0.2 ms to the
+// latency of every chunk on workerd. `ms` 0: no limit.
 const IDLE = {};
-function readWithin(reader, ms) {
-  if (!(ms > 0)) return reader.read();
+function idleWatch(reader, ms) {
+  let since = 0; // when the read in progress began (0: none in progress)
+  let idled = false;
   let timer;
-  const idle = new Promise((resolve) => {
-    timer = setTimeout(() => resolve(IDLE), ms);
-  });
-  return Promise.race([reader.read(), idle]).finally(() => clearTimeout(timer));
+  const look = () => {
+    timer = undefined;
+    if (since === 0) return; // no read in progress (the client is slow): the next one re-arms
+    const left = since + ms - Date.now();
+    if (left > 0) {
+      timer = setTimeout(look, left);
+      return;
+    }
+    idled = true;
+    reader.cancel().catch(() => {}); // ends the read in progress
+  };
+  return {
+    begin() {
+      if (!(ms > 0)) return;
+      since = Date.now();
+      if (timer === undefined) timer = setTimeout(look, ms);
+    },
+    end() {
+      since = 0;
+      return idled;
+    },
+    stop() {
+      since = 0;
+      if (timer !== undefined) clearTimeout(timer);
+      timer = undefined;
+    },
+  };
 }
 
 function chunkOut(call) {

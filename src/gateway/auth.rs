@@ -12,9 +12,10 @@
 //!   memoized as unknown for as long (a made-up key costs one KV read per 5 s); expired and
 //!   disabled records are not, and expiry is checked on every request, memo or not, so an
 //!   expired key is refused from its `expires_at` second on. In its last [`REFRESH_AHEAD_MS`]
-//!   a memoized record is read again by one request while the others keep using it, so under
-//!   steady traffic a key's memo never lapses: no burst of KV reads when it would expire, and a
-//!   KV hiccup in that second fails no request (the record read a moment ago still counts).
+//!   a memoized record is read again once, after the response of the request that found it due
+//!   ([`refresh_due`]), while every request keeps using the memo; so under steady traffic a
+//!   key's memo never lapses and no request waits for a KV read of its key: no burst of reads
+//!   when it would expire, and a KV hiccup in that second fails no request.
 //! * **plus the store's propagation delay**: Cloudflare KV is eventually consistent; a revoke
 //!   written in one location can take up to 60 s to be seen by reads in another (reads in the
 //!   writing location see it at once). Spin's key-value store is read-your-writes on one host.
@@ -41,8 +42,11 @@ pub const MEMO_TTL_MS: u64 = 5_000;
 /// At most this many keys (and as many unknown ones) are memoized per isolate; a full memo
 /// drops its stale entries, then everything.
 const MEMO_MAX: usize = 4096;
-/// How long before its expiry a memoized record is read again (by one request at a time).
+/// How long before its expiry a memoized record is read again (once, after a response).
 pub const REFRESH_AHEAD_MS: u64 = 1_000;
+/// At most this many keys wait for their refresh at a time (a host that never runs
+/// [`refresh_due`] leaves its memo entries to expire, as if there were no refresh).
+const DUE_MAX: usize = 64;
 
 /// Per-isolate memo of key lookups, keyed by the key's SHA-256 hex (never the key): records
 /// found, and hashes found unknown (so a client repeating a made-up key costs one KV read per
@@ -52,6 +56,8 @@ pub struct AuthMemo {
     ttl_ms: u64,
     entries: RefCell<HashMap<String, Memoized>>,
     unknown: RefCell<HashMap<String, u64>>,
+    /// Hashes of memoized keys found due for a refresh, for [`refresh_due`].
+    due: RefCell<Vec<String>>,
     pub identity: IdentityMemo,
     pub grants: GrantMemo,
 }
@@ -59,17 +65,9 @@ pub struct AuthMemo {
 struct Memoized {
     record: Rc<KeyRecord>,
     fetched_at: u64,
-    /// A request is reading it again (see [`REFRESH_AHEAD_MS`]). Left set if that request is
-    /// dropped mid-read: the entry then simply expires.
+    /// It is due for a refresh (see [`REFRESH_AHEAD_MS`]), listed in `AuthMemo::due`. Left
+    /// set if the refresh is dropped mid-read: the entry then simply expires.
     refreshing: bool,
-}
-
-/// What the memo knows of a key hash.
-enum Recall {
-    Hit(Rc<KeyRecord>),
-    /// Still valid, but due for a refresh, which the caller now owns.
-    Refresh(Rc<KeyRecord>),
-    Miss,
 }
 
 impl Default for AuthMemo {
@@ -84,6 +82,7 @@ impl AuthMemo {
             ttl_ms,
             entries: RefCell::default(),
             unknown: RefCell::default(),
+            due: RefCell::default(),
             identity: IdentityMemo::default(),
             grants: GrantMemo::default(),
         }
@@ -109,21 +108,26 @@ impl AuthMemo {
         self.ttl_ms
     }
 
-    fn recall(&self, hash: &str, now_ms: u64) -> Recall {
+    /// The memoized record of a key hash, if it has not expired; one in its last
+    /// [`REFRESH_AHEAD_MS`] is listed for [`refresh_due`] (once).
+    fn recall(&self, hash: &str, now_ms: u64) -> Option<Rc<KeyRecord>> {
         let mut entries = self.entries.borrow_mut();
-        let Some(entry) = entries.get_mut(hash) else { return Recall::Miss };
+        let entry = entries.get_mut(hash)?;
         let age = now_ms.saturating_sub(entry.fetched_at);
         if age >= self.ttl_ms {
-            Recall::Miss
-        } else if age + REFRESH_AHEAD_MS >= self.ttl_ms && !entry.refreshing {
-            entry.refreshing = true;
-            Recall::Refresh(entry.record.clone())
-        } else {
-            Recall::Hit(entry.record.clone())
+            return None;
         }
+        if age + REFRESH_AHEAD_MS >= self.ttl_ms && !entry.refreshing {
+            let mut due = self.due.borrow_mut();
+            if due.len() < DUE_MAX {
+                entry.refreshing = true;
+                due.push(hash.to_string());
+            }
+        }
+        Some(entry.record.clone())
     }
 
-    /// A refresh that could not read the store: the next request tries again.
+    /// A refresh that could not read the store: the next request lists it again.
     fn refresh_failed(&self, hash: &str) {
         if let Some(entry) = self.entries.borrow_mut().get_mut(hash) {
             entry.refreshing = false;
@@ -318,16 +322,9 @@ pub async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Re
     let now = ports.now_ms();
     // A memo hit does not extend the entry: it expires MEMO_TTL_MS after the KV read.
     let found = match memo.recall(&hash, now) {
-        Recall::Hit(record) => Some((record, false)),
-        Recall::Refresh(record) => match read_record(ports, &hash).await {
-            Ok(found) => found.map(|r| (Rc::new(r), true)),
-            Err(_) => {
-                memo.refresh_failed(&hash);
-                Some((record, false))
-            }
-        },
-        Recall::Miss if memo.is_unknown(&hash, now) => return Ok(None),
-        Recall::Miss => read_record(ports, &hash).await.map_err(unavailable)?.map(|r| (Rc::new(r), true)),
+        Some(record) => Some((record, false)),
+        None if memo.is_unknown(&hash, now) => return Ok(None),
+        None => read_record(ports, &hash).await.map_err(unavailable)?.map(|r| (Rc::new(r), true)),
     };
     let Some((record, fresh)) = found else {
         memo.forget(&hash);
@@ -342,6 +339,26 @@ pub async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Re
         memo.put(hash, record.clone(), now);
     }
     Ok(Some(record))
+}
+
+/// Reads again the memoized keys found due for a refresh ([`REFRESH_AHEAD_MS`]): run after a
+/// response, so no request waits for it. A key found revoked, disabled, expired or gone leaves
+/// the memo (the next request reads it and is refused); a store failure leaves the entry as it
+/// is, for the next request to list again.
+pub async fn refresh_due<P: Ports>(ports: &P, memo: &AuthMemo) {
+    let due = std::mem::take(&mut *memo.due.borrow_mut());
+    for hash in due {
+        match read_record(ports, &hash).await {
+            Ok(Some(record))
+                if keys::ct_eq(record.hash.as_bytes(), hash.as_bytes())
+                    && record.state(ports.now_ms()) == KeyState::Active =>
+            {
+                memo.put(hash, Rc::new(record), ports.now_ms());
+            }
+            Ok(_) => memo.forget(&hash),
+            Err(_) => memo.refresh_failed(&hash),
+        }
+    }
 }
 
 /// The stored record of a key hash, if its id index names it.
@@ -530,18 +547,18 @@ mod tests {
             assert!(auth().is_ok(), "memoized: still passes inside the bound (hits do not extend it)");
         }
         host.advance((trusted - 1) % 4 + 1);
-        assert_eq!(auth().unwrap_err().code, "invalid_api_key", "the read ahead of expiry sees the revoke");
+        assert!(auth().is_ok(), "in its last second the memo still counts; this request lists it for a refresh");
+        block_on(refresh_due(&host, &memo));
+        assert_eq!(auth().unwrap_err().code, "invalid_api_key", "the refresh after that response saw the revoke");
         host.advance(60_000);
         assert_eq!(auth().unwrap_err().code, "invalid_api_key", "negative results are not memoized into passes");
     }
 
-    /// A memoized key is read again shortly before it expires, by one request while concurrent
-    /// ones keep using the memo; a store failing at that moment fails no request.
+    /// A memoized key is read again shortly before it expires, once, after the response of the
+    /// request that found it due: no request waits for that read, and a store failing at that
+    /// moment fails no request.
     #[test]
-    fn one_request_refreshes_a_key_before_its_memo_expires() {
-        use crate::gateway::ports::memory::run_interleaved;
-        use std::future::Future;
-        use std::pin::Pin;
+    fn a_key_due_for_a_refresh_is_read_once_after_the_response() {
         let host = host();
         let memo = AuthMemo::default();
         let (key, _) = add_key(&host, &["*"], |_| {});
@@ -549,13 +566,15 @@ mod tests {
         assert_eq!(found(), Ok(true));
 
         host.advance(MEMO_TTL_MS - REFRESH_AHEAD_MS);
-        host.kv_yield.set(true);
         let before = host.kv_ops.get();
-        type Lookup<'a> = Pin<Box<dyn Future<Output = Result<Option<Rc<KeyRecord>>>> + 'a>>;
-        let calls: Vec<Lookup> = (0..8).map(|_| Box::pin(lookup(&host, &memo, &key)) as Lookup).collect();
-        assert!(run_interleaved(calls).iter().all(|r| matches!(r, Ok(Some(_)))));
-        assert_eq!(host.kv_ops.get() - before, 2, "one request read the record and its id index");
-        host.kv_yield.set(false);
+        for _ in 0..8 {
+            assert_eq!(found(), Ok(true));
+        }
+        assert_eq!(host.kv_ops.get() - before, 0, "no request read the store");
+        block_on(refresh_due(&host, &memo));
+        assert_eq!(host.kv_ops.get() - before, 2, "the refresh read the record and its id index, once");
+        block_on(refresh_due(&host, &memo));
+        assert_eq!(host.kv_ops.get() - before, 2, "nothing else was due");
 
         host.advance(REFRESH_AHEAD_MS);
         let before = host.kv_ops.get();
@@ -563,12 +582,14 @@ mod tests {
         assert_eq!(host.kv_ops.get() - before, 0, "the first read's expiry passed: the memo was renewed");
 
         host.advance(MEMO_TTL_MS - 2 * REFRESH_AHEAD_MS);
-        host.kv_fail.borrow_mut().push(String::new());
-        assert_eq!(found(), Ok(true), "the store fails during the refresh: the memo still counts");
-        host.kv_fail.borrow_mut().clear();
-        let before = host.kv_ops.get();
         assert_eq!(found(), Ok(true));
-        assert_eq!(host.kv_ops.get() - before, 2, "the next request tries again");
+        host.kv_fail.borrow_mut().push(String::new());
+        block_on(refresh_due(&host, &memo));
+        host.kv_fail.borrow_mut().clear();
+        assert_eq!(found(), Ok(true), "the store failed during the refresh: the memo still counts");
+        let before = host.kv_ops.get();
+        block_on(refresh_due(&host, &memo));
+        assert_eq!(host.kv_ops.get() - before, 2, "that request listed it again");
 
         host.advance(MEMO_TTL_MS);
         host.kv_fail.borrow_mut().push(String::new());
@@ -712,6 +733,18 @@ mod tests {
             memo.put(format!("h{i}"), record.clone(), 0);
         }
         assert!(memo.len() <= MEMO_MAX);
+        // So is the list of keys due for a refresh; a key left off it is listed by a later
+        // request, once the list has been read.
+        let memo = AuthMemo::new(MEMO_TTL_MS);
+        for i in 0..DUE_MAX + 10 {
+            memo.put(format!("h{i}"), record.clone(), 0);
+        }
+        let recall_all = || (0..DUE_MAX + 10).all(|i| memo.recall(&format!("h{i}"), MEMO_TTL_MS - 1).is_some());
+        assert!(recall_all());
+        assert_eq!(memo.due.borrow().len(), DUE_MAX);
+        memo.due.borrow_mut().clear(); // as refresh_due takes it
+        assert!(recall_all());
+        assert_eq!(memo.due.borrow().len(), 10);
     }
     #[test]
     fn jwts_beside_keys() {

@@ -198,6 +198,9 @@ async fn serve(host: CfHost, request: Result<(Request<Vec<u8>>, ClientInfo)>) {
     };
     let line = deferred.complete(&host, summary).await;
     exec::notify(Cmd::Log, &[line.as_str().into()]);
+    // Memos this request found about to expire are read again now, not by a later request
+    // that would wait for the read (Spin needs none of this: each instance serves one request).
+    gateway.refresh_due(&host).await;
 }
 
 /// Lets a whole answer go out before the after-response work when no other request waits for

@@ -70,7 +70,16 @@ pub struct Gateway {
     config: RefCell<Option<ConfigMemo>>,
     /// A request is reading the config again: the others keep the memo meanwhile.
     refreshing: Cell<bool>,
+    /// The memo is in its last stretch ([`config_refresh_ahead_ms`]): [`Gateway::refresh_due`]
+    /// reads it again.
+    config_due: Cell<bool>,
     state: IsolateState,
+}
+
+/// How long before its expiry the config memo is read again, after a response (a fifth of the
+/// TTL, at most a second): under steady traffic no request waits for the config's KV read.
+fn config_refresh_ahead_ms(ttl_ms: u64) -> u64 {
+    (ttl_ms / 5).min(crate::gateway::auth::REFRESH_AHEAD_MS)
 }
 
 /// Clears `Gateway::refreshing` however the refreshing request's future ends (finished, or
@@ -250,18 +259,47 @@ impl Gateway {
         Exchange { response, deferred }
     }
 
-    /// The active config, memoized per isolate for `settings.config_ttl_ms`; once that has
-    /// passed, one request reads it again while the others in flight keep the memo (one KV read
-    /// per refresh, not one per request: 16 concurrent requests made 16). An invalid config is
-    /// a 503 whose message names no detail (clients must not learn config paths or names); the
-    /// issues go to the request's log line.
+    /// The memos found due for a refresh by the requests so far (the config's, keys'), read
+    /// again now: a host runs this after a response, so no request waits for those reads. A
+    /// failed read leaves the memo as it was (the next request finds it due again).
+    pub async fn refresh_due<P: Ports>(&self, ports: &P) {
+        if self.config_due.replace(false) && !self.refreshing.get() && self.config_memo_due(ports.now_ms()) {
+            let _ = self.read_config(ports, &mut LogRecord::default()).await;
+        }
+        crate::gateway::auth::refresh_due(ports, &self.state.auth).await;
+    }
+
+    /// The active config, memoized per isolate for `settings.config_ttl_ms`. In its last
+    /// stretch the memo is read again after a response ([`Gateway::refresh_due`]); once it has
+    /// expired, one request reads it again while the others in flight keep the memo (one KV
+    /// read per refresh, not one per request: 16 concurrent requests made 16). An invalid
+    /// config is a 503 whose message names no detail (clients must not learn config paths or
+    /// names); the issues go to the request's log line.
     async fn config<P: Ports>(&self, ports: &P, log: &mut LogRecord) -> Result<Rc<Config>> {
         let now = ports.now_ms();
         if let Some(memo) = &*self.config.borrow() {
-            if now.saturating_sub(memo.fetched_at) < memo.config.settings.config_ttl_ms || self.refreshing.get() {
+            let (age, ttl) = (now.saturating_sub(memo.fetched_at), memo.config.settings.config_ttl_ms);
+            if age < ttl || self.refreshing.get() {
+                if age < ttl && age + config_refresh_ahead_ms(ttl) >= ttl {
+                    self.config_due.set(true);
+                }
                 return Ok(memo.config.clone());
             }
         }
+        self.read_config(ports, log).await
+    }
+
+    /// Whether the config memo is in its last stretch (not read again since it was found so).
+    fn config_memo_due(&self, now: u64) -> bool {
+        self.config.borrow().as_ref().is_some_and(|memo| {
+            let ttl = memo.config.settings.config_ttl_ms;
+            now.saturating_sub(memo.fetched_at) + config_refresh_ahead_ms(ttl) >= ttl
+        })
+    }
+
+    /// Reads the active config from KV into the memo (one reader at a time; see `config`).
+    async fn read_config<P: Ports>(&self, ports: &P, log: &mut LogRecord) -> Result<Rc<Config>> {
+        let now = ports.now_ms();
         self.refreshing.set(true);
         let _refreshing = Refreshing(&self.refreshing);
         let raw = match ports.get(ACTIVE_KEY).await {

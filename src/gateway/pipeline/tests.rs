@@ -288,6 +288,30 @@ fn config_memo_expires_and_notices_removal() {
     );
 }
 
+/// In the config memo's last fifth (config_ttl_ms is 1 s here: its last 200 ms) requests keep
+/// the memo without reading KV; the config is read again once, by `refresh_due` after the
+/// response, and the requests after that see what it read (here: the config is gone).
+#[test]
+fn a_config_due_for_a_refresh_is_read_after_the_response() {
+    let host = host();
+    let gateway = Gateway::new();
+    let status = || {
+        let chat = post("/v1/chat/completions", r#"{"model":"chat"}"#);
+        block_on(gateway.handle(&host, chat, &ClientInfo::default())).response.status()
+    };
+    assert_eq!(status(), StatusCode::OK);
+    host.kv.borrow_mut().clear();
+    host.advance(700);
+    assert_eq!(status(), StatusCode::OK);
+    block_on(gateway.refresh_due(&host));
+    assert_eq!(status(), StatusCode::OK, "not due yet: nothing was read");
+    host.advance(100);
+    assert_eq!(status(), StatusCode::OK, "due: this request still kept the memo");
+    assert_eq!(status(), StatusCode::OK);
+    block_on(gateway.refresh_due(&host));
+    assert_eq!(status(), StatusCode::SERVICE_UNAVAILABLE, "the refresh after the response read the config (gone)");
+}
+
 /// Once the config memo has expired, one request reads the config again while the others in
 /// flight keep the memo: one KV read per refresh, not one per request. A refreshing request
 /// dropped midway (a client gone) leaves the next one to read.

@@ -331,7 +331,7 @@ pub async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Re
         memo.put_unknown(hash, now);
         return Ok(None);
     };
-    if !keys::ct_eq(record.hash.as_bytes(), hash.as_bytes()) || record.state(now) != KeyState::Active {
+    if !admits(&record, &hash, now) {
         memo.forget(&hash);
         return Ok(None);
     }
@@ -349,16 +349,19 @@ pub async fn refresh_due<P: Ports>(ports: &P, memo: &AuthMemo) {
     let due = std::mem::take(&mut *memo.due.borrow_mut());
     for hash in due {
         match read_record(ports, &hash).await {
-            Ok(Some(record))
-                if keys::ct_eq(record.hash.as_bytes(), hash.as_bytes())
-                    && record.state(ports.now_ms()) == KeyState::Active =>
-            {
+            Ok(Some(record)) if admits(&record, &hash, ports.now_ms()) => {
                 memo.put(hash, Rc::new(record), ports.now_ms());
             }
             Ok(_) => memo.forget(&hash),
             Err(_) => memo.refresh_failed(&hash),
         }
     }
+}
+
+/// Whether `record`, found under `hash`, lets its key in at `now`: it is that hash's record
+/// (compared in constant time) and it is active.
+fn admits(record: &KeyRecord, hash: &str, now: u64) -> bool {
+    keys::ct_eq(record.hash.as_bytes(), hash.as_bytes()) && record.state(now) == KeyState::Active
 }
 
 /// The stored record of a key hash, if its id index names it.

@@ -63,6 +63,14 @@ struct ConfigMemo {
     fetched_at: u64,
 }
 
+impl ConfigMemo {
+    /// Whether it is in its last stretch at `now` (or past it): due to be read again.
+    fn due(&self, now: u64) -> bool {
+        let ttl = self.config.settings.config_ttl_ms;
+        now.saturating_sub(self.fetched_at) + config_refresh_ahead_ms(ttl) >= ttl
+    }
+}
+
 /// The gateway of one isolate: a short-lived memo of the parsed config and the state the
 /// phases share. Everything else is in KV.
 #[derive(Default)]
@@ -263,7 +271,10 @@ impl Gateway {
     /// again now: a host runs this after a response, so no request waits for those reads. A
     /// failed read leaves the memo as it was (the next request finds it due again).
     pub async fn refresh_due<P: Ports>(&self, ports: &P) {
-        if self.config_due.replace(false) && !self.refreshing.get() && self.config_memo_due(ports.now_ms()) {
+        if self.config_due.replace(false)
+            && !self.refreshing.get()
+            && self.config.borrow().as_ref().is_some_and(|memo| memo.due(ports.now_ms()))
+        {
             let _ = self.read_config(ports, &mut LogRecord::default()).await;
         }
         crate::gateway::auth::refresh_due(ports, &self.state.auth).await;
@@ -278,23 +289,15 @@ impl Gateway {
     async fn config<P: Ports>(&self, ports: &P, log: &mut LogRecord) -> Result<Rc<Config>> {
         let now = ports.now_ms();
         if let Some(memo) = &*self.config.borrow() {
-            let (age, ttl) = (now.saturating_sub(memo.fetched_at), memo.config.settings.config_ttl_ms);
-            if age < ttl || self.refreshing.get() {
-                if age < ttl && age + config_refresh_ahead_ms(ttl) >= ttl {
+            let fresh = now.saturating_sub(memo.fetched_at) < memo.config.settings.config_ttl_ms;
+            if fresh || self.refreshing.get() {
+                if fresh && memo.due(now) {
                     self.config_due.set(true);
                 }
                 return Ok(memo.config.clone());
             }
         }
         self.read_config(ports, log).await
-    }
-
-    /// Whether the config memo is in its last stretch (not read again since it was found so).
-    fn config_memo_due(&self, now: u64) -> bool {
-        self.config.borrow().as_ref().is_some_and(|memo| {
-            let ttl = memo.config.settings.config_ttl_ms;
-            now.saturating_sub(memo.fetched_at) + config_refresh_ahead_ms(ttl) >= ttl
-        })
     }
 
     /// Reads the active config from KV into the memo (one reader at a time; see `config`).

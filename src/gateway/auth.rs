@@ -341,6 +341,15 @@ pub async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Re
     Ok(Some(record))
 }
 
+/// Looks up a presented key ahead of [`caller`], to have it memoized when `caller` asks: run
+/// beside another KV read the request must make first (the config's). Never fails: a store
+/// failure is left for `caller`'s own read to meet and report.
+pub async fn prefetch<P: Ports>(ports: &P, memo: &AuthMemo, presented: Option<&str>) {
+    if let Some(presented) = presented {
+        let _ = lookup(ports, memo, presented).await;
+    }
+}
+
 /// Reads again the memoized keys found due for a refresh ([`REFRESH_AHEAD_MS`]): run after a
 /// response, so no request waits for it. A key found revoked, disabled, expired or gone leaves
 /// the memo (the next request reads it and is refused); a store failure leaves the entry as it

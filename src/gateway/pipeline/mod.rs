@@ -43,6 +43,7 @@ use crate::gateway::mcp::{self, McpBody, McpEnv, McpRequest};
 use crate::gateway::ports::Ports;
 use crate::gateway::routing::{self, ApiRoute};
 use crate::gateway::types::Operation;
+use crate::gateway::util::join::join;
 use crate::gateway::util::text::hex;
 
 pub use account::{Deferred, Observed, Pending};
@@ -163,7 +164,25 @@ impl Gateway {
         if route == ApiRoute::Health {
             return Ok(json_response(StatusCode::OK, &json!({"status": "OK"})));
         }
-        let config = self.config(ports, &mut ctx.log).await?;
+        let query = request.uri().query().unwrap_or("");
+        // Gemini clients may send their key as `x-goog-api-key` or `?key=` (never logged: the
+        // log line holds the path only).
+        let credential = match route {
+            ApiRoute::Gemini { .. } => gemini::api_key(request.headers(), query),
+            _ => None,
+        };
+        let config = match self.memoized_config(ports.now_ms()) {
+            Some(config) => config,
+            // The config must be read (a new isolate, or a quiet one whose memos lapsed): the
+            // caller's key is read beside it instead of after it, one KV round trip less before
+            // the origin call. Every route but /health looks up a presented key.
+            None => {
+                let presented = auth::presented(request.headers(), credential.as_deref());
+                let reads =
+                    join(self.read_config(ports, &mut ctx.log), auth::prefetch(ports, &self.state.auth, presented));
+                reads.await.0?
+            }
+        };
         if let Some(telemetry) = &config.telemetry {
             let span = SpanContext::start(ctx.observed.parent.as_ref(), telemetry.sample, ports);
             ctx.observed.span = Some(span);
@@ -172,7 +191,6 @@ impl Gateway {
         if let ApiRoute::Mcp(server) = route {
             return Ok(mcp_call(ports, ctx, &config, server.as_deref(), request).await);
         }
-        let query = request.uri().query().unwrap_or("");
         let unified = matches!(route, ApiRoute::UnifiedInvocations(_));
         if route.is_listing() {
             // Listings show what the caller may call; any key problem means the public view.
@@ -215,12 +233,6 @@ impl Gateway {
                 (Some(name), Dialect::Gemini(mode.unwrap_or(gemini::Mode::Generate)))
             }
             ApiRoute::Mcp(_) => return Err(GatewayError::not_found(ErrorCode::RouteNotFound, "no MCP route")),
-        };
-        // Gemini clients may send their key as `x-goog-api-key` or `?key=` (never logged: the
-        // log line holds the path only).
-        let credential = match dialect {
-            Dialect::Gemini(_) => gemini::api_key(request.headers(), query),
-            _ => None,
         };
         ctx.dialect = dialect;
         // Who calls is settled before the body is read wherever it can be: when no endpoint is
@@ -287,17 +299,25 @@ impl Gateway {
     /// config is a 503 whose message names no detail (clients must not learn config paths or
     /// names); the issues go to the request's log line.
     async fn config<P: Ports>(&self, ports: &P, log: &mut LogRecord) -> Result<Rc<Config>> {
-        let now = ports.now_ms();
-        if let Some(memo) = &*self.config.borrow() {
-            let fresh = now.saturating_sub(memo.fetched_at) < memo.config.settings.config_ttl_ms;
-            if fresh || self.refreshing.get() {
-                if fresh && memo.due(now) {
-                    self.config_due.set(true);
-                }
-                return Ok(memo.config.clone());
-            }
+        match self.memoized_config(ports.now_ms()) {
+            Some(config) => Ok(config),
+            None => self.read_config(ports, log).await,
         }
-        self.read_config(ports, log).await
+    }
+
+    /// The memoized config while it may be served: fresh, or stale while another request reads
+    /// it again. One in its last stretch is marked for [`Gateway::refresh_due`].
+    fn memoized_config(&self, now: u64) -> Option<Rc<Config>> {
+        let memo = self.config.borrow();
+        let memo = memo.as_ref()?;
+        let fresh = now.saturating_sub(memo.fetched_at) < memo.config.settings.config_ttl_ms;
+        if !fresh && !self.refreshing.get() {
+            return None;
+        }
+        if fresh && memo.due(now) {
+            self.config_due.set(true);
+        }
+        Some(memo.config.clone())
     }
 
     /// Reads the active config from KV into the memo (one reader at a time; see `config`).

@@ -312,6 +312,43 @@ fn a_config_due_for_a_refresh_is_read_after_the_response() {
     assert_eq!(status(), StatusCode::SERVICE_UNAVAILABLE, "the refresh after the response read the config (gone)");
 }
 
+/// A request that must read the config (a new isolate, or a quiet one whose memo lapsed) reads
+/// its key beside it, not after it: the key's read begins before the config's has answered,
+/// one KV round trip less before the origin call. The key is still read once, and a store
+/// failure on it is still the lookup's 503.
+#[test]
+fn a_request_with_a_cold_config_reads_its_key_beside_it() {
+    use crate::gateway::features::keys;
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let host = host();
+    let key = add_key(&host, |_| {});
+    host.kv_yield.set(true);
+    host.kv_begun.borrow_mut().clear();
+    let gateway = Gateway::new();
+    let chat = || with_key(post("/v1/chat/completions", r#"{"model":"chat"}"#), &key);
+    let client = ClientInfo::default();
+    let mut handled = std::pin::pin!(gateway.handle(&host, chat(), &client));
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(handled.as_mut().poll(&mut cx).is_pending());
+    let key_entry = format!("{}{}", keys::RECORD_PREFIX, keys::hash_key(&key));
+    assert_eq!(*host.kv_begun.borrow(), [ACTIVE_KEY.to_string(), key_entry.clone()], "both began at once");
+    let status = loop {
+        if let Poll::Ready(exchange) = handled.as_mut().poll(&mut cx) {
+            break exchange.response.status();
+        }
+    };
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(host.kv_begun.borrow().iter().filter(|k| **k == key_entry).count(), 1, "the key was read once");
+
+    host.kv_yield.set(false);
+    host.kv_fail.borrow_mut().push(keys::RECORD_PREFIX.into());
+    let cold = Gateway::new();
+    let failed = block_on(cold.handle(&host, chat(), &ClientInfo::default()));
+    assert_eq!(failed.response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(failed.response.headers()["retry-after"], "1");
+}
+
 /// Once the config memo has expired, one request reads the config again while the others in
 /// flight keep the memo: one KV read per refresh, not one per request. A refreshing request
 /// dropped midway (a client gone) leaves the next one to read.

@@ -27,6 +27,9 @@ pub struct MemoryHost {
     rng: Cell<u64>,
     /// KV operations performed (get, put, delete, list), for tests of per-call caps.
     pub kv_ops: Cell<u64>,
+    /// The keys (or list prefixes) of those operations in the order they began, before any
+    /// [`MemoryHost::kv_yield`] wait: which reads a request makes side by side.
+    pub kv_begun: RefCell<Vec<String>>,
     /// KV operations on keys starting with any of these prefixes fail as a host's would
     /// (`""` fails them all): transient-error tests.
     pub kv_fail: RefCell<Vec<String>>,
@@ -54,6 +57,7 @@ impl MemoryHost {
             record: true,
             rng: Cell::new(0x9e37_79b9_7f4a_7c15),
             kv_ops: Cell::new(0),
+            kv_begun: RefCell::default(),
             kv_fail: RefCell::default(),
             kv_yield: Cell::new(false),
             stateless: Cell::new(false),
@@ -69,6 +73,7 @@ impl MemoryHost {
 
     /// One KV operation on `key`: possibly pending once, then as [`MemoryHost::kv_op_now`].
     async fn kv_op(&self, key: &str) -> Result<()> {
+        self.kv_begun.borrow_mut().push(key.to_string());
         if self.kv_yield.get() {
             yield_once().await;
         }

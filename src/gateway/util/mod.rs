@@ -1,4 +1,5 @@
-//! Small helpers with no gateway dependency: text and time.
+//! Small helpers with no gateway dependency: text, time, and awaiting two futures together.
 
+pub mod join;
 pub mod text;
 pub mod time;

@@ -36,6 +36,7 @@ use crate::gateway::features::access::{self, GrantMemo};
 use crate::gateway::features::identity::{self, IdentityMemo, JwtConfig};
 use crate::gateway::features::keys::{self, KeyRecord, KeyState};
 use crate::gateway::ports::Ports;
+use crate::gateway::util::join::join;
 
 /// How long an isolate trusts a lookup: a found key, or a well-formed key found unknown.
 pub const MEMO_TTL_MS: u64 = 5_000;
@@ -125,6 +126,13 @@ impl AuthMemo {
             }
         }
         Some(entry.record.clone())
+    }
+
+    /// The id of a memoized record, expired or not. A hash's record never changes its id (a
+    /// rotation makes a new hash), so with a lapsed entry the id index is known before the
+    /// record is read again.
+    fn known_id(&self, hash: &str) -> Option<String> {
+        self.entries.borrow().get(hash).map(|e| e.record.id.clone())
     }
 
     /// A refresh that could not read the store: the next request lists it again.
@@ -313,7 +321,8 @@ pub async fn caller<P: Ports>(
 ///
 /// A record counts only while its id index (`keyid:<id>`) names it: rotations racing each
 /// other (or a revoke) can leave a second record of one id behind, which neither list nor
-/// revoke would ever see. (Costs a second KV read per memo miss.)
+/// revoke would ever see. (Costs a second KV read per memo miss: in turn for a key this isolate
+/// has not seen, side by side for one whose memo lapsed.)
 pub async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Result<Option<Rc<KeyRecord>>> {
     if !keys::looks_like_key(presented) {
         return Ok(None);
@@ -324,7 +333,10 @@ pub async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Re
     let found = match memo.recall(&hash, now) {
         Some(record) => Some((record, false)),
         None if memo.is_unknown(&hash, now) => return Ok(None),
-        None => read_record(ports, &hash).await.map_err(unavailable)?.map(|r| (Rc::new(r), true)),
+        None => {
+            let known_id = memo.known_id(&hash);
+            read_record(ports, &hash, known_id.as_deref()).await.map_err(unavailable)?.map(|r| (Rc::new(r), true))
+        }
     };
     let Some((record, fresh)) = found else {
         memo.forget(&hash);
@@ -357,7 +369,8 @@ pub async fn prefetch<P: Ports>(ports: &P, memo: &AuthMemo, presented: Option<&s
 pub async fn refresh_due<P: Ports>(ports: &P, memo: &AuthMemo) {
     let due = std::mem::take(&mut *memo.due.borrow_mut());
     for hash in due {
-        match read_record(ports, &hash).await {
+        let known_id = memo.known_id(&hash);
+        match read_record(ports, &hash, known_id.as_deref()).await {
             Ok(Some(record)) if admits(&record, &hash, ports.now_ms()) => {
                 memo.put(hash, Rc::new(record), ports.now_ms());
             }
@@ -373,10 +386,23 @@ fn admits(record: &KeyRecord, hash: &str, now: u64) -> bool {
     keys::ct_eq(record.hash.as_bytes(), hash.as_bytes()) && record.state(now) == KeyState::Active
 }
 
-/// The stored record of a key hash, if its id index names it.
-async fn read_record<P: Ports>(ports: &P, hash: &str) -> Result<Option<KeyRecord>> {
-    let Some(record) = keys::load(ports, hash).await? else { return Ok(None) };
-    Ok(keys::index_names(ports, &record.id, hash).await?.then_some(record))
+/// The stored record of a key hash, if its id index names it. With the id a lapsed memo entry
+/// knew ([`AuthMemo::known_id`]) the record and the index are read side by side, one KV round
+/// trip instead of two; the index that counts is always the one of the record's own id.
+async fn read_record<P: Ports>(ports: &P, hash: &str, known_id: Option<&str>) -> Result<Option<KeyRecord>> {
+    let (record, indexed) = match known_id {
+        Some(id) => {
+            let (record, named) = join(keys::load(ports, hash), keys::index_names(ports, id, hash)).await;
+            (record?, Some((id, named)))
+        }
+        None => (keys::load(ports, hash).await?, None),
+    };
+    let Some(record) = record else { return Ok(None) };
+    let named = match indexed {
+        Some((id, named)) if id == record.id => named?,
+        _ => keys::index_names(ports, &record.id, hash).await?,
+    };
+    Ok(named.then_some(record))
 }
 
 /// KV failures are transient: 503 + Retry-After. A corrupt record stays what it is.
@@ -644,6 +670,32 @@ mod tests {
             ));
         }
         assert!(memo.len() <= 2 * MEMO_MAX);
+    }
+
+    /// A key whose memo lapsed is read again with its record and its id index side by side (the
+    /// id is known from the lapsed entry): both reads begin at once. The index still decides:
+    /// after a rotation that left the key's record behind, the lapsed key is refused.
+    #[test]
+    fn a_lapsed_key_is_read_with_its_index_side_by_side() {
+        use std::future::Future;
+        use std::task::{Context, Waker};
+        let host = host();
+        let memo = AuthMemo::default();
+        let (key, record) = add_key(&host, &["*"], |_| {});
+        assert!(block_on(lookup(&host, &memo, &key)).unwrap().is_some());
+        host.advance(MEMO_TTL_MS);
+        host.kv_yield.set(true);
+        host.kv_begun.borrow_mut().clear();
+        let mut read = std::pin::pin!(lookup(&host, &memo, &key));
+        assert!(read.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending());
+        let entries = [keys::record_key(&record.hash), keys::index_key(&record.id)];
+        assert_eq!(*host.kv_begun.borrow(), entries, "both began at the first poll");
+        assert!(block_on(read).unwrap().is_some());
+
+        let (rotated, _) = add_key(&host, &["*"], |r| r.id = record.id.clone());
+        host.advance(MEMO_TTL_MS);
+        assert_eq!(block_on(lookup(&host, &memo, &key)), Ok(None), "the index names the rotated key now");
+        assert!(block_on(lookup(&host, &memo, &rotated)).unwrap().is_some());
     }
 
     /// M3: a record its id index does not point to (left behind by racing rotations) is dead:

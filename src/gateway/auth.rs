@@ -685,11 +685,11 @@ mod tests {
         assert!(block_on(lookup(&host, &memo, &key)).unwrap().is_some());
         host.advance(MEMO_TTL_MS);
         host.kv_yield.set(true);
-        host.kv_begun.borrow_mut().clear();
+        *host.kv_begun.borrow_mut() = Some(Vec::new());
         let mut read = std::pin::pin!(lookup(&host, &memo, &key));
         assert!(read.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending());
-        let entries = [keys::record_key(&record.hash), keys::index_key(&record.id)];
-        assert_eq!(*host.kv_begun.borrow(), entries, "both began at the first poll");
+        let entries = vec![keys::record_key(&record.hash), keys::index_key(&record.id)];
+        assert_eq!(*host.kv_begun.borrow(), Some(entries), "both began at the first poll");
         assert!(block_on(read).unwrap().is_some());
 
         let (rotated, _) = add_key(&host, &["*"], |r| r.id = record.id.clone());

@@ -320,7 +320,7 @@ impl Gateway {
         Some(memo.config.clone())
     }
 
-    /// Reads the active config from KV into the memo (one reader at a time; see `config`).
+    /// Reads the active config from KV into the memo (one reader at a time; see `memoized_config`).
     async fn read_config<P: Ports>(&self, ports: &P, log: &mut LogRecord) -> Result<Rc<Config>> {
         let now = ports.now_ms();
         self.refreshing.set(true);

@@ -11,11 +11,12 @@
 //!   lookups are memoized per isolate for that long. Well-formed keys found unknown are
 //!   memoized as unknown for as long (a made-up key costs one KV read per 5 s); expired and
 //!   disabled records are not, and expiry is checked on every request, memo or not, so an
-//!   expired key is refused from its `expires_at` second on. In its last [`REFRESH_AHEAD_MS`]
-//!   a memoized record is read again once, after the response of the request that found it due
-//!   ([`refresh_due`]), while every request keeps using the memo; so under steady traffic a
-//!   key's memo never lapses and no request waits for a KV read of its key: no burst of reads
-//!   when it would expire, and a KV hiccup in that second fails no request.
+//!   expired key is refused from its `expires_at` second on. From half its life on
+//!   ([`time::refresh_due`]) a memoized record is read again once, after the response of the
+//!   request that found it due ([`refresh_due`]), while every request keeps using the memo; so
+//!   a key used at a steady pace of at least once per 5 s (or never more than 2.5 s apart)
+//!   never lapses and no request waits for a KV read of its key: no burst of reads when it
+//!   would expire, and a KV hiccup then fails no request.
 //! * **plus the store's propagation delay**: Cloudflare KV is eventually consistent; a revoke
 //!   written in one location can take up to 60 s to be seen by reads in another (reads in the
 //!   writing location see it at once). Spin's key-value store is read-your-writes on one host.
@@ -37,14 +38,13 @@ use crate::gateway::features::identity::{self, IdentityMemo, JwtConfig};
 use crate::gateway::features::keys::{self, KeyRecord, KeyState};
 use crate::gateway::ports::Ports;
 use crate::gateway::util::join::join;
+use crate::gateway::util::time;
 
 /// How long an isolate trusts a lookup: a found key, or a well-formed key found unknown.
 pub const MEMO_TTL_MS: u64 = 5_000;
 /// At most this many keys (and as many unknown ones) are memoized per isolate; a full memo
 /// drops its stale entries, then everything.
 const MEMO_MAX: usize = 4096;
-/// How long before its expiry a memoized record is read again (once, after a response).
-pub const REFRESH_AHEAD_MS: u64 = 1_000;
 /// At most this many keys wait for their refresh at a time (a host that never runs
 /// [`refresh_due`] leaves its memo entries to expire, as if there were no refresh).
 const DUE_MAX: usize = 64;
@@ -66,7 +66,7 @@ pub struct AuthMemo {
 struct Memoized {
     record: Rc<KeyRecord>,
     fetched_at: u64,
-    /// It is due for a refresh (see [`REFRESH_AHEAD_MS`]), listed in `AuthMemo::due`. Left
+    /// It is due for a refresh (see [`time::refresh_due`]), listed in `AuthMemo::due`. Left
     /// set if the refresh is dropped mid-read: the entry then simply expires.
     refreshing: bool,
 }
@@ -109,8 +109,8 @@ impl AuthMemo {
         self.ttl_ms
     }
 
-    /// The memoized record of a key hash, if it has not expired; one in its last
-    /// [`REFRESH_AHEAD_MS`] is listed for [`refresh_due`] (once).
+    /// The memoized record of a key hash, if it has not expired; one due for a refresh
+    /// ([`time::refresh_due`]) is listed for [`refresh_due`] (once).
     fn recall(&self, hash: &str, now_ms: u64) -> Option<Rc<KeyRecord>> {
         let mut entries = self.entries.borrow_mut();
         let entry = entries.get_mut(hash)?;
@@ -118,7 +118,7 @@ impl AuthMemo {
         if age >= self.ttl_ms {
             return None;
         }
-        if age + REFRESH_AHEAD_MS >= self.ttl_ms && !entry.refreshing {
+        if time::refresh_due(age, self.ttl_ms) && !entry.refreshing {
             let mut due = self.due.borrow_mut();
             if due.len() < DUE_MAX {
                 entry.refreshing = true;
@@ -362,7 +362,7 @@ pub async fn prefetch<P: Ports>(ports: &P, memo: &AuthMemo, presented: Option<&s
     }
 }
 
-/// Reads again the memoized keys found due for a refresh ([`REFRESH_AHEAD_MS`]): run after a
+/// Reads again the memoized keys found due for a refresh ([`time::refresh_due`]): run after a
 /// response, so no request waits for it. A key found revoked, disabled, expired or gone leaves
 /// the memo (the next request reads it and is refused); a store failure leaves the entry as it
 /// is, for the next request to list again.
@@ -579,20 +579,22 @@ mod tests {
         assert!(auth().is_ok());
         record.disabled = true;
         block_on(keys::store(&host, &record)).unwrap();
-        let trusted = MEMO_TTL_MS - REFRESH_AHEAD_MS;
+        let before_due = MEMO_TTL_MS / 2;
         for _ in 0..4 {
-            host.advance((trusted - 1) / 4);
+            host.advance((before_due - 1) / 4);
             assert!(auth().is_ok(), "memoized: still passes inside the bound (hits do not extend it)");
         }
-        host.advance((trusted - 1) % 4 + 1);
-        assert!(auth().is_ok(), "in its last second the memo still counts; this request lists it for a refresh");
+        block_on(refresh_due(&host, &memo));
+        assert!(auth().is_ok(), "not due yet: the refresh read nothing");
+        host.advance((before_due - 1) % 4 + 1);
+        assert!(auth().is_ok(), "in its second half the memo still counts; this request lists it for a refresh");
         block_on(refresh_due(&host, &memo));
         assert_eq!(auth().unwrap_err().code, "invalid_api_key", "the refresh after that response saw the revoke");
         host.advance(60_000);
         assert_eq!(auth().unwrap_err().code, "invalid_api_key", "negative results are not memoized into passes");
     }
 
-    /// A memoized key is read again shortly before it expires, once, after the response of the
+    /// A memoized key is read again from half its life on, once, after the response of the
     /// request that found it due: no request waits for that read, and a store failing at that
     /// moment fails no request.
     #[test]
@@ -603,7 +605,13 @@ mod tests {
         let found = || block_on(lookup(&host, &memo, &key)).map(|r| r.is_some());
         assert_eq!(found(), Ok(true));
 
-        host.advance(MEMO_TTL_MS - REFRESH_AHEAD_MS);
+        host.advance(MEMO_TTL_MS / 2 - 1);
+        assert_eq!(found(), Ok(true));
+        let before = host.kv_ops.get();
+        block_on(refresh_due(&host, &memo));
+        assert_eq!(host.kv_ops.get() - before, 0, "not due before half its life");
+
+        host.advance(1);
         let before = host.kv_ops.get();
         for _ in 0..8 {
             assert_eq!(found(), Ok(true));
@@ -614,13 +622,11 @@ mod tests {
         block_on(refresh_due(&host, &memo));
         assert_eq!(host.kv_ops.get() - before, 2, "nothing else was due");
 
-        host.advance(REFRESH_AHEAD_MS);
+        host.advance(MEMO_TTL_MS / 2);
         let before = host.kv_ops.get();
         assert_eq!(found(), Ok(true));
         assert_eq!(host.kv_ops.get() - before, 0, "the first read's expiry passed: the memo was renewed");
 
-        host.advance(MEMO_TTL_MS - 2 * REFRESH_AHEAD_MS);
-        assert_eq!(found(), Ok(true));
         host.kv_fail.borrow_mut().push(String::new());
         block_on(refresh_due(&host, &memo));
         host.kv_fail.borrow_mut().clear();
@@ -632,6 +638,24 @@ mod tests {
         host.advance(MEMO_TTL_MS);
         host.kv_fail.borrow_mut().push(String::new());
         assert_eq!(found().unwrap_err().code, "kv_unavailable", "past expiry the store must answer");
+    }
+
+    /// A key used every 3 s (a quiet isolate, under the 5 s memo): after the first, no request
+    /// reads the store; each refresh runs after a response.
+    #[test]
+    fn a_key_used_every_few_seconds_is_read_only_after_responses() {
+        let host = host();
+        let memo = AuthMemo::default();
+        let (key, _) = add_key(&host, &["*"], |_| {});
+        assert!(block_on(lookup(&host, &memo, &key)).unwrap().is_some());
+        for _ in 0..10 {
+            host.advance(3_000);
+            let before = host.kv_ops.get();
+            assert!(block_on(lookup(&host, &memo, &key)).unwrap().is_some());
+            assert_eq!(host.kv_ops.get(), before, "the request found its key memoized");
+            block_on(refresh_due(&host, &memo));
+            assert_eq!(host.kv_ops.get() - before, 2, "and the refresh after it read the record and its index");
+        }
     }
 
     /// L4: an unknown key costs one KV read per isolate and memo period, not one per request.

@@ -45,6 +45,7 @@ use crate::gateway::routing::{self, ApiRoute};
 use crate::gateway::types::Operation;
 use crate::gateway::util::join::join;
 use crate::gateway::util::text::hex;
+use crate::gateway::util::time;
 
 pub use account::{Deferred, Observed, Pending};
 pub use context::{ClientInfo, Geo, IsolateState, ModelCall, RequestContext};
@@ -65,10 +66,9 @@ struct ConfigMemo {
 }
 
 impl ConfigMemo {
-    /// Whether it is in its last stretch at `now` (or past it): due to be read again.
+    /// Whether it is due to be read again at `now` ([`time::refresh_due`]).
     fn due(&self, now: u64) -> bool {
-        let ttl = self.config.settings.config_ttl_ms;
-        now.saturating_sub(self.fetched_at) + config_refresh_ahead_ms(ttl) >= ttl
+        time::refresh_due(now.saturating_sub(self.fetched_at), self.config.settings.config_ttl_ms)
     }
 }
 
@@ -79,16 +79,10 @@ pub struct Gateway {
     config: RefCell<Option<ConfigMemo>>,
     /// A request is reading the config again: the others keep the memo meanwhile.
     refreshing: Cell<bool>,
-    /// The memo is in its last stretch ([`config_refresh_ahead_ms`]): [`Gateway::refresh_due`]
-    /// reads it again.
+    /// The memo is due for a refresh ([`ConfigMemo::due`]): [`Gateway::refresh_due`] reads it
+    /// again.
     config_due: Cell<bool>,
     state: IsolateState,
-}
-
-/// How long before its expiry the config memo is read again, after a response (a fifth of the
-/// TTL, at most a second): under steady traffic no request waits for the config's KV read.
-fn config_refresh_ahead_ms(ttl_ms: u64) -> u64 {
-    (ttl_ms / 5).min(crate::gateway::auth::REFRESH_AHEAD_MS)
 }
 
 /// Clears `Gateway::refreshing` however the refreshing request's future ends (finished, or
@@ -292,8 +286,8 @@ impl Gateway {
         crate::gateway::auth::refresh_due(ports, &self.state.auth).await;
     }
 
-    /// The active config, memoized per isolate for `settings.config_ttl_ms`. In its last
-    /// stretch the memo is read again after a response ([`Gateway::refresh_due`]); once it has
+    /// The active config, memoized per isolate for `settings.config_ttl_ms`. From half its
+    /// life on the memo is read again after a response ([`Gateway::refresh_due`]); once it has
     /// expired, one request reads it again while the others in flight keep the memo (one KV
     /// read per refresh, not one per request: 16 concurrent requests made 16). An invalid
     /// config is a 503 whose message names no detail (clients must not learn config paths or
@@ -306,7 +300,7 @@ impl Gateway {
     }
 
     /// The memoized config while it may be served: fresh, or stale while another request reads
-    /// it again. One in its last stretch is marked for [`Gateway::refresh_due`].
+    /// it again. One due for a refresh is marked for [`Gateway::refresh_due`].
     fn memoized_config(&self, now: u64) -> Option<Rc<Config>> {
         let memo = self.config.borrow();
         let memo = memo.as_ref()?;

@@ -288,7 +288,7 @@ fn config_memo_expires_and_notices_removal() {
     );
 }
 
-/// In the config memo's last fifth (config_ttl_ms is 1 s here: its last 200 ms) requests keep
+/// From half the config memo's life on (config_ttl_ms is 1 s here: from 500 ms) requests keep
 /// the memo without reading KV; the config is read again once, by `refresh_due` after the
 /// response, and the requests after that see what it read (here: the config is gone).
 #[test]
@@ -301,15 +301,35 @@ fn a_config_due_for_a_refresh_is_read_after_the_response() {
     };
     assert_eq!(status(), StatusCode::OK);
     host.kv.borrow_mut().clear();
-    host.advance(700);
+    host.advance(499);
     assert_eq!(status(), StatusCode::OK);
     block_on(gateway.refresh_due(&host));
     assert_eq!(status(), StatusCode::OK, "not due yet: nothing was read");
-    host.advance(100);
+    host.advance(1);
     assert_eq!(status(), StatusCode::OK, "due: this request still kept the memo");
     assert_eq!(status(), StatusCode::OK);
     block_on(gateway.refresh_due(&host));
     assert_eq!(status(), StatusCode::SERVICE_UNAVAILABLE, "the refresh after the response read the config (gone)");
+}
+
+/// A config used every 600 ms (config_ttl_ms 1 s: a quiet isolate's traffic relative to its
+/// TTL) is read by no request after the first: each refresh runs after a response.
+#[test]
+fn a_config_used_now_and_then_is_read_only_after_responses() {
+    let host = host();
+    let gateway = Gateway::new();
+    let chat = || post("/v1/chat/completions", r#"{"model":"chat"}"#);
+    assert_eq!(block_on(gateway.handle(&host, chat(), &ClientInfo::default())).response.status(), StatusCode::OK);
+    let config_reads =
+        || host.kv_begun.borrow_mut().replace(Vec::new()).unwrap().iter().filter(|k| *k == ACTIVE_KEY).count();
+    *host.kv_begun.borrow_mut() = Some(Vec::new());
+    for _ in 0..10 {
+        host.advance(600);
+        let status = block_on(gateway.handle(&host, chat(), &ClientInfo::default())).response.status();
+        assert_eq!((status, config_reads()), (StatusCode::OK, 0), "the request kept the memo");
+        block_on(gateway.refresh_due(&host));
+        assert_eq!(config_reads(), 1, "the refresh after it read the config");
+    }
 }
 
 /// A request that must read the config (a new isolate, or a quiet one whose memo lapsed) reads

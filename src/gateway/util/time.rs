@@ -2,6 +2,16 @@
 
 pub const DAY_MS: u64 = 86_400_000;
 
+/// Whether a memo entry `age_ms` old, trusted for `ttl_ms`, is due to be read again (after a
+/// response, while requests keep using it): from half its life on. Requests at a steady pace
+/// of at least one per TTL (or never more than half the TTL apart, whatever the pace) then
+/// always find it memoized — with a window of only the last second, a request every 3 s under
+/// a 5 s TTL found the memo expired every other time. The trust bound stays `ttl_ms` after
+/// the read.
+pub fn refresh_due(age_ms: u64, ttl_ms: u64) -> bool {
+    age_ms >= ttl_ms / 2
+}
+
 /// Days since 1970-01-01 of a unix time in ms.
 pub fn days_of(ms: u64) -> i64 {
     (ms / DAY_MS) as i64

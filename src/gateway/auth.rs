@@ -8,10 +8,10 @@
 //!
 //! How long a revoked (or disabled, or rotated-away) key can still pass:
 //! * **in an isolate that recently saw it succeed**: at most [`MEMO_TTL_MS`] (5 s) — positive
-//!   lookups are memoized per isolate for that long. Well-formed keys found unknown are
-//!   memoized as unknown for as long (a made-up key costs one KV read per 5 s); expired and
-//!   disabled records are not, and expiry is checked on every request, memo or not, so an
-//!   expired key is refused from its `expires_at` second on. From half its life on
+//!   lookups are memoized per isolate for that long. Well-formed keys found unknown or refused
+//!   (expired, revoked) are memoized as unknown for as long (a made-up key costs one KV read
+//!   per 5 s, a revoked one two: its record and index); expiry is checked on every request,
+//!   memo or not, so an expired key is refused from its `expires_at` second on. From half its life on
 //!   ([`time::refresh_due`]) a memoized record is read again once, after the response of the
 //!   request that found it due ([`refresh_due`]), while every request keeps using the memo; so
 //!   a key used at a steady pace of at least once per 5 s (or never more than 2.5 s apart)
@@ -344,7 +344,10 @@ pub async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Re
         return Ok(None);
     };
     if !admits(&record, &hash, now) {
+        // Refused like a made-up key, and memoized like one: a revoked key that clients keep
+        // sending (a leaked one, say) costs its reads once per memo period, not per request.
         memo.forget(&hash);
+        memo.put_unknown(hash, now);
         return Ok(None);
     }
     if fresh {
@@ -363,9 +366,9 @@ pub async fn prefetch<P: Ports>(ports: &P, memo: &AuthMemo, presented: Option<&s
 }
 
 /// Reads again the memoized keys found due for a refresh ([`time::refresh_due`]): run after a
-/// response, so no request waits for it. A key found revoked, disabled, expired or gone leaves
-/// the memo (the next request reads it and is refused); a store failure leaves the entry as it
-/// is, for the next request to list again.
+/// response, so no request waits for it. A key found revoked, expired or gone is memoized as
+/// unknown (the next request is refused without a read); a store failure leaves the entry as
+/// it is, for the next request to list again.
 pub async fn refresh_due<P: Ports>(ports: &P, memo: &AuthMemo) {
     let due = std::mem::take(&mut *memo.due.borrow_mut());
     for hash in due {
@@ -374,7 +377,10 @@ pub async fn refresh_due<P: Ports>(ports: &P, memo: &AuthMemo) {
             Ok(Some(record)) if admits(&record, &hash, ports.now_ms()) => {
                 memo.put(hash, Rc::new(record), ports.now_ms());
             }
-            Ok(_) => memo.forget(&hash),
+            Ok(_) => {
+                memo.forget(&hash);
+                memo.put_unknown(hash, ports.now_ms());
+            }
             Err(_) => memo.refresh_failed(&hash),
         }
     }
@@ -589,7 +595,9 @@ mod tests {
         host.advance((before_due - 1) % 4 + 1);
         assert!(auth().is_ok(), "in its second half the memo still counts; this request lists it for a refresh");
         block_on(refresh_due(&host, &memo));
+        let before = host.kv_ops.get();
         assert_eq!(auth().unwrap_err().code, "invalid_api_key", "the refresh after that response saw the revoke");
+        assert_eq!(host.kv_ops.get(), before, "and memoized it: the refused request read nothing");
         host.advance(60_000);
         assert_eq!(auth().unwrap_err().code, "invalid_api_key", "negative results are not memoized into passes");
     }
@@ -656,6 +664,27 @@ mod tests {
             block_on(refresh_due(&host, &memo));
             assert_eq!(host.kv_ops.get() - before, 2, "and the refresh after it read the record and its index");
         }
+    }
+
+    /// A refused key (revoked, expired) costs its two KV reads once per isolate and memo period,
+    /// not per request: a leaked key that was revoked and is still tried is no KV load.
+    #[test]
+    fn refused_keys_are_memoized_briefly() {
+        let host = host();
+        let memo = AuthMemo::default();
+        let (revoked, _) = add_key(&host, &["*"], |r| r.disabled = true);
+        let (expired, _) = add_key(&host, &["*"], |r| r.expires_at = Some(host.now_ms() / 1000));
+        for key in [&revoked, &expired] {
+            let before = host.kv_ops.get();
+            for _ in 0..10 {
+                assert_eq!(block_on(lookup(&host, &memo, key)), Ok(None));
+            }
+            assert_eq!(host.kv_ops.get() - before, 2, "its record and index read once for ten attempts");
+        }
+        host.advance(MEMO_TTL_MS);
+        let before = host.kv_ops.get();
+        assert_eq!(block_on(lookup(&host, &memo, &revoked)), Ok(None));
+        assert_eq!(host.kv_ops.get() - before, 2, "read again once the memo period is over");
     }
 
     /// L4: an unknown key costs one KV read per isolate and memo period, not one per request.

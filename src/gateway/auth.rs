@@ -93,7 +93,10 @@ impl AuthMemo {
         self.unknown.borrow().get(hash).is_some_and(|at| now_ms.saturating_sub(*at) < self.ttl_ms)
     }
 
-    fn put_unknown(&self, hash: String, now_ms: u64) {
+    /// A key found unknown or refused: its record (if memoized) goes, and it is memoized as
+    /// unknown.
+    fn refuse(&self, hash: String, now_ms: u64) {
+        self.entries.borrow_mut().remove(&hash);
         let mut unknown = self.unknown.borrow_mut();
         if unknown.len() >= MEMO_MAX {
             let ttl = self.ttl_ms;
@@ -338,18 +341,12 @@ pub async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Re
             read_record(ports, &hash, known_id.as_deref()).await.map_err(unavailable)?.map(|r| (Rc::new(r), true))
         }
     };
-    let Some((record, fresh)) = found else {
-        memo.forget(&hash);
-        memo.put_unknown(hash, now);
+    // A refused record (revoked, expired) is memoized like a made-up key: one that clients keep
+    // sending (a leaked one, say) costs its reads once per memo period, not per request.
+    let Some((record, fresh)) = found.filter(|(record, _)| admits(record, &hash, now)) else {
+        memo.refuse(hash, now);
         return Ok(None);
     };
-    if !admits(&record, &hash, now) {
-        // Refused like a made-up key, and memoized like one: a revoked key that clients keep
-        // sending (a leaked one, say) costs its reads once per memo period, not per request.
-        memo.forget(&hash);
-        memo.put_unknown(hash, now);
-        return Ok(None);
-    }
     if fresh {
         memo.put(hash, record.clone(), now);
     }
@@ -377,10 +374,7 @@ pub async fn refresh_due<P: Ports>(ports: &P, memo: &AuthMemo) {
             Ok(Some(record)) if admits(&record, &hash, ports.now_ms()) => {
                 memo.put(hash, Rc::new(record), ports.now_ms());
             }
-            Ok(_) => {
-                memo.forget(&hash);
-                memo.put_unknown(hash, ports.now_ms());
-            }
+            Ok(_) => memo.refuse(hash, ports.now_ms()),
             Err(_) => memo.refresh_failed(&hash),
         }
     }

@@ -7,7 +7,7 @@
 //! checks run in `gatewayctl validate` and when an isolate loads the config (there each
 //! endpoint, and the templates, when a request first needs them: [`Config::from_stored`]).
 
-use std::collections::HashMap;
+use crate::gateway::util::map::FastMap;
 use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
@@ -29,8 +29,8 @@ pub const ACTIVE_KEY: &str = "config:active";
 #[derive(Debug)]
 pub struct Config {
     pub version: String,
-    endpoints: HashMap<String, EndpointSlot>,
-    pub routes: HashMap<String, Arc<TrafficRoute>>,
+    endpoints: FastMap<String, EndpointSlot>,
+    pub routes: FastMap<String, Arc<TrafficRoute>>,
     /// Endpoint and route names in config order (for listings).
     pub order: Vec<String>,
     /// Region name → the client locations it covers.
@@ -612,7 +612,7 @@ impl Config {
             }
         }
 
-        let mut endpoints: HashMap<String, EndpointSlot> = HashMap::new();
+        let mut endpoints: FastMap<String, EndpointSlot> = FastMap::default();
         let mut order = Vec::new();
         for (path, pending) in endpoint_values {
             // Checked now (its name found by checking it) unless it can wait for its first use.
@@ -647,7 +647,7 @@ impl Config {
             endpoints.insert(name, slot);
         }
 
-        let mut routes = HashMap::new();
+        let mut routes = FastMap::default();
         let endpoint_type = |name: &str| {
             let slot = endpoints.get(name)?;
             slot.get(&regions, &templates).as_ref().ok().map(|e| e.endpoint_type)

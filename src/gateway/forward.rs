@@ -6,8 +6,8 @@
 //! request itself is wrong. Never once the response head was accepted: from then on bytes may
 //! already be on their way to the client.
 
+use crate::gateway::util::map::FastMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 use http::{header, Request, Response, StatusCode};
 use serde::Serialize;
@@ -106,7 +106,7 @@ pub struct Forwarded<B> {
 /// under `wasmtime serve`) start fresh every time, so there it only acts within a request.
 #[derive(Default)]
 pub struct Breaker {
-    origins: RefCell<HashMap<String, Health>>,
+    origins: RefCell<FastMap<String, Health>>,
 }
 
 #[derive(Default, Clone, Copy)]

@@ -30,7 +30,9 @@
 //! sums are exact; the admin API shows `cost_usd`.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::gateway::util::map::FastMap;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
@@ -82,7 +84,7 @@ impl Price {
 /// model is the provider-side model name (`model.name` of the endpoint). `"*"` is the price of
 /// every model not listed (so USD budgets hold on every endpoint).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Prices(pub HashMap<String, Price>);
+pub struct Prices(pub FastMap<String, Price>);
 
 /// The entry of `prices` that applies to unlisted models.
 pub const DEFAULT_PRICE: &str = "*";
@@ -185,7 +187,7 @@ pub fn check_prices(path: &str, value: &Value, issues: &mut Issues) -> Option<Pr
         return None;
     };
     let before = issues.0.len();
-    let mut prices = HashMap::new();
+    let mut prices = FastMap::default();
     for (name, entry) in map {
         let at = format!("{path}.{name}");
         if name.is_empty() || name.len() > 200 {
@@ -348,7 +350,7 @@ const MIN_WRITE_GAP_MS: u64 = SAME_KEY_WRITE_GAP_MS;
 #[derive(Default)]
 pub struct UsageBook {
     shard_id: RefCell<Option<String>>,
-    shards: RefCell<HashMap<String, Shard>>,
+    shards: RefCell<FastMap<String, Shard>>,
 }
 
 impl UsageBook {
@@ -988,7 +990,7 @@ mod tests {
             block_on(book.flush(&kv, &names)).unwrap();
             host.advance(100);
         }
-        let mut writes: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut writes: FastMap<String, Vec<u64>> = FastMap::default();
         for (name, at) in kv.puts.take() {
             writes.entry(name).or_default().push(at);
         }

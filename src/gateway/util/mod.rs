@@ -1,5 +1,6 @@
 //! Small helpers with no gateway dependency: text, time, and awaiting two futures together.
 
 pub mod join;
+pub mod map;
 pub mod text;
 pub mod time;

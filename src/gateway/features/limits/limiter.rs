@@ -3,8 +3,8 @@
 //! merged, one writer per counter, at most one write per counter per `gap_ms` (Cloudflare KV
 //! refuses a second write to one key within a second).
 
+use crate::gateway::util::map::FastMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 use crate::gateway::error::Result;
 use crate::gateway::ports::counter::Amounts;
@@ -51,7 +51,7 @@ impl Entry {
 /// Per-isolate counter state for the `kv` mode. Kept in `Gateway` as `Rc<Limiter>`.
 #[derive(Default)]
 pub struct Limiter {
-    entries: RefCell<HashMap<String, Entry>>,
+    entries: RefCell<FastMap<String, Entry>>,
 }
 
 impl Limiter {

@@ -17,8 +17,8 @@
 //! reads (at most `MAX_KV_READS` shard reads per call) and on Spin, where every request is a
 //! fresh instance writing a shard of its own, by the housekeeping sweep.
 
+use crate::gateway::util::map::FastMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 use edge_scan::json::{write_str, write_u64};
 use serde::Deserialize;
@@ -139,7 +139,7 @@ fn stored_json<'a>(series: impl ExactSizeIterator<Item = (&'a SeriesKey, &'a Cou
 }
 
 struct DayShard {
-    series: HashMap<SeriesKey, Counts>,
+    series: FastMap<SeriesKey, Counts>,
     version: u64,
     written: u64,
     flushing: bool,
@@ -169,7 +169,8 @@ impl TallyBook {
         let day = days_of(ts_ms);
         let mut days = self.days.borrow_mut();
         let i = days.iter().position(|(d, _)| *d == day).unwrap_or_else(|| {
-            let shard = DayShard { series: HashMap::new(), version: 0, written: 0, flushing: false, written_at_ms: 0 };
+            let shard =
+                DayShard { series: FastMap::default(), version: 0, written: 0, flushing: false, written_at_ms: 0 };
             days.push((day, shard));
             days.len() - 1
         });
@@ -281,7 +282,7 @@ pub async fn query<P: Kv + Clock + Counter>(ports: &P, from: i64, to: i64) -> Re
         let series = match compacted {
             Some(series) => series,
             None => {
-                let mut series = HashMap::new();
+                let mut series = FastMap::default();
                 for name in &names {
                     if let Some(bytes) = ports.get(name).await? {
                         add_stored(&mut series, &bytes);
@@ -314,7 +315,7 @@ pub fn shards_by_day(names: &[String]) -> std::collections::BTreeMap<i64, Vec<St
 }
 
 /// Adds a stored shard's series to `series`; false when `bytes` is not one.
-fn add_stored(series: &mut HashMap<SeriesKey, Counts>, bytes: &[u8]) -> bool {
+fn add_stored(series: &mut FastMap<SeriesKey, Counts>, bytes: &[u8]) -> bool {
     let Ok(stored) = serde_json::from_slice::<Stored>(bytes) else { return false };
     for (key, counts) in stored.series.into_iter().map(Entry::key) {
         series.entry(key).or_default().add(&counts);
@@ -331,12 +332,12 @@ pub async fn compact_day<P: Kv + Clock + Counter>(
     day: i64,
     names: &[String],
     locking: Locking,
-) -> Result<Option<HashMap<SeriesKey, Counts>>> {
+) -> Result<Option<FastMap<SeriesKey, Counts>>> {
     let date = day_string(day);
     let scope = format!("tally-compact:{date}");
     lock::locked(ports, &scope, locking, || async {
         let compacted = format!("{TALLY_PREFIX}{date}:{COMPACTED}");
-        let mut series = HashMap::new();
+        let mut series = FastMap::default();
         if let Some(bytes) = ports.get(&compacted).await? {
             add_stored(&mut series, &bytes);
         }
@@ -361,13 +362,13 @@ pub async fn compact_day<P: Kv + Clock + Counter>(
 }
 
 /// The `MAX_SERIES` series with the most requests, and the others folded into `_other`.
-fn capped(series: HashMap<SeriesKey, Counts>) -> HashMap<SeriesKey, Counts> {
+fn capped(series: FastMap<SeriesKey, Counts>) -> FastMap<SeriesKey, Counts> {
     if series.len() <= MAX_SERIES {
         return series;
     }
     let mut list: Vec<(SeriesKey, Counts)> = series.into_iter().collect();
     list.sort_unstable_by(|a, b| b.1.requests.cmp(&a.1.requests).then_with(|| a.0.cmp(&b.0)));
-    let mut out: HashMap<SeriesKey, Counts> = HashMap::new();
+    let mut out: FastMap<SeriesKey, Counts> = FastMap::default();
     for (i, (key, counts)) in list.into_iter().enumerate() {
         let key = match i < MAX_SERIES {
             true => key,
@@ -396,7 +397,7 @@ mod tests {
     /// largest counts.
     #[test]
     fn a_stored_shard_reads_back() {
-        let series: HashMap<SeriesKey, Counts> = [
+        let series: FastMap<SeriesKey, Counts> = [
             (key("chat", "acme", 200), one(3)),
             (SeriesKey { code: "rate_limit_exceeded".into(), ..key("a\"b\\c\n\u{1}é", "", 429) }, one(0)),
             (
@@ -416,7 +417,7 @@ mod tests {
         let bytes = stored_json(series.iter());
         let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(value["series"].as_array().unwrap().len(), 3, "{value}");
-        let mut read = HashMap::new();
+        let mut read = FastMap::default();
         assert!(add_stored(&mut read, &bytes));
         assert_eq!(read, series);
         assert!(add_stored(&mut read, &stored_json(std::iter::empty())), "an empty shard");
@@ -457,7 +458,7 @@ mod tests {
         let day = days_of(host.now_ms()) - 5;
         let names: Vec<String> = (0..2)
             .map(|shard| {
-                let series: HashMap<SeriesKey, Counts> = (0..MAX_SERIES)
+                let series: FastMap<SeriesKey, Counts> = (0..MAX_SERIES)
                     .map(|i| (key(&format!("e{shard}-{i}"), "t", 200), one(1)))
                     .chain([(key("big", "t", 200), Counts { requests: 50, ..one(1) })])
                     .collect();

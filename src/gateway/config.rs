@@ -7,7 +7,6 @@
 //! checks run in `gatewayctl validate` and when an isolate loads the config (there each
 //! endpoint, and the templates, when a request first needs them: [`Config::from_stored`]).
 
-use crate::gateway::util::map::FastMap;
 use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
@@ -20,6 +19,7 @@ use crate::gateway::features::guard::{self, Guardrails};
 use crate::gateway::features::identity::{self, AuthConfig};
 use crate::gateway::features::template::{self, TemplateRef, Templates};
 use crate::gateway::providers::Provider;
+use crate::gateway::util::map::FastMap;
 use crate::gateway::wire::json::value_from_slice;
 use edge_scan::json::{split_array_entry, Item};
 

@@ -6,7 +6,6 @@
 //! request itself is wrong. Never once the response head was accepted: from then on bytes may
 //! already be on their way to the client.
 
-use crate::gateway::util::map::FastMap;
 use std::cell::RefCell;
 
 use http::{header, Request, Response, StatusCode};
@@ -19,6 +18,7 @@ use crate::gateway::features::normalize::Canonical;
 use crate::gateway::ports::{Ports, UpstreamError};
 use crate::gateway::providers::adapter::Call;
 use crate::gateway::types::Operation;
+use crate::gateway::util::map::FastMap;
 use crate::gateway::util::text::{scrub, truncate};
 
 /// Consecutive failures after which an origin is skipped for the cool-down.

@@ -31,8 +31,6 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-
-use crate::gateway::util::map::FastMap;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
@@ -46,6 +44,7 @@ use crate::gateway::ports::lock::{locked, Locking};
 use crate::gateway::ports::Counter;
 use crate::gateway::ports::{Clock, Kv, Ports, SAME_KEY_WRITE_GAP_MS};
 use crate::gateway::types::{Operation, Usage};
+use crate::gateway::util::map::FastMap;
 use crate::gateway::util::text::hex;
 use crate::gateway::util::time::{day_string, days_of, parse_day};
 use crate::gateway::wire::json::write_counters;

@@ -1,4 +1,5 @@
-//! Small helpers with no gateway dependency: text, time, and awaiting two futures together.
+//! Small helpers with no gateway dependency: text, time, the hash map of per-isolate state, and
+//! awaiting two futures together.
 
 pub mod join;
 pub mod map;

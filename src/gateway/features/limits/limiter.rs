@@ -3,12 +3,12 @@
 //! merged, one writer per counter, at most one write per counter per `gap_ms` (Cloudflare KV
 //! refuses a second write to one key within a second).
 
-use crate::gateway::util::map::FastMap;
 use std::cell::RefCell;
 
 use crate::gateway::error::Result;
 use crate::gateway::ports::counter::Amounts;
 use crate::gateway::ports::{Clock, Kv};
+use crate::gateway::util::map::FastMap;
 
 /// How often an isolate re-reads a counter from KV to see other isolates' counts.
 pub const REFRESH_MS: u64 = 1_000;

@@ -17,7 +17,6 @@
 //! reads (at most `MAX_KV_READS` shard reads per call) and on Spin, where every request is a
 //! fresh instance writing a shard of its own, by the housekeeping sweep.
 
-use crate::gateway::util::map::FastMap;
 use std::cell::RefCell;
 
 use edge_scan::json::{write_str, write_u64};
@@ -27,6 +26,7 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::usage::{compactable, COMPACTED, MAX_KV_READS};
 use crate::gateway::ports::lock::{self, Locking};
 use crate::gateway::ports::{Clock, Counter, Kv, SAME_KEY_WRITE_GAP_MS};
+use crate::gateway::util::map::FastMap;
 use crate::gateway::util::text::hex;
 use crate::gateway::util::time::{day_string, days_of, parse_day};
 use crate::gateway::wire::json::write_counters;

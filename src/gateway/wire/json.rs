@@ -77,10 +77,8 @@ impl<'a> Object<'a> {
 
     /// Starts a field: what follows in [`Object::out`] is its value.
     pub fn key(&mut self, name: &str) {
-        self.out.push(if self.open { b',' } else { b'{' });
+        edge_scan::json::write_key(self.out, !self.open, name);
         self.open = true;
-        edge_scan::json::write_str(self.out, name);
-        self.out.push(b':');
     }
 
     /// The buffer, to write a field's value in after [`Object::key`].

@@ -20,7 +20,7 @@ use crate::gateway::features::identity::{self, AuthConfig};
 use crate::gateway::features::template::{self, TemplateRef, Templates};
 use crate::gateway::providers::Provider;
 use crate::gateway::util::map::FastMap;
-use crate::gateway::wire::json::value_from_slice;
+use crate::gateway::wire::json::{value_from_slice, Bounds, REQUEST_BOUNDS};
 use edge_scan::json::{split_array_entry, Item};
 
 /// The KV entry holding the active snapshot.
@@ -283,6 +283,12 @@ pub struct Region {
 pub struct Settings {
     /// Requests with a larger body get 413 before parsing.
     pub max_body_bytes: usize,
+    /// Request bodies holding more non-empty JSON objects, non-empty strings (keys too) and
+    /// arrays, or JSON values and keys of any kind, get 413 while parsing: what a body costs
+    /// in CPU and memory is per value, not per byte (`wire::json::REQUEST_BOUNDS`).
+    pub max_body_objects: usize,
+    pub max_body_strings_and_arrays: usize,
+    pub max_body_values: usize,
     /// Largest origin response the gateway buffers (non-streaming).
     pub max_response_bytes: usize,
     /// Per-attempt timeout for the response head.
@@ -304,6 +310,9 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             max_body_bytes: 1 << 20,
+            max_body_objects: REQUEST_BOUNDS.objects,
+            max_body_strings_and_arrays: REQUEST_BOUNDS.items,
+            max_body_values: REQUEST_BOUNDS.values,
             max_response_bytes: 16 << 20,
             origin_timeout_ms: 60_000,
             total_timeout_ms: 120_000,
@@ -319,7 +328,21 @@ impl Default for Settings {
 const MAX_SETTING_MS: u64 = 86_400_000;
 
 impl Settings {
+    /// How many JSON values a request body may hold.
+    pub fn body_bounds(&self) -> Bounds {
+        Bounds { objects: self.max_body_objects, items: self.max_body_strings_and_arrays, values: self.max_body_values }
+    }
+
     fn check(&self, issues: &mut Issues) {
+        for (name, value) in [
+            ("max_body_objects", self.max_body_objects),
+            ("max_body_strings_and_arrays", self.max_body_strings_and_arrays),
+            ("max_body_values", self.max_body_values),
+        ] {
+            if value == 0 {
+                issues.push(format!("settings.{name}"), "must be at least 1 (0 refuses every request body)");
+            }
+        }
         for (name, value) in [
             ("origin_timeout_ms", self.origin_timeout_ms),
             ("total_timeout_ms", self.total_timeout_ms),
@@ -1286,6 +1309,10 @@ mod tests {
                 "routes[0].destinations[0].name",
             ),
             (json!({"settings": {"origin_timeout_ms": "x"}, "endpoints": [endpoint("a", "llm/v1/chat")]}), "settings"),
+            (
+                json!({"settings": {"max_body_values": 0}, "endpoints": [endpoint("a", "llm/v1/chat")]}),
+                "settings.max_body_values",
+            ),
         ] {
             let issues = Config::from_stored(&serde_json::to_vec(&bad).unwrap()).unwrap_err();
             assert!(issues.iter().any(|i| i.path.starts_with(path)), "{bad}: {issues:?}");

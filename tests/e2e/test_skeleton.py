@@ -86,11 +86,15 @@ def test_malformed_json_is_400(gw):
     assert "not valid JSON" in err["message"]
 
 
-def test_a_body_of_too_many_json_objects_is_413_naming_the_limit(gw):
+def test_a_body_of_too_many_json_values_is_413_naming_the_limit(gw):
     # 160 KB, under the byte limit, but 20,000 objects: ~14 MB as a tree; refused while read.
     err = assert_error(post(gw, "/v1/chat/completions", {**CHAT, "x": [{"a": 1}] * 20_000}), 413, "request_too_large")
-    assert "more than 16384 non-empty JSON objects" in err["message"], err
+    assert "more than 2048 non-empty JSON objects" in err["message"], err
     assert post(gw, "/v1/chat/completions", {**CHAT, "x": [{"a": 1}] * 1_000}).status_code == 200
+    # 80 KB of numbers: no memory of their own, but each read, written and freed (CPU).
+    err = assert_error(post(gw, "/v1/chat/completions", {**CHAT, "x": [1] * 40_000}), 413, "request_too_large")
+    assert "more than 32768 JSON values and keys" in err["message"], err
+    assert post(gw, "/v1/chat/completions", {**CHAT, "x": [1] * 30_000}).status_code == 200
 
 
 def test_unknown_model_is_404_naming_it(gw):

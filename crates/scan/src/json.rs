@@ -196,20 +196,23 @@ pub fn parse_value_within(text: &str, bounds: Bounds) -> Result<Value, ReadError
     read::value(text, bounds)
 }
 
-/// How many values that take memory a text may hold. In a `Value` tree a non-empty object is
-/// a 628-byte node however few its entries (`{"a":1}`, 8 bytes of text, ~700 bytes of memory)
-/// and a non-empty string or array a buffer of its own; empty ones, numbers, booleans and
-/// null allocate nothing, and are not counted.
+/// How many values a text may hold, by what each costs to read, keep, write and free. In a
+/// `Value` tree a non-empty object is a 628-byte node however few its entries (`{"a":1}`, 8
+/// bytes of text, ~700 bytes of memory) and a non-empty string or array a buffer of its own;
+/// empty ones, numbers, booleans and null allocate nothing, but each is still a 32-byte slot
+/// read, written and dropped (1 MiB of `1,` is 524,287 of them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
     /// Non-empty objects.
     pub objects: usize,
     /// Non-empty strings (object keys too) and arrays.
     pub items: usize,
+    /// Every value, and every object key.
+    pub values: usize,
 }
 
 impl Bounds {
-    pub const NONE: Bounds = Bounds { objects: usize::MAX, items: usize::MAX };
+    pub const NONE: Bounds = Bounds { objects: usize::MAX, items: usize::MAX, values: usize::MAX };
 }
 
 /// Why a text was not read.
@@ -221,12 +224,12 @@ pub enum ReadError {
     TooMany { what: &'static str, limit: usize },
 }
 
-/// "more than 16384 non-empty JSON objects", or serde_json's error.
+/// "more than 2048 non-empty JSON objects", or serde_json's error.
 impl fmt::Display for ReadError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
             ReadError::Invalid(e) => e.fmt(f),
-            ReadError::TooMany { what, limit } => write!(f, "more than {limit} non-empty JSON {what}"),
+            ReadError::TooMany { what, limit } => write!(f, "more than {limit} {what}"),
         }
     }
 }
@@ -665,23 +668,38 @@ mod tests {
     }
 
     /// The bounds count what allocates: a non-empty object (`objects`), a non-empty string
-    /// (keys too), array (`items`); up to them a text reads, one more is refused naming the
-    /// count; empty ones, numbers, booleans and null are free.
+    /// (keys too), array (`items`); and every value and key (`values`). Up to them a text
+    /// reads, one more is refused naming the count.
     #[test]
     fn values_past_the_bounds_are_refused() {
         use super::{parse_value_within, Bounds, ReadError};
-        let bounds = Bounds { objects: 4, items: 6 };
-        // 4 objects (the outer one too); items: the keys "k" and "a" x3, the array, "s".
+        let bounds = Bounds { objects: 4, items: 6, values: 18 };
+        // 4 objects (the outer one too); items: the keys "k" and "a" x3, the array, "s";
+        // values: 14, and the 4 keys.
         let at_bounds = r#"{"k":[{"a":1},{"a":"s"},{"a":null},{},"",[],[],1.5,true]}"#;
         assert!(parse_value_within(at_bounds, bounds).is_ok());
-        let refused = |text: &str| match parse_value_within(text, bounds) {
-            Err(ReadError::TooMany { what, limit }) => (what, limit),
+        let refused_within = |text: &str, bounds: Bounds| match parse_value_within(text, bounds) {
+            Err(e @ ReadError::TooMany { what, limit }) => (what, limit, e.to_string()),
             other => panic!("{other:?}"),
         };
-        assert_eq!(refused(r#"[{},{"a":1},{"a":1},{"a":1},{"a":1},{"a":1}]"#), ("objects", 4));
-        assert_eq!(refused(r#"["a","b","c","d","e","f"]"#), ("strings and arrays", 6));
-        assert_eq!(refused(r#"[[1],[1],[1],[1],[1],[1]]"#), ("strings and arrays", 6));
-        assert_eq!(refused(r#"["\u0041","b","c","d","e","f"]"#), ("strings and arrays", 6));
+        let refused = |text: &str| {
+            let (what, limit, _) = refused_within(text, bounds);
+            (what, limit)
+        };
+        assert_eq!(refused(r#"[{},{"a":1},{"a":1},{"a":1},{"a":1},{"a":1}]"#), ("non-empty JSON objects", 4));
+        assert_eq!(refused(r#"["a","b","c","d","e","f"]"#), ("non-empty JSON strings and arrays", 6));
+        assert_eq!(refused(r#"[[1],[1],[1],[1],[1],[1]]"#), ("non-empty JSON strings and arrays", 6));
+        assert_eq!(refused(r#"["\u0041","b","c","d","e","f"]"#), ("non-empty JSON strings and arrays", 6));
+        // Values that allocate nothing still count: the array and 17 numbers are 18.
+        assert!(parse_value_within(&format!("[{}1]", "1,".repeat(16)), bounds).is_ok());
+        let (_, _, message) = refused_within(&format!("[{}1]", "1,".repeat(17)), bounds);
+        assert_eq!(message, "more than 18 JSON values and keys");
+        assert_eq!(refused(&format!("[{}[]]", "\"\",{},null,".repeat(6))), ("JSON values and keys", 18));
+        // Keys count as values: an object of 8 entries is 17, of 9 entries 19.
+        let values_only = Bounds { values: 18, ..Bounds::NONE };
+        let object = |n: usize| format!("{{{}}}", (0..n).map(|i| format!("\"{i}\":1")).collect::<Vec<_>>().join(","));
+        assert!(parse_value_within(&object(8), values_only).is_ok());
+        assert_eq!(refused_within(&object(9), values_only).0, "JSON values and keys");
         // Not JSON stays an `Invalid` error, and no bounds is the plain reading.
         assert!(matches!(parse_value_within("[1,", bounds), Err(ReadError::Invalid(_))));
         assert!(parse_value_within(&format!("[{}1]", r#"{"a":"b"},"#.repeat(10_000)), Bounds::NONE).is_ok());

@@ -529,6 +529,7 @@ pub fn replay(entry: &Entry, stream: bool) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::wire::json::REQUEST_BOUNDS;
     use serde_json::json;
 
     fn obj(v: Value) -> Map<String, Value> {
@@ -742,6 +743,7 @@ mod tests {
         let b = crate::gateway::features::normalize::parse_json_object(
             br#"{ "messages" : [ {"content":"hi","role":"user"} ], "temperature":0 }"#,
             1000,
+            REQUEST_BOUNDS,
         )
         .unwrap();
         let key_body = |body: &Map<String, Value>| key_body(&Canonical::of(body));
@@ -858,7 +860,7 @@ mod tests {
         let mut sink = 0usize;
         for _ in 0..n {
             let t0 = Instant::now();
-            let mut body = normalize::parse_json_object(&raw, 1 << 20).unwrap();
+            let mut body = normalize::parse_json_object(&raw, 1 << 20, REQUEST_BOUNDS).unwrap();
             body.remove("model");
             let t1 = Instant::now();
             let vars = template::extract_variables(&mut body);
@@ -887,7 +889,7 @@ mod tests {
         }
         // Guard variants, same body.
         let body0 = {
-            let mut body = normalize::parse_json_object(&raw, 1 << 20).unwrap();
+            let mut body = normalize::parse_json_object(&raw, 1 << 20, REQUEST_BOUNDS).unwrap();
             let vars = template::extract_variables(&mut body);
             template::apply(template::render(&tref, &vars).unwrap(), Operation::Chat, &mut body).unwrap();
             body

@@ -6,17 +6,18 @@ use http::HeaderMap;
 use serde_json::{Map, Value};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::wire::json::{request_value_from_slice, ReadError};
+use crate::gateway::wire::json::{request_value_within, Bounds, ReadError};
 
-/// Parses a JSON object body, refusing bodies over `limit` bytes before parsing.
-pub fn parse_json_object(body: &[u8], limit: usize) -> Result<Map<String, Value>> {
+/// Parses a JSON object body, refusing bodies over `limit` bytes before parsing and bodies
+/// holding more values than `bounds` allows while parsing.
+pub fn parse_json_object(body: &[u8], limit: usize, bounds: Bounds) -> Result<Map<String, Value>> {
     if body.len() > limit {
         return Err(GatewayError::payload_too_large(limit));
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(GatewayError::bad_request(ErrorCode::InvalidJson, "request body is empty; expected a JSON object"));
     }
-    match request_value_from_slice(body) {
+    match request_value_within(body, bounds) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(GatewayError::bad_request(ErrorCode::InvalidJson, "request body must be a JSON object")),
         Err(ReadError::Invalid(e)) => {
@@ -194,30 +195,41 @@ pub fn client_request_id(headers: &HeaderMap) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::wire::json::json_body;
+    use crate::gateway::wire::json::{json_body, REQUEST_BOUNDS};
     use http::StatusCode;
     use serde_json::json;
 
     #[test]
     fn rejects_bad_bodies_with_clear_errors() {
-        assert_eq!(parse_json_object(b"{}", 1).unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
-        let e = parse_json_object(b"{\"a\":", 100).unwrap_err();
+        assert_eq!(parse_json_object(b"{}", 1, REQUEST_BOUNDS).unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
+        let e = parse_json_object(b"{\"a\":", 100, REQUEST_BOUNDS).unwrap_err();
         assert_eq!((e.status, e.code.as_str()), (StatusCode::BAD_REQUEST, "invalid_json"));
         assert_eq!(e.message, "request body is not valid JSON: EOF while parsing a value at line 1 column 6");
-        assert_eq!(parse_json_object(b"[1]", 100).unwrap_err().message, "request body must be a JSON object");
-        assert_eq!(parse_json_object(b"  ", 100).unwrap_err().code, "invalid_json");
-        assert_eq!(parse_json_object(b"{\"a\":1}", 100).unwrap()["a"], 1);
-        // Under the byte limit, but more values that take memory than a request may hold.
-        let objects = format!("{{\"x\":[{}]}}", vec!["{\"a\":1}"; 16_384].join(","));
-        let e = parse_json_object(objects.as_bytes(), 1 << 20).unwrap_err();
+        assert_eq!(
+            parse_json_object(b"[1]", 100, REQUEST_BOUNDS).unwrap_err().message,
+            "request body must be a JSON object"
+        );
+        assert_eq!(parse_json_object(b"  ", 100, REQUEST_BOUNDS).unwrap_err().code, "invalid_json");
+        assert_eq!(parse_json_object(b"{\"a\":1}", 100, REQUEST_BOUNDS).unwrap()["a"], 1);
+        // Under the byte limit, but more values than a request may hold (each costs CPU to
+        // read, write and free; objects and strings memory as well).
+        let list = |item: &str, n: usize| format!("{{\"x\":[{}]}}", vec![item; n].join(","));
+        let refused = |body: String| parse_json_object(body.as_bytes(), 1 << 20, REQUEST_BOUNDS).unwrap_err();
+        let e = refused(list("{\"a\":1}", 2_048));
         assert_eq!((e.status, e.code.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"));
-        assert_eq!(e.message, "request body holds more than 16384 non-empty JSON objects (this gateway's limit)");
-        let strings = format!("{{\"x\":[{}]}}", vec!["\"s\""; 131_072].join(","));
-        let e = parse_json_object(strings.as_bytes(), 1 << 20).unwrap_err();
-        assert!(e.message.contains("more than 131072 non-empty JSON strings and arrays"), "{}", e.message);
-        // Empty objects, strings and arrays, and numbers, take no memory of their own.
-        let empty = format!("{{\"x\":[{}]}}", vec!["{},\"\",[],1"; 50_000].join(","));
-        assert_eq!(parse_json_object(empty.as_bytes(), 1 << 20).unwrap()["x"].as_array().unwrap().len(), 200_000);
+        assert_eq!(e.message, "request body holds more than 2048 non-empty JSON objects (this gateway's limit)");
+        let e = refused(list("\"s\"", 16_384));
+        assert!(e.message.contains("more than 16384 non-empty JSON strings and arrays"), "{}", e.message);
+        // Empty objects, strings and arrays, and numbers, take no memory of their own, but
+        // they count as values: the object, the key, the list and 32,765 in it are the bound.
+        let at_bound = list("{},\"\",[],1", 8_191).replacen("[", "[1,", 1);
+        let x = parse_json_object(at_bound.as_bytes(), 1 << 20, REQUEST_BOUNDS).unwrap();
+        assert_eq!(x["x"].as_array().unwrap().len(), 32_765);
+        let e = refused(at_bound.replacen("[", "[1,", 1));
+        assert_eq!(e.message, "request body holds more than 32768 JSON values and keys (this gateway's limit)");
+        // A config may raise them (or lower them).
+        let raised = Bounds { objects: 4_096, ..REQUEST_BOUNDS };
+        assert!(parse_json_object(list("{\"a\":1}", 2_048).as_bytes(), 1 << 20, raised).is_ok());
     }
 
     /// The rules applied to `body`; every field they set is one `may_set` names.
@@ -287,12 +299,12 @@ mod tests {
 
     #[test]
     fn canonical_form_ignores_formatting_and_key_order() {
-        let a = parse_json_object(br#"{"b": 1, "a": {"y": [1, 2.50], "x": null}}"#, 1000).unwrap();
-        let b = parse_json_object(br#"{"a":{"x":null,"y":[1,2.5]},"b":1}"#, 1000).unwrap();
+        let a = parse_json_object(br#"{"b": 1, "a": {"y": [1, 2.50], "x": null}}"#, 1000, REQUEST_BOUNDS).unwrap();
+        let b = parse_json_object(br#"{"a":{"x":null,"y":[1,2.5]},"b":1}"#, 1000, REQUEST_BOUNDS).unwrap();
         let (a, b) = (Canonical::of(&a), Canonical::of(&b));
         assert_eq!(a.bytes, br#"{"a":{"x":null,"y":[1,2.5]},"b":1}"#);
         assert_eq!(a.hash(), b.hash());
-        let c = parse_json_object(br#"{"b": 2}"#, 1000).unwrap();
+        let c = parse_json_object(br#"{"b": 2}"#, 1000, REQUEST_BOUNDS).unwrap();
         assert_ne!(a.hash(), Canonical::of(&c).hash());
     }
 
@@ -302,9 +314,7 @@ mod tests {
     fn canonical_bytes_are_reused_exactly() {
         let mut body = parse_json_object(
             br#"{"messages": [{"role": "user", "content": "h\u00e9 \"x\""}], "max_tokens": 9, "stream": true, "n": 1.50,
-                "s\"tream": 1, "\u0001": 2}"#,
-            1000,
-        )
+                "s\"tream": 1, "\u0001": 2}"#, 1000, REQUEST_BOUNDS)
         .unwrap();
         let canonical = Canonical::of(&body);
         assert_eq!(canonical.bytes, json_body(&body));

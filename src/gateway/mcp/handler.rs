@@ -29,6 +29,7 @@ use crate::gateway::mcp::state::McpState;
 use crate::gateway::mcp::stream::McpStream;
 use crate::gateway::mcp::upstream::{self, Caller, Outbound, Reply};
 use crate::gateway::ports::Ports;
+use crate::gateway::wire::json::Bounds;
 
 /// One HTTP request to `/mcp` or `/mcp/{server}`.
 pub struct McpRequest<'a> {
@@ -46,6 +47,7 @@ pub struct McpEnv<'a> {
     pub limiter: &'a Rc<Limiter>,
     pub state: &'a McpState,
     pub max_body_bytes: usize,
+    pub body_bounds: Bounds,
     pub max_response_bytes: usize,
 }
 
@@ -161,7 +163,7 @@ async fn serve<P: Ports>(
             .with_http(StatusCode::PAYLOAD_TOO_LARGE);
         return Err((None, e));
     }
-    let message = jsonrpc::parse(request.body)?;
+    let message = jsonrpc::parse(request.body, env.body_bounds)?;
     log.method = message.method().to_string();
     let (id, method, params) = match message {
         Message::Response { id } => {

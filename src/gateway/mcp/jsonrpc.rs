@@ -7,7 +7,7 @@ use http::StatusCode;
 use serde_json::{json, Map, Value};
 
 use crate::gateway::error::GatewayError;
-use crate::gateway::wire::json::{request_value_from_slice, ReadError};
+use crate::gateway::wire::json::{request_value_within, Bounds, ReadError};
 
 /// Invalid JSON.
 pub const PARSE_ERROR: i64 = -32700;
@@ -136,9 +136,9 @@ impl Message {
 pub type Rejected = (Option<Value>, RpcError);
 
 /// Parses one POST body into a message, within the bounds of every request body (413 past
-/// them, as for the model APIs: `wire::json::REQUEST_BOUNDS`).
-pub fn parse(body: &[u8]) -> Result<Message, Rejected> {
-    let value = request_value_from_slice(body).map_err(|e| match e {
+/// them, as for the model APIs: `settings.max_body_*`).
+pub fn parse(body: &[u8], bounds: Bounds) -> Result<Message, Rejected> {
+    let value = request_value_within(body, bounds).map_err(|e| match e {
         ReadError::Invalid(e) => (None, RpcError::parse(format!("Parse error: {e}"))),
         too_many => {
             let message = format!("the message holds {too_many} (this gateway's limit)");
@@ -237,15 +237,17 @@ fn clip(s: &str) -> &str {
 mod tests {
     use super::*;
     use crate::gateway::error::ErrorCode;
+    use crate::gateway::wire::json::REQUEST_BOUNDS;
 
     fn rejected(body: &str) -> (Option<Value>, i64) {
-        let (id, e) = parse(body.as_bytes()).unwrap_err();
+        let (id, e) = parse(body.as_bytes(), REQUEST_BOUNDS).unwrap_err();
         (id, e.code)
     }
 
     #[test]
     fn requests_notifications_and_responses() {
-        let m = parse(br#"{"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"cursor":"x"}}"#).unwrap();
+        let m = parse(br#"{"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"cursor":"x"}}"#, REQUEST_BOUNDS)
+            .unwrap();
         assert_eq!(
             m,
             Message::Request {
@@ -254,10 +256,16 @@ mod tests {
                 params: json!({"cursor":"x"}).as_object().unwrap().clone()
             }
         );
-        let m = parse(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
+        let m = parse(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#, REQUEST_BOUNDS).unwrap();
         assert_eq!(m, Message::Notification { method: "notifications/initialized".into(), params: Map::new() });
-        assert_eq!(parse(br#"{"jsonrpc":"2.0","id":"a","result":{}}"#).unwrap(), Message::Response { id: json!("a") });
-        assert_eq!(parse(br#"{"jsonrpc":"2.0","id":"a","method":"ping","params":null}"#).unwrap().method(), "ping");
+        assert_eq!(
+            parse(br#"{"jsonrpc":"2.0","id":"a","result":{}}"#, REQUEST_BOUNDS).unwrap(),
+            Message::Response { id: json!("a") }
+        );
+        assert_eq!(
+            parse(br#"{"jsonrpc":"2.0","id":"a","method":"ping","params":null}"#, REQUEST_BOUNDS).unwrap().method(),
+            "ping"
+        );
     }
 
     #[test]
@@ -276,18 +284,18 @@ mod tests {
             rejected(r#"{"jsonrpc":"2.0","id":3,"method":"ping","params":[1]}"#),
             (Some(json!(3)), INVALID_PARAMS)
         );
-        let (_, e) = parse(b"[]").unwrap_err();
+        let (_, e) = parse(b"[]", REQUEST_BOUNDS).unwrap_err();
         assert!(e.message.contains("batches"), "{}", e.message);
         assert_eq!(e.http, StatusCode::BAD_REQUEST);
         assert_eq!(RpcError::method_not_found("x").http, StatusCode::NOT_FOUND);
         // A message holding more values than any request body may: 413, naming the limit.
         let many = format!(
             r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"x":[{}]}}}}"#,
-            "{\"a\":1},".repeat(16_384) + "1"
+            "{\"a\":1},".repeat(2_048) + "1"
         );
-        let (_, e) = parse(many.as_bytes()).unwrap_err();
+        let (_, e) = parse(many.as_bytes(), REQUEST_BOUNDS).unwrap_err();
         assert_eq!((e.code, e.http), (INVALID_REQUEST, StatusCode::PAYLOAD_TOO_LARGE));
-        assert_eq!(e.message, "the message holds more than 16384 non-empty JSON objects (this gateway's limit)");
+        assert_eq!(e.message, "the message holds more than 2048 non-empty JSON objects (this gateway's limit)");
     }
 
     #[test]

@@ -109,7 +109,8 @@ async fn ask<P: Ports>(
     audit.tenant = Some(record.tenant.clone());
     audit.kind = Some(caller.kind.as_str());
 
-    let body = normalize::parse_json_object(request.body(), config.settings.max_body_bytes)?;
+    let body =
+        normalize::parse_json_object(request.body(), config.settings.max_body_bytes, config.settings.body_bounds())?;
     if let Some(field) = body.keys().find(|k| !matches!(k.as_str(), "endpoint" | "reason")) {
         return Err(invalid(format!("unknown field \"{}\" (expected: endpoint, reason)", truncate(field, 40))));
     }

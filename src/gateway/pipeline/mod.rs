@@ -232,7 +232,8 @@ impl Gateway {
         // Who calls is settled before the body is read wherever it can be: when no endpoint is
         // public every model call needs a valid caller, so a client without one is refused
         // here and its body costs nothing (up to `max_body_bytes`, parsed into a tree of up to
-        // ~11 MB: 7-15 ms of native CPU in `benches/slowest`). Where an endpoint is public, an
+        // `settings.max_body_*` values: ~2 ms of native CPU at the defaults, in
+        // `benches/slowest`). Where an endpoint is public, an
         // anonymous body must be read to find its endpoint (and anyone may send it one).
         let identified = if config.any_public() {
             None
@@ -241,7 +242,7 @@ impl Gateway {
             auth::caller(ports, &self.state.auth, presented, &config.auth.jwt, false).await?.map(|c| c.record)
         };
         let (parts, body) = request.into_parts();
-        let body = normalize::parse_json_object(&body, config.settings.max_body_bytes)?;
+        let body = normalize::parse_json_object(&body, config.settings.max_body_bytes, config.settings.body_bounds())?;
         if unified {
             ctx.dialect = Dialect::OpenAi(mlflow::unified_operation(&body)?);
         }
@@ -411,6 +412,7 @@ async fn mcp_call<P: Ports>(
         limiter: &ctx.state.limiter,
         state: &ctx.state.mcp,
         max_body_bytes: config.settings.max_body_bytes,
+        body_bounds: config.settings.body_bounds(),
         max_response_bytes: config.settings.max_response_bytes,
     };
     let call = McpRequest { method: &parts.method, server, headers: &parts.headers, body: &body };

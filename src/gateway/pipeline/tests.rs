@@ -1234,6 +1234,36 @@ fn identical_concurrent_requests_share_one_origin_call() {
     assert!(gateway.state.in_flight.is_empty(), "the flight ended with its leader");
 }
 
+/// A body's JSON values are bounded by count (each costs CPU to read, guard, write and free),
+/// at defaults that keep the dearest body under 2 ms (`benches/slowest`); 413 names the
+/// bound, and a config's `settings.max_body_*` moves it.
+#[test]
+fn settings_bound_how_many_json_values_a_body_may_hold() {
+    let list = |item: &str, n: usize| format!(r#"{{"model":"chat","messages":[],"x":[{}]}}"#, vec![item; n].join(","));
+    let (status, answer, _) = run(&host(), post("/v1/chat/completions", &list("{\"a\":1}", 3_000)));
+    assert_eq!((status, answer["error"]["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("request_too_large")));
+    assert_eq!(
+        answer["error"]["message"],
+        "request body holds more than 2048 non-empty JSON objects (this gateway's limit)"
+    );
+    let (status, answer, _) = run(&host(), post("/v1/chat/completions", &list("1", 40_000)));
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        answer["error"]["message"],
+        "request body holds more than 32768 JSON values and keys (this gateway's limit)"
+    );
+    let raised = CONFIG.replace(
+        r#""settings": {"config_ttl_ms": 1000}"#,
+        r#""settings": {"config_ttl_ms": 1000, "max_body_objects": 4096, "max_body_values": 65536}"#,
+    );
+    assert_ne!(raised, CONFIG);
+    let raised_host =
+        &MemoryHost::new(ok_origin).with_secret("OPENAI_API_KEY", "sk-x").with_kv(ACTIVE_KEY, raised.as_str());
+    for body in [list("{\"a\":1}", 3_000), list("1", 40_000)] {
+        let (status, answer, _) = run(raised_host, post("/v1/chat/completions", &body));
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+}
 /// Where no endpoint is public, a model call without a valid caller is refused before its
 /// body is read: malformed JSON, a body past the request bounds, an unknown model are all the
 /// same 401 (they were a 400, a 413 and a 404 with suggestions, each after a parse of the

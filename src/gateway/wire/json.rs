@@ -148,19 +148,22 @@ pub fn value_from_slice(bytes: &[u8]) -> serde_json::Result<Value> {
     edge_scan::json::parse_value(json_text(bytes)?)
 }
 
-/// How many JSON values that take memory a client's request body may hold (`Bounds` says
-/// which count). A `Value` tree is far larger than its text: 1 MiB of `{"a":1},` was 131,072
-/// objects, 87 MB of memory and ~40 ms of CPU (a Cloudflare isolate has 128 MB for all its
-/// requests); at these bounds a tree takes at most ~11 MB in objects, ~21 MB in arrays (`[1]`,
-/// a 128-byte buffer each), 6 MB in short strings. 5,000 chat messages are 5,001 objects and ~20,000 strings; an MLflow batch of up
-/// to 16,384 `dataframe_records` rows, or of 40,000 `dataframe_split` rows of two string
-/// columns, fits.
-pub const REQUEST_BOUNDS: Bounds = Bounds { objects: 16_384, items: 131_072 };
+/// How many JSON values a client's request body may hold by default (`Bounds` says which
+/// count; `settings.max_body_objects`, `max_body_strings_and_arrays` and `max_body_values`
+/// change them). They bound the CPU a body costs, not only its memory: a `Value` tree is far
+/// larger than its text (1 MiB of `{"a":1},` was 131,072 objects, 87 MB and ~40 ms of CPU),
+/// and every value is read, walked, written to the origin and freed. Measured per value
+/// through the whole pipeline (`benches/slowest`, native, a 2-core box): a number or an empty
+/// value ~35-45 ns, a one-letter string ~75 ns, a guarded text part (an object of two keys
+/// and two strings) ~550 ns. At these bounds the dearest body under the 1 MiB byte limit stays
+/// under 2 ms (issue 12). 2,000 chat messages, an embedding of 30,000 token ids or an MLflow
+/// batch of 2,000 `dataframe_records` rows fit; larger batches need the settings raised.
+pub const REQUEST_BOUNDS: Bounds = Bounds { objects: 2_048, items: 16_384, values: 32_768 };
 
-/// A client's request body as a `Value`: as [`value_from_slice`], within [`REQUEST_BOUNDS`].
-pub fn request_value_from_slice(bytes: &[u8]) -> Result<Value, ReadError> {
+/// A client's request body as a `Value`: as [`value_from_slice`], within `bounds`.
+pub fn request_value_within(bytes: &[u8], bounds: Bounds) -> Result<Value, ReadError> {
     let text = json_text(bytes).map_err(ReadError::Invalid)?;
-    edge_scan::json::parse_value_within(text, REQUEST_BOUNDS)
+    edge_scan::json::parse_value_within(text, bounds)
 }
 
 /// `bytes` as text, for serde_json's fast `&str` reader.

@@ -27,13 +27,36 @@ pub(super) fn value(text: &str, bounds: Bounds) -> std::result::Result<Value, Re
         }
     });
     read.map_err(|e| match reader.over {
-        Some(what) => ReadError::TooMany { what, limit: if what == OBJECTS { bounds.objects } else { bounds.items } },
+        Some(count) => ReadError::TooMany { what: count.what(), limit: count.of(bounds) },
         None => ReadError::Invalid(e),
     })
 }
 
-const OBJECTS: &str = "objects";
-const ITEMS: &str = "strings and arrays";
+/// Which of the [`Bounds`] a value counts against.
+#[derive(Clone, Copy)]
+enum Count {
+    Objects,
+    Items,
+    Values,
+}
+
+impl Count {
+    fn of(self, bounds: Bounds) -> usize {
+        match self {
+            Count::Objects => bounds.objects,
+            Count::Items => bounds.items,
+            Count::Values => bounds.values,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Count::Objects => "non-empty JSON objects",
+            Count::Items => "non-empty JSON strings and arrays",
+            Count::Values => "JSON values and keys",
+        }
+    }
+}
 
 /// What was wrong, at the line and column (from 1, in bytes) of byte `at`, as serde_json
 /// says it; worked out once, here, not at each level the error goes up through.
@@ -49,10 +72,11 @@ struct Reader<'t> {
     bytes: &'t [u8],
     /// The next byte to read.
     at: usize,
-    /// How many more non-empty objects, and strings (keys too) and arrays, may be read.
+    /// How many more non-empty objects, non-empty strings (keys too) and arrays, and values
+    /// and keys of any kind, may be read.
     left: Bounds,
     /// Which count ran out, when one did (the read then stops with an error).
-    over: Option<&'static str>,
+    over: Option<Count>,
 }
 
 impl Reader<'_> {
@@ -63,9 +87,15 @@ impl Reader<'_> {
     /// Counts one more value that allocates: an object's node (`objects`), a string's or an
     /// array's buffer; an error once more than `bounds` allows were read.
     fn allocates(&mut self, object: bool) -> Result<()> {
-        let (left, what) = match object {
-            true => (&mut self.left.objects, OBJECTS),
-            false => (&mut self.left.items, ITEMS),
+        self.count(if object { Count::Objects } else { Count::Items })
+    }
+
+    /// Counts one more against `count`; an error once more than `bounds` allows were read.
+    fn count(&mut self, count: Count) -> Result<()> {
+        let left = match count {
+            Count::Objects => &mut self.left.objects,
+            Count::Items => &mut self.left.items,
+            Count::Values => &mut self.left.values,
         };
         match left.checked_sub(1) {
             Some(n) => {
@@ -73,8 +103,8 @@ impl Reader<'_> {
                 Ok(())
             }
             None => {
-                self.over = Some(what);
-                Err(self.fail(what, self.at))
+                self.over = Some(count);
+                Err(self.fail(count.what(), self.at))
             }
         }
     }
@@ -93,6 +123,7 @@ impl Reader<'_> {
 
     /// A value nested `depth` levels inside arrays and objects.
     fn value(&mut self, depth: usize) -> Result<Value> {
+        self.count(Count::Values)?;
         match self.peek() {
             Some(b'"') => {
                 self.at += 1;
@@ -180,6 +211,7 @@ impl Reader<'_> {
         self.allocates(true)?;
         loop {
             self.expect(b'"', "key must be a string", IN_OBJECT)?;
+            self.count(Count::Values)?;
             let key = self.string()?;
             self.expect(b':', "expected `:`", IN_OBJECT)?;
             let value = self.value(inner)?;

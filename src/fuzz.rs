@@ -1188,6 +1188,12 @@ pub fn adversarial() -> Vec<(&'static str, Case)> {
     let late = |tail: &str| with_x("word ".repeat((limit - 400) / 5), tail);
     // A chat request with a last field `x`: a list of `count` copies of `item`.
     let with_list = |item: &str, count: usize| with_x("hi".into(), &format!("[{}]}}", vec![item; count].join(",")));
+    // An object of `count` keys, each `prefix` k's then five digits, in the order `i * step %
+    // count`.
+    let keyed = |prefix: usize, count: usize, step: usize| {
+        let key = |i: usize| format!("\"{}{:05}\":1", "k".repeat(prefix), i * step % count);
+        format!("{{{}}}", (0..count).map(key).collect::<Vec<_>>().join(","))
+    };
     // A guarded chat request of one message with `count` text parts of `text`.
     let parts = |text: &str, count: usize| {
         let part = json!({"type": "text", "text": text});
@@ -1206,10 +1212,10 @@ pub fn adversarial() -> Vec<(&'static str, Case)> {
         ("199k chars of digit groups (guarded, all rules)", post("/v1/chat/completions", chat("guarded", "1-2 ".repeat(49_750)))),
         ("199k chars of prose (guarded, all rules)", post("/v1/chat/completions", chat("guarded", "lorem ipsum dolor ".repeat(11_050)))),
         ("199k chars of ticket ids, 33k redactions (guarded, all rules)", post("/v1/chat/completions", chat("guarded", "TCK-1 ".repeat(33_150)))),
-        // Values up to and past the body's bounds (REQUEST_BOUNDS: 2,048 non-empty objects,
-        // 16,384 non-empty strings and arrays, 32,768 values and keys), each as many as fit.
-        ("2,040 tiny objects {\"a\":1}", post("/v1/chat/completions", with_list("{\"a\":1}", 2_040))),
-        ("1 MB of tiny objects (413 past 2,048)", post("/v1/chat/completions", with_list("{\"a\":1}", (limit - 100) / 8))),
+        // Values up to and past the body's bounds (REQUEST_BOUNDS: 4,096 object keys, 16,384
+        // non-empty strings and arrays, 32,768 values and keys), each as many as fit.
+        ("4,080 tiny objects {\"a\":1}", post("/v1/chat/completions", with_list("{\"a\":1}", 4_080))),
+        ("1 MB of tiny objects (413 past 4,096 keys)", post("/v1/chat/completions", with_list("{\"a\":1}", (limit - 100) / 8))),
         ("16,370 short strings", post("/v1/chat/completions", with_list("\"a\"", 16_370))),
         ("1 MB of short strings (413 past 16,384)", post("/v1/chat/completions", with_list("\"a\"", (limit - 100) / 4))),
         // Values that allocate nothing of their own, but each a slot read, written and freed.
@@ -1218,9 +1224,23 @@ pub fn adversarial() -> Vec<(&'static str, Case)> {
         ("1 MB of numbers (413 past 32,768)", post("/v1/chat/completions", with_list("1", (limit - 100) / 2))),
         ("1 MB of empty strings (413 past 32,768)", post("/v1/chat/completions", with_list("\"\"", (limit - 100) / 3))),
         ("1 MB of empty objects (413 past 32,768)", post("/v1/chat/completions", with_list("{}", (limit - 100) / 3))),
+        // Texts whose every character is an escape (every 8th counts as a value), numbers read
+        // the slow way (past u64: each 8 bytes one value),
+        // object keys sorted into their maps (sharing a long prefix, shuffled, many per object).
+        ("1 MB of \\u escapes", post("/v1/chat/completions", with_x("hi".into(), &format!("\"{}\"}}", "\\u00e9".repeat((limit - 100) / 6))))),
+        ("240,000 \\\" escapes", post("/v1/chat/completions", with_x("hi".into(), &format!("\"{}\"}}", "\\\"".repeat(240_000))))),
+        ("1 MB of \\\" escapes (413 past 32,768 values)", post("/v1/chat/completions", with_x("hi".into(), &format!("\"{}\"}}", "\\\"".repeat((limit - 100) / 2))))),
+        ("one number of 1 MB of digits (413 past 32,768 values)", post("/v1/chat/completions", with_x("hi".into(), &format!("0.{}}}", "1".repeat(limit - 100))))),
+        ("8,000 numbers of 30 digits", post("/v1/chat/completions", with_list("1.2345678901234567890123456789", 8_000))),
+        ("32,000 numbers of 30 digits (413 past 32,768 values)", post("/v1/chat/completions", with_list("1.2345678901234567890123456789", 32_000))),
+        ("4,080 keys sharing a 60-byte prefix", post("/v1/chat/completions", with_x("hi".into(), &format!("{}}}", keyed(55, 4_080, 1))))),
+        ("4,080 keys sharing a 60-byte prefix, shuffled", post("/v1/chat/completions", with_x("hi".into(), &format!("{}}}", keyed(55, 4_080, 7_919))))),
+        ("4,080 five-character keys, shuffled", post("/v1/chat/completions", with_x("hi".into(), &format!("{}}}", keyed(0, 4_080, 7_919))))),
+        ("127 objects of 32 shuffled keys", post("/v1/chat/completions", with_list(&keyed(0, 32, 7), 127))),
+        ("1 MB of keys (413 past 4,096)", post("/v1/chat/completions", with_x("hi".into(), &format!("{}}}", keyed(0, (limit - 100) / 11, 1))))),
         ("2,040 one-character text parts (guarded)", post("/v1/chat/completions", parts("x", 2_040))),
         ("2,040 e-mail text parts (guarded)", post("/v1/chat/completions", parts("a@b.co", 2_040))),
-        ("1 MB of e-mail text parts (guarded, 413 past 2,048)", post("/v1/chat/completions", parts("a@b.co", (limit - 100) / 32))),
+        ("1 MB of e-mail text parts (guarded, 413 past 4,096 keys)", post("/v1/chat/completions", parts("a@b.co", (limit - 100) / 32))),
         ("1 MB unknown model name", post("/v1/chat/completions", chat(&"s".repeat(limit - 100), "hi".into()))),
         ("64-char near-miss model name", post("/v1/chat/completions", chat(&"guardedx".repeat(8), "hi".into()))),
         ("deep JSON nesting", post("/v1/chat/completions", fit(format!("{}{}", "[".repeat(limit / 2), "]".repeat(limit / 2))).into_bytes())),

@@ -283,10 +283,10 @@ pub struct Region {
 pub struct Settings {
     /// Requests with a larger body get 413 before parsing.
     pub max_body_bytes: usize,
-    /// Request bodies holding more non-empty JSON objects, non-empty strings (keys too) and
-    /// arrays, or JSON values and keys of any kind, get 413 while parsing: what a body costs
-    /// in CPU and memory is per value, not per byte (`wire::json::REQUEST_BOUNDS`).
-    pub max_body_objects: usize,
+    /// Request bodies holding more JSON object keys, non-empty strings (keys too) and arrays,
+    /// or JSON values and keys of any kind, get 413 while parsing: what a body costs in CPU
+    /// and memory is per value, not per byte (`wire::json::REQUEST_BOUNDS`).
+    pub max_body_keys: usize,
     pub max_body_strings_and_arrays: usize,
     pub max_body_values: usize,
     /// Largest origin response the gateway buffers (non-streaming).
@@ -310,7 +310,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             max_body_bytes: 1 << 20,
-            max_body_objects: REQUEST_BOUNDS.objects,
+            max_body_keys: REQUEST_BOUNDS.keys,
             max_body_strings_and_arrays: REQUEST_BOUNDS.items,
             max_body_values: REQUEST_BOUNDS.values,
             max_response_bytes: 16 << 20,
@@ -330,12 +330,12 @@ const MAX_SETTING_MS: u64 = 86_400_000;
 impl Settings {
     /// How many JSON values a request body may hold.
     pub fn body_bounds(&self) -> Bounds {
-        Bounds { objects: self.max_body_objects, items: self.max_body_strings_and_arrays, values: self.max_body_values }
+        Bounds { keys: self.max_body_keys, items: self.max_body_strings_and_arrays, values: self.max_body_values }
     }
 
     fn check(&self, issues: &mut Issues) {
         for (name, value) in [
-            ("max_body_objects", self.max_body_objects),
+            ("max_body_keys", self.max_body_keys),
             ("max_body_strings_and_arrays", self.max_body_strings_and_arrays),
             ("max_body_values", self.max_body_values),
         ] {

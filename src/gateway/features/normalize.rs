@@ -215,9 +215,9 @@ mod tests {
         // read, write and free; objects and strings memory as well).
         let list = |item: &str, n: usize| format!("{{\"x\":[{}]}}", vec![item; n].join(","));
         let refused = |body: String| parse_json_object(body.as_bytes(), 1 << 20, REQUEST_BOUNDS).unwrap_err();
-        let e = refused(list("{\"a\":1}", 2_048));
+        let e = refused(list("{\"a\":1}", 4_096));
         assert_eq!((e.status, e.code.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"));
-        assert_eq!(e.message, "request body holds more than 2048 non-empty JSON objects (this gateway's limit)");
+        assert_eq!(e.message, "request body holds more than 4096 JSON object keys (this gateway's limit)");
         let e = refused(list("\"s\"", 16_384));
         assert!(e.message.contains("more than 16384 non-empty JSON strings and arrays"), "{}", e.message);
         // Empty objects, strings and arrays, and numbers, take no memory of their own, but
@@ -228,8 +228,8 @@ mod tests {
         let e = refused(at_bound.replacen("[", "[1,", 1));
         assert_eq!(e.message, "request body holds more than 32768 JSON values and keys (this gateway's limit)");
         // A config may raise them (or lower them).
-        let raised = Bounds { objects: 4_096, ..REQUEST_BOUNDS };
-        assert!(parse_json_object(list("{\"a\":1}", 2_048).as_bytes(), 1 << 20, raised).is_ok());
+        let raised = Bounds { keys: 8_192, ..REQUEST_BOUNDS };
+        assert!(parse_json_object(list("{\"a\":1}", 4_096).as_bytes(), 1 << 20, raised).is_ok());
     }
 
     /// The rules applied to `body`; every field they set is one `may_set` names.

@@ -291,11 +291,11 @@ mod tests {
         // A message holding more values than any request body may: 413, naming the limit.
         let many = format!(
             r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"x":[{}]}}}}"#,
-            "{\"a\":1},".repeat(2_048) + "1"
+            "{\"a\":1},".repeat(4_096) + "1"
         );
         let (_, e) = parse(many.as_bytes(), REQUEST_BOUNDS).unwrap_err();
         assert_eq!((e.code, e.http), (INVALID_REQUEST, StatusCode::PAYLOAD_TOO_LARGE));
-        assert_eq!(e.message, "the message holds more than 2048 non-empty JSON objects (this gateway's limit)");
+        assert_eq!(e.message, "the message holds more than 4096 JSON object keys (this gateway's limit)");
     }
 
     #[test]

@@ -1240,12 +1240,9 @@ fn identical_concurrent_requests_share_one_origin_call() {
 #[test]
 fn settings_bound_how_many_json_values_a_body_may_hold() {
     let list = |item: &str, n: usize| format!(r#"{{"model":"chat","messages":[],"x":[{}]}}"#, vec![item; n].join(","));
-    let (status, answer, _) = run(&host(), post("/v1/chat/completions", &list("{\"a\":1}", 3_000)));
+    let (status, answer, _) = run(&host(), post("/v1/chat/completions", &list("{\"a\":1}", 5_000)));
     assert_eq!((status, answer["error"]["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("request_too_large")));
-    assert_eq!(
-        answer["error"]["message"],
-        "request body holds more than 2048 non-empty JSON objects (this gateway's limit)"
-    );
+    assert_eq!(answer["error"]["message"], "request body holds more than 4096 JSON object keys (this gateway's limit)");
     let (status, answer, _) = run(&host(), post("/v1/chat/completions", &list("1", 40_000)));
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(
@@ -1254,12 +1251,12 @@ fn settings_bound_how_many_json_values_a_body_may_hold() {
     );
     let raised = CONFIG.replace(
         r#""settings": {"config_ttl_ms": 1000}"#,
-        r#""settings": {"config_ttl_ms": 1000, "max_body_objects": 4096, "max_body_values": 65536}"#,
+        r#""settings": {"config_ttl_ms": 1000, "max_body_keys": 8192, "max_body_values": 65536}"#,
     );
     assert_ne!(raised, CONFIG);
     let raised_host =
         &MemoryHost::new(ok_origin).with_secret("OPENAI_API_KEY", "sk-x").with_kv(ACTIVE_KEY, raised.as_str());
-    for body in [list("{\"a\":1}", 3_000), list("1", 40_000)] {
+    for body in [list("{\"a\":1}", 5_000), list("1", 40_000)] {
         let (status, answer, _) = run(raised_host, post("/v1/chat/completions", &body));
         assert_eq!(status, StatusCode::OK, "{answer}");
     }

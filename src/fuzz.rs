@@ -1225,8 +1225,8 @@ pub fn adversarial() -> Vec<(&'static str, Case)> {
         ("1 MB of empty strings (413 past 32,768)", post("/v1/chat/completions", with_list("\"\"", (limit - 100) / 3))),
         ("1 MB of empty objects (413 past 32,768)", post("/v1/chat/completions", with_list("{}", (limit - 100) / 3))),
         // Texts whose every character is an escape (every 8th counts as a value), numbers read
-        // the slow way (past u64: each 8 bytes one value),
-        // object keys sorted into their maps (sharing a long prefix, shuffled, many per object).
+        // the slow way (past u64: each further 8 bytes one value), object keys sorted into
+        // their maps (sharing a long prefix, shuffled, many per object).
         ("1 MB of \\u escapes", post("/v1/chat/completions", with_x("hi".into(), &format!("\"{}\"}}", "\\u00e9".repeat((limit - 100) / 6))))),
         ("240,000 \\\" escapes", post("/v1/chat/completions", with_x("hi".into(), &format!("\"{}\"}}", "\\\"".repeat(240_000))))),
         ("1 MB of \\\" escapes (413 past 32,768 values)", post("/v1/chat/completions", with_x("hi".into(), &format!("\"{}\"}}", "\\\"".repeat((limit - 100) / 2))))),

@@ -340,7 +340,7 @@ impl Settings {
             ("max_body_values", self.max_body_values),
         ] {
             if value == 0 {
-                issues.push(format!("settings.{name}"), "must be at least 1 (0 refuses every request body)");
+                issues.push(format!("settings.{name}"), "must be at least 1");
             }
         }
         for (name, value) in [

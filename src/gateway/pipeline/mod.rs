@@ -233,8 +233,8 @@ impl Gateway {
         // public every model call needs a valid caller, so a client without one is refused
         // here and its body costs nothing (up to `max_body_bytes`, parsed into a tree of up to
         // `settings.max_body_*` values: ~2 ms of native CPU at the defaults, in
-        // `benches/slowest`). Where an endpoint is public, an
-        // anonymous body must be read to find its endpoint (and anyone may send it one).
+        // `benches/slowest`). Where an endpoint is public, an anonymous body must be read to
+        // find its endpoint (and anyone may send it one).
         let identified = if config.any_public() {
             None
         } else {

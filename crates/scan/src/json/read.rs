@@ -18,7 +18,7 @@ const IN_OBJECT: &str = "EOF while parsing an object";
 const SORTED_AFTER: usize = 32;
 
 /// The value `text` is: one JSON value with only whitespace around it, holding at most
-/// `bounds` of the values that take memory.
+/// `bounds` of the values they count.
 pub(super) fn value(text: &str, bounds: Bounds) -> std::result::Result<Value, ReadError> {
     let mut reader = Reader { text, bytes: text.as_bytes(), at: 0, left: bounds, over: None };
     let read = reader.value(0).and_then(|value| {

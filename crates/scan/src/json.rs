@@ -668,8 +668,8 @@ mod tests {
         assert_eq!(super::object_keeping(&skipped, &["usage"]).unwrap().unwrap()["usage"], 1);
     }
 
-    /// Large objects are built from their entries sorted at once: the map is the one
-    /// serde_json builds, a repeated key keeping its last value wherever the two fall.
+    /// A large object reads as serde_json reads it: sorted, a repeated key keeping its last
+    /// value.
     #[test]
     fn large_objects_read_as_serde_json_reads_them() {
         let mut entries: Vec<String> = (0..200).map(|i| format!("\"k{:03}\":{i}", (i * 37) % 150)).collect();

@@ -14,8 +14,6 @@ type Result<T> = std::result::Result<T, serde_json::Error>;
 const TOO_DEEP: &str = "arrays and objects nested more than 64 deep";
 const _: () = assert!(MAX_DEPTH == 64, "TOO_DEEP names the limit");
 const IN_OBJECT: &str = "EOF while parsing an object";
-/// How many entries of an object are inserted one by one (see `Reader::object`).
-const SORTED_AFTER: usize = 32;
 
 /// The value `text` is: one JSON value with only whitespace around it, holding at most
 /// `bounds` of the values they count.
@@ -205,14 +203,10 @@ impl Reader<'_> {
         }
     }
 
-    /// At `{`. A repeated key keeps its last value, as serde_json's map does. Past
-    /// [`SORTED_AFTER`] entries the rest are gathered and the map built once from them sorted:
-    /// inserted one by one, 16,000 keys sharing a 60-byte prefix cost ~5 ms (each insert a
-    /// search from the root, comparing the prefix at every level, nodes all over memory).
+    /// At `{`. A repeated key keeps its last value, as serde_json's map does.
     fn object(&mut self, depth: usize) -> Result<Value> {
         let mut entries = Map::new();
         let Some(inner) = self.open(depth, b'}')? else { return Ok(Value::Object(entries)) };
-        let mut rest = Vec::new();
         loop {
             self.expect(b'"', "key must be a string", IN_OBJECT)?;
             self.count(Count::Keys)?;
@@ -220,20 +214,11 @@ impl Reader<'_> {
             let key = self.string()?;
             self.expect(b':', "expected `:`", IN_OBJECT)?;
             let value = self.value(inner)?;
-            if entries.len() < SORTED_AFTER {
-                entries.insert(key, value);
-            } else {
-                rest.push((key, value));
-            }
+            entries.insert(key, value);
             if !self.more(b'}', "expected `,` or `}`", IN_OBJECT)? {
-                break;
+                return Ok(Value::Object(entries));
             }
         }
-        if !rest.is_empty() {
-            // A stable sort, then the last of equal keys kept: the later value wins, as above.
-            entries = entries.into_iter().chain(rest).collect();
-        }
-        Ok(Value::Object(entries))
     }
 
     /// After the opening quote: the string's text, escapes decoded.

@@ -17,7 +17,7 @@ const IN_OBJECT: &str = "EOF while parsing an object";
 
 /// The value `text` is: one JSON value with only whitespace around it, holding at most
 /// `bounds` of the values they count.
-pub(super) fn value(text: &str, bounds: Bounds) -> std::result::Result<Value, ReadError> {
+pub(super) fn value(text: &str, mut bounds: Bounds) -> std::result::Result<Value, ReadError> {
     let mut reader = Reader { text, bytes: text.as_bytes(), at: 0, left: bounds, over: None };
     let read = reader.value(0).and_then(|value| {
         reader.skip_whitespace();
@@ -27,7 +27,7 @@ pub(super) fn value(text: &str, bounds: Bounds) -> std::result::Result<Value, Re
         }
     });
     read.map_err(|e| match reader.over {
-        Some(count) => ReadError::TooMany { what: count.what(), limit: count.of(bounds) },
+        Some(count) => ReadError::TooMany { what: count.what(), limit: *count.of(&mut bounds) },
         None => ReadError::Invalid(e),
     })
 }
@@ -41,11 +41,12 @@ enum Count {
 }
 
 impl Count {
-    fn of(self, bounds: Bounds) -> usize {
+    /// The count of `bounds` this is.
+    fn of(self, bounds: &mut Bounds) -> &mut usize {
         match self {
-            Count::Keys => bounds.keys,
-            Count::Items => bounds.items,
-            Count::Values => bounds.values,
+            Count::Keys => &mut bounds.keys,
+            Count::Items => &mut bounds.items,
+            Count::Values => &mut bounds.values,
         }
     }
 
@@ -91,11 +92,7 @@ impl Reader<'_> {
 
     /// Counts `n` more against `count`.
     fn count_n(&mut self, count: Count, n: usize) -> Result<()> {
-        let left = match count {
-            Count::Keys => &mut self.left.keys,
-            Count::Items => &mut self.left.items,
-            Count::Values => &mut self.left.values,
-        };
+        let left = count.of(&mut self.left);
         match left.checked_sub(n) {
             Some(n) => {
                 *left = n;

@@ -21,6 +21,7 @@ CATEGORIES = [
     ("shim: the rest (request head and body, tasks)", r"shim\.mjs"),
     ("V8 garbage collection", r"Heap::|Scavenge|MarkCompact|GCTracer"),
 ]
+REST = "workerd and the kernel (HTTP, streams, promises, I/O)"
 FRAME = re.compile(r"^\s*[0-9a-f]+\s+(.*?)(?:\+0x[0-9a-f]+)?\s+\((.*)\)\s*$")
 WASM_NAME = re.compile(r"^JS:(.*)-\d+-(?:turbofan|liftoff)$")
 
@@ -56,8 +57,7 @@ def main():
             continue
         total += 1
         stack = "\n".join(frames)
-        shares[next((label for label, pattern in CATEGORIES if re.search(pattern, stack)),
-                    "workerd and the kernel (HTTP, streams, promises, I/O)")] += 1
+        shares[next((label for label, pattern in CATEGORIES if re.search(pattern, stack)), REST)] += 1
         names = [WASM_NAME.match(f) for f in frames]
         names = [m.group(1) for m in names if m]
         if names and WASM_NAME.match(frames[0]):
@@ -68,7 +68,7 @@ def main():
         print("no samples")
         return
     print(f"{total} samples")
-    for label, _ in CATEGORIES + [("workerd and the kernel (HTTP, streams, promises, I/O)", "")]:
+    for label in [label for label, _ in CATEGORIES] + [REST]:
         print(f"  {100 * shares[label] / total:5.1f}%  {label}")
     readable = demangle_all(set(own) | set(under))
     print(f"wasm functions, own time (top {top}; all wasm: {100 * sum(own.values()) / total:.1f}%):")

@@ -477,6 +477,21 @@ fn main() {
             cold: false,
             config: bench_config,
         },
+        // scripts/bench's workerd cache hit: a plain endpoint, temperature 0, no template or
+        // guardrails (the cases above run them too).
+        Case {
+            name: "  cache hit, plain endpoint (as workerd's)",
+            make: Box::new(|_, key| {
+                let body = String::from_utf8_lossy(&chat_body(&template, 0)).replacen(
+                    r#""temperature":0.7"#,
+                    r#""temperature":0"#,
+                    1,
+                );
+                openai_client_request(Method::POST, "/v1/chat/completions", key, body.into_bytes())
+            }),
+            cold: false,
+            config: bench_config,
+        },
         Case {
             name: "POST /v1/chat/completions malformed JSON (400)",
             make: Box::new(|_, key| {

@@ -42,6 +42,10 @@ pub struct MemoryHost {
     pub stateless: Cell<bool>,
     /// The edge cache (Cloudflare's Cache API): `None`, the default, is a host without one.
     pub edge: RefCell<Option<EdgeEntries>>,
+    /// Sleeps wait until the caller has moved the clock past their end, instead of moving it
+    /// themselves: an isolate under load, where after-response work waits while the next
+    /// requests run (the native bench). Off by default: a lone `block_on` would wait forever.
+    pub clock_driven: Cell<bool>,
 }
 
 impl MemoryHost {
@@ -63,6 +67,7 @@ impl MemoryHost {
             kv_yield: Cell::new(false),
             stateless: Cell::new(false),
             edge: RefCell::new(None),
+            clock_driven: Cell::new(false),
         }
     }
 
@@ -216,8 +221,14 @@ impl Clock for MemoryHost {
             *b = x as u8;
         }
     }
-    /// Time jumps ahead, and the task yields once (as a real sleep lets others run).
+    /// Time jumps ahead, and the task yields once (as a real sleep lets others run); with
+    /// `clock_driven`, pending until the caller's clock reaches the end.
     async fn sleep(&self, ms: u64) {
+        if self.clock_driven.get() {
+            let end = self.now_ms.get().saturating_add(ms);
+            std::future::poll_fn(|_| if self.now_ms.get() >= end { Poll::Ready(()) } else { Poll::Pending }).await;
+            return;
+        }
         self.advance(ms);
         yield_once().await;
     }
@@ -285,5 +296,34 @@ impl crate::gateway::ports::Counter for MemoryHost {
             return crate::gateway::ports::cas::swap_if(self, key, value, replace).map(Some);
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::ports::Clock;
+
+    #[test]
+    fn a_driven_clock_holds_a_sleep_until_the_caller_moves_it_past_the_end() {
+        let host = MemoryHost::new(|_| Err(UpstreamError::Timeout));
+        host.clock_driven.set(true);
+        let start = host.now_ms.get();
+        let mut sleep = pin!(host.sleep(1_000));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(sleep.as_mut().poll(&mut cx).is_pending());
+        host.advance(999);
+        assert!(sleep.as_mut().poll(&mut cx).is_pending());
+        host.advance(1);
+        assert!(sleep.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(host.now_ms.get(), start + 1_000, "the sleep itself moved no time");
+    }
+
+    #[test]
+    fn otherwise_a_sleep_moves_the_clock_itself() {
+        let host = MemoryHost::new(|_| Err(UpstreamError::Timeout));
+        let start = host.now_ms.get();
+        block_on(host.sleep(1_000));
+        assert_eq!(host.now_ms.get(), start + 1_000);
     }
 }

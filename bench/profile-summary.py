@@ -124,18 +124,18 @@ def wasmtime(stacks):
     shares, own, under = collections.Counter(), collections.Counter(), collections.Counter()
     for frames in stacks:
         leaf, where = frames[0]
+        wasm = WASMTIME_WASM.match(leaf)
         if where == "[kernel.kallsyms]":
             kernel = [symbol for symbol, obj in frames if obj == "[kernel.kallsyms]"]
             label = next((label for label, pattern in KERNEL if any(re.match(pattern, s) for s in kernel)),
                          KERNEL_REST)
         else:
-            m = WASMTIME_WASM.match(leaf)
-            label = WASMTIME_REST if not m else GATEWAY_WASM if m.group(1) == gateway else OTHER_WASM
+            label = WASMTIME_REST if not wasm else GATEWAY_WASM if wasm.group(1) == gateway else OTHER_WASM
         shares[label] += 1
         names = [m.group(2) for m in map(WASMTIME_WASM.match, (s for s, _ in frames))
                  if m and m.group(1) == gateway and m.group(2)]
-        if label == GATEWAY_WASM and names and WASMTIME_WASM.match(leaf).group(2):
-            own[names[0]] += 1
+        if label == GATEWAY_WASM and wasm.group(2):
+            own[wasm.group(2)] += 1
         for name in set(names):
             under[name] += 1
     labels = [label for label, _ in KERNEL] + [KERNEL_REST, GATEWAY_WASM, OTHER_WASM, WASMTIME_REST]

@@ -302,7 +302,6 @@ impl crate::gateway::ports::Counter for MemoryHost {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::ports::Clock;
 
     #[test]
     fn a_driven_clock_holds_a_sleep_until_the_caller_moves_it_past_the_end() {

@@ -459,12 +459,19 @@ fn chat_body(template: &(String, String), i: u64) -> Vec<u8> {
 }
 
 /// The chat request for the `chat-full` endpoint (template + guardrails + cache): the same
-/// conversation, deterministic (`temperature: 0`), with the template's variable.
+/// conversation, deterministic, with the template's variable.
 fn full_body(chat: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(chat)
-        .replacen(r#""model":"chat""#, r#""model":"chat-full","variables":{"shop":"an online bookshop"}"#, 1)
-        .replacen(r#""temperature":0.7"#, r#""temperature":0"#, 1);
-    text.into_bytes()
+    let text = String::from_utf8_lossy(chat).replacen(
+        r#""model":"chat""#,
+        r#""model":"chat-full","variables":{"shop":"an online bookshop"}"#,
+        1,
+    );
+    deterministic(text.as_bytes())
+}
+
+/// The chat request at `temperature: 0`: an answer the cache keeps.
+fn deterministic(chat: &[u8]) -> Vec<u8> {
+    String::from_utf8_lossy(chat).replacen(r#""temperature":0.7"#, r#""temperature":0"#, 1).into_bytes()
 }
 
 fn main() {
@@ -544,12 +551,8 @@ fn main() {
         Case {
             name: "  cache hit, plain endpoint (as workerd's)",
             make: Box::new(|_, key| {
-                let body = String::from_utf8_lossy(&chat_body(&template, 0)).replacen(
-                    r#""temperature":0.7"#,
-                    r#""temperature":0"#,
-                    1,
-                );
-                openai_client_request(Method::POST, "/v1/chat/completions", key, body.into_bytes())
+                let body = deterministic(&chat_body(&template, 0));
+                openai_client_request(Method::POST, "/v1/chat/completions", key, body)
             }),
             cold: false,
             config: bench_config,

@@ -557,6 +557,19 @@ fn main() {
             cold: false,
             config: bench_config,
         },
+        // The same hit through every phase: the same JSON in other bytes each time (64
+        // spacings, more than the isolate keeps repeats of), so it is never a byte-for-byte
+        // repeat (`pipeline::repeat`) and each request is parsed and keyed.
+        Case {
+            name: "  same hit, the request in other bytes (no repeat)",
+            make: Box::new(|i, key| {
+                let body = deterministic(&chat_body(&template, 0));
+                let spaced = [&b"{"[..], &b" ".repeat((i % 64) as usize + 1), &body[1..]].concat();
+                openai_client_request(Method::POST, "/v1/chat/completions", key, spaced)
+            }),
+            cold: false,
+            config: bench_config,
+        },
         Case {
             name: "POST /v1/chat/completions malformed JSON (400)",
             make: Box::new(|_, key| {

@@ -378,3 +378,46 @@ def test_cache_levels_answer_before_kv(gw, origin):
     Admin(gw, conftest.ADMIN_TOKEN).request("POST", "/admin/cache/purge", {"endpoint": "cached"}, expect=200)
     assert post(gw, body).headers["x-gateway-cache"] == "MISS", "the purge reached every level"
     assert origin_calls_for(origin, text) == 2
+
+
+def test_a_repeat_is_answered_as_the_hit_it_repeats(gw, origin):
+    """With no public endpoint the caller is known before the body is read, and the same bytes
+    again from the same key, once answered from the isolate's memory, are answered again without
+    being parsed (`pipeline::repeat`): through the official SDK the same answer, headers and log
+    line as the hit they repeat, and still counted by the key's rate limit. (Spin keeps nothing
+    between requests: its hits come from KV, and the same holds.)"""
+    admin = Admin(gw, conftest.ADMIN_TOKEN)
+    base = json.loads(json.dumps(gw.config))
+    keyed = json.loads(json.dumps(base))
+    keyed["version"] = f"e2e-repeat-{gw.name}-{time.time_ns()}"
+    for endpoint in keyed["endpoints"]:
+        endpoint.pop("public", None)
+    text = f"repeat me {gw.name} {time.time_ns()}"
+    try:
+        admin.request("POST", "/admin/config", keyed, expect=200)
+        assert until(lambda: post(gw, chat("cached", "anyone?")).status_code == 401), "the keyed config is live"
+        key = admin.create_key(tenant=f"repeat-{gw.name}", endpoints=["cached"], rpm=3)["key"]
+        client = openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key=key, max_retries=0)
+
+        def ask(i):
+            rid = f"repeat-{gw.name}-{time.time_ns()}-{i}"
+            raw = client.chat.completions.with_raw_response.create(
+                model="cached", messages=[{"role": "user", "content": text}], temperature=0,
+                extra_headers={"x-request-id": rid})
+            record = {k: v for k, v in log_record(gw, rid).items() if k not in ("request_id", "ts", "latency_ms")}
+            headers = {k: v for k, v in raw.headers.items()
+                       if k not in ("x-request-id", "date") and not k.startswith("x-ratelimit-")}
+            return raw.parse().model_dump(), headers, record
+
+        miss = ask(0)
+        assert miss[2]["cache"] == "MISS", miss
+        hit, repeat = ask(1), ask(2)
+        assert hit[2]["cache"] == "HIT" and hit[2]["cache_level"] == ("memory" if gw.name == "workerd" else "kv"), hit
+        assert repeat == hit
+        assert repeat[0]["choices"][0]["message"]["content"] == f"echo: {text}"
+        assert origin_calls_for(origin, text) == 1
+        with pytest.raises(openai.RateLimitError):
+            ask(3)
+    finally:
+        admin.request("POST", "/admin/config", base, expect=200)
+        assert until(lambda: post(gw, chat("cached", "anyone?")).status_code == 200), "the e2e config is back"

@@ -292,6 +292,16 @@ impl Recent {
         Some(kept.entry.clone())
     }
 
+    /// The entry stored under `key` while it is fresh at `now_ms` and not yet due for a
+    /// refresh: [`Recent::get`] without taking the refreshing request's turn (from
+    /// [`MEMORY_REFRESH_AHEAD_MS`] before its end, `None`, and `get` decides who refreshes).
+    pub fn get_settled(&self, key: &[u8], now_ms: u64) -> Option<Rc<Entry>> {
+        let entries = self.entries.borrow();
+        let kept = entries.iter().rev().find(|kept| kept.key == key)?;
+        let settled = kept.expires_ms > now_ms.saturating_add(MEMORY_REFRESH_AHEAD_MS) && kept.entry.fresh(now_ms);
+        settled.then(|| kept.entry.clone())
+    }
+
     /// Keeps `entry` for at most [`MEMORY_TTL_MS`] (never past its TTL), replacing an older
     /// copy, dropping expired ones and then the oldest past the bounds.
     pub fn put(&self, key: &[u8], entry: Rc<Entry>, now_ms: u64) {

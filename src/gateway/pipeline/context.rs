@@ -14,7 +14,7 @@ use crate::gateway::dialect::Dialect;
 use crate::gateway::features::cache;
 use crate::gateway::features::coalesce::{InFlight, Leader};
 use crate::gateway::features::keys::KeyRecord;
-use crate::gateway::features::limits::Limiter;
+use crate::gateway::features::limits::{Limiter, Reservation};
 use crate::gateway::features::normalize::Canonical;
 use crate::gateway::features::telemetry::{TallyBook, Telemetry};
 use crate::gateway::features::usage::UsageBook;
@@ -22,6 +22,7 @@ use crate::gateway::forward::Breaker;
 use crate::gateway::mcp::McpState;
 use crate::gateway::pipeline::account::{Observed, Pending};
 use crate::gateway::pipeline::log::LogRecord;
+use crate::gateway::pipeline::repeat::{Repeats, Seed};
 use crate::gateway::types::Operation;
 
 /// Where the client is, as far as the host knows: a region fixed by the deployment, or geo
@@ -83,6 +84,8 @@ pub struct IsolateState {
     pub in_flight: Rc<InFlight>,
     /// Cached answers stored or found here in the last seconds (the cache's first level).
     pub recent: cache::Recent,
+    /// Requests answered from `recent`, kept to answer their byte-for-byte repeats.
+    pub repeats: Repeats,
 }
 
 /// One request on its way through the phases.
@@ -97,6 +100,8 @@ pub struct RequestContext<'a> {
     pub pending: Pending,
     /// Trace context and what the span needs beyond the log line.
     pub observed: Observed,
+    /// What a memory-level cache hit found, for `Gateway::serve` to keep for its repeats.
+    pub repeat_seed: Option<Seed>,
 }
 
 /// One model call, built by the `resolve` phase and carried through the later ones.
@@ -129,6 +134,8 @@ pub struct ModelCall {
     /// Prompt tokens the gateway estimates for the request (`admit`): reservations, and what
     /// a stream is charged when the origin reports no usage.
     pub prompt_estimate: u64,
+    /// What `admit` reserved for the request.
+    pub reservation: Reservation,
     /// The client asked for the stream's usage chunk (`stream_options.include_usage`); the
     /// origin is always asked.
     pub client_wants_usage: bool,

@@ -8,7 +8,9 @@
 //! (`recall` is the Responses API's stored-response step: a no-op for other dialects. `admit`
 //! runs after `prepare`, so it reserves what the request will really ask for. Where no
 //! endpoint is public, `Gateway::serve` identifies the caller before the body is even parsed,
-//! and `authenticate` then only authorizes it for the endpoint.)
+//! and `authenticate` then only authorizes it for the endpoint. That caller's byte-for-byte
+//! repeat of a request just answered from the isolate's memory takes `phases::replay`
+//! instead: authenticate → admit → the hit, on what the first hit's phases found.)
 //!
 //! The host only supplies ports and moves bytes in and out; `account` runs after the response
 //! is sent, when the host says (`Deferred::complete`).
@@ -18,6 +20,7 @@ pub mod account;
 pub mod context;
 pub mod log;
 pub mod phases;
+pub mod repeat;
 pub mod respond;
 pub mod stored;
 pub mod stream;
@@ -131,8 +134,15 @@ impl Gateway {
             books: Some((self.state.tally.clone(), self.state.telemetry.clone())),
             ..Observed::default()
         };
-        let mut ctx =
-            RequestContext { state: &self.state, client, dialect, log, pending: Pending::default(), observed };
+        let mut ctx = RequestContext {
+            state: &self.state,
+            client,
+            dialect,
+            log,
+            pending: Pending::default(),
+            observed,
+            repeat_seed: None,
+        };
         let mut response = match self.serve(ports, &mut ctx, request).await {
             Ok(response) => response,
             Err(error) => {
@@ -241,14 +251,32 @@ impl Gateway {
             let presented = auth::presented(request.headers(), credential.as_deref());
             auth::caller(ports, &self.state.auth, presented, &config.auth.jwt, false).await?.map(|c| c.record)
         };
-        let (parts, body) = request.into_parts();
-        let body = normalize::parse_json_object(&body, config.settings.max_body_bytes, config.settings.body_bounds())?;
+        let (parts, raw) = request.into_parts();
+        // A caller's repeat of a request just answered from memory: answered again as it was.
+        let incoming = identified.as_ref().filter(|_| ports.keeps_state()).map(|key| repeat::Incoming {
+            key,
+            method: &parts.method,
+            path_and_query: parts.uri.path_and_query().map_or("", |pq| pq.as_str()),
+            body: &raw,
+            config: &config,
+        });
+        if let Some(incoming) = &incoming {
+            if let Some(found) = self.state.repeats.find(incoming, &parts.headers, &self.state.recent, ports.now_ms()) {
+                let key = Rc::clone(incoming.key);
+                return phases::replay(ports, ctx, config.clone(), parts.headers, found, key).await;
+            }
+        }
+        let body = normalize::parse_json_object(&raw, config.settings.max_body_bytes, config.settings.body_bounds())?;
         if unified {
             ctx.dialect = Dialect::OpenAi(mlflow::unified_operation(&body)?);
         }
         let mut request = ctx.dialect.read(body, path_name)?;
         request.credential = credential;
-        invoke(ports, ctx, config, parts.headers, request, identified).await
+        let answered = invoke(ports, ctx, config.clone(), parts.headers, request, identified.clone()).await;
+        if let (Some(incoming), Some(seed)) = (&incoming, ctx.repeat_seed.take()) {
+            self.state.repeats.keep(incoming, seed);
+        }
+        answered
     }
 
     /// `/admin/*`: the admin API answers with its own audit line instead of a request log.
@@ -455,5 +483,7 @@ mod dialect_tests;
 mod observe_tests;
 #[cfg(test)]
 mod phase_tests;
+#[cfg(test)]
+mod repeat_tests;
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,7 @@
 //! request context and the call; `pipeline::Gateway::invoke` reads as their list.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
@@ -12,10 +13,11 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::coalesce::{InFlight, Joined};
 use crate::gateway::features::keys::KeyRecord;
 use crate::gateway::features::normalize::Canonical;
-use crate::gateway::features::usage::{self, Accounting};
+use crate::gateway::features::usage::{self, Accounting, Price};
 use crate::gateway::features::{cache, guard, limits, normalize, telemetry, template};
 use crate::gateway::forward::{self, Attempt, Forwarded, Retarget};
 use crate::gateway::pipeline::context::{ClientInfo, ModelCall, RequestContext};
+use crate::gateway::pipeline::repeat::{self, Found, Seed};
 use crate::gateway::pipeline::respond::{json_bytes, retry_after, sse_response, ResponseBody};
 use crate::gateway::pipeline::stream::{Captured, Stage, StreamCap, StreamPump};
 use crate::gateway::ports::Ports;
@@ -48,12 +50,7 @@ pub fn resolve(
         }
     })?;
     let endpoint = resolved.endpoint;
-    ctx.log.endpoint = Some(endpoint.name.clone());
-    ctx.log.route = resolved.route;
-    ctx.log.provider = Some(endpoint.provider.name());
-    let op = routing::operation_for(endpoint.endpoint_type);
-    ctx.observed.model = Some(endpoint.model.clone());
-    ctx.observed.operation = Some(op);
+    let op = resolved_to(ctx, &endpoint, resolved.route);
     Ok(ModelCall {
         op,
         config,
@@ -69,9 +66,63 @@ pub fn resolve(
         cache_key: None,
         pin: None,
         prompt_estimate: 0,
+        reservation: limits::Reservation::default(),
         client_wants_usage: false,
         lead: None,
     })
+}
+
+/// What the log line and the span say of the endpoint a request resolved to; its operation.
+fn resolved_to(ctx: &mut RequestContext<'_>, endpoint: &Endpoint, route: Option<String>) -> Operation {
+    ctx.log.endpoint = Some(endpoint.name.clone());
+    ctx.log.route = route;
+    ctx.log.provider = Some(endpoint.provider.name());
+    let op = routing::operation_for(endpoint.endpoint_type);
+    ctx.observed.model = Some(endpoint.model.clone());
+    ctx.observed.operation = Some(op);
+    op
+}
+
+/// A repeat of a request this isolate answered from its memory-level cache ([`repeat`]), byte
+/// for byte, answered with that level's `answer` without reading its body: the phases run on
+/// what the first one found (endpoint, stream, reservation) — the caller is authorized and the
+/// request admitted as always, and its log line and accounting are those of a hit.
+pub async fn replay<P: Ports, B>(
+    ports: &P,
+    ctx: &mut RequestContext<'_>,
+    config: Rc<Config>,
+    headers: HeaderMap,
+    Found { repeat, answer, dialect }: Found,
+    identified: Rc<KeyRecord>,
+) -> Result<Response<ResponseBody<B>>> {
+    let seed = &repeat.seed;
+    ctx.dialect = dialect;
+    let endpoint = Arc::clone(&seed.endpoint);
+    let op = resolved_to(ctx, &endpoint, seed.route.clone());
+    let mut call = ModelCall {
+        op,
+        config,
+        headers,
+        credential: None,
+        endpoint,
+        body: serde_json::Map::new(),
+        route_hash: None,
+        canonical: None,
+        key: None,
+        template_version: seed.template_version.clone(),
+        stream: seed.stream,
+        cache_key: None,
+        pin: None,
+        prompt_estimate: seed.prompt_estimate,
+        reservation: seed.reservation,
+        client_wants_usage: seed.client_wants_usage,
+        lead: None,
+    };
+    authenticate(ports, ctx, &mut call, Some(identified)).await?;
+    ctx.log.template = call.template_version.clone();
+    ctx.log.stream = call.stream;
+    admit_reserved(ports, ctx, &mut call, seed.price).await?;
+    hit(ctx, &call, &answer, cache::Level::Memory)
 }
 
 /// Authenticate: the key or JWT, authorized for the endpoint (allow-list, approval grant),
@@ -107,16 +158,9 @@ pub async fn authenticate<P: Ports>(
 /// on the request as it will be sent. An admitted request carries its accounting (settled
 /// after the response).
 pub async fn admit<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()> {
-    let endpoint = &call.endpoint;
-    let key = call.key.clone();
-    let price = call.config.prices.get(endpoint.provider.name(), &endpoint.model);
-    let budgeted =
-        key.as_ref().is_some_and(|k| k.budget_usd.is_some() || call.config.limits.tenants.contains_key(&k.tenant));
-    if budgeted && price.is_none() && call.op != Operation::Predict {
-        return Err(usage::unpriced(&endpoint.name, &endpoint.model));
-    }
+    let price = call.config.prices.get(call.endpoint.provider.name(), &call.endpoint.model);
     call.prompt_estimate = usage::estimate_prompt_tokens(&call.body);
-    let reservation = usage::reservation(
+    call.reservation = usage::reservation(
         call.op,
         &call.body,
         call.stream,
@@ -124,6 +168,24 @@ pub async fn admit<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut
         call.prompt_estimate,
         call.config.limits.default_max_tokens,
     );
+    admit_reserved(ports, ctx, call, price).await
+}
+
+/// Admit with the reservation already worked out (`call.reservation`), at the endpoint's
+/// `price`.
+async fn admit_reserved<P: Ports>(
+    ports: &P,
+    ctx: &mut RequestContext<'_>,
+    call: &mut ModelCall,
+    price: Option<Price>,
+) -> Result<()> {
+    let endpoint = &call.endpoint;
+    let key = call.key.clone();
+    let budgeted =
+        key.as_ref().is_some_and(|k| k.budget_usd.is_some() || call.config.limits.tenants.contains_key(&k.tenant));
+    if budgeted && price.is_none() && call.op != Operation::Predict {
+        return Err(usage::unpriced(&endpoint.name, &endpoint.model));
+    }
     let admitted = limits::admit(
         ports,
         &ctx.state.limiter,
@@ -131,7 +193,7 @@ pub async fn admit<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mut
         key.as_deref(),
         &endpoint.name,
         endpoint.call_limit.as_ref(),
-        reservation,
+        call.reservation,
     )
     .await;
     let admission = match admitted {
@@ -218,6 +280,7 @@ pub async fn cache_lookup<P: Ports, B>(
     let input = cache_input(call);
     let now = ports.now_ms();
     if let Some(entry) = ctx.state.recent.get(input.bytes(), now) {
+        ctx.repeat_seed = repeat_seed(ctx, call, input.bytes());
         return hit(ctx, call, &entry, cache::Level::Memory).map(Some);
     }
     let key = input.finish();
@@ -244,6 +307,28 @@ pub async fn cache_lookup<P: Ports, B>(
     ctx.log.cache = Some(cache::Status::Miss.as_str());
     call.cache_key = directive.fill().then_some(key);
     Ok(None)
+}
+
+/// What a memory-level hit found, for its repeats ([`replay`]): not where the guardrails
+/// report something (each such request is theirs to see), nor for a caller without a key or
+/// the Responses API.
+fn repeat_seed(ctx: &RequestContext<'_>, call: &ModelCall, input: &[u8]) -> Option<Seed> {
+    if ctx.log.guard.is_some() || call.key.is_none() {
+        return None;
+    }
+    let endpoint = &call.endpoint;
+    Some(Seed {
+        dialect: repeat::replayable(&ctx.dialect)?,
+        endpoint: Arc::clone(endpoint),
+        route: ctx.log.route.clone(),
+        template_version: call.template_version.clone(),
+        stream: call.stream,
+        client_wants_usage: call.client_wants_usage,
+        prompt_estimate: call.prompt_estimate,
+        reservation: call.reservation,
+        price: call.config.prices.get(endpoint.provider.name(), &endpoint.model),
+        input: input.to_vec(),
+    })
 }
 
 /// A cache hit from `level`: the log says so, and nothing was generated for this request.

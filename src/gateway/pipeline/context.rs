@@ -22,7 +22,7 @@ use crate::gateway::forward::Breaker;
 use crate::gateway::mcp::McpState;
 use crate::gateway::pipeline::account::{Observed, Pending};
 use crate::gateway::pipeline::log::LogRecord;
-use crate::gateway::pipeline::repeat::{Repeats, Seed};
+use crate::gateway::pipeline::repeat::{Repeats, SeedSlot};
 use crate::gateway::types::Operation;
 
 /// Where the client is, as far as the host knows: a region fixed by the deployment, or geo
@@ -101,7 +101,7 @@ pub struct RequestContext<'a> {
     /// Trace context and what the span needs beyond the log line.
     pub observed: Observed,
     /// What a memory-level cache hit found, for `Gateway::serve` to keep for its repeats.
-    pub repeat_seed: Option<Seed>,
+    pub repeat_seed: SeedSlot,
 }
 
 /// One model call, built by the `resolve` phase and carried through the later ones.

@@ -53,6 +53,7 @@ use crate::gateway::util::time;
 pub use account::{Deferred, Observed, Pending};
 pub use context::{ClientInfo, Geo, IsolateState, ModelCall, RequestContext};
 pub use log::LogRecord;
+use repeat::SeedSlot;
 pub use respond::{error_response, json_response, ResponseBody};
 use stream::{Stage, StreamPump};
 
@@ -141,7 +142,7 @@ impl Gateway {
             log,
             pending: Pending::default(),
             observed,
-            repeat_seed: None,
+            repeat_seed: SeedSlot::Unwanted,
         };
         let mut response = match self.serve(ports, &mut ctx, request).await {
             Ok(response) => response,
@@ -257,14 +258,16 @@ impl Gateway {
             key,
             method: &parts.method,
             path_and_query: parts.uri.path_and_query().map_or("", |pq| pq.as_str()),
-            body: &raw,
             config: &config,
         });
         if let Some(incoming) = &incoming {
-            if let Some(found) = self.state.repeats.find(incoming, &parts.headers, &self.state.recent, ports.now_ms()) {
+            if let Some(found) =
+                self.state.repeats.find(incoming, &raw, &parts.headers, &self.state.recent, ports.now_ms())
+            {
                 let key = Rc::clone(incoming.key);
                 return phases::replay(ports, ctx, config.clone(), parts.headers, found, key).await;
             }
+            ctx.repeat_seed = SeedSlot::Wanted;
         }
         let body = normalize::parse_json_object(&raw, config.settings.max_body_bytes, config.settings.body_bounds())?;
         if unified {
@@ -273,8 +276,8 @@ impl Gateway {
         let mut request = ctx.dialect.read(body, path_name)?;
         request.credential = credential;
         let answered = invoke(ports, ctx, config.clone(), parts.headers, request, identified.clone()).await;
-        if let (Some(incoming), Some(seed)) = (&incoming, ctx.repeat_seed.take()) {
-            self.state.repeats.keep(incoming, seed);
+        if let (Some(incoming), SeedSlot::Filled(seed)) = (incoming, std::mem::take(&mut ctx.repeat_seed)) {
+            self.state.repeats.keep(incoming, raw, seed);
         }
         answered
     }

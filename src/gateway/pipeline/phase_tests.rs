@@ -44,7 +44,7 @@ fn ctx<'a>(state: &'a IsolateState, client: &'a ClientInfo) -> RequestContext<'a
         log: LogRecord::default(),
         pending: Pending::default(),
         observed: Default::default(),
-        repeat_seed: None,
+        repeat_seed: Default::default(),
     }
 }
 

@@ -17,7 +17,7 @@ use crate::gateway::features::usage::{self, Accounting, Price};
 use crate::gateway::features::{cache, guard, limits, normalize, telemetry, template};
 use crate::gateway::forward::{self, Attempt, Forwarded, Retarget};
 use crate::gateway::pipeline::context::{ClientInfo, ModelCall, RequestContext};
-use crate::gateway::pipeline::repeat::{self, Found, Seed};
+use crate::gateway::pipeline::repeat::{self, Found, Seed, SeedSlot};
 use crate::gateway::pipeline::respond::{json_bytes, retry_after, sse_response, ResponseBody};
 use crate::gateway::pipeline::stream::{Captured, Stage, StreamCap, StreamPump};
 use crate::gateway::ports::Ports;
@@ -280,7 +280,9 @@ pub async fn cache_lookup<P: Ports, B>(
     let input = cache_input(call);
     let now = ports.now_ms();
     if let Some(entry) = ctx.state.recent.get(input.bytes(), now) {
-        ctx.repeat_seed = repeat_seed(ctx, call, input.bytes());
+        if let (SeedSlot::Wanted, Some(seed)) = (&ctx.repeat_seed, repeat_seed(ctx, call, input.bytes())) {
+            ctx.repeat_seed = SeedSlot::Filled(seed);
+        }
         return hit(ctx, call, &entry, cache::Level::Memory).map(Some);
     }
     let key = input.finish();

@@ -44,6 +44,16 @@ pub struct Seed {
     pub(super) input: Vec<u8>,
 }
 
+/// A request's seed: `Wanted` where `Gateway::serve` would keep one (a caller known before
+/// the body was read, a host that keeps state), `Filled` once a memory-level hit made it.
+#[derive(Default)]
+pub enum SeedSlot {
+    #[default]
+    Unwanted,
+    Wanted,
+    Filled(Seed),
+}
+
 /// One kept request: its identity (caller, method, path and query, body, config) and its seed.
 pub struct Repeat {
     key_id: String,
@@ -74,24 +84,24 @@ pub struct Found {
     pub dialect: Dialect,
 }
 
-/// The request being served, as a repeat is matched against it.
+/// The request being served, but its body, as a repeat is matched against it.
 pub struct Incoming<'a> {
     pub key: &'a Rc<KeyRecord>,
     pub method: &'a Method,
     pub path_and_query: &'a str,
-    pub body: &'a [u8],
     pub config: &'a Rc<Config>,
 }
 
 impl Incoming<'_> {
-    fn is(&self, kept: &Repeat) -> bool {
-        kept.body.len() == self.body.len()
+    /// Whether this request with `body` is `kept`'s.
+    fn is(&self, body: &[u8], kept: &Repeat) -> bool {
+        kept.body.len() == body.len()
             && kept.key_id == self.key.id
             && kept.tenant == self.key.tenant
             && kept.method == *self.method
             && kept.path_and_query == self.path_and_query
             && Rc::ptr_eq(&kept.config, self.config)
-            && kept.body == self.body
+            && kept.body == body
     }
 }
 
@@ -102,17 +112,24 @@ pub struct Repeats {
 }
 
 impl Repeats {
-    /// The repeat `incoming` is, with the memory level's answer for it — when the client's
+    /// The repeat `incoming` with `body` is, with the memory level's answer for it — when the client's
     /// cache directive lets the cache answer, and the answer is fresh and due for no refresh
     /// (`Recent::get_settled`). Otherwise `None`: the request takes the phases' way.
-    pub fn find(&self, incoming: &Incoming<'_>, headers: &HeaderMap, recent: &Recent, now_ms: u64) -> Option<Found> {
+    pub fn find(
+        &self,
+        incoming: &Incoming<'_>,
+        body: &[u8],
+        headers: &HeaderMap,
+        recent: &Recent,
+        now_ms: u64,
+    ) -> Option<Found> {
         let repeat = {
             let mut kept = self.kept.borrow_mut();
             if kept.front().is_some_and(|oldest| !Rc::ptr_eq(&oldest.config, incoming.config)) {
                 // A new config: what was found under the old one may no longer hold.
                 kept.retain(|repeat| Rc::ptr_eq(&repeat.config, incoming.config));
             }
-            kept.iter().rev().find(|kept| incoming.is(kept))?.clone()
+            kept.iter().rev().find(|kept| incoming.is(body, kept))?.clone()
         };
         if !cache::directive(headers).lookup() {
             return None;
@@ -122,13 +139,14 @@ impl Repeats {
         Some(Found { repeat, answer, dialect })
     }
 
-    /// Keeps `seed` for repeats of `incoming` (a body over [`MAX_BODY_BYTES`] is not kept).
-    pub fn keep(&self, incoming: &Incoming<'_>, seed: Seed) {
-        if incoming.body.len() > MAX_BODY_BYTES {
+    /// Keeps `seed` for repeats of the request `incoming` with `body` (its bytes; a body over
+    /// [`MAX_BODY_BYTES`] is not kept).
+    pub fn keep(&self, incoming: Incoming<'_>, body: Vec<u8>, seed: Seed) {
+        if body.len() > MAX_BODY_BYTES {
             return;
         }
         let mut kept = self.kept.borrow_mut();
-        kept.retain(|repeat| !incoming.is(repeat));
+        kept.retain(|repeat| !incoming.is(&body, repeat));
         if kept.len() >= MAX_ENTRIES {
             kept.pop_front();
         }
@@ -137,7 +155,7 @@ impl Repeats {
             tenant: incoming.key.tenant.clone(),
             method: incoming.method.clone(),
             path_and_query: incoming.path_and_query.to_string(),
-            body: incoming.body.to_vec(),
+            body,
             config: incoming.config.clone(),
             seed,
         }));

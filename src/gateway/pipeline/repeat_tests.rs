@@ -92,10 +92,11 @@ fn is_repeat(host: &MemoryHost, gateway: &Gateway, request: &Request<Vec<u8>>) -
         key: &caller.record,
         method: request.method(),
         path_and_query: request.uri().path_and_query().unwrap().as_str(),
-        body: request.body(),
         config: &config,
     };
-    gateway.state.repeats.find(&incoming, request.headers(), &gateway.state.recent, host.now_ms()).is_some()
+    let found =
+        gateway.state.repeats.find(&incoming, request.body(), request.headers(), &gateway.state.recent, host.now_ms());
+    found.is_some()
 }
 
 const CHAT: &str = r#"{"model":"chat","temperature":0,"messages":[{"role":"user","content":"again"}]}"#;

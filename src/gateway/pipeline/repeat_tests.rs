@@ -2,9 +2,10 @@
 //! from the isolate's memory is answered as that hit was, without its body being read again —
 //! and is still authorized, admitted, logged and accounted like any hit.
 
+use super::tests::add_key;
 use super::*;
 use crate::gateway::config::ACTIVE_KEY;
-use crate::gateway::features::keys::{self, KeyRecord};
+use crate::gateway::features::keys;
 use crate::gateway::ports::memory::{block_on, MemoryHost};
 use crate::gateway::ports::Clock;
 use http::{Method, Request, Response};
@@ -33,20 +34,6 @@ fn host() -> MemoryHost {
     })
     .with_secret("K", "k")
     .with_kv(ACTIVE_KEY, CONFIG)
-}
-
-fn add_key(host: &MemoryHost, f: impl FnOnce(&mut KeyRecord)) -> String {
-    let key = keys::generate(host);
-    let mut record = KeyRecord {
-        id: keys::new_id(host),
-        tenant: "acme".into(),
-        endpoints: vec!["*".into()],
-        hash: keys::hash_key(&key),
-        ..Default::default()
-    };
-    f(&mut record);
-    block_on(keys::store(host, &record)).unwrap();
-    key
 }
 
 fn request(path: &str, key: &str, body: &str) -> Request<Vec<u8>> {

@@ -121,7 +121,7 @@ fn an_invalid_stored_endpoint_fails_alone() {
 }
 
 /// Stores a key for `tenant` with `f` applied and returns its plaintext.
-fn add_key(host: &MemoryHost, f: impl FnOnce(&mut crate::gateway::features::keys::KeyRecord)) -> String {
+pub(super) fn add_key(host: &MemoryHost, f: impl FnOnce(&mut crate::gateway::features::keys::KeyRecord)) -> String {
     use crate::gateway::features::keys;
     let key = keys::generate(host);
     let mut record = keys::KeyRecord {

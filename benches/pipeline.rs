@@ -469,6 +469,17 @@ fn full_body(chat: &[u8]) -> Vec<u8> {
     deterministic(text.as_bytes())
 }
 
+/// Request `i`: `POST /v1/chat/completions` with the client key and `body(i)` as its bytes, in a
+/// warm isolate with the bench config.
+fn post_case<'a>(name: &'a str, body: impl Fn(u64) -> Vec<u8> + 'a) -> Case<'a> {
+    Case {
+        name,
+        make: Box::new(move |i, key| openai_client_request(Method::POST, "/v1/chat/completions", key, body(i))),
+        cold: false,
+        config: bench_config,
+    }
+}
+
 /// The chat request at `temperature: 0`: an answer the cache keeps.
 fn deterministic(chat: &[u8]) -> Vec<u8> {
     String::from_utf8_lossy(chat).replacen(r#""temperature":0.7"#, r#""temperature":0"#, 1).into_bytes()
@@ -511,14 +522,7 @@ fn main() {
     // The chat request with the client key, forwarded.
     let chat_case = |name, cold, config| {
         let template = &template;
-        Case {
-            name,
-            make: Box::new(move |i, key| {
-                openai_client_request(Method::POST, "/v1/chat/completions", key, chat_body(template, i))
-            }),
-            cold,
-            config,
-        }
+        Case { cold, config, ..post_case(name, move |i| chat_body(template, i)) }
     };
     let cases = [
         chat_case("POST /v1/chat/completions (forwarded, 200)", false, bench_config),
@@ -528,61 +532,21 @@ fn main() {
         jwt_case("  JWT ES256 instead of the key (token memoized)", &es256, false),
         jwt_case("  JWT RS256, new isolate per request", &rs256, true),
         jwt_case("  JWT ES256, new isolate per request", &es256, true),
-        Case {
-            name: "  + template, guardrails, cache lookup (miss)",
-            make: Box::new(|i, key| {
-                let body = full_body(&chat_body(&template, i));
-                openai_client_request(Method::POST, "/v1/chat/completions", key, body)
-            }),
-            cold: false,
-            config: bench_config,
-        },
-        Case {
-            name: "  same request again: cache hit",
-            make: Box::new(|_, key| {
-                let body = full_body(&chat_body(&template, 0));
-                openai_client_request(Method::POST, "/v1/chat/completions", key, body)
-            }),
-            cold: false,
-            config: bench_config,
-        },
+        post_case("  + template, guardrails, cache lookup (miss)", |i| full_body(&chat_body(&template, i))),
+        post_case("  same request again: cache hit", |_| full_body(&chat_body(&template, 0))),
         // scripts/bench's workerd cache hit: a plain endpoint, temperature 0, no template or
         // guardrails (the cases above run them too).
-        Case {
-            name: "  cache hit, plain endpoint (as workerd's)",
-            make: Box::new(|_, key| {
-                let body = deterministic(&chat_body(&template, 0));
-                openai_client_request(Method::POST, "/v1/chat/completions", key, body)
-            }),
-            cold: false,
-            config: bench_config,
-        },
+        post_case("  cache hit, plain endpoint (as workerd's)", |_| deterministic(&chat_body(&template, 0))),
         // The same hit through every phase: the same JSON in other bytes each time (64
         // spacings, more than the isolate keeps repeats of), so it is never a byte-for-byte
         // repeat (`pipeline::repeat`) and each request is parsed and keyed.
-        Case {
-            name: "  same hit, the request in other bytes (no repeat)",
-            make: Box::new(|i, key| {
-                let body = deterministic(&chat_body(&template, 0));
-                let spaced = [&b"{"[..], &b" ".repeat((i % 64) as usize + 1), &body[1..]].concat();
-                openai_client_request(Method::POST, "/v1/chat/completions", key, spaced)
-            }),
-            cold: false,
-            config: bench_config,
-        },
-        Case {
-            name: "POST /v1/chat/completions malformed JSON (400)",
-            make: Box::new(|_, key| {
-                openai_client_request(
-                    Method::POST,
-                    "/v1/chat/completions",
-                    key,
-                    br#"{"model":"chat","messages":[{"role":"user","#.to_vec(),
-                )
-            }),
-            cold: false,
-            config: bench_config,
-        },
+        post_case("  same hit, the request in other bytes (no repeat)", |i| {
+            let body = deterministic(&chat_body(&template, 0));
+            [&b"{"[..], &b" ".repeat((i % 64) as usize + 1), &body[1..]].concat()
+        }),
+        post_case("POST /v1/chat/completions malformed JSON (400)", |_| {
+            br#"{"model":"chat","messages":[{"role":"user","#.to_vec()
+        }),
         Case {
             name: "GET /v1/models",
             make: Box::new(|_, key| openai_client_request(Method::GET, "/v1/models", key, Vec::new())),

@@ -55,9 +55,9 @@ async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         }
     };
     // Spin keeps no state between requests (an instance per request) and has no waitUntil: a
-    // buffered answer is accounted before it is sent, so the next request sees its counts;
-    // tallies, telemetry export and the occasional housekeeping sweep wait until the response
-    // is out.
+    // buffered answer is accounted before it is sent (its usage and tally are one ledger entry,
+    // `features::ledger`), so the next request sees its counts; telemetry export and the
+    // occasional housekeeping sweep wait until the response is out.
     if matches!(exchange.response.body(), ResponseBody::Full(_)) {
         let request_id = exchange.deferred.log.request_id.clone();
         let (line, observe) = exchange.deferred.settle(&host, None).await;

@@ -200,8 +200,15 @@ class SpinHost(Host):
         self.log = self.dir / "wasmtime.log"
         port = free_port()
         self.base_url = f"http://127.0.0.1:{port}"
-        args = [shutil.which("wasmtime") or "wasmtime", "serve", "-Scli", "--addr", f"127.0.0.1:{port}",
-                "--dir", f"{self.kv_dir}::/kv"]
+        # Instances allocated on demand, not from wasmtime's default pool (1000 core instances;
+        # this composed component takes several per request): every request is an instance
+        # that lives on after its response until its telemetry export is answered, and the
+        # suite's Python OTLP receiver answers a burst of 16 concurrent clients' exports in
+        # ~1 s, so a burst can hold more instances than that pool (test_keys' concurrent-usage
+        # test met "maximum concurrent limit of 1000 for core instances reached"). Spin sizes
+        # its own pool.
+        args = [shutil.which("wasmtime") or "wasmtime", "serve", "-Scli", "-Opooling-allocator=n",
+                "--addr", f"127.0.0.1:{port}", "--dir", f"{self.kv_dir}::/kv"]
         for k, v in secrets.items():
             args += ["--env", f"SPIN_VARIABLE_{k.upper()}={v}"]
         args.append(str(ROOT / "target" / "spin" / "gateway.composed.wasm"))

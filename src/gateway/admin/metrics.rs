@@ -23,16 +23,25 @@ use serde_json::{json, Value};
 
 use crate::gateway::admin::answer::{query_value, Handled, RawBody};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
+use crate::gateway::features::ledger;
 use crate::gateway::features::telemetry::tally::{self, Counts, SeriesKey};
 use crate::gateway::features::usage::nusd_to_usd;
 use crate::gateway::ports::Ports;
 use crate::gateway::util::time::{day_string, days_of, parse_day, DAY_MS};
 
+/// The tallies of `from..=to`, the requests still in the ledger (Spin) folded in first.
+async fn tallies<P: Ports>(ports: &P, from: i64, to: i64) -> Result<tally::Tallies> {
+    let folded = ledger::fold_pending(ports).await?;
+    let mut tallies = tally::query(ports, from, to).await?;
+    tallies.partial |= !folded;
+    Ok(tallies)
+}
+
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub(super) async fn prometheus<P: Ports>(ports: &P) -> Result<RawBody> {
     let today = days_of(ports.now_ms());
-    let tallies = tally::query(ports, today, today).await?;
+    let tallies = tallies(ports, today, today).await?;
     let series = tallies.days.into_iter().next().map(|(_, series)| series).unwrap_or_default();
     let mut text = exposition(&series, today);
     if tallies.partial {
@@ -161,7 +170,7 @@ pub(super) async fn series<P: Ports>(ports: &P, query: &[(String, String)]) -> H
         }
     };
     let (from, to) = (day("from")?, day("to")?);
-    let tallies = tally::query(ports, from, to).await?;
+    let tallies = tallies(ports, from, to).await?;
     let days: Vec<Value> = (tallies.days)
         .iter()
         .map(|(day, series)| {

@@ -8,6 +8,7 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::cache::Recent;
 use crate::gateway::features::identity::claims::valid_principal_id;
 use crate::gateway::features::keys;
+use crate::gateway::features::ledger;
 use crate::gateway::features::limits::valid_tenant;
 use crate::gateway::features::usage::{self, Subject};
 use crate::gateway::ports::Ports;
@@ -96,5 +97,11 @@ pub(super) async fn get_usage<P: Ports>(ports: &P, query: &[(String, String)], a
             .into())
         }
     };
-    Ok((StatusCode::OK, usage::query(ports, subject, from, to).await?))
+    // On Spin the latest requests are ledger entries until folded into usage shards.
+    let folded = ledger::fold_pending(ports).await?;
+    let mut answer = usage::query(ports, subject, from, to).await?;
+    if !folded {
+        answer["partial"] = Value::Bool(true);
+    }
+    Ok((StatusCode::OK, answer))
 }

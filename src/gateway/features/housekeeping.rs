@@ -1,13 +1,15 @@
 //! Housekeeping for hosts whose key-value store has no TTL (Spin's key-value interface has
 //! none, and its `list` reads every key of the store): expired rate-limit counters are
-//! deleted, finished usage and request-tally shards (one of each per request there) are
-//! compacted into one entry per day, and stale cache entries are dropped. Each run does a bounded amount of work; the
-//! pipeline runs it after a response now and then (`pipeline::account`).
+//! deleted, requests' ledger entries (one per request there, `features::ledger`) are folded
+//! into usage and tally shards, finished shards are compacted into one entry per day, and
+//! stale cache entries are dropped. Each run does a bounded amount of work; the pipeline runs
+//! it after a response now and then (`pipeline::account`).
 
 use std::collections::BTreeMap;
 
 use crate::gateway::error::Result;
 use crate::gateway::features::cache;
+use crate::gateway::features::ledger::{self, LEDGER_PREFIX};
 use crate::gateway::features::limits::window_end;
 use crate::gateway::features::telemetry::tally::{self, TALLY_PREFIX};
 use crate::gateway::features::usage::{compact_day, COMPACTED, MAX_KV_READS, USAGE_PREFIX};
@@ -25,6 +27,8 @@ pub struct Swept {
     pub counters: usize,
     pub shards: usize,
     pub cache_entries: usize,
+    /// Ledger entries folded into shards.
+    pub entries: usize,
 }
 
 /// The shards of one day to fold now, taken from `budget`: none while fewer than two are
@@ -47,6 +51,12 @@ pub async fn sweep<P: Kv + Clock + Counter>(ports: &P) -> Result<Swept> {
     let names = ports.list("").await?;
     let mut budget = MAX_KV_READS;
     let mut swept = Swept::default();
+    // Requests' ledger entries first: into shards, which the next run compacts.
+    let entries: Vec<String> = names.iter().filter(|n| n.starts_with(LEDGER_PREFIX)).take(budget).cloned().collect();
+    if !entries.is_empty() {
+        budget -= entries.len();
+        swept.entries = ledger::fold(ports, &entries, Locking::IfFree).await?.unwrap_or(0);
+    }
     for name in names.iter().filter(|n| n.starts_with("rl:")) {
         if budget == 0 {
             break;

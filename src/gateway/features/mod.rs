@@ -9,6 +9,7 @@ pub mod guard;
 pub mod housekeeping;
 pub mod identity;
 pub mod keys;
+pub mod ledger;
 pub mod limits;
 pub mod normalize;
 pub mod telemetry;

@@ -20,8 +20,9 @@
 //! next request of that shard flushes (logged in `accounting_error` until then); an isolate
 //! evicted between a response and its `waitUntil` write loses that last delta; Cloudflare
 //! `list` and reads are eventually consistent (up to ~60 s), so a query may briefly lag; on
-//! Spin every request is a fresh instance, so every request writes its own shard entries, and
-//! Spin's `list` reads every key of the store. So a day's final shards are compacted into one
+//! Spin every request is a fresh instance, so a request's usage is written as part of its one
+//! ledger entry (`features::ledger`), whose folds write shards of their own, and Spin's `list`
+//! reads every key of the store. So a day's final shards are compacted into one
 //! entry (`<subject>:<date>:compacted`, under a KV lock; [`compact_day`]): by the usage query
 //! as it reads (days before yesterday everywhere, any day on Spin, at most [`MAX_KV_READS`]
 //! reads per call), and on Spin by the housekeeping sweep (`features::housekeeping`).
@@ -51,7 +52,7 @@ use crate::gateway::wire::json::write_counters;
 
 pub const USAGE_PREFIX: &str = "usage:";
 /// Usage shards are kept this long (where the host has TTLs).
-const KEEP_SECS: u64 = 400 * 86_400;
+pub const KEEP_SECS: u64 = 400 * 86_400;
 /// Longest range one usage query may cover.
 pub const MAX_QUERY_DAYS: i64 = 366;
 
@@ -314,7 +315,8 @@ pub struct UsageEvent {
 }
 
 impl UsageEvent {
-    fn delta(&self) -> DayUsage {
+    /// What the event adds to its day.
+    pub fn delta(&self) -> DayUsage {
         DayUsage {
             requests: 1,
             prompt_tokens: self.usage.prompt_tokens,
@@ -563,7 +565,9 @@ impl Accounting {
     /// Settles the limit counters (tokens, cost) and records usage. Call it first in
     /// `Deferred::complete`: its synchronous part (in-isolate counters) then runs as soon as
     /// the host polls the deferred work, before any later request of the isolate is admitted.
-    pub async fn complete<P: Ports + Counter>(self, ports: &P, outcome: Outcome) -> UsageLog {
+    /// Where the host keeps no state (Spin), the usage is not booked but returned, for the
+    /// request's one ledger entry (`features::ledger`).
+    pub async fn complete<P: Ports + Counter>(self, ports: &P, outcome: Outcome) -> (UsageLog, Option<UsageEvent>) {
         let usage = outcome.usage.unwrap_or_default();
         let cost = self.price.map(|p| p.cost_nusd(usage));
         let event = UsageEvent {
@@ -576,7 +580,7 @@ impl Accounting {
             latency_ms: outcome.latency_ms,
             status: outcome.status,
         };
-        let names = self.book.record(ports, &event);
+        let booked = ports.keeps_state().then(|| self.book.record(ports, &event));
         let limits = self.admission.as_ref().map_or("none", Admission::mode);
         let mut errors = Vec::new();
         if let Some(admission) = self.admission {
@@ -584,10 +588,12 @@ impl Accounting {
                 errors.push(format!("limits: {}", e.message));
             }
         }
-        if let Err(e) = self.book.flush(ports, &names).await {
-            errors.push(format!("usage: {}", e.message));
+        if let Some(names) = &booked {
+            if let Err(e) = self.book.flush(ports, names).await {
+                errors.push(format!("usage: {}", e.message));
+            }
         }
-        UsageLog {
+        let log = UsageLog {
             key_id: self.key_id,
             tenant: self.tenant,
             prompt_tokens: usage.prompt_tokens,
@@ -597,7 +603,8 @@ impl Accounting {
             cache_hit: outcome.cache_hit,
             limits,
             accounting_error: (!errors.is_empty()).then(|| errors.join("; ")),
-        }
+        };
+        (log, booked.is_none().then_some(event))
     }
 }
 
@@ -609,6 +616,17 @@ impl Accounting {
 pub enum Subject<'a> {
     Key(&'a str),
     Tenant(&'a str),
+}
+
+impl Subject<'_> {
+    /// What the names of its shards start with: `usage:<key id>:` (`usage:public:` for calls
+    /// without a key), `usage:tenant:<tenant>:`.
+    pub fn prefix(&self) -> String {
+        match self {
+            Subject::Key(id) => [USAGE_PREFIX, id, ":"].concat(),
+            Subject::Tenant(t) => [USAGE_PREFIX, "tenant:", t, ":"].concat(),
+        }
+    }
 }
 
 /// Most KV reads (or deletes) one usage query or sweep makes: Cloudflare caps KV operations per
@@ -639,10 +657,7 @@ pub async fn query<P: Kv + Clock + Counter>(ports: &P, subject: Subject<'_>, fro
             format!("`from` must not be after `to`, and a query covers at most {MAX_QUERY_DAYS} days"),
         ));
     }
-    let prefix = match subject {
-        Subject::Key(id) => format!("{USAGE_PREFIX}{id}:"),
-        Subject::Tenant(t) => format!("{USAGE_PREFIX}tenant:{t}:"),
-    };
+    let prefix = subject.prefix();
     let mut by_day: BTreeMap<i64, Vec<String>> = BTreeMap::new();
     for name in ports.list(&prefix).await? {
         let Some((date, _shard)) = name.strip_prefix(&prefix).and_then(|rest| rest.split_once(':')) else { continue };

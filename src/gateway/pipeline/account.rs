@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::gateway::dialect::responses::Keep;
+use crate::gateway::features::ledger::{self, TallyLine};
 use crate::gateway::features::telemetry::tally::{Counts, SeriesKey};
 use crate::gateway::features::telemetry::{
     RequestFacts, SpanContext, TallyBook, Telemetry, TelemetryConfig, TraceParent,
@@ -18,6 +19,7 @@ use crate::gateway::pipeline::stream::Captured;
 use crate::gateway::pipeline::stream::StreamSummary;
 use crate::gateway::ports::Ports;
 use crate::gateway::types::{Operation, Usage};
+use crate::gateway::util::time::days_of;
 use crate::gateway::wire::openai::{openai_usage, StreamAnswer};
 
 /// The tenant label of keyless calls to public endpoints (`context::PUBLIC_TENANT`, which this
@@ -115,7 +117,12 @@ impl Deferred {
             Err(audit) => audit,
             Ok((mut log, observe)) => {
                 let afterwards = observe.run(ports).await;
-                log.telemetry_error = afterwards.telemetry_error;
+                if let Some(e) = afterwards.telemetry_error {
+                    log.telemetry_error = Some(match log.telemetry_error.take() {
+                        Some(ledger) => [ledger, e].join("; "),
+                        None => e,
+                    });
+                }
                 if let Some(e) = afterwards.housekeeping_error {
                     log.detail.get_or_insert(e);
                 }
@@ -182,6 +189,7 @@ impl Deferred {
             }
         }
         let admitted = self.pending.accounting.is_some();
+        let mut unbooked = None;
         if let Some(accounting) = self.pending.accounting {
             let usage = match (self.log.prompt_tokens, self.log.completion_tokens) {
                 (None, None) => None,
@@ -194,7 +202,8 @@ impl Deferred {
                 None => (self.log.status, self.log.latency_ms),
             };
             let outcome = Outcome { usage, status, latency_ms, cache_hit };
-            let mut fields = accounting.complete(ports, outcome).await;
+            let (mut fields, event) = accounting.complete(ports, outcome).await;
+            unbooked = event;
             self.log.tenant = fields.tenant.take();
             fields.key_id = None;
             self.log.accounting = Some(fields);
@@ -209,7 +218,20 @@ impl Deferred {
         };
         let end_ms =
             if self.log.stream_completed.is_some() { ports.now_ms() } else { self.log.ts + self.log.latency_ms };
-        let mut observe = record(&self.log, &self.observed, admitted, end_ms, ports);
+        let (mut observe, tally) = record(&self.log, &self.observed, admitted, end_ms, ports);
+        if unbooked.is_some() || tally.is_some() {
+            if let Err(e) = ledger::write(ports, unbooked.as_ref(), tally.as_ref()).await {
+                let error = ["ledger: ", &e.message].concat();
+                let slot = match self.log.accounting.as_mut() {
+                    Some(fields) => &mut fields.accounting_error,
+                    None => &mut self.log.telemetry_error,
+                };
+                *slot = Some(match slot.take() {
+                    Some(before) => [before, error].join("; "),
+                    None => error,
+                });
+            }
+        }
         observe.sweep = sweep;
         Ok((self.log, observe))
     }
@@ -233,16 +255,24 @@ fn streamed_entry(mut entry: cache::Entry, answer: StreamAnswer, usage: Option<U
     Some(entry)
 }
 
-/// Records the request into the isolate's tallies (model calls and errors) and telemetry.
-fn record<P: Ports>(log: &LogRecord, observed: &Observed, admitted: bool, end_ms: u64, ports: &P) -> Observe {
-    let Some((tally, telemetry)) = &observed.books else { return Observe::default() };
+/// Records the request into the isolate's tallies (model calls and errors) and telemetry;
+/// where the host keeps no state, the tally series is returned instead, for the request's
+/// ledger entry.
+fn record<P: Ports>(
+    log: &LogRecord,
+    observed: &Observed,
+    admitted: bool,
+    end_ms: u64,
+    ports: &P,
+) -> (Observe, Option<TallyLine>) {
+    let Some((tally, telemetry)) = &observed.books else { return (Observe::default(), None) };
     let tenant = match (&log.tenant, admitted) {
         (Some(t), _) => Some(t.as_str()),
         (None, true) => Some(PUBLIC_TENANT),
         (None, false) => None,
     };
     let cost_usd = log.accounting.as_ref().and_then(|a| a.cost_usd);
-    let tally = (log.endpoint.is_some() || log.status >= 400).then(|| {
+    let series = (log.endpoint.is_some() || log.status >= 400).then(|| {
         let key = SeriesKey {
             endpoint: log.endpoint.clone().unwrap_or_default(),
             tenant: tenant.unwrap_or_default().to_string(),
@@ -257,8 +287,15 @@ fn record<P: Ports>(log: &LogRecord, observed: &Observed, admitted: bool, end_ms
             cache_hits: u64::from(log.cache == Some(cache::Status::Hit.as_str())),
             latency_ms: log.latency_ms,
         };
-        (tally.clone(), tally.record(ports, log.ts, key, &counts))
+        (key, counts)
     });
+    let (tally, line) = match series {
+        Some((key, counts)) if ports.keeps_state() => {
+            (Some((tally.clone(), tally.record(ports, log.ts, key, &counts))), None)
+        }
+        Some((key, counts)) => (None, Some(TallyLine { day: days_of(log.ts), key, counts })),
+        None => (None, None),
+    };
     let export = observed.config.as_ref().map(|config| {
         let facts = RequestFacts {
             request_id: &log.request_id,
@@ -288,5 +325,5 @@ fn record<P: Ports>(log: &LogRecord, observed: &Observed, admitted: bool, end_ms
         let seq = telemetry.record(ports, &facts, observed.span.as_ref());
         (telemetry.clone(), config.clone(), seq)
     });
-    Observe { tally, export, sweep: false }
+    (Observe { tally, export, sweep: false }, line)
 }

@@ -904,25 +904,42 @@ fn a_stream_is_stopped_at_the_cap() {
 /// of the whole store and up to `MAX_KV_READS` operations) never holds up a response.
 #[test]
 fn the_sweep_waits_until_the_answer_is_out() {
-    let host = priced_host(|_| completion(1, 1));
-    host.stateless.set(true);
-    let key = add_key(&host, |_| {});
-    let body = r#"{"model":"paid","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#;
-    // Usage shards not yet folded into a day's compacted entry: a request writes two (its key's
-    // and its tenant's), a sweep folds them.
-    let loose = || host.kv.borrow().keys().filter(|k| k.starts_with("usage:") && !k.ends_with(":compacted")).count();
+    let (host, key) = stateless_host();
+    // Ledger entries not yet folded into shards: a request writes one (its usage and its
+    // tally), a sweep folds them.
+    let loose = || host.kv.borrow().keys().filter(|k| k.starts_with("ledger:")).count();
+    let shards = || host.kv.borrow().keys().filter(|k| k.starts_with("usage:") || k.starts_with("metrics:")).count();
     let mut swept = 0;
     for _ in 0..100 {
-        let exchange = fresh_instance_call(&host, &key, body);
-        let before = loose();
+        let exchange = fresh_instance_call(&host, &key, PAID_CALL);
+        let before = (loose(), shards());
         let (_line, observe) = block_on(exchange.deferred.settle(&host, None));
-        assert_eq!(loose(), before + 2, "settle (before the answer is sent) writes its shards and sweeps nothing");
+        assert_eq!(
+            (loose(), shards()),
+            (before.0 + 1, before.1),
+            "settle (before the answer is sent) writes one entry and sweeps nothing"
+        );
         let afterwards = block_on(observe.run(&host));
         assert_eq!(afterwards.housekeeping_error, None);
-        swept += usize::from(loose() < before + 2);
+        swept += usize::from(loose() < before.0 + 1);
         host.advance(1_000);
     }
     assert!(swept > 0, "some of the 100 runs after the answer swept");
+}
+
+/// On Spin a request's one ledger write that fails (a KV hiccup) is named in its log line; the
+/// answer stands, and nothing else was written in its place.
+#[test]
+fn a_failed_ledger_write_is_named_in_the_log_line() {
+    let (host, key) = stateless_host();
+    host.kv_fail.borrow_mut().push("ledger:".into());
+    let exchange = fresh_instance_call(&host, &key, PAID_CALL);
+    let (line, _observe) = block_on(exchange.deferred.settle(&host, None));
+    let line: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["status"], 200);
+    assert!(line["accounting_error"].as_str().is_some_and(|e| e.starts_with("ledger: ")), "{line}");
+    let written = |p: &str| host.kv.borrow().keys().filter(|k| k.starts_with(p)).count();
+    assert_eq!((written("ledger:"), written("usage:"), written("metrics:")), (0, 0, 0));
 }
 
 /// One chat call with `key` through a new `Gateway`, as Spin makes a fresh instance per
@@ -937,17 +954,24 @@ fn fresh_instance_call(host: &MemoryHost, key: &str, body: &str) -> Exchange<Vec
 /// A host without TTLs or in-memory state (Spin) after `requests` requests of one key with an
 /// rpm limit, each in a fresh instance with its after-response work done, `gap_ms` apart.
 fn stateless_host_after(requests: usize, gap_ms: u64) -> MemoryHost {
-    let host = priced_host(|_| completion(1, 1));
-    host.stateless.set(true);
-    let key = add_key(&host, |k| k.rpm = Some(1000));
-    let body = r#"{"model":"paid","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (host, key) = stateless_host();
     for _ in 0..requests {
-        let exchange = fresh_instance_call(&host, &key, body);
+        let exchange = fresh_instance_call(&host, &key, PAID_CALL);
         block_on(exchange.deferred.complete(&host, None));
         host.advance(gap_ms);
     }
     host
 }
+
+/// A host without TTLs or in-memory state (Spin) and a key with an rpm limit on it.
+fn stateless_host() -> (MemoryHost, String) {
+    let host = priced_host(|_| completion(1, 1));
+    host.stateless.set(true);
+    let key = add_key(&host, |k| k.rpm = Some(1000));
+    (host, key)
+}
+
+const PAID_CALL: &str = r#"{"model":"paid","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#;
 
 /// M5 on Spin: its store has no TTL and every request writes its own usage and tally shards,
 /// so the gateway sweeps now and then: counters of ended windows are deleted and finished
@@ -956,16 +980,18 @@ fn stateless_host_after(requests: usize, gap_ms: u64) -> MemoryHost {
 fn a_store_without_ttls_is_swept() {
     let host = stateless_host_after(200, 30_000);
     let count = |prefix: &str| host.kv.borrow().keys().filter(|k| k.starts_with(prefix)).count();
-    // 100 minute windows were used; 200 requests wrote 200 key shards and 200 tenant shards.
-    // Sweeps run after ~1 in 32 responses (when is chance, so the bounds only say some ran).
+    // 100 minute windows were used; 200 requests wrote 200 ledger entries (each with the
+    // request's usage and tally). Sweeps run after ~1 in 32 responses (when is chance, so the
+    // bounds only say some ran).
     assert!(count("rl:") < 100, "{} counters left", count("rl:"));
-    assert!(count("usage:") < 400, "{} usage entries left", count("usage:"));
+    assert!(count("ledger:") < 200, "{} ledger entries left", count("ledger:"));
     // Each sweep's KV work is bounded: a backlog takes a few.
     let swept = block_on(crate::gateway::features::housekeeping::sweep(&host)).unwrap();
-    assert!(swept.shards > 0 || count("usage:") <= 4);
+    assert!(swept.entries + swept.shards > 0 || count("usage:") <= 4);
     for _ in 0..4 {
         block_on(crate::gateway::features::housekeeping::sweep(&host)).unwrap();
     }
+    assert_eq!(count("ledger:"), 0, "every entry folded");
     assert!(count("rl:") <= 2, "{} counters left after a sweep", count("rl:"));
     assert!(
         count("usage:") <= 4,
@@ -996,7 +1022,16 @@ fn a_store_without_ttls_is_swept() {
 /// wait either (Fischer's algorithm waits 50 ms for each).
 #[test]
 fn a_sweep_skips_a_compaction_another_holds_and_goes_on() {
-    let host = stateless_host_after(20, 10);
+    // Two folds of three requests' ledger entries each: two shards of each kind.
+    let (host, key) = stateless_host();
+    for _ in 0..2 {
+        for _ in 0..3 {
+            let exchange = fresh_instance_call(&host, &key, PAID_CALL);
+            block_on(exchange.deferred.settle(&host, None));
+            host.advance(10);
+        }
+        assert!(block_on(crate::gateway::features::ledger::fold_pending(&host)).unwrap());
+    }
     let count = |prefix: &str| host.kv.borrow().keys().filter(|k| k.starts_with(prefix)).count();
     let id = host.kv.borrow().keys().find_map(|k| k.strip_prefix("keyid:").map(str::to_owned)).unwrap();
     let date = crate::gateway::util::time::day_string(crate::gateway::util::time::days_of(host.now_ms.get()));

@@ -14,8 +14,9 @@
 //!
 //! As usage shards are, finished shards are folded into one entry per day
 //! (`metrics:<yyyy-mm-dd>:compacted`, under a KV lock; [`compact_day`]): by [`query`] as it
-//! reads (at most `MAX_KV_READS` shard reads per call) and on Spin, where every request is a
-//! fresh instance writing a shard of its own, by the housekeeping sweep.
+//! reads (at most `MAX_KV_READS` shard reads per call) and on Spin by the housekeeping sweep.
+//! There every request is a fresh instance: its series goes into the request's one ledger
+//! entry (`features::ledger`), and folds of those entries write the shards.
 
 use std::cell::RefCell;
 
@@ -97,15 +98,25 @@ impl Entry {
     }
 }
 
+/// A shard as stored (see [`stored_json`]).
 #[derive(Deserialize, Default)]
-struct Stored {
+pub struct Stored {
     series: Vec<Entry>,
+}
+
+impl Stored {
+    /// Adds its series to `series`.
+    pub fn add_to(self, series: &mut FastMap<SeriesKey, Counts>) {
+        for (key, counts) in self.series.into_iter().map(Entry::key) {
+            series.entry(key).or_default().add(&counts);
+        }
+    }
 }
 
 /// The stored form of a shard, `{"series":[{"endpoint", "tenant", "status", "code", "counts"}]}`
 /// (read back as [`Stored`]), written without serde's generic serializer (see
 /// [`write_counters`]): a flush writes every series of the day.
-fn stored_json<'a>(series: impl ExactSizeIterator<Item = (&'a SeriesKey, &'a Counts)>) -> Vec<u8> {
+pub fn stored_json<'a>(series: impl ExactSizeIterator<Item = (&'a SeriesKey, &'a Counts)>) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + series.len() * 224);
     out.extend_from_slice(b"{\"series\":[");
     for (i, (key, c)) in series.enumerate() {
@@ -317,9 +328,7 @@ pub fn shards_by_day(names: &[String]) -> std::collections::BTreeMap<i64, Vec<St
 /// Adds a stored shard's series to `series`; false when `bytes` is not one.
 fn add_stored(series: &mut FastMap<SeriesKey, Counts>, bytes: &[u8]) -> bool {
     let Ok(stored) = serde_json::from_slice::<Stored>(bytes) else { return false };
-    for (key, counts) in stored.series.into_iter().map(Entry::key) {
-        series.entry(key).or_default().add(&counts);
-    }
+    stored.add_to(series);
     true
 }
 

@@ -5,22 +5,20 @@
 //! every request is a new instance, so each book would write a shard for that one request —
 //! the key's usage, the tenant's usage, the tally: three writes, each read and deleted again
 //! by the sweep that compacts them. There a request writes one ledger entry instead,
-//! `ledger:<yyyy-mm-dd>:<16 hex digits>`, holding its usage (whose it is and what it adds) and
-//! its tally series. [`fold`] sums a batch of entries into ordinary usage and tally shards
-//! (one per subject and day, under a new shard id; the usual compaction folds those further)
-//! and deletes the entries, under one KV lock. The housekeeping sweep folds in its turn, and
-//! the admin API folds before it reads usage or tallies, so those count every request. (A
-//! crash between a fold's writes and its deletes counts those entries twice, as a
+//! `ledger:<yyyy-mm-dd>:<16 hex digits>`: the shards it would have written, each as the line
+//! of its name without the shard id (`usage:<key id>:<date>`, `usage:tenant:<tenant>:<date>`,
+//! `metrics:<date>`) and the line of its value in the shard's own form. [`fold`] sums a batch
+//! of entries into one shard per name (under a new shard id; the usual compaction folds those
+//! further) and deletes the entries, under one KV lock. The housekeeping sweep folds in its
+//! turn, and the admin API folds before it reads usage or tallies, so those count every
+//! request. (A crash between a fold's writes and its deletes counts those entries twice, as a
 //! compaction's would: usage reports and metrics read these, limits do not.)
 
 use std::collections::BTreeMap;
 
-use edge_scan::json::{write_str, write_u64};
-use serde::Deserialize;
-
 use crate::gateway::error::Result;
 use crate::gateway::features::telemetry::tally::{self, Counts, SeriesKey, TALLY_PREFIX};
-use crate::gateway::features::usage::{DayUsage, Subject, UsageEvent, KEEP_SECS, MAX_KV_READS};
+use crate::gateway::features::usage::{DayUsage, Subject, UsageEvent, KEEP_SECS, MAX_KV_READS, USAGE_PREFIX};
 use crate::gateway::ports::lock::{locked, Locking};
 use crate::gateway::ports::{Clock, Counter, Kv};
 use crate::gateway::util::map::FastMap;
@@ -42,62 +40,52 @@ pub struct TallyLine {
 /// (a model call or an error answer), whichever it has.
 pub async fn write<P: Kv + Clock>(ports: &P, usage: Option<&UsageEvent>, tally: Option<&TallyLine>) -> Result<()> {
     let Some(day) = usage.map(|u| days_of(u.ts_ms)).or(tally.map(|t| t.day)) else { return Ok(()) };
+    let mut entry = Vec::with_capacity(512);
+    // No name holds a newline: key ids are `k_`/`j_` and hex digits, tenants letters, digits
+    // and `_-.` (`limits::valid_tenant`); values are JSON, which escapes control characters.
+    let mut line = |name: &[&str], value: &[u8]| {
+        name.iter().for_each(|part| entry.extend_from_slice(part.as_bytes()));
+        entry.push(b'\n');
+        entry.extend_from_slice(value);
+        entry.push(b'\n');
+    };
+    if let Some(event) = usage {
+        let (date, delta) = (day_string(days_of(event.ts_ms)), event.delta().to_json());
+        line(&[&Subject::Key(event.key_id.as_deref().unwrap_or("public")).prefix(), &date], &delta);
+        if let Some(tenant) = &event.tenant {
+            line(&[&Subject::Tenant(tenant).prefix(), &date], &delta);
+        }
+    }
+    if let Some(t) = tally {
+        line(&[TALLY_PREFIX, &day_string(t.day)], &tally::stored_json(std::iter::once((&t.key, &t.counts))));
+    }
     let mut id = [0u8; 8];
     ports.random_bytes(&mut id);
-    let name = [LEDGER_PREFIX, &day_string(day), ":", &hex(&id)].concat();
-    ports.put(&name, &entry_json(usage, tally), Some(KEEP_SECS)).await
+    ports.put(&[LEDGER_PREFIX, &day_string(day), ":", &hex(&id)].concat(), &entry, Some(KEEP_SECS)).await
 }
 
-/// `{"usage":{"day","key","tenant","counts"},"tally":{"day","shard"}}`, either part left out
-/// when the request has none; `shard` is one series in the tally shard's own form.
-fn entry_json(usage: Option<&UsageEvent>, tally: Option<&TallyLine>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    out.push(b'{');
-    if let Some(event) = usage {
-        out.extend_from_slice(b"\"usage\":{\"day\":");
-        write_u64(&mut out, days_of(event.ts_ms).max(0) as u64);
-        out.extend_from_slice(b",\"key\":");
-        write_str(&mut out, event.key_id.as_deref().unwrap_or("public"));
-        if let Some(tenant) = &event.tenant {
-            out.extend_from_slice(b",\"tenant\":");
-            write_str(&mut out, tenant);
+/// The sums of a batch of entries, by shard name (without its shard id).
+#[derive(Default)]
+struct Sums {
+    usage: BTreeMap<String, DayUsage>,
+    tallies: BTreeMap<String, FastMap<SeriesKey, Counts>>,
+}
+
+impl Sums {
+    /// Adds an entry's lines (name, value; a line that does not read as one of ours is skipped).
+    fn add(&mut self, entry: &[u8]) {
+        let mut lines = entry.split(|b| *b == b'\n');
+        while let (Some(name), Some(value)) = (lines.next(), lines.next()) {
+            let Ok(name) = std::str::from_utf8(name) else { continue };
+            if name.starts_with(USAGE_PREFIX) {
+                if let Ok(delta) = serde_json::from_slice::<DayUsage>(value) {
+                    self.usage.entry(name.to_string()).or_default().add(&delta);
+                }
+            } else if name.starts_with(TALLY_PREFIX) {
+                tally::add_stored(self.tallies.entry(name.to_string()).or_default(), value);
+            }
         }
-        out.extend_from_slice(b",\"counts\":");
-        out.extend_from_slice(&event.delta().to_json());
-        out.push(b'}');
     }
-    if let Some(line) = tally {
-        if usage.is_some() {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"\"tally\":{\"day\":");
-        write_u64(&mut out, line.day.max(0) as u64);
-        out.extend_from_slice(b",\"shard\":");
-        out.extend_from_slice(&tally::stored_json(std::iter::once((&line.key, &line.counts))));
-        out.push(b'}');
-    }
-    out.push(b'}');
-    out
-}
-
-#[derive(Deserialize)]
-struct Stored {
-    usage: Option<StoredUsage>,
-    tally: Option<StoredTally>,
-}
-
-#[derive(Deserialize)]
-struct StoredUsage {
-    day: i64,
-    key: String,
-    tenant: Option<String>,
-    counts: DayUsage,
-}
-
-#[derive(Deserialize)]
-struct StoredTally {
-    day: i64,
-    shard: tally::Stored,
 }
 
 /// Folds the ledger entries `names` into usage and tally shards and deletes them, under the
@@ -106,23 +94,13 @@ struct StoredTally {
 /// not read as one is deleted too (it can never be counted).
 pub async fn fold<P: Kv + Clock + Counter>(ports: &P, names: &[String], locking: Locking) -> Result<Option<usize>> {
     locked(ports, FOLD_SCOPE, locking, || async {
-        let mut usage: BTreeMap<(String, i64), DayUsage> = BTreeMap::new();
-        let mut tallies: BTreeMap<i64, FastMap<SeriesKey, Counts>> = BTreeMap::new();
+        let mut sums = Sums::default();
         let mut folded = Vec::new();
         for name in names {
-            let Some(bytes) = ports.get(name).await? else { continue };
-            if let Ok(entry) = serde_json::from_slice::<Stored>(&bytes) {
-                if let Some(u) = entry.usage {
-                    usage.entry((Subject::Key(&u.key).prefix(), u.day)).or_default().add(&u.counts);
-                    if let Some(tenant) = &u.tenant {
-                        usage.entry((Subject::Tenant(tenant).prefix(), u.day)).or_default().add(&u.counts);
-                    }
-                }
-                if let Some(t) = entry.tally {
-                    t.shard.add_to(tallies.entry(t.day).or_default());
-                }
+            if let Some(entry) = ports.get(name).await? {
+                sums.add(&entry);
+                folded.push(name);
             }
-            folded.push(name);
         }
         if folded.is_empty() {
             return Ok(0);
@@ -130,13 +108,12 @@ pub async fn fold<P: Kv + Clock + Counter>(ports: &P, names: &[String], locking:
         let mut id = [0u8; 8];
         ports.random_bytes(&mut id);
         let shard = hex(&id);
-        for ((prefix, day), counts) in &usage {
-            ports.put(&[prefix, &day_string(*day), ":", &shard].concat(), &counts.to_json(), Some(KEEP_SECS)).await?;
+        for (name, total) in &sums.usage {
+            ports.put(&[name, ":", &shard].concat(), &total.to_json(), Some(KEEP_SECS)).await?;
         }
         // At most MAX_KV_READS entries a fold: fewer series than a shard may hold.
-        for (day, series) in &tallies {
-            let name = [TALLY_PREFIX, &day_string(*day), ":", &shard].concat();
-            ports.put(&name, &tally::stored_json(series.iter()), Some(KEEP_SECS)).await?;
+        for (name, series) in &sums.tallies {
+            ports.put(&[name, ":", &shard].concat(), &tally::stored_json(series.iter()), Some(KEEP_SECS)).await?;
         }
         for name in &folded {
             ports.delete(name).await?;
@@ -262,7 +239,7 @@ mod tests {
         for _ in 0..3 {
             block_on(write(&host, Some(&event(Some("k"), None, now, 1)), None)).unwrap();
         }
-        host.kv.borrow_mut().insert(format!("{LEDGER_PREFIX}broken"), b"{\"usage\":".to_vec());
+        host.kv.borrow_mut().insert(format!("{LEDGER_PREFIX}broken"), b"usage:k:2026\n{\"requests\":".to_vec());
         let entries = names(&host, LEDGER_PREFIX);
         let other = crate::gateway::ports::lock::LockValue { id: "other".into(), at: now };
         host.kv.borrow_mut().insert(format!("lock:{FOLD_SCOPE}"), serde_json::to_vec(&other).unwrap());

@@ -98,19 +98,9 @@ impl Entry {
     }
 }
 
-/// A shard as stored (see [`stored_json`]).
 #[derive(Deserialize, Default)]
-pub struct Stored {
+struct Stored {
     series: Vec<Entry>,
-}
-
-impl Stored {
-    /// Adds its series to `series`.
-    pub fn add_to(self, series: &mut FastMap<SeriesKey, Counts>) {
-        for (key, counts) in self.series.into_iter().map(Entry::key) {
-            series.entry(key).or_default().add(&counts);
-        }
-    }
 }
 
 /// The stored form of a shard, `{"series":[{"endpoint", "tenant", "status", "code", "counts"}]}`
@@ -326,9 +316,11 @@ pub fn shards_by_day(names: &[String]) -> std::collections::BTreeMap<i64, Vec<St
 }
 
 /// Adds a stored shard's series to `series`; false when `bytes` is not one.
-fn add_stored(series: &mut FastMap<SeriesKey, Counts>, bytes: &[u8]) -> bool {
+pub fn add_stored(series: &mut FastMap<SeriesKey, Counts>, bytes: &[u8]) -> bool {
     let Ok(stored) = serde_json::from_slice::<Stored>(bytes) else { return false };
-    stored.add_to(series);
+    for (key, counts) in stored.series.into_iter().map(Entry::key) {
+        series.entry(key).or_default().add(&counts);
+    }
     true
 }
 

@@ -973,9 +973,9 @@ fn stateless_host() -> (MemoryHost, String) {
 
 const PAID_CALL: &str = r#"{"model":"paid","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#;
 
-/// M5 on Spin: its store has no TTL and every request writes its own usage and tally shards,
-/// so the gateway sweeps now and then: counters of ended windows are deleted and finished
-/// shards compacted (the store stops growing with every request).
+/// M5 on Spin: its store has no TTL and every request writes its own ledger entry, so the
+/// gateway sweeps now and then: counters of ended windows are deleted, entries folded into
+/// shards and finished shards compacted (the store stops growing with every request).
 #[test]
 fn a_store_without_ttls_is_swept() {
     let host = stateless_host_after(200, 30_000);

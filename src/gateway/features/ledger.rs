@@ -22,7 +22,6 @@ use crate::gateway::features::usage::{DayUsage, Subject, UsageEvent, KEEP_SECS, 
 use crate::gateway::ports::lock::{locked, Locking};
 use crate::gateway::ports::{Clock, Counter, Kv};
 use crate::gateway::util::map::FastMap;
-use crate::gateway::util::text::hex;
 use crate::gateway::util::time::{day_string, days_of};
 
 pub const LEDGER_PREFIX: &str = "ledger:";
@@ -39,7 +38,7 @@ pub struct TallyLine {
 /// Writes the request's one entry: its usage event (an admitted request) and its tally series
 /// (a model call or an error answer), whichever it has.
 pub async fn write<P: Kv + Clock>(ports: &P, usage: Option<&UsageEvent>, tally: Option<&TallyLine>) -> Result<()> {
-    let Some(day) = usage.map(|u| days_of(u.ts_ms)).or(tally.map(|t| t.day)) else { return Ok(()) };
+    let Some(date) = usage.map(|u| days_of(u.ts_ms)).or(tally.map(|t| t.day)).map(day_string) else { return Ok(()) };
     let mut entry = Vec::with_capacity(512);
     // No name holds a newline: key ids are `k_`/`j_` and hex digits, tenants letters, digits
     // and `_-.` (`limits::valid_tenant`); values are JSON, which escapes control characters.
@@ -50,7 +49,7 @@ pub async fn write<P: Kv + Clock>(ports: &P, usage: Option<&UsageEvent>, tally: 
         entry.push(b'\n');
     };
     if let Some(event) = usage {
-        let (date, delta) = (day_string(days_of(event.ts_ms)), event.delta().to_json());
+        let delta = event.delta().to_json();
         line(&[&Subject::Key(event.key_id.as_deref().unwrap_or("public")).prefix(), &date], &delta);
         if let Some(tenant) = &event.tenant {
             line(&[&Subject::Tenant(tenant).prefix(), &date], &delta);
@@ -59,9 +58,7 @@ pub async fn write<P: Kv + Clock>(ports: &P, usage: Option<&UsageEvent>, tally: 
     if let Some(t) = tally {
         line(&[TALLY_PREFIX, &day_string(t.day)], &tally::stored_json(std::iter::once((&t.key, &t.counts))));
     }
-    let mut id = [0u8; 8];
-    ports.random_bytes(&mut id);
-    ports.put(&[LEDGER_PREFIX, &day_string(day), ":", &hex(&id)].concat(), &entry, Some(KEEP_SECS)).await
+    ports.put(&[LEDGER_PREFIX, &date, ":", &ports.random_id()].concat(), &entry, Some(KEEP_SECS)).await
 }
 
 /// The sums of a batch of entries, by shard name (without its shard id).
@@ -105,9 +102,7 @@ pub async fn fold<P: Kv + Clock + Counter>(ports: &P, names: &[String], locking:
         if folded.is_empty() {
             return Ok(0);
         }
-        let mut id = [0u8; 8];
-        ports.random_bytes(&mut id);
-        let shard = hex(&id);
+        let shard = ports.random_id();
         for (name, total) in &sums.usage {
             ports.put(&[name, ":", &shard].concat(), &total.to_json(), Some(KEEP_SECS)).await?;
         }

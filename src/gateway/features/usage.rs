@@ -46,7 +46,6 @@ use crate::gateway::ports::Counter;
 use crate::gateway::ports::{Clock, Kv, Ports, SAME_KEY_WRITE_GAP_MS};
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::util::map::FastMap;
-use crate::gateway::util::text::hex;
 use crate::gateway::util::time::{day_string, days_of, parse_day};
 use crate::gateway::wire::json::write_counters;
 
@@ -360,14 +359,7 @@ impl UsageBook {
     }
 
     fn shard_id(&self, clock: &impl Clock) -> String {
-        self.shard_id
-            .borrow_mut()
-            .get_or_insert_with(|| {
-                let mut bytes = [0u8; 8];
-                clock.random_bytes(&mut bytes);
-                hex(&bytes)
-            })
-            .clone()
+        self.shard_id.borrow_mut().get_or_insert_with(|| clock.random_id()).clone()
     }
 
     /// Adds an event to this isolate's shard totals (synchronously) and returns the KV entries

@@ -118,10 +118,7 @@ impl Deferred {
             Ok((mut log, observe)) => {
                 let afterwards = observe.run(ports).await;
                 if let Some(e) = afterwards.telemetry_error {
-                    log.telemetry_error = Some(match log.telemetry_error.take() {
-                        Some(ledger) => [ledger, e].join("; "),
-                        None => e,
-                    });
+                    add_error(&mut log.telemetry_error, e);
                 }
                 if let Some(e) = afterwards.housekeeping_error {
                     log.detail.get_or_insert(e);
@@ -221,20 +218,24 @@ impl Deferred {
         let (mut observe, tally) = record(&self.log, &self.observed, admitted, end_ms, ports);
         if unbooked.is_some() || tally.is_some() {
             if let Err(e) = ledger::write(ports, unbooked.as_ref(), tally.as_ref()).await {
-                let error = ["ledger: ", &e.message].concat();
                 let slot = match self.log.accounting.as_mut() {
                     Some(fields) => &mut fields.accounting_error,
                     None => &mut self.log.telemetry_error,
                 };
-                *slot = Some(match slot.take() {
-                    Some(before) => [before, error].join("; "),
-                    None => error,
-                });
+                add_error(slot, ["ledger: ", &e.message].concat());
             }
         }
         observe.sweep = sweep;
         Ok((self.log, observe))
     }
+}
+
+/// Adds `error` to a log field of errors (`"; "` between them).
+fn add_error(errors: &mut Option<String>, error: String) {
+    *errors = Some(match errors.take() {
+        Some(before) => [before, error].join("; "),
+        None => error,
+    });
 }
 
 /// A completed stream's answer as a cache entry (`None` if the stream did not finish the

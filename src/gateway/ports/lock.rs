@@ -96,9 +96,7 @@ pub async fn acquire<P: Kv + Clock + Counter>(ports: &P, scope: &str) -> Result<
 /// write completing — a timing assumption, not an atomic operation.
 pub async fn try_acquire<P: Kv + Clock + Counter>(ports: &P, scope: &str) -> Result<Option<String>> {
     let lock = format!("lock:{scope}");
-    let mut id = [0u8; 8];
-    ports.random_bytes(&mut id);
-    let id = crate::gateway::util::text::hex(&id);
+    let id = ports.random_id();
     let now = ports.now_ms();
     let mine = serde_json::to_vec(&LockValue { id: id.clone(), at: now }).unwrap_or_default();
     let free = |held: Option<&[u8]>| {

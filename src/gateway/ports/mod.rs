@@ -102,6 +102,12 @@ pub trait Clock {
     fn now_ms(&self) -> u64;
     /// Cryptographically secure random bytes (request ids, keys).
     fn random_bytes(&self, buf: &mut [u8]);
+    /// 16 hex digits of 8 random bytes: the id of a shard, a lock holder, an instance.
+    fn random_id(&self) -> String {
+        let mut bytes = [0u8; 8];
+        self.random_bytes(&mut bytes);
+        crate::gateway::util::text::hex(&bytes)
+    }
     /// Waits `ms` (a `Retry-After` the gateway honours itself).
     async fn sleep(&self, ms: u64);
 }

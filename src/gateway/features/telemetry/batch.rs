@@ -27,7 +27,6 @@ use crate::gateway::features::telemetry::metrics::Metrics;
 use crate::gateway::features::telemetry::otlp::{self, Origin};
 use crate::gateway::features::telemetry::span::{self, RequestFacts};
 use crate::gateway::ports::{Clock, Ports, Secrets, UpstreamError};
-use crate::gateway::util::text::hex;
 
 /// Shortest time between two exports of one isolate.
 pub const EXPORT_GAP_MS: u64 = 1_000;
@@ -104,9 +103,7 @@ impl Telemetry {
         let encoded = span.filter(|s| s.sampled).map(|s| span::encode(facts, s));
         let mut state = self.state.borrow_mut();
         if state.instance_id.is_empty() {
-            let mut id = [0u8; 8];
-            clock.random_bytes(&mut id);
-            state.instance_id = hex(&id);
+            state.instance_id = clock.random_id();
         }
         state.seq += 1;
         let seq = state.seq;

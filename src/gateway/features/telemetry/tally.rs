@@ -28,7 +28,6 @@ use crate::gateway::features::usage::{compactable, COMPACTED, MAX_KV_READS};
 use crate::gateway::ports::lock::{self, Locking};
 use crate::gateway::ports::{Clock, Counter, Kv, SAME_KEY_WRITE_GAP_MS};
 use crate::gateway::util::map::FastMap;
-use crate::gateway::util::text::hex;
 use crate::gateway::util::time::{day_string, days_of, parse_day};
 use crate::gateway::wire::json::write_counters;
 
@@ -162,11 +161,7 @@ impl TallyBook {
 
     /// Adds one request (synchronously); returns the day to flush.
     pub fn record(&self, clock: &impl Clock, ts_ms: u64, key: SeriesKey, counts: &Counts) -> i64 {
-        self.shard_id.borrow_mut().get_or_insert_with(|| {
-            let mut bytes = [0u8; 8];
-            clock.random_bytes(&mut bytes);
-            hex(&bytes)
-        });
+        self.shard_id.borrow_mut().get_or_insert_with(|| clock.random_id());
         let day = days_of(ts_ms);
         let mut days = self.days.borrow_mut();
         let i = days.iter().position(|(d, _)| *d == day).unwrap_or_else(|| {

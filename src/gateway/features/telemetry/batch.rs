@@ -18,6 +18,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::Future;
 
 use http::{header, HeaderValue, Method, Request};
 
@@ -27,6 +28,7 @@ use crate::gateway::features::telemetry::metrics::Metrics;
 use crate::gateway::features::telemetry::otlp::{self, Origin};
 use crate::gateway::features::telemetry::span::{self, RequestFacts};
 use crate::gateway::ports::{Clock, Ports, Secrets, UpstreamError};
+use crate::gateway::util::join::join;
 
 /// Shortest time between two exports of one isolate.
 pub const EXPORT_GAP_MS: u64 = 1_000;
@@ -38,8 +40,9 @@ pub const MAX_QUEUE: usize = 2_048;
 pub const MAX_QUEUE_BYTES: usize = 4 << 20;
 /// One export request (per signal) may take this long.
 pub const EXPORT_TIMEOUT_MS: u64 = 5_000;
-/// A request's after-response work waits this long at most for its record to go out.
-pub const MAX_WAIT_MS: u64 = EXPORT_GAP_MS + 2 * EXPORT_TIMEOUT_MS + 1_000;
+/// A request's after-response work waits this long at most for its record to go out: the gap,
+/// one export round (its two posts go out together), a second to spare.
+pub const MAX_WAIT_MS: u64 = EXPORT_GAP_MS + EXPORT_TIMEOUT_MS + 1_000;
 /// A waiting request checks again at least this often while a send is in flight.
 const POLL_MS: u64 = 50;
 
@@ -173,23 +176,18 @@ impl Telemetry {
         };
         let origin =
             Origin { service_name: &config.service_name, service_version: SERVICE_VERSION, instance_id: &instance_id };
-        let mut posts = Vec::with_capacity(2);
-        if !spans.is_empty() {
-            posts.push((
-                "traces",
-                config.traces_url(),
-                otlp::traces_request(&origin, spans.iter().map(|(_, b)| &b[..])),
-            ));
-        }
-        if !metrics.is_empty() {
-            posts.push(("metrics", config.metrics_url(), otlp::metrics_request(&origin, &metrics)));
-        }
-        let mut errors = Vec::new();
-        for (signal, url, body) in posts {
-            if let Err(e) = send(ports, config, url, body).await {
-                errors.push(format!("{signal}: {e}"));
-            }
-        }
+        // Both signals at once: a round takes one export's time, not two (on Spin every
+        // request is its own instance, held until its round is over).
+        let traces = (!spans.is_empty()).then(|| {
+            send(ports, config, config.traces_url(), otlp::traces_request(&origin, spans.iter().map(|(_, b)| &b[..])))
+        });
+        let metrics_post = (!metrics.is_empty())
+            .then(|| send(ports, config, config.metrics_url(), otlp::metrics_request(&origin, &metrics)));
+        let (traces, metrics_sent) = join(sent(traces), sent(metrics_post)).await;
+        let errors: Vec<String> = [("traces", traces), ("metrics", metrics_sent)]
+            .into_iter()
+            .filter_map(|(signal, outcome)| outcome.err().map(|e| format!("{signal}: {e}")))
+            .collect();
         let mut s = self.state.borrow_mut();
         s.done_through = s.done_through.max(through);
         s.last_export_ms = ports.now_ms().max(1);
@@ -211,6 +209,14 @@ impl Telemetry {
     /// Spans waiting in the queue.
     pub fn queued(&self) -> usize {
         self.state.borrow().spans.len()
+    }
+}
+
+/// A post's outcome, `Ok` for a signal with nothing to send.
+async fn sent(post: Option<impl Future<Output = Result<(), String>>>) -> Result<(), String> {
+    match post {
+        Some(post) => post.await,
+        None => Ok(()),
     }
 }
 

@@ -322,7 +322,8 @@ fn the_queue_is_bounded_and_drains_in_batches() {
 // ---------------------------------------------------------------------------------------------
 // Concurrent after-response work in one isolate: sleeps yield, so requests interleave.
 
-struct Yielding<'a>(&'a MemoryHost);
+/// The host, and how long its collector takes to answer a post.
+struct Yielding<'a>(&'a MemoryHost, u64);
 
 impl Kv for Yielding<'_> {
     async fn get(&self, key: &str) -> crate::gateway::error::Result<Option<Vec<u8>>> {
@@ -342,6 +343,9 @@ impl Kv for Yielding<'_> {
 impl Upstream for Yielding<'_> {
     type Body = Vec<u8>;
     async fn send(&self, request: Request<Vec<u8>>, timeout: u64) -> Result<Response<Vec<u8>>, UpstreamError> {
+        if self.1 > 0 {
+            self.sleep(self.1).await;
+        }
         self.0.send(request, timeout).await
     }
     async fn read_body(&self, body: Vec<u8>, limit: usize) -> Result<Vec<u8>, UpstreamError> {
@@ -402,7 +406,7 @@ fn run_all(mut futures: Vec<Pin<Box<dyn Future<Output = Option<String>> + '_>>>)
 #[test]
 fn concurrent_requests_share_one_export_per_gap() {
     let memory = host(200);
-    let ports = Yielding(&memory);
+    let ports = Yielding(&memory, 0);
     let telemetry = Rc::new(Telemetry::new());
     let config = config();
     let span = SpanContext::start(None, 1.0, &memory);
@@ -432,4 +436,20 @@ fn concurrent_requests_share_one_export_per_gap() {
     assert!(memory.now_ms() >= first + EXPORT_GAP_MS);
     assert_eq!(order.borrow().len(), 10, "every request's wait ended");
     assert_eq!(sent_to(&memory, "/v1/metrics").len(), 2);
+}
+
+/// The traces and the metrics post of a round go out together: with a collector that takes
+/// 4 s to answer, a request waits 4 s for its round, not 8 (a Spin instance is held that long).
+#[test]
+fn a_rounds_two_posts_go_out_together() {
+    let memory = host(200);
+    let ports = Yielding(&memory, 4_000);
+    let telemetry = Telemetry::new();
+    let span = SpanContext::start(None, 1.0, &memory);
+    let seq = telemetry.record(&ports, &facts(memory.now_ms(), vec![]), Some(&span));
+    let before = memory.now_ms();
+    assert_eq!(run_all(vec![Box::pin(telemetry.flush(&ports, &config(), seq))]), [None]);
+    assert_eq!((sent_to(&memory, "/v1/traces").len(), sent_to(&memory, "/v1/metrics").len()), (1, 1));
+    assert_eq!(memory.now_ms() - before, 4_000);
+    assert_eq!(telemetry.stats().spans_exported, 1);
 }

@@ -51,6 +51,12 @@ def test_hang_is_cut_at_the_origin_timeout(gw, origin):
     started = time.time()
     assert error_of(post(gw, CHAT), 504)["code"] == "origin_timeout"
     assert time.time() - started < 6  # origin_timeout_ms is 2 s
+    # And the gateway let go of the origin request: the origin saw its client close the
+    # connection long before the hang (300 s) would have ended.
+    deadline = time.time() + 10
+    while origin.stats()["hangs_abandoned"] == 0 and time.time() < deadline:
+        time.sleep(0.1)
+    assert origin.stats()["hangs_abandoned"] == 1, origin.stats()
 
 
 def test_429_retry_after_is_waited_out_within_the_deadline(gw, origin):

@@ -89,6 +89,27 @@ struct Inner {
     fault: Option<Armed>,
 }
 
+/// See [`State::hang_watch`].
+pub struct HangWatch<'a> {
+    counter: &'a AtomicU64,
+    armed: bool,
+}
+
+impl HangWatch<'_> {
+    /// The hang ran its course.
+    pub fn ended(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for HangWatch<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Everything the origin shares between connections.
 pub struct State {
     name: String,
@@ -97,6 +118,8 @@ pub struct State {
     inner: Mutex<Inner>,
     /// Streams whose client disconnected before the end (a gateway cancelling upstream).
     abandoned: Arc<AtomicU64>,
+    /// Hanging requests whose client disconnected before the hang ended (a gateway giving up).
+    hangs_abandoned: AtomicU64,
     /// Keys and tokens the auth endpoints accept (kept across `/_mock/reset`).
     pub creds: Creds,
 }
@@ -108,6 +131,7 @@ impl State {
             name,
             ids: AtomicU64::new(0),
             abandoned: Arc::default(),
+            hangs_abandoned: AtomicU64::new(0),
             inner: Mutex::default(),
             creds: Creds::default(),
         }
@@ -177,6 +201,13 @@ impl State {
     fn reset(&self) {
         *self.lock() = Inner::default();
         self.abandoned.store(0, Ordering::Relaxed);
+        self.hangs_abandoned.store(0, Ordering::Relaxed);
+    }
+
+    /// Counts the hang it is held across as abandoned if it is dropped first: hyper drops a
+    /// request's handler when its client closes the connection.
+    pub fn hang_watch(&self) -> HangWatch<'_> {
+        HangWatch { counter: &self.hangs_abandoned, armed: true }
     }
 
     pub fn abandoned_streams(&self) -> Arc<AtomicU64> {
@@ -196,6 +227,7 @@ impl State {
             "count": inner.count,
             "by_path": inner.by_path,
             "streams_abandoned": self.abandoned.load(Ordering::Relaxed),
+            "hangs_abandoned": self.hangs_abandoned.load(Ordering::Relaxed),
             "usage": {
                 "prompt_tokens": inner.usage.prompt,
                 "completion_tokens": inner.usage.completion,

@@ -285,7 +285,9 @@ async fn apply(
             Ok(deliver(state, reply, |c| c))
         }
         Mode::Hang => {
+            let watch = state.hang_watch();
             tokio::time::sleep(fault.delay_or_default()).await;
+            watch.ended();
             Err(Dropped)
         }
         Mode::Reset => {

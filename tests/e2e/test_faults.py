@@ -12,7 +12,7 @@ import pytest
 import requests
 
 import conftest
-from admin_client import Admin
+from admin_client import Admin, wait_until
 
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "fault tolerance test"}]}
 
@@ -53,9 +53,7 @@ def test_hang_is_cut_at_the_origin_timeout(gw, origin):
     assert time.time() - started < 6  # origin_timeout_ms is 2 s
     # And the gateway let go of the origin request: the origin saw its client close the
     # connection long before the hang (300 s) would have ended.
-    deadline = time.time() + 10
-    while origin.stats()["hangs_abandoned"] == 0 and time.time() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: origin.stats()["hangs_abandoned"] >= 1, timeout=10)
     assert origin.stats()["hangs_abandoned"] == 1, origin.stats()
 
 
@@ -199,9 +197,7 @@ def test_client_disconnect_mid_stream_records_partial_usage(gw, origin):
     # What the client was sent is still accounted (content deltas, the origin never sent usage).
     assert 1 <= record["completion_tokens"] < 31
     # The origin request was cancelled: the origin saw its stream abandoned mid-way.
-    deadline = time.time() + 10
-    while origin.stats()["streams_abandoned"] == 0 and time.time() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: origin.stats()["streams_abandoned"] >= 1, timeout=10)
     assert origin.stats()["streams_abandoned"] == 1
 
 

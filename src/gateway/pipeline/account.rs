@@ -95,7 +95,10 @@ impl Observe {
             }
         }
         if let Some((telemetry, config, seq)) = self.export {
-            if let Some(e) = telemetry.flush(ports, &config, seq).await {
+            // Boxed: an export's future (two OTLP posts, joined) is ~10 KB, most of the
+            // after-response future's size, and runs on few requests; inline, every request's
+            // future would carry (and copy) it.
+            if let Some(e) = Box::pin(telemetry.flush(ports, &config, seq)).await {
                 errors.push(e);
             }
         }

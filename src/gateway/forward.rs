@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::gateway::config::{Config, Endpoint, Origin};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::features::normalize::Canonical;
+use crate::gateway::features::normalize::Written;
 use crate::gateway::ports::{Ports, UpstreamError};
 use crate::gateway::providers::adapter::Call;
 use crate::gateway::types::Operation;
@@ -56,8 +56,8 @@ pub struct Attempt<'a> {
     pub pin: Option<&'a str>,
     /// Trace-context headers every origin request carries (W3C `traceparent`/`tracestate`).
     pub trace: &'a [(http::HeaderName, http::HeaderValue)],
-    /// The body's canonical form, when the pipeline wrote it (see [`Call::canonical`]).
-    pub canonical: Option<&'a Canonical>,
+    /// The body's bytes, when the pipeline has them (see [`Call::written`]).
+    pub written: Option<&'a Written>,
 }
 
 /// A chat request the provider built (URL, credentials, headers), re-aimed at another path of
@@ -182,7 +182,7 @@ pub async fn forward<P: Ports>(
                     base_url: &origin.url,
                     stream: attempt.stream,
                     now_ms: now,
-                    canonical: attempt.canonical,
+                    written: attempt.written,
                 };
                 let mut request = endpoint.provider.build_request(call, ports)?;
                 for (name, value) in attempt.trace {

@@ -196,6 +196,17 @@ pub fn parse_value_within(text: &str, bounds: Bounds) -> Result<Value, ReadError
     read::value(text, bounds)
 }
 
+/// Where a field of a top-level object is in its text: from its key's opening quote to past
+/// its value, and where the key ends (past its closing quote). The text from there to the
+/// field's end is `:` and the value, with any whitespace the text has around the `:`.
+pub type Place = (std::ops::Range<usize>, usize);
+
+/// As [`parse_value_within`], and where each field of a top-level object is in `text`, in
+/// text order (a repeated key is placed each time; the `Value` keeps its last).
+pub fn parse_value_placed_within(text: &str, bounds: Bounds) -> Result<(Value, Vec<Place>), ReadError> {
+    read::value_placed(text, bounds)
+}
+
 /// How many values a text may hold, by what each costs to read, keep, write and free: an
 /// object key is an entry sorted into its object's map (~150-350 ns each through the
 /// gateway, most of it comparing keys); a non-empty string or array a buffer of its own; empty

@@ -11,6 +11,7 @@ pub mod responses;
 use serde_json::{Map, Value};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
+use crate::gateway::features::normalize::Verbatim;
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::wire::openai::ANSWER_FIELDS;
 use crate::gateway::wire::sse::SseEvent;
@@ -42,6 +43,9 @@ pub struct ClientRequest {
     /// An API key the dialect found outside the standard headers (Gemini's `x-goog-api-key`
     /// or `?key=`); the standard headers still come first.
     pub credential: Option<String>,
+    /// `body` as the client wrote it, when `body` is the client's own object but for `model`
+    /// (an OpenAI client's): see `normalize::Verbatim`.
+    pub verbatim: Option<Verbatim>,
 }
 
 impl Dialect {
@@ -72,7 +76,7 @@ impl Dialect {
             }
             (_, None) => openai::read(body)?,
         };
-        Ok(ClientRequest { name, body, credential: None })
+        Ok(ClientRequest { name, body, credential: None, verbatim: None })
     }
 
     /// The Responses turn, for the pipeline's stored-response step.

@@ -1,23 +1,42 @@
 //! Request parsing and normalization: the body is parsed once, bounded first.
 
-use std::ops::Range;
-
 use http::HeaderMap;
 use serde_json::{Map, Value};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::wire::json::{request_value_within, Bounds, ReadError};
+use crate::gateway::wire::json::{request_value_placed_within, request_value_within, Bounds, Place, ReadError};
 
 /// Parses a JSON object body, refusing bodies over `limit` bytes before parsing and bodies
 /// holding more values than `bounds` allows while parsing.
 pub fn parse_json_object(body: &[u8], limit: usize, bounds: Bounds) -> Result<Map<String, Value>> {
+    parse(body, limit, |text| request_value_within(text, bounds))
+}
+
+/// [`parse_json_object`], and where each of the object's fields is in `body` (text order; for
+/// [`Verbatim::of`]).
+pub fn parse_json_object_placed(body: &[u8], limit: usize, bounds: Bounds) -> Result<(Map<String, Value>, Vec<Place>)> {
+    let mut places = Vec::new();
+    let map = parse(body, limit, |text| {
+        request_value_placed_within(text, bounds).map(|(value, placed)| {
+            places = placed;
+            value
+        })
+    })?;
+    Ok((map, places))
+}
+
+fn parse(
+    body: &[u8],
+    limit: usize,
+    read: impl FnOnce(&[u8]) -> std::result::Result<Value, ReadError>,
+) -> Result<Map<String, Value>> {
     if body.len() > limit {
         return Err(GatewayError::payload_too_large(limit));
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(GatewayError::bad_request(ErrorCode::InvalidJson, "request body is empty; expected a JSON object"));
     }
-    match request_value_within(body, bounds) {
+    match read(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(GatewayError::bad_request(ErrorCode::InvalidJson, "request body must be a JSON object")),
         Err(ReadError::Invalid(e)) => {
@@ -95,58 +114,28 @@ pub fn may_set(
         || overrides.contains_key(key)
 }
 
-/// The canonical form of a request body: keys sorted (serde_json's map is ordered), no
-/// insignificant whitespace, numbers in serde's one spelling. Hashes, cache keys and traffic
-/// splits use it, so equal requests stay equal however the client formatted them. Written
-/// once for all that read it (the route's hash, the cache key, the origin choice's hash, the
-/// forwarded body): writing a large body costs ~16 instructions a byte, copying its fields out
-/// of these bytes next to nothing.
-#[derive(Debug)]
-pub struct Canonical {
+/// A JSON object's bytes with each field's place (its `"key":value` and where its key ends),
+/// fields in key order: what a rewrite copies unchanged fields from. [`Canonical`] and
+/// [`Verbatim`] are the two kinds; the forwarded body is written from either.
+#[derive(Debug, Default)]
+pub struct Written {
     bytes: Vec<u8>,
-    /// Where each top-level field's `"key":value` is in `bytes` and where its `:` is, in map
-    /// order (no copy of the keys: a small request would pay an allocation for each).
-    fields: Vec<(Range<usize>, usize)>,
+    /// Where each field is in `bytes`, in key order (no copy of the keys: a small request
+    /// would pay an allocation for each).
+    fields: Vec<Place>,
 }
 
-impl Canonical {
-    pub fn of(body: &Map<String, Value>) -> Canonical {
-        // Every field written anew: the rewrite of nothing.
-        Canonical { bytes: Vec::new(), fields: Vec::new() }.rewrite(body, |_| true)
+impl Written {
+    /// The written key of a field: `"key"`, as it is in the bytes.
+    fn key(&self, &(ref range, key_end): &Place) -> &[u8] {
+        &self.bytes[range.start..key_end]
     }
 
-    /// A stable 64-bit hash of the body (traffic splits, weighted origin choice).
-    pub fn hash(&self) -> u64 {
-        hash_of(&self.bytes)
-    }
-
-    /// The written key of a field: `"key"`, escaped.
-    fn key(&self, &(ref range, colon): &(Range<usize>, usize)) -> &[u8] {
-        &self.bytes[range.start..colon]
-    }
-
-    /// The canonical form without the fields named in `skip` (names JSON writes unescaped).
-    pub fn without(&self, skip: &[&str]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.bytes.len());
-        out.push(b'{');
-        for field in &self.fields {
-            let key = self.key(field);
-            if skip.iter().any(|name| key.get(1..key.len() - 1) == Some(name.as_bytes())) {
-                continue;
-            }
-            if out.len() > 1 {
-                out.push(b',');
-            }
-            out.extend_from_slice(&self.bytes[field.0.clone()]);
-        }
-        out.push(b'}');
-        out
-    }
-
-    /// The canonical form of `body`, a body that is the one `self` was written of but for
-    /// the fields `changed` names (changed, added or removed): those are written anew, the
-    /// others copied.
-    pub fn rewrite(&self, body: &Map<String, Value>, changed: impl Fn(&str) -> bool) -> Canonical {
+    /// `body` written with the fields `changed` names (changed, added or removed) written
+    /// anew and the others copied from these bytes; `body` is the one these were written of
+    /// or read from but for those fields. A field whose key is not in these bytes as
+    /// serde_json writes it is written anew too.
+    pub fn rewrite(&self, body: &Map<String, Value>, changed: impl Fn(&str) -> bool) -> Written {
         // At least 256 bytes: a small request pays no allocation per field.
         let mut bytes = Vec::with_capacity((self.bytes.len() + 64).max(256));
         let mut fields = Vec::with_capacity(body.len());
@@ -159,14 +148,14 @@ impl Canonical {
             }
             let start = bytes.len();
             edge_scan::json::write_str(&mut bytes, key);
-            let colon = bytes.len();
-            let written = &bytes[start..colon];
+            let key_end = bytes.len();
+            let written = &bytes[start..key_end];
             let kept =
                 if changed(key) { None } else { self.fields[next..].iter().position(|f| self.key(f) == written) };
             match kept {
                 Some(at) => {
-                    let (range, old_colon) = &self.fields[next + at];
-                    bytes.extend_from_slice(&self.bytes[*old_colon..range.end]);
+                    let (range, old_key_end) = &self.fields[next + at];
+                    bytes.extend_from_slice(&self.bytes[*old_key_end..range.end]);
                     next += at + 1;
                 }
                 None => {
@@ -174,14 +163,100 @@ impl Canonical {
                     edge_scan::json::write_value(&mut bytes, value);
                 }
             }
-            fields.push((start..bytes.len(), colon));
+            fields.push((start..bytes.len(), key_end));
         }
         bytes.push(b'}');
-        Canonical { bytes, fields }
+        Written { bytes, fields }
     }
 
     pub fn into_bytes(self) -> Vec<u8> {
         self.bytes
+    }
+}
+
+/// The canonical form of a request body: keys sorted (serde_json's map is ordered), no
+/// insignificant whitespace, numbers in serde's one spelling. Hashes, cache keys and traffic
+/// splits use it, so equal requests stay equal however the client formatted them. Written
+/// once for all that read it (the route's hash, the cache key, the origin choice's hash, the
+/// forwarded body): writing a large body costs ~16 instructions a byte, copying its fields out
+/// of these bytes next to nothing.
+#[derive(Debug)]
+pub struct Canonical(Written);
+
+impl Canonical {
+    pub fn of(body: &Map<String, Value>) -> Canonical {
+        // Every field written anew: the rewrite of nothing.
+        Canonical(Written::default().rewrite(body, |_| true))
+    }
+
+    /// A stable 64-bit hash of the body (traffic splits, weighted origin choice).
+    pub fn hash(&self) -> u64 {
+        hash_of(&self.0.bytes)
+    }
+
+    /// The canonical form without the fields named in `skip` (names JSON writes unescaped).
+    pub fn without(&self, skip: &[&str]) -> Vec<u8> {
+        let Written { bytes, fields } = &self.0;
+        let mut out = Vec::with_capacity(bytes.len());
+        out.push(b'{');
+        for field in fields {
+            let key = self.0.key(field);
+            if skip.iter().any(|name| key.get(1..key.len() - 1) == Some(name.as_bytes())) {
+                continue;
+            }
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&bytes[field.0.clone()]);
+        }
+        out.push(b'}');
+        out
+    }
+
+    /// The canonical form of `body`, a body that is the one `self` was written of but for
+    /// the fields `changed` names ([`Written::rewrite`]).
+    pub fn rewrite(&self, body: &Map<String, Value>, changed: impl Fn(&str) -> bool) -> Canonical {
+        Canonical(self.0.rewrite(body, changed))
+    }
+
+    pub fn written(&self) -> &Written {
+        &self.0
+    }
+}
+
+/// A client's request body as the client wrote it, field by field: an OpenAI client's request
+/// goes to an OpenAI-shaped origin with its unchanged fields copied from these bytes instead
+/// of written anew from the tree (~16 instructions a byte; a chat request's ~10k of a forward's
+/// ~185k). Never hashed, compared or kept: its spacing and number spellings are the client's.
+#[derive(Debug)]
+pub struct Verbatim(Written);
+
+impl Verbatim {
+    /// `bytes`, the JSON object `body` was read from, with its fields' `places` (text order,
+    /// [`parse_json_object_placed`]). `None` when a key is repeated or spelled twice (`"a"`
+    /// and `"\u0061"`): `body` keeps one of them, and only a body written from the tree says
+    /// which.
+    pub fn of(bytes: Vec<u8>, mut places: Vec<Place>, body: &Map<String, Value>) -> Option<Verbatim> {
+        if places.len() != body.len() {
+            return None;
+        }
+        // In the map's order: by the key's text, which a key without escapes is, byte for
+        // byte (a key with escapes is never copied: its spelling is not serde_json's).
+        places.sort_unstable_by(|a, b| bytes[a.0.start + 1..a.1 - 1].cmp(&bytes[b.0.start + 1..b.1 - 1]));
+        Some(Verbatim(Written { bytes, fields: places }))
+    }
+
+    /// Forgets the fields `changed` names: the body they are the bytes of changed there, so
+    /// those are written anew. (No copy: the bytes stay as the client sent them.)
+    pub fn forget(&mut self, changed: impl Fn(&str) -> bool) {
+        let Written { bytes, fields } = &mut self.0;
+        fields.retain(|(range, key_end)| {
+            std::str::from_utf8(&bytes[range.start + 1..key_end - 1]).map_or(true, |key| !changed(key))
+        });
+    }
+
+    pub fn written(&self) -> &Written {
+        &self.0
     }
 }
 
@@ -302,7 +377,7 @@ mod tests {
         let a = parse_json_object(br#"{"b": 1, "a": {"y": [1, 2.50], "x": null}}"#, 1000, REQUEST_BOUNDS).unwrap();
         let b = parse_json_object(br#"{"a":{"x":null,"y":[1,2.5]},"b":1}"#, 1000, REQUEST_BOUNDS).unwrap();
         let (a, b) = (Canonical::of(&a), Canonical::of(&b));
-        assert_eq!(a.bytes, br#"{"a":{"x":null,"y":[1,2.5]},"b":1}"#);
+        assert_eq!(a.0.bytes, br#"{"a":{"x":null,"y":[1,2.5]},"b":1}"#);
         assert_eq!(a.hash(), b.hash());
         let c = parse_json_object(br#"{"b": 2}"#, 1000, REQUEST_BOUNDS).unwrap();
         assert_ne!(a.hash(), Canonical::of(&c).hash());
@@ -317,7 +392,7 @@ mod tests {
                 "s\"tream": 1, "\u0001": 2}"#, 1000, REQUEST_BOUNDS)
         .unwrap();
         let canonical = Canonical::of(&body);
-        assert_eq!(canonical.bytes, json_body(&body));
+        assert_eq!(canonical.0.bytes, json_body(&body));
         assert_eq!(canonical.hash(), hash_of(&json_body(&body)));
         let mut without = body.clone();
         without.remove("stream");
@@ -328,15 +403,60 @@ mod tests {
         body.remove("stream");
         body.insert("zzz".into(), json!({"a": [1]}));
         let rewritten = canonical.rewrite(&body, |k| ["model", "max_tokens", "stream", "zzz"].contains(&k));
-        assert_eq!(rewritten.bytes, json_body(&body));
+        assert_eq!(rewritten.0.bytes, json_body(&body));
         // Its fields are where they are: a second rewrite copies them too.
         body.remove("zzz");
-        assert_eq!(rewritten.rewrite(&body, |k| k == "zzz").into_bytes(), json_body(&body));
+        assert_eq!(rewritten.rewrite(&body, |k| k == "zzz").0.into_bytes(), json_body(&body));
         // A field not named is copied as it was written, not written anew.
         let mut stale = body.clone();
         stale.insert("n".into(), json!(7));
-        assert_eq!(rewritten.rewrite(&stale, |k| k == "zzz").into_bytes(), json_body(&body));
-        assert_eq!(Canonical::of(&Map::new()).rewrite(&Map::new(), |_| true).bytes, b"{}");
+        assert_eq!(rewritten.rewrite(&stale, |k| k == "zzz").0.into_bytes(), json_body(&body));
+        assert_eq!(Canonical::of(&Map::new()).rewrite(&Map::new(), |_| true).0.bytes, b"{}");
+    }
+
+    /// A client's bytes, placed and indexed, written back with some fields changed: the same
+    /// JSON as the body written anew, the unchanged fields in the client's spelling.
+    #[test]
+    fn verbatim_bytes_are_copied_where_unchanged() {
+        let text = br#" { "stream" : true, "n":1.50, "messages" : [ {"role": "user", "content": "h\u00e9"} ],
+            "\u0074op_p": 1, "max_tokens": 9, "a b": 0, "a": [ ] } "#;
+        let (mut body, places) = parse_json_object_placed(text, 1000, REQUEST_BOUNDS).unwrap();
+        assert_eq!(places.len(), 7);
+        let mut verbatim = Verbatim::of(text.to_vec(), places, &body).unwrap();
+        body.insert("max_tokens".into(), json!(5));
+        body.remove("stream");
+        body.insert("model".into(), json!("m"));
+        verbatim.forget(|k| k == "max_tokens" || k == "stream");
+        let out = verbatim.written().rewrite(&body, |k| k == "model").into_bytes();
+        assert_eq!(serde_json::from_slice::<Value>(&out).unwrap(), Value::Object(body.clone()));
+        let out = String::from_utf8(out).unwrap();
+        // Copied: spacing, `1.50`, the escape in a string. Written anew: the changed fields and
+        // the key the client escaped (not in the spelling the rewrite looks for).
+        assert_eq!(
+            out,
+            r#"{"a": [ ],"a b": 0,"max_tokens":5,"messages" : [ {"role": "user", "content": "h\u00e9"} ],"model":"m","n":1.50,"top_p":1}"#
+        );
+        // A field forgotten but not changed, or not named at all, is still right: written anew.
+        let (body, places) = parse_json_object_placed(br#"{"b":1,"a":2}"#, 100, REQUEST_BOUNDS).unwrap();
+        let mut verbatim = Verbatim::of(br#"{"b":1,"a":2}"#.to_vec(), places, &body).unwrap();
+        verbatim.forget(|k| k == "b");
+        assert_eq!(verbatim.written().rewrite(&body, |_| false).into_bytes(), br#"{"a":2,"b":1}"#);
+    }
+
+    /// A key sent twice, or spelled two ways, leaves the tree one value for two places: no
+    /// verbatim form (the body is written from the tree).
+    #[test]
+    fn repeated_keys_have_no_verbatim_form() {
+        for text in [&br#"{"n": 1, "n": 2}"#[..], br#"{"a": 1, "\u0061": 2}"#, br#"{"x": {"y": 1, "y": 2}, "y": 3}"#] {
+            let (body, places) = parse_json_object_placed(text, 100, REQUEST_BOUNDS).unwrap();
+            let repeated = text.starts_with(br#"{"x""#);
+            assert_eq!(
+                Verbatim::of(text.to_vec(), places, &body).is_some(),
+                repeated,
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::gateway::features::cache;
 use crate::gateway::features::coalesce::{InFlight, Leader};
 use crate::gateway::features::keys::KeyRecord;
 use crate::gateway::features::limits::{Limiter, Reservation};
-use crate::gateway::features::normalize::Canonical;
+use crate::gateway::features::normalize::{Canonical, Verbatim};
 use crate::gateway::features::telemetry::{TallyBook, Telemetry};
 use crate::gateway::features::usage::UsageBook;
 use crate::gateway::forward::Breaker;
@@ -122,6 +122,10 @@ pub struct ModelCall {
     /// ([`ModelCall::canonical`]). A phase that changes `body` drops it (none does after
     /// `prepare`).
     pub canonical: Option<Canonical>,
+    /// The client's own bytes of `body` (an OpenAI client's request, `ClientRequest::verbatim`),
+    /// kept up to date by `prepare` like `canonical`: the forwarded body is copied from them
+    /// when no canonical form was written. Dropped where `body` changes otherwise.
+    pub verbatim: Option<Verbatim>,
     pub key: Option<Rc<KeyRecord>>,
     /// `name@version` of the rendered prompt template.
     pub template_version: Option<String>,

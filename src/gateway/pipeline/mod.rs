@@ -39,7 +39,7 @@ use crate::gateway::config::{Config, ACTIVE_KEY};
 use crate::gateway::dialect::{gemini, mlflow, ClientRequest, Dialect};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::keys::KeyRecord;
-use crate::gateway::features::normalize;
+use crate::gateway::features::normalize::{self, Verbatim};
 use crate::gateway::features::telemetry::{SpanContext, TraceParent};
 use crate::gateway::features::usage::Accounting;
 use crate::gateway::mcp::{self, McpBody, McpEnv, McpRequest};
@@ -252,7 +252,7 @@ impl Gateway {
             let presented = auth::presented(request.headers(), credential.as_deref());
             auth::caller(ports, &self.state.auth, presented, &config.auth.jwt, false).await?.map(|c| c.record)
         };
-        let (parts, raw) = request.into_parts();
+        let (parts, mut raw) = request.into_parts();
         // A caller's repeat of a request just answered from memory: answered again as it was.
         let incoming = identified.as_ref().filter(|_| ports.keeps_state()).map(|key| repeat::Incoming {
             key,
@@ -269,12 +269,24 @@ impl Gateway {
             }
             ctx.repeat_seed = SeedSlot::Wanted;
         }
-        let body = normalize::parse_json_object(&raw, config.settings.max_body_bytes, config.settings.body_bounds())?;
+        let (limit, bounds) = (config.settings.max_body_bytes, config.settings.body_bounds());
+        // An OpenAI client's object is the request but for `model`: its own bytes are kept,
+        // placed field by field, to be forwarded without writing the body anew.
+        let (body, verbatim) = if matches!(ctx.dialect, Dialect::OpenAi(_)) && path_name.is_none() {
+            let (body, places) = normalize::parse_json_object_placed(&raw, limit, bounds)?;
+            // The bytes are needed again only to keep a repeat (a copy; else they move).
+            let bytes = if incoming.is_some() { raw.clone() } else { std::mem::take(&mut raw) };
+            let verbatim = Verbatim::of(bytes, places, &body);
+            (body, verbatim)
+        } else {
+            (normalize::parse_json_object(&raw, limit, bounds)?, None)
+        };
         if unified {
             ctx.dialect = Dialect::OpenAi(mlflow::unified_operation(&body)?);
         }
         let mut request = ctx.dialect.read(body, path_name)?;
         request.credential = credential;
+        request.verbatim = verbatim;
         let answered = invoke(ports, ctx, config.clone(), parts.headers, request, identified.clone()).await;
         if let (Some(incoming), SeedSlot::Filled(seed)) = (incoming, std::mem::take(&mut ctx.repeat_seed)) {
             self.state.repeats.keep(incoming, raw, seed);

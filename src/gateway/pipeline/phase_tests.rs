@@ -51,7 +51,7 @@ fn ctx<'a>(state: &'a IsolateState, client: &'a ClientInfo) -> RequestContext<'a
 fn request(body: Value) -> ClientRequest {
     let Value::Object(mut body) = body else { unreachable!("tests pass objects") };
     body.remove("model");
-    ClientRequest { name: "chat".into(), body, credential: None }
+    ClientRequest { name: "chat".into(), body, credential: None, verbatim: None }
 }
 
 fn call(config: Rc<Config>, body: Value) -> ModelCall {
@@ -78,7 +78,7 @@ fn resolve_names_the_endpoint_and_refuses_unknown_and_mismatched_names() {
     let c = phases::resolve(&mut cx, config(json!({})), HeaderMap::new(), request(json!({"messages": []}))).unwrap();
     assert_eq!((c.endpoint.name.as_str(), c.op), ("chat", Operation::Chat));
     assert_eq!(cx.log.provider, Some("openai"));
-    let unknown = ClientRequest { name: "chta".into(), body: Map::new(), credential: None };
+    let unknown = ClientRequest { name: "chta".into(), body: Map::new(), credential: None, verbatim: None };
     let e = phases::resolve(&mut cx, config(json!({})), HeaderMap::new(), unknown).err().unwrap();
     assert_eq!(e.code, ErrorCode::ModelNotFound);
     cx.dialect = Dialect::OpenAi(Operation::Embeddings);

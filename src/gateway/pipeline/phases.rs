@@ -12,7 +12,7 @@ use crate::gateway::dialect::{responses, ClientRequest};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::coalesce::{InFlight, Joined};
 use crate::gateway::features::keys::KeyRecord;
-use crate::gateway::features::normalize::Canonical;
+use crate::gateway::features::normalize::{Canonical, Verbatim};
 use crate::gateway::features::usage::{self, Accounting, Price};
 use crate::gateway::features::{cache, guard, limits, normalize, telemetry, template};
 use crate::gateway::forward::{self, Attempt, Forwarded, Retarget};
@@ -38,7 +38,7 @@ pub fn resolve(
     headers: HeaderMap,
     request: ClientRequest,
 ) -> Result<ModelCall> {
-    let ClientRequest { name, body, credential } = request;
+    let ClientRequest { name, body, credential, verbatim } = request;
     let canonical = config.routes.contains_key(&name).then(|| Canonical::of(&body));
     let route_hash = canonical.as_ref().map(Canonical::hash);
     let wanted = ctx.dialect.operation().map(routing::endpoint_type_for);
@@ -60,6 +60,7 @@ pub fn resolve(
         body,
         route_hash,
         canonical,
+        verbatim,
         key: None,
         template_version: None,
         stream: false,
@@ -108,6 +109,7 @@ pub async fn replay<P: Ports, B>(
         body: serde_json::Map::new(),
         route_hash: None,
         canonical: None,
+        verbatim: None,
         key: None,
         template_version: seed.template_version.clone(),
         stream: seed.stream,
@@ -247,16 +249,23 @@ pub fn prepare(ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()>
         report.injection = early.injection;
         report
     };
-    // The route's canonical form stays good where only the endpoint's rules changed the body
-    // (a redaction is the guardrails' only change): their fields are written anew.
-    call.canonical = match call.canonical.take() {
-        Some(canonical) if endpoint.template.is_none() && report.redacted.is_empty() => {
-            Some(canonical.rewrite(&call.body, |k| {
-                normalize::may_set(k, &endpoint.parameters, &endpoint.clamps, &endpoint.overrides)
-            }))
+    // The route's canonical form (else the client's own bytes) stays good where only the
+    // endpoint's rules changed the body (a redaction is the guardrails' only change): their
+    // fields are written anew.
+    let kept = endpoint.template.is_none() && report.redacted.is_empty();
+    let ruled = |k: &str| normalize::may_set(k, &endpoint.parameters, &endpoint.clamps, &endpoint.overrides);
+    let (canonical, verbatim) = (call.canonical.take(), call.verbatim.take());
+    if kept {
+        match canonical {
+            Some(canonical) => call.canonical = Some(canonical.rewrite(&call.body, ruled)),
+            None => {
+                call.verbatim = verbatim.map(|mut verbatim| {
+                    verbatim.forget(ruled);
+                    verbatim
+                })
+            }
         }
-        _ => None,
-    };
+    }
     ctx.log.guard = Some(report).filter(|r| !r.is_empty());
     Ok(())
 }
@@ -495,8 +504,10 @@ pub async fn forward<P: Ports>(
         }),
         None => None,
     };
-    // The canonical bytes, when an earlier phase wrote them, are most of the origin's body.
-    let canonical = call.canonical.take();
+    // The canonical bytes, when an earlier phase wrote them (else the client's own), are most
+    // of the origin's body.
+    let (canonical, verbatim) = (call.canonical.take(), call.verbatim.take());
+    let written = canonical.as_ref().map(Canonical::written).or(verbatim.as_ref().map(Verbatim::written));
     let attempt = Attempt {
         endpoint,
         op: call.op,
@@ -504,7 +515,7 @@ pub async fn forward<P: Ports>(
         retarget: retarget.as_ref(),
         pin: call.pin.as_deref(),
         trace: &trace,
-        canonical: canonical.as_ref(),
+        written,
     };
     let base64 = call.op == Operation::Embeddings && wants_base64(&call.body);
     endpoint.provider.authorize(ports, call.config.settings.origin_timeout_ms).await?;

@@ -46,7 +46,7 @@ pub async fn recall<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mu
         if !turn.history.is_empty() {
             // [instructions] + history + this turn's input.
             let at = usize::from(turn.has_instructions);
-            call.canonical = None; // the body changes
+            (call.canonical, call.verbatim) = (None, None); // the body changes
             if let Some(messages) = call.body.get_mut("messages").and_then(Value::as_array_mut) {
                 let tail = messages.split_off(at.min(messages.len()));
                 messages.extend(turn.history.iter().cloned());

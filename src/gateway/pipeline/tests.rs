@@ -613,6 +613,35 @@ fn routed_cached_requests_forward_their_canonical_body() {
     }
 }
 
+/// An OpenAI client's request that no route or cache writes in canonical form goes on in
+/// the client's own bytes, field by field: what the endpoint's rules and the provider set is
+/// written anew (`null`s dropped), the rest copied as the client spelled it. A repeated key
+/// (which one counts is the tree's call) sends the body written from the tree.
+#[test]
+fn plain_requests_forward_the_clients_own_bytes() {
+    let config = r#"{"endpoints": [
+        {"name": "a", "public": true, "endpoint_type": "llm/v1/chat",
+         "parameters": {"top_p": 0.5}, "limits": {"max_tokens": 64}, "overrides": {"user": "u"},
+         "model": {"provider": "openai", "name": "model-a", "config": {"openai_api_key": "k", "openai_api_base": "http://o/v1"}}}]}"#;
+    let host = MemoryHost::new(ok_origin).with_kv(ACTIVE_KEY, config);
+    let request = r#"{ "model" : "a", "seed": null, "temperature" : 1e0, "max_completion_tokens": 500, "user": "x",
+        "messages": [ {"role": "user", "content": "h\u00e9"} ], "n":1 }"#;
+    let (status, _, _) = run(&host, post("/v1/chat/completions", request));
+    assert_eq!(status, StatusCode::OK);
+    let sent = String::from_utf8(host.sent.borrow()[0].body().clone()).unwrap();
+    assert_eq!(
+        sent,
+        r#"{"max_tokens":64,"messages": [ {"role": "user", "content": "h\u00e9"} ],"model":"model-a","n":1,"temperature" : 1e0,"top_p":0.5,"user":"u"}"#
+    );
+    host.sent.borrow_mut().clear();
+    let repeated = r#"{"model": "a", "n": 1, "messages": [{"role": "user", "content": "hi"}], "n": 2}"#;
+    let (status, _, _) = run(&host, post("/v1/chat/completions", repeated));
+    assert_eq!(status, StatusCode::OK);
+    let expected = json!({"max_tokens": 64, "messages": [{"content": "hi", "role": "user"}], "model": "model-a", "n": 2,
+        "top_p": 0.5, "user": "u"});
+    assert_eq!(host.sent.borrow()[0].body(), &serde_json::to_vec(&expected).unwrap());
+}
+
 #[test]
 fn mlflow_endpoint_listing() {
     let host = host();

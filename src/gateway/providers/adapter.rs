@@ -5,11 +5,12 @@ use http::{Request, StatusCode};
 use serde_json::{Map, Value};
 
 use crate::gateway::error::Result;
-use crate::gateway::features::normalize::Canonical;
+use crate::gateway::features::normalize::Written;
 use crate::gateway::ports::Secrets;
 use crate::gateway::providers::common::origin_error;
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::wire::json::{parse_json, parse_object_keeping};
+use crate::gateway::wire::openai::answer_usage;
 
 /// One origin call, in OpenAI's shape. `body` has no `model`: the endpoint's `model` is the
 /// provider-side model name.
@@ -23,9 +24,10 @@ pub struct Call<'a> {
     pub stream: bool,
     /// Wall clock, for request signing (SigV4) and nothing else.
     pub now_ms: u64,
-    /// `body`'s canonical form when the pipeline wrote it: an adapter that sends the body as
-    /// it is, with a few fields changed, copies the rest from it ([`Canonical::rewrite`]).
-    pub canonical: Option<&'a Canonical>,
+    /// `body`'s bytes when the pipeline has them (its canonical form, or the client's own
+    /// bytes): an adapter that sends the body as it is, with a few fields changed, copies the
+    /// rest from them ([`Written::rewrite`]).
+    pub written: Option<&'a Written>,
 }
 
 /// A buffered origin answer to translate.
@@ -61,6 +63,15 @@ impl Reply<'_> {
             return Err(origin_error(self.status, self.body));
         }
         parse_object_keeping(self.body, fields)
+    }
+
+    /// The usage a 2xx OpenAI-shaped answer reports, the rest of it checked, not built: errors
+    /// as for [`Reply::success_object_keeping`].
+    pub fn success_usage(&self) -> Result<Option<Usage>> {
+        if !self.status.is_success() {
+            return Err(origin_error(self.status, self.body));
+        }
+        answer_usage(self.body)
     }
 }
 

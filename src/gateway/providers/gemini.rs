@@ -1387,7 +1387,7 @@ mod tests {
                         base_url: "http://o",
                         stream: true,
                         now_ms: 0,
-                        canonical: None,
+                        written: None,
                     };
                     let _ = p.build_request(call, &SECRETS);
                 }

@@ -154,11 +154,15 @@ pub fn ask_stream_usage(body: &mut Map<String, Value>) {
 /// An OpenAI-shaped answer passed on as it is: checked, its usage read, and the fields the
 /// client's dialect wants handed over, the rest not read into a tree.
 pub fn passthrough_answer(reply: Reply<'_>) -> Result<Translated> {
+    if reply.wanted.is_empty() {
+        // An OpenAI client takes the body as it is: only its usage is read.
+        let usage = reply.success_usage()?;
+        return Ok(Translated { body: reply.body.to_vec(), usage, fields: None });
+    }
     // The dialects' fields (`wire::openai::ANSWER_FIELDS`) include `usage`.
-    let wanted = !reply.wanted.is_empty();
-    let kept = reply.success_object_keeping(if wanted { reply.wanted } else { &["usage"] })?;
+    let kept = reply.success_object_keeping(reply.wanted)?;
     let usage = openai_usage(&kept);
-    Ok(Translated { body: reply.body.to_vec(), usage, fields: wanted.then_some(kept) })
+    Ok(Translated { body: reply.body.to_vec(), usage, fields: Some(kept) })
 }
 
 /// OpenAI's reasoning model families (`o1`, `o3`, `o4`, `gpt-5`, with any suffix) accept only
@@ -214,8 +218,8 @@ impl Adapter for OpenAi {
             builder = builder.header("openai-organization", org);
         }
         // Only the fields set above differ from the body the pipeline prepared.
-        let bytes = match call.canonical {
-            Some(canonical) => canonical
+        let bytes = match call.written {
+            Some(written) => written
                 .rewrite(&body, |k| ["model", "max_tokens", "max_completion_tokens", "stream_options"].contains(&k))
                 .into_bytes(),
             None => json_body(&body),

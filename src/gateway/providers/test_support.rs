@@ -47,7 +47,7 @@ pub(crate) fn call<'a>(
     stream: bool,
     now_ms: u64,
 ) -> Call<'a> {
-    Call { op, model, body: body.as_object().unwrap().clone(), base_url, stream, now_ms, canonical: None }
+    Call { op, model, body: body.as_object().unwrap().clone(), base_url, stream, now_ms, written: None }
 }
 
 /// The JSON body of a built origin request.

@@ -18,8 +18,15 @@ pub fn parse_json(body: &[u8]) -> Result<Value> {
 /// checked, not built (`edge_scan::json::object_keeping`). Not JSON, or not an object:
 /// `bad_response`.
 pub fn parse_object_keeping(body: &[u8], fields: &[&str]) -> Result<Value> {
-    match json_text(body).and_then(|text| edge_scan::json::object_keeping(text, fields)) {
-        Ok(Some(kept)) => Ok(Value::Object(kept)),
+    read_object(body, |text| edge_scan::json::object_keeping(text, fields)).map(Value::Object)
+}
+
+/// A 2xx body read by `read`, a reading that checks all of it as JSON, builds only what it
+/// keeps and gives `None` for a value that is not an object. Not JSON, or not an object:
+/// `bad_response`.
+pub fn read_object<T>(body: &[u8], read: impl FnOnce(&str) -> serde_json::Result<Option<T>>) -> Result<T> {
+    match json_text(body).and_then(read) {
+        Ok(Some(kept)) => Ok(kept),
         Ok(None) => Err(bad_response("not a JSON object")),
         Err(e) => Err(not_json(e)),
     }
@@ -142,7 +149,7 @@ pub fn write_counters(out: &mut Vec<u8>, fields: &[(&str, u64)]) {
 /// Read in edge_scan, which release builds optimize for speed (Cargo.toml): generic serde code
 /// is compiled in the crate that instantiates it, and this crate is optimized for size (writing
 /// 1 MiB took 29 instructions a byte that way).
-pub use edge_scan::json::{Bounds, ReadError};
+pub use edge_scan::json::{Bounds, Place, ReadError};
 
 pub fn value_from_slice(bytes: &[u8]) -> serde_json::Result<Value> {
     edge_scan::json::parse_value(json_text(bytes)?)
@@ -165,6 +172,12 @@ pub const REQUEST_BOUNDS: Bounds = Bounds { keys: 4_096, items: 16_384, values: 
 pub fn request_value_within(bytes: &[u8], bounds: Bounds) -> Result<Value, ReadError> {
     let text = json_text(bytes).map_err(ReadError::Invalid)?;
     edge_scan::json::parse_value_within(text, bounds)
+}
+
+/// [`request_value_within`], and where each field of a top-level object is in `bytes`.
+pub fn request_value_placed_within(bytes: &[u8], bounds: Bounds) -> Result<(Value, Vec<Place>), ReadError> {
+    let text = json_text(bytes).map_err(ReadError::Invalid)?;
+    edge_scan::json::parse_value_placed_within(text, bounds)
 }
 
 /// `bytes` as text, for serde_json's fast `&str` reader.

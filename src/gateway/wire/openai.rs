@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::types::{Operation, Usage};
-use crate::gateway::wire::json::{json_body, parse_json};
+use crate::gateway::wire::json::{json_body, parse_json, read_object};
 use crate::gateway::wire::sse::{self, SseEvent};
 use crate::gateway::wire::stream::StreamTranslate;
 use edge_scan::chunk::{ChoiceList, ChunkFacts, ChunkParts};
@@ -25,6 +25,13 @@ pub fn openai_usage(body: &Value) -> Option<Usage> {
         prompt_tokens: usage.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
         completion_tokens: usage.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0),
     })
+}
+
+/// The usage of a whole OpenAI answer (2xx), as [`openai_usage`] reads it from its tree, read
+/// without building one (`edge_scan::chunk::answer_usage`). Not a JSON object: `bad_response`.
+pub fn answer_usage(body: &[u8]) -> Result<Option<Usage>> {
+    let usage = read_object(body, edge_scan::chunk::answer_usage)?;
+    Ok(usage.map(|u| Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }))
 }
 
 /// The `usage` object of an OpenAI answer (`Usage::total` saturates: origin counts may be absurd).

@@ -43,6 +43,20 @@ pub(super) fn facts_and_content(data: &str) -> Option<(ChunkFacts<'_>, Option<(u
     Some((facts, span))
 }
 
+/// A whole answer's `usage` (see [`super::answer_usage`]), or `None` when the slow reading
+/// must decide.
+pub(super) fn answer_usage(data: &str) -> Option<Option<Usage>> {
+    let mut usage = None;
+    whole_object(data, |r, key| {
+        match key {
+            b"usage" => usage = Some(r.usage()?.unwrap_or_default()),
+            _ => r.skip()?,
+        }
+        Some(())
+    })?;
+    Some(usage)
+}
+
 /// The `delta.content` strings a chunk has: where the one is, if there is just one.
 #[derive(Clone, Copy)]
 enum Content {

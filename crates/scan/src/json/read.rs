@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Number, Value};
 
-use super::{plain_until, Bounds, ReadError, MAX_DEPTH};
+use super::{plain_until, Bounds, Place, ReadError, MAX_DEPTH};
 
 type Result<T> = std::result::Result<T, serde_json::Error>;
 
@@ -17,8 +17,19 @@ const IN_OBJECT: &str = "EOF while parsing an object";
 
 /// The value `text` is: one JSON value with only whitespace around it, holding at most
 /// `bounds` of the values they count.
-pub(super) fn value(text: &str, mut bounds: Bounds) -> std::result::Result<Value, ReadError> {
-    let mut reader = Reader { text, bytes: text.as_bytes(), at: 0, left: bounds, over: None };
+pub(super) fn value(text: &str, bounds: Bounds) -> std::result::Result<Value, ReadError> {
+    read(text, bounds, None)
+}
+
+/// [`value`], and where each field of a top-level object is in `text` ([`Place`], in text
+/// order; none for another value).
+pub(super) fn value_placed(text: &str, bounds: Bounds) -> std::result::Result<(Value, Vec<Place>), ReadError> {
+    let mut places = Vec::new();
+    read(text, bounds, Some(&mut places)).map(|value| (value, places))
+}
+
+fn read(text: &str, mut bounds: Bounds, places: Option<&mut Vec<Place>>) -> std::result::Result<Value, ReadError> {
+    let mut reader = Reader { text, bytes: text.as_bytes(), at: 0, left: bounds, over: None, places };
     let read = reader.value(0).and_then(|value| {
         reader.skip_whitespace();
         match reader.at < reader.bytes.len() {
@@ -78,6 +89,8 @@ struct Reader<'t> {
     left: Bounds,
     /// Which count ran out, when one did (the read then stops with an error).
     over: Option<Count>,
+    /// Where the top-level object's fields are, when asked for.
+    places: Option<&'t mut Vec<Place>>,
 }
 
 impl Reader<'_> {
@@ -206,11 +219,16 @@ impl Reader<'_> {
         let Some(inner) = self.open(depth, b'}')? else { return Ok(Value::Object(entries)) };
         loop {
             self.expect(b'"', "key must be a string", IN_OBJECT)?;
+            let start = self.at - 1;
             self.count(Count::Keys)?;
             self.count(Count::Values)?;
             let key = self.string()?;
+            let key_end = self.at;
             self.expect(b':', "expected `:`", IN_OBJECT)?;
             let value = self.value(inner)?;
+            if let (0, Some(places)) = (depth, self.places.as_mut()) {
+                places.push((start..self.at, key_end));
+            }
             entries.insert(key, value);
             if !self.more(b'}', "expected `,` or `}`", IN_OBJECT)? {
                 return Ok(Value::Object(entries));

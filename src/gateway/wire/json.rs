@@ -18,15 +18,8 @@ pub fn parse_json(body: &[u8]) -> Result<Value> {
 /// checked, not built (`edge_scan::json::object_keeping`). Not JSON, or not an object:
 /// `bad_response`.
 pub fn parse_object_keeping(body: &[u8], fields: &[&str]) -> Result<Value> {
-    read_object(body, |text| edge_scan::json::object_keeping(text, fields)).map(Value::Object)
-}
-
-/// A 2xx body read by `read`, a reading that checks all of it as JSON, builds only what it
-/// keeps and gives `None` for a value that is not an object. Not JSON, or not an object:
-/// `bad_response`.
-pub fn read_object<T>(body: &[u8], read: impl FnOnce(&str) -> serde_json::Result<Option<T>>) -> Result<T> {
-    match json_text(body).and_then(read) {
-        Ok(Some(kept)) => Ok(kept),
+    match json_text(body).and_then(|text| edge_scan::json::object_keeping(text, fields)) {
+        Ok(Some(kept)) => Ok(Value::Object(kept)),
         Ok(None) => Err(bad_response("not a JSON object")),
         Err(e) => Err(not_json(e)),
     }

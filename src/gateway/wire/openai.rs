@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::types::{Operation, Usage};
-use crate::gateway::wire::json::{json_body, parse_json, read_object};
+use crate::gateway::wire::json::{json_body, parse_json, parse_object_keeping};
 use crate::gateway::wire::sse::{self, SseEvent};
 use crate::gateway::wire::stream::StreamTranslate;
 use edge_scan::chunk::{ChoiceList, ChunkFacts, ChunkParts};
@@ -27,11 +27,17 @@ pub fn openai_usage(body: &Value) -> Option<Usage> {
     })
 }
 
-/// The usage of a whole OpenAI answer (2xx), as [`openai_usage`] reads it from its tree, read
-/// without building one (`edge_scan::chunk::answer_usage`). Not a JSON object: `bad_response`.
+/// The usage of a whole OpenAI answer (2xx), as [`openai_usage`] reads it from its tree: read
+/// by hand without building one (`edge_scan::chunk::answer_usage`), else from the tree of its
+/// `usage` (which also decides what is wrong with a body that is not a JSON object:
+/// `bad_response`).
 pub fn answer_usage(body: &[u8]) -> Result<Option<Usage>> {
-    let usage = read_object(body, edge_scan::chunk::answer_usage)?;
-    Ok(usage.map(|u| Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }))
+    match std::str::from_utf8(body).ok().and_then(edge_scan::chunk::answer_usage) {
+        Some(usage) => {
+            Ok(usage.map(|u| Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }))
+        }
+        None => parse_object_keeping(body, &["usage"]).map(|kept| openai_usage(&kept)),
+    }
 }
 
 /// The `usage` object of an OpenAI answer (`Usage::total` saturates: origin counts may be absurd).
@@ -666,6 +672,30 @@ pub fn parse_tool_call<'a>(call: &'a Value, path: &str) -> Result<(&'a str, &'a 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An answer's usage is what its tree says, whichever reading answers (by hand, or the
+    /// tree of its `usage` where that one is not sure); a body that is not a JSON object is a
+    /// 502 naming why.
+    #[test]
+    fn answer_usage_is_the_trees() {
+        for body in [
+            r#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":34,"total_tokens":46}}"#,
+            r#"{"usage":{"prompt_tokens":1e2,"completion_tokens":7}}"#,
+            r#"{"\u0075sage":{"prompt_tokens":5},"x":"\ud83d\ude00"}"#,
+            r#"{"usage":"none"}"#,
+            r#"{"id":"x"}"#,
+        ] {
+            let tree: Value = serde_json::from_str(body).unwrap();
+            assert_eq!(answer_usage(body.as_bytes()).unwrap(), openai_usage(&tree), "{body}");
+        }
+        for (body, why) in
+            [("[1]", "not a JSON object"), (r#"{"usage":{}"#, "not valid JSON"), ("\u{ff}", "not valid JSON")]
+        {
+            let e = answer_usage(body.as_bytes()).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.code.as_str()), (502, "origin_bad_response"), "{body}");
+            assert!(e.message.contains(why), "{body}: {}", e.message);
+        }
+    }
 
     /// Content deltas written directly are byte for byte the chunks a JSON tree gave, before
     /// and after the origin names itself (ids and models with characters to escape).

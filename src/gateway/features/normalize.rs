@@ -226,8 +226,10 @@ impl Canonical {
 
 /// A client's request body as the client wrote it, field by field: an OpenAI client's request
 /// goes to an OpenAI-shaped origin with its unchanged fields copied from these bytes instead
-/// of written anew from the tree (~16 instructions a byte; a chat request's ~10k of a forward's
-/// ~185k). Never hashed, compared or kept: its spacing and number spellings are the client's.
+/// of written anew from the tree (~16 instructions a byte). At 1 KB the copy and the index cost
+/// about what writing saves; the gain grows with the body (natively, a forward of 80 KB of
+/// messages: -15% instructions). Never hashed, compared or stored: its spacing and number
+/// spellings are the client's.
 #[derive(Debug)]
 pub struct Verbatim(Written);
 

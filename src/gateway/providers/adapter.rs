@@ -49,29 +49,28 @@ impl Reply<'_> {
     /// The body of a 2xx answer as JSON: a non-2xx answer is an `origin_error`, a body that is
     /// not JSON a `bad_response`.
     pub fn success_json(&self) -> Result<Value> {
-        if !self.status.is_success() {
-            return Err(origin_error(self.status, self.body));
-        }
-        parse_json(self.body)
+        parse_json(self.success_body()?)
     }
 
     /// The object a 2xx answer is, with only the entries named in `fields` kept (the others
     /// checked, not built): errors as for [`Reply::success_json`], and one for a body that is
     /// not an object.
     pub fn success_object_keeping(&self, fields: &[&str]) -> Result<Value> {
-        if !self.status.is_success() {
-            return Err(origin_error(self.status, self.body));
-        }
-        parse_object_keeping(self.body, fields)
+        parse_object_keeping(self.success_body()?, fields)
     }
 
     /// The usage a 2xx OpenAI-shaped answer reports, the rest of it checked, not built: errors
     /// as for [`Reply::success_object_keeping`].
     pub fn success_usage(&self) -> Result<Option<Usage>> {
-        if !self.status.is_success() {
-            return Err(origin_error(self.status, self.body));
+        answer_usage(self.success_body()?)
+    }
+
+    /// The body of a 2xx answer; a non-2xx answer is an `origin_error`.
+    fn success_body(&self) -> Result<&[u8]> {
+        match self.status.is_success() {
+            true => Ok(self.body),
+            false => Err(origin_error(self.status, self.body)),
         }
-        answer_usage(self.body)
     }
 }
 

@@ -33,9 +33,7 @@ pub fn openai_usage(body: &Value) -> Option<Usage> {
 /// `bad_response`).
 pub fn answer_usage(body: &[u8]) -> Result<Option<Usage>> {
     match std::str::from_utf8(body).ok().and_then(edge_scan::chunk::answer_usage) {
-        Some(usage) => {
-            Ok(usage.map(|u| Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }))
-        }
+        Some(usage) => Ok(usage.map(Usage::from)),
         None => parse_object_keeping(body, &["usage"]).map(|kept| openai_usage(&kept)),
     }
 }

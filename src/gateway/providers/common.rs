@@ -306,7 +306,10 @@ pub fn synthetic_id(prefix: &str, body: &[u8], now_ms: u64) -> String {
 
 /// A `POST {url}` request with a JSON content type; `url` is validated.
 pub fn post_json(url: &str) -> http::request::Builder {
-    Request::builder().method(http::Method::POST).uri(url).header(http::header::CONTENT_TYPE, "application/json")
+    Request::builder()
+        .method(http::Method::POST)
+        .uri(url)
+        .header(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"))
 }
 
 /// Finishes a builder, mapping an invalid URL/header to a config error naming the problem.

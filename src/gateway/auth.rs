@@ -354,12 +354,12 @@ pub async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Re
 }
 
 /// Looks up a presented key ahead of [`caller`], to have it memoized when `caller` asks: run
-/// beside another KV read the request must make first (the config's). Never fails: a store
-/// failure is left for `caller`'s own read to meet and report.
-pub async fn prefetch<P: Ports>(ports: &P, memo: &AuthMemo, presented: Option<&str>) {
-    if let Some(presented) = presented {
-        let _ = lookup(ports, memo, presented).await;
-    }
+/// beside another KV read the request must make first (the config's). Returns the key's record
+/// when it is valid: what [`caller`] would find for it (a JWT is never key-shaped), without
+/// hashing the key a second time. Never fails: a store failure (or an invalid key) is left for
+/// `caller`'s own lookup to meet and report.
+pub async fn prefetch<P: Ports>(ports: &P, memo: &AuthMemo, presented: Option<&str>) -> Option<Rc<KeyRecord>> {
+    lookup(ports, memo, presented?).await.ok().flatten()
 }
 
 /// Reads again the memoized keys found due for a refresh ([`time::refresh_due`]): run after a

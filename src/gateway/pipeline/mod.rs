@@ -176,8 +176,8 @@ impl Gateway {
             ApiRoute::Gemini { .. } => gemini::api_key(request.headers(), query),
             _ => None,
         };
-        let config = match self.memoized_config(ports.now_ms()) {
-            Some(config) => config,
+        let (config, prefetched) = match self.memoized_config(ports.now_ms()) {
+            Some(config) => (config, None),
             // The config must be read (a new isolate, or a quiet one whose memos lapsed): the
             // caller's key is read beside it instead of after it, one KV round trip less before
             // the origin call. Every route but /health looks up a presented key.
@@ -185,7 +185,8 @@ impl Gateway {
                 let presented = auth::presented(request.headers(), credential.as_deref());
                 let reads =
                     join(self.read_config(ports, &mut ctx.log), auth::prefetch(ports, &self.state.auth, presented));
-                reads.await.0?
+                let (config, prefetched) = reads.await;
+                (config?, prefetched)
             }
         };
         if let Some(telemetry) = &config.telemetry {
@@ -248,6 +249,8 @@ impl Gateway {
         // find its endpoint (and anyone may send it one).
         let identified = if config.any_public() {
             None
+        } else if prefetched.is_some() {
+            prefetched
         } else {
             let presented = auth::presented(request.headers(), credential.as_deref());
             auth::caller(ports, &self.state.auth, presented, &config.auth.jwt, false).await?.map(|c| c.record)

@@ -700,7 +700,7 @@ mod otel {
     }
     impl Upstream for Isolate<'_> {
         type Body = Vec<u8>;
-        async fn send(&self, r: Request<Vec<u8>>, t: u64) -> std::result::Result<Response<Vec<u8>>, UpstreamError> {
+        async fn send(&self, r: &Request<Vec<u8>>, t: u64) -> std::result::Result<Response<Vec<u8>>, UpstreamError> {
             self.0.send(r, t).await
         }
         async fn read_body(&self, b: Vec<u8>, limit: usize) -> std::result::Result<Vec<u8>, UpstreamError> {

@@ -194,13 +194,10 @@ pub async fn forward<P: Ports>(
                 }
             }
         };
-        // The last origin may ask us to come back after `Retry-After`: keep the built request
-        // (bytes, cheap to copy) rather than the parsed body.
-        let retry_copy = (is_last && !waited_for_retry_after).then(|| copy_request(&request));
         let label = origin_label(request.uri(), origin.region.as_deref());
         let id = origin_id(endpoint, origin);
         let timeout = settings.origin_timeout_ms.min(remaining);
-        let error = match ports.send(request, timeout).await {
+        let error = match ports.send(&request, timeout).await {
             Ok(response) => {
                 let status = response.status();
                 let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
@@ -220,7 +217,8 @@ pub async fn forward<P: Ports>(
                 let wait_ms = retry_after_ms(response.headers()).filter(|ms| *ms <= MAX_RETRY_AFTER_MS);
                 if let Some(ms) = wait_ms.filter(|ms| is_last && !waited_for_retry_after && ms + 1 < remaining) {
                     waited_for_retry_after = true;
-                    retry = retry_copy;
+                    // The built request (bytes), not the parsed body, is what goes again.
+                    retry = Some(request);
                     ports.sleep(ms).await;
                     continue;
                 }
@@ -273,14 +271,6 @@ pub async fn forward<P: Ports>(
         }
         None => error,
     })
-}
-
-fn copy_request(request: &Request<Vec<u8>>) -> Request<Vec<u8>> {
-    let mut copy = Request::new(request.body().clone());
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.headers_mut() = request.headers().clone();
-    copy
 }
 
 fn retry_after_ms(headers: &http::HeaderMap) -> Option<u64> {

@@ -339,23 +339,22 @@ impl Upstream for CfHost {
 
     async fn send(
         &self,
-        request: Request<Vec<u8>>,
+        request: &Request<Vec<u8>>,
         timeout_ms: u64,
     ) -> std::result::Result<Response<CfBody>, UpstreamError> {
-        let (parts, body) = request.into_parts();
         let mut headers = Vec::with_capacity(256);
-        for (name, value) in &parts.headers {
+        for (name, value) in request.headers() {
             value.to_str().map_err(|_| UpstreamError::Connect(format!("header {name} is not text")))?;
             abi::push_nul(&mut headers, name.as_str().as_bytes());
             abi::push_nul(&mut headers, value.as_bytes());
         }
-        let url = parts.uri.to_string();
+        let url = request.uri().to_string();
         let timeout = timeout_ms.min(u64::from(u32::MAX)) as u32;
         let fields = [
-            parts.method.as_str().into(),
+            request.method().as_str().into(),
             url.as_str().into(),
             Field::Bytes(&headers),
-            Field::Bytes(&body),
+            Field::Bytes(request.body()),
             timeout.into(),
         ];
         let op = self.shared.call(Cmd::Fetch, &fields);

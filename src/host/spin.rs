@@ -232,20 +232,20 @@ impl Upstream for SpinHost {
 
     async fn send(
         &self,
-        request: Request<Vec<u8>>,
+        request: &Request<Vec<u8>>,
         timeout_ms: u64,
     ) -> std::result::Result<http::Response<SpinBody>, UpstreamError> {
-        let (parts, body) = request.into_parts();
-        let headers = outbound_headers(&parts, body.len());
+        let body = request.body();
+        let headers = outbound_headers(request, body.len());
         let fields = Fields::from_list(&headers).map_err(|e| UpstreamError::Connect(format!("bad header: {e:?}")))?;
         let outgoing = OutgoingRequest::new(fields);
-        let uri = &parts.uri;
+        let uri = request.uri();
         let scheme = match uri.scheme_str() {
             Some("https") => Scheme::Https,
             _ => Scheme::Http,
         };
         let invalid = |_| UpstreamError::Connect(format!("invalid origin URL {uri}"));
-        outgoing.set_method(&to_spin_method(&parts.method)).map_err(invalid)?;
+        outgoing.set_method(&to_spin_method(request.method())).map_err(invalid)?;
         outgoing.set_scheme(Some(&scheme)).map_err(invalid)?;
         outgoing.set_authority(uri.authority().map(|a| a.as_str())).map_err(invalid)?;
         outgoing.set_path_with_query(uri.path_and_query().map(|p| p.as_str())).map_err(invalid)?;
@@ -314,15 +314,15 @@ impl Upstream for SpinHost {
 /// body. The core always hands over a whole body, so its length is always known: chunked
 /// would only be right for a body streamed from the client, which the `Upstream` port has not.
 /// Bodyless GET/HEAD requests carry no length, as any HTTP client sends them.
-fn outbound_headers(parts: &http::request::Parts, body_len: usize) -> Vec<(String, Vec<u8>)> {
-    let mut headers: Vec<(String, Vec<u8>)> = parts
-        .headers
+fn outbound_headers(request: &Request<Vec<u8>>, body_len: usize) -> Vec<(String, Vec<u8>)> {
+    let mut headers: Vec<(String, Vec<u8>)> = request
+        .headers()
         .iter()
         // Framing is this function's business alone (and `transfer-encoding` is a forbidden field).
         .filter(|(name, _)| *name != http::header::CONTENT_LENGTH && *name != http::header::TRANSFER_ENCODING)
         .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
         .collect();
-    if body_len > 0 || !matches!(parts.method, http::Method::GET | http::Method::HEAD) {
+    if body_len > 0 || !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
         headers.push((http::header::CONTENT_LENGTH.as_str().to_string(), body_len.to_string().into_bytes()));
     }
     headers

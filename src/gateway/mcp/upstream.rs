@@ -174,7 +174,7 @@ pub async fn end_session<P: Ports>(ports: &P, server: &McpServer, upstream: &Ups
     put(headers, H_SESSION, id);
     put(headers, H_PROTOCOL_VERSION, &upstream.version);
     if let Ok(request) = authorize(ports, server, request) {
-        if let Ok(response) = ports.send(request, server.timeout_ms).await {
+        if let Ok(response) = ports.send(&request, server.timeout_ms).await {
             let _ = ports.read_body(response.into_body(), 64 << 10).await;
         }
     }
@@ -267,7 +267,7 @@ async fn post<P: Ports>(
     request: Request<Vec<u8>>,
 ) -> Result<http::Response<P::Body>, RpcError> {
     let request = authorize(ports, server, request)?;
-    ports.send(request, server.timeout_ms).await.map_err(|e| match e {
+    ports.send(&request, server.timeout_ms).await.map_err(|e| match e {
         UpstreamError::Timeout => RpcError::refusal(
             UPSTREAM_TIMEOUT,
             format!("MCP server \"{}\" did not answer within {} ms", server.name, server.timeout_ms),

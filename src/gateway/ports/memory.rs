@@ -179,15 +179,19 @@ impl Upstream for MemoryHost {
     type Body = Vec<u8>;
     async fn send(
         &self,
-        request: Request<Vec<u8>>,
+        request: &Request<Vec<u8>>,
         _timeout_ms: u64,
     ) -> std::result::Result<Response<Vec<u8>>, UpstreamError> {
         if self.kv_yield.get() {
             yield_once().await;
         }
-        let response = (self.origin)(&request);
+        let response = (self.origin)(request);
         if self.record {
-            self.sent.borrow_mut().push(request);
+            let mut copy = Request::new(request.body().clone());
+            *copy.method_mut() = request.method().clone();
+            *copy.uri_mut() = request.uri().clone();
+            *copy.headers_mut() = request.headers().clone();
+            self.sent.borrow_mut().push(copy);
         }
         response
     }

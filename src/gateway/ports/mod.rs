@@ -43,12 +43,14 @@ pub enum UpstreamError {
 }
 
 /// One outbound HTTP exchange. `Body` is the host's streaming body type: the core either
-/// hands it back to the host untouched (stream passthrough) or reads it with `read_body`.
+/// hands it back to the host untouched (stream passthrough) or reads it with `read_body`. The
+/// request is lent, not given: the hosts only read it, and the caller keeps it for a retry
+/// (`Retry-After`) without copying it first.
 pub trait Upstream {
     type Body;
     async fn send(
         &self,
-        request: http::Request<Vec<u8>>,
+        request: &http::Request<Vec<u8>>,
         timeout_ms: u64,
     ) -> std::result::Result<http::Response<Self::Body>, UpstreamError>;
     /// Reads a whole body, failing once it exceeds `limit` bytes.

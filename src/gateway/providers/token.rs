@@ -167,7 +167,7 @@ pub async fn send_form<P: Upstream>(
     what: &str,
 ) -> Result<Vec<u8>> {
     let request = finish_request(builder, body.into_bytes())?;
-    let response = ports.send(request, timeout_ms).await.map_err(|e| {
+    let response = ports.send(&request, timeout_ms).await.map_err(|e| {
         // The host's reason may name internal addresses: clients get a plain statement.
         let reason = match e {
             crate::gateway::ports::UpstreamError::Timeout => "timed out",

@@ -403,7 +403,7 @@ async fn fetch<P: Ports>(ports: &P, url: &str) -> Result<(KeySet, Vec<Value>, u6
         .header(http::header::ACCEPT, "application/json")
         .body(Vec::new())
         .map_err(|_| "invalid JWKS URL".to_string())?;
-    let response = ports.send(request, FETCH_TIMEOUT_MS).await.map_err(|e| format!("{e:?}"))?;
+    let response = ports.send(&request, FETCH_TIMEOUT_MS).await.map_err(|e| format!("{e:?}"))?;
     if response.status() != http::StatusCode::OK {
         return Err(format!("the JWKS URL answered {}", response.status().as_u16()));
     }

@@ -751,7 +751,7 @@ mod tests {
         type Body = Vec<u8>;
         async fn send(
             &self,
-            request: http::Request<Vec<u8>>,
+            request: &http::Request<Vec<u8>>,
             timeout_ms: u64,
         ) -> std::result::Result<http::Response<Vec<u8>>, UpstreamError> {
             self.inner.send(request, timeout_ms).await

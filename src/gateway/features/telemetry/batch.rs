@@ -235,7 +235,7 @@ async fn send<P: Ports>(ports: &P, config: &TelemetryConfig, url: String, body: 
             .map_err(|_| format!("header {name}: secret ${secret} is not a valid value"))?;
         headers.insert(name.clone(), value);
     }
-    match ports.send(request, EXPORT_TIMEOUT_MS).await {
+    match ports.send(&request, EXPORT_TIMEOUT_MS).await {
         Ok(response) if response.status().is_success() => Ok(()),
         Ok(response) => Err(format!("collector answered HTTP {}", response.status().as_u16())),
         Err(UpstreamError::Timeout) => Err(format!("collector did not answer within {EXPORT_TIMEOUT_MS} ms")),

@@ -342,7 +342,7 @@ impl Kv for Yielding<'_> {
 
 impl Upstream for Yielding<'_> {
     type Body = Vec<u8>;
-    async fn send(&self, request: Request<Vec<u8>>, timeout: u64) -> Result<Response<Vec<u8>>, UpstreamError> {
+    async fn send(&self, request: &Request<Vec<u8>>, timeout: u64) -> Result<Response<Vec<u8>>, UpstreamError> {
         if self.1 > 0 {
             self.sleep(self.1).await;
         }

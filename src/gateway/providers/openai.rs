@@ -169,9 +169,10 @@ pub fn passthrough_answer(reply: Reply<'_>) -> Result<Translated> {
 /// `max_completion_tokens`; everything else, OpenAI-compatible servers included, reads
 /// `max_tokens`.
 fn takes_max_completion_tokens(model: &str) -> bool {
-    let model = model.rsplit('/').next().unwrap_or(model).to_ascii_lowercase();
+    let model = model.rsplit('/').next().unwrap_or(model).as_bytes();
     ["o1", "o3", "o4", "gpt-5"].iter().any(|family| {
-        model.strip_prefix(family).is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', '.', '_']))
+        let Some((head, rest)) = model.split_at_checked(family.len()) else { return false };
+        head.eq_ignore_ascii_case(family.as_bytes()) && matches!(rest.first(), None | Some(b'-' | b'.' | b'_'))
     })
 }
 
@@ -293,6 +294,9 @@ mod tests {
             ("gpt-4o-mini", "max_tokens"),
             ("llama-3.1-8b", "max_tokens"),
             ("o1x-not-a-family", "max_tokens"),
+            ("O3-Mini", "max_completion_tokens"),
+            ("openai/gpt-5.1", "max_completion_tokens"),
+            ("o", "max_tokens"),
         ] {
             let call = test_support::call(Operation::Chat, model, body.clone(), "http://o/v1", false, 0);
             let sent = test_support::sent(&p.build_request(call, &SECRETS).unwrap());

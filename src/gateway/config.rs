@@ -100,7 +100,7 @@ struct EndpointSlot {
 
 /// Where an endpoint is in the config (`endpoints[3]`, or a legacy `routes[1]`): a number,
 /// spelled out only for an issue. (A fresh instance formatted one path per endpoint: ~700
-/// instructions each, 6% of a 50-endpoint config's load.)
+/// instructions each, a tenth of loading a 50-endpoint config.)
 #[derive(Debug, Clone, Copy)]
 enum ItemPath {
     Endpoint(usize),
@@ -1195,7 +1195,7 @@ mod tests {
         assert_eq!(config.routes["split"].destinations, [("chat".to_string(), 80), ("chat2".to_string(), 20)]);
         // A legacy entry's issues name it where it is written.
         let issues = Config::from_value(
-            json!({"routes": [chat_endpoint("openai"), {"name": "x", "route_type": "llm/v1/chatt"}]}),
+            json!({"routes": [chat_endpoint("openai"), {"name": "x", "route_type": "llm/v1/chat"}]}),
         )
         .unwrap_err();
         let text: Vec<String> = issues.iter().map(ToString::to_string).collect();

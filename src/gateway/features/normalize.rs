@@ -9,27 +9,21 @@ use crate::gateway::wire::json::{request_value_placed_within, request_value_with
 /// Parses a JSON object body, refusing bodies over `limit` bytes before parsing and bodies
 /// holding more values than `bounds` allows while parsing.
 pub fn parse_json_object(body: &[u8], limit: usize, bounds: Bounds) -> Result<Map<String, Value>> {
-    parse(body, limit, |text| request_value_within(text, bounds))
+    parse(body, limit, |text| request_value_within(text, bounds).map(|value| (value, ()))).map(|(map, ())| map)
 }
 
 /// [`parse_json_object`], and where each of the object's fields is in `body` (text order; for
 /// [`Verbatim::of`]).
 pub fn parse_json_object_placed(body: &[u8], limit: usize, bounds: Bounds) -> Result<(Map<String, Value>, Vec<Place>)> {
-    let mut places = Vec::new();
-    let map = parse(body, limit, |text| {
-        request_value_placed_within(text, bounds).map(|(value, placed)| {
-            places = placed;
-            value
-        })
-    })?;
-    Ok((map, places))
+    parse(body, limit, |text| request_value_placed_within(text, bounds))
 }
 
-fn parse(
+/// The object `read` finds in `body`, with what else it found there.
+fn parse<T>(
     body: &[u8],
     limit: usize,
-    read: impl FnOnce(&[u8]) -> std::result::Result<Value, ReadError>,
-) -> Result<Map<String, Value>> {
+    read: impl FnOnce(&[u8]) -> std::result::Result<(Value, T), ReadError>,
+) -> Result<(Map<String, Value>, T)> {
     if body.len() > limit {
         return Err(GatewayError::payload_too_large(limit));
     }
@@ -37,7 +31,7 @@ fn parse(
         return Err(GatewayError::bad_request(ErrorCode::InvalidJson, "request body is empty; expected a JSON object"));
     }
     match read(body) {
-        Ok(Value::Object(map)) => Ok(map),
+        Ok((Value::Object(map), found)) => Ok((map, found)),
         Ok(_) => Err(GatewayError::bad_request(ErrorCode::InvalidJson, "request body must be a JSON object")),
         Err(ReadError::Invalid(e)) => {
             Err(GatewayError::bad_request(ErrorCode::InvalidJson, format!("request body is not valid JSON: {e}")))
@@ -136,14 +130,31 @@ impl Written {
     /// or read from but for those fields. A field whose key is not in these bytes as
     /// serde_json writes it is written anew too.
     pub fn rewrite(&self, body: &Map<String, Value>, changed: impl Fn(&str) -> bool) -> Written {
+        let mut fields = Vec::with_capacity(body.len());
+        let bytes = self.write(body, changed, Some(&mut fields));
+        Written { bytes, fields }
+    }
+
+    /// [`Written::rewrite`]'s bytes alone, for a body that is sent, not rewritten again: no
+    /// index of its fields is built.
+    pub fn rewrite_bytes(&self, body: &Map<String, Value>, changed: impl Fn(&str) -> bool) -> Vec<u8> {
+        self.write(body, changed, None)
+    }
+
+    /// The rewrite's bytes, each field's place pushed to `fields` when asked for.
+    fn write(
+        &self,
+        body: &Map<String, Value>,
+        changed: impl Fn(&str) -> bool,
+        mut fields: Option<&mut Vec<Place>>,
+    ) -> Vec<u8> {
         // At least 256 bytes: a small request pays no allocation per field.
         let mut bytes = Vec::with_capacity((self.bytes.len() + 64).max(256));
-        let mut fields = Vec::with_capacity(body.len());
         // The fields kept are in the same order in both: each is found at or after the last.
         let mut next = 0;
         bytes.push(b'{');
         for (key, value) in body {
-            if !fields.is_empty() {
+            if bytes.len() > 1 {
                 bytes.push(b',');
             }
             let start = bytes.len();
@@ -163,14 +174,12 @@ impl Written {
                     edge_scan::json::write_value(&mut bytes, value);
                 }
             }
-            fields.push((start..bytes.len(), key_end));
+            if let Some(fields) = fields.as_deref_mut() {
+                fields.push((start..bytes.len(), key_end));
+            }
         }
         bytes.push(b'}');
-        Written { bytes, fields }
-    }
-
-    pub fn into_bytes(self) -> Vec<u8> {
-        self.bytes
+        bytes
     }
 }
 
@@ -408,11 +417,11 @@ mod tests {
         assert_eq!(rewritten.0.bytes, json_body(&body));
         // Its fields are where they are: a second rewrite copies them too.
         body.remove("zzz");
-        assert_eq!(rewritten.rewrite(&body, |k| k == "zzz").0.into_bytes(), json_body(&body));
+        assert_eq!(rewritten.rewrite(&body, |k| k == "zzz").0.bytes, json_body(&body));
         // A field not named is copied as it was written, not written anew.
         let mut stale = body.clone();
         stale.insert("n".into(), json!(7));
-        assert_eq!(rewritten.rewrite(&stale, |k| k == "zzz").0.into_bytes(), json_body(&body));
+        assert_eq!(rewritten.rewrite(&stale, |k| k == "zzz").0.bytes, json_body(&body));
         assert_eq!(Canonical::of(&Map::new()).rewrite(&Map::new(), |_| true).0.bytes, b"{}");
     }
 
@@ -429,7 +438,7 @@ mod tests {
         body.remove("stream");
         body.insert("model".into(), json!("m"));
         verbatim.forget(|k| k == "max_tokens" || k == "stream");
-        let out = verbatim.written().rewrite(&body, |k| k == "model").into_bytes();
+        let out = verbatim.written().rewrite_bytes(&body, |k| k == "model");
         assert_eq!(serde_json::from_slice::<Value>(&out).unwrap(), Value::Object(body.clone()));
         let out = String::from_utf8(out).unwrap();
         // Copied: spacing, `1.50`, the escape in a string. Written anew: the changed fields and
@@ -442,7 +451,7 @@ mod tests {
         let (body, places) = parse_json_object_placed(br#"{"b":1,"a":2}"#, 100, REQUEST_BOUNDS).unwrap();
         let mut verbatim = Verbatim::of(br#"{"b":1,"a":2}"#.to_vec(), places, &body).unwrap();
         verbatim.forget(|k| k == "b");
-        assert_eq!(verbatim.written().rewrite(&body, |_| false).into_bytes(), br#"{"a":2,"b":1}"#);
+        assert_eq!(verbatim.written().rewrite_bytes(&body, |_| false), br#"{"a":2,"b":1}"#);
     }
 
     /// A key sent twice, or spelled two ways, leaves the tree one value for two places: no

@@ -220,9 +220,9 @@ impl Adapter for OpenAi {
         }
         // Only the fields set above differ from the body the pipeline prepared.
         let bytes = match call.written {
-            Some(written) => written
-                .rewrite(&body, |k| ["model", "max_tokens", "max_completion_tokens", "stream_options"].contains(&k))
-                .into_bytes(),
+            Some(written) => written.rewrite_bytes(&body, |k| {
+                ["model", "max_tokens", "max_completion_tokens", "stream_options"].contains(&k)
+            }),
             None => json_body(&body),
         };
         // Freed by code compiled for speed (a large request's tree costs about as much to free

@@ -314,9 +314,30 @@ pub fn post_json(url: &str) -> http::request::Builder {
 
 /// Finishes a builder, mapping an invalid URL/header to a config error naming the problem.
 pub fn finish_request(builder: http::request::Builder, body: Vec<u8>) -> Result<Request<Vec<u8>>> {
-    builder.body(body).map_err(|e| {
-        GatewayError::not_configured(ErrorCode::BadOriginRequest, format!("cannot build the origin request: {e}"))
-    })
+    builder.body(body).map_err(bad_origin_request)
+}
+
+/// [`post_json`] and [`finish_request`] in one, built in place: http's `Builder` moves the
+/// whole request through each step (~4,000 instructions a request at opt-level z). Headers
+/// are added with [`header_value`]; errors are those of `finish_request`.
+pub fn json_post(url: String, body: Vec<u8>) -> Result<Request<Vec<u8>>> {
+    let mut request = Request::new(body);
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = http::Uri::try_from(url).map_err(|e| bad_origin_request(e.into()))?;
+    request.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    Ok(request)
+}
+
+/// A header value for [`json_post`]'s request, refused as `finish_request` refuses it.
+pub fn header_value<V>(value: V) -> Result<http::HeaderValue>
+where
+    V: TryInto<http::HeaderValue, Error = http::header::InvalidHeaderValue>,
+{
+    value.try_into().map_err(|e| bad_origin_request(e.into()))
+}
+
+fn bad_origin_request(e: http::Error) -> GatewayError {
+    GatewayError::not_configured(ErrorCode::BadOriginRequest, format!("cannot build the origin request: {e}"))
 }
 
 /// `base` joined with `path`, tolerating a trailing slash on `base`.

@@ -4,7 +4,8 @@
 //! Vertex AI's MaaS models). The internal shape *is* OpenAI's, so translation is setting
 //! `model` and the URL.
 
-use http::{header, Request};
+use http::header::{self, HeaderName};
+use http::Request;
 use serde_json::{Map, Value};
 
 use crate::gateway::check::{Issues, SecretRef};
@@ -12,7 +13,7 @@ use crate::gateway::error::Result;
 use crate::gateway::ports::Secrets;
 use crate::gateway::providers::adapter::{Adapter, Call, NoTranslation, Reply, StreamMode, Translated};
 use crate::gateway::providers::common::{
-    check_url, finish_request, join_url, post_json, resolve_secret, string_config, take_api_key, unsupported,
+    check_url, header_value, join_url, json_post, resolve_secret, string_config, take_api_key, unsupported,
 };
 use crate::gateway::types::Operation;
 use crate::gateway::wire::json::json_body;
@@ -187,21 +188,21 @@ impl Adapter for OpenAi {
         let key = resolve_secret(&self.api_key, secrets)?;
         let path = openai_path(self.name, call.op)?;
         let mut body = call.body;
-        let mut builder = match self.api_type {
+        let (url, auth) = match self.api_type {
             ApiType::OpenAi => {
                 body.insert("model".into(), Value::String(call.model.to_string()));
-                post_json(&join_url(call.base_url, path)).header(header::AUTHORIZATION, ["Bearer ", &key].concat())
+                (join_url(call.base_url, path), (header::AUTHORIZATION, ["Bearer ", &key].concat()))
             }
             ApiType::Azure | ApiType::AzureAd => {
                 let deployment = self.deployment.as_deref().unwrap_or_default();
                 let version = self.api_version.as_deref().unwrap_or_default();
                 let url = join_url(call.base_url, &format!("openai/deployments/{deployment}/{path}"));
-                let builder = post_json(&format!("{url}?api-version={version}"));
-                if self.api_type == ApiType::Azure {
-                    builder.header("api-key", key)
+                let auth = if self.api_type == ApiType::Azure {
+                    (HeaderName::from_static("api-key"), key)
                 } else {
-                    builder.header(header::AUTHORIZATION, format!("Bearer {key}"))
-                }
+                    (header::AUTHORIZATION, format!("Bearer {key}"))
+                };
+                (format!("{url}?api-version={version}"), auth)
             }
         };
         // Azure endpoints may leave `model.name` empty: the deployment then names the model.
@@ -215,9 +216,6 @@ impl Adapter for OpenAi {
         if call.stream && call.op != Operation::Embeddings {
             ask_stream_usage(&mut body);
         }
-        if let Some(org) = &self.organization {
-            builder = builder.header("openai-organization", org);
-        }
         // Only the fields set above differ from the body the pipeline prepared.
         let bytes = match call.written {
             Some(written) => written.rewrite_bytes(&body, |k| {
@@ -228,7 +226,13 @@ impl Adapter for OpenAi {
         // Freed by code compiled for speed (a large request's tree costs about as much to free
         // as to write).
         edge_scan::tree::free(body);
-        finish_request(builder, bytes)
+        let mut request = json_post(url, bytes)?;
+        let headers = request.headers_mut();
+        headers.append(auth.0, header_value(auth.1)?);
+        if let Some(org) = &self.organization {
+            headers.append(HeaderName::from_static("openai-organization"), header_value(org.as_str())?);
+        }
+        Ok(request)
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {

@@ -93,14 +93,6 @@ impl Retarget {
     }
 }
 
-/// The origin's response and which origin gave it.
-pub struct Forwarded<B> {
-    pub response: Response<B>,
-    pub origin: String,
-    /// The origin as clients may see it (see [`AttemptLog::id`]).
-    pub origin_id: String,
-}
-
 /// Per-isolate origin health: an origin that failed `BREAKER_THRESHOLD` times in a row is
 /// tried last for `settings.breaker_cooldown_ms`. Hosts that instantiate per request (Spin
 /// under `wasmtime serve`) start fresh every time, so there it only acts within a request.
@@ -135,7 +127,8 @@ impl Breaker {
 }
 
 /// Sends `body` to each origin in turn until one answers usefully; every origin tried is
-/// recorded in `attempts` (the last one is the origin to blame when all failed).
+/// recorded in `attempts` (the last one is the origin that answered, or the one to blame when
+/// all failed).
 pub async fn forward<P: Ports>(
     ports: &P,
     config: &Config,
@@ -144,7 +137,7 @@ pub async fn forward<P: Ports>(
     attempt: Attempt<'_>,
     mut body: Map<String, Value>,
     attempts: &mut Vec<AttemptLog>,
-) -> Result<Forwarded<P::Body>> {
+) -> Result<Response<P::Body>> {
     let settings = &config.settings;
     let endpoint = attempt.endpoint;
     let started = ports.now_ms();
@@ -202,16 +195,10 @@ pub async fn forward<P: Ports>(
                 let status = response.status();
                 let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
                 let outcome = if status.is_success() { "ok".to_string() } else { format!("http_{}", status.as_u16()) };
-                attempts.push(AttemptLog {
-                    origin: label.clone(),
-                    id: id.clone(),
-                    outcome,
-                    detail: None,
-                    at_ms: ports.now_ms(),
-                });
+                attempts.push(AttemptLog { origin: label, id, outcome, detail: None, at_ms: ports.now_ms() });
                 breaker.record(&origin.url, !status.is_server_error(), ports.now_ms(), settings.breaker_cooldown_ms);
                 if !retryable {
-                    return Ok(Forwarded { response, origin: label, origin_id: id });
+                    return Ok(response);
                 }
                 // The last origin asked us to come back shortly: wait once if that fits.
                 let wait_ms = retry_after_ms(response.headers()).filter(|ms| *ms <= MAX_RETRY_AFTER_MS);
@@ -224,13 +211,13 @@ pub async fn forward<P: Ports>(
                 }
                 // A pinned endpoint reports "region unavailable" rather than the last error.
                 if is_last && attempt.pin.is_none() {
-                    return Ok(Forwarded { response, origin: label, origin_id: id });
+                    return Ok(response);
                 }
                 GatewayError::bad_gateway(ErrorCode::OriginError, format!("origin returned HTTP {}", status.as_u16()))
             }
             Err(UpstreamError::Timeout) => {
                 attempts.push(AttemptLog {
-                    origin: label.clone(),
+                    origin: label,
                     id,
                     outcome: "timeout".into(),
                     detail: None,
@@ -244,7 +231,7 @@ pub async fn forward<P: Ports>(
                 // log gets it scrubbed, the client a plain statement.
                 let detail = Some(scrub(truncate(&reason, 200)));
                 attempts.push(AttemptLog {
-                    origin: label.clone(),
+                    origin: label,
                     id,
                     outcome: "connect_error".into(),
                     detail,

@@ -15,7 +15,7 @@ use crate::gateway::features::keys::KeyRecord;
 use crate::gateway::features::normalize::{Canonical, Verbatim};
 use crate::gateway::features::usage::{self, Accounting, Price};
 use crate::gateway::features::{cache, guard, limits, normalize, telemetry, template};
-use crate::gateway::forward::{self, Attempt, Forwarded, Retarget};
+use crate::gateway::forward::{self, Attempt, Retarget};
 use crate::gateway::pipeline::context::{ClientInfo, ModelCall, RequestContext};
 use crate::gateway::pipeline::repeat::{self, Found, Seed, SeedSlot};
 use crate::gateway::pipeline::respond::{json_bytes, retry_after, sse_response, ResponseBody};
@@ -475,7 +475,7 @@ fn client_region(config: &Config, client: &ClientInfo, headers: &HeaderMap) -> O
 
 /// The origin's answer, and how it is to be read.
 pub struct Upstream<B> {
-    pub forwarded: Forwarded<B>,
+    pub response: Response<B>,
     /// The adapter's stream mode when the origin was asked to stream.
     pub mode: Option<StreamMode<crate::gateway::providers::ProviderStream>>,
     pub now_ms: u64,
@@ -522,12 +522,10 @@ pub async fn forward<P: Ports>(
     let body = std::mem::take(&mut call.body);
     let result =
         forward::forward(ports, &call.config, &ctx.state.breaker, origins, attempt, body, &mut ctx.log.attempts).await;
+    // The last attempt is the origin that answered (or the one to blame).
     ctx.log.origin = ctx.log.attempts.last().map(|a| a.origin.clone());
     ctx.log.origin_id = ctx.log.attempts.last().map(|a| a.id.clone());
-    let forwarded = result?;
-    ctx.log.origin = Some(forwarded.origin.clone());
-    ctx.log.origin_id = Some(forwarded.origin_id.clone());
-    Ok(Upstream { forwarded, mode: mode.filter(|_| upstream_stream), now_ms, base64 })
+    Ok(Upstream { response: result?, mode: mode.filter(|_| upstream_stream), now_ms, base64 })
 }
 
 /// Respond: the origin's answer in the client's dialect — a live stream through the pump, or
@@ -540,7 +538,7 @@ pub async fn respond<P: Ports>(
     upstream: Upstream<P::Body>,
 ) -> Result<Response<ResponseBody<P::Body>>> {
     let endpoint = &call.endpoint;
-    let (parts, upstream_body) = upstream.forwarded.response.into_parts();
+    let (parts, upstream_body) = upstream.response.into_parts();
     let is_sse = content_type(&parts.headers).is_some_and(|v| v.starts_with("text/event-stream"));
     // Origins whose streams are not SSE (Bedrock's event stream) come with a decoder.
     let decoder = match &upstream.mode {

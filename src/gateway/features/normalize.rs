@@ -108,6 +108,16 @@ pub fn may_set(
         || overrides.contains_key(key)
 }
 
+/// The fields [`may_set`] says these rules may set (a name may come twice).
+pub fn settable<'a>(
+    defaults: &'a Map<String, Value>,
+    ceilings: &'a Map<String, Value>,
+    overrides: &'a Map<String, Value>,
+) -> impl Iterator<Item = &'a str> {
+    let ruled = defaults.keys().chain(ceilings.keys()).chain(overrides.keys()).map(String::as_str);
+    [MAX_TOKENS, "max_completion_tokens"].into_iter().chain(ruled)
+}
+
 /// A JSON object's bytes with each field's place (its `"key":value` and where its key ends),
 /// fields in key order: what a rewrite copies unchanged fields from. [`Canonical`] and
 /// [`Verbatim`] are the two kinds; the forwarded body is written from either.
@@ -257,13 +267,19 @@ impl Verbatim {
         Some(Verbatim(Written { bytes, fields: places }))
     }
 
-    /// Forgets the fields `changed` names: the body they are the bytes of changed there, so
-    /// those are written anew. (No copy: the bytes stay as the client sent them.)
-    pub fn forget(&mut self, changed: impl Fn(&str) -> bool) {
+    /// Forgets the fields named in `changed`: the body they are the bytes of changed there, so
+    /// those are written anew. (No copy: the bytes stay as the client sent them.) Looked up by
+    /// name in the sorted fields, not each field tested: a request has more fields than an
+    /// endpoint has rules.
+    pub fn forget<'a>(&mut self, changed: impl IntoIterator<Item = &'a str>) {
         let Written { bytes, fields } = &mut self.0;
-        fields.retain(|(range, key_end)| {
-            std::str::from_utf8(&bytes[range.start + 1..key_end - 1]).map_or(true, |key| !changed(key))
-        });
+        for name in changed {
+            let found =
+                fields.binary_search_by(|(range, key_end)| bytes[range.start + 1..key_end - 1].cmp(name.as_bytes()));
+            if let Ok(i) = found {
+                fields.remove(i);
+            }
+        }
     }
 
     pub fn written(&self) -> &Written {
@@ -318,7 +334,7 @@ mod tests {
         assert!(parse_json_object(list("{\"a\":1}", 4_096).as_bytes(), 1 << 20, raised).is_ok());
     }
 
-    /// The rules applied to `body`; every field they set is one `may_set` names.
+    /// The rules applied to `body`; every field they set is one `may_set` and `settable` name.
     fn rules(body: Value, defaults: Value, ceilings: Value, overrides: Value) -> Value {
         let mut body = body.as_object().unwrap().clone();
         let before = body.clone();
@@ -328,6 +344,7 @@ mod tests {
         for (key, value) in &body {
             let set = before.get(key) != Some(value);
             assert!(!set || may_set(key, &defaults, &ceilings, &overrides), "{key} was set");
+            assert!(!set || settable(&defaults, &ceilings, &overrides).any(|k| k == key), "{key} was set");
         }
         Value::Object(body)
     }
@@ -437,7 +454,7 @@ mod tests {
         body.insert("max_tokens".into(), json!(5));
         body.remove("stream");
         body.insert("model".into(), json!("m"));
-        verbatim.forget(|k| k == "max_tokens" || k == "stream");
+        verbatim.forget(["max_tokens", "stream"]);
         let out = verbatim.written().rewrite_bytes(&body, |k| k == "model");
         assert_eq!(serde_json::from_slice::<Value>(&out).unwrap(), Value::Object(body.clone()));
         let out = String::from_utf8(out).unwrap();
@@ -450,7 +467,7 @@ mod tests {
         // A field forgotten but not changed, or not named at all, is still right: written anew.
         let (body, places) = parse_json_object_placed(br#"{"b":1,"a":2}"#, 100, REQUEST_BOUNDS).unwrap();
         let mut verbatim = Verbatim::of(br#"{"b":1,"a":2}"#.to_vec(), places, &body).unwrap();
-        verbatim.forget(|k| k == "b");
+        verbatim.forget(["b"]);
         assert_eq!(verbatim.written().rewrite_bytes(&body, |_| false), br#"{"a":2,"b":1}"#);
     }
 

@@ -260,7 +260,7 @@ pub fn prepare(ctx: &mut RequestContext<'_>, call: &mut ModelCall) -> Result<()>
             Some(canonical) => call.canonical = Some(canonical.rewrite(&call.body, ruled)),
             None => {
                 call.verbatim = verbatim.map(|mut verbatim| {
-                    verbatim.forget(ruled);
+                    verbatim.forget(normalize::settable(&endpoint.parameters, &endpoint.clamps, &endpoint.overrides));
                     verbatim
                 })
             }

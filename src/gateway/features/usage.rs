@@ -358,33 +358,35 @@ impl UsageBook {
         Self::default()
     }
 
-    fn shard_id(&self, clock: &impl Clock) -> String {
-        self.shard_id.borrow_mut().get_or_insert_with(|| clock.random_id()).clone()
-    }
-
     /// Adds an event to this isolate's shard totals (synchronously) and returns the KV entries
     /// to flush.
     pub fn record(&self, clock: &impl Clock, event: &UsageEvent) -> Vec<String> {
-        let shard = self.shard_id(clock);
+        let mut shard_id = self.shard_id.borrow_mut();
+        let shard: &str = shard_id.get_or_insert_with(|| clock.random_id());
         let day = days_of(event.ts_ms);
         let date = day_string(day);
         // `concat`, not `format!`: one exact allocation (twice per request).
         let owner = event.key_id.as_deref().unwrap_or("public");
-        let mut names = vec![[USAGE_PREFIX, owner, ":", &date, ":", &shard].concat()];
+        let mut names = vec![[USAGE_PREFIX, owner, ":", &date, ":", shard].concat()];
         if let Some(tenant) = &event.tenant {
-            names.push([USAGE_PREFIX, "tenant:", tenant, ":", &date, ":", &shard].concat());
+            names.push([USAGE_PREFIX, "tenant:", tenant, ":", &date, ":", shard].concat());
         }
         let delta = event.delta();
         let mut shards = self.shards.borrow_mut();
         for name in &names {
-            let entry = shards.entry(name.clone()).or_insert(Shard {
-                total: DayUsage::default(),
-                day,
-                version: 0,
-                written: 0,
-                flushing: false,
-                written_at_ms: 0,
-            });
+            // Looked up before inserted: a shard is found on all but its day's first request,
+            // which is the only one that needs its name copied.
+            let entry = match shards.get_mut(name) {
+                Some(entry) => entry,
+                None => shards.entry(name.clone()).or_insert(Shard {
+                    total: DayUsage::default(),
+                    day,
+                    version: 0,
+                    written: 0,
+                    flushing: false,
+                    written_at_ms: 0,
+                }),
+            };
             entry.total.add(&delta);
             entry.version += 1;
         }
@@ -563,8 +565,8 @@ impl Accounting {
         let usage = outcome.usage.unwrap_or_default();
         let cost = self.price.map(|p| p.cost_nusd(usage));
         let event = UsageEvent {
-            key_id: self.key_id.clone(),
-            tenant: self.tenant.clone(),
+            key_id: self.key_id,
+            tenant: self.tenant,
             ts_ms: self.started_ms,
             usage,
             cost_nusd: cost,
@@ -585,9 +587,14 @@ impl Accounting {
                 errors.push(format!("usage: {}", e.message));
             }
         }
+        // The event is returned only where nothing booked it: else its names move to the log.
+        let (key_id, tenant, unbooked) = match booked {
+            Some(_) => (event.key_id, event.tenant, None),
+            None => (event.key_id.clone(), event.tenant.clone(), Some(event)),
+        };
         let log = UsageLog {
-            key_id: self.key_id,
-            tenant: self.tenant,
+            key_id,
+            tenant,
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             total_tokens: usage.total(),
@@ -596,7 +603,7 @@ impl Accounting {
             limits,
             accounting_error: (!errors.is_empty()).then(|| errors.join("; ")),
         };
-        (log, booked.is_none().then_some(event))
+        (log, unbooked)
     }
 }
 

@@ -46,11 +46,12 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
 pub fn day_string(days: i64) -> String {
     let (y, m, d) = civil_from_days(days);
     let Ok(year @ 0..=9999) = u32::try_from(y) else { return format!("{y:04}-{m:02}-{d:02}") };
-    let digit = |n: u32| char::from(b'0' + (n % 10) as u8);
-    let mut out = String::with_capacity(10);
-    out.extend([digit(year / 1000), digit(year / 100), digit(year / 10), digit(year), '-']);
-    out.extend([digit(m / 10), digit(m), '-', digit(d / 10), digit(d)]);
-    out
+    // Bytes, not chars: no UTF-8 encoding per push.
+    let digit = |n: u32| b'0' + (n % 10) as u8;
+    let text = [digit(year / 1000), digit(year / 100), digit(year / 10), digit(year), b'-'];
+    let text = [text, [digit(m / 10), digit(m), b'-', digit(d / 10), digit(d)]].concat();
+    // ASCII digits and dashes: always UTF-8.
+    String::from_utf8(text).unwrap_or_default()
 }
 
 /// Parses a strict `YYYY-MM-DD` into a day number.

@@ -11,7 +11,7 @@
 //! The small OpenAI-shape helpers at the end (`ChunkWriter`, `OpenAiChoice`, request field
 //! readers) are shared with `gemini.rs`.
 
-use http::Request;
+use http::{HeaderName, Request};
 use serde_json::{json, Map, Value};
 
 use crate::gateway::check::{Issues, SecretRef};
@@ -19,7 +19,7 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
 use crate::gateway::providers::adapter::{Adapter, Call, Reply, StreamMode, Translated};
 use crate::gateway::providers::common::unsupported;
-use crate::gateway::providers::common::{finish_request, join_url, keyed_config, post_json, resolve_secret, KeySpec};
+use crate::gateway::providers::common::{header_value, join_url, json_post, keyed_config, resolve_secret, KeySpec};
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::wire::json::{bad_response, json_body};
 use crate::gateway::wire::openai::{
@@ -86,10 +86,11 @@ impl Adapter for Anthropic {
     fn build_request(&self, call: Call<'_>, secrets: &impl Secrets) -> Result<Request<Vec<u8>>> {
         let body = messages_body("anthropic", call.op, call.body, call.model, call.stream)?;
         let key = resolve_secret(&self.api_key, secrets)?;
-        let builder = post_json(&join_url(call.base_url, "messages"))
-            .header("x-api-key", key)
-            .header("anthropic-version", self.version.as_str());
-        finish_request(builder, json_body(&body))
+        let mut request = json_post(join_url(call.base_url, "messages"), json_body(&body))?;
+        let headers = request.headers_mut();
+        headers.insert(HeaderName::from_static("x-api-key"), header_value(key)?);
+        headers.insert(HeaderName::from_static("anthropic-version"), header_value(self.version.as_str())?);
+        Ok(request)
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {

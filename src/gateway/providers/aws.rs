@@ -9,15 +9,16 @@
 //! matter, and the bundle is smaller without crc32fast's 16 KiB slice-by-16 tables.
 
 use hmac::{Hmac, Mac};
-use http::header;
+use http::header::{self, HeaderName};
+use http::Request;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::gateway::check::SecretRef;
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::{Clock, Secrets, Upstream};
-use crate::gateway::providers::common::{resolve_secret, xml_text};
-use crate::gateway::providers::token::{form_encode, form_request, send_form};
+use crate::gateway::providers::common::{header_value, resolve_secret, xml_text};
+use crate::gateway::providers::token::{form_encode, form_request, send_form, FORM_CONTENT_TYPE};
 use crate::gateway::util::text::{hex, percent_decode};
 use crate::gateway::util::time::parse_day;
 use crate::gateway::wire::sse;
@@ -200,25 +201,21 @@ pub struct Scope<'a> {
 /// `x-amz-security-token` (temporary credentials) and `Authorization`. `extra_signed` are
 /// further headers (lowercase names) that must be signed too (e.g. `content-type`).
 pub fn sign(
-    builder: http::request::Builder,
-    url: &str,
-    body: &[u8],
+    request: &mut Request<Vec<u8>>,
     extra_signed: &[(&str, &str)],
     credentials: &Credentials,
     scope: Scope<'_>,
     now_ms: u64,
-) -> Result<http::request::Builder> {
+) -> Result<()> {
     let Scope { region, service } = scope;
-    let uri: http::Uri = url.parse().map_err(|e| {
-        GatewayError::not_configured(ErrorCode::BadOriginRequest, format!("cannot build the origin request: {e}"))
-    })?;
-    let Some(host) = host_header(&uri) else {
+    let uri = request.uri();
+    let Some(host) = host_header(uri) else {
         return Err(GatewayError::not_configured(
             ErrorCode::BadOriginRequest,
             format!("the {service} URL has no host"),
         ));
     };
-    let payload_hash = sha256_hex(body);
+    let payload_hash = sha256_hex(request.body());
     let date = amz_date(now_ms);
     let mut signed: Vec<(&str, &str)> =
         vec![("host", &host), ("x-amz-content-sha256", &payload_hash), ("x-amz-date", &date)];
@@ -227,7 +224,7 @@ pub fn sign(
         signed.push(("x-amz-security-token", token));
     }
     let query = canonical_query(uri.query().unwrap_or(""));
-    let request = SigningRequest {
+    let signing = SigningRequest {
         method: "POST",
         path: uri.path(),
         query: &query,
@@ -237,15 +234,15 @@ pub fn sign(
         region,
         service,
     };
-    let auth = authorization(&request, &credentials.access_key_id, &credentials.secret_access_key);
-    let mut builder = builder
-        .header("x-amz-date", &date)
-        .header("x-amz-content-sha256", &payload_hash)
-        .header(header::AUTHORIZATION, auth);
+    let auth = authorization(&signing, &credentials.access_key_id, &credentials.secret_access_key);
+    let headers = request.headers_mut();
+    headers.insert(HeaderName::from_static("x-amz-date"), header_value(date)?);
+    headers.insert(HeaderName::from_static("x-amz-content-sha256"), header_value(payload_hash)?);
+    headers.insert(header::AUTHORIZATION, header_value(auth)?);
     if let Some(token) = &credentials.session_token {
-        builder = builder.header("x-amz-security-token", token);
+        headers.insert(HeaderName::from_static("x-amz-security-token"), header_value(token.as_str())?);
     }
-    Ok(builder)
+    Ok(())
 }
 
 /// SigV4's canonical query string: parameters sorted, names and values encoded once.
@@ -293,18 +290,16 @@ pub async fn assume_role<P: Upstream + Clock>(
         ("Version", "2011-06-15"),
     ]);
     let url = format!("{}/", role.sts_base.trim_end_matches('/'));
-    let content_type = "application/x-www-form-urlencoded; charset=utf-8";
-    let builder = sign(
-        form_request(&url),
-        &url,
-        body.as_bytes(),
-        &[("content-type", content_type)],
+    let mut request = form_request(url, body)?;
+    sign(
+        &mut request,
+        &[("content-type", FORM_CONTENT_TYPE)],
         role.caller,
         Scope { region: role.region, service: "sts" },
         now_ms,
     )?;
     let what = "the STS AssumeRole call";
-    let answer = send_form(ports, builder, body, timeout_ms, what).await?;
+    let answer = send_form(ports, &request, timeout_ms, what).await?;
     let text = String::from_utf8_lossy(&answer);
     let bad =
         |problem: &str| GatewayError::bad_gateway(ErrorCode::OriginBadResponse, format!("{what} answered {problem}"));

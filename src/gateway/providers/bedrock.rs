@@ -20,7 +20,7 @@
 //! `https://bedrock-runtime.{region}.amazonaws.com`), `sts_api_base` (default
 //! `https://sts.{region}.amazonaws.com`).
 
-use http::{header, Request};
+use http::{header, HeaderValue, Request};
 use serde_json::{json, Map, Value};
 
 use crate::gateway::check::{Issues, SecretRef};
@@ -29,7 +29,7 @@ use crate::gateway::ports::{Clock, Secrets, Upstream};
 use crate::gateway::providers::adapter::{Adapter, Call, Reply, StreamMode, Translated};
 use crate::gateway::providers::aws::{self, uri_encode, AssumeRole, Credentials, KeyRefs, Scope};
 use crate::gateway::providers::common::{
-    check_url, finish_request, join_url, map_params, param, post_json, resolve_secret, string_config, synthetic_id,
+    check_url, header_value, join_url, json_post, map_params, param, resolve_secret, string_config, synthetic_id,
     Param, Shape,
 };
 use crate::gateway::providers::token::{not_authorized, TokenCache};
@@ -603,15 +603,18 @@ impl Adapter for Bedrock {
         let url = join_url(call.base_url, &format!("model/{}/{action}", uri_encode(call.model)));
         let body = json_body(&payload);
         let accept = if action == "converse-stream" { aws::EVENT_STREAM } else { "application/json" };
-        let builder = post_json(&url).header(header::ACCEPT, accept);
-        let builder = match auth {
-            Auth::Bearer(token) => builder.header(header::AUTHORIZATION, format!("Bearer {token}")),
+        let mut request = json_post(url, body)?;
+        request.headers_mut().insert(header::ACCEPT, HeaderValue::from_static(accept));
+        match auth {
+            Auth::Bearer(token) => {
+                request.headers_mut().insert(header::AUTHORIZATION, header_value(format!("Bearer {token}"))?);
+            }
             Auth::Signed(credentials) => {
                 let scope = Scope { region: &self.region, service: SERVICE };
-                aws::sign(builder, &url, &body, &[], &credentials, scope, call.now_ms)?
+                aws::sign(&mut request, &[], &credentials, scope, call.now_ms)?;
             }
-        };
-        finish_request(builder, body)
+        }
+        Ok(request)
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {

@@ -7,7 +7,7 @@
 //! (`message-start`, `content-delta`, `tool-call-delta`, ...); translating them is left for
 //! later, so a streamed request is answered once complete and replayed by the gateway.
 
-use http::{header, Request};
+use http::{header, HeaderValue, Request};
 use serde_json::{json, Map, Value};
 
 use crate::gateway::check::{Issues, SecretRef};
@@ -15,7 +15,7 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
 use crate::gateway::providers::adapter::{Adapter, Call, NoTranslation, Reply, StreamMode, Translated};
 use crate::gateway::providers::common::{
-    finish_request, join_url, keyed_config, map_params, param, post_json, resolve_secret, synthetic_id, KeySpec, Param,
+    header_value, join_url, json_post, keyed_config, map_params, param, resolve_secret, synthetic_id, KeySpec, Param,
     Shape,
 };
 use crate::gateway::types::{Operation, Usage};
@@ -354,10 +354,11 @@ impl Adapter for Cohere {
             }
         };
         let key = resolve_secret(&self.api_key, secrets)?;
-        let builder = post_json(&join_url(call.base_url, path))
-            .header(header::ACCEPT, "application/json")
-            .header(header::AUTHORIZATION, format!("Bearer {key}"));
-        finish_request(builder, json_body(&payload))
+        let mut request = json_post(join_url(call.base_url, path), json_body(&payload))?;
+        let headers = request.headers_mut();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(header::AUTHORIZATION, header_value(format!("Bearer {key}"))?);
+        Ok(request)
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {

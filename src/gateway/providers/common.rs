@@ -304,31 +304,23 @@ pub fn synthetic_id(prefix: &str, body: &[u8], now_ms: u64) -> String {
     format!("{prefix}-{}", hex(&digest[..12]))
 }
 
-/// A `POST {url}` request with a JSON content type; `url` is validated.
-pub fn post_json(url: &str) -> http::request::Builder {
-    Request::builder()
-        .method(http::Method::POST)
-        .uri(url)
-        .header(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"))
-}
-
-/// Finishes a builder, mapping an invalid URL/header to a config error naming the problem.
-pub fn finish_request(builder: http::request::Builder, body: Vec<u8>) -> Result<Request<Vec<u8>>> {
-    builder.body(body).map_err(bad_origin_request)
-}
-
-/// [`post_json`] and [`finish_request`] in one, built in place: http's `Builder` moves the
-/// whole request through each step (~4,000 instructions a request at opt-level z). Headers
-/// are added with [`header_value`]; errors are those of `finish_request`.
-pub fn json_post(url: String, body: Vec<u8>) -> Result<Request<Vec<u8>>> {
+/// A `POST {url}` request of `content_type`, built in place: http's `Builder` moves the whole
+/// request through each step (~4,000 instructions a request at opt-level z). Headers are added
+/// with [`header_value`]; an invalid URL is a `BadOriginRequest`.
+pub fn post(url: String, content_type: http::HeaderValue, body: Vec<u8>) -> Result<Request<Vec<u8>>> {
     let mut request = Request::new(body);
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = http::Uri::try_from(url).map_err(|e| bad_origin_request(e.into()))?;
-    request.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    request.headers_mut().insert(http::header::CONTENT_TYPE, content_type);
     Ok(request)
 }
 
-/// A header value for [`json_post`]'s request, refused as `finish_request` refuses it.
+/// A JSON [`post`], the request of nearly every provider.
+pub fn json_post(url: String, body: Vec<u8>) -> Result<Request<Vec<u8>>> {
+    post(url, http::HeaderValue::from_static("application/json"), body)
+}
+
+/// A header value for a [`post`]'s request; an invalid one is a `BadOriginRequest`.
 pub fn header_value<V>(value: V) -> Result<http::HeaderValue>
 where
     V: TryInto<http::HeaderValue, Error = http::header::InvalidHeaderValue>,

@@ -19,9 +19,7 @@ use crate::gateway::check::{Issues, SecretRef};
 use crate::gateway::error::Result;
 use crate::gateway::ports::{Clock, Secrets, Upstream};
 use crate::gateway::providers::adapter::{Adapter, Call, NoTranslation, Reply, StreamMode, Translated};
-use crate::gateway::providers::common::{
-    check_url, finish_request, join_url, post_json, resolve_secret, string_config,
-};
+use crate::gateway::providers::common::{check_url, header_value, join_url, json_post, resolve_secret, string_config};
 use crate::gateway::providers::openai::{ask_stream_usage, openai_path, passthrough_answer};
 use crate::gateway::providers::token::{
     form_encode, form_request, not_authorized, oauth_token, send_form, AccessToken, TokenCache,
@@ -127,10 +125,10 @@ impl Databricks {
                     resolve_secret(client_secret, ports)?
                 ));
                 let body = form_encode(&[("grant_type", "client_credentials"), ("scope", "all-apis")]);
-                let builder = form_request(&join_url(&self.host, "oidc/v1/token"))
-                    .header(header::AUTHORIZATION, format!("Basic {basic}"));
+                let mut request = form_request(join_url(&self.host, "oidc/v1/token"), body)?;
+                request.headers_mut().insert(header::AUTHORIZATION, header_value(format!("Basic {basic}"))?);
                 let what = format!("the {} OAuth token exchange", self.name);
-                let answer = send_form(ports, builder, body, timeout_ms, &what).await?;
+                let answer = send_form(ports, &request, timeout_ms, &what).await?;
                 oauth_token(&answer, now_ms, &what)
             })
             .await
@@ -159,8 +157,9 @@ impl Adapter for Databricks {
             }
         };
         let url = join_url(call.base_url, &format!("{root}/{op_path}"));
-        let builder = post_json(&url).header(header::AUTHORIZATION, format!("Bearer {bearer}"));
-        finish_request(builder, json_body(&body))
+        let mut request = json_post(url, json_body(&body))?;
+        request.headers_mut().insert(header::AUTHORIZATION, header_value(format!("Bearer {bearer}"))?);
+        Ok(request)
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {

@@ -3,7 +3,7 @@
 //! streaming), embeddings to `:batchEmbedContents`. The API key travels in the
 //! `x-goog-api-key` header, never in the URL: URLs end up in logs.
 
-use http::Request;
+use http::{HeaderName, Request};
 use serde_json::{json, Map, Value};
 
 use crate::gateway::wire::openai::parse_tool_call;
@@ -14,7 +14,7 @@ use crate::gateway::error::Result;
 use crate::gateway::ports::Secrets;
 use crate::gateway::providers::adapter::{Adapter, Call, Reply, StreamMode, Translated};
 use crate::gateway::providers::common::{
-    finish_request, join_url, keyed_config, map_params, param, post_json, resolve_secret, unsupported, KeySpec, Param,
+    header_value, join_url, json_post, keyed_config, map_params, param, resolve_secret, unsupported, KeySpec, Param,
     Shape,
 };
 use crate::gateway::types::{Operation, Usage};
@@ -100,7 +100,9 @@ impl Adapter for Gemini {
         };
         let key = resolve_secret(&self.api_key, secrets)?;
         let url = join_url(call.base_url, &format!("{}:{action}", model_path(call.model)));
-        finish_request(post_json(&url).header("x-goog-api-key", key), json_body(&body))
+        let mut request = json_post(url, json_body(&body))?;
+        request.headers_mut().insert(HeaderName::from_static("x-goog-api-key"), header_value(key)?);
+        Ok(request)
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {

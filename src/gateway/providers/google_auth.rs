@@ -178,7 +178,8 @@ pub async fn exchange<P: Upstream + Clock>(
     let assertion = account.assertion(scope, now_ms / 1000, seed)?;
     let body = form_encode(&[("grant_type", JWT_BEARER), ("assertion", &assertion)]);
     let what = "the vertex_ai token exchange";
-    let answer = send_form(ports, form_request(&account.token_uri), body, timeout_ms, what).await?;
+    let request = form_request(account.token_uri.clone(), body)?;
+    let answer = send_form(ports, &request, timeout_ms, what).await?;
     oauth_token(&answer, now_ms, what)
 }
 

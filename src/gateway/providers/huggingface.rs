@@ -14,7 +14,7 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
 use crate::gateway::providers::adapter::{Adapter, Call, NoTranslation, Reply, StreamMode, Translated};
 use crate::gateway::providers::common::{
-    finish_request, join_url, map_params, param, post_json, string_config, synthetic_id, take_server_url, Param, Shape,
+    join_url, json_post, map_params, param, string_config, synthetic_id, take_server_url, Param, Shape,
 };
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::wire::json::{bad_response, json_body};
@@ -173,7 +173,7 @@ impl Adapter for Tgi {
                 ))
             }
         };
-        finish_request(post_json(&join_url(call.base_url, path)), json_body(&payload))
+        json_post(join_url(call.base_url, path), json_body(&payload))
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {

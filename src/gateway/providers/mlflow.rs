@@ -15,9 +15,7 @@ use crate::gateway::check::{did_you_mean, Issues};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Secrets;
 use crate::gateway::providers::adapter::{Adapter, Call, NoTranslation, Reply, StreamMode, Translated};
-use crate::gateway::providers::common::{
-    finish_request, join_url, post_json, string_config, synthetic_id, take_server_url,
-};
+use crate::gateway::providers::common::{join_url, json_post, string_config, synthetic_id, take_server_url};
 use crate::gateway::types::Operation;
 use crate::gateway::wire::json::{bad_response, json_body};
 use crate::gateway::wire::openai::embedding_data;
@@ -225,7 +223,7 @@ impl Adapter for ModelServing {
                 call.body
             }
         };
-        finish_request(post_json(&join_url(call.base_url, "invocations")), json_body(&payload))
+        json_post(join_url(call.base_url, "invocations"), json_body(&payload))
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {

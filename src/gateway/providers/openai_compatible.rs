@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use http::{header, Request};
+use http::{header, HeaderName, Request};
 use serde_json::{Map, Value};
 
 use crate::gateway::check::{Issues, SecretRef};
@@ -18,7 +18,7 @@ use crate::gateway::error::Result;
 use crate::gateway::ports::Secrets;
 use crate::gateway::providers::adapter::{Adapter, Call, NoTranslation, Reply, StreamMode, Translated};
 use crate::gateway::providers::common::{
-    finish_request, join_url, keyed_config, map_params, param, post_json, rename_params, resolve_secret, unsupported,
+    header_value, join_url, json_post, keyed_config, map_params, param, rename_params, resolve_secret, unsupported,
     KeySpec, Param, Shape,
 };
 use crate::gateway::providers::openai::{ask_stream_usage, openai_path, passthrough_answer};
@@ -266,26 +266,33 @@ impl Adapter for Compatible {
         }
         let path = openai_path(name, call.op)?;
         let body = self.body(call.op, call.model, call.stream, call.body)?;
-        let mut builder = post_json(&join_url(call.base_url, path));
         // Ollama's placeholder key "ollama" means no key (MLflow's `OllamaProvider`).
         let key = self.api_key.as_ref().filter(|k| !matches!(k, SecretRef::Literal(l) if l == "ollama"));
-        if let Some(key) = key {
-            let key = resolve_secret(key, secrets)?;
-            builder = match self.family.auth {
-                Auth::Bearer => builder.header(header::AUTHORIZATION, format!("Bearer {key}")),
-                Auth::Header(name) => builder.header(name, key),
-            };
-        }
+        let key = key.map(|key| resolve_secret(key, secrets)).transpose()?;
+        // Secrets first: a missing one is reported ahead of a bad URL or header value.
+        let mut extra = Vec::new();
         for h in self.family.headers {
             let Some(value) = self.extra.get(h.field) else { continue };
-            builder = if h.bearer_secret {
-                let value = resolve_secret(&SecretRef::parse(value), secrets)?;
-                builder.header(h.header, format!("Bearer {value}"))
+            let value = if h.bearer_secret {
+                format!("Bearer {}", resolve_secret(&SecretRef::parse(value), secrets)?)
             } else {
-                builder.header(h.header, value.as_str())
+                value.clone()
+            };
+            extra.push((HeaderName::from_static(h.header), value));
+        }
+        let mut request = json_post(join_url(call.base_url, path), json_body(&body))?;
+        let headers = request.headers_mut();
+        if let Some(key) = key {
+            match self.family.auth {
+                Auth::Bearer => headers.append(header::AUTHORIZATION, header_value(format!("Bearer {key}"))?),
+                Auth::Header(name) => headers.append(HeaderName::from_static(name), header_value(key)?),
             };
         }
-        finish_request(builder, json_body(&body))
+        // Appended, so a table header that names one set above adds to it rather than replacing it.
+        for (name, value) in extra {
+            headers.append(name, header_value(value)?);
+        }
+        Ok(request)
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {

@@ -8,12 +8,12 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use http::{header, Request};
+use http::{HeaderValue, Request};
 use serde_json::Value;
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::{Clock, Upstream};
-use crate::gateway::providers::common::{finish_request, origin_error, xml_text};
+use crate::gateway::providers::common::{origin_error, post, xml_text};
 use crate::gateway::util::text::truncate;
 use crate::gateway::wire::json::value_from_slice;
 
@@ -148,12 +148,12 @@ fn form_escape(s: &str, out: &mut String) {
     }
 }
 
-/// A form POST to a token endpoint.
-pub fn form_request(url: &str) -> http::request::Builder {
-    Request::builder()
-        .method(http::Method::POST)
-        .uri(url)
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded; charset=utf-8")
+/// The content type of a token request (`form_encode`'s body).
+pub const FORM_CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
+
+/// A form POST of `body` to a token endpoint.
+pub fn form_request(url: String, body: String) -> Result<Request<Vec<u8>>> {
+    post(url, HeaderValue::from_static(FORM_CONTENT_TYPE), body.into_bytes())
 }
 
 /// Sends a token request and returns the body of its 2xx answer. `what` names the exchange in
@@ -161,13 +161,11 @@ pub fn form_request(url: &str) -> http::request::Builder {
 /// request, which carries the credential).
 pub async fn send_form<P: Upstream>(
     ports: &P,
-    builder: http::request::Builder,
-    body: String,
+    request: &Request<Vec<u8>>,
     timeout_ms: u64,
     what: &str,
 ) -> Result<Vec<u8>> {
-    let request = finish_request(builder, body.into_bytes())?;
-    let response = ports.send(&request, timeout_ms).await.map_err(|e| {
+    let response = ports.send(request, timeout_ms).await.map_err(|e| {
         // The host's reason may name internal addresses: clients get a plain statement.
         let reason = match e {
             crate::gateway::ports::UpstreamError::Timeout => "timed out",

@@ -24,7 +24,7 @@ use crate::gateway::error::Result;
 use crate::gateway::ports::{Clock, Secrets, Upstream};
 use crate::gateway::providers::adapter::{Adapter, Call, Reply, StreamMode, Translated};
 use crate::gateway::providers::common::{
-    finish_request, join_url, post_json, resolve_secret, string_config, unsupported,
+    header_value, join_url, json_post, resolve_secret, string_config, unsupported,
 };
 use crate::gateway::providers::google_auth::{self, ServiceAccount, CLOUD_PLATFORM_SCOPE};
 use crate::gateway::providers::openai::{ask_stream_usage, passthrough_answer};
@@ -283,9 +283,9 @@ impl Adapter for VertexAi {
             (_, op) => return Err(unsupported(&format!("{NAME} ({model})"), op)),
         };
         let token = self.token.get(call.now_ms).ok_or_else(|| not_authorized(NAME))?;
-        let builder =
-            post_json(&join_url(call.base_url, &path)).header(header::AUTHORIZATION, format!("Bearer {}", token.0));
-        finish_request(builder, json_body(&body))
+        let mut request = json_post(join_url(call.base_url, &path), json_body(&body))?;
+        request.headers_mut().insert(header::AUTHORIZATION, header_value(format!("Bearer {}", token.0))?);
+        Ok(request)
     }
 
     fn translate_response(&self, reply: Reply<'_>) -> Result<Translated> {

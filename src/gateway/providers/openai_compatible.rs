@@ -322,6 +322,23 @@ mod tests {
         p.unwrap()
     }
 
+    /// The rows' header names go through `HeaderName::from_static`, which panics on a name
+    /// that is not a valid lowercase one: every name in the table is checked here instead.
+    #[test]
+    fn every_family_header_name_is_a_valid_lowercase_name() {
+        for row in FAMILY {
+            let auth = match row.auth {
+                Auth::Header(name) => Some(name),
+                Auth::Bearer => None,
+            };
+            for name in auth.into_iter().chain(row.headers.iter().map(|h| h.header)) {
+                let parsed =
+                    HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|e| panic!("{}: {name}: {e}", row.name()));
+                assert_eq!(parsed.as_str(), name, "{}: header names must be lowercase", row.name());
+            }
+        }
+    }
+
     fn issues(name: &str, config: Value) -> Vec<String> {
         let mut issues = Issues::default();
         let p = Compatible::from_config(family(name).unwrap(), "e.config", config.as_object().unwrap(), &mut issues);

@@ -214,9 +214,9 @@ pub struct Keys {
 }
 
 fn store_key(host: &MemoryHost, f: impl FnOnce(&mut KeyRecord)) -> String {
-    let key = keys::generate(host);
+    let (id, key) = keys::new_key(host);
     let mut record = KeyRecord {
-        id: keys::new_id(host),
+        id,
         tenant: "acme".into(),
         endpoints: vec!["*".into()],
         hash: keys::hash_key(&key),

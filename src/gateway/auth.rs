@@ -9,8 +9,8 @@
 //! How long a revoked (or disabled, or rotated-away) key can still pass:
 //! * **in an isolate that recently saw it succeed**: at most [`MEMO_TTL_MS`] (5 s) — positive
 //!   lookups are memoized per isolate for that long. Well-formed keys found unknown or refused
-//!   (expired, revoked) are memoized as unknown for as long (a made-up key costs one KV read
-//!   per 5 s, a revoked one two: its record and index); expiry is checked on every request,
+//!   (expired, revoked) are memoized as unknown for as long (a made-up or revoked key costs
+//!   one KV read per 5 s; a key made before ids were in keys, two); expiry is checked on every request,
 //!   memo or not, so an expired key is refused from its `expires_at` second on. From half its life on
 //!   ([`time::refresh_due`]) a memoized record is read again once, after the response of the
 //!   request that found it due ([`refresh_due`]), while every request keeps using the memo; so
@@ -37,7 +37,6 @@ use crate::gateway::features::access::{self, GrantMemo};
 use crate::gateway::features::identity::{self, IdentityMemo, JwtConfig};
 use crate::gateway::features::keys::{self, KeyRecord, KeyState};
 use crate::gateway::ports::Ports;
-use crate::gateway::util::join::join;
 use crate::gateway::util::time;
 
 /// How long an isolate trusts a lookup: a found key, or a well-formed key found unknown.
@@ -132,8 +131,8 @@ impl AuthMemo {
     }
 
     /// The id of a memoized record, expired or not. A hash's record never changes its id (a
-    /// rotation makes a new hash), so with a lapsed entry the id index is known before the
-    /// record is read again.
+    /// rotation makes a new hash), so with a lapsed entry an older key's `keyid:` entry is read
+    /// without its `key:` record first (a current key names its id itself).
     fn known_id(&self, hash: &str) -> Option<String> {
         self.entries.borrow().get(hash).map(|e| e.record.id.clone())
     }
@@ -320,12 +319,8 @@ pub async fn caller<P: Ports>(
     }
 }
 
-/// The active record for a presented key, or `None` for any kind of invalid key.
-///
-/// A record counts only while its id index (`keyid:<id>`) names it: rotations racing each
-/// other (or a revoke) can leave a second record of one id behind, which neither list nor
-/// revoke would ever see. (Costs a second KV read per memo miss: in turn for a key this isolate
-/// has not seen, side by side for one whose memo lapsed.)
+/// The active record for a presented key, or `None` for any kind of invalid key. One KV read
+/// per memo miss: the key names its record's id ([`keys::find`]; two reads for an older key).
 pub async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Result<Option<Rc<KeyRecord>>> {
     if !keys::looks_like_key(presented) {
         return Ok(None);
@@ -337,8 +332,9 @@ pub async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Re
         Some(record) => Some((record, false)),
         None if memo.is_unknown(&hash, now) => return Ok(None),
         None => {
-            let known_id = memo.known_id(&hash);
-            read_record(ports, &hash, known_id.as_deref()).await.map_err(unavailable)?.map(|r| (Rc::new(r), true))
+            let id = keys::named_id(presented).or_else(|| memo.known_id(&hash));
+            let record = keys::find(ports, &hash, id.as_deref()).await.map_err(unavailable)?;
+            record.map(|r| (Rc::new(r), true))
         }
     };
     // A refused record (revoked, expired) is memoized like a made-up key: one that clients keep
@@ -370,7 +366,7 @@ pub async fn refresh_due<P: Ports>(ports: &P, memo: &AuthMemo) {
     let due = std::mem::take(&mut *memo.due.borrow_mut());
     for hash in due {
         let known_id = memo.known_id(&hash);
-        match read_record(ports, &hash, known_id.as_deref()).await {
+        match keys::find(ports, &hash, known_id.as_deref()).await {
             Ok(Some(record)) if admits(&record, &hash, ports.now_ms()) => {
                 memo.put(hash, Rc::new(record), ports.now_ms());
             }
@@ -384,25 +380,6 @@ pub async fn refresh_due<P: Ports>(ports: &P, memo: &AuthMemo) {
 /// (compared in constant time) and it is active.
 fn admits(record: &KeyRecord, hash: &str, now: u64) -> bool {
     keys::ct_eq(record.hash.as_bytes(), hash.as_bytes()) && record.state(now) == KeyState::Active
-}
-
-/// The stored record of a key hash, if its id index names it. With the id a lapsed memo entry
-/// knew ([`AuthMemo::known_id`]) the record and the index are read side by side, one KV round
-/// trip instead of two; the index that counts is always the one of the record's own id.
-async fn read_record<P: Ports>(ports: &P, hash: &str, known_id: Option<&str>) -> Result<Option<KeyRecord>> {
-    let (record, indexed) = match known_id {
-        Some(id) => {
-            let (record, named) = join(keys::load(ports, hash), keys::index_names(ports, id, hash)).await;
-            (record?, Some((id, named)))
-        }
-        None => (keys::load(ports, hash).await?, None),
-    };
-    let Some(record) = record else { return Ok(None) };
-    let named = match indexed {
-        Some((id, named)) if id == record.id => named?,
-        _ => keys::index_names(ports, &record.id, hash).await?,
-    };
-    Ok(named.then_some(record))
 }
 
 /// KV failures are transient: 503 + Retry-After. A corrupt record stays what it is.
@@ -457,19 +434,36 @@ mod tests {
         MemoryHost::new(|_| Err(UpstreamError::Timeout))
     }
 
-    /// Stores a key allowed `endpoints` and returns its plaintext.
+    /// Stores a key allowed `endpoints` (its record changed by `f`, its id too if `f` says so)
+    /// and returns its plaintext.
     fn add_key(host: &MemoryHost, endpoints: &[&str], f: impl FnOnce(&mut KeyRecord)) -> (String, KeyRecord) {
-        let key = keys::generate(host);
         let mut record = KeyRecord {
             id: keys::new_id(host),
             tenant: "acme".into(),
             endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
             created: host.now_ms() / 1000,
+            ..Default::default()
+        };
+        f(&mut record);
+        let key = keys::generate(host, &record.id);
+        record.hash = keys::hash_key(&key);
+        block_on(keys::store(host, &record)).unwrap();
+        (key, record)
+    }
+
+    /// [`add_key`] for a key made before ids were in keys, stored as such keys were.
+    fn add_older_key(host: &MemoryHost, f: impl FnOnce(&mut KeyRecord)) -> (String, KeyRecord) {
+        let key = keys::older::key(host);
+        let mut record = KeyRecord {
+            id: keys::new_id(host),
+            tenant: "acme".into(),
+            endpoints: vec!["*".into()],
+            created: host.now_ms() / 1000,
             hash: keys::hash_key(&key),
             ..Default::default()
         };
         f(&mut record);
-        block_on(keys::store(host, &record)).unwrap();
+        block_on(keys::older::store(host, &record)).unwrap();
         (key, record)
     }
 
@@ -538,7 +532,7 @@ mod tests {
         let e = auth(&HeaderMap::new(), "chat", false).unwrap_err();
         assert_eq!((e.status, e.code.as_str()), (StatusCode::UNAUTHORIZED, "missing_api_key"));
 
-        let unknown = keys::generate(&host);
+        let unknown = keys::new_key(&host).1;
         let messages: Vec<GatewayError> = [unknown.as_str(), &expired, &disabled, "sk-not-ours", "egw_short"]
             .iter()
             .map(|k| auth(&bearer(k), "chat", false).unwrap_err())
@@ -620,9 +614,9 @@ mod tests {
         }
         assert_eq!(host.kv_ops.get() - before, 0, "no request read the store");
         block_on(refresh_due(&host, &memo));
-        assert_eq!(host.kv_ops.get() - before, 2, "the refresh read the record and its id index, once");
+        assert_eq!(host.kv_ops.get() - before, 1, "the refresh read the record, once");
         block_on(refresh_due(&host, &memo));
-        assert_eq!(host.kv_ops.get() - before, 2, "nothing else was due");
+        assert_eq!(host.kv_ops.get() - before, 1, "nothing else was due");
 
         host.advance(MEMO_TTL_MS / 2);
         let before = host.kv_ops.get();
@@ -635,7 +629,7 @@ mod tests {
         assert_eq!(found(), Ok(true), "the store failed during the refresh: the memo still counts");
         let before = host.kv_ops.get();
         block_on(refresh_due(&host, &memo));
-        assert_eq!(host.kv_ops.get() - before, 2, "that request listed it again");
+        assert_eq!(host.kv_ops.get() - before, 1, "that request listed it again");
 
         host.advance(MEMO_TTL_MS);
         host.kv_fail.borrow_mut().push(String::new());
@@ -656,29 +650,31 @@ mod tests {
             assert!(block_on(lookup(&host, &memo, &key)).unwrap().is_some());
             assert_eq!(host.kv_ops.get(), before, "the request found its key memoized");
             block_on(refresh_due(&host, &memo));
-            assert_eq!(host.kv_ops.get() - before, 2, "and the refresh after it read the record and its index");
+            assert_eq!(host.kv_ops.get() - before, 1, "and the refresh after it read the record");
         }
     }
 
-    /// A refused key (revoked, expired) costs its two KV reads once per isolate and memo period,
-    /// not per request: a leaked key that was revoked and is still tried is no KV load.
+    /// A refused key (revoked, expired) costs its KV read (an older key's two) once per isolate
+    /// and memo period, not per request: a leaked key that was revoked and is still tried is no
+    /// KV load.
     #[test]
     fn refused_keys_are_memoized_briefly() {
         let host = host();
         let memo = AuthMemo::default();
         let (revoked, _) = add_key(&host, &["*"], |r| r.disabled = true);
         let (expired, _) = add_key(&host, &["*"], |r| r.expires_at = Some(host.now_ms() / 1000));
-        for key in [&revoked, &expired] {
+        let (older, _) = add_older_key(&host, |r| r.disabled = true);
+        for (key, reads) in [(&revoked, 1), (&expired, 1), (&older, 2)] {
             let before = host.kv_ops.get();
             for _ in 0..10 {
                 assert_eq!(block_on(lookup(&host, &memo, key)), Ok(None));
             }
-            assert_eq!(host.kv_ops.get() - before, 2, "its record and index read once for ten attempts");
+            assert_eq!(host.kv_ops.get() - before, reads, "its record read once for ten attempts");
         }
         host.advance(MEMO_TTL_MS);
         let before = host.kv_ops.get();
         assert_eq!(block_on(lookup(&host, &memo, &revoked)), Ok(None));
-        assert_eq!(host.kv_ops.get() - before, 2, "read again once the memo period is over");
+        assert_eq!(host.kv_ops.get() - before, 1, "read again once the memo period is over");
     }
 
     /// L4: an unknown key costs one KV read per isolate and memo period, not one per request.
@@ -688,7 +684,7 @@ mod tests {
     fn unknown_keys_are_memoized_briefly() {
         let host = host();
         let memo = AuthMemo::default();
-        let key = keys::generate(&host);
+        let (id, key) = keys::new_key(&host);
         let auth =
             || block_on(authenticate(&host, &memo, key_of(&key), &JwtConfig::default(), Target::new("chat", false)));
         let before = host.kv_ops.get();
@@ -697,7 +693,7 @@ mod tests {
         }
         assert_eq!(host.kv_ops.get() - before, 1, "one KV read for ten attempts");
         let record = KeyRecord {
-            id: "k_aa".into(),
+            id,
             tenant: "t".into(),
             endpoints: vec!["*".into()],
             hash: keys::hash_key(&key),
@@ -711,7 +707,7 @@ mod tests {
             let _ = block_on(authenticate(
                 &host,
                 &memo,
-                key_of(&keys::generate(&host)),
+                key_of(&keys::new_key(&host).1),
                 &JwtConfig::default(),
                 Target::new("chat", false),
             ));
@@ -719,50 +715,62 @@ mod tests {
         assert!(memo.len() <= 2 * MEMO_MAX);
     }
 
-    /// A key whose memo lapsed is read again with its record and its id index side by side (the
-    /// id is known from the lapsed entry): both reads begin at once. The index still decides:
-    /// after a rotation that left the key's record behind, the lapsed key is refused.
+    /// A key's record is one KV read, before the key was ever seen and after its memo lapsed
+    /// alike: the key names the id of its entry. An older key's lapsed memo knows the id, so its
+    /// `keyid:` entry is read first (it decides), then its record.
     #[test]
-    fn a_lapsed_key_is_read_with_its_index_side_by_side() {
+    fn a_key_is_one_read_and_an_older_one_two_in_turn() {
         use std::future::Future;
         use std::task::{Context, Waker};
         let host = host();
         let memo = AuthMemo::default();
         let (key, record) = add_key(&host, &["*"], |_| {});
-        assert!(block_on(lookup(&host, &memo, &key)).unwrap().is_some());
+        let (older, older_record) = add_older_key(&host, |_| {});
+        let first_reads = |key: &str| {
+            *host.kv_begun.borrow_mut() = Some(Vec::new());
+            host.kv_yield.set(true);
+            let mut read = std::pin::pin!(lookup(&host, &memo, key));
+            assert!(read.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending());
+            let begun = host.kv_begun.borrow_mut().replace(Vec::new()).unwrap();
+            host.kv_yield.set(false);
+            assert!(block_on(read).unwrap().is_some());
+            let rest = host.kv_begun.borrow_mut().take().unwrap();
+            (begun, rest)
+        };
+        let (id, hash) = (keys::id_entry(&record.id), keys::hash_entry(&older_record.hash));
+        assert_eq!(first_reads(&key), (vec![id.clone()], vec![]), "never seen: one read");
+        let older_id = keys::id_entry(&older_record.id);
+        assert_eq!(first_reads(&older), (vec![hash.clone()], vec![older_id.clone()]), "its record for the id first");
         host.advance(MEMO_TTL_MS);
-        host.kv_yield.set(true);
-        *host.kv_begun.borrow_mut() = Some(Vec::new());
-        let mut read = std::pin::pin!(lookup(&host, &memo, &key));
-        assert!(read.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending());
-        let entries = vec![keys::record_key(&record.hash), keys::index_key(&record.id)];
-        assert_eq!(*host.kv_begun.borrow(), Some(entries), "both began at the first poll");
-        assert!(block_on(read).unwrap().is_some());
-
-        let (rotated, _) = add_key(&host, &["*"], |r| r.id = record.id.clone());
-        host.advance(MEMO_TTL_MS);
-        assert_eq!(block_on(lookup(&host, &memo, &key)), Ok(None), "the index names the rotated key now");
-        assert!(block_on(lookup(&host, &memo, &rotated)).unwrap().is_some());
+        assert_eq!(first_reads(&key), (vec![id], vec![]), "lapsed: one read");
+        assert_eq!(first_reads(&older), (vec![older_id], vec![hash]), "lapsed: the id's entry first");
     }
 
-    /// M3: a record its id index does not point to (left behind by racing rotations) is dead:
-    /// neither list nor revoke can see it, so it must not authenticate.
+    /// A rotation writes the id's entry once: the key it named before is refused from then on,
+    /// lapsed memo or not, and nothing of it is left that could let it in. For an older key, the
+    /// `keyid:` entry decides too: a `key:` record it does not name (left behind by rotations
+    /// racing each other before ids were in keys) is dead, as neither list nor revoke sees it.
     #[test]
-    fn a_record_the_id_index_does_not_name_is_refused() {
+    fn a_record_the_id_entry_does_not_name_is_refused() {
         let host = host();
         let memo = AuthMemo::default();
+        let auth = |key: &str| {
+            block_on(authenticate(&host, &memo, key_of(key), &JwtConfig::default(), Target::new("x", false)))
+                .map(|caller| caller.map(|record| record.id.clone()))
+        };
         let (key, record) = add_key(&host, &["*"], |_| {});
-        let (other, _) = add_key(&host, &["*"], |r| r.id = record.id.clone());
-        // `other` was stored last: the index names it; `key`'s record is an orphan.
-        assert_eq!(block_on(keys::by_id(&host, &record.id)).unwrap().unwrap().hash, keys::hash_key(&other));
-        assert!(block_on(authenticate(&host, &memo, key_of(&other), &JwtConfig::default(), Target::new("x", false)))
-            .is_ok());
-        assert_eq!(
-            block_on(authenticate(&host, &memo, key_of(&key), &JwtConfig::default(), Target::new("x", false)))
-                .unwrap_err()
-                .code,
-            "invalid_api_key"
-        );
+        assert_eq!(auth(&key), Ok(Some(record.id.clone())));
+        let (rotated, _) = add_key(&host, &["*"], |r| r.id = record.id.clone());
+        assert_eq!(block_on(keys::by_id(&host, &record.id)).unwrap().unwrap().hash, keys::hash_key(&rotated));
+        assert_eq!(auth(&rotated), Ok(Some(record.id.clone())));
+        host.advance(MEMO_TTL_MS);
+        assert_eq!(auth(&key).unwrap_err().code, "invalid_api_key", "the entry names the rotated key now");
+
+        let (older, older_record) = add_older_key(&host, |_| {});
+        let (other, _) = add_older_key(&host, |r| r.id = older_record.id.clone());
+        // `other` was stored last: the id's entry names it; `older`'s record is an orphan.
+        assert_eq!(auth(&other), Ok(Some(older_record.id.clone())));
+        assert_eq!(auth(&older).unwrap_err().code, "invalid_api_key");
     }
 
     /// A KV failure while authenticating fails closed, as a retryable 503 (not a 500 and never
@@ -804,35 +812,27 @@ mod tests {
         assert_eq!(auth().unwrap_err().code, "invalid_api_key");
     }
 
+    /// A record found under a name that is not its own key's (a copy, or a key made up to name
+    /// another key's id) does not let that key in: the stored hash no longer matches.
     #[test]
     fn a_record_under_the_wrong_name_is_refused() {
         let host = host();
         let memo = AuthMemo::default();
+        let auth = |key: &str| {
+            block_on(authenticate(&host, &memo, key_of(key), &JwtConfig::default(), Target::new("x", false)))
+                .map(|caller| caller.is_some())
+        };
         let (key, record) = add_key(&host, &["*"], |_| {});
-        let other = keys::generate(&host);
-        // Copy the record under another key's name: the stored hash no longer matches.
-        let bytes = host.kv.borrow()[&keys::record_key(&record.hash)].clone();
-        host.kv.borrow_mut().insert(keys::record_key(&keys::hash_key(&other)), bytes);
-        assert!(block_on(authenticate(
-            &host,
-            &memo,
-            presented(&bearer(&key), None),
-            &JwtConfig::default(),
-            Target::new("x", false)
-        ))
-        .is_ok());
-        assert_eq!(
-            block_on(authenticate(
-                &host,
-                &memo,
-                presented(&bearer(&other), None),
-                &JwtConfig::default(),
-                Target::new("x", false)
-            ))
-            .unwrap_err()
-            .code,
-            "invalid_api_key"
-        );
+        let same_id = keys::generate(&host, &record.id);
+        assert_eq!(auth(&key), Ok(true));
+        assert_eq!(auth(&same_id).unwrap_err().code, "invalid_api_key");
+
+        let (older, older_record) = add_older_key(&host, |_| {});
+        let other = keys::older::key(&host);
+        let bytes = host.kv.borrow()[&keys::hash_entry(&older_record.hash)].clone();
+        host.kv.borrow_mut().insert(keys::hash_entry(&keys::hash_key(&other)), bytes);
+        assert_eq!(auth(&older), Ok(true));
+        assert_eq!(auth(&other).unwrap_err().code, "invalid_api_key");
     }
 
     #[test]

@@ -292,6 +292,10 @@ def test_gemini_keys_from_header_or_query_never_logged_or_forwarded(gw, origin):
     assert "".join(p["text"] for item in array for p in item["candidates"][0]["content"]["parts"]) == "echo: with a query key"
     sent = origin.requests()[-1]
     assert key not in json.dumps(sent), "the client's key never reaches an origin"
+    # Log lines are written after the response (the host's after-response work): wait for them.
+    deadline = time.time() + 10
+    while not log_records(gw, "keyed-dialects") and time.time() < deadline:
+        time.sleep(0.2)
     assert log_records(gw, "keyed-dialects"), "the calls were logged"
     assert key not in gw.log_text(), "nor any line of the host's log"
 

@@ -231,8 +231,8 @@ pub(super) async fn create_key<P: Ports>(ports: &P, body: &[u8], audit: &mut Aud
         check_region(ports, region).await?;
     }
     audit.tenant = Some(record.tenant.clone());
-    let key = keys::generate(ports);
-    record.id = keys::new_id(ports);
+    let key;
+    (record.id, key) = keys::new_key(ports);
     record.hash = keys::hash_key(&key);
     audit.key_id = Some(record.id.clone());
     keys::store(ports, &record).await?;
@@ -247,7 +247,8 @@ pub(super) async fn create_key<P: Ports>(ports: &P, body: &[u8], audit: &mut Aud
 }
 
 /// Keys per page of `GET /admin/keys` unless `limit` says otherwise (at most
-/// `keys::MAX_PAGE`): each costs two KV reads, and Cloudflare caps KV operations per call.
+/// `keys::MAX_PAGE`): each costs a KV read (two for an older key), and Cloudflare caps KV
+/// operations per call.
 pub(super) const DEFAULT_PAGE: usize = 100;
 
 /// `GET /admin/keys?tenant=&limit=&cursor=`: one page of keys in id order and the cursor of the
@@ -315,11 +316,12 @@ pub(super) async fn rotate_key<P: Ports>(ports: &P, memo: &AuthMemo, id: &str, a
         .into());
     }
     let old_hash = std::mem::take(&mut record.hash);
-    let key = keys::generate(ports);
+    let key = keys::generate(ports, &record.id);
     record.hash = keys::hash_key(&key);
-    // New record and index first, then the old record goes: the id never points nowhere.
+    // One write retires the old key (the id's entry names the new one); then an older key's
+    // `key:` record goes too, which no longer counts either way.
     keys::store(ports, &record).await?;
-    ports.delete(&keys::record_key(&old_hash)).await?;
+    ports.delete(&keys::hash_entry(&old_hash)).await?;
     memo.forget(&old_hash);
     let mut body = record.view(ports.now_ms());
     body["key"] = json!(key);

@@ -1,20 +1,30 @@
 //! API keys: their format, how they are presented, and their records in KV (DESIGN.md §3).
 //!
-//! A key is `egw_` + base64url (no padding) of 32 random bytes: 47 characters, 256 bits of
-//! entropy. The plaintext exists only in the admin response that creates (or rotates) it and
-//! in the client's hands. KV holds:
+//! A key is `egw_` + base64url (no padding) of its record's id (the 8 bytes that `k_` + 16
+//! hex digits spell) and 30 random bytes: 55 characters, 240 bits of entropy, one block of
+//! SHA-256 (a 56th character would make every request hash two). Keys made before the id was
+//! part of the key, `egw_` + base64url of 32 random bytes (47 characters), keep working. The
+//! plaintext exists only in the admin response that creates (or rotates) it and in the
+//! client's hands. KV holds:
 //!
 //! | entry | value |
 //! |---|---|
-//! | `key:<sha256 hex of the key>` | the JSON [`KeyRecord`] (with that same hash in `hash`) |
-//! | `keyid:<id>` | the hash, so the admin API can find a record by its id |
+//! | `keyid:<id>` | the JSON [`KeyRecord`], the SHA-256 hex of its key in `hash` (an older key not written since: that hash alone) |
+//! | `key:<sha256 hex of the key>` | older keys only: their JSON record, read to learn the id |
 //!
-//! The id (`k_` + 16 hex digits) is what logs, usage and counters name; it cannot be turned
-//! back into the key. A fast hash (SHA-256) is right here: the input is 256 random bits, so
-//! there is nothing to brute-force, unlike a password.
+//! So a request with a key reads one entry, `keyid:<id>` (the id is in the key), and that
+//! entry alone decides: a rotation replaces it in one write, so the old key stops matching
+//! at once and nothing is left behind that could still let it in. An older key costs two
+//! reads in turn: its `key:` record for the id, then the `keyid:` entry, which must name it.
+//!
+//! The id (`k_` + 16 hex digits) is what logs, usage and counters name; it is not secret, and
+//! it cannot be turned into the key. A fast hash (SHA-256) is right here: the secret part is
+//! 240 random bits, so there is nothing to brute-force, unlike a password.
 
 use std::collections::BTreeMap;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -25,10 +35,16 @@ use crate::gateway::ports::{Clock, Kv};
 use crate::gateway::util::text::hex;
 
 pub const KEY_PREFIX: &str = "egw_";
-pub const RECORD_PREFIX: &str = "key:";
-pub const INDEX_PREFIX: &str = "keyid:";
+/// `keyid:<id>`: a key's record, by its id.
+pub const ID_PREFIX: &str = "keyid:";
+/// `key:<hash>`: an older key's record, by the hash of the key (see the module doc).
+pub const HASH_PREFIX: &str = "key:";
 /// Random bytes in a new key.
-pub const KEY_BYTES: usize = 32;
+pub const KEY_BYTES: usize = 30;
+/// Bytes of a key id (16 hex digits after `k_`), as [`new_id`] makes them and a key carries them.
+const ID_BYTES: usize = 8;
+/// base64url characters of a key's id and random bytes.
+const BODY_CHARS: usize = ((ID_BYTES + KEY_BYTES) * 8).div_ceil(6);
 /// Longest key accepted (`egw_` + 96 bytes of base64url): anything longer is not one of ours
 /// and is refused without a KV lookup.
 const MAX_KEY_CHARS: usize = 4 + 128;
@@ -186,31 +202,54 @@ pub fn usd_to_nusd(usd: f64) -> u64 {
     }
 }
 
-/// A fresh key: `egw_` + base64url(32 random bytes).
-pub fn generate(clock: &impl Clock) -> String {
-    let mut bytes = [0u8; KEY_BYTES];
-    clock.random_bytes(&mut bytes);
+/// A fresh key for the record `id` (one [`new_id`] made): `egw_` + base64url(the id's 8 bytes
+/// + 30 random bytes).
+pub fn generate(clock: &impl Clock, id: &str) -> String {
+    let digits = id.strip_prefix("k_").filter(|d| d.len() == 2 * ID_BYTES);
+    let id_bytes = digits.and_then(|d| u64::from_str_radix(d, 16).ok());
+    debug_assert!(id_bytes.is_some(), "not an id new_id makes: {id}");
+    let mut bytes = [0u8; ID_BYTES + KEY_BYTES];
+    bytes[..ID_BYTES].copy_from_slice(&id_bytes.unwrap_or_default().to_be_bytes());
+    clock.random_bytes(&mut bytes[ID_BYTES..]);
     format!("{KEY_PREFIX}{}", base64url(&bytes))
 }
 
 /// A fresh key id: `k_` + 16 hex digits.
 pub fn new_id(clock: &impl Clock) -> String {
-    let mut bytes = [0u8; 8];
+    let mut bytes = [0u8; ID_BYTES];
     clock.random_bytes(&mut bytes);
     format!("k_{}", hex(&bytes))
 }
 
-/// SHA-256 hex of a key: the name of its record.
+/// A fresh id and a key for it: `(id, key)`.
+pub fn new_key(clock: &impl Clock) -> (String, String) {
+    let id = new_id(clock);
+    let key = generate(clock, &id);
+    (id, key)
+}
+
+/// The id of the record a key names; `None` for an older key (its record is found by the
+/// key's hash) or anything that is not a key.
+pub fn named_id(key: &str) -> Option<String> {
+    let body = key.strip_prefix(KEY_PREFIX).filter(|body| body.len() == BODY_CHARS)?;
+    // The id is in the first 12 characters (9 bytes): the rest is never decoded.
+    let bytes = URL_SAFE_NO_PAD.decode(body.get(..12)?).ok()?;
+    Some(format!("k_{}", hex(&bytes[..ID_BYTES])))
+}
+
+/// SHA-256 hex of a key: what its record's `hash` holds.
 pub fn hash_key(key: &str) -> String {
     hex(&Sha256::digest(key.as_bytes()))
 }
 
-pub fn record_key(hash: &str) -> String {
-    format!("{RECORD_PREFIX}{hash}")
+/// The entry of key `id`'s record.
+pub fn id_entry(id: &str) -> String {
+    format!("{ID_PREFIX}{id}")
 }
 
-pub fn index_key(id: &str) -> String {
-    format!("{INDEX_PREFIX}{id}")
+/// The entry of an older key's record, by the key's hash.
+pub fn hash_entry(hash: &str) -> String {
+    format!("{HASH_PREFIX}{hash}")
 }
 
 /// Whether `key` has our shape (prefix, base64url body of 32+ bytes). Anything else is
@@ -254,36 +293,78 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// The record stored under `key:<hash>`, if any.
+/// What `keyid:<id>` holds: the record, or (an older key not changed since) its key's hash.
+// Read and taken apart at once: a box would only add an allocation per lookup.
+#[allow(clippy::large_enum_variant)]
+enum IdEntry {
+    Record(KeyRecord),
+    Hash(Vec<u8>),
+}
+
+async fn read_id_entry(kv: &impl Kv, id: &str) -> Result<Option<IdEntry>> {
+    let Some(bytes) = kv.get(&id_entry(id)).await? else { return Ok(None) };
+    if bytes.first() == Some(&b'{') {
+        serde_json::from_slice(&bytes).map(|record| Some(IdEntry::Record(record))).map_err(|_| corrupt())
+    } else {
+        Ok(Some(IdEntry::Hash(bytes)))
+    }
+}
+
+/// An older key's record under `key:<hash>`, if any. It only tells the id: the `keyid:` entry
+/// decides ([`find`]).
 pub async fn load(kv: &impl Kv, hash: &str) -> Result<Option<KeyRecord>> {
-    let Some(bytes) = kv.get(&record_key(hash)).await? else { return Ok(None) };
+    let Some(bytes) = kv.get(&hash_entry(hash)).await? else { return Ok(None) };
     serde_json::from_slice(&bytes).map(Some).map_err(|_| corrupt())
 }
 
-/// Writes the record and its id index.
+/// The live record of the key whose SHA-256 hex is `hash` (its state is the caller's to
+/// check). `id`: the id the key names ([`named_id`]) or a lapsed memo entry knew; then the
+/// `keyid:` entry is the one read, unless it is an older key's (a hash), whose record comes
+/// next. Without it, an older key's `key:` record is read for the id first.
+pub async fn find(kv: &impl Kv, hash: &str, id: Option<&str>) -> Result<Option<KeyRecord>> {
+    let (id, loaded) = match id {
+        Some(id) => (id.to_string(), None),
+        None => match load(kv, hash).await? {
+            Some(record) => (record.id.clone(), Some(record)),
+            None => return Ok(None),
+        },
+    };
+    match read_id_entry(kv, &id).await? {
+        Some(IdEntry::Record(record)) => {
+            Ok((record.id == id && ct_eq(record.hash.as_bytes(), hash.as_bytes())).then_some(record))
+        }
+        Some(IdEntry::Hash(named)) if ct_eq(&named, hash.as_bytes()) => match loaded {
+            Some(record) => Ok(Some(record)),
+            None => Ok(load(kv, hash).await?.filter(|record| record.id == id)),
+        },
+        _ => Ok(None),
+    }
+}
+
+/// Writes the record under its id: one write, which also retires whatever key the entry named
+/// before (a rotation).
 pub async fn store(kv: &impl Kv, record: &KeyRecord) -> Result<()> {
     let bytes = serde_json::to_vec(record).map_err(|_| corrupt())?;
-    kv.put(&record_key(&record.hash), &bytes, None).await?;
-    kv.put(&index_key(&record.id), record.hash.as_bytes(), None).await
+    kv.put(&id_entry(&record.id), &bytes, None).await
 }
 
-/// Whether the id index of `id` names the record `hash` (the one live record of that id).
-pub async fn index_names(kv: &impl Kv, id: &str, hash: &str) -> Result<bool> {
-    Ok(kv.get(&index_key(id)).await?.is_some_and(|named| named == hash.as_bytes()))
-}
-
-/// The record of key `id`, through the index.
+/// The record of key `id`.
 pub async fn by_id(kv: &impl Kv, id: &str) -> Result<Option<KeyRecord>> {
     if !valid_id(id) {
         return Ok(None);
     }
-    let Some(hash) = kv.get(&index_key(id)).await? else { return Ok(None) };
-    let hash = String::from_utf8(hash).map_err(|_| corrupt())?;
-    Ok(load(kv, &hash).await?.filter(|r| r.id == id))
+    match read_id_entry(kv, id).await? {
+        Some(IdEntry::Record(record)) => Ok(Some(record).filter(|r| r.id == id)),
+        Some(IdEntry::Hash(hash)) => {
+            let hash = String::from_utf8(hash).map_err(|_| corrupt())?;
+            Ok(load(kv, &hash).await?.filter(|r| r.id == id))
+        }
+        None => Ok(None),
+    }
 }
 
-/// Every key record, oldest first. Two KV reads per key: for tests and small stores; the
-/// admin API pages with [`list_page`].
+/// Every key record, oldest first. A KV read per key (two for an older one): for tests and
+/// small stores; the admin API pages with [`list_page`].
 pub async fn list(kv: &impl Kv) -> Result<Vec<KeyRecord>> {
     let mut records = Vec::new();
     let mut cursor = None;
@@ -299,15 +380,15 @@ pub async fn list(kv: &impl Kv) -> Result<Vec<KeyRecord>> {
     Ok(records)
 }
 
-/// Largest page of [`list_page`]: two KV reads per key, so a page stays well under
+/// Largest page of [`list_page`]: up to two KV reads per key, so a page stays well under
 /// Cloudflare's per-invocation cap on KV operations.
 pub const MAX_PAGE: usize = 200;
 
 /// Up to `limit` key records in id order after `cursor` (a key id), and the cursor of the next
-/// page (`None`: this was the last). One list plus at most two reads per key.
+/// page (`None`: this was the last). One list plus a read per key (two for an older one).
 pub async fn list_page(kv: &impl Kv, cursor: Option<&str>, limit: usize) -> Result<(Vec<KeyRecord>, Option<String>)> {
     let mut ids: Vec<String> =
-        kv.list(INDEX_PREFIX).await?.iter().filter_map(|n| n.strip_prefix(INDEX_PREFIX)).map(str::to_owned).collect();
+        kv.list(ID_PREFIX).await?.iter().filter_map(|n| n.strip_prefix(ID_PREFIX)).map(str::to_owned).collect();
     ids.sort();
     let start = cursor.map_or(0, |c| ids.partition_point(|id| id.as_str() <= c));
     let limit = limit.clamp(1, MAX_PAGE);
@@ -328,15 +409,7 @@ fn corrupt() -> GatewayError {
 
 /// RFC 4648 base64url without padding.
 pub fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-        }
-    }
-    out
+    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 #[cfg(test)]
@@ -381,16 +454,35 @@ mod tests {
     #[test]
     fn generated_keys_have_the_format_and_differ() {
         let host = host();
-        let a = generate(&host);
-        let b = generate(&host);
-        assert!(a.starts_with("egw_") && a.len() == 4 + 43, "{a}");
+        let id = new_id(&host);
+        assert!(valid_id(&id) && id.len() == 2 + 16, "{id}");
+        let a = generate(&host, &id);
+        let b = generate(&host, &id);
+        assert!(a.starts_with("egw_") && a.len() == 55, "{a}: one SHA-256 block holds at most 55 bytes");
         assert!(looks_like_key(&a) && looks_like_key(&b));
         assert_ne!(a, b);
         assert_eq!(hash_key(&a).len(), 64);
-        let id = new_id(&host);
-        assert!(valid_id(&id), "{id}");
+        assert_eq!((named_id(&a), named_id(&b)), (Some(id.clone()), Some(id)));
         assert!(!looks_like_key("sk-abc") && !looks_like_key("egw_short") && !looks_like_key(&format!("{a}!")));
         assert!(!valid_id("k_") && !valid_id("../x") && !valid_id("k_zz"));
+    }
+
+    #[test]
+    fn only_a_key_of_the_current_shape_names_an_id() {
+        let host = host();
+        assert_eq!(named_id(&older::key(&host)), None, "an older key is found by its hash");
+        let id = "k_0123456789abcdef";
+        let key = generate(&host, id);
+        assert_eq!(named_id(&key).as_deref(), Some(id));
+        let body = &key[4..];
+        for not_one in [
+            format!("egw_{body}A"),
+            format!("egw_{}", &body[1..]),
+            format!("sk-_{body}"),
+            format!("egw_!{}", &body[1..]),
+        ] {
+            assert_eq!(named_id(&not_one), None, "{not_one}");
+        }
     }
 
     #[test]
@@ -426,21 +518,53 @@ mod tests {
     }
 
     #[test]
-    fn store_load_index_and_list() {
+    fn store_find_and_list() {
         let host = host();
-        let key = generate(&host);
-        let r = record(&hash_key(&key));
+        let mut r = record("");
+        let key = generate(&host, &r.id);
+        r.hash = hash_key(&key);
         block_on(store(&host, &r)).unwrap();
         let kv = host.kv.borrow().clone();
-        assert!(kv.keys().all(|k| !k.contains(&key)));
+        assert_eq!(kv.keys().collect::<Vec<_>>(), vec![&id_entry(&r.id)], "one entry per key");
         assert!(kv.values().all(|v| !String::from_utf8_lossy(v).contains(&key)), "plaintext never stored");
-        assert_eq!(block_on(load(&host, &r.hash)).unwrap(), Some(r.clone()));
+        let before = host.kv_ops.get();
+        assert_eq!(block_on(find(&host, &r.hash, named_id(&key).as_deref())).unwrap(), Some(r.clone()));
+        assert_eq!(host.kv_ops.get() - before, 1, "a key's record is one read");
+        assert_eq!(block_on(find(&host, &hash_key(&generate(&host, &r.id)), Some(&r.id))).unwrap(), None);
         assert_eq!(block_on(by_id(&host, &r.id)).unwrap(), Some(r.clone()));
         assert_eq!(block_on(by_id(&host, "k_ffff")).unwrap(), None);
         assert_eq!(block_on(list(&host)).unwrap(), vec![r.clone()]);
-        host.kv.borrow_mut().insert(record_key(&r.hash), b"{not json".to_vec());
-        let e = block_on(load(&host, &r.hash)).unwrap_err();
+        host.kv.borrow_mut().insert(id_entry(&r.id), b"{not json".to_vec());
+        let e = block_on(by_id(&host, &r.id)).unwrap_err();
         assert_eq!(e.status, http::StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    /// Keys made before the id was in the key: found by their hash, decided by the `keyid:`
+    /// entry, and moved to the current layout by the first write of their record.
+    #[test]
+    fn an_older_key_is_found_by_its_hash_until_its_record_is_written_again() {
+        let host = host();
+        let key = older::key(&host);
+        let mut r = record(&hash_key(&key));
+        block_on(older::store(&host, &r)).unwrap();
+        let before = host.kv_ops.get();
+        assert_eq!(block_on(find(&host, &r.hash, None)).unwrap(), Some(r.clone()));
+        assert_eq!(host.kv_ops.get() - before, 2, "its record for the id, then the id's entry");
+        assert_eq!(block_on(find(&host, &r.hash, Some(&r.id))).unwrap(), Some(r.clone()), "id known: the same");
+        assert_eq!(block_on(by_id(&host, &r.id)).unwrap(), Some(r.clone()));
+        assert_eq!(block_on(list(&host)).unwrap(), vec![r.clone()]);
+        // A revoke writes the record under its id: the stale `key:` record no longer counts.
+        r.disabled = true;
+        block_on(store(&host, &r)).unwrap();
+        assert!(block_on(find(&host, &r.hash, None)).unwrap().unwrap().disabled);
+        assert!(block_on(by_id(&host, &r.id)).unwrap().unwrap().disabled);
+        // A rotation names a new key in the entry: the older key's record is left behind, dead.
+        let rotated = generate(&host, &r.id);
+        block_on(store(&host, &KeyRecord { hash: hash_key(&rotated), disabled: false, ..r.clone() })).unwrap();
+        assert_eq!(block_on(find(&host, &hash_key(&key), None)).unwrap(), None);
+        assert!(block_on(find(&host, &hash_key(&rotated), named_id(&rotated).as_deref())).unwrap().is_some());
+        host.kv.borrow_mut().insert(hash_entry(&r.hash), b"{not json".to_vec());
+        assert_eq!(block_on(load(&host, &r.hash)).unwrap_err().status, http::StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]
@@ -450,5 +574,25 @@ mod tests {
         assert_eq!(r.endpoints, vec!["*"]);
         assert_eq!(r.budget_period, BudgetPeriod::Month);
         assert!(!r.disabled && !r.exact && r.rpm.is_none());
+    }
+}
+
+/// Keys and records as they were made before the id was in the key, for tests of that path.
+#[cfg(test)]
+pub mod older {
+    use super::*;
+
+    /// `egw_` + base64url(32 random bytes).
+    pub fn key(clock: &impl Clock) -> String {
+        let mut bytes = [0u8; 32];
+        clock.random_bytes(&mut bytes);
+        format!("{KEY_PREFIX}{}", base64url(&bytes))
+    }
+
+    /// The record under `key:<hash>`, and its hash under `keyid:<id>`.
+    pub async fn store(kv: &impl Kv, record: &KeyRecord) -> Result<()> {
+        let bytes = serde_json::to_vec(record).map_err(|_| corrupt())?;
+        kv.put(&hash_entry(&record.hash), &bytes, None).await?;
+        kv.put(&id_entry(&record.id), record.hash.as_bytes(), None).await
     }
 }

@@ -187,9 +187,9 @@ struct World {
 }
 
 fn store_key(host: &MemoryHost, tenant: &str, mcp: Option<Value>) -> String {
-    let key = keys::generate(host);
+    let (id, key) = keys::new_key(host);
     let record = KeyRecord {
-        id: keys::new_id(host),
+        id,
         tenant: tenant.into(),
         endpoints: vec!["*".into()],
         mcp: mcp.map(|v| serde_json::from_value(v).unwrap()),

@@ -83,9 +83,9 @@ fn host() -> MemoryHost {
 
 /// Stores a key of `tenant` allowed every endpoint; returns the plaintext.
 fn add_key(host: &MemoryHost, tenant: &str) -> String {
-    let key = keys::generate(host);
+    let (id, key) = keys::new_key(host);
     let record = KeyRecord {
-        id: keys::new_id(host),
+        id,
         tenant: tenant.into(),
         endpoints: vec!["*".into()],
         created: host.now_ms() / 1000,

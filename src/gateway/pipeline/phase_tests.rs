@@ -96,6 +96,7 @@ fn authenticate_then_admit_need_a_key_unless_public_and_record_who_called() {
     let e = block_on(phases::authenticate(&host, &mut cx, &mut c, None)).unwrap_err();
     assert_eq!((e.status, e.code), (StatusCode::UNAUTHORIZED, ErrorCode::MissingApiKey));
 
+    // A key made before ids were in keys, stored as such keys were.
     let key = format!("egw_{}", "A".repeat(43));
     let hash = keys::hash_key(&key);
     let record = KeyRecord {
@@ -105,8 +106,8 @@ fn authenticate_then_admit_need_a_key_unless_public_and_record_who_called() {
         hash: hash.clone(),
         ..KeyRecord::default()
     };
-    block_on(host.put(&keys::record_key(&hash), &serde_json::to_vec(&record).unwrap(), None)).unwrap();
-    block_on(host.put(&keys::index_key("k_1"), hash.as_bytes(), None)).unwrap();
+    block_on(host.put(&keys::hash_entry(&hash), &serde_json::to_vec(&record).unwrap(), None)).unwrap();
+    block_on(host.put(&keys::id_entry("k_1"), hash.as_bytes(), None)).unwrap();
     c.headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
     block_on(phases::authenticate(&host, &mut cx, &mut c, None)).unwrap();
     block_on(phases::admit(&host, &mut cx, &mut c)).unwrap();

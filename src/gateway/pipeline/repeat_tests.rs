@@ -188,7 +188,7 @@ fn a_repeat_is_authorized_and_admitted_like_any_request() {
     for _ in 0..3 {
         assert_eq!(seen(&host, &gateway, request(path, &disabled, CHAT)).0, 200);
     }
-    let mut record = block_on(keys::load(&host, &keys::hash_key(&disabled))).unwrap().unwrap();
+    let mut record = block_on(keys::by_id(&host, &keys::named_id(&disabled).unwrap())).unwrap().unwrap();
     record.disabled = true;
     block_on(keys::store(&host, &record)).unwrap();
     host.advance(auth::MEMO_TTL_MS + 1);

@@ -123,9 +123,9 @@ fn an_invalid_stored_endpoint_fails_alone() {
 /// Stores a key for `tenant` with `f` applied and returns its plaintext.
 pub(super) fn add_key(host: &MemoryHost, f: impl FnOnce(&mut crate::gateway::features::keys::KeyRecord)) -> String {
     use crate::gateway::features::keys;
-    let key = keys::generate(host);
+    let (id, key) = keys::new_key(host);
     let mut record = keys::KeyRecord {
-        id: keys::new_id(host),
+        id,
         tenant: "acme".into(),
         endpoints: vec!["*".into()],
         hash: keys::hash_key(&key),
@@ -351,7 +351,7 @@ fn a_request_with_a_cold_config_reads_its_key_beside_it() {
     let mut handled = std::pin::pin!(gateway.handle(&host, chat(), &client));
     let mut cx = Context::from_waker(Waker::noop());
     assert!(handled.as_mut().poll(&mut cx).is_pending());
-    let key_entry = format!("{}{}", keys::RECORD_PREFIX, keys::hash_key(&key));
+    let key_entry = keys::id_entry(&keys::named_id(&key).unwrap());
     assert_eq!(*host.kv_begun.borrow(), Some(vec![ACTIVE_KEY.to_string(), key_entry.clone()]), "both began at once");
     let status = loop {
         if let Poll::Ready(exchange) = handled.as_mut().poll(&mut cx) {
@@ -363,7 +363,7 @@ fn a_request_with_a_cold_config_reads_its_key_beside_it() {
     assert_eq!(begun.iter().filter(|k| **k == key_entry).count(), 1, "the key was read once");
 
     host.kv_yield.set(false);
-    host.kv_fail.borrow_mut().push(keys::RECORD_PREFIX.into());
+    host.kv_fail.borrow_mut().push(keys::ID_PREFIX.into());
     let cold = Gateway::new();
     let failed = block_on(cold.handle(&host, chat(), &ClientInfo::default()));
     assert_eq!(failed.response.status(), StatusCode::SERVICE_UNAVAILABLE);

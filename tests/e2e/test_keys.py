@@ -123,6 +123,36 @@ def test_rotated_key_replaces_the_old_one(gw):
     assert wait_until(lambda: call(gw, old).status_code == 401, timeout=MEMO_BOUND_S + 10)
 
 
+def test_a_key_made_before_ids_were_in_keys_still_works_and_rotates_to_the_current_shape(gw):
+    """Keys made before a key named its record's id (`egw_` + 43 characters) are stored as they
+    were then: the record under `key:<sha256 of the key>`, its hash under `keyid:<id>`. Such a
+    key authenticates, is listed, and a rotation hands out a key of the current shape (55
+    characters, one KV read per lookup) while the old one stops working."""
+    import base64
+    import hashlib
+    import secrets
+    old = "egw_" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    SEEN_KEYS.append(old)
+    digest = hashlib.sha256(old.encode()).hexdigest()
+    key_id = "k_" + secrets.token_hex(8)
+    record = {"id": key_id, "tenant": "older-keys", "name": "", "endpoints": ["*"], "rpm": None, "tpm": None,
+              "budget_usd": None, "budget_period": "month", "region": None, "created": int(time.time()),
+              "expires_at": None, "disabled": False, "exact": False, "hash": digest}
+    gw.kv_put_json(f"key:{digest}", record)
+    gw.kv_put(f"keyid:{key_id}", digest)
+    assert len(old) == 47
+    assert wait_until(lambda: call(gw, old).status_code == 200, timeout=15), "the older key authenticates"
+    listed = [k for k in admin(gw).keys(tenant="older-keys") if k["id"] == key_id]
+    assert listed and listed[0]["state"] == "active" and "hash" not in listed[0], listed
+    rotated = admin(gw).rotate(key_id)
+    SEEN_KEYS.append(rotated["key"])
+    assert rotated["id"] == key_id and len(rotated["key"]) == 55, rotated["key"]
+    assert call(gw, rotated["key"]).status_code == 200
+    assert wait_until(lambda: call(gw, old).status_code == 401, timeout=MEMO_BOUND_S + 10)
+    error(call(gw, old), 401, "invalid_api_key")
+    assert [k["state"] for k in admin(gw).keys(tenant="older-keys") if k["id"] == key_id] == ["active"]
+
+
 # --- limits and budgets -----------------------------------------------------------------------
 
 def test_rpm_5_sixth_request_is_429_with_headers(gw):

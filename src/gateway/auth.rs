@@ -339,7 +339,7 @@ pub async fn lookup<P: Ports>(ports: &P, memo: &AuthMemo, presented: &str) -> Re
     };
     // A refused record (revoked, expired) is memoized like a made-up key: one that clients keep
     // sending (a leaked one, say) costs its reads once per memo period, not per request.
-    let Some((record, fresh)) = found.filter(|(record, _)| admits(record, &hash, now)) else {
+    let Some((record, fresh)) = found.filter(|(record, _)| admits(record, now)) else {
         memo.refuse(hash, now);
         return Ok(None);
     };
@@ -367,7 +367,7 @@ pub async fn refresh_due<P: Ports>(ports: &P, memo: &AuthMemo) {
     for hash in due {
         let known_id = memo.known_id(&hash);
         match keys::find(ports, &hash, known_id.as_deref()).await {
-            Ok(Some(record)) if admits(&record, &hash, ports.now_ms()) => {
+            Ok(Some(record)) if admits(&record, ports.now_ms()) => {
                 memo.put(hash, Rc::new(record), ports.now_ms());
             }
             Ok(_) => memo.refuse(hash, ports.now_ms()),
@@ -376,10 +376,10 @@ pub async fn refresh_due<P: Ports>(ports: &P, memo: &AuthMemo) {
     }
 }
 
-/// Whether `record`, found under `hash`, lets its key in at `now`: it is that hash's record
-/// (compared in constant time) and it is active.
-fn admits(record: &KeyRecord, hash: &str, now: u64) -> bool {
-    keys::ct_eq(record.hash.as_bytes(), hash.as_bytes()) && record.state(now) == KeyState::Active
+/// Whether `record` lets its key in at `now`. It is that key's record: [`keys::find`] compared
+/// the hashes (in constant time), and the memo holds only what it found, under the same hash.
+fn admits(record: &KeyRecord, now: u64) -> bool {
+    record.state(now) == KeyState::Active
 }
 
 /// KV failures are transient: 503 + Retry-After. A corrupt record stays what it is.

@@ -27,6 +27,7 @@ class OtlpReceiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # head and body are separate writes (py_origin.py)
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))

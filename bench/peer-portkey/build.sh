@@ -38,7 +38,8 @@ mkdir -p dist
 # Every Node builtin stays an import, served by workerd's nodejs_compat modules.
 mapfile -t externals < <(node -e 'for (const m of require("module").builtinModules) console.log("--external:" + m)')
 externals+=(--external:'node:*')
-node_modules/.bin/esbuild worker.mjs --bundle --format=esm --platform=neutral \
+# --minify: Portkey deploys its worker with `wrangler deploy --minify` (the same esbuild pass).
+node_modules/.bin/esbuild worker.mjs --bundle --minify --format=esm --platform=neutral \
   --main-fields=module,main --conditions=workerd,worker,browser \
   --alias:@hono/node-server=./stubs/node-server.mjs \
   --alias:@hono/node-ws=./stubs/node-ws.mjs \

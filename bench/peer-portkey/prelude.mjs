@@ -13,5 +13,5 @@ globalThis.setTimeout = (fn, _ms, ...args) => { queueMicrotask(() => fn(...args)
 globalThis.setInterval = () => 0;
 globalThis.clearTimeout = () => {};
 globalThis.clearInterval = () => {};
-// 3. console.clear / process.stdout.write (the spinner) are harmless if present; make sure they exist.
+// 3. The spinner calls console.clear, which workerd may not have: a no-op then.
 if (typeof console.clear !== "function") console.clear = () => {};

@@ -29,6 +29,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use edge_gateway::gateway::features::identity::{jwt, testing};
+use edge_gateway::gateway::features::ledger::LEDGER_PREFIX;
+use edge_gateway::gateway::features::telemetry::tally::TALLY_PREFIX;
+use edge_gateway::gateway::features::usage::USAGE_PREFIX;
 use edge_gateway::gateway::pipeline::{ClientInfo, Deferred};
 use edge_gateway::gateway::ports::memory::{block_on, MemoryHost};
 use edge_gateway::gateway::ports::UpstreamError;
@@ -401,6 +404,7 @@ fn measure(case: &Case, limits: &Limits) -> Stats {
         black_box(run_one(warm, &host, (case.make)(i, &key), &mut background, &after));
         i += 1;
     }
+    drop_accounting(&host);
 
     forwarded.set(0);
     let (mut allocs, mut alloc_bytes) = (0, 0);
@@ -427,6 +431,7 @@ fn measure(case: &Case, limits: &Limits) -> Stats {
         timed += batch;
         batches.push(batch.as_secs_f64() * 1e6 / BATCH as f64);
         iterations += BATCH;
+        drop_accounting(&host);
     }
     let total = timed.as_secs_f64() * 1e6;
     let allocs = allocs as f64 / iterations as f64;
@@ -444,6 +449,17 @@ fn measure(case: &Case, limits: &Limits) -> Stats {
         status,
         response_bytes,
     }
+}
+
+/// Drops what the requests wrote for accounting (usage shards, metric tallies, ledger
+/// entries), outside the clock. A real KV keeps them remotely and expires them; the gateway
+/// never reads them on a request's path. Kept in the in-memory map, a fresh instance's three
+/// entries per request grew it to ~600k entries over a 200k-request case, and inserting into a
+/// map that size (cache misses: callgrind's instruction count is the same either way) took the
+/// fresh-instance case from a flat 21 µs a request to ~50 µs by the end of the run.
+fn drop_accounting(host: &MemoryHost) {
+    let prefixes = [USAGE_PREFIX, TALLY_PREFIX, LEDGER_PREFIX];
+    host.kv.borrow_mut().retain(|key, _| !prefixes.iter().any(|prefix| key.starts_with(prefix)));
 }
 
 /// CHAT_BODY with the counter filled in, built the way a client serializes a request.

@@ -2,13 +2,13 @@
 //! the gateway's Spin build imports, so the gateway can run under plain `wasmtime serve`
 //! (which does not provide them) after `wac plug <gateway> --plug <this>`:
 //!
-//! * `fermyon:spin/key-value@2.0.0` - every store label lives in the directory
-//!   `/kv/<label>/` of a preopened directory (`wasmtime serve --dir <host-dir>::/kv`).
-//!   One file per key; the file name is the lowercase hex of the key's UTF-8 bytes, the
-//!   file content is the raw value. Writes go to a `.tmp-*` file in the same directory
-//!   and are then renamed over the target, so readers never see a half-written value.
-//!   State therefore persists across requests and across wasmtime restarts, and
-//!   `scripts/spin-kv-put` can seed it from outside.
+//! * `fermyon:spin/key-value@2.0.0` - by default every store is a directory of files, one
+//!   per key, in a preopened directory (`wasmtime serve --dir <host-dir>::/kv`; see
+//!   `files.rs`): state persists across requests and wasmtime restarts, and
+//!   `scripts/spin-kv-put` can seed it from outside. Built with the feature `host-kv`, the
+//!   store is wasmtime's own in-memory wasi:keyvalue instead (`host_kv.rs`): one host call
+//!   per operation, as with Spin's native store, but nothing a request writes is kept - a
+//!   bench row, not a way to run the gateway.
 //! * `fermyon:spin/variables@2.0.0` - `get(name)` validates `name` like Spin does
 //!   (lowercase ASCII letters, digits and single underscores, starting with a letter,
 //!   ending with a letter or digit) and returns the WASI environment variable
@@ -26,77 +26,42 @@
 //! * keys must be 1..=127 bytes (the hex file name has to fit a 255-byte file name) -
 //!   other keys get `error::other`, never a panic;
 //! * `wasi:keyvalue/store@0.2.0-draft2` and `wasi:keyvalue/atomics@0.2.0-draft2` over the
-//!   same directories (Spin serves both interfaces over the same stores): a bucket is the
+//!   same stores (Spin serves both interfaces over the same stores): a bucket is the
 //!   key-value store of that label. Compare-and-swap and increment hold the store's lock
-//!   file `.work/lock` (created exclusively; taken over when older than 5 s) around their
-//!   read-compare-write, so they are atomic across the concurrent instances of one
-//!   `wasmtime serve`; a `swap` whose key changed since its `cas` was made fails with
-//!   `cas-failed`. Increments are stored as 8 little-endian bytes.
+//!   around their read-compare-write; a `swap` whose key changed since its `cas` was made
+//!   fails with `cas-failed`. Increments are stored as 8 little-endian bytes.
 //! * no transactions (key-value@2.0.0 has none): concurrent read-modify-write through it
 //!   from parallel requests can lose updates, as on real Spin.
 
-use std::collections::hash_map::RandomState;
-use std::fs;
-use std::hash::{BuildHasher, Hasher};
-use std::io::{ErrorKind, Write};
-use std::path::{Path, PathBuf};
-
+#[cfg(not(feature = "host-kv"))]
 wit_bindgen::generate!({
     path: "../../wit",
     world: "spin-test-host",
 });
+#[cfg(feature = "host-kv")]
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "spin-test-host-host-kv",
+    generate_all,
+});
+
+#[cfg(not(feature = "host-kv"))]
+mod files;
+#[cfg(feature = "host-kv")]
+mod host_kv;
 
 use exports::fermyon::spin::key_value::{self as kv, Error as KvError};
 use exports::fermyon::spin::variables::{self as vars, Error as VarError};
-use exports::wasi::keyvalue::atomics::{self, CasError};
-use exports::wasi::keyvalue::store::{self as wasi_kv, Error as WasiKvError};
+use exports::wasi::keyvalue0_2_0_draft2::atomics::{self, CasError};
+use exports::wasi::keyvalue0_2_0_draft2::store::{self as wasi_kv, Error as WasiKvError};
 
-/// Guest path under which the host directory holding all stores is preopened.
-const KV_ROOT: &str = "/kv";
-/// Longest key whose hex encoding still fits in a 255-byte file name.
-const MAX_KEY_BYTES: usize = 127;
-/// A store's working directory, inside it: in-flight temp files and the lock file live there,
-/// so that the store's own directory changes only when a key is written or deleted (a listing
-/// meets few entries that vanish under it, see `get_keys`). Never a valid hex name.
-const WORK_DIR: &str = ".work";
+/// The store behind every exported interface.
+#[cfg(not(feature = "host-kv"))]
+use files::FileStore as Backend;
+#[cfg(feature = "host-kv")]
+use host_kv::HostStore as Backend;
 
 struct Host;
-
-/// One open store: the directory it lives in, and its working directory.
-#[derive(Clone)]
-pub struct FileStore {
-    dir: PathBuf,
-    work: PathBuf,
-}
-
-fn other(what: &str, path: &Path, err: std::io::Error) -> KvError {
-    KvError::Other(format!("spin-test-host: {what} {}: {err}", path.display()))
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 0x0f) as usize] as char);
-    }
-    out
-}
-
-/// Decodes a lowercase-hex file name back into a key; `None` for anything else.
-fn hex_decode(name: &str) -> Option<String> {
-    if name.is_empty() || !name.len().is_multiple_of(2) {
-        return None;
-    }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let bytes =
-        name.as_bytes().chunks(2).map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?)).collect::<Option<Vec<u8>>>()?;
-    String::from_utf8(bytes).ok()
-}
 
 fn valid_label(label: &str) -> bool {
     !label.is_empty()
@@ -106,145 +71,37 @@ fn valid_label(label: &str) -> bool {
         && label.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
-/// Random-ish suffix for temp files: std's RandomState (seeded from
-/// wasi:random/insecure-seed, different per call) mixed with the wall clock.
-fn random_suffix() -> String {
-    let mut h = RandomState::new().build_hasher();
-    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        h.write_u128(d.as_nanos());
-    }
-    format!("{:016x}", h.finish())
-}
-
-impl FileStore {
-    fn key_path(&self, key: &str) -> Result<PathBuf, KvError> {
-        if key.is_empty() || key.len() > MAX_KEY_BYTES {
-            return Err(KvError::Other(format!(
-                "spin-test-host: key length {} not supported (must be 1..={MAX_KEY_BYTES} bytes)",
-                key.len()
-            )));
-        }
-        Ok(self.dir.join(hex_encode(key.as_bytes())))
-    }
-}
-
 impl kv::Guest for Host {
-    type Store = FileStore;
+    type Store = Backend;
 }
 
-impl kv::GuestStore for FileStore {
+impl kv::GuestStore for Backend {
     fn open(label: String) -> Result<kv::Store, KvError> {
-        if !valid_label(&label) {
-            return Err(KvError::NoSuchStore);
-        }
-        let dir = Path::new(KV_ROOT).join(&label);
-        let work = dir.join(WORK_DIR);
-        // Every request opens its store: a stat, not a failing mkdir, when it exists.
-        if let Err(err) = if work.is_dir() { Ok(()) } else { fs::create_dir_all(&work) } {
-            return Err(KvError::Other(format!(
-                "spin-test-host: cannot open store {label:?} at {}: {err} \
-                 (is a host directory preopened as {KV_ROOT}, e.g. `wasmtime serve --dir <dir>::{KV_ROOT}`?)",
-                dir.display()
-            )));
-        }
-        Ok(kv::Store::new(FileStore { dir, work }))
+        Backend::open(&label).map(kv::Store::new)
     }
 
     fn get(&self, key: String) -> Result<Option<Vec<u8>>, KvError> {
-        let path = self.key_path(&key)?;
-        match fs::read(&path) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(other("cannot read", &path, e)),
-        }
+        self.read(&key)
     }
 
     fn set(&self, key: String, value: Vec<u8>) -> Result<(), KvError> {
-        let path = self.key_path(&key)?;
-        // create_new: a concurrent writer (another instance serving a parallel request)
-        // can never share our temp file; on the unlikely name clash, pick another name.
-        let mut attempt = 0;
-        let (tmp, mut file) = loop {
-            let tmp = self.work.join(format!("tmp-{}", random_suffix()));
-            match fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
-                Ok(f) => break (tmp, f),
-                Err(e) if e.kind() == ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
-                Err(e) => return Err(other("cannot create temp file for", &path, e)),
-            }
-        };
-        let write = || -> std::io::Result<()> {
-            file.write_all(&value)?;
-            file.sync_all()?;
-            drop(file);
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            other("cannot write", &path, e)
-        })
+        self.write(&key, &value)
     }
 
     fn delete(&self, key: String) -> Result<(), KvError> {
-        let path = self.key_path(&key)?;
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(other("cannot delete", &path, e)),
-        }
+        self.remove(&key)
     }
 
     fn exists(&self, key: String) -> Result<bool, KvError> {
-        let path = self.key_path(&key)?;
-        match fs::metadata(&path) {
-            Ok(m) => Ok(m.is_file()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(other("cannot stat", &path, e)),
-        }
+        self.contains(&key)
     }
 
     fn get_keys(&self) -> Result<Vec<String>, KvError> {
-        // An entry replaced or deleted by a concurrent write while the directory is read (a
-        // key written again or deleted) is an error for that entry (wasmtime stats each one),
-        // and std's directory iterator ends at its first error: the rest of the listing would
-        // be lost. So a listing that met one is read again, as a store with a consistent
-        // listing (Spin's SQLite) would answer. (Temp and lock files live in `WORK_DIR`, so
-        // they never make a listing fail.)
-        let mut attempt = 0;
-        loop {
-            match self.list_once() {
-                Ok(keys) => return Ok(keys),
-                Err(e) if attempt + 1 >= LIST_ATTEMPTS => return Err(other("cannot list", &self.dir, e)),
-                Err(_) => attempt += 1,
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-    }
-}
-
-/// Directory reads a listing may take before it reports the store as unlistable.
-const LIST_ATTEMPTS: u32 = 50;
-
-impl FileStore {
-    /// One read of the directory: every key in it, sorted, or the first error met.
-    fn list_once(&self) -> std::io::Result<Vec<String>> {
-        let mut keys = Vec::new();
-        for entry in fs::read_dir(&self.dir)? {
-            // The working directory, stray files and non-UTF-8 names simply are not keys.
-            if let Some(key) = entry?.file_name().to_str().and_then(hex_decode) {
-                keys.push(key);
-            }
-        }
-        keys.sort();
-        Ok(keys)
+        self.keys()
     }
 }
 
 // --- wasi:keyvalue: the same stores, and compare-and-swap ----------------------------------
-
-/// How long the lock file may be held before another instance takes it over (its holder died).
-const LOCK_STALE: std::time::Duration = std::time::Duration::from_secs(5);
-/// How long an atomic operation waits for the lock before failing.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn wasi_error(e: KvError) -> WasiKvError {
     match e {
@@ -256,76 +113,43 @@ fn wasi_error(e: KvError) -> WasiKvError {
 }
 
 /// A wasi:keyvalue bucket: the Spin store of the same label.
-pub struct Bucket(FileStore);
+pub struct Bucket(Backend);
 
 impl wasi_kv::Guest for Host {
     type Bucket = Bucket;
 
     fn open(identifier: String) -> Result<wasi_kv::Bucket, WasiKvError> {
-        let store = <FileStore as kv::GuestStore>::open(identifier).map_err(wasi_error)?;
-        Ok(wasi_kv::Bucket::new(Bucket(store.into_inner::<FileStore>())))
+        let store = Backend::open(&identifier).map_err(wasi_error)?;
+        Ok(wasi_kv::Bucket::new(Bucket(store)))
     }
 }
 
 impl wasi_kv::GuestBucket for Bucket {
     fn get(&self, key: String) -> Result<Option<Vec<u8>>, WasiKvError> {
-        kv::GuestStore::get(&self.0, key).map_err(wasi_error)
+        self.0.read(&key).map_err(wasi_error)
     }
 
     fn set(&self, key: String, value: Vec<u8>) -> Result<(), WasiKvError> {
-        kv::GuestStore::set(&self.0, key, value).map_err(wasi_error)
+        self.0.write(&key, &value).map_err(wasi_error)
     }
 
     fn delete(&self, key: String) -> Result<(), WasiKvError> {
-        kv::GuestStore::delete(&self.0, key).map_err(wasi_error)
+        self.0.remove(&key).map_err(wasi_error)
     }
 
     fn exists(&self, key: String) -> Result<bool, WasiKvError> {
-        kv::GuestStore::exists(&self.0, key).map_err(wasi_error)
+        self.0.contains(&key).map_err(wasi_error)
     }
 
     fn list_keys(&self, _cursor: Option<String>) -> Result<wasi_kv::KeyResponse, WasiKvError> {
-        let keys = kv::GuestStore::get_keys(&self.0).map_err(wasi_error)?;
+        let keys = self.0.keys().map_err(wasi_error)?;
         Ok(wasi_kv::KeyResponse { keys, cursor: None })
-    }
-}
-
-/// The store's lock file (`.work/lock`), held while alive: atomic operations of concurrent
-/// instances on one store take turns.
-struct StoreLock(PathBuf);
-
-impl StoreLock {
-    fn take(store: &FileStore) -> Result<StoreLock, WasiKvError> {
-        let path = store.work.join("lock");
-        let started = std::time::Instant::now();
-        loop {
-            match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(_) => return Ok(StoreLock(path)),
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(wasi_error(other("cannot lock", &path, e))),
-            }
-            let age = fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-            if age.is_some_and(|age| age > LOCK_STALE) {
-                let _ = fs::remove_file(&path);
-                continue;
-            }
-            if started.elapsed() > LOCK_WAIT {
-                return Err(WasiKvError::Other(format!("spin-test-host: {} stayed locked", path.display())));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-    }
-}
-
-impl Drop for StoreLock {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
     }
 }
 
 /// A compare-and-swap handle: the key's value when it was made.
 pub struct Cas {
-    store: FileStore,
+    store: Backend,
     key: String,
     seen: Option<Vec<u8>>,
 }
@@ -335,8 +159,8 @@ impl atomics::Guest for Host {
 
     fn increment(bucket: wasi_kv::BucketBorrow<'_>, key: String, delta: i64) -> Result<i64, WasiKvError> {
         let store = &bucket.get::<Bucket>().0;
-        let _lock = StoreLock::take(store)?;
-        let current = match kv::GuestStore::get(store, key.clone()).map_err(wasi_error)? {
+        let _lock = store.lock()?;
+        let current = match store.read(&key).map_err(wasi_error)? {
             None => 0,
             Some(bytes) => i64::from_le_bytes(
                 bytes
@@ -345,25 +169,25 @@ impl atomics::Guest for Host {
             ),
         };
         let next = current.wrapping_add(delta);
-        kv::GuestStore::set(store, key, next.to_le_bytes().to_vec()).map_err(wasi_error)?;
+        store.write(&key, &next.to_le_bytes()).map_err(wasi_error)?;
         Ok(next)
     }
 
     fn swap(cas: atomics::Cas, value: Vec<u8>) -> Result<(), CasError> {
         let cas = cas.into_inner::<Cas>();
-        let _lock = StoreLock::take(&cas.store).map_err(CasError::StoreError)?;
-        let now = kv::GuestStore::get(&cas.store, cas.key.clone()).map_err(|e| CasError::StoreError(wasi_error(e)))?;
+        let _lock = cas.store.lock().map_err(CasError::StoreError)?;
+        let now = cas.store.read(&cas.key).map_err(|e| CasError::StoreError(wasi_error(e)))?;
         if now != cas.seen {
             return Err(CasError::CasFailed(atomics::Cas::new(Cas { seen: now, ..cas })));
         }
-        kv::GuestStore::set(&cas.store, cas.key, value).map_err(|e| CasError::StoreError(wasi_error(e)))
+        cas.store.write(&cas.key, &value).map_err(|e| CasError::StoreError(wasi_error(e)))
     }
 }
 
 impl atomics::GuestCas for Cas {
     fn new(bucket: wasi_kv::BucketBorrow<'_>, key: String) -> Result<atomics::Cas, WasiKvError> {
         let store = bucket.get::<Bucket>().0.clone();
-        let seen = kv::GuestStore::get(&store, key.clone()).map_err(wasi_error)?;
+        let seen = store.read(&key).map_err(wasi_error)?;
         Ok(atomics::Cas::new(Cas { store, key, seen }))
     }
 

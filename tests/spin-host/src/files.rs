@@ -14,7 +14,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
-use crate::{valid_label, KvError, WasiKvError};
+use crate::{KvError, WasiKvError};
 
 /// Guest path under which the host directory holding all stores is preopened.
 const KV_ROOT: &str = "/kv";
@@ -36,6 +36,15 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct FileStore {
     dir: PathBuf,
     work: PathBuf,
+}
+
+/// A store label that is also a safe directory name.
+fn valid_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 255
+        && label != "."
+        && label != ".."
+        && label.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 fn other(what: &str, path: &Path, err: std::io::Error) -> KvError {

@@ -11,7 +11,7 @@
 use std::rc::Rc;
 
 use crate::wasi::keyvalue0_2_0_draft::store::{self as host, Bucket};
-use crate::{valid_label, KvError, WasiKvError};
+use crate::{KvError, WasiKvError};
 
 /// One open store: the host's bucket.
 #[derive(Clone)]
@@ -58,7 +58,7 @@ fn unescape(value: &[u8]) -> Result<Vec<u8>, KvError> {
 
 impl HostStore {
     pub fn open(label: &str) -> Result<HostStore, KvError> {
-        if !valid_label(label) || label != "default" {
+        if label != "default" {
             return Err(KvError::NoSuchStore);
         }
         // The empty identifier is wasmtime's in-memory provider.

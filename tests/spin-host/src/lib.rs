@@ -19,12 +19,13 @@
 //! * no `spin.toml`: no route table (every path reaches the one component), no
 //!   `allowed_outbound_hosts` enforcement (outbound HTTP goes wherever wasmtime lets it),
 //!   no check that a KV label is listed in `key_value_stores` (any label matching
-//!   `[A-Za-z0-9_.-]+` opens; anything else is `no-such-store`), no `[variables]`
+//!   `[A-Za-z0-9_.-]+` opens, with `host-kv` only `default`; anything else is
+//!   `no-such-store`), no `[variables]`
 //!   declarations, defaults, `required`/`secret` flags or templates (any valid name that
 //!   is set in the environment resolves), no Vault/Azure/dotenv providers;
 //! * no `store-table-full`/`access-denied` errors; no size/quota limits;
-//! * keys must be 1..=127 bytes (the hex file name has to fit a 255-byte file name) -
-//!   other keys get `error::other`, never a panic;
+//! * in the file store, keys must be 1..=127 bytes (the hex file name has to fit a 255-byte
+//!   file name) - other keys get `error::other`, never a panic;
 //! * `wasi:keyvalue/store@0.2.0-draft2` and `wasi:keyvalue/atomics@0.2.0-draft2` over the
 //!   same stores (Spin serves both interfaces over the same stores): a bucket is the
 //!   key-value store of that label. Compare-and-swap and increment hold the store's lock
@@ -62,14 +63,6 @@ use files::FileStore as Backend;
 use host_kv::HostStore as Backend;
 
 struct Host;
-
-fn valid_label(label: &str) -> bool {
-    !label.is_empty()
-        && label.len() <= 255
-        && label != "."
-        && label != ".."
-        && label.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-}
 
 impl kv::Guest for Host {
     type Store = Backend;

@@ -2,8 +2,10 @@
 //! (`wasmtime serve -S keyvalue`), so a KV operation is one call into the host, as with
 //! Spin's native store, instead of the file backend's several wasi filesystem calls. For
 //! measuring (scripts/bench), not for running a gateway: wasmtime gives each request a fresh
-//! copy of the data preset with `-S keyvalue-in-memory-data=KEY=VALUE`, and what a request
-//! writes is gone after it (accounting, admin changes). Only the label `default` opens.
+//! copy of the data preset with `-S keyvalue-in-memory-data=KEY=VALUE` (a copy per open, so
+//! a request's Spin and wasi:keyvalue handles on `default` do not see each other's writes),
+//! and what a request writes is gone after it (accounting, admin changes). Only the label
+//! `default` opens.
 //!
 //! wasmtime splits an `-S` argument at commas, so values are kept escaped: `%` as `%25` and
 //! `,` as `%2C`, on every write and read alike (scripts/bench presets them the same way).

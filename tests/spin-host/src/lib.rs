@@ -20,9 +20,9 @@
 //!   `allowed_outbound_hosts` enforcement (outbound HTTP goes wherever wasmtime lets it),
 //!   no check that a KV label is listed in `key_value_stores` (any label matching
 //!   `[A-Za-z0-9_.-]+` opens, with `host-kv` only `default`; anything else is
-//!   `no-such-store`), no `[variables]`
-//!   declarations, defaults, `required`/`secret` flags or templates (any valid name that
-//!   is set in the environment resolves), no Vault/Azure/dotenv providers;
+//!   `no-such-store`), no `[variables]` declarations, defaults, `required`/`secret` flags
+//!   or templates (any valid name that is set in the environment resolves), no
+//!   Vault/Azure/dotenv providers;
 //! * no `store-table-full`/`access-denied` errors; no size/quota limits;
 //! * in the file store, keys must be 1..=127 bytes (the hex file name has to fit a 255-byte
 //!   file name) - other keys get `error::other`, never a panic;

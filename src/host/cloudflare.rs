@@ -31,7 +31,8 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::pipeline::{error_response, ClientInfo, Exchange};
 use crate::gateway::ports::counter::{Counter, CounterOp, CounterReply};
-use crate::gateway::ports::{Clock, EdgeCache, Kv, Secrets, Upstream, UpstreamError};
+use crate::gateway::ports::signatures::PublicKey;
+use crate::gateway::ports::{Clock, EdgeCache, Kv, Secrets, Signatures, Upstream, UpstreamError};
 use crate::gateway::{Gateway, ResponseBody};
 
 use abi::{split_nul, Cmd, Field, CODE_MISSING, CODE_OK, CODE_UNBOUND};
@@ -447,6 +448,20 @@ impl EdgeCache for CfHost {
 
     async fn edge_delete(&self, key: &str) {
         self.shared.call(Cmd::CacheDelete, &[key.into()]).await;
+    }
+}
+
+/// WebCrypto (`crypto.subtle`): the worker ships no RSA or P-256 code (ports/signatures.rs).
+impl Signatures for CfHost {
+    async fn verify(&self, key: &PublicKey, message: &[u8], signature: &[u8]) -> bool {
+        let jwk = key.jwk();
+        let out = self.shared.call(Cmd::Verify, &[jwk.as_str().into(), message.into(), signature.into()]).await;
+        out.code == CODE_OK
+    }
+
+    async fn sign_rs256(&self, pkcs8: &[u8], message: &[u8]) -> Option<Vec<u8>> {
+        let out = self.shared.call(Cmd::SignRs256, &[pkcs8.into(), message.into()]).await;
+        (out.code == CODE_OK).then_some(out.data)
     }
 }
 

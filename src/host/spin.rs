@@ -202,6 +202,8 @@ impl SpinHost {
 
 /// Spin has no cache local to the location: cached answers come from KV.
 impl crate::gateway::ports::EdgeCache for SpinHost {}
+/// RustCrypto (the `rustcrypto` feature, which `spin` turns on).
+impl crate::gateway::ports::Signatures for SpinHost {}
 
 impl Kv for SpinHost {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {

@@ -133,6 +133,11 @@ impl Kv for MemoryHost {
     }
 }
 
+/// RustCrypto: the port's defaults (the in-memory host is for tests and benches, which have
+/// the `rustcrypto` feature).
+#[cfg(feature = "rustcrypto")]
+impl crate::gateway::ports::Signatures for MemoryHost {}
+
 impl EdgeCache for MemoryHost {
     async fn edge_get(&self, key: &str) -> Option<Vec<u8>> {
         let now = self.now_ms.get();

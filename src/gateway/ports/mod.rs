@@ -12,8 +12,10 @@ pub mod cas;
 pub mod counter;
 pub mod lock;
 pub mod memory;
+pub mod signatures;
 
 pub use counter::Counter;
+use signatures::PublicKey;
 
 /// Key-value store (Cloudflare KV namespace, Spin key-value store). A store failure is
 /// `GatewayError::kv_unavailable` (a retryable 503 naming no runtime internals), from every host.
@@ -114,6 +116,29 @@ pub trait Clock {
     async fn sleep(&self, ms: u64);
 }
 
+/// Public-key signatures with SHA-256 (RS256, ES256): see `signatures` for why a port.
+pub trait Signatures: Clock {
+    /// Whether `signature` is `key`'s signature of `message` (RS256 for an RSA key, ES256 with
+    /// the JWS `r || s` encoding for a P-256 one). An unusable key or signature is `false`.
+    #[cfg(feature = "rustcrypto")]
+    async fn verify(&self, key: &PublicKey, message: &[u8], signature: &[u8]) -> bool {
+        signatures::rustcrypto::verify(key, message, signature)
+    }
+    #[cfg(not(feature = "rustcrypto"))]
+    async fn verify(&self, key: &PublicKey, message: &[u8], signature: &[u8]) -> bool;
+
+    /// The RS256 signature of `message` with the RSA private key `pkcs8` (a DER
+    /// `PrivateKeyInfo`); `None` when the key cannot sign.
+    #[cfg(feature = "rustcrypto")]
+    async fn sign_rs256(&self, pkcs8: &[u8], message: &[u8]) -> Option<Vec<u8>> {
+        let mut seed = [0u8; 32];
+        self.random_bytes(&mut seed);
+        signatures::rustcrypto::sign_rs256(pkcs8, message, seed)
+    }
+    #[cfg(not(feature = "rustcrypto"))]
+    async fn sign_rs256(&self, pkcs8: &[u8], message: &[u8]) -> Option<Vec<u8>>;
+}
+
 /// A cache local to where the gateway runs, in front of KV for cached answers: Cloudflare's
 /// Cache API (one per location, no KV read). Best effort: a failure is a miss or nothing
 /// stored, never an error (KV stays the cache of record). A host without one keeps these
@@ -129,8 +154,8 @@ pub trait EdgeCache {
 /// Everything a host provides. The Background port of DESIGN.md is not a trait: the pipeline
 /// returns its after-response work as data (`pipeline::Deferred`) and each host decides when
 /// to run it (Cloudflare: `waitUntil`; Spin: after the response body is written).
-pub trait Ports: Kv + Upstream + Secrets + Clock + Counter + EdgeCache {}
-impl<T: Kv + Upstream + Secrets + Clock + Counter + EdgeCache> Ports for T {}
+pub trait Ports: Kv + Upstream + Secrets + Clock + Counter + EdgeCache + Signatures {}
+impl<T: Kv + Upstream + Secrets + Clock + Counter + EdgeCache + Signatures> Ports for T {}
 
 #[cfg(test)]
 mod tests {

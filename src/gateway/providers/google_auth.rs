@@ -1,20 +1,16 @@
 //! Google's service-account OAuth2 flow (the JWT bearer grant, RFC 7523), for Vertex AI: a
 //! JWT naming the service account, the scope and the token endpoint is signed RS256 with the
 //! account's private key and exchanged at `token_uri` for an access token (an hour's worth).
-//! Pure Rust (RustCrypto `rsa` + `sha2`), so it runs on both wasm targets.
+//! The signature is the `Signatures` port's (WebCrypto in the worker, RustCrypto elsewhere).
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use rsa::pkcs1v15::SigningKey;
-use rsa::rand_core::{CryptoRng, RngCore};
-use rsa::signature::{RandomizedSigner, SignatureEncoding};
-use rsa::{BigUint, RsaPrivateKey};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
-use crate::gateway::ports::{Clock, Upstream};
+use crate::gateway::ports::{Clock, Signatures, Upstream};
 use crate::gateway::providers::token::{form_encode, form_request, oauth_token, send_form, AccessToken};
+use crate::gateway::util::der;
 
 /// The scope Vertex AI needs (MLflow's `_DEFAULT_SCOPES`).
 pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -28,7 +24,8 @@ pub struct ServiceAccount {
     pub client_email: String,
     pub private_key_id: Option<String>,
     pub token_uri: String,
-    key: RsaPrivateKey,
+    /// The private key as PKCS#8 DER (a PKCS#1 key file's key is wrapped).
+    pkcs8: Vec<u8>,
 }
 
 impl std::fmt::Debug for ServiceAccount {
@@ -70,12 +67,12 @@ impl ServiceAccount {
             client_email: field("client_email").unwrap_or_default().to_string(),
             private_key_id: field("private_key_id").map(str::to_owned),
             token_uri,
-            key: private_key(field("private_key").unwrap_or_default())?,
+            pkcs8: private_key(field("private_key").unwrap_or_default())?,
         })
     }
 
-    /// The signed JWT assertion for `scope`, issued at `now_s`. `seed` seeds the RSA blinding.
-    pub fn assertion(&self, scope: &str, now_s: u64, seed: [u8; 32]) -> Result<String> {
+    /// The JWT assertion for `scope`, issued at `now_s`, signed through `signer`.
+    pub async fn assertion(&self, signer: &impl Signatures, scope: &str, now_s: u64) -> Result<String> {
         let mut header = json!({"alg": "RS256", "typ": "JWT"});
         if let Some(kid) = &self.private_key_id {
             header["kid"] = Value::String(kid.clone());
@@ -86,73 +83,22 @@ impl ServiceAccount {
         });
         let signing_input =
             format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
-        let signer = SigningKey::<Sha256>::new(self.key.clone());
-        let signature = signer
-            .try_sign_with_rng(&mut HashDrbg::new(seed), signing_input.as_bytes())
-            .map_err(|e| credentials_error(format!("signing failed: {e}")))?;
-        Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes())))
+        let signature = (signer.sign_rs256(&self.pkcs8, signing_input.as_bytes()).await)
+            .ok_or_else(|| credentials_error("private_key cannot sign (not a valid RSA key)"))?;
+        Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature)))
     }
 }
 
-/// An RSA private key from PEM: PKCS#8 (`BEGIN PRIVATE KEY`, what Google issues) or PKCS#1.
-fn private_key(pem: &str) -> Result<RsaPrivateKey> {
+/// An RSA private key from PEM, as PKCS#8 DER: PKCS#8 (`BEGIN PRIVATE KEY`, what Google
+/// issues) or PKCS#1 (`BEGIN RSA PRIVATE KEY`, wrapped). Only its shape is checked here.
+fn private_key(pem: &str) -> Result<Vec<u8>> {
     let (label, der) = pem_body(pem).ok_or_else(|| credentials_error("private_key is not a PEM block"))?;
     let key = match label {
-        "PRIVATE KEY" => pkcs8_rsa_key(&der),
-        "RSA PRIVATE KEY" => pkcs1_rsa_key(&der),
+        "PRIVATE KEY" => der::pkcs8_rsa_inner(&der).and_then(der::pkcs1_integers).is_some().then_some(der),
+        "RSA PRIVATE KEY" => der::pkcs1_integers(&der).is_some().then(|| der::pkcs8_of_pkcs1(&der)),
         other => return Err(credentials_error(format!("private_key: a {other} block is not an RSA private key"))),
     };
     key.ok_or_else(|| credentials_error("private_key cannot be read (not a valid RSA key)"))
-}
-
-// A minimal DER reader for the two RSA private-key encodings, instead of the `der`/`pkcs8`
-// decoders (about 30 KB of wasm for what is a sequence of integers).
-
-/// `(tag, contents, rest)` of the DER item at the start of `input`.
-fn der_item(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, mut rest) = rest.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let (bytes, after) = rest.split_at_checked(n)?;
-        rest = after;
-        bytes.iter().fold(0usize, |len, b| len << 8 | usize::from(*b))
-    };
-    let (contents, rest) = rest.split_at_checked(len)?;
-    Some((tag, contents, rest))
-}
-
-/// PKCS#8 `PrivateKeyInfo { version, AlgorithmIdentifier { rsaEncryption, NULL }, OCTET STRING }`.
-fn pkcs8_rsa_key(der: &[u8]) -> Option<RsaPrivateKey> {
-    /// 1.2.840.113549.1.1.1 (rsaEncryption).
-    const RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
-    let (0x30, info, _) = der_item(der)? else { return None };
-    let (0x02, _version, rest) = der_item(info)? else { return None };
-    let (0x30, algorithm, rest) = der_item(rest)? else { return None };
-    let (0x06, oid, _) = der_item(algorithm)? else { return None };
-    let (0x04, key, _) = der_item(rest)? else { return None };
-    (oid == RSA_ENCRYPTION).then(|| pkcs1_rsa_key(key)).flatten()
-}
-
-/// PKCS#1 `RSAPrivateKey { version, n, e, d, p, q, dp, dq, qinv }` (two-prime keys).
-fn pkcs1_rsa_key(der: &[u8]) -> Option<RsaPrivateKey> {
-    let (0x30, mut rest, _) = der_item(der)? else { return None };
-    let mut ints = Vec::with_capacity(9);
-    while !rest.is_empty() {
-        let (0x02, int, after) = der_item(rest)? else { return None };
-        ints.push(BigUint::from_bytes_be(int));
-        rest = after;
-    }
-    let [version, n, e, d, p, q, ..] = ints.as_slice() else { return None };
-    if ints.len() != 9 || *version != BigUint::from(0u8) {
-        return None;
-    }
-    RsaPrivateKey::from_components(n.clone(), e.clone(), d.clone(), vec![p.clone(), q.clone()]).ok()
 }
 
 /// `(label, DER)` of the first PEM block in `pem`.
@@ -166,16 +112,14 @@ fn pem_body(pem: &str) -> Option<(&str, Vec<u8>)> {
 
 /// Exchanges a fresh assertion for an access token at the account's `token_uri`:
 /// `(token, expires_at_ms)`.
-pub async fn exchange<P: Upstream + Clock>(
+pub async fn exchange<P: Upstream + Clock + Signatures>(
     ports: &P,
     account: &ServiceAccount,
     scope: &str,
     timeout_ms: u64,
 ) -> Result<(AccessToken, u64)> {
     let now_ms = ports.now_ms();
-    let mut seed = [0u8; 32];
-    ports.random_bytes(&mut seed);
-    let assertion = account.assertion(scope, now_ms / 1000, seed)?;
+    let assertion = account.assertion(ports, scope, now_ms / 1000).await?;
     let body = form_encode(&[("grant_type", JWT_BEARER), ("assertion", &assertion)]);
     let what = "the vertex_ai token exchange";
     let request = form_request(account.token_uri.clone(), body)?;
@@ -183,63 +127,16 @@ pub async fn exchange<P: Upstream + Clock>(
     oauth_token(&answer, now_ms, what)
 }
 
-/// A deterministic random bit generator (SHA-256 in counter mode over a 32-byte seed from the
-/// host's CSPRNG), for RSA blinding: `rsa` wants a `CryptoRng`, the ports hand out bytes.
-struct HashDrbg {
-    seed: [u8; 32],
-    counter: u64,
-    block: [u8; 32],
-    used: usize,
-}
-
-impl HashDrbg {
-    fn new(seed: [u8; 32]) -> Self {
-        HashDrbg { seed, counter: 0, block: [0; 32], used: 32 }
-    }
-}
-
-impl RngCore for HashDrbg {
-    fn next_u32(&mut self) -> u32 {
-        let mut b = [0u8; 4];
-        self.fill_bytes(&mut b);
-        u32::from_le_bytes(b)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut b = [0u8; 8];
-        self.fill_bytes(&mut b);
-        u64::from_le_bytes(b)
-    }
-
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        for byte in dest {
-            if self.used == self.block.len() {
-                let mut hasher = Sha256::new();
-                hasher.update(self.seed);
-                hasher.update(self.counter.to_le_bytes());
-                self.block = hasher.finalize().into();
-                self.counter += 1;
-                self.used = 0;
-            }
-            *byte = self.block[self.used];
-            self.used += 1;
-        }
-    }
-
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> std::result::Result<(), rsa::rand_core::Error> {
-        self.fill_bytes(dest);
-        Ok(())
-    }
-}
-
-impl CryptoRng for HashDrbg {}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::gateway::ports::memory::{block_on, MemoryHost};
+    use crate::gateway::ports::signatures::rustcrypto::HashDrbg;
     use rsa::pkcs1v15::{Signature, VerifyingKey};
     use rsa::pkcs8::EncodePrivateKey;
     use rsa::signature::Verifier;
+    use rsa::RsaPrivateKey;
+    use sha2::Sha256;
     use std::sync::OnceLock;
 
     /// A throwaway 1024-bit key (small: generated per test run, never a real credential).
@@ -264,10 +161,14 @@ pub(crate) mod tests {
         .to_string()
     }
 
+    fn signer() -> MemoryHost {
+        MemoryHost::new(|_| Err(crate::gateway::ports::UpstreamError::Connect("no origin".into())))
+    }
+
     #[test]
     fn assertion_is_a_verifiable_rs256_jwt() {
         let account = ServiceAccount::parse(&test_account_json("https://oauth2.googleapis.com/token")).unwrap();
-        let jwt = account.assertion(CLOUD_PLATFORM_SCOPE, 1_700_000_000, [1; 32]).unwrap();
+        let jwt = block_on(account.assertion(&signer(), CLOUD_PLATFORM_SCOPE, 1_700_000_000)).unwrap();
         let parts: Vec<&str> = jwt.split('.').collect();
         assert_eq!(parts.len(), 3);
         let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
@@ -281,8 +182,11 @@ pub(crate) mod tests {
         let signature = Signature::try_from(URL_SAFE_NO_PAD.decode(parts[2]).unwrap().as_slice()).unwrap();
         let verifier = VerifyingKey::<Sha256>::new(test_key().to_public_key());
         verifier.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature).unwrap();
-        // PKCS#1 v1.5 signatures are deterministic: blinding changes nothing but timing.
-        assert_eq!(jwt, account.assertion(CLOUD_PLATFORM_SCOPE, 1_700_000_000, [2; 32]).unwrap());
+        // PKCS#1 v1.5 signatures are deterministic: blinding (another seed) changes nothing
+        // but timing.
+        let host = signer();
+        host.random_bytes(&mut [0; 32]);
+        assert_eq!(jwt, block_on(account.assertion(&host, CLOUD_PLATFORM_SCOPE, 1_700_000_000)).unwrap());
     }
 
     #[test]
@@ -313,41 +217,38 @@ pub(crate) mod tests {
         assert_eq!(ServiceAccount::parse(&account.to_string()).unwrap().token_uri, DEFAULT_TOKEN_URI);
     }
 
+    /// A key of the right shape whose numbers make no key: read, then refused by the signer
+    /// with a message that names the problem (never the key's bytes).
     #[test]
-    fn both_pem_encodings_and_hostile_der() {
+    fn a_key_that_cannot_sign_is_named() {
+        let account = ServiceAccount::parse(&test_account_json("https://t")).unwrap();
+        let broken = ServiceAccount { pkcs8: der::pkcs8_of_pkcs1(&zero_key()), ..account };
+        let e = block_on(broken.assertion(&signer(), CLOUD_PLATFORM_SCOPE, 1)).unwrap_err();
+        assert!(e.message.contains("private_key cannot sign"), "{}", e.message);
+    }
+
+    /// PKCS#1 `RSAPrivateKey` of nine zero integers (version 0).
+    fn zero_key() -> Vec<u8> {
+        let mut ints = Vec::new();
+        for _ in 0..9 {
+            ints.extend_from_slice(&[0x02, 0x01, 0x00]);
+        }
+        let mut key = vec![0x30, ints.len() as u8];
+        key.extend_from_slice(&ints);
+        key
+    }
+
+    #[test]
+    fn both_pem_encodings_sign_alike() {
         use rsa::pkcs1::EncodeRsaPrivateKey;
         let pkcs1 = test_key().to_pkcs1_der().unwrap();
-        assert_eq!(pkcs1_rsa_key(pkcs1.as_bytes()).as_ref(), Some(test_key()));
         let pkcs8 = test_key().to_pkcs8_der().unwrap();
-        assert_eq!(pkcs8_rsa_key(pkcs8.as_bytes()).as_ref(), Some(test_key()));
         let pem = format!(
             "-----BEGIN RSA PRIVATE KEY-----\n{}\n-----END RSA PRIVATE KEY-----",
             STANDARD.encode(pkcs1.as_bytes())
         );
-        assert_eq!(&private_key(&pem).unwrap(), test_key());
-        // Truncations and flipped bytes never panic.
-        let bytes = pkcs8.as_bytes();
-        for cut in 0..bytes.len() {
-            assert!(pkcs8_rsa_key(&bytes[..cut]).is_none());
-        }
-        for at in (0..bytes.len()).step_by(3) {
-            let mut bad = bytes.to_vec();
-            bad[at] ^= 0x5a;
-            let _ = pkcs8_rsa_key(&bad);
-        }
-        assert!(der_item(&[0x30, 0x85, 1, 1, 1, 1, 1]).is_none());
-        assert!(der_item(&[0x30, 0x80]).is_none());
-    }
-
-    #[test]
-    fn drbg_streams_are_seeded() {
-        let (mut a, mut b) = (HashDrbg::new([1; 32]), HashDrbg::new([1; 32]));
-        let mut x = [0u8; 100];
-        let mut y = [0u8; 100];
-        a.fill_bytes(&mut x);
-        b.fill_bytes(&mut y[..33]);
-        b.fill_bytes(&mut y[33..]);
-        assert_eq!(x, y);
-        assert_ne!(HashDrbg::new([2; 32]).next_u64(), HashDrbg::new([1; 32]).next_u64());
+        // A PKCS#1 key file's key is wrapped into the PKCS#8 that Google's own files hold.
+        assert_eq!(private_key(&pem).unwrap(), pkcs8.as_bytes());
+        assert_eq!(private_key(&test_key_pem()).unwrap(), pkcs8.as_bytes());
     }
 }

@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 
 use crate::gateway::check::Issues;
 use crate::gateway::error::Result;
-use crate::gateway::ports::{Clock, Secrets, Upstream};
+use crate::gateway::ports::{Secrets, Signatures, Upstream};
 use crate::gateway::providers::adapter::{Adapter, Call, NoTranslation, Reply, StreamMode, Translated};
 use crate::gateway::types::{Operation, Usage};
 use crate::gateway::wire::sse::SseEvent;
@@ -312,7 +312,7 @@ impl Provider {
     /// token, Databricks' OAuth M2M token, Bedrock's STS role credentials), unless the
     /// provider's per-isolate cache holds fresh ones. Call it once per model call before
     /// `build_request`; for every other provider it returns at once.
-    pub async fn authorize<P: Upstream + Secrets + Clock>(&self, ports: &P, timeout_ms: u64) -> Result<()> {
+    pub async fn authorize<P: Upstream + Secrets + Signatures>(&self, ports: &P, timeout_ms: u64) -> Result<()> {
         match self {
             Provider::VertexAi(p) => p.authorize(ports, timeout_ms).await,
             Provider::Databricks(p) => p.authorize(ports, timeout_ms).await,

@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 
 use crate::gateway::check::{Issues, SecretRef};
 use crate::gateway::error::Result;
-use crate::gateway::ports::{Clock, Secrets, Upstream};
+use crate::gateway::ports::{Secrets, Signatures, Upstream};
 use crate::gateway::providers::adapter::{Adapter, Call, Reply, StreamMode, Translated};
 use crate::gateway::providers::common::{
     header_value, join_url, json_post, resolve_secret, string_config, unsupported,
@@ -160,7 +160,7 @@ impl VertexAi {
     }
 
     /// Fetches an access token unless a fresh one is cached.
-    pub async fn authorize<P: Upstream + Secrets + Clock>(&self, ports: &P, timeout_ms: u64) -> Result<()> {
+    pub async fn authorize<P: Upstream + Secrets + Signatures>(&self, ports: &P, timeout_ms: u64) -> Result<()> {
         self.token
             .ensure(ports, timeout_ms, || async {
                 let account = ServiceAccount::parse(&resolve_secret(&self.credentials, ports)?)?;

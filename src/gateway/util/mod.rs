@@ -1,6 +1,7 @@
-//! Small helpers with no gateway dependency: text, time, the hash map of per-isolate state, and
-//! awaiting two futures together.
+//! Small helpers with no gateway dependency: text, time, the hash map of per-isolate state,
+//! awaiting two futures together, and the DER of RSA private keys.
 
+pub mod der;
 pub mod join;
 pub mod map;
 pub mod text;

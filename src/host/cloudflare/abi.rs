@@ -71,6 +71,11 @@ pub enum Cmd {
     CachePut = 18,
     /// key → code 0, < 0 failed (this location's Cache API).
     CacheDelete = 19,
+    /// public key as a JWK, message, signature → code 0 valid (WebCrypto: RS256 for an RSA
+    /// key, ES256 for a P-256 one), 1 not valid, < 0 the key cannot be used.
+    Verify = 20,
+    /// RSA private key (PKCS#8 DER), message → code 0 + the RS256 signature, < 0 failed.
+    SignRs256 = 21,
 }
 
 /// Added to a `Fetch` outcome's status when the body came with the head.

@@ -3,7 +3,8 @@
 //
 // Per request: one call into the wasm with the request (head as one string, body from one
 // arrayBuffer()), which starts a task and answers with commands (src/host/cloudflare/abi.rs):
-// KV get/put/delete/list, fetch, read a body, sleep, count (Durable Object), respond, log. This
+// KV get/put/delete/list, fetch, read a body, sleep, count (Durable Object), verify or sign
+// (WebCrypto), respond, log. This
 // file performs them — concurrently when several are pending — and hands each outcome back with
 // one call (egw_resume) until the task is done. The Response goes out as soon as the task says
 // `respond`; the rest of the task (stream summary, cache fill, accounting, the log line) runs
@@ -21,8 +22,8 @@ import gatewayWasm from "./gateway.wasm";
 const DONE = 0, RESPOND = 1, RESPOND_STREAM = 2, LOG = 3, KV_GET = 4, KV_PUT = 5, KV_DELETE = 6;
 const KV_LIST = 7, FETCH = 8, READ_BODY = 9, DROP_BODY = 10, SLEEP = 11, COUNT = 12;
 const STORAGE_GET = 13, STORAGE_PUT = 14, STORAGE_DELETE = 15, REPLY = 16;
-const CACHE_GET = 17, CACHE_PUT = 18, CACHE_DELETE = 19;
-const FIELDS = ["", "uhb", "uhu", "s", "s", "sbu", "s", "s", "sshbu", "uu", "u", "u", "ss", "s", "s", "s", "us", "s", "sbu", "s"];
+const CACHE_GET = 17, CACHE_PUT = 18, CACHE_DELETE = 19, VERIFY = 20, SIGN_RS256 = 21;
+const FIELDS = ["", "uhb", "uhu", "s", "s", "sbu", "s", "s", "sshbu", "uu", "u", "u", "ss", "s", "s", "s", "us", "s", "sbu", "s", "sbb", "bb"];
 
 // Outcome codes (abi.rs).
 const OK = 0, MISSING = 1, TOO_LARGE = 2, FAILED = -1, TIMEOUT = -2, UNBOUND = -9;
@@ -442,6 +443,15 @@ function perform(task, c) {
         return [OK];
       }));
       break;
+    case VERIFY:
+      settle(task, op, verify(c[2], c[3], c[4]));
+      break;
+    case SIGN_RS256:
+      settle(task, op, (async () => {
+        const key = await crypto.subtle.importKey("pkcs8", c[2], RS256, false, ["sign"]);
+        return [OK, new Uint8Array(await crypto.subtle.sign(RS256, key, c[3]))];
+      })());
+      break;
   }
 }
 
@@ -699,6 +709,25 @@ function chunkOut(call) {
     crash(error);
     return null;
   }
+}
+
+// Signatures through WebCrypto (ports/signatures.rs): the wasm has no RSA or P-256 code. An
+// issuer's keys are imported once per instance (a few, bounded), keyed by their JWK text; a
+// key WebCrypto refuses (a point off the curve) is FAILED, a signature that does not hold
+// MISSING.
+const RS256 = { name: "RSASSA-PKCS1-v1_5", hash: "SHA-256" };
+const ES256 = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" };
+const VERIFY_KEYS_MAX = 64;
+const verifyKeys = new Map(); // JWK text → CryptoKey
+async function verify(jwkText, message, signature) {
+  const algorithm = jwkText.startsWith('{"kty":"RSA"') ? RS256 : ES256; // PublicKey::jwk's text
+  let key = verifyKeys.get(jwkText);
+  if (key === undefined) {
+    key = await crypto.subtle.importKey("jwk", JSON.parse(jwkText), algorithm, false, ["verify"]);
+    if (verifyKeys.size >= VERIFY_KEYS_MAX) verifyKeys.clear();
+    verifyKeys.set(jwkText, key);
+  }
+  return [(await crypto.subtle.verify(algorithm, key, signature, message)) ? OK : MISSING];
 }
 
 // The scope's Durable Object (exact counters): one RPC call with the core's request JSON.

@@ -4,7 +4,7 @@
 //! | bound | value |
 //! |---|---|
 //! | JWKS document size | [`MAX_JWKS_BYTES`] (larger: the fetch fails) |
-//! | keys kept | the first [`MAX_KEYS`] usable signature keys (RSA ≥ 2048 and ≤ 4096 bits, EC P-256) |
+//! | keys kept | the first [`MAX_KEYS`] usable signature keys (RSA ≥ 2048 and ≤ 4096 bits, EC P-256; a P-256 point off the curve is kept and verifies nothing) |
 //! | cache lifetime | the answer's `Cache-Control: max-age`, clamped to [`MIN_TTL_SECS`]..[`MAX_TTL_SECS`]; [`DEFAULT_TTL_SECS`] without one; the minimum with `no-cache`/`no-store` |
 //! | stale use | only when a refresh fails, for at most [`STALE_IF_ERROR_SECS`] past the lifetime |
 //! | fetches | at most one per request; and at most one per `refresh_cooldown_secs` per JWKS URL, counted both in the isolate and in KV (so it holds on hosts that start a fresh instance per request) |
@@ -31,7 +31,8 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::gateway::error::{ErrorCode, GatewayError};
-use crate::gateway::features::identity::jwt::{Algorithm, Refusal, VerifyKey};
+use crate::gateway::features::identity::jwt::{key_fits, Algorithm, Refusal};
+use crate::gateway::ports::signatures::PublicKey;
 use crate::gateway::ports::Ports;
 use crate::gateway::util::text::hex;
 
@@ -44,6 +45,9 @@ pub const STALE_IF_ERROR_SECS: u64 = 3_600;
 pub const FETCH_TIMEOUT_MS: u64 = 5_000;
 pub const CACHE_PREFIX: &str = "jwks:";
 const MIN_RSA_BITS: usize = 2048;
+const MAX_RSA_BITS: usize = 4096;
+/// The largest public exponent RustCrypto's `rsa` takes (2^33 - 1); WebCrypto takes it too.
+const MAX_RSA_EXPONENT: u64 = (1 << 33) - 1;
 /// Key sets memoized per isolate (one per configured JWKS URL; more only after config changes).
 const MEMO_MAX: usize = 64;
 
@@ -53,7 +57,7 @@ pub struct Jwk {
     pub kid: Option<String>,
     /// The JWK's own `alg`, when it names one.
     pub alg: Option<Algorithm>,
-    pub key: VerifyKey,
+    pub key: PublicKey,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -67,7 +71,7 @@ impl KeySet {
     ///   own `alg` does not fit the token's `alg`, `Algorithm`;
     /// * without: the one key that fits `alg`; none or several: `UnknownKey`.
     pub fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<usize, Refusal> {
-        let fits = |k: &Jwk| k.key.fits(alg) && k.alg.is_none_or(|a| a == alg);
+        let fits = |k: &Jwk| key_fits(&k.key, alg) && k.alg.is_none_or(|a| a == alg);
         match kid {
             Some(kid) => {
                 let mut named = self.keys.iter().enumerate().filter(|(_, k)| k.kid.as_deref() == Some(kid)).peekable();
@@ -141,30 +145,19 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Option<(Jwk, Value)> {
     let (key, mut minimal) = match text("kty")? {
         "RSA" => {
             let (n, e) = (b64("n")?, b64("e")?);
-            let modulus = rsa::BigUint::from_bytes_be(&n);
-            if modulus.bits() < MIN_RSA_BITS {
+            if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits(&n)) || !usable_exponent(&e) {
                 return None;
             }
-            let key = rsa::RsaPublicKey::new(modulus, rsa::BigUint::from_bytes_be(&e)).ok()?;
-            (VerifyKey::Rsa(key), json!({"kty": "RSA", "n": text("n")?, "e": text("e")?}))
+            (PublicKey::Rsa { n, e }, json!({"kty": "RSA", "n": text("n")?, "e": text("e")?}))
         }
         "EC" if text("crv") == Some("P-256") => {
-            let (x, y) = (b64("x")?, b64("y")?);
-            if x.len() != 32 || y.len() != 32 {
-                return None;
-            }
-            let point = p256::EncodedPoint::from_affine_coordinates(
-                p256::FieldBytes::from_slice(&x),
-                p256::FieldBytes::from_slice(&y),
-                false,
-            );
-            // Refuses points not on the curve (and the identity).
-            let key = p256::ecdsa::VerifyingKey::from_encoded_point(&point).ok()?;
-            (VerifyKey::P256(key), json!({"kty": "EC", "crv": "P-256", "x": text("x")?, "y": text("y")?}))
+            let (x, y) = (b64("x")?.try_into().ok()?, b64("y")?.try_into().ok()?);
+            // Whether the point is on the curve is the signer's to say (it then verifies nothing).
+            (PublicKey::P256 { x, y }, json!({"kty": "EC", "crv": "P-256", "x": text("x")?, "y": text("y")?}))
         }
         _ => return None,
     };
-    if alg.is_some_and(|a| !key.fits(a)) {
+    if alg.is_some_and(|a| !key_fits(&key, a)) {
         return None;
     }
     if let Some(kid) = &kid {
@@ -174,6 +167,19 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Option<(Jwk, Value)> {
         minimal["alg"] = json!(alg.as_str());
     }
     Some((Jwk { kid, alg, key }, minimal))
+}
+
+/// The bit length of a big-endian unsigned number.
+fn bits(number: &[u8]) -> usize {
+    let number = &number[number.iter().take_while(|b| **b == 0).count()..];
+    number.first().map_or(0, |top| number.len() * 8 - top.leading_zeros() as usize)
+}
+
+/// An RSA public exponent both signers take: odd, at least 3, at most [`MAX_RSA_EXPONENT`].
+fn usable_exponent(e: &[u8]) -> bool {
+    let e = &e[e.iter().take_while(|b| **b == 0).count()..];
+    let value = (e.len() <= 8).then(|| e.iter().fold(0u64, |v, b| v << 8 | u64::from(*b)));
+    value.is_some_and(|v| (3..=MAX_RSA_EXPONENT).contains(&v) && v % 2 == 1)
 }
 
 /// The cache lifetime `Cache-Control` gives, clamped (see the module table).
@@ -466,6 +472,8 @@ mod tests {
         keys.push(json!({"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"}));
         keys.push(json!({"kty": "RSA", "kid": "enc", "use": "enc", "n": testing::RSA_N, "e": "AQAB"}));
         keys.push(json!({"kty": "RSA", "kid": "small", "n": "AQAB", "e": "AQAB"}));
+        keys.push(json!({"kty": "RSA", "kid": "even-e", "n": testing::RSA_N, "e": "Ag"}));
+        keys.push(json!({"kty": "RSA", "kid": "huge-e", "n": testing::RSA_N, "e": "AQAAAAAB"}));
         keys.push(json!({"kty": "RSA", "kid": "ps", "alg": "PS256", "n": testing::RSA_N, "e": "AQAB"}));
         keys.push(json!({"kty": "RSA", "kid": "mismatch", "alg": "ES256", "n": testing::RSA_N, "e": "AQAB"}));
         keys.push(json!({"kty": "EC", "kid": "p384", "crv": "P-384", "x": testing::EC_X, "y": testing::EC_Y}));
@@ -476,7 +484,8 @@ mod tests {
         keys.push(json!({"kty": "RSA", "kid": "ok-no-alg", "n": testing::RSA_N, "e": "AQAB", "d": "private!"}));
         let (set, kept) = parse_jwks(doc.to_string().as_bytes()).unwrap();
         let kids: Vec<_> = set.keys.iter().map(|k| k.kid.clone().unwrap()).collect();
-        assert_eq!(kids, ["rsa-1", "ec-1", "ok-no-alg"]);
+        // A point off the curve is kept (only the signer can tell), and verifies nothing.
+        assert_eq!(kids, ["rsa-1", "ec-1", "offcurve", "ok-no-alg"]);
         assert!(kept.iter().all(|k| k.get("d").is_none()), "only public members are cached");
         assert!(parse_jwks(b"[]").is_err() && parse_jwks(b"{\"keys\": 1}").is_err() && parse_jwks(b"nope").is_err());
         assert!(parse_jwks(&vec![b' '; MAX_JWKS_BYTES + 1]).is_err());

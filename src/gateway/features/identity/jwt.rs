@@ -1,6 +1,7 @@
 //! JSON Web Tokens (RFC 7519) in JWS compact serialization (RFC 7515), verified with public
 //! keys only: RS256 (RSASSA-PKCS1-v1_5 with SHA-256) and ES256 (ECDSA on P-256 with SHA-256).
-//! Pure functions, no ports: parse, check the signature, check the registered claims.
+//! Pure functions, no ports: parse, match a key to the algorithm, check the registered claims
+//! (the signature is the `Signatures` port's).
 //!
 //! Refused, following RFC 8725: `alg: none` and every HMAC algorithm (not in [`Algorithm`],
 //! so never in an issuer's list: a public key can never be used as an HMAC secret); an `alg`
@@ -11,12 +12,11 @@
 //!
 //! Nothing here formats a token (or any part of one) into an error message.
 
+use crate::gateway::error::{ErrorCode, GatewayError};
+use crate::gateway::ports::signatures::PublicKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
-
-use crate::gateway::error::{ErrorCode, GatewayError};
 
 /// Longest token accepted (bytes). Real access tokens are 0.5–2 KB.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -92,8 +92,8 @@ impl Refusal {
     }
 }
 
-/// A token split and decoded, not yet verified: nothing in it is trusted until
-/// [`verify_signature`] says so.
+/// A token split and decoded, not yet verified: nothing in it is trusted until the
+/// `Signatures` port says its signature holds.
 #[derive(Debug)]
 pub struct Parsed<'t> {
     /// The header's `alg`, as written (checked against the issuer's list later).
@@ -168,35 +168,10 @@ fn decode_json(part: &str) -> Result<Map<String, Value>, Refusal> {
     serde_json::from_slice(&decode(part)?).map_err(|_| Refusal::Malformed)
 }
 
-/// A public key usable for verification.
-#[derive(Debug, Clone)]
-pub enum VerifyKey {
-    Rsa(rsa::RsaPublicKey),
-    P256(p256::ecdsa::VerifyingKey),
-}
-
-impl VerifyKey {
-    /// Whether this key can verify `alg` (the JWK's `kty`/`crv` against the header's `alg`).
-    pub fn fits(&self, alg: Algorithm) -> bool {
-        matches!((self, alg), (VerifyKey::Rsa(_), Algorithm::Rs256) | (VerifyKey::P256(_), Algorithm::Es256))
-    }
-}
-
-/// Checks the signature over `signing_input`. A key that does not fit `alg` never verifies.
-pub fn verify_signature(alg: Algorithm, key: &VerifyKey, signing_input: &[u8], signature: &[u8]) -> bool {
-    match (alg, key) {
-        (Algorithm::Rs256, VerifyKey::Rsa(key)) => {
-            let digest = Sha256::digest(signing_input);
-            key.verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &digest, signature).is_ok()
-        }
-        (Algorithm::Es256, VerifyKey::P256(key)) => {
-            use p256::ecdsa::signature::Verifier;
-            // JWS ECDSA signatures are r || s, 32 bytes each (RFC 7518 §3.4), not DER.
-            let Ok(signature) = p256::ecdsa::Signature::from_slice(signature) else { return false };
-            key.verify(signing_input, &signature).is_ok()
-        }
-        _ => false,
-    }
+/// Whether `key` can verify `alg` (the JWK's `kty`/`crv` against the header's `alg`). The
+/// signature itself is the `Signatures` port's to check.
+pub fn key_fits(key: &PublicKey, alg: Algorithm) -> bool {
+    matches!((key, alg), (PublicKey::Rsa { .. }, Algorithm::Rs256) | (PublicKey::P256 { .. }, Algorithm::Es256))
 }
 
 /// What the registered claims are checked against.
@@ -263,6 +238,7 @@ pub fn subject<'c>(claims: &'c Map<String, Value>, claim: &str) -> Result<&'c st
 mod tests {
     use super::*;
     use crate::gateway::features::identity::testing::{self, claims_at};
+    use crate::gateway::ports::signatures::rustcrypto;
     use serde_json::json;
 
     const NOW_MS: u64 = 1_700_000_000_000;
@@ -271,21 +247,21 @@ mod tests {
         Expected { audiences, clock_skew_secs: 30, now_ms: NOW_MS }
     }
 
-    fn rsa() -> VerifyKey {
-        VerifyKey::Rsa(testing::rsa_public())
+    fn rsa() -> PublicKey {
+        testing::rsa_public()
     }
 
-    fn ec() -> VerifyKey {
-        VerifyKey::P256(testing::ec_public())
+    fn ec() -> PublicKey {
+        testing::ec_public()
     }
 
-    fn verify(token: &str, key: &VerifyKey) -> Result<(), Refusal> {
+    fn verify(token: &str, key: &PublicKey) -> Result<(), Refusal> {
         let parsed = parse(token)?;
         let alg = Algorithm::parse(&parsed.alg).ok_or(Refusal::Algorithm)?;
-        if !key.fits(alg) {
+        if !key_fits(key, alg) {
             return Err(Refusal::Algorithm);
         }
-        if !verify_signature(alg, key, parsed.signing_input, &parsed.signature) {
+        if !rustcrypto::verify(key, parsed.signing_input, &parsed.signature) {
             return Err(Refusal::BadSignature);
         }
         check_claims(&parsed.claims, expected(&["gw".to_string()])).map(|_| ())
@@ -345,6 +321,7 @@ mod tests {
         // HS256 "signed" with the RSA public key's bytes as the HMAC secret (the classic
         // confusion attack): HS256 is not an algorithm we know, whatever the key.
         use hmac::{Hmac, Mac};
+        use sha2::Sha256;
         let input = format!("{}.{}", testing::header_b64("HS256", None), URL_SAFE_NO_PAD.encode(claims.to_string()));
         let mut mac = Hmac::<Sha256>::new_from_slice(testing::RSA_N.as_bytes()).unwrap();
         mac.update(input.as_bytes());
@@ -353,8 +330,7 @@ mod tests {
         // RS256 header, EC key (and the other way round): the key does not fit the alg.
         assert_eq!(verify(&testing::sign_rs256(&claims, None), &ec()), Err(Refusal::Algorithm));
         assert_eq!(verify(&testing::sign_es256(&claims, None), &rsa()), Err(Refusal::Algorithm));
-        assert!(!verify_signature(Algorithm::Rs256, &ec(), b"x", &[0; 64]));
-        assert!(!verify_signature(Algorithm::Es256, &rsa(), b"x", &[0; 256]));
+        assert!(!key_fits(&ec(), Algorithm::Rs256) && !key_fits(&rsa(), Algorithm::Es256));
         // `crit` is refused.
         let crit = format!(
             "{}.{}.AA",

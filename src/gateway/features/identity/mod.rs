@@ -28,6 +28,7 @@ pub mod claims;
 pub mod config;
 pub mod jwks;
 pub mod jwt;
+#[cfg(feature = "rustcrypto")]
 pub mod testing;
 
 use std::cell::RefCell;
@@ -122,7 +123,8 @@ pub async fn verify<P: Ports>(ports: &P, memo: &IdentityMemo, config: &JwtConfig
         .map_err(Refusal::error)?;
     let source = jwks::Source { jwks_url: &issuer.jwks_url, refresh_cooldown_ms: issuer.refresh_cooldown_secs * 1000 };
     let (set, index) = jwks::find_key(ports, &memo.jwks, source, parsed.kid.as_deref(), alg).await?;
-    if !jwt::verify_signature(alg, &set.set.keys[index].key, parsed.signing_input, &parsed.signature) {
+    let key = &set.set.keys[index].key;
+    if !(jwt::key_fits(key, alg) && ports.verify(key, parsed.signing_input, &parsed.signature).await) {
         return Err(Refusal::BadSignature.error());
     }
     let expected = jwt::Expected { audiences: &issuer.audiences, clock_skew_secs: issuer.clock_skew_secs, now_ms: now };

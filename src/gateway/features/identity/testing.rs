@@ -9,6 +9,8 @@ use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::gateway::ports::signatures::PublicKey;
+
 pub const ISSUER: &str = "https://idp.test";
 pub const RSA_KID: &str = "rsa-1";
 pub const EC_KID: &str = "ec-1";
@@ -26,12 +28,13 @@ fn uint(b64: &str) -> rsa::BigUint {
     rsa::BigUint::from_bytes_be(&URL_SAFE_NO_PAD.decode(b64).unwrap())
 }
 
-pub fn rsa_public() -> rsa::RsaPublicKey {
-    rsa::RsaPublicKey::new(uint(RSA_N), uint(RSA_E)).unwrap()
+pub fn rsa_public() -> PublicKey {
+    PublicKey::Rsa { n: URL_SAFE_NO_PAD.decode(RSA_N).unwrap(), e: URL_SAFE_NO_PAD.decode(RSA_E).unwrap() }
 }
 
-pub fn ec_public() -> p256::ecdsa::VerifyingKey {
-    *ec_private().verifying_key()
+pub fn ec_public() -> PublicKey {
+    let decode = |b64| <[u8; 32]>::try_from(URL_SAFE_NO_PAD.decode(b64).unwrap()).unwrap();
+    PublicKey::P256 { x: decode(EC_X), y: decode(EC_Y) }
 }
 
 fn ec_private() -> p256::ecdsa::SigningKey {

@@ -780,6 +780,7 @@ mod tests {
         }
     }
     impl crate::gateway::ports::EdgeCache for TestHost {}
+    impl crate::gateway::ports::Signatures for TestHost {}
 
     impl Counter for TestHost {
         async fn count(&self, scope: &str, ops: &[CounterOp]) -> Result<Option<CounterReply>> {

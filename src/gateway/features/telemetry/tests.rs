@@ -386,6 +386,7 @@ impl Clock for Yielding<'_> {
 
 impl Counter for Yielding<'_> {}
 impl crate::gateway::ports::EdgeCache for Yielding<'_> {}
+impl crate::gateway::ports::Signatures for Yielding<'_> {}
 
 /// Polls every future round robin until all are done.
 fn run_all(mut futures: Vec<Pin<Box<dyn Future<Output = Option<String>> + '_>>>) -> Vec<Option<String>> {

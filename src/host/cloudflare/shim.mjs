@@ -4,12 +4,12 @@
 // Per request: one call into the wasm with the request (head as one string, body from one
 // arrayBuffer()), which starts a task and answers with commands (src/host/cloudflare/abi.rs):
 // KV get/put/delete/list, fetch, read a body, sleep, count (Durable Object), verify or sign
-// (WebCrypto), respond, log. This
-// file performs them — concurrently when several are pending — and hands each outcome back with
-// one call (egw_resume) until the task is done. The Response goes out as soon as the task says
-// `respond`; the rest of the task (stream summary, cache fill, accounting, the log line) runs
-// under ctx.waitUntil. A streamed answer is the origin's body through a pull-based stream that
-// crosses into the wasm once per chunk (the core's stream pump).
+// (WebCrypto), respond, log. This file performs them — concurrently when several are pending —
+// and hands each outcome back with one call (egw_resume) until the task is done. The Response
+// goes out as soon as the task says `respond`; the rest of the task (stream summary, cache
+// fill, accounting, the log line) runs under ctx.waitUntil. A streamed answer is the origin's
+// body through a pull-based stream that crosses into the wasm once per chunk (the core's
+// stream pump).
 //
 // No business rule lives here: this file moves bytes, performs I/O and maps runtime failures to
 // codes. It never puts a runtime exception's text into a response.

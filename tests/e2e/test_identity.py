@@ -131,6 +131,29 @@ def test_a_rotated_in_key_is_fetched_on_first_use(gw, idp):
     assert idp.fetches() == before + 1
 
 
+class OffCurveKey(SigningKey):
+    """A P-256 key whose published JWK has y = x: a point off the curve (not a key at all)."""
+
+    def jwk(self) -> dict:
+        jwk = super().jwk()
+        jwk["y"] = jwk["x"]
+        return jwk
+
+
+def test_a_published_point_off_the_curve_verifies_nothing(gw, idp):
+    """The gateway keeps such a key (only a signer can tell) and it verifies no token, on both
+    hosts: WebCrypto refuses to import it on workerd, RustCrypto on Spin."""
+    assert chat(gw, idp.token()).status_code == 200
+    time.sleep(COOLDOWN_S + 0.3)
+    broken = OffCurveKey("EC", "ec-offcurve-" + secrets.token_hex(3))
+    idp.publish(broken)
+    before = idp.fetches()
+    for _ in range(2):  # the second from the cached key set
+        error(chat(gw, idp.token(broken)), 401, "token_bad_signature")
+    assert idp.fetches() == before + 1
+    assert chat(gw, idp.token(idp.ec)).status_code == 200
+
+
 def test_claims_map_to_tenant_endpoints_and_limits(gw, idp):
     subject = f"carol-{gw.name}-{secrets.token_hex(3)}"
     r = chat(gw, idp.token(sub=subject))

@@ -63,6 +63,7 @@ pub mod rustcrypto {
                 let point = p256::EncodedPoint::from_affine_coordinates(x.into(), y.into(), false);
                 // Refuses points not on the curve (and the identity).
                 let Ok(key) = p256::ecdsa::VerifyingKey::from_encoded_point(&point) else { return false };
+                // JWS ECDSA signatures are r || s, 32 bytes each (RFC 7518 §3.4), not DER.
                 let Ok(signature) = p256::ecdsa::Signature::from_slice(signature) else { return false };
                 key.verify(message, &signature).is_ok()
             }

@@ -12,11 +12,12 @@
 //!
 //! Nothing here formats a token (or any part of one) into an error message.
 
-use crate::gateway::error::{ErrorCode, GatewayError};
-use crate::gateway::ports::signatures::PublicKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{Map, Value};
+
+use crate::gateway::error::{ErrorCode, GatewayError};
+use crate::gateway::ports::signatures::PublicKey;
 
 /// Longest token accepted (bytes). Real access tokens are 0.5–2 KB.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;

@@ -169,15 +169,20 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Option<(Jwk, Value)> {
     Some((Jwk { kid, alg, key }, minimal))
 }
 
+/// A big-endian unsigned number without its leading zero bytes.
+fn significant(number: &[u8]) -> &[u8] {
+    &number[number.iter().take_while(|b| **b == 0).count()..]
+}
+
 /// The bit length of a big-endian unsigned number.
 fn bits(number: &[u8]) -> usize {
-    let number = &number[number.iter().take_while(|b| **b == 0).count()..];
+    let number = significant(number);
     number.first().map_or(0, |top| number.len() * 8 - top.leading_zeros() as usize)
 }
 
 /// An RSA public exponent both signers take: odd, at least 3, at most [`MAX_RSA_EXPONENT`].
 fn usable_exponent(e: &[u8]) -> bool {
-    let e = &e[e.iter().take_while(|b| **b == 0).count()..];
+    let e = significant(e);
     let value = (e.len() <= 8).then(|| e.iter().fold(0u64, |v, b| v << 8 | u64::from(*b)));
     value.is_some_and(|v| (3..=MAX_RSA_EXPONENT).contains(&v) && v % 2 == 1)
 }

@@ -1,7 +1,7 @@
-"""A test identity provider for test_identity.py: RSA-2048 and P-256 keys generated per run
-with `cryptography`, tokens signed with PyJWT, and the JWKS served by Python's http.server on
-loopback (`Cache-Control: max-age=300`), counting every fetch so the suite can assert how often
-the gateway refetched it."""
+"""A test identity provider for test_identity.py (and scripts/bench's JWT rows): RSA-2048 and
+P-256 keys generated per run with `cryptography`, tokens signed with PyJWT, and the JWKS served
+by Python's http.server on loopback (`Cache-Control: max-age=300` unless told otherwise),
+counting every fetch so the suite can assert how often the gateway refetched it."""
 import base64
 import json
 import secrets
@@ -37,7 +37,7 @@ class SigningKey:
 
 
 class TestIdp:
-    def __init__(self):
+    def __init__(self, max_age: int = 300):
         self.rsa = SigningKey("RSA", "rsa-" + secrets.token_hex(4))
         self.ec = SigningKey("EC", "ec-" + secrets.token_hex(4))
         self.published = [self.rsa, self.ec]
@@ -55,7 +55,7 @@ class TestIdp:
                     body = json.dumps({"keys": [k.jwk() for k in idp.published]}).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
-                self.send_header("cache-control", "public, max-age=300")
+                self.send_header("cache-control", f"public, max-age={max_age}")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -6,6 +6,7 @@ section of tests/e2e/gateway.yaml (tenant from `org_id`, endpoints from `groups`
 cooldown 2 s). The id-chat endpoint needs a credential; id-gated also needs an approval."""
 import hashlib
 import json
+import re
 import secrets
 import time
 
@@ -152,6 +153,38 @@ def test_a_published_point_off_the_curve_verifies_nothing(gw, idp):
         error(chat(gw, idp.token(broken)), 401, "token_bad_signature")
     assert idp.fetches() == before + 1
     assert chat(gw, idp.token(idp.ec)).status_code == 200
+
+
+def test_a_verified_token_is_remembered_for_a_minute(gw, idp):
+    """A verified token is not verified again for a minute: workerd remembers it per isolate,
+    Spin (an instance per request) in KV as `jwtok:` + the token's SHA-256, never the token.
+    Shown by taking the key set away (its cache entry deleted, the identity provider no longer
+    publishing the key): the token still passes; on Spin a new token signed by the same key is
+    refused, as that request's instance has to fetch the key set again (workerd's isolate still
+    holds it)."""
+    key = SigningKey("EC", "ec-memo-" + secrets.token_hex(3))
+    idp.publish(key)
+    time.sleep(COOLDOWN_S + 0.3)
+    token = idp.token(key)
+    assert chat(gw, token).status_code == 200  # fetches the key set for the new kid
+    if gw.name == "spin":
+        entry = gw.kv_dir / "default" / ("jwtok:" + hashlib.sha256(token.encode()).hexdigest()).encode().hex()
+        assert re.fullmatch(r"[0-9a-f]{16}:[0-9]+", entry.read_text()), "config fingerprint and time only"
+    jwks_entry = "jwks:" + hashlib.sha256((idp.url + "/jwks.json").encode()).hexdigest()
+    published = list(idp.published)
+    idp.published = [k for k in published if k is not key]
+    try:
+        gw.kv_delete(jwks_entry)
+        time.sleep(COOLDOWN_S + 0.3)  # a refetch is allowed again
+        assert chat(gw, token).status_code == 200, "remembered"
+        later = chat(gw, idp.token(key, sub="bob"))
+        if gw.name == "spin":
+            error(later, 401, "token_unknown_key")
+        else:
+            assert later.status_code == 200, later.text
+    finally:
+        idp.published = published
+        gw.kv_delete(jwks_entry)  # the next test's instance reads the whole key set again
 
 
 def test_claims_map_to_tenant_endpoints_and_limits(gw, idp):

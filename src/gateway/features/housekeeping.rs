@@ -2,13 +2,15 @@
 //! none, and its `list` reads every key of the store): expired rate-limit counters are
 //! deleted, requests' ledger entries (one per request there, `features::ledger`) are folded
 //! into usage and tally shards, finished shards are compacted into one entry per day, and
-//! stale cache entries are dropped. Each run does a bounded amount of work; the pipeline runs
-//! it after a response now and then (`pipeline::account`).
+//! stale cache entries and verified-token entries (`features::identity`) are dropped. Each run
+//! does a bounded amount of work; the pipeline runs it after a response now and then
+//! (`pipeline::account`).
 
 use std::collections::BTreeMap;
 
 use crate::gateway::error::Result;
 use crate::gateway::features::cache;
+use crate::gateway::features::identity::{vouch_expired, VOUCHED_PREFIX};
 use crate::gateway::features::ledger::{self, LEDGER_PREFIX};
 use crate::gateway::features::limits::window_end;
 use crate::gateway::features::telemetry::tally::{self, TALLY_PREFIX};
@@ -27,6 +29,8 @@ pub struct Swept {
     pub counters: usize,
     pub shards: usize,
     pub cache_entries: usize,
+    /// Verified-token entries past their minute.
+    pub vouches: usize,
     /// Ledger entries folded into shards.
     pub entries: usize,
 }
@@ -43,7 +47,8 @@ fn to_fold<'s>(shards: &'s [String], budget: &mut usize) -> Option<&'s [String]>
     Some(&shards[..take])
 }
 
-/// One bounded run: at most `MAX_KV_READS` deletes of counters, shards folded and cache reads.
+/// One bounded run: at most `MAX_KV_READS` deletes of counters, shards folded, and reads of
+/// token and cache entries.
 /// Only for hosts where every request is a fresh instance (usage shards are final once
 /// written; see `usage::compact_day`).
 pub async fn sweep<P: Kv + Clock + Counter>(ports: &P) -> Result<Swept> {
@@ -88,6 +93,18 @@ pub async fn sweep<P: Kv + Clock + Counter>(ports: &P) -> Result<Swept> {
             if tally::compact_day(ports, day, fold, Locking::IfFree).await?.is_some() {
                 swept.shards += fold.len();
             }
+        }
+    }
+    // Token entries before cache entries: each lives a minute, so nearly every one read here
+    // is deleted, where a fresh cache entry is read again by every run until it goes stale.
+    for name in names.iter().filter(|n| n.starts_with(VOUCHED_PREFIX)) {
+        if budget == 0 {
+            break;
+        }
+        budget -= 1;
+        if ports.get(name).await?.is_some_and(|entry| vouch_expired(&entry, now)) {
+            ports.delete(name).await?;
+            swept.vouches += 1;
         }
     }
     for name in names.iter().filter(|n| n.starts_with("cache:")) {

@@ -23,6 +23,14 @@
 //! [`TOKEN_MEMO_TTL_MS`], under the config's `auth` fingerprint; `exp`/`nbf` are rechecked on
 //! every hit. So a token stays accepted after its signing key leaves the JWKS for at most the
 //! JWKS cache lifetime (see `jwks`), plus this memo's 60 s in an isolate that verified it.
+//!
+//! A host without state between requests (Spin: a fresh instance each) keeps that memo in KV
+//! instead (`jwtok:<SHA-256 of the token>`, [`VOUCHED_PREFIX`]): otherwise every request would
+//! read the JWKS and check the signature again, ~0.6 ms (RS256) and ~1 ms (ES256) of wasm per
+//! request there (scripts/bench, the JWT rows). An entry says only that this token's signature
+//! held under this config, and when: the token is parsed and its claims checked on every
+//! request as before, and the entry counts for the same 60 s. The housekeeping sweep deletes
+//! entries past that.
 
 pub mod claims;
 pub mod config;
@@ -46,9 +54,32 @@ pub use config::{check_auth, AuthConfig, Issuer, JwtConfig};
 pub use jwks::JwksMemo;
 pub use jwt::{looks_like_jwt, Algorithm, Refusal};
 
-/// How long an isolate reuses a verified token.
+/// How long an isolate (or, on a stateless host, the KV memo) reuses a verified token.
 pub const TOKEN_MEMO_TTL_MS: u64 = 60_000;
 const TOKEN_MEMO_MAX: usize = 4096;
+/// KV entries of tokens whose signature held, on stateless hosts: `<fingerprint hex>:<unix ms>`.
+pub const VOUCHED_PREFIX: &str = "jwtok:";
+
+/// A KV memo entry for a token verified at `at` under the config `fingerprint`.
+fn vouched_entry(fingerprint: u64, at: u64) -> String {
+    format!("{fingerprint:016x}:{at}")
+}
+
+/// When the entry's token was verified, if the entry is well formed.
+fn vouched_at(entry: &[u8]) -> Option<(u64, u64)> {
+    let (fingerprint, at) = std::str::from_utf8(entry).ok()?.split_once(':')?;
+    Some((u64::from_str_radix(fingerprint, 16).ok()?, at.parse().ok()?))
+}
+
+/// Whether a KV memo entry still vouches for its token under the config `fingerprint`.
+fn vouches(entry: &[u8], fingerprint: u64, now: u64) -> bool {
+    vouched_at(entry).is_some_and(|(f, at)| f == fingerprint && at <= now && now - at < TOKEN_MEMO_TTL_MS)
+}
+
+/// For the housekeeping sweep: an entry that vouches for nothing any more (or is not one).
+pub fn vouch_expired(entry: &[u8], now: u64) -> bool {
+    vouched_at(entry).is_none_or(|(_, at)| now.saturating_sub(at) >= TOKEN_MEMO_TTL_MS)
+}
 
 /// A verified token's caller.
 #[derive(Debug, Clone)]
@@ -121,11 +152,20 @@ pub async fn verify<P: Ports>(ports: &P, memo: &IdentityMemo, config: &JwtConfig
         .filter(|a| issuer.algorithms.contains(a))
         .ok_or(Refusal::Algorithm)
         .map_err(Refusal::error)?;
-    let source = jwks::Source { jwks_url: &issuer.jwks_url, refresh_cooldown_ms: issuer.refresh_cooldown_secs * 1000 };
-    let (set, index) = jwks::find_key(ports, &memo.jwks, source, parsed.kid.as_deref(), alg).await?;
-    let key = &set.set.keys[index].key;
-    if !(jwt::key_fits(key, alg) && ports.verify(key, parsed.signing_input, &parsed.signature).await) {
-        return Err(Refusal::BadSignature.error());
+    // A store that fails here only costs the shortcut: the JWKS path reports its own failures.
+    let vouched_key = (!ports.keeps_state()).then(|| format!("{VOUCHED_PREFIX}{hash}"));
+    let vouched = match &vouched_key {
+        Some(key) => matches!(ports.get(key).await, Ok(Some(entry)) if vouches(&entry, config.fingerprint, now)),
+        None => false,
+    };
+    if !vouched {
+        let source =
+            jwks::Source { jwks_url: &issuer.jwks_url, refresh_cooldown_ms: issuer.refresh_cooldown_secs * 1000 };
+        let (set, index) = jwks::find_key(ports, &memo.jwks, source, parsed.kid.as_deref(), alg).await?;
+        let key = &set.set.keys[index].key;
+        if !(jwt::key_fits(key, alg) && ports.verify(key, parsed.signing_input, &parsed.signature).await) {
+            return Err(Refusal::BadSignature.error());
+        }
     }
     let expected = jwt::Expected { audiences: &issuer.audiences, clock_skew_secs: issuer.clock_skew_secs, now_ms: now };
     let validity = jwt::check_claims(&parsed.claims, expected).map_err(Refusal::error)?;
@@ -139,6 +179,11 @@ pub async fn verify<P: Ports>(ports: &P, memo: &IdentityMemo, config: &JwtConfig
         valid_until: validity.expires_at as f64 + skew,
         valid_from: validity.not_before.map_or(f64::MIN, |nbf| nbf - skew),
     });
+    if let (Some(key), false) = (&vouched_key, vouched) {
+        // Best effort: without the entry, the next request verifies the signature again.
+        let entry = vouched_entry(config.fingerprint, now);
+        let _ = ports.put(key, entry.as_bytes(), Some(TOKEN_MEMO_TTL_MS / 1000)).await;
+    }
     memo.put(hash, verified.clone(), config.fingerprint, now);
     Ok(verified)
 }
@@ -258,6 +303,66 @@ mod tests {
         assert!(block_on(verify(&host, &memo, &config, &fresh)).is_ok());
         let other = config_with_aud("gw2");
         assert_eq!(code(block_on(verify(&host, &memo, &other, &fresh))), ErrorCode::TokenAudience);
+    }
+
+    /// On a stateless host (Spin: a fresh instance per request) a verified token is vouched
+    /// for in KV for a minute: the next instance reads that entry instead of the JWKS and
+    /// checks no signature, but checks the claims again; another token, another config, or the
+    /// same token a minute later are verified again; the sweep deletes stale entries.
+    #[test]
+    fn a_stateless_host_remembers_verified_tokens_in_kv() {
+        let host = host(Rc::default());
+        host.stateless.set(true);
+        let config = config(json!({}));
+        // Verifies `token` in a fresh instance: whether it succeeded, and whether it read the JWKS.
+        let fresh = |config: &JwtConfig, token: &str| {
+            *host.kv_begun.borrow_mut() = Some(Vec::new());
+            let result = block_on(verify(&host, &IdentityMemo::default(), config, token));
+            let begun = host.kv_begun.borrow_mut().take().unwrap();
+            (
+                result.map(|v| v.subject.clone()).map_err(|e| e.code),
+                begun.iter().any(|k| k.starts_with(jwks::CACHE_PREFIX)),
+            )
+        };
+        let mut claims = testing::claims_at(host.now_ms(), "gw");
+        claims["exp"] = json!(host.now_ms() / 1000 + 20);
+        let token = testing::sign_es256(&claims, Some(testing::EC_KID));
+        let entry = format!("{VOUCHED_PREFIX}{}", hex(&Sha256::digest(token.as_bytes())));
+        assert_eq!(fresh(&config, &token), (Ok("alice".into()), true));
+        assert!(host.kv.borrow().contains_key(&entry));
+        host.advance(10_000);
+        assert_eq!(fresh(&config, &token), (Ok("alice".into()), false), "vouched for: no JWKS, no signature");
+        // The entry vouches for that token only: the same signature over other claims is checked.
+        let mut other = claims.clone();
+        other["sub"] = json!("mallory");
+        let other = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, other.to_string());
+        let mut parts: Vec<&str> = token.split('.').collect();
+        parts[1] = &other;
+        assert_eq!(fresh(&config, &parts.join(".")), (Err(ErrorCode::TokenBadSignature), true));
+        // The claims are checked on every request: past exp (+ the 30 s skew) the entry does not help.
+        host.advance(45_000);
+        assert!(vouches(&host.kv.borrow()[&entry], config.fingerprint, host.now_ms()));
+        assert_eq!(fresh(&config, &token), (Err(ErrorCode::TokenExpired), false));
+        // A minute after its verification the entry is stale: a new token then verifies again.
+        host.advance(6_000);
+        assert!(!vouches(&host.kv.borrow()[&entry], config.fingerprint, host.now_ms()));
+        let later = testing::sign_rs256(&testing::claims_at(host.now_ms(), "gw"), Some(testing::RSA_KID));
+        assert_eq!(fresh(&config, &later), (Ok("alice".into()), true));
+        assert_eq!(fresh(&config, &later), (Ok("alice".into()), false));
+        // Another config (another fingerprint) verifies again.
+        assert_eq!(fresh(&config_with_skew(31), &later), (Ok("alice".into()), true));
+        let swept = block_on(crate::gateway::features::housekeeping::sweep(&host)).unwrap();
+        assert_eq!(swept.vouches, 1);
+        assert!(!host.kv.borrow().contains_key(&entry));
+        assert_eq!(host.kv.borrow().keys().filter(|k| k.starts_with(VOUCHED_PREFIX)).count(), 1, "the later one stays");
+        // Entries that are not ours vouch for nothing, and the sweep deletes them.
+        for bad in [&b""[..], b"zz:1", b"00:x", b"0000000000000000"] {
+            assert!(!vouches(bad, 0, 1) && vouch_expired(bad, 1));
+        }
+    }
+
+    fn config_with_skew(secs: u64) -> JwtConfig {
+        config(json!({ "clock_skew_secs": secs }))
     }
 
     fn config_with_aud(aud: &str) -> JwtConfig {

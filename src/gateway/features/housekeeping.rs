@@ -47,6 +47,29 @@ fn to_fold<'s>(shards: &'s [String], budget: &mut usize) -> Option<&'s [String]>
     Some(&shards[..take])
 }
 
+/// Reads the entries under `prefix` (one unit of `budget` each) and deletes those `stale` says
+/// are; how many it deleted.
+async fn drop_stale<P: Kv>(
+    ports: &P,
+    names: &[String],
+    prefix: &str,
+    budget: &mut usize,
+    stale: impl Fn(&[u8]) -> bool,
+) -> Result<usize> {
+    let mut dropped = 0;
+    for name in names.iter().filter(|n| n.starts_with(prefix)) {
+        if *budget == 0 {
+            break;
+        }
+        *budget -= 1;
+        if ports.get(name).await?.is_some_and(|entry| stale(&entry)) {
+            ports.delete(name).await?;
+            dropped += 1;
+        }
+    }
+    Ok(dropped)
+}
+
 /// One bounded run: at most `MAX_KV_READS` deletes of counters, shards folded, and reads of
 /// token and cache entries.
 /// Only for hosts where every request is a fresh instance (usage shards are final once
@@ -97,29 +120,10 @@ pub async fn sweep<P: Kv + Clock + Counter>(ports: &P) -> Result<Swept> {
     }
     // Token entries before cache entries: each lives a minute, so nearly every one read here
     // is deleted, where a fresh cache entry is read again by every run until it goes stale.
-    for name in names.iter().filter(|n| n.starts_with(VOUCHED_PREFIX)) {
-        if budget == 0 {
-            break;
-        }
-        budget -= 1;
-        if ports.get(name).await?.is_some_and(|entry| vouch_expired(&entry, now)) {
-            ports.delete(name).await?;
-            swept.vouches += 1;
-        }
-    }
-    for name in names.iter().filter(|n| n.starts_with("cache:")) {
-        if budget == 0 {
-            break;
-        }
-        budget -= 1;
-        let stale = match ports.get(name).await? {
-            Some(bytes) => cache::Entry::decode(&bytes).is_none_or(|e| !e.fresh(now)),
-            None => false,
-        };
-        if stale {
-            ports.delete(name).await?;
-            swept.cache_entries += 1;
-        }
-    }
+    swept.vouches = drop_stale(ports, &names, VOUCHED_PREFIX, &mut budget, |entry| vouch_expired(entry, now)).await?;
+    swept.cache_entries = drop_stale(ports, &names, "cache:", &mut budget, |entry| {
+        cache::Entry::decode(entry).is_none_or(|e| !e.fresh(now))
+    })
+    .await?;
     Ok(swept)
 }

@@ -191,22 +191,27 @@ async fn serve(host: CfHost, request: Result<(Request<Vec<u8>>, ClientInfo)>) {
     };
     let gateway = GATEWAY.with(Rc::clone);
     let Exchange { response, deferred } = gateway.handle(&host, request, &client).await;
-    // A streamed answer is accounted once its stream ended or the client went away.
-    let summary = match respond(response, &host.shared) {
+    // A streamed answer is accounted once its stream ended or the client went away. The
+    // accounting is closed in memory before any yield: the client may send its next request
+    // as soon as the answer is out.
+    let closed = match respond(response, &host.shared) {
         Sent::Whole => {
+            let closed = deferred.close(&host, None);
             yield_when_idle(&host).await;
-            None
+            closed
         }
         Sent::Streaming(stream_end) => {
             stream_end.await;
-            host.shared.pump.borrow_mut().take().map(|pump| pump.summary())
+            let summary = host.shared.pump.borrow_mut().take().map(|pump| pump.summary());
+            deferred.close(&host, summary)
         }
         Sent::Pumped(summary) => {
+            let closed = deferred.close(&host, Some(summary));
             yield_when_idle(&host).await;
-            Some(summary)
+            closed
         }
     };
-    let line = deferred.complete(&host, summary).await;
+    let line = closed.complete(&host).await;
     exec::notify(Cmd::Log, &[line.as_str().into()]);
     // Memos this request found about to expire are read again now, not by a later request
     // that would wait for the read (Spin needs none of this: each instance serves one request).

@@ -825,7 +825,7 @@ mod tests {
                 latency_ms: 20,
                 cache_hit: false,
             };
-            let (log, unbooked) = block_on(accounting.complete(&host, outcome));
+            let (log, unbooked) = block_on(accounting.close(&host, outcome).write(&host));
             assert_eq!(unbooked, None, "booked where the host keeps state");
             assert_eq!(log.accounting_error, None);
             assert_eq!(log.limits, "kv");

@@ -40,7 +40,7 @@ use serde_json::{json, Map, Value};
 use crate::gateway::check::Issues;
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::keys::KeyRecord;
-use crate::gateway::features::limits::{Admission, Reservation, Room};
+use crate::gateway::features::limits::{Admission, Reservation, Room, Settlement};
 use crate::gateway::ports::lock::{locked, Locking};
 use crate::gateway::ports::Counter;
 use crate::gateway::ports::{Clock, Kv, Ports, SAME_KEY_WRITE_GAP_MS};
@@ -476,7 +476,7 @@ impl UsageBook {
 
 /// Everything needed after the response to account for one admitted request. Built in the
 /// pipeline once the key is authenticated, limits admitted and the endpoint resolved; carried
-/// in `Deferred`; finished by [`Accounting::complete`].
+/// in `Deferred`; closed by [`Accounting::close`].
 pub struct Accounting {
     book: Rc<UsageBook>,
     key_id: Option<String>,
@@ -556,12 +556,11 @@ impl Accounting {
         }
     }
 
-    /// Settles the limit counters (tokens, cost) and records usage. Call it first in
-    /// `Deferred::complete`: its synchronous part (in-isolate counters) then runs as soon as
-    /// the host polls the deferred work, before any later request of the isolate is admitted.
-    /// Where the host keeps no state (Spin), the usage is not booked but returned, for the
-    /// request's one ledger entry (`features::ledger`).
-    pub async fn complete<P: Ports + Counter>(self, ports: &P, outcome: Outcome) -> (UsageLog, Option<UsageEvent>) {
+    /// Books the request's usage and settles its limit counters in the isolate's memory now
+    /// (so the isolate's next request sees them, whenever the host runs the writes);
+    /// `Closing::write` writes both. Where the host keeps no state (Spin), the usage is not
+    /// booked but returned, for the request's one ledger entry (`features::ledger`).
+    pub fn close<P: Ports>(self, ports: &P, outcome: Outcome) -> Closing {
         let usage = outcome.usage.unwrap_or_default();
         let cost = self.price.map(|p| p.cost_nusd(usage));
         let event = UsageEvent {
@@ -576,17 +575,40 @@ impl Accounting {
         };
         let booked = ports.keeps_state().then(|| self.book.record(ports, &event));
         let limits = self.admission.as_ref().map_or("none", Admission::mode);
+        let settlement = self.admission.map(|a| a.release(usage.total(), cost.unwrap_or(0)));
+        Closing { book: self.book, event, booked, settlement, limits }
+    }
+}
+
+/// A closed request's accounting writes (`Accounting::close`).
+#[must_use = "the usage and counters are not written until `write`"]
+pub struct Closing {
+    book: Rc<UsageBook>,
+    event: UsageEvent,
+    /// The shards the event was booked on (`None`: not booked, the host keeps no state).
+    booked: Option<Vec<String>>,
+    settlement: Option<Settlement>,
+    limits: &'static str,
+}
+
+impl Closing {
+    /// Writes the limit counters and the booked usage; returns the log fields, and the event
+    /// where nothing booked it.
+    pub async fn write<P: Ports + Counter>(self, ports: &P) -> (UsageLog, Option<UsageEvent>) {
+        let Closing { book, event, booked, settlement, limits } = self;
         let mut errors = Vec::new();
-        if let Some(admission) = self.admission {
-            if let Err(e) = admission.settle(ports, usage.total(), cost.unwrap_or(0)).await {
+        if let Some(settlement) = settlement {
+            if let Err(e) = settlement.write(ports).await {
                 errors.push(format!("limits: {}", e.message));
             }
         }
         if let Some(names) = &booked {
-            if let Err(e) = self.book.flush(ports, names).await {
+            if let Err(e) = book.flush(ports, names).await {
                 errors.push(format!("usage: {}", e.message));
             }
         }
+        let usage = event.usage;
+        let (cost, cache_hit) = (event.cost_nusd, event.cache_hit);
         // The event is returned only where nothing booked it: else its names move to the log.
         let (key_id, tenant, unbooked) = match booked {
             Some(_) => (event.key_id, event.tenant, None),
@@ -599,7 +621,7 @@ impl Accounting {
             completion_tokens: usage.completion_tokens,
             total_tokens: usage.total(),
             cost_usd: cost.map(nusd_to_usd),
-            cache_hit: outcome.cache_hit,
+            cache_hit,
             limits,
             accounting_error: (!errors.is_empty()).then(|| errors.join("; ")),
         };

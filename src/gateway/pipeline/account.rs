@@ -12,7 +12,7 @@ use crate::gateway::features::telemetry::tally::{Counts, SeriesKey};
 use crate::gateway::features::telemetry::{
     RequestFacts, SpanContext, TallyBook, Telemetry, TelemetryConfig, TraceParent,
 };
-use crate::gateway::features::usage::{charged_usage, Accounting, Outcome};
+use crate::gateway::features::usage::{charged_usage, Accounting, Closing, Outcome};
 use crate::gateway::features::{cache, housekeeping};
 use crate::gateway::pipeline::log::LogRecord;
 use crate::gateway::pipeline::stream::Captured;
@@ -112,11 +112,69 @@ impl Observe {
 }
 
 impl Deferred {
-    /// Runs the work once the response is out and returns the structured log line for the
-    /// host to emit. `stream` is the pump's summary when the body was streamed — taken when the
-    /// stream ended or the client went away, so partial usage is still counted.
+    /// Ends the request's accounting in the isolate's memory, synchronously: its usage is
+    /// booked and its limit counters settled (`Accounting::close`), so the isolate's next
+    /// request is admitted against the settled amounts however late the host runs the writes
+    /// (Cloudflare lets a whole answer go out first, a timer turn in which the client may
+    /// already send its next request). `stream` is the pump's summary when the body was
+    /// streamed — taken when the stream ended or the client went away, so partial usage is
+    /// still counted.
+    pub fn close<P: Ports>(mut self, ports: &P, stream: Option<StreamSummary>) -> Closed {
+        if self.audit.is_some() {
+            return Closed { deferred: self, stream, closing: None };
+        }
+        if let Some(summary) = &stream {
+            // A stream without the origin's final usage (cut, stopped, left by the client, or
+            // an origin that ignores `include_usage`) is charged at least the gateway's count.
+            let charged = charged_usage(summary.usage, summary.estimated, summary.completed);
+            self.log.set_usage(Some(charged).filter(|u| u.total() > 0));
+            self.log.stream_completed = Some(summary.completed);
+            self.log.stream_stopped = summary.stopped;
+            if let Some(mcp) = self.log.mcp.as_mut() {
+                mcp.finish_stream(summary.mcp.unwrap_or_default(), ports.now_ms());
+            }
+        }
+        let closing = self.pending.accounting.take().map(|accounting| {
+            let log = &self.log;
+            let usage = match (log.prompt_tokens, log.completion_tokens) {
+                (None, None) => None,
+                (p, c) => Some(Usage { prompt_tokens: p.unwrap_or(0), completion_tokens: c.unwrap_or(0) }),
+            };
+            let cache_hit = log.cache == Some(cache::Status::Hit.as_str());
+            // An MCP tool call counts its own outcome (a refused call is an HTTP 200).
+            let (status, latency_ms) = match &log.mcp {
+                Some(mcp) => (mcp.usage_status(), mcp.latency_ms),
+                None => (log.status, log.latency_ms),
+            };
+            accounting.close(ports, Outcome { usage, status, latency_ms, cache_hit })
+        });
+        Closed { deferred: self, stream, closing }
+    }
+
+    /// `close`, then `Closed::complete`.
     pub async fn complete<P: Ports>(self, ports: &P, stream: Option<StreamSummary>) -> String {
-        match self.settle_record(ports, stream).await {
+        self.close(ports, stream).complete(ports).await
+    }
+
+    /// `close`, then `Closed::settle`.
+    pub async fn settle<P: Ports>(self, ports: &P, stream: Option<StreamSummary>) -> (String, Observe) {
+        self.close(ports, stream).settle(ports).await
+    }
+}
+
+/// The after-response work once the request's accounting is closed in memory
+/// (`Deferred::close`): the writes are left.
+pub struct Closed {
+    deferred: Deferred,
+    stream: Option<StreamSummary>,
+    closing: Option<Closing>,
+}
+
+impl Closed {
+    /// Runs the writes once the response is out and returns the structured log line for the
+    /// host to emit.
+    pub async fn complete<P: Ports>(self, ports: &P) -> String {
+        match self.write(ports).await {
             Err(audit) => audit,
             Ok((mut log, observe)) => {
                 let afterwards = observe.run(ports).await;
@@ -133,80 +191,57 @@ impl Deferred {
 
     /// `complete` without the observability writes: for a host that accounts before sending
     /// the response. It returns the log line now and the rest to run once the response is out.
-    pub async fn settle<P: Ports>(self, ports: &P, stream: Option<StreamSummary>) -> (String, Observe) {
-        match self.settle_record(ports, stream).await {
+    pub async fn settle<P: Ports>(self, ports: &P) -> (String, Observe) {
+        match self.write(ports).await {
             Err(audit) => (audit, Observe::default()),
             Ok((log, observe)) => (log.to_json(), observe),
         }
     }
 
-    /// Accounting and the cache fill; records the request into the isolate's tallies and
-    /// telemetry batch (synchronously). An admin call returns its audit line as the error.
-    async fn settle_record<P: Ports>(
-        mut self,
-        ports: &P,
-        stream: Option<StreamSummary>,
-    ) -> Result<(LogRecord, Observe), String> {
-        if let Some(audit) = self.audit {
+    /// The cache fill and the accounting writes; records the request into the isolate's
+    /// tallies and telemetry batch (synchronously). An admin call returns its audit line as
+    /// the error.
+    async fn write<P: Ports>(self, ports: &P) -> Result<(LogRecord, Observe), String> {
+        let Closed { deferred, stream, closing } = self;
+        let Deferred { mut log, mut pending, audit, observed } = deferred;
+        if let Some(audit) = audit {
             return Err(audit);
         }
-        if let Some(summary) = stream {
-            // A stream without the origin's final usage (cut, stopped, left by the client, or
-            // an origin that ignores `include_usage`) is charged at least the gateway's count.
-            let charged = charged_usage(summary.usage, summary.estimated, summary.completed);
-            self.log.set_usage(Some(charged).filter(|u| u.total() > 0));
-            self.log.stream_completed = Some(summary.completed);
-            self.log.stream_stopped = summary.stopped;
-            if let Some(mcp) = self.log.mcp.as_mut() {
-                mcp.finish_stream(summary.mcp.unwrap_or_default(), ports.now_ms());
-            }
-        }
-        if let Some((key, entry, ttl)) = self.pending.cache_fill.take() {
+        if let Some((key, entry, ttl)) = pending.cache_fill.take() {
             if let Err(e) = ports.put(&key, &entry, Some(ttl)).await {
-                self.log.cache_error = Some(e.code);
+                log.cache_error = Some(e.code);
             }
-            self.pending.edge_fill = Some((key, entry, cache::edge_ttl_secs(ttl)));
+            pending.edge_fill = Some((key, entry, cache::edge_ttl_secs(ttl)));
         }
-        if let Some((key, entry, ttl)) = self.pending.edge_fill.take().filter(|(_, _, ttl)| *ttl > 0) {
+        if let Some((key, entry, ttl)) = pending.edge_fill.take().filter(|(_, _, ttl)| *ttl > 0) {
             ports.edge_put(&key, &entry, ttl).await;
         }
-        if let (Some((key, entry, captured)), Some(summary)) = (self.pending.cache_stream.take(), stream) {
+        if let (Some((key, entry, captured)), Some(summary)) = (pending.cache_stream.take(), stream) {
             let answer = captured.borrow_mut().take();
             let entry = answer.filter(|_| summary.completed).and_then(|a| streamed_entry(entry, a, summary.usage));
             if let Some(entry) = entry {
                 let bytes = entry.encode();
                 if let Err(e) = ports.put(&key, &bytes, Some(entry.ttl_secs)).await {
-                    self.log.cache_error = Some(e.code);
+                    log.cache_error = Some(e.code);
                 }
                 ports.edge_put(&key, &bytes, cache::edge_ttl_secs(entry.ttl_secs)).await;
             }
         }
-        if let Some(keep) = self.pending.keep.take() {
+        if let Some(keep) = pending.keep.take() {
             if let Some((key, record)) = keep.encode() {
                 if let Err(e) = ports.put(&key, &record, Some(keep.ttl_secs)).await {
-                    self.log.store_error = Some(e.code);
+                    log.store_error = Some(e.code);
                 }
             }
         }
-        let admitted = self.pending.accounting.is_some();
+        let admitted = closing.is_some();
         let mut unbooked = None;
-        if let Some(accounting) = self.pending.accounting {
-            let usage = match (self.log.prompt_tokens, self.log.completion_tokens) {
-                (None, None) => None,
-                (p, c) => Some(Usage { prompt_tokens: p.unwrap_or(0), completion_tokens: c.unwrap_or(0) }),
-            };
-            let cache_hit = self.log.cache == Some(cache::Status::Hit.as_str());
-            // An MCP tool call counts its own outcome (a refused call is an HTTP 200).
-            let (status, latency_ms) = match &self.log.mcp {
-                Some(mcp) => (mcp.usage_status(), mcp.latency_ms),
-                None => (self.log.status, self.log.latency_ms),
-            };
-            let outcome = Outcome { usage, status, latency_ms, cache_hit };
-            let (mut fields, event) = accounting.complete(ports, outcome).await;
+        if let Some(closing) = closing {
+            let (mut fields, event) = closing.write(ports).await;
             unbooked = event;
-            self.log.tenant = fields.tenant.take();
+            log.tenant = fields.tenant.take();
             fields.key_id = None;
-            self.log.accounting = Some(fields);
+            log.accounting = Some(fields);
         }
         // A store without TTLs (Spin) is swept now and then (by `Observe`): expired counters,
         // finished usage shards, stale cache entries. Hosts that keep state have TTLs and few
@@ -216,20 +251,19 @@ impl Deferred {
             ports.random_bytes(&mut roll);
             roll[0] % housekeeping::SWEEP_ONE_IN == 0
         };
-        let end_ms =
-            if self.log.stream_completed.is_some() { ports.now_ms() } else { self.log.ts + self.log.latency_ms };
-        let (mut observe, tally) = record(&self.log, &self.observed, admitted, end_ms, ports);
+        let end_ms = if log.stream_completed.is_some() { ports.now_ms() } else { log.ts + log.latency_ms };
+        let (mut observe, tally) = record(&log, &observed, admitted, end_ms, ports);
         if unbooked.is_some() || tally.is_some() {
             if let Err(e) = ledger::write(ports, unbooked.as_ref(), tally.as_ref()).await {
-                let slot = match self.log.accounting.as_mut() {
+                let slot = match log.accounting.as_mut() {
                     Some(fields) => &mut fields.accounting_error,
-                    None => &mut self.log.telemetry_error,
+                    None => &mut log.telemetry_error,
                 };
                 add_error(slot, ["ledger: ", &e.message].concat());
             }
         }
         observe.sweep = sweep;
-        Ok((self.log, observe))
+        Ok((log, observe))
     }
 }
 

@@ -815,6 +815,46 @@ fn concurrent_requests_against_a_nearly_spent_budget_do_not_overshoot() {
     assert!(spent <= 0.2 + 1e-9, "spent ${spent} of $0.2");
 }
 
+/// A request's limits are settled when its accounting is closed (`Deferred::close`, which the
+/// Cloudflare host runs before it yields for the answer to go out), not when its writes run:
+/// the isolate's next request is admitted against the real usage, not the reservation. (The
+/// e2e suite caught a client's next request refused on workerd while the first one's
+/// after-response work still waited for its timer turn.)
+#[test]
+fn a_closed_request_is_settled_before_its_writes_run() {
+    let host = priced_host(|_| completion(5, 5));
+    let body = r#"{"model":"paid","max_tokens":20,"messages":[{"role":"user","content":"hi"}]}"#;
+    let gateway = Gateway::new();
+    let call = |key: &str| {
+        block_on(gateway.handle(&host, with_key(post("/v1/chat/completions", body), key), &ClientInfo::default()))
+    };
+    let remaining = |e: &Exchange<Vec<u8>>| -> u64 {
+        e.response.headers()["x-ratelimit-remaining-tokens"].to_str().unwrap().parse().unwrap()
+    };
+    let probe = add_key(&host, |k| k.tpm = Some(1000));
+    let reserve = 1000 - remaining(&call(&probe));
+    let used = 10;
+    assert!(reserve > used, "the worst case (prompt estimate + max_tokens) exceeds the real usage");
+    // Room for two requests' usage and one reservation.
+    let key = add_key(&host, |k| k.tpm = Some(2 * used + reserve));
+    let first = call(&key);
+    assert_eq!(first.response.status(), StatusCode::OK);
+    let first = first.deferred.close(&host, None);
+    let second = call(&key);
+    assert_eq!(second.response.status(), StatusCode::OK, "settled to {used} tokens, not {reserve}");
+    assert_eq!(remaining(&second), used);
+    // While the second is not closed, its reservation holds: a third does not fit.
+    assert_eq!(call(&key).response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let second = second.deferred.close(&host, None);
+    let third = call(&key);
+    assert_eq!(third.response.status(), StatusCode::OK);
+    assert_eq!(remaining(&third), 0);
+    for closed in [first, second, third.deferred.close(&host, None)] {
+        let line: Value = serde_json::from_str(&block_on(closed.complete(&host))).unwrap();
+        assert_eq!((line["total_tokens"].as_u64(), line["accounting_error"].as_str()), (Some(used), None), "{line}");
+    }
+}
+
 /// M2: a USD budget on an endpoint whose model has no price would never trip: refused (403)
 /// unless the config prices it (a `"*"` default does).
 #[test]

@@ -249,9 +249,11 @@ impl Admission {
     }
 
     /// After the response: releases the request's reservations and adds its real tokens and
-    /// cost (nano-USD) to its counters, then writes the `kv`-mode counters (this request's
-    /// changes and any merged ones). The in-memory part runs synchronously at the first poll.
-    pub async fn settle<P: Ports + Counter>(self, ports: &P, tokens: u64, cost_nusd: u64) -> Result<()> {
+    /// cost (nano-USD) to its counters. The isolate's own counters (`kv` mode) change now, so a
+    /// request admitted next in the isolate sees the settled amounts even when the host runs
+    /// the writes later; `Settlement::write` writes the `kv`-mode counters (this request's
+    /// changes and any merged ones) and sends the exact counters theirs.
+    pub fn release(self, tokens: u64, cost_nusd: u64) -> Settlement {
         let amounts = |t: &Target| Amounts {
             requests: 0,
             tokens: if t.tokens { tokens } else { 0 },
@@ -264,11 +266,7 @@ impl Admission {
             self.limiter.add_pending(&t.name, amounts(t), t.expires_at_ms);
             kv_names.push(t.name.clone());
         }
-        // Within one isolate a counter is written at most once a second (Cloudflare KV's limit
-        // per key); where nothing outlives the request (Spin) there is no later round to wait for.
-        let gap_ms = if ports.keeps_state() { SAME_KEY_WRITE_GAP_MS } else { 0 };
-        let mut result = self.limiter.flush(ports, &kv_names, gap_ms).await;
-        let mut scopes: Vec<(&str, Vec<CounterOp>)> = Vec::new();
+        let mut scopes: Vec<(String, Vec<CounterOp>)> = Vec::new();
         for t in self.targets.iter().filter(|t| t.exact) {
             let add = amounts(t);
             if add.is_zero() {
@@ -283,11 +281,31 @@ impl Admission {
             };
             match scopes.iter_mut().find(|(s, _)| *s == t.scope) {
                 Some((_, ops)) => ops.push(op),
-                None => scopes.push((&t.scope, vec![op])),
+                None => scopes.push((t.scope.clone(), vec![op])),
             }
         }
-        for (scope, ops) in scopes {
-            if let Err(e) = ports.count(scope, &ops).await {
+        Settlement { limiter: self.limiter, kv_names, scopes }
+    }
+}
+
+/// A released admission's writes (`Admission::release`).
+#[must_use = "a settlement does nothing until it is written"]
+pub struct Settlement {
+    limiter: Rc<Limiter>,
+    /// The `kv`-mode counters the request changed.
+    kv_names: Vec<String>,
+    /// The exact counters' operations, per scope.
+    scopes: Vec<(String, Vec<CounterOp>)>,
+}
+
+impl Settlement {
+    pub async fn write<P: Ports + Counter>(self, ports: &P) -> Result<()> {
+        // Within one isolate a counter is written at most once a second (Cloudflare KV's limit
+        // per key); where nothing outlives the request (Spin) there is no later round to wait for.
+        let gap_ms = if ports.keeps_state() { SAME_KEY_WRITE_GAP_MS } else { 0 };
+        let mut result = self.limiter.flush(ports, &self.kv_names, gap_ms).await;
+        for (scope, ops) in &self.scopes {
+            if let Err(e) = ports.count(scope, ops).await {
                 result = Err(e);
             }
         }
@@ -867,7 +885,7 @@ mod tests {
             assert_eq!(h["x-ratelimit-remaining-requests"], (4 - i).to_string().as_str());
             let reset = if i == 0 { "1m0s".to_string() } else { format!("{}s", 60 - i) };
             assert_eq!(h["x-ratelimit-reset-requests"], reset.as_str());
-            block_on(a.settle(&host, 10, 0)).unwrap();
+            block_on(a.release(10, 0).write(&host)).unwrap();
             host.inner.advance(1_000);
         }
         let refused = admit_one(&host, &limiter, &config, Some(&k), None).unwrap_err();
@@ -900,7 +918,7 @@ mod tests {
                 Box::pin(async move {
                     match admit(host, &limiter, config, Some(k), "chat", None, Reservation::default()).await {
                         Ok(a) => {
-                            a.settle(host, 0, 0).await.unwrap();
+                            a.release(0, 0).write(host).await.unwrap();
                             true
                         }
                         Err(_) => false,
@@ -988,7 +1006,7 @@ mod tests {
                     match admit(host, &limiter, config, Some(k), "chat", None, Reservation::default()).await {
                         Ok(a) => {
                             assert_eq!(a.mode(), "exact");
-                            a.settle(host, 3, 0).await.unwrap();
+                            a.release(3, 0).write(host).await.unwrap();
                             true
                         }
                         Err(r) => {
@@ -1048,7 +1066,7 @@ mod tests {
             assert_eq!(h["x-ratelimit-limit-tokens"], "25");
             assert_eq!(h["x-ratelimit-remaining-tokens"], (25 - used - 10).to_string().as_str(), "reserved counts");
             assert!(h.get("x-ratelimit-limit-requests").is_none(), "no request limit on this key");
-            block_on(a.settle(&host, 5, 0)).unwrap();
+            block_on(a.release(5, 0).write(&host)).unwrap();
         }
         let third = admit_with(&host, &limiter, &config, Some(&k), None, worst).unwrap();
         // While the third is in flight (10 used + 10 reserved), another 10 does not fit.
@@ -1062,7 +1080,7 @@ mod tests {
             "{}",
             refused.error.message
         );
-        block_on(third.settle(&host, 5, 0)).unwrap();
+        block_on(third.release(5, 0).write(&host)).unwrap();
         assert!(admit_with(&host, &limiter, &config, Some(&k), None, Reservation { tokens: 11, ..worst }).is_err());
         assert!(admit_with(&host, &limiter, &config, Some(&k), None, worst).is_ok(), "15 + 10 fits in 25");
         // A stream may take what is left, down to its floor.
@@ -1074,7 +1092,7 @@ mod tests {
         assert_eq!(a.reserved().tokens, 25, "granted what fits");
         assert_eq!(a.room().tokens.as_ref().map(|(n, _)| *n), Some(25));
         assert!(admit_with(&host, &limiter, &config, Some(&k), None, stream).is_err(), "nothing left");
-        block_on(a.settle(&host, 7, 0)).unwrap();
+        block_on(a.release(7, 0).write(&host)).unwrap();
         let b = admit_with(&host, &limiter, &config, Some(&k), None, stream).unwrap();
         assert_eq!(b.reserved().tokens, 18);
     }
@@ -1092,7 +1110,7 @@ mod tests {
         let worst = Reservation { tokens: 7, cost_nusd: 400_000, floor: None };
         for _ in 0..2 {
             let a = admit_with(&host, &limiter, &config, Some(&k), None, worst).unwrap();
-            block_on(a.settle(&host, 7, 400_000)).unwrap();
+            block_on(a.release(7, 400_000).write(&host)).unwrap();
         }
         let refused = admit_with(&host, &limiter, &config, Some(&k), None, worst).unwrap_err();
         assert_eq!(
@@ -1137,7 +1155,7 @@ mod tests {
                     Box::pin(async move {
                         match admit(host, &limiter, config, Some(k), "chat", None, worst).await {
                             Ok(a) => {
-                                a.settle(host, 10, 3_000_000).await.unwrap();
+                                a.release(10, 3_000_000).write(host).await.unwrap();
                                 true
                             }
                             Err(_) => false,
@@ -1159,7 +1177,7 @@ mod tests {
         let a = key(|k| k.id = "k_01".into());
         let b = key(|k| k.id = "k_02".into());
         let first = admit_one(&host, &limiter, &config, Some(&a), None).unwrap();
-        block_on(first.settle(&host, 0, 1_000_000_000)).unwrap();
+        block_on(first.release(0, 1_000_000_000).write(&host)).unwrap();
         let refused = admit_one(&host, &limiter, &config, Some(&b), None).unwrap_err();
         assert_eq!(refused.error.code, "budget_exceeded");
         assert!(
@@ -1180,7 +1198,7 @@ mod tests {
         let k = key(|k| k.rpm = Some(10));
         let a = admit_one(&host, &limiter, &config, Some(&k), None).unwrap();
         assert_eq!(a.mode(), "exact");
-        block_on(a.settle(&host, 5, 2_000_000_000)).unwrap();
+        block_on(a.release(5, 2_000_000_000).write(&host)).unwrap();
         let exact = host.exact.as_ref().unwrap().borrow();
         assert!(exact.contains_key("tenant:acme") && exact.contains_key("k_00aa"), "{:?}", exact.keys());
         drop(exact);
@@ -1237,7 +1255,7 @@ mod tests {
         let a = admit_one(&host, &limiter, &LimitsConfig::default(), Some(&key(|_| {})), None).unwrap();
         assert_eq!(a.mode(), "none");
         assert!(header_map(a.headers()).is_empty());
-        block_on(a.settle(&host, 100, 100)).unwrap();
+        block_on(a.release(100, 100).write(&host)).unwrap();
         assert!(host.inner.kv.borrow().is_empty());
         assert!(limiter.is_empty());
     }
@@ -1254,7 +1272,7 @@ mod tests {
         // Three requests in flight together in a: the first to settle writes all three.
         let admitted: Vec<Admission> = (0..3).map(|_| admit_one(&host, &a, &config, Some(&k), None).unwrap()).collect();
         for adm in admitted {
-            block_on(adm.settle(&host, 0, 0)).unwrap();
+            block_on(adm.release(0, 0).write(&host)).unwrap();
         }
         // b still trusts its memory (1 admitted) until REFRESH_MS has passed…
         assert!(admit_one(&host, &b, &config, Some(&k), None).is_ok());
@@ -1272,7 +1290,7 @@ mod tests {
         let limiter = Rc::new(Limiter::new());
         for _ in 0..3 {
             let adm = admit_one(&host, &limiter, &config, Some(&k), None).unwrap();
-            block_on(adm.settle(&host, 0, 0)).unwrap();
+            block_on(adm.release(0, 0).write(&host)).unwrap();
         }
         let w = Period::Minute.window(host.now_ms());
         let name = format!("rl:k_00aa:{}", w.id);
@@ -1281,7 +1299,7 @@ mod tests {
         host.inner.advance(REFRESH_MS);
         let adm = admit_one(&host, &limiter, &config, Some(&k), None).unwrap();
         assert_eq!(header_map(adm.headers())["x-ratelimit-remaining-requests"], "6");
-        block_on(adm.settle(&host, 0, 0)).unwrap();
+        block_on(adm.release(0, 0).write(&host)).unwrap();
         let stored: Amounts = serde_json::from_slice(&host.inner.kv.borrow()[&name]).unwrap();
         assert_eq!(stored.requests, 4);
     }
@@ -1345,7 +1363,7 @@ mod tests {
         for _ in 0..40 {
             // A request every 100 ms, each settling after its response.
             let adm = admit_one(&host, &limiter, &config, Some(&k), None).unwrap();
-            block_on(adm.settle(&host, 0, 0)).unwrap();
+            block_on(adm.release(0, 0).write(&host)).unwrap();
             host.inner.advance(100);
         }
         let name = format!("rl:k_00aa:{}", Period::Minute.window(host.now_ms()).id);

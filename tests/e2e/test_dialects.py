@@ -89,6 +89,39 @@ def test_responses_stream_typed_events(gw, model):
     assert stored.output_text == "echo: accumulate me"
 
 
+def test_a_stored_response_is_continued_from_the_isolate_that_stored_it(gw):
+    """A client chaining `previous_response_id` (the Agents SDK does, at once) must not depend
+    on the KV write after the response having landed: the isolate that stored a response
+    remembers it for a minute. Shown with the stored entry made unreadable: workerd's isolate
+    still continues and retrieves it; Spin (a fresh instance per request, which writes the
+    entry before answering) reads KV and answers 503 kv_unavailable."""
+    from test_faults import kv_entry_file, kv_entry_unreadable
+
+    client = oai(gw)
+    first = client.responses.create(model="chat", input="remember me")
+    key = f"resp:public:{first.id}"
+    deadline = time.time() + 10
+    while True:  # the write after the response, for the fault to replace
+        try:
+            kv_entry_file(gw, key)
+            break
+        except AssertionError:
+            assert time.time() < deadline, f"{key} was never written"
+            time.sleep(0.2)
+    with kv_entry_unreadable(gw, key):
+        if gw.name == "workerd":
+            second = client.responses.create(model="chat", input="and more", previous_response_id=first.id)
+            assert second.previous_response_id == first.id and second.output_text == "echo: and more"
+            assert client.responses.retrieve(first.id).output_text == "echo: remember me"
+        else:
+            with pytest.raises(openai.APIStatusError) as err:
+                client.responses.create(model="chat", input="and more", previous_response_id=first.id)
+            assert err.value.status_code == 503 and err.value.body["code"] == "kv_unavailable", err.value.body
+    # The store answers again: every instance continues it.
+    again = client.responses.create(model="chat", input="again", previous_response_id=first.id)
+    assert again.previous_response_id == first.id
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_responses_function_call_round_trip(gw, origin, model):
     client = oai(gw)

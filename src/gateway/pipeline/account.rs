@@ -121,7 +121,7 @@ impl Deferred {
     /// still counted.
     pub fn close<P: Ports>(mut self, ports: &P, stream: Option<StreamSummary>) -> Closed {
         if self.audit.is_some() {
-            return Closed { deferred: self, stream, closing: None };
+            return Closed { deferred: self, stream, closing: None, stored: None };
         }
         if let Some(summary) = &stream {
             // A stream without the origin's final usage (cut, stopped, left by the client, or
@@ -148,7 +148,16 @@ impl Deferred {
             };
             accounting.close(ports, Outcome { usage, status, latency_ms, cache_hit })
         });
-        Closed { deferred: self, stream, closing }
+        // A stored response is the isolate's to answer from now, its KV write still to come.
+        let stored = self.pending.keep.take().and_then(|keep| {
+            let (key, record) = keep.encode()?;
+            let record: Rc<[u8]> = record.into();
+            if let Some(memo) = &keep.just_stored {
+                memo.put(&key, record.clone(), ports.now_ms(), keep.ttl_secs);
+            }
+            Some((key, record, keep.ttl_secs))
+        });
+        Closed { deferred: self, stream, closing, stored }
     }
 
     /// `close`, then `Closed::complete`.
@@ -168,6 +177,8 @@ pub struct Closed {
     deferred: Deferred,
     stream: Option<StreamSummary>,
     closing: Option<Closing>,
+    /// A Responses API response to write: (KV key, encoded record, TTL seconds).
+    stored: Option<(String, Rc<[u8]>, u64)>,
 }
 
 impl Closed {
@@ -202,7 +213,7 @@ impl Closed {
     /// tallies and telemetry batch (synchronously). An admin call returns its audit line as
     /// the error.
     async fn write<P: Ports>(self, ports: &P) -> Result<(LogRecord, Observe), String> {
-        let Closed { deferred, stream, closing } = self;
+        let Closed { deferred, stream, closing, stored } = self;
         let Deferred { mut log, mut pending, audit, observed } = deferred;
         if let Some(audit) = audit {
             return Err(audit);
@@ -227,11 +238,9 @@ impl Closed {
                 ports.edge_put(&key, &bytes, cache::edge_ttl_secs(entry.ttl_secs)).await;
             }
         }
-        if let Some(keep) = pending.keep.take() {
-            if let Some((key, record)) = keep.encode() {
-                if let Err(e) = ports.put(&key, &record, Some(keep.ttl_secs)).await {
-                    log.store_error = Some(e.code);
-                }
+        if let Some((key, record, ttl)) = stored {
+            if let Err(e) = ports.put(&key, &record, Some(ttl)).await {
+                log.store_error = Some(e.code);
             }
         }
         let admitted = closing.is_some();

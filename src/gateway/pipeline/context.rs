@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::gateway::auth::AuthMemo;
 use crate::gateway::config::{Config, Endpoint};
+use crate::gateway::dialect::responses::JustStored;
 use crate::gateway::dialect::Dialect;
 use crate::gateway::features::cache;
 use crate::gateway::features::coalesce::{InFlight, Leader};
@@ -86,6 +87,8 @@ pub struct IsolateState {
     pub recent: cache::Recent,
     /// Requests answered from `recent`, kept to answer their byte-for-byte repeats.
     pub repeats: Repeats,
+    /// Responses API responses stored here in the last minute, before their KV write lands.
+    pub just_stored: Rc<JustStored>,
 }
 
 /// One request on its way through the phases.

@@ -174,6 +174,49 @@ fn responses_are_created_stored_retrieved_and_continued() {
     assert_eq!((status, gone["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("response_not_found")));
 }
 
+/// A client chaining `previous_response_id` (or retrieving the response) as soon as it has the
+/// answer: the isolate answers from what it stored when the request's accounting closed, before
+/// the KV write after the response lands (on Cloudflare that write waits for a timer turn).
+#[test]
+fn a_stored_response_can_be_continued_before_its_write_lands() {
+    let host = host();
+    let gateway = Gateway::new();
+    let send = |method: Method, path: &str, body: Value| {
+        let request = request(method, path, body, None);
+        let mut exchange = block_on(gateway.handle(&host, request, &ClientInfo::default()));
+        let status = exchange.response.status();
+        let ResponseBody::Full(bytes) = std::mem::replace(exchange.response.body_mut(), ResponseBody::Full(Vec::new()))
+        else {
+            panic!("a whole answer")
+        };
+        (status, serde_json::from_slice::<Value>(&bytes).unwrap(), exchange.deferred.close(&host, None))
+    };
+    let (status, created, first) = send(Method::POST, "/v1/responses", json!({"model": "chat", "input": "hi"}));
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let (path, key) = (format!("/v1/responses/{id}"), format!("resp:public:{id}"));
+    assert!(!host.kv.borrow().contains_key(&key), "not written yet");
+
+    let next = json!({"model": "chat", "input": "more", "previous_response_id": id});
+    let (status, second, _) = send(Method::POST, "/v1/responses", next);
+    assert_eq!(status, StatusCode::OK, "{second}");
+    let (_, sent) = sent_body(&host);
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "echo: hi"}, {"role": "user", "content": "more"}])
+    );
+    let (status, got, _) = send(Method::GET, &path, Value::Null);
+    assert_eq!((status, &got), (StatusCode::OK, &created));
+    // Another isolate has only KV, which has it once the write ran.
+    assert_eq!(call(&host, request(Method::GET, &path, Value::Null, None)).0, StatusCode::NOT_FOUND);
+    block_on(first.complete(&host));
+    assert!(host.kv.borrow().contains_key(&key));
+    assert_eq!(call(&host, request(Method::GET, &path, Value::Null, None)).0, StatusCode::OK);
+    // Deleted: from the memo too.
+    assert_eq!(send(Method::DELETE, &path, Value::Null).0, StatusCode::OK);
+    assert_eq!(send(Method::GET, &path, Value::Null).0, StatusCode::NOT_FOUND);
+}
+
 #[test]
 fn stored_responses_never_cross_tenants() {
     let host = host();

@@ -7,7 +7,7 @@ use http::{HeaderMap, Response};
 use serde_json::{json, Value};
 
 use crate::gateway::auth;
-use crate::gateway::dialect::responses::{self, Keep, Record};
+use crate::gateway::dialect::responses::{self, JustStored, Keep, Record};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::identity::JwtConfig;
 use crate::gateway::features::keys::KeyRecord;
@@ -27,8 +27,9 @@ pub async fn recall<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mu
     turn.head.id = format!("resp_{}", hex(&id));
     turn.head.created_at = ports.now_ms() / 1000;
     if let Some(previous) = turn.head.previous_response_id.clone() {
-        let record =
-            load(ports, call.tenant(), &previous).await?.ok_or_else(|| responses::previous_not_found(&previous))?;
+        let record = load(ports, &ctx.state.just_stored, call.tenant(), &previous)
+            .await?
+            .ok_or_else(|| responses::previous_not_found(&previous))?;
         if record.passthrough != turn.passthrough {
             return Err(GatewayError::bad_request(
                 ErrorCode::InvalidRequest,
@@ -64,16 +65,22 @@ pub async fn recall<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mu
             passthrough: turn.passthrough,
             messages,
             response: turn.finished.clone(),
+            just_stored: ports.keeps_state().then(|| ctx.state.just_stored.clone()),
         });
     }
     Ok(())
 }
 
-async fn load<P: Ports>(ports: &P, tenant: &str, id: &str) -> Result<Option<Record>> {
+/// A stored response: from the isolate's memo of what it just stored, else KV.
+async fn load<P: Ports>(ports: &P, memo: &JustStored, tenant: &str, id: &str) -> Result<Option<Record>> {
     if !responses::valid_id(id) {
         return Ok(None);
     }
-    let Some(bytes) = ports.get(&responses::kv_key(tenant, id)).await? else { return Ok(None) };
+    let key = responses::kv_key(tenant, id);
+    if let Some(record) = memo.get(&key, ports.now_ms()) {
+        return Ok(Record::decode(&record));
+    }
+    let Some(bytes) = ports.get(&key).await? else { return Ok(None) };
     // An entry that no longer decodes (e.g. from a future version) is as good as gone.
     Ok(Record::decode(&bytes))
 }
@@ -100,7 +107,7 @@ async fn find<P: Ports>(
     id: &str,
 ) -> Result<(String, Record)> {
     let (key, tenant) = caller(ports, ctx, headers, jwt).await?;
-    let record = load(ports, &tenant, id).await?.ok_or_else(|| responses::not_found(id))?;
+    let record = load(ports, &ctx.state.just_stored, &tenant, id).await?.ok_or_else(|| responses::not_found(id))?;
     if key.is_some_and(|k| !k.allows(&record.endpoint)) {
         return Err(responses::not_found(id));
     }
@@ -129,6 +136,8 @@ pub async fn delete<P: Ports>(
     id: &str,
 ) -> Result<Response<ResponseBody<P::Body>>> {
     let (tenant, _) = find(ports, ctx, headers, jwt, id).await?;
-    ports.delete(&responses::kv_key(&tenant, id)).await?;
+    let key = responses::kv_key(&tenant, id);
+    ctx.state.just_stored.remove(&key);
+    ports.delete(&key).await?;
     Ok(ok_json(json!({"id": id, "object": "response", "deleted": true})))
 }

@@ -2,6 +2,7 @@
 //! response to store once it is known (see `pipeline::stored`).
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,10 @@ use crate::gateway::dialect::responses::turn::valid_id;
 pub const MAX_CONVERSATION: usize = 2048;
 /// Largest stored record (bytes); a larger one is not stored (and cannot be continued).
 pub const MAX_RECORD_BYTES: usize = 8 << 20;
+/// How long an isolate remembers a response it stored (`JustStored`).
+const JUST_STORED_MS: u64 = 60_000;
+/// What an isolate's `JustStored` holds at most (bytes of records; each at most a quarter).
+const JUST_STORED_MAX_BYTES: usize = 4 << 20;
 
 /// The KV key of a stored response: one prefix per tenant.
 pub fn kv_key(tenant: &str, id: &str) -> String {
@@ -81,6 +86,8 @@ pub struct Keep {
     /// The conversation before this turn's answer (history + input).
     pub messages: Vec<Value>,
     pub response: Rc<RefCell<Option<Value>>>,
+    /// The isolate's memo of the records it stored (`None` where nothing outlives the request).
+    pub just_stored: Option<Rc<JustStored>>,
 }
 
 impl Keep {
@@ -98,5 +105,58 @@ impl Keep {
         let record = Record { endpoint: self.endpoint.clone(), passthrough: self.passthrough, messages, response };
         let bytes = serde_json::to_vec(&record).ok().filter(|b| b.len() <= MAX_RECORD_BYTES)?;
         Some((kv_key(&self.tenant, &id), bytes))
+    }
+}
+
+/// The responses this isolate stored in the last minute (KV key → record), from the moment the
+/// request's accounting closes (`Deferred::close`), before its KV write runs: a client chaining
+/// `previous_response_id` sends its next call as soon as it has the answer, and on Cloudflare
+/// that call can arrive before the write after the response. Oldest first; bounded in bytes.
+#[derive(Default)]
+pub struct JustStored {
+    entries: RefCell<VecDeque<Remembered>>,
+}
+
+/// One record in [`JustStored`], until `expires_ms`.
+struct Remembered {
+    key: String,
+    record: Rc<[u8]>,
+    expires_ms: u64,
+}
+
+impl Remembered {
+    fn size(&self) -> usize {
+        self.key.len() + self.record.len()
+    }
+}
+
+impl JustStored {
+    /// Remembers `record` under `key` until `now_ms` + a minute (or the record's `ttl_secs`, if
+    /// sooner). A record larger than a quarter of the memo is only written to KV.
+    pub fn put(&self, key: &str, record: Rc<[u8]>, now_ms: u64, ttl_secs: u64) {
+        if record.len() > JUST_STORED_MAX_BYTES / 4 {
+            return;
+        }
+        let mut entries = self.entries.borrow_mut();
+        entries.retain(|e| e.key != key && e.expires_ms > now_ms);
+        let expires_ms = now_ms.saturating_add(JUST_STORED_MS.min(ttl_secs.saturating_mul(1000)));
+        let entry = Remembered { key: key.to_string(), record, expires_ms };
+        let mut bytes = entries.iter().map(Remembered::size).sum::<usize>() + entry.size();
+        while bytes > JUST_STORED_MAX_BYTES {
+            let Some(oldest) = entries.pop_front() else { break };
+            bytes -= oldest.size();
+        }
+        entries.push_back(entry);
+    }
+
+    /// The record stored under `key`, if this isolate stored it less than a minute ago.
+    pub fn get(&self, key: &str, now_ms: u64) -> Option<Rc<[u8]>> {
+        let entries = self.entries.borrow();
+        entries.iter().find(|e| e.key == key && e.expires_ms > now_ms).map(|e| e.record.clone())
+    }
+
+    /// Forgets `key` (the response was deleted).
+    pub fn remove(&self, key: &str) {
+        self.entries.borrow_mut().retain(|e| e.key != key);
     }
 }

@@ -228,6 +228,7 @@ fn stored_records_carry_the_conversation() {
         passthrough: false,
         messages: vec![json!({"role": "user", "content": "call f"})],
         response: turn.finished.clone(),
+        just_stored: None,
     };
     let (key, bytes) = keep.encode().unwrap();
     assert_eq!(key, "resp:acme:resp_abc");
@@ -513,4 +514,26 @@ fn hostile_inputs_never_panic() {
             assert!(!out.is_empty());
         }
     }
+}
+
+/// The isolate's memo of stored responses: a minute at most (less with a shorter TTL), the
+/// oldest dropped first past its byte bound, a record too large for it left to KV alone.
+#[test]
+fn just_stored_is_bounded_in_time_and_bytes() {
+    let memo = JustStored::default();
+    let record = |n: usize| -> Rc<[u8]> { vec![b'x'; n].into() };
+    memo.put("resp:t:a", record(10), 1_000, 3600);
+    memo.put("resp:t:short", record(10), 1_000, 5);
+    assert!(memo.get("resp:t:a", 60_999).is_some() && memo.get("resp:t:a", 61_000).is_none());
+    assert!(memo.get("resp:t:short", 5_999).is_some() && memo.get("resp:t:short", 6_000).is_none());
+    assert!(memo.get("resp:other:a", 2_000).is_none(), "the key names the tenant");
+    memo.remove("resp:t:a");
+    assert!(memo.get("resp:t:a", 2_000).is_none());
+    // 1 MiB each (a quarter of 4 MiB): the fourth pushes the first out.
+    for i in 0..4 {
+        memo.put(&format!("resp:t:{i}"), record(1 << 20), 2_000, 3600);
+    }
+    assert!(memo.get("resp:t:0", 2_000).is_none() && memo.get("resp:t:1", 2_000).is_some());
+    memo.put("resp:t:huge", record((1 << 20) + 1), 2_000, 3600);
+    assert!(memo.get("resp:t:huge", 2_000).is_none());
 }

@@ -6,7 +6,7 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::gateway::dialect::responses::Keep;
+use crate::gateway::dialect::responses::{Keep, Storing};
 use crate::gateway::features::ledger::{self, TallyLine};
 use crate::gateway::features::telemetry::tally::{Counts, SeriesKey};
 use crate::gateway::features::telemetry::{
@@ -149,14 +149,7 @@ impl Deferred {
             accounting.close(ports, Outcome { usage, status, latency_ms, cache_hit })
         });
         // A stored response is the isolate's to answer from now, its KV write still to come.
-        let stored = self.pending.keep.take().and_then(|keep| {
-            let (key, record) = keep.encode()?;
-            let record: Rc<[u8]> = record.into();
-            if let Some(memo) = &keep.just_stored {
-                memo.put(&key, record.clone(), ports.now_ms(), keep.ttl_secs);
-            }
-            Some((key, record, keep.ttl_secs))
-        });
+        let stored = self.pending.keep.take().and_then(|keep| keep.close(ports.now_ms()));
         Closed { deferred: self, stream, closing, stored }
     }
 
@@ -177,8 +170,8 @@ pub struct Closed {
     deferred: Deferred,
     stream: Option<StreamSummary>,
     closing: Option<Closing>,
-    /// A Responses API response to write: (KV key, encoded record, TTL seconds).
-    stored: Option<(String, Rc<[u8]>, u64)>,
+    /// A Responses API response to write.
+    stored: Option<Storing>,
 }
 
 impl Closed {
@@ -238,8 +231,8 @@ impl Closed {
                 ports.edge_put(&key, &bytes, cache::edge_ttl_secs(entry.ttl_secs)).await;
             }
         }
-        if let Some((key, record, ttl)) = stored {
-            if let Err(e) = ports.put(&key, &record, Some(ttl)).await {
+        if let Some(stored) = stored.filter(|s| !s.deleted(ports.now_ms())) {
+            if let Err(e) = ports.put(&stored.key, &stored.record, Some(stored.ttl_secs)).await {
                 log.store_error = Some(e.code);
             }
         }

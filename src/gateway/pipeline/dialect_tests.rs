@@ -215,6 +215,16 @@ fn a_stored_response_can_be_continued_before_its_write_lands() {
     // Deleted: from the memo too.
     assert_eq!(send(Method::DELETE, &path, Value::Null).0, StatusCode::OK);
     assert_eq!(send(Method::GET, &path, Value::Null).0, StatusCode::NOT_FOUND);
+
+    // Deleted before its write ran: the write does not bring it back.
+    let (status, created, pending) = send(Method::POST, "/v1/responses", json!({"model": "chat", "input": "brief"}));
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let path = format!("/v1/responses/{}", created["id"].as_str().unwrap());
+    assert_eq!(send(Method::DELETE, &path, Value::Null).0, StatusCode::OK);
+    let line: Value = serde_json::from_str(&block_on(pending.complete(&host))).unwrap();
+    assert!(line.get("store_error").is_none(), "{line}");
+    assert!(!host.kv.borrow().keys().any(|k| k.ends_with(created["id"].as_str().unwrap())));
+    assert_eq!(send(Method::GET, &path, Value::Null).0, StatusCode::NOT_FOUND);
 }
 
 #[test]

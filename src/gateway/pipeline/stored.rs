@@ -137,7 +137,7 @@ pub async fn delete<P: Ports>(
 ) -> Result<Response<ResponseBody<P::Body>>> {
     let (tenant, _) = find(ports, ctx, headers, jwt, id).await?;
     let key = responses::kv_key(&tenant, id);
-    ctx.state.just_stored.remove(&key);
+    ctx.state.just_stored.remove(&key, ports.now_ms());
     ports.delete(&key).await?;
     Ok(ok_json(json!({"id": id, "object": "response", "deleted": true})))
 }

@@ -91,6 +91,17 @@ pub struct Keep {
 }
 
 impl Keep {
+    /// Encodes the record and, where the isolate keeps a memo, remembers it there now: the
+    /// response is then the isolate's to answer before its KV write (`Storing`) runs.
+    pub fn close(self, now_ms: u64) -> Option<Storing> {
+        let (key, record) = self.encode()?;
+        let record: Rc<[u8]> = record.into();
+        if let Some(memo) = &self.just_stored {
+            memo.put(&key, record.clone(), now_ms, self.ttl_secs);
+        }
+        Some(Storing { key, record, ttl_secs: self.ttl_secs, memo: self.just_stored })
+    }
+
     /// `(KV key, record)`, if there is a finished response to store and it fits.
     pub fn encode(&self) -> Option<(String, Vec<u8>)> {
         let response = self.response.borrow().clone()?;
@@ -108,6 +119,22 @@ impl Keep {
     }
 }
 
+/// A closed `Keep`: the record to write to KV.
+pub struct Storing {
+    pub key: String,
+    pub record: Rc<[u8]>,
+    pub ttl_secs: u64,
+    memo: Option<Rc<JustStored>>,
+}
+
+impl Storing {
+    /// The response was deleted before its write ran (from the isolate's memo): writing it
+    /// would bring it back.
+    pub fn deleted(&self, now_ms: u64) -> bool {
+        self.memo.as_ref().is_some_and(|memo| memo.deleted(&self.key, now_ms))
+    }
+}
+
 /// The responses this isolate stored in the last minute (KV key → record), from the moment the
 /// request's accounting closes (`Deferred::close`), before its KV write runs: a client chaining
 /// `previous_response_id` sends its next call as soon as it has the answer, and on Cloudflare
@@ -117,16 +144,16 @@ pub struct JustStored {
     entries: RefCell<VecDeque<Remembered>>,
 }
 
-/// One record in [`JustStored`], until `expires_ms`.
+/// One record in [`JustStored`], until `expires_ms`; `None`: deleted here.
 struct Remembered {
     key: String,
-    record: Rc<[u8]>,
+    record: Option<Rc<[u8]>>,
     expires_ms: u64,
 }
 
 impl Remembered {
     fn size(&self) -> usize {
-        self.key.len() + self.record.len()
+        self.key.len() + self.record.as_ref().map_or(0, |r| r.len())
     }
 }
 
@@ -140,7 +167,7 @@ impl JustStored {
         let mut entries = self.entries.borrow_mut();
         entries.retain(|e| e.key != key && e.expires_ms > now_ms);
         let expires_ms = now_ms.saturating_add(JUST_STORED_MS.min(ttl_secs.saturating_mul(1000)));
-        let entry = Remembered { key: key.to_string(), record, expires_ms };
+        let entry = Remembered { key: key.to_string(), record: Some(record), expires_ms };
         let mut bytes = entries.iter().map(Remembered::size).sum::<usize>() + entry.size();
         while bytes > JUST_STORED_MAX_BYTES {
             let Some(oldest) = entries.pop_front() else { break };
@@ -152,11 +179,19 @@ impl JustStored {
     /// The record stored under `key`, if this isolate stored it less than a minute ago.
     pub fn get(&self, key: &str, now_ms: u64) -> Option<Rc<[u8]>> {
         let entries = self.entries.borrow();
-        entries.iter().find(|e| e.key == key && e.expires_ms > now_ms).map(|e| e.record.clone())
+        entries.iter().find(|e| e.key == key && e.expires_ms > now_ms).and_then(|e| e.record.clone())
     }
 
-    /// Forgets `key` (the response was deleted).
-    pub fn remove(&self, key: &str) {
-        self.entries.borrow_mut().retain(|e| e.key != key);
+    /// Forgets `key`, the response deleted, and remembers that for a minute: a write of it
+    /// still to run is then skipped (`Storing::deleted`).
+    pub fn remove(&self, key: &str, now_ms: u64) {
+        let mut entries = self.entries.borrow_mut();
+        entries.retain(|e| e.key != key && e.expires_ms > now_ms);
+        entries.push_back(Remembered { key: key.to_string(), record: None, expires_ms: now_ms + JUST_STORED_MS });
+    }
+
+    /// Whether this isolate deleted `key` in the last minute.
+    pub(super) fn deleted(&self, key: &str, now_ms: u64) -> bool {
+        self.entries.borrow().iter().any(|e| e.key == key && e.record.is_none() && e.expires_ms > now_ms)
     }
 }

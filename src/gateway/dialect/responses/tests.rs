@@ -527,8 +527,11 @@ fn just_stored_is_bounded_in_time_and_bytes() {
     assert!(memo.get("resp:t:a", 60_999).is_some() && memo.get("resp:t:a", 61_000).is_none());
     assert!(memo.get("resp:t:short", 5_999).is_some() && memo.get("resp:t:short", 6_000).is_none());
     assert!(memo.get("resp:other:a", 2_000).is_none(), "the key names the tenant");
-    memo.remove("resp:t:a");
+    memo.remove("resp:t:a", 2_000);
     assert!(memo.get("resp:t:a", 2_000).is_none());
+    assert!(
+        memo.deleted("resp:t:a", 61_999) && !memo.deleted("resp:t:a", 62_000) && !memo.deleted("resp:t:short", 2_000)
+    );
     // 1 MiB each (a quarter of 4 MiB): the fourth pushes the first out.
     for i in 0..4 {
         memo.put(&format!("resp:t:{i}"), record(1 << 20), 2_000, 3600);

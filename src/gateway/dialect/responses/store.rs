@@ -16,8 +16,10 @@ pub const MAX_CONVERSATION: usize = 2048;
 pub const MAX_RECORD_BYTES: usize = 8 << 20;
 /// How long an isolate remembers a response it stored (`JustStored`).
 const JUST_STORED_MS: u64 = 60_000;
-/// What an isolate's `JustStored` holds at most (bytes of records; each at most a quarter).
+/// What an isolate's `JustStored` holds at most: bytes of records (each at most a quarter),
+/// and entries (deletions included), which bounds a lookup's scan.
 const JUST_STORED_MAX_BYTES: usize = 4 << 20;
+const JUST_STORED_MAX_ENTRIES: usize = 512;
 
 /// The KV key of a stored response: one prefix per tenant.
 pub fn kv_key(tenant: &str, id: &str) -> String {
@@ -164,12 +166,17 @@ impl JustStored {
         if record.len() > JUST_STORED_MAX_BYTES / 4 {
             return;
         }
-        let mut entries = self.entries.borrow_mut();
-        entries.retain(|e| e.key != key && e.expires_ms > now_ms);
         let expires_ms = now_ms.saturating_add(JUST_STORED_MS.min(ttl_secs.saturating_mul(1000)));
-        let entry = Remembered { key: key.to_string(), record: Some(record), expires_ms };
+        self.push(Remembered { key: key.to_string(), record: Some(record), expires_ms }, now_ms);
+    }
+
+    /// Adds `entry` in place of any under its key, dropping the expired and then the oldest
+    /// entries past the bounds.
+    fn push(&self, entry: Remembered, now_ms: u64) {
+        let mut entries = self.entries.borrow_mut();
+        entries.retain(|e| e.key != entry.key && e.expires_ms > now_ms);
         let mut bytes = entries.iter().map(Remembered::size).sum::<usize>() + entry.size();
-        while bytes > JUST_STORED_MAX_BYTES {
+        while bytes > JUST_STORED_MAX_BYTES || entries.len() >= JUST_STORED_MAX_ENTRIES {
             let Some(oldest) = entries.pop_front() else { break };
             bytes -= oldest.size();
         }
@@ -185,9 +192,8 @@ impl JustStored {
     /// Forgets `key`, the response deleted, and remembers that for a minute: a write of it
     /// still to run is then skipped (`Storing::deleted`).
     pub fn remove(&self, key: &str, now_ms: u64) {
-        let mut entries = self.entries.borrow_mut();
-        entries.retain(|e| e.key != key && e.expires_ms > now_ms);
-        entries.push_back(Remembered { key: key.to_string(), record: None, expires_ms: now_ms + JUST_STORED_MS });
+        let expires_ms = now_ms.saturating_add(JUST_STORED_MS);
+        self.push(Remembered { key: key.to_string(), record: None, expires_ms }, now_ms);
     }
 
     /// Whether this isolate deleted `key` in the last minute.

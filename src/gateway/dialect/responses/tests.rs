@@ -539,4 +539,10 @@ fn just_stored_is_bounded_in_time_and_bytes() {
     assert!(memo.get("resp:t:0", 2_000).is_none() && memo.get("resp:t:1", 2_000).is_some());
     memo.put("resp:t:huge", record((1 << 20) + 1), 2_000, 3600);
     assert!(memo.get("resp:t:huge", 2_000).is_none());
+    // And in entries: 512 small ones push the 1 MiB ones out.
+    for i in 0..512 {
+        memo.put(&format!("resp:t:small{i}"), record(1), 2_000, 3600);
+    }
+    assert!(memo.get("resp:t:3", 2_000).is_none() && memo.get("resp:t:small0", 2_000).is_some());
+    assert!(!memo.deleted("resp:t:a", 2_000), "the deletion went with the oldest");
 }

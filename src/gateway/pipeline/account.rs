@@ -3,6 +3,7 @@
 //! metrics). The pipeline hands it to the host as data (`Deferred`); each host decides when it
 //! runs (Cloudflare: `waitUntil`; Spin: after the response body is written).
 
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -153,14 +154,23 @@ impl Deferred {
         Closed { deferred: self, stream, closing, stored }
     }
 
-    /// `close`, then `Closed::complete`.
-    pub async fn complete<P: Ports>(self, ports: &P, stream: Option<StreamSummary>) -> String {
-        self.close(ports, stream).complete(ports).await
+    /// `close`, then `Closed::complete`. (Not an `async fn`: one would hold `self` beside the
+    /// inner future for its whole life, a second copy of the request's state to build and move.)
+    pub fn complete<'a, P: Ports>(
+        self,
+        ports: &'a P,
+        stream: Option<StreamSummary>,
+    ) -> impl Future<Output = String> + 'a {
+        self.close(ports, stream).complete(ports)
     }
 
     /// `close`, then `Closed::settle`.
-    pub async fn settle<P: Ports>(self, ports: &P, stream: Option<StreamSummary>) -> (String, Observe) {
-        self.close(ports, stream).settle(ports).await
+    pub fn settle<'a, P: Ports>(
+        self,
+        ports: &'a P,
+        stream: Option<StreamSummary>,
+    ) -> impl Future<Output = (String, Observe)> + 'a {
+        self.close(ports, stream).settle(ports)
     }
 }
 
@@ -177,40 +187,42 @@ pub struct Closed {
 impl Closed {
     /// Runs the writes once the response is out and returns the structured log line for the
     /// host to emit.
-    pub async fn complete<P: Ports>(self, ports: &P) -> String {
-        match self.write(ports).await {
-            Err(audit) => audit,
-            Ok((mut log, observe)) => {
-                let afterwards = observe.run(ports).await;
-                if let Some(e) = afterwards.telemetry_error {
-                    add_error(&mut log.telemetry_error, e);
-                }
-                if let Some(e) = afterwards.housekeeping_error {
-                    log.detail.get_or_insert(e);
-                }
-                log.to_json()
-            }
+    pub async fn complete<P: Ports>(mut self, ports: &P) -> String {
+        let Some(observe) = self.write(ports).await else { return self.into_line() };
+        let afterwards = observe.run(ports).await;
+        let log = &mut self.deferred.log;
+        if let Some(e) = afterwards.telemetry_error {
+            add_error(&mut log.telemetry_error, e);
         }
+        if let Some(e) = afterwards.housekeeping_error {
+            log.detail.get_or_insert(e);
+        }
+        log.to_json()
     }
 
     /// `complete` without the observability writes: for a host that accounts before sending
     /// the response. It returns the log line now and the rest to run once the response is out.
-    pub async fn settle<P: Ports>(self, ports: &P) -> (String, Observe) {
-        match self.write(ports).await {
-            Err(audit) => (audit, Observe::default()),
-            Ok((log, observe)) => (log.to_json(), observe),
+    pub async fn settle<P: Ports>(mut self, ports: &P) -> (String, Observe) {
+        let observe = self.write(ports).await.unwrap_or_default();
+        (self.into_line(), observe)
+    }
+
+    /// The log line, or an admin call's audit line.
+    fn into_line(self) -> String {
+        match self.deferred.audit {
+            Some(audit) => audit,
+            None => self.deferred.log.to_json(),
         }
     }
 
     /// The cache fill and the accounting writes; records the request into the isolate's
-    /// tallies and telemetry batch (synchronously). An admin call returns its audit line as
-    /// the error.
-    async fn write<P: Ports>(self, ports: &P) -> Result<(LogRecord, Observe), String> {
-        let Closed { deferred, stream, closing, stored } = self;
-        let Deferred { mut log, mut pending, audit, observed } = deferred;
-        if let Some(audit) = audit {
-            return Err(audit);
+    /// tallies and telemetry batch (synchronously). `None` for an admin call (its audit line
+    /// is the log). Works in place (`&mut self`): the request's state is held once.
+    async fn write<P: Ports>(&mut self, ports: &P) -> Option<Observe> {
+        if self.deferred.audit.is_some() {
+            return None;
         }
+        let Deferred { log, pending, observed, .. } = &mut self.deferred;
         if let Some((key, entry, ttl)) = pending.cache_fill.take() {
             if let Err(e) = ports.put(&key, &entry, Some(ttl)).await {
                 log.cache_error = Some(e.code);
@@ -220,7 +232,7 @@ impl Closed {
         if let Some((key, entry, ttl)) = pending.edge_fill.take().filter(|(_, _, ttl)| *ttl > 0) {
             ports.edge_put(&key, &entry, ttl).await;
         }
-        if let (Some((key, entry, captured)), Some(summary)) = (pending.cache_stream.take(), stream) {
+        if let (Some((key, entry, captured)), Some(summary)) = (pending.cache_stream.take(), self.stream) {
             let answer = captured.borrow_mut().take();
             let entry = answer.filter(|_| summary.completed).and_then(|a| streamed_entry(entry, a, summary.usage));
             if let Some(entry) = entry {
@@ -231,14 +243,14 @@ impl Closed {
                 ports.edge_put(&key, &bytes, cache::edge_ttl_secs(entry.ttl_secs)).await;
             }
         }
-        if let Some(stored) = stored.filter(|s| !s.deleted(ports.now_ms())) {
+        if let Some(stored) = self.stored.take().filter(|s| !s.deleted(ports.now_ms())) {
             if let Err(e) = ports.put(&stored.key, &stored.record, Some(stored.ttl_secs)).await {
                 log.store_error = Some(e.code);
             }
         }
-        let admitted = closing.is_some();
+        let admitted = self.closing.is_some();
         let mut unbooked = None;
-        if let Some(closing) = closing {
+        if let Some(closing) = self.closing.take() {
             let (mut fields, event) = closing.write(ports).await;
             unbooked = event;
             log.tenant = fields.tenant.take();
@@ -254,7 +266,7 @@ impl Closed {
             roll[0] % housekeeping::SWEEP_ONE_IN == 0
         };
         let end_ms = if log.stream_completed.is_some() { ports.now_ms() } else { log.ts + log.latency_ms };
-        let (mut observe, tally) = record(&log, &observed, admitted, end_ms, ports);
+        let (mut observe, tally) = record(log, observed, admitted, end_ms, ports);
         if unbooked.is_some() || tally.is_some() {
             if let Err(e) = ledger::write(ports, unbooked.as_ref(), tally.as_ref()).await {
                 let slot = match log.accounting.as_mut() {
@@ -265,7 +277,7 @@ impl Closed {
             }
         }
         observe.sweep = sweep;
-        Ok((log, observe))
+        Some(observe)
     }
 }
 

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 import conftest
-from admin_client import Admin, log_records
+from admin_client import Admin, fresh_minute, log_records
 from harness import BIN
 
 
@@ -396,6 +396,9 @@ def test_a_repeat_is_answered_as_the_hit_it_repeats(gw, origin):
     try:
         admin.request("POST", "/admin/config", keyed, expect=200)
         assert until(lambda: post(gw, chat("cached", "anyone?")).status_code == 401), "the keyed config is live"
+        # Four requests about a second apart (each waits for its log line) against rpm 3: the
+        # minute window must not roll over between them.
+        fresh_minute(15)
         key = admin.create_key(tenant=f"repeat-{gw.name}", endpoints=["cached"], rpm=3)["key"]
         client = openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key=key, max_retries=0)
 

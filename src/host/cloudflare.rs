@@ -194,23 +194,19 @@ async fn serve(host: CfHost, request: Result<(Request<Vec<u8>>, ClientInfo)>) {
     // A streamed answer is accounted once its stream ended or the client went away. The
     // accounting is closed in memory before any yield: the client may send its next request
     // as soon as the answer is out.
-    let closed = match respond(response, &host.shared) {
-        Sent::Whole => {
-            let closed = deferred.close(&host, None);
-            yield_when_idle(&host).await;
-            closed
-        }
+    let (summary, whole) = match respond(response, &host.shared) {
+        Sent::Whole => (None, true),
         Sent::Streaming(stream_end) => {
             stream_end.await;
-            let summary = host.shared.pump.borrow_mut().take().map(|pump| pump.summary());
-            deferred.close(&host, summary)
+            (host.shared.pump.borrow_mut().take().map(|pump| pump.summary()), false)
         }
-        Sent::Pumped(summary) => {
-            let closed = deferred.close(&host, Some(summary));
-            yield_when_idle(&host).await;
-            closed
-        }
+        Sent::Pumped(summary) => (Some(summary), true),
     };
+    let closed = deferred.close(&host, summary);
+    // A stream's answer went out as it was read; a whole one is sent once this call returns.
+    if whole {
+        yield_when_idle(&host).await;
+    }
     let line = closed.complete(&host).await;
     exec::notify(Cmd::Log, &[line.as_str().into()]);
     // Memos this request found about to expire are read again now, not by a later request

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use crate::gateway::config::{Config, Endpoint, TrafficRoute};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::keys::KeyRecord;
+use crate::gateway::util::order;
 
 /// Who is looking: no key (or an invalid one) sees the public endpoints only.
 #[derive(Clone, Copy, Default)]
@@ -50,7 +51,7 @@ pub fn models(config: &Config, viewer: Viewer<'_>) -> Value {
 /// name, with `owned_by: "mlflow"` (the `id` is what `model` names in the OpenAI-style routes).
 pub fn mlflow_models(config: &Config, viewer: Viewer<'_>) -> Value {
     let mut names: Vec<&String> = config.order.iter().filter(|name| viewer.sees(config, name)).collect();
-    names.sort();
+    order::sort(&mut names);
     let data: Vec<Value> = names
         .into_iter()
         .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "mlflow"}))

@@ -8,6 +8,7 @@ use crate::gateway::check::did_you_mean;
 use crate::gateway::config::{Config, ACTIVE_KEY};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Ports;
+use crate::gateway::util::order;
 use crate::gateway::util::text::hex;
 use crate::gateway::util::time::{day_string, days_of};
 use crate::gateway::wire::json::value_from_slice;
@@ -121,7 +122,7 @@ pub(super) async fn stored_versions<P: Ports>(ports: &P) -> Result<Vec<String>> 
         .filter_map(|k| k.strip_prefix(VERSION_PREFIX))
         .map(str::to_string)
         .collect();
-    versions.sort();
+    order::sort(&mut versions);
     Ok(versions)
 }
 

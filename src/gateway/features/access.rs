@@ -33,6 +33,7 @@ use sha2::{Digest, Sha256};
 use crate::gateway::check::Issues;
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::Kv;
+use crate::gateway::util::order;
 use crate::gateway::util::text::hex;
 
 pub const REQUEST_PREFIX: &str = "access:req:";
@@ -197,7 +198,7 @@ pub async fn list_requests(kv: &impl Kv, state: Option<State>) -> Result<Vec<Acc
             }
         }
     }
-    out.sort_by(|a, b| (b.updated, &b.id).cmp(&(a.updated, &a.id)));
+    order::sort_by(&mut out, |a, b| (b.updated, &b.id).cmp(&(a.updated, &a.id)));
     out.truncate(MAX_LISTED);
     Ok(out)
 }

@@ -32,6 +32,7 @@ use sha2::{Digest, Sha256};
 
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::{Clock, Kv};
+use crate::gateway::util::order;
 use crate::gateway::util::text::hex;
 
 pub const KEY_PREFIX: &str = "egw_";
@@ -376,7 +377,7 @@ pub async fn list(kv: &impl Kv) -> Result<Vec<KeyRecord>> {
             None => break,
         }
     }
-    records.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+    order::sort_by(&mut records, |a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
     Ok(records)
 }
 
@@ -389,7 +390,7 @@ pub const MAX_PAGE: usize = 200;
 pub async fn list_page(kv: &impl Kv, cursor: Option<&str>, limit: usize) -> Result<(Vec<KeyRecord>, Option<String>)> {
     let mut ids: Vec<String> =
         kv.list(ID_PREFIX).await?.iter().filter_map(|n| n.strip_prefix(ID_PREFIX)).map(str::to_owned).collect();
-    ids.sort();
+    order::sort(&mut ids);
     let start = cursor.map_or(0, |c| ids.partition_point(|id| id.as_str() <= c));
     let limit = limit.clamp(1, MAX_PAGE);
     let page = &ids[start.min(ids.len())..(start + limit).min(ids.len())];

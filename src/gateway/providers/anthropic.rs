@@ -21,6 +21,7 @@ use crate::gateway::providers::adapter::{Adapter, Call, Reply, StreamMode, Trans
 use crate::gateway::providers::common::unsupported;
 use crate::gateway::providers::common::{header_value, join_url, json_post, keyed_config, resolve_secret, KeySpec};
 use crate::gateway::types::{Operation, Usage};
+use crate::gateway::util::order;
 use crate::gateway::wire::json::{bad_response, json_body};
 use crate::gateway::wire::openai::{
     completion_prompt, data_url, image_url, invalid, max_tokens, number, openai_answer, parse_tool_call,
@@ -296,7 +297,7 @@ fn messages_to_anthropic(messages: Vec<Value>) -> Result<(Option<Value>, Vec<Val
         .into_iter()
         .map(|(role, mut blocks)| {
             // Tool results must open the user turn that answers a tool use.
-            blocks.sort_by_key(|b| b.get("type").and_then(Value::as_str) != Some("tool_result"));
+            order::sort_by_key(&mut blocks, |b| b.get("type").and_then(Value::as_str) != Some("tool_result"));
             json!({"role": role, "content": collapse_blocks(blocks)})
         })
         .collect();

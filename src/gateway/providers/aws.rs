@@ -19,6 +19,7 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::ports::{Clock, Secrets, Upstream};
 use crate::gateway::providers::common::{header_value, resolve_secret, xml_text};
 use crate::gateway::providers::token::{form_encode, form_request, send_form, FORM_CONTENT_TYPE};
+use crate::gateway::util::order;
 use crate::gateway::util::text::{hex, percent_decode};
 use crate::gateway::util::time::parse_day;
 use crate::gateway::wire::sse;
@@ -102,7 +103,7 @@ pub fn authorization(req: &SigningRequest<'_>, access_key_id: &str, secret_acces
         .iter()
         .map(|(name, value)| (name.to_ascii_lowercase(), value.split_whitespace().collect::<Vec<_>>().join(" ")))
         .collect();
-    headers.sort();
+    order::sort(&mut headers);
     let signed_headers = headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(";");
     let canonical_headers: String = headers.iter().map(|(n, v)| format!("{n}:{v}\n")).collect();
     let canonical_request = format!(
@@ -255,7 +256,7 @@ fn canonical_query(query: &str) -> String {
             (uri_encode(&percent_decode(k, false)), uri_encode(&percent_decode(v, false)))
         })
         .collect();
-    pairs.sort();
+    order::sort(&mut pairs);
     pairs.into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
 }
 

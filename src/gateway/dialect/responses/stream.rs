@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use crate::gateway::dialect::responses::render::{function_output, item_id, message_output, response_usage, status_of};
 use crate::gateway::dialect::responses::turn::Head;
 use crate::gateway::types::Usage;
+use crate::gateway::util::order;
 use crate::gateway::wire::openai::openai_usage;
 use crate::gateway::wire::sse::{self, SseEvent};
 use crate::gateway::wire::stream::StreamTranslate;
@@ -181,7 +182,7 @@ impl ChatStreamToResponses {
 
     fn close_calls(&mut self, out: &mut Vec<u8>) {
         let mut closing: Vec<usize> = (0..self.calls.len()).filter(|&i| !self.calls[i].done).collect();
-        closing.sort_by_key(|&i| self.calls[i].output_index);
+        order::sort_by_key(&mut closing, |&i| self.calls[i].output_index);
         for i in closing {
             let call = &mut self.calls[i];
             call.done = true;
@@ -206,7 +207,7 @@ impl ChatStreamToResponses {
     /// The closed items in output order.
     fn output(&self) -> Vec<Value> {
         let mut items = self.output.clone();
-        items.sort_by_key(|(index, _)| *index);
+        order::sort_by_key(&mut items, |(index, _)| *index);
         items.into_iter().map(|(_, item)| item).collect()
     }
 

@@ -3,6 +3,7 @@
 //! in it is found.
 
 use crate::gateway::features::guard::rules::Redactor;
+use crate::gateway::util::order;
 use edge_scan::pii::{find_cards, find_emails, find_ibans, find_phones};
 use edge_scan::spans::{self, Placeholders, Span};
 
@@ -44,7 +45,7 @@ impl<'g> Redaction<'g> {
             .filter(|(_, n)| **n > 0)
             .map(|(redactor, &n)| (redactor.id().to_string(), n))
             .collect();
-        counts.sort_unstable();
+        order::sort(&mut counts);
         counts
     }
 

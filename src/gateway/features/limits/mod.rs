@@ -88,6 +88,7 @@ use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::keys::{usd_to_nusd, BudgetPeriod, KeyRecord};
 use crate::gateway::ports::counter::{apply_ops, grant, Amounts, Caps, Counter, CounterOp};
 use crate::gateway::ports::{Ports, SAME_KEY_WRITE_GAP_MS};
+use crate::gateway::util::order;
 use crate::gateway::util::time::{day_string, days_of, duration_string};
 
 pub use config::{
@@ -358,7 +359,7 @@ pub async fn admit<P: Ports + Counter>(
                 scopes.push(&c.scope);
             }
         }
-        scopes.sort_by_key(|s| !s.starts_with("tenant:"));
+        order::sort_by_key(&mut scopes, |s| !s.starts_with("tenant:"));
         let mut admitted: Vec<(&str, Vec<usize>)> = Vec::new();
         for scope in scopes {
             let idx: Vec<usize> = (0..checks.len()).filter(|i| checks[*i].scope == scope).collect();

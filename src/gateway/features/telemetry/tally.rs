@@ -28,6 +28,7 @@ use crate::gateway::features::usage::{compactable, COMPACTED, MAX_KV_READS};
 use crate::gateway::ports::lock::{self, Locking};
 use crate::gateway::ports::{Clock, Counter, Kv, SAME_KEY_WRITE_GAP_MS};
 use crate::gateway::util::map::FastMap;
+use crate::gateway::util::order;
 use crate::gateway::util::time::{day_string, days_of, parse_day};
 use crate::gateway::wire::json::write_counters;
 
@@ -289,7 +290,7 @@ pub async fn query<P: Kv + Clock + Counter>(ports: &P, from: i64, to: i64) -> Re
         };
         if !series.is_empty() {
             let mut series: Day = series.into_iter().collect();
-            series.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            order::sort_by(&mut series, |a, b| a.0.cmp(&b.0));
             out.days.push((day, series));
         }
     }
@@ -363,7 +364,7 @@ fn capped(series: FastMap<SeriesKey, Counts>) -> FastMap<SeriesKey, Counts> {
         return series;
     }
     let mut list: Vec<(SeriesKey, Counts)> = series.into_iter().collect();
-    list.sort_unstable_by(|a, b| b.1.requests.cmp(&a.1.requests).then_with(|| a.0.cmp(&b.0)));
+    order::sort_by(&mut list, |a, b| b.1.requests.cmp(&a.1.requests).then_with(|| a.0.cmp(&b.0)));
     let mut out: FastMap<SeriesKey, Counts> = FastMap::default();
     for (i, (key, counts)) in list.into_iter().enumerate() {
         let key = match i < MAX_SERIES {

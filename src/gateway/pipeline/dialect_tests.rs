@@ -212,9 +212,24 @@ fn a_stored_response_can_be_continued_before_its_write_lands() {
     block_on(first.complete(&host));
     assert!(host.kv.borrow().contains_key(&key));
     assert_eq!(call(&host, request(Method::GET, &path, Value::Null, None)).0, StatusCode::OK);
-    // Deleted: from the memo too.
+    // Deleted: from the memo too, and gone here while KV lags behind the delete (another
+    // location's KV can serve the entry for up to a minute).
+    let written = host.kv.borrow()[&key].clone();
     assert_eq!(send(Method::DELETE, &path, Value::Null).0, StatusCode::OK);
+    host.kv.borrow_mut().insert(key.clone(), written);
     assert_eq!(send(Method::GET, &path, Value::Null).0, StatusCode::NOT_FOUND);
+    let next = json!({"model": "chat", "input": "again", "previous_response_id": id});
+    let (status, refused, _) = send(Method::POST, "/v1/responses", next);
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("previous_response_not_found"))
+    );
+    assert_eq!(
+        call(&host, request(Method::GET, &path, Value::Null, None)).0,
+        StatusCode::OK,
+        "another isolate reads KV"
+    );
+    host.kv.borrow_mut().remove(&key);
 
     // Deleted before its write ran: the write does not bring it back.
     let (status, created, pending) = send(Method::POST, "/v1/responses", json!({"model": "chat", "input": "brief"}));

@@ -71,14 +71,16 @@ pub async fn recall<P: Ports>(ports: &P, ctx: &mut RequestContext<'_>, call: &mu
     Ok(())
 }
 
-/// A stored response: from the isolate's memo of what it just stored, else KV.
+/// A stored response: from the isolate's memo of what it just stored or deleted, else KV. A
+/// response this isolate deleted stays gone here even while KV, which can lag behind a
+/// delete by up to a minute across locations, still has it.
 async fn load<P: Ports>(ports: &P, memo: &JustStored, tenant: &str, id: &str) -> Result<Option<Record>> {
     if !responses::valid_id(id) {
         return Ok(None);
     }
     let key = responses::kv_key(tenant, id);
-    if let Some(record) = memo.get(&key, ports.now_ms()) {
-        return Ok(Record::decode(&record));
+    if let Some(remembered) = memo.get(&key, ports.now_ms()) {
+        return Ok(remembered.as_deref().and_then(Record::decode));
     }
     let Some(bytes) = ports.get(&key).await? else { return Ok(None) };
     // An entry that no longer decodes (e.g. from a future version) is as good as gone.

@@ -105,7 +105,7 @@ impl Keep {
     }
 
     /// `(KV key, record)`, if there is a finished response to store and it fits.
-    pub fn encode(&self) -> Option<(String, Vec<u8>)> {
+    pub(super) fn encode(&self) -> Option<(String, Vec<u8>)> {
         let response = self.response.borrow().clone()?;
         let id = response.get("id").and_then(Value::as_str).filter(|id| valid_id(id))?.to_string();
         let messages = if self.passthrough {
@@ -183,10 +183,11 @@ impl JustStored {
         entries.push_back(entry);
     }
 
-    /// The record stored under `key`, if this isolate stored it less than a minute ago.
-    pub fn get(&self, key: &str, now_ms: u64) -> Option<Rc<[u8]>> {
+    /// What this isolate knows of `key` from the last minute: the record it stored, or that
+    /// it deleted it (`Some(None)`: KV, which can lag, may still have it), or nothing.
+    pub fn get(&self, key: &str, now_ms: u64) -> Option<Option<Rc<[u8]>>> {
         let entries = self.entries.borrow();
-        entries.iter().find(|e| e.key == key && e.expires_ms > now_ms).and_then(|e| e.record.clone())
+        entries.iter().find(|e| e.key == key && e.expires_ms > now_ms).map(|e| e.record.clone())
     }
 
     /// Forgets `key`, the response deleted, and remembers that for a minute: a write of it
@@ -198,6 +199,6 @@ impl JustStored {
 
     /// Whether this isolate deleted `key` in the last minute.
     pub(super) fn deleted(&self, key: &str, now_ms: u64) -> bool {
-        self.entries.borrow().iter().any(|e| e.key == key && e.record.is_none() && e.expires_ms > now_ms)
+        matches!(self.get(key, now_ms), Some(None))
     }
 }

@@ -7,7 +7,7 @@ use http::{HeaderMap, Response};
 use serde_json::{json, Value};
 
 use crate::gateway::auth;
-use crate::gateway::dialect::responses::{self, JustStored, Keep, Record};
+use crate::gateway::dialect::responses::{self, JustStored, Keep, Known, Record};
 use crate::gateway::error::{ErrorCode, GatewayError, Result};
 use crate::gateway::features::identity::JwtConfig;
 use crate::gateway::features::keys::KeyRecord;
@@ -79,8 +79,10 @@ async fn load<P: Ports>(ports: &P, memo: &JustStored, tenant: &str, id: &str) ->
         return Ok(None);
     }
     let key = responses::kv_key(tenant, id);
-    if let Some(remembered) = memo.get(&key, ports.now_ms()) {
-        return Ok(remembered.as_deref().and_then(Record::decode));
+    match memo.get(&key, ports.now_ms()) {
+        Some(Known::Stored(record)) => return Ok(Record::decode(&record)),
+        Some(Known::Deleted) => return Ok(None),
+        None => {}
     }
     let Some(bytes) = ports.get(&key).await? else { return Ok(None) };
     // An entry that no longer decodes (e.g. from a future version) is as good as gone.

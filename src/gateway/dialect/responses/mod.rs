@@ -27,7 +27,9 @@ mod turn;
 pub use passthrough::{passthrough_answer, passthrough_request};
 pub use read::{read, MAX_INPUT_ITEMS, MAX_PARTS, MAX_TOOLS};
 pub use render::{response_usage, usage_object};
-pub use store::{kv_key, output_to_messages, JustStored, Keep, Record, Storing, MAX_CONVERSATION, MAX_RECORD_BYTES};
+pub use store::{
+    kv_key, output_to_messages, JustStored, Keep, Known, Record, Storing, MAX_CONVERSATION, MAX_RECORD_BYTES,
+};
 pub use stream::{ChatStreamToResponses, ResponsesWatch};
 pub use turn::{error_body, not_found, previous_not_found, valid_id, Head, Turn};
 

@@ -146,16 +146,25 @@ pub struct JustStored {
     entries: RefCell<VecDeque<Remembered>>,
 }
 
-/// One record in [`JustStored`], until `expires_ms`; `None`: deleted here.
+/// What [`JustStored`] knows of a response it stored or deleted in the last minute.
+#[derive(Clone)]
+pub enum Known {
+    /// The record this isolate stored.
+    Stored(Rc<[u8]>),
+    /// This isolate deleted it; KV, which can lag, may still have it.
+    Deleted,
+}
+
+/// One key in [`JustStored`], until `expires_ms`.
 struct Remembered {
     key: String,
-    record: Option<Rc<[u8]>>,
+    known: Known,
     expires_ms: u64,
 }
 
 impl Remembered {
     fn size(&self) -> usize {
-        self.key.len() + self.record.as_ref().map_or(0, |r| r.len())
+        self.key.len() + if let Known::Stored(record) = &self.known { record.len() } else { 0 }
     }
 }
 
@@ -167,7 +176,7 @@ impl JustStored {
             return;
         }
         let expires_ms = now_ms.saturating_add(JUST_STORED_MS.min(ttl_secs.saturating_mul(1000)));
-        self.push(Remembered { key: key.to_string(), record: Some(record), expires_ms }, now_ms);
+        self.push(Remembered { key: key.to_string(), known: Known::Stored(record), expires_ms }, now_ms);
     }
 
     /// Adds `entry` in place of any under its key, dropping the expired and then the oldest
@@ -183,22 +192,21 @@ impl JustStored {
         entries.push_back(entry);
     }
 
-    /// What this isolate knows of `key` from the last minute: the record it stored, or that
-    /// it deleted it (`Some(None)`: KV, which can lag, may still have it), or nothing.
-    pub fn get(&self, key: &str, now_ms: u64) -> Option<Option<Rc<[u8]>>> {
+    /// What this isolate knows of `key` from the last minute, if anything.
+    pub fn get(&self, key: &str, now_ms: u64) -> Option<Known> {
         let entries = self.entries.borrow();
-        entries.iter().find(|e| e.key == key && e.expires_ms > now_ms).map(|e| e.record.clone())
+        entries.iter().find(|e| e.key == key && e.expires_ms > now_ms).map(|e| e.known.clone())
     }
 
     /// Forgets `key`, the response deleted, and remembers that for a minute: a write of it
     /// still to run is then skipped (`Storing::deleted`).
     pub fn remove(&self, key: &str, now_ms: u64) {
         let expires_ms = now_ms.saturating_add(JUST_STORED_MS);
-        self.push(Remembered { key: key.to_string(), record: None, expires_ms }, now_ms);
+        self.push(Remembered { key: key.to_string(), known: Known::Deleted, expires_ms }, now_ms);
     }
 
     /// Whether this isolate deleted `key` in the last minute.
     pub(super) fn deleted(&self, key: &str, now_ms: u64) -> bool {
-        matches!(self.get(key, now_ms), Some(None))
+        matches!(self.get(key, now_ms), Some(Known::Deleted))
     }
 }

@@ -522,14 +522,14 @@ fn hostile_inputs_never_panic() {
 fn just_stored_is_bounded_in_time_and_bytes() {
     let memo = JustStored::default();
     let record = |n: usize| -> Rc<[u8]> { vec![b'x'; n].into() };
-    let has = |key: &str, at: u64| memo.get(key, at).flatten().is_some();
+    let has = |key: &str, at: u64| matches!(memo.get(key, at), Some(Known::Stored(_)));
     memo.put("resp:t:a", record(10), 1_000, 3600);
     memo.put("resp:t:short", record(10), 1_000, 5);
     assert!(has("resp:t:a", 60_999) && !has("resp:t:a", 61_000));
     assert!(has("resp:t:short", 5_999) && !has("resp:t:short", 6_000));
     assert!(memo.get("resp:other:a", 2_000).is_none(), "the key names the tenant");
     memo.remove("resp:t:a", 2_000);
-    assert!(matches!(memo.get("resp:t:a", 2_000), Some(None)), "deleted here");
+    assert!(matches!(memo.get("resp:t:a", 2_000), Some(Known::Deleted)), "deleted here");
     assert!(
         memo.deleted("resp:t:a", 61_999) && !memo.deleted("resp:t:a", 62_000) && !memo.deleted("resp:t:short", 2_000)
     );

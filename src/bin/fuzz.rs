@@ -8,7 +8,7 @@
 //! `scripts/fuzz` runs longer ones with fresh seeds.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use edge_gateway::fuzz::{case, check_config, config_case, Harness};
 
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     let mut harness = Harness::new();
     let mut failures = Vec::new();
     let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
-    let mut slowest: Vec<(Duration, u64, String)> = Vec::new();
+    let mut slowest: Vec<(u64, u64, String)> = Vec::new(); // (CPU ns, case, what)
     let (mut requests, mut configs) = (0u64, 0u64);
     let range: Box<dyn Iterator<Item = u64>> = match only {
         Some(i) => Box::new(std::iter::once(i)),
@@ -66,14 +66,15 @@ fn main() -> ExitCode {
         match harness.run(&c) {
             Ok(r) => {
                 *statuses.entry(r.status).or_default() += 1;
-                if slowest.len() < 10 || r.elapsed > slowest[slowest.len() - 1].0 {
+                if slowest.len() < 10 || r.cpu_ns > slowest[slowest.len() - 1].0 {
                     let what = format!(
-                        "{} {} ({} bytes)",
+                        "{} {} ({} bytes in, {} out)",
                         c.method,
                         c.path.chars().take(60).collect::<String>(),
-                        c.body.len()
+                        c.body.len(),
+                        r.answer_bytes
                     );
-                    slowest.push((r.elapsed, index, what));
+                    slowest.push((r.cpu_ns, index, what));
                     slowest.sort_by_key(|s| std::cmp::Reverse(s.0));
                     slowest.truncate(10);
                 }
@@ -99,9 +100,9 @@ fn main() -> ExitCode {
     );
     let by_status: Vec<String> = statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
     println!("  statuses: {}", by_status.join(", "));
-    println!("  slowest cases (native, this build; `--only I` reruns one):");
-    for (d, i, what) in &slowest {
-        println!("    {:>9.3} ms  #{i}  {what}", d.as_secs_f64() * 1e3);
+    println!("  slowest cases (native CPU, the in-memory origin's excluded; `--only I` reruns one):");
+    for (ns, i, what) in &slowest {
+        println!("    {:>9.3} ms  #{i}  {what}", *ns as f64 / 1e6);
     }
     for (i, e) in failures.iter().take(20) {
         println!("  FAILED case {i}: {}", e.chars().take(300).collect::<String>());
